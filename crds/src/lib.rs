@@ -1,0 +1,181 @@
+//! API types shared by every cloudify component.
+//!
+//! [`DatasetSpec`] is the one description of a dataset: it is an entry of the on-prem
+//! `cloudify serve --config` file *and* (later) the `spec.dataset` of the `CloudifyDataset`
+//! custom resource. Keeping one type means a dataset that works on a laptop works in the
+//! cluster, and the CRD schema is generated from the same code that parses the config file.
+#![forbid(unsafe_code)]
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// One dataset: where its files are and how they combine.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DatasetSpec {
+    /// Dataset id, used in URLs (`/datasets/{name}/zarr`). Letters, digits, `-`, `_`, `.`.
+    pub name: String,
+    /// Source files: paths, `file://` URLs or glob patterns. All matches are aggregated into
+    /// one dataset.
+    pub sources: Vec<String>,
+    /// Dimension along which multiple files are concatenated. Default: the unlimited
+    /// dimension of the first file, else `time`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concat_dim: Option<String>,
+    /// Human-readable title (defaults to the `title` global attribute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Longer description (defaults to the `summary`/`comment` global attributes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// Why a [`DatasetSpec`] is not acceptable. Messages name the field.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SpecError {
+    #[error("datasets[{index}].name: {reason}")]
+    Name { index: usize, reason: String },
+    #[error("datasets[{index}].sources: at least one source is required (dataset '{name}')")]
+    NoSources { index: usize, name: String },
+    #[error("datasets[{index}].sources[{source_index}]: {reason} (dataset '{name}')")]
+    Source {
+        index: usize,
+        source_index: usize,
+        name: String,
+        reason: String,
+    },
+    #[error("datasets[{index}].name: duplicate dataset name '{name}'")]
+    Duplicate { index: usize, name: String },
+    #[error("datasets[{index}].concatDim: must not be empty (dataset '{name}')")]
+    ConcatDim { index: usize, name: String },
+}
+
+/// Checks a dataset name is usable as one URL path segment.
+///
+/// The name lands in URLs, file names of caches and Kubernetes object names, so it is kept to
+/// a conservative alphabet instead of being escaped everywhere.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > 128 {
+        return Err(format!("'{name}' is longer than 128 characters"));
+    }
+    if name.starts_with('.') {
+        return Err(format!("'{name}' must not start with '.'"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "'{name}' contains '{c}'; allowed are letters, digits, '-', '_' and '.'"
+        ));
+    }
+    Ok(())
+}
+
+impl DatasetSpec {
+    /// Validates one spec; `index` is its position in the config, used in messages.
+    pub fn validate(&self, index: usize) -> Result<(), SpecError> {
+        validate_name(&self.name).map_err(|reason| SpecError::Name { index, reason })?;
+        if self.sources.is_empty() {
+            return Err(SpecError::NoSources {
+                index,
+                name: self.name.clone(),
+            });
+        }
+        for (source_index, s) in self.sources.iter().enumerate() {
+            if s.trim().is_empty() {
+                return Err(SpecError::Source {
+                    index,
+                    source_index,
+                    name: self.name.clone(),
+                    reason: "must not be empty".into(),
+                });
+            }
+        }
+        if matches!(&self.concat_dim, Some(d) if d.is_empty()) {
+            return Err(SpecError::ConcatDim {
+                index,
+                name: self.name.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The on-prem configuration file of `cloudify serve --config`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServeConfig {
+    /// The datasets to serve.
+    pub datasets: Vec<DatasetSpec>,
+}
+
+impl ServeConfig {
+    /// Parses a YAML (or JSON) config and validates every dataset.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let cfg: ServeConfig = serde_yaml::from_str(text).map_err(ConfigError::Parse)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Validates every dataset and that names are unique.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let mut seen = std::collections::HashSet::new();
+        for (i, d) in self.datasets.iter().enumerate() {
+            d.validate(i)?;
+            if !seen.insert(d.name.as_str()) {
+                return Err(SpecError::Duplicate {
+                    index: i,
+                    name: d.name.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A config file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Parse(serde_yaml::Error),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_minimal_config() {
+        let cfg =
+            ServeConfig::from_yaml("datasets: [{name: tas, sources: [\"/data/tas_*.nc\"]}]").expect("valid");
+        assert_eq!(cfg.datasets[0].name, "tas");
+        assert_eq!(cfg.datasets[0].sources, vec!["/data/tas_*.nc"]);
+        assert_eq!(cfg.datasets[0].concat_dim, None);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let err = ServeConfig::from_yaml("datasets: [{name: a, sources: [x], concat: time}]")
+            .expect_err("unknown field");
+        assert!(err.to_string().contains("concat"), "{err}");
+    }
+
+    #[test]
+    fn bad_names_and_duplicates() {
+        let err = ServeConfig::from_yaml("datasets: [{name: 'a/b', sources: [x]}]").unwrap_err();
+        assert!(err.to_string().contains("datasets[0].name"), "{err}");
+        let err = ServeConfig::from_yaml("datasets: [{name: a, sources: [x]}, {name: a, sources: [y]}]")
+            .unwrap_err();
+        assert!(err.to_string().contains("duplicate"), "{err}");
+        let err = ServeConfig::from_yaml("datasets: [{name: a, sources: []}]").unwrap_err();
+        assert!(err.to_string().contains("datasets[0].sources"), "{err}");
+        assert!(validate_name("..").is_err());
+        assert!(validate_name("ok-name_1.v2").is_ok());
+    }
+}

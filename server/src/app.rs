@@ -1,0 +1,66 @@
+//! Opening every configured dataset into the server state.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use cloudify_crds::DatasetSpec;
+use rayon::prelude::*;
+
+use crate::dataset::open::open_dataset;
+use crate::http::{AppState, Entry, Served};
+use crate::metrics::Metrics;
+
+/// Opens all datasets (in parallel). A dataset that fails is kept as `Failed` with its
+/// reason, so it is reported rather than silently missing, and the others still serve.
+pub fn load(specs: &[DatasetSpec], threads: usize) -> anyhow::Result<AppState> {
+    hdf5::silence_errors(true);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("cloudify-io-{i}"))
+        // libnetcdf probes optional attributes and lets HDF5 print each miss to stderr;
+        // those are not errors. Real failures still come back as error codes.
+        .start_handler(|_| hdf5::silence_errors(true))
+        // Without a handler rayon aborts the process on a panic in a spawned job.
+        .panic_handler(|_| {
+            tracing::error!("a worker job panicked (bug); the request failed, the server keeps serving")
+        })
+        .build()?;
+    let entries: Vec<(String, Entry)> = pool.install(|| {
+        specs
+            .par_iter()
+            .map(|spec| {
+                let t0 = Instant::now();
+                let entry = match open_dataset(spec) {
+                    Ok(ds) => {
+                        let meta = crate::zarr::render(&ds);
+                        tracing::info!(dataset = %spec.name, files = ds.files.len(), ms = t0.elapsed().as_millis() as u64, "dataset ready");
+                        for (v, why) in &ds.skipped {
+                            tracing::warn!(dataset = %spec.name, variable = %v, "not served: {why}");
+                        }
+                        Entry::Ready(Arc::new(Served { ds, meta }))
+                    }
+                    Err(e) => {
+                        tracing::error!(dataset = %spec.name, "failed to open: {e}");
+                        Entry::Failed(e.to_string())
+                    }
+                };
+                (spec.name.clone(), entry)
+            })
+            .collect()
+    });
+    let metrics = Metrics::new()?;
+    let ready = entries
+        .iter()
+        .filter(|(_, e)| matches!(e, Entry::Ready(_)))
+        .count() as i64;
+    metrics.datasets.with_label_values(&["ready"]).set(ready);
+    metrics
+        .datasets
+        .with_label_values(&["failed"])
+        .set(entries.len() as i64 - ready);
+    Ok(AppState {
+        datasets: entries,
+        pool,
+        metrics,
+    })
+}

@@ -1,0 +1,179 @@
+//! Chunk grid arithmetic and N-d copies. Pure functions, no I/O.
+
+/// Number of chunks along each dimension.
+pub fn grid_shape(shape: &[u64], chunks: &[u64]) -> Vec<u64> {
+    shape
+        .iter()
+        .zip(chunks)
+        .map(|(s, c)| if *c == 0 { 0 } else { s.div_ceil(*c) })
+        .collect()
+}
+
+/// Product of a shape as usize, or None on overflow.
+pub fn numel(shape: &[u64]) -> Option<usize> {
+    shape
+        .iter()
+        .try_fold(1u64, |acc, x| acc.checked_mul(*x))
+        .and_then(|n| usize::try_from(n).ok())
+}
+
+/// Row-major linear index of `idx` in `grid`.
+pub fn linear(idx: &[u64], grid: &[u64]) -> u64 {
+    idx.iter().zip(grid).fold(0, |acc, (i, g)| acc * g + i)
+}
+
+/// A "sensible" chunk shape for data stored without chunks: about `target` bytes per chunk,
+/// keeping the trailing (fastest-varying) dimensions whole, as a reader slicing time steps
+/// of a map expects.
+pub fn default_chunks(shape: &[u64], elem: usize, target: u64) -> Vec<u64> {
+    let mut budget = (target / elem.max(1) as u64).max(1);
+    let mut out = vec![1u64; shape.len()];
+    for d in (0..shape.len()).rev() {
+        let n = shape[d].max(1);
+        if n <= budget {
+            out[d] = n;
+            budget /= n;
+        } else {
+            out[d] = budget.max(1);
+            budget = 1;
+        }
+    }
+    out
+}
+
+/// Copies a `count`-shaped block from `src` (C-ordered, shape `src_shape`) at `src_start` to
+/// `dst` (shape `dst_shape`) at `dst_start`. Elements are `elem` bytes. Callers guarantee the
+/// block lies inside both arrays (checked in debug builds; out-of-range slices would panic,
+/// so every caller derives the block from an intersection).
+#[allow(clippy::too_many_arguments)] // a strided memcpy: both arrays' shape and offset, the count
+pub fn copy_block(
+    src: &[u8],
+    src_shape: &[u64],
+    src_start: &[u64],
+    dst: &mut [u8],
+    dst_shape: &[u64],
+    dst_start: &[u64],
+    count: &[u64],
+    elem: usize,
+) {
+    let rank = count.len();
+    if count.contains(&0) {
+        return;
+    }
+    if rank == 0 {
+        dst[..elem].copy_from_slice(&src[..elem]);
+        return;
+    }
+    let strides = |shape: &[u64]| {
+        let mut s = vec![1u64; rank];
+        for d in (0..rank.saturating_sub(1)).rev() {
+            s[d] = s[d + 1] * shape[d + 1];
+        }
+        s
+    };
+    let ss = strides(src_shape);
+    let ds = strides(dst_shape);
+    let run = count[rank - 1] as usize * elem;
+    let mut idx = vec![0u64; rank.saturating_sub(1)];
+    loop {
+        let mut so = 0u64;
+        let mut doff = 0u64;
+        for d in 0..rank {
+            let i = if d + 1 < rank { idx[d] } else { 0 };
+            so += (src_start[d] + i) * ss[d];
+            doff += (dst_start[d] + i) * ds[d];
+        }
+        let so = so as usize * elem;
+        let doff = doff as usize * elem;
+        dst[doff..doff + run].copy_from_slice(&src[so..so + run]);
+        // odometer over all but the last dimension
+        let mut d = rank - 1;
+        loop {
+            if d == 0 {
+                return;
+            }
+            d -= 1;
+            idx[d] += 1;
+            if idx[d] < count[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+}
+
+/// Swaps the byte order of every element in place.
+pub fn byteswap(buf: &mut [u8], elem: usize) {
+    if elem > 1 {
+        for e in buf.chunks_exact_mut(elem) {
+            e.reverse();
+        }
+    }
+}
+
+/// Fills `buf` with repetitions of the element `fill`.
+pub fn fill_with(buf: &mut [u8], fill: &[u8]) {
+    if fill.is_empty() || fill.iter().all(|b| *b == 0) {
+        buf.fill(0);
+        return;
+    }
+    for e in buf.chunks_exact_mut(fill.len()) {
+        e.copy_from_slice(fill);
+    }
+}
+
+/// Intersection of `[a0, a0+an)` and `[b0, b0+bn)` as (start, len), if not empty.
+pub fn intersect(a0: u64, an: u64, b0: u64, bn: u64) -> Option<(u64, u64)> {
+    let s = a0.max(b0);
+    let e = (a0 + an).min(b0 + bn);
+    if e > s { Some((s, e - s)) } else { None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_math() {
+        assert_eq!(grid_shape(&[10, 7], &[3, 7]), vec![4, 1]);
+        assert_eq!(grid_shape(&[0, 7], &[1, 7]), vec![0, 1]);
+        assert_eq!(linear(&[1, 2], &[4, 3]), 5);
+        assert_eq!(numel(&[]), Some(1));
+        assert_eq!(numel(&[u64::MAX, 2]), None);
+        assert_eq!(intersect(0, 10, 5, 10), Some((5, 5)));
+        assert_eq!(intersect(0, 5, 5, 10), None);
+        assert_eq!(intersect(10, 5, 0, 3), None);
+    }
+
+    #[test]
+    fn default_chunking_keeps_trailing_dims() {
+        assert_eq!(default_chunks(&[365, 360, 720], 4, 4 << 20), vec![4, 360, 720]);
+        assert_eq!(default_chunks(&[10], 8, 4 << 20), vec![10]);
+        assert_eq!(default_chunks(&[2, 4000, 4000], 4, 4 << 20), vec![1, 262, 4000]);
+        assert_eq!(default_chunks(&[], 4, 4 << 20), Vec::<u64>::new());
+        assert_eq!(default_chunks(&[0, 5], 4, 4 << 20), vec![1, 5]);
+    }
+
+    #[test]
+    fn copy_block_2d() {
+        // src 3x4 with values 0..12, copy the 2x2 block at (1,1) into a 2x3 dst at (0,1)
+        let src: Vec<u8> = (0..12).collect();
+        let mut dst = vec![0u8; 6];
+        copy_block(&src, &[3, 4], &[1, 1], &mut dst, &[2, 3], &[0, 1], &[2, 2], 1);
+        assert_eq!(dst, vec![0, 5, 6, 0, 9, 10]);
+        // scalar
+        let mut d = vec![0u8; 4];
+        copy_block(&[1, 2, 3, 4], &[], &[], &mut d, &[], &[], &[], 4);
+        assert_eq!(d, vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn swap_and_fill() {
+        let mut b = vec![1, 2, 3, 4];
+        byteswap(&mut b, 2);
+        assert_eq!(b, vec![2, 1, 4, 3]);
+        let mut f = vec![0u8; 6];
+        fill_with(&mut f, &[7, 8]);
+        assert_eq!(f, vec![7, 8, 7, 8, 7, 8]);
+    }
+}

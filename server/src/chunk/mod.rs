@@ -1,0 +1,4 @@
+//! Chunk index → bytes: which stored pieces make up a served chunk, and reading them.
+
+pub mod grid;
+pub mod read;

@@ -1,0 +1,420 @@
+//! Reading served chunks from source files with `pread`, lock-free.
+//!
+//! A served chunk is assembled from the stored pieces that overlap it: stored chunks (decoded
+//! in Rust), contiguous byte runs, netCDF-3 records or values held in memory. When a served
+//! chunk is exactly one stored chunk, its bytes are decoded straight into the response
+//! buffer, or not decoded at all when the client gets the source's own encoding.
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::grid::{byteswap, copy_block, fill_with, grid_shape, intersect, linear, numel};
+use crate::codec::{CodecError, decode_hdf5};
+use crate::dataset::Variable;
+use crate::model::{DType, Endian};
+use crate::source::{FileVar, MemValues, Storage};
+
+/// A chunk that cannot be produced. All variants map to HTTP 5xx except `OutOfRange`.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("chunk index {index:?} is outside the chunk grid {grid:?}")]
+    OutOfRange { index: Vec<u64>, grid: Vec<u64> },
+    #[error("{path}: read of {len} bytes at offset {offset} failed: {source}")]
+    Io {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+        source: std::io::Error,
+    },
+    #[error("{path}: file ends before byte {end} (truncated file?)")]
+    Truncated { path: PathBuf, end: u64 },
+    #[error("{path}: chunk at offset {offset}: {source}")]
+    Codec {
+        path: PathBuf,
+        offset: u64,
+        source: CodecError,
+    },
+    #[error("chunk of {0:?} elements is too large")]
+    TooLarge(Vec<u64>),
+}
+
+/// Reads `len` bytes at `offset`; a short read means the file was truncated.
+pub fn pread(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, ReadError> {
+    let io = |source| ReadError::Io {
+        path: path.to_path_buf(),
+        offset,
+        len,
+        source,
+    };
+    let f = std::fs::File::open(path).map_err(io)?;
+    let n = usize::try_from(len).map_err(|_| ReadError::TooLarge(vec![len]))?;
+    let mut buf = vec![0u8; n];
+    let mut done = 0;
+    while done < n {
+        match f.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => {
+                return Err(ReadError::Truncated {
+                    path: path.to_path_buf(),
+                    end: offset + len,
+                });
+            }
+            Ok(k) => done += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io(e)),
+        }
+    }
+    Ok(buf)
+}
+
+/// The region of the served chunk `idx`: start and count per dimension (clipped to shape).
+pub fn chunk_region(var: &Variable, idx: &[u64]) -> Result<(Vec<u64>, Vec<u64>), ReadError> {
+    let grid = grid_shape(&var.shape, &var.chunks);
+    if idx.len() != grid.len() || idx.iter().zip(&grid).any(|(i, g)| i >= g) {
+        return Err(ReadError::OutOfRange {
+            index: idx.to_vec(),
+            grid,
+        });
+    }
+    let start: Vec<u64> = idx.iter().zip(&var.chunks).map(|(i, c)| i * c).collect();
+    let count = start
+        .iter()
+        .zip(&var.chunks)
+        .zip(&var.shape)
+        .map(|((s, c), n)| (*c).min(n - s))
+        .collect();
+    Ok((start, count))
+}
+
+/// Stored bytes of a served chunk, unchanged, when the variable is served pass-through.
+/// Returns `None` when the chunk was never written or skipped a filter: the caller then
+/// decodes and re-encodes it.
+pub fn raw_chunk(var: &Variable, idx: &[u64]) -> Result<Option<Vec<u8>>, ReadError> {
+    let (start, _) = chunk_region(var, idx)?;
+    let (piece, local) = locate_piece(var, &start);
+    if let Storage::Chunked {
+        chunk_shape, locs, ..
+    } = &piece.data.storage
+    {
+        let sgrid = grid_shape(&piece.data.shape, chunk_shape);
+        let cidx: Vec<u64> = local.iter().zip(chunk_shape).map(|(s, c)| s / c).collect();
+        let loc = locs.get(linear(&cidx, &sgrid) as usize).copied();
+        return match loc {
+            Some(l) if l.size > 0 && l.filter_mask == 0 => {
+                pread(&piece.data.file.path, l.offset, l.size).map(Some)
+            }
+            _ => Ok(None),
+        };
+    }
+    Ok(None)
+}
+
+/// The piece holding global position `start` and the position local to it.
+fn locate_piece<'a>(var: &'a Variable, start: &[u64]) -> (&'a crate::dataset::Piece, Vec<u64>) {
+    let mut local = start.to_vec();
+    let Some(ax) = var.concat_axis else {
+        return (&var.pieces[0], local);
+    };
+    let p = var
+        .pieces
+        .iter()
+        .rev()
+        .find(|p| p.start <= start[ax])
+        .unwrap_or(&var.pieces[0]);
+    local[ax] -= p.start.min(local[ax]);
+    (p, local)
+}
+
+/// Decoded little-endian bytes of the full served chunk `idx` (edge chunks padded with the
+/// fill value, as Zarr stores them).
+pub fn read_chunk(var: &Variable, idx: &[u64]) -> Result<Vec<u8>, ReadError> {
+    let (start, count) = chunk_region(var, idx)?;
+    let elem = var.dtype.size();
+    let n = numel(&var.chunks).ok_or_else(|| ReadError::TooLarge(var.chunks.clone()))?;
+    let mut out = vec![0u8; n * elem];
+    fill_with(&mut out, &var.fill);
+    let zero = vec![0u64; var.chunks.len()];
+    for piece in &var.pieces {
+        // Intersection of this chunk with the piece, in global coordinates.
+        let mut pstart = vec![0u64; start.len()];
+        let mut pcount = count.clone();
+        let mut gstart = start.clone();
+        if let Some(ax) = var.concat_axis {
+            let plen = piece.data.shape[ax];
+            let Some((s, c)) = intersect(start[ax], count[ax], piece.start, plen) else {
+                continue;
+            };
+            pstart[ax] = s - piece.start;
+            pcount[ax] = c;
+            gstart[ax] = s;
+        }
+        for d in 0..start.len() {
+            if Some(d) != var.concat_axis {
+                pstart[d] = start[d];
+            }
+        }
+        let dst_start: Vec<u64> = gstart.iter().zip(&start).map(|(g, s)| g - s).collect();
+        read_region(
+            &piece.data,
+            var.dtype,
+            &pstart,
+            &pcount,
+            &mut out,
+            &var.chunks,
+            &dst_start,
+        )?;
+    }
+    let _ = zero;
+    Ok(out)
+}
+
+/// Strings of the served chunk `idx` of an NC_STRING variable (padded with "").
+pub fn read_chunk_strings(var: &Variable, idx: &[u64]) -> Result<Vec<String>, ReadError> {
+    let (start, count) = chunk_region(var, idx)?;
+    let n = numel(&var.chunks).ok_or_else(|| ReadError::TooLarge(var.chunks.clone()))?;
+    let mut out = vec![String::new(); n];
+    for piece in &var.pieces {
+        let Storage::Memory(m) = &piece.data.storage else {
+            continue;
+        };
+        let MemValues::Strings(values) = m.as_ref() else {
+            continue;
+        };
+        let mut pstart = start.clone();
+        let mut pcount = count.clone();
+        let mut dst0 = vec![0u64; start.len()];
+        if let Some(ax) = var.concat_axis {
+            let Some((s, c)) = intersect(start[ax], count[ax], piece.start, piece.data.shape[ax]) else {
+                continue;
+            };
+            pstart[ax] = s - piece.start;
+            pcount[ax] = c;
+            dst0[ax] = s - start[ax];
+        }
+        // Element-wise copy via indices (string arrays are small).
+        let total = numel(&pcount).unwrap_or(0);
+        let mut k = vec![0u64; pcount.len()];
+        for _ in 0..total {
+            let src: Vec<u64> = k.iter().zip(&pstart).map(|(a, b)| a + b).collect();
+            let dst: Vec<u64> = k.iter().zip(&dst0).map(|(a, b)| a + b).collect();
+            let si = linear(&src, &piece.data.shape) as usize;
+            let di = linear(&dst, &var.chunks) as usize;
+            if let (Some(v), Some(o)) = (values.get(si), out.get_mut(di)) {
+                o.clone_from(v);
+            }
+            for d in (0..k.len()).rev() {
+                k[d] += 1;
+                if k[d] < pcount[d] {
+                    break;
+                }
+                k[d] = 0;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reads the block `[start, start+count)` of one file's variable into `dst` (shape
+/// `dst_shape`) at `dst_start`, converting to little-endian.
+pub fn read_region(
+    fv: &FileVar,
+    dtype: DType,
+    start: &[u64],
+    count: &[u64],
+    dst: &mut [u8],
+    dst_shape: &[u64],
+    dst_start: &[u64],
+) -> Result<(), ReadError> {
+    if count.contains(&0) {
+        return Ok(());
+    }
+    let elem = dtype.size();
+    let path = fv.file.path.as_path();
+    let swap = fv.endian == Endian::Big;
+    match &fv.storage {
+        Storage::Unallocated => Ok(()),
+        Storage::Memory(m) => {
+            if let MemValues::Bytes(b) = m.as_ref() {
+                copy_block(b, &fv.shape, start, dst, dst_shape, dst_start, count, elem);
+            }
+            Ok(())
+        }
+        Storage::Contiguous { offset } => {
+            let mut block = read_contiguous(path, *offset, &fv.shape, elem, start, count)?;
+            if swap {
+                byteswap(&mut block, elem);
+            }
+            copy_block(
+                &block,
+                count,
+                &vec![0; count.len()],
+                dst,
+                dst_shape,
+                dst_start,
+                count,
+                elem,
+            );
+            Ok(())
+        }
+        Storage::Records { begin, recsize } => {
+            let inner_shape = &fv.shape[1..];
+            let mut block = Vec::new();
+            for r in start[0]..start[0] + count[0] {
+                block.extend(read_contiguous(
+                    path,
+                    begin + r * recsize,
+                    inner_shape,
+                    elem,
+                    &start[1..],
+                    &count[1..],
+                )?);
+            }
+            if swap {
+                byteswap(&mut block, elem);
+            }
+            copy_block(
+                &block,
+                count,
+                &vec![0; count.len()],
+                dst,
+                dst_shape,
+                dst_start,
+                count,
+                elem,
+            );
+            Ok(())
+        }
+        Storage::Chunked {
+            chunk_shape,
+            filters,
+            locs,
+        } => {
+            let sgrid = grid_shape(&fv.shape, chunk_shape);
+            let clen = numel(chunk_shape).ok_or_else(|| ReadError::TooLarge(chunk_shape.clone()))? * elem;
+            // Range of stored chunks overlapping the block.
+            let lo: Vec<u64> = start.iter().zip(chunk_shape).map(|(s, c)| s / c).collect();
+            let hi: Vec<u64> = start
+                .iter()
+                .zip(count)
+                .zip(chunk_shape)
+                .map(|((s, n), c)| (s + n - 1) / c)
+                .collect();
+            let mut ci = lo.clone();
+            loop {
+                let loc = locs.get(linear(&ci, &sgrid) as usize).copied();
+                if let Some(loc) = loc.filter(|l| l.size > 0) {
+                    let raw = pread(path, loc.offset, loc.size)?;
+                    let mut data = decode_hdf5(raw, filters, loc.filter_mask, clen).map_err(|source| {
+                        ReadError::Codec {
+                            path: path.to_path_buf(),
+                            offset: loc.offset,
+                            source,
+                        }
+                    })?;
+                    if swap {
+                        byteswap(&mut data, elem);
+                    }
+                    // Overlap of this stored chunk with the block.
+                    let mut src_start = Vec::with_capacity(ci.len());
+                    let mut ov_count = Vec::with_capacity(ci.len());
+                    let mut d_start = Vec::with_capacity(ci.len());
+                    for d in 0..ci.len() {
+                        let c0 = ci[d] * chunk_shape[d];
+                        let (s, n) = intersect(c0, chunk_shape[d], start[d], count[d]).unwrap_or((c0, 0));
+                        src_start.push(s - c0);
+                        ov_count.push(n);
+                        d_start.push(dst_start[d] + (s - start[d]));
+                    }
+                    copy_block(
+                        &data,
+                        chunk_shape,
+                        &src_start,
+                        dst,
+                        dst_shape,
+                        &d_start,
+                        &ov_count,
+                        elem,
+                    );
+                }
+                // next stored chunk in [lo, hi]
+                let mut d = ci.len();
+                loop {
+                    if d == 0 {
+                        return Ok(());
+                    }
+                    d -= 1;
+                    ci[d] += 1;
+                    if ci[d] <= hi[d] {
+                        break;
+                    }
+                    ci[d] = lo[d];
+                }
+            }
+        }
+    }
+}
+
+/// Reads a block of a C-ordered array stored as one byte run at `base`. Whole trailing
+/// dimensions merge into long runs; runs close together are read with one `pread`.
+fn read_contiguous(
+    path: &Path,
+    base: u64,
+    shape: &[u64],
+    elem: usize,
+    start: &[u64],
+    count: &[u64],
+) -> Result<Vec<u8>, ReadError> {
+    let rank = shape.len();
+    if rank == 0 {
+        return pread(path, base, elem as u64);
+    }
+    // k: first dim from which the block covers whole trailing dims
+    let mut k = rank - 1;
+    while k > 0 && start[k] == 0 && count[k] == shape[k] {
+        k -= 1;
+    }
+    let inner: u64 = shape[k + 1..].iter().product();
+    let run_elems = count[k] * inner;
+    let strides: Vec<u64> = (0..rank).map(|d| shape[d + 1..].iter().product()).collect();
+    let nruns = numel(&count[..k]).ok_or_else(|| ReadError::TooLarge(count.to_vec()))?;
+    let mut offsets = Vec::with_capacity(nruns);
+    let mut idx = vec![0u64; k];
+    for _ in 0..nruns {
+        let mut e = start[k] * strides[k];
+        for d in 0..k {
+            e += (start[d] + idx[d]) * strides[d];
+        }
+        offsets.push(e * elem as u64);
+        for d in (0..k).rev() {
+            idx[d] += 1;
+            if idx[d] < count[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    let run = run_elems * elem as u64;
+    let needed = run * nruns as u64;
+    let (first, last) = match (offsets.first(), offsets.last()) {
+        (Some(f), Some(l)) => (*f, *l + run),
+        _ => return Ok(Vec::new()),
+    };
+    let span = last - first;
+    if span <= needed * 2 + (1 << 20) {
+        let buf = pread(path, base + first, span)?;
+        if nruns == 1 {
+            return Ok(buf);
+        }
+        let mut out = Vec::with_capacity(needed as usize);
+        for o in offsets {
+            let s = (o - first) as usize;
+            out.extend_from_slice(&buf[s..s + run as usize]);
+        }
+        Ok(out)
+    } else {
+        let mut out = Vec::with_capacity(needed as usize);
+        for o in offsets {
+            out.extend(pread(path, base + o, run)?);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,399 @@
+//! Combining indexed files into one dataset, like `xarray.open_mfdataset(combine="by_coords",
+//! data_vars="minimal", coords="minimal")`: files ordered by their concat coordinate,
+//! variables with the concat dimension stacked, the others taken from the first file after
+//! checking every file agrees.
+
+use std::sync::Arc;
+
+use super::attrs::AttrValue;
+use super::{Dataset, Group, Piece, Variable};
+use crate::chunk::grid::{default_chunks, numel};
+use crate::chunk::read::read_region;
+use crate::codec::{Encoding, ZSTD_LEVEL};
+use crate::model::{DType, Scalar};
+use crate::source::{Filter, SourceGroup, SourceIndex, SourceVar, Storage};
+
+/// Chunk size we aim for when the source has no chunking of its own.
+pub const TARGET_CHUNK_BYTES: u64 = 4 << 20;
+/// Non-concatenated variables up to this size are compared value by value across files.
+const COMPARE_LIMIT: u64 = 8 << 20;
+
+/// Why files cannot be combined. Messages name the file and the variable.
+#[derive(Debug, thiserror::Error)]
+pub enum AggregateError {
+    #[error("{0}")]
+    Mismatch(String),
+    #[error("{0}")]
+    Read(#[from] crate::chunk::read::ReadError),
+}
+
+fn mismatch(s: String) -> AggregateError {
+    AggregateError::Mismatch(s)
+}
+
+fn find_group<'a>(g: &'a SourceGroup, path: &str) -> Option<&'a SourceGroup> {
+    if g.path == path {
+        return Some(g);
+    }
+    g.groups.iter().find_map(|s| find_group(s, path))
+}
+
+/// Reads a whole (small) variable of one file as little-endian bytes.
+fn read_all(v: &SourceVar) -> Result<Vec<u8>, AggregateError> {
+    let n = numel(&v.data.shape).unwrap_or(0);
+    let mut buf = vec![0u8; n * v.dtype.size()];
+    let fill = v.dtype.netcdf_default_fill();
+    crate::chunk::grid::fill_with(&mut buf, &fill);
+    let zero = vec![0u64; v.data.shape.len()];
+    read_region(
+        &v.data,
+        v.dtype,
+        &zero,
+        &v.data.shape,
+        &mut buf,
+        &v.data.shape,
+        &zero,
+    )?;
+    Ok(buf)
+}
+
+fn as_f64s(bytes: &[u8], dtype: DType) -> Vec<f64> {
+    let e = dtype.size().max(1);
+    bytes
+        .chunks_exact(e)
+        .filter_map(|b| Scalar::from_le_bytes(b, dtype).map(Scalar::as_f64))
+        .collect()
+}
+
+/// Picks the concat dimension: the configured one, else the unlimited one, else `time`.
+fn concat_dim(spec: &cloudify_crds::DatasetSpec, first: &SourceIndex) -> Option<String> {
+    if let Some(d) = &spec.concat_dim {
+        return Some(d.clone());
+    }
+    let dims = &first.root.dims;
+    dims.iter()
+        .find(|d| d.unlimited)
+        .or_else(|| dims.iter().find(|d| d.name == "time"))
+        .map(|d| d.name.clone())
+}
+
+/// Builds the dataset. `files` are the indexed sources in the order given.
+pub fn build(
+    spec: &cloudify_crds::DatasetSpec,
+    mut files: Vec<SourceIndex>,
+) -> Result<Dataset, AggregateError> {
+    let Some(first) = files.first() else {
+        return Err(mismatch("no source files".into()));
+    };
+    let cdim = if files.len() > 1 {
+        Some(concat_dim(spec, first).ok_or_else(|| {
+            mismatch(format!(
+                "{}: cannot tell which dimension to concatenate along (no unlimited or 'time' dimension); set concatDim",
+                first.file.path.display()
+            ))
+        })?)
+    } else {
+        None
+    };
+    if let Some(cd) = &cdim {
+        order_files(&mut files, cd)?;
+    }
+    let root = build_group(&files, "", cdim.as_deref())?;
+    let mut skipped = Vec::new();
+    collect_skipped(&files[0].root, &mut skipped);
+    let fingerprint = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        env!("CARGO_PKG_VERSION").hash(&mut h);
+        spec.name.hash(&mut h);
+        for f in &files {
+            f.file.hash(&mut h);
+        }
+        h.finish()
+    };
+    Ok(Dataset {
+        name: spec.name.clone(),
+        spec: spec.clone(),
+        root,
+        files: files.iter().map(|f| f.file.clone()).collect(),
+        fingerprint,
+        skipped,
+    })
+}
+
+fn collect_skipped(g: &SourceGroup, out: &mut Vec<(String, String)>) {
+    for (n, why) in &g.skipped {
+        let p = if g.path.is_empty() {
+            n.clone()
+        } else {
+            format!("{}/{n}", g.path)
+        };
+        out.push((p, why.clone()));
+    }
+    for s in &g.groups {
+        collect_skipped(s, out);
+    }
+}
+
+/// Sorts files by their first concat coordinate value and checks they line up.
+fn order_files(files: &mut [SourceIndex], cd: &str) -> Result<(), AggregateError> {
+    for f in files.iter() {
+        if !f.root.dims.iter().any(|d| d.name == cd) {
+            return Err(mismatch(format!(
+                "{}: has no dimension '{cd}' to concatenate along",
+                f.file.path.display()
+            )));
+        }
+    }
+    let coord = |f: &SourceIndex| {
+        f.root
+            .vars
+            .iter()
+            .find(|v| v.name == cd && v.dims == [cd])
+            .cloned()
+    };
+    if coord(&files[0]).is_none() {
+        return Ok(()); // no coordinate: keep the given (sorted path) order
+    }
+    let ref_attrs = coord(&files[0]).map(|v| v.attrs).unwrap_or_default();
+    let mut keyed = Vec::with_capacity(files.len());
+    for (i, f) in files.iter().enumerate() {
+        let c = coord(f).ok_or_else(|| {
+            mismatch(format!(
+                "{}: has no coordinate variable '{cd}'",
+                f.file.path.display()
+            ))
+        })?;
+        for a in ["units", "calendar"] {
+            if c.attrs.get(a) != ref_attrs.get(a) {
+                return Err(mismatch(format!(
+                    "{}: '{cd}' attribute '{a}' is {:?} but {} has {:?}; files with different time encodings cannot be concatenated as stored",
+                    f.file.path.display(),
+                    c.attrs.get(a).map(AttrValue::display),
+                    files[0].file.path.display(),
+                    ref_attrs.get(a).map(AttrValue::display)
+                )));
+            }
+        }
+        let vals = as_f64s(&read_all(&c)?, c.dtype);
+        let first = vals.first().copied().unwrap_or(f64::NAN);
+        let last = vals.last().copied().unwrap_or(f64::NAN);
+        keyed.push((first, last, i));
+    }
+    keyed.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+    for w in keyed.windows(2) {
+        let (a, b) = (&w[0], &w[1]);
+        let ordered = a.1 < b.0 || a.0.is_nan() || b.0.is_nan();
+        if !ordered {
+            return Err(mismatch(format!(
+                "{} and {}: '{cd}' values overlap ({} .. {} vs {} ..); the series is not monotonic",
+                files[a.2].file.path.display(),
+                files[b.2].file.path.display(),
+                a.0,
+                a.1,
+                b.0
+            )));
+        }
+    }
+    let order: Vec<usize> = keyed.iter().map(|k| k.2).collect();
+    let mut sorted: Vec<SourceIndex> = order.iter().map(|i| files[*i].clone()).collect();
+    files.swap_with_slice(&mut sorted);
+    Ok(())
+}
+
+fn build_group(files: &[SourceIndex], path: &str, cd: Option<&str>) -> Result<Group, AggregateError> {
+    let g0 = find_group(&files[0].root, path).ok_or_else(|| mismatch(format!("group '{path}' vanished")))?;
+    let mut vars = Vec::new();
+    for v0 in &g0.vars {
+        let axis = cd.and_then(|cd| v0.dims.iter().position(|d| d == cd));
+        let zarr_path = if path.is_empty() {
+            v0.name.clone()
+        } else {
+            format!("{path}/{}", v0.name)
+        };
+        let mut pieces = vec![Piece {
+            start: 0,
+            data: v0.data.clone(),
+        }];
+        let mut total = v0.data.shape.clone();
+        for f in &files[1..] {
+            let fname = f.file.path.display();
+            let other = find_group(&f.root, path).and_then(|g| g.vars.iter().find(|v| v.name == v0.name));
+            let Some(v) = other else {
+                if axis.is_some() {
+                    return Err(mismatch(format!("{fname}: variable '{zarr_path}' is missing")));
+                }
+                continue;
+            };
+            if v.dtype != v0.dtype || v.dims != v0.dims {
+                return Err(mismatch(format!(
+                    "{fname}: variable '{zarr_path}' is {:?}{:?} but {} has {:?}{:?}",
+                    v.dtype,
+                    v.dims,
+                    files[0].file.path.display(),
+                    v0.dtype,
+                    v0.dims
+                )));
+            }
+            let same_shape = v
+                .data
+                .shape
+                .iter()
+                .zip(&v0.data.shape)
+                .enumerate()
+                .all(|(d, (a, b))| Some(d) == axis || a == b);
+            if !same_shape {
+                return Err(mismatch(format!(
+                    "{fname}: variable '{zarr_path}' has shape {:?} but {} has {:?}",
+                    v.data.shape,
+                    files[0].file.path.display(),
+                    v0.data.shape
+                )));
+            }
+            match axis {
+                Some(ax) => {
+                    pieces.push(Piece {
+                        start: total[ax],
+                        data: v.data.clone(),
+                    });
+                    total[ax] += v.data.shape[ax];
+                }
+                None => {
+                    let bytes = numel(&v.data.shape).unwrap_or(usize::MAX) as u64 * v.dtype.size() as u64;
+                    if v.dtype != DType::Str && bytes <= COMPARE_LIMIT && read_all(v)? != read_all(v0)? {
+                        return Err(mismatch(format!(
+                            "{fname}: values of '{zarr_path}' differ from {} (variables without the concat dimension must agree)",
+                            files[0].file.path.display()
+                        )));
+                    }
+                }
+            }
+        }
+        vars.push(Arc::new(make_variable(v0, zarr_path, total, axis, pieces)));
+    }
+    let dims = g0
+        .dims
+        .iter()
+        .map(|d| {
+            let len = vars
+                .iter()
+                .find_map(|v| v.dims.iter().position(|n| *n == d.name).map(|i| v.shape[i]))
+                .unwrap_or(d.len);
+            (d.name.clone(), len)
+        })
+        .collect();
+    let mut groups = Vec::new();
+    for sub in &g0.groups {
+        groups.push(build_group(files, &sub.path, cd)?);
+    }
+    Ok(Group {
+        path: path.to_string(),
+        attrs: g0.attrs.clone(),
+        dims,
+        vars,
+        groups,
+    })
+}
+
+fn scalar_of(v: &AttrValue) -> Option<Scalar> {
+    match v {
+        AttrValue::Ints(x) => x.first().map(|v| Scalar::Int(*v)),
+        AttrValue::UInts(x) => x.first().map(|v| Scalar::UInt(*v)),
+        AttrValue::Floats(x) => x.first().map(|v| Scalar::Float(*v)),
+        _ => None,
+    }
+}
+
+fn make_variable(
+    v0: &SourceVar,
+    path: String,
+    shape: Vec<u64>,
+    axis: Option<usize>,
+    pieces: Vec<Piece>,
+) -> Variable {
+    let mut attrs = v0.attrs.clone();
+    let fill_attr = match attrs.get("_FillValue") {
+        Some(v) if v0.dtype != DType::Str && v0.dtype != DType::Char => {
+            let s = scalar_of(v);
+            attrs.remove("_FillValue");
+            s
+        }
+        _ => None,
+    };
+    let fill = match fill_attr {
+        Some(s) => s.to_le_bytes(v0.dtype),
+        None => v0.dtype.netcdf_default_fill(),
+    };
+    let elem = v0.dtype.size().max(1);
+    // Served chunking: the source's when it tiles the aggregate, else a few MB.
+    let source_chunks = match &pieces[0].data.storage {
+        Storage::Chunked { chunk_shape, .. } => Some(chunk_shape.clone()),
+        _ => None,
+    };
+    let tiles = |c: &Vec<u64>| {
+        pieces.iter().enumerate().all(|(i, p)| {
+            let same = matches!(&p.data.storage, Storage::Chunked { chunk_shape, .. } if chunk_shape == c)
+                || matches!(&p.data.storage, Storage::Unallocated);
+            let aligned = match axis {
+                Some(ax) => i + 1 == pieces.len() || p.data.shape[ax] % c[ax] == 0,
+                None => true,
+            };
+            same && aligned
+        })
+    };
+    let chunks = match &source_chunks {
+        Some(c) if tiles(c) => c.clone(),
+        Some(c) => {
+            // keep the source's chunking except along the concat axis
+            let mut c = c.clone();
+            if let Some(ax) = axis {
+                c[ax] = default_chunks(&shape, elem, TARGET_CHUNK_BYTES)[ax].min(c[ax].max(1));
+            }
+            c
+        }
+        None => default_chunks(&shape, elem, TARGET_CHUNK_BYTES),
+    };
+    let chunks: Vec<u64> = chunks.into_iter().map(|c| c.max(1)).collect();
+    // Pass-through: every piece chunked like the served grid, with the same zlib pipeline.
+    let pipeline = |p: &Piece| match &p.data.storage {
+        Storage::Chunked { filters, .. } if p.data.endian == crate::model::Endian::Little => {
+            match filters.as_slice() {
+                [Filter::Shuffle(e), Filter::Deflate(l)] => Some(Encoding::ShuffleZlib {
+                    shuffle: Some(*e),
+                    level: *l,
+                }),
+                [Filter::Deflate(l)] => Some(Encoding::ShuffleZlib {
+                    shuffle: None,
+                    level: *l,
+                }),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    let passthrough_enc = match (&source_chunks, pipeline(&pieces[0])) {
+        (Some(c), Some(enc)) if *c == chunks && tiles(c) && !matches!(v0.dtype, DType::Char | DType::Str) => {
+            let all_same = pieces.iter().all(|p| {
+                pipeline(p).as_ref() == Some(&enc) || matches!(p.data.storage, Storage::Unallocated)
+            });
+            all_same.then_some(enc)
+        }
+        _ => None,
+    };
+    let passthrough = passthrough_enc.is_some();
+    Variable {
+        name: v0.name.clone(),
+        path,
+        dims: v0.dims.clone(),
+        shape,
+        dtype: v0.dtype,
+        attrs,
+        fill_attr,
+        fill,
+        chunks,
+        concat_axis: axis,
+        pieces,
+        v2_encoding: passthrough_enc.unwrap_or(Encoding::Zstd(ZSTD_LEVEL)),
+        passthrough,
+    }
+}

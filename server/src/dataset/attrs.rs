@@ -1,0 +1,183 @@
+//! netCDF attributes and their JSON form.
+//!
+//! netCDF attributes are typed arrays; JSON has numbers, strings and lists. We follow what
+//! xarray's netCDF backend shows users: one-element arrays become scalars, text becomes a
+//! string. Non-finite floats are written as the bare tokens `NaN`/`Infinity` that Python's
+//! `json` module (and therefore zarr-python and xarray) reads back as floats.
+
+use std::fmt::Write as _;
+
+/// One attribute value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttrValue {
+    Str(String),
+    Strs(Vec<String>),
+    Ints(Vec<i64>),
+    UInts(Vec<u64>),
+    /// Floats; f32 attributes are widened exactly (as numpy does when writing JSON).
+    Floats(Vec<f64>),
+}
+
+impl AttrValue {
+    /// First element as f64, if numeric.
+    pub fn first_f64(&self) -> Option<f64> {
+        match self {
+            AttrValue::Ints(v) => v.first().map(|x| *x as f64),
+            AttrValue::UInts(v) => v.first().map(|x| *x as f64),
+            AttrValue::Floats(v) => v.first().copied(),
+            _ => None,
+        }
+    }
+
+    /// Text value, if a string.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            AttrValue::Str(s) => Some(s),
+            AttrValue::Strs(v) if v.len() == 1 => v.first().map(String::as_str),
+            _ => None,
+        }
+    }
+
+    /// Writes the JSON form (see module docs).
+    pub fn write_json(&self, out: &mut String) {
+        fn list<T>(out: &mut String, v: &[T], f: impl Fn(&mut String, &T)) {
+            if v.len() == 1 {
+                f(out, &v[0]);
+                return;
+            }
+            out.push('[');
+            for (i, x) in v.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                f(out, x);
+            }
+            out.push(']');
+        }
+        match self {
+            AttrValue::Str(s) => write_json_str(out, s),
+            AttrValue::Strs(v) => list(out, v, |o, s| write_json_str(o, s)),
+            AttrValue::Ints(v) => list(out, v, |o, x| {
+                let _ = write!(o, "{x}");
+            }),
+            AttrValue::UInts(v) => list(out, v, |o, x| {
+                let _ = write!(o, "{x}");
+            }),
+            AttrValue::Floats(v) => list(out, v, |o, x| write_json_f64(o, *x)),
+        }
+    }
+
+    /// Plain-text rendering for summaries.
+    pub fn display(&self) -> String {
+        let mut s = String::new();
+        match self {
+            AttrValue::Str(v) => s.push_str(v),
+            _ => self.write_json(&mut s),
+        }
+        s
+    }
+}
+
+/// Writes a JSON string literal.
+pub fn write_json_str(out: &mut String, s: &str) {
+    // serde_json's escaping is correct for every code point; reuse it.
+    out.push_str(&serde_json::Value::String(s.to_owned()).to_string());
+}
+
+/// Writes a float the way Python's `json.dumps` would, including non-finite values.
+pub fn write_json_f64(out: &mut String, x: f64) {
+    if x.is_nan() {
+        out.push_str("NaN");
+    } else if x == f64::INFINITY {
+        out.push_str("Infinity");
+    } else if x == f64::NEG_INFINITY {
+        out.push_str("-Infinity");
+    } else if x == 0.0 || (1e-5..1e16).contains(&x.abs()) {
+        // shortest round-trip decimal; keep a float a float ("1.0", not "1")
+        let start = out.len();
+        let _ = write!(out, "{x}");
+        if !out[start..].contains('.') {
+            out.push_str(".0");
+        }
+    } else {
+        // exponent form for very large/small magnitudes, e.g. "1e20" (valid JSON)
+        let _ = write!(out, "{x:e}");
+    }
+}
+
+/// Ordered attributes of a variable or group.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Attrs(pub Vec<(String, AttrValue)>);
+
+impl Attrs {
+    pub fn get(&self, name: &str) -> Option<&AttrValue> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+
+    pub fn get_str(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(AttrValue::as_str)
+    }
+
+    pub fn remove(&mut self, name: &str) -> Option<AttrValue> {
+        let i = self.0.iter().position(|(k, _)| k == name)?;
+        Some(self.0.remove(i).1)
+    }
+
+    pub fn insert(&mut self, name: &str, value: AttrValue) {
+        match self.0.iter_mut().find(|(k, _)| k == name) {
+            Some((_, v)) => *v = value,
+            None => self.0.push((name.to_owned(), value)),
+        }
+    }
+
+    /// JSON object text. `extra` entries (already JSON) are appended, e.g. `_ARRAY_DIMENSIONS`.
+    pub fn to_json(&self, skip: &[&str], extra: &[(&str, String)]) -> String {
+        let mut out = String::from("{");
+        let mut first = true;
+        for (k, v) in &self.0 {
+            if skip.contains(&k.as_str()) {
+                continue;
+            }
+            if !first {
+                out.push_str(", ");
+            }
+            first = false;
+            write_json_str(&mut out, k);
+            out.push_str(": ");
+            v.write_json(&mut out);
+        }
+        for (k, v) in extra {
+            if !first {
+                out.push_str(", ");
+            }
+            first = false;
+            write_json_str(&mut out, k);
+            out.push_str(": ");
+            out.push_str(v);
+        }
+        out.push('}');
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_forms() {
+        let a = Attrs(vec![
+            ("units".into(), AttrValue::Str("K \"kelvin\"".into())),
+            ("scale".into(), AttrValue::Floats(vec![0.5])),
+            ("range".into(), AttrValue::Ints(vec![-1, 2])),
+            ("miss".into(), AttrValue::Floats(vec![f64::NAN])),
+            ("big".into(), AttrValue::Floats(vec![1e20])),
+            ("one".into(), AttrValue::Floats(vec![1.0])),
+        ]);
+        let s = a.to_json(&[], &[("_ARRAY_DIMENSIONS", "[\"x\"]".into())]);
+        assert_eq!(
+            s,
+            r#"{"units": "K \"kelvin\"", "scale": 0.5, "range": [-1, 2], "miss": NaN, "big": 1e20, "one": 1.0, "_ARRAY_DIMENSIONS": ["x"]}"#
+        );
+    }
+}

@@ -1,0 +1,101 @@
+//! A served dataset: groups and variables, each variable stitched from pieces of files.
+
+pub mod aggregate;
+pub mod attrs;
+pub mod open;
+pub mod summary;
+
+use std::sync::Arc;
+
+use attrs::Attrs;
+
+use crate::codec::Encoding;
+use crate::model::{DType, Scalar};
+use crate::source::{FileVar, SourceFile};
+
+/// One contiguous stretch of a variable along its concat axis, stored in one file.
+#[derive(Clone, Debug)]
+pub struct Piece {
+    /// First index along the concat axis (0 when the variable is not concatenated).
+    pub start: u64,
+    pub data: FileVar,
+}
+
+/// A variable as clients see it.
+#[derive(Debug)]
+pub struct Variable {
+    pub name: String,
+    /// Zarr path of the array, e.g. `tas` or `g1/sub/x`.
+    pub path: String,
+    pub dims: Vec<String>,
+    pub shape: Vec<u64>,
+    pub dtype: DType,
+    /// Attributes without `_FillValue` (kept separately below).
+    pub attrs: Attrs,
+    /// The `_FillValue` attribute, if the source has one.
+    pub fill_attr: Option<Scalar>,
+    /// Little-endian bytes of the value unwritten data reads as (`_FillValue`, else netCDF's
+    /// default fill), used for never-written chunks and Zarr edge padding.
+    pub fill: Vec<u8>,
+    /// Served chunk shape.
+    pub chunks: Vec<u64>,
+    /// Axis along which pieces are stacked.
+    pub concat_axis: Option<usize>,
+    pub pieces: Vec<Piece>,
+    /// Encoding of Zarr v2 chunks on `/zarr`. When it is the source's own pipeline, stored
+    /// chunks are served byte-for-byte.
+    pub v2_encoding: Encoding,
+    /// True when every served chunk is exactly one stored chunk with `v2_encoding`.
+    pub passthrough: bool,
+}
+
+/// A group of variables (the root group has path "").
+#[derive(Debug, Default)]
+pub struct Group {
+    pub path: String,
+    pub attrs: Attrs,
+    pub dims: Vec<(String, u64)>,
+    pub vars: Vec<Arc<Variable>>,
+    pub groups: Vec<Group>,
+}
+
+impl Group {
+    /// All groups below and including this one, depth first.
+    pub fn walk(&self) -> Vec<&Group> {
+        let mut out = vec![self];
+        for g in &self.groups {
+            out.extend(g.walk());
+        }
+        out
+    }
+}
+
+/// An opened dataset.
+#[derive(Debug)]
+pub struct Dataset {
+    pub name: String,
+    pub spec: cloudify_crds::DatasetSpec,
+    pub root: Group,
+    pub files: Vec<Arc<SourceFile>>,
+    /// Hash of the sources' identities (path, size, mtime) and the server version: the
+    /// basis of ETags, so a changed file changes every ETag.
+    pub fingerprint: u64,
+    /// Variables that could not be served, with the reason (shown in summaries and logs).
+    pub skipped: Vec<(String, String)>,
+}
+
+impl Dataset {
+    /// Looks up an array by its Zarr path.
+    pub fn variable(&self, path: &str) -> Option<&Arc<Variable>> {
+        self.root
+            .walk()
+            .into_iter()
+            .flat_map(|g| g.vars.iter())
+            .find(|v| v.path == path)
+    }
+
+    /// Looks up a group by its Zarr path.
+    pub fn group(&self, path: &str) -> Option<&Group> {
+        self.root.walk().into_iter().find(|g| g.path == path)
+    }
+}

@@ -1,0 +1,96 @@
+//! DatasetSpec → files → indexes → [`Dataset`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use super::Dataset;
+use super::aggregate::{AggregateError, build};
+use crate::source::{SourceError, SourceFile, open_file};
+
+/// Why a dataset cannot be opened. Messages name the source or file.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("sources[{index}] '{pattern}': {reason}")]
+    Source {
+        index: usize,
+        pattern: String,
+        reason: String,
+    },
+    #[error("{0}")]
+    File(#[from] SourceError),
+    #[error("{0}")]
+    Aggregate(#[from] AggregateError),
+}
+
+fn has_glob(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+/// Expands the spec's sources (paths, `file://` URLs, globs) into a sorted, de-duplicated
+/// list of files. A pattern that matches nothing is an error: silently serving fewer files
+/// than the provider meant would be lost data.
+pub fn expand_sources(sources: &[String]) -> Result<Vec<PathBuf>, OpenError> {
+    let mut out = Vec::new();
+    for (index, s) in sources.iter().enumerate() {
+        let err = |reason: String| OpenError::Source {
+            index,
+            pattern: s.clone(),
+            reason,
+        };
+        let p = if let Some(rest) = s.strip_prefix("file://") {
+            rest.to_string()
+        } else if let Some((scheme, _)) = s.split_once("://") {
+            return Err(err(format!(
+                "scheme '{scheme}://' is not supported yet (use a local path or file://)"
+            )));
+        } else {
+            s.clone()
+        };
+        if has_glob(&p) {
+            let paths = glob::glob(&p).map_err(|e| err(format!("invalid glob: {e}")))?;
+            let mut matched: Vec<PathBuf> = Vec::new();
+            for m in paths {
+                let m = m.map_err(|e| err(e.to_string()))?;
+                if m.is_file() {
+                    matched.push(m);
+                }
+            }
+            if matched.is_empty() {
+                return Err(err("matched no files".into()));
+            }
+            matched.sort();
+            out.extend(matched);
+        } else {
+            let pb = PathBuf::from(&p);
+            if !pb.is_file() {
+                return Err(err(if pb.exists() {
+                    "is not a regular file".into()
+                } else {
+                    "no such file".into()
+                }));
+            }
+            out.push(pb);
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut uniq = Vec::new();
+    for p in out {
+        let canon = std::fs::canonicalize(&p).unwrap_or(p);
+        if seen.insert(canon.clone()) {
+            uniq.push(canon);
+        }
+    }
+    Ok(uniq)
+}
+
+/// Opens a dataset: expands its sources, indexes the files in parallel and combines them.
+pub fn open_dataset(spec: &cloudify_crds::DatasetSpec) -> Result<Dataset, OpenError> {
+    let paths = expand_sources(&spec.sources)?;
+    let indexes = paths
+        .into_par_iter()
+        .map(|p| open_file(Arc::new(SourceFile::stat(p)?)))
+        .collect::<Result<Vec<_>, SourceError>>()?;
+    Ok(build(spec, indexes)?)
+}

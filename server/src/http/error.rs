@@ -1,0 +1,58 @@
+//! HTTP errors: a status and a JSON body naming the problem.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// An error answered to the client as `{"error": message}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+    pub fn not_found(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, m)
+    }
+    pub fn bad_request(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, m)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(status = %self.status, "{}", self.message);
+        }
+        (self.status, Json(serde_json::json!({"error": self.message}))).into_response()
+    }
+}
+
+impl From<crate::chunk::read::ReadError> for ApiError {
+    fn from(e: crate::chunk::read::ReadError) -> Self {
+        use crate::chunk::read::ReadError as R;
+        let status = match &e {
+            R::OutOfRange { .. } => StatusCode::BAD_REQUEST,
+            R::TooLarge(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            R::Io { .. } | R::Truncated { .. } | R::Codec { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<crate::zarr::key::KeyError> for ApiError {
+    fn from(e: crate::zarr::key::KeyError) -> Self {
+        use crate::zarr::key::KeyError as K;
+        match e {
+            K::NotFound(m) => ApiError::not_found(m),
+            K::BadRequest(m) => ApiError::bad_request(m),
+        }
+    }
+}

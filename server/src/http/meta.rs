@@ -1,0 +1,148 @@
+//! xpublish's metadata API and the operational routes.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{Html, IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::zarr::served;
+use super::{AppState, Entry};
+use crate::dataset::summary;
+
+pub async fn root(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let ready: Vec<&String> = state
+        .datasets
+        .iter()
+        .filter(|(_, e)| matches!(e, Entry::Ready(_)))
+        .map(|(n, _)| n)
+        .collect();
+    Json(json!({
+        "service": "cloudify",
+        "version": env!("CARGO_PKG_VERSION"),
+        "datasets": ready,
+        "links": {"datasets": "/datasets", "status": "/status", "openapi": "/openapi.json", "docs": "/docs"},
+    }))
+}
+
+/// `/datasets`: ids of the datasets that are being served (xpublish's answer).
+pub async fn list(State(state): State<Arc<AppState>>) -> Json<Vec<String>> {
+    Json(
+        state
+            .datasets
+            .iter()
+            .filter(|(_, e)| matches!(e, Entry::Ready(_)))
+            .map(|(n, _)| n.clone())
+            .collect(),
+    )
+}
+
+/// `/status`: every configured dataset with its state, including failed ones and why.
+pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let list: Vec<Value> = state
+        .datasets
+        .iter()
+        .map(|(n, e)| match e {
+            Entry::Ready(s) => json!({"name": n, "state": "ready", "files": s.ds.files.len(),
+                "not_served": s.ds.skipped.iter().map(|(v, w)| json!({"variable": v, "reason": w})).collect::<Vec<_>>()}),
+            Entry::Failed(why) => json!({"name": n, "state": "failed", "error": why}),
+        })
+        .collect();
+    Json(json!({"datasets": list}))
+}
+
+pub async fn summary(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let s = served(&state, &id)?;
+    let wants_html = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"));
+    Ok(if wants_html {
+        Html(summary::html(&s.ds)).into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            summary::text(&s.ds),
+        )
+            .into_response()
+    })
+}
+
+/// `/datasets/{id}/keys`: variable names (xpublish's `list(ds.variables)`).
+pub async fn keys(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<String>>, ApiError> {
+    let s = served(&state, &id)?;
+    Ok(Json(
+        s.ds.root
+            .walk()
+            .iter()
+            .flat_map(|g| g.vars.iter().map(|v| v.path.clone()))
+            .collect(),
+    ))
+}
+
+pub async fn dict(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(summary::dict(&served(&state, &id)?.ds)))
+}
+
+pub async fn info(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(summary::info(&served(&state, &id)?.ds)))
+}
+
+pub async fn versions() -> Json<Value> {
+    let (maj, min, rel) = hdf5::library_version();
+    Json(json!({
+        "cloudify": env!("CARGO_PKG_VERSION"),
+        "hdf5": format!("{maj}.{min}.{rel}"),
+        "netcdf": crate::source::netcdf::library_version(),
+        "rustc_target": std::env::consts::ARCH,
+    }))
+}
+
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Ready when at least one dataset serves: a server whose datasets all failed has nothing
+/// to offer, while one broken dataset among many must not take the others out of service.
+pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let ready = state
+        .datasets
+        .iter()
+        .filter(|(_, e)| matches!(e, Entry::Ready(_)))
+        .count();
+    let failed = state.datasets.len() - ready;
+    let code = if ready > 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(json!({"ready": ready, "failed": failed}))).into_response()
+}
+
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+pub async fn not_found(uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route for '{}'", uri.path()))
+}

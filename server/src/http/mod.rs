@@ -1,0 +1,94 @@
+//! HTTP surface: thin handlers over the dataset registry.
+
+pub mod error;
+pub mod meta;
+pub mod openapi;
+pub mod zarr;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{HeaderName, Method, header};
+use axum::routing::get;
+use tower_http::cors::{Any, CorsLayer};
+
+use crate::dataset::Dataset;
+use crate::metrics::Metrics;
+use crate::zarr::ZarrMeta;
+
+/// A dataset ready to serve, with its pre-rendered Zarr metadata.
+#[derive(Debug)]
+pub struct Served {
+    pub ds: Dataset,
+    pub meta: ZarrMeta,
+}
+
+/// State of one configured dataset.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    Ready(Arc<Served>),
+    Failed(String),
+}
+
+/// Everything handlers need.
+#[derive(Debug)]
+pub struct AppState {
+    /// Datasets in configuration order.
+    pub datasets: Vec<(String, Entry)>,
+    /// Pool for reading and decoding chunks, sized to the cores: decoding is CPU-bound and
+    /// must not block the async runtime.
+    pub pool: rayon::ThreadPool,
+    pub metrics: Metrics,
+}
+
+impl AppState {
+    pub fn entry(&self, id: &str) -> Option<&Entry> {
+        self.datasets.iter().find(|(n, _)| n == id).map(|(_, e)| e)
+    }
+
+    /// Runs CPU/IO work on the pool and awaits it. A panic in `f` (a bug) is caught and
+    /// reported as `None`, so one bad request can never take the server down.
+    pub async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.pool.spawn(move || {
+            if let Ok(v) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+                let _ = tx.send(v);
+            }
+        });
+        rx.await.ok()
+    }
+}
+
+/// Builds the router.
+pub fn router(state: Arc<AppState>) -> Router {
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::HEAD, Method::OPTIONS])
+        .allow_headers(Any)
+        .expose_headers([
+            header::ETAG,
+            header::CONTENT_LENGTH,
+            HeaderName::from_static("content-encoding"),
+        ]);
+    Router::new()
+        .route("/", get(meta::root))
+        .route("/datasets", get(meta::list))
+        .route("/status", get(meta::status))
+        .route("/datasets/{id}", get(meta::summary))
+        .route("/datasets/{id}/", get(meta::summary))
+        .route("/datasets/{id}/keys", get(meta::keys))
+        .route("/datasets/{id}/dict", get(meta::dict))
+        .route("/datasets/{id}/info", get(meta::info))
+        .route("/datasets/{id}/zarr", get(zarr::zarr_root))
+        .route("/datasets/{id}/zarr/", get(zarr::zarr_root))
+        .route("/datasets/{id}/zarr/{*key}", get(zarr::zarr_key))
+        .route("/versions", get(meta::versions))
+        .route("/openapi.json", get(openapi::spec))
+        .route("/docs", get(openapi::docs))
+        .route("/healthz", get(meta::healthz))
+        .route("/readyz", get(meta::readyz))
+        .route("/metrics", get(meta::metrics))
+        .fallback(meta::not_found)
+        .layer(cors)
+        .with_state(state)
+}

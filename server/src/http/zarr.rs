@@ -1,0 +1,167 @@
+//! `/datasets/{id}/zarr/{key}`: metadata documents and chunks, Zarr v2 and v3.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+use super::{AppState, Entry, Served};
+use crate::chunk::read::{raw_chunk, read_chunk, read_chunk_strings};
+use crate::codec::{Encoding, ZSTD_LEVEL, encode, vlen_utf8};
+use crate::dataset::Variable;
+use crate::model::DType;
+use crate::zarr::key::{ChunkKey, Format, parse_chunk_key};
+
+/// Metadata may change when files are re-indexed; chunks are immutable for a given ETag.
+const CACHE_META: &str = "public, max-age=60";
+const CACHE_CHUNK: &str = "public, max-age=3600";
+
+/// Resolves a dataset id to a served dataset, or the error to answer.
+pub fn served(state: &AppState, id: &str) -> Result<Arc<Served>, ApiError> {
+    match state.entry(id) {
+        Some(Entry::Ready(s)) => Ok(s.clone()),
+        Some(Entry::Failed(reason)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("dataset '{id}' failed to open: {reason}"),
+        )),
+        None => Err(ApiError::not_found(format!("no dataset '{id}'"))),
+    }
+}
+
+fn etag(s: &Served, key: &str) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    format!("\"{:016x}{:016x}\"", s.ds.fingerprint, h.finish())
+}
+
+fn not_modified(headers: &HeaderMap, tag: &str) -> bool {
+    headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag || t.trim() == "*"))
+}
+
+fn respond(body: Body, tag: &str, cache: &'static str, ctype: &'static str) -> Response {
+    let mut r = Response::new(body);
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    if let Ok(v) = HeaderValue::from_str(tag) {
+        h.insert(header::ETAG, v);
+    }
+    r
+}
+
+fn not_modified_response(tag: &str, cache: &'static str) -> Response {
+    let mut r = respond(Body::empty(), tag, cache, "application/octet-stream");
+    *r.status_mut() = StatusCode::NOT_MODIFIED;
+    r
+}
+
+/// `/datasets/{id}/zarr`: a hint for people who open the prefix in a browser.
+pub async fn zarr_root(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let s = served(&state, &id)?;
+    let vars: Vec<String> =
+        s.ds.root
+            .walk()
+            .iter()
+            .flat_map(|g| g.vars.iter().map(|v| v.path.clone()))
+            .collect();
+    Ok(axum::Json(serde_json::json!({
+        "dataset": id,
+        "zarr_v2": ".zmetadata",
+        "zarr_v3": "zarr.json",
+        "arrays": vars,
+    }))
+    .into_response())
+}
+
+/// `/datasets/{id}/zarr/{key}`.
+pub async fn zarr_key(
+    State(state): State<Arc<AppState>>,
+    Path((id, key)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let s = served(&state, &id)?;
+    if let Some(doc) = s.meta.docs.get(&key) {
+        state
+            .metrics
+            .requests
+            .with_label_values(&["metadata", "200"])
+            .inc();
+        let tag = etag(&s, &key);
+        if not_modified(&headers, &tag) {
+            return Ok(not_modified_response(&tag, CACHE_META));
+        }
+        return Ok(respond(
+            Body::from(doc.clone()),
+            &tag,
+            CACHE_META,
+            "application/json",
+        ));
+    }
+    let ck = parse_chunk_key(&key, |p| s.ds.variable(p).map(|v| v.shape.len())).map_err(|e| {
+        let e = ApiError::from(e);
+        state
+            .metrics
+            .requests
+            .with_label_values(&["chunk", e.status.as_str()])
+            .inc();
+        ApiError::new(e.status, format!("dataset '{id}': {}", e.message))
+    })?;
+    let tag = etag(&s, &key);
+    if not_modified(&headers, &tag) {
+        return Ok(not_modified_response(&tag, CACHE_CHUNK));
+    }
+    let t0 = Instant::now();
+    let s2 = s.clone();
+    let result = state.run(move || chunk_bytes(&s2, &ck)).await.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("dataset '{id}', key '{key}': internal error while reading the chunk (see server log)"),
+        )
+    })?;
+    let code = match &result {
+        Ok(_) => "200".to_string(),
+        Err(e) => e.status.as_str().to_string(),
+    };
+    state.metrics.requests.with_label_values(&["chunk", &code]).inc();
+    let bytes =
+        result.map_err(|e| ApiError::new(e.status, format!("dataset '{id}', key '{key}': {}", e.message)))?;
+    state.metrics.chunk_seconds.observe(t0.elapsed().as_secs_f64());
+    state.metrics.chunk_bytes.inc_by(bytes.len() as u64);
+    Ok(respond(
+        Body::from(bytes),
+        &tag,
+        CACHE_CHUNK,
+        "application/octet-stream",
+    ))
+}
+
+/// Encoded bytes of one chunk. Runs on the worker pool.
+fn chunk_bytes(s: &Served, ck: &ChunkKey) -> Result<Vec<u8>, ApiError> {
+    let var: &Variable =
+        s.ds.variable(&ck.var)
+            .ok_or_else(|| ApiError::not_found(format!("no variable '{}'", ck.var)))?;
+    let zstd = Encoding::Zstd(ZSTD_LEVEL);
+    if var.dtype == DType::Str {
+        let strings = read_chunk_strings(var, &ck.index)?;
+        return Ok(encode(&vlen_utf8(&strings), &zstd));
+    }
+    match ck.format {
+        Format::V2 if var.passthrough => match raw_chunk(var, &ck.index)? {
+            Some(raw) => Ok(raw),
+            None => Ok(encode(&read_chunk(var, &ck.index)?, &var.v2_encoding)),
+        },
+        Format::V2 => Ok(encode(&read_chunk(var, &ck.index)?, &var.v2_encoding)),
+        Format::V3 => Ok(encode(&read_chunk(var, &ck.index)?, &zstd)),
+    }
+}

@@ -1,0 +1,168 @@
+//! `cloudify`: the command line.
+#![deny(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use cloudify_crds::{DatasetSpec, ServeConfig};
+use cloudify_server::{app, demo, serve};
+
+#[derive(Parser)]
+#[command(
+    name = "cloudify",
+    version,
+    about = "Serve Earth-System-Model output (netCDF/HDF5) as Zarr v2 and v3 over HTTP"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve datasets over HTTP.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Dataset id, followed by its files (paths, file:// URLs or globs).
+    #[arg(value_name = "NAME PATH_OR_GLOB...")]
+    args: Vec<String>,
+    /// Dimension to concatenate multiple files along (default: unlimited dim, else `time`).
+    #[arg(long)]
+    concat_dim: Option<String>,
+    /// YAML file with a top-level `datasets:` list.
+    #[arg(long, conflicts_with = "demo")]
+    config: Option<PathBuf>,
+    /// Serve the embedded demo dataset (id `demo`).
+    #[arg(long)]
+    demo: bool,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1", env = "CLOUDIFY_HOST")]
+    host: String,
+    /// Port to listen on.
+    #[arg(long, default_value_t = 9000, env = "CLOUDIFY_PORT")]
+    port: u16,
+    /// Take the first free port of a range, e.g. 9000-9100 (overrides --port).
+    #[arg(long, value_parser = serve::parse_port_range)]
+    port_range: Option<(u16, u16)>,
+    /// Write the URL the server listens on to this file once it is listening.
+    #[arg(long)]
+    listen_file: Option<PathBuf>,
+    /// TLS certificate chain (PEM); requires --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM); requires --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Cache directory (demo data, chunk indexes). Default: $XDG_CACHE_HOME/cloudify.
+    #[arg(long, env = "CLOUDIFY_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Worker threads for reading and decoding chunks (default: number of cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn cache_dir(arg: Option<PathBuf>) -> PathBuf {
+    arg.or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|p| PathBuf::from(p).join("cloudify")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/cloudify")))
+        .unwrap_or_else(|| std::env::temp_dir().join("cloudify-cache"))
+}
+
+fn specs(a: &ServeArgs) -> anyhow::Result<Vec<DatasetSpec>> {
+    if a.demo {
+        if !a.args.is_empty() {
+            anyhow::bail!("--demo takes no NAME/PATH arguments");
+        }
+        let glob = demo::ensure_demo(&cache_dir(a.cache_dir.clone()))?;
+        return Ok(vec![DatasetSpec {
+            name: "demo".into(),
+            sources: vec![glob],
+            concat_dim: None,
+            title: Some("cloudify demo dataset".into()),
+            description: None,
+        }]);
+    }
+    if let Some(path) = &a.config {
+        if !a.args.is_empty() {
+            anyhow::bail!("--config and NAME PATH arguments are mutually exclusive");
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let cfg = ServeConfig::from_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        return Ok(cfg.datasets);
+    }
+    let Some((name, sources)) = a.args.split_first() else {
+        anyhow::bail!("nothing to serve: give NAME PATH_OR_GLOB..., --config FILE or --demo");
+    };
+    if sources.is_empty() {
+        anyhow::bail!("dataset '{name}': no files given (usage: cloudify serve NAME PATH_OR_GLOB...)");
+    }
+    let spec = DatasetSpec {
+        name: name.clone(),
+        sources: sources.to_vec(),
+        concat_dim: a.concat_dim.clone(),
+        title: None,
+        description: None,
+    };
+    spec.validate(0).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(vec![spec])
+}
+
+fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
+    let specs = specs(&a)?;
+    let threads = a
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+        .max(1);
+    let state = app::load(&specs, threads)?;
+    let ready = state
+        .datasets
+        .iter()
+        .filter(|(_, e)| matches!(e, cloudify_server::http::Entry::Ready(_)))
+        .count();
+    for (name, e) in &state.datasets {
+        if let cloudify_server::http::Entry::Failed(why) = e {
+            eprintln!("cloudify: dataset '{name}' failed: {why}");
+        }
+    }
+    if ready == 0 && specs.len() == 1 {
+        // One dataset asked for and it cannot be served: say so and stop, don't idle.
+        anyhow::bail!("no dataset could be opened");
+    }
+    let opts = serve::ListenOpts {
+        host: a.host,
+        port: a.port,
+        port_range: a.port_range,
+        listen_file: a.listen_file,
+        tls: a.tls_cert.zip(a.tls_key),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.clamp(1, 4))
+        .enable_all()
+        .build()?;
+    rt.block_on(serve::run(Arc::new(state), opts))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CLOUDIFY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(a) => run_serve(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cloudify: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! Prometheus metrics of the data server.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+/// The server's metrics, registered in their own registry.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// Requests by kind (metadata/chunk) and status code.
+    pub requests: IntCounterVec,
+    /// Time to produce one chunk (read + decode + encode).
+    pub chunk_seconds: Histogram,
+    /// Bytes of chunk payload sent.
+    pub chunk_bytes: IntCounter,
+    /// Configured datasets by state (ready/failed).
+    pub datasets: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("cloudify_requests_total", "Zarr requests by kind and HTTP status"),
+            &["kind", "code"],
+        )?;
+        let chunk_seconds = Histogram::with_opts(
+            HistogramOpts::new("cloudify_chunk_seconds", "Time to produce one chunk").buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+        )?;
+        let chunk_bytes = IntCounter::new("cloudify_chunk_bytes_total", "Chunk payload bytes sent")?;
+        let datasets = IntGaugeVec::new(
+            Opts::new("cloudify_datasets", "Configured datasets by state"),
+            &["state"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(chunk_seconds.clone()))?;
+        registry.register(Box::new(chunk_bytes.clone()))?;
+        registry.register(Box::new(datasets.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            chunk_seconds,
+            chunk_bytes,
+            datasets,
+        })
+    }
+
+    /// Text exposition format.
+    pub fn render(&self) -> String {
+        let enc = prometheus::TextEncoder::new();
+        enc.encode_to_string(&self.registry.gather()).unwrap_or_default()
+    }
+}

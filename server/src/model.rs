@@ -1,0 +1,232 @@
+//! Element types and their Zarr spellings.
+
+use serde_json::{Value, json};
+
+/// Byte order of stored elements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Endian {
+    Little,
+    Big,
+}
+
+/// The element types netCDF can hold and we serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    I8,
+    U8,
+    I16,
+    U16,
+    I32,
+    U32,
+    I64,
+    U64,
+    F32,
+    F64,
+    /// NC_CHAR: one byte per element, served as `|S1` so xarray joins the last dimension
+    /// into strings exactly as it does for netCDF.
+    Char,
+    /// NC_STRING: variable-length UTF-8, served with the `vlen-utf8` codec.
+    Str,
+}
+
+impl DType {
+    /// Bytes per element in memory (strings have no fixed size; 0).
+    pub fn size(self) -> usize {
+        match self {
+            DType::I8 | DType::U8 | DType::Char => 1,
+            DType::I16 | DType::U16 => 2,
+            DType::I32 | DType::U32 | DType::F32 => 4,
+            DType::I64 | DType::U64 | DType::F64 => 8,
+            DType::Str => 0,
+        }
+    }
+
+    pub fn is_float(self) -> bool {
+        matches!(self, DType::F32 | DType::F64)
+    }
+
+    /// numpy type string for Zarr v2 (always little-endian: we byte-swap big-endian sources).
+    pub fn zarr_v2(self) -> &'static str {
+        match self {
+            DType::I8 => "|i1",
+            DType::U8 => "|u1",
+            DType::I16 => "<i2",
+            DType::U16 => "<u2",
+            DType::I32 => "<i4",
+            DType::U32 => "<u4",
+            DType::I64 => "<i8",
+            DType::U64 => "<u8",
+            DType::F32 => "<f4",
+            DType::F64 => "<f8",
+            DType::Char => "|S1",
+            DType::Str => "|O",
+        }
+    }
+
+    /// Zarr v3 `data_type`.
+    pub fn zarr_v3(self) -> Value {
+        match self {
+            DType::I8 => json!("int8"),
+            DType::U8 => json!("uint8"),
+            DType::I16 => json!("int16"),
+            DType::U16 => json!("uint16"),
+            DType::I32 => json!("int32"),
+            DType::U32 => json!("uint32"),
+            DType::I64 => json!("int64"),
+            DType::U64 => json!("uint64"),
+            DType::F32 => json!("float32"),
+            DType::F64 => json!("float64"),
+            DType::Char => json!({"name": "fixed_length_bytes", "configuration": {"length_bytes": 1}}),
+            DType::Str => json!("string"),
+        }
+    }
+
+    /// numpy-style name, for the xarray-like summaries.
+    pub fn numpy_name(self) -> &'static str {
+        match self {
+            DType::I8 => "int8",
+            DType::U8 => "uint8",
+            DType::I16 => "int16",
+            DType::U16 => "uint16",
+            DType::I32 => "int32",
+            DType::U32 => "uint32",
+            DType::I64 => "int64",
+            DType::U64 => "uint64",
+            DType::F32 => "float32",
+            DType::F64 => "float64",
+            DType::Char => "|S1",
+            DType::Str => "object",
+        }
+    }
+
+    /// netCDF's default fill value as little-endian bytes: what the library returns for
+    /// never-written data when a variable has no `_FillValue`.
+    pub fn netcdf_default_fill(self) -> Vec<u8> {
+        match self {
+            DType::I8 => (-127i8).to_le_bytes().to_vec(),
+            DType::U8 => 255u8.to_le_bytes().to_vec(),
+            DType::I16 => (-32767i16).to_le_bytes().to_vec(),
+            DType::U16 => 65535u16.to_le_bytes().to_vec(),
+            DType::I32 => (-2147483647i32).to_le_bytes().to_vec(),
+            DType::U32 => 4294967295u32.to_le_bytes().to_vec(),
+            DType::I64 => (-9223372036854775806i64).to_le_bytes().to_vec(),
+            DType::U64 => 18446744073709551614u64.to_le_bytes().to_vec(),
+            // NC_FILL_FLOAT / NC_FILL_DOUBLE, bit-exact
+            DType::F32 => f32::from_bits(0x7cf0_0000).to_le_bytes().to_vec(),
+            DType::F64 => f64::from_bits(0x479e_0000_0000_0000).to_le_bytes().to_vec(),
+            DType::Char => vec![0],
+            DType::Str => Vec::new(),
+        }
+    }
+}
+
+/// A scalar fill value, kept as the number it is so it can be written to JSON and to bytes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Scalar {
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+}
+
+impl Scalar {
+    /// Little-endian bytes of this value cast to `dtype` (as numpy's `astype` would).
+    pub fn to_le_bytes(self, dtype: DType) -> Vec<u8> {
+        let f = match self {
+            Scalar::Int(v) => v as f64,
+            Scalar::UInt(v) => v as f64,
+            Scalar::Float(v) => v,
+        };
+        let i = match self {
+            Scalar::Int(v) => v,
+            Scalar::UInt(v) => v as i64,
+            Scalar::Float(v) => v as i64,
+        };
+        let u = match self {
+            Scalar::Int(v) => v as u64,
+            Scalar::UInt(v) => v,
+            Scalar::Float(v) => v as u64,
+        };
+        match dtype {
+            DType::I8 => (i as i8).to_le_bytes().to_vec(),
+            DType::U8 | DType::Char => (u as u8).to_le_bytes().to_vec(),
+            DType::I16 => (i as i16).to_le_bytes().to_vec(),
+            DType::U16 => (u as u16).to_le_bytes().to_vec(),
+            DType::I32 => (i as i32).to_le_bytes().to_vec(),
+            DType::U32 => (u as u32).to_le_bytes().to_vec(),
+            DType::I64 => i.to_le_bytes().to_vec(),
+            DType::U64 => u.to_le_bytes().to_vec(),
+            DType::F32 => (f as f32).to_le_bytes().to_vec(),
+            DType::F64 => f.to_le_bytes().to_vec(),
+            DType::Str => Vec::new(),
+        }
+    }
+
+    /// Reads a little-endian element of `dtype`.
+    pub fn from_le_bytes(b: &[u8], dtype: DType) -> Option<Scalar> {
+        Some(match dtype {
+            DType::I8 => Scalar::Int(i8::from_le_bytes(b.get(..1)?.try_into().ok()?) as i64),
+            DType::U8 | DType::Char => Scalar::UInt(*b.first()? as u64),
+            DType::I16 => Scalar::Int(i16::from_le_bytes(b.get(..2)?.try_into().ok()?) as i64),
+            DType::U16 => Scalar::UInt(u16::from_le_bytes(b.get(..2)?.try_into().ok()?) as u64),
+            DType::I32 => Scalar::Int(i32::from_le_bytes(b.get(..4)?.try_into().ok()?) as i64),
+            DType::U32 => Scalar::UInt(u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as u64),
+            DType::I64 => Scalar::Int(i64::from_le_bytes(b.get(..8)?.try_into().ok()?)),
+            DType::U64 => Scalar::UInt(u64::from_le_bytes(b.get(..8)?.try_into().ok()?)),
+            DType::F32 => Scalar::Float(f32::from_le_bytes(b.get(..4)?.try_into().ok()?) as f64),
+            DType::F64 => Scalar::Float(f64::from_le_bytes(b.get(..8)?.try_into().ok()?)),
+            DType::Str => return None,
+        })
+    }
+
+    pub fn as_f64(self) -> f64 {
+        match self {
+            Scalar::Int(v) => v as f64,
+            Scalar::UInt(v) => v as f64,
+            Scalar::Float(v) => v,
+        }
+    }
+}
+
+/// Zarr spelling of a fill value: numbers as JSON numbers, non-finite floats as the strings
+/// `"NaN"`, `"Infinity"`, `"-Infinity"` (both Zarr specs say so).
+pub fn fill_json(s: Scalar, dtype: DType) -> Value {
+    match s {
+        Scalar::Float(v) if dtype.is_float() => {
+            let v = if dtype == DType::F32 { v as f32 as f64 } else { v };
+            if v.is_nan() {
+                json!("NaN")
+            } else if v == f64::INFINITY {
+                json!("Infinity")
+            } else if v == f64::NEG_INFINITY {
+                json!("-Infinity")
+            } else {
+                json!(v)
+            }
+        }
+        _ => match Scalar::from_le_bytes(&s.to_le_bytes(dtype), dtype) {
+            Some(Scalar::Int(v)) => json!(v),
+            Some(Scalar::UInt(v)) => json!(v),
+            Some(Scalar::Float(v)) => json!(v),
+            None => Value::Null,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fill_values_cast_like_numpy() {
+        assert_eq!(Scalar::Float(1e20).to_le_bytes(DType::F32), 1e20f32.to_le_bytes());
+        assert_eq!(
+            Scalar::Int(-32767).to_le_bytes(DType::I16),
+            (-32767i16).to_le_bytes()
+        );
+        assert_eq!(fill_json(Scalar::Float(f64::NAN), DType::F32), json!("NaN"));
+        assert_eq!(fill_json(Scalar::Int(-1), DType::I8), json!(-1));
+        assert_eq!(fill_json(Scalar::Float(1e20), DType::F32), json!(1e20f32 as f64));
+        let f = DType::F32.netcdf_default_fill();
+        assert_eq!(f32::from_le_bytes([f[0], f[1], f[2], f[3]]) as f64, 9.969_209_968_386_869e36_f32 as f64);
+    }
+}

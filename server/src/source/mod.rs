@@ -1,0 +1,210 @@
+//! Sources: what one file holds and where its bytes are.
+//!
+//! Opening a file uses libnetcdf/libhdf5 (behind their global lock) *once*, to learn the
+//! logical model (dimensions, variables, attributes) and the physical layout (chunk byte
+//! ranges, filters). Everything here is plain data afterwards, so the request path can read
+//! bytes with `pread` and decode them in Rust on every core.
+
+pub mod classic;
+pub mod ffi;
+pub mod nc3;
+pub mod netcdf;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::dataset::attrs::Attrs;
+use crate::model::{DType, Endian};
+
+/// Identity of one source file: used for ETags and to detect changed files.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SourceFile {
+    pub path: PathBuf,
+    pub size: u64,
+    pub mtime_ns: i128,
+}
+
+/// One step of an HDF5 filter pipeline that we can undo in Rust.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Filter {
+    /// zlib stream (HDF5 "deflate"), with the level it was written with.
+    Deflate(u8),
+    /// Byte shuffle with the element size.
+    Shuffle(usize),
+    /// Fletcher-32 checksum appended to the chunk.
+    Fletcher32,
+    /// Zstandard frame (HDF5 plugin 32015).
+    Zstd,
+}
+
+/// Byte location of one stored chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkLoc {
+    pub offset: u64,
+    /// Stored (compressed) size; 0 means "never written": the chunk is all fill value.
+    pub size: u64,
+    /// HDF5 filter mask: bit i set = filter i was skipped for this chunk.
+    pub filter_mask: u32,
+}
+
+/// Where and how a variable's values are stored in one file.
+#[derive(Clone, Debug)]
+pub enum Storage {
+    /// HDF5 chunked layout; `locs` is dense, row-major over the chunk grid.
+    Chunked {
+        chunk_shape: Vec<u64>,
+        filters: Vec<Filter>,
+        locs: Arc<Vec<ChunkLoc>>,
+    },
+    /// The whole array as one C-ordered byte run (HDF5 contiguous, netCDF-3 fixed variables).
+    Contiguous { offset: u64 },
+    /// netCDF-3 record variable: record `r` is a C-ordered slab at `begin + r * recsize`.
+    Records { begin: u64, recsize: u64 },
+    /// Storage never allocated: every value is the fill value.
+    Unallocated,
+    /// Values read at open time (compact layout, strings): little-endian bytes, or strings.
+    Memory(Arc<MemValues>),
+}
+
+/// Values held in memory.
+#[derive(Clone, Debug)]
+pub enum MemValues {
+    /// Little-endian element bytes in C order.
+    Bytes(Vec<u8>),
+    /// Strings in C order (NC_STRING variables).
+    Strings(Vec<String>),
+}
+
+/// One variable as stored in one file.
+#[derive(Clone, Debug)]
+pub struct FileVar {
+    pub file: Arc<SourceFile>,
+    pub shape: Vec<u64>,
+    /// Byte order of the stored elements.
+    pub endian: Endian,
+    pub storage: Storage,
+}
+
+/// A variable of one file, as the library describes it.
+#[derive(Clone, Debug)]
+pub struct SourceVar {
+    pub name: String,
+    pub dims: Vec<String>,
+    pub dtype: DType,
+    pub attrs: Attrs,
+    pub data: FileVar,
+}
+
+/// A dimension of one file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceDim {
+    pub name: String,
+    pub len: u64,
+    pub unlimited: bool,
+}
+
+/// A group of one file (the root group has path "").
+#[derive(Clone, Debug)]
+pub struct SourceGroup {
+    pub path: String,
+    pub dims: Vec<SourceDim>,
+    pub attrs: Attrs,
+    pub vars: Vec<SourceVar>,
+    pub groups: Vec<SourceGroup>,
+    /// Variables that exist in the file but cannot be served (e.g. compound types), with why.
+    pub skipped: Vec<(String, String)>,
+}
+
+/// Everything learnt from opening one file.
+#[derive(Clone, Debug)]
+pub struct SourceIndex {
+    pub file: Arc<SourceFile>,
+    pub root: SourceGroup,
+}
+
+/// Why a source cannot be opened or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a netCDF or HDF5 file")]
+    NotNetcdf { path: PathBuf },
+    #[error("{path}: {message}")]
+    Library { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Malformed { path: PathBuf, message: String },
+}
+
+impl SourceFile {
+    /// Stats a file to record its identity.
+    pub fn stat(path: PathBuf) -> Result<Self, SourceError> {
+        let meta = std::fs::metadata(&path).map_err(|source| SourceError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        if !meta.is_file() {
+            return Err(SourceError::Io {
+                path,
+                source: std::io::Error::other("not a regular file"),
+            });
+        }
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as i128);
+        Ok(Self {
+            path,
+            size: meta.len(),
+            mtime_ns,
+        })
+    }
+}
+
+/// File formats we recognise by their magic bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// netCDF classic (CDF-1), 64-bit offset (CDF-2) or 64-bit data (CDF-5).
+    Nc3,
+    /// HDF5, i.e. netCDF-4.
+    Hdf5,
+}
+
+/// Sniffs the format from the first bytes of a file. HDF5 files may carry a user block, so
+/// the signature is also looked for at 512, 1024, 2048, ... as the HDF5 spec says.
+pub fn sniff(path: &std::path::Path) -> Result<Format, SourceError> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).map_err(|source| SourceError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut head = [0u8; 8];
+    let n = f.read_at(&mut head, 0).map_err(|source| SourceError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if n >= 4 && &head[..3] == b"CDF" && matches!(head[3], 1 | 2 | 5) {
+        return Ok(Format::Nc3);
+    }
+    const SIG: [u8; 8] = [0x89, b'H', b'D', b'F', b'\r', b'\n', 0x1a, b'\n'];
+    let mut off = 0u64;
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    while off + 8 <= len {
+        let mut sig = [0u8; 8];
+        if f.read_at(&mut sig, off).ok() == Some(8) && sig == SIG {
+            return Ok(Format::Hdf5);
+        }
+        off = if off == 0 { 512 } else { off * 2 };
+    }
+    Err(SourceError::NotNetcdf {
+        path: path.to_path_buf(),
+    })
+}
+
+/// Opens and indexes one file, whatever its format.
+pub fn open_file(file: Arc<SourceFile>) -> Result<SourceIndex, SourceError> {
+    match sniff(&file.path)? {
+        Format::Nc3 => classic::open_nc3(file),
+        Format::Hdf5 => netcdf::open_hdf5(file),
+    }
+}
