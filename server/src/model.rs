@@ -227,6 +227,9 @@ mod tests {
         assert_eq!(fill_json(Scalar::Int(-1), DType::I8), json!(-1));
         assert_eq!(fill_json(Scalar::Float(1e20), DType::F32), json!(1e20f32 as f64));
         let f = DType::F32.netcdf_default_fill();
-        assert_eq!(f32::from_le_bytes([f[0], f[1], f[2], f[3]]) as f64, 9.969_209_968_386_869e36_f32 as f64);
+        assert_eq!(
+            f32::from_le_bytes([f[0], f[1], f[2], f[3]]),
+            9.969_209_968_386_869e36_f64 as f32
+        );
     }
 }
