@@ -32,8 +32,15 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+import dask  # noqa: E402
+
 import helpers  # noqa: E402
 import make_edge_cases  # noqa: E402
+
+# netCDF-C/HDF5 are not thread-safe: keep every reference read (dask-backed
+# open_mfdataset included) on the main thread.  Avoids sporadic segfaults.
+dask.config.set(scheduler="synchronous")
+helpers.configure_xarray()
 
 DEFAULT_BINS = [
     "/var/tmp/cloudify-target/release/cloudify",
@@ -234,6 +241,7 @@ def corpus() -> dict:
     shutil.rmtree(_EDGE_ROOT, ignore_errors=True)
     make_edge_cases.generate(_EDGE_ROOT / "corpus")
     _finalise_specs()
+    helpers.preload_nc_info(f for d in ALL_SPECS if d["kind"] == "edge" for f in d["files"])
     return SPECS_BY_NAME
 
 

@@ -283,3 +283,69 @@ def served_chunks(var: xr.Variable) -> tuple[int, ...]:
     if not ch:
         ch = tuple(max(1, s) for s in var.shape)
     return tuple(int(c) if c else 1 for c in ch)
+
+
+# ---------------------------------------------------------------------------
+# direct netCDF4-python view of a file.  netCDF-C/HDF5 misbehave (segfaults
+# seen) when the test process opens/closes files with netCDF4-python while
+# xarray holds cached handles to the same files, so everything read directly
+# is read ONCE, up front (conftest's corpus fixture), before xarray opens
+# anything, and served from this cache afterwards.
+# ---------------------------------------------------------------------------
+_NC_INFO: dict[str, dict] = {}
+
+
+def _read_nc_info(path: str) -> dict:
+    info = {"nodes": set(), "dims": {}, "vdims": {}, "raw": {}}
+    with netCDF4.Dataset(path) as ds:
+        ds.set_auto_maskandscale(False)
+        ds.set_auto_chartostring(False)
+        info["dims"] = {k: len(v) for k, v in ds.dimensions.items()}
+        info["vdims"] = {k: tuple(v.dimensions) for k, v in ds.variables.items()}
+
+        def walk(node, prefix):
+            for vn, v in node.variables.items():
+                info["nodes"].add(prefix + vn)
+                v.set_auto_maskandscale(False)
+                v.set_auto_chartostring(False)
+                attrs = {k: v.getncattr(k) for k in v.ncattrs()}
+                info["raw"][prefix + vn] = (np.asarray(v[...]), tuple(v.dimensions), attrs)
+            for g, sub in node.groups.items():
+                info["nodes"].add(prefix + g)
+                walk(sub, prefix + g + "/")
+
+        walk(ds, "")
+    return info
+
+
+def preload_nc_info(paths) -> None:
+    for p in paths:
+        p = str(p)
+        if p not in _NC_INFO and Path(p).exists():
+            try:
+                _NC_INFO[p] = _read_nc_info(p)
+            except OSError:
+                pass  # corrupt on purpose
+
+
+def nc_info(path: str) -> dict:
+    path = str(path)
+    if path not in _NC_INFO:
+        raise KeyError(f"{path} was not preloaded (see helpers.preload_nc_info)")
+    return _NC_INFO[path]
+
+
+def configure_xarray() -> None:
+    # never evict (= close) cached netCDF handles mid-session
+    xr.set_options(file_cache_maxsize=4096)
+
+
+_REF_CACHE: dict = {}
+
+
+def reference(spec: dict, raw: bool, group: str | None = None) -> xr.Dataset:
+    """Session-cached reference dataset (opened once, never closed)."""
+    key = (spec["name"], raw, group)
+    if key not in _REF_CACHE:
+        _REF_CACHE[key] = open_reference(spec, raw=raw, group=group)
+    return _REF_CACHE[key]

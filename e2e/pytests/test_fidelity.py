@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import warnings
 
-import netCDF4
 import numpy as np
 import pytest
 import xarray as xr
@@ -15,10 +14,11 @@ import zarr
 
 from helpers import (
     FULL_COMPARE_BYTES,
+    nc_info,
     attrs_diff,
     norm_attr,
     norm_dtype,
-    open_reference,
+    reference,
     open_served,
     sample_boxes,
     served_chunks,
@@ -28,16 +28,6 @@ from helpers import (
 warnings.filterwarnings("ignore", category=RuntimeWarning)
 warnings.filterwarnings("ignore", category=UserWarning)
 warnings.filterwarnings("ignore", category=FutureWarning)
-
-
-_REF_CACHE: dict = {}
-
-
-def reference(spec: dict, raw: bool, group: str | None) -> xr.Dataset:
-    key = (spec["name"], raw, group)
-    if key not in _REF_CACHE:
-        _REF_CACHE[key] = open_reference(spec, raw=raw, group=group)
-    return _REF_CACHE[key]
 
 
 def _largest_var(ds: xr.Dataset) -> str | None:
@@ -140,20 +130,8 @@ def test_raw_matches_reference(server, corpus, ready_name, zarr_format):
 # ---------------------------------------------------------------------------
 # zarr-python 3 used directly
 # ---------------------------------------------------------------------------
-def _nc_raw(path: str, varpath: str) -> tuple[np.ndarray, netCDF4.Variable, dict]:
-    with netCDF4.Dataset(path) as ds:
-        ds.set_auto_maskandscale(False)
-        ds.set_auto_chartostring(False)
-        *grp, vname = varpath.split("/")
-        node = ds
-        for g in grp:
-            node = node.groups[g]
-        v = node.variables[vname]
-        v.set_auto_maskandscale(False)
-        v.set_auto_chartostring(False)
-        data = np.asarray(v[...])
-        attrs = {k: v.getncattr(k) for k in v.ncattrs()}
-        return data, v.dimensions, attrs
+def _nc_raw(path: str, varpath: str) -> tuple[np.ndarray, tuple, dict]:
+    return nc_info(path)["raw"][varpath]
 
 
 DIRECT_CASES = [

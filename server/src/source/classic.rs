@@ -45,6 +45,9 @@ fn dtype(t: Nc3Type) -> DType {
     }
 }
 
+/// Largest netCDF-3 header we read (thousands of variables fit in a few MB).
+const MAX_HEADER: u64 = 256 << 20;
+
 /// Opens a netCDF-3 file (CDF-1, CDF-2 or CDF-5).
 pub fn open_nc3(file: Arc<SourceFile>) -> Result<SourceIndex, SourceError> {
     let path = file.path.clone();
@@ -58,6 +61,12 @@ pub fn open_nc3(file: Arc<SourceFile>) -> Result<SourceIndex, SourceError> {
         let bytes = pread(&path, 0, n).map_err(|e| malformed(e.to_string()))?;
         match parse_header(&bytes, file.size) {
             Ok(h) => break h,
+            // A header larger than this is hostile or broken, not a dataset.
+            Err(Nc3Error::Truncated { needed }) if needed > MAX_HEADER => {
+                return Err(malformed(format!(
+                    "header claims {needed} bytes; refusing headers over {MAX_HEADER} bytes"
+                )));
+            }
             Err(Nc3Error::Truncated { needed }) if n < file.size && needed > n => want = needed.max(n * 2),
             Err(Nc3Error::Truncated { needed }) => {
                 return Err(malformed(format!(

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs everything cloudify needs to build, run and test. Idempotent: a second run
+# installs nothing. Usage: e2e/setup.sh [--system]   (--system: OS packages only)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# OS packages: the netCDF/HDF5 C libraries the server links, pkg-config to find them.
+pkgs=(libnetcdf-dev libhdf5-dev pkg-config)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "setup: installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null; then
+  echo "setup: cargo not found; install a stable Rust toolchain (https://rustup.rs)" >&2
+  exit 1
+fi
+[ "${1:-}" = "--system" ] && exit 0
+
+# Python venv with the real zarr clients the tests use.
+venv="${CLOUDIFY_VENV:-/var/tmp/cloudify-venv}"
+req_hash=$(sha256sum e2e/requirements.txt bench/requirements.txt | sha256sum | cut -c1-16)
+if [ ! -x "$venv/bin/python" ]; then
+  echo "setup: creating venv $venv"
+  python3 -m venv "$venv"
+fi
+if [ "$(cat "$venv/.cloudify-req" 2>/dev/null)" != "$req_hash" ]; then
+  echo "setup: installing Python packages into $venv"
+  "$venv/bin/pip" install -q --upgrade pip
+  "$venv/bin/pip" install -q -r e2e/requirements.txt -r bench/requirements.txt
+  echo "$req_hash" > "$venv/.cloudify-req"
+fi
