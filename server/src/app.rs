@@ -33,11 +33,12 @@ pub fn load(specs: &[DatasetSpec], threads: usize) -> anyhow::Result<AppState> {
                 let entry = match open_dataset(spec) {
                     Ok(ds) => {
                         let meta = crate::zarr::render(&ds);
+                        let refs = crate::refs::build(&ds);
                         tracing::info!(dataset = %spec.name, files = ds.files.len(), ms = t0.elapsed().as_millis() as u64, "dataset ready");
                         for (v, why) in &ds.skipped {
                             tracing::warn!(dataset = %spec.name, variable = %v, "not served: {why}");
                         }
-                        Entry::Ready(Arc::new(Served { ds, meta }))
+                        Entry::Ready(Arc::new(Served { ds, meta, refs }))
                     }
                     Err(e) => {
                         tracing::error!(dataset = %spec.name, "failed to open: {e}");

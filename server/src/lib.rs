@@ -14,6 +14,7 @@ pub mod demo;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod refs;
 pub mod serve;
 pub mod source;
 pub mod zarr;

@@ -24,6 +24,8 @@ struct Cli {
 enum Command {
     /// Serve datasets over HTTP.
     Serve(ServeArgs),
+    /// Write kerchunk/fsspec references (JSON v1) for files, aggregated like `serve` does.
+    Index(IndexArgs),
 }
 
 #[derive(clap::Args)]
@@ -64,6 +66,50 @@ struct ServeArgs {
     /// Worker threads for reading and decoding chunks (default: number of cores).
     #[arg(long)]
     threads: Option<usize>,
+}
+
+#[derive(clap::Args)]
+struct IndexArgs {
+    /// Source files: paths, file:// URLs or globs.
+    #[arg(required = true, value_name = "SOURCES")]
+    sources: Vec<String>,
+    /// Output file (`.json`).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Dimension to concatenate multiple files along (default: unlimited dim, else `time`).
+    #[arg(long)]
+    concat_dim: Option<String>,
+}
+
+fn run_index(a: IndexArgs) -> anyhow::Result<()> {
+    if a.output.extension().and_then(|e| e.to_str()) != Some("json") {
+        anyhow::bail!(
+            "--output {}: only kerchunk JSON (.json) references are written so far",
+            a.output.display()
+        );
+    }
+    let spec = DatasetSpec {
+        name: "index".into(),
+        sources: a.sources,
+        concat_dim: a.concat_dim,
+        title: None,
+        description: None,
+    };
+    let ds = cloudify_server::dataset::open::open_dataset(&spec)?;
+    let refs = cloudify_server::refs::build(&ds);
+    for (v, why) in &refs.skipped {
+        eprintln!("cloudify: warning: variable '{v}' left out: {why}");
+    }
+    let tmp = a.output.with_extension("json.tmp");
+    std::fs::write(&tmp, refs.to_json()).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &a.output).map_err(|e| anyhow::anyhow!("{}: {e}", a.output.display()))?;
+    eprintln!(
+        "cloudify: wrote {} references to {} files into {}",
+        refs.entries.len(),
+        refs.files.len(),
+        a.output.display()
+    );
+    Ok(())
 }
 
 fn cache_dir(arg: Option<PathBuf>) -> PathBuf {
@@ -157,6 +203,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(a) => run_serve(a),
+        Command::Index(a) => run_index(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -128,42 +128,44 @@ fn locate_piece<'a>(var: &'a Variable, start: &[u64]) -> (&'a crate::dataset::Pi
 /// fill value, as Zarr stores them).
 pub fn read_chunk(var: &Variable, idx: &[u64]) -> Result<Vec<u8>, ReadError> {
     let (start, count) = chunk_region(var, idx)?;
+    read_block(var, &start, &count, &var.chunks)
+}
+
+/// Decoded little-endian bytes of the block `[start, start+count)` of a variable, in a buffer
+/// of shape `buf_shape` (>= count; the rest is fill).
+pub fn read_block(
+    var: &Variable,
+    start: &[u64],
+    count: &[u64],
+    buf_shape: &[u64],
+) -> Result<Vec<u8>, ReadError> {
     let elem = var.dtype.size();
-    let n = numel(&var.chunks).ok_or_else(|| ReadError::TooLarge(var.chunks.clone()))?;
+    let n = numel(buf_shape).ok_or_else(|| ReadError::TooLarge(buf_shape.to_vec()))?;
     let mut out = vec![0u8; n * elem];
     fill_with(&mut out, &var.fill);
-    let zero = vec![0u64; var.chunks.len()];
     for piece in &var.pieces {
-        // Intersection of this chunk with the piece, in global coordinates.
-        let mut pstart = vec![0u64; start.len()];
-        let mut pcount = count.clone();
-        let mut gstart = start.clone();
+        // Intersection of the block with the piece, in global coordinates.
+        let mut pstart = start.to_vec();
+        let mut pcount = count.to_vec();
+        let mut dst_start = vec![0u64; start.len()];
         if let Some(ax) = var.concat_axis {
-            let plen = piece.data.shape[ax];
-            let Some((s, c)) = intersect(start[ax], count[ax], piece.start, plen) else {
+            let Some((s, c)) = intersect(start[ax], count[ax], piece.start, piece.data.shape[ax]) else {
                 continue;
             };
             pstart[ax] = s - piece.start;
             pcount[ax] = c;
-            gstart[ax] = s;
+            dst_start[ax] = s - start[ax];
         }
-        for d in 0..start.len() {
-            if Some(d) != var.concat_axis {
-                pstart[d] = start[d];
-            }
-        }
-        let dst_start: Vec<u64> = gstart.iter().zip(&start).map(|(g, s)| g - s).collect();
         read_region(
             &piece.data,
             var.dtype,
             &pstart,
             &pcount,
             &mut out,
-            &var.chunks,
+            buf_shape,
             &dst_start,
         )?;
     }
-    let _ = zero;
     Ok(out)
 }
 

@@ -21,6 +21,8 @@ use crate::zarr::ZarrMeta;
 pub struct Served {
     pub ds: Dataset,
     pub meta: ZarrMeta,
+    /// Byte-range references of the stored chunks (the `/kerchunk` route).
+    pub refs: crate::refs::Refs,
 }
 
 /// State of one configured dataset.
@@ -82,6 +84,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/datasets/{id}/zarr", get(zarr::zarr_root))
         .route("/datasets/{id}/zarr/", get(zarr::zarr_root))
         .route("/datasets/{id}/zarr/{*key}", get(zarr::zarr_key))
+        .route("/datasets/{id}/kerchunk/{*key}", get(zarr::kerchunk_key))
+        .route("/datasets/{id}/kerchunk.json", get(zarr::kerchunk_refs))
         .route("/versions", get(meta::versions))
         .route("/openapi.json", get(openapi::spec))
         .route("/docs", get(openapi::docs))

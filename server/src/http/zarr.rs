@@ -165,3 +165,96 @@ fn chunk_bytes(s: &Served, ck: &ChunkKey) -> Result<Vec<u8>, ApiError> {
         Format::V3 => Ok(encode(&read_chunk(var, &ck.index)?, &zstd)),
     }
 }
+
+/// `/datasets/{id}/kerchunk/{key}`: Zarr v2 whose chunks are the stored bytes, unchanged.
+pub async fn kerchunk_key(
+    State(state): State<Arc<AppState>>,
+    Path((id, key)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    use crate::refs::RefValue;
+    let s = served(&state, &id)?;
+    let tag = etag(&s, &format!("kerchunk/{key}"));
+    if key == ".zmetadata" {
+        return Ok(respond(
+            Body::from(s.refs.zmetadata()),
+            &tag,
+            CACHE_META,
+            "application/json",
+        ));
+    }
+    let Some(value) = s.refs.entries.get(&key) else {
+        // A chunk of a referenced array that was never written reads as the fill value.
+        let var = key.rsplit_once('/').map(|(v, _)| v).unwrap_or_default();
+        let msg = if s.refs.entries.contains_key(&format!("{var}/.zarray")) {
+            format!("dataset '{id}': chunk '{key}' is not stored (it reads as the fill value)")
+        } else if let Some((_, why)) = s
+            .refs
+            .skipped
+            .iter()
+            .find(|(v, _)| key.starts_with(&format!("{v}/")))
+        {
+            format!("dataset '{id}': '{var}' is not available on /kerchunk: {why}; use /zarr")
+        } else {
+            format!("dataset '{id}': no such key '{key}'")
+        };
+        return Err(ApiError::not_found(msg));
+    };
+    if not_modified(&headers, &tag) {
+        return Ok(not_modified_response(&tag, CACHE_CHUNK));
+    }
+    match value {
+        RefValue::Json(doc) => Ok(respond(
+            Body::from(doc.clone()),
+            &tag,
+            CACHE_META,
+            "application/json",
+        )),
+        RefValue::Inline(b) => Ok(respond(
+            Body::from(b.clone()),
+            &tag,
+            CACHE_CHUNK,
+            "application/octet-stream",
+        )),
+        RefValue::Range { file, offset, size } => {
+            let path = s.refs.files.get(*file).cloned().unwrap_or_default();
+            let (offset, size) = (*offset, *size);
+            let bytes = state
+                .run(move || crate::chunk::read::pread(&path, offset, size))
+                .await
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal error (see server log)",
+                    )
+                })?
+                .map_err(|e| ApiError::from(e))?;
+            state
+                .metrics
+                .requests
+                .with_label_values(&["kerchunk", "200"])
+                .inc();
+            Ok(respond(
+                Body::from(bytes),
+                &tag,
+                CACHE_CHUNK,
+                "application/octet-stream",
+            ))
+        }
+    }
+}
+
+/// `/datasets/{id}/kerchunk.json`: the references themselves (fsspec `reference://`).
+pub async fn kerchunk_refs(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let s = served(&state, &id)?;
+    let tag = etag(&s, "kerchunk.json");
+    Ok(respond(
+        Body::from(s.refs.to_json()),
+        &tag,
+        CACHE_META,
+        "application/json",
+    ))
+}

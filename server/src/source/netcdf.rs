@@ -263,6 +263,9 @@ fn for_each_var(g: &mut SourceGroup, f: &mut impl FnMut(&str, &mut SourceVar)) {
 
 /// Opens a netCDF-4/HDF5 file and indexes every variable.
 pub fn open_hdf5(file: Arc<SourceFile>) -> Result<SourceIndex, SourceError> {
+    // libnetcdf probes optional attributes and HDF5 would print every miss to stderr on
+    // whichever thread this runs; real failures still come back as error codes.
+    hdf5::silence_errors(true);
     let p = file.path.clone();
     let mut root = {
         let nc = netcdf::open(&p).map_err(|e| lib_err(&p, e))?;

@@ -1,0 +1,445 @@
+//! Chunk references: a dataset described as Zarr v2 whose chunks are byte ranges of the
+//! source files, in the kerchunk/fsspec reference format (JSON v1).
+//!
+//! The same references back the `/kerchunk` route (chunks served as stored, no decode) and
+//! the `cloudify index` command (files usable by fsspec's `ReferenceFileSystem`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use base64::Engine as _;
+
+use crate::chunk::grid::{grid_shape, linear, numel};
+use crate::chunk::read::read_block;
+use crate::codec::{Encoding, encode, vlen_utf8};
+use crate::dataset::attrs::write_json_str;
+use crate::dataset::{Dataset, Piece, Variable};
+use crate::model::{DType, Endian, fill_json};
+use crate::source::{Filter, MemValues, Storage};
+use crate::zarr::v2_attrs;
+
+/// Variables whose stored layout cannot be referenced are inlined up to this size.
+const INLINE_LIMIT: u64 = 4 << 20;
+/// Target size of the virtual chunks cut out of unchunked (contiguous) variables.
+const RAW_CHUNK_TARGET: u64 = 16 << 20;
+
+/// One reference.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RefValue {
+    /// A metadata document (JSON text).
+    Json(String),
+    /// Bytes `[offset, offset+size)` of `files[file]`.
+    Range { file: usize, offset: u64, size: u64 },
+    /// Bytes held in the reference set itself.
+    Inline(Vec<u8>),
+}
+
+/// The references of a dataset.
+#[derive(Debug, Default)]
+pub struct Refs {
+    pub files: Vec<PathBuf>,
+    pub entries: BTreeMap<String, RefValue>,
+    /// Variables left out, with the reason.
+    pub skipped: Vec<(String, String)>,
+}
+
+fn dtype_str(dt: DType, endian: Endian) -> String {
+    let s = dt.zarr_v2();
+    if endian == Endian::Big && dt.size() > 1 {
+        s.replacen('<', ">", 1)
+    } else {
+        s.to_string()
+    }
+}
+
+fn list(v: &[u64]) -> String {
+    format!(
+        "[{}]",
+        v.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+    )
+}
+
+fn zarray(v: &Variable, chunks: &[u64], dtype: &str, compressor: &str, filters: &str) -> String {
+    let fill = match (v.dtype, v.fill_attr) {
+        (DType::Str | DType::Char, _) | (_, None) => "null".to_string(),
+        (dt, Some(s)) => fill_json(s, dt).to_string(),
+    };
+    format!(
+        "{{\"zarr_format\": 2, \"shape\": {}, \"chunks\": {}, \"dtype\": \"{dtype}\", \"compressor\": {compressor}, \"fill_value\": {fill}, \"order\": \"C\", \"filters\": {filters}, \"dimension_separator\": \".\"}}",
+        list(&v.shape),
+        list(chunks)
+    )
+}
+
+/// The stored pipeline as numcodecs (compressor, filters, and how to re-encode a chunk;
+/// `None` = stored uncompressed), if it can be expressed.
+#[allow(clippy::type_complexity)]
+fn numcodecs(filters: &[Filter]) -> Option<(String, String, Option<Encoding>)> {
+    match filters {
+        [] => Some(("null".into(), "null".into(), None)),
+        [Filter::Deflate(l)] => Some((
+            format!("{{\"id\": \"zlib\", \"level\": {l}}}"),
+            "null".into(),
+            Some(Encoding::ShuffleZlib {
+                shuffle: None,
+                level: *l,
+            }),
+        )),
+        [Filter::Shuffle(e), Filter::Deflate(l)] => Some((
+            format!("{{\"id\": \"zlib\", \"level\": {l}}}"),
+            format!("[{{\"id\": \"shuffle\", \"elementsize\": {e}}}]"),
+            Some(Encoding::ShuffleZlib {
+                shuffle: Some(*e),
+                level: *l,
+            }),
+        )),
+        _ => None,
+    }
+}
+
+fn chunk_key(path: &str, idx: &[u64]) -> String {
+    if idx.is_empty() {
+        return format!("{path}/0");
+    }
+    let parts: Vec<String> = idx.iter().map(u64::to_string).collect();
+    format!("{path}/{}", parts.join("."))
+}
+
+/// Iterates all indices of a grid in row-major order.
+fn for_each_index(grid: &[u64], mut f: impl FnMut(&[u64]) -> Result<(), String>) -> Result<(), String> {
+    let n = numel(grid).ok_or("grid too large")?;
+    let mut idx = vec![0u64; grid.len()];
+    for _ in 0..n {
+        f(&idx)?;
+        for d in (0..idx.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < grid[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    Ok(())
+}
+
+fn piece_at(v: &Variable, global: u64) -> Option<(&Piece, u64)> {
+    match v.concat_axis {
+        None => v.pieces.first().map(|p| (p, global)),
+        Some(ax) => v
+            .pieces
+            .iter()
+            .find(|p| p.start <= global && global < p.start + p.data.shape[ax])
+            .map(|p| (p, global - p.start)),
+    }
+}
+
+struct Ctx<'a> {
+    refs: &'a mut Refs,
+    file_ids: BTreeMap<PathBuf, usize>,
+}
+
+impl Ctx<'_> {
+    fn file(&mut self, p: &std::path::Path) -> usize {
+        if let Some(i) = self.file_ids.get(p) {
+            return *i;
+        }
+        let i = self.refs.files.len();
+        self.refs.files.push(p.to_path_buf());
+        self.file_ids.insert(p.to_path_buf(), i);
+        i
+    }
+}
+
+/// References for a chunked variable whose stored chunks tile the served grid.
+fn chunked(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
+    let Some(first) = v.pieces.first() else {
+        return Ok(false);
+    };
+    let (chunk_shape, filters, endian) = match &first.data.storage {
+        Storage::Chunked {
+            chunk_shape, filters, ..
+        } => (chunk_shape.clone(), filters.clone(), first.data.endian),
+        _ => return Ok(false),
+    };
+    if chunk_shape != v.chunks || matches!(v.dtype, DType::Str) {
+        return Ok(false);
+    }
+    let same = v.pieces.iter().all(|p| match &p.data.storage {
+        Storage::Chunked {
+            chunk_shape: c,
+            filters: f,
+            ..
+        } => *c == chunk_shape && *f == filters && p.data.endian == endian,
+        Storage::Unallocated => true,
+        _ => false,
+    });
+    let aligned = match v.concat_axis {
+        Some(ax) => v.pieces.iter().all(|p| p.start % chunk_shape[ax] == 0),
+        None => true,
+    };
+    let Some((compressor, filt, enc)) = numcodecs(&filters) else {
+        return Ok(false);
+    };
+    if !same || !aligned {
+        return Ok(false);
+    }
+    let dt = dtype_str(v.dtype, endian);
+    ctx.refs.entries.insert(
+        format!("{}/.zarray", v.path),
+        RefValue::Json(zarray(v, &chunk_shape, &dt, &compressor, &filt)),
+    );
+    let grid = grid_shape(&v.shape, &v.chunks);
+    for_each_index(&grid, |idx| {
+        let mut start: Vec<u64> = idx.iter().zip(&v.chunks).map(|(i, c)| i * c).collect();
+        let ax_global = v.concat_axis.map_or(0, |ax| start[ax]);
+        let Some((piece, local)) = piece_at(v, ax_global) else {
+            return Ok(());
+        };
+        if let Some(ax) = v.concat_axis {
+            start[ax] = local;
+        }
+        let Storage::Chunked { locs, .. } = &piece.data.storage else {
+            return Ok(());
+        };
+        let sgrid = grid_shape(&piece.data.shape, &chunk_shape);
+        let cidx: Vec<u64> = start.iter().zip(&chunk_shape).map(|(s, c)| s / c).collect();
+        let Some(loc) = locs.get(linear(&cidx, &sgrid) as usize).filter(|l| l.size > 0) else {
+            return Ok(());
+        };
+        let value = if loc.filter_mask == 0 {
+            RefValue::Range {
+                file: ctx.file(&piece.data.file.path),
+                offset: loc.offset,
+                size: loc.size,
+            }
+        } else {
+            // A chunk written with a filter skipped: re-encode it to the declared pipeline.
+            let (s0, count) = crate::chunk::read::chunk_region(v, idx).map_err(|e| e.to_string())?;
+            let mut raw = read_block(v, &s0, &count, &v.chunks).map_err(|e| e.to_string())?;
+            if endian == Endian::Big {
+                crate::chunk::grid::byteswap(&mut raw, v.dtype.size());
+            }
+            RefValue::Inline(match &enc {
+                None => raw,
+                Some(e) => encode(&raw, e),
+            })
+        };
+        ctx.refs.entries.insert(chunk_key(&v.path, idx), value);
+        Ok(())
+    })?;
+    Ok(true)
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// References for uncompressed variables (HDF5 contiguous, netCDF-3 fixed and record
+/// variables): virtual chunks along the first dimension, each one contiguous byte run.
+fn contiguous(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
+    if v.shape.is_empty() || matches!(v.dtype, DType::Str) || v.concat_axis.is_some_and(|a| a != 0) {
+        return Ok(false);
+    }
+    let Some(endian) = v.pieces.first().map(|p| p.data.endian) else {
+        return Ok(false);
+    };
+    let mut any_records = false;
+    let mut g = 0u64;
+    for p in &v.pieces {
+        match &p.data.storage {
+            Storage::Contiguous { .. } => g = gcd(g, p.data.shape[0]),
+            Storage::Records { .. } => any_records = true,
+            Storage::Unallocated => {}
+            _ => return Ok(false),
+        }
+        if p.data.endian != endian {
+            return Ok(false);
+        }
+    }
+    let row_elems: u64 = v.shape[1..].iter().product();
+    let row_bytes = row_elems * v.dtype.size() as u64;
+    let c0 = if any_records || g == 0 {
+        1
+    } else {
+        let max_rows = (RAW_CHUNK_TARGET / row_bytes.max(1)).max(1);
+        (1..=g.min(max_rows)).rev().find(|k| g % k == 0).unwrap_or(1)
+    };
+    let mut chunks = v.shape.clone();
+    chunks[0] = c0;
+    let dt = dtype_str(v.dtype, endian);
+    ctx.refs.entries.insert(
+        format!("{}/.zarray", v.path),
+        RefValue::Json(zarray(v, &chunks, &dt, "null", "null")),
+    );
+    let n0 = v.shape[0].div_ceil(c0);
+    for i in 0..n0 {
+        let Some((piece, local)) = piece_at(v, i * c0) else {
+            continue;
+        };
+        let (offset, size) = match &piece.data.storage {
+            Storage::Contiguous { offset } => (offset + local * row_bytes, c0 * row_bytes),
+            Storage::Records { begin, recsize } => (begin + local * recsize, row_bytes),
+            _ => continue,
+        };
+        let mut idx = vec![0u64; v.shape.len()];
+        idx[0] = i;
+        let file = ctx.file(&piece.data.file.path);
+        ctx.refs
+            .entries
+            .insert(chunk_key(&v.path, &idx), RefValue::Range { file, offset, size });
+    }
+    Ok(true)
+}
+
+/// Small variables that cannot be referenced are stored inline as one chunk.
+fn inline(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
+    let bytes = v.shape.iter().product::<u64>() * v.dtype.size().max(16) as u64;
+    if bytes > INLINE_LIMIT {
+        return Ok(false);
+    }
+    let chunks: Vec<u64> = v.shape.iter().map(|s| (*s).max(1)).collect();
+    let zero = vec![0u64; v.shape.len()];
+    let data = if v.dtype == DType::Str {
+        let mut all = Vec::new();
+        for p in &v.pieces {
+            if let Storage::Memory(m) = &p.data.storage
+                && let MemValues::Strings(s) = m.as_ref()
+            {
+                all.extend(s.iter().cloned());
+            }
+        }
+        if v.pieces.len() > 1 && v.concat_axis.is_some_and(|a| a != 0) {
+            return Ok(false); // interleaving strings across files along an inner axis: not needed so far
+        }
+        ctx.refs.entries.insert(
+            format!("{}/.zarray", v.path),
+            RefValue::Json(zarray(v, &chunks, "|O", "null", "[{\"id\": \"vlen-utf8\"}]")),
+        );
+        vlen_utf8(&all)
+    } else {
+        ctx.refs.entries.insert(
+            format!("{}/.zarray", v.path),
+            RefValue::Json(zarray(v, &chunks, v.dtype.zarr_v2(), "null", "null")),
+        );
+        read_block(v, &zero, &v.shape, &chunks).map_err(|e| e.to_string())?
+    };
+    if v.shape.iter().all(|s| *s > 0) {
+        ctx.refs
+            .entries
+            .insert(chunk_key(&v.path, &zero), RefValue::Inline(data));
+    }
+    Ok(true)
+}
+
+/// Builds the references of a dataset.
+pub fn build(ds: &Dataset) -> Refs {
+    let mut refs = Refs::default();
+    let mut ctx = Ctx {
+        refs: &mut refs,
+        file_ids: BTreeMap::new(),
+    };
+    for g in ds.root.walk() {
+        let prefix = if g.path.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", g.path)
+        };
+        ctx.refs.entries.insert(
+            format!("{prefix}.zgroup"),
+            RefValue::Json("{\"zarr_format\": 2}".into()),
+        );
+        ctx.refs.entries.insert(
+            format!("{prefix}.zattrs"),
+            RefValue::Json(g.attrs.to_json(&[], &[])),
+        );
+        for v in &g.vars {
+            let done = chunked(v, &mut ctx)
+                .and_then(|ok| if ok { Ok(true) } else { contiguous(v, &mut ctx) })
+                .and_then(|ok| if ok { Ok(true) } else { inline(v, &mut ctx) });
+            match done {
+                Ok(true) => {
+                    ctx.refs
+                        .entries
+                        .insert(format!("{}/.zattrs", v.path), RefValue::Json(v2_attrs(v)));
+                }
+                Ok(false) => ctx.refs.skipped.push((
+                    v.path.clone(),
+                    "stored layout cannot be expressed as byte-range references (filters or chunking differ across files) and the variable is too large to inline".into(),
+                )),
+                Err(e) => ctx.refs.skipped.push((v.path.clone(), e)),
+            }
+        }
+    }
+    refs
+}
+
+impl Refs {
+    /// Consolidated `.zmetadata` of the referenced store.
+    pub fn zmetadata(&self) -> String {
+        let mut s = String::from("{\"zarr_consolidated_format\": 1, \"metadata\": {");
+        let mut first = true;
+        for (k, v) in &self.entries {
+            if let RefValue::Json(doc) = v {
+                if !first {
+                    s.push_str(", ");
+                }
+                first = false;
+                write_json_str(&mut s, k);
+                let _ = write!(s, ": {doc}");
+            }
+        }
+        s.push_str("}}");
+        s
+    }
+
+    /// kerchunk/fsspec reference JSON, version 1. Metadata documents are stored as JSON
+    /// strings, byte ranges as `[url, offset, size]`, inline data as `base64:...`.
+    pub fn to_json(&self) -> String {
+        let mut s = String::from("{\"version\": 1, \"refs\": {");
+        let mut first = true;
+        let mut push = |s: &mut String, k: &str, v: String| {
+            if !first {
+                s.push_str(",\n");
+            }
+            first = false;
+            write_json_str(s, k);
+            s.push_str(": ");
+            s.push_str(&v);
+        };
+        push(&mut s, ".zmetadata", {
+            let mut t = String::new();
+            write_json_str(&mut t, &self.zmetadata());
+            t
+        });
+        for (k, v) in &self.entries {
+            let text = match v {
+                RefValue::Json(doc) => {
+                    let mut t = String::new();
+                    write_json_str(&mut t, doc);
+                    t
+                }
+                RefValue::Range { file, offset, size } => {
+                    let mut t = String::from("[");
+                    let url = self
+                        .files
+                        .get(*file)
+                        .map(|p| format!("file://{}", p.display()))
+                        .unwrap_or_default();
+                    write_json_str(&mut t, &url);
+                    let _ = write!(t, ", {offset}, {size}]");
+                    t
+                }
+                RefValue::Inline(b) => {
+                    let mut t = String::new();
+                    let enc = base64::engine::general_purpose::STANDARD.encode(b);
+                    write_json_str(&mut t, &format!("base64:{enc}"));
+                    t
+                }
+            };
+            push(&mut s, k, text);
+        }
+        s.push_str("}}\n");
+        s
+    }
+}
