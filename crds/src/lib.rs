@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// One dataset: where its files are and how they combine.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DatasetSpec {
     /// Dataset id, used in URLs (`/datasets/{name}/zarr`). Letters, digits, `-`, `_`, `.`.
@@ -28,6 +28,31 @@ pub struct DatasetSpec {
     /// Longer description (defaults to the `summary`/`comment` global attributes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Licence for catalogs (SPDX id such as `CC-BY-4.0`; defaults to the `license` global
+    /// attribute). STAC collections must state one, and model output often has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub license: Option<String>,
+    /// Catalog keywords (default: the `keywords` global attribute, split at `,`/`;`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keywords: Vec<String>,
+    /// Organisations behind the data, as STAC providers (default: the `institution`
+    /// global attribute as producer).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub providers: Vec<Provider>,
+}
+
+/// A STAC provider: who produced, processed or hosts the data.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Provider {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Any of `licensor`, `producer`, `processor`, `host`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// Why a [`DatasetSpec`] is not acceptable. Messages name the field.
@@ -76,6 +101,15 @@ pub fn validate_name(name: &str) -> Result<(), String> {
 }
 
 impl DatasetSpec {
+    /// A spec with just a name and sources; everything else defaults.
+    pub fn new(name: impl Into<String>, sources: Vec<String>) -> Self {
+        Self {
+            name: name.into(),
+            sources,
+            ..Self::default()
+        }
+    }
+
     /// Validates one spec; `index` is its position in the config, used in messages.
     pub fn validate(&self, index: usize) -> Result<(), SpecError> {
         validate_name(&self.name).map_err(|reason| SpecError::Name { index, reason })?;
@@ -157,6 +191,23 @@ mod tests {
         assert_eq!(cfg.datasets[0].name, "tas");
         assert_eq!(cfg.datasets[0].sources, vec!["/data/tas_*.nc"]);
         assert_eq!(cfg.datasets[0].concat_dim, None);
+    }
+
+    #[test]
+    fn catalog_fields_are_optional_and_parsed() {
+        let cfg = ServeConfig::from_yaml(
+            "datasets: [{name: a, sources: [x], license: CC-BY-4.0, keywords: [climate], \
+             providers: [{name: DKRZ, roles: [host], url: 'https://dkrz.de'}]}]",
+        )
+        .expect("valid");
+        let d = &cfg.datasets[0];
+        assert_eq!(d.license.as_deref(), Some("CC-BY-4.0"));
+        assert_eq!(d.keywords, vec!["climate"]);
+        assert_eq!(d.providers[0].roles, vec!["host"]);
+        let err =
+            ServeConfig::from_yaml("datasets: [{name: a, sources: [x], providers: [{name: x, role: host}]}]")
+                .unwrap_err();
+        assert!(err.to_string().contains("role"), "{err}");
     }
 
     #[test]

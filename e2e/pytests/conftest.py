@@ -165,6 +165,15 @@ def write_config(path: Path, specs: list[dict]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def _die_with_parent() -> None:  # runs in the child before exec
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - best effort (non-Linux)
+        pass
+
+
 def start_server(args: list[str], workdir: Path, tag: str, timeout: float = STARTUP_TIMEOUT):
     """Start ``cloudify <args> --host ... --port-range ... --listen-file ...``.
 
@@ -182,8 +191,9 @@ def start_server(args: list[str], workdir: Path, tag: str, timeout: float = STAR
         listen.unlink()
     cmd = [binary, *args, "--host", "127.0.0.1", "--port-range", PORT_RANGE, "--listen-file", str(listen)]
     logf = open(log, "wb")
+    # the server must not outlive a crashed/killed pytest: PDEATHSIG
     proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_die_with_parent)
     logf.close()
     deadline = time.monotonic() + timeout
     url = None
@@ -238,6 +248,15 @@ def wait_until_settled(url: str, names: list[str], proc, timeout: float = STARTU
 
 @pytest.fixture(scope="session")
 def corpus() -> dict:
+    # remove corpora left behind by hard-killed earlier sessions
+    for stale in Path(tempfile.gettempdir()).glob("cloudify-e2e-*"):
+        try:
+            pid = int(stale.name.rsplit("-", 1)[1])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(stale, ignore_errors=True)
+        except (ValueError, PermissionError):
+            pass
     shutil.rmtree(_EDGE_ROOT, ignore_errors=True)
     make_edge_cases.generate(_EDGE_ROOT / "corpus")
     _finalise_specs()

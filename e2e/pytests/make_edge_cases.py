@@ -43,6 +43,8 @@ DATASETS: list[dict] = [
     dict(name="edge_sparse", sources=["sparse.nc"]),
     dict(name="edge_cal_noleap", sources=["cal_noleap.nc"]),
     dict(name="edge_cal_360", sources=["cal_360.nc"]),
+    dict(name="edge_names", sources=["names.nc"]),
+    dict(name="edge_filters", sources=["filters.nc"]),
     # Aggregation: deliberately listed out of (time) order; file names are
     # also not in time order (part1=2001, part2=2000, part3=2002).
     dict(
@@ -533,6 +535,42 @@ def make_cal_360(p: Path) -> None:
     ds.close()
 
 
+def make_names(p: Path) -> None:
+    """Variable names that collide with Zarr syntax or need URL escaping."""
+    ds = _new(p)
+    ds.createDimension("x", 3)
+    for n in ["x", "with space", "température", "a.b", "c", "zarr.json", "0"]:
+        v = ds.createVariable(n, "f4", ("x",))
+        v.long_name = f"variable named {n!r}"
+        v[:] = np.arange(3, dtype="f4") + len(n)
+    ds.close()
+
+
+def make_filters(p: Path) -> None:
+    """HDF5 storage variants: big-endian on disk, fletcher32, zlib without
+    shuffle, lossy quantization (plain zlib underneath)."""
+    import warnings
+
+    ds = _new(p)
+    ds.createDimension("x", 1000)
+    ds.createDimension("y", 7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        v = ds.createVariable("be", "f8", ("x",), endian="big", zlib=True, chunksizes=(300,))
+        v[:] = np.arange(1000) / 7
+        v = ds.createVariable("be_contig", "i4", ("x",), endian="big")
+        v[:] = np.arange(1000) * -3
+        v = ds.createVariable("u64big", "u8", ("x",), endian="big")
+        v[:] = np.arange(1000, dtype="u8") * 2**50
+    v = ds.createVariable("f32", "f4", ("x", "y"), fletcher32=True, chunksizes=(100, 7))
+    v[:] = np.arange(7000, dtype="f4").reshape(1000, 7)
+    v = ds.createVariable("noshuf", "i2", ("x",), zlib=True, shuffle=False, complevel=9, chunksizes=(128,))
+    v[:] = np.arange(1000)
+    v = ds.createVariable("q", "f4", ("x",), zlib=True, significant_digits=3)
+    v[:] = np.arange(1000) / 3
+    ds.close()
+
+
 def _series_file(p: Path, year: int, lat=None, units="days since 2000-01-01", calendar="standard",
                  nsteps: int = 12) -> None:
     ds = _new(p)
@@ -623,6 +661,8 @@ def generate(outdir: str | os.PathLike) -> list[dict]:
     make_sparse(root / "sparse.nc")
     make_cal_noleap(root / "cal_noleap.nc")
     make_cal_360(root / "cal_360.nc")
+    make_names(root / "names.nc")
+    make_filters(root / "filters.nc")
     make_series(root)
     make_bad(root)
     out = []

@@ -47,6 +47,12 @@ def test_unknown_dataset_404(server, route):
     assert "no_such_dataset_x9" in _error(r)
 
 
+def test_head_on_missing_is_404_without_body(server):
+    r = requests.head(f"{server.url}/datasets/{PROBE}/zarr/nosuchvar/.zarray", timeout=30)
+    assert r.status_code == 404
+    assert r.content == b""
+
+
 @pytest.mark.parametrize(
     "key",
     ["nosuchvar/.zarray", "nosuchvar/.zattrs", "nosuchvar/zarr.json", "nosuchvar/0.0.0", "nosuchvar/c/0/0/0",

@@ -6,13 +6,14 @@ use std::time::Instant;
 use cloudify_crds::DatasetSpec;
 use rayon::prelude::*;
 
-use crate::dataset::open::open_dataset;
+use crate::dataset::open::open_dataset_cached;
 use crate::http::{AppState, Entry, Served};
 use crate::metrics::Metrics;
+use crate::source::cache::IndexCache;
 
 /// Opens all datasets (in parallel). A dataset that fails is kept as `Failed` with its
 /// reason, so it is reported rather than silently missing, and the others still serve.
-pub fn load(specs: &[DatasetSpec], threads: usize) -> anyhow::Result<AppState> {
+pub fn load(specs: &[DatasetSpec], threads: usize, cache: Option<&IndexCache>) -> anyhow::Result<AppState> {
     hdf5::silence_errors(true);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -30,7 +31,7 @@ pub fn load(specs: &[DatasetSpec], threads: usize) -> anyhow::Result<AppState> {
             .par_iter()
             .map(|spec| {
                 let t0 = Instant::now();
-                let entry = match open_dataset(spec) {
+                let entry = match open_dataset_cached(spec, cache) {
                     Ok(ds) => {
                         let meta = crate::zarr::render(&ds);
                         let refs = crate::refs::build(&ds);

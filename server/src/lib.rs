@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 pub mod app;
+pub mod catalog;
 pub mod chunk;
 pub mod codec;
 pub mod dataset;

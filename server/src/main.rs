@@ -26,6 +26,11 @@ enum Command {
     Serve(ServeArgs),
     /// Write kerchunk/fsspec references (JSON v1) for files, aggregated like `serve` does.
     Index(IndexArgs),
+    /// Run a STAC API catalog service (search, transactions) over a local store.
+    Catalog(cloudify_server::catalog::cli::CatalogArgs),
+    /// STAC tools.
+    #[command(subcommand)]
+    Stac(cloudify_server::catalog::cli::StacCommand),
 }
 
 #[derive(clap::Args)]
@@ -63,9 +68,14 @@ struct ServeArgs {
     /// Cache directory (demo data, chunk indexes). Default: $XDG_CACHE_HOME/cloudify.
     #[arg(long, env = "CLOUDIFY_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
+    /// Don't read or write the index cache (always open files with the libraries).
+    #[arg(long)]
+    no_cache: bool,
     /// Worker threads for reading and decoding chunks (default: number of cores).
     #[arg(long)]
     threads: Option<usize>,
+    #[command(flatten)]
+    catalog: cloudify_server::catalog::cli::ServeCatalogArgs,
 }
 
 #[derive(clap::Args)]
@@ -94,6 +104,9 @@ fn run_index(a: IndexArgs) -> anyhow::Result<()> {
         concat_dim: a.concat_dim,
         title: None,
         description: None,
+        license: None,
+        keywords: Vec::new(),
+        providers: Vec::new(),
     };
     let ds = cloudify_server::dataset::open::open_dataset(&spec)?;
     let refs = cloudify_server::refs::build(&ds);
@@ -130,6 +143,9 @@ fn specs(a: &ServeArgs) -> anyhow::Result<Vec<DatasetSpec>> {
             concat_dim: None,
             title: Some("cloudify demo dataset".into()),
             description: None,
+            license: None,
+            keywords: Vec::new(),
+            providers: Vec::new(),
         }]);
     }
     if let Some(path) = &a.config {
@@ -152,6 +168,9 @@ fn specs(a: &ServeArgs) -> anyhow::Result<Vec<DatasetSpec>> {
         concat_dim: a.concat_dim.clone(),
         title: None,
         description: None,
+        license: None,
+        keywords: Vec::new(),
+        providers: Vec::new(),
     };
     spec.validate(0).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(vec![spec])
@@ -163,7 +182,9 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
         .max(1);
-    let state = app::load(&specs, threads)?;
+    let cache = (!a.no_cache)
+        .then(|| cloudify_server::source::cache::IndexCache::new(&cache_dir(a.cache_dir.clone())));
+    let state = app::load(&specs, threads, cache.as_ref())?;
     let ready = state
         .datasets
         .iter()
@@ -189,7 +210,11 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         .worker_threads(threads.clamp(1, 4))
         .enable_all()
         .build()?;
-    rt.block_on(serve::run(Arc::new(state), opts))
+    rt.block_on(cloudify_server::catalog::cli::serve_with_catalog(
+        Arc::new(state),
+        opts,
+        a.catalog,
+    ))
 }
 
 fn main() -> ExitCode {
@@ -204,6 +229,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(a) => run_serve(a),
         Command::Index(a) => run_index(a),
+        Command::Catalog(a) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(cloudify_server::catalog::cli::run_catalog(a))),
+        Command::Stac(c) => cloudify_server::catalog::cli::run_stac(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

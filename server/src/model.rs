@@ -3,14 +3,14 @@
 use serde_json::{Value, json};
 
 /// Byte order of stored elements.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Endian {
     Little,
     Big,
 }
 
 /// The element types netCDF can hold and we serve.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum DType {
     I8,
     U8,
@@ -76,7 +76,8 @@ impl DType {
             DType::U64 => json!("uint64"),
             DType::F32 => json!("float32"),
             DType::F64 => json!("float64"),
-            DType::Char => json!({"name": "fixed_length_bytes", "configuration": {"length_bytes": 1}}),
+            // numpy `S1`, the type zarr-python and xarray use for netCDF char arrays
+            DType::Char => json!({"name": "null_terminated_bytes", "configuration": {"length_bytes": 1}}),
             DType::Str => json!("string"),
         }
     }

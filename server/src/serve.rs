@@ -112,6 +112,16 @@ async fn shutdown_signal() {
 
 /// Serves until SIGINT/SIGTERM, then drains in-flight requests (at most 10 s).
 pub async fn run(state: Arc<AppState>, opts: ListenOpts) -> anyhow::Result<()> {
+    run_app(opts, |_url| Ok(router(state))).await
+}
+
+/// Like [`run`] for any router. `make` is called once listening, with the URL the server
+/// announces, so routers and background tasks (catalog registration) can use it; returns
+/// after the graceful shutdown.
+pub async fn run_app(
+    opts: ListenOpts,
+    make: impl FnOnce(&str) -> anyhow::Result<axum::Router>,
+) -> anyhow::Result<()> {
     let listener = bind(&opts)?;
     let addr = listener.local_addr()?;
     let scheme = if opts.tls.is_some() { "https" } else { "http" };
@@ -120,7 +130,7 @@ pub async fn run(state: Arc<AppState>, opts: ListenOpts) -> anyhow::Result<()> {
         advertised_host(addr.ip(), &opts.host),
         addr.port()
     );
-    let app = router(state);
+    let app = make(&url)?;
     let handle = axum_server::Handle::new();
     let h2 = handle.clone();
     tokio::spawn(async move {

@@ -15,6 +15,9 @@ fn spec(name: &str, sources: Vec<String>) -> DatasetSpec {
         concat_dim: None,
         title: None,
         description: None,
+        license: None,
+        keywords: Vec::new(),
+        providers: Vec::new(),
     }
 }
 
@@ -56,7 +59,7 @@ fn fixture() -> Fixture {
         spec("broken", vec![a.display().to_string(), bad.display().to_string()]),
         spec("missing", vec![format!("{}/nothing-*.nc", dir.path().display())]),
     ];
-    let state = app::load(&specs, 2).unwrap();
+    let state = app::load(&specs, 2, None).unwrap();
     Fixture {
         _dir: dir,
         app: router(Arc::new(state)),

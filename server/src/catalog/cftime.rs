@@ -247,7 +247,10 @@ fn parse_date(s: &str) -> Option<(CfDate, i32)> {
             None => (rest, None),
         };
         let mut t = time.split(':');
-        d.hour = t.next().filter(|x| !x.is_empty()).map_or(Some(0), |x| x.parse().ok())?;
+        d.hour = t
+            .next()
+            .filter(|x| !x.is_empty())
+            .map_or(Some(0), |x| x.parse().ok())?;
         d.minute = t.next().map_or(Some(0), |x| x.parse().ok())?;
         if let Some(sec) = t.next() {
             let x: f64 = sec.parse().ok()?;
@@ -310,7 +313,7 @@ pub fn month_len(cal: Calendar, y: i64, m: u32) -> u32 {
             }
         }
         Calendar::Standard => {
-            if (y, m) < (1582, 10) || (y, m) == (1582, 10) {
+            if (y, m) <= (1582, 10) {
                 month_len(Calendar::Julian, y, m)
             } else {
                 greg_month_len(y, m)
@@ -457,20 +460,47 @@ mod tests {
 
     #[test]
     fn noleap_and_365_day() {
-        assert_eq!(iso("days since 2000-01-01", "noleap", 365.0), "2001-01-01 00:00:00");
-        assert_eq!(iso("days since 2000-01-01", "365_day", 59.0), "2000-03-01 00:00:00");
-        assert_eq!(iso("days since 2000-01-01", "noleap", 58.0), "2000-02-28 00:00:00");
+        assert_eq!(
+            iso("days since 2000-01-01", "noleap", 365.0),
+            "2001-01-01 00:00:00"
+        );
+        assert_eq!(
+            iso("days since 2000-01-01", "365_day", 59.0),
+            "2000-03-01 00:00:00"
+        );
+        assert_eq!(
+            iso("days since 2000-01-01", "noleap", 58.0),
+            "2000-02-28 00:00:00"
+        );
         // 200 years of noleap are exactly 73000 days
-        assert_eq!(iso("days since 1850-01-01", "noleap", 73000.0), "2050-01-01 00:00:00");
-        assert_eq!(iso("days since 2000-01-01", "noleap", -1.0), "1999-12-31 00:00:00");
+        assert_eq!(
+            iso("days since 1850-01-01", "noleap", 73000.0),
+            "2050-01-01 00:00:00"
+        );
+        assert_eq!(
+            iso("days since 2000-01-01", "noleap", -1.0),
+            "1999-12-31 00:00:00"
+        );
     }
 
     #[test]
     fn day360() {
-        assert_eq!(iso("days since 2000-01-01", "360_day", 360.0), "2001-01-01 00:00:00");
-        assert_eq!(iso("days since 2000-01-01", "360_day", 59.0), "2000-02-30 00:00:00");
-        assert_eq!(iso("days since 2000-01-01", "360_day", 15.5), "2000-01-16 12:00:00");
-        assert_eq!(iso("months since 2000-01-01", "360_day", 13.0), "2001-02-01 00:00:00");
+        assert_eq!(
+            iso("days since 2000-01-01", "360_day", 360.0),
+            "2001-01-01 00:00:00"
+        );
+        assert_eq!(
+            iso("days since 2000-01-01", "360_day", 59.0),
+            "2000-02-30 00:00:00"
+        );
+        assert_eq!(
+            iso("days since 2000-01-01", "360_day", 15.5),
+            "2000-01-16 12:00:00"
+        );
+        assert_eq!(
+            iso("months since 2000-01-01", "360_day", 13.0),
+            "2001-02-01 00:00:00"
+        );
         let d = TimeAxis::new("days since 2000-01-01", Some("360_day"))
             .unwrap()
             .decode(59.0)
@@ -482,41 +512,103 @@ mod tests {
     #[test]
     fn leap_rules_differ_by_calendar() {
         assert_eq!(iso("days since 1900-02-28", "julian", 1.0), "1900-02-29 00:00:00");
-        assert_eq!(iso("days since 1900-02-28", "proleptic_gregorian", 1.0), "1900-03-01 00:00:00");
-        assert_eq!(iso("days since 1900-02-28", "standard", 1.0), "1900-03-01 00:00:00");
-        assert_eq!(iso("days since 2001-02-28", "all_leap", 1.0), "2001-02-29 00:00:00");
-        assert_eq!(iso("days since 2001-02-28", "366_day", 2.0), "2001-03-01 00:00:00");
-        assert_eq!(iso("days since 2000-02-28", "gregorian", 1.0), "2000-02-29 00:00:00");
+        assert_eq!(
+            iso("days since 1900-02-28", "proleptic_gregorian", 1.0),
+            "1900-03-01 00:00:00"
+        );
+        assert_eq!(
+            iso("days since 1900-02-28", "standard", 1.0),
+            "1900-03-01 00:00:00"
+        );
+        assert_eq!(
+            iso("days since 2001-02-28", "all_leap", 1.0),
+            "2001-02-29 00:00:00"
+        );
+        assert_eq!(
+            iso("days since 2001-02-28", "366_day", 2.0),
+            "2001-03-01 00:00:00"
+        );
+        assert_eq!(
+            iso("days since 2000-02-28", "gregorian", 1.0),
+            "2000-02-29 00:00:00"
+        );
     }
 
     #[test]
     fn standard_calendar_skips_ten_days_in_1582() {
-        assert_eq!(iso("days since 1582-10-04", "standard", 1.0), "1582-10-15 00:00:00");
-        assert_eq!(iso("days since 1582-10-15", "standard", -1.0), "1582-10-04 00:00:00");
-        assert_eq!(iso("days since 1582-10-04", "proleptic_gregorian", 1.0), "1582-10-05 00:00:00");
-        // the Unix epoch in days since 1-1-1 (standard, as cftime computes it)
-        assert_eq!(iso("days since 0001-01-01", "standard", 719_162.0), "1970-01-01 00:00:00");
+        assert_eq!(
+            iso("days since 1582-10-04", "standard", 1.0),
+            "1582-10-15 00:00:00"
+        );
+        assert_eq!(
+            iso("days since 1582-10-15", "standard", -1.0),
+            "1582-10-04 00:00:00"
+        );
+        assert_eq!(
+            iso("days since 1582-10-04", "proleptic_gregorian", 1.0),
+            "1582-10-05 00:00:00"
+        );
+        // the Unix epoch in days since 1-1-1: Julian year 1 starts two days before the
+        // proleptic Gregorian one (cftime gives 719164 and 719162)
+        assert_eq!(
+            iso("days since 0001-01-01", "standard", 719_164.0),
+            "1970-01-01 00:00:00"
+        );
+        assert_eq!(
+            iso("days since 0001-01-01", "proleptic_gregorian", 719_162.0),
+            "1970-01-01 00:00:00"
+        );
     }
 
     #[test]
     fn units_and_reference_forms() {
-        assert_eq!(iso("hours since 1970-01-01 00:00:00", "standard", 25.0), "1970-01-02 01:00:00");
-        assert_eq!(iso("seconds since 1970-01-01T00:00:00Z", "standard", 86_401.0), "1970-01-02 00:00:01");
-        assert_eq!(iso("minutes since 2000-1-1", "standard", 90.0), "2000-01-01 01:30:00");
+        assert_eq!(
+            iso("hours since 1970-01-01 00:00:00", "standard", 25.0),
+            "1970-01-02 01:00:00"
+        );
+        assert_eq!(
+            iso("seconds since 1970-01-01T00:00:00Z", "standard", 86_401.0),
+            "1970-01-02 00:00:01"
+        );
+        assert_eq!(
+            iso("minutes since 2000-1-1", "standard", 90.0),
+            "2000-01-01 01:30:00"
+        );
         // a zone offset: 00:00 at +01:00 is 23:00 UTC the day before
-        assert_eq!(iso("hours since 2000-01-01 00:00:00 +01:00", "standard", 0.0), "1999-12-31 23:00:00");
-        assert_eq!(iso("days since 2000-01-01 00:00:00 UTC", "standard", 0.5), "2000-01-01 12:00:00");
+        assert_eq!(
+            iso("hours since 2000-01-01 00:00:00 +01:00", "standard", 0.0),
+            "1999-12-31 23:00:00"
+        );
+        assert_eq!(
+            iso("days since 2000-01-01 00:00:00 UTC", "standard", 0.5),
+            "2000-01-01 12:00:00"
+        );
         assert_eq!(iso("DAYS SINCE 1850-01-01", "NOLEAP", 0.0), "1850-01-01 00:00:00");
     }
 
     #[test]
     fn errors_name_the_problem() {
-        assert!(matches!(TimeAxis::new("K", None), Err(CfTimeError::NotTimeUnits(_))));
-        assert!(matches!(TimeAxis::new("fortnights since 2000-01-01", None), Err(CfTimeError::Unit(_))));
-        assert!(matches!(TimeAxis::new("days since yesterday", None), Err(CfTimeError::Date(_))));
-        assert!(matches!(TimeAxis::new("days since 2000-02-30", Some("noleap")), Err(CfTimeError::Date(_))));
+        assert!(matches!(
+            TimeAxis::new("K", None),
+            Err(CfTimeError::NotTimeUnits(_))
+        ));
+        assert!(matches!(
+            TimeAxis::new("fortnights since 2000-01-01", None),
+            Err(CfTimeError::Unit(_))
+        ));
+        assert!(matches!(
+            TimeAxis::new("days since yesterday", None),
+            Err(CfTimeError::Date(_))
+        ));
+        assert!(matches!(
+            TimeAxis::new("days since 2000-02-30", Some("noleap")),
+            Err(CfTimeError::Date(_))
+        ));
         assert!(TimeAxis::new("days since 2000-02-30", Some("360_day")).is_ok());
-        assert!(matches!(TimeAxis::new("days since 2000-01-01", Some("lunar")), Err(CfTimeError::Calendar(_))));
+        assert!(matches!(
+            TimeAxis::new("days since 2000-01-01", Some("lunar")),
+            Err(CfTimeError::Calendar(_))
+        ));
         let t = TimeAxis::new("days since 2000-01-01", None).unwrap();
         assert!(t.decode(f64::NAN).is_err());
         assert!(t.decode(1e30).is_err());
@@ -525,7 +617,10 @@ mod tests {
     #[test]
     fn rfc3339_and_durations() {
         let t = TimeAxis::new("days since 2000-01-01", Some("noleap")).unwrap();
-        assert_eq!(t.decode(0.25).unwrap().to_rfc3339().unwrap(), "2000-01-01T06:00:00Z");
+        assert_eq!(
+            t.decode(0.25).unwrap().to_rfc3339().unwrap(),
+            "2000-01-01T06:00:00Z"
+        );
         assert_eq!(iso_duration(86_400.0).as_deref(), Some("P1D"));
         assert_eq!(iso_duration(6.0 * 3600.0).as_deref(), Some("PT6H"));
         assert_eq!(iso_duration(90_000.0).as_deref(), Some("P1DT1H"));

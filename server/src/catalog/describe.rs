@@ -80,10 +80,26 @@ pub fn read_f64(var: &Variable) -> Result<Vec<f64>, CatalogError> {
         {
             *slot = piece.start;
         }
-        read_region(&piece.data, var.dtype, &zero, &piece.data.shape, &mut buf, &var.shape, &dst)?;
+        read_region(
+            &piece.data,
+            var.dtype,
+            &zero,
+            &piece.data.shape,
+            &mut buf,
+            &var.shape,
+            &dst,
+        )?;
     }
-    let scale = var.attrs.get("scale_factor").and_then(|a| a.first_f64()).unwrap_or(1.0);
-    let offset = var.attrs.get("add_offset").and_then(|a| a.first_f64()).unwrap_or(0.0);
+    let scale = var
+        .attrs
+        .get("scale_factor")
+        .and_then(|a| a.first_f64())
+        .unwrap_or(1.0);
+    let offset = var
+        .attrs
+        .get("add_offset")
+        .and_then(|a| a.first_f64())
+        .unwrap_or(0.0);
     let fill = var.fill_attr.map(Scalar::as_f64);
     Ok(buf
         .chunks_exact(elem)
@@ -109,7 +125,10 @@ fn std_name(v: &Variable) -> Option<&str> {
 fn is_lon(v: &Variable) -> bool {
     let u = units(v).unwrap_or("").to_ascii_lowercase();
     std_name(v) == Some("longitude")
-        || matches!(u.as_str(), "degrees_east" | "degree_east" | "degree_e" | "degrees_e" | "degreee" | "degreese")
+        || matches!(
+            u.as_str(),
+            "degrees_east" | "degree_east" | "degree_e" | "degrees_e" | "degreee" | "degreese"
+        )
         || (v.attrs.get_str("axis") == Some("X") && u.starts_with("degree"))
         || (u.is_empty() && matches!(v.name.as_str(), "lon" | "longitude" | "nav_lon"))
 }
@@ -117,14 +136,21 @@ fn is_lon(v: &Variable) -> bool {
 fn is_lat(v: &Variable) -> bool {
     let u = units(v).unwrap_or("").to_ascii_lowercase();
     std_name(v) == Some("latitude")
-        || matches!(u.as_str(), "degrees_north" | "degree_north" | "degree_n" | "degrees_n" | "degreen" | "degreesn")
+        || matches!(
+            u.as_str(),
+            "degrees_north" | "degree_north" | "degree_n" | "degrees_n" | "degreen" | "degreesn"
+        )
         || (v.attrs.get_str("axis") == Some("Y") && u.starts_with("degree"))
         || (u.is_empty() && matches!(v.name.as_str(), "lat" | "latitude" | "nav_lat"))
 }
 
 fn is_time(v: &Variable) -> bool {
     let since = units(v).is_some_and(|u| u.to_ascii_lowercase().contains(" since "));
-    since && (std_name(v) == Some("time") || v.attrs.get_str("axis") == Some("T") || v.name == "time" || v.dims.len() == 1)
+    since
+        && (std_name(v) == Some("time")
+            || v.attrs.get_str("axis") == Some("T")
+            || v.name == "time"
+            || v.dims.len() == 1)
 }
 
 fn is_vertical(v: &Variable) -> bool {
@@ -132,14 +158,25 @@ fn is_vertical(v: &Variable) -> bool {
         || v.attrs.get("positive").is_some()
         || matches!(
             std_name(v),
-            Some("height" | "depth" | "altitude" | "air_pressure" | "atmosphere_hybrid_sigma_pressure_coordinate")
+            Some(
+                "height"
+                    | "depth"
+                    | "altitude"
+                    | "air_pressure"
+                    | "atmosphere_hybrid_sigma_pressure_coordinate"
+            )
         )
 }
 
 /// Picks a lat or lon variable: a dimension coordinate first, else a 1-D or 2-D auxiliary
 /// coordinate (curvilinear grids).
-fn find_coord<'a>(g: &'a Group, pred: fn(&Variable) -> bool) -> Option<&'a Variable> {
-    let vars = || g.vars.iter().map(|v| v.as_ref()).filter(|v| pred(v) && !matches!(v.dtype, DType::Str | DType::Char));
+fn find_coord(g: &Group, pred: fn(&Variable) -> bool) -> Option<&Variable> {
+    let vars = || {
+        g.vars
+            .iter()
+            .map(|v| v.as_ref())
+            .filter(|v| pred(v) && !matches!(v.dtype, DType::Str | DType::Char))
+    };
     vars()
         .find(|v| v.dims.len() == 1 && v.dims[0] == v.name)
         .or_else(|| vars().find(|v| v.dims.len() <= 2))
@@ -179,8 +216,10 @@ pub fn lon_extent(values: &[f64]) -> Option<(f64, f64)> {
             best_i = i;
         }
     }
+    // Global when the largest gap is no more than typical spacing (regular grids) or
+    // narrower than 3° (dense, irregular curvilinear grids).
     let mean = 360.0 / n as f64;
-    if best <= 1.5 * mean {
+    if best <= 1.5 * mean || best < 3.0 {
         return Some((-180.0, 180.0));
     }
     let west = v[(best_i + 1) % n];
@@ -234,7 +273,8 @@ fn num(x: f64) -> Value {
 /// A licence attribute as an SPDX id when it is one or names a common one, else `other`.
 pub fn spdx_license(text: &str) -> String {
     let t = text.trim();
-    let token = !t.is_empty() && t.len() <= 64 && t.chars().all(|c| c.is_ascii_alphanumeric() || "-.+".contains(c));
+    let token =
+        !t.is_empty() && t.len() <= 64 && t.chars().all(|c| c.is_ascii_alphanumeric() || "-.+".contains(c));
     if token {
         return t.to_string();
     }
@@ -255,7 +295,11 @@ pub fn spdx_license(text: &str) -> String {
 
 fn split_keywords(s: &str) -> Vec<String> {
     let sep = if s.contains(';') { ';' } else { ',' };
-    s.split(sep).map(str::trim).filter(|k| !k.is_empty()).map(String::from).collect()
+    s.split(sep)
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 fn global_str(attrs: &Attrs, names: &[&str]) -> Option<String> {
@@ -268,7 +312,10 @@ fn global_str(attrs: &Attrs, names: &[&str]) -> Option<String> {
 
 /// Decodes the time range, preferring the cell bounds (`bounds` attribute) when present:
 /// monthly means then span whole months rather than mid-month to mid-month.
-fn time_range(g: &Group, t: &Variable) -> Result<((String, String), Vec<f64>, TimeAxis), CatalogError> {
+/// Decoded (start, end), the raw values and the axis.
+type TimeInfo = ((String, String), Vec<f64>, TimeAxis);
+
+fn time_range(g: &Group, t: &Variable) -> Result<TimeInfo, CatalogError> {
     let u = units(t).unwrap_or_default();
     let axis = TimeAxis::new(u, t.attrs.get_str("calendar"))
         .map_err(|e| CatalogError::Time(format!("{}: {e}", t.path)))?;
@@ -280,7 +327,8 @@ fn time_range(g: &Group, t: &Variable) -> Result<((String, String), Vec<f64>, Ti
     {
         range_values = bv;
     }
-    let (lo, hi) = min_max(&range_values).ok_or_else(|| CatalogError::Time(format!("{}: no valid values", t.path)))?;
+    let (lo, hi) =
+        min_max(&range_values).ok_or_else(|| CatalogError::Time(format!("{}: no valid values", t.path)))?;
     let fmt = |x: f64| -> Result<String, CatalogError> {
         axis.decode(x)
             .map_err(|e| CatalogError::Time(format!("{}: {e}", t.path)))?
@@ -312,7 +360,9 @@ pub fn describe(ds: &Dataset) -> Description {
             .map(spdx_license)
             .or_else(|| global_str(attrs, &["license", "licence"]).map(|l| spdx_license(&l))),
         keywords: if spec.keywords.is_empty() {
-            global_str(attrs, &["keywords"]).map(|k| split_keywords(&k)).unwrap_or_default()
+            global_str(attrs, &["keywords"])
+                .map(|k| split_keywords(&k))
+                .unwrap_or_default()
         } else {
             spec.keywords.clone()
         },
@@ -329,7 +379,15 @@ pub fn describe(ds: &Dataset) -> Description {
         },
         ..Default::default()
     };
-    for key in ["institution", "source", "experiment_id", "source_id", "variable_id", "frequency", "Conventions"] {
+    for key in [
+        "institution",
+        "source",
+        "experiment_id",
+        "source_id",
+        "variable_id",
+        "frequency",
+        "Conventions",
+    ] {
         if let Some(v) = attrs.get(key) {
             d.extra.insert(format!("cloudify:{key}"), super::json_attr(v));
         }
@@ -373,7 +431,10 @@ pub fn describe(ds: &Dataset) -> Description {
 
     // dimensions
     for (dim, len) in &g.dims {
-        let coord = g.vars.iter().find(|v| v.dims.len() == 1 && &v.dims[0] == dim && v.name == *dim);
+        let coord = g
+            .vars
+            .iter()
+            .find(|v| v.dims.len() == 1 && &v.dims[0] == dim && v.name == *dim);
         let index_extent = json!([0, len.saturating_sub(1)]);
         let json = match coord {
             Some(c) if lon.is_some_and(|l| l.name == c.name) => {
@@ -561,7 +622,9 @@ mod tests {
         assert_eq!(regular_step(&[0.0, 1.0, 3.0]), None);
         assert_eq!(spdx_license("CC-BY-4.0"), "CC-BY-4.0");
         assert_eq!(
-            spdx_license("CMIP6 model data ... licensed under a Creative Commons Attribution-ShareAlike 4.0 International License"),
+            spdx_license(
+                "CMIP6 model data ... licensed under a Creative Commons Attribution-ShareAlike 4.0 International License"
+            ),
             "CC-BY-SA-4.0"
         );
         assert_eq!(spdx_license("Free for research use only"), "other");

@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod cftime;
+pub mod cli;
 pub mod client;
 pub mod describe;
 pub mod export;
@@ -112,7 +113,11 @@ impl CatalogCtx {
     }
 
     /// The cached description of a dataset, computing it with `f` the first time.
-    pub fn description(&self, name: &str, f: impl FnOnce() -> describe::Description) -> Arc<describe::Description> {
+    pub fn description(
+        &self,
+        name: &str,
+        f: impl FnOnce() -> describe::Description,
+    ) -> Arc<describe::Description> {
         if let Some(d) = self.cache.lock().ok().and_then(|c| c.get(name).cloned()) {
             return d;
         }
@@ -141,7 +146,10 @@ mod tests {
         h.insert("x-forwarded-proto", "https".parse().unwrap());
         h.insert("x-forwarded-host", "data.example.org".parse().unwrap());
         assert_eq!(PublicUrl::FromRequest.base(&h), "https://data.example.org");
-        assert_eq!(PublicUrl::Fixed("https://x.org/cloudify/".into()).base(&h), "https://x.org/cloudify");
+        assert_eq!(
+            PublicUrl::Fixed("https://x.org/cloudify/".into()).base(&h),
+            "https://x.org/cloudify"
+        );
         let mut bad = HeaderMap::new();
         bad.insert("host", "evil.org/path".parse().unwrap());
         assert_eq!(PublicUrl::FromRequest.base(&bad), "http://localhost");

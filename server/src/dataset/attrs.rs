@@ -8,14 +8,30 @@
 use std::fmt::Write as _;
 
 /// One attribute value.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum AttrValue {
     Str(String),
     Strs(Vec<String>),
     Ints(Vec<i64>),
     UInts(Vec<u64>),
     /// Floats; f32 attributes are widened exactly (as numpy does when writing JSON).
-    Floats(Vec<f64>),
+    /// Persisted as IEEE bits so NaN and infinities survive the index cache.
+    Floats(#[serde(with = "float_bits")] Vec<f64>),
+}
+
+mod float_bits {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[f64], s: S) -> Result<S::Ok, S::Error> {
+        v.iter().map(|x| x.to_bits()).collect::<Vec<u64>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+        Ok(Vec::<u64>::deserialize(d)?
+            .into_iter()
+            .map(f64::from_bits)
+            .collect())
+    }
 }
 
 impl AttrValue {
@@ -106,7 +122,7 @@ pub fn write_json_f64(out: &mut String, x: f64) {
 }
 
 /// Ordered attributes of a variable or group.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Attrs(pub Vec<(String, AttrValue)>);
 
 impl Attrs {

@@ -7,7 +7,8 @@ use rayon::prelude::*;
 
 use super::Dataset;
 use super::aggregate::{AggregateError, build};
-use crate::source::{SourceError, SourceFile, open_file};
+use crate::source::cache::{IndexCache, open_cached};
+use crate::source::{SourceError, SourceFile};
 
 /// Why a dataset cannot be opened. Messages name the source or file.
 #[derive(Debug, thiserror::Error)]
@@ -85,12 +86,21 @@ pub fn expand_sources(sources: &[String]) -> Result<Vec<PathBuf>, OpenError> {
     Ok(uniq)
 }
 
-/// Opens a dataset: expands its sources, indexes the files in parallel and combines them.
+/// Opens a dataset without an index cache.
 pub fn open_dataset(spec: &cloudify_crds::DatasetSpec) -> Result<Dataset, OpenError> {
+    open_dataset_cached(spec, None)
+}
+
+/// Opens a dataset: expands its sources, indexes the files in parallel (or loads their
+/// cached index) and combines them.
+pub fn open_dataset_cached(
+    spec: &cloudify_crds::DatasetSpec,
+    cache: Option<&IndexCache>,
+) -> Result<Dataset, OpenError> {
     let paths = expand_sources(&spec.sources)?;
     let indexes = paths
         .into_par_iter()
-        .map(|p| open_file(Arc::new(SourceFile::stat(p)?)))
+        .map(|p| open_cached(Arc::new(SourceFile::stat(p)?), cache))
         .collect::<Result<Vec<_>, SourceError>>()?;
     Ok(build(spec, indexes)?)
 }

@@ -86,6 +86,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/datasets/{id}/zarr/{*key}", get(zarr::zarr_key))
         .route("/datasets/{id}/kerchunk/{*key}", get(zarr::kerchunk_key))
         .route("/datasets/{id}/kerchunk.json", get(zarr::kerchunk_refs))
+        .route("/datasets/{id}/stac", get(crate::catalog::routes::stac_item))
+        .route(
+            "/datasets/{id}/catalog.yaml",
+            get(crate::catalog::routes::intake_one),
+        )
+        .route(
+            "/stac-collection-all.json",
+            get(crate::catalog::routes::stac_collection),
+        )
+        .route("/intake.yaml", get(crate::catalog::routes::intake_all))
         .route("/versions", get(meta::versions))
         .route("/openapi.json", get(openapi::spec))
         .route("/docs", get(openapi::docs))

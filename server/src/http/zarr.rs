@@ -39,11 +39,17 @@ fn etag(s: &Served, key: &str) -> String {
     format!("\"{:016x}{:016x}\"", s.ds.fingerprint, h.finish())
 }
 
+/// `If-None-Match` uses weak comparison (RFC 9110 §13.1.2): proxies that compress mark
+/// ETags weak (`W/"..."`) and clients send those back.
 fn not_modified(headers: &HeaderMap, tag: &str) -> bool {
     headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag || t.trim() == "*"))
+        .is_some_and(|v| {
+            v.split(',')
+                .map(str::trim)
+                .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == tag)
+        })
 }
 
 fn respond(body: Body, tag: &str, cache: &'static str, ctype: &'static str) -> Response {
@@ -228,7 +234,7 @@ pub async fn kerchunk_key(
                         "internal error (see server log)",
                     )
                 })?
-                .map_err(|e| ApiError::from(e))?;
+                .map_err(ApiError::from)?;
             state
                 .metrics
                 .requests

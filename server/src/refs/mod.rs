@@ -263,7 +263,7 @@ fn contiguous(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
         1
     } else {
         let max_rows = (RAW_CHUNK_TARGET / row_bytes.max(1)).max(1);
-        (1..=g.min(max_rows)).rev().find(|k| g % k == 0).unwrap_or(1)
+        (1..=g.min(max_rows)).rev().find(|k| g.is_multiple_of(*k)).unwrap_or(1)
     };
     let mut chunks = v.shape.clone();
     chunks[0] = c0;
@@ -396,6 +396,12 @@ impl Refs {
     /// kerchunk/fsspec reference JSON, version 1. Metadata documents are stored as JSON
     /// strings, byte ranges as `[url, offset, size]`, inline data as `base64:...`.
     pub fn to_json(&self) -> String {
+        self.to_json_with(&[])
+    }
+
+    /// [`Refs::to_json`] with extra top-level members (`(name, JSON text)`), which fsspec
+    /// ignores.
+    pub fn to_json_with(&self, extra: &[(&str, String)]) -> String {
         let mut s = String::from("{\"version\": 1, \"refs\": {");
         let mut first = true;
         let mut push = |s: &mut String, k: &str, v: String| {
@@ -439,7 +445,14 @@ impl Refs {
             };
             push(&mut s, k, text);
         }
-        s.push_str("}}\n");
+        s.push('}');
+        for (k, v) in extra {
+            s.push_str(", ");
+            write_json_str(&mut s, k);
+            s.push_str(": ");
+            s.push_str(v);
+        }
+        s.push_str("}\n");
         s
     }
 }

@@ -5,6 +5,7 @@
 //! ranges, filters). Everything here is plain data afterwards, so the request path can read
 //! bytes with `pread` and decode them in Rust on every core.
 
+pub mod cache;
 pub mod classic;
 pub mod ffi;
 pub mod nc3;
@@ -13,19 +14,21 @@ pub mod netcdf;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use crate::dataset::attrs::Attrs;
 use crate::model::{DType, Endian};
 
 /// Identity of one source file: used for ETags and to detect changed files.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SourceFile {
     pub path: PathBuf,
     pub size: u64,
-    pub mtime_ns: i128,
+    pub mtime_ns: i64,
 }
 
 /// One step of an HDF5 filter pipeline that we can undo in Rust.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Filter {
     /// zlib stream (HDF5 "deflate"), with the level it was written with.
     Deflate(u8),
@@ -38,7 +41,7 @@ pub enum Filter {
 }
 
 /// Byte location of one stored chunk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkLoc {
     pub offset: u64,
     /// Stored (compressed) size; 0 means "never written": the chunk is all fill value.
@@ -48,7 +51,7 @@ pub struct ChunkLoc {
 }
 
 /// Where and how a variable's values are stored in one file.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Storage {
     /// HDF5 chunked layout; `locs` is dense, row-major over the chunk grid.
     Chunked {
@@ -67,7 +70,7 @@ pub enum Storage {
 }
 
 /// Values held in memory.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum MemValues {
     /// Little-endian element bytes in C order.
     Bytes(Vec<u8>),
@@ -76,7 +79,7 @@ pub enum MemValues {
 }
 
 /// One variable as stored in one file.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FileVar {
     pub file: Arc<SourceFile>,
     pub shape: Vec<u64>,
@@ -86,7 +89,7 @@ pub struct FileVar {
 }
 
 /// A variable of one file, as the library describes it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SourceVar {
     pub name: String,
     pub dims: Vec<String>,
@@ -96,7 +99,7 @@ pub struct SourceVar {
 }
 
 /// A dimension of one file.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceDim {
     pub name: String,
     pub len: u64,
@@ -104,7 +107,7 @@ pub struct SourceDim {
 }
 
 /// A group of one file (the root group has path "").
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SourceGroup {
     pub path: String,
     pub dims: Vec<SourceDim>,
@@ -116,7 +119,7 @@ pub struct SourceGroup {
 }
 
 /// Everything learnt from opening one file.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SourceIndex {
     pub file: Arc<SourceFile>,
     pub root: SourceGroup,
@@ -152,7 +155,7 @@ impl SourceFile {
             .modified()
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos() as i128);
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
         Ok(Self {
             path,
             size: meta.len(),

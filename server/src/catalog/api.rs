@@ -1,0 +1,620 @@
+//! `cloudify catalog`: a STAC API (core, collections, ogcapi-features, item-search with
+//! CQL2 filter, Transactions) over the crash-safe [`Store`].
+//!
+//! Reused from the `stac`/`stac-server` crates: the STAC types and their (de)serialisation,
+//! search parameter parsing and validation (`GetSearch`/`Search::valid`), item matching on
+//! bbox/datetime/ids/collections (`Search::matches`), CQL2 evaluation (`cql2`), and
+//! `stac_server::Api`, which builds the landing page, conformance, collection/item links and
+//! next/prev paging links for any [`stac_server::Backend`]. stac-server's own router is not
+//! used: it has no Transactions routes, answers errors as plain text and has no persistent
+//! backend; our handlers wrap the same `Api` calls with JSON errors, a bearer token on
+//! writes and a body limit.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_core::Stream;
+use serde_json::{Map, Value, json};
+use stac::api::{
+    CollectionsClient, Filter, GetItems, GetSearch, ItemCollection, Items, ItemsClient, Search,
+    StreamItemsClient, TransactionClient, stream_pages,
+};
+use stac::{Collection, Item};
+use stac_server::{Api, Backend};
+
+use super::store::{Mode, Store, StoreError, merge_patch, validate_collection, validate_item};
+
+/// Conformance classes added to what `stac_server::Api` declares.
+const TRANSACTION_CLASSES: [&str; 3] = [
+    "https://api.stacspec.org/v1.0.0/ogcapi-features/extensions/transaction",
+    "https://api.stacspec.org/v1.0.0/collections/extensions/transaction",
+    "http://www.opengis.net/spec/ogcapi-features-4/1.0/conf/simpletx",
+];
+const DEFAULT_LIMIT: usize = 10;
+const MAX_LIMIT: usize = 10_000;
+
+/// The store as a `stac_server` backend.
+#[derive(Clone, Debug)]
+pub struct FileBackend(pub Arc<Store>);
+
+fn backend_err(m: impl Into<String>) -> stac_server::Error {
+    stac_server::Error::MemoryBackend(m.into())
+}
+
+/// Compiles a search's CQL2 filter (text or JSON).
+pub fn compile_filter(f: &Filter) -> Result<cql2::Expr, String> {
+    match f {
+        Filter::Cql2Text(t) => cql2::parse_text(t).map_err(|e| format!("filter: {e}")),
+        Filter::Cql2Json(m) => serde_json::from_value(Value::Object(m.clone()))
+            .map_err(|e| format!("filter: invalid cql2-json: {e}")),
+    }
+}
+
+impl ItemsClient for FileBackend {
+    type Error = stac_server::Error;
+
+    async fn search(&self, search: Search) -> Result<ItemCollection, Self::Error> {
+        let filter = search
+            .items
+            .filter
+            .as_ref()
+            .map(compile_filter)
+            .transpose()
+            .map_err(backend_err)?;
+        let mut plain = search.clone();
+        plain.items.filter = None;
+        let skip = search
+            .items
+            .additional_fields
+            .get("skip")
+            .and_then(|s| s.as_u64().or_else(|| s.as_str().and_then(|s| s.parse().ok())))
+            .unwrap_or(0) as usize;
+        let limit = search
+            .items
+            .limit
+            .map_or(DEFAULT_LIMIT, |l| l as usize)
+            .clamp(1, MAX_LIMIT);
+        let (page, more) = self
+            .0
+            .find(
+                &search.collections,
+                |it| {
+                    let base = plain.matches(it).map_err(|e| e.to_string())?;
+                    match (&filter, base) {
+                        (Some(f), true) => {
+                            let v = serde_json::to_value(it).map_err(|e| e.to_string())?;
+                            f.clone().matches(Some(&v)).map_err(|e| format!("filter: {e}"))
+                        }
+                        _ => Ok(base),
+                    }
+                },
+                skip,
+                limit,
+            )
+            .map_err(backend_err)?;
+        let n = page.len();
+        let items = page
+            .into_iter()
+            .map(stac::api::Item::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut ic = ItemCollection::new(items)?;
+        ic.number_returned = Some(n as u64);
+        if more {
+            let mut next = Map::new();
+            next.insert("skip".into(), json!(skip + limit));
+            ic.next = Some(next);
+        }
+        if skip > 0 {
+            let mut prev = Map::new();
+            prev.insert("skip".into(), json!(skip.saturating_sub(limit)));
+            ic.prev = Some(prev);
+        }
+        Ok(ic)
+    }
+
+    async fn item(&self, collection_id: &str, item_id: &str) -> Result<Option<Item>, Self::Error> {
+        Ok(self.0.item(collection_id, item_id))
+    }
+}
+
+impl CollectionsClient for FileBackend {
+    type Error = stac_server::Error;
+    async fn collections(&self) -> Result<Vec<Collection>, Self::Error> {
+        Ok(self.0.collections())
+    }
+    async fn collection(&self, id: &str) -> Result<Option<Collection>, Self::Error> {
+        Ok(self.0.collection(id))
+    }
+}
+
+impl TransactionClient for FileBackend {
+    type Error = stac_server::Error;
+    async fn add_collection(&mut self, c: Collection) -> Result<(), Self::Error> {
+        self.0
+            .put_collection(c, Mode::Upsert)
+            .map(|_| ())
+            .map_err(|e| backend_err(e.to_string()))
+    }
+    async fn add_item(&mut self, item: Item) -> Result<(), Self::Error> {
+        self.0
+            .put_item(item, Mode::Upsert)
+            .map(|_| ())
+            .map_err(|e| backend_err(e.to_string()))
+    }
+}
+
+impl StreamItemsClient for FileBackend {
+    type Error = stac_server::Error;
+    async fn search_stream(
+        &self,
+        search: Search,
+    ) -> Result<impl Stream<Item = Result<stac::api::Item, Self::Error>> + Send, Self::Error> {
+        let page = ItemsClient::search(self, search.clone()).await?;
+        Ok(stream_pages(self.clone(), search, page))
+    }
+}
+
+impl Backend for FileBackend {
+    fn has_item_search(&self) -> bool {
+        true
+    }
+    fn has_filter(&self) -> bool {
+        true
+    }
+}
+
+/// A JSON error answer `{"code": ..., "description": ...}` (the STAC API error shape).
+#[derive(Debug)]
+pub struct ApiErr(StatusCode, String);
+
+impl IntoResponse for ApiErr {
+    fn into_response(self) -> Response {
+        if self.0.is_server_error() {
+            tracing::error!(status = %self.0, "{}", self.1);
+        }
+        let code = self.0.canonical_reason().unwrap_or("Error").replace(' ', "");
+        let mut r = (self.0, axum::Json(json!({"code": code, "description": self.1}))).into_response();
+        if self.0 == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        r
+    }
+}
+
+impl From<StoreError> for ApiErr {
+    fn from(e: StoreError) -> Self {
+        let s = match &e {
+            StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
+            StoreError::NoCollection(_) | StoreError::NoItem { .. } => StatusCode::NOT_FOUND,
+            StoreError::CollectionExists(_) | StoreError::ItemExists { .. } => StatusCode::CONFLICT,
+            StoreError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiErr(s, e.to_string())
+    }
+}
+
+impl From<stac_server::Error> for ApiErr {
+    fn from(e: stac_server::Error) -> Self {
+        ApiErr(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+fn bad(m: impl Into<String>) -> ApiErr {
+    ApiErr(StatusCode::BAD_REQUEST, m.into())
+}
+
+/// Settings and state of the catalog service.
+#[derive(Clone, Debug)]
+pub struct CatalogApp {
+    pub api: Api<FileBackend>,
+    pub store: Arc<Store>,
+    /// Bearer token for transactions; `None` refuses every write.
+    pub token: Option<Arc<str>>,
+}
+
+type St = State<CatalogApp>;
+
+fn geojson(v: impl serde::Serialize) -> Response {
+    match serde_json::to_string(&v) {
+        Ok(s) => ([(header::CONTENT_TYPE, "application/geo+json")], s).into_response(),
+        Err(e) => ApiErr(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+fn jsonr(v: impl serde::Serialize) -> Response {
+    match serde_json::to_string(&v) {
+        Ok(s) => ([(header::CONTENT_TYPE, "application/json")], s).into_response(),
+        Err(e) => ApiErr(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// Constant-time comparison: the token check must not leak how many bytes matched.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorize(app: &CatalogApp, headers: &HeaderMap) -> Result<(), ApiErr> {
+    let Some(token) = &app.token else {
+        return Err(ApiErr(
+            StatusCode::FORBIDDEN,
+            "transactions are disabled: start `cloudify catalog` with --token-file".into(),
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+    match given {
+        None => Err(ApiErr(
+            StatusCode::UNAUTHORIZED,
+            "a bearer token is required for transactions".into(),
+        )),
+        Some(t) if same(t.trim().as_bytes(), token.as_bytes()) => Ok(()),
+        Some(_) => Err(ApiErr(StatusCode::FORBIDDEN, "invalid bearer token".into())),
+    }
+}
+
+fn parse_json(body: &Bytes) -> Result<Value, ApiErr> {
+    serde_json::from_slice(body).map_err(|e| bad(format!("body is not valid JSON: {e}")))
+}
+
+/// Runs a blocking store write (fsync) off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiErr> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| {
+            ApiErr(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("store task failed: {e}"),
+            )
+        })?
+        .map_err(ApiErr::from)
+}
+
+async fn landing(State(app): St) -> Result<Response, ApiErr> {
+    let root = app.api.root().await?;
+    let mut v =
+        serde_json::to_value(root).map_err(|e| ApiErr(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if let Some(Value::Array(c)) = v.get_mut("conformsTo") {
+        c.extend(TRANSACTION_CLASSES.iter().map(|s| json!(s)));
+    }
+    Ok(jsonr(v))
+}
+
+async fn conformance(State(app): St) -> Response {
+    let mut c = app.api.conformance();
+    c.conforms_to
+        .extend(TRANSACTION_CLASSES.iter().map(|s| s.to_string()));
+    jsonr(c)
+}
+
+async fn service_desc(State(app): St) -> Response {
+    let doc = json!({
+        "openapi": "3.0.3",
+        "info": {"title": "cloudify catalog", "version": env!("CARGO_PKG_VERSION")},
+        "servers": [{"url": app.api.root.as_str()}],
+        "paths": {
+            "/": {"get": {"responses": {"200": {"description": "landing page"}}}},
+            "/conformance": {"get": {"responses": {"200": {"description": "conformance classes"}}}},
+            "/collections": {"get": {"responses": {"200": {"description": "collections"}}}, "post": {"responses": {"201": {"description": "created"}}}},
+            "/collections/{collectionId}": {"get": {"responses": {"200": {"description": "a collection"}}}, "put": {"responses": {"200": {"description": "replaced"}}}, "patch": {"responses": {"200": {"description": "updated"}}}, "delete": {"responses": {"204": {"description": "deleted"}}}},
+            "/collections/{collectionId}/items": {"get": {"responses": {"200": {"description": "items"}}}, "post": {"responses": {"201": {"description": "created"}}}},
+            "/collections/{collectionId}/items/{featureId}": {"get": {"responses": {"200": {"description": "an item"}}}, "put": {"responses": {"200": {"description": "replaced"}}}, "patch": {"responses": {"200": {"description": "updated"}}}, "delete": {"responses": {"204": {"description": "deleted"}}}},
+            "/search": {"get": {"responses": {"200": {"description": "items"}}}, "post": {"responses": {"200": {"description": "items"}}}},
+            "/queryables": {"get": {"responses": {"200": {"description": "queryables"}}}},
+        },
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/vnd.oai.openapi+json;version=3.0",
+        )],
+        doc.to_string(),
+    )
+        .into_response()
+}
+
+async fn service_doc() -> Response {
+    axum::response::Html(
+        "<!doctype html><title>cloudify catalog</title><h1>cloudify catalog</h1>\
+         <p>A STAC API. See <a href=\"api\">the OpenAPI document</a>, <a href=\"collections\">collections</a>, \
+         <a href=\"search\">search</a>.</p>",
+    )
+    .into_response()
+}
+
+async fn queryables(State(app): St) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/schema+json")],
+        app.api.queryables().to_string(),
+    )
+        .into_response()
+}
+
+async fn list_collections(State(app): St) -> Result<Response, ApiErr> {
+    Ok(jsonr(app.api.collections().await?))
+}
+
+async fn get_collection(State(app): St, Path(cid): Path<String>) -> Result<Response, ApiErr> {
+    let c = app
+        .api
+        .collection(&cid)
+        .await?
+        .ok_or_else(|| ApiErr(StatusCode::NOT_FOUND, format!("no collection '{cid}'")))?;
+    Ok(jsonr(c))
+}
+
+async fn get_items(
+    State(app): St,
+    Path(cid): Path<String>,
+    Query(q): Query<GetItems>,
+) -> Result<Response, ApiErr> {
+    let items = Items::try_from(q)
+        .and_then(Items::valid)
+        .map_err(|e| bad(format!("invalid query: {e}")))?;
+    if let Some(f) = &items.filter {
+        compile_filter(f).map_err(bad)?;
+    }
+    let ic = app
+        .api
+        .items(&cid, items)
+        .await?
+        .ok_or_else(|| ApiErr(StatusCode::NOT_FOUND, format!("no collection '{cid}'")))?;
+    Ok(geojson(ic))
+}
+
+async fn get_item(State(app): St, Path((cid, iid)): Path<(String, String)>) -> Result<Response, ApiErr> {
+    if app.store.collection(&cid).is_none() {
+        return Err(ApiErr(StatusCode::NOT_FOUND, format!("no collection '{cid}'")));
+    }
+    let it = app.api.item(&cid, &iid).await?.ok_or_else(|| {
+        ApiErr(
+            StatusCode::NOT_FOUND,
+            format!("no item '{iid}' in collection '{cid}'"),
+        )
+    })?;
+    Ok(geojson(it))
+}
+
+async fn run_search(app: &CatalogApp, search: Search, method: Method) -> Result<Response, ApiErr> {
+    let search = search.valid().map_err(|e| bad(e.to_string()))?;
+    if let Some(f) = &search.items.filter {
+        compile_filter(f).map_err(bad)?;
+    }
+    if search.items.query.is_some() {
+        return Err(bad(
+            "query: the query extension is not supported; use filter (CQL2)",
+        ));
+    }
+    if search.intersects.is_some() {
+        // evaluated by stac's geo feature
+    }
+    Ok(geojson(app.api.search(search, method).await?))
+}
+
+async fn get_search(State(app): St, Query(q): Query<GetSearch>) -> Result<Response, ApiErr> {
+    let search = Search::try_from(q).map_err(|e| bad(e.to_string()))?;
+    run_search(&app, search, Method::GET).await
+}
+
+async fn post_search(State(app): St, body: Bytes) -> Result<Response, ApiErr> {
+    let v = if body.is_empty() {
+        json!({})
+    } else {
+        parse_json(&body)?
+    };
+    let search: Search = serde_json::from_value(v).map_err(|e| bad(format!("invalid search: {e}")))?;
+    run_search(&app, search, Method::POST).await
+}
+
+// ---- transactions ---------------------------------------------------------------------
+
+fn created(location: String, body: impl serde::Serialize, geo: bool) -> Response {
+    let mut r = if geo { geojson(body) } else { jsonr(body) };
+    *r.status_mut() = StatusCode::CREATED;
+    if let Ok(v) = header::HeaderValue::from_str(&location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+async fn post_collection(State(app): St, headers: HeaderMap, body: Bytes) -> Result<Response, ApiErr> {
+    authorize(&app, &headers)?;
+    let c = validate_collection(parse_json(&body)?)?;
+    let store = app.store.clone();
+    let c = blocking(move || store.put_collection(c, Mode::Create)).await?;
+    let loc = format!("{}collections/{}", app.api.root, c.id);
+    Ok(created(loc, c, false))
+}
+
+async fn put_collection(
+    State(app): St,
+    Path(cid): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiErr> {
+    authorize(&app, &headers)?;
+    let v = parse_json(&body)?;
+    write_collection(app, cid, v).await
+}
+
+async fn write_collection(app: CatalogApp, cid: String, v: Value) -> Result<Response, ApiErr> {
+    let c = validate_collection(v)?;
+    if c.id != cid {
+        return Err(bad(format!(
+            "id: '{}' does not match the URL's collection '{cid}'",
+            c.id
+        )));
+    }
+    let store = app.store.clone();
+    let c = blocking(move || store.put_collection(c, Mode::Replace)).await?;
+    Ok(jsonr(c))
+}
+
+async fn patch_collection(
+    State(app): St,
+    Path(cid): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiErr> {
+    authorize(&app, &headers)?;
+    let patch = parse_json(&body)?;
+    let current = app
+        .store
+        .collection(&cid)
+        .ok_or_else(|| ApiErr(StatusCode::NOT_FOUND, format!("no collection '{cid}'")))?;
+    let mut v = serde_json::to_value(current).map_err(|e| bad(e.to_string()))?;
+    merge_patch(&mut v, &patch);
+    write_collection(app, cid, v).await
+}
+
+async fn delete_collection(
+    State(app): St,
+    Path(cid): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiErr> {
+    authorize(&app, &headers)?;
+    let store = app.store.clone();
+    blocking(move || store.delete_collection(&cid)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn post_item(
+    State(app): St,
+    Path(cid): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiErr> {
+    authorize(&app, &headers)?;
+    let v = parse_json(&body)?;
+    if v.get("type").and_then(Value::as_str) == Some("FeatureCollection") {
+        return Err(bad(
+            "type: FeatureCollection bodies are not supported; POST one item at a time",
+        ));
+    }
+    if app.store.collection(&cid).is_none() {
+        return Err(ApiErr(StatusCode::NOT_FOUND, format!("no collection '{cid}'")));
+    }
+    let it = validate_item(v, &cid)?;
+    let store = app.store.clone();
+    let it = blocking(move || store.put_item(it, Mode::Create)).await?;
+    let loc = format!("{}collections/{cid}/items/{}", app.api.root, it.id);
+    Ok(created(loc, it, true))
+}
+
+async fn write_item(app: CatalogApp, cid: String, iid: String, v: Value) -> Result<Response, ApiErr> {
+    if app.store.collection(&cid).is_none() {
+        return Err(ApiErr(StatusCode::NOT_FOUND, format!("no collection '{cid}'")));
+    }
+    let it = validate_item(v, &cid)?;
+    if it.id != iid {
+        return Err(bad(format!(
+            "id: '{}' does not match the URL's item '{iid}'",
+            it.id
+        )));
+    }
+    let store = app.store.clone();
+    let it = blocking(move || store.put_item(it, Mode::Replace)).await?;
+    Ok(geojson(it))
+}
+
+async fn put_item(
+    State(app): St,
+    Path((cid, iid)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiErr> {
+    authorize(&app, &headers)?;
+    let v = parse_json(&body)?;
+    write_item(app, cid, iid, v).await
+}
+
+async fn patch_item(
+    State(app): St,
+    Path((cid, iid)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiErr> {
+    authorize(&app, &headers)?;
+    let patch = parse_json(&body)?;
+    let current = app.store.item(&cid, &iid).ok_or_else(|| {
+        ApiErr(
+            StatusCode::NOT_FOUND,
+            format!("no item '{iid}' in collection '{cid}'"),
+        )
+    })?;
+    let mut v = serde_json::to_value(current).map_err(|e| bad(e.to_string()))?;
+    merge_patch(&mut v, &patch);
+    write_item(app, cid, iid, v).await
+}
+
+async fn delete_item(
+    State(app): St,
+    Path((cid, iid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiErr> {
+    authorize(&app, &headers)?;
+    let store = app.store.clone();
+    blocking(move || store.delete_item(&cid, &iid)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiErr {
+    ApiErr(StatusCode::NOT_FOUND, format!("no route for '{}'", uri.path()))
+}
+
+/// Builds the catalog service. `root` is its public URL (ends with `/`).
+pub fn router(
+    store: Arc<Store>,
+    root: &str,
+    token: Option<String>,
+    max_body: usize,
+) -> anyhow::Result<Router> {
+    let api = Api::new(FileBackend(store.clone()), root)?
+        .id("cloudify-catalog")
+        .description("STAC catalog of datasets served by cloudify");
+    let app = CatalogApp {
+        api,
+        store,
+        token: token.map(Arc::from),
+    };
+    let cors = tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods(tower_http::cors::Any)
+        .allow_headers(tower_http::cors::Any);
+    Ok(Router::new()
+        .route("/", get(landing))
+        .route("/conformance", get(conformance))
+        .route("/api", get(service_desc))
+        .route("/api.html", get(service_doc))
+        .route("/queryables", get(queryables))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/collections", get(list_collections).post(post_collection))
+        .route(
+            "/collections/{cid}",
+            get(get_collection)
+                .put(put_collection)
+                .patch(patch_collection)
+                .delete(delete_collection),
+        )
+        .route("/collections/{cid}/items", get(get_items).post(post_item))
+        .route(
+            "/collections/{cid}/items/{iid}",
+            get(get_item).put(put_item).patch(patch_item).delete(delete_item),
+        )
+        .route("/search", get(get_search).post(post_search))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(cors)
+        .with_state(app))
+}

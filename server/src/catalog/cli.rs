@@ -1,0 +1,254 @@
+//! Command-line parts of the catalog feature: the `serve` flags (`--public-url`,
+//! `--register`, ...), `cloudify catalog` and `cloudify stac export`.
+//!
+//! Kept here rather than in `main.rs` so the binary only wires subcommands, and the logic
+//! is reachable from integration tests.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Extension;
+use cloudify_crds::{DatasetSpec, ServeConfig};
+
+use super::client::{CatalogClient, read_token};
+use super::describe::{Description, describe};
+use super::{CatalogCtx, PublicUrl, item};
+use crate::http::{AppState, Entry, router};
+use crate::serve::{ListenOpts, parse_port_range, run_app};
+
+/// Catalog flags of `cloudify serve`.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct ServeCatalogArgs {
+    /// Base URL clients use to reach this server (behind an ingress or proxy), used in STAC
+    /// and intake documents. Default: the request's Host header.
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+    /// Id of the STAC collection of this server's items.
+    #[arg(long, value_name = "ID", default_value = super::DEFAULT_COLLECTION)]
+    pub stac_collection: String,
+    /// Register this server's items in a STAC API catalog (`cloudify catalog`) at start.
+    #[arg(long, value_name = "CATALOG_URL")]
+    pub register: Option<String>,
+    /// File holding the catalog's bearer token (first line).
+    #[arg(long, value_name = "FILE", requires = "register")]
+    pub register_token_file: Option<PathBuf>,
+    /// Remove the registered items from the catalog on clean shutdown.
+    #[arg(long, requires = "register")]
+    pub deregister_on_exit: bool,
+}
+
+/// Describes every ready dataset (blocking: reads coordinates).
+pub fn describe_all(state: &AppState, ctx: &CatalogCtx) -> Vec<Arc<Description>> {
+    state
+        .datasets
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Entry::Ready(s) => Some(ctx.description(&s.ds.name, || describe(&s.ds))),
+            Entry::Failed(_) => None,
+        })
+        .collect()
+}
+
+/// `cloudify serve` with the catalog routes' settings and optional registration.
+pub async fn serve_with_catalog(
+    state: Arc<AppState>,
+    opts: ListenOpts,
+    a: ServeCatalogArgs,
+) -> anyhow::Result<()> {
+    let public = match &a.public_url {
+        Some(u) => PublicUrl::Fixed(u.clone()),
+        None if opts.tls.is_some() => PublicUrl::FromRequestTls,
+        None => PublicUrl::FromRequest,
+    };
+    let ctx = Arc::new(CatalogCtx::new(public, Some(a.stac_collection.clone())));
+    let client = match &a.register {
+        Some(url) => {
+            let token = a.register_token_file.as_deref().map(read_token).transpose()?;
+            Some(CatalogClient::new(url, token)?)
+        }
+        None => None,
+    };
+    let registered: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let (st, c2, cl, reg) = (state.clone(), ctx.clone(), client.clone(), registered.clone());
+    let coll_id = a.stac_collection.clone();
+    let explicit_base = a.public_url.clone();
+    run_app(opts, move |url| {
+        if let Some(client) = cl {
+            let base = explicit_base.unwrap_or_else(|| url.to_string()).trim_end_matches('/').to_string();
+            let (st, c2) = (st.clone(), c2.clone());
+            tokio::spawn(async move {
+                // Describing reads coordinates: off the async workers.
+                let ds = match tokio::task::spawn_blocking(move || describe_all(&st, &c2)).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::error!("describing datasets for registration failed: {e}");
+                        return;
+                    }
+                };
+                let refs: Vec<&Description> = ds.iter().map(|d| d.as_ref()).collect();
+                let coll = item::collection(
+                    &coll_id,
+                    "cloudify datasets",
+                    &refs,
+                    &format!("{base}{}", item::COLLECTION_PATH),
+                    |id| format!("{base}{}", item::item_path(id)),
+                );
+                let items: Vec<_> = refs.iter().map(|d| item::item(d, &base, &coll_id)).collect();
+                // The catalog being down must never stop serving: retry for a day, then give up.
+                match client.register(&coll, &items, Duration::from_secs(86_400)).await {
+                    Ok(()) => {
+                        tracing::info!(items = items.len(), collection = %coll_id, "registered in the catalog");
+                        if let Ok(mut r) = reg.lock() {
+                            *r = refs.iter().map(|d| d.id.clone()).collect();
+                        }
+                    }
+                    Err(e) => tracing::error!("registration in the catalog failed: {e}"),
+                }
+            });
+        }
+        Ok(router(state).layer(Extension(ctx)))
+    })
+    .await?;
+    if a.deregister_on_exit
+        && let Some(client) = client
+    {
+        let ids = registered.lock().map(|r| r.clone()).unwrap_or_default();
+        match tokio::time::timeout(
+            Duration::from_secs(20),
+            client.deregister(&a.stac_collection, &ids),
+        )
+        .await
+        {
+            Ok(Ok(())) => tracing::info!(items = ids.len(), "removed from the catalog"),
+            Ok(Err(e)) => tracing::warn!("deregistration failed: {e}"),
+            Err(_) => tracing::warn!("deregistration timed out"),
+        }
+    }
+    Ok(())
+}
+
+/// `cloudify catalog`: the STAC API service.
+#[derive(clap::Args, Debug)]
+pub struct CatalogArgs {
+    /// Directory of the store (created if missing; survives restarts).
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// File holding the bearer token that transactions must present (first line). Without
+    /// it the catalog is read-only.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on.
+    #[arg(long, default_value_t = 9100)]
+    pub port: u16,
+    /// Take the first free port of a range (overrides --port).
+    #[arg(long, value_parser = parse_port_range)]
+    pub port_range: Option<(u16, u16)>,
+    /// Write the URL to this file once listening.
+    #[arg(long)]
+    pub listen_file: Option<PathBuf>,
+    /// Public base URL of the API (links in responses). Default: the listening URL.
+    #[arg(long)]
+    pub public_url: Option<String>,
+    /// Largest accepted request body in bytes (larger: 413).
+    #[arg(long, default_value_t = 8 << 20)]
+    pub max_body: usize,
+}
+
+pub async fn run_catalog(a: CatalogArgs) -> anyhow::Result<()> {
+    let token = a.token_file.as_deref().map(read_token).transpose()?;
+    if token.is_none() {
+        tracing::warn!("no --token-file: the catalog is read-only (transactions answer 403)");
+    }
+    let store = tokio::task::spawn_blocking({
+        let d = a.data.clone();
+        move || super::store::Store::open(&d)
+    })
+    .await??;
+    let opts = ListenOpts {
+        host: a.host,
+        port: a.port,
+        port_range: a.port_range,
+        listen_file: a.listen_file,
+        tls: None,
+    };
+    let public = a.public_url.clone();
+    run_app(opts, move |url| {
+        let mut root = public.unwrap_or_else(|| url.to_string());
+        if !root.ends_with('/') {
+            root.push('/');
+        }
+        super::api::router(store, &root, token, a.max_body)
+    })
+    .await
+}
+
+/// `cloudify stac ...`.
+#[derive(clap::Subcommand, Debug)]
+pub enum StacCommand {
+    /// Write a static STAC catalog (catalog.json, collection.json, items/) of datasets.
+    Export(ExportArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    /// Dataset id followed by its files, when not using --config.
+    #[arg(value_name = "NAME PATH_OR_GLOB...")]
+    pub args: Vec<String>,
+    /// YAML config with a `datasets:` list (as for `cloudify serve`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// URL of the server that serves these datasets (asset hrefs).
+    #[arg(long)]
+    pub public_url: String,
+    /// Collection id.
+    #[arg(long, default_value = super::DEFAULT_COLLECTION)]
+    pub collection: String,
+}
+
+pub fn run_stac(cmd: StacCommand) -> anyhow::Result<()> {
+    let StacCommand::Export(a) = cmd;
+    let specs: Vec<DatasetSpec> = match (&a.config, a.args.split_first()) {
+        (Some(p), None) => {
+            let text = std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            ServeConfig::from_yaml(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+                .datasets
+        }
+        (None, Some((name, sources))) if !sources.is_empty() => {
+            let spec = DatasetSpec {
+                name: name.clone(),
+                sources: sources.to_vec(),
+                concat_dim: None,
+                title: None,
+                description: None,
+                license: None,
+                keywords: Vec::new(),
+                providers: Vec::new(),
+            };
+            spec.validate(0).map_err(|e| anyhow::anyhow!("{e}"))?;
+            vec![spec]
+        }
+        _ => anyhow::bail!("give either --config FILE or NAME PATH_OR_GLOB..."),
+    };
+    let mut descs = Vec::new();
+    for spec in &specs {
+        let ds = crate::dataset::open::open_dataset(spec)
+            .map_err(|e| anyhow::anyhow!("dataset '{}': {e}", spec.name))?;
+        let d = describe(&ds);
+        for w in &d.warnings {
+            tracing::warn!(dataset = %spec.name, "{w}");
+        }
+        descs.push(d);
+    }
+    let refs: Vec<&Description> = descs.iter().collect();
+    let n = super::export::export(&refs, &a.out, &a.public_url, &a.collection)?;
+    println!("wrote {n} item(s) to {}", a.out.display());
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! Registering items in a `cloudify catalog` (or any STAC API with the Transactions
+//! extension). Used by `cloudify serve --register` and, later, by the Kubernetes operator.
+//!
+//! Writes are upserts (POST, then PUT on 409) so registering again after a restart or a
+//! change is harmless; deletes treat 404 as done.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+/// Why a catalog request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{url}: {source}")]
+    Http { url: String, source: reqwest::Error },
+    #[error("{method} {url}: {status}: {body}")]
+    Status {
+        method: &'static str,
+        url: String,
+        status: StatusCode,
+        body: String,
+    },
+    #[error("invalid catalog URL '{0}'")]
+    Url(String),
+}
+
+impl ClientError {
+    /// Errors worth retrying: the catalog is down or overloaded, not rejecting our data.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Http { .. } => true,
+            ClientError::Status { status, .. } => {
+                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
+            }
+            ClientError::Url(_) => false,
+        }
+    }
+}
+
+/// A client of one STAC API with a bearer token.
+#[derive(Clone, Debug)]
+pub struct CatalogClient {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+fn seg(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+impl CatalogClient {
+    pub fn new(base: &str, token: Option<String>) -> Result<Self, ClientError> {
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ClientError::Url(base.to_string()));
+        }
+        // rustls with ring, as the server uses: no aws-lc / OpenSSL to build.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| ClientError::Http {
+                url: base.to_string(),
+                source: e,
+            })?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http,
+        })
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<StatusCode, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut rb = self.http.request(method.clone(), &url);
+        if let Some(t) = &self.token {
+            rb = rb.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            rb = rb.json(b);
+        }
+        let r = rb.send().await.map_err(|source| ClientError::Http {
+            url: url.clone(),
+            source,
+        })?;
+        let status = r.status();
+        if status.is_success() || status == StatusCode::CONFLICT || status == StatusCode::NOT_FOUND {
+            return Ok(status);
+        }
+        let body = r.text().await.unwrap_or_default();
+        Err(ClientError::Status {
+            method: match method {
+                reqwest::Method::POST => "POST",
+                reqwest::Method::PUT => "PUT",
+                reqwest::Method::DELETE => "DELETE",
+                _ => "GET",
+            },
+            url,
+            status,
+            body: body.chars().take(500).collect(),
+        })
+    }
+
+    fn check(status: StatusCode, method: &'static str, url: String) -> Result<(), ClientError> {
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(ClientError::Status {
+                method,
+                url,
+                status,
+                body: String::new(),
+            })
+        }
+    }
+
+    /// Creates or replaces a collection.
+    pub async fn upsert_collection(&self, c: &Value) -> Result<(), ClientError> {
+        let id = c.get("id").and_then(Value::as_str).unwrap_or_default();
+        let s = self.send(reqwest::Method::POST, "/collections", Some(c)).await?;
+        if s == StatusCode::CONFLICT {
+            let p = format!("/collections/{}", seg(id));
+            let s = self.send(reqwest::Method::PUT, &p, Some(c)).await?;
+            return Self::check(s, "PUT", p);
+        }
+        Self::check(s, "POST", "/collections".into())
+    }
+
+    /// Creates or replaces an item of `collection`.
+    pub async fn upsert_item(&self, collection: &str, item: &Value) -> Result<(), ClientError> {
+        let id = item.get("id").and_then(Value::as_str).unwrap_or_default();
+        let p = format!("/collections/{}/items", seg(collection));
+        let s = self.send(reqwest::Method::POST, &p, Some(item)).await?;
+        if s == StatusCode::CONFLICT {
+            let p = format!("{p}/{}", seg(id));
+            let s = self.send(reqwest::Method::PUT, &p, Some(item)).await?;
+            return Self::check(s, "PUT", p);
+        }
+        Self::check(s, "POST", p)
+    }
+
+    /// Deletes an item (absent counts as deleted).
+    pub async fn delete_item(&self, collection: &str, id: &str) -> Result<(), ClientError> {
+        let p = format!("/collections/{}/items/{}", seg(collection), seg(id));
+        self.send(reqwest::Method::DELETE, &p, None).await.map(|_| ())
+    }
+
+    /// Registers a collection and its items, retrying transient failures with exponential
+    /// backoff (1 s doubling to 60 s) for at most `patience`. Rejections (4xx) are not
+    /// retried: sending the same document again cannot succeed.
+    pub async fn register(
+        &self,
+        collection: &Value,
+        items: &[Value],
+        patience: Duration,
+    ) -> Result<(), ClientError> {
+        let cid = collection
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let start = std::time::Instant::now();
+        let mut delay = Duration::from_secs(1);
+        loop {
+            let attempt = async {
+                self.upsert_collection(collection).await?;
+                for it in items {
+                    self.upsert_item(&cid, it).await?;
+                }
+                Ok::<(), ClientError>(())
+            }
+            .await;
+            match attempt {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_transient() && start.elapsed() + delay < patience => {
+                    tracing::warn!(catalog = %self.base, "registration failed, retrying in {}s: {e}", delay.as_secs());
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(60));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Removes the given items of `collection` (the collection itself stays: other servers
+    /// may share it).
+    pub async fn deregister(&self, collection: &str, ids: &[String]) -> Result<(), ClientError> {
+        for id in ids {
+            self.delete_item(collection, id).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads a token file (first line, trimmed). Empty files are an error: an empty token would
+/// silently disable authentication on one side.
+pub fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("token file {}: {e}", path.display()))?;
+    let t = text.lines().next().unwrap_or("").trim().to_string();
+    if t.is_empty() {
+        anyhow::bail!("token file {} is empty", path.display());
+    }
+    Ok(t)
+}
