@@ -174,7 +174,8 @@ def _die_with_parent() -> None:  # runs in the child before exec
         pass
 
 
-def start_server(args: list[str], workdir: Path, tag: str, timeout: float = STARTUP_TIMEOUT):
+def start_server(args: list[str], workdir: Path, tag: str, timeout: float = STARTUP_TIMEOUT,
+                 extra_env: dict | None = None):
     """Start ``cloudify <args> --host ... --port-range ... --listen-file ...``.
 
     Returns (base_url, proc, log_path).  Raises RuntimeError with the log on failure.
@@ -192,8 +193,12 @@ def start_server(args: list[str], workdir: Path, tag: str, timeout: float = STAR
     cmd = [binary, *args, "--host", "127.0.0.1", "--port-range", PORT_RANGE, "--listen-file", str(listen)]
     logf = open(log, "wb")
     # the server must not outlive a crashed/killed pytest: PDEATHSIG
+    # each server gets the index cache of its work dir, never the user's ~/.cache
+    env = dict(os.environ)
+    env.setdefault("CLOUDIFY_CACHE_DIR", str(workdir / "cache"))
+    env.update(extra_env or {})
     proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, preexec_fn=_die_with_parent)
+                            start_new_session=True, preexec_fn=_die_with_parent, env=env)
     logf.close()
     deadline = time.monotonic() + timeout
     url = None

@@ -73,6 +73,14 @@ DATASETS: list[dict] = [
         expect="failed",
         bad_file="b.nc",
     ),
+    # Different CF time units per file (as some CMIP6 models write): rebased to the
+    # earliest file's units, exactly like xarray decodes and re-encodes them.
+    dict(
+        name="edge_series_units",
+        sources=["series_units/b.nc", "series_units/a.nc"],
+        concat=True,
+    ),
+    # Units that are not CF time units cannot be reconciled.
     dict(
         name="edge_bad_units",
         sources=["bad_units/a.nc", "bad_units/b.nc"],
@@ -636,8 +644,12 @@ def make_bad(root: Path) -> None:
     except OSError:
         pass
 
+    _series_file(root / "series_units" / "a.nc", 2000, units="days since 2000-01-01")
+    _series_file(root / "series_units" / "b.nc", 2001, units="hours since 1999-01-01 06:00:00")
     _series_file(root / "bad_units" / "a.nc", 2000, units="days since 2000-01-01")
     _series_file(root / "bad_units" / "b.nc", 2001, units="days since 1999-01-01")
+    with netCDF4.Dataset(root / "bad_units" / "b.nc", "a") as ds:
+        ds.variables["time"].units = "model days"
 
     _series_file(root / "bad_calendar" / "a.nc", 2000, calendar="standard")
     _series_file(root / "bad_calendar" / "b.nc", 2001, calendar="noleap")

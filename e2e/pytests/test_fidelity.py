@@ -22,6 +22,7 @@ from helpers import (
     open_served,
     sample_boxes,
     served_chunks,
+    spec_rebased,
     values_diff,
 )
 
@@ -41,7 +42,7 @@ def _largest_var(ds: xr.Dataset) -> str | None:
 
 
 def compare_datasets(served: xr.Dataset, ref: xr.Dataset, *, raw: bool, label: str,
-                     full_var: str | None = None) -> list[str]:
+                     full_var: str | None = None, rebased_time: bool = False) -> list[str]:
     problems: list[str] = []
     p = problems.append
     sv, rv = set(served.variables), set(ref.variables)
@@ -89,7 +90,7 @@ def compare_datasets(served: xr.Dataset, ref: xr.Dataset, *, raw: bool, label: s
                 p(f"{vl}{box}: reading served values failed: {type(e).__name__}: {e}"[:1500])
                 break
             rval = r[box].values
-            d = values_diff(rval, sval, rtol=rtol)
+            d = values_diff(rval, sval, rtol=rtol, time_atol_ns=1000 if rebased_time else 0)
             if d:
                 p(f"{vl}{box}: values differ: {d}")
                 break
@@ -106,12 +107,14 @@ def _check(server, spec, zarr_format, raw):
         label = f"{spec['name']}[v{zarr_format}{' raw' if raw else ''}{' group=' + group if group else ''}]"
         ref = reference(spec, raw, group)
         try:
-            served = open_served(server.zarr_url(spec["name"]), zarr_format, raw=raw, group=group)
+            served = open_served(server.zarr_url(spec["name"]), zarr_format, raw=raw, group=group,
+                                 rebased=spec_rebased(spec))
         except Exception as e:  # noqa: BLE001
             problems.append(f"{label}: xr.open_dataset failed: {type(e).__name__}: {e}"[:2000])
             continue
         full = _largest_var(ref) if raw else None
-        problems += compare_datasets(served, ref, raw=raw, label=label, full_var=full)
+        problems += compare_datasets(served, ref, raw=raw, label=label, full_var=full,
+                                     rebased_time=spec_rebased(spec))
     return problems
 
 

@@ -7,10 +7,10 @@
 use serde_json::{Value, json};
 
 use super::CatalogError;
-use super::cftime::{TimeAxis, iso_duration};
 use crate::chunk::grid::{fill_with, numel};
 use crate::chunk::read::read_region;
 use crate::dataset::attrs::Attrs;
+use crate::dataset::cftime::{TimeAxis, iso_duration};
 use crate::dataset::{Dataset, Group, Variable};
 use crate::model::{DType, Scalar};
 
@@ -547,7 +547,7 @@ pub fn describe(ds: &Dataset) -> Description {
 }
 
 fn axis_calendar_name(axis: &TimeAxis) -> &'static str {
-    use super::cftime::Calendar as C;
+    use crate::dataset::cftime::Calendar as C;
     match axis.calendar() {
         C::Standard => "standard calendar",
         C::ProlepticGregorian => "proleptic_gregorian calendar",

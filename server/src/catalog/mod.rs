@@ -10,7 +10,6 @@
 //!   Kubernetes operator).
 
 pub mod api;
-pub mod cftime;
 pub mod cli;
 pub mod client;
 pub mod describe;

@@ -6,12 +6,13 @@
 use std::sync::Arc;
 
 use super::attrs::AttrValue;
+use super::cftime::TimeAxis;
 use super::{Dataset, Group, Piece, Variable};
 use crate::chunk::grid::{default_chunks, numel};
 use crate::chunk::read::read_region;
 use crate::codec::{Encoding, ZSTD_LEVEL};
 use crate::model::{DType, Scalar};
-use crate::source::{Filter, SourceGroup, SourceIndex, SourceVar, Storage};
+use crate::source::{Filter, MemValues, SourceGroup, SourceIndex, SourceVar, Storage};
 
 /// Chunk size we aim for when the source has no chunking of its own.
 pub const TARGET_CHUNK_BYTES: u64 = 4 << 20;
@@ -135,8 +136,88 @@ fn collect_skipped(g: &SourceGroup, out: &mut Vec<(String, String)>) {
     }
 }
 
+/// Linear map of one file's time values onto the reference file's units.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Rebase {
+    scale: f64,
+    offset: f64,
+}
+
+/// How each file's concat coordinate maps onto a common time axis. Files of one series may
+/// use different `units` (e.g. `days since <start of file>`, as some CMIP6 models write);
+/// xarray decodes each and re-encodes with the first file's units, so we do the same
+/// arithmetic on the stored values. Calendars must agree.
+fn rebases(files: &[SourceIndex], coords: &[SourceVar]) -> Result<Option<Vec<Rebase>>, AggregateError> {
+    let units: Vec<Option<&str>> = coords.iter().map(|c| c.attrs.get_str("units")).collect();
+    let cal0 = coords[0].attrs.get("calendar");
+    for (f, c) in files.iter().zip(coords) {
+        if c.attrs.get("calendar") != cal0 {
+            return Err(mismatch(format!(
+                "{}: '{}' calendar is {:?} but {} has {:?}",
+                f.file.path.display(),
+                c.name,
+                c.attrs.get("calendar").map(AttrValue::display),
+                files[0].file.path.display(),
+                cal0.map(AttrValue::display)
+            )));
+        }
+    }
+    if units.iter().all(|u| *u == units[0]) {
+        return Ok(None);
+    }
+    let cal = cal0.and_then(AttrValue::as_str);
+    let mut axes = Vec::with_capacity(files.len());
+    for (f, u) in files.iter().zip(&units) {
+        let axis = u.and_then(|u| TimeAxis::new(u, cal).ok()).ok_or_else(|| {
+            mismatch(format!(
+                "{}: '{}' units {:?} differ from {} ({:?}) and are not CF time units, so the files cannot be aligned",
+                f.file.path.display(),
+                coords[0].name,
+                u,
+                files[0].file.path.display(),
+                units[0]
+            ))
+        })?;
+        axes.push(axis);
+    }
+    let r0 = &axes[0];
+    Ok(Some(
+        axes.iter()
+            .map(|a| Rebase {
+                scale: a.unit_micros() / r0.unit_micros(),
+                offset: (a.reference_micros() - r0.reference_micros()) as f64 / r0.unit_micros(),
+            })
+            .collect(),
+    ))
+}
+
+/// Rewrites a variable's values in one file through `r`, held in memory from now on.
+fn apply_rebase(v: &mut SourceVar, r: Rebase, path: &std::path::Path) -> Result<(), AggregateError> {
+    let bytes = read_all(v)?;
+    let vals = as_f64s(&bytes, v.dtype);
+    let mut out = Vec::with_capacity(bytes.len());
+    for x in vals {
+        let y = x * r.scale + r.offset;
+        let s = if v.dtype.is_float() {
+            Scalar::Float(y)
+        } else if y.fract() == 0.0 {
+            Scalar::Int(y as i64)
+        } else {
+            return Err(mismatch(format!(
+                "{}: '{}' is stored as integers and does not fit the first file's time units exactly",
+                path.display(),
+                v.name
+            )));
+        };
+        out.extend(s.to_le_bytes(v.dtype));
+    }
+    v.data.storage = Storage::Memory(Arc::new(MemValues::Bytes(out)));
+    v.data.endian = crate::model::Endian::Little;
+    Ok(())
+}
+
 /// Sorts files by their first concat coordinate value and checks they line up.
-fn order_files(files: &mut [SourceIndex], cd: &str) -> Result<(), AggregateError> {
+fn order_files(files: &mut Vec<SourceIndex>, cd: &str) -> Result<(), AggregateError> {
     for f in files.iter() {
         if !f.root.dims.iter().any(|d| d.name == cd) {
             return Err(mismatch(format!(
@@ -155,29 +236,28 @@ fn order_files(files: &mut [SourceIndex], cd: &str) -> Result<(), AggregateError
     if coord(&files[0]).is_none() {
         return Ok(()); // no coordinate: keep the given (sorted path) order
     }
-    let ref_attrs = coord(&files[0]).map(|v| v.attrs).unwrap_or_default();
-    let mut keyed = Vec::with_capacity(files.len());
-    for (i, f) in files.iter().enumerate() {
-        let c = coord(f).ok_or_else(|| {
+    let mut coords = Vec::with_capacity(files.len());
+    for f in files.iter() {
+        coords.push(coord(f).ok_or_else(|| {
             mismatch(format!(
                 "{}: has no coordinate variable '{cd}'",
                 f.file.path.display()
             ))
-        })?;
-        for a in ["units", "calendar"] {
-            if c.attrs.get(a) != ref_attrs.get(a) {
-                return Err(mismatch(format!(
-                    "{}: '{cd}' attribute '{a}' is {:?} but {} has {:?}; files with different time encodings cannot be concatenated as stored",
-                    f.file.path.display(),
-                    c.attrs.get(a).map(AttrValue::display),
-                    files[0].file.path.display(),
-                    ref_attrs.get(a).map(AttrValue::display)
-                )));
-            }
-        }
-        let vals = as_f64s(&read_all(&c)?, c.dtype);
-        let first = vals.first().copied().unwrap_or(f64::NAN);
-        let last = vals.last().copied().unwrap_or(f64::NAN);
+        })?);
+    }
+    let maps = rebases(files, &coords)?;
+    let mut keyed = Vec::with_capacity(files.len());
+    for (i, c) in coords.iter().enumerate() {
+        let r = maps.as_ref().map_or(
+            Rebase {
+                scale: 1.0,
+                offset: 0.0,
+            },
+            |m| m[i],
+        );
+        let vals = as_f64s(&read_all(c)?, c.dtype);
+        let first = vals.first().map_or(f64::NAN, |x| x * r.scale + r.offset);
+        let last = vals.last().map_or(f64::NAN, |x| x * r.scale + r.offset);
         keyed.push((first, last, i));
     }
     keyed.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
@@ -197,7 +277,42 @@ fn order_files(files: &mut [SourceIndex], cd: &str) -> Result<(), AggregateError
     }
     let order: Vec<usize> = keyed.iter().map(|k| k.2).collect();
     let mut sorted: Vec<SourceIndex> = order.iter().map(|i| files[*i].clone()).collect();
-    files.swap_with_slice(&mut sorted);
+    if maps.is_some() {
+        // Re-express every file in the units of the earliest one.
+        let sorted_coords: Vec<SourceVar> = order.iter().map(|i| coords[*i].clone()).collect();
+        if let Some(maps) = rebases(&sorted, &sorted_coords)? {
+            let ref_units = sorted_coords[0].attrs.get("units").cloned();
+            for (f, r) in sorted.iter_mut().zip(maps) {
+                let path = f.file.path.clone();
+                let bounds = f
+                    .root
+                    .vars
+                    .iter()
+                    .find(|v| v.name == cd)
+                    .and_then(|v| v.attrs.get_str("bounds").map(str::to_string));
+                for v in f.root.vars.iter_mut() {
+                    let is_coord = v.name == cd;
+                    let is_bounds = bounds.as_deref() == Some(v.name.as_str())
+                        && v.dims.first().map(String::as_str) == Some(cd);
+                    if !(is_coord || is_bounds) {
+                        continue;
+                    }
+                    if r != (Rebase {
+                        scale: 1.0,
+                        offset: 0.0,
+                    }) {
+                        apply_rebase(v, r, &path)?;
+                    }
+                    if v.attrs.get("units").is_some()
+                        && let Some(u) = &ref_units
+                    {
+                        v.attrs.insert("units", u.clone());
+                    }
+                }
+            }
+        }
+    }
+    *files = sorted;
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 
 pub mod aggregate;
 pub mod attrs;
+pub mod cftime;
 pub mod open;
 pub mod summary;
 

@@ -263,7 +263,10 @@ fn contiguous(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
         1
     } else {
         let max_rows = (RAW_CHUNK_TARGET / row_bytes.max(1)).max(1);
-        (1..=g.min(max_rows)).rev().find(|k| g.is_multiple_of(*k)).unwrap_or(1)
+        (1..=g.min(max_rows))
+            .rev()
+            .find(|k| g.is_multiple_of(*k))
+            .unwrap_or(1)
     };
     let mut chunks = v.shape.clone();
     chunks[0] = c0;

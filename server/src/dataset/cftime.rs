@@ -181,6 +181,17 @@ impl TimeAxis {
         })
     }
 
+    /// Microseconds per unit.
+    pub fn unit_micros(&self) -> f64 {
+        self.unit_micros
+    }
+
+    /// The reference instant in microseconds since the calendar's day 0: two axes of the
+    /// same calendar differ by the difference of these.
+    pub fn reference_micros(&self) -> i128 {
+        i128::from(self.ref_day) * MICROS_PER_DAY + self.ref_micros
+    }
+
     /// Seconds per unit (for steps of regular axes).
     pub fn unit_seconds(&self) -> f64 {
         self.unit_micros / 1e6

@@ -1,0 +1,123 @@
+"""Index cache (restarts reuse it, changed files are re-indexed) and the reference routes:
+/kerchunk read by xarray, kerchunk.json and `cloudify index` output read through fsspec."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import warnings
+
+import fsspec
+import numpy as np
+import pytest
+import requests
+import xarray as xr
+
+from conftest import find_binary, start_server, stop_server
+from helpers import open_reference
+from test_fidelity import compare_datasets
+
+warnings.filterwarnings("ignore")
+
+# Datasets whose every variable has a byte-range or inline reference (checked below).
+KERCHUNK_CASES = ["edge_series", "edge_packed", "edge_classic", "edge_offset64", "edge_nanfill",
+                  "edge_contig_big", "edge_edgechunks", "edge_alltypes", "edge_tiny", "edge_unlim0"]
+
+
+def _assert_same(served: xr.Dataset, ref: xr.Dataset, label: str):
+    """Same comparison as the /zarr fidelity tests (packed data decodes to float64 from JSON
+    attributes, see README)."""
+    problems = compare_datasets(served, ref, raw=False, label=label)
+    assert not problems, "\n".join(problems[:20])
+
+
+@pytest.mark.parametrize("name", KERCHUNK_CASES)
+def test_kerchunk_route_equals_originals(server, corpus, name):
+    spec = corpus[name]
+    ref = open_reference(spec, raw=False).load()
+    ds = xr.open_dataset(server.url + f"/datasets/{name}/kerchunk", engine="zarr", zarr_format=2,
+                         consolidated=True).load()
+    _assert_same(ds, ref, name)
+
+
+@pytest.mark.parametrize("name", ["cmip6_MIROC6_day", "cmip6_CanESM5_Amon", "cmip6_BCC-CSM2-MR_day"])
+def test_kerchunk_route_cmip6(server, corpus, name):
+    spec = corpus[name]
+    ref = open_reference(spec, raw=False).load()
+    ds = xr.open_dataset(server.url + f"/datasets/{name}/kerchunk", engine="zarr", zarr_format=2,
+                         consolidated=True).load()
+    _assert_same(ds, ref, name)
+
+
+def test_kerchunk_json_through_fsspec(server, corpus):
+    spec = corpus["edge_series"]
+    refs = requests.get(server.url + "/datasets/edge_series/kerchunk.json", timeout=30).json()
+    assert refs["version"] == 1
+    fs = fsspec.filesystem("reference", fo=refs)
+    ds = xr.open_dataset(fs.get_mapper(""), engine="zarr", zarr_format=2, consolidated=False).load()
+    _assert_same(ds, open_reference(spec, raw=False).load(), "kerchunk.json")
+
+
+def test_kerchunk_errors(server):
+    r = requests.get(server.url + "/datasets/edge_series/kerchunk/nope/.zarray", timeout=30)
+    assert r.status_code == 404 and "nope" in r.json()["error"]
+    r = requests.get(server.url + "/datasets/nope/kerchunk/.zmetadata", timeout=30)
+    assert r.status_code == 404 and "nope" in r.json()["error"]
+
+
+def test_index_command_writes_fsspec_references(corpus, tmp_path):
+    spec = corpus["edge_series"]
+    out = tmp_path / "refs.json"
+    binary = find_binary()
+    r = subprocess.run([binary, "index", *spec["files"], "-o", str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    fs = fsspec.filesystem("reference", fo=str(out))
+    ds = xr.open_dataset(fs.get_mapper(""), engine="zarr", zarr_format=2, consolidated=True).load()
+    _assert_same(ds, open_reference(spec, raw=False).load(), "cloudify index")
+    # bad input: a missing file is named, exit code non-zero, nothing written
+    bad = tmp_path / "bad.json"
+    r = subprocess.run([binary, "index", str(tmp_path / "missing.nc"), "-o", str(bad)], capture_output=True, text=True)
+    assert r.returncode != 0 and "missing.nc" in r.stderr and not bad.exists()
+
+
+def test_cache_reused_and_invalidated(corpus, tmp_path):
+    """A restart serves from the cache (same metadata and bytes); a changed file is re-indexed."""
+    src = tmp_path / "src"
+    shutil.copytree(os.path.dirname(corpus["edge_series"]["files"][0]), src)
+    cache = tmp_path / "cache"
+    env = {"CLOUDIFY_CACHE_DIR": str(cache)}
+    args = ["serve", "s", str(src / "part*.nc")]
+    url, proc, _ = start_server(args, tmp_path, "cold", extra_env=env)
+    try:
+        meta1 = requests.get(url + "/datasets/s/zarr/.zmetadata", timeout=30).text
+        chunk1 = requests.get(url + "/datasets/s/zarr/tas/0.0.0", timeout=30).content
+    finally:
+        stop_server(proc)
+    entries = sorted(p.name for p in (cache / "index").glob("*.json"))
+    assert len(entries) == 3, entries
+    # each entry is itself a kerchunk reference set for its file
+    doc = json.loads((cache / "index" / entries[0]).read_text())
+    assert doc["version"] == 1 and ".zmetadata" in doc["refs"] and doc["cloudify"]["format"] == 1
+    # restart: cache hit (files untouched) gives identical answers
+    url, proc, _ = start_server(args, tmp_path, "warm", extra_env=env)
+    try:
+        assert requests.get(url + "/datasets/s/zarr/.zmetadata", timeout=30).text == meta1
+        assert requests.get(url + "/datasets/s/zarr/tas/0.0.0", timeout=30).content == chunk1
+    finally:
+        stop_server(proc)
+    # change a file (new values, new size and mtime): the stale entry must not be served
+    import netCDF4
+    target = src / "part2.nc"  # year 2000, the first in time order
+    with netCDF4.Dataset(target, "a") as ds:
+        ds.variables["tas"][0, 0, 0] = np.float32(-999.0)
+        ds.setncattr("note", "changed")
+    time.sleep(0.01)
+    os.utime(target)
+    url, proc, _ = start_server(args, tmp_path, "changed", extra_env=env)
+    try:
+        ds = xr.open_dataset(url + "/datasets/s/zarr", engine="zarr", zarr_format=3).load()
+        assert float(ds.tas[0, 0, 0]) == -999.0
+    finally:
+        stop_server(proc)
