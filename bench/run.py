@@ -130,6 +130,7 @@ class RssSampler(threading.Thread):
         self.servers, self.interval = servers, interval
         self.stop_event = threading.Event()
         self.lock = threading.Lock()
+        self.trees = {}
         self.stats = {s.name: {"rss_max_kb": 0, "hwm_max_kb": 0, "rss_now_kb": 0, "samples": 0, "pids": 1}
                       for s in servers}
 
@@ -137,7 +138,11 @@ class RssSampler(threading.Thread):
         for s in self.servers:
             if s.proc is None or s.proc.poll() is not None:
                 continue
-            pids = proc_tree(s.proc.pid)
+            # walking /proc for descendants costs more than reading two status files: do it once a second
+            pids, when = self.trees.get(s.name, (None, 0.0))
+            if pids is None or time.monotonic() - when > 1.0:
+                pids = proc_tree(s.proc.pid)
+                self.trees[s.name] = (pids, time.monotonic())
             rss = hwm = 0
             for p in pids:
                 st = status_kb(p)
@@ -654,17 +659,20 @@ def main() -> int:
                 continue
             pids = proc_tree(s.proc.pid)
             c0, w0, m0, t0 = cpu_seconds(pids), os.times(), machine_busy_seconds(), time.monotonic()
+            h0 = w0.user + w0.system  # run.py itself (RSS sampler), not the load
             res = client.fetch(t)
             c1, w1, m1, t1 = cpu_seconds(proc_tree(s.proc.pid) or pids), os.times(), machine_busy_seconds(), time.monotonic()
             n = res.get("chunks") or 0
             res["client_cpu_s"] = round((w1.children_user + w1.children_system)
                                         - (w0.children_user + w0.children_system), 2)
+            res["harness_cpu_s"] = round(w1.user + w1.system - h0, 2)
             res["phase"] = phase
             if s.alive():
                 res["server_cpu_s"] = round(c1 - c0, 2)
                 # CPU used meanwhile by anything but this server and the load client: other processes
                 # on the machine (including the idle peer server) compete with the measurement
-                res["other_cpu_share"] = round(max(0.0, (m1 - m0) - (c1 - c0) - res["client_cpu_s"])
+                res["other_cpu_share"] = round(max(0.0, (m1 - m0) - (c1 - c0) - res["client_cpu_s"]
+                                                   - res["harness_cpu_s"])
                                                / ((t1 - t0) * os.cpu_count()), 3)
                 res["server_cpu_ms_per_chunk"] = round(1000 * (c1 - c0) / n, 3) if n else None
             elif note_crash(s, f"{phase} of {t['name']}"):

@@ -162,6 +162,43 @@ pub enum Encoding {
     Zstd(i32),
     /// The source's own HDF5 pipeline, served byte-for-byte: numcodecs `shuffle` + `zlib`.
     ShuffleZlib { shuffle: Option<usize>, level: u8 },
+    /// The same stored bytes behind a 24-byte Blosc header (Zarr v3 `blosc` codec with
+    /// `cname: zlib`): see [`blosc_wrap`].
+    BloscZlib {
+        shuffle: Option<usize>,
+        level: u8,
+        typesize: usize,
+    },
+}
+
+/// Wraps a zlib stream of (optionally byte-shuffled) data as a one-block Blosc-1 frame.
+///
+/// Zarr v3 has no standard shuffle or zlib codec, but its standard `blosc` codec can carry
+/// exactly what HDF5 stores: Blosc's byte shuffle over a single block equals HDF5's shuffle
+/// of the whole chunk, and Blosc's `zlib` compressor writes the same zlib format as HDF5's
+/// deflate filter. So a stored chunk becomes a valid Blosc frame by prepending a header —
+/// no decompression, no recompression. Returns `None` when the frame would be ambiguous
+/// (Blosc reads a stream as large as the block as stored uncompressed) or too large.
+pub fn blosc_wrap(stored: &[u8], nbytes: usize, typesize: usize, shuffle: bool) -> Option<Vec<u8>> {
+    const HEADER: usize = 16 + 4 + 4; // header, one block start, one stream size
+    let max = i32::MAX as usize - HEADER;
+    if stored.len() == nbytes || stored.len() > max || nbytes > max || nbytes == 0 || typesize > 255 {
+        return None;
+    }
+    const VERSION: u8 = 2; // Blosc-1 format
+    const ZLIB_FORMAT_VERSION: u8 = 1;
+    let flags: u8 = u8::from(shuffle) // byte shuffle
+        | 0x10 // one stream per block (no split)
+        | (3 << 5); // compressor: zlib
+    let mut out = Vec::with_capacity(HEADER + stored.len());
+    out.extend_from_slice(&[VERSION, ZLIB_FORMAT_VERSION, flags, typesize.max(1) as u8]);
+    out.extend_from_slice(&(nbytes as u32).to_le_bytes()); // uncompressed size
+    out.extend_from_slice(&(nbytes as u32).to_le_bytes()); // block size: one block
+    out.extend_from_slice(&((HEADER + stored.len()) as u32).to_le_bytes()); // frame size
+    out.extend_from_slice(&(HEADER as u32 - 4).to_le_bytes()); // start of block 0
+    out.extend_from_slice(&(stored.len() as u32).to_le_bytes()); // stream size
+    out.extend_from_slice(stored);
+    Some(out)
 }
 
 /// Default compression level: level 1 compresses model output nearly as well as level 3
@@ -176,6 +213,45 @@ pub fn encode(raw: &[u8], enc: &Encoding) -> Vec<u8> {
             Some(elem) => deflate(&shuffle(raw, *elem), *level),
             None => deflate(raw, *level),
         },
+        Encoding::BloscZlib {
+            shuffle: s,
+            level,
+            typesize,
+        } => {
+            let z = encode(
+                raw,
+                &Encoding::ShuffleZlib {
+                    shuffle: *s,
+                    level: *level,
+                },
+            );
+            // An incompressible chunk would be ambiguous; level 0 (stored blocks) is never
+            // the same length as the input, so it always wraps.
+            blosc_wrap(&z, raw.len(), *typesize, s.is_some())
+                .or_else(|| {
+                    let z0 = encode(
+                        raw,
+                        &Encoding::ShuffleZlib {
+                            shuffle: *s,
+                            level: 0,
+                        },
+                    );
+                    blosc_wrap(&z0, raw.len(), *typesize, s.is_some())
+                })
+                .unwrap_or_default()
+        }
+    }
+}
+
+/// Encodes stored bytes (already in `enc`'s source pipeline) without decoding, if `enc`
+/// allows that; `None` means "decode and use [`encode`]".
+pub fn encode_stored(stored: Vec<u8>, nbytes: usize, enc: &Encoding) -> Option<Vec<u8>> {
+    match enc {
+        Encoding::ShuffleZlib { .. } => Some(stored),
+        Encoding::BloscZlib {
+            shuffle, typesize, ..
+        } => blosc_wrap(&stored, nbytes, *typesize, shuffle.is_some()),
+        Encoding::Zstd(_) => None,
     }
 }
 
@@ -230,6 +306,35 @@ mod tests {
         );
         // truncated stream
         assert!(decode_hdf5(stored[..20].to_vec(), &filters[..2], 0, data.len()).is_err());
+    }
+
+    #[test]
+    fn blosc_frame_layout() {
+        let data: Vec<u8> = (0..4000u32).flat_map(|x| (x as f32).to_le_bytes()).collect();
+        let stored = deflate(&shuffle(&data, 4), 1);
+        let f = blosc_wrap(&stored, data.len(), 4, true).unwrap();
+        assert_eq!(&f[..4], &[2, 1, 0x71, 4]);
+        assert_eq!(
+            u32::from_le_bytes(f[4..8].try_into().unwrap()) as usize,
+            data.len()
+        );
+        assert_eq!(
+            u32::from_le_bytes(f[12..16].try_into().unwrap()) as usize,
+            f.len()
+        );
+        assert_eq!(&f[24..], &stored[..]);
+        // a "compressed" stream as long as the data would read as a raw copy: refused
+        assert!(blosc_wrap(&data, data.len(), 4, true).is_none());
+        // incompressible input still encodes (stored deflate blocks are longer than input)
+        let noise: Vec<u8> = (0..1000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let enc = Encoding::BloscZlib {
+            shuffle: None,
+            level: 1,
+            typesize: 1,
+        };
+        assert!(!encode(&noise, &enc).is_empty());
     }
 
     #[test]

@@ -496,6 +496,14 @@ fn make_variable(
         _ => None,
     };
     let passthrough = passthrough_enc.is_some();
+    let v3_encoding = match &passthrough_enc {
+        Some(Encoding::ShuffleZlib { shuffle, level }) => Encoding::BloscZlib {
+            shuffle: *shuffle,
+            level: *level,
+            typesize: v0.dtype.size(),
+        },
+        _ => Encoding::Zstd(ZSTD_LEVEL),
+    };
     Variable {
         name: v0.name.clone(),
         path,
@@ -509,6 +517,7 @@ fn make_variable(
         concat_axis: axis,
         pieces,
         v2_encoding: passthrough_enc.unwrap_or(Encoding::Zstd(ZSTD_LEVEL)),
+        v3_encoding,
         passthrough,
     }
 }

@@ -46,6 +46,9 @@ pub struct Variable {
     /// Encoding of Zarr v2 chunks on `/zarr`. When it is the source's own pipeline, stored
     /// chunks are served byte-for-byte.
     pub v2_encoding: Encoding,
+    /// Encoding of Zarr v3 chunks on `/zarr`: Blosc around the stored zlib stream when
+    /// passing through, else zstd.
+    pub v3_encoding: Encoding,
     /// True when every served chunk is exactly one stored chunk with `v2_encoding`.
     pub passthrough: bool,
 }

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use super::error::ApiError;
 use super::{AppState, Entry, Served};
 use crate::chunk::read::{raw_chunk, read_chunk, read_chunk_strings};
-use crate::codec::{Encoding, ZSTD_LEVEL, encode, vlen_utf8};
+use crate::codec::{Encoding, ZSTD_LEVEL, encode, encode_stored, vlen_utf8};
 use crate::dataset::Variable;
 use crate::model::DType;
 use crate::zarr::key::{ChunkKey, Format, parse_chunk_key};
@@ -162,14 +162,19 @@ fn chunk_bytes(s: &Served, ck: &ChunkKey) -> Result<Vec<u8>, ApiError> {
         let strings = read_chunk_strings(var, &ck.index)?;
         return Ok(encode(&vlen_utf8(&strings), &zstd));
     }
-    match ck.format {
-        Format::V2 if var.passthrough => match raw_chunk(var, &ck.index)? {
-            Some(raw) => Ok(raw),
-            None => Ok(encode(&read_chunk(var, &ck.index)?, &var.v2_encoding)),
-        },
-        Format::V2 => Ok(encode(&read_chunk(var, &ck.index)?, &var.v2_encoding)),
-        Format::V3 => Ok(encode(&read_chunk(var, &ck.index)?, &zstd)),
+    let enc = match ck.format {
+        Format::V2 => &var.v2_encoding,
+        Format::V3 => &var.v3_encoding,
+    };
+    if var.passthrough
+        && let Some(stored) = raw_chunk(var, &ck.index)?
+    {
+        let nbytes = var.chunks.iter().product::<u64>() as usize * var.dtype.size();
+        if let Some(out) = encode_stored(stored, nbytes, enc) {
+            return Ok(out);
+        }
     }
+    Ok(encode(&read_chunk(var, &ck.index)?, enc))
 }
 
 /// `/datasets/{id}/kerchunk/{key}`: Zarr v2 whose chunks are the stored bytes, unchanged.

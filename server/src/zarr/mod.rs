@@ -49,6 +49,11 @@ fn key(prefix: &str, name: &str) -> String {
 
 fn v2_compressor(enc: &Encoding) -> (String, String) {
     match enc {
+        // v2 keeps the plain numcodecs spelling of the same pipeline
+        Encoding::BloscZlib { shuffle, level, .. } => v2_compressor(&Encoding::ShuffleZlib {
+            shuffle: *shuffle,
+            level: *level,
+        }),
         Encoding::Zstd(level) => (format!("{{\"id\": \"zstd\", \"level\": {level}}}"), "null".into()),
         Encoding::ShuffleZlib { shuffle, level } => (
             format!("{{\"id\": \"zlib\", \"level\": {level}}}"),
@@ -117,9 +122,22 @@ pub fn v3_array(v: &Variable) -> String {
             let s = v
                 .fill_attr
                 .unwrap_or_else(|| Scalar::from_le_bytes(&v.fill, dt).unwrap_or(Scalar::Int(0)));
+            let compressor = match &v.v3_encoding {
+                Encoding::BloscZlib {
+                    shuffle,
+                    level,
+                    typesize,
+                } => format!(
+                    "{{\"name\": \"blosc\", \"configuration\": {{\"cname\": \"zlib\", \"clevel\": {level}, \"shuffle\": \"{}\", \"typesize\": {typesize}, \"blocksize\": 0}}}}",
+                    if shuffle.is_some() { "shuffle" } else { "noshuffle" }
+                ),
+                _ => zstd.clone(),
+            };
             (
                 fill_json(s, dt).to_string(),
-                format!("[{{\"name\": \"bytes\", \"configuration\": {{\"endian\": \"little\"}}}}, {zstd}]"),
+                format!(
+                    "[{{\"name\": \"bytes\", \"configuration\": {{\"endian\": \"little\"}}}}, {compressor}]"
+                ),
             )
         }
     };
