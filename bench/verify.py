@@ -12,7 +12,8 @@ first URL.
 
 Checked, failing the run on any difference:
 * VAR has the same dimensions, shape and decoded dtype;
-* its dimension coordinates are equal (decoded: times as calendar dates);
+* its dimension coordinates are equal (decoded: times as calendar dates), and so is every other
+  variable of the reference up to --max-other-size elements (bounds, scalar coordinates);
 * VAR's decoded values on the selected time steps are bitwise equal (NaN == NaN); the default
   steps are the first two, both sides of every 365-step (yearly file) boundary up to 3, the middle,
   the last, and ``--random`` seeded random ones.
@@ -73,6 +74,8 @@ def main() -> int:
     ap.add_argument("--steps", help="comma-separated time indices (negative counts from the end)")
     ap.add_argument("--random", type=int, default=2, help="extra random time steps (default 2)")
     ap.add_argument("--time-dim", default="time")
+    ap.add_argument("--max-other-size", type=int, default=10_000_000,
+                    help="compare every other variable up to this many elements whole (default 1e7)")
     a = ap.parse_args()
 
     failures = 0
@@ -125,6 +128,20 @@ def main() -> int:
                 elif not ds[dim].variable.equals(ref[dim].variable):
                     x, y = ds[dim].values, ref[dim].values
                     fail(f"coordinate {dim} differs: {x[:3]}... vs reference {y[:3]}...")
+        # the other, small variables (bounds, scalar coordinates, ...) are compared whole
+        same = []
+        for name in sorted(map(str, ref.variables)):
+            if name == a.var or name in rv.dims or ref[name].size > a.max_other_size:
+                continue
+            if name not in ds.variables:
+                fail(f"variable {name} missing")
+            elif not ds[name].variable.equals(ref[name].variable):
+                fail(f"variable {name} differs: {ds[name].values.ravel()[:4]}... vs reference "
+                     f"{ref[name].values.ravel()[:4]}...")
+            else:
+                same.append(name)
+        if same:
+            print(f"  equal: coordinates {', '.join(d for d in rv.dims if d in ref.coords)}; {', '.join(same)}")
         for k in ATTRS:
             if v.attrs.get(k) != rv.attrs.get(k):
                 print(f"  warn attribute {k}: {v.attrs.get(k)!r}, reference {rv.attrs.get(k)!r}")

@@ -143,9 +143,12 @@ async fn chunks_are_in_time_order_and_decode() {
     let (s, _, b3) = get(&f.app, "/datasets/good/zarr/x/c/2/0/0").await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(&b3[24..], &b2[..]);
-    // the time coordinate (not passed through) is concatenated in order, zstd-encoded
+    // the time coordinate (not passed through) is concatenated in order and re-encoded as
+    // Blosc (zstd + shuffle): a 24-byte header, then a zstd frame of the shuffled values
     let (_, _, tb) = get(&f.app, "/datasets/good/zarr/time/c/0").await;
-    let t = zstd::bulk::decompress(&tb, 1 << 20).unwrap();
+    assert_eq!(&tb[..4], &[2, 1, 0x91, 8]);
+    let t = zstd::bulk::decompress(&tb[24..], 1 << 20).unwrap();
+    let t = cloudify_server::codec::unshuffle(&t, 8);
     let t: Vec<f64> = t
         .chunks_exact(8)
         .map(|c| f64::from_le_bytes(c.try_into().unwrap()))

@@ -139,6 +139,9 @@ pub fn read_block(
     count: &[u64],
     buf_shape: &[u64],
 ) -> Result<Vec<u8>, ReadError> {
+    if let Some(out) = whole_stored_chunk(var, start, buf_shape)? {
+        return Ok(out);
+    }
     let elem = var.dtype.size();
     let n = numel(buf_shape).ok_or_else(|| ReadError::TooLarge(buf_shape.to_vec()))?;
     let mut out = vec![0u8; n * elem];
@@ -167,6 +170,57 @@ pub fn read_block(
         )?;
     }
     Ok(out)
+}
+
+/// Fast path: when the block is exactly one stored chunk, its decoded bytes are the answer
+/// (no fill, no copy). `None` when the block is anything else.
+fn whole_stored_chunk(
+    var: &Variable,
+    start: &[u64],
+    buf_shape: &[u64],
+) -> Result<Option<Vec<u8>>, ReadError> {
+    let (piece, local) = locate_piece(var, start);
+    let Storage::Chunked {
+        chunk_shape,
+        filters,
+        locs,
+    } = &piece.data.storage
+    else {
+        return Ok(None);
+    };
+    if chunk_shape.as_slice() != buf_shape || local.iter().zip(chunk_shape).any(|(s, c)| s % c != 0) {
+        return Ok(None);
+    }
+    // The chunk must lie inside this piece along the concat axis (it does when aligned).
+    if let Some(ax) = var.concat_axis
+        && local[ax] + chunk_shape[ax] > piece.data.shape[ax]
+        && piece.start + piece.data.shape[ax] < var.shape[ax]
+    {
+        return Ok(None);
+    }
+    let sgrid = grid_shape(&piece.data.shape, chunk_shape);
+    let cidx: Vec<u64> = local.iter().zip(chunk_shape).map(|(s, c)| s / c).collect();
+    let Some(loc) = locs
+        .get(linear(&cidx, &sgrid) as usize)
+        .copied()
+        .filter(|l| l.size > 0)
+    else {
+        return Ok(None);
+    };
+    let elem = var.dtype.size();
+    let path = piece.data.file.path.as_path();
+    let clen = numel(chunk_shape).ok_or_else(|| ReadError::TooLarge(chunk_shape.clone()))? * elem;
+    let raw = pread(path, loc.offset, loc.size)?;
+    let mut data = decode_hdf5(raw, filters, loc.filter_mask, clen).map_err(|source| ReadError::Codec {
+        path: path.to_path_buf(),
+        offset: loc.offset,
+        source,
+    })?;
+    if piece.data.endian == Endian::Big {
+        byteswap(&mut data, elem);
+    }
+    // Outside the array (Zarr edge padding) HDF5 may hold anything; Zarr readers ignore it.
+    Ok(Some(data))
 }
 
 /// Strings of the served chunk `idx` of an NC_STRING variable (padded with "").

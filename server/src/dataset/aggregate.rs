@@ -419,6 +419,17 @@ fn scalar_of(v: &AttrValue) -> Option<Scalar> {
     }
 }
 
+/// Encoding of chunks that are decoded on the server (numeric types: Blosc zstd+shuffle).
+fn transcode_encoding(dtype: DType) -> Encoding {
+    match dtype {
+        DType::Char | DType::Str => Encoding::Zstd(ZSTD_LEVEL),
+        dt => Encoding::BloscZstd {
+            level: ZSTD_LEVEL,
+            typesize: dt.size(),
+        },
+    }
+}
+
 fn make_variable(
     v0: &SourceVar,
     path: String,
@@ -502,7 +513,7 @@ fn make_variable(
             level: *level,
             typesize: v0.dtype.size(),
         },
-        _ => Encoding::Zstd(ZSTD_LEVEL),
+        _ => transcode_encoding(v0.dtype),
     };
     Variable {
         name: v0.name.clone(),
@@ -516,7 +527,7 @@ fn make_variable(
         chunks,
         concat_axis: axis,
         pieces,
-        v2_encoding: passthrough_enc.unwrap_or(Encoding::Zstd(ZSTD_LEVEL)),
+        v2_encoding: passthrough_enc.unwrap_or_else(|| transcode_encoding(v0.dtype)),
         v3_encoding,
         passthrough,
     }

@@ -55,6 +55,13 @@ fn v2_compressor(enc: &Encoding) -> (String, String) {
             level: *level,
         }),
         Encoding::Zstd(level) => (format!("{{\"id\": \"zstd\", \"level\": {level}}}"), "null".into()),
+        Encoding::BloscZstd { level, typesize } => (
+            format!(
+                "{{\"id\": \"blosc\", \"cname\": \"zstd\", \"clevel\": {level}, \"shuffle\": {}, \"blocksize\": 0}}",
+                u8::from(*typesize > 1)
+            ),
+            "null".into(),
+        ),
         Encoding::ShuffleZlib { shuffle, level } => (
             format!("{{\"id\": \"zlib\", \"level\": {level}}}"),
             match shuffle {
@@ -130,6 +137,10 @@ pub fn v3_array(v: &Variable) -> String {
                 } => format!(
                     "{{\"name\": \"blosc\", \"configuration\": {{\"cname\": \"zlib\", \"clevel\": {level}, \"shuffle\": \"{}\", \"typesize\": {typesize}, \"blocksize\": 0}}}}",
                     if shuffle.is_some() { "shuffle" } else { "noshuffle" }
+                ),
+                Encoding::BloscZstd { level, typesize } => format!(
+                    "{{\"name\": \"blosc\", \"configuration\": {{\"cname\": \"zstd\", \"clevel\": {level}, \"shuffle\": \"{}\", \"typesize\": {typesize}, \"blocksize\": 0}}}}",
+                    if *typesize > 1 { "shuffle" } else { "noshuffle" }
                 ),
                 _ => zstd.clone(),
             };
