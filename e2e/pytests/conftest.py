@@ -210,7 +210,7 @@ def start_server(args: list[str], workdir: Path, tag: str, timeout: float = STAR
             )
         if listen.exists():
             text = listen.read_text().strip()
-            if text.startswith("http://") and text.count(":") >= 2:
+            if text.startswith(("http://", "https://")) and text.count(":") >= 2:
                 url = text.rstrip("/")
                 break
         time.sleep(0.05)
