@@ -99,14 +99,8 @@ fn run_index(a: IndexArgs) -> anyhow::Result<()> {
         );
     }
     let spec = DatasetSpec {
-        name: "index".into(),
-        sources: a.sources,
         concat_dim: a.concat_dim,
-        title: None,
-        description: None,
-        license: None,
-        keywords: Vec::new(),
-        providers: Vec::new(),
+        ..DatasetSpec::new("index", a.sources)
     };
     let ds = cloudify_server::dataset::open::open_dataset(&spec)?;
     let refs = cloudify_server::refs::build(&ds);
@@ -138,14 +132,8 @@ fn specs(a: &ServeArgs) -> anyhow::Result<Vec<DatasetSpec>> {
         }
         let glob = demo::ensure_demo(&cache_dir(a.cache_dir.clone()))?;
         return Ok(vec![DatasetSpec {
-            name: "demo".into(),
-            sources: vec![glob],
-            concat_dim: None,
             title: Some("cloudify demo dataset".into()),
-            description: None,
-            license: None,
-            keywords: Vec::new(),
-            providers: Vec::new(),
+            ..DatasetSpec::new("demo", vec![glob])
         }]);
     }
     if let Some(path) = &a.config {
@@ -163,14 +151,8 @@ fn specs(a: &ServeArgs) -> anyhow::Result<Vec<DatasetSpec>> {
         anyhow::bail!("dataset '{name}': no files given (usage: cloudify serve NAME PATH_OR_GLOB...)");
     }
     let spec = DatasetSpec {
-        name: name.clone(),
-        sources: sources.to_vec(),
         concat_dim: a.concat_dim.clone(),
-        title: None,
-        description: None,
-        license: None,
-        keywords: Vec::new(),
-        providers: Vec::new(),
+        ..DatasetSpec::new(name.clone(), sources.to_vec())
     };
     spec.validate(0).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(vec![spec])

@@ -9,16 +9,7 @@ use cloudify_server::{app, http::router};
 use tower::ServiceExt;
 
 fn spec(name: &str, sources: Vec<String>) -> DatasetSpec {
-    DatasetSpec {
-        name: name.into(),
-        sources,
-        concat_dim: None,
-        title: None,
-        description: None,
-        license: None,
-        keywords: Vec::new(),
-        providers: Vec::new(),
-    }
+    DatasetSpec::new(name, sources)
 }
 
 /// Writes a small chunked, compressed file; `offset` shifts the time axis.

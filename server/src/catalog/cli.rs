@@ -222,16 +222,7 @@ pub fn run_stac(cmd: StacCommand) -> anyhow::Result<()> {
                 .datasets
         }
         (None, Some((name, sources))) if !sources.is_empty() => {
-            let spec = DatasetSpec {
-                name: name.clone(),
-                sources: sources.to_vec(),
-                concat_dim: None,
-                title: None,
-                description: None,
-                license: None,
-                keywords: Vec::new(),
-                providers: Vec::new(),
-            };
+            let spec = DatasetSpec::new(name.clone(), sources.to_vec());
             spec.validate(0).map_err(|e| anyhow::anyhow!("{e}"))?;
             vec![spec]
         }

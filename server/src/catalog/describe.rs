@@ -252,17 +252,8 @@ pub fn regular_step(values: &[f64]) -> Option<f64> {
 
 fn data_type(d: DType) -> &'static str {
     match d {
-        DType::I8 => "int8",
-        DType::U8 => "uint8",
-        DType::I16 => "int16",
-        DType::U16 => "uint16",
-        DType::I32 => "int32",
-        DType::U32 => "uint32",
-        DType::I64 => "int64",
-        DType::U64 => "uint64",
-        DType::F32 => "float32",
-        DType::F64 => "float64",
         DType::Char | DType::Str => "other",
+        d => d.numpy_name(),
     }
 }
 
