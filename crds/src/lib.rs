@@ -1,22 +1,29 @@
 //! API types shared by every cloudify component.
 //!
 //! [`DatasetSpec`] is the one description of a dataset: it is an entry of the on-prem
-//! `cloudify serve --config` file *and* (later) the `spec.dataset` of the `CloudifyDataset`
-//! custom resource. Keeping one type means a dataset that works on a laptop works in the
-//! cluster, and the CRD schema is generated from the same code that parses the config file.
+//! `cloudify serve --config` file *and* the `spec.dataset` of the `CloudifyDataset` custom
+//! resource (module `k8s`, behind the cargo feature `k8s` so the server does not compile
+//! kube). Keeping one type means a dataset that works on a laptop works in the cluster, and
+//! the CRD schema is generated from the same code that parses the config file.
 #![forbid(unsafe_code)]
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+#[cfg(feature = "k8s")]
+pub mod k8s;
 
 /// One dataset: where its files are and how they combine.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DatasetSpec {
     /// Dataset id, used in URLs (`/datasets/{name}/zarr`). Letters, digits, `-`, `_`, `.`.
+    // The schema pattern mirrors `validate_name` so the CRD rejects bad names at admission.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"))]
     pub name: String,
     /// Source files: paths, `file://` URLs or glob patterns. All matches are aggregated into
     /// one dataset.
+    #[schemars(length(min = 1))]
     pub sources: Vec<String>,
     /// Dimension along which multiple files are concatenated. Default: the unlimited
     /// dimension of the first file, else `time`.

@@ -43,8 +43,7 @@ fn find_group<'a>(g: &'a SourceGroup, path: &str) -> Option<&'a SourceGroup> {
 fn read_all(v: &SourceVar) -> Result<Vec<u8>, AggregateError> {
     let n = numel(&v.data.shape).unwrap_or(0);
     let mut buf = vec![0u8; n * v.dtype.size()];
-    let fill = v.dtype.netcdf_default_fill();
-    crate::chunk::grid::fill_with(&mut buf, &fill);
+    crate::chunk::grid::fill_with(&mut buf, &storage_fill(v));
     let zero = vec![0u64; v.data.shape.len()];
     read_region(
         &v.data,
@@ -331,6 +330,8 @@ fn build_group(files: &[SourceIndex], path: &str, cd: Option<&str>) -> Result<Gr
             data: v0.data.clone(),
         }];
         let mut total = v0.data.shape.clone();
+        // v0's values, read once for the agreement checks below
+        let mut v0_values: Option<Vec<u8>> = None;
         for f in &files[1..] {
             let fname = f.file.path.display();
             let other = find_group(&f.root, path).and_then(|g| g.vars.iter().find(|v| v.name == v0.name));
@@ -375,7 +376,13 @@ fn build_group(files: &[SourceIndex], path: &str, cd: Option<&str>) -> Result<Gr
                 }
                 None => {
                     let bytes = numel(&v.data.shape).unwrap_or(usize::MAX) as u64 * v.dtype.size() as u64;
-                    if v.dtype != DType::Str && bytes <= COMPARE_LIMIT && read_all(v)? != read_all(v0)? {
+                    let differs = v.dtype != DType::Str && bytes <= COMPARE_LIMIT && {
+                        if v0_values.is_none() {
+                            v0_values = Some(read_all(v0)?);
+                        }
+                        Some(read_all(v)?) != v0_values
+                    };
+                    if differs {
                         return Err(mismatch(format!(
                             "{fname}: values of '{zarr_path}' differ from {} (variables without the concat dimension must agree)",
                             files[0].file.path.display()
@@ -419,6 +426,22 @@ fn scalar_of(v: &AttrValue) -> Option<Scalar> {
     }
 }
 
+/// The variable's `_FillValue` as a number, if it has a numeric one.
+pub fn fill_attr(v: &SourceVar) -> Option<Scalar> {
+    match v.dtype {
+        DType::Str | DType::Char => None,
+        _ => v.attrs.get("_FillValue").and_then(scalar_of),
+    }
+}
+
+/// Little-endian bytes that never-written data reads as: `_FillValue`, else netCDF's default.
+pub fn storage_fill(v: &SourceVar) -> Vec<u8> {
+    match fill_attr(v) {
+        Some(s) => s.to_le_bytes(v.dtype),
+        None => v.dtype.netcdf_default_fill(),
+    }
+}
+
 /// Encoding of chunks that are decoded on the server (numeric types: Blosc zstd+shuffle).
 fn transcode_encoding(dtype: DType) -> Encoding {
     match dtype {
@@ -438,18 +461,11 @@ fn make_variable(
     pieces: Vec<Piece>,
 ) -> Variable {
     let mut attrs = v0.attrs.clone();
-    let fill_attr = match attrs.get("_FillValue") {
-        Some(v) if v0.dtype != DType::Str && v0.dtype != DType::Char => {
-            let s = scalar_of(v);
-            attrs.remove("_FillValue");
-            s
-        }
-        _ => None,
-    };
-    let fill = match fill_attr {
-        Some(s) => s.to_le_bytes(v0.dtype),
-        None => v0.dtype.netcdf_default_fill(),
-    };
+    let fill_attr = fill_attr(v0);
+    if fill_attr.is_some() {
+        attrs.remove("_FillValue");
+    }
+    let fill = storage_fill(v0);
     let elem = v0.dtype.size().max(1);
     // Served chunking: the source's when it tiles the aggregate, else a few MB.
     let source_chunks = match &pieces[0].data.storage {

@@ -97,10 +97,21 @@ pub fn open_dataset_cached(
     spec: &cloudify_crds::DatasetSpec,
     cache: Option<&IndexCache>,
 ) -> Result<Dataset, OpenError> {
+    let t0 = std::time::Instant::now();
     let paths = expand_sources(&spec.sources)?;
+    let t1 = std::time::Instant::now();
     let indexes = paths
         .into_par_iter()
         .map(|p| open_cached(Arc::new(SourceFile::stat(p)?), cache))
         .collect::<Result<Vec<_>, SourceError>>()?;
-    Ok(build(spec, indexes)?)
+    let t2 = std::time::Instant::now();
+    let ds = build(spec, indexes)?;
+    tracing::debug!(
+        dataset = %spec.name,
+        expand_ms = (t1 - t0).as_millis() as u64,
+        index_ms = (t2 - t1).as_millis() as u64,
+        combine_ms = t2.elapsed().as_millis() as u64,
+        "opened"
+    );
+    Ok(ds)
 }

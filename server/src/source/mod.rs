@@ -204,10 +204,50 @@ pub fn sniff(path: &std::path::Path) -> Result<Format, SourceError> {
     })
 }
 
+/// Variables up to this size are read at index time and kept with the index: coordinates,
+/// bounds and other small arrays are then compared across files, sorted on and served
+/// without touching the file again (the index cache is keyed by size and mtime, so the
+/// values cannot go stale).
+pub const INLINE_BYTES: u64 = 16 << 10;
+
 /// Opens and indexes one file, whatever its format.
 pub fn open_file(file: Arc<SourceFile>) -> Result<SourceIndex, SourceError> {
-    match sniff(&file.path)? {
+    let mut idx = match sniff(&file.path)? {
         Format::Nc3 => classic::open_nc3(file),
         Format::Hdf5 => netcdf::open_hdf5(file),
+    }?;
+    inline_small(&mut idx.root)?;
+    Ok(idx)
+}
+
+fn inline_small(g: &mut SourceGroup) -> Result<(), SourceError> {
+    for v in &mut g.vars {
+        let n: u64 = v.data.shape.iter().product();
+        let bytes = n * v.dtype.size() as u64;
+        if v.dtype == DType::Str || bytes > INLINE_BYTES || matches!(v.data.storage, Storage::Memory(_)) {
+            continue;
+        }
+        let mut buf = vec![0u8; bytes as usize];
+        crate::chunk::grid::fill_with(&mut buf, &crate::dataset::aggregate::storage_fill(v));
+        let zero = vec![0u64; v.data.shape.len()];
+        crate::chunk::read::read_region(
+            &v.data,
+            v.dtype,
+            &zero,
+            &v.data.shape,
+            &mut buf,
+            &v.data.shape,
+            &zero,
+        )
+        .map_err(|e| SourceError::Malformed {
+            path: v.data.file.path.clone(),
+            message: format!("variable '{}': {e}", v.name),
+        })?;
+        v.data.storage = Storage::Memory(Arc::new(MemValues::Bytes(buf)));
+        v.data.endian = Endian::Little;
     }
+    for sub in &mut g.groups {
+        inline_small(sub)?;
+    }
+    Ok(())
 }

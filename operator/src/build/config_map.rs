@@ -1,0 +1,25 @@
+//! The ConfigMap holding the server's `--config` file.
+
+use cloudify_crds::ServeConfig;
+use k8s_openapi::api::core::v1::ConfigMap;
+use std::collections::BTreeMap;
+
+use super::meta::Target;
+use super::{BuildError, CONFIG_FILE};
+
+/// `cloudify.yaml` with the CR's one dataset: the same file format as on-prem, so the server
+/// needs no Kubernetes-specific code path.
+pub(crate) fn config_map(target: &Target) -> Result<ConfigMap, BuildError> {
+    let config = ServeConfig {
+        datasets: vec![target.cr.spec.dataset.clone()],
+    };
+    let text = serde_yaml::to_string(&config).map_err(|source| BuildError::Config {
+        name: target.name.to_string(),
+        source,
+    })?;
+    Ok(ConfigMap {
+        metadata: target.meta(),
+        data: Some(BTreeMap::from([(CONFIG_FILE.to_string(), text)])),
+        ..ConfigMap::default()
+    })
+}

@@ -1,0 +1,226 @@
+//! The server Deployment.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    HTTPGetAction, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SeccompProfile, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use sha2::{Digest, Sha256};
+
+use super::Settings;
+use super::meta::{Target, labels};
+
+/// Port the server listens on in the pod (and the Service's port).
+pub const PORT: i32 = 9000;
+/// Name of the server port; probes, Service and Ingress refer to it by name.
+pub(crate) const PORT_NAME: &str = "http";
+/// Where the ConfigMap is mounted.
+pub const CONFIG_DIR: &str = "/etc/cloudify";
+/// Key of the config file in the ConfigMap (and its file name under [`CONFIG_DIR`]).
+pub const CONFIG_FILE: &str = "cloudify.yaml";
+/// Writable cache for chunk indexes (an `emptyDir`: the root filesystem is read-only).
+pub const CACHE_DIR: &str = "/var/cache/cloudify";
+/// Pod-template annotation with a hash of the config. The server reads its config once at
+/// start, so a changed config must change the template to roll the pods.
+pub const CONFIG_HASH_ANNOTATION: &str = "cloudify.io/config-hash";
+/// Unprivileged uid/gid of the server (distroless `nonroot`). Set explicitly so pods never run
+/// as root whatever the image says; data files must be readable by it (world- or
+/// group-readable), because the operator deliberately sets no `fsGroup`, which would make the
+/// kubelet chown the whole data volume.
+const RUN_AS: i64 = 65532;
+
+/// The server Deployment: one container running `cloudify serve --config`.
+///
+/// `replicas` is left out while an HPA owns the count: with server-side apply, a `replicas`
+/// in the applied object would reset the HPA's choice on every reconcile.
+pub(crate) fn deployment(
+    target: &Target,
+    settings: &Settings,
+    public_base: Option<&str>,
+    config_map: &ConfigMap,
+) -> Deployment {
+    let spec = &target.cr.spec;
+    let replicas = (!spec.replicas.autoscaled()).then_some(spec.replicas.min);
+    let pod_meta = ObjectMeta {
+        labels: Some(labels(target.name)),
+        annotations: Some(BTreeMap::from([(
+            CONFIG_HASH_ANNOTATION.to_string(),
+            config_hash(config_map),
+        )])),
+        ..ObjectMeta::default()
+    };
+    Deployment {
+        metadata: target.meta(),
+        spec: Some(DeploymentSpec {
+            replicas,
+            selector: target.selector(),
+            template: PodTemplateSpec {
+                metadata: Some(pod_meta),
+                spec: Some(pod_spec(target, settings, public_base)),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+fn pod_spec(target: &Target, settings: &Settings, public_base: Option<&str>) -> PodSpec {
+    let spec = &target.cr.spec;
+    let mut volumes = vec![
+        Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: target.name.to_string(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        empty_dir("cache"),
+        empty_dir("tmp"),
+    ];
+    let mut mounts = vec![
+        mount("config", CONFIG_DIR, true),
+        mount("cache", CACHE_DIR, false),
+        mount("tmp", "/tmp", false),
+    ];
+    for (i, data) in spec.data_volumes.iter().enumerate() {
+        let name = format!("data-{i}");
+        volumes.push(Volume {
+            name: name.clone(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: data.claim_name.clone(),
+                read_only: Some(true),
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            sub_path: data.sub_path.clone(),
+            ..mount(&name, &data.mount_path, true)
+        });
+    }
+
+    let mut args: Vec<String> = [
+        "serve",
+        "--config",
+        &format!("{CONFIG_DIR}/{CONFIG_FILE}"),
+        "--host",
+        "0.0.0.0",
+        "--port",
+        &PORT.to_string(),
+    ]
+    .map(String::from)
+    .into();
+    if let Some(base) = public_base {
+        args.extend(["--public-url".to_string(), base.to_string()]);
+    }
+    if let Some(collection) = &spec.catalog.collection {
+        args.extend(["--stac-collection".to_string(), collection.clone()]);
+    }
+
+    let container = Container {
+        name: "server".into(),
+        image: Some(spec.image.clone().unwrap_or_else(|| settings.image.clone())),
+        command: Some(vec!["cloudify".into()]),
+        args: Some(args),
+        ports: Some(vec![ContainerPort {
+            name: Some(PORT_NAME.into()),
+            container_port: PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        env: Some(vec![EnvVar {
+            name: "CLOUDIFY_CACHE_DIR".into(),
+            value: Some(CACHE_DIR.into()),
+            ..EnvVar::default()
+        }]),
+        resources: spec.resources.clone(),
+        // Liveness only asks "is the process answering"; readiness is `/readyz`, which is 200
+        // once a dataset serves, so pods still opening files get no traffic but are not killed.
+        // Liveness gets a generous timeout: a pod busy decoding must not be killed for a slow
+        // answer, which would shed capacity exactly under load.
+        liveness_probe: Some(probe("/healthz", 10, 5)),
+        readiness_probe: Some(probe("/readyz", 5, 2)),
+        volume_mounts: Some(mounts),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+
+    PodSpec {
+        containers: vec![container],
+        volumes: Some(volumes),
+        // The server never talks to the API server.
+        automount_service_account_token: Some(false),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS),
+            run_as_group: Some(RUN_AS),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..PodSecurityContext::default()
+        }),
+        ..PodSpec::default()
+    }
+}
+
+fn empty_dir(name: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        ..VolumeMount::default()
+    }
+}
+
+fn probe(path: &str, period_seconds: i32, timeout_seconds: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String(PORT_NAME.into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period_seconds),
+        timeout_seconds: Some(timeout_seconds),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    }
+}
+
+/// First 16 hex digits of the SHA-256 of the ConfigMap's data (keys and values in order).
+fn config_hash(config_map: &ConfigMap) -> String {
+    let mut hasher = Sha256::new();
+    for (key, value) in config_map.data.iter().flatten() {
+        hasher.update(key.as_bytes());
+        hasher.update([0]);
+        hasher.update(value.as_bytes());
+        hasher.update([0]);
+    }
+    hasher
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -1,0 +1,191 @@
+//! Desired objects of a `CloudifyDataset`: pure functions, CR (+ operator settings) in,
+//! Kubernetes objects out.
+//!
+//! Pure so that `render`, the tests and the reconciler compute exactly the same objects, and
+//! so that every decision about what to run is testable without a cluster. Each object gets
+//! the standard labels and a controller owner reference to the CR, so Kubernetes garbage
+//! collects it with the CR and the operator can find (and prune) what it manages by label.
+
+mod config_map;
+mod deployment;
+mod ingress;
+mod meta;
+mod scaling;
+mod service;
+
+use cloudify_crds::k8s::CloudifyDataset;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use serde::Serialize;
+
+use deployment::PORT_NAME;
+pub use deployment::{CACHE_DIR, CONFIG_DIR, CONFIG_FILE, CONFIG_HASH_ANNOTATION, PORT};
+pub use ingress::default_path;
+pub use meta::{labels, selector_labels};
+
+use crate::validate::{self, InvalidSpec};
+
+/// Server image used when neither the CR nor the operator's settings name one. Tagged with
+/// the operator's version because operator and server are released together.
+pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/cloudify/cloudify:", env!("CARGO_PKG_VERSION"));
+
+/// Operator-wide settings that fill what a CR leaves open (from the operator's flags; for
+/// `render`, from its command line).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    /// Server image when `spec.image` is not set.
+    pub image: String,
+    /// Public base URL when neither `spec.publicUrl` nor an ingress host gives one, e.g.
+    /// `https://data.example.org` for a shared ingress host.
+    pub public_url: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            image: DEFAULT_IMAGE.into(),
+            public_url: None,
+        }
+    }
+}
+
+/// Everything the operator wants to exist for one CR. Optional objects are `None` when the
+/// spec turns them off; the reconciler deletes such leftovers by label.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Desired {
+    pub config_map: ConfigMap,
+    pub deployment: Deployment,
+    pub service: Service,
+    /// Only when `replicas.max > replicas.min`.
+    pub hpa: Option<HorizontalPodAutoscaler>,
+    /// Only when `replicas.min >= 2` (see [`scaling::pdb`] for why).
+    pub pdb: Option<PodDisruptionBudget>,
+    /// Only when `ingress.enabled`.
+    pub ingress: Option<Ingress>,
+    /// The Zarr URL for `status.url`.
+    pub url: String,
+}
+
+/// Why the desired objects cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidSpec),
+    #[error("cannot write the server config of {name}: {source}")]
+    Config {
+        name: String,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("cannot serialize {kind} {name}: {source}")]
+    Serialize {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Validates the CR and builds every desired object.
+pub fn build(cr: &CloudifyDataset, settings: &Settings) -> Result<Desired, BuildError> {
+    validate::validate(cr)?;
+    let target = meta::Target::new(cr)?;
+    let config_map = config_map::config_map(&target)?;
+    let base = public_base(cr, settings);
+    Ok(Desired {
+        deployment: deployment::deployment(&target, settings, base.as_deref(), &config_map),
+        service: service::service(&target),
+        hpa: scaling::hpa(&target),
+        pdb: scaling::pdb(&target),
+        ingress: ingress::ingress(&target),
+        url: dataset_url(cr, settings),
+        config_map,
+    })
+}
+
+impl Desired {
+    /// The objects in apply order (configuration before the pods that read it, the Service
+    /// before the Ingress that routes to it), as multi-document YAML that kubectl reads back
+    /// unchanged (see [`crate::yaml`]).
+    pub fn to_yaml(&self) -> Result<String, BuildError> {
+        let mut out = String::new();
+        push_doc(
+            &mut out,
+            "ConfigMap",
+            &self.config_map.metadata.name,
+            &self.config_map,
+        )?;
+        push_doc(&mut out, "Service", &self.service.metadata.name, &self.service)?;
+        push_doc(
+            &mut out,
+            "Deployment",
+            &self.deployment.metadata.name,
+            &self.deployment,
+        )?;
+        if let Some(hpa) = &self.hpa {
+            push_doc(&mut out, "HorizontalPodAutoscaler", &hpa.metadata.name, hpa)?;
+        }
+        if let Some(pdb) = &self.pdb {
+            push_doc(&mut out, "PodDisruptionBudget", &pdb.metadata.name, pdb)?;
+        }
+        if let Some(ingress) = &self.ingress {
+            push_doc(&mut out, "Ingress", &ingress.metadata.name, ingress)?;
+        }
+        Ok(out)
+    }
+}
+
+fn push_doc<T: Serialize>(
+    out: &mut String,
+    kind: &'static str,
+    name: &Option<String>,
+    object: &T,
+) -> Result<(), BuildError> {
+    let value = serde_json::to_value(object).map_err(|source| BuildError::Serialize {
+        kind,
+        name: name.clone().unwrap_or_default(),
+        source,
+    })?;
+    out.push_str("---\n");
+    out.push_str(&crate::yaml::to_string(&value));
+    Ok(())
+}
+
+/// Base URL clients reach the server at, without a trailing `/`.
+///
+/// In order: `spec.publicUrl`; the ingress host (`https` when a TLS secret is set); the
+/// operator's setting. `None` means "only reachable in the cluster": then the server is not
+/// given `--public-url` and derives URLs from the request's Host header, which is right for
+/// in-cluster clients.
+pub fn public_base(cr: &CloudifyDataset, settings: &Settings) -> Option<String> {
+    let spec = &cr.spec;
+    let from_ingress = || {
+        let ingress = &spec.ingress;
+        let host = ingress.host.as_ref().filter(|_| ingress.enabled)?;
+        let scheme = if ingress.tls_secret.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        Some(format!("{scheme}://{host}"))
+    };
+    spec.public_url
+        .clone()
+        .or_else(from_ingress)
+        .or_else(|| settings.public_url.clone())
+        .map(|u| u.trim_end_matches('/').to_string())
+}
+
+/// The Zarr URL a client opens (`status.url`): `<public base>/datasets/<dataset name>/zarr`,
+/// or the Service's in-cluster address when there is no public base.
+pub fn dataset_url(cr: &CloudifyDataset, settings: &Settings) -> String {
+    let base = public_base(cr, settings).unwrap_or_else(|| {
+        let name = cr.metadata.name.as_deref().unwrap_or_default();
+        let namespace = cr.metadata.namespace.as_deref().unwrap_or("default");
+        format!("http://{name}.{namespace}.svc:{PORT}")
+    });
+    format!("{base}/datasets/{}/zarr", cr.spec.dataset.name)
+}

@@ -1,0 +1,347 @@
+//! Validation of a `CloudifyDataset` before anything is built.
+//!
+//! The CRD schema (types, ranges, patterns, CEL rules) rejects most bad manifests at
+//! admission. This step repeats those checks and adds what the schema cannot express, for two
+//! reasons: `render` sees manifests that never went through an API server, and the operator
+//! must not act on an object stored under an older, laxer schema. Every error names the field
+//! (`spec.replicas.min`) the way `kubectl` does, and all errors are reported at once.
+
+use std::collections::HashSet;
+
+use cloudify_crds::SpecError;
+use cloudify_crds::k8s::{CloudifyDataset, CloudifyDatasetSpec};
+
+use crate::build::{CACHE_DIR, CONFIG_DIR};
+
+/// One problem with one field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    /// Path of the field, e.g. `spec.ingress.host`.
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A CR that cannot be served as written. The reconciler reports it as `Degraded` and waits
+/// for the spec to change instead of retrying.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid CloudifyDataset '{name}': {}", join(.errors))]
+pub struct InvalidSpec {
+    /// `metadata.name` of the CR (empty when missing).
+    pub name: String,
+    pub errors: Vec<FieldError>,
+}
+
+impl InvalidSpec {
+    /// Whether some error is about `field` (or a field below it).
+    pub fn names(&self, field: &str) -> bool {
+        self.errors.iter().any(|e| {
+            e.field == field
+                || e.field
+                    .strip_prefix(field)
+                    .is_some_and(|rest| rest.starts_with(['.', '[']))
+        })
+    }
+}
+
+fn join(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Checks everything about `cr` that must hold before objects are built.
+pub fn validate(cr: &CloudifyDataset) -> Result<(), InvalidSpec> {
+    let mut errors = Vec::new();
+    let mut fail = |field: &str, message: String| errors.push(FieldError::new(field, message));
+
+    match cr.metadata.name.as_deref() {
+        None => fail("metadata.name", "required".into()),
+        Some(name) => {
+            if let Err(reason) = dns_1035_label(name) {
+                fail(
+                    "metadata.name",
+                    format!("{reason}; it names the Service, which must be a DNS-1035 label"),
+                );
+            }
+        }
+    }
+    if cr.metadata.namespace.as_deref().is_none_or(str::is_empty) {
+        fail("metadata.namespace", "required".into());
+    }
+    validate_spec(&cr.spec, &mut fail);
+
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(InvalidSpec {
+            name: cr.metadata.name.clone().unwrap_or_default(),
+            errors,
+        })
+    }
+}
+
+fn validate_spec(spec: &CloudifyDatasetSpec, fail: &mut impl FnMut(&str, String)) {
+    if let Err(e) = spec.dataset.validate(0) {
+        let (field, message) = match e {
+            SpecError::Name { reason, .. } => ("spec.dataset.name".to_string(), reason),
+            SpecError::NoSources { .. } => (
+                "spec.dataset.sources".to_string(),
+                "at least one source is required".to_string(),
+            ),
+            SpecError::Source {
+                source_index, reason, ..
+            } => (format!("spec.dataset.sources[{source_index}]"), reason),
+            SpecError::ConcatDim { .. } => ("spec.dataset.concatDim".to_string(), "must not be empty".into()),
+            // A single dataset cannot collide with itself; kept for exhaustiveness.
+            SpecError::Duplicate { name, .. } => (
+                "spec.dataset.name".to_string(),
+                format!("duplicate dataset name '{name}'"),
+            ),
+        };
+        fail(&field, message);
+    }
+
+    if let Some(image) = &spec.image
+        && (image.is_empty() || image.chars().any(char::is_whitespace))
+    {
+        fail("spec.image", format!("'{image}' is not an image reference"));
+    }
+
+    let replicas = &spec.replicas;
+    if replicas.min < 1 {
+        fail(
+            "spec.replicas.min",
+            format!(
+                "{} must be at least 1 (an autoscaler cannot scale to zero)",
+                replicas.min
+            ),
+        );
+    }
+    if replicas.max < 1 {
+        fail(
+            "spec.replicas.max",
+            format!("{} must be at least 1", replicas.max),
+        );
+    }
+    if replicas.min > replicas.max {
+        fail(
+            "spec.replicas.min",
+            format!(
+                "{} must not be greater than spec.replicas.max ({})",
+                replicas.min, replicas.max
+            ),
+        );
+    }
+    if let Some(t) = spec.target_cpu_utilization
+        && !(1..=1000).contains(&t)
+    {
+        fail(
+            "spec.targetCpuUtilization",
+            format!("{t} must be between 1 and 1000 (percent)"),
+        );
+    }
+    let cpu_request = spec
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.as_ref())
+        .is_some_and(|r| r.contains_key("cpu"));
+    if replicas.autoscaled() && !cpu_request {
+        fail(
+            "spec.resources.requests.cpu",
+            "required when spec.replicas.max > spec.replicas.min: the autoscaler's CPU \
+             utilisation is relative to the request"
+                .into(),
+        );
+    }
+
+    let mut mount_paths = HashSet::new();
+    for (i, v) in spec.data_volumes.iter().enumerate() {
+        let field = format!("spec.dataVolumes[{i}]");
+        if let Err(reason) = dns_1123_subdomain(&v.claim_name) {
+            fail(&format!("{field}.claimName"), reason);
+        }
+        let path = v.mount_path.trim_end_matches('/');
+        if !v.mount_path.starts_with('/') {
+            fail(
+                &format!("{field}.mountPath"),
+                format!("'{}' must be absolute", v.mount_path),
+            );
+        } else if [CONFIG_DIR, CACHE_DIR, "/tmp", ""].iter().any(|reserved| {
+            path == *reserved || (!reserved.is_empty() && path.starts_with(&format!("{reserved}/")))
+        }) {
+            fail(
+                &format!("{field}.mountPath"),
+                format!("'{}' is used by the server itself (or is the root)", v.mount_path),
+            );
+        } else if !mount_paths.insert(path) {
+            fail(
+                &format!("{field}.mountPath"),
+                format!("'{}' is already used by another data volume", v.mount_path),
+            );
+        }
+        if let Some(sub) = &v.sub_path
+            && (sub.starts_with('/') || sub.split('/').any(|c| c == ".."))
+        {
+            fail(
+                &format!("{field}.subPath"),
+                format!("'{sub}' must be a relative path without '..'"),
+            );
+        }
+    }
+
+    let ingress = &spec.ingress;
+    if let Some(host) = &ingress.host
+        && let Err(reason) = host_name(host)
+    {
+        fail("spec.ingress.host", reason);
+    }
+    if let Some(path) = &ingress.path
+        && !path.starts_with('/')
+    {
+        fail("spec.ingress.path", format!("'{path}' must start with '/'"));
+    }
+    if ingress.class_name.is_empty() {
+        fail("spec.ingress.className", "must not be empty".into());
+    }
+    if ingress.tls_secret.is_some() && ingress.host.is_none() {
+        fail(
+            "spec.ingress.tlsSecret",
+            "needs spec.ingress.host: a certificate is for a host name".into(),
+        );
+    }
+    if let Some(secret) = &ingress.tls_secret
+        && let Err(reason) = dns_1123_subdomain(secret)
+    {
+        fail("spec.ingress.tlsSecret", reason);
+    }
+
+    if let Some(u) = &spec.public_url
+        && let Err(reason) = base_url(u)
+    {
+        fail("spec.publicUrl", reason);
+    }
+    let catalog = &spec.catalog;
+    if let Some(u) = &catalog.url
+        && let Err(reason) = base_url(u)
+    {
+        fail("spec.catalog.url", reason);
+    }
+    if matches!(&catalog.collection, Some(c) if c.trim().is_empty()) {
+        fail("spec.catalog.collection", "must not be empty".into());
+    }
+    if let Some(secret) = &catalog.token_secret
+        && let Err(reason) = dns_1123_subdomain(&secret.name)
+    {
+        fail("spec.catalog.tokenSecret.name", reason);
+    }
+
+    if !spec.access.public {
+        if spec.access.token_secret.is_none() {
+            fail(
+                "spec.access.tokenSecret",
+                "required when spec.access.public is false".into(),
+            );
+        }
+        // Refuse rather than serve openly: silently ignoring an access restriction would
+        // publish data its owner meant to keep private.
+        fail(
+            "spec.access.public",
+            "false is not supported yet: the server has no token check".into(),
+        );
+    }
+}
+
+/// A DNS-1035 label: what Service names must be.
+fn dns_1035_label(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 63 {
+        return Err(format!("'{s}' must be 1 to 63 characters"));
+    }
+    let first_letter = s.starts_with(|c: char| c.is_ascii_lowercase());
+    let last_ok = s.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let chars_ok = s
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if first_letter && last_ok && chars_ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{s}' must consist of lowercase letters, digits and '-', start with a letter and \
+             end with a letter or digit"
+        ))
+    }
+}
+
+/// A DNS-1123 subdomain: what names of ConfigMaps, Secrets and claims must be.
+fn dns_1123_subdomain(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 253 {
+        return Err(format!("'{s}' must be 1 to 253 characters"));
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && l.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && l.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    };
+    if s.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{s}' must be a DNS-1123 subdomain (lowercase letters, digits, '-' and '.')"
+        ))
+    }
+}
+
+/// An ingress host: a DNS name, optionally with a leading `*.` wildcard.
+fn host_name(host: &str) -> Result<(), String> {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    dns_1123_subdomain(name)
+        .map_err(|_| format!("'{host}' must be a lowercase DNS name without scheme, port or path"))
+}
+
+/// An `http(s)` URL usable as a base: no query or fragment.
+fn base_url(text: &str) -> Result<(), String> {
+    let url = url::Url::parse(text).map_err(|e| format!("'{text}' is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("'{text}' must be an http or https URL"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("'{text}' has no host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("'{text}' must not have a query or fragment"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(dns_1035_label("tas-daily").is_ok());
+        assert!(dns_1035_label("1tas").is_err());
+        assert!(dns_1035_label("tas_daily").is_err());
+        assert!(dns_1035_label(&"a".repeat(64)).is_err());
+        assert!(dns_1123_subdomain("data.pvc-1").is_ok());
+        assert!(dns_1123_subdomain("Data").is_err());
+        assert!(host_name("*.example.org").is_ok());
+        assert!(host_name("https://example.org").is_err());
+        assert!(base_url("https://data.example.org/base").is_ok());
+        assert!(base_url("ftp://x").is_err());
+        assert!(base_url("https://x/?a=1").is_err());
+    }
+}

@@ -1,0 +1,224 @@
+//! Build functions against YAML fixtures: `fixtures/<case>/cr.yaml` in, `expected.yaml` (the
+//! exact `render` output) out, plus targeted checks of what each case is about.
+//!
+//! After an intended change, regenerate with
+//! `UPDATE_FIXTURES=1 cargo test -p cloudify-operator --test build` and review the diff.
+
+use std::path::{Path, PathBuf};
+
+use cloudify_crds::k8s::CloudifyDataset;
+use cloudify_operator::build::{self, Desired, Settings};
+use cloudify_operator::render;
+
+fn settings() -> Settings {
+    Settings {
+        image: "registry.example.org/cloudify:test".into(),
+        public_url: None,
+    }
+}
+
+fn fixture_dir(case: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(case)
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Renders the case and compares it with `expected.yaml` (or rewrites it on request).
+fn check_fixture(case: &str) {
+    let dir = fixture_dir(case);
+    let rendered = render::render(&read(&dir.join("cr.yaml")), None, &settings())
+        .unwrap_or_else(|e| panic!("{case}: {e}"));
+    let expected_path = dir.join("expected.yaml");
+    if std::env::var_os("UPDATE_FIXTURES").is_some() {
+        std::fs::write(&expected_path, &rendered).expect("write fixture");
+        return;
+    }
+    let expected = read(&expected_path);
+    assert!(
+        rendered == expected,
+        "{case}: rendered objects differ from {}.\n\
+         If the change is intended: UPDATE_FIXTURES=1 cargo test -p cloudify-operator --test build\n\
+         --- rendered ---\n{rendered}",
+        expected_path.display()
+    );
+}
+
+fn desired(case: &str) -> (CloudifyDataset, Desired) {
+    let text = read(&fixture_dir(case).join("cr.yaml"));
+    let (_, mut cr) = render::parse(&text)
+        .expect("parses")
+        .into_iter()
+        .next()
+        .expect("one CR");
+    cr.metadata.namespace.get_or_insert_with(|| "default".into());
+    let desired = build::build(&cr, &settings()).expect("builds");
+    (cr, desired)
+}
+
+fn args(d: &Desired) -> Vec<String> {
+    let pod = d
+        .deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec");
+    pod.containers[0].args.clone().expect("args")
+}
+
+#[test]
+fn fixtures_match() {
+    for case in [
+        "minimal",
+        "autoscaled-no-ingress",
+        "tls-annotations",
+        "pvc-public-url",
+    ] {
+        check_fixture(case);
+    }
+}
+
+#[test]
+fn every_object_is_labelled_and_owned() {
+    let (cr, d) = desired("autoscaled-no-ingress");
+    let uid = cr.metadata.uid.clone().expect("fixture has a uid");
+    let metas = [
+        &d.config_map.metadata,
+        &d.deployment.metadata,
+        &d.service.metadata,
+        &d.hpa.as_ref().expect("hpa").metadata,
+        &d.pdb.as_ref().expect("pdb").metadata,
+    ];
+    for meta in metas {
+        let labels = meta.labels.as_ref().expect("labels");
+        assert_eq!(labels["app.kubernetes.io/name"], "cloudify");
+        assert_eq!(labels["app.kubernetes.io/instance"], "pr-daily");
+        assert_eq!(labels["app.kubernetes.io/component"], "server");
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "cloudify-operator");
+        let owners = meta.owner_references.as_ref().expect("owner");
+        assert_eq!(owners.len(), 1);
+        assert_eq!(owners[0].uid, uid);
+        assert_eq!(owners[0].kind, "CloudifyDataset");
+        assert_eq!(owners[0].api_version, "cloudify.io/v1alpha1");
+        assert_eq!(owners[0].controller, Some(true));
+        assert_eq!(meta.namespace.as_deref(), Some("climate"));
+    }
+}
+
+#[test]
+fn hpa_on_means_no_deployment_replicas() {
+    let (_, d) = desired("autoscaled-no-ingress");
+    assert_eq!(d.deployment.spec.as_ref().expect("spec").replicas, None);
+    let hpa = d.hpa.as_ref().and_then(|h| h.spec.as_ref()).expect("hpa");
+    assert_eq!((hpa.min_replicas, hpa.max_replicas), (Some(2), 8));
+    assert_eq!(hpa.scale_target_ref.name, "pr-daily");
+    assert!(d.ingress.is_none());
+    assert!(args(&d).windows(2).any(|w| w == ["--stac-collection", "cmip6"]));
+    // No ingress, no public URL anywhere: in-cluster address, and no --public-url.
+    assert_eq!(d.url, "http://pr-daily.climate.svc:9000/datasets/pr_day/zarr");
+    assert!(!args(&d).contains(&"--public-url".to_string()));
+}
+
+#[test]
+fn hpa_off_means_fixed_replicas() {
+    let (_, d) = desired("minimal");
+    assert_eq!(d.deployment.spec.as_ref().expect("spec").replicas, Some(1));
+    assert!(d.hpa.is_none());
+    assert!(d.pdb.is_none(), "one replica: no PDB");
+    let (_, d) = desired("tls-annotations");
+    assert_eq!(d.deployment.spec.as_ref().expect("spec").replicas, Some(3));
+    assert!(d.hpa.is_none());
+    assert!(d.pdb.is_some());
+}
+
+#[test]
+fn default_ingress_routes_the_dataset_prefix() {
+    let (_, d) = desired("minimal");
+    let spec = d.ingress.as_ref().and_then(|i| i.spec.as_ref()).expect("ingress");
+    assert_eq!(spec.ingress_class_name.as_deref(), Some("nginx"));
+    let rule = &spec.rules.as_ref().expect("rules")[0];
+    assert_eq!(rule.host, None);
+    let path = &rule.http.as_ref().expect("http").paths[0];
+    assert_eq!(path.path.as_deref(), Some("/datasets/tas"));
+    assert_eq!(path.path_type, "Prefix");
+    assert_eq!(path.backend.service.as_ref().expect("service").name, "tas");
+    assert!(spec.tls.is_none());
+}
+
+#[test]
+fn tls_host_and_annotations() {
+    let (_, d) = desired("tls-annotations");
+    let ingress = d.ingress.as_ref().expect("ingress");
+    let annotations = ingress.metadata.annotations.as_ref().expect("annotations");
+    assert_eq!(annotations["cert-manager.io/cluster-issuer"], "letsencrypt");
+    let spec = ingress.spec.as_ref().expect("spec");
+    assert_eq!(spec.ingress_class_name.as_deref(), Some("nginx-public"));
+    let tls = &spec.tls.as_ref().expect("tls")[0];
+    assert_eq!(tls.secret_name.as_deref(), Some("data-example-org-tls"));
+    assert_eq!(tls.hosts, Some(vec!["data.example.org".to_string()]));
+    assert_eq!(d.url, "https://data.example.org/datasets/tos.monthly/zarr");
+    assert!(
+        args(&d)
+            .windows(2)
+            .any(|w| w == ["--public-url", "https://data.example.org"])
+    );
+}
+
+#[test]
+fn public_url_wins_and_missing_uid_means_no_owner() {
+    let (_, d) = desired("pvc-public-url");
+    assert_eq!(d.url, "https://climate.example.org/datasets/era5-t2m/zarr");
+    assert!(d.config_map.metadata.owner_references.is_none());
+    let pod = d
+        .deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod");
+    let claim = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find_map(|v| v.persistent_volume_claim.as_ref())
+        .expect("pvc volume");
+    assert_eq!(claim.claim_name, "era5-archive");
+    assert_eq!(claim.read_only, Some(true), "data volumes are always read-only");
+    assert_eq!(
+        pod.containers[0].image.as_deref(),
+        Some("registry.example.org/cloudify:1.2.3")
+    );
+}
+
+#[test]
+fn operator_public_url_is_the_last_resort() {
+    let (cr, _) = desired("minimal");
+    let settings = Settings {
+        public_url: Some("https://data.example.org/".into()),
+        ..settings()
+    };
+    assert_eq!(
+        build::dataset_url(&cr, &settings),
+        "https://data.example.org/datasets/tas/zarr"
+    );
+}
+
+#[test]
+fn changed_config_changes_the_pod_template() {
+    let (mut cr, d1) = desired("minimal");
+    cr.spec.dataset.concat_dim = Some("ensemble".into());
+    let d2 = build::build(&cr, &settings()).expect("builds");
+    let hash = |d: &Desired| {
+        d.deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.clone())
+    };
+    assert_ne!(hash(&d1), hash(&d2));
+    let config = &d2.config_map.data.as_ref().expect("data")["cloudify.yaml"];
+    let parsed = cloudify_crds::ServeConfig::from_yaml(config).expect("the server can read it");
+    assert_eq!(parsed.datasets, vec![cr.spec.dataset.clone()]);
+}

@@ -1,0 +1,150 @@
+//! Invalid specs are rejected with the field named: by the operator's validation (what
+//! `render` and the reconciler run) and by the CRD's CEL rules (what the API server runs),
+//! the latter evaluated client-side with kube's CEL support.
+
+use cloudify_crds::k8s::CloudifyDataset;
+use cloudify_operator::build::{BuildError, Settings};
+use cloudify_operator::render::{self, RenderError};
+use cloudify_operator::validate::{InvalidSpec, validate};
+
+const VALID: &str = "\
+apiVersion: cloudify.io/v1alpha1
+kind: CloudifyDataset
+metadata: {name: tas, namespace: climate}
+spec:
+  dataset: {name: tas, sources: [/data/tas.nc]}
+";
+
+fn cr(extra_spec: &str, name: &str) -> CloudifyDataset {
+    let text = VALID.replace("name: tas, namespace", &format!("name: {name}, namespace"));
+    let text = format!("{text}{extra_spec}");
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+fn invalid(cr: &CloudifyDataset) -> InvalidSpec {
+    validate(cr).expect_err("must be rejected")
+}
+
+/// Client-side evaluation of the CRD's CEL rules; returns the error text.
+fn cel_error(cr: &CloudifyDataset) -> Option<String> {
+    kube::core::cel::validate_cel(cr).err().map(|e| e.to_string())
+}
+
+#[test]
+fn valid_spec_passes_both() {
+    let cr = cr("", "tas");
+    assert_eq!(validate(&cr), Ok(()));
+    assert_eq!(cel_error(&cr), None);
+}
+
+#[test]
+fn min_greater_than_max() {
+    let cr = cr(
+        "  replicas: {min: 5, max: 2}\n  resources: {requests: {cpu: 500m}}\n",
+        "tas",
+    );
+    let err = invalid(&cr);
+    assert!(err.names("spec.replicas.min"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("spec.replicas.min: 5 must not be greater"),
+        "{err}"
+    );
+    let cel = cel_error(&cr).expect("CEL rejects min > max");
+    assert!(
+        cel.contains("replicas.min must not be greater than replicas.max"),
+        "{cel}"
+    );
+}
+
+#[test]
+fn bad_names() {
+    for name in ["Tas", "tas_daily", "1tas", "tas-"] {
+        let cr = cr("", name);
+        let err = invalid(&cr);
+        assert!(err.names("metadata.name"), "{name}: {err}");
+        let cel = cel_error(&cr).unwrap_or_else(|| panic!("CEL accepted metadata.name {name}"));
+        assert!(cel.contains("metadata.name must be a DNS-1035 label"), "{cel}");
+    }
+    let bad_dataset = cr("", "tas");
+    let mut bad_dataset = bad_dataset;
+    bad_dataset.spec.dataset.name = "a/b".into();
+    let err = invalid(&bad_dataset);
+    assert!(err.names("spec.dataset.name"), "{err}");
+}
+
+#[test]
+fn autoscaling_needs_a_cpu_request() {
+    let cr = cr("  replicas: {min: 1, max: 4}\n", "tas");
+    let err = invalid(&cr);
+    assert!(err.names("spec.resources.requests.cpu"), "{err}");
+    let cel = cel_error(&cr).expect("CEL rejects");
+    assert!(cel.contains("resources.requests.cpu is required"), "{cel}");
+}
+
+#[test]
+fn tls_needs_a_host() {
+    let cr = cr("  ingress: {tlsSecret: cert}\n", "tas");
+    assert!(invalid(&cr).names("spec.ingress.tlsSecret"));
+    let cel = cel_error(&cr).expect("CEL rejects");
+    assert!(cel.contains("ingress.tlsSecret needs ingress.host"), "{cel}");
+}
+
+#[test]
+fn private_access_is_refused_until_the_server_checks_tokens() {
+    let cr = cr("  access: {public: false}\n", "tas");
+    let err = invalid(&cr);
+    assert!(
+        err.names("spec.access.tokenSecret") && err.names("spec.access.public"),
+        "{err}"
+    );
+    assert!(
+        cel_error(&cr)
+            .expect("CEL rejects")
+            .contains("access.tokenSecret is required")
+    );
+}
+
+#[test]
+fn every_error_is_reported_at_once() {
+    let mut cr = cr(
+        "  replicas: {min: 0, max: 1}\n  publicUrl: ftp://x\n  dataVolumes: [{claimName: Data, mountPath: /etc/cloudify}]\n",
+        "tas",
+    );
+    cr.spec.ingress.host = Some("https://x.org".into());
+    let err = invalid(&cr);
+    for field in [
+        "spec.replicas.min",
+        "spec.publicUrl",
+        "spec.dataVolumes[0].claimName",
+        "spec.dataVolumes[0].mountPath",
+        "spec.ingress.host",
+    ] {
+        assert!(err.names(field), "{field} missing in: {err}");
+    }
+}
+
+#[test]
+fn render_names_the_field_and_the_document() {
+    let text = format!("{VALID}  replicas: {{min: 3, max: 2}}\n  resources: {{requests: {{cpu: 1}}}}\n");
+    let err = render::render(&text, None, &Settings::default()).expect_err("invalid");
+    assert!(
+        matches!(
+            err,
+            RenderError::Build {
+                index: 1,
+                source: BuildError::Invalid(_)
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("spec.replicas.min"), "{err}");
+
+    let text = format!("{VALID}  ingress: {{hostname: x.org}}\n");
+    let err = render::render(&text, None, &Settings::default()).expect_err("unknown field");
+    assert!(err.to_string().contains("hostname"), "{err}");
+
+    let err = render::render("apiVersion: v1\nkind: ConfigMap\n", None, &Settings::default())
+        .expect_err("not a dataset");
+    assert!(err.to_string().contains("kind 'ConfigMap'"), "{err}");
+}
