@@ -72,10 +72,27 @@ pub enum Storage {
 /// Values held in memory.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum MemValues {
-    /// Little-endian element bytes in C order.
-    Bytes(Vec<u8>),
+    /// Little-endian element bytes in C order (base64 in the index cache: JSON arrays of
+    /// byte values are several times larger and slower to parse).
+    Bytes(#[serde(with = "base64_bytes")] Vec<u8>),
     /// Strings in C order (NC_STRING variables).
     Strings(Vec<String>),
+}
+
+mod base64_bytes {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = <&str>::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// One variable as stored in one file.
