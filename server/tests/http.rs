@@ -12,12 +12,17 @@ fn spec(name: &str, sources: Vec<String>) -> DatasetSpec {
     DatasetSpec::new(name, sources)
 }
 
+/// Length of the `lon` dimension of the test files.
+const LON: u64 = 2048;
+
 /// Writes a small chunked, compressed file; `offset` shifts the time axis.
 fn write_file(path: &std::path::Path, offset: f64, lat0: f64) {
     let mut f = netcdf::create(path).unwrap();
     f.add_unlimited_dimension("time").unwrap();
     f.add_dimension("lat", 3).unwrap();
-    f.add_dimension("lon", 4).unwrap();
+    // wide enough that `x` is larger than what the index keeps in memory, so it is read
+    // from the file and passed through
+    f.add_dimension("lon", LON as usize).unwrap();
     let mut t = f.add_variable::<f64>("time", &["time"]).unwrap();
     t.put_attribute("units", "days since 2000-01-01").unwrap();
     t.put_values(&[offset, offset + 1.0], ..).unwrap();
@@ -25,9 +30,9 @@ fn write_file(path: &std::path::Path, offset: f64, lat0: f64) {
     la.put_values(&[lat0, lat0 + 1.0, lat0 + 2.0], ..).unwrap();
     let mut v = f.add_variable::<i16>("x", &["time", "lat", "lon"]).unwrap();
     v.set_compression(4, true).unwrap();
-    v.set_chunking(&[1, 3, 4]).unwrap();
+    v.set_chunking(&[1, 3, LON as usize]).unwrap();
     v.put_attribute("scale_factor", 0.5f32).unwrap();
-    let vals: Vec<i16> = (0..24).map(|i| i + offset as i16 * 10).collect();
+    let vals: Vec<i16> = (0..2 * 3 * LON as i16).map(|i| i + offset as i16 * 10).collect();
     v.put_values(&vals, ..).unwrap();
 }
 
@@ -84,8 +89,8 @@ async fn aggregation_and_metadata() {
     assert_eq!(json(&b), serde_json::json!(["good"]));
     let (_, _, b) = get(&f.app, "/datasets/good/zarr/x/.zarray").await;
     let za = json(&b);
-    assert_eq!(za["shape"], serde_json::json!([4, 3, 4]));
-    assert_eq!(za["chunks"], serde_json::json!([1, 3, 4]));
+    assert_eq!(za["shape"], serde_json::json!([4, 3, LON]));
+    assert_eq!(za["chunks"], serde_json::json!([1, 3, LON]));
     assert_eq!(za["dtype"], "<i2");
     let (_, _, b) = get(&f.app, "/datasets/good/zarr/x/zarr.json").await;
     assert_eq!(
@@ -107,7 +112,7 @@ async fn aggregation_and_metadata() {
 #[tokio::test]
 async fn chunks_are_in_time_order_and_decode() {
     let f = fixture();
-    // v2 chunk 2 along time is the first step of b.nc (time offset 2 → values 20..32), served
+    // v2 chunk 2 along time is the first step of b.nc (time offset 2 → values 20..), served
     // byte-for-byte as stored (zlib + shuffle)
     let (_, _, zb) = get(&f.app, "/datasets/good/zarr/x/.zarray").await;
     assert_eq!(json(&zb)["compressor"]["id"], "zlib");
@@ -120,14 +125,14 @@ async fn chunks_are_in_time_order_and_decode() {
             cloudify_server::source::Filter::Deflate(4),
         ],
         0,
-        24,
+        3 * LON as usize * 2,
     )
     .unwrap();
     let vals: Vec<i16> = raw
         .chunks_exact(2)
         .map(|c| i16::from_le_bytes([c[0], c[1]]))
         .collect();
-    assert_eq!(vals, (20..32).collect::<Vec<i16>>());
+    assert_eq!(vals, (20..20 + 3 * LON as i16).collect::<Vec<i16>>());
     // v3 carries the same stored bytes in a Blosc frame (codec "blosc", cname zlib)
     let (_, _, zj) = get(&f.app, "/datasets/good/zarr/x/zarr.json").await;
     assert_eq!(json(&zj)["codecs"][1]["name"], "blosc");
