@@ -2,7 +2,7 @@
 //! `cargo run --release --example codec_timing -- FILE VAR`.
 use std::time::Instant;
 
-use cloudify_server::codec::{Encoding, decode_hdf5, encode, inflate, unshuffle};
+use cloudify_server::codec::{Encoding, encode, inflate, unshuffle};
 use cloudify_server::dataset::open::open_dataset;
 
 fn main() -> anyhow::Result<()> {
@@ -78,7 +78,6 @@ fn main() -> anyhow::Result<()> {
         "read_chunk   {:.2} ms (pread + decode + copy)",
         t.elapsed().as_secs_f64() * 1e3 / reps as f64
     );
-    let _ = decode_hdf5;
     println!("stored ratio {:.2}", n as f64 / stored.len() as f64);
     Ok(())
 }
