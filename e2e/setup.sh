@@ -36,3 +36,8 @@ if [ "$(cat "$venv/.cloudify-req" 2>/dev/null)" != "$req_hash" ]; then
   "$venv/bin/pip" install -q -r e2e/requirements.txt -r bench/requirements.txt
   echo "$req_hash" > "$venv/.cloudify-req"
 fi
+
+# JSON schemas for stac-validator/stac-api-validator, which download them from sites this
+# machine and CI cannot reach: two pinned sdists from PyPI whose test suites recorded them
+# (see e2e/pytests/stac_schemas.py). Checks sha256; downloads nothing when present.
+"$venv/bin/python" e2e/pytests/stac_schemas.py fetch >/dev/null

@@ -55,6 +55,23 @@ pub fn compile_filter(f: &Filter) -> Result<cql2::Expr, String> {
     }
 }
 
+/// Evaluates a compiled filter on one item (as JSON).
+///
+/// CQL2 has three-valued logic: a property the item does not have is NULL, a comparison with
+/// NULL is unknown, and an item is returned only when the filter is TRUE. cql2 reports such a
+/// predicate as "could not reduce"; that, or any other evaluation failure on one item (a
+/// property whose type differs from the literal's), is "no match" for that item, not an error
+/// of the whole search: the filter itself was parsed and checked before the search ran.
+pub fn filter_matches(filter: &cql2::Expr, item: &Value) -> bool {
+    match filter.clone().matches(Some(item)) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::trace!("filter is not true for item: {e}");
+            false
+        }
+    }
+}
+
 impl ItemsClient for FileBackend {
     type Error = stac_server::Error;
 
@@ -88,7 +105,7 @@ impl ItemsClient for FileBackend {
                     match (&filter, base) {
                         (Some(f), true) => {
                             let v = serde_json::to_value(it).map_err(|e| e.to_string())?;
-                            f.clone().matches(Some(&v)).map_err(|e| format!("filter: {e}"))
+                            Ok(filter_matches(f, &v))
                         }
                         _ => Ok(base),
                     }
@@ -359,18 +376,76 @@ async fn get_items(
     Path(cid): Path<String>,
     Query(q): Query<GetItems>,
 ) -> Result<Response, ApiErr> {
-    let items = Items::try_from(q)
+    let lang = q.filter_lang.clone();
+    let mut items = Items::try_from(q)
         .and_then(Items::valid)
         .map_err(|e| bad(format!("invalid query: {e}")))?;
+    apply_get_filter_lang(lang.as_deref(), &mut items)?;
     if let Some(f) = &items.filter {
         compile_filter(f).map_err(bad)?;
     }
-    let ic = app
-        .api
-        .items(&cid, items)
-        .await?
-        .ok_or_else(|| ApiErr(StatusCode::NOT_FOUND, format!("no collection '{cid}'")))?;
+    if app.store.collection(&cid).is_none() {
+        return Err(ApiErr(StatusCode::NOT_FOUND, format!("no collection '{cid}'")));
+    }
+    // The items of a collection are a search restricted to it; `Api::items` is not used
+    // because of its GET paging links (see `get_paging_links`).
+    let mut search = Search::from(items);
+    search.collections = vec![cid.clone()];
+    let mut ic = app.api.search(search, Method::POST).await?;
+    let items_url = format!("{}collections/{cid}/items", app.api.root);
+    get_paging_links(&mut ic, &items_url, true)?;
+    ic.links.retain(|l| l.rel != "self" && l.rel != "collection");
+    ic.links.push(stac::Link::self_(items_url.as_str()).geojson());
+    ic.links
+        .push(stac::Link::collection(format!("{}collections/{cid}", app.api.root).as_str()).json());
     Ok(geojson(ic))
+}
+
+/// Turns the POST paging links of `Api::search` (whose `body` is the next page's search)
+/// into GET links to `base` carrying that search as query parameters.
+///
+/// stac-server 0.5.9 builds GET paging links by URL-encoding the `Search` itself, which
+/// fails (a 500 "unsupported value") as soon as the search has a bbox, ids, collections,
+/// intersects or a cql2-json filter; stac's `GetSearch`/`GetItems` conversions spell each
+/// of those as a string.
+fn get_paging_links(ic: &mut ItemCollection, base: &str, items_only: bool) -> Result<(), ApiErr> {
+    let internal = |e: stac::Error| ApiErr(StatusCode::INTERNAL_SERVER_ERROR, format!("paging link: {e}"));
+    for link in ic.links.iter_mut() {
+        if link.rel != "next" && link.rel != "prev" {
+            continue;
+        }
+        let Some(body) = link.body.take() else {
+            continue;
+        };
+        let mut search: Search = serde_json::from_value(Value::Object(body))
+            .map_err(|e| ApiErr(StatusCode::INTERNAL_SERVER_ERROR, format!("paging link: {e}")))?;
+        if let Some(f) = search.items.filter.take() {
+            search.items.filter = Some(f.into_cql2_text().map_err(internal)?);
+        }
+        let params = if items_only {
+            serde_json::to_value(GetItems::try_from(search.items).map_err(internal)?)
+        } else {
+            serde_json::to_value(GetSearch::try_from(search).map_err(internal)?)
+        }
+        .map_err(|e| ApiErr(StatusCode::INTERNAL_SERVER_ERROR, format!("paging link: {e}")))?;
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        if let Value::Object(m) = params {
+            for (k, v) in m {
+                match v {
+                    Value::Null => {}
+                    Value::String(s) => {
+                        query.append_pair(&k, &s);
+                    }
+                    other => {
+                        query.append_pair(&k, &other.to_string());
+                    }
+                }
+            }
+        }
+        link.href = format!("{base}?{}", query.finish());
+        link.method = Some("GET".into());
+    }
+    Ok(())
 }
 
 async fn get_item(State(app): St, Path((cid, iid)): Path<(String, String)>) -> Result<Response, ApiErr> {
@@ -396,23 +471,72 @@ async fn run_search(app: &CatalogApp, search: Search, method: Method) -> Result<
             "query: the query extension is not supported; use filter (CQL2)",
         ));
     }
+    // `intersects` is evaluated per item by stac's `geo` feature; a geometry it cannot use
+    // is the client's error, found here on an item without geometry rather than as a 500
+    // during the search.
     if search.intersects.is_some() {
-        // evaluated by stac's geo feature
+        search
+            .intersects_matches(&Item::new("probe"))
+            .map_err(|e| bad(format!("intersects: {e}")))?;
     }
-    Ok(geojson(app.api.search(search, method).await?))
+    // Paging links are made for POST and rewritten for GET (see `get_paging_links`).
+    let mut ic = app.api.search(search, Method::POST).await?;
+    if method == Method::GET {
+        get_paging_links(&mut ic, &format!("{}search", app.api.root), false)?;
+    }
+    Ok(geojson(ic))
+}
+
+/// GET `filter-lang`: stac's conversion of GET parameters reads every filter as cql2-text.
+fn apply_get_filter_lang(lang: Option<&str>, items: &mut Items) -> Result<(), ApiErr> {
+    match (lang, items.filter.take()) {
+        (None | Some("cql2-text"), f) => items.filter = f,
+        (Some("cql2-json"), Some(Filter::Cql2Text(text))) => {
+            let m: Map<String, Value> = serde_json::from_str(&text)
+                .map_err(|e| bad(format!("filter: not a cql2-json object: {e}")))?;
+            items.filter = Some(Filter::Cql2Json(m));
+        }
+        (Some("cql2-json"), f) => items.filter = f,
+        (Some(other), _) => {
+            return Err(bad(format!(
+                "filter-lang: '{other}' is not supported (cql2-text, cql2-json)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// POST `filter` without `filter-lang`: cql2-json, the default of the Filter extension for
+/// POST (cql2-text for a string). Without this, stac's `Search` would not see the filter at
+/// all and the search would silently return everything.
+fn default_filter_lang(v: &mut Value) {
+    if let Some(o) = v.as_object_mut()
+        && o.contains_key("filter")
+        && !o.contains_key("filter-lang")
+    {
+        let lang = if o.get("filter").is_some_and(Value::is_string) {
+            "cql2-text"
+        } else {
+            "cql2-json"
+        };
+        o.insert("filter-lang".into(), json!(lang));
+    }
 }
 
 async fn get_search(State(app): St, Query(q): Query<GetSearch>) -> Result<Response, ApiErr> {
-    let search = Search::try_from(q).map_err(|e| bad(e.to_string()))?;
+    let lang = q.items.filter_lang.clone();
+    let mut search = Search::try_from(q).map_err(|e| bad(e.to_string()))?;
+    apply_get_filter_lang(lang.as_deref(), &mut search.items)?;
     run_search(&app, search, Method::GET).await
 }
 
 async fn post_search(State(app): St, body: Bytes) -> Result<Response, ApiErr> {
-    let v = if body.is_empty() {
+    let mut v = if body.is_empty() {
         json!({})
     } else {
         parse_json(&body)?
     };
+    default_filter_lang(&mut v);
     let search: Search = serde_json::from_value(v).map_err(|e| bad(format!("invalid search: {e}")))?;
     run_search(&app, search, Method::POST).await
 }

@@ -131,9 +131,15 @@ fn check_common(v: &Value, kind: &str, expected_type: &str) -> Result<String, St
         .get("id")
         .and_then(Value::as_str)
         .ok_or_else(|| StoreError::Invalid("id: missing or not a string".into()))?;
-    if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) || id.contains('/') {
+    // '/', '?', '#' and '%' would change the meaning of the item's URL path (its links).
+    if id.is_empty()
+        || id.len() > 256
+        || id
+            .chars()
+            .any(|c| c.is_control() || matches!(c, '/' | '?' | '#' | '%'))
+    {
         return Err(StoreError::Invalid(format!(
-            "id: '{id}' must be 1-256 characters without '/' or control characters"
+            "id: '{id}' must be 1-256 characters without '/', '?', '#', '%' or control characters"
         )));
     }
     if let Some(l) = o.get("links")
@@ -568,35 +574,35 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = Store::open(dir.path()).unwrap();
-            s.put_collection(validate_collection(coll("c 1%")).unwrap(), Mode::Create)
+            s.put_collection(validate_collection(coll("c 1ü")).unwrap(), Mode::Create)
                 .unwrap();
             assert!(matches!(
-                s.put_collection(validate_collection(coll("c 1%")).unwrap(), Mode::Create),
+                s.put_collection(validate_collection(coll("c 1ü")).unwrap(), Mode::Create),
                 Err(StoreError::CollectionExists(_))
             ));
-            s.put_item(validate_item(item("a"), "c 1%").unwrap(), Mode::Create)
+            s.put_item(validate_item(item("a"), "c 1ü").unwrap(), Mode::Create)
                 .unwrap();
-            s.put_item(validate_item(item("b"), "c 1%").unwrap(), Mode::Create)
+            s.put_item(validate_item(item("b"), "c 1ü").unwrap(), Mode::Create)
                 .unwrap();
             assert!(matches!(
-                s.put_item(validate_item(item("a"), "c 1%").unwrap(), Mode::Create),
+                s.put_item(validate_item(item("a"), "c 1ü").unwrap(), Mode::Create),
                 Err(StoreError::ItemExists { .. })
             ));
             assert!(matches!(
                 s.put_item(validate_item(item("z"), "nope").unwrap(), Mode::Create),
                 Err(StoreError::NoCollection(_))
             ));
-            s.delete_item("c 1%", "b").unwrap();
+            s.delete_item("c 1ü", "b").unwrap();
             // a leftover temp file of a crashed write is ignored and cleaned
-            fs::write(s.coll_dir("c 1%").join("items").join(".tmp-1-1"), b"{\"half").unwrap();
+            fs::write(s.coll_dir("c 1ü").join("items").join(".tmp-1-1"), b"{\"half").unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
-        assert!(s.collection("c 1%").is_some());
-        assert!(s.item("c 1%", "a").is_some());
-        assert!(s.item("c 1%", "b").is_none());
+        assert!(s.collection("c 1ü").is_some());
+        assert!(s.item("c 1ü", "a").is_some());
+        assert!(s.item("c 1ü", "b").is_none());
         let (page, more) = s.find(&[], |_| Ok(true), 0, 10).unwrap();
         assert_eq!((page.len(), more), (1, false));
-        s.delete_collection("c 1%").unwrap();
+        s.delete_collection("c 1ü").unwrap();
         let s = Store::open(dir.path()).unwrap();
         assert!(s.collections().is_empty());
     }
