@@ -269,6 +269,17 @@ pub fn read_chunk_strings(var: &Variable, idx: &[u64]) -> Result<Vec<String>, Re
     Ok(out)
 }
 
+/// All values of one file's variable as little-endian bytes; never-written parts read as
+/// `fill`.
+pub fn read_whole(fv: &FileVar, dtype: DType, fill: &[u8]) -> Result<Vec<u8>, ReadError> {
+    let n = numel(&fv.shape).ok_or_else(|| ReadError::TooLarge(fv.shape.clone()))?;
+    let mut buf = vec![0u8; n * dtype.size()];
+    fill_with(&mut buf, fill);
+    let zero = vec![0u64; fv.shape.len()];
+    read_region(fv, dtype, &zero, &fv.shape, &mut buf, &fv.shape, &zero)?;
+    Ok(buf)
+}
+
 /// Reads the block `[start, start+count)` of one file's variable into `dst` (shape
 /// `dst_shape`) at `dst_start`, converting to little-endian.
 pub fn read_region(

@@ -9,7 +9,7 @@ use super::attrs::AttrValue;
 use super::cftime::TimeAxis;
 use super::{Dataset, Group, Piece, Variable};
 use crate::chunk::grid::{default_chunks, numel};
-use crate::chunk::read::read_region;
+use crate::chunk::read::read_whole;
 use crate::codec::{Encoding, ZSTD_LEVEL};
 use crate::model::{DType, Scalar};
 use crate::source::{Filter, MemValues, SourceGroup, SourceIndex, SourceVar, Storage};
@@ -41,20 +41,7 @@ fn find_group<'a>(g: &'a SourceGroup, path: &str) -> Option<&'a SourceGroup> {
 
 /// Reads a whole (small) variable of one file as little-endian bytes.
 fn read_all(v: &SourceVar) -> Result<Vec<u8>, AggregateError> {
-    let n = numel(&v.data.shape).unwrap_or(0);
-    let mut buf = vec![0u8; n * v.dtype.size()];
-    crate::chunk::grid::fill_with(&mut buf, &storage_fill(v));
-    let zero = vec![0u64; v.data.shape.len()];
-    read_region(
-        &v.data,
-        v.dtype,
-        &zero,
-        &v.data.shape,
-        &mut buf,
-        &v.data.shape,
-        &zero,
-    )?;
-    Ok(buf)
+    Ok(read_whole(&v.data, v.dtype, &storage_fill(v))?)
 }
 
 fn as_f64s(bytes: &[u8], dtype: DType) -> Vec<f64> {

@@ -244,22 +244,12 @@ fn inline_small(g: &mut SourceGroup) -> Result<(), SourceError> {
         if v.dtype == DType::Str || bytes > INLINE_BYTES || matches!(v.data.storage, Storage::Memory(_)) {
             continue;
         }
-        let mut buf = vec![0u8; bytes as usize];
-        crate::chunk::grid::fill_with(&mut buf, &crate::dataset::aggregate::storage_fill(v));
-        let zero = vec![0u64; v.data.shape.len()];
-        crate::chunk::read::read_region(
-            &v.data,
-            v.dtype,
-            &zero,
-            &v.data.shape,
-            &mut buf,
-            &v.data.shape,
-            &zero,
-        )
-        .map_err(|e| SourceError::Malformed {
-            path: v.data.file.path.clone(),
-            message: format!("variable '{}': {e}", v.name),
-        })?;
+        let fill = crate::dataset::aggregate::storage_fill(v);
+        let buf =
+            crate::chunk::read::read_whole(&v.data, v.dtype, &fill).map_err(|e| SourceError::Malformed {
+                path: v.data.file.path.clone(),
+                message: format!("variable '{}': {e}", v.name),
+            })?;
         v.data.storage = Storage::Memory(Arc::new(MemValues::Bytes(buf)));
         v.data.endian = Endian::Little;
     }
