@@ -98,6 +98,12 @@ pub fn build(
         }
         h.finish()
     };
+    let by_path = root
+        .walk()
+        .into_iter()
+        .flat_map(|g| g.vars.iter())
+        .map(|v| (v.path.clone(), v.clone()))
+        .collect();
     Ok(Dataset {
         name: spec.name.clone(),
         spec: spec.clone(),
@@ -105,6 +111,7 @@ pub fn build(
         files: files.iter().map(|f| f.file.clone()).collect(),
         fingerprint,
         skipped,
+        by_path,
     })
 }
 

@@ -86,16 +86,15 @@ pub struct Dataset {
     pub fingerprint: u64,
     /// Variables that could not be served, with the reason (shown in summaries and logs).
     pub skipped: Vec<(String, String)>,
+    /// Zarr path → variable: every chunk request looks its variable up (several times while
+    /// its key is parsed), so this is a map rather than a walk over the groups.
+    pub by_path: std::collections::HashMap<String, Arc<Variable>>,
 }
 
 impl Dataset {
     /// Looks up an array by its Zarr path.
     pub fn variable(&self, path: &str) -> Option<&Arc<Variable>> {
-        self.root
-            .walk()
-            .into_iter()
-            .flat_map(|g| g.vars.iter())
-            .find(|v| v.path == path)
+        self.by_path.get(path)
     }
 
     /// Looks up a group by its Zarr path.
