@@ -1,0 +1,1 @@
+//! Ingress agent: Ingress objects of class `nginx` to a real nginx.

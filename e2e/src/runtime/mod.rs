@@ -1,0 +1,1 @@
+//! Local pod runtime: Deployment pods as local processes.
