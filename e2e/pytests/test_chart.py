@@ -98,14 +98,14 @@ OPERATOR_METRICS = {
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
-def render(values: dict | None = None, namespace: str = NS) -> dict[str, str]:
+def render(values: dict | None = None, namespace: str = NS, release: str = RELEASE) -> dict[str, str]:
     with helm.Chart.load(CHART) as chart:
-        return chart.render(values or {}, name=RELEASE, namespace=namespace, is_install=True)
+        return chart.render(values or {}, name=release, namespace=namespace, is_install=True)
 
 
-def objects(values: dict | None = None, namespace: str = NS) -> list[dict]:
+def objects(values: dict | None = None, namespace: str = NS, release: str = RELEASE) -> list[dict]:
     out = []
-    for path, text in render(values, namespace).items():
+    for path, text in render(values, namespace, release).items():
         if path.endswith("NOTES.txt"):
             continue
         out.extend(d for d in yaml.safe_load_all(text) if d)
@@ -318,6 +318,17 @@ def test_no_leader_election_drops_lease_role():
     assert "--no-leader-election" in args and "--leader-election" not in args
     assert arg_value(args, "--lease-name") is None
     assert deploy["spec"]["strategy"] == {"type": "Recreate"}
+
+
+@pytest.mark.parametrize("values,lease", [({}, "prod-cloudify-operator"),
+                                          ({"operator": {"leaderElection": {"leaseName": "my-lease"}}}, "my-lease")])
+def test_lease_name_is_per_release(values, lease):
+    """Two releases in one namespace must not share a Lease; the Role covers the one in use."""
+    objs = objects(values, namespace="ops", release="prod")
+    args = container(one(objs, "Deployment", "prod-cloudify-operator"))["args"]
+    assert arg_value(args, "--lease-name") == lease
+    role = one(objs, "Role", "prod-cloudify-operator-leader-election")
+    assert [r.get("resourceNames") for r in role["rules"]] == [None, [lease]]
 
 
 def test_several_replicas_need_leader_election():

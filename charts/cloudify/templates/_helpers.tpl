@@ -77,3 +77,8 @@ app.kubernetes.io/component: {{ index . 1 }}
 
 {{/* Where the token Secret is mounted; the file is always named "token". */}}
 {{- define "cloudify.tokenDir" -}}/var/run/cloudify/catalog-token{{- end -}}
+
+{{/* Name of the leader-election Lease. */}}
+{{- define "cloudify.leaseName" -}}
+{{- default (include "cloudify.operatorName" .) .Values.operator.leaderElection.leaseName -}}
+{{- end -}}
