@@ -198,6 +198,19 @@ def test_crd_copy_equals_generated_crd():
     assert yaml.safe_load(crds[0]["data"]) == yaml.safe_load(source.read_text())
 
 
+def test_package_contents(tmp_path):
+    """`helm package` ships the CRD, rules and dashboard, but not the promtool unit tests."""
+    import tarfile
+
+    archive = helm.package(CHART, destination=tmp_path)
+    assert Path(archive).name == "cloudify-0.1.0.tgz"
+    names = set(tarfile.open(archive).getnames())
+    for f in ("Chart.yaml", "values.yaml", "values.schema.json", "crds/cloudifydataset.yaml",
+              "files/alerts.yaml", "files/dashboard.json", "templates/NOTES.txt", "README.md"):
+        assert f"cloudify/{f}" in names, f
+    assert "cloudify/files/alerts.test.yaml" not in names
+
+
 def test_image_matches_app_version_and_operator_default():
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     values = yaml.safe_load((CHART / "values.yaml").read_text())
