@@ -20,6 +20,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 
@@ -200,10 +201,9 @@ def test_crd_copy_equals_generated_crd():
 
 def test_package_contents(tmp_path):
     """`helm package` ships the CRD, rules and dashboard, but not the promtool unit tests."""
-    import tarfile
-
     archive = helm.package(CHART, destination=tmp_path)
-    assert Path(archive).name == "cloudify-0.1.0.tgz"
+    version = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
+    assert Path(archive).name == f"cloudify-{version}.tgz"
     names = set(tarfile.open(archive).getnames())
     for f in ("Chart.yaml", "values.yaml", "values.schema.json", "crds/cloudifydataset.yaml",
               "files/alerts.yaml", "files/dashboard.json", "templates/NOTES.txt", "README.md"):
