@@ -50,6 +50,8 @@ VARIANTS = {
     "catalog-disabled": {"catalog": {"enabled": False}},
     "monitoring": MONITORING_ON,
     "no-leader-election": {"operator": {"leaderElection": {"enabled": False}}},
+    "catalog-ingress": {"catalog": {"publicUrl": "https://stac.example.org",
+                                    "ingress": {"enabled": True, "host": "stac.example.org", "tlsSecret": "stac-tls"}}},
 }
 
 # The operator's permissions, as (apiGroup, resource, verb). Exactly these: a new verb or
@@ -505,6 +507,24 @@ def test_catalog_variants():
     assert {"name": "data", "persistentVolumeClaim": {"claimName": "shared"}} in pod["volumes"]
 
 
+def test_catalog_ingress():
+    assert not [o for o in objects() if o["kind"] == "Ingress"]
+    objs = objects(VARIANTS["catalog-ingress"])
+    ing = one(objs, "Ingress", "cloudify-catalog")
+    svc = one(objs, "Service", "cloudify-catalog")
+    assert ing["spec"]["ingressClassName"] == "nginx"
+    assert ing["spec"]["tls"] == [{"hosts": ["stac.example.org"], "secretName": "stac-tls"}]
+    (rule,) = ing["spec"]["rules"]
+    assert rule["host"] == "stac.example.org"
+    assert rule["http"]["paths"] == [{"path": "/", "pathType": "Prefix", "backend": {"service": {
+        "name": svc["metadata"]["name"], "port": {"name": svc["spec"]["ports"][0]["name"]}}}}]
+    args = container(one(objs, "Deployment", "cloudify-catalog"))["args"]
+    assert arg_value(args, "--public-url") == "https://stac.example.org"
+    # without a host there is nothing to route: the schema says which key is missing
+    with pytest.raises(helm.HelmValuesError, match="/catalog/ingress/host"):
+        render({"catalog": {"ingress": {"enabled": True}}})
+
+
 def test_catalog_disabled():
     objs = objects(VARIANTS["catalog-disabled"])
     assert not [o for o in objs if "catalog" in o["metadata"]["name"]], kinds(objs)
@@ -750,7 +770,7 @@ def test_operator_metrics_used_exist():
 # ---------------------------------------------------------------------------
 # Kinds kubectl's built-in scheme knows (the CRD and Prometheus Operator kinds it does not).
 BUILTIN = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Deployment",
-           "Service", "Secret", "PersistentVolumeClaim", "ConfigMap"}
+           "Service", "Secret", "PersistentVolumeClaim", "ConfigMap", "Ingress"}
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
