@@ -91,7 +91,7 @@ OPERATOR_FLAGS = {
 SERVER_METRICS_SRC = ROOT / "server" / "src" / "metrics.rs"
 OPERATOR_SRC = ROOT / "operator" / "src"
 OPERATOR_METRICS = {
-    "cloudify_operator_reconcile_total",
+    "cloudify_operator_reconciles_total",
     "cloudify_operator_reconcile_errors_total",
     "cloudify_operator_reconcile_duration_seconds",
     "cloudify_operator_leader",
@@ -408,7 +408,7 @@ def test_operator_options():
         "operator": {
             "serverImage": "registry.example.org/cloudify:dev",
             "publicUrl": "https://data.example.org",
-            "serverUrlTemplate": "http://{name}.{namespace}.svc:9000",
+            "serverUrlTemplate": "http://{service}.{namespace}.svc:{port}",
             "probePort": 9443,
             "extraArgs": ["--lease-namespace=elsewhere"],
             "extraEnv": [{"name": "RUST_LOG", "value": "debug"}],
@@ -420,7 +420,7 @@ def test_operator_options():
     args = c["args"]
     assert arg_value(args, "--image") == "registry.example.org/cloudify:dev"
     assert arg_value(args, "--public-url") == "https://data.example.org"
-    assert arg_value(args, "--server-url-template") == "http://{name}.{namespace}.svc:9000"
+    assert arg_value(args, "--server-url-template") == "http://{service}.{namespace}.svc:{port}"
     assert arg_value(args, "--probe-addr") == "0.0.0.0:9443"
     assert args[-1] == "--lease-namespace=elsewhere"
     assert set(flag_names(args)) <= OPERATOR_FLAGS
