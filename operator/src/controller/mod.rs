@@ -485,7 +485,8 @@ mod tests {
         assert_eq!(backoff(1), Duration::from_secs(1));
         assert_eq!(backoff(2), Duration::from_secs(2));
         assert_eq!(backoff(5), Duration::from_secs(16));
-        assert_eq!(backoff(9), MAX_BACKOFF);
+        assert_eq!(backoff(9), Duration::from_secs(256));
+        assert_eq!(backoff(10), MAX_BACKOFF);
         assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
     }
 }
