@@ -43,11 +43,17 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    if let Command::Run(args) = cli.command {
-        return run_operator(args);
-    }
-    match run(cli) {
+    let result = match Cli::parse().command {
+        Command::Run(args) => return run_operator(args),
+        Command::Crd => crd::crd_yaml().map_err(Into::into),
+        Command::Render {
+            file,
+            namespace,
+            image,
+            public_url,
+        } => render_file(&file, &namespace, image, public_url),
+    };
+    match result {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS
@@ -83,25 +89,19 @@ fn run_operator(args: RunArgs) -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<String, Box<dyn std::error::Error>> {
-    match cli.command {
-        Command::Run(_) => unreachable!("handled in main"),
-        Command::Crd => Ok(crd::crd_yaml()?),
-        Command::Render {
-            file,
-            namespace,
-            image,
-            public_url,
-        } => {
-            let text = if file.as_os_str() == "-" {
-                let mut s = String::new();
-                std::io::stdin().read_to_string(&mut s)?;
-                s
-            } else {
-                std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?
-            };
-            let settings = Settings { image, public_url };
-            Ok(render::render(&text, Some(&namespace), &settings)?)
-        }
-    }
+fn render_file(
+    file: &std::path::Path,
+    namespace: &str,
+    image: String,
+    public_url: Option<String>,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let text = if file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        s
+    } else {
+        std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?
+    };
+    let settings = Settings { image, public_url };
+    Ok(render::render(&text, Some(namespace), &settings)?)
 }

@@ -275,7 +275,9 @@ pub async fn run_until(
         let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
             .with_namespace(&lease_namespace)
             .with_identity(&identity)
-            .with_field_manager(format!("{MANAGER}-lease"))
+            // No shared field manager: the crate derives one per identity, and server-side
+            // apply conflicts between *different* managers are what make two replicas'
+            // concurrent takeovers fail safely.
             .build()
             .await?;
         tracing::info!(lease = %format!("{lease_namespace}/{}", args.lease_name), %identity, "waiting for leadership");

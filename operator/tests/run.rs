@@ -56,6 +56,69 @@ fn empty_cluster() -> Router {
     )
 }
 
+/// Merges `patch` into `target` (JSON merge semantics: `null` deletes).
+fn merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    match (target.as_object_mut(), patch.as_object()) {
+        (Some(t), Some(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+                }
+            }
+        }
+        _ => *target = patch.clone(),
+    }
+}
+
+/// An empty cluster (as [`empty_cluster`]) that also stores Leases in `leases`.
+fn cluster_with_leases(lease: Arc<std::sync::Mutex<Option<serde_json::Value>>>) -> Router {
+    let path = "/apis/coordination.k8s.io/v1/namespaces/ops/leases";
+    let one = format!("{path}/cloudify-operator");
+    let (l1, l2) = (lease.clone(), lease);
+    Router::new()
+        .route(
+            path,
+            axum::routing::post(
+                move |axum::Json(body): axum::Json<serde_json::Value>| async move {
+                    let mut stored = body;
+                    stored["metadata"]["namespace"] = json!("ops");
+                    stored["metadata"]["resourceVersion"] = json!("1");
+                    *l1.lock().expect("lease") = Some(stored.clone());
+                    (StatusCode::CREATED, axum::Json(stored))
+                },
+            ),
+        )
+        .route(
+            &one,
+            axum::routing::get({
+                let l = l2.clone();
+                move || async move {
+                    match l.lock().expect("lease").clone() {
+                        Some(v) => (StatusCode::OK, axum::Json(v)),
+                        None => (
+                            StatusCode::NOT_FOUND,
+                            axum::Json(json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                              "reason": "NotFound", "code": 404, "message": "not found"})),
+                        ),
+                    }
+                }
+            })
+            .patch(move |body: axum::body::Bytes| async move {
+                let patch: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let mut guard = l2.lock().expect("lease");
+                let stored = guard.get_or_insert_with(|| {
+                    json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                           "metadata": {"name": "cloudify-operator", "namespace": "ops"}})
+                });
+                merge(stored, &patch);
+                (StatusCode::OK, axum::Json(stored.clone()))
+            }),
+        )
+        .merge(empty_cluster())
+}
+
 fn kubeconfig(dir: &Path, api: SocketAddr) -> std::path::PathBuf {
     let path = dir.join("kubeconfig");
     std::fs::write(
@@ -216,4 +279,69 @@ async fn runs_serves_probes_and_stops_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn leads_with_a_lease_and_releases_it_on_sigterm() {
+    let lease = Arc::new(std::sync::Mutex::new(None));
+    let api = serve(cluster_with_leases(lease.clone())).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "--leader-election",
+            "--probe-addr",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(["--lease-namespace", "ops", "--identity", "operator-a"])
+        .env("KUBECONFIG", kubeconfig(dir.path(), api))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if m.contains("cloudify_operator_leader 1") {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("operator exited early with {status}");
+        }
+        assert!(Instant::now() < deadline, "operator did not become leader: {m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let held = lease.lock().expect("lease").clone().expect("lease created");
+    assert_eq!(held["spec"]["holderIdentity"], "operator-a", "{held}");
+    assert!(
+        held["spec"]["leaseDurationSeconds"]
+            .as_i64()
+            .is_some_and(|d| d > 0),
+        "{held}"
+    );
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("operator did not stop on SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{status}");
+    let released = lease.lock().expect("lease").clone().expect("lease");
+    assert!(released["spec"].get("holderIdentity").is_none(), "{released}");
 }
