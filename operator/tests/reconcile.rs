@@ -385,7 +385,7 @@ async fn finalizer_is_added_before_registering_and_failures_do_not_block_serving
     assert_eq!(finalizer[0].path, cr_path("tas"));
     assert_eq!(
         finalizer[0].body,
-        json!([{"op": "test", "path": "/metadata/finalizers", "value": null},
+        json!([{"op": "test", "path": "/metadata/resourceVersion", "value": "7"},
                {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}])
     );
     let status = &calls.find(|c| c.path.ends_with("/status"))[0].body["status"];

@@ -140,7 +140,13 @@ pub(super) async fn reconcile(
     }
 
     // Before anything is in the catalog, so a delete can never skip deregistration.
-    add_finalizer(crs, &cr.name_any(), cr.finalizers()).await?;
+    add_finalizer(
+        crs,
+        &cr.name_any(),
+        cr.finalizers(),
+        cr.resource_version().as_deref(),
+    )
+    .await?;
 
     match register(cr, ctx, base, collection).await {
         Ok((url, id)) => {
@@ -313,22 +319,27 @@ async fn secret_token(ctx: &Context, namespace: &str, sel: &SecretKeyRef) -> Res
     Ok(token.to_string())
 }
 
-/// Adds the finalizer unless present. A JSON patch with a `test` on the current list, so a
-/// concurrent change of the finalizers (another controller's) makes it fail instead of
-/// overwriting it.
+/// Adds the finalizer unless present, as a JSON patch guarded by a `test`: on the current
+/// list when there is one (so a concurrent change of the finalizers, e.g. another
+/// controller's, makes it fail instead of being overwritten), else on the resourceVersion —
+/// not `test` of a `null` list, which real API servers accept for a missing path but strict
+/// RFC 6902 implementations (the e2e emulator's) reject.
 pub(super) async fn add_finalizer(
     crs: &Api<DynamicObject>,
     name: &str,
     current: &[String],
+    resource_version: Option<&str>,
 ) -> Result<(), Error> {
     if current.iter().any(|f| f == FINALIZER) {
         return Ok(());
     }
     let ops = if current.is_empty() {
-        json!([
-            {"op": "test", "path": "/metadata/finalizers", "value": null},
-            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
-        ])
+        let mut ops = Vec::new();
+        if let Some(rv) = resource_version {
+            ops.push(json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv}));
+        }
+        ops.push(json!({"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}));
+        Value::Array(ops)
     } else {
         json!([
             {"op": "test", "path": "/metadata/finalizers", "value": current},
