@@ -365,6 +365,10 @@ pub async fn run_controller(
                 // Reconcile errors are logged by the error policy; these are watch errors
                 // (retried by the runtime with backoff).
                 Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                // An owned object changed after its CR was deleted: nothing to do.
+                Err(e @ kube::runtime::controller::Error::ObjectNotFound(..)) => {
+                    tracing::debug!("controller: {e}")
+                }
                 Err(e) => tracing::warn!("controller: {e}"),
             }
         })

@@ -375,7 +375,7 @@ async fn finalizer_is_added_before_registering_and_failures_do_not_block_serving
     let obj_json = serde_json::to_value(&obj).expect("json");
     let (client, calls) = mock_client(cluster(&obj_json, 1, |_| None));
     let ctx = context(client, "http://127.0.0.1:1", "http://127.0.0.1:1", None);
-    let action = reconcile(Arc::new(obj), ctx)
+    let action = reconcile(Arc::new(obj), ctx.clone())
         .await
         .expect("registration failures are not errors");
     assert_eq!(action, Action::requeue(Duration::from_secs(1)));
@@ -405,6 +405,24 @@ async fn finalizer_is_added_before_registering_and_failures_do_not_block_serving
         .filter_map(|e| e.body["reason"].as_str().map(str::to_string))
         .collect();
     assert_eq!(reasons, ["Ready", "RegistrationFailed"]);
+
+    // A watch event before the retry is due (the status write itself causes one): no new
+    // attempt, so the backoff does not grow and nothing is written.
+    let mut again = obj_json.clone();
+    again["metadata"]["finalizers"] = json!([FINALIZER]);
+    again["status"] = status.clone();
+    let again: kube::api::DynamicObject = serde_json::from_value(again).expect("cr");
+    let before = calls.all().len();
+    let action = reconcile(Arc::new(again), ctx).await.expect("reconcile");
+    assert_ne!(action, Action::requeue(Duration::from_secs(2)));
+    assert_ne!(action, Action::requeue(RESYNC));
+    let after = calls.all()[before..].to_vec();
+    assert!(
+        after
+            .iter()
+            .all(|c| c.method != "POST" && !c.path.ends_with("/status")),
+        "{after:#?}"
+    );
 }
 
 #[tokio::test]

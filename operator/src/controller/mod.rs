@@ -124,8 +124,9 @@ pub struct Context {
     pub metrics: Metrics,
     /// Consecutive failed reconciles per CR (`namespace/name`), for the backoff.
     failures: Mutex<HashMap<String, u32>>,
-    /// Consecutive failed registrations per CR.
-    registration_failures: Mutex<HashMap<String, u32>>,
+    /// Consecutive failed registrations per CR and when the next attempt is due: watch
+    /// events between attempts must not hammer a catalog that is down.
+    registration_failures: Mutex<HashMap<String, (u32, Instant)>>,
     /// Generation and time of this process's last successful registration per CR.
     registered: Mutex<HashMap<String, (Option<i64>, Instant)>>,
 }
@@ -171,8 +172,23 @@ impl Context {
         }
     }
 
-    fn registration_failed(&self, key: &str) -> u32 {
-        bump(&self.registration_failures, key)
+    /// Records a failed registration; returns the delay until the next attempt.
+    fn registration_failed(&self, key: &str) -> Duration {
+        self.registration_failures.lock().map_or(backoff(1), |mut m| {
+            let entry = m.entry(key.to_string()).or_insert((0, Instant::now()));
+            entry.0 = entry.0.saturating_add(1);
+            let delay = backoff(entry.0);
+            entry.1 = Instant::now() + delay;
+            delay
+        })
+    }
+
+    /// Time left before the next registration attempt after a failure, if any.
+    fn registration_wait(&self, key: &str) -> Option<Duration> {
+        let m = self.registration_failures.lock().ok()?;
+        let (_, due) = m.get(key)?;
+        let left = due.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then_some(left)
     }
 
     /// Records a registration (`generation` Some) or that none is wanted (`None` clears).

@@ -16,7 +16,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use super::status::{Cond, find, is_true};
-use super::{Context, Error, FINALIZER, backoff};
+use super::{Context, Error, FINALIZER};
 use crate::build::PORT;
 
 /// What registration decided for the status.
@@ -73,7 +73,7 @@ pub(super) async fn reconcile(
         // Remove what an earlier spec registered, then the finalizer that guarded it.
         if let Some(item) = &old_item {
             if let Err(e) = deregister(Some(cr), &cr.namespace().unwrap_or_default(), ctx, item).await {
-                let n = ctx.registration_failed(&key);
+                let delay = ctx.registration_failed(&key);
                 return Ok(Outcome {
                     cond: Cond::new(
                         ConditionType::Registered,
@@ -82,7 +82,7 @@ pub(super) async fn reconcile(
                         format!("registration is off but removing {item} failed: {e}"),
                     ),
                     stac_item: old_item.clone(),
-                    retry: Some(backoff(n)),
+                    retry: Some(delay),
                 });
             }
             ctx.event_deregistered(cr.object_ref(&()), item).await;
@@ -139,6 +139,24 @@ pub(super) async fn reconcile(
         });
     }
 
+    // A failed attempt is retried when its backoff is over, not on every watch event — unless
+    // the spec changed since (a fixed token secret deserves an attempt right away).
+    if let Some(wait) = ctx.registration_wait(&key)
+        && let Some(c) = find(old, ConditionType::Registered)
+            .filter(|c| c.status == "False" && c.observed_generation == cr.metadata.generation)
+    {
+        return Ok(Outcome {
+            cond: Cond {
+                type_: ConditionType::Registered,
+                status: false,
+                reason: failure_reason(&c.reason),
+                message: c.message.clone(),
+            },
+            stac_item: old_item,
+            retry: Some(wait),
+        });
+    }
+
     // Before anything is in the catalog, so a delete can never skip deregistration.
     add_finalizer(
         crs,
@@ -173,8 +191,7 @@ pub(super) async fn reconcile(
             })
         }
         Err(f) => {
-            let n = ctx.registration_failed(&key);
-            let delay = backoff(n);
+            let delay = ctx.registration_failed(&key);
             tracing::warn!(cr = %key, reason = f.reason, "registration failed, retrying in {}s: {}", delay.as_secs(), f.message);
             Ok(Outcome {
                 cond: Cond::new(ConditionType::Registered, false, f.reason, f.message),
@@ -182,6 +199,18 @@ pub(super) async fn reconcile(
                 retry: Some(delay),
             })
         }
+    }
+}
+
+/// The `&'static` reason of a recorded failure condition (reasons are a closed set).
+fn failure_reason(reason: &str) -> &'static str {
+    match reason {
+        "CatalogUnavailable" => "CatalogUnavailable",
+        "CatalogRejected" => "CatalogRejected",
+        "TokenUnavailable" => "TokenUnavailable",
+        "DeregistrationFailed" => "DeregistrationFailed",
+        "ItemUnavailable" => "ItemUnavailable",
+        _ => "WaitingForReady",
     }
 }
 
