@@ -6,6 +6,21 @@
 //! `coordination.k8s.io` Lease, so several replicas can run for fast failover without two of
 //! them writing the same objects. SIGTERM or Ctrl-C stops it gracefully: reconciles in flight
 //! finish, the lease is released for the next replica.
+//!
+//! RBAC it needs (a ClusterRole, or a Role in `--namespace` when one is given):
+//!
+//! | API group | resources | verbs |
+//! |---|---|---|
+//! | `cloudify.io` | `cloudifydatasets` | get, list, watch, patch (finalizers) |
+//! | `cloudify.io` | `cloudifydatasets/status` | get, patch |
+//! | `""` | `configmaps`, `services` | get, list, watch, create, patch, delete |
+//! | `apps` | `deployments` | get, list, watch, create, patch, delete |
+//! | `autoscaling` | `horizontalpodautoscalers` | get, list, watch, create, patch, delete |
+//! | `policy` | `poddisruptionbudgets` | get, list, watch, create, patch, delete |
+//! | `networking.k8s.io` | `ingresses` | get, list, watch, create, patch, delete |
+//! | `""` | `secrets` | get (only CRs with `spec.catalog.tokenSecret`) |
+//! | `events.k8s.io` | `events` | create, patch |
+//! | `coordination.k8s.io` | `leases` (lease namespace only) | get, create, patch |
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
