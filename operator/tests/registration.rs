@@ -355,3 +355,35 @@ async fn turning_registration_off_deregisters_and_drops_the_finalizer() {
     assert!(status["stacItem"].is_null());
     assert_eq!(condition(&status, "Registered")["reason"], "Disabled");
 }
+
+#[tokio::test]
+async fn moving_the_item_to_another_collection_removes_the_old_one() {
+    let env = env();
+    let spec = |collection: &str| json!({"dataset": {"name": "demo", "sources": ["/data/demo.nc"]}, "catalog": {"collection": collection}});
+    let obj = cr("demo", spec("first"), 1);
+    let (client, calls) = mock_client(cluster(serde_json::to_value(&obj).expect("json"), None));
+    let ctx = context(client, &env.catalog, &env.server, Some(TOKEN));
+    reconcile(Arc::new(obj), ctx.clone()).await.expect("register");
+    let first = last_status(&calls);
+    let first_url = first["stacItem"].as_str().expect("registered").to_string();
+    assert_eq!(first_url, format!("{}/collections/first/items/demo", env.catalog));
+
+    let mut moved = serde_json::to_value(cr("demo", spec("second"), 2)).expect("json");
+    moved["metadata"]["finalizers"] = json!([FINALIZER]);
+    moved["status"] = first;
+    let moved: DynamicObject = serde_json::from_value(moved).expect("cr");
+    reconcile(Arc::new(moved), ctx).await.expect("move");
+    let status = last_status(&calls);
+    assert_eq!(
+        status["stacItem"],
+        format!("{}/collections/second/items/demo", env.catalog)
+    );
+    assert_eq!(condition(&status, "Registered")["observedGeneration"], 2);
+    assert_eq!(
+        get(&format!("{}/collections/second/items/demo", env.catalog))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(get(&first_url).await.0, 404);
+}
