@@ -12,10 +12,12 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
-echo "== cargo test"
-cargo test --locked --release
+# Built before the tests: the operator's registration tests start the real `cloudify
+# catalog` and `cloudify serve` binaries (CLOUDIFY_BIN), as do the pytests.
 echo "== cargo build --release"
 cargo build --locked --release
-echo "== real-client tests (pytest)"
 export CLOUDIFY_BIN="$CARGO_TARGET_DIR/release/cloudify"
+echo "== cargo test"
+cargo test --locked --release
+echo "== real-client tests (pytest)"
 "$venv/bin/python" -m pytest e2e/pytests -q -p no:cacheprovider

@@ -10,6 +10,8 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "catalog-client")]
+pub mod catalog_client;
 #[cfg(feature = "k8s")]
 pub mod k8s;
 

@@ -1,4 +1,6 @@
-//! `cloudify-operator`: CRD and rendering tools (the controller loop comes later).
+//! `cloudify-operator`: the Kubernetes operator (`run`) and its offline tools (`crd`,
+//! `render`), one binary so the CRD, the rendered objects and the controller always come from
+//! the same build.
 #![forbid(unsafe_code)]
 
 use std::io::Read;
@@ -7,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use cloudify_operator::build::{DEFAULT_IMAGE, Settings};
+use cloudify_operator::run::RunArgs;
 use cloudify_operator::{crd, render};
 
 #[derive(Parser)]
@@ -18,6 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controller: reconcile CloudifyDatasets into server pods, register them in STAC.
+    Run(RunArgs),
     /// Print the CloudifyDataset CustomResourceDefinition (YAML).
     Crd,
     /// Print the objects the operator would apply for the CloudifyDatasets in a file.
@@ -38,7 +43,17 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let result = match Cli::parse().command {
+        Command::Run(args) => return run_operator(args),
+        Command::Crd => crd::crd_yaml().map_err(Into::into),
+        Command::Render {
+            file,
+            namespace,
+            image,
+            public_url,
+        } => render_file(&file, &namespace, image, public_url),
+    };
+    match result {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS
@@ -50,24 +65,44 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<String, Box<dyn std::error::Error>> {
-    match cli.command {
-        Command::Crd => Ok(crd::crd_yaml()?),
-        Command::Render {
-            file,
-            namespace,
-            image,
-            public_url,
-        } => {
-            let text = if file.as_os_str() == "-" {
-                let mut s = String::new();
-                std::io::stdin().read_to_string(&mut s)?;
-                s
-            } else {
-                std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?
-            };
-            let settings = Settings { image, public_url };
-            Ok(render::render(&text, Some(&namespace), &settings)?)
+fn run_operator(args: RunArgs) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cloudify_operator::run::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
+}
+
+fn render_file(
+    file: &std::path::Path,
+    namespace: &str,
+    image: String,
+    public_url: Option<String>,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let text = if file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        s
+    } else {
+        std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?
+    };
+    let settings = Settings { image, public_url };
+    Ok(render::render(&text, Some(namespace), &settings)?)
 }

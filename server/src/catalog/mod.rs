@@ -11,7 +11,9 @@
 
 pub mod api;
 pub mod cli;
-pub mod client;
+/// The STAC Transactions client, shared with the operator (in `cloudify-crds` so the operator
+/// does not link netCDF).
+pub use cloudify_crds::catalog_client as client;
 pub mod describe;
 pub mod export;
 pub mod intake;
@@ -96,7 +98,7 @@ pub struct CatalogCtx {
 }
 
 /// Default collection id when none is configured.
-pub const DEFAULT_COLLECTION: &str = "cloudify";
+pub const DEFAULT_COLLECTION: &str = client::DEFAULT_COLLECTION;
 
 impl CatalogCtx {
     pub fn new(public_url: PublicUrl, collection_id: Option<String>) -> Self {

@@ -1,5 +1,7 @@
 //! Registering items in a `cloudify catalog` (or any STAC API with the Transactions
-//! extension). Used by `cloudify serve --register` and, later, by the Kubernetes operator.
+//! extension) — feature `catalog-client`. Used by `cloudify serve --register` and by the
+//! Kubernetes operator; it lives here rather than in the server so that the operator can use
+//! it without linking netCDF/HDF5.
 //!
 //! Writes are upserts (POST, then PUT on 409) so registering again after a restart or a
 //! change is harmless; deletes treat 404 as done.
@@ -36,6 +38,22 @@ impl ClientError {
             ClientError::Url(_) => false,
         }
     }
+}
+
+/// Collection of items when none is configured (`cloudify serve --stac-collection` default).
+pub const DEFAULT_COLLECTION: &str = "cloudify";
+
+/// Why a token file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("token file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("token file {0} is empty")]
+    Empty(String),
 }
 
 /// A client of one STAC API with a bearer token.
@@ -135,6 +153,26 @@ impl CatalogClient {
         Self::check(s, "POST", "/collections".into())
     }
 
+    /// Creates a collection unless one with its id exists (which is left as it is: other
+    /// servers may share it, and replacing it would replace their extent with ours).
+    pub async fn ensure_collection(&self, c: &Value) -> Result<(), ClientError> {
+        let s = self.send(reqwest::Method::POST, "/collections", Some(c)).await?;
+        if s == StatusCode::CONFLICT {
+            return Ok(());
+        }
+        Self::check(s, "POST", "/collections".into())
+    }
+
+    /// URL of an item of this catalog (see [`item_url`]).
+    pub fn item_url(&self, collection: &str, id: &str) -> String {
+        item_url(&self.base, collection, id)
+    }
+
+    /// The catalog's base URL, without a trailing `/`.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// Creates or replaces an item of `collection`.
     pub async fn upsert_item(&self, collection: &str, item: &Value) -> Result<(), ClientError> {
         let id = item.get("id").and_then(Value::as_str).unwrap_or_default();
@@ -203,12 +241,90 @@ impl CatalogClient {
 
 /// Reads a token file (first line, trimmed). Empty files are an error: an empty token would
 /// silently disable authentication on one side.
-pub fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("token file {}: {e}", path.display()))?;
+pub fn read_token(path: &std::path::Path) -> Result<String, TokenError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
     let t = text.lines().next().unwrap_or("").trim().to_string();
     if t.is_empty() {
-        anyhow::bail!("token file {} is empty", path.display());
+        return Err(TokenError::Empty(path.display().to_string()));
     }
     Ok(t)
+}
+
+/// URL of an item in a STAC API: `<base>/collections/<collection>/items/<id>` with both ids
+/// percent-encoded. What the operator records in `status.stacItem`.
+pub fn item_url(base: &str, collection: &str, id: &str) -> String {
+    format!(
+        "{}/collections/{}/items/{}",
+        base.trim_end_matches('/'),
+        seg(collection),
+        seg(id)
+    )
+}
+
+/// The inverse of [`item_url`]: `(base, collection, id)`, or `None` when `url` is not an item
+/// URL. Lets the operator deregister exactly the item it recorded, even after the spec (and so
+/// the catalog or collection it would register in now) changed.
+pub fn parse_item_url(url: &str) -> Option<(String, String, String)> {
+    let (base, rest) = url.rsplit_once("/collections/")?;
+    let (collection, id) = rest.split_once("/items/")?;
+    if base.is_empty() || collection.is_empty() || id.is_empty() || id.contains('/') {
+        return None;
+    }
+    let decode = |s: &str| {
+        url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+    };
+    Some((base.to_string(), decode(collection)?, decode(id)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn item_urls_round_trip() {
+        let u = item_url("http://cat:8080/", "my coll", "tas+daily/x");
+        assert_eq!(u, "http://cat:8080/collections/my%20coll/items/tas%2Bdaily%2Fx");
+        assert_eq!(
+            parse_item_url(&u),
+            Some(("http://cat:8080".into(), "my coll".into(), "tas+daily/x".into()))
+        );
+        assert_eq!(parse_item_url("http://cat/collections/c"), None);
+        assert_eq!(parse_item_url("http://cat/items/x"), None);
+    }
+
+    #[test]
+    fn transient_errors() {
+        assert!(!ClientError::Url("x".into()).is_transient());
+        let status = |s: u16| ClientError::Status {
+            method: "POST",
+            url: "u".into(),
+            status: StatusCode::from_u16(s).expect("status"),
+            body: String::new(),
+        };
+        assert!(status(503).is_transient());
+        assert!(status(429).is_transient());
+        assert!(!status(400).is_transient());
+        assert!(!status(403).is_transient());
+    }
+
+    #[test]
+    fn token_files() {
+        let dir = std::env::temp_dir().join(format!("cloudify-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let p = dir.join("t");
+        std::fs::write(&p, "  abc \nsecond\n").expect("write");
+        assert_eq!(read_token(&p).expect("token"), "abc");
+        std::fs::write(&p, "\n").expect("write");
+        assert!(matches!(read_token(&p), Err(TokenError::Empty(_))));
+        assert!(matches!(
+            read_token(&dir.join("missing")),
+            Err(TokenError::Read { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
