@@ -17,6 +17,11 @@ pub enum CodecError {
     ChecksumTruncated,
     #[error("decoded {got} bytes, expected {expected}")]
     Size { got: usize, expected: usize },
+    #[error("gzip: {0}")]
+    Gzip(String),
+    /// The source declares a codec the server cannot decode (answered with 501).
+    #[error("codec '{0}' is not supported by this server (the /kerchunk route serves such chunks as stored)")]
+    Unsupported(String),
 }
 
 /// HDF5's Fletcher-32 (H5_checksum_fletcher32): 16-bit big-endian words, folded every 360.
@@ -75,6 +80,17 @@ pub fn inflate(src: &[u8], expected: usize) -> Result<Vec<u8>, CodecError> {
         .take(expected as u64 + 1)
         .read_to_end(&mut out)
         .map_err(|e| CodecError::Deflate(e.to_string()))?;
+    Ok(out)
+}
+
+/// gzip inflate into a buffer of the expected size (numcodecs `gzip`).
+pub fn gunzip(src: &[u8], expected: usize) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::with_capacity(expected);
+    let mut dec = flate2::read::GzDecoder::new(src);
+    dec.by_ref()
+        .take(expected as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| CodecError::Gzip(e.to_string()))?;
     Ok(out)
 }
 
@@ -153,6 +169,8 @@ pub fn decode_hdf5(
                 zstd::bulk::decompress(&buf, expected.max(1)).map_err(|e| CodecError::Zstd(e.to_string()))?
             }
             Filter::Shuffle(elem) => unshuffle(&buf, *elem),
+            Filter::Gzip => gunzip(&buf, expected)?,
+            Filter::Unsupported(id) => return Err(CodecError::Unsupported(id.clone())),
         };
     }
     if buf.len() != expected {
