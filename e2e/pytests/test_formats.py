@@ -93,12 +93,13 @@ def _zarr_store(ds: xr.Dataset, path: Path, zarr_format: int, compressor: str) -
     """Writes `ds` as a Zarr store with the given compressor on every numeric variable."""
     enc = {}
     for name, v in ds.variables.items():
-        if v.dtype.kind not in "fiu":
+        # numbers, and times (datetime64 or cftime objects, stored as numbers); not text
+        if v.dtype.kind in "SUb" or (v.dtype.kind == "O" and v.size and isinstance(v.values.flat[0], str)):
             continue
         if zarr_format == 2:
             c = {"zlib": numcodecs.Zlib(level=3), "gzip": numcodecs.GZip(level=2),
                  "zstd": numcodecs.Zstd(level=2), "blosc": numcodecs.Blosc(cname="lz4")}[compressor]
-            e = {"compressor": c}
+            e = {"compressors": [c]}
             if compressor == "zlib" and v.dtype.itemsize > 1:
                 e["filters"] = [numcodecs.Shuffle(elementsize=v.dtype.itemsize)]
         else:
@@ -139,7 +140,10 @@ def formats_server(corpus, tmp_path_factory):
             specs.append({"name": f"{name}-zarr{zf}-{comp}", "sources": [str(store)], "ref": name,
                           "zarr_original": str(store)})
     # bad inputs
-    good = json.loads((root / "edge_series.json").read_text())
+    # (the CMIP6 samples are small enough to be inlined whole; this one has byte ranges)
+    assert _index(corpus["edge_contig_big"]["files"], root / "contig.json").returncode == 0
+    good = json.loads((root / "contig.json").read_text())
+    data_dir = str(Path(corpus["edge_contig_big"]["files"][0]).parent)
     (root / "malformed.json").write_text(json.dumps(good)[:-200])
     specs.append({"name": "bad-malformed", "sources": [str(root / "malformed.json")], "bad": True})
     outside = json.loads(json.dumps(good))
@@ -147,12 +151,12 @@ def formats_server(corpus, tmp_path_factory):
     outside["refs"][key] = ["/etc/passwd", 0, 16]
     (root / "outside.json").write_text(json.dumps(outside))
     specs.append({"name": "bad-outside", "sources": [str(root / "outside.json")], "bad": True,
-                  "key": key, "refRoots": [str(Path(corpus["edge_series"]["files"][0]).parent)]})
+                  "key": key, "refRoots": [data_dir]})
     missing = json.loads(json.dumps(good))
-    missing["refs"]["tas/0.0.0"] = [str(root / "gone.nc"), 0, 100]
+    missing["refs"][key] = [str(root / "gone.nc"), 0, 100]
     (root / "missing.json").write_text(json.dumps(missing))
-    specs.append({"name": "bad-missing", "sources": [str(root / "missing.json")],
-                  "refRoots": [str(Path(corpus["edge_series"]["files"][0]).parent)]})
+    specs.append({"name": "bad-missing", "sources": [str(root / "missing.json")], "key": key,
+                  "refRoots": [data_dir]})
     blosc_ds = xr.Dataset({"v": (("x", "y"), np.arange(64, dtype="f4").reshape(8, 8))})
     _zarr_store(blosc_ds, root / "blosc.zarr", 2, "blosc")
     specs.append({"name": "bad-codec", "sources": [str(root / "blosc.zarr")]})
@@ -220,8 +224,8 @@ def test_zarr_passthrough_bytes(formats_server):
     fs = formats_server
     name = "cmip6_CanESM5_Amon-zarr2-zlib"
     store = Path(fs["specs"][name]["zarr_original"])
-    chunk = next(p for p in sorted((store / "tas").iterdir()) if not p.name.startswith("."))
-    r = requests.get(f"{fs['url']}/datasets/{name}/zarr/tas/{chunk.name}", timeout=30)
+    chunk = next(p for p in sorted((store / "ta").iterdir()) if not p.name.startswith("."))
+    r = requests.get(f"{fs['url']}/datasets/{name}/zarr/ta/{chunk.name}", timeout=30)
     assert r.status_code == 200 and r.content == chunk.read_bytes()
 
 
@@ -237,9 +241,10 @@ def test_bad_sources(formats_server):
     assert "outside the allowed roots" in msg, msg
     # a missing chunk file: the dataset opens, the chunk answers 5xx naming the file
     assert st["bad-missing"]["state"] == "ready", st["bad-missing"]
-    r = requests.get(f"{fs['url']}/datasets/bad-missing/zarr/tas/0.0.0", timeout=30)
+    key = fs["specs"]["bad-missing"]["key"]
+    r = requests.get(f"{fs['url']}/datasets/bad-missing/zarr/{key}", timeout=30)
     assert r.status_code >= 500 and "gone.nc" in r.json()["error"], r.text
-    r = requests.get(f"{fs['url']}/datasets/bad-missing/kerchunk/tas/0.0.0", timeout=30)
+    r = requests.get(f"{fs['url']}/datasets/bad-missing/kerchunk/{key}", timeout=30)
     assert r.status_code >= 500 and "gone.nc" in r.json()["error"], r.text
     # an undecodable codec: 501 naming it on /zarr, the stored bytes on /kerchunk
     assert st["bad-codec"]["state"] == "ready", st["bad-codec"]

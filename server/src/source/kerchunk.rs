@@ -89,6 +89,20 @@ pub fn sanitize_json(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// A float as JSON that [`attr_from_json`] reads back as a float (non-finite values as
+/// the placeholders of [`sanitize_json`]).
+pub fn float_json(f: f64) -> Value {
+    if f.is_nan() {
+        Value::from(NAN)
+    } else if f == f64::INFINITY {
+        Value::from(INF)
+    } else if f == f64::NEG_INFINITY {
+        Value::from(NEG_INF)
+    } else {
+        Value::from(f)
+    }
+}
+
 /// A float from JSON: numbers, the placeholders of [`sanitize_json`] and the Zarr spellings
 /// `"NaN"`, `"Infinity"`, `"-Infinity"`.
 fn json_f64(v: &Value) -> Option<f64> {

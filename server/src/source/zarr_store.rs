@@ -256,14 +256,7 @@ fn v3_array(apath: &str, doc: &Value) -> Result<(Value, Value, KeyEncoding, bool
             .ok()
             .and_then(|v| <[u8; 8]>::try_from(v).ok())
             .ok_or_else(|| format!("'{apath}': _FillValue '{b}' is not a base64 float64"))?;
-        let f = f64::from_le_bytes(bytes);
-        let v = if f.is_nan() {
-            Value::from("NaN")
-        } else if f.is_infinite() {
-            Value::from(if f > 0.0 { "Infinity" } else { "-Infinity" })
-        } else {
-            Value::from(f)
-        };
+        let v = super::kerchunk::float_json(f64::from_le_bytes(bytes));
         attrs.insert("_FillValue".into(), v);
     }
     if let Some(names) = doc.get("dimension_names").and_then(Value::as_array)
