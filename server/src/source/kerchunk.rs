@@ -562,8 +562,7 @@ pub fn build_index(
             "the root is an array, not a group; serve a group of arrays",
         ));
     }
-    let mut files: Vec<PathBuf> = Vec::new();
-    let mut file_ids: HashMap<PathBuf, u32> = HashMap::new();
+    let mut files = FileIds::default();
     let mut vars_by_group: BTreeMap<String, Vec<SourceVar>> = BTreeMap::new();
     let mut skipped_by_group: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     for a in &arrays {
@@ -571,14 +570,14 @@ pub fn build_index(
             Some((g, n)) => (g.to_string(), n.to_string()),
             None => (String::new(), a.clone()),
         };
-        match array_var(&file, a, &name, meta, chunks, rule, &mut files, &mut file_ids) {
+        match array_var(&file, a, &name, meta, chunks, rule, &mut files) {
             Ok(Ok(v)) => vars_by_group.entry(gpath).or_default().push(v),
             Ok(Err(why)) => skipped_by_group.entry(gpath).or_default().push((name, why)),
             Err(message) => return Err(malformed(&path, message)),
         }
     }
     // Files shared by all variables: one table per variable would repeat the list.
-    let files = Arc::new(files);
+    let files = Arc::new(files.files);
     fn fix_files(vars: &mut [SourceVar], files: &Arc<Vec<PathBuf>>) {
         for v in vars {
             if let Storage::Refs { table, .. } = &mut v.data.storage {
@@ -646,6 +645,25 @@ pub fn build_index(
     Ok(SourceIndex { file, root })
 }
 
+/// Files referenced by a source, numbered in order of first use.
+#[derive(Default)]
+struct FileIds {
+    files: Vec<PathBuf>,
+    ids: HashMap<PathBuf, u32>,
+}
+
+impl FileIds {
+    fn id(&mut self, p: PathBuf) -> Option<u32> {
+        if let Some(i) = self.ids.get(&p) {
+            return Some(*i);
+        }
+        let i = u32::try_from(self.files.len()).ok()?;
+        self.files.push(p.clone());
+        self.ids.insert(p, i);
+        Some(i)
+    }
+}
+
 /// One array. `Ok(Err(why))`: the variable is skipped (type or layout we do not serve);
 /// `Err`: the whole source is unusable (malformed metadata, forbidden reference).
 fn array_var(
@@ -655,8 +673,7 @@ fn array_var(
     meta: &BTreeMap<String, Value>,
     chunks: &dyn ChunkSource,
     rule: FillRule,
-    files: &mut Vec<PathBuf>,
-    file_ids: &mut HashMap<PathBuf, u32>,
+    files: &mut FileIds,
 ) -> Result<Result<SourceVar, String>, String> {
     let za = &meta[&format!("{apath}/.zarray")];
     let bad = |why: String| format!("'{apath}/.zarray': {why}");
@@ -745,11 +762,9 @@ fn array_var(
             Some(RawRef::Inline(b)) => ChunkRef::Inline(b),
             Some(RawRef::Url { url, range }) => {
                 let p = chunks.resolve(&key, &url)?;
-                let next = u32::try_from(files.len()).map_err(|_| bad("too many referenced files".into()))?;
-                let f = *file_ids.entry(p.clone()).or_insert_with(|| {
-                    files.push(p);
-                    next
-                });
+                let f = files
+                    .id(p)
+                    .ok_or_else(|| bad("too many referenced files".into()))?;
                 match range {
                     Some((offset, size)) => ChunkRef::Range {
                         file: f,
