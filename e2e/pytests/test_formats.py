@@ -85,6 +85,7 @@ def test_index_parquet_layout_and_errors(corpus, tmp_path):
 # ---------------------------------------------------------------------------
 # sources in other formats, served by one server
 # ---------------------------------------------------------------------------
+ZARR_CODECS = [(2, "zlib"), (2, "gzip"), (2, "zstd"), (2, "blosc"), (3, "gzip"), (3, "zstd"), (3, "blosc")]
 SOURCE_CASES = ["edge_series", "edge_classic", "edge_edgechunks", "edge_alltypes", "edge_nanfill",
                 "cmip6_MIROC6_day", "cmip6_CanESM5_Amon"]
 
@@ -98,7 +99,8 @@ def _zarr_store(ds: xr.Dataset, path: Path, zarr_format: int, compressor: str) -
             continue
         if zarr_format == 2:
             c = {"zlib": numcodecs.Zlib(level=3), "gzip": numcodecs.GZip(level=2),
-                 "zstd": numcodecs.Zstd(level=2), "blosc": numcodecs.Blosc(cname="lz4")}[compressor]
+                 "zstd": numcodecs.Zstd(level=2), "blosc": numcodecs.Blosc(cname="lz4"),
+                 "lz4": numcodecs.LZ4()}[compressor]
             e = {"compressors": [c]}
             if compressor == "zlib" and v.dtype.itemsize > 1:
                 e["filters"] = [numcodecs.Shuffle(elementsize=v.dtype.itemsize)]
@@ -134,7 +136,7 @@ def formats_server(corpus, tmp_path_factory):
         ds = xr.open_dataset(corpus[name]["files"][0]) if len(corpus[name]["files"]) == 1 else \
             open_reference(corpus[name], raw=False)
         ds = ds.load()
-        for zf, comp in [(2, "zlib"), (2, "gzip"), (2, "zstd"), (3, "gzip"), (3, "zstd")]:
+        for zf, comp in ZARR_CODECS:
             store = root / f"{name}-v{zf}-{comp}.zarr"
             _zarr_store(ds, store, zf, comp)
             specs.append({"name": f"{name}-zarr{zf}-{comp}", "sources": [str(store)], "ref": name,
@@ -158,8 +160,8 @@ def formats_server(corpus, tmp_path_factory):
     specs.append({"name": "bad-missing", "sources": [str(root / "missing.json")], "key": key,
                   "refRoots": [data_dir]})
     blosc_ds = xr.Dataset({"v": (("x", "y"), np.arange(64, dtype="f4").reshape(8, 8))})
-    _zarr_store(blosc_ds, root / "blosc.zarr", 2, "blosc")
-    specs.append({"name": "bad-codec", "sources": [str(root / "blosc.zarr")]})
+    _zarr_store(blosc_ds, root / "lz4.zarr", 2, "lz4")
+    specs.append({"name": "bad-codec", "sources": [str(root / "lz4.zarr")]})
 
     cfg = root / "cloudify.yaml"
     lines = ["datasets:"]
@@ -200,7 +202,7 @@ def test_kerchunk_source_served(formats_server, name, route):
 
 
 ZARR_NAMES = [f"{n}-zarr{zf}-{c}" for n in ["edge_alltypes", "edge_edgechunks", "cmip6_CanESM5_Amon"]
-              for zf, c in [(2, "zlib"), (2, "gzip"), (2, "zstd"), (3, "gzip"), (3, "zstd")]]
+              for zf, c in ZARR_CODECS]
 
 
 @pytest.mark.parametrize("name", ZARR_NAMES)
@@ -249,7 +251,7 @@ def test_bad_sources(formats_server):
     # an undecodable codec: 501 naming it on /zarr, the stored bytes on /kerchunk
     assert st["bad-codec"]["state"] == "ready", st["bad-codec"]
     r = requests.get(f"{fs['url']}/datasets/bad-codec/zarr/v/0.0", timeout=30)
-    assert r.status_code == 501 and "blosc" in r.json()["error"], r.text
+    assert r.status_code == 501 and "lz4" in r.json()["error"], r.text
     ds = xr.open_dataset(f"{fs['url']}/datasets/bad-codec/kerchunk", engine="zarr", zarr_format=2,
                          consolidated=True).load()
     np.testing.assert_array_equal(ds.v.values, np.arange(64, dtype="f4").reshape(8, 8))

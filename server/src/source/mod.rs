@@ -43,6 +43,8 @@ pub enum Filter {
     Zstd,
     /// gzip stream (numcodecs/Zarr `gzip`).
     Gzip,
+    /// Blosc-1 frame (numcodecs/Zarr `blosc`; the frame says how to undo itself).
+    Blosc,
     /// A codec declared by a reference set or Zarr store that we cannot decode (its id):
     /// such chunks are still served as stored on `/kerchunk`, but `/zarr` answers 501.
     Unsupported(String),
