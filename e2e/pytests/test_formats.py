@@ -72,6 +72,15 @@ def test_index_parquet_layout_and_errors(corpus, tmp_path):
     assert df.path.str.startswith("file://").all() and (df["size"] > 0).all()
     # rewriting replaces the set
     assert _index(spec["files"], out).returncode == 0
+    # JSON references are sources too: converting them to Parquet keeps every reference
+    js = tmp_path / "refs.json"
+    assert _index(spec["files"], js).returncode == 0
+    conv = tmp_path / "converted.parquet"
+    r = _index([str(js)], conv)  # the data files are outside the reference file's directory
+    assert r.returncode != 0 and "big/0.0.0" in r.stderr and "outside the allowed roots" in r.stderr
+    r = _index([str(js)], conv, "--reference-root", str(Path(spec["files"][0]).parent))
+    assert r.returncode == 0, r.stderr
+    _assert_same(_open_refs(str(conv)), open_reference(spec, raw=False).load(), "json -> parquet")
     # refusing to overwrite something that is not a reference set; unknown extension
     other = tmp_path / "data.parquet"
     other.mkdir()

@@ -90,6 +90,10 @@ struct IndexArgs {
     /// Dimension to concatenate multiple files along (default: unlimited dim, else `time`).
     #[arg(long)]
     concat_dim: Option<String>,
+    /// Directory that references in kerchunk SOURCES may point into, besides the reference
+    /// file's own directory (repeatable).
+    #[arg(long = "reference-root", value_name = "DIR")]
+    reference_roots: Vec<String>,
     /// References per Parquet file (Parquet output only).
     #[arg(long, default_value_t = cloudify_server::refs::parquet::DEFAULT_RECORD_SIZE)]
     record_size: usize,
@@ -115,6 +119,7 @@ fn run_index(a: IndexArgs) -> anyhow::Result<()> {
     }
     let spec = DatasetSpec {
         concat_dim: a.concat_dim,
+        reference_roots: a.reference_roots,
         ..DatasetSpec::new("index", a.sources)
     };
     let ds = cloudify_server::dataset::open::open_dataset(&spec)?;

@@ -490,7 +490,7 @@ impl ChunkSource for SetChunks<'_> {
     fn resolve(&self, key: &str, url: &str) -> Result<PathBuf, String> {
         self.roots
             .resolve(url)
-            .map_err(|e| format!("reference '{key}' points to {e}"))
+            .map_err(|e| format!("reference '{key}': {e}"))
     }
 }
 

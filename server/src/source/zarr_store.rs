@@ -356,3 +356,110 @@ fn add_skipped(g: &mut super::SourceGroup, group: &str, name: &str, why: String)
         add_skipped(sub, group, name, why.clone());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset::attrs::AttrValue;
+    use crate::model::{DType, Endian};
+    use crate::source::{ChunkRef, Filter, Storage};
+
+    fn write(p: &Path, text: &str) {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    #[test]
+    fn v3_metadata_translates_to_the_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("s.zarr");
+        write(
+            &root.join("zarr.json"),
+            r#"{"zarr_format": 3, "node_type": "group", "attributes": {"title": "t"}}"#,
+        );
+        write(
+            &root.join("x/zarr.json"),
+            r#"{"zarr_format": 3, "node_type": "array", "shape": [5, 4], "data_type": "float32",
+                "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [2, 4]}},
+                "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+                "fill_value": "NaN",
+                "codecs": [{"name": "bytes", "configuration": {"endian": "big"}}, {"name": "gzip", "configuration": {"level": 1}}],
+                "attributes": {"_FillValue": "AAAAAAAA+H8=", "units": "K"}, "dimension_names": ["t", "y"]}"#,
+        );
+        write(&root.join("x/c/0/0"), "a");
+        write(&root.join("x/c/2/0"), "b");
+        write(
+            &root.join("s/zarr.json"),
+            r#"{"zarr_format": 3, "node_type": "array", "shape": [], "data_type": "int16",
+                "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": []}},
+                "chunk_key_encoding": {"name": "v2", "configuration": {"separator": "."}},
+                "fill_value": -1, "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
+                "attributes": {}}"#,
+        );
+        write(&root.join("s/0"), "c");
+        write(
+            &root.join("sharded/zarr.json"),
+            r#"{"zarr_format": 3, "node_type": "array", "shape": [4], "data_type": "int8",
+                "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [4]}},
+                "fill_value": 0, "codecs": [{"name": "sharding_indexed", "configuration": {}}], "attributes": {}}"#,
+        );
+        let idx = open_store(&root).unwrap();
+        let x = idx.root.vars.iter().find(|v| v.name == "x").unwrap();
+        assert_eq!((x.dtype, x.data.endian), (DType::F32, Endian::Big));
+        assert_eq!(x.dims, vec!["t", "y"]);
+        assert!(matches!(x.attrs.get("_FillValue"), Some(AttrValue::Floats(f)) if f[0].is_nan()));
+        let Storage::Refs { filters, table, .. } = &x.data.storage else {
+            panic!("not refs")
+        };
+        assert_eq!(filters, &vec![Filter::Gzip]);
+        assert!(matches!(table.chunks[0], ChunkRef::Whole { .. }));
+        assert_eq!(table.chunks[1], ChunkRef::Missing);
+        assert!(matches!(table.chunks[2], ChunkRef::Whole { .. }));
+        // missing chunks read as the array's fill_value
+        assert!(f32::from_le_bytes(table.fill.clone().unwrap().try_into().unwrap()).is_nan());
+        let s = idx.root.vars.iter().find(|v| v.name == "s").unwrap();
+        let Storage::Refs { table, .. } = &s.data.storage else {
+            panic!("not refs")
+        };
+        assert!(matches!(table.chunks[0], ChunkRef::Whole { .. }));
+        assert_eq!(table.fill.as_deref(), Some(&(-1i16).to_le_bytes()[..]));
+        // v3's fill_value is not a CF _FillValue
+        assert!(s.attrs.get("_FillValue").is_none());
+        let (name, why) = &idx.root.skipped[0];
+        assert!(name == "sharded" && why.contains("sharding_indexed"), "{why}");
+    }
+
+    #[test]
+    fn v2_store_and_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("s.zarr");
+        write(&root.join(".zgroup"), r#"{"zarr_format": 2}"#);
+        write(
+            &root.join("g/v/.zarray"),
+            r#"{"zarr_format": 2, "shape": [3], "chunks": [2], "dtype": "<i4", "compressor": {"id": "blosc", "cname": "lz4"},
+                "filters": null, "fill_value": 7, "order": "C", "dimension_separator": "/"}"#,
+        );
+        write(
+            &root.join("g/v/.zattrs"),
+            r#"{"_ARRAY_DIMENSIONS": ["x"], "a": [1, 2]}"#,
+        );
+        write(&root.join("g/v/1"), "z");
+        let idx = open_store(&root).unwrap();
+        let v = &idx.root.groups[0].vars[0];
+        assert_eq!(v.name, "v");
+        assert!(matches!(v.attrs.get("_FillValue"), Some(AttrValue::Ints(x)) if x == &[7]));
+        let Storage::Refs { filters, table, .. } = &v.data.storage else {
+            panic!("not refs")
+        };
+        assert_eq!(filters, &vec![Filter::Blosc]);
+        assert_eq!(table.chunks[0], ChunkRef::Missing);
+        assert!(matches!(table.chunks[1], ChunkRef::Whole { .. }));
+        assert!(table.compressor.contains("blosc"));
+        // malformed metadata names the file
+        write(&root.join("g/v/.zarray"), "{not json");
+        let e = open_store(&root).unwrap_err().to_string();
+        assert!(e.contains(".zarray") && e.contains("not valid JSON"), "{e}");
+        let e = open_store(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("not a Zarr store"), "{e}");
+    }
+}
