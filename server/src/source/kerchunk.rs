@@ -643,7 +643,24 @@ pub fn build_index(
     }
     let mut skipped = skipped_by_group;
     let root = group_at("", &groups, meta, &mut vars_by_group, &mut skipped);
-    Ok(SourceIndex { file, root })
+    // The source's identity covers the files its chunks live in: ETags (and caches keyed
+    // on them) then change when a referenced file or a Zarr chunk file does.
+    let mut ident = (*file).clone();
+    for p in files.iter() {
+        if let Ok(m) = std::fs::metadata(p) {
+            ident.size = ident.size.wrapping_add(m.len());
+            let mtime = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+            ident.mtime_ns = ident.mtime_ns.max(mtime);
+        }
+    }
+    Ok(SourceIndex {
+        file: Arc::new(ident),
+        root,
+    })
 }
 
 /// Files referenced by a source, numbered in order of first use.
@@ -934,6 +951,10 @@ mod tests {
         assert!(matches!(table.chunks[2], ChunkRef::Inline(_)));
         assert!(table.files[0].ends_with("data.bin"));
         assert_eq!(idx.root.groups[0].skipped.len(), 1);
+        // rewriting a referenced file changes the source's identity (and so the ETags)
+        std::fs::write(dir.path().join("data.bin"), [1u8; 80]).unwrap();
+        let again = open_refs(&p, &[]).unwrap();
+        assert_ne!(again.file, idx.file);
         // a reference leaving the allowed roots names the key
         let mut bad = refs.clone();
         bad["refs"]["x/1"] = serde_json::json!(["/etc/passwd", 0, 8]);
