@@ -27,6 +27,17 @@ pub struct DatasetSpec {
     /// one dataset.
     #[schemars(length(min = 1))]
     pub sources: Vec<String>,
+    /// Format of the sources. `auto` (the default) decides per dataset: paths ending in
+    /// `.json`, `.parquet` or `.parq` are kerchunk references, directories with `zarr.json`,
+    /// `.zgroup`/`.zarray` (or ending in `.zarr`) are Zarr stores, everything else is read as
+    /// netCDF/HDF5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<SourceFormat>,
+    /// Directories that chunk references (kerchunk sources) may point into, besides the
+    /// directory holding the reference file itself. A reference anywhere else is refused
+    /// when the dataset opens, so a reference file cannot expose arbitrary server files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reference_roots: Vec<String>,
     /// Dimension along which multiple files are concatenated. Default: the unlimited
     /// dimension of the first file, else `time`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -48,6 +59,21 @@ pub struct DatasetSpec {
     /// global attribute as producer).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub providers: Vec<Provider>,
+}
+
+/// How the sources of a dataset are stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceFormat {
+    /// Decide from the path (see [`DatasetSpec::format`]).
+    #[default]
+    Auto,
+    /// netCDF-3, netCDF-4 or HDF5 files.
+    Netcdf,
+    /// Zarr v2 or v3 stores (local directories).
+    Zarr,
+    /// kerchunk/fsspec references: JSON (v0 or v1) files or Parquet reference directories.
+    Kerchunk,
 }
 
 /// A STAC provider: who produced, processed or hosts the data.
@@ -217,6 +243,18 @@ mod tests {
             ServeConfig::from_yaml("datasets: [{name: a, sources: [x], providers: [{name: x, role: host}]}]")
                 .unwrap_err();
         assert!(err.to_string().contains("role"), "{err}");
+    }
+
+    #[test]
+    fn format_and_reference_roots() {
+        let cfg = ServeConfig::from_yaml(
+            "datasets: [{name: a, sources: [r.json], format: kerchunk, referenceRoots: [/data]}]",
+        )
+        .expect("valid");
+        assert_eq!(cfg.datasets[0].format, Some(SourceFormat::Kerchunk));
+        assert_eq!(cfg.datasets[0].reference_roots, vec!["/data"]);
+        let err = ServeConfig::from_yaml("datasets: [{name: a, sources: [x], format: grib}]").unwrap_err();
+        assert!(err.to_string().contains("grib"), "{err}");
     }
 
     #[test]

@@ -24,7 +24,7 @@ struct Cli {
 enum Command {
     /// Serve datasets over HTTP.
     Serve(ServeArgs),
-    /// Write kerchunk/fsspec references (JSON v1) for files, aggregated like `serve` does.
+    /// Write kerchunk/fsspec references (JSON v1 or Parquet) for files, aggregated like `serve` does.
     Index(IndexArgs),
     /// Run a STAC API catalog service (search, transactions) over a local store.
     Catalog(cloudify_server::catalog::cli::CatalogArgs),
@@ -83,23 +83,43 @@ struct IndexArgs {
     /// Source files: paths, file:// URLs or globs.
     #[arg(required = true, value_name = "SOURCES")]
     sources: Vec<String>,
-    /// Output file (`.json`).
+    /// Output: kerchunk JSON v1 (`*.json`) or a kerchunk Parquet reference directory
+    /// (`*.parquet` / `*.parq`, fsspec's `LazyReferenceMapper` layout).
     #[arg(short, long)]
     output: PathBuf,
     /// Dimension to concatenate multiple files along (default: unlimited dim, else `time`).
     #[arg(long)]
     concat_dim: Option<String>,
+    /// Directory that references in kerchunk SOURCES may point into, besides the reference
+    /// file's own directory (repeatable).
+    #[arg(long = "reference-root", value_name = "DIR")]
+    reference_roots: Vec<String>,
+    /// References per Parquet file (Parquet output only).
+    #[arg(long, default_value_t = cloudify_server::refs::parquet::DEFAULT_RECORD_SIZE)]
+    record_size: usize,
+}
+
+/// Reference formats `cloudify index` writes, chosen by the output's extension.
+enum RefsFormat {
+    Json,
+    Parquet,
 }
 
 fn run_index(a: IndexArgs) -> anyhow::Result<()> {
-    if a.output.extension().and_then(|e| e.to_str()) != Some("json") {
-        anyhow::bail!(
-            "--output {}: only kerchunk JSON (.json) references are written so far",
+    let format = match a.output.extension().and_then(|e| e.to_str()) {
+        Some("json") => RefsFormat::Json,
+        Some("parquet" | "parq") => RefsFormat::Parquet,
+        _ => anyhow::bail!(
+            "--output {}: unknown reference format; use a name ending in .json (kerchunk JSON) or .parquet (kerchunk Parquet directory)",
             a.output.display()
-        );
+        ),
+    };
+    if a.record_size == 0 {
+        anyhow::bail!("--record-size must be at least 1");
     }
     let spec = DatasetSpec {
         concat_dim: a.concat_dim,
+        reference_roots: a.reference_roots,
         ..DatasetSpec::new("index", a.sources)
     };
     let ds = cloudify_server::dataset::open::open_dataset(&spec)?;
@@ -107,9 +127,14 @@ fn run_index(a: IndexArgs) -> anyhow::Result<()> {
     for (v, why) in &refs.skipped {
         eprintln!("cloudify: warning: variable '{v}' left out: {why}");
     }
-    let tmp = a.output.with_extension("json.tmp");
-    std::fs::write(&tmp, refs.to_json()).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &a.output).map_err(|e| anyhow::anyhow!("{}: {e}", a.output.display()))?;
+    match format {
+        RefsFormat::Json => {
+            let tmp = a.output.with_extension("json.tmp");
+            std::fs::write(&tmp, refs.to_json()).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
+            std::fs::rename(&tmp, &a.output).map_err(|e| anyhow::anyhow!("{}: {e}", a.output.display()))?;
+        }
+        RefsFormat::Parquet => refs.write_parquet(&a.output, a.record_size)?,
+    }
     eprintln!(
         "cloudify: wrote {} references to {} files into {}",
         refs.entries.len(),

@@ -12,7 +12,7 @@ use super::grid::{byteswap, copy_block, fill_with, grid_shape, intersect, linear
 use crate::codec::{CodecError, decode_hdf5};
 use crate::dataset::Variable;
 use crate::model::{DType, Endian};
-use crate::source::{FileVar, MemValues, Storage};
+use crate::source::{ChunkRef, FileVar, Filter, MemValues, Storage};
 
 /// A chunk that cannot be produced. All variants map to HTTP 5xx except `OutOfRange`.
 #[derive(Debug, thiserror::Error)]
@@ -89,21 +89,95 @@ pub fn chunk_region(var: &Variable, idx: &[u64]) -> Result<(Vec<u64>, Vec<u64>),
 pub fn raw_chunk(var: &Variable, idx: &[u64]) -> Result<Option<Vec<u8>>, ReadError> {
     let (start, _) = chunk_region(var, idx)?;
     let (piece, local) = locate_piece(var, &start);
-    if let Storage::Chunked {
-        chunk_shape, locs, ..
-    } = &piece.data.storage
-    {
+    if let Some((chunk_shape, _)) = piece.data.storage.chunking() {
         let sgrid = grid_shape(&piece.data.shape, chunk_shape);
         let cidx: Vec<u64> = local.iter().zip(chunk_shape).map(|(s, c)| s / c).collect();
-        let loc = locs.get(linear(&cidx, &sgrid) as usize).copied();
-        return match loc {
-            Some(l) if l.size > 0 && l.filter_mask == 0 => {
-                pread(&piece.data.file.path, l.offset, l.size).map(Some)
-            }
-            _ => Ok(None),
-        };
+        return Ok(fetch_stored(&piece.data, linear(&cidx, &sgrid) as usize)?
+            .filter(|s| s.mask == 0)
+            .map(|s| s.bytes));
     }
     Ok(None)
+}
+
+/// Stored (still encoded) bytes of one chunk.
+struct Stored {
+    bytes: Vec<u8>,
+    /// HDF5 filter mask (0 for references).
+    mask: u32,
+    /// Where the bytes came from, for messages.
+    path: PathBuf,
+    offset: u64,
+}
+
+/// Reads the whole of a chunk file.
+pub fn read_file(path: &Path) -> Result<Vec<u8>, ReadError> {
+    std::fs::read(path).map_err(|source| ReadError::Io {
+        path: path.to_path_buf(),
+        offset: 0,
+        len: 0,
+        source,
+    })
+}
+
+/// The stored bytes of chunk number `n` (row-major over the stored grid) of a chunked or
+/// referenced variable; `None` when it was never written.
+fn fetch_stored(fv: &FileVar, n: usize) -> Result<Option<Stored>, ReadError> {
+    match &fv.storage {
+        Storage::Chunked { locs, .. } => match locs.get(n).copied().filter(|l| l.size > 0) {
+            Some(l) => Ok(Some(Stored {
+                bytes: pread(&fv.file.path, l.offset, l.size)?,
+                mask: l.filter_mask,
+                path: fv.file.path.clone(),
+                offset: l.offset,
+            })),
+            None => Ok(None),
+        },
+        Storage::Refs { table, .. } => {
+            let file = |i: u32| table.files.get(i as usize).cloned().unwrap_or_default();
+            Ok(match table.chunks.get(n) {
+                None | Some(ChunkRef::Missing) => None,
+                Some(ChunkRef::Range {
+                    file: f,
+                    offset,
+                    size,
+                }) => {
+                    let path = file(*f);
+                    Some(Stored {
+                        bytes: pread(&path, *offset, *size)?,
+                        mask: 0,
+                        path,
+                        offset: *offset,
+                    })
+                }
+                Some(ChunkRef::Whole { file: f }) => {
+                    let path = file(*f);
+                    Some(Stored {
+                        bytes: read_file(&path)?,
+                        mask: 0,
+                        path,
+                        offset: 0,
+                    })
+                }
+                Some(ChunkRef::Inline(b)) => Some(Stored {
+                    bytes: b.clone(),
+                    mask: 0,
+                    path: fv.file.path.clone(),
+                    offset: 0,
+                }),
+            })
+        }
+        _ => Ok(None),
+    }
+}
+
+fn decode_stored(s: Stored, filters: &[Filter], clen: usize) -> Result<Vec<u8>, ReadError> {
+    let Stored {
+        bytes,
+        mask,
+        path,
+        offset,
+    } = s;
+    decode_hdf5(bytes, filters, mask, clen).map_err(|source| ReadError::Codec { path, offset, source })
 }
 
 /// The piece holding global position `start` and the position local to it.
@@ -178,12 +252,7 @@ fn whole_stored_chunk(
     buf_shape: &[u64],
 ) -> Result<Option<Vec<u8>>, ReadError> {
     let (piece, local) = locate_piece(var, start);
-    let Storage::Chunked {
-        chunk_shape,
-        filters,
-        locs,
-    } = &piece.data.storage
-    else {
+    let Some((chunk_shape, filters)) = piece.data.storage.chunking() else {
         return Ok(None);
     };
     if chunk_shape.as_slice() != buf_shape || local.iter().zip(chunk_shape).any(|(s, c)| s % c != 0) {
@@ -198,22 +267,12 @@ fn whole_stored_chunk(
     }
     let sgrid = grid_shape(&piece.data.shape, chunk_shape);
     let cidx: Vec<u64> = local.iter().zip(chunk_shape).map(|(s, c)| s / c).collect();
-    let Some(loc) = locs
-        .get(linear(&cidx, &sgrid) as usize)
-        .copied()
-        .filter(|l| l.size > 0)
-    else {
+    let Some(stored) = fetch_stored(&piece.data, linear(&cidx, &sgrid) as usize)? else {
         return Ok(None);
     };
     let elem = var.dtype.size();
-    let path = piece.data.file.path.as_path();
     let clen = numel(chunk_shape).ok_or_else(|| ReadError::TooLarge(chunk_shape.clone()))? * elem;
-    let raw = pread(path, loc.offset, loc.size)?;
-    let mut data = decode_hdf5(raw, filters, loc.filter_mask, clen).map_err(|source| ReadError::Codec {
-        path: path.to_path_buf(),
-        offset: loc.offset,
-        source,
-    })?;
+    let mut data = decode_stored(stored, filters, clen)?;
     if piece.data.endian == Endian::Big {
         byteswap(&mut data, elem);
     }
@@ -349,9 +408,10 @@ pub fn read_region(
             Ok(())
         }
         Storage::Chunked {
-            chunk_shape,
-            filters,
-            locs,
+            chunk_shape, filters, ..
+        }
+        | Storage::Refs {
+            chunk_shape, filters, ..
         } => {
             let sgrid = grid_shape(&fv.shape, chunk_shape);
             let clen = numel(chunk_shape).ok_or_else(|| ReadError::TooLarge(chunk_shape.clone()))? * elem;
@@ -365,16 +425,8 @@ pub fn read_region(
                 .collect();
             let mut ci = lo.clone();
             loop {
-                let loc = locs.get(linear(&ci, &sgrid) as usize).copied();
-                if let Some(loc) = loc.filter(|l| l.size > 0) {
-                    let raw = pread(path, loc.offset, loc.size)?;
-                    let mut data = decode_hdf5(raw, filters, loc.filter_mask, clen).map_err(|source| {
-                        ReadError::Codec {
-                            path: path.to_path_buf(),
-                            offset: loc.offset,
-                            source,
-                        }
-                    })?;
+                if let Some(stored) = fetch_stored(fv, linear(&ci, &sgrid) as usize)? {
+                    let mut data = decode_stored(stored, filters, clen)?;
                     if swap {
                         byteswap(&mut data, elem);
                     }

@@ -17,6 +17,13 @@ pub enum CodecError {
     ChecksumTruncated,
     #[error("decoded {got} bytes, expected {expected}")]
     Size { got: usize, expected: usize },
+    #[error("gzip: {0}")]
+    Gzip(String),
+    #[error("blosc: {0}")]
+    Blosc(String),
+    /// The source declares a codec the server cannot decode (answered with 501).
+    #[error("codec '{0}' is not supported by this server (the /kerchunk route serves such chunks as stored)")]
+    Unsupported(String),
 }
 
 /// HDF5's Fletcher-32 (H5_checksum_fletcher32): 16-bit big-endian words, folded every 360.
@@ -75,6 +82,44 @@ pub fn inflate(src: &[u8], expected: usize) -> Result<Vec<u8>, CodecError> {
         .take(expected as u64 + 1)
         .read_to_end(&mut out)
         .map_err(|e| CodecError::Deflate(e.to_string()))?;
+    Ok(out)
+}
+
+/// gzip inflate into a buffer of the expected size (numcodecs `gzip`).
+pub fn gunzip(src: &[u8], expected: usize) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::with_capacity(expected);
+    let mut dec = flate2::read::GzDecoder::new(src);
+    dec.by_ref()
+        .take(expected as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| CodecError::Gzip(e.to_string()))?;
+    Ok(out)
+}
+
+/// Decodes a Blosc frame that must hold exactly `expected` bytes (checked against the
+/// header first, so a corrupt header cannot make us allocate or write past the chunk).
+pub fn unblosc(src: &[u8], expected: usize) -> Result<Vec<u8>, CodecError> {
+    if src.len() < 16 {
+        return Err(CodecError::Blosc("frame shorter than its 16-byte header".into()));
+    }
+    let (nbytes, cbytes, _) = blusc::api::blosc1_cbuffer_sizes(src);
+    if nbytes != expected {
+        return Err(CodecError::Size {
+            got: nbytes,
+            expected,
+        });
+    }
+    if cbytes > src.len() {
+        return Err(CodecError::Blosc(format!(
+            "frame claims {cbytes} bytes but only {} are stored",
+            src.len()
+        )));
+    }
+    let mut out = vec![0u8; expected];
+    let n = blusc::api::blosc1_decompress(src, &mut out);
+    if usize::try_from(n).ok() != Some(expected) {
+        return Err(CodecError::Blosc("corrupt frame".into()));
+    }
     Ok(out)
 }
 
@@ -153,6 +198,9 @@ pub fn decode_hdf5(
                 zstd::bulk::decompress(&buf, expected.max(1)).map_err(|e| CodecError::Zstd(e.to_string()))?
             }
             Filter::Shuffle(elem) => unshuffle(&buf, *elem),
+            Filter::Gzip => gunzip(&buf, expected)?,
+            Filter::Blosc => unblosc(&buf, expected)?,
+            Filter::Unsupported(id) => return Err(CodecError::Unsupported(id.clone())),
         };
     }
     if buf.len() != expected {
@@ -389,6 +437,27 @@ mod tests {
             typesize: 1,
         };
         assert!(!encode(&noise, &enc).is_empty());
+    }
+
+    #[test]
+    fn blosc_frames_decode() {
+        let data: Vec<u8> = (0..4000u32).flat_map(|x| (x as f32).to_le_bytes()).collect();
+        // our own one-block zstd frame and a raw (memcpy) frame
+        let enc = encode(
+            &data,
+            &Encoding::BloscZstd {
+                level: 1,
+                typesize: 4,
+            },
+        );
+        assert_eq!(unblosc(&enc, data.len()).unwrap(), data);
+        assert_eq!(unblosc(&blosc_memcpy(&data, 4), data.len()).unwrap(), data);
+        assert!(matches!(
+            unblosc(&enc, data.len() + 4),
+            Err(CodecError::Size { .. })
+        ));
+        assert!(unblosc(&enc[..10], data.len()).is_err());
+        assert!(unblosc(&enc[..enc.len() - 8], data.len()).is_err());
     }
 
     #[test]

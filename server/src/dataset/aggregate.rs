@@ -430,6 +430,12 @@ pub fn fill_attr(v: &SourceVar) -> Option<Scalar> {
 
 /// Little-endian bytes that never-written data reads as: `_FillValue`, else netCDF's default.
 pub fn storage_fill(v: &SourceVar) -> Vec<u8> {
+    // Zarr-backed sources say what missing chunks read as.
+    if let Storage::Refs { table, .. } = &v.data.storage
+        && let Some(f) = &table.fill
+    {
+        return f.clone();
+    }
     match fill_attr(v) {
         Some(s) => s.to_le_bytes(v.dtype),
         None => v.dtype.netcdf_default_fill(),
@@ -462,13 +468,14 @@ fn make_variable(
     let fill = storage_fill(v0);
     let elem = v0.dtype.size().max(1);
     // Served chunking: the source's when it tiles the aggregate, else a few MB.
-    let source_chunks = match &pieces[0].data.storage {
-        Storage::Chunked { chunk_shape, .. } => Some(chunk_shape.clone()),
-        _ => None,
-    };
+    let source_chunks = pieces[0].data.storage.chunking().map(|(c, _)| c.clone());
     let tiles = |c: &Vec<u64>| {
         pieces.iter().enumerate().all(|(i, p)| {
-            let same = matches!(&p.data.storage, Storage::Chunked { chunk_shape, .. } if chunk_shape == c)
+            let same = p
+                .data
+                .storage
+                .chunking()
+                .is_some_and(|(chunk_shape, _)| chunk_shape == c)
                 || matches!(&p.data.storage, Storage::Unallocated);
             let aligned = match axis {
                 Some(ax) => i + 1 == pieces.len() || p.data.shape[ax] % c[ax] == 0,
@@ -491,20 +498,18 @@ fn make_variable(
     };
     let chunks: Vec<u64> = chunks.into_iter().map(|c| c.max(1)).collect();
     // Pass-through: every piece chunked like the served grid, with the same zlib pipeline.
-    let pipeline = |p: &Piece| match &p.data.storage {
-        Storage::Chunked { filters, .. } if p.data.endian == crate::model::Endian::Little => {
-            match filters.as_slice() {
-                [Filter::Shuffle(e), Filter::Deflate(l)] => Some(Encoding::ShuffleZlib {
-                    shuffle: Some(*e),
-                    level: *l,
-                }),
-                [Filter::Deflate(l)] => Some(Encoding::ShuffleZlib {
-                    shuffle: None,
-                    level: *l,
-                }),
-                _ => None,
-            }
-        }
+    let pipeline = |p: &Piece| match p.data.storage.chunking() {
+        Some((_, filters)) if p.data.endian == crate::model::Endian::Little => match filters {
+            [Filter::Shuffle(e), Filter::Deflate(l)] => Some(Encoding::ShuffleZlib {
+                shuffle: Some(*e),
+                level: *l,
+            }),
+            [Filter::Deflate(l)] => Some(Encoding::ShuffleZlib {
+                shuffle: None,
+                level: *l,
+            }),
+            _ => None,
+        },
         _ => None,
     };
     let passthrough_enc = match (&source_chunks, pipeline(&pieces[0])) {

@@ -127,6 +127,12 @@ pub fn open_dataset_cached(
     spec: &cloudify_crds::DatasetSpec,
     cache: Option<&IndexCache>,
 ) -> Result<Dataset, OpenError> {
+    let kind = crate::source::formats::kind_of(spec);
+    if kind != crate::source::formats::Kind::Netcdf {
+        // Reference sets and Zarr stores: no index cache (opening them reads no library).
+        let indexes = crate::source::formats::open_other(spec, kind)?;
+        return Ok(build(spec, indexes)?);
+    }
     let t0 = std::time::Instant::now();
     let paths = expand_sources(&spec.sources)?;
     let t1 = std::time::Instant::now();

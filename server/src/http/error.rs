@@ -41,6 +41,10 @@ impl From<crate::chunk::read::ReadError> for ApiError {
         let status = match &e {
             R::OutOfRange { .. } => StatusCode::BAD_REQUEST,
             R::TooLarge(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            R::Codec {
+                source: crate::codec::CodecError::Unsupported(_),
+                ..
+            } => StatusCode::NOT_IMPLEMENTED,
             R::Io { .. } | R::Truncated { .. } | R::Codec { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())

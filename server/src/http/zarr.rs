@@ -227,11 +227,18 @@ pub async fn kerchunk_key(
             CACHE_CHUNK,
             "application/octet-stream",
         )),
-        RefValue::Range { file, offset, size } => {
-            let path = s.refs.files.get(*file).cloned().unwrap_or_default();
-            let (offset, size) = (*offset, *size);
+        RefValue::Range { .. } | RefValue::File { .. } => {
+            let (path, range) = match value {
+                RefValue::Range { file, offset, size } => (s.refs.files.get(*file), Some((*offset, *size))),
+                RefValue::File { file } => (s.refs.files.get(*file), None),
+                _ => (None, None),
+            };
+            let path = path.cloned().unwrap_or_default();
             let bytes = state
-                .run(move || crate::chunk::read::pread(&path, offset, size))
+                .run(move || match range {
+                    Some((offset, size)) => crate::chunk::read::pread(&path, offset, size),
+                    None => crate::chunk::read::read_file(&path),
+                })
                 .await
                 .ok_or_else(|| {
                     ApiError::new(

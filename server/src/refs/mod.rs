@@ -4,6 +4,8 @@
 //! The same references back the `/kerchunk` route (chunks served as stored, no decode) and
 //! the `cloudify index` command (files usable by fsspec's `ReferenceFileSystem`).
 
+pub mod parquet;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -16,7 +18,7 @@ use crate::codec::{Encoding, encode, vlen_utf8};
 use crate::dataset::attrs::write_json_str;
 use crate::dataset::{Dataset, Piece, Variable};
 use crate::model::{DType, Endian, fill_json};
-use crate::source::{Filter, MemValues, Storage};
+use crate::source::{ChunkRef, Filter, MemValues, Storage};
 use crate::zarr::v2_attrs;
 
 /// Variables whose stored layout cannot be referenced are inlined up to this size.
@@ -33,6 +35,8 @@ pub enum RefValue {
     Range { file: usize, offset: u64, size: u64 },
     /// Bytes held in the reference set itself.
     Inline(Vec<u8>),
+    /// All of `files[file]` (a Zarr chunk file): `[url]` in kerchunk's spelling.
+    File { file: usize },
 }
 
 /// The references of a dataset.
@@ -156,29 +160,36 @@ fn chunked(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
     let Some(first) = v.pieces.first() else {
         return Ok(false);
     };
-    let (chunk_shape, filters, endian) = match &first.data.storage {
-        Storage::Chunked {
-            chunk_shape, filters, ..
-        } => (chunk_shape.clone(), filters.clone(), first.data.endian),
-        _ => return Ok(false),
+    let (chunk_shape, filters, endian) = match first.data.storage.chunking() {
+        Some((c, f)) => (c.clone(), f.to_vec(), first.data.endian),
+        None => return Ok(false),
     };
+    // Referenced chunks keep the pipeline exactly as their source declared it.
+    let declared = |s: &Storage| match s {
+        Storage::Refs { table, .. } => Some((table.compressor.clone(), table.numcodecs_filters.clone())),
+        _ => None,
+    };
+    let declared0 = declared(&first.data.storage);
     if chunk_shape != v.chunks || matches!(v.dtype, DType::Str) {
         return Ok(false);
     }
-    let same = v.pieces.iter().all(|p| match &p.data.storage {
-        Storage::Chunked {
-            chunk_shape: c,
-            filters: f,
-            ..
-        } => *c == chunk_shape && *f == filters && p.data.endian == endian,
-        Storage::Unallocated => true,
-        _ => false,
+    let same = v.pieces.iter().all(|p| match p.data.storage.chunking() {
+        Some((c, f)) => {
+            *c == chunk_shape
+                && f == filters.as_slice()
+                && p.data.endian == endian
+                && declared(&p.data.storage) == declared0
+        }
+        None => matches!(p.data.storage, Storage::Unallocated),
     });
     let aligned = match v.concat_axis {
         Some(ax) => v.pieces.iter().all(|p| p.start % chunk_shape[ax] == 0),
         None => true,
     };
-    let Some((compressor, filt, enc)) = numcodecs(&filters) else {
+    let Some((compressor, filt, enc)) = (match declared0 {
+        Some((c, f)) => Some((c, f, None)),
+        None => numcodecs(&filters),
+    }) else {
         return Ok(false);
     };
     if !same || !aligned {
@@ -199,11 +210,33 @@ fn chunked(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
         if let Some(ax) = v.concat_axis {
             start[ax] = local;
         }
-        let Storage::Chunked { locs, .. } = &piece.data.storage else {
-            return Ok(());
-        };
         let sgrid = grid_shape(&piece.data.shape, &chunk_shape);
         let cidx: Vec<u64> = start.iter().zip(&chunk_shape).map(|(s, c)| s / c).collect();
+        let locs = match &piece.data.storage {
+            Storage::Chunked { locs, .. } => locs,
+            Storage::Refs { table, .. } => {
+                let file = |f: &u32| table.files.get(*f as usize).cloned().unwrap_or_default();
+                let value = match table.chunks.get(linear(&cidx, &sgrid) as usize) {
+                    Some(ChunkRef::Range {
+                        file: f,
+                        offset,
+                        size,
+                    }) => RefValue::Range {
+                        file: ctx.file(&file(f)),
+                        offset: *offset,
+                        size: *size,
+                    },
+                    Some(ChunkRef::Whole { file: f }) => RefValue::File {
+                        file: ctx.file(&file(f)),
+                    },
+                    Some(ChunkRef::Inline(b)) => RefValue::Inline(b.clone()),
+                    None | Some(ChunkRef::Missing) => return Ok(()),
+                };
+                ctx.refs.entries.insert(chunk_key(&v.path, idx), value);
+                return Ok(());
+            }
+            _ => return Ok(()),
+        };
         let Some(loc) = locs.get(linear(&cidx, &sgrid) as usize).filter(|l| l.size > 0) else {
             return Ok(());
         };
@@ -437,6 +470,17 @@ impl Refs {
                         .unwrap_or_default();
                     write_json_str(&mut t, &url);
                     let _ = write!(t, ", {offset}, {size}]");
+                    t
+                }
+                RefValue::File { file } => {
+                    let mut t = String::from("[");
+                    let url = self
+                        .files
+                        .get(*file)
+                        .map(|p| format!("file://{}", p.display()))
+                        .unwrap_or_default();
+                    write_json_str(&mut t, &url);
+                    t.push(']');
                     t
                 }
                 RefValue::Inline(b) => {

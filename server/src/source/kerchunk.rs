@@ -1,0 +1,972 @@
+//! kerchunk/fsspec reference sets (JSON v0/v1, Parquet) as sources.
+//!
+//! A reference set describes a Zarr v2 store whose metadata documents are held in the set
+//! and whose chunks are byte ranges of other files, whole files, or inline bytes. It is
+//! parsed into the same per-variable model as a netCDF file (`Storage::Refs`), so `/zarr`,
+//! `/kerchunk`, aggregation and summaries work unchanged. Local Zarr v2 stores share the
+//! same builder ([`build_index`]): a store is a reference set whose chunks are files.
+//!
+//! References may only point into allowed roots (the directory of the reference file and
+//! configured ones): a reference file is data, and must not be able to expose arbitrary
+//! files of the server.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use serde_json::Value;
+
+use super::{
+    ChunkRef, ChunkTable, FileVar, Filter, SourceDim, SourceError, SourceFile, SourceGroup, SourceIndex,
+    SourceVar, Storage,
+};
+use crate::dataset::attrs::{AttrValue, Attrs};
+use crate::model::{DType, Endian};
+
+/// One chunk reference as a reference set spells it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RawRef {
+    /// `[url]` (whole file, `range` None) or `[url, offset, size]`.
+    Url { url: String, range: Option<(u64, u64)> },
+    /// Bytes held in the set.
+    Inline(Vec<u8>),
+}
+
+/// A parsed reference set: metadata documents and chunk references by key.
+#[derive(Debug, Default)]
+pub struct RefSet {
+    pub meta: BTreeMap<String, Value>,
+    pub chunks: HashMap<String, RawRef>,
+}
+
+// Python's json module writes NaN/Infinity as bare tokens (zarr-python and kerchunk produce
+// them in attributes); serde_json refuses them, so they become these strings first.
+const NAN: &str = "\u{1}cloudify:NaN";
+const INF: &str = "\u{1}cloudify:Infinity";
+const NEG_INF: &str = "\u{1}cloudify:-Infinity";
+
+/// Replaces bare `NaN`, `Infinity` and `-Infinity` tokens outside strings by placeholder
+/// strings, so the text parses as standard JSON.
+pub fn sanitize_json(text: &str) -> std::borrow::Cow<'_, str> {
+    if !(text.contains("NaN") || text.contains("Infinity")) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut in_str = false;
+    let mut escaped = false;
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if in_str {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_str = false;
+            }
+            rest = &rest[c.len_utf8()..];
+            continue;
+        }
+        let token = [("-Infinity", NEG_INF), ("Infinity", INF), ("NaN", NAN)]
+            .into_iter()
+            .find(|(t, _)| rest.starts_with(t));
+        if let Some((t, repl)) = token {
+            out.push('"');
+            // the marker character must be escaped inside JSON text
+            out.push_str(&repl.replace('\u{1}', "\\u0001"));
+            out.push('"');
+            rest = &rest[t.len()..];
+            continue;
+        }
+        if c == '"' {
+            in_str = true;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// A float as JSON that [`attr_from_json`] reads back as a float (non-finite values as
+/// the placeholders of [`sanitize_json`]).
+pub fn float_json(f: f64) -> Value {
+    if f.is_nan() {
+        Value::from(NAN)
+    } else if f == f64::INFINITY {
+        Value::from(INF)
+    } else if f == f64::NEG_INFINITY {
+        Value::from(NEG_INF)
+    } else {
+        Value::from(f)
+    }
+}
+
+/// A float from JSON: numbers, the placeholders of [`sanitize_json`] and the Zarr spellings
+/// `"NaN"`, `"Infinity"`, `"-Infinity"`.
+fn json_f64(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => match s.as_str() {
+            NAN | "NaN" => Some(f64::NAN),
+            INF | "Infinity" => Some(f64::INFINITY),
+            NEG_INF | "-Infinity" => Some(f64::NEG_INFINITY),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn parse_doc(text: &str) -> Result<Value, serde_json::Error> {
+    serde_json::from_str(&sanitize_json(text))
+}
+
+fn malformed(path: &Path, message: impl Into<String>) -> SourceError {
+    SourceError::Malformed {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+/// Parses a kerchunk JSON reference file (version 0 or 1).
+pub fn parse_json(path: &Path) -> Result<RefSet, SourceError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SourceError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let doc = parse_doc(&text).map_err(|e| malformed(path, format!("not valid JSON: {e}")))?;
+    let Value::Object(top) = doc else {
+        return Err(malformed(
+            path,
+            "not a kerchunk reference set (top level is not a JSON object)",
+        ));
+    };
+    let (refs, templates) = match top.get("version") {
+        None => (top.clone(), serde_json::Map::new()),
+        Some(v) if v.as_u64() == Some(1) => {
+            if top
+                .get("gen")
+                .is_some_and(|g| g.as_array().is_none_or(|a| !a.is_empty()))
+            {
+                return Err(malformed(path, "generated references ('gen') are not supported"));
+            }
+            let refs = match top.get("refs") {
+                Some(Value::Object(r)) => r.clone(),
+                _ => return Err(malformed(path, "version 1 reference set without a 'refs' object")),
+            };
+            let templates = match top.get("templates") {
+                None | Some(Value::Null) => serde_json::Map::new(),
+                Some(Value::Object(t)) => t.clone(),
+                Some(_) => return Err(malformed(path, "'templates' is not an object")),
+            };
+            (refs, templates)
+        }
+        Some(v) => return Err(malformed(path, format!("unsupported reference version {v}"))),
+    };
+    let mut set = RefSet::default();
+    for (key, value) in refs {
+        let is_meta = key.ends_with(".zarray")
+            || key.ends_with(".zattrs")
+            || key.ends_with(".zgroup")
+            || key.ends_with(".zmetadata");
+        let bad = |why: &str| malformed(path, format!("reference '{key}': {why}"));
+        if is_meta {
+            if key.ends_with(".zmetadata") {
+                continue; // consolidated copy of the documents we read individually
+            }
+            let doc = match &value {
+                Value::String(s) => {
+                    let text = match s.strip_prefix("base64:") {
+                        Some(b) => String::from_utf8(
+                            base64::engine::general_purpose::STANDARD
+                                .decode(b)
+                                .map_err(|e| bad(&format!("bad base64: {e}")))?,
+                        )
+                        .map_err(|_| bad("not UTF-8"))?,
+                        None => s.clone(),
+                    };
+                    parse_doc(&text).map_err(|e| bad(&format!("not valid JSON: {e}")))?
+                }
+                Value::Object(_) => value.clone(),
+                _ => return Err(bad("metadata must be a JSON document")),
+            };
+            set.meta.insert(key, doc);
+            continue;
+        }
+        let r = match value {
+            Value::String(s) => match s.strip_prefix("base64:") {
+                Some(b) => RawRef::Inline(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(b)
+                        .map_err(|e| bad(&format!("bad base64: {e}")))?,
+                ),
+                None => RawRef::Inline(s.into_bytes()),
+            },
+            Value::Array(a) => {
+                let url = match a.first() {
+                    Some(Value::String(u)) => expand_templates(u, &templates).map_err(|e| bad(&e))?,
+                    _ => return Err(bad("expected [url] or [url, offset, size]")),
+                };
+                let range = match a.len() {
+                    1 => None,
+                    3 => {
+                        let n = |v: &Value| {
+                            v.as_u64()
+                                .ok_or_else(|| bad("offset and size must be non-negative integers"))
+                        };
+                        Some((n(&a[1])?, n(&a[2])?))
+                    }
+                    _ => return Err(bad("expected [url] or [url, offset, size]")),
+                };
+                RawRef::Url { url, range }
+            }
+            _ => return Err(bad("expected a string or [url, offset, size]")),
+        };
+        set.chunks.insert(key, r);
+    }
+    Ok(set)
+}
+
+/// Substitutes kerchunk `{{name}}` templates.
+fn expand_templates(url: &str, templates: &serde_json::Map<String, Value>) -> Result<String, String> {
+    if !url.contains("{{") {
+        return Ok(url.to_string());
+    }
+    let mut out = String::new();
+    let mut rest = url;
+    while let Some(i) = rest.find("{{") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let j = after
+            .find("}}")
+            .ok_or_else(|| format!("unterminated template in '{url}'"))?;
+        let name = after[..j].trim();
+        let value = templates
+            .get(name)
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("unknown template '{{{{{name}}}}}' in '{url}'"))?;
+        out.push_str(value);
+        rest = &after[j + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Reads a Parquet reference directory into a [`RefSet`].
+pub fn parse_parquet(dir: &Path) -> Result<RefSet, SourceError> {
+    let p = crate::refs::parquet::read_parquet(dir).map_err(|e| match e {
+        crate::refs::parquet::ParquetRefsError::Io { path, source } => SourceError::Io { path, source },
+        crate::refs::parquet::ParquetRefsError::Parquet { path, message }
+        | crate::refs::parquet::ParquetRefsError::Malformed { path, message } => {
+            SourceError::Malformed { path, message }
+        }
+    })?;
+    let mut set = RefSet::default();
+    for (k, v) in p.metadata {
+        // documents went through serde_json already; NaN spelled as strings stays a string
+        set.meta.insert(k, v);
+    }
+    for (k, v) in p.chunks {
+        set.chunks.insert(
+            k,
+            match v {
+                crate::refs::parquet::ParquetRef::Url { url, range } => RawRef::Url { url, range },
+                crate::refs::parquet::ParquetRef::Inline(b) => RawRef::Inline(b),
+            },
+        );
+    }
+    Ok(set)
+}
+
+/// Where references may point.
+#[derive(Clone, Debug)]
+pub struct Roots {
+    /// Base for relative references (the reference file's directory).
+    pub base: PathBuf,
+    /// Allowed directories, canonical.
+    pub allowed: Vec<PathBuf>,
+}
+
+impl Roots {
+    /// The reference file's directory plus `extra` (relative ones resolved against the
+    /// working directory).
+    pub fn new(base: &Path, extra: &[String]) -> Self {
+        let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| normalize(p));
+        let mut allowed = vec![canon(base)];
+        for r in extra {
+            let r = r.strip_prefix("file://").unwrap_or(r);
+            allowed.push(canon(Path::new(r)));
+        }
+        Self {
+            base: canon(base),
+            allowed,
+        }
+    }
+
+    /// Resolves a reference URL to a local path inside the allowed roots.
+    pub fn resolve(&self, url: &str) -> Result<PathBuf, String> {
+        let local = if let Some(rest) = url.strip_prefix("file://") {
+            PathBuf::from(rest)
+        } else if let Some((scheme, _)) = url.split_once("://") {
+            return Err(format!(
+                "'{url}': scheme '{scheme}://' is not supported for references yet (local files only)"
+            ));
+        } else {
+            PathBuf::from(url)
+        };
+        let abs = if local.is_absolute() {
+            local
+        } else {
+            self.base.join(local)
+        };
+        // Symlinks are followed when the target exists, so a link inside a root cannot lead
+        // out of it; a missing file is judged by its path (and fails when read).
+        let real = std::fs::canonicalize(&abs).unwrap_or_else(|_| normalize(&abs));
+        if self.allowed.iter().any(|r| real.starts_with(r)) {
+            Ok(real)
+        } else {
+            Err(format!(
+                "'{url}' is outside the allowed roots ({}); add its directory to the dataset's referenceRoots to allow it",
+                self.allowed
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        }
+    }
+}
+
+/// Removes `.` and `..` components without touching the file system.
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// numpy dtype string → our type and byte order; `None` for types we do not serve.
+pub fn parse_dtype(s: &str) -> Option<(DType, Endian)> {
+    let endian = if s.starts_with('>') {
+        Endian::Big
+    } else {
+        Endian::Little
+    };
+    let body = s.trim_start_matches(['<', '>', '|', '=']);
+    let dt = match body {
+        "i1" => DType::I8,
+        "u1" => DType::U8,
+        "i2" => DType::I16,
+        "u2" => DType::U16,
+        "i4" => DType::I32,
+        "u4" => DType::U32,
+        "i8" => DType::I64,
+        "u8" => DType::U64,
+        "f4" => DType::F32,
+        "f8" => DType::F64,
+        "S1" => DType::Char,
+        _ => return None,
+    };
+    Some((dt, endian))
+}
+
+/// numcodecs codecs (Zarr v2 `filters` then `compressor`) → our encode-order pipeline.
+pub fn numcodecs_pipeline(compressor: &Value, filters: &Value) -> Result<Vec<Filter>, String> {
+    let mut list: Vec<&Value> = match filters {
+        Value::Null => Vec::new(),
+        Value::Array(a) => a.iter().collect(),
+        _ => return Err("'filters' must be a list or null".into()),
+    };
+    match compressor {
+        Value::Null => {}
+        Value::Object(_) => list.push(compressor),
+        _ => return Err("'compressor' must be an object or null".into()),
+    }
+    list.into_iter()
+        .map(|c| {
+            let id = c
+                .get("id")
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("codec without an 'id': {c}"))?;
+            Ok(match id {
+                "zlib" => Filter::Deflate(c.get("level").and_then(Value::as_u64).unwrap_or(1).min(9) as u8),
+                "gzip" => Filter::Gzip,
+                "blosc" => Filter::Blosc,
+                "zstd" => Filter::Zstd,
+                "shuffle" => {
+                    Filter::Shuffle(c.get("elementsize").and_then(Value::as_u64).unwrap_or(4).max(1) as usize)
+                }
+                other => Filter::Unsupported(other.to_string()),
+            })
+        })
+        .collect()
+}
+
+/// JSON attribute value → netCDF-style attribute (numbers become one-element arrays, as
+/// xarray shows them either way).
+pub fn attr_from_json(v: &Value) -> Option<AttrValue> {
+    Some(match v {
+        Value::String(s) => match json_f64(v) {
+            Some(f) if s.starts_with('\u{1}') => AttrValue::Floats(vec![f]),
+            _ => AttrValue::Str(s.clone()),
+        },
+        Value::Bool(b) => AttrValue::Ints(vec![i64::from(*b)]),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                AttrValue::Ints(vec![i])
+            } else if let Some(u) = n.as_u64() {
+                AttrValue::UInts(vec![u])
+            } else {
+                AttrValue::Floats(vec![n.as_f64()?])
+            }
+        }
+        Value::Array(a) if a.is_empty() => return None,
+        Value::Array(a) => {
+            if a.iter()
+                .all(|x| matches!(x, Value::String(s) if !s.starts_with('\u{1}')))
+            {
+                AttrValue::Strs(a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+            } else if a.iter().all(|x| x.as_i64().is_some()) {
+                AttrValue::Ints(a.iter().filter_map(Value::as_i64).collect())
+            } else if a.iter().all(|x| x.as_u64().is_some() || x.as_i64().is_some()) {
+                AttrValue::UInts(a.iter().filter_map(Value::as_u64).collect())
+            } else if a.iter().all(|x| json_f64(x).is_some()) {
+                AttrValue::Floats(a.iter().filter_map(json_f64).collect())
+            } else {
+                AttrValue::Str(v.to_string())
+            }
+        }
+        Value::Null => return None,
+        Value::Object(_) => AttrValue::Str(v.to_string()),
+    })
+}
+
+fn attrs_of(doc: Option<&Value>) -> (Attrs, Option<Vec<String>>) {
+    let mut attrs = Attrs::default();
+    let mut dims = None;
+    if let Some(Value::Object(m)) = doc {
+        for (k, v) in m {
+            if k == "_ARRAY_DIMENSIONS" {
+                dims = v
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|d| d.as_str().map(str::to_string)).collect());
+                continue;
+            }
+            if let Some(a) = attr_from_json(v) {
+                attrs.0.push((k.clone(), a));
+            }
+        }
+    }
+    (attrs, dims)
+}
+
+/// How chunk references of an array are named and resolved.
+pub trait ChunkSource {
+    /// The reference of chunk key `key` (Zarr v2 spelling with the array's separator);
+    /// `Ok(None)` = not stored.
+    fn chunk(&self, key: &str) -> Result<Option<RawRef>, String>;
+    /// The local file a reference URL stands for.
+    fn resolve(&self, key: &str, url: &str) -> Result<PathBuf, String>;
+}
+
+/// Chunks of a reference set.
+pub struct SetChunks<'a> {
+    pub set: &'a RefSet,
+    pub roots: &'a Roots,
+}
+
+impl ChunkSource for SetChunks<'_> {
+    fn chunk(&self, key: &str) -> Result<Option<RawRef>, String> {
+        Ok(self.set.chunks.get(key).cloned())
+    }
+    fn resolve(&self, key: &str, url: &str) -> Result<PathBuf, String> {
+        self.roots
+            .resolve(url)
+            .map_err(|e| format!("reference '{key}': {e}"))
+    }
+}
+
+/// What a `.zarray` `fill_value` means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FillRule {
+    /// Zarr v2 and kerchunk: it is also the CF `_FillValue` (xarray reads it so), and
+    /// missing chunks read as it (zeros when null).
+    ZarrV2,
+    /// Zarr v3: only what missing chunks read as; `_FillValue` comes from the attributes.
+    ZarrV3,
+}
+
+/// Little-endian bytes missing chunks read as: the Zarr `fill_value`, zeros when null.
+fn chunk_fill(fv: &Value, dtype: DType) -> Vec<u8> {
+    let s = match fv {
+        Value::Number(n) => n
+            .as_i64()
+            .map(crate::model::Scalar::Int)
+            .or_else(|| n.as_u64().map(crate::model::Scalar::UInt))
+            .or_else(|| n.as_f64().map(crate::model::Scalar::Float)),
+        _ if dtype.is_float() => json_f64(fv).map(crate::model::Scalar::Float),
+        _ => None,
+    };
+    match (s, dtype) {
+        (_, DType::Char | DType::Str) | (None, _) => vec![0; dtype.size()],
+        (Some(s), dt) => s.to_le_bytes(dt),
+    }
+}
+
+/// Builds the per-variable model of a Zarr v2 hierarchy described by metadata documents
+/// (`meta`, keyed like `tas/.zarray`) and chunk references (`chunks`).
+pub fn build_index(
+    file: Arc<SourceFile>,
+    meta: &BTreeMap<String, Value>,
+    chunks: &dyn ChunkSource,
+    rule: FillRule,
+) -> Result<SourceIndex, SourceError> {
+    let path = file.path.clone();
+    // Every group and array path, with their parents.
+    let mut groups: BTreeSet<String> = BTreeSet::new();
+    groups.insert(String::new());
+    let mut arrays: Vec<String> = Vec::new();
+    for k in meta.keys() {
+        let (prefix, leaf) = match k.rsplit_once('/') {
+            Some((p, l)) => (p.to_string(), l),
+            None => (String::new(), k.as_str()),
+        };
+        match leaf {
+            ".zgroup" => {
+                groups.insert(prefix.clone());
+            }
+            ".zarray" => arrays.push(prefix.clone()),
+            _ => continue,
+        }
+        let mut p = prefix.as_str();
+        while let Some((parent, _)) = p.rsplit_once('/') {
+            groups.insert(parent.to_string());
+            p = parent;
+        }
+        if leaf == ".zarray" && !prefix.is_empty() {
+            // the array's own path is not a group, but its parent is
+            let parent = prefix.rsplit_once('/').map_or("", |(p, _)| p);
+            groups.insert(parent.to_string());
+        }
+    }
+    if arrays.iter().any(String::is_empty) {
+        return Err(malformed(
+            &path,
+            "the root is an array, not a group; serve a group of arrays",
+        ));
+    }
+    let mut files = FileIds::default();
+    let mut vars_by_group: BTreeMap<String, Vec<SourceVar>> = BTreeMap::new();
+    let mut skipped_by_group: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for a in &arrays {
+        let (gpath, name) = match a.rsplit_once('/') {
+            Some((g, n)) => (g.to_string(), n.to_string()),
+            None => (String::new(), a.clone()),
+        };
+        match array_var(&file, a, &name, meta, chunks, rule, &mut files) {
+            Ok(Ok(v)) => vars_by_group.entry(gpath).or_default().push(v),
+            Ok(Err(why)) => skipped_by_group.entry(gpath).or_default().push((name, why)),
+            Err(message) => return Err(malformed(&path, message)),
+        }
+    }
+    // Files shared by all variables: one table per variable would repeat the list.
+    let files = Arc::new(files.files);
+    fn fix_files(vars: &mut [SourceVar], files: &Arc<Vec<PathBuf>>) {
+        for v in vars {
+            if let Storage::Refs { table, .. } = &mut v.data.storage {
+                Arc::make_mut(table).files = files.clone();
+            }
+        }
+    }
+    for vars in vars_by_group.values_mut() {
+        fix_files(vars, &files);
+    }
+    fn group_at(
+        path: &str,
+        groups: &BTreeSet<String>,
+        meta: &BTreeMap<String, Value>,
+        vars: &mut BTreeMap<String, Vec<SourceVar>>,
+        skipped: &mut BTreeMap<String, Vec<(String, String)>>,
+    ) -> SourceGroup {
+        let key = |leaf: &str| {
+            if path.is_empty() {
+                leaf.to_string()
+            } else {
+                format!("{path}/{leaf}")
+            }
+        };
+        let (attrs, _) = attrs_of(meta.get(&key(".zattrs")));
+        let vs = vars.remove(path).unwrap_or_default();
+        let mut dims: Vec<SourceDim> = Vec::new();
+        for v in &vs {
+            for (d, n) in v.dims.iter().zip(&v.data.shape) {
+                if !dims.iter().any(|x| x.name == *d) {
+                    dims.push(SourceDim {
+                        name: d.clone(),
+                        len: *n,
+                        unlimited: false,
+                    });
+                }
+            }
+        }
+        let children: Vec<String> = groups
+            .iter()
+            .filter(|g| {
+                !g.is_empty()
+                    && match g.rsplit_once('/') {
+                        Some((parent, _)) => parent == path,
+                        None => path.is_empty(),
+                    }
+            })
+            .cloned()
+            .collect();
+        let subgroups = children
+            .iter()
+            .map(|c| group_at(c, groups, meta, vars, skipped))
+            .collect();
+        SourceGroup {
+            path: path.to_string(),
+            dims,
+            attrs,
+            vars: vs,
+            groups: subgroups,
+            skipped: skipped.remove(path).unwrap_or_default(),
+        }
+    }
+    let mut skipped = skipped_by_group;
+    let root = group_at("", &groups, meta, &mut vars_by_group, &mut skipped);
+    // The source's identity covers the files its chunks live in: ETags (and caches keyed
+    // on them) then change when a referenced file or a Zarr chunk file does.
+    let mut ident = (*file).clone();
+    for p in files.iter() {
+        if let Ok(m) = std::fs::metadata(p) {
+            ident.size = ident.size.wrapping_add(m.len());
+            let mtime = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+            ident.mtime_ns = ident.mtime_ns.max(mtime);
+        }
+    }
+    Ok(SourceIndex {
+        file: Arc::new(ident),
+        root,
+    })
+}
+
+/// Files referenced by a source, numbered in order of first use.
+#[derive(Default)]
+struct FileIds {
+    files: Vec<PathBuf>,
+    ids: HashMap<PathBuf, u32>,
+}
+
+impl FileIds {
+    fn id(&mut self, p: PathBuf) -> Option<u32> {
+        if let Some(i) = self.ids.get(&p) {
+            return Some(*i);
+        }
+        let i = u32::try_from(self.files.len()).ok()?;
+        self.files.push(p.clone());
+        self.ids.insert(p, i);
+        Some(i)
+    }
+}
+
+/// One array. `Ok(Err(why))`: the variable is skipped (type or layout we do not serve);
+/// `Err`: the whole source is unusable (malformed metadata, forbidden reference).
+fn array_var(
+    file: &Arc<SourceFile>,
+    apath: &str,
+    name: &str,
+    meta: &BTreeMap<String, Value>,
+    chunks: &dyn ChunkSource,
+    rule: FillRule,
+    files: &mut FileIds,
+) -> Result<Result<SourceVar, String>, String> {
+    let za = &meta[&format!("{apath}/.zarray")];
+    let bad = |why: String| format!("'{apath}/.zarray': {why}");
+    let dims_u64 = |k: &str| -> Result<Vec<u64>, String> {
+        za.get(k)
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>())
+            .ok_or_else(|| bad(format!("'{k}' missing or not a list of non-negative integers")))
+    };
+    let shape = dims_u64("shape")?;
+    let chunk_shape = dims_u64("chunks")?;
+    if chunk_shape.len() != shape.len() || chunk_shape.contains(&0) {
+        return Err(bad(format!("chunks {chunk_shape:?} do not fit shape {shape:?}")));
+    }
+    let dtype_s = za
+        .get("dtype")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("'dtype' missing or not a string".into()))?;
+    let Some((dtype, endian)) = parse_dtype(dtype_s) else {
+        return Ok(Err(format!("Zarr dtype '{dtype_s}' is not supported")));
+    };
+    if za.get("order").and_then(Value::as_str).is_some_and(|o| o != "C") {
+        return Ok(Err("Fortran-ordered chunks are not supported".into()));
+    }
+    let compressor = za.get("compressor").cloned().unwrap_or(Value::Null);
+    let nfilters = za.get("filters").cloned().unwrap_or(Value::Null);
+    let filters = numcodecs_pipeline(&compressor, &nfilters).map_err(bad)?;
+    let sep = za
+        .get("dimension_separator")
+        .and_then(Value::as_str)
+        .unwrap_or(".");
+    if sep != "." && sep != "/" {
+        return Err(bad(format!("dimension_separator '{sep}' is neither '.' nor '/'")));
+    }
+    let (mut attrs, dims) = attrs_of(meta.get(&format!("{apath}/.zattrs")));
+    let dims = match dims {
+        Some(d) if d.len() == shape.len() => d,
+        Some(d) => {
+            return Err(format!(
+                "'{apath}/.zattrs': _ARRAY_DIMENSIONS {d:?} does not match shape {shape:?}"
+            ));
+        }
+        // xarray needs dimension names; name them after the array like netCDF's phony dims
+        None => (0..shape.len()).map(|i| format!("{name}_dim_{i}")).collect(),
+    };
+    // Zarr v2's fill_value is what xarray decodes as _FillValue.
+    if rule == FillRule::ZarrV2 && dtype != DType::Char && attrs.get("_FillValue").is_none() {
+        let fv = za.get("fill_value").unwrap_or(&Value::Null);
+        let a = match fv {
+            Value::Null => None,
+            _ if dtype.is_float() => json_f64(fv).map(|f| AttrValue::Floats(vec![f])),
+            Value::Number(n) => n
+                .as_i64()
+                .map(|i| AttrValue::Ints(vec![i]))
+                .or_else(|| n.as_u64().map(|u| AttrValue::UInts(vec![u]))),
+            _ => None,
+        };
+        if let Some(a) = a {
+            attrs.0.push(("_FillValue".into(), a));
+        }
+    }
+    // The chunk table, dense over the grid.
+    let grid: Vec<u64> = shape
+        .iter()
+        .zip(&chunk_shape)
+        .map(|(s, c)| s.div_ceil(*c))
+        .collect();
+    let n = crate::chunk::grid::numel(&grid).ok_or_else(|| bad("chunk grid too large".into()))?;
+    let mut table = Vec::with_capacity(n);
+    let mut idx = vec![0u64; grid.len()];
+    let empty = grid.contains(&0);
+    for _ in 0..if empty { 0 } else { n } {
+        let key = if idx.is_empty() {
+            format!("{apath}/0")
+        } else {
+            let parts: Vec<String> = idx.iter().map(u64::to_string).collect();
+            format!("{apath}/{}", parts.join(sep))
+        };
+        let mut r = chunks.chunk(&key)?;
+        if r.is_none() && sep == "/" {
+            let parts: Vec<String> = idx.iter().map(u64::to_string).collect();
+            r = chunks.chunk(&format!("{apath}/{}", parts.join(".")))?;
+        }
+        let entry = match r {
+            None => ChunkRef::Missing,
+            Some(RawRef::Inline(b)) => ChunkRef::Inline(b),
+            Some(RawRef::Url { url, range }) => {
+                let p = chunks.resolve(&key, &url)?;
+                let f = files
+                    .id(p)
+                    .ok_or_else(|| bad("too many referenced files".into()))?;
+                match range {
+                    Some((offset, size)) => ChunkRef::Range {
+                        file: f,
+                        offset,
+                        size,
+                    },
+                    None => ChunkRef::Whole { file: f },
+                }
+            }
+        };
+        table.push(entry);
+        for d in (0..idx.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < grid[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    let compact = |v: &Value| serde_json::to_string(v).unwrap_or_else(|_| "null".into());
+    Ok(Ok(SourceVar {
+        name: name.to_string(),
+        dims,
+        dtype,
+        attrs,
+        data: FileVar {
+            file: file.clone(),
+            shape,
+            endian,
+            storage: Storage::Refs {
+                chunk_shape,
+                filters,
+                table: Arc::new(ChunkTable {
+                    files: Arc::default(), // filled in by build_index
+                    chunks: table,
+                    compressor: compact(&compressor),
+                    numcodecs_filters: compact(&nfilters),
+                    fill: Some(chunk_fill(za.get("fill_value").unwrap_or(&Value::Null), dtype)),
+                }),
+            },
+        },
+    }))
+}
+
+/// Opens a kerchunk reference source: a `.json` file or a Parquet reference directory.
+pub fn open_refs(path: &Path, extra_roots: &[String]) -> Result<SourceIndex, SourceError> {
+    let is_dir = path.is_dir();
+    let set = if is_dir {
+        parse_parquet(path)?
+    } else {
+        parse_json(path)?
+    };
+    let ident = if is_dir {
+        path.join(".zmetadata")
+    } else {
+        path.to_path_buf()
+    };
+    let mut file = SourceFile::stat(ident)?;
+    file.path = path.to_path_buf();
+    // The directory holding the reference file (or Parquet reference directory).
+    let base = path.parent().unwrap_or(Path::new("/"));
+    let roots = Roots::new(base, extra_roots);
+    build_index(
+        Arc::new(file),
+        &set.meta,
+        &SetChunks {
+            set: &set,
+            roots: &roots,
+        },
+        FillRule::ZarrV2,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_nan_tokens_parse() {
+        let v =
+            parse_doc(r#"{"a": NaN, "b": [1.5, -Infinity], "c": "NaN in a string", "d": "x\"NaN"}"#).unwrap();
+        assert!(json_f64(&v["a"]).unwrap().is_nan());
+        assert_eq!(json_f64(&v["b"][1]), Some(f64::NEG_INFINITY));
+        assert_eq!(v["c"], "NaN in a string");
+        assert_eq!(v["d"], "x\"NaN");
+        assert!(matches!(attr_from_json(&v["a"]), Some(AttrValue::Floats(f)) if f[0].is_nan()));
+        assert_eq!(
+            attr_from_json(&v["c"]),
+            Some(AttrValue::Str("NaN in a string".into()))
+        );
+    }
+
+    #[test]
+    fn dtypes_and_codecs() {
+        assert_eq!(parse_dtype("<f4"), Some((DType::F32, Endian::Little)));
+        assert_eq!(parse_dtype(">i2"), Some((DType::I16, Endian::Big)));
+        assert_eq!(parse_dtype("|S1"), Some((DType::Char, Endian::Little)));
+        assert_eq!(parse_dtype("<M8[ns]"), None);
+        let p = numcodecs_pipeline(
+            &serde_json::json!({"id": "zlib", "level": 4}),
+            &serde_json::json!([{"id": "shuffle", "elementsize": 8}]),
+        )
+        .unwrap();
+        assert_eq!(p, vec![Filter::Shuffle(8), Filter::Deflate(4)]);
+        let p = numcodecs_pipeline(&serde_json::json!({"id": "lz4"}), &Value::Null).unwrap();
+        assert_eq!(p, vec![Filter::Unsupported("lz4".into())]);
+        assert!(numcodecs_pipeline(&serde_json::json!({"level": 1}), &Value::Null).is_err());
+    }
+
+    #[test]
+    fn roots_confine_references() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("refs");
+        std::fs::create_dir(&base).unwrap();
+        std::fs::write(base.join("a.nc"), b"x").unwrap();
+        let roots = Roots::new(&base, &[]);
+        assert!(roots.resolve("a.nc").is_ok());
+        assert!(roots.resolve(&format!("file://{}/a.nc", base.display())).is_ok());
+        let e = roots.resolve("../secret.nc").unwrap_err();
+        assert!(e.contains("outside the allowed roots"), "{e}");
+        assert!(roots.resolve("/etc/passwd").is_err());
+        assert!(roots.resolve("s3://bucket/x.nc").unwrap_err().contains("s3://"));
+        let wider = Roots::new(&base, &[dir.path().display().to_string()]);
+        assert!(wider.resolve("../secret.nc").is_ok());
+    }
+
+    #[test]
+    fn json_references_build_variables() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("data.bin"), [0u8; 64]).unwrap();
+        let refs = serde_json::json!({
+            "version": 1,
+            "templates": {"u": "data.bin"},
+            "refs": {
+                ".zgroup": "{\"zarr_format\": 2}",
+                ".zattrs": "{\"title\": \"t\", \"missing\": NaN}",
+                "x/.zarray": "{\"zarr_format\": 2, \"shape\": [5], \"chunks\": [2], \"dtype\": \">f4\", \"compressor\": null, \"filters\": null, \"fill_value\": \"NaN\", \"order\": \"C\"}",
+                "x/.zattrs": "{\"_ARRAY_DIMENSIONS\": [\"t\"], \"units\": \"K\"}",
+                "x/0": ["{{u}}", 0, 8],
+                "x/2": "base64:AAAAAAAAAAA=",
+                "g/y/.zarray": "{\"zarr_format\": 2, \"shape\": [], \"chunks\": [], \"dtype\": \"<M8[ns]\", \"compressor\": null, \"filters\": null, \"fill_value\": null, \"order\": \"C\"}"
+            }
+        });
+        let p = dir.path().join("r.json");
+        std::fs::write(&p, refs.to_string()).unwrap();
+        let idx = open_refs(&p, &[]).unwrap();
+        assert!(matches!(idx.root.attrs.get("missing"), Some(AttrValue::Floats(f)) if f[0].is_nan()));
+        let x = &idx.root.vars[0];
+        assert_eq!(
+            (x.dtype, x.data.endian, x.dims.clone()),
+            (DType::F32, Endian::Big, vec!["t".to_string()])
+        );
+        assert!(matches!(x.attrs.get("_FillValue"), Some(AttrValue::Floats(f)) if f[0].is_nan()));
+        let Storage::Refs { table, .. } = &x.data.storage else {
+            panic!("not refs")
+        };
+        assert!(matches!(
+            table.chunks[0],
+            ChunkRef::Range {
+                offset: 0,
+                size: 8,
+                ..
+            }
+        ));
+        assert_eq!(table.chunks[1], ChunkRef::Missing);
+        assert!(matches!(table.chunks[2], ChunkRef::Inline(_)));
+        assert!(table.files[0].ends_with("data.bin"));
+        assert_eq!(idx.root.groups[0].skipped.len(), 1);
+        // rewriting a referenced file changes the source's identity (and so the ETags)
+        std::fs::write(dir.path().join("data.bin"), [1u8; 80]).unwrap();
+        let again = open_refs(&p, &[]).unwrap();
+        assert_ne!(again.file, idx.file);
+        // a reference leaving the allowed roots names the key
+        let mut bad = refs.clone();
+        bad["refs"]["x/1"] = serde_json::json!(["/etc/passwd", 0, 8]);
+        std::fs::write(&p, bad.to_string()).unwrap();
+        let e = open_refs(&p, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("x/1") && e.contains("/etc/passwd") && e.contains("r.json"),
+            "{e}"
+        );
+        // malformed JSON names the file and the reason
+        std::fs::write(&p, "{\"version\": 1, \"refs\": {").unwrap();
+        let e = open_refs(&p, &[]).unwrap_err().to_string();
+        assert!(e.contains("r.json") && e.contains("not valid JSON"), "{e}");
+    }
+}
