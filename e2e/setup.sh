@@ -18,6 +18,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# kubectl for the e2e tests: these machines carry it at /usr/bin/kubectl; elsewhere Debian's
+# kubernetes-client provides one.
+if ! command -v kubectl >/dev/null; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "setup: installing kubernetes-client (kubectl)"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq kubernetes-client >/dev/null
+fi
 if ! command -v cargo >/dev/null; then
   echo "setup: cargo not found; install a stable Rust toolchain (https://rustup.rs)" >&2
   exit 1
