@@ -12,7 +12,7 @@ use super::grid::{byteswap, copy_block, fill_with, grid_shape, intersect, linear
 use crate::codec::{CodecError, decode_hdf5};
 use crate::dataset::Variable;
 use crate::model::{DType, Endian};
-use crate::source::{FileVar, MemValues, Storage};
+use crate::source::{FileVar, MemValues, SourceFile, Storage};
 
 /// A chunk that cannot be produced. All variants map to HTTP 5xx except `OutOfRange`.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +36,34 @@ pub enum ReadError {
     },
     #[error("chunk of {0:?} elements is too large")]
     TooLarge(Vec<u64>),
+    /// An object-store read failed (missing or changed object, denied, store down, timeout).
+    #[error("{0}")]
+    Remote(#[from] crate::storage::RemoteError),
+}
+
+/// Reads `len` bytes at `offset` of a source: `pread` for local files, a ranged GET for
+/// objects.
+pub fn read_at(file: &SourceFile, offset: u64, len: u64) -> Result<Vec<u8>, ReadError> {
+    match &file.remote {
+        None => pread(&file.path, offset, len),
+        Some(obj) => {
+            let mut got = crate::storage::read_ranges(file, obj, &[(offset, len)])?;
+            Ok(got.pop().map(|b| b.to_vec()).unwrap_or_default())
+        }
+    }
+}
+
+/// Reads several `(offset, len)` ranges of one source. For objects this is one call that
+/// merges nearby ranges into fewer requests and runs them in parallel.
+pub fn read_many(file: &SourceFile, ranges: &[(u64, u64)]) -> Result<Vec<Vec<u8>>, ReadError> {
+    match &file.remote {
+        None => ranges.iter().map(|(o, n)| pread(&file.path, *o, *n)).collect(),
+        Some(_) if ranges.is_empty() => Ok(Vec::new()),
+        Some(obj) => Ok(crate::storage::read_ranges(file, obj, ranges)?
+            .into_iter()
+            .map(|b| b.to_vec())
+            .collect()),
+    }
 }
 
 /// Reads `len` bytes at `offset`; a short read means the file was truncated.
@@ -100,7 +128,7 @@ pub fn raw_chunk(var: &Variable, idx: &[u64]) -> Result<Option<Vec<u8>>, ReadErr
         let loc = locs.get(linear(&cidx, &sgrid) as usize).copied();
         return match loc {
             Some(l) if l.size > 0 && l.filter_mask == 0 => {
-                pread(&piece.data.file.path, l.offset, l.size).map(Some)
+                read_at(&piece.data.file, l.offset, l.size).map(Some)
             }
             _ => Ok(None),
         };
@@ -210,7 +238,7 @@ fn whole_stored_chunk(
     let elem = var.dtype.size();
     let path = piece.data.file.path.as_path();
     let clen = numel(chunk_shape).ok_or_else(|| ReadError::TooLarge(chunk_shape.clone()))? * elem;
-    let raw = pread(path, loc.offset, loc.size)?;
+    let raw = read_at(&piece.data.file, loc.offset, loc.size)?;
     let mut data = decode_hdf5(raw, filters, loc.filter_mask, clen).map_err(|source| ReadError::Codec {
         path: path.to_path_buf(),
         offset: loc.offset,
@@ -306,7 +334,7 @@ pub fn read_region(
             Ok(())
         }
         Storage::Contiguous { offset } => {
-            let mut block = read_contiguous(path, *offset, &fv.shape, elem, start, count)?;
+            let mut block = read_contiguous(&fv.file, *offset, &fv.shape, elem, start, count)?;
             if swap {
                 byteswap(&mut block, elem);
             }
@@ -325,15 +353,28 @@ pub fn read_region(
         Storage::Records { begin, recsize } => {
             let inner_shape = &fv.shape[1..];
             let mut block = Vec::new();
-            for r in start[0]..start[0] + count[0] {
-                block.extend(read_contiguous(
-                    path,
-                    begin + r * recsize,
-                    inner_shape,
-                    elem,
-                    &start[1..],
-                    &count[1..],
-                )?);
+            if fv.file.remote.is_some() {
+                // All runs of all records in one call: nearby ranges share requests.
+                let mut ranges = Vec::new();
+                for r in start[0]..start[0] + count[0] {
+                    let (offsets, run) = contiguous_runs(inner_shape, elem, &start[1..], &count[1..])?;
+                    let base = begin + r * recsize;
+                    ranges.extend(offsets.into_iter().map(|o| (base + o, run)));
+                }
+                for part in read_many(&fv.file, &ranges)? {
+                    block.extend(part);
+                }
+            } else {
+                for r in start[0]..start[0] + count[0] {
+                    block.extend(read_contiguous(
+                        &fv.file,
+                        begin + r * recsize,
+                        inner_shape,
+                        elem,
+                        &start[1..],
+                        &count[1..],
+                    )?);
+                }
             }
             if swap {
                 byteswap(&mut block, elem);
@@ -365,74 +406,84 @@ pub fn read_region(
                 .zip(chunk_shape)
                 .map(|((s, n), c)| (s + n - 1) / c)
                 .collect();
+            // The stored chunks overlapping the block, read in one call (one request per
+            // group of nearby chunks for objects).
+            let mut wanted = Vec::new();
             let mut ci = lo.clone();
             loop {
-                let loc = locs.get(linear(&ci, &sgrid) as usize).copied();
-                if let Some(loc) = loc.filter(|l| l.size > 0) {
-                    let raw = pread(path, loc.offset, loc.size)?;
-                    let mut data = decode_hdf5(raw, filters, loc.filter_mask, clen).map_err(|source| {
-                        ReadError::Codec {
-                            path: path.to_path_buf(),
-                            offset: loc.offset,
-                            source,
-                        }
-                    })?;
-                    if swap {
-                        byteswap(&mut data, elem);
-                    }
-                    // Overlap of this stored chunk with the block.
-                    let mut src_start = Vec::with_capacity(ci.len());
-                    let mut ov_count = Vec::with_capacity(ci.len());
-                    let mut d_start = Vec::with_capacity(ci.len());
-                    for d in 0..ci.len() {
-                        let c0 = ci[d] * chunk_shape[d];
-                        let (s, n) = intersect(c0, chunk_shape[d], start[d], count[d]).unwrap_or((c0, 0));
-                        src_start.push(s - c0);
-                        ov_count.push(n);
-                        d_start.push(dst_start[d] + (s - start[d]));
-                    }
-                    copy_block(
-                        &data,
-                        chunk_shape,
-                        &src_start,
-                        dst,
-                        dst_shape,
-                        &d_start,
-                        &ov_count,
-                        elem,
-                    );
+                if let Some(loc) = locs.get(linear(&ci, &sgrid) as usize).filter(|l| l.size > 0) {
+                    wanted.push((ci.clone(), *loc));
                 }
-                // next stored chunk in [lo, hi]
-                let mut d = ci.len();
-                loop {
-                    if d == 0 {
-                        return Ok(());
-                    }
-                    d -= 1;
-                    ci[d] += 1;
-                    if ci[d] <= hi[d] {
-                        break;
-                    }
-                    ci[d] = lo[d];
+                if !next_index(&mut ci, &lo, &hi) {
+                    break;
                 }
             }
+            let ranges: Vec<(u64, u64)> = wanted.iter().map(|(_, l)| (l.offset, l.size)).collect();
+            let raws = read_many(&fv.file, &ranges)?;
+            for ((ci, loc), raw) in wanted.into_iter().zip(raws) {
+                let mut data =
+                    decode_hdf5(raw, filters, loc.filter_mask, clen).map_err(|source| ReadError::Codec {
+                        path: path.to_path_buf(),
+                        offset: loc.offset,
+                        source,
+                    })?;
+                if swap {
+                    byteswap(&mut data, elem);
+                }
+                // Overlap of this stored chunk with the block.
+                let mut src_start = Vec::with_capacity(ci.len());
+                let mut ov_count = Vec::with_capacity(ci.len());
+                let mut d_start = Vec::with_capacity(ci.len());
+                for d in 0..ci.len() {
+                    let c0 = ci[d] * chunk_shape[d];
+                    let (s, n) = intersect(c0, chunk_shape[d], start[d], count[d]).unwrap_or((c0, 0));
+                    src_start.push(s - c0);
+                    ov_count.push(n);
+                    d_start.push(dst_start[d] + (s - start[d]));
+                }
+                copy_block(
+                    &data,
+                    chunk_shape,
+                    &src_start,
+                    dst,
+                    dst_shape,
+                    &d_start,
+                    &ov_count,
+                    elem,
+                );
+            }
+            Ok(())
         }
     }
 }
 
-/// Reads a block of a C-ordered array stored as one byte run at `base`. Whole trailing
-/// dimensions merge into long runs; runs close together are read with one `pread`.
-fn read_contiguous(
-    path: &Path,
-    base: u64,
+/// Advances `ci` to the next index of the box `[lo, hi]` in row-major order; false when done.
+fn next_index(ci: &mut [u64], lo: &[u64], hi: &[u64]) -> bool {
+    let mut d = ci.len();
+    loop {
+        if d == 0 {
+            return false;
+        }
+        d -= 1;
+        ci[d] += 1;
+        if ci[d] <= hi[d] {
+            return true;
+        }
+        ci[d] = lo[d];
+    }
+}
+
+/// Byte offsets (relative to the array's start) and length of the runs that make up a
+/// block of a C-ordered array: whole trailing dimensions merge into long runs.
+fn contiguous_runs(
     shape: &[u64],
     elem: usize,
     start: &[u64],
     count: &[u64],
-) -> Result<Vec<u8>, ReadError> {
+) -> Result<(Vec<u64>, u64), ReadError> {
     let rank = shape.len();
     if rank == 0 {
-        return pread(path, base, elem as u64);
+        return Ok((vec![0], elem as u64));
     }
     // k: first dim from which the block covers whole trailing dims
     let mut k = rank - 1;
@@ -459,15 +510,29 @@ fn read_contiguous(
             idx[d] = 0;
         }
     }
-    let run = run_elems * elem as u64;
+    Ok((offsets, run_elems * elem as u64))
+}
+
+/// Reads a block of a C-ordered array stored as one byte run at `base`. Runs close together
+/// are read with one `pread`; for objects, all runs go to one coalescing call.
+fn read_contiguous(
+    file: &SourceFile,
+    base: u64,
+    shape: &[u64],
+    elem: usize,
+    start: &[u64],
+    count: &[u64],
+) -> Result<Vec<u8>, ReadError> {
+    let (offsets, run) = contiguous_runs(shape, elem, start, count)?;
+    let nruns = offsets.len();
     let needed = run * nruns as u64;
     let (first, last) = match (offsets.first(), offsets.last()) {
         (Some(f), Some(l)) => (*f, *l + run),
         _ => return Ok(Vec::new()),
     };
     let span = last - first;
-    if span <= needed * 2 + (1 << 20) {
-        let buf = pread(path, base + first, span)?;
+    if nruns == 1 || (file.remote.is_none() && span <= needed * 2 + (1 << 20)) {
+        let buf = read_at(file, base + first, span)?;
         if nruns == 1 {
             return Ok(buf);
         }
@@ -478,9 +543,10 @@ fn read_contiguous(
         }
         Ok(out)
     } else {
+        let ranges: Vec<(u64, u64)> = offsets.iter().map(|o| (base + o, run)).collect();
         let mut out = Vec::with_capacity(needed as usize);
-        for o in offsets {
-            out.extend(pread(path, base + o, run)?);
+        for part in read_many(file, &ranges)? {
+            out.extend(part);
         }
         Ok(out)
     }

@@ -33,6 +33,8 @@ pub fn served(state: &AppState, id: &str) -> Result<Arc<Served>, ApiError> {
     }
 }
 
+/// The dataset fingerprint covers every source's identity (path or URL, size, mtime or
+/// last-modified, and the ETag of objects), so a replaced object changes every ETag.
 fn etag(s: &Served, key: &str) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut h);
@@ -129,12 +131,17 @@ pub async fn zarr_key(
     }
     let t0 = Instant::now();
     let s2 = s.clone();
-    let result = state.run(move || chunk_bytes(&s2, &ck)).await.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("dataset '{id}', key '{key}': internal error while reading the chunk (see server log)"),
-        )
-    })?;
+    let result = state
+        .run_for(&s.ds, move || chunk_bytes(&s2, &ck))
+        .await
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "dataset '{id}', key '{key}': internal error while reading the chunk (see server log)"
+                ),
+            )
+        })?;
     let code = match &result {
         Ok(_) => "200".to_string(),
         Err(e) => e.status.as_str().to_string(),
@@ -228,10 +235,15 @@ pub async fn kerchunk_key(
             "application/octet-stream",
         )),
         RefValue::Range { file, offset, size } => {
-            let path = s.refs.files.get(*file).cloned().unwrap_or_default();
+            let Some(src) = s.refs.sources.get(*file).cloned() else {
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("dataset '{id}': reference '{key}' names no source file"),
+                ));
+            };
             let (offset, size) = (*offset, *size);
             let bytes = state
-                .run(move || crate::chunk::read::pread(&path, offset, size))
+                .run_for(&s.ds, move || crate::chunk::read::read_at(&src, offset, size))
                 .await
                 .ok_or_else(|| {
                     ApiError::new(
