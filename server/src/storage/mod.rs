@@ -663,23 +663,33 @@ mod tests {
         assert_eq!(got[2].len(), 10);
         let s = st.clone();
         let err = block_on(async move {
-            s.get_ranges(&Path::from("x.nc"), Some("\"other\"".into()), &[0..4])
-                .await
+            s.get_ranges(
+                &Path::from("x.nc"),
+                Some("\"other\"".into()),
+                std::slice::from_ref(&(0..4)),
+            )
+            .await
         })
         .expect("runtime")
         .expect_err("etag mismatch");
         assert!(matches!(err, RemoteError::Changed { .. }), "{err}");
         assert!(err.to_string().contains("mem://b/x.nc"), "{err}");
         let s = st.clone();
-        let err = block_on(async move { s.get_ranges(&Path::from("gone.nc"), None, &[0..4]).await })
-            .expect("runtime")
-            .expect_err("missing");
+        let err = block_on(async move {
+            s.get_ranges(&Path::from("gone.nc"), None, std::slice::from_ref(&(0..4)))
+                .await
+        })
+        .expect("runtime")
+        .expect_err("missing");
         assert!(matches!(err, RemoteError::NotFound { .. }), "{err}");
         // a range past the end is an error naming the object, not short data
         let s = st.clone();
-        let err = block_on(async move { s.get_ranges(&Path::from("x.nc"), meta.e_tag, &[95..120]).await })
-            .expect("runtime")
-            .expect_err("past the end");
+        let err = block_on(async move {
+            s.get_ranges(&Path::from("x.nc"), meta.e_tag, std::slice::from_ref(&(95..120)))
+                .await
+        })
+        .expect("runtime")
+        .expect_err("past the end");
         assert!(err.to_string().contains("mem://b/x.nc"), "{err}");
     }
 
