@@ -431,20 +431,20 @@ impl Store {
         let meta = r.meta.clone();
         let mut f = std::io::BufWriter::new(std::fs::File::create(dest).map_err(io_err)?);
         let mut stream = r.into_stream();
-        let copy = async {
-            let mut n = 0u64;
-            while let Some(part) = stream.next().await {
-                let part = part?;
-                n += part.len() as u64;
-                // Local disk writes are short next to network reads; this runtime only waits.
-                f.write_all(&part).map_err(|e| object_store::Error::Generic {
-                    store: "local",
-                    source: Box::new(e),
-                })?;
-            }
-            Ok::<_, object_store::Error>(n)
-        };
-        let n = self.timed(&url, copy).await?;
+        // A large object may take longer than one operation's deadline: the deadline applies
+        // to each part instead, i.e. the download fails when it stalls, not when it is long.
+        let secs = self.op_timeout.as_secs();
+        let mut n = 0u64;
+        loop {
+            let part = match tokio::time::timeout(self.op_timeout, stream.next()).await {
+                Err(_) => return Err(RemoteError::Timeout { url, secs }),
+                Ok(None) => break,
+                Ok(Some(part)) => part.map_err(|e| RemoteError::from_store(&url, e, secs))?,
+            };
+            n += part.len() as u64;
+            // Local disk writes are short next to network reads; this runtime only waits.
+            f.write_all(&part).map_err(io_err)?;
+        }
         f.flush().map_err(io_err)?;
         if n != meta.size {
             return Err(RemoteError::Other {
