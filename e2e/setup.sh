@@ -38,6 +38,18 @@ if [ "$(cat "$venv/.cloudify-req" 2>/dev/null)" != "$req_hash" ]; then
   echo "$req_hash" > "$venv/.cloudify-req"
 fi
 
+# Azurite (Azure Storage emulator) for the az:// source tests, from npm when npm is there
+# (e2e/pytests/test_azure.py skips, saying so, without it).
+azurite_dir=/var/tmp/cloudify-npm
+azurite_version=3.35.0
+if command -v npm >/dev/null \
+  && [ "$(cat "$azurite_dir/.version" 2>/dev/null)" != "$azurite_version" ]; then
+  echo "setup: installing azurite $azurite_version into $azurite_dir"
+  mkdir -p "$azurite_dir"
+  npm install --prefix "$azurite_dir" --no-audit --no-fund --silent "azurite@$azurite_version" >/dev/null
+  echo "$azurite_version" > "$azurite_dir/.version"
+fi
+
 # JSON schemas for stac-validator/stac-api-validator, which download them from sites this
 # machine and CI cannot reach: two pinned sdists from PyPI whose test suites recorded them
 # (see e2e/pytests/stac_schemas.py). Checks sha256; downloads nothing when present.
