@@ -579,3 +579,20 @@ def test_http_sources_from_nginx(nginx, tmp_path):
     cfg = write_cfg(tmp_path / "m.yaml", [{"name": "m", "sources": [missing], "storage": {"allowHttp": True}}])
     r = run_cli(["serve", "--config", str(cfg)], {"CLOUDIFY_CACHE_DIR": str(tmp_path / "c")})
     assert r.returncode != 0 and missing in r.stderr and "no such object" in r.stderr, r.stderr
+
+
+def test_index_command_over_s3(moto, tmp_path):
+    """`cloudify index` takes object URLs too (store settings from the AWS_* environment) and
+    writes references naming the objects."""
+    name = CASES[1]
+    out = tmp_path / "refs.json"
+    env = dict(os.environ)
+    env = {k: v for k, v in env.items() if not k.startswith("AWS_")}
+    env.update(moto.env(), AWS_ENDPOINT=moto.endpoint, AWS_ALLOW_HTTP="true", AWS_REGION=REGION)
+    r = subprocess.run([find_binary(), "index", f"s3://{BUCKET}/{name}/*.nc", "-o", str(out)],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    refs = json.loads(out.read_text())["refs"]
+    urls = {v[0] for v in refs.values() if isinstance(v, list) and len(v) == 3}
+    want = {f"s3://{BUCKET}/{key_of(name, f)}" for f in SPECS[name]["files"]}
+    assert urls == want, (urls, want)
