@@ -183,6 +183,17 @@ pub enum SourceError {
 }
 
 impl SourceFile {
+    /// Identity of a local file from known size and mtime (no `stat`).
+    pub fn local(path: PathBuf, size: u64, mtime_ns: i64) -> Self {
+        Self {
+            path,
+            size,
+            mtime_ns,
+            etag: None,
+            remote: None,
+        }
+    }
+
     /// Stats a file to record its identity.
     pub fn stat(path: PathBuf) -> Result<Self, SourceError> {
         let meta = std::fs::metadata(&path).map_err(|source| SourceError::Io {
@@ -289,13 +300,7 @@ pub fn open_remote(
     };
     let t0 = std::time::Instant::now();
     let (tmp, meta) = crate::storage::fetch_temp(&file, &obj, tmp_dir)?;
-    let local = Arc::new(SourceFile {
-        path: tmp.path().to_path_buf(),
-        size: meta.size,
-        mtime_ns: 0,
-        etag: None,
-        remote: None,
-    });
+    let local = Arc::new(SourceFile::local(tmp.path().to_path_buf(), meta.size, 0));
     let url = file.path.clone();
     let mut idx = open_file(local).map_err(|e| match e {
         // Name the object, not the temporary copy.
