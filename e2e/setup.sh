@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # OS packages: the netCDF/HDF5 C libraries the server links, pkg-config to find them;
-# prometheus for promtool (chart rules checks in e2e/pytests/test_chart.py).
-pkgs=(libnetcdf-dev libhdf5-dev pkg-config prometheus)
+# prometheus for promtool (chart rules checks in e2e/pytests/test_chart.py); nginx for the
+# http:// source tests and the e2e ingress.
+pkgs=(libnetcdf-dev libhdf5-dev pkg-config prometheus nginx)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -45,6 +46,18 @@ if [ "$(cat "$venv/.cloudify-req" 2>/dev/null)" != "$req_hash" ]; then
   "$venv/bin/pip" install -q --upgrade pip
   "$venv/bin/pip" install -q -r e2e/requirements.txt -r bench/requirements.txt
   echo "$req_hash" > "$venv/.cloudify-req"
+fi
+
+# Azurite (Azure Storage emulator) for the az:// source tests, from npm when npm is there
+# (e2e/pytests/test_azure.py skips, saying so, without it).
+azurite_dir=/var/tmp/cloudify-npm
+azurite_version=3.35.0
+if command -v npm >/dev/null \
+  && [ "$(cat "$azurite_dir/.version" 2>/dev/null)" != "$azurite_version" ]; then
+  echo "setup: installing azurite $azurite_version into $azurite_dir"
+  mkdir -p "$azurite_dir"
+  npm install --prefix "$azurite_dir" --no-audit --no-fund --silent "azurite@$azurite_version" >/dev/null
+  echo "$azurite_version" > "$azurite_dir/.version"
 fi
 
 # JSON schemas for stac-validator/stac-api-validator, which download them from sites this

@@ -23,8 +23,11 @@ pub struct DatasetSpec {
     // The schema pattern mirrors `validate_name` so the CRD rejects bad names at admission.
     #[schemars(regex(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"))]
     pub name: String,
-    /// Source files: paths, `file://` URLs or glob patterns. All matches are aggregated into
-    /// one dataset.
+    /// Source files: paths, `file://` URLs or glob patterns, or object URLs
+    /// (`s3://bucket/prefix/*.nc`, `gs://`, `az://`/`abfs://`, `https://`/`http://`).
+    /// Globs over object stores list the prefix up to the first wildcard; plain HTTP
+    /// servers cannot be listed, so `http(s)://` sources are explicit URLs. All matches are
+    /// aggregated into one dataset.
     #[schemars(length(min = 1))]
     pub sources: Vec<String>,
     /// Format of the sources. `auto` (the default) decides per dataset: paths ending in
@@ -38,6 +41,10 @@ pub struct DatasetSpec {
     /// when the dataset opens, so a reference file cannot expose arbitrary server files.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reference_roots: Vec<String>,
+    /// How to reach object-store sources (endpoint, credentials, retries). Ignored for local
+    /// files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageSpec>,
     /// Dimension along which multiple files are concatenated. Default: the unlimited
     /// dimension of the first file, else `time`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -76,6 +83,54 @@ pub enum SourceFormat {
     Kerchunk,
 }
 
+/// Access to the object store holding a dataset's sources.
+///
+/// Credentials come, in increasing priority, from the environment (`AWS_*`, `GOOGLE_*`,
+/// `AZURE_*`, as the `object_store` crate reads them), from `credentialsFile`, and from
+/// `options`. Secrets belong in the file (in Kubernetes: a mounted Secret), not in the config,
+/// which is shown in catalogs and logs; values are never logged.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StorageSpec {
+    /// Endpoint of an S3-compatible service (MinIO, Ceph, moto...) or of an Azure/GCS
+    /// emulator, e.g. `http://127.0.0.1:9000`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Region (S3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Public data: send unsigned requests and look for no credentials.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub anonymous: bool,
+    /// Allow plain `http://` endpoints (test services, private networks).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_http: bool,
+    /// File with credentials and further options: `key=value` lines or one JSON object, keys
+    /// as in `options` (e.g. `aws_access_key_id`, `aws_secret_access_key`,
+    /// `azure_storage_account_key`, `google_service_account_key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<String>,
+    /// Further `object_store` configuration keys (e.g. `aws_virtual_hosted_style_request`,
+    /// `azure_storage_account_name`), case-insensitive. Unknown keys are rejected.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub options: std::collections::BTreeMap<String, String>,
+    /// Requests in flight to this store at most (default 32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_concurrency: Option<u32>,
+    /// Timeout of one HTTP request in seconds (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub timeout_seconds: Option<u64>,
+    /// Retries of a failed request (5xx, throttling, connection errors; default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    /// Time after which a request is no longer retried, in seconds (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub retry_timeout_seconds: Option<u64>,
+}
+
 /// A STAC provider: who produced, processed or hosts the data.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -108,6 +163,13 @@ pub enum SpecError {
     Duplicate { index: usize, name: String },
     #[error("datasets[{index}].concatDim: must not be empty (dataset '{name}')")]
     ConcatDim { index: usize, name: String },
+    #[error("datasets[{index}].storage.{field}: {reason} (dataset '{name}')")]
+    Storage {
+        index: usize,
+        name: String,
+        field: &'static str,
+        reason: String,
+    },
 }
 
 /// Checks a dataset name is usable as one URL path segment.
@@ -169,6 +231,26 @@ impl DatasetSpec {
                 index,
                 name: self.name.clone(),
             });
+        }
+        if let Some(st) = &self.storage {
+            let err = |field: &'static str, reason: &str| SpecError::Storage {
+                index,
+                name: self.name.clone(),
+                field,
+                reason: reason.into(),
+            };
+            if st.max_concurrency == Some(0) {
+                return Err(err("maxConcurrency", "must be at least 1"));
+            }
+            if st.timeout_seconds == Some(0) {
+                return Err(err("timeoutSeconds", "must be at least 1"));
+            }
+            if st.retry_timeout_seconds == Some(0) {
+                return Err(err("retryTimeoutSeconds", "must be at least 1"));
+            }
+            if st.endpoint.as_deref().is_some_and(|e| !e.contains("://")) {
+                return Err(err("endpoint", "must be a URL such as http://host:9000"));
+            }
         }
         Ok(())
     }
@@ -262,6 +344,34 @@ mod tests {
         let err = ServeConfig::from_yaml("datasets: [{name: a, sources: [x], concat: time}]")
             .expect_err("unknown field");
         assert!(err.to_string().contains("concat"), "{err}");
+    }
+
+    #[test]
+    fn storage_options_parse_and_validate() {
+        let cfg = ServeConfig::from_yaml(
+            "datasets: [{name: a, sources: ['s3://b/x/*.nc'], storage: {endpoint: 'http://127.0.0.1:9000', \
+             region: us-east-1, allowHttp: true, credentialsFile: /run/secrets/s3, \
+             options: {aws_virtual_hosted_style_request: 'false'}, maxConcurrency: 8}}]",
+        )
+        .expect("valid");
+        let st = cfg.datasets[0].storage.as_ref().expect("storage");
+        assert!(st.allow_http && !st.anonymous);
+        assert_eq!(st.credentials_file.as_deref(), Some("/run/secrets/s3"));
+        assert_eq!(st.max_concurrency, Some(8));
+        assert_eq!(st.options.len(), 1);
+        let err =
+            ServeConfig::from_yaml("datasets: [{name: a, sources: [x], storage: {endpont: y}}]").unwrap_err();
+        assert!(err.to_string().contains("endpont"), "{err}");
+        let err = ServeConfig::from_yaml("datasets: [{name: a, sources: [x], storage: {maxConcurrency: 0}}]")
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("datasets[0].storage.maxConcurrency"),
+            "{err}"
+        );
+        let err =
+            ServeConfig::from_yaml("datasets: [{name: a, sources: [x], storage: {endpoint: 'host:9000'}}]")
+                .unwrap_err();
+        assert!(err.to_string().contains("storage.endpoint"), "{err}");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! The data path, folder by folder: `http` (key) → `zarr::key` (variable + chunk index) →
 //! `dataset` (which file pieces make up the variable) → `chunk` (which bytes) → `codec`
 //! (decode HDF5 filters, encode for the client) → response. Opening (`source`) uses the
-//! netCDF/HDF5 libraries once; serving reads bytes with `pread` and decodes in Rust.
+//! netCDF/HDF5 libraries once; serving reads bytes with `pread` (or ranged GETs from object
+//! stores, `storage`) and decodes in Rust.
 #![deny(unsafe_code)]
 
 pub mod app;
@@ -18,4 +19,5 @@ pub mod model;
 pub mod refs;
 pub mod serve;
 pub mod source;
+pub mod storage;
 pub mod zarr;

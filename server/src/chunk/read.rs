@@ -12,7 +12,7 @@ use super::grid::{byteswap, copy_block, fill_with, grid_shape, intersect, linear
 use crate::codec::{CodecError, decode_hdf5};
 use crate::dataset::Variable;
 use crate::model::{DType, Endian};
-use crate::source::{ChunkRef, FileVar, Filter, MemValues, Storage};
+use crate::source::{ChunkLoc, ChunkRef, FileVar, Filter, MemValues, SourceFile, Storage};
 
 /// A chunk that cannot be produced. All variants map to HTTP 5xx except `OutOfRange`.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +36,34 @@ pub enum ReadError {
     },
     #[error("chunk of {0:?} elements is too large")]
     TooLarge(Vec<u64>),
+    /// An object-store read failed (missing or changed object, denied, store down, timeout).
+    #[error("{0}")]
+    Remote(#[from] crate::storage::RemoteError),
+}
+
+/// Reads `len` bytes at `offset` of a source: `pread` for local files, a ranged GET for
+/// objects.
+pub fn read_at(file: &SourceFile, offset: u64, len: u64) -> Result<Vec<u8>, ReadError> {
+    match &file.remote {
+        None => pread(&file.path, offset, len),
+        Some(obj) => {
+            let mut got = crate::storage::read_ranges(file, obj, &[(offset, len)])?;
+            Ok(got.pop().map(|b| b.to_vec()).unwrap_or_default())
+        }
+    }
+}
+
+/// Reads several `(offset, len)` ranges of one source. For objects this is one call that
+/// merges nearby ranges into fewer requests and runs them in parallel.
+pub fn read_many(file: &SourceFile, ranges: &[(u64, u64)]) -> Result<Vec<Vec<u8>>, ReadError> {
+    match &file.remote {
+        None => ranges.iter().map(|(o, n)| pread(&file.path, *o, *n)).collect(),
+        Some(_) if ranges.is_empty() => Ok(Vec::new()),
+        Some(obj) => Ok(crate::storage::read_ranges(file, obj, ranges)?
+            .into_iter()
+            .map(|b| b.to_vec())
+            .collect()),
+    }
 }
 
 /// Reads `len` bytes at `offset`; a short read means the file was truncated.
@@ -125,7 +153,7 @@ fn fetch_stored(fv: &FileVar, n: usize) -> Result<Option<Stored>, ReadError> {
     match &fv.storage {
         Storage::Chunked { locs, .. } => match locs.get(n).copied().filter(|l| l.size > 0) {
             Some(l) => Ok(Some(Stored {
-                bytes: pread(&fv.file.path, l.offset, l.size)?,
+                bytes: read_at(&fv.file, l.offset, l.size)?,
                 mask: l.filter_mask,
                 path: fv.file.path.clone(),
                 offset: l.offset,
@@ -168,6 +196,40 @@ fn fetch_stored(fv: &FileVar, n: usize) -> Result<Option<Stored>, ReadError> {
         }
         _ => Ok(None),
     }
+}
+
+/// The stored bytes of several chunks, given as (key, chunk number), without the never-written
+/// ones. For HDF5-chunked sources all byte ranges go to one [`read_many`] call, so an object
+/// store answers nearby chunks with shared requests.
+fn fetch_stored_many<K>(fv: &FileVar, wanted: Vec<(K, usize)>) -> Result<Vec<(K, Stored)>, ReadError> {
+    if let Storage::Chunked { locs, .. } = &fv.storage {
+        let present: Vec<(K, ChunkLoc)> = wanted
+            .into_iter()
+            .filter_map(|(k, n)| locs.get(n).copied().filter(|l| l.size > 0).map(|l| (k, l)))
+            .collect();
+        let ranges: Vec<(u64, u64)> = present.iter().map(|(_, l)| (l.offset, l.size)).collect();
+        let raws = read_many(&fv.file, &ranges)?;
+        return Ok(present
+            .into_iter()
+            .zip(raws)
+            .map(|((k, l), bytes)| {
+                let stored = Stored {
+                    bytes,
+                    mask: l.filter_mask,
+                    path: fv.file.path.clone(),
+                    offset: l.offset,
+                };
+                (k, stored)
+            })
+            .collect());
+    }
+    let mut out = Vec::new();
+    for (k, n) in wanted {
+        if let Some(s) = fetch_stored(fv, n)? {
+            out.push((k, s));
+        }
+    }
+    Ok(out)
 }
 
 fn decode_stored(s: Stored, filters: &[Filter], clen: usize) -> Result<Vec<u8>, ReadError> {
@@ -352,7 +414,6 @@ pub fn read_region(
         return Ok(());
     }
     let elem = dtype.size();
-    let path = fv.file.path.as_path();
     let swap = fv.endian == Endian::Big;
     match &fv.storage {
         Storage::Unallocated => Ok(()),
@@ -363,7 +424,7 @@ pub fn read_region(
             Ok(())
         }
         Storage::Contiguous { offset } => {
-            let mut block = read_contiguous(path, *offset, &fv.shape, elem, start, count)?;
+            let mut block = read_contiguous(&fv.file, *offset, &fv.shape, elem, start, count)?;
             if swap {
                 byteswap(&mut block, elem);
             }
@@ -382,15 +443,28 @@ pub fn read_region(
         Storage::Records { begin, recsize } => {
             let inner_shape = &fv.shape[1..];
             let mut block = Vec::new();
-            for r in start[0]..start[0] + count[0] {
-                block.extend(read_contiguous(
-                    path,
-                    begin + r * recsize,
-                    inner_shape,
-                    elem,
-                    &start[1..],
-                    &count[1..],
-                )?);
+            if fv.file.remote.is_some() {
+                // All runs of all records in one call: nearby ranges share requests.
+                let mut ranges = Vec::new();
+                for r in start[0]..start[0] + count[0] {
+                    let (offsets, run) = contiguous_runs(inner_shape, elem, &start[1..], &count[1..])?;
+                    let base = begin + r * recsize;
+                    ranges.extend(offsets.into_iter().map(|o| (base + o, run)));
+                }
+                for part in read_many(&fv.file, &ranges)? {
+                    block.extend(part);
+                }
+            } else {
+                for r in start[0]..start[0] + count[0] {
+                    block.extend(read_contiguous(
+                        &fv.file,
+                        begin + r * recsize,
+                        inner_shape,
+                        elem,
+                        &start[1..],
+                        &count[1..],
+                    )?);
+                }
             }
             if swap {
                 byteswap(&mut block, elem);
@@ -423,66 +497,75 @@ pub fn read_region(
                 .zip(chunk_shape)
                 .map(|((s, n), c)| (s + n - 1) / c)
                 .collect();
+            // The stored chunks overlapping the block, fetched in one call (one request per
+            // group of nearby chunks for objects).
+            let mut wanted = Vec::new();
             let mut ci = lo.clone();
             loop {
-                if let Some(stored) = fetch_stored(fv, linear(&ci, &sgrid) as usize)? {
-                    let mut data = decode_stored(stored, filters, clen)?;
-                    if swap {
-                        byteswap(&mut data, elem);
-                    }
-                    // Overlap of this stored chunk with the block.
-                    let mut src_start = Vec::with_capacity(ci.len());
-                    let mut ov_count = Vec::with_capacity(ci.len());
-                    let mut d_start = Vec::with_capacity(ci.len());
-                    for d in 0..ci.len() {
-                        let c0 = ci[d] * chunk_shape[d];
-                        let (s, n) = intersect(c0, chunk_shape[d], start[d], count[d]).unwrap_or((c0, 0));
-                        src_start.push(s - c0);
-                        ov_count.push(n);
-                        d_start.push(dst_start[d] + (s - start[d]));
-                    }
-                    copy_block(
-                        &data,
-                        chunk_shape,
-                        &src_start,
-                        dst,
-                        dst_shape,
-                        &d_start,
-                        &ov_count,
-                        elem,
-                    );
-                }
-                // next stored chunk in [lo, hi]
-                let mut d = ci.len();
-                loop {
-                    if d == 0 {
-                        return Ok(());
-                    }
-                    d -= 1;
-                    ci[d] += 1;
-                    if ci[d] <= hi[d] {
-                        break;
-                    }
-                    ci[d] = lo[d];
+                wanted.push((ci.clone(), linear(&ci, &sgrid) as usize));
+                if !next_index(&mut ci, &lo, &hi) {
+                    break;
                 }
             }
+            for (ci, stored) in fetch_stored_many(fv, wanted)? {
+                let mut data = decode_stored(stored, filters, clen)?;
+                if swap {
+                    byteswap(&mut data, elem);
+                }
+                // Overlap of this stored chunk with the block.
+                let mut src_start = Vec::with_capacity(ci.len());
+                let mut ov_count = Vec::with_capacity(ci.len());
+                let mut d_start = Vec::with_capacity(ci.len());
+                for d in 0..ci.len() {
+                    let c0 = ci[d] * chunk_shape[d];
+                    let (s, n) = intersect(c0, chunk_shape[d], start[d], count[d]).unwrap_or((c0, 0));
+                    src_start.push(s - c0);
+                    ov_count.push(n);
+                    d_start.push(dst_start[d] + (s - start[d]));
+                }
+                copy_block(
+                    &data,
+                    chunk_shape,
+                    &src_start,
+                    dst,
+                    dst_shape,
+                    &d_start,
+                    &ov_count,
+                    elem,
+                );
+            }
+            Ok(())
         }
     }
 }
 
-/// Reads a block of a C-ordered array stored as one byte run at `base`. Whole trailing
-/// dimensions merge into long runs; runs close together are read with one `pread`.
-fn read_contiguous(
-    path: &Path,
-    base: u64,
+/// Advances `ci` to the next index of the box `[lo, hi]` in row-major order; false when done.
+fn next_index(ci: &mut [u64], lo: &[u64], hi: &[u64]) -> bool {
+    let mut d = ci.len();
+    loop {
+        if d == 0 {
+            return false;
+        }
+        d -= 1;
+        ci[d] += 1;
+        if ci[d] <= hi[d] {
+            return true;
+        }
+        ci[d] = lo[d];
+    }
+}
+
+/// Byte offsets (relative to the array's start) and length of the runs that make up a
+/// block of a C-ordered array: whole trailing dimensions merge into long runs.
+fn contiguous_runs(
     shape: &[u64],
     elem: usize,
     start: &[u64],
     count: &[u64],
-) -> Result<Vec<u8>, ReadError> {
+) -> Result<(Vec<u64>, u64), ReadError> {
     let rank = shape.len();
     if rank == 0 {
-        return pread(path, base, elem as u64);
+        return Ok((vec![0], elem as u64));
     }
     // k: first dim from which the block covers whole trailing dims
     let mut k = rank - 1;
@@ -509,15 +592,29 @@ fn read_contiguous(
             idx[d] = 0;
         }
     }
-    let run = run_elems * elem as u64;
+    Ok((offsets, run_elems * elem as u64))
+}
+
+/// Reads a block of a C-ordered array stored as one byte run at `base`. Runs close together
+/// are read with one `pread`; for objects, all runs go to one coalescing call.
+fn read_contiguous(
+    file: &SourceFile,
+    base: u64,
+    shape: &[u64],
+    elem: usize,
+    start: &[u64],
+    count: &[u64],
+) -> Result<Vec<u8>, ReadError> {
+    let (offsets, run) = contiguous_runs(shape, elem, start, count)?;
+    let nruns = offsets.len();
     let needed = run * nruns as u64;
     let (first, last) = match (offsets.first(), offsets.last()) {
         (Some(f), Some(l)) => (*f, *l + run),
         _ => return Ok(Vec::new()),
     };
     let span = last - first;
-    if span <= needed * 2 + (1 << 20) {
-        let buf = pread(path, base + first, span)?;
+    if nruns == 1 || (file.remote.is_none() && span <= needed * 2 + (1 << 20)) {
+        let buf = read_at(file, base + first, span)?;
         if nruns == 1 {
             return Ok(buf);
         }
@@ -528,9 +625,10 @@ fn read_contiguous(
         }
         Ok(out)
     } else {
+        let ranges: Vec<(u64, u64)> = offsets.iter().map(|o| (base + o, run)).collect();
         let mut out = Vec::with_capacity(needed as usize);
-        for o in offsets {
-            out.extend(pread(path, base + o, run)?);
+        for part in read_many(file, &ranges)? {
+            out.extend(part);
         }
         Ok(out)
     }

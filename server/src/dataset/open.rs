@@ -35,59 +35,104 @@ fn has_glob(s: &str) -> bool {
 pub fn expand_sources(sources: &[String]) -> Result<Vec<PathBuf>, OpenError> {
     let mut out = Vec::new();
     for (index, s) in sources.iter().enumerate() {
-        let err = |reason: String| OpenError::Source {
-            index,
-            pattern: s.clone(),
-            reason,
-        };
-        let p = if let Some(rest) = s.strip_prefix("file://") {
-            rest.to_string()
-        } else if let Some((scheme, _)) = s.split_once("://") {
-            return Err(err(format!(
-                "scheme '{scheme}://' is not supported yet (use a local path or file://)"
-            )));
-        } else {
-            s.clone()
-        };
-        if has_glob(&p) {
-            let paths = glob::glob(&p).map_err(|e| err(format!("invalid glob: {e}")))?;
-            let mut matched: Vec<PathBuf> = Vec::new();
-            for m in paths {
-                let m = m.map_err(|e| err(e.to_string()))?;
-                if m.is_file() {
-                    matched.push(m);
-                }
-            }
-            if matched.is_empty() {
-                return Err(err("matched no files".into()));
-            }
-            matched.sort();
-            out.extend(matched);
-        } else {
-            let pb = PathBuf::from(&p);
-            if !pb.is_file() {
-                return Err(err(if pb.exists() {
-                    "is not a regular file".into()
-                } else {
-                    "no such file".into()
-                }));
-            }
-            out.push(pb);
-        }
+        out.extend(expand_local(index, s)?);
     }
+    Ok(dedup_local(out))
+}
+
+fn dedup_local(paths: Vec<PathBuf>) -> Vec<PathBuf> {
     let mut seen = std::collections::HashSet::new();
     let mut uniq = Vec::new();
     // Canonical paths de-duplicate files named twice (overlapping patterns, symlinks).
     // Resolving each directory once instead of every path cuts thousands of syscalls from a
     // large aggregation's start-up; only symlinked files need a full resolution of their own.
     let mut dirs: std::collections::HashMap<PathBuf, PathBuf> = std::collections::HashMap::new();
-    for p in out {
+    for p in paths {
         let canon = canonical(&p, &mut dirs).unwrap_or(p);
         if seen.insert(canon.clone()) {
             uniq.push(canon);
         }
     }
-    Ok(uniq)
+    uniq
+}
+
+fn expand_local(index: usize, s: &str) -> Result<Vec<PathBuf>, OpenError> {
+    let err = |reason: String| OpenError::Source {
+        index,
+        pattern: s.to_string(),
+        reason,
+    };
+    let p = s.strip_prefix("file://").unwrap_or(s).to_string();
+    if has_glob(&p) {
+        let paths = glob::glob(&p).map_err(|e| err(format!("invalid glob: {e}")))?;
+        let mut matched: Vec<PathBuf> = Vec::new();
+        for m in paths {
+            let m = m.map_err(|e| err(e.to_string()))?;
+            if m.is_file() {
+                matched.push(m);
+            }
+        }
+        if matched.is_empty() {
+            return Err(err("matched no files".into()));
+        }
+        matched.sort();
+        Ok(matched)
+    } else {
+        let pb = PathBuf::from(&p);
+        if !pb.is_file() {
+            return Err(err(if pb.exists() {
+                "is not a regular file".into()
+            } else {
+                "no such file".into()
+            }));
+        }
+        Ok(vec![pb])
+    }
+}
+
+/// A source file found by expanding the spec.
+enum Found {
+    Local(PathBuf),
+    /// An object with the identity it was listed with.
+    Remote(SourceFile),
+}
+
+/// Expands local and object-store sources, in order. Objects of one bucket/container/host
+/// share one store (and its concurrency limit).
+fn expand_all(spec: &cloudify_crds::DatasetSpec) -> Result<Vec<Found>, OpenError> {
+    let mut stores: std::collections::HashMap<String, Arc<crate::storage::Store>> = Default::default();
+    let mut local = Vec::new();
+    let mut out = Vec::new();
+    let mut seen_urls = std::collections::HashSet::new();
+    for (index, s) in spec.sources.iter().enumerate() {
+        let err = |reason: String| OpenError::Source {
+            index,
+            pattern: s.clone(),
+            reason,
+        };
+        match crate::storage::parse_object_url(s).map_err(err)? {
+            None => local.extend(expand_local(index, s)?),
+            Some(url) => {
+                let store = match stores.get(&url.base) {
+                    Some(st) => st.clone(),
+                    None => {
+                        let st = crate::storage::build_store(&url, spec.storage.as_ref()).map_err(err)?;
+                        stores.insert(url.base.clone(), st.clone());
+                        st
+                    }
+                };
+                for f in crate::storage::expand(&url, &store).map_err(err)? {
+                    if seen_urls.insert(f.path.clone()) {
+                        out.push(Found::Remote(f));
+                    }
+                }
+            }
+        }
+    }
+    // Local files first in their given order (as before), then objects in source order.
+    let mut all: Vec<Found> = dedup_local(local).into_iter().map(Found::Local).collect();
+    all.extend(out);
+    Ok(all)
 }
 
 /// `std::fs::canonicalize(p)`, resolving each parent directory only once.
@@ -134,21 +179,36 @@ pub fn open_dataset_cached(
         return Ok(build(spec, indexes)?);
     }
     let t0 = std::time::Instant::now();
-    let paths = expand_sources(&spec.sources)?;
+    let found = expand_all(spec)?;
     let t1 = std::time::Instant::now();
-    let files = paths
+    let all_local = found.iter().all(|f| matches!(f, Found::Local(_)));
+    let files = found
         .into_par_iter()
-        .map(SourceFile::stat)
+        .map(|f| match f {
+            Found::Local(p) => SourceFile::stat(p),
+            Found::Remote(file) => Ok(file),
+        })
         .collect::<Result<Vec<_>, SourceError>>()?;
-    let cached = cache.and_then(|c| c.load_aggregate(&spec.sources, &files));
+    // The aggregate entry is for local files only: it cannot carry the object-store handles
+    // remote sources are read through (those come from the listing, per start).
+    let cached = cache
+        .filter(|_| all_local)
+        .and_then(|c| c.load_aggregate(&spec.sources, &files));
     let indexes = match cached {
         Some(indexes) => indexes,
         None => {
+            let tmp_dir = cache.map_or_else(std::env::temp_dir, IndexCache::download_dir);
             let indexes = files
                 .into_par_iter()
-                .map(|f| open_cached(Arc::new(f), cache))
+                .map(|f| {
+                    if f.remote.is_some() {
+                        crate::source::open_remote(Arc::new(f), cache, &tmp_dir)
+                    } else {
+                        open_cached(Arc::new(f), cache)
+                    }
+                })
                 .collect::<Result<Vec<_>, SourceError>>()?;
-            if let Some(c) = cache {
+            if let Some(c) = cache.filter(|_| all_local) {
                 c.store_aggregate(&spec.sources, &indexes);
             }
             indexes

@@ -59,6 +59,21 @@ impl AppState {
         });
         rx.await.ok()
     }
+
+    /// Like [`AppState::run`], for work on `ds`. Reads from object stores mostly wait on
+    /// the network, so they run on tokio's blocking pool (many threads) instead of occupying
+    /// the few decode workers; the store's concurrency limit bounds the requests.
+    pub async fn run_for<T: Send + 'static>(
+        &self,
+        ds: &Dataset,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        if ds.files.iter().any(|f| f.remote.is_some()) {
+            tokio::task::spawn_blocking(f).await.ok()
+        } else {
+            self.run(f).await
+        }
+    }
 }
 
 /// Builds the router.

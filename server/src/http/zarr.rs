@@ -33,6 +33,8 @@ pub fn served(state: &AppState, id: &str) -> Result<Arc<Served>, ApiError> {
     }
 }
 
+/// The dataset fingerprint covers every source's identity (path or URL, size, mtime or
+/// last-modified, and the ETag of objects), so a replaced object changes every ETag.
 fn etag(s: &Served, key: &str) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut h);
@@ -129,12 +131,17 @@ pub async fn zarr_key(
     }
     let t0 = Instant::now();
     let s2 = s.clone();
-    let result = state.run(move || chunk_bytes(&s2, &ck)).await.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("dataset '{id}', key '{key}': internal error while reading the chunk (see server log)"),
-        )
-    })?;
+    let result = state
+        .run_for(&s.ds, move || chunk_bytes(&s2, &ck))
+        .await
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "dataset '{id}', key '{key}': internal error while reading the chunk (see server log)"
+                ),
+            )
+        })?;
     let code = match &result {
         Ok(_) => "200".to_string(),
         Err(e) => e.status.as_str().to_string(),
@@ -228,16 +235,22 @@ pub async fn kerchunk_key(
             "application/octet-stream",
         )),
         RefValue::Range { .. } | RefValue::File { .. } => {
-            let (path, range) = match value {
-                RefValue::Range { file, offset, size } => (s.refs.files.get(*file), Some((*offset, *size))),
-                RefValue::File { file } => (s.refs.files.get(*file), None),
-                _ => (None, None),
+            let (file, range) = match value {
+                RefValue::Range { file, offset, size } => (*file, Some((*offset, *size))),
+                RefValue::File { file } => (*file, None),
+                _ => (usize::MAX, None),
             };
-            let path = path.cloned().unwrap_or_default();
+            let Some(src) = s.refs.sources.get(file).cloned() else {
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("dataset '{id}': reference '{key}' names no source file"),
+                ));
+            };
             let bytes = state
-                .run(move || match range {
-                    Some((offset, size)) => crate::chunk::read::pread(&path, offset, size),
-                    None => crate::chunk::read::read_file(&path),
+                .run_for(&s.ds, move || match range {
+                    Some((offset, size)) => crate::chunk::read::read_at(&src, offset, size),
+                    // Whole-file references (Zarr store chunks) are local files.
+                    None => crate::chunk::read::read_file(&src.path),
                 })
                 .await
                 .ok_or_else(|| {

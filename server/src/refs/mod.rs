@@ -43,6 +43,9 @@ pub enum RefValue {
 #[derive(Debug, Default)]
 pub struct Refs {
     pub files: Vec<PathBuf>,
+    /// The sources behind `files` (same order): how `/kerchunk` reads a range, locally or
+    /// from an object store.
+    pub sources: Vec<std::sync::Arc<crate::source::SourceFile>>,
     pub entries: BTreeMap<String, RefValue>,
     /// Variables left out, with the reason.
     pub skipped: Vec<(String, String)>,
@@ -144,14 +147,24 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn file(&mut self, p: &std::path::Path) -> usize {
-        if let Some(i) = self.file_ids.get(p) {
+    fn file(&mut self, f: &std::sync::Arc<crate::source::SourceFile>) -> usize {
+        if let Some(i) = self.file_ids.get(&f.path) {
             return *i;
         }
         let i = self.refs.files.len();
-        self.refs.files.push(p.to_path_buf());
-        self.file_ids.insert(p.to_path_buf(), i);
+        self.refs.files.push(f.path.clone());
+        self.refs.sources.push(f.clone());
+        self.file_ids.insert(f.path.clone(), i);
         i
+    }
+
+    /// A local file named by a reference source (kerchunk/Zarr chunk files are local paths).
+    fn local(&mut self, path: &std::path::Path) -> usize {
+        if let Some(i) = self.file_ids.get(path) {
+            return *i;
+        }
+        let f = std::sync::Arc::new(crate::source::SourceFile::local(path.to_path_buf(), 0, 0));
+        self.file(&f)
     }
 }
 
@@ -222,12 +235,12 @@ fn chunked(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
                         offset,
                         size,
                     }) => RefValue::Range {
-                        file: ctx.file(&file(f)),
+                        file: ctx.local(&file(f)),
                         offset: *offset,
                         size: *size,
                     },
                     Some(ChunkRef::Whole { file: f }) => RefValue::File {
-                        file: ctx.file(&file(f)),
+                        file: ctx.local(&file(f)),
                     },
                     Some(ChunkRef::Inline(b)) => RefValue::Inline(b.clone()),
                     None | Some(ChunkRef::Missing) => return Ok(()),
@@ -242,7 +255,7 @@ fn chunked(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
         };
         let value = if loc.filter_mask == 0 {
             RefValue::Range {
-                file: ctx.file(&piece.data.file.path),
+                file: ctx.file(&piece.data.file),
                 offset: loc.offset,
                 size: loc.size,
             }
@@ -320,7 +333,7 @@ fn contiguous(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
         };
         let mut idx = vec![0u64; v.shape.len()];
         idx[0] = i;
-        let file = ctx.file(&piece.data.file.path);
+        let file = ctx.file(&piece.data.file);
         ctx.refs
             .entries
             .insert(chunk_key(&v.path, &idx), RefValue::Range { file, offset, size });
@@ -466,7 +479,15 @@ impl Refs {
                     let url = self
                         .files
                         .get(*file)
-                        .map(|p| format!("file://{}", p.display()))
+                        .map(|p| {
+                            // Object sources keep their URL (fsspec opens s3://, gs://, ...).
+                            let p = p.display().to_string();
+                            if p.contains("://") {
+                                p
+                            } else {
+                                format!("file://{p}")
+                            }
+                        })
                         .unwrap_or_default();
                     write_json_str(&mut t, &url);
                     let _ = write!(t, ", {offset}, {size}]");

@@ -1,5 +1,5 @@
-//! The persisted chunk index: one file per source, keyed by the source's path and checked
-//! against its size and mtime, so restarts and other replicas skip the libraries entirely
+//! The persisted chunk index: one file per source, keyed by the source's path (or object
+//! URL) and checked against its size and mtime (and ETag for objects), so restarts and other replicas skip the libraries entirely
 //! and a changed file is always re-indexed.
 //!
 //! Each cache file is a kerchunk/fsspec reference document (JSON v1) for that one source —
@@ -111,6 +111,12 @@ impl IndexCache {
         }
     }
 
+    /// Where temporary copies of remote objects go while they are indexed (next to the
+    /// cache, which has room for indexes; `/tmp` may be a small RAM disk).
+    pub fn download_dir(&self) -> PathBuf {
+        self.dir.with_file_name("downloads")
+    }
+
     fn entry(&self, path: &Path) -> PathBuf {
         let h = Sha256::digest(path.as_os_str().as_encoded_bytes());
         let hex: String = h.iter().take(16).map(|b| format!("{b:02x}")).collect();
@@ -166,8 +172,9 @@ pub fn open_cached(
     cache: Option<&IndexCache>,
 ) -> Result<SourceIndex, super::SourceError> {
     if let Some(c) = cache
-        && let Some(idx) = c.load(&file)
+        && let Some(mut idx) = c.load(&file)
     {
+        super::rebind(&mut idx, &file);
         return Ok(idx);
     }
     let idx = super::open_file(file)?;

@@ -23,11 +23,38 @@ use crate::dataset::attrs::Attrs;
 use crate::model::{DType, Endian};
 
 /// Identity of one source file: used for ETags and to detect changed files.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// For an object-store source, `path` holds its URL (`s3://bucket/key`), `mtime_ns` its
+/// last-modified time and `etag` its ETag; `remote` is how to read it (not part of the
+/// identity, not persisted).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SourceFile {
     pub path: PathBuf,
     pub size: u64,
     pub mtime_ns: i64,
+    /// Always written (no `skip_serializing_if`): the aggregate index cache uses postcard,
+    /// a format in which every field must be present.
+    #[serde(default)]
+    pub etag: Option<String>,
+    #[serde(skip)]
+    pub remote: Option<Arc<crate::storage::RemoteObject>>,
+}
+
+impl PartialEq for SourceFile {
+    fn eq(&self, o: &Self) -> bool {
+        self.path == o.path && self.size == o.size && self.mtime_ns == o.mtime_ns && self.etag == o.etag
+    }
+}
+
+impl Eq for SourceFile {}
+
+impl std::hash::Hash for SourceFile {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.path.hash(h);
+        self.size.hash(h);
+        self.mtime_ns.hash(h);
+        self.etag.hash(h);
+    }
 }
 
 /// One step of an HDF5 filter pipeline that we can undo in Rust.
@@ -215,9 +242,22 @@ pub enum SourceError {
     Library { path: PathBuf, message: String },
     #[error("{path}: {message}")]
     Malformed { path: PathBuf, message: String },
+    #[error("{0}")]
+    Remote(#[from] crate::storage::RemoteError),
 }
 
 impl SourceFile {
+    /// Identity of a local file from known size and mtime (no `stat`).
+    pub fn local(path: PathBuf, size: u64, mtime_ns: i64) -> Self {
+        Self {
+            path,
+            size,
+            mtime_ns,
+            etag: None,
+            remote: None,
+        }
+    }
+
     /// Stats a file to record its identity.
     pub fn stat(path: PathBuf) -> Result<Self, SourceError> {
         let meta = std::fs::metadata(&path).map_err(|source| SourceError::Io {
@@ -239,6 +279,8 @@ impl SourceFile {
             path,
             size: meta.len(),
             mtime_ns,
+            etag: None,
+            remote: None,
         })
     }
 }
@@ -288,6 +330,74 @@ pub fn sniff(path: &std::path::Path) -> Result<Format, SourceError> {
 /// without touching the file again (the index cache is keyed by size and mtime, so the
 /// values cannot go stale).
 pub const INLINE_BYTES: u64 = 16 << 10;
+
+/// Points every variable of an index at `file`: after loading a cached index (whose file
+/// entries are plain identities) or indexing a temporary copy of a remote object.
+pub fn rebind(idx: &mut SourceIndex, file: &Arc<SourceFile>) {
+    fn group(g: &mut SourceGroup, file: &Arc<SourceFile>) {
+        for v in &mut g.vars {
+            v.data.file = file.clone();
+        }
+        for sub in &mut g.groups {
+            group(sub, file);
+        }
+    }
+    idx.file = file.clone();
+    group(&mut idx.root, file);
+}
+
+/// Opens and indexes one object-store source: from the index cache when it holds this
+/// version (URL, size, ETag), else from a temporary local copy that is deleted afterwards.
+pub fn open_remote(
+    file: Arc<SourceFile>,
+    cache: Option<&cache::IndexCache>,
+    tmp_dir: &std::path::Path,
+) -> Result<SourceIndex, SourceError> {
+    if let Some(c) = cache
+        && let Some(mut idx) = c.load(&file)
+    {
+        rebind(&mut idx, &file);
+        return Ok(idx);
+    }
+    let Some(obj) = file.remote.clone() else {
+        return open_file(file);
+    };
+    let t0 = std::time::Instant::now();
+    let (tmp, meta) = crate::storage::fetch_temp(&file, &obj, tmp_dir)?;
+    let local = Arc::new(SourceFile::local(tmp.path().to_path_buf(), meta.size, 0));
+    let url = file.path.clone();
+    let mut idx = open_file(local).map_err(|e| match e {
+        // Name the object, not the temporary copy.
+        SourceError::Io { source, .. } => SourceError::Io {
+            path: url.clone(),
+            source,
+        },
+        SourceError::NotNetcdf { .. } => SourceError::NotNetcdf { path: url.clone() },
+        SourceError::Library { message, .. } => SourceError::Library {
+            path: url.clone(),
+            message,
+        },
+        SourceError::Malformed { message, .. } => SourceError::Malformed {
+            path: url.clone(),
+            message,
+        },
+        other => other,
+    })?;
+    drop(tmp);
+    // The copy's identity is what was indexed.
+    let file = Arc::new(SourceFile {
+        size: meta.size,
+        mtime_ns: meta.last_modified.timestamp_nanos_opt().unwrap_or(0),
+        etag: meta.e_tag.clone(),
+        ..(*file).clone()
+    });
+    rebind(&mut idx, &file);
+    tracing::info!(url = %file.path.display(), bytes = meta.size, ms = t0.elapsed().as_millis() as u64, "indexed remote object");
+    if let Some(c) = cache {
+        c.store(&idx);
+    }
+    Ok(idx)
+}
 
 /// Opens and indexes one file, whatever its format.
 pub fn open_file(file: Arc<SourceFile>) -> Result<SourceIndex, SourceError> {

@@ -1,0 +1,598 @@
+"""Object-store sources: a real S3 API (moto server) and a real HTTP server (nginx), both
+started here on loopback ports.
+
+* CMIP6 sample series uploaded to a bucket and served from ``s3://bucket/.../*.nc`` equal
+  ``xarray.open_mfdataset`` on the originals (/zarr v2 and v3, /kerchunk);
+* credentials from the environment and from a credentials file; wrong credentials, a
+  missing key and a glob matching nothing are reported naming the source;
+* a fault-injecting proxy in front of moto: throttling (503 SlowDown) is retried away, a
+  permanent failure is a 502 JSON error naming the object, a store that does not answer a
+  504, both quickly;
+* the index cache is reused across restarts (no second download) and a replaced object
+  (new ETag) is re-indexed, while a server that indexed the old version refuses to serve
+  stale bytes;
+* ``http://`` sources from nginx with range requests.
+"""
+from __future__ import annotations
+
+import http.client
+import http.server
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import xarray as xr
+
+from conftest import find_binary, start_server, stop_server, wait_until_settled
+from helpers import cmip6_specs, open_reference
+from test_fidelity import compare_datasets
+
+boto3 = pytest.importorskip("boto3")
+pytest.importorskip("moto")
+
+warnings.filterwarnings("ignore")
+
+BUCKET = "cmip"
+REGION = "us-east-1"
+# Series of three and two files and single-file datasets of both tables: small enough for CI,
+# covering aggregation over objects. The sample data is contiguous (unchunked) netCDF-4; all
+# but MIROC6's variables are larger than what the index keeps in memory, so they are read from
+# the store with ranged GETs.
+CASES = ["cmip6_MIROC6_day", "cmip6_CanESM5_day", "cmip6_CanESM5_Amon", "cmip6_IPSL-CM6A-LR_day"]
+SPECS = {d["name"]: d for d in cmip6_specs()}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} not listening on {port} after {timeout}s")
+
+
+def key_of(name: str, path: str) -> str:
+    return f"{name}/{Path(path).name}"
+
+
+# ---------------------------------------------------------------------------
+# moto with IAM authentication: the first three requests (creating the user, its policy and
+# its key) are unauthenticated, every later one must be signed with that key.
+# ---------------------------------------------------------------------------
+class Moto:
+    def __init__(self, port: int, proc: subprocess.Popen, key_id: str, secret: str):
+        self.port, self.proc, self.key_id, self.secret = port, proc, key_id, secret
+        self.endpoint = f"http://127.0.0.1:{port}"
+
+    def client(self):
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name=REGION,
+                            aws_access_key_id=self.key_id, aws_secret_access_key=self.secret)
+
+    def env(self) -> dict:
+        return {"AWS_ACCESS_KEY_ID": self.key_id, "AWS_SECRET_ACCESS_KEY": self.secret}
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory) -> Moto:
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
+    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3", AWS_DEFAULT_REGION=REGION)
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        wait_port(port, proc, "moto server")
+        iam = boto3.client("iam", endpoint_url=f"http://127.0.0.1:{port}", region_name=REGION,
+                           aws_access_key_id="setup", aws_secret_access_key="setup")
+        iam.create_user(UserName="cloudify")
+        iam.put_user_policy(UserName="cloudify", PolicyName="s3", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17",
+             "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        k = iam.create_access_key(UserName="cloudify")["AccessKey"]
+        m = Moto(port, proc, k["AccessKeyId"], k["SecretAccessKey"])
+        s3 = m.client()
+        s3.create_bucket(Bucket=BUCKET)
+        for name in CASES:
+            for f in SPECS[name]["files"]:
+                s3.upload_file(f, BUCKET, key_of(name, f))
+        yield m
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def dataset_yaml(name: str, sources: list[str], storage: dict) -> str:
+    return json.dumps({"name": name, "sources": sources, "storage": storage})
+
+
+def write_cfg(path: Path, datasets: list[dict]) -> Path:
+    # JSON is YAML: the config reader takes it as is.
+    path.write_text(json.dumps({"datasets": datasets}, indent=1))
+    return path
+
+
+def storage(endpoint: str, **extra) -> dict:
+    return {"endpoint": endpoint, "region": REGION, "allowHttp": True, **extra}
+
+
+def serve_cfg(tmp: Path, tag: str, datasets: list[dict], env: dict, cache: Path | None = None):
+    cfg = write_cfg(tmp / f"{tag}.yaml", datasets)
+    extra = dict(env)
+    extra["CLOUDIFY_CACHE_DIR"] = str(cache or (tmp / "cache"))
+    url, proc, log = start_server(["serve", "--config", str(cfg)], tmp, tag, extra_env=extra)
+    wait_until_settled(url, [d["name"] for d in datasets], proc)
+    return url, proc, log
+
+
+def no_aws_env() -> dict:
+    """The test process's own AWS_* variables must not leak into servers."""
+    return {k: "" for k in os.environ if k.startswith("AWS_")}
+
+
+def run_cli(args: list[str], env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
+    full = dict(os.environ)
+    full.update(env)
+    full = {k: v for k, v in full.items() if v != "" or not k.startswith("AWS_")}
+    return subprocess.run([find_binary(), *args, "--port", "0"], capture_output=True, text=True,
+                          timeout=timeout, env=full, stdin=subprocess.DEVNULL)
+
+
+def assert_same(served: xr.Dataset, ref: xr.Dataset, label: str):
+    problems = compare_datasets(served, ref, raw=False, label=label)
+    assert not problems, "\n".join(problems[:20])
+
+
+# ---------------------------------------------------------------------------
+# serving from S3
+# ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def s3_server(moto, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("s3serve")
+    # credentials from the environment for all but one dataset, which reads a key=value file
+    # (and would fail with the environment's key, see test_credentials_file_wins).
+    creds = tmp / "s3.env"
+    creds.write_text(f"# test key\nAWS_ACCESS_KEY_ID={moto.key_id}\naws_secret_access_key='{moto.secret}'\n")
+    creds.chmod(0o600)
+    datasets = []
+    for i, name in enumerate(CASES):
+        st = storage(moto.endpoint)
+        if i == 0:
+            st["credentialsFile"] = str(creds)
+        datasets.append({"name": name, "sources": [f"s3://{BUCKET}/{name}/*.nc"], "storage": st})
+    env = no_aws_env() | moto.env()
+    url, proc, log = serve_cfg(tmp, "s3", datasets, env)
+    yield url
+    alive = proc.poll() is None
+    stop_server(proc)
+    assert alive, log.read_text(errors="replace")[-3000:]
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("route", ["zarr-v2", "zarr-v3", "kerchunk"])
+def test_s3_dataset_equals_originals(s3_server, name, route):
+    ref = open_reference(SPECS[name], raw=False).load()
+    if route == "kerchunk":
+        url, fmt = f"{s3_server}/datasets/{name}/kerchunk", 2
+    else:
+        url, fmt = f"{s3_server}/datasets/{name}/zarr", int(route[-1])
+    ds = xr.open_dataset(url, engine="zarr", zarr_format=fmt, consolidated=True).load()
+    assert_same(ds, ref, f"{name} {route}")
+
+
+def test_s3_etag_and_refs_name_objects(s3_server):
+    urls = set()
+    for name in CASES:
+        r = requests.get(f"{s3_server}/datasets/{name}/zarr/.zmetadata", timeout=30)
+        assert r.status_code == 200 and r.headers["ETag"]
+        refs = requests.get(f"{s3_server}/datasets/{name}/kerchunk.json", timeout=30).json()
+        mine = {v[0] for v in refs["refs"].values() if isinstance(v, list) and len(v) == 3}
+        assert all(u.startswith(f"s3://{BUCKET}/{name}/") for u in mine), mine
+        urls |= mine
+    assert urls  # byte-range references name the objects by URL (usable with fsspec's s3fs)
+
+
+# ---------------------------------------------------------------------------
+# bad input
+# ---------------------------------------------------------------------------
+def test_missing_key_and_empty_glob_exit_naming_the_source(moto, tmp_path):
+    env = no_aws_env() | moto.env() | {"AWS_ENDPOINT": moto.endpoint, "AWS_ALLOW_HTTP": "true",
+                                       "AWS_REGION": REGION, "CLOUDIFY_CACHE_DIR": str(tmp_path / "c")}
+    src = f"s3://{BUCKET}/nope/missing.nc"
+    r = run_cli(["serve", "x", src], env)
+    assert r.returncode != 0
+    assert src in r.stderr and "no such object" in r.stderr, r.stderr
+    src = f"s3://{BUCKET}/{CASES[0]}/*.grib"
+    r = run_cli(["serve", "x", src], env)
+    assert r.returncode != 0
+    assert src in r.stderr and "matched no objects" in r.stderr, r.stderr
+
+
+def test_broken_dataset_reported_others_served(moto, tmp_path):
+    good, bad = CASES[2], "broken"
+    datasets = [
+        {"name": good, "sources": [f"s3://{BUCKET}/{good}/*.nc"], "storage": storage(moto.endpoint)},
+        {"name": bad, "sources": [f"s3://{BUCKET}/nope/*.nc"], "storage": storage(moto.endpoint)},
+    ]
+    url, proc, _ = serve_cfg(tmp_path, "broken", datasets, no_aws_env() | moto.env())
+    try:
+        st = {d["name"]: d for d in requests.get(url + "/status", timeout=30).json()["datasets"]}
+        assert st[bad]["state"] == "failed"
+        assert f"s3://{BUCKET}/nope/*.nc" in st[bad]["error"] and "matched no objects" in st[bad]["error"]
+        assert st[good]["state"] == "ready"
+        r = requests.get(f"{url}/datasets/{bad}/zarr/.zmetadata", timeout=30)
+        assert r.status_code == 503 and "s3://" in r.json()["error"]
+        ds = xr.open_dataset(f"{url}/datasets/{good}/zarr", engine="zarr", zarr_format=3).load()
+        assert_same(ds, open_reference(SPECS[good], raw=False).load(), good)
+    finally:
+        stop_server(proc)
+
+
+def test_wrong_credentials_named(moto, tmp_path):
+    src = f"s3://{BUCKET}/{CASES[2]}/*.nc"
+    env = no_aws_env() | {"AWS_ACCESS_KEY_ID": "AKIAWRONGWRONGWRONG0", "AWS_SECRET_ACCESS_KEY": "wrong-secret",
+                          "CLOUDIFY_CACHE_DIR": str(tmp_path / "c")}
+    cfg = write_cfg(tmp_path / "wrong.yaml", [{"name": "w", "sources": [src], "storage": storage(moto.endpoint)}])
+    r = run_cli(["serve", "--config", str(cfg)], env)
+    assert r.returncode != 0
+    assert src in r.stderr, r.stderr
+    assert "InvalidAccessKeyId" in r.stderr or "denied" in r.stderr.lower(), r.stderr
+    assert "wrong-secret" not in r.stderr  # secrets are never printed
+
+
+def test_credentials_file_wins_over_environment(moto, tmp_path):
+    """Wrong key in the environment, right key in a JSON credentials file: the file wins."""
+    creds = tmp_path / "creds.json"
+    creds.write_text(json.dumps({"aws_access_key_id": moto.key_id, "aws_secret_access_key": moto.secret}))
+    name = CASES[2]
+    env = no_aws_env() | {"AWS_ACCESS_KEY_ID": "AKIAWRONGWRONGWRONG0", "AWS_SECRET_ACCESS_KEY": "wrong"}
+    datasets = [{"name": name, "sources": [f"s3://{BUCKET}/{name}/*.nc"],
+                 "storage": storage(moto.endpoint, credentialsFile=str(creds))}]
+    url, proc, _ = serve_cfg(tmp_path, "credfile", datasets, env)
+    try:
+        ds = xr.open_dataset(f"{url}/datasets/{name}/zarr", engine="zarr", zarr_format=2).load()
+        assert_same(ds, open_reference(SPECS[name], raw=False).load(), name)
+    finally:
+        stop_server(proc)
+    # a credentials file with an unknown key is rejected naming the key, not its value
+    creds.write_text(json.dumps({"aws_acces_key_id": "sekrit"}))
+    r = run_cli(["serve", "--config", str(tmp_path / "credfile.yaml")], env | {"CLOUDIFY_CACHE_DIR": str(tmp_path / "c2")})
+    assert r.returncode != 0 and "aws_acces_key_id" in r.stderr and "sekrit" not in r.stderr, r.stderr
+
+
+# ---------------------------------------------------------------------------
+# faults: a proxy in front of moto
+# ---------------------------------------------------------------------------
+class FaultProxy:
+    """Forwards to moto, unchanged (the Host header too: requests are signed for it), except:
+    mode "throttle": the first `n` attempts of every distinct request get 503 SlowDown;
+    mode "down": every ranged GET gets 503; mode "hang": ranged GETs get no answer."""
+
+    def __init__(self, upstream_port: int):
+        self.upstream = upstream_port
+        self.mode = "pass"
+        self.n = 2
+        self.seen: dict = {}
+        self.counts = {"503": 0, "forwarded": 0, "full_get": 0, "ranged_get": 0}
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def _handle(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                ranged = self.command == "GET" and "Range" in self.headers
+                with proxy.lock:
+                    key = (self.command, self.path, self.headers.get("Range"))
+                    proxy.seen[key] = proxy.seen.get(key, 0) + 1
+                    fail = (proxy.mode == "throttle" and proxy.seen[key] <= proxy.n) or (
+                        proxy.mode == "down" and ranged)
+                    hang = proxy.mode == "hang" and ranged
+                if hang:
+                    time.sleep(30)
+                    return
+                if fail:
+                    with proxy.lock:
+                        proxy.counts["503"] += 1
+                    msg = (b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code>"
+                           b"<Message>Please reduce your request rate.</Message></Error>")
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(msg)))
+                    self.end_headers()
+                    self.wfile.write(msg)
+                    return
+                conn = http.client.HTTPConnection("127.0.0.1", proxy.upstream, timeout=60)
+                conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                for k, v in self.headers.items():
+                    conn.putheader(k, v)
+                conn.endheaders(body or None)
+                resp = conn.getresponse()
+                data = resp.read()
+                with proxy.lock:
+                    proxy.counts["forwarded"] += 1
+                    # object GETs (listings are GETs with a query string)
+                    if self.command == "GET" and resp.status in (200, 206) and "?" not in self.path:
+                        proxy.counts["ranged_get" if ranged else "full_get"] += 1
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "content-length", "connection", "server", "date"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _handle
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def proxy(moto):
+    p = FaultProxy(moto.port)
+    yield p
+    p.close()
+
+
+def test_throttling_is_retried(moto, proxy, tmp_path):
+    name = CASES[1]
+    proxy.mode, proxy.n = "throttle", 2
+    datasets = [{"name": name, "sources": [f"s3://{BUCKET}/{name}/*.nc"],
+                 "storage": storage(proxy.endpoint, maxRetries=5)}]
+    url, proc, _ = serve_cfg(tmp_path, "throttle", datasets, no_aws_env() | moto.env())
+    try:
+        for fmt in (2, 3):
+            ds = xr.open_dataset(f"{url}/datasets/{name}/zarr", engine="zarr", zarr_format=fmt).load()
+            assert_same(ds, open_reference(SPECS[name], raw=False).load(), f"{name} v{fmt} throttled")
+        ds = xr.open_dataset(f"{url}/datasets/{name}/kerchunk", engine="zarr", zarr_format=2).load()
+        assert_same(ds, open_reference(SPECS[name], raw=False).load(), f"{name} kerchunk throttled")
+    finally:
+        stop_server(proc)
+    # every distinct request (listing, downloads, ranged reads) was refused twice first
+    assert proxy.counts["503"] == proxy.n * len(proxy.seen) > 0, proxy.counts
+    assert proxy.counts["full_get"] == len(SPECS[name]["files"]), proxy.counts
+    assert proxy.counts["ranged_get"] > 0, proxy.counts
+
+
+def first_chunk_key(url: str, name: str) -> str:
+    """First chunk of the largest variable (one that is read from the store)."""
+    meta = requests.get(f"{url}/datasets/{name}/zarr/.zmetadata", timeout=30).json()["metadata"]
+    key, zarray = max(((k, v) for k, v in meta.items() if k.endswith("/.zarray")),
+                      key=lambda kv: int(np.prod(kv[1]["shape"])))
+    return key.rsplit("/", 1)[0] + "/" + ".".join("0" * len(zarray["shape"]))
+
+
+def test_permanent_failure_is_502_and_hang_is_504(moto, proxy, tmp_path):
+    name = CASES[2]
+    datasets = [{"name": name, "sources": [f"s3://{BUCKET}/{name}/*.nc"],
+                 "storage": storage(proxy.endpoint, maxRetries=2, timeoutSeconds=2, retryTimeoutSeconds=4)}]
+    url, proc, _ = serve_cfg(tmp_path, "down", datasets, no_aws_env() | moto.env())
+    try:
+        key = first_chunk_key(url, name)
+        assert requests.get(f"{url}/datasets/{name}/zarr/{key}", timeout=30).status_code == 200
+        proxy.mode = "down"
+        for route in ("zarr", "kerchunk"):
+            t0 = time.monotonic()
+            r = requests.get(f"{url}/datasets/{name}/{route}/{key}", timeout=60)
+            took = time.monotonic() - t0
+            assert r.status_code == 502, (route, r.status_code, r.text)
+            err = r.json()["error"]
+            assert f"s3://{BUCKET}/{name}/" in err and "503" in err, err
+            assert took < 20, took
+        proxy.mode = "hang"
+        t0 = time.monotonic()
+        r = requests.get(f"{url}/datasets/{name}/zarr/{key}", timeout=60)
+        assert r.status_code == 504, (r.status_code, r.text)
+        assert f"s3://{BUCKET}/{name}/" in r.json()["error"]
+        assert time.monotonic() - t0 < 30
+        # the server keeps serving once the store is back
+        proxy.mode = "pass"
+        assert requests.get(f"{url}/datasets/{name}/zarr/{key}", timeout=30).status_code == 200
+        assert proc.poll() is None
+    finally:
+        stop_server(proc)
+
+
+# ---------------------------------------------------------------------------
+# index cache and changed objects
+# ---------------------------------------------------------------------------
+def test_index_cache_reuse_and_reindex_on_new_etag(moto, proxy, tmp_path):
+    import netCDF4
+
+    name = "changing"
+    series = SPECS[CASES[1]]["files"]
+    s3 = moto.client()
+    for f in series:
+        s3.upload_file(f, BUCKET, f"{name}/{Path(f).name}")
+    datasets = [{"name": name, "sources": [f"s3://{BUCKET}/{name}/*.nc"], "storage": storage(proxy.endpoint)}]
+    env = no_aws_env() | moto.env()
+    cache = tmp_path / "cache"
+    url, proc, _ = serve_cfg(tmp_path, "cold", datasets, env, cache)
+    try:
+        key = first_chunk_key(url, name)
+        chunk1 = requests.get(f"{url}/datasets/{name}/zarr/{key}", timeout=30)
+        assert chunk1.status_code == 200
+    finally:
+        stop_server(proc)
+    assert proxy.counts["full_get"] == len(series), proxy.counts  # one download per object
+    assert len(list((cache / "index").glob("*.json"))) == len(series)
+    assert not any((cache / "downloads").glob("*")), "temporary copies must be deleted"
+    # restart: the cache answers, nothing is downloaded again
+    url, proc, _ = serve_cfg(tmp_path, "warm", datasets, env, cache)
+    try:
+        r = requests.get(f"{url}/datasets/{name}/zarr/{key}", timeout=30)
+        assert r.content == chunk1.content and r.headers["ETag"] == chunk1.headers["ETag"]
+    finally:
+        stop_server(proc)
+    assert proxy.counts["full_get"] == len(series), proxy.counts
+    # keep a server running on the old index, then replace the first object
+    old_url, old_proc, _ = serve_cfg(tmp_path, "old", datasets, env, cache)
+    try:
+        changed = tmp_path / Path(series[0]).name
+        shutil.copy(series[0], changed)
+        with netCDF4.Dataset(changed, "a") as ds:
+            vname = key.split("/")[0]
+            idx = (0,) * ds.variables[vname].ndim
+            ds.variables[vname][idx] = np.float32(-999.0)
+        s3.upload_file(str(changed), BUCKET, f"{name}/{changed.name}")
+        # the old server must not decode new bytes with the old index
+        r = requests.get(f"{old_url}/datasets/{name}/zarr/{key}", timeout=60)
+        assert r.status_code == 502, (r.status_code, r.text[:300])
+        assert "changed" in r.json()["error"] and f"s3://{BUCKET}/{name}/{changed.name}" in r.json()["error"]
+    finally:
+        stop_server(old_proc)
+    # a new server re-indexes the replaced object (new ETag) and serves the new value
+    url, proc, _ = serve_cfg(tmp_path, "changed", datasets, env, cache)
+    try:
+        ds = xr.open_dataset(f"{url}/datasets/{name}/zarr", engine="zarr", zarr_format=3).load()
+        assert float(ds[vname][idx]) == -999.0
+        r = requests.get(f"{url}/datasets/{name}/zarr/{key}", timeout=30)
+        assert r.headers["ETag"] != chunk1.headers["ETag"]
+    finally:
+        stop_server(proc)
+    assert proxy.counts["full_get"] == len(series) + 1, proxy.counts
+
+
+def test_object_deleted_after_open_is_502(moto, tmp_path):
+    name = "vanishing"
+    f = SPECS[CASES[2]]["files"][0]
+    s3 = moto.client()
+    s3.upload_file(f, BUCKET, f"{name}/{Path(f).name}")
+    datasets = [{"name": name, "sources": [f"s3://{BUCKET}/{name}/*.nc"], "storage": storage(moto.endpoint)}]
+    url, proc, _ = serve_cfg(tmp_path, "vanish", datasets, no_aws_env() | moto.env())
+    try:
+        key = first_chunk_key(url, name)
+        s3.delete_object(Bucket=BUCKET, Key=f"{name}/{Path(f).name}")
+        r = requests.get(f"{url}/datasets/{name}/zarr/{key}", timeout=30)
+        assert r.status_code == 502, r.text
+        assert f"s3://{BUCKET}/{name}/{Path(f).name}" in r.json()["error"] and "not found" in r.json()["error"]
+        assert requests.get(url + "/healthz", timeout=10).status_code == 200
+    finally:
+        stop_server(proc)
+
+
+# ---------------------------------------------------------------------------
+# plain HTTP (nginx): explicit URLs, range requests
+# ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def nginx(tmp_path_factory):
+    exe = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.path.exists(exe):
+        pytest.fail("nginx is not installed (e2e/setup.sh installs it)")
+    tmp = tmp_path_factory.mktemp("nginx")
+    root = tmp / "www"
+    for name in CASES[:2]:
+        (root / name).mkdir(parents=True)
+        for f in SPECS[name]["files"]:
+            shutil.copy(f, root / name / Path(f).name)
+    port = free_port()
+    conf = tmp / "nginx.conf"
+    conf.write_text(f"""
+daemon off;
+master_process off;
+error_log {tmp}/error.log;
+pid {tmp}/nginx.pid;
+events {{ worker_connections 256; }}
+http {{
+    access_log {tmp}/access.log;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+    }}
+}}
+""")
+    proc = subprocess.Popen([exe, "-c", str(conf), "-p", str(tmp)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_port(port, proc, "nginx")
+        yield f"http://127.0.0.1:{port}", tmp
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_http_sources_from_nginx(nginx, tmp_path):
+    base, ntmp = nginx
+    datasets = []
+    for name in CASES[:2]:
+        urls = [f"{base}/{name}/{Path(f).name}" for f in SPECS[name]["files"]]
+        datasets.append({"name": name, "sources": urls, "storage": {"allowHttp": True}})
+    url, proc, _ = serve_cfg(tmp_path, "http", datasets, no_aws_env())
+    try:
+        for name in CASES[:2]:
+            ref = open_reference(SPECS[name], raw=False).load()
+            for fmt in (2, 3):
+                ds = xr.open_dataset(f"{url}/datasets/{name}/zarr", engine="zarr", zarr_format=fmt).load()
+                assert_same(ds, ref, f"{name} http v{fmt}")
+            ds = xr.open_dataset(f"{url}/datasets/{name}/kerchunk", engine="zarr", zarr_format=2).load()
+            assert_same(ds, ref, f"{name} http kerchunk")
+    finally:
+        stop_server(proc)
+    # chunks came as range requests (206) from nginx
+    assert " 206 " in (ntmp / "access.log").read_text()
+    # an http glob is refused with the reason; a missing URL names itself
+    r = run_cli(["serve", "x", f"{base}/{CASES[0]}/*.nc"], {"CLOUDIFY_CACHE_DIR": str(tmp_path / "c")})
+    assert r.returncode != 0 and "cannot be listed" in r.stderr, r.stderr
+    missing = f"{base}/{CASES[0]}/missing.nc"
+    cfg = write_cfg(tmp_path / "m.yaml", [{"name": "m", "sources": [missing], "storage": {"allowHttp": True}}])
+    r = run_cli(["serve", "--config", str(cfg)], {"CLOUDIFY_CACHE_DIR": str(tmp_path / "c")})
+    assert r.returncode != 0 and missing in r.stderr and "no such object" in r.stderr, r.stderr
+
+
+def test_index_command_over_s3(moto, tmp_path):
+    """`cloudify index` takes object URLs too (store settings from the AWS_* environment) and
+    writes references naming the objects."""
+    name = CASES[1]
+    out = tmp_path / "refs.json"
+    env = dict(os.environ)
+    env = {k: v for k, v in env.items() if not k.startswith("AWS_")}
+    env.update(moto.env(), AWS_ENDPOINT=moto.endpoint, AWS_ALLOW_HTTP="true", AWS_REGION=REGION)
+    r = subprocess.run([find_binary(), "index", f"s3://{BUCKET}/{name}/*.nc", "-o", str(out)],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    refs = json.loads(out.read_text())["refs"]
+    urls = {v[0] for v in refs.values() if isinstance(v, list) and len(v) == 3}
+    want = {f"s3://{BUCKET}/{key_of(name, f)}" for f in SPECS[name]["files"]}
+    assert urls == want, (urls, want)

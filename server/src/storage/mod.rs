@@ -1,0 +1,773 @@
+//! Object-store sources: `s3://`, `gs://`, `az://`/`abfs://`, `http(s)://`, via `object_store`.
+//!
+//! Local files (plain paths and `file://`) never come here: they are read with `pread`, the
+//! fast path. A remote object is indexed once from a temporary local copy (libnetcdf and
+//! libhdf5 cannot read from object stores) and the index is cached under the object's URL,
+//! size and ETag, so restarts and other replicas do not download it again. Serving then
+//! reads chunk bytes with ranged GETs conditional on the indexed ETag (`If-Match`), so a
+//! replaced object is reported as changed instead of being decoded with a stale index.
+//!
+//! Trade-off: indexing downloads each object once. A native HDF5 metadata reader fetching only
+//! the header and B-tree ranges would avoid that, at the cost of reimplementing much of HDF5.
+//!
+//! The request path is synchronous (worker threads decode what they read), so async store
+//! calls run on one dedicated runtime and the calling thread waits for the answer. That works
+//! from any thread (rayon, tokio's blocking pool, plain threads) and never nests runtimes.
+
+pub mod url;
+
+use std::future::Future;
+use std::ops::Range;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cloudify_crds::StorageSpec;
+use futures_util::StreamExt;
+use object_store::path::Path;
+use object_store::{GetOptions, ObjectMeta, ObjectStore, ObjectStoreExt};
+
+use crate::source::SourceFile;
+pub use url::{ObjectUrl, StoreKind, parse_object_url};
+
+/// Defaults of [`StorageSpec`]'s tunables.
+const DEFAULT_CONCURRENCY: u32 = 32;
+const DEFAULT_TIMEOUT_S: u64 = 30;
+const DEFAULT_RETRIES: u32 = 10;
+const DEFAULT_RETRY_TIMEOUT_S: u64 = 60;
+
+/// Why a remote read failed. Every message names the object.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("{url}: object not found")]
+    NotFound { url: String },
+    #[error("{url}: object changed since it was indexed (ETag differs); restart to re-index")]
+    Changed { url: String },
+    #[error("{url}: access denied: {reason}")]
+    Denied { url: String, reason: String },
+    #[error("{url}: no answer within {secs} s (after retries)")]
+    Timeout { url: String, secs: u64 },
+    #[error("{url}: {reason}")]
+    Other { url: String, reason: String },
+}
+
+impl RemoteError {
+    /// True when the store did not answer in time (HTTP 504 rather than 502).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Timeout { .. })
+    }
+
+    fn from_store(url: &str, e: object_store::Error, secs: u64) -> Self {
+        use object_store::Error as E;
+        let url = url.to_string();
+        match e {
+            E::NotFound { .. } => Self::NotFound { url },
+            E::Precondition { .. } => Self::Changed { url },
+            E::PermissionDenied { source, .. } | E::Unauthenticated { source, .. } => Self::Denied {
+                url,
+                reason: source.to_string(),
+            },
+            other => {
+                if is_timeout(&other) {
+                    Self::Timeout { url, secs }
+                } else {
+                    Self::Other {
+                        url,
+                        reason: other.to_string(),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Looks through an error's causes for an HTTP timeout.
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<object_store::client::HttpError>()
+            && h.kind() == object_store::client::HttpErrorKind::Timeout
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// One configured store (a bucket, container or HTTP host) with its limits.
+pub struct Store {
+    /// `scheme://authority` of the store, for messages.
+    pub base: String,
+    inner: Arc<dyn ObjectStore>,
+    /// Upper bound for one logical operation, retries included: nothing waits forever.
+    op_timeout: Duration,
+}
+
+impl std::fmt::Debug for Store {
+    // The inner store's Debug may print credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("base", &self.base).finish()
+    }
+}
+
+/// An object of a store, as a source file points to it.
+pub struct RemoteObject {
+    pub store: Arc<Store>,
+    pub location: Path,
+}
+
+impl std::fmt::Debug for RemoteObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.store.base, self.location)
+    }
+}
+
+/// The runtime all store I/O runs on (two threads: the work is waiting, not computing).
+fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
+    static RT: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("cloudify-store")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the object-store I/O runtime: {e}"))
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}
+
+/// Runs `fut` on the I/O runtime and waits for it, from any thread.
+pub fn block_on<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static) -> Result<T, String> {
+    let rt = runtime()?;
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    rt.spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    rx.recv()
+        .map_err(|_| "object-store I/O task failed (see server log)".to_string())
+}
+
+/// Reads `(key, value)` pairs from a credentials file: one JSON object of strings, or
+/// `key=value` lines (`#` comments, optional `export ` and quotes, as in env files).
+/// Errors name the file and line, never a value.
+pub fn read_credentials_file(path: &FsPath) -> Result<Vec<(String, String)>, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("credentials file {}: {e}", path.display()))?;
+    if text.trim_start().starts_with('{') {
+        let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
+            .map_err(|e| format!("credentials file {}: invalid JSON: {e}", path.display()))?;
+        return map
+            .into_iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => Ok((k, s)),
+                serde_json::Value::Bool(b) => Ok((k, b.to_string())),
+                serde_json::Value::Number(n) => Ok((k, n.to_string())),
+                _ => Err(format!(
+                    "credentials file {}: '{k}' must be a string",
+                    path.display()
+                )),
+            })
+            .collect();
+    }
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(format!(
+                "credentials file {} line {}: expected key=value",
+                path.display(),
+                i + 1
+            ));
+        };
+        let v = v.trim();
+        let v = v
+            .strip_prefix('"')
+            .and_then(|s| s.strip_suffix('"'))
+            .or_else(|| v.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')))
+            .unwrap_or(v);
+        out.push((k.trim().to_string(), v.to_string()));
+    }
+    Ok(out)
+}
+
+/// Options from the credentials file, then `options` (which win), keys lower-cased.
+fn collect_options(spec: &StorageSpec) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    if let Some(f) = &spec.credentials_file {
+        out.extend(read_credentials_file(FsPath::new(f))?);
+    }
+    out.extend(spec.options.iter().map(|(k, v)| (k.clone(), v.clone())));
+    Ok(out
+        .into_iter()
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v))
+        .collect())
+}
+
+fn parse_key<K: std::str::FromStr>(kind: &str, key: &str) -> Result<K, String> {
+    key.parse().map_err(|_| format!("unknown {kind} option '{key}'"))
+}
+
+/// Builds the store serving `url`'s bucket/container/host. Environment variables are read
+/// first (as `object_store`'s `from_env` builders do), then the spec overrides them.
+pub fn build_store(url: &ObjectUrl, spec: Option<&StorageSpec>) -> Result<Arc<Store>, String> {
+    // reqwest is built without a bundled TLS provider: use ring, as the server's TLS does.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let default = StorageSpec::default();
+    let spec = spec.unwrap_or(&default);
+    let timeout = Duration::from_secs(spec.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_S));
+    let retry_timeout = Duration::from_secs(spec.retry_timeout_seconds.unwrap_or(DEFAULT_RETRY_TIMEOUT_S));
+    // Client settings go in as configuration keys, on top of what `from_env` read (a whole
+    // `ClientOptions` would reset e.g. `AWS_ALLOW_HTTP`).
+    use object_store::ClientConfigKey as C;
+    let mut client = vec![
+        (C::Timeout, format!("{}s", timeout.as_secs())),
+        (C::ConnectTimeout, format!("{}s", timeout.as_secs().min(10))),
+    ];
+    if spec.allow_http {
+        client.push((C::AllowHttp, "true".to_string()));
+    }
+    let retry = object_store::RetryConfig {
+        backoff: object_store::BackoffConfig::default(),
+        max_retries: spec.max_retries.unwrap_or(DEFAULT_RETRIES) as usize,
+        retry_timeout,
+    };
+    let opts = collect_options(spec)?;
+    let limit = spec.max_concurrency.unwrap_or(DEFAULT_CONCURRENCY).max(1) as usize;
+    let err = |e: object_store::Error| format!("cannot configure {}: {e}", url.base);
+    let inner: Arc<dyn ObjectStore> = match url.kind {
+        StoreKind::S3 => {
+            use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+            let mut b = AmazonS3Builder::from_env()
+                .with_url(url.base.clone())
+                .with_retry(retry);
+            for (k, v) in client {
+                b = b.with_config(AmazonS3ConfigKey::Client(k), v);
+            }
+            for (k, v) in opts {
+                b = b.with_config(parse_key::<AmazonS3ConfigKey>("S3", &k)?, v);
+            }
+            if let Some(e) = &spec.endpoint {
+                b = b.with_endpoint(e.clone());
+            }
+            if let Some(r) = &spec.region {
+                b = b.with_region(r.clone());
+            }
+            if spec.allow_http {
+                b = b.with_allow_http(true);
+            }
+            if spec.anonymous {
+                b = b.with_skip_signature(true);
+            }
+            Arc::new(object_store::limit::LimitStore::new(
+                b.build().map_err(err)?,
+                limit,
+            ))
+        }
+        StoreKind::Gcs => {
+            use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+            let mut b = GoogleCloudStorageBuilder::from_env()
+                .with_url(url.base.clone())
+                .with_retry(retry);
+            for (k, v) in client {
+                b = b.with_config(GoogleConfigKey::Client(k), v);
+            }
+            for (k, v) in opts {
+                b = b.with_config(parse_key::<GoogleConfigKey>("GCS", &k)?, v);
+            }
+            if spec.endpoint.is_some() || spec.region.is_some() {
+                return Err(format!(
+                    "{}: storage.endpoint/region are not used for gs:// (set options.google_base_url)",
+                    url.base
+                ));
+            }
+            if spec.anonymous {
+                b = b.with_skip_signature(true);
+            }
+            Arc::new(object_store::limit::LimitStore::new(
+                b.build().map_err(err)?,
+                limit,
+            ))
+        }
+        StoreKind::Azure => {
+            use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+            let mut b = MicrosoftAzureBuilder::from_env()
+                .with_url(url.base.clone())
+                .with_retry(retry);
+            for (k, v) in client {
+                b = b.with_config(AzureConfigKey::Client(k), v);
+            }
+            for (k, v) in opts {
+                b = b.with_config(parse_key::<AzureConfigKey>("Azure", &k)?, v);
+            }
+            if let Some(e) = &spec.endpoint {
+                b = b.with_endpoint(e.clone());
+            }
+            if spec.allow_http {
+                b = b.with_allow_http(true);
+            }
+            if spec.anonymous {
+                b = b.with_skip_signature(true);
+            }
+            Arc::new(object_store::limit::LimitStore::new(
+                b.build().map_err(err)?,
+                limit,
+            ))
+        }
+        StoreKind::Http => {
+            use object_store::http::HttpBuilder;
+            let mut b = HttpBuilder::new().with_url(url.base.clone()).with_retry(retry);
+            for (k, v) in client {
+                b = b.with_config(k, v);
+            }
+            for (k, v) in opts {
+                b = b.with_config(parse_key::<C>("HTTP client", &k)?, v);
+            }
+            Arc::new(object_store::limit::LimitStore::new(
+                b.build().map_err(err)?,
+                limit,
+            ))
+        }
+    };
+    Ok(Arc::new(Store {
+        base: url.base.clone(),
+        inner,
+        op_timeout: retry_timeout + timeout,
+    }))
+}
+
+impl Store {
+    /// Wraps any `object_store` implementation (tests use the in-memory store).
+    pub fn new(base: impl Into<String>, inner: Arc<dyn ObjectStore>, op_timeout: Duration) -> Self {
+        Self {
+            base: base.into(),
+            inner,
+            op_timeout,
+        }
+    }
+
+    fn url_of(&self, location: &Path) -> String {
+        format!("{}/{}", self.base, location)
+    }
+
+    async fn timed<T>(
+        &self,
+        url: &str,
+        fut: impl Future<Output = Result<T, object_store::Error>>,
+    ) -> Result<T, RemoteError> {
+        let secs = self.op_timeout.as_secs();
+        match tokio::time::timeout(self.op_timeout, fut).await {
+            Ok(r) => r.map_err(|e| RemoteError::from_store(url, e, secs)),
+            Err(_) => Err(RemoteError::Timeout {
+                url: url.to_string(),
+                secs,
+            }),
+        }
+    }
+
+    /// Metadata of one object.
+    pub async fn head(&self, location: &Path) -> Result<ObjectMeta, RemoteError> {
+        let url = self.url_of(location);
+        self.timed(&url, self.inner.head(location)).await
+    }
+
+    /// Objects matching a glob over keys, sorted by key. Lists the prefix up to the first
+    /// wildcard (cut at a `/`: object stores list by path segments); `*` and `?` do not cross
+    /// `/`, `**` does.
+    pub async fn glob(&self, pattern: &str) -> Result<Vec<ObjectMeta>, RemoteError> {
+        let url = format!("{}/{pattern}", self.base);
+        let pat = glob::Pattern::new(pattern).map_err(|e| RemoteError::Other {
+            url: url.clone(),
+            reason: format!("invalid glob: {e}"),
+        })?;
+        let prefix = url::list_prefix(pattern);
+        let prefix = (!prefix.is_empty()).then(|| Path::from(prefix));
+        let opts = glob::MatchOptions {
+            case_sensitive: true,
+            require_literal_separator: true,
+            require_literal_leading_dot: false,
+        };
+        let listing = async {
+            let mut stream = self.inner.list(prefix.as_ref());
+            let mut out = Vec::new();
+            while let Some(m) = stream.next().await {
+                let m = m?;
+                if pat.matches_with(m.location.as_ref(), opts) {
+                    out.push(m);
+                }
+            }
+            Ok::<_, object_store::Error>(out)
+        };
+        let mut out = self.timed(&url, listing).await?;
+        out.sort_by(|a, b| a.location.as_ref().cmp(b.location.as_ref()));
+        Ok(out)
+    }
+
+    /// Copies an object to a local file with bounded memory, conditional on `etag` (the
+    /// version that was listed). Returns the metadata of what was copied.
+    pub async fn download(
+        &self,
+        location: &Path,
+        etag: Option<String>,
+        dest: &FsPath,
+    ) -> Result<ObjectMeta, RemoteError> {
+        use std::io::Write as _;
+        let url = self.url_of(location);
+        let io_err = |e: std::io::Error| RemoteError::Other {
+            url: url.clone(),
+            reason: format!("writing temporary copy {}: {e}", dest.display()),
+        };
+        let opts = GetOptions {
+            if_match: etag,
+            ..GetOptions::default()
+        };
+        let r = self.timed(&url, self.inner.get_opts(location, opts)).await?;
+        let meta = r.meta.clone();
+        let mut f = std::io::BufWriter::new(std::fs::File::create(dest).map_err(io_err)?);
+        let mut stream = r.into_stream();
+        // A large object may take longer than one operation's deadline: the deadline applies
+        // to each part instead, i.e. the download fails when it stalls, not when it is long.
+        let secs = self.op_timeout.as_secs();
+        let mut n = 0u64;
+        loop {
+            let part = match tokio::time::timeout(self.op_timeout, stream.next()).await {
+                Err(_) => return Err(RemoteError::Timeout { url, secs }),
+                Ok(None) => break,
+                Ok(Some(part)) => part.map_err(|e| RemoteError::from_store(&url, e, secs))?,
+            };
+            n += part.len() as u64;
+            // Local disk writes are short next to network reads; this runtime only waits.
+            f.write_all(&part).map_err(io_err)?;
+        }
+        f.flush().map_err(io_err)?;
+        if n != meta.size {
+            return Err(RemoteError::Other {
+                url,
+                reason: format!("download ended after {n} of {} bytes", meta.size),
+            });
+        }
+        Ok(meta)
+    }
+
+    /// Several byte ranges of one object; ranges less than 1 MiB apart are fetched with one
+    /// request (`object_store::coalesce_ranges`), up to 10 requests run in parallel. Each
+    /// request is conditional on `etag`.
+    pub async fn get_ranges(
+        &self,
+        location: &Path,
+        etag: Option<String>,
+        ranges: &[Range<u64>],
+    ) -> Result<Vec<Bytes>, RemoteError> {
+        let url = self.url_of(location);
+        let fetch = |r: Range<u64>| {
+            let opts = GetOptions {
+                range: Some(r.into()),
+                if_match: etag.clone(),
+                ..GetOptions::default()
+            };
+            async move { self.inner.get_opts(location, opts).await?.bytes().await }
+        };
+        let got = self
+            .timed(
+                &url,
+                object_store::coalesce_ranges(ranges, fetch, object_store::OBJECT_STORE_COALESCE_DEFAULT),
+            )
+            .await?;
+        for (r, b) in ranges.iter().zip(&got) {
+            if (b.len() as u64) < r.end - r.start {
+                return Err(RemoteError::Other {
+                    url,
+                    reason: format!(
+                        "object ends before byte {} (truncated or replaced object?)",
+                        r.end
+                    ),
+                });
+            }
+        }
+        Ok(got)
+    }
+}
+
+/// Identity of an object as indexed: URL, size, last-modified and ETag.
+pub fn source_file(url: String, meta: &ObjectMeta, store: &Arc<Store>) -> SourceFile {
+    SourceFile {
+        path: PathBuf::from(url),
+        size: meta.size,
+        mtime_ns: meta.last_modified.timestamp_nanos_opt().unwrap_or(0),
+        etag: meta.e_tag.clone(),
+        remote: Some(Arc::new(RemoteObject {
+            store: store.clone(),
+            location: meta.location.clone(),
+        })),
+    }
+}
+
+/// Byte ranges `(offset, len)` of a remote source file, synchronously (see module docs).
+pub fn read_ranges(
+    file: &SourceFile,
+    obj: &RemoteObject,
+    ranges: &[(u64, u64)],
+) -> Result<Vec<Bytes>, RemoteError> {
+    let url = file.path.display().to_string();
+    let store = obj.store.clone();
+    let location = obj.location.clone();
+    let etag = file.etag.clone();
+    let ranges: Vec<Range<u64>> = ranges.iter().map(|(o, n)| *o..o + n).collect();
+    block_on(async move { store.get_ranges(&location, etag, &ranges).await })
+        .map_err(|reason| RemoteError::Other { url, reason })?
+}
+
+/// Expands one remote source (an object URL or a glob) into source files.
+pub fn expand(url: &ObjectUrl, store: &Arc<Store>) -> Result<Vec<SourceFile>, String> {
+    let s = store.clone();
+    let key = url.key.clone();
+    let globbing = url.has_glob();
+    let metas = block_on(async move {
+        if globbing {
+            s.glob(&key).await
+        } else {
+            s.head(&Path::from(key.as_str())).await.map(|m| vec![m])
+        }
+    })??;
+    let metas = match metas {
+        m if m.is_empty() => {
+            return Err(format!(
+                "matched no objects (listed '{}')",
+                url::list_prefix(&url.key)
+            ));
+        }
+        m => m,
+    };
+    Ok(metas
+        .iter()
+        .map(|m| source_file(format!("{}/{}", store.base, m.location), m, store))
+        .collect())
+}
+
+impl From<RemoteError> for String {
+    fn from(e: RemoteError) -> Self {
+        match e {
+            RemoteError::NotFound { .. } => "no such object".into(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Downloads a remote source to a temporary file under `tmp_dir` and returns it with the
+/// identity of the copied version (which may be newer than the listed one only if the
+/// store ignores `If-Match`; then the copy's identity is what gets indexed).
+pub fn fetch_temp(
+    file: &SourceFile,
+    obj: &RemoteObject,
+    tmp_dir: &FsPath,
+) -> Result<(tempfile::NamedTempFile, ObjectMeta), RemoteError> {
+    let url = file.path.display().to_string();
+    let other = |reason: String| RemoteError::Other {
+        url: url.clone(),
+        reason,
+    };
+    std::fs::create_dir_all(tmp_dir).map_err(|e| other(format!("{}: {e}", tmp_dir.display())))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".download-")
+        .suffix(".nc")
+        .tempfile_in(tmp_dir)
+        .map_err(|e| other(format!("temporary file in {}: {e}", tmp_dir.display())))?;
+    let dest = tmp.path().to_path_buf();
+    let store = obj.store.clone();
+    let location = obj.location.clone();
+    let etag = file.etag.clone();
+    let meta = block_on(async move { store.download(&location, etag, &dest).await }).map_err(other)??;
+    Ok((tmp, meta))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+    use object_store::{ObjectStoreExt, PutPayload};
+
+    fn store_with(keys: &[&str]) -> Arc<Store> {
+        let mem = InMemory::new();
+        block_on({
+            let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+            let mem2 = Arc::new(mem);
+            let out = mem2.clone();
+            async move {
+                for (i, k) in keys.iter().enumerate() {
+                    let body: Vec<u8> = (0..100u8).map(|b| b.wrapping_add(i as u8)).collect();
+                    mem2.put(&Path::from(k.as_str()), PutPayload::from(body))
+                        .await
+                        .expect("put");
+                }
+                out
+            }
+        })
+        .map(|m| Arc::new(Store::new("mem://b", m, Duration::from_secs(5))))
+        .expect("runtime")
+    }
+
+    #[test]
+    fn glob_over_listing_matches_segments_and_sorts() {
+        let st = store_with(&[
+            "cmip/tas_2001.nc",
+            "cmip/tas_2000.nc",
+            "cmip/pr_2000.nc",
+            "cmip/sub/tas_1999.nc",
+            "cmip2/tas_2000.nc",
+            "other/tas_2000.nc",
+        ]);
+        let keys = |pat: &str| -> Vec<String> {
+            let s = st.clone();
+            let pat = pat.to_string();
+            block_on(async move { s.glob(&pat).await })
+                .expect("runtime")
+                .expect("listing")
+                .into_iter()
+                .map(|m| m.location.to_string())
+                .collect()
+        };
+        assert_eq!(keys("cmip/tas_*.nc"), ["cmip/tas_2000.nc", "cmip/tas_2001.nc"]);
+        assert_eq!(keys("cmip/*/tas_*.nc"), ["cmip/sub/tas_1999.nc"]);
+        assert_eq!(
+            keys("cmip/**/tas_*.nc"),
+            ["cmip/sub/tas_1999.nc", "cmip/tas_2000.nc", "cmip/tas_2001.nc"]
+        );
+        assert_eq!(
+            keys("cmip*/tas_2000.nc"),
+            ["cmip/tas_2000.nc", "cmip2/tas_2000.nc"]
+        );
+        assert!(keys("cmip/*.grib").is_empty());
+    }
+
+    #[test]
+    fn ranges_are_read_and_a_changed_object_is_refused() {
+        let st = store_with(&["x.nc"]);
+        let s = st.clone();
+        let (meta, got) = block_on(async move {
+            let meta = s.head(&Path::from("x.nc")).await.expect("head");
+            let got = s
+                .get_ranges(&Path::from("x.nc"), meta.e_tag.clone(), &[0..4, 10..12, 90..100])
+                .await
+                .expect("ranges");
+            (meta, got)
+        })
+        .expect("runtime");
+        assert_eq!(got[0].as_ref(), &[0, 1, 2, 3]);
+        assert_eq!(got[1].as_ref(), &[10, 11]);
+        assert_eq!(got[2].len(), 10);
+        let s = st.clone();
+        let err = block_on(async move {
+            s.get_ranges(
+                &Path::from("x.nc"),
+                Some("\"other\"".into()),
+                std::slice::from_ref(&(0..4)),
+            )
+            .await
+        })
+        .expect("runtime")
+        .expect_err("etag mismatch");
+        assert!(matches!(err, RemoteError::Changed { .. }), "{err}");
+        assert!(err.to_string().contains("mem://b/x.nc"), "{err}");
+        let s = st.clone();
+        let err = block_on(async move {
+            s.get_ranges(&Path::from("gone.nc"), None, std::slice::from_ref(&(0..4)))
+                .await
+        })
+        .expect("runtime")
+        .expect_err("missing");
+        assert!(matches!(err, RemoteError::NotFound { .. }), "{err}");
+        // a range past the end is an error naming the object, not short data
+        let s = st.clone();
+        let err = block_on(async move {
+            s.get_ranges(&Path::from("x.nc"), meta.e_tag, std::slice::from_ref(&(95..120)))
+                .await
+        })
+        .expect("runtime")
+        .expect_err("past the end");
+        assert!(err.to_string().contains("mem://b/x.nc"), "{err}");
+    }
+
+    #[test]
+    fn download_streams_to_a_file() {
+        let st = store_with(&["d/x.nc"]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dest = dir.path().join("copy");
+        let (s, d) = (st.clone(), dest.clone());
+        let meta = block_on(async move { s.download(&Path::from("d/x.nc"), None, &d).await })
+            .expect("runtime")
+            .expect("download");
+        assert_eq!(meta.size, 100);
+        assert_eq!(std::fs::read(&dest).expect("read").len(), 100);
+    }
+
+    #[test]
+    fn credentials_files_key_value_and_json() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kv = dir.path().join("s3.env");
+        std::fs::write(
+            &kv,
+            "# comment\n\nexport AWS_ACCESS_KEY_ID=AKIA123\naws_secret_access_key = 'se=cret'\nAWS_REGION=\"eu-west-1\"\n",
+        )
+        .expect("write");
+        let got = read_credentials_file(&kv).expect("parse");
+        assert_eq!(
+            got,
+            [
+                ("AWS_ACCESS_KEY_ID".to_string(), "AKIA123".to_string()),
+                ("aws_secret_access_key".to_string(), "se=cret".to_string()),
+                ("AWS_REGION".to_string(), "eu-west-1".to_string()),
+            ]
+        );
+        let js = dir.path().join("c.json");
+        std::fs::write(&js, r#"{"aws_access_key_id": "AKIA", "aws_allow_http": true}"#).expect("write");
+        assert_eq!(read_credentials_file(&js).expect("parse").len(), 2);
+        std::fs::write(&kv, "no equals sign here\n").expect("write");
+        let err = read_credentials_file(&kv).unwrap_err();
+        assert!(err.contains("line 1") && !err.contains("equals sign"), "{err}");
+        std::fs::write(&js, r#"{"k": {"nested": 1}}"#).expect("write");
+        assert!(read_credentials_file(&js).unwrap_err().contains("'k'"));
+    }
+
+    #[test]
+    fn store_options_are_checked() {
+        let url = parse_object_url("s3://bucket/x.nc")
+            .expect("valid")
+            .expect("remote");
+        let spec = StorageSpec {
+            endpoint: Some("http://127.0.0.1:9".into()),
+            allow_http: true,
+            options: [("aws_acces_key_id".to_string(), "sekrit".to_string())].into(),
+            ..StorageSpec::default()
+        };
+        let err = build_store(&url, Some(&spec)).unwrap_err();
+        assert!(
+            err.contains("aws_acces_key_id") && !err.contains("sekrit"),
+            "{err}"
+        );
+        let spec = StorageSpec {
+            options: [
+                ("AWS_ACCESS_KEY_ID".to_string(), "AKIA".to_string()),
+                ("Aws_Secret_Access_Key".to_string(), "s3cr3t".to_string()),
+            ]
+            .into(),
+            anonymous: true,
+            ..spec
+        };
+        let st = build_store(&url, Some(&spec)).expect("valid options");
+        assert_eq!(st.base, "s3://bucket");
+        assert!(!format!("{st:?}").contains("AKIA") && !format!("{st:?}").contains("s3cr3t"));
+        let http = parse_object_url("https://example.org/a/b.nc")
+            .expect("valid")
+            .expect("remote");
+        assert_eq!(
+            build_store(&http, None).expect("http store").base,
+            "https://example.org"
+        );
+    }
+}
