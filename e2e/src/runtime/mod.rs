@@ -1,1 +1,2 @@
 //! Local pod runtime: Deployment pods as local processes.
+pub mod plan;
