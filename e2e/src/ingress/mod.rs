@@ -1,1 +1,2 @@
 //! Ingress agent: Ingress objects of class `nginx` to a real nginx.
+pub mod render;
