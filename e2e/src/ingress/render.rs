@@ -160,14 +160,21 @@ pub fn render(inputs: &Inputs, opts: &RenderOptions) -> Rendered {
     });
 
     for ingress in ingresses {
-        let ns = ingress.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let ns = ingress
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
         let name = ingress.metadata.name.clone().unwrap_or_default();
         let source = format!("{ns}/{name}");
         let Some(spec) = &ingress.spec else { continue };
         let annotations = ingress.metadata.annotations.clone().unwrap_or_default();
         let settings = settings(&annotations, &source, &mut warnings);
         let use_regex = settings.rewrite_target.is_some()
-            || annotations.get(&format!("{ANNOTATION_PREFIX}use-regex")).map(String::as_str) == Some("true");
+            || annotations
+                .get(&format!("{ANNOTATION_PREFIX}use-regex"))
+                .map(String::as_str)
+                == Some("true");
         let ssl_redirect = annotations
             .get(&format!("{ANNOTATION_PREFIX}ssl-redirect"))
             .map(String::as_str)
@@ -178,7 +185,9 @@ pub fn render(inputs: &Inputs, opts: &RenderOptions) -> Rendered {
         for tls in spec.tls.iter().flatten() {
             let Some(secret) = &tls.secret_name else { continue };
             let Some(files) = inputs.tls.get(&(ns.clone(), secret.clone())) else {
-                warnings.push(format!("{source}: TLS secret {secret:?} not found or not a TLS secret"));
+                warnings.push(format!(
+                    "{source}: TLS secret {secret:?} not found or not a TLS secret"
+                ));
                 continue;
             };
             if opts.https.is_none() {
@@ -190,7 +199,10 @@ pub fn render(inputs: &Inputs, opts: &RenderOptions) -> Rendered {
             }
         }
 
-        let mut add = |host: &str, matcher: Match, backend: Option<&IngressServiceBackend>, warnings: &mut Vec<String>| {
+        let mut add = |host: &str,
+                       matcher: Match,
+                       backend: Option<&IngressServiceBackend>,
+                       warnings: &mut Vec<String>| {
             if !host.is_empty() && !valid_host(host) {
                 warnings.push(format!("{source}: invalid host {host:?} skipped"));
                 return;
@@ -226,7 +238,12 @@ pub fn render(inputs: &Inputs, opts: &RenderOptions) -> Rendered {
         };
 
         if let Some(default) = &spec.default_backend {
-            add("", Match::Prefix(String::new()), default.service.as_ref(), &mut warnings);
+            add(
+                "",
+                Match::Prefix(String::new()),
+                default.service.as_ref(),
+                &mut warnings,
+            );
         }
         for rule in spec.rules.iter().flatten() {
             let host = rule.host.clone().unwrap_or_default();
@@ -270,20 +287,32 @@ fn resolve_backend(
         return None;
     };
     let wanted = backend.port.as_ref();
-    let port = service.spec.as_ref()?.ports.iter().flatten().find(|p| match wanted {
-        Some(w) if w.name.is_some() => p.name == w.name,
-        Some(w) => Some(p.port) == w.number,
-        None => true,
-    });
+    let port = service
+        .spec
+        .as_ref()?
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| match wanted {
+            Some(w) if w.name.is_some() => p.name == w.name,
+            Some(w) => Some(p.port) == w.number,
+            None => true,
+        });
     let Some(port) = port else {
-        warnings.push(format!("{source}: service {:?} has no port {wanted:?}", backend.name));
+        warnings.push(format!(
+            "{source}: service {:?} has no port {wanted:?}",
+            backend.name
+        ));
         return None;
     };
     let mut addrs = BTreeSet::new();
     for slice in inputs.endpoint_slices.get(&key).into_iter().flatten() {
-        let Some(slice_port) = slice.ports.iter().flatten().find(|sp| {
-            sp.name.as_deref().unwrap_or("") == port.name.as_deref().unwrap_or("")
-        }) else {
+        let Some(slice_port) = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|sp| sp.name.as_deref().unwrap_or("") == port.name.as_deref().unwrap_or(""))
+        else {
             continue;
         };
         let Some(number) = slice_port.port.and_then(|p| u16::try_from(p).ok()) else {
@@ -314,7 +343,11 @@ fn resolve_backend(
 }
 
 fn settings(annotations: &BTreeMap<String, String>, source: &str, warnings: &mut Vec<String>) -> Settings {
-    let get = |key: &str| annotations.get(&format!("{ANNOTATION_PREFIX}{key}")).map(String::as_str);
+    let get = |key: &str| {
+        annotations
+            .get(&format!("{ANNOTATION_PREFIX}{key}"))
+            .map(String::as_str)
+    };
     let mut checked = |key: &str, ok: fn(&str) -> bool| -> Option<String> {
         let value = get(key)?;
         if ok(value) {
@@ -330,10 +363,14 @@ fn settings(annotations: &BTreeMap<String, String>, source: &str, warnings: &mut
     };
     let seconds = |v: &str| !v.is_empty() && v.len() <= 6 && v.bytes().all(|b| b.is_ascii_digit());
     let header_list = |v: &str| {
-        !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b" ,-_*".contains(&b))
+        !v.is_empty()
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b" ,-_*".contains(&b))
     };
     let origin = |v: &str| {
-        !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b":/.-_*, ".contains(&b))
+        !v.is_empty()
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b":/.-_*, ".contains(&b))
     };
     let mut s = Settings {
         body_size: checked("proxy-body-size", size),
@@ -342,7 +379,9 @@ fn settings(annotations: &BTreeMap<String, String>, source: &str, warnings: &mut
         connect_timeout: checked("proxy-connect-timeout", seconds).map(|v| format!("{v}s")),
         buffering: checked("proxy-buffering", |v| v == "on" || v == "off").map(|v| v == "on"),
         rewrite_target: checked("rewrite-target", |v| {
-            v.starts_with('/') && v.bytes().all(|b| b.is_ascii_graphic() && !b"\"'{};\\".contains(&b))
+            v.starts_with('/')
+                && v.bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"\"'{};\\".contains(&b))
         }),
         cors: None,
     };
@@ -368,7 +407,9 @@ fn valid_host(host: &str) -> bool {
     let host = host.strip_prefix("*.").unwrap_or(host);
     !host.is_empty()
         && host.len() <= 253
-        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 fn valid_path(path: &str, regex: bool) -> bool {
@@ -378,13 +419,20 @@ fn valid_path(path: &str, regex: bool) -> bool {
         })
 }
 
-fn write_config(hosts: &BTreeMap<String, Host>, upstreams: &BTreeMap<String, BTreeSet<SocketAddr>>, opts: &RenderOptions) -> String {
+fn write_config(
+    hosts: &BTreeMap<String, Host>,
+    upstreams: &BTreeMap<String, BTreeSet<SocketAddr>>,
+    opts: &RenderOptions,
+) -> String {
     let state = &opts.state_dir;
     let p = |name: &str| state.join(name).display().to_string();
     let mut c = String::new();
     // `writeln!` into a String cannot fail.
     macro_rules! w { ($($t:tt)*) => { let _ = writeln!(c, $($t)*); } }
-    w!("# Rendered by cloudify-e2e's ingress agent; generation {}.", opts.generation);
+    w!(
+        "# Rendered by cloudify-e2e's ingress agent; generation {}.",
+        opts.generation
+    );
     if let Some(user) = &opts.user {
         w!("user {user};");
     }
@@ -407,6 +455,10 @@ fn write_config(hosts: &BTreeMap<String, Host>, upstreams: &BTreeMap<String, BTr
     w!("  access_log {} combined;", p("access.log"));
     w!("  default_type application/octet-stream;");
     w!("  server_names_hash_bucket_size 128;");
+    // No client keep-alive: on reload old workers close idle keep-alive connections, racing a
+    // client that reuses one (a failed request real ingress-nginx also produces). Tests must
+    // see no failed request across reloads, and loopback connects are cheap.
+    w!("  keepalive_timeout 0;");
     // ingress-nginx defaults.
     w!("  client_max_body_size 1m;");
     w!("  proxy_connect_timeout 5s;");
@@ -435,7 +487,10 @@ fn write_config(hosts: &BTreeMap<String, Host>, upstreams: &BTreeMap<String, BTr
     w!("  server {{");
     w!("    listen {};", opts.status);
     w!("    location = /healthz {{ return 200 \"ok\\n\"; }}");
-    w!("    location = /generation {{ return 200 \"{}\\n\"; }}", opts.generation);
+    w!(
+        "    location = /generation {{ return 200 \"{}\\n\"; }}",
+        opts.generation
+    );
     w!("    location / {{ return 404; }}");
     w!("  }}");
     let has_tls = opts.https.is_some() && hosts.values().any(|h| h.tls.is_some());
@@ -453,7 +508,10 @@ fn write_config(hosts: &BTreeMap<String, Host>, upstreams: &BTreeMap<String, BTr
             w!("    ssl_certificate {};", tls.cert.display());
             w!("    ssl_certificate_key {};", tls.key.display());
             if host.ssl_redirect {
-                w!("    if ($scheme = http) {{ return 308 https://$host:{}$request_uri; }}", https.port());
+                w!(
+                    "    if ($scheme = http) {{ return 308 https://$host:{}$request_uri; }}",
+                    https.port()
+                );
             }
         } else if name.is_empty() && has_tls {
             // Unknown hosts on the TLS port get the first TLS host's certificate (nginx's
@@ -472,7 +530,15 @@ fn write_config(hosts: &BTreeMap<String, Host>, upstreams: &BTreeMap<String, BTr
 }
 
 fn upstream_ident(name: &str) -> String {
-    name.chars().map(|ch| if ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' { ch } else { '_' }).collect()
+    name.chars()
+        .map(|ch| {
+            if ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' {
+                ch
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 fn write_route(c: &mut String, route: &Route) {
@@ -512,9 +578,18 @@ fn write_location_body(c: &mut String, route: &Route) {
     if let Some(cors) = &s.cors {
         let credentials = if cors.credentials { "true" } else { "false" };
         w!("      if ($request_method = OPTIONS) {{");
-        w!("        add_header Access-Control-Allow-Origin \"{}\";", cors.origin);
-        w!("        add_header Access-Control-Allow-Methods \"{}\";", cors.methods);
-        w!("        add_header Access-Control-Allow-Headers \"{}\";", cors.headers);
+        w!(
+            "        add_header Access-Control-Allow-Origin \"{}\";",
+            cors.origin
+        );
+        w!(
+            "        add_header Access-Control-Allow-Methods \"{}\";",
+            cors.methods
+        );
+        w!(
+            "        add_header Access-Control-Allow-Headers \"{}\";",
+            cors.headers
+        );
         w!("        add_header Access-Control-Allow-Credentials {credentials};");
         w!("        add_header Access-Control-Max-Age {};", cors.max_age);
         w!("        add_header Content-Type \"text/plain; charset=utf-8\";");
@@ -524,7 +599,10 @@ fn write_location_body(c: &mut String, route: &Route) {
         // Ours replace the backend's, so a client never sees two Allow-Origin headers.
         w!("      proxy_hide_header Access-Control-Allow-Origin;");
         w!("      proxy_hide_header Access-Control-Allow-Credentials;");
-        w!("      add_header Access-Control-Allow-Origin \"{}\" always;", cors.origin);
+        w!(
+            "      add_header Access-Control-Allow-Origin \"{}\" always;",
+            cors.origin
+        );
         w!("      add_header Access-Control-Allow-Credentials {credentials} always;");
     }
     if let (Some(target), Match::Regex(p)) = (&s.rewrite_target, &route.matcher) {

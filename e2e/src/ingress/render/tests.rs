@@ -23,7 +23,10 @@ struct Fixture {
 fn inputs(fixture: &str) -> Inputs {
     let f: Fixture = serde_yaml::from_str(fixture).expect("fixture parses");
     let key = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-        (m.namespace.clone().unwrap_or_default(), m.name.clone().unwrap_or_default())
+        (
+            m.namespace.clone().unwrap_or_default(),
+            m.name.clone().unwrap_or_default(),
+        )
     };
     let mut inputs = Inputs {
         ingresses: f.ingresses,
@@ -41,7 +44,11 @@ fn inputs(fixture: &str) -> Inputs {
             .cloned()
             .expect("slice has service label");
         let ns = slice.metadata.namespace.clone().unwrap_or_default();
-        inputs.endpoint_slices.entry((ns, service)).or_default().push(slice);
+        inputs
+            .endpoint_slices
+            .entry((ns, service))
+            .or_default()
+            .push(slice);
     }
     for (ns, name) in f.tls_secrets {
         let files = tls_paths(&PathBuf::from("/state"), &ns, &name);
@@ -96,10 +103,16 @@ fn prefix_paths_match_whole_segments_and_unready_endpoints_are_left_out() {
     let config = render(&inputs(include_str!("../fixtures/datasets.yaml")), &opts()).config;
     assert!(config.contains("location = /datasets/era5 {"));
     assert!(config.contains("location /datasets/era5/ {"));
-    assert!(!config.contains("location /datasets/era5 {"), "would match /datasets/era5x");
+    assert!(
+        !config.contains("location /datasets/era5 {"),
+        "would match /datasets/era5x"
+    );
     assert!(config.contains("server 127.0.0.1:41001 max_fails=0;"));
     assert!(config.contains("server 127.0.0.1:41002 max_fails=0;"));
-    assert!(!config.contains("41003"), "not-ready endpoint must not get traffic");
+    assert!(
+        !config.contains("41003"),
+        "not-ready endpoint must not get traffic"
+    );
     assert!(!config.contains("/traefik"));
 }
 
