@@ -1,5 +1,6 @@
 //! Local pod runtime: Deployment pods as local processes.
 pub mod plan;
+pub mod supervisor;
 
 use std::net::{Ipv4Addr, TcpListener};
 
