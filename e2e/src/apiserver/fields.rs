@@ -546,8 +546,11 @@ pub fn apply(
             remove_at(&mut merged, p);
         }
     }
-    managers.retain(|m| !m.same_identity(&me));
-    managers.push(me);
+    // Keep the entry's position: a repeated identical apply must not look like a change.
+    match managers.iter().position(|m| m.same_identity(&me)) {
+        Some(i) => managers[i] = me,
+        None => managers.push(me),
+    }
     managers.retain(|m| !m.fields.is_empty());
     write_managers(&mut merged, &managers);
     Ok(merged)
