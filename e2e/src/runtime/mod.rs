@@ -1,5 +1,7 @@
 //! Local pod runtime: Deployment pods as local processes.
+pub mod hpa;
 pub mod plan;
+pub mod rollout;
 pub mod supervisor;
 
 use std::net::{Ipv4Addr, TcpListener};
