@@ -1,4 +1,5 @@
 //! Local pod runtime: Deployment pods as local processes.
+pub mod controller;
 pub mod hpa;
 pub mod plan;
 pub mod rollout;

@@ -396,7 +396,22 @@ fn plan_container(
         })
         .collect::<Result<_, _>>()?;
 
-    let env = container_env(pod, container, sources)?;
+    // Env values are rewritten first; args are rewritten before `$(VAR)` expansion, so an
+    // expanded (already rewritten) value is never rewritten twice.
+    let env: Vec<(String, String)> = container_env(pod, container, sources)?
+        .into_iter()
+        .map(|(k, v)| {
+            let v = if k == "PORT" {
+                v.parse::<i32>()
+                    .ok()
+                    .and_then(|n| ports.iter().find(|p| p.container_port == n))
+                    .map_or(v.clone(), |p| p.host_port.to_string())
+            } else {
+                rewrite_path(&v, &mounts)
+            };
+            (k, v)
+        })
+        .collect();
     let lookup: BTreeMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut argv: Vec<String> = container
         .command
@@ -404,9 +419,10 @@ fn plan_container(
         .flatten()
         .skip(1)
         .chain(container.args.iter().flatten())
-        .map(|a| expand(a, &lookup))
+        .cloned()
         .collect();
     rewrite_args(&mut argv, &ports, &mounts);
+    let argv: Vec<String> = argv.iter().map(|a| expand(a, &lookup)).collect();
 
     let tmp = pod_dir.join("tmp");
     let mut final_env: Vec<(String, String)> = inherited_env
@@ -418,14 +434,6 @@ fn plan_container(
     final_env.push(("TMPDIR".into(), tmp.display().to_string()));
     final_env.push(("HOSTNAME".into(), pod.metadata.name.clone().unwrap_or_default()));
     for (k, v) in env {
-        let v = if k == "PORT" {
-            v.parse::<i32>()
-                .ok()
-                .and_then(|n| ports.iter().find(|p| p.container_port == n))
-                .map_or(v.clone(), |p| p.host_port.to_string())
-        } else {
-            rewrite_path(&v, &mounts)
-        };
         final_env.retain(|(existing, _)| existing != &k);
         final_env.push((k, v));
     }
@@ -920,9 +928,9 @@ spec:
     - name: web
       image: python:3
       command: [python3, -m, http.server]
-      args: ["--port=8000", "--dir=/conf/certs", "/conf", "/confx", "8000"]
+      args: ["--port=8000", "--dir=/conf/certs", "/conf", "/confx", "8000", "$(PORT)", "$(CERTS)"]
       ports: [{containerPort: 8000}]
-      env: [{name: PORT, value: "8000"}, {name: OTHER, value: "8000"}]
+      env: [{name: PORT, value: "8000"}, {name: OTHER, value: "8000"}, {name: CERTS, value: /conf/certs}]
       readinessProbe: {tcpSocket: {port: 8000}}
       volumeMounts: [{name: conf, mountPath: /conf/}]
 "#);
@@ -946,7 +954,9 @@ spec:
                 "--dir=/p/volumes/conf/certs",
                 "/p/volumes/conf",
                 "/confx",
-                "8000"
+                "8000",
+                "5555",
+                "/p/volumes/conf/certs"
             ]
         );
         let env: BTreeMap<_, _> = c.env.iter().cloned().collect();

@@ -32,8 +32,12 @@ pub struct Actions {
 /// Hash of the pod template (its JSON), in the alphabet Kubernetes uses for generated names.
 pub fn template_hash(deployment: &Deployment) -> String {
     let template = deployment.spec.as_ref().map(|s| &s.template);
-    let json = serde_json::to_vec(&template).unwrap_or_default();
-    let digest = Sha256::digest(&json);
+    template_hash_of_bytes(&serde_json::to_vec(&template).unwrap_or_default())
+}
+
+/// 10 characters of a SHA-256 of `bytes`, from the alphabet of generated names.
+pub fn template_hash_of_bytes(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     digest
         .iter()
