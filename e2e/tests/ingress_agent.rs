@@ -76,6 +76,12 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingress_serves_pods_through_nginx() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
     let server = Server::start(Options {
         addr: "127.0.0.1:0".parse().expect("addr"),
         state_file: None,
@@ -97,6 +103,7 @@ async fn ingress_serves_pods_through_nginx() {
                 probe_period_max: Some(Duration::from_millis(200)),
                 ..SupervisorOptions::default()
             },
+            drain: controller::DEFAULT_DRAIN,
         },
         stopped(stop_rx.clone()),
     ));
@@ -225,6 +232,8 @@ async fn ingress_serves_pods_through_nginx() {
         (conf.matches("max_fails=0").count() == 2).then_some(())
     })
     .await;
+    // nginx.conf is in place just before the reload; give nginx time to switch.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     pods.delete(&first.unwrap_or_default(), &DeleteParams::default())
         .await
         .expect("delete pod");

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cloudify_e2e::apiserver::{Options, Server};
-use cloudify_e2e::runtime::controller::{RuntimeOptions, run};
+use cloudify_e2e::runtime::controller::{self, RuntimeOptions, run};
 use cloudify_e2e::runtime::plan::ImageMap;
 use cloudify_e2e::runtime::supervisor::SupervisorOptions;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -112,6 +112,7 @@ async fn deployments_run_as_local_processes() {
                 probe_period_max: Some(Duration::from_millis(200)),
                 ..SupervisorOptions::default()
             },
+            drain: controller::DEFAULT_DRAIN,
         },
         async move {
             let _ = stop_rx.await;

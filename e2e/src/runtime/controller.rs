@@ -55,7 +55,14 @@ pub struct RuntimeOptions {
     /// Pods' directories (`<state>/pods/<ns>_<name>_<uid>`), logs and pid files.
     pub state_dir: PathBuf,
     pub supervisor: SupervisorOptions,
+    /// How long a deleted pod's processes keep running after it left the endpoints, before
+    /// SIGTERM — the `preStop` sleep well-behaved deployments use, so proxies (nginx reloads
+    /// on the EndpointSlice change) stop sending traffic before the process goes away.
+    pub drain: Duration,
 }
+
+/// Default [`RuntimeOptions::drain`].
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -353,7 +360,9 @@ impl Runtime {
             if let Some(handle) = self.pods.remove(&uid) {
                 tracing::info!(pod = %handle.name, namespace = %handle.namespace, "stopping pod");
                 let dir = handle.dir.clone();
+                let drain = self.opts.drain;
                 tokio::spawn(async move {
+                    tokio::time::sleep(drain).await;
                     let stops = handle.containers.into_iter().map(|(_, _, s)| s.stop());
                     futures::future::join_all(stops).await;
                     let _ = tokio::fs::remove_dir_all(&dir).await;
