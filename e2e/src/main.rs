@@ -30,6 +30,9 @@ enum Command {
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
     },
+    /// Run the whole platform (API emulator, pod runtime, nginx ingress, catalog, operator)
+    /// in the foreground; writes DIR/kubeconfig and DIR/ingress-url once ready.
+    Up(cloudify_e2e::up::UpArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -61,7 +64,9 @@ fn main() -> std::process::ExitCode {
             cloudify_e2e::apiserver::Options { addr, state_file },
             listen_file,
             kubeconfig,
-        )),
+        ))
+        .map_err(|e| e.to_string()),
+        Command::Up(args) => rt.block_on(cloudify_e2e::up::run(args)).map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

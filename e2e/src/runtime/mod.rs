@@ -2,6 +2,7 @@
 pub mod controller;
 pub mod hpa;
 pub mod plan;
+pub mod proxy;
 pub mod rollout;
 pub mod supervisor;
 
