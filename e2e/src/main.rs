@@ -60,13 +60,16 @@ fn main() -> std::process::ExitCode {
             state_file,
             listen_file,
             kubeconfig,
-        } => rt.block_on(cloudify_e2e::apiserver::run_cli(
-            cloudify_e2e::apiserver::Options { addr, state_file },
-            listen_file,
-            kubeconfig,
-        ))
-        .map_err(|e| e.to_string()),
-        Command::Up(args) => rt.block_on(cloudify_e2e::up::run(args)).map_err(|e| e.to_string()),
+        } => rt
+            .block_on(cloudify_e2e::apiserver::run_cli(
+                cloudify_e2e::apiserver::Options { addr, state_file },
+                listen_file,
+                kubeconfig,
+            ))
+            .map_err(|e| e.to_string()),
+        Command::Up(args) => rt
+            .block_on(cloudify_e2e::up::run(args))
+            .map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

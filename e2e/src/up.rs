@@ -120,13 +120,10 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
         state_file: Some(state.join("apiserver.json")),
     })
     .await?;
-    let url = server
-        .url()
-        .parse()
-        .map_err(|e| UpError::Io {
-            path: state.clone(),
-            source: std::io::Error::other(format!("emulator URL: {e}")),
-        })?;
+    let url = server.url().parse().map_err(|e| UpError::Io {
+        path: state.clone(),
+        source: std::io::Error::other(format!("emulator URL: {e}")),
+    })?;
     let client = Client::try_from(Config::new(url))?;
     if let Some(crds) = &args.crds {
         apply_crds(&client, crds).await?;
@@ -155,7 +152,11 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
         .await
         .map_err(io(&state))?;
     let proxy_addr = proxy_listener.local_addr().map_err(io(&state))?;
-    let proxy_task = tokio::spawn(proxy::serve(client.clone(), proxy_listener, stopped(stop_rx.clone())));
+    let proxy_task = tokio::spawn(proxy::serve(
+        client.clone(),
+        proxy_listener,
+        stopped(stop_rx.clone()),
+    ));
 
     let lo = |p| SocketAddr::from((Ipv4Addr::LOCALHOST, p));
     let http_port = match args.http_port {
@@ -375,7 +376,8 @@ fn exited(what: &'static str, child: &mut Child, log: &Path) -> Result<(), UpErr
 
 /// Until Ctrl-C/SIGTERM (Ok) or a child process dies (Err).
 async fn wait_for_stop(children: &mut Children) -> Result<(), UpError> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(io(&children.logs))?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(io(&children.logs))?;
     let logs = children.logs.clone();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => Ok(()),
@@ -397,7 +399,10 @@ async fn stop_child(child: &mut Child) {
     if let Some(pid) = child.id() {
         let _ = signal(pid, rustix::process::Signal::TERM);
     }
-    if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .is_err()
+    {
         let _ = child.kill().await;
     }
 }
@@ -426,17 +431,22 @@ async fn apply_crds(client: &Client, path: &Path) -> Result<(), UpError> {
             if value.is_null() {
                 continue;
             }
-            let crd: CustomResourceDefinition = serde_yaml::from_value(value.clone()).map_err(|e| UpError::Crd {
-                path: file.clone(),
-                message: e.to_string(),
-            })?;
+            let crd: CustomResourceDefinition =
+                serde_yaml::from_value(value.clone()).map_err(|e| UpError::Crd {
+                    path: file.clone(),
+                    message: e.to_string(),
+                })?;
             let name = crd.metadata.name.clone().unwrap_or_default();
             let json = serde_json::to_value(&value).map_err(|e| UpError::Crd {
                 path: file.clone(),
                 message: e.to_string(),
             })?;
-            api.patch(&name, &PatchParams::apply("cloudify-e2e-up").force(), &Patch::Apply(json))
-                .await?;
+            api.patch(
+                &name,
+                &PatchParams::apply("cloudify-e2e-up").force(),
+                &Patch::Apply(json),
+            )
+            .await?;
             tracing::info!(crd = %name, "applied");
         }
     }

@@ -46,7 +46,9 @@ pub enum AgentError {
     Io { path: PathBuf, source: std::io::Error },
 }
 
-fn reflect<K>(api: Api<K>, notify: Arc<Notify>) -> Store<K>
+/// A reflector store fed by a watch task; the task's handle goes into `tasks` so the caller
+/// can end the watch when it stops (otherwise it would keep reconnecting).
+fn reflect<K>(api: Api<K>, notify: Arc<Notify>, tasks: &mut Vec<tokio::task::JoinHandle<()>>) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
@@ -55,7 +57,7 @@ where
     let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
         .default_backoff()
         .touched_objects();
-    tokio::spawn(async move {
+    tasks.push(tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(item) = stream.next().await {
             if let Err(e) = item {
@@ -63,7 +65,7 @@ where
             }
             notify.notify_one();
         }
-    });
+    }));
     reader
 }
 
@@ -163,11 +165,12 @@ pub async fn run(
         source,
     })?;
     let notify = Arc::new(Notify::new());
+    let mut tasks = Vec::new();
     let stores = Stores {
-        ingresses: reflect(Api::all(client.clone()), notify.clone()),
-        services: reflect(Api::all(client.clone()), notify.clone()),
-        slices: reflect(Api::all(client.clone()), notify.clone()),
-        secrets: reflect(Api::all(client.clone()), notify.clone()),
+        ingresses: reflect(Api::all(client.clone()), notify.clone(), &mut tasks),
+        services: reflect(Api::all(client.clone()), notify.clone(), &mut tasks),
+        slices: reflect(Api::all(client.clone()), notify.clone(), &mut tasks),
+        secrets: reflect(Api::all(client.clone()), notify.clone(), &mut tasks),
     };
     let _ = stores.ingresses.wait_until_ready().await;
     let _ = stores.services.wait_until_ready().await;
@@ -228,6 +231,7 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     nginx.stop().await;
+    tasks.iter().for_each(|t| t.abort());
     Ok(())
 }
 

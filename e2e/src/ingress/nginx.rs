@@ -65,7 +65,6 @@ impl Nginx {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
-            .kill_on_drop(true)
             .spawn()
             .map_err(|source| NginxError::Spawn {
                 binary: binary.to_path_buf(),
@@ -161,6 +160,19 @@ impl Nginx {
             .is_err()
         {
             let _ = self.child.kill().await;
+        }
+    }
+}
+
+impl Drop for Nginx {
+    /// Dropped without [`Nginx::stop`] (a panic, an aborted task): SIGTERM makes the master
+    /// stop its workers too. SIGKILL (tokio's kill-on-drop) would orphan the workers, which
+    /// would keep the listening sockets.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait()
+            && let Some(pid) = self.child.id()
+        {
+            let _ = signal(pid, rustix::process::Signal::TERM);
         }
     }
 }

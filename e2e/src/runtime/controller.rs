@@ -98,7 +98,9 @@ struct PodHandle {
     transitions: BTreeMap<String, (String, Time)>,
 }
 
-fn reflect<K>(api: Api<K>, notify: Arc<Notify>) -> Store<K>
+/// A reflector store fed by a watch task; the task's handle goes into `tasks` so the caller
+/// can end the watch when it stops (otherwise it would keep reconnecting).
+fn reflect<K>(api: Api<K>, notify: Arc<Notify>, tasks: &mut Vec<tokio::task::JoinHandle<()>>) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
@@ -107,7 +109,7 @@ where
     let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
         .default_backoff()
         .touched_objects();
-    tokio::spawn(async move {
+    tasks.push(tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(item) = stream.next().await {
             if let Err(e) = item {
@@ -115,7 +117,7 @@ where
             }
             notify.notify_one();
         }
-    });
+    }));
     reader
 }
 
@@ -130,15 +132,16 @@ pub async fn run(
         source,
     })?;
     let notify = Arc::new(Notify::new());
+    let mut tasks = Vec::new();
     let stores = Stores {
-        deployments: reflect(Api::all(client.clone()), notify.clone()),
-        pods: reflect(Api::all(client.clone()), notify.clone()),
-        services: reflect(Api::all(client.clone()), notify.clone()),
-        config_maps: reflect(Api::all(client.clone()), notify.clone()),
-        secrets: reflect(Api::all(client.clone()), notify.clone()),
-        hpas: reflect(Api::all(client.clone()), notify.clone()),
-        slices: reflect(Api::all(client.clone()), notify.clone()),
-        endpoints: reflect(Api::all(client.clone()), notify.clone()),
+        deployments: reflect(Api::all(client.clone()), notify.clone(), &mut tasks),
+        pods: reflect(Api::all(client.clone()), notify.clone(), &mut tasks),
+        services: reflect(Api::all(client.clone()), notify.clone(), &mut tasks),
+        config_maps: reflect(Api::all(client.clone()), notify.clone(), &mut tasks),
+        secrets: reflect(Api::all(client.clone()), notify.clone(), &mut tasks),
+        hpas: reflect(Api::all(client.clone()), notify.clone(), &mut tasks),
+        slices: reflect(Api::all(client.clone()), notify.clone(), &mut tasks),
+        endpoints: reflect(Api::all(client.clone()), notify.clone(), &mut tasks),
     };
     for ready in [
         stores.deployments.wait_until_ready().await.is_ok(),
@@ -181,6 +184,7 @@ pub async fn run(
         .flat_map(|(_, h)| h.containers)
         .map(|(_, _, s)| s.stop());
     futures::future::join_all(stops).await;
+    tasks.iter().for_each(|t| t.abort());
     Ok(())
 }
 

@@ -28,19 +28,25 @@ struct ProxyState {
     next: AtomicUsize,
 }
 
-fn store<K>(api: Api<K>) -> Store<K>
+fn store<K>(api: Api<K>, tasks: &mut Vec<tokio::task::JoinHandle<()>>) -> Store<K>
 where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
 {
     let (reader, writer) = reflector::store();
     let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
         .default_backoff()
         .touched_objects();
-    tokio::spawn(async move {
+    tasks.push(tokio::spawn(async move {
         use futures::StreamExt;
         let mut stream = std::pin::pin!(stream);
         while stream.next().await.is_some() {}
-    });
+    }));
     reader
 }
 
@@ -50,9 +56,10 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let mut tasks = Vec::new();
     let state = Arc::new(ProxyState {
-        services: store(Api::all(client.clone())),
-        slices: store(Api::all(client)),
+        services: store(Api::all(client.clone()), &mut tasks),
+        slices: store(Api::all(client), &mut tasks),
         http: reqwest::Client::builder()
             .no_proxy()
             .build()
@@ -61,9 +68,14 @@ pub async fn serve(
     });
     let app = axum::Router::new()
         .route("/{namespace}/{service}/{port}", axum::routing::any(forward_root))
-        .route("/{namespace}/{service}/{port}/{*rest}", axum::routing::any(forward))
+        .route(
+            "/{namespace}/{service}/{port}/{*rest}",
+            axum::routing::any(forward),
+        )
         .with_state(state);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    tasks.iter().for_each(|t| t.abort());
+    served
 }
 
 async fn forward_root(
@@ -85,7 +97,18 @@ async fn forward(
     uri: axum::http::Uri,
     body: Bytes,
 ) -> Response {
-    proxy(&state, &ns, &svc, &port, &rest, uri.query(), method, headers, body).await
+    proxy(
+        &state,
+        &ns,
+        &svc,
+        &port,
+        &rest,
+        uri.query(),
+        method,
+        headers,
+        body,
+    )
+    .await
 }
 
 fn error(status: StatusCode, message: String) -> Response {
@@ -116,7 +139,10 @@ async fn proxy(
         .find(|p| p.port.to_string() == port || p.name.as_deref() == Some(port))
         .cloned();
     let Some(service_port) = service_port else {
-        return error(StatusCode::NOT_FOUND, format!("service {ns}/{svc} has no port {port}"));
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("service {ns}/{svc} has no port {port}"),
+        );
     };
     let mut targets: Vec<u16> = Vec::new();
     for slice in state.slices.state() {
@@ -176,7 +202,9 @@ async fn proxy(
                 Ok(bytes) => {
                     let mut out = (status, bytes).into_response();
                     for (name, value) in &headers {
-                        if name != axum::http::header::CONTENT_LENGTH && name != axum::http::header::TRANSFER_ENCODING {
+                        if name != axum::http::header::CONTENT_LENGTH
+                            && name != axum::http::header::TRANSFER_ENCODING
+                        {
                             out.headers_mut().insert(name, value.clone());
                         }
                     }
