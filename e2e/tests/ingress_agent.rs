@@ -185,6 +185,35 @@ async fn ingress_serves_pods_through_nginx() {
         Some(i32::from(http.port()))
     );
 
+    // The service proxy reaches the same Service by namespace/name/port.
+    let proxy_listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .expect("bind");
+    let proxy_addr = proxy_listener.local_addr().expect("addr");
+    tokio::spawn(cloudify_e2e::runtime::proxy::serve(
+        client.clone(),
+        proxy_listener,
+        stopped(stop_rx.clone()),
+    ));
+    let via_proxy = eventually("service proxy", || async {
+        let r = http_client
+            .get(format!(
+                "http://{proxy_addr}/default/web/9000/datasets/web/hello.txt"
+            ))
+            .send()
+            .await
+            .ok()?;
+        r.status().is_success().then_some(r.text().await.ok()?)
+    })
+    .await;
+    assert_eq!(via_proxy, "hello from a pod\n");
+    let missing = http_client
+        .get(format!("http://{proxy_addr}/default/nope/9000/"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(missing.status(), 404);
+
     // Readers keep going while the Deployment scales up and its first pod is deleted.
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
