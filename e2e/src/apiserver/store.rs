@@ -80,6 +80,9 @@ pub struct Store {
     next_ip: u32,
 }
 
+/// Retained events after a version, then the live stream.
+pub type Subscription = (Vec<Arc<WatchEvent>>, broadcast::Receiver<Arc<WatchEvent>>);
+
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
@@ -300,11 +303,7 @@ impl Store {
     }
 
     /// Subscribe to changes after `since`: the retained events after it, then the live stream.
-    pub fn watch_from(
-        &self,
-        key: &str,
-        since: u64,
-    ) -> ApiResult<(Vec<Arc<WatchEvent>>, broadcast::Receiver<Arc<WatchEvent>>)> {
+    pub fn watch_from(&self, key: &str, since: u64) -> ApiResult<Subscription> {
         if since < self.compacted {
             return Err(ApiError::gone(format!(
                 "too old resource version: {since} ({})",
@@ -447,6 +446,7 @@ impl Store {
     }
 
     /// Patch an existing object with a computed new body (patch already applied by the caller).
+    #[allow(clippy::too_many_arguments)]
     pub fn replace_patched(
         &mut self,
         rt: &ResourceType,
@@ -845,10 +845,8 @@ impl Store {
                 let terminating = old.is_some_and(|o| meta(o).get("deletionTimestamp").is_some());
                 obj["status"] = json!({"phase": if terminating { "Terminating" } else { "Active" }});
             }
-            "Secret" => {
-                if obj["type"].is_null() {
-                    obj["type"] = json!("Opaque");
-                }
+            "Secret" if obj["type"].is_null() => {
+                obj["type"] = json!("Opaque");
             }
             "Service" => {
                 let spec = obj.get_mut("spec").and_then(Value::as_object_mut);
@@ -889,10 +887,8 @@ impl Store {
                     obj["status"] = json!({"loadBalancer": {}});
                 }
             }
-            "Deployment" | "ReplicaSet" => {
-                if obj["spec"].is_object() && obj["spec"]["replicas"].is_null() {
-                    obj["spec"]["replicas"] = json!(1);
-                }
+            "Deployment" | "ReplicaSet" if obj["spec"].is_object() && obj["spec"]["replicas"].is_null() => {
+                obj["spec"]["replicas"] = json!(1);
             }
             "Pod" => {
                 if obj["status"].is_null() && old.is_none() {
@@ -1006,6 +1002,7 @@ impl Store {
 
     /// DELETE with `propagationPolicy` (`Background` default, `Foreground`, `Orphan`) and
     /// preconditions.
+    #[allow(clippy::too_many_arguments)]
     pub fn delete(
         &mut self,
         rt: &ResourceType,
