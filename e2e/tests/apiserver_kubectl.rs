@@ -377,6 +377,67 @@ async fn kubectl_builtins_client_side_apply_watch_and_tables() {
         "c"
     );
 
+    // `kubectl scale` goes through the /scale subresource.
+    k.ok(&["scale", "deploy", "web", "--replicas=3"], None).await;
+    assert_eq!(
+        k.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"], None)
+            .await,
+        "3"
+    );
+    let described = k.ok(&["describe", "deploy", "web"], None).await;
+    assert!(described.contains("Port:       8080/TCP"), "{described}");
+
+    // kubectl's generators send protobuf bodies.
+    assert!(
+        k.ok(&["create", "namespace", "team"], None)
+            .await
+            .contains("namespace/team created")
+    );
+    k.ok(
+        &[
+            "create",
+            "secret",
+            "generic",
+            "tok",
+            "-n",
+            "team",
+            "--from-literal=token=abc",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(
+        k.ok(
+            &[
+                "get",
+                "secret",
+                "tok",
+                "-n",
+                "team",
+                "-o",
+                "jsonpath={.type} {.data.token}"
+            ],
+            None
+        )
+        .await,
+        "Opaque YWJj"
+    );
+    k.ok(
+        &["create", "configmap", "cfg", "-n", "team", "--from-literal=a=b"],
+        None,
+    )
+    .await;
+    assert_eq!(
+        k.ok(
+            &["get", "cm", "cfg", "-n", "team", "-o", "jsonpath={.data.a}"],
+            None
+        )
+        .await,
+        "b"
+    );
+    let err = k.fails(&["create", "deployment", "x", "--image=y"], None).await;
+    assert!(err.contains("send application/json"), "{err}");
+
     k.ok(&["delete", "deploy", "web"], None).await;
     let err = k.fails(&["get", "deploy", "web"], None).await;
     assert!(err.contains("deployments.apps \"web\" not found"), "{err}");

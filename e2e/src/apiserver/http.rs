@@ -176,6 +176,7 @@ async fn route(
     drop(store);
     if let Some(s) = &sub
         && !(s == "status" && rt.status_subresource)
+        && !(s == "scale" && rt.has_scale())
     {
         return Err(not_found_path());
     }
@@ -187,6 +188,11 @@ async fn route(
     }
     let ns_str = ns.clone().unwrap_or_default();
     let is_watch = watch_path || params.get("watch").is_some_and(|w| w == "true" || w == "1");
+    if sub.as_deref() == Some("scale")
+        && let Some(n) = &name
+    {
+        return scale(app, &rt, &ns_str, n, method, params, headers, &body);
+    }
     match (method, &name) {
         (&Method::GET, _) if is_watch => watch(app, &rt, ns.as_deref(), name.as_deref(), params, headers),
         (&Method::GET, Some(n)) => {
@@ -397,9 +403,7 @@ fn parse_body(body: &Bytes, headers: &HeaderMap) -> ApiResult<Value> {
         .and_then(|c| c.to_str().ok())
         .unwrap_or("application/json");
     if ct.contains("protobuf") {
-        return Err(ApiError::unsupported_media(format!(
-            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {ct})"
-        )));
+        return super::protobuf::decode(body);
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(v) => Ok(v),
@@ -1027,4 +1031,99 @@ fn delete_collection(
         StatusCode::OK,
         &json!({"kind": rt.list_kind(), "apiVersion": rt.api_version(), "metadata": {"resourceVersion": rv.to_string()}, "items": items}),
     ))
+}
+
+/// The `autoscaling/v1` Scale view of a Deployment or ReplicaSet.
+fn scale_of(obj: &Value) -> Value {
+    let labels = &obj["spec"]["selector"]["matchLabels"];
+    let selector: Vec<String> = labels
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    let m = &obj["metadata"];
+    json!({
+        "kind": "Scale", "apiVersion": "autoscaling/v1",
+        "metadata": {"name": m["name"], "namespace": m["namespace"], "uid": m["uid"], "resourceVersion": m["resourceVersion"], "creationTimestamp": m["creationTimestamp"]},
+        "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(1)},
+        "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector.join(",")},
+    })
+}
+
+/// `/scale` subresource (what `kubectl scale` and autoscalers use).
+#[allow(clippy::too_many_arguments)]
+fn scale(
+    app: &Arc<App>,
+    rt: &ResourceType,
+    ns: &str,
+    name: &str,
+    method: &Method,
+    params: &Params,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> ApiResult<Response> {
+    let mut store = app.lock();
+    let old = store.get(rt, ns, name)?;
+    let current = scale_of(&old);
+    let wanted = match *method {
+        Method::GET => return Ok(json_response(StatusCode::OK, &current)),
+        Method::PUT => parse_body(body, headers)?,
+        Method::PATCH => {
+            let ct = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|c| c.to_str().ok())
+                .unwrap_or_default();
+            let mut doc = current.clone();
+            match ct.split(';').next().unwrap_or_default().trim() {
+                "application/json-patch+json" => super::patch::json_patch(&mut doc, body)?,
+                "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+                    super::patch::merge_patch(&mut doc, body)?
+                }
+                other => {
+                    return Err(ApiError::unsupported_media(format!(
+                        "unsupported patch type {other:?} for the scale subresource"
+                    )));
+                }
+            }
+            doc
+        }
+        _ => {
+            return Err(ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource",
+            ));
+        }
+    };
+    if let Some(rv) = wanted["metadata"]["resourceVersion"]
+        .as_str()
+        .filter(|r| !r.is_empty())
+        && Some(rv) != old["metadata"]["resourceVersion"].as_str()
+    {
+        return Err(ApiError::conflict(
+            &rt.group,
+            &rt.plural,
+            name,
+            "the object has been modified; please apply your changes to the latest version and try again",
+        ));
+    }
+    let Some(replicas) = wanted["spec"]["replicas"].as_i64().filter(|r| *r >= 0) else {
+        return Err(ApiError::invalid(
+            "Scale",
+            "autoscaling",
+            name,
+            vec![super::status::Cause::invalid(
+                "spec.replicas",
+                &wanted["spec"]["replicas"],
+                "must be greater than or equal to 0",
+            )],
+        ));
+    };
+    let mut new = old.clone();
+    new["spec"]["replicas"] = json!(replicas);
+    new["metadata"]
+        .as_object_mut()
+        .map(|m| m.remove("resourceVersion"));
+    let opts = write_opts(params, headers, "")?;
+    let w = store.replace_patched(rt, ns, name, old, new, &opts, false)?;
+    Ok(json_response(StatusCode::OK, &scale_of(&w.object)))
 }

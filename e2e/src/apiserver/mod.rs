@@ -60,6 +60,7 @@
 mod fields;
 mod http;
 mod patch;
+mod protobuf;
 mod resources;
 mod schema;
 mod selectors;

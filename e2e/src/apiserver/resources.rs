@@ -69,6 +69,10 @@ impl ResourceType {
             format!("/apis/{}/{}", self.group, self.version)
         }
     }
+    /// Has a `/scale` subresource (`autoscaling/v1` Scale).
+    pub fn has_scale(&self) -> bool {
+        self.crd.is_none() && matches!(self.kind.as_str(), "Deployment" | "ReplicaSet")
+    }
     /// Entry of an `APIResourceList` (plus a `/status` entry when the subresource exists).
     pub fn discovery_entries(&self) -> Vec<Value> {
         let mut main = json!({
@@ -91,6 +95,17 @@ impl ResourceType {
                 "singularName": "",
                 "namespaced": self.namespaced,
                 "kind": self.kind,
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
+        if self.has_scale() {
+            out.push(json!({
+                "name": format!("{}/scale", self.plural),
+                "singularName": "",
+                "namespaced": self.namespaced,
+                "group": "autoscaling",
+                "version": "v1",
+                "kind": "Scale",
                 "verbs": ["get", "patch", "update"],
             }));
         }

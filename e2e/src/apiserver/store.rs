@@ -78,6 +78,9 @@ pub struct Store {
     /// Signals the persistence task that the state changed.
     pub changed: Arc<Notify>,
     next_ip: u32,
+    /// Set by writes that can give the garbage collector work (deletions, owner references,
+    /// deletion marks), so ordinary writes skip the full scan.
+    gc_pending: bool,
 }
 
 /// Retained events after a version, then the live stream.
@@ -187,6 +190,7 @@ impl Store {
             tx,
             changed: Arc::new(Notify::new()),
             next_ip: 1,
+            gc_pending: false,
         };
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let rt = s.type_for_key("/namespaces").cloned();
@@ -345,6 +349,9 @@ impl Store {
     fn store(&mut self, key: &str, mut obj: Value, etype: &'static str) -> Value {
         self.rv += 1;
         meta_mut(&mut obj).insert("resourceVersion".into(), json!(self.rv.to_string()));
+        if meta(&obj).get("ownerReferences").is_some() || meta(&obj).get("deletionTimestamp").is_some() {
+            self.gc_pending = true;
+        }
         let ns = meta(&obj)["namespace"].as_str().unwrap_or_default().to_string();
         let name = name_of(&obj).to_string();
         let prev = self
@@ -362,6 +369,7 @@ impl Store {
             .get_mut(key)?
             .remove(&(ns.to_string(), name.to_string()))?;
         self.rv += 1;
+        self.gc_pending = true;
         meta_mut(&mut obj).insert("resourceVersion".into(), json!(self.rv.to_string()));
         self.emit(key, ns, "DELETED", obj.clone(), None);
         if key == "apiextensions.k8s.io/customresourcedefinitions" {
@@ -887,16 +895,29 @@ impl Store {
                     obj["status"] = json!({"loadBalancer": {}});
                 }
             }
-            "Deployment" | "ReplicaSet" if obj["spec"].is_object() && obj["spec"]["replicas"].is_null() => {
-                obj["spec"]["replicas"] = json!(1);
+            "Deployment" | "ReplicaSet" if obj["spec"].is_object() => {
+                let spec = &mut obj["spec"];
+                if spec["replicas"].is_null() {
+                    spec["replicas"] = json!(1);
+                }
+                if spec["revisionHistoryLimit"].is_null() {
+                    spec["revisionHistoryLimit"] = json!(10);
+                }
+                if rt.kind == "Deployment" {
+                    if spec["progressDeadlineSeconds"].is_null() {
+                        spec["progressDeadlineSeconds"] = json!(600);
+                    }
+                    if spec["strategy"].is_null() {
+                        spec["strategy"] = json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}});
+                    }
+                }
+                pod_spec_defaults(&mut spec["template"]["spec"]);
             }
             "Pod" => {
                 if obj["status"].is_null() && old.is_none() {
                     obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
                 }
-                if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
-                    spec.entry("restartPolicy").or_insert(json!("Always"));
-                }
+                pod_spec_defaults(&mut obj["spec"]);
             }
             "CustomResourceDefinition" => self.crd_admission(obj)?,
             _ => {}
@@ -1092,11 +1113,16 @@ impl Store {
     /// Garbage collection to a fixpoint: dependents of deleted owners (background), foreground
     /// and orphan finalizers, namespace contents.
     fn gc(&mut self) {
+        if !self.gc_pending {
+            return;
+        }
         for _ in 0..1000 {
             if !self.gc_pass() {
+                self.gc_pending = false;
                 return;
             }
         }
+        self.gc_pending = false;
         tracing::warn!("garbage collection did not converge in 1000 passes");
     }
 
@@ -1216,6 +1242,51 @@ impl Store {
             let mut o = obj.clone();
             set_finalizers(&mut o, &fin);
             self.store(key, o, "MODIFIED");
+        }
+    }
+}
+
+/// The pod spec defaults the real API server fills in (those clients print or compare).
+fn pod_spec_defaults(spec: &mut Value) {
+    let Some(spec) = spec.as_object_mut() else { return };
+    spec.entry("restartPolicy").or_insert(json!("Always"));
+    spec.entry("dnsPolicy").or_insert(json!("ClusterFirst"));
+    spec.entry("schedulerName").or_insert(json!("default-scheduler"));
+    spec.entry("terminationGracePeriodSeconds").or_insert(json!(30));
+    spec.entry("securityContext").or_insert(json!({}));
+    for list in ["containers", "initContainers"] {
+        for c in spec
+            .get_mut(list)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_object_mut)
+        {
+            let image = c
+                .get("image")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let tag = image
+                .rsplit('/')
+                .next()
+                .and_then(|last| last.split_once(':'))
+                .map(|(_, t)| t.to_string());
+            let always = !image.contains('@') && tag.as_deref().is_none_or(|t| t == "latest");
+            c.entry("imagePullPolicy")
+                .or_insert(json!(if always { "Always" } else { "IfNotPresent" }));
+            c.entry("terminationMessagePath")
+                .or_insert(json!("/dev/termination-log"));
+            c.entry("terminationMessagePolicy").or_insert(json!("File"));
+            for p in c
+                .get_mut("ports")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_object_mut)
+            {
+                p.entry("protocol").or_insert(json!("TCP"));
+            }
         }
     }
 }
