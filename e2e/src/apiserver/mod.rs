@@ -44,9 +44,11 @@
 //!
 //! # What it deliberately does not do
 //! No authentication or authorization (any or no credentials are accepted), no admission
-//! webhooks, no API aggregation, no protobuf or CBOR, no TLS (plain HTTP on loopback), no CRD
-//! version conversion (each served version is stored as sent), no `/scale` or other
-//! subresources besides `/status`, no `/openapi/v2` and no schemas in the OpenAPI v3
+//! webhooks, no API aggregation, no CBOR and protobuf request bodies only for the Namespace,
+//! ConfigMap and Secret that kubectl's `create` generators send (others answer 415; responses
+//! are always JSON, which every client accepts), no TLS (plain HTTP on loopback), no CRD
+//! version conversion (each served version is stored as sent), no subresources besides
+//! `/status` and `/scale` (Deployments, ReplicaSets), no `/openapi/v2` and no schemas in the OpenAPI v3
 //! documents (so `kubectl explain` does not work), no graceful pod deletion (pods go
 //! immediately, there is no kubelet to confirm), no controllers besides the garbage collector
 //! and namespace cleanup (no ReplicaSets from Deployments, no Endpoints from Services: the
