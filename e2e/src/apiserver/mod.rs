@@ -69,6 +69,7 @@ mod selectors;
 mod status;
 mod store;
 mod table;
+mod validation;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -816,6 +816,10 @@ impl Store {
             }
             schema::remove_paths(obj, &unknown);
             self.builtin_defaults(rt, old, obj)?;
+            let causes = super::validation::builtin(&rt.kind, old, obj);
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(&rt.kind, &rt.group, &name, causes));
+            }
         }
         let mut warnings = Vec::new();
         if !unknown.is_empty() {
