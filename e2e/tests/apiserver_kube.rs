@@ -907,3 +907,55 @@ async fn operator_style_apply_of_owned_objects_and_status() {
 fn status_only(status: Value) -> Value {
     json!({"apiVersion": "cloudify.io/v1alpha1", "kind": "CloudifyDataset", "status": status})
 }
+
+#[tokio::test]
+async fn events_written_as_events_k8s_io_are_core_events_too() {
+    use k8s_openapi::api::core::v1::{Event as CoreEvent, ObjectReference};
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let (server, client) = start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let target = cms
+        .create(&PostParams::default(), &cm("subject", &[]))
+        .await
+        .unwrap();
+    let reference = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("ConfigMap".into()),
+        name: target.metadata.name.clone(),
+        namespace: Some("default".into()),
+        uid: target.metadata.uid.clone(),
+        ..Default::default()
+    };
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "test-controller".into(),
+            instance: None,
+        },
+    );
+    let ev = Event {
+        type_: EventType::Normal,
+        reason: "Reconciled".into(),
+        note: Some("all good".into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    recorder.publish(&ev, &reference).await.unwrap();
+    // Publishing the same event again patches its series instead of creating a second one.
+    recorder.publish(&ev, &reference).await.unwrap();
+    let core: Api<CoreEvent> = Api::namespaced(client.clone(), "default");
+    let listed = core
+        .list(&ListParams::default().fields("involvedObject.name=subject"))
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    let e = &listed.items[0];
+    assert_eq!(
+        (e.reason.as_deref(), e.message.as_deref(), e.type_.as_deref()),
+        (Some("Reconciled"), Some("all good"), Some("Normal"))
+    );
+    assert_eq!(e.reporting_component.as_deref(), Some("test-controller"));
+    assert_eq!(e.involved_object.uid, target.metadata.uid);
+    assert_eq!(e.series.as_ref().and_then(|s| s.count), Some(2));
+    server.shutdown().await;
+}

@@ -506,9 +506,10 @@ fn list(
         }
         None => None,
     };
-    let all: Vec<&Value> = store
-        .list(rt, ns)
-        .into_iter()
+    let listed = store.list(rt, ns);
+    let all: Vec<&Value> = listed
+        .iter()
+        .map(|o| o.as_ref())
         .filter(|o| labels.matches(o) && fields_sel.matches(o))
         .filter(|o| start.as_deref().is_none_or(|s| sort_key(o).as_str() > s))
         .collect();
@@ -611,8 +612,8 @@ fn watch(
         start_rv = store.resource_version();
         for o in store.list(rt, ns) {
             let ons = o["metadata"]["namespace"].as_str().unwrap_or_default();
-            if matches(o, ons) {
-                initial.push(("ADDED", o.clone()));
+            if matches(&o, ons) {
+                initial.push(("ADDED", o.into_owned()));
             }
         }
         rx = store.subscribe();
@@ -624,7 +625,7 @@ fn watch(
         match store.watch_from(&key, since) {
             Ok((backlog, r)) => {
                 for ev in backlog {
-                    if let Some(e) = filter_event(&ev, &matches) {
+                    if let Some(e) = filter_event(rt, &ev, &matches) {
                         initial.push(e);
                     }
                 }
@@ -720,7 +721,7 @@ fn watch(
                         if ev.key != key {
                             continue;
                         }
-                        if let Some((etype, obj)) = filter_event(&ev, &matches) {
+                        if let Some((etype, obj)) = filter_event(&rt, &ev, &matches) {
                             if tx.send(encode(etype, &obj, first)).await.is_err() {
                                 return;
                             }
@@ -753,19 +754,25 @@ fn watch(
 }
 
 /// What a selector-filtered watcher sees of an event.
-fn filter_event(ev: &WatchEvent, matches: &impl Fn(&Value, &str) -> bool) -> Option<(&'static str, Value)> {
-    let now = matches(&ev.object, &ev.namespace);
-    let before = ev.prev.as_ref().is_some_and(|p| matches(p, &ev.namespace));
-    match ev.etype {
-        "DELETED" => now.then(|| ("DELETED", ev.object.clone())),
-        "ADDED" => now.then(|| ("ADDED", ev.object.clone())),
+fn filter_event(
+    rt: &ResourceType,
+    ev: &WatchEvent,
+    matches: &impl Fn(&Value, &str) -> bool,
+) -> Option<(&'static str, Value)> {
+    let object = super::store::from_storage(rt, &ev.object);
+    let prev = ev.prev.as_ref().map(|p| super::store::from_storage(rt, p));
+    let now = matches(&object, &ev.namespace);
+    let before = prev.as_ref().is_some_and(|p| matches(p, &ev.namespace));
+    let etype = match ev.etype {
+        "DELETED" | "ADDED" => now.then_some(ev.etype),
         _ => match (before, now) {
-            (true, true) => Some(("MODIFIED", ev.object.clone())),
-            (false, true) => Some(("ADDED", ev.object.clone())),
-            (true, false) => Some(("DELETED", ev.object.clone())),
+            (true, true) => Some("MODIFIED"),
+            (false, true) => Some("ADDED"),
+            (true, false) => Some("DELETED"),
             (false, false) => None,
         },
-    }
+    }?;
+    Some((etype, object.into_owned()))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1006,7 +1013,7 @@ fn delete_collection(
                     .as_str()
                     .unwrap_or_default()
                     .to_string(),
-                name_of(x).to_string(),
+                name_of(&x).to_string(),
             )
         })
         .collect();

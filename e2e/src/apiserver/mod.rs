@@ -53,7 +53,7 @@
 //! immediately, there is no kubelet to confirm), no controllers besides the garbage collector
 //! and namespace cleanup (no ReplicaSets from Deployments, no Endpoints from Services: the
 //! local pod runtime plays those parts), no default ServiceAccounts or root CA ConfigMaps in
-//! namespaces, core and `events.k8s.io` Events are stored separately, list `continue` tokens
+//! namespaces, list `continue` tokens
 //! page through the current state rather than a snapshot, and built-in objects get only the
 //! defaults clients rely on (Service cluster IPs/ports, Deployment replicas, Secret type,
 //! Namespace phase).

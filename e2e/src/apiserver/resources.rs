@@ -37,7 +37,15 @@ pub struct CrdInfo {
 impl ResourceType {
     /// Storage key, independent of the version: `apps/deployments`, `/configmaps`.
     pub fn key(&self) -> String {
+        if self.is_events_v1() {
+            // events.k8s.io/v1 Events are the core Events, stored once (like the real server).
+            return "/events".into();
+        }
         format!("{}/{}", self.group, self.plural)
+    }
+    /// `events.k8s.io/v1` Event: served from the core Event storage through conversion.
+    pub fn is_events_v1(&self) -> bool {
+        self.group == "events.k8s.io" && self.plural == "events"
     }
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {

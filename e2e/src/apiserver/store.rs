@@ -4,6 +4,7 @@
 //! collector. All of it runs under one lock, so every write is atomic and watch events are
 //! totally ordered by resourceVersion.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
@@ -287,7 +288,14 @@ impl Store {
             .is_some_and(|m| m.contains_key(&(String::new(), ns.to_string())))
     }
 
+    /// The object as the resource's version presents it.
     pub fn get(&self, rt: &ResourceType, ns: &str, name: &str) -> ApiResult<Value> {
+        self.get_stored(rt, ns, name)
+            .map(|o| from_storage(rt, &o).into_owned())
+    }
+
+    /// The object in its storage form (core form for Events).
+    fn get_stored(&self, rt: &ResourceType, ns: &str, name: &str) -> ApiResult<Value> {
         self.objects
             .get(&rt.key())
             .and_then(|m| m.get(&(ns.to_string(), name.to_string())))
@@ -296,13 +304,13 @@ impl Store {
     }
 
     /// Objects of a resource, ordered by namespace and name; `ns` None = all namespaces.
-    pub fn list(&self, rt: &ResourceType, ns: Option<&str>) -> Vec<&Value> {
+    pub fn list(&self, rt: &ResourceType, ns: Option<&str>) -> Vec<Cow<'_, Value>> {
         self.objects
             .get(&rt.key())
             .into_iter()
             .flat_map(|m| m.iter())
             .filter(|((ons, _), _)| ns.is_none_or(|n| n == ons))
-            .map(|(_, o)| o)
+            .map(|(_, o)| from_storage(rt, o))
             .collect()
     }
 
@@ -526,6 +534,22 @@ impl Store {
         ns: &str,
         name: &str,
         old: Option<Value>,
+        new: Value,
+        opts: &WriteOpts,
+        managed: bool,
+    ) -> ApiResult<Written> {
+        let mut w = self.commit_stored(rt, ns, name, old, new, opts, managed)?;
+        w.object = from_storage(rt, &w.object).into_owned();
+        Ok(w)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn commit_stored(
+        &mut self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        old: Option<Value>,
         mut new: Value,
         opts: &WriteOpts,
         managed: bool,
@@ -650,6 +674,10 @@ impl Store {
         }
         // Admission.
         let warnings = self.admit(rt, old.as_ref(), &mut new, opts)?;
+        // From here on the object is in its storage form.
+        let new_stored = to_storage(rt, &new);
+        new = new_stored;
+        let old = old.map(|o| to_storage(rt, &o));
         // System metadata.
         let now = now();
         {
@@ -1038,7 +1066,33 @@ impl Store {
         precondition_rv: Option<&str>,
         dry_run: bool,
     ) -> ApiResult<Deleted> {
-        let obj = self.get(rt, ns, name)?;
+        let out = self.delete_stored(
+            rt,
+            ns,
+            name,
+            propagation,
+            precondition_uid,
+            precondition_rv,
+            dry_run,
+        )?;
+        Ok(match out {
+            Deleted::Gone(o) => Deleted::Gone(from_storage(rt, &o).into_owned()),
+            Deleted::Pending(o) => Deleted::Pending(from_storage(rt, &o).into_owned()),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn delete_stored(
+        &mut self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        propagation: Option<&str>,
+        precondition_uid: Option<&str>,
+        precondition_rv: Option<&str>,
+        dry_run: bool,
+    ) -> ApiResult<Deleted> {
+        let obj = self.get_stored(rt, ns, name)?;
         if let Some(uid) = precondition_uid
             && meta(&obj)["uid"].as_str() != Some(uid)
         {
@@ -1108,7 +1162,7 @@ impl Store {
         let stored = self.store(&rt.key(), upd, "MODIFIED");
         self.gc();
         // The garbage collector may already have completed the deletion.
-        match self.get(rt, ns, name) {
+        match self.get_stored(rt, ns, name) {
             Ok(o) => Ok(Deleted::Pending(o)),
             Err(_) => Ok(Deleted::Gone(stored)),
         }
@@ -1292,6 +1346,57 @@ fn pod_spec_defaults(spec: &mut Value) {
                 p.entry("protocol").or_insert(json!("TCP"));
             }
         }
+    }
+}
+
+/// Field correspondence of core `v1` and `events.k8s.io/v1` Events (the real conversion).
+const EVENT_FIELDS: &[(&str, &str)] = &[
+    ("eventTime", "eventTime"),
+    ("series", "series"),
+    ("reportingComponent", "reportingController"),
+    ("reportingInstance", "reportingInstance"),
+    ("action", "action"),
+    ("reason", "reason"),
+    ("type", "type"),
+    ("related", "related"),
+    ("involvedObject", "regarding"),
+    ("message", "note"),
+    ("source", "deprecatedSource"),
+    ("firstTimestamp", "deprecatedFirstTimestamp"),
+    ("lastTimestamp", "deprecatedLastTimestamp"),
+    ("count", "deprecatedCount"),
+];
+
+fn convert_event(obj: &Value, to_events_v1: bool) -> Value {
+    let (api_version, pairs): (&str, Vec<(&str, &str)>) = if to_events_v1 {
+        ("events.k8s.io/v1", EVENT_FIELDS.to_vec())
+    } else {
+        ("v1", EVENT_FIELDS.iter().map(|(c, e)| (*e, *c)).collect())
+    };
+    let mut out = json!({"apiVersion": api_version, "kind": "Event", "metadata": obj["metadata"]});
+    for (from, to) in pairs {
+        if let Some(v) = obj.get(from).filter(|v| !v.is_null()) {
+            out[to] = v.clone();
+        }
+    }
+    out
+}
+
+/// The stored object as `rt` presents it (Events convert; everything else is as stored).
+pub fn from_storage<'a>(rt: &ResourceType, obj: &'a Value) -> Cow<'a, Value> {
+    if rt.is_events_v1() && obj["apiVersion"] == "v1" {
+        Cow::Owned(convert_event(obj, true))
+    } else {
+        Cow::Borrowed(obj)
+    }
+}
+
+/// The storage form of an object written through `rt`.
+fn to_storage(rt: &ResourceType, obj: &Value) -> Value {
+    if rt.is_events_v1() && obj["apiVersion"] == "events.k8s.io/v1" {
+        convert_event(obj, false)
+    } else {
+        obj.clone()
     }
 }
 

@@ -240,14 +240,12 @@ pub fn builtin(kind: &str, old: Option<&Value>, obj: &Value) -> Vec<Cause> {
                 }
             }
         }
-        "PodDisruptionBudget" => {
-            if !spec["minAvailable"].is_null() && !spec["maxUnavailable"].is_null() {
-                causes.push(Cause::invalid(
-                    "spec",
-                    spec,
-                    "minAvailable and maxUnavailable cannot be both set",
-                ));
-            }
+        "PodDisruptionBudget" if !spec["minAvailable"].is_null() && !spec["maxUnavailable"].is_null() => {
+            causes.push(Cause::invalid(
+                "spec",
+                spec,
+                "minAvailable and maxUnavailable cannot be both set",
+            ));
         }
         _ => {}
     }
