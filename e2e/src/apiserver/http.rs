@@ -111,6 +111,9 @@ async fn route(
         }
         ["version"] => return Ok(json_response(StatusCode::OK, &version())),
         ["healthz"] | ["livez"] | ["readyz"] => return Ok((StatusCode::OK, "ok").into_response()),
+        ["api"] | ["apis"] if wants_aggregated(headers) => {
+            return Ok(aggregated_discovery(&app.lock(), segs[0] == "api"));
+        }
         ["api"] => {
             return Ok(json_response(
                 StatusCode::OK,
@@ -295,6 +298,85 @@ fn group_list(store: &Store) -> Value {
         })
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// Whether the client accepts aggregated discovery (`apidiscovery.k8s.io/v2`), as kubectl does.
+fn wants_aggregated(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| {
+            a.split(',').any(|t| {
+                t.contains("as=APIGroupDiscoveryList")
+                    && t.contains("v=v2")
+                    && t.contains("g=apidiscovery.k8s.io")
+            })
+        })
+}
+
+/// Aggregated discovery: every group/version with its resources in one document
+/// (`/api` for the core group, `/apis` for the others).
+fn aggregated_discovery(store: &Store, core: bool) -> Response {
+    let mut groups: Vec<(String, Vec<(String, Vec<Value>)>)> = Vec::new();
+    for t in store.types.iter().filter(|t| t.group.is_empty() == core) {
+        let kind = json!({"group": t.group, "version": t.version, "kind": t.kind});
+        let mut subresources = Vec::new();
+        if t.status_subresource {
+            subresources.push(
+                json!({"subresource": "status", "responseKind": kind, "verbs": ["get", "patch", "update"]}),
+            );
+        }
+        if t.has_scale() {
+            subresources.push(json!({"subresource": "scale", "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"}, "verbs": ["get", "patch", "update"]}));
+        }
+        let mut r = json!({
+            "resource": t.plural,
+            "responseKind": kind,
+            "scope": if t.namespaced { "Namespaced" } else { "Cluster" },
+            "singularResource": t.singular,
+            "verbs": t.verbs(),
+        });
+        if !t.short_names.is_empty() {
+            r["shortNames"] = json!(t.short_names);
+        }
+        if !t.categories.is_empty() {
+            r["categories"] = json!(t.categories);
+        }
+        if !subresources.is_empty() {
+            r["subresources"] = json!(subresources);
+        }
+        let gi = match groups.iter().position(|(g, _)| *g == t.group) {
+            Some(i) => i,
+            None => {
+                groups.push((t.group.clone(), Vec::new()));
+                groups.len() - 1
+            }
+        };
+        let versions = &mut groups[gi].1;
+        match versions.iter_mut().find(|(v, _)| *v == t.version) {
+            Some((_, rs)) => rs.push(r),
+            None => versions.push((t.version.clone(), vec![r])),
+        }
+    }
+    let items: Vec<Value> = groups
+        .into_iter()
+        .map(|(g, versions)| {
+            let versions: Vec<Value> = versions
+                .into_iter()
+                .map(|(v, resources)| json!({"version": v, "resources": resources, "freshness": "Current"}))
+                .collect();
+            json!({"metadata": {"name": g, "creationTimestamp": null}, "versions": versions})
+        })
+        .collect();
+    let body = json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items});
+    let mut r = (StatusCode::OK, body.to_string()).into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(AGGREGATED));
+    r.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("Accept"));
+    r
 }
 
 fn resource_list(store: &Store, group: &str, version: &str) -> ApiResult<Response> {

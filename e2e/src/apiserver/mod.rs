@@ -7,9 +7,9 @@
 //!
 //! # What it does
 //! - Discovery: `/api`, `/apis`, group and group/version resource lists (verbs, short names,
-//!   categories, scope, kind, `/status` subresources). Aggregated discovery is not served: the
-//!   plain `APIGroupList` answer makes clients fall back to per-group discovery, as they do
-//!   with older servers. `/version`; `/openapi/v3` lists one document per group/version that
+//!   categories, scope, kind, `/status` and `/scale` subresources) and aggregated discovery
+//!   (`apidiscovery.k8s.io/v2`, what kubectl asks for first). `/version`; `/openapi/v3` lists
+//!   one document per group/version that
 //!   declares the operations and their `fieldValidation` parameter, so kubectl uses
 //!   server-side field validation.
 //! - The built-in kinds the platform uses (see [`resources`]) and custom resources of any
