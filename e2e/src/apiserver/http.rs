@@ -319,7 +319,9 @@ fn wants_aggregated(headers: &HeaderMap) -> bool {
 /// Aggregated discovery: every group/version with its resources in one document
 /// (`/api` for the core group, `/apis` for the others).
 fn aggregated_discovery(store: &Store, core: bool) -> Response {
-    let mut groups: Vec<(String, Vec<(String, Vec<Value>)>)> = Vec::new();
+    // group → version → resource entries, in discovery order.
+    type Versions = Vec<(String, Vec<Value>)>;
+    let mut groups: Vec<(String, Versions)> = Vec::new();
     for t in store.types.iter().filter(|t| t.group.is_empty() == core) {
         let kind = json!({"group": t.group, "version": t.version, "kind": t.kind});
         let mut subresources = Vec::new();
