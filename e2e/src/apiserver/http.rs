@@ -102,6 +102,25 @@ async fn route(
         .split('/')
         .filter(|s| !s.is_empty())
         .collect();
+    let is_discovery = matches!(
+        segs.as_slice(),
+        [] | ["version"]
+            | ["healthz"]
+            | ["livez"]
+            | ["readyz"]
+            | ["api"]
+            | ["apis"]
+            | ["apis", _]
+            | ["api", "v1"]
+            | ["apis", _, _]
+            | ["openapi", ..]
+    );
+    if is_discovery && method != Method::GET && method != Method::HEAD {
+        return Err(ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({} {path})",
+            method.as_str().to_lowercase()
+        )));
+    }
     match segs.as_slice() {
         [] => {
             return Ok(json_response(

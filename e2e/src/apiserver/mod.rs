@@ -153,6 +153,8 @@ impl Server {
         });
         let router = axum::Router::new()
             .fallback(http::dispatch)
+            // The real server accepts request bodies up to 3 MiB.
+            .layer(axum::extract::DefaultBodyLimit::max(3 * 1024 * 1024))
             .with_state(app.clone());
         let mut stop = shutdown_rx.clone();
         let serve = tokio::spawn(async move {
