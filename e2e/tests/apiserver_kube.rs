@@ -959,3 +959,62 @@ async fn events_written_as_events_k8s_io_are_core_events_too() {
     assert_eq!(e.series.as_ref().and_then(|s| s.count), Some(2));
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn crds_with_non_structural_schemas_or_broken_cel_are_refused() {
+    let (server, client) = start().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = |schema: Value| -> CustomResourceDefinition {
+        serde_json::from_value(json!({
+            "metadata": {"name": "widgets.example.com"},
+            "spec": {"group": "example.com", "scope": "Namespaced", "names": {"plural": "widgets", "kind": "Widget"},
+                     "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": schema}}]}
+        }))
+        .unwrap()
+    };
+    let e = api_err(
+        crds.create(
+            &PostParams::default(),
+            &crd(json!({"type": "object", "properties": {"spec": {"properties": {}}}})),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(e.code, 422);
+    assert!(
+        e.message
+            .contains("spec.versions[0].schema.openAPIV3Schema.properties[spec].type: Required value"),
+        "{}",
+        e.message
+    );
+    let e = api_err(
+        crds.create(
+            &PostParams::default(),
+            &crd(
+                json!({"type": "object", "x-kubernetes-validations": [{"rule": "self.a >", "message": "m"}]}),
+            ),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert!(
+        e.message
+            .contains("x-kubernetes-validations[0].rule: Invalid value: \"self.a >\": compilation failed"),
+        "{}",
+        e.message
+    );
+    // A sound one is accepted and served.
+    crds.create(&PostParams::default(), &crd(json!({"type": "object", "properties": {"spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}})))
+        .await
+        .unwrap();
+    let gvk = GroupVersionKind::gvk("example.com", "v1", "Widget");
+    let widgets: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "default",
+        &ApiResource::from_gvk_with_plural(&gvk, "widgets"),
+    );
+    let w: DynamicObject = serde_json::from_value(json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"anything": [1, 2]}})).unwrap();
+    let created = widgets.create(&PostParams::default(), &w).await.unwrap();
+    assert_eq!(created.data["spec"]["anything"], json!([1, 2]));
+    server.shutdown().await;
+}

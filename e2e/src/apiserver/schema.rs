@@ -551,3 +551,46 @@ mod tests {
         assert!(builtin_decode("Deployment", "apps/v1", &bad).is_err());
     }
 }
+
+/// CRD-time checks of a version's schema: structural (every specified field has a type unless
+/// it preserves unknown fields or is int-or-string) and CEL rules that compile. The real server
+/// refuses CRDs failing either, so a bad rule surfaces at `kubectl apply` of the CRD.
+pub fn check_crd_schema(schema: &Value, path: &str, causes: &mut Vec<Cause>) {
+    let untyped_ok = schema["x-kubernetes-int-or-string"].as_bool() == Some(true)
+        || schema["x-kubernetes-preserve-unknown-fields"].as_bool() == Some(true);
+    if schema
+        .get("type")
+        .is_none_or(|t| t.as_str().is_none_or(str::is_empty))
+        && !untyped_ok
+    {
+        causes.push(Cause {
+            reason: "FieldValueRequired",
+            message: "Required value: must not be empty for specified object fields".into(),
+            field: format!("{path}.type"),
+        });
+    }
+    for (i, rule) in schema["x-kubernetes-validations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let text = rule["rule"].as_str().unwrap_or_default();
+        if let Err(e) = kube_cel::cel::Program::compile(text) {
+            causes.push(Cause::invalid(
+                format!("{path}.x-kubernetes-validations[{i}].rule"),
+                &Value::String(text.into()),
+                format!("compilation failed: {e}"),
+            ));
+        }
+    }
+    for (k, s) in schema["properties"].as_object().into_iter().flatten() {
+        check_crd_schema(s, &format!("{path}.properties[{k}]"), causes);
+    }
+    if let Some(items) = schema.get("items").filter(|i| i.is_object()) {
+        check_crd_schema(items, &format!("{path}.items"), causes);
+    }
+    if let Some(add) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+        check_crd_schema(add, &format!("{path}.additionalProperties"), causes);
+    }
+}

@@ -996,6 +996,18 @@ impl Store {
         {
             causes.push(Cause::required("spec.names.kind"));
         }
+        for (i, v) in versions.iter().enumerate() {
+            match v["schema"].get("openAPIV3Schema") {
+                Some(s) => schema::check_crd_schema(
+                    s,
+                    &format!("spec.versions[{i}].schema.openAPIV3Schema"),
+                    &mut causes,
+                ),
+                None => causes.push(Cause::required(format!(
+                    "spec.versions[{i}].schema.openAPIV3Schema"
+                ))),
+            }
+        }
         if !causes.is_empty() {
             return Err(ApiError::invalid(
                 "CustomResourceDefinition",
