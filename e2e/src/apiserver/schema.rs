@@ -514,44 +514,6 @@ fn split_path(p: &str) -> Vec<Seg> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn prune_default_validate() {
-        let schema = json!({"type": "object", "properties": {"spec": {"type": "object", "required": ["a"], "properties": {
-            "a": {"type": "integer", "minimum": 1},
-            "b": {"type": "string", "default": "x", "enum": ["x", "y"]},
-            "m": {"type": "object", "additionalProperties": {"type": "string"}}
-        }}}});
-        let mut o = json!({"apiVersion": "g/v1", "kind": "K", "metadata": {}, "spec": {"a": 0, "zzz": 1, "m": {"k": "v"}}});
-        let mut unknown = vec![];
-        prune(&schema, &mut o, "", &mut unknown);
-        assert_eq!(unknown, vec!["spec.zzz"]);
-        default(&schema, &mut o);
-        assert_eq!(o["spec"]["b"], "x");
-        let mut causes = vec![];
-        validate(&schema, &o, "", &mut causes);
-        assert_eq!(causes.len(), 1);
-        assert_eq!(causes[0].field, "spec.a");
-        assert!(
-            causes[0].message.contains("greater than or equal to 1"),
-            "{}",
-            causes[0].message
-        );
-    }
-
-    #[test]
-    fn builtin_unknown_fields_and_type_errors() {
-        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "labels": {"x": "y"}}, "data": {"k": "v"}, "bogus": 1});
-        assert_eq!(builtin_decode("ConfigMap", "v1", &cm).unwrap(), vec!["bogus"]);
-        let bad = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "a"}, "spec": {"replicas": "two"}});
-        assert!(builtin_decode("Deployment", "apps/v1", &bad).is_err());
-    }
-}
-
 /// CRD-time checks of a version's schema: structural (every specified field has a type unless
 /// it preserves unknown fields or is int-or-string) and CEL rules that compile. The real server
 /// refuses CRDs failing either, so a bad rule surfaces at `kubectl apply` of the CRD.
@@ -592,5 +554,43 @@ pub fn check_crd_schema(schema: &Value, path: &str, causes: &mut Vec<Cause>) {
     }
     if let Some(add) = schema.get("additionalProperties").filter(|a| a.is_object()) {
         check_crd_schema(add, &format!("{path}.additionalProperties"), causes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn prune_default_validate() {
+        let schema = json!({"type": "object", "properties": {"spec": {"type": "object", "required": ["a"], "properties": {
+            "a": {"type": "integer", "minimum": 1},
+            "b": {"type": "string", "default": "x", "enum": ["x", "y"]},
+            "m": {"type": "object", "additionalProperties": {"type": "string"}}
+        }}}});
+        let mut o = json!({"apiVersion": "g/v1", "kind": "K", "metadata": {}, "spec": {"a": 0, "zzz": 1, "m": {"k": "v"}}});
+        let mut unknown = vec![];
+        prune(&schema, &mut o, "", &mut unknown);
+        assert_eq!(unknown, vec!["spec.zzz"]);
+        default(&schema, &mut o);
+        assert_eq!(o["spec"]["b"], "x");
+        let mut causes = vec![];
+        validate(&schema, &o, "", &mut causes);
+        assert_eq!(causes.len(), 1);
+        assert_eq!(causes[0].field, "spec.a");
+        assert!(
+            causes[0].message.contains("greater than or equal to 1"),
+            "{}",
+            causes[0].message
+        );
+    }
+
+    #[test]
+    fn builtin_unknown_fields_and_type_errors() {
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "labels": {"x": "y"}}, "data": {"k": "v"}, "bogus": 1});
+        assert_eq!(builtin_decode("ConfigMap", "v1", &cm).unwrap(), vec!["bogus"]);
+        let bad = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "a"}, "spec": {"replicas": "two"}});
+        assert!(builtin_decode("Deployment", "apps/v1", &bad).is_err());
     }
 }
