@@ -832,6 +832,11 @@ impl Store {
                     return Err(ApiError::invalid(&rt.kind, &rt.group, &name, causes));
                 }
             }
+            // Object metadata rules apply to custom resources too.
+            let causes = super::validation::builtin("", old, obj);
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(&rt.kind, &rt.group, &name, causes));
+            }
         } else {
             match schema::builtin_decode(&rt.kind, &rt.api_version(), obj) {
                 Ok(u) => unknown = u,

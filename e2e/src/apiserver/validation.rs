@@ -44,6 +44,36 @@ fn label_map(map: &Value, path: &str, causes: &mut Vec<Cause>) {
     }
 }
 
+fn owner_references(refs: &Value, causes: &mut Vec<Cause>) {
+    let mut controllers = 0;
+    for r in refs.as_array().into_iter().flatten() {
+        for (f, what) in [
+            ("apiVersion", "version"),
+            ("kind", "kind"),
+            ("name", "name"),
+            ("uid", "uid"),
+        ] {
+            if r[f].as_str().is_none_or(str::is_empty) {
+                causes.push(Cause::invalid(
+                    format!("metadata.ownerReferences.{f}"),
+                    &Value::String(String::new()),
+                    format!("{what} must not be empty"),
+                ));
+            }
+        }
+        if r["controller"].as_bool() == Some(true) {
+            controllers += 1;
+        }
+    }
+    if controllers > 1 {
+        causes.push(Cause::invalid(
+            "metadata.ownerReferences",
+            refs,
+            "Only one reference can have Controller set to true",
+        ));
+    }
+}
+
 fn pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
     let containers = spec["containers"].as_array();
     if containers.is_none_or(|c| c.is_empty()) {
@@ -116,6 +146,7 @@ fn selector_matches_template(spec: &Value, path: &str, causes: &mut Vec<Cause>) 
 pub fn builtin(kind: &str, old: Option<&Value>, obj: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
     label_map(&obj["metadata"]["labels"], "metadata.labels", &mut causes);
+    owner_references(&obj["metadata"]["ownerReferences"], &mut causes);
     let spec = &obj["spec"];
     match kind {
         "Deployment" | "ReplicaSet" => {
