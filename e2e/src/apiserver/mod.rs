@@ -179,7 +179,7 @@ impl Server {
                     };
                     // Coalesce bursts of writes into one file write.
                     if !stopping {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                     let snapshot = app.lock().snapshot();
                     if let Err(e) = write_state(&path, &snapshot).await {

@@ -6,10 +6,32 @@
 
 use std::collections::BTreeSet;
 
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+
 use regex::Regex;
 use serde_json::{Map, Value};
 
 use super::status::{Cause, render_value};
+
+/// Compiled regexes by pattern: schemas and name rules reuse a handful of patterns, and
+/// compiling one per request would dominate the cost of a write.
+static REGEXES: LazyLock<Mutex<HashMap<String, Arc<Regex>>>> = LazyLock::new(Default::default);
+
+/// Whether `s` matches `pattern` (compiled once); `Err` if the pattern does not compile.
+pub fn regex_match(pattern: &str, s: &str) -> Result<bool, String> {
+    let mut cache = REGEXES.lock().unwrap_or_else(|p| p.into_inner());
+    let re = match cache.get(pattern) {
+        Some(re) => re.clone(),
+        None => {
+            let re = Arc::new(Regex::new(pattern).map_err(|e| e.to_string())?);
+            cache.insert(pattern.to_string(), re.clone());
+            re
+        }
+    };
+    drop(cache);
+    Ok(re.is_match(s))
+}
 
 fn join(path: &str, seg: &str) -> String {
     if path.is_empty() {
@@ -215,8 +237,8 @@ pub fn validate(schema: &Value, value: &Value, path: &str, causes: &mut Vec<Caus
                 });
             }
             if let Some(p) = schema["pattern"].as_str() {
-                match Regex::new(p) {
-                    Ok(re) if !re.is_match(s) => {
+                match regex_match(p, s) {
+                    Ok(false) => {
                         causes.push(Cause::invalid(
                             path,
                             value,

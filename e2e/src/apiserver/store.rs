@@ -134,10 +134,10 @@ const DNS1123_LABEL: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 fn validate_name(rt: &ResourceType, name: &str) -> Option<Cause> {
     let v = Value::String(name.into());
     if rt.kind == "Namespace" {
-        let ok = name.len() <= 63 && regex::Regex::new(DNS1123_LABEL).is_ok_and(|r| r.is_match(name));
+        let ok = name.len() <= 63 && schema::regex_match(DNS1123_LABEL, name).unwrap_or(false);
         (!ok).then(|| Cause::invalid("metadata.name", &v, "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"))
     } else {
-        let ok = name.len() <= 253 && regex::Regex::new(DNS1123_SUBDOMAIN).is_ok_and(|r| r.is_match(name));
+        let ok = name.len() <= 253 && schema::regex_match(DNS1123_SUBDOMAIN, name).unwrap_or(false);
         (!ok).then(|| Cause::invalid("metadata.name", &v, "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"))
     }
 }

@@ -3,7 +3,6 @@
 //! selector that does not match the template, Ingress paths without `pathType`, HPA bounds,
 //! invalid label keys and values, immutable selectors). Messages follow the real wording.
 
-use regex::Regex;
 use serde_json::Value;
 
 use super::status::Cause;
@@ -14,7 +13,7 @@ const DNS1123_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-
 const DNS1123_LABEL: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 
 fn matches(re: &str, s: &str) -> bool {
-    Regex::new(re).is_ok_and(|r| r.is_match(s))
+    super::schema::regex_match(re, s).unwrap_or(false)
 }
 
 fn label_map(map: &Value, path: &str, causes: &mut Vec<Cause>) {
