@@ -814,3 +814,207 @@ async fn state_file_survives_restart() {
     assert!(rv(&next) > rv(&got));
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn operator_style_apply_of_owned_objects_and_status() {
+    let (server, client) = start().await;
+    let cds = install_crd(&client).await;
+    let cr = cds
+        .create(
+            &PostParams::default(),
+            &dataset("ds", json!({"dataset": {"name": "d", "sources": ["/x"]}})),
+        )
+        .await
+        .unwrap();
+    let owner = json!([{"apiVersion": "cloudify.io/v1alpha1", "kind": "CloudifyDataset", "name": "ds", "uid": cr.metadata.uid, "controller": true, "blockOwnerDeletion": true}]);
+    let deploy = |env: &str| {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "ds", "labels": {"app.kubernetes.io/instance": "ds"}, "ownerReferences": owner},
+            "spec": {"selector": {"matchLabels": {"app.kubernetes.io/instance": "ds"}}, "template": {
+                "metadata": {"labels": {"app.kubernetes.io/instance": "ds"}},
+                "spec": {"containers": [{"name": "server", "image": "cloudify:1", "ports": [{"name": "http", "containerPort": 8080}], "env": [{"name": "E", "value": env}]}]}
+            }}
+        })
+    };
+    let deps: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), "default");
+    let pp = PatchParams::apply("cloudify-operator").force();
+    let first = deps.patch("ds", &pp, &Patch::Apply(deploy("1"))).await.unwrap();
+    // Re-applying the same desired state is a no-op (no new resourceVersion, no watch event),
+    // so a controller does not wake itself up forever.
+    let again = deps.patch("ds", &pp, &Patch::Apply(deploy("1"))).await.unwrap();
+    assert_eq!(first.metadata.resource_version, again.metadata.resource_version);
+    let changed = deps.patch("ds", &pp, &Patch::Apply(deploy("2"))).await.unwrap();
+    assert_ne!(first.metadata.resource_version, changed.metadata.resource_version);
+    assert_eq!(changed.metadata.generation, Some(2));
+    let c = &changed.spec.unwrap().template.spec.unwrap().containers[0];
+    assert_eq!(c.env.as_ref().unwrap()[0].value.as_deref(), Some("2"));
+    assert_eq!(
+        c.ports.as_ref().unwrap()[0].protocol.as_deref(),
+        Some("TCP"),
+        "defaulted"
+    );
+
+    // Status through server-side apply on /status: conditions merge by type (list-map).
+    let cond = |t: &str, s: &str| json!({"type": t, "status": s, "reason": "R", "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"});
+    let status = |conds: Vec<Value>| json!({"apiVersion": "cloudify.io/v1alpha1", "kind": "CloudifyDataset", "status": {"observedGeneration": 1, "conditions": conds}});
+    cds.patch_status(
+        "ds",
+        &pp,
+        &Patch::Apply(status(vec![cond("Ready", "False"), cond("Progressing", "True")])),
+    )
+    .await
+    .unwrap();
+    let other = PatchParams::apply("someone-else");
+    let o = cds
+        .patch_status(
+            "ds",
+            &other,
+            &Patch::Apply(status_only(json!({"conditions": [cond("Registered", "True")]}))),
+        )
+        .await
+        .unwrap();
+    let types: Vec<&str> = o.data["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, vec!["Ready", "Progressing", "Registered"]);
+    let mf = o.metadata.managed_fields.unwrap();
+    let status_entry = mf
+        .iter()
+        .find(|m| {
+            m.manager.as_deref() == Some("cloudify-operator") && m.subresource.as_deref() == Some("status")
+        })
+        .expect("status manager entry");
+    let fields = serde_json::to_value(&status_entry.fields_v1).unwrap();
+    assert!(
+        fields["f:status"]["f:conditions"]
+            .get("k:{\"type\":\"Ready\"}")
+            .is_some(),
+        "{fields}"
+    );
+    // The spec is untouched by status writes; generation too.
+    assert_eq!(o.metadata.generation, Some(1));
+
+    // Deleting the owner garbage-collects the Deployment.
+    cds.delete("ds", &DeleteParams::default()).await.unwrap();
+    assert_eq!(api_err(deps.get("ds").await.unwrap_err()).code, 404);
+    server.shutdown().await;
+}
+
+fn status_only(status: Value) -> Value {
+    json!({"apiVersion": "cloudify.io/v1alpha1", "kind": "CloudifyDataset", "status": status})
+}
+
+#[tokio::test]
+async fn events_written_as_events_k8s_io_are_core_events_too() {
+    use k8s_openapi::api::core::v1::{Event as CoreEvent, ObjectReference};
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let (server, client) = start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let target = cms
+        .create(&PostParams::default(), &cm("subject", &[]))
+        .await
+        .unwrap();
+    let reference = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("ConfigMap".into()),
+        name: target.metadata.name.clone(),
+        namespace: Some("default".into()),
+        uid: target.metadata.uid.clone(),
+        ..Default::default()
+    };
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "test-controller".into(),
+            instance: None,
+        },
+    );
+    let ev = Event {
+        type_: EventType::Normal,
+        reason: "Reconciled".into(),
+        note: Some("all good".into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    recorder.publish(&ev, &reference).await.unwrap();
+    // Publishing the same event again patches its series instead of creating a second one.
+    recorder.publish(&ev, &reference).await.unwrap();
+    let core: Api<CoreEvent> = Api::namespaced(client.clone(), "default");
+    let listed = core
+        .list(&ListParams::default().fields("involvedObject.name=subject"))
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    let e = &listed.items[0];
+    assert_eq!(
+        (e.reason.as_deref(), e.message.as_deref(), e.type_.as_deref()),
+        (Some("Reconciled"), Some("all good"), Some("Normal"))
+    );
+    assert_eq!(e.reporting_component.as_deref(), Some("test-controller"));
+    assert_eq!(e.involved_object.uid, target.metadata.uid);
+    assert_eq!(e.series.as_ref().and_then(|s| s.count), Some(2));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn crds_with_non_structural_schemas_or_broken_cel_are_refused() {
+    let (server, client) = start().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = |schema: Value| -> CustomResourceDefinition {
+        serde_json::from_value(json!({
+            "metadata": {"name": "widgets.example.com"},
+            "spec": {"group": "example.com", "scope": "Namespaced", "names": {"plural": "widgets", "kind": "Widget"},
+                     "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": schema}}]}
+        }))
+        .unwrap()
+    };
+    let e = api_err(
+        crds.create(
+            &PostParams::default(),
+            &crd(json!({"type": "object", "properties": {"spec": {"properties": {}}}})),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(e.code, 422);
+    assert!(
+        e.message
+            .contains("spec.versions[0].schema.openAPIV3Schema.properties[spec].type: Required value"),
+        "{}",
+        e.message
+    );
+    let e = api_err(
+        crds.create(
+            &PostParams::default(),
+            &crd(
+                json!({"type": "object", "x-kubernetes-validations": [{"rule": "self.a >", "message": "m"}]}),
+            ),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert!(
+        e.message
+            .contains("x-kubernetes-validations[0].rule: Invalid value: \"self.a >\": compilation failed"),
+        "{}",
+        e.message
+    );
+    // A sound one is accepted and served.
+    crds.create(&PostParams::default(), &crd(json!({"type": "object", "properties": {"spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}})))
+        .await
+        .unwrap();
+    let gvk = GroupVersionKind::gvk("example.com", "v1", "Widget");
+    let widgets: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "default",
+        &ApiResource::from_gvk_with_plural(&gvk, "widgets"),
+    );
+    let w: DynamicObject = serde_json::from_value(json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"anything": [1, 2]}})).unwrap();
+    let created = widgets.create(&PostParams::default(), &w).await.unwrap();
+    assert_eq!(created.data["spec"]["anything"], json!([1, 2]));
+    server.shutdown().await;
+}

@@ -105,6 +105,13 @@ pub fn builtin_list_kind(kind: &str, field: &str, items: &[Value]) -> ListKind {
     }
 }
 
+/// Built-in structs declared `+structType=atomic`: a LabelSelector is owned and replaced whole.
+fn builtin_atomic_struct(shape: Shape, field: &str, v: &Value) -> bool {
+    matches!(shape, Shape::Builtin(_))
+        && field == "selector"
+        && (v.get("matchLabels").is_some() || v.get("matchExpressions").is_some())
+}
+
 /// Key fields of a list-map item as FieldsV1 renders them (`k:{"name":"x"}`), sorted by key.
 /// Absent `protocol` defaults to TCP, as the real types default it before ownership is computed.
 fn item_key(item: &Value, keys: &[String]) -> Value {
@@ -177,7 +184,9 @@ pub fn field_set(obj: &Value, shape: Shape, scope: Scope) -> FieldSet {
 
 fn collect(v: &Value, shape: Shape, field: &str, path: Vec<String>, out: &mut FieldSet) {
     match v {
-        Value::Object(m) if !m.is_empty() && !shape.atomic_map() => {
+        Value::Object(m)
+            if !m.is_empty() && !shape.atomic_map() && !builtin_atomic_struct(shape, field, v) =>
+        {
             for (k, cv) in m {
                 let mut p = path.clone();
                 p.push(format!("f:{k}"));
@@ -406,7 +415,9 @@ pub fn display_path(path: &[String]) -> String {
 /// Structural merge of an apply configuration into the live object.
 pub fn merge(live: &Value, applied: &Value, shape: Shape, field: &str) -> Value {
     match (live, applied) {
-        (Value::Object(l), Value::Object(a)) if !shape.atomic_map() => {
+        (Value::Object(l), Value::Object(a))
+            if !shape.atomic_map() && !builtin_atomic_struct(shape, field, applied) =>
+        {
             let mut out = l.clone();
             for (k, av) in a {
                 if av.is_null() {
@@ -631,6 +642,13 @@ mod tests {
             "{v1}"
         );
         assert_eq!(from_fields_v1(&v1), set);
+        // A LabelSelector is atomic: owned as one field.
+        let d = json!({"spec": {"selector": {"matchLabels": {"a": "b"}}}});
+        let set = field_set(&d, Shape::Builtin("Deployment"), Scope::NoStatus);
+        assert_eq!(
+            set.into_iter().collect::<Vec<_>>(),
+            vec![vec!["f:spec".to_string(), "f:selector".to_string()]]
+        );
     }
 
     #[test]

@@ -102,6 +102,25 @@ async fn route(
         .split('/')
         .filter(|s| !s.is_empty())
         .collect();
+    let is_discovery = matches!(
+        segs.as_slice(),
+        [] | ["version"]
+            | ["healthz"]
+            | ["livez"]
+            | ["readyz"]
+            | ["api"]
+            | ["apis"]
+            | ["apis", _]
+            | ["api", "v1"]
+            | ["apis", _, _]
+            | ["openapi", ..]
+    );
+    if is_discovery && method != Method::GET && method != Method::HEAD {
+        return Err(ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({} {path})",
+            method.as_str().to_lowercase()
+        )));
+    }
     match segs.as_slice() {
         [] => {
             return Ok(json_response(
@@ -111,6 +130,9 @@ async fn route(
         }
         ["version"] => return Ok(json_response(StatusCode::OK, &version())),
         ["healthz"] | ["livez"] | ["readyz"] => return Ok((StatusCode::OK, "ok").into_response()),
+        ["api"] | ["apis"] if wants_aggregated(headers) => {
+            return Ok(aggregated_discovery(&app.lock(), segs[0] == "api"));
+        }
         ["api"] => {
             return Ok(json_response(
                 StatusCode::OK,
@@ -176,6 +198,7 @@ async fn route(
     drop(store);
     if let Some(s) = &sub
         && !(s == "status" && rt.status_subresource)
+        && !(s == "scale" && rt.has_scale())
     {
         return Err(not_found_path());
     }
@@ -187,6 +210,11 @@ async fn route(
     }
     let ns_str = ns.clone().unwrap_or_default();
     let is_watch = watch_path || params.get("watch").is_some_and(|w| w == "true" || w == "1");
+    if sub.as_deref() == Some("scale")
+        && let Some(n) = &name
+    {
+        return scale(app, &rt, &ns_str, n, method, params, headers, &body);
+    }
     match (method, &name) {
         (&Method::GET, _) if is_watch => watch(app, &rt, ns.as_deref(), name.as_deref(), params, headers),
         (&Method::GET, Some(n)) => {
@@ -289,6 +317,87 @@ fn group_list(store: &Store) -> Value {
         })
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// Whether the client accepts aggregated discovery (`apidiscovery.k8s.io/v2`), as kubectl does.
+fn wants_aggregated(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| {
+            a.split(',').any(|t| {
+                t.contains("as=APIGroupDiscoveryList")
+                    && t.contains("v=v2")
+                    && t.contains("g=apidiscovery.k8s.io")
+            })
+        })
+}
+
+/// Aggregated discovery: every group/version with its resources in one document
+/// (`/api` for the core group, `/apis` for the others).
+fn aggregated_discovery(store: &Store, core: bool) -> Response {
+    // group → version → resource entries, in discovery order.
+    type Versions = Vec<(String, Vec<Value>)>;
+    let mut groups: Vec<(String, Versions)> = Vec::new();
+    for t in store.types.iter().filter(|t| t.group.is_empty() == core) {
+        let kind = json!({"group": t.group, "version": t.version, "kind": t.kind});
+        let mut subresources = Vec::new();
+        if t.status_subresource {
+            subresources.push(
+                json!({"subresource": "status", "responseKind": kind, "verbs": ["get", "patch", "update"]}),
+            );
+        }
+        if t.has_scale() {
+            subresources.push(json!({"subresource": "scale", "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"}, "verbs": ["get", "patch", "update"]}));
+        }
+        let mut r = json!({
+            "resource": t.plural,
+            "responseKind": kind,
+            "scope": if t.namespaced { "Namespaced" } else { "Cluster" },
+            "singularResource": t.singular,
+            "verbs": t.verbs(),
+        });
+        if !t.short_names.is_empty() {
+            r["shortNames"] = json!(t.short_names);
+        }
+        if !t.categories.is_empty() {
+            r["categories"] = json!(t.categories);
+        }
+        if !subresources.is_empty() {
+            r["subresources"] = json!(subresources);
+        }
+        let gi = match groups.iter().position(|(g, _)| *g == t.group) {
+            Some(i) => i,
+            None => {
+                groups.push((t.group.clone(), Vec::new()));
+                groups.len() - 1
+            }
+        };
+        let versions = &mut groups[gi].1;
+        match versions.iter_mut().find(|(v, _)| *v == t.version) {
+            Some((_, rs)) => rs.push(r),
+            None => versions.push((t.version.clone(), vec![r])),
+        }
+    }
+    let items: Vec<Value> = groups
+        .into_iter()
+        .map(|(g, versions)| {
+            let versions: Vec<Value> = versions
+                .into_iter()
+                .map(|(v, resources)| json!({"version": v, "resources": resources, "freshness": "Current"}))
+                .collect();
+            json!({"metadata": {"name": g, "creationTimestamp": null}, "versions": versions})
+        })
+        .collect();
+    let body = json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items});
+    let mut r = (StatusCode::OK, body.to_string()).into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(AGGREGATED));
+    r.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("Accept"));
+    r
 }
 
 fn resource_list(store: &Store, group: &str, version: &str) -> ApiResult<Response> {
@@ -397,9 +506,7 @@ fn parse_body(body: &Bytes, headers: &HeaderMap) -> ApiResult<Value> {
         .and_then(|c| c.to_str().ok())
         .unwrap_or("application/json");
     if ct.contains("protobuf") {
-        return Err(ApiError::unsupported_media(format!(
-            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {ct})"
-        )));
+        return super::protobuf::decode(body);
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(v) => Ok(v),
@@ -502,9 +609,10 @@ fn list(
         }
         None => None,
     };
-    let all: Vec<&Value> = store
-        .list(rt, ns)
-        .into_iter()
+    let listed = store.list(rt, ns);
+    let all: Vec<&Value> = listed
+        .iter()
+        .map(|o| o.as_ref())
         .filter(|o| labels.matches(o) && fields_sel.matches(o))
         .filter(|o| start.as_deref().is_none_or(|s| sort_key(o).as_str() > s))
         .collect();
@@ -607,8 +715,8 @@ fn watch(
         start_rv = store.resource_version();
         for o in store.list(rt, ns) {
             let ons = o["metadata"]["namespace"].as_str().unwrap_or_default();
-            if matches(o, ons) {
-                initial.push(("ADDED", o.clone()));
+            if matches(&o, ons) {
+                initial.push(("ADDED", o.into_owned()));
             }
         }
         rx = store.subscribe();
@@ -620,7 +728,7 @@ fn watch(
         match store.watch_from(&key, since) {
             Ok((backlog, r)) => {
                 for ev in backlog {
-                    if let Some(e) = filter_event(&ev, &matches) {
+                    if let Some(e) = filter_event(rt, &ev, &matches) {
                         initial.push(e);
                     }
                 }
@@ -716,7 +824,7 @@ fn watch(
                         if ev.key != key {
                             continue;
                         }
-                        if let Some((etype, obj)) = filter_event(&ev, &matches) {
+                        if let Some((etype, obj)) = filter_event(&rt, &ev, &matches) {
                             if tx.send(encode(etype, &obj, first)).await.is_err() {
                                 return;
                             }
@@ -749,19 +857,25 @@ fn watch(
 }
 
 /// What a selector-filtered watcher sees of an event.
-fn filter_event(ev: &WatchEvent, matches: &impl Fn(&Value, &str) -> bool) -> Option<(&'static str, Value)> {
-    let now = matches(&ev.object, &ev.namespace);
-    let before = ev.prev.as_ref().is_some_and(|p| matches(p, &ev.namespace));
-    match ev.etype {
-        "DELETED" => now.then(|| ("DELETED", ev.object.clone())),
-        "ADDED" => now.then(|| ("ADDED", ev.object.clone())),
+fn filter_event(
+    rt: &ResourceType,
+    ev: &WatchEvent,
+    matches: &impl Fn(&Value, &str) -> bool,
+) -> Option<(&'static str, Value)> {
+    let object = super::store::from_storage(rt, &ev.object);
+    let prev = ev.prev.as_ref().map(|p| super::store::from_storage(rt, p));
+    let now = matches(&object, &ev.namespace);
+    let before = prev.as_ref().is_some_and(|p| matches(p, &ev.namespace));
+    let etype = match ev.etype {
+        "DELETED" | "ADDED" => now.then_some(ev.etype),
         _ => match (before, now) {
-            (true, true) => Some(("MODIFIED", ev.object.clone())),
-            (false, true) => Some(("ADDED", ev.object.clone())),
-            (true, false) => Some(("DELETED", ev.object.clone())),
+            (true, true) => Some("MODIFIED"),
+            (false, true) => Some("ADDED"),
+            (true, false) => Some("DELETED"),
             (false, false) => None,
         },
-    }
+    }?;
+    Some((etype, object.into_owned()))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1002,7 +1116,7 @@ fn delete_collection(
                     .as_str()
                     .unwrap_or_default()
                     .to_string(),
-                name_of(x).to_string(),
+                name_of(&x).to_string(),
             )
         })
         .collect();
@@ -1027,4 +1141,99 @@ fn delete_collection(
         StatusCode::OK,
         &json!({"kind": rt.list_kind(), "apiVersion": rt.api_version(), "metadata": {"resourceVersion": rv.to_string()}, "items": items}),
     ))
+}
+
+/// The `autoscaling/v1` Scale view of a Deployment or ReplicaSet.
+fn scale_of(obj: &Value) -> Value {
+    let labels = &obj["spec"]["selector"]["matchLabels"];
+    let selector: Vec<String> = labels
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    let m = &obj["metadata"];
+    json!({
+        "kind": "Scale", "apiVersion": "autoscaling/v1",
+        "metadata": {"name": m["name"], "namespace": m["namespace"], "uid": m["uid"], "resourceVersion": m["resourceVersion"], "creationTimestamp": m["creationTimestamp"]},
+        "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(1)},
+        "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector.join(",")},
+    })
+}
+
+/// `/scale` subresource (what `kubectl scale` and autoscalers use).
+#[allow(clippy::too_many_arguments)]
+fn scale(
+    app: &Arc<App>,
+    rt: &ResourceType,
+    ns: &str,
+    name: &str,
+    method: &Method,
+    params: &Params,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> ApiResult<Response> {
+    let mut store = app.lock();
+    let old = store.get(rt, ns, name)?;
+    let current = scale_of(&old);
+    let wanted = match *method {
+        Method::GET => return Ok(json_response(StatusCode::OK, &current)),
+        Method::PUT => parse_body(body, headers)?,
+        Method::PATCH => {
+            let ct = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|c| c.to_str().ok())
+                .unwrap_or_default();
+            let mut doc = current.clone();
+            match ct.split(';').next().unwrap_or_default().trim() {
+                "application/json-patch+json" => super::patch::json_patch(&mut doc, body)?,
+                "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+                    super::patch::merge_patch(&mut doc, body)?
+                }
+                other => {
+                    return Err(ApiError::unsupported_media(format!(
+                        "unsupported patch type {other:?} for the scale subresource"
+                    )));
+                }
+            }
+            doc
+        }
+        _ => {
+            return Err(ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource",
+            ));
+        }
+    };
+    if let Some(rv) = wanted["metadata"]["resourceVersion"]
+        .as_str()
+        .filter(|r| !r.is_empty())
+        && Some(rv) != old["metadata"]["resourceVersion"].as_str()
+    {
+        return Err(ApiError::conflict(
+            &rt.group,
+            &rt.plural,
+            name,
+            "the object has been modified; please apply your changes to the latest version and try again",
+        ));
+    }
+    let Some(replicas) = wanted["spec"]["replicas"].as_i64().filter(|r| *r >= 0) else {
+        return Err(ApiError::invalid(
+            "Scale",
+            "autoscaling",
+            name,
+            vec![super::status::Cause::invalid(
+                "spec.replicas",
+                &wanted["spec"]["replicas"],
+                "must be greater than or equal to 0",
+            )],
+        ));
+    };
+    let mut new = old.clone();
+    new["spec"]["replicas"] = json!(replicas);
+    new["metadata"]
+        .as_object_mut()
+        .map(|m| m.remove("resourceVersion"));
+    let opts = write_opts(params, headers, "")?;
+    let w = store.replace_patched(rt, ns, name, old, new, &opts, false)?;
+    Ok(json_response(StatusCode::OK, &scale_of(&w.object)))
 }

@@ -7,65 +7,80 @@
 //!
 //! # What it does
 //! - Discovery: `/api`, `/apis`, group and group/version resource lists (verbs, short names,
-//!   categories, scope, kind, `/status` subresources). Aggregated discovery is not served: the
-//!   plain `APIGroupList` answer makes clients fall back to per-group discovery, as they do
-//!   with older servers. `/version`; `/openapi/v3` lists one document per group/version that
-//!   declares the operations and their `fieldValidation` parameter, so kubectl uses
-//!   server-side field validation.
-//! - The built-in kinds the platform uses (see [`resources`]) and custom resources of any
-//!   stored CRD, with the CRD's structural schema: pruning, defaulting, OpenAPI value
-//!   validation and CEL rules (`x-kubernetes-validations`, via the `kube-cel` crate), errors as
-//!   422 `Invalid` naming the field. Built-in objects are decoded into the k8s-openapi types,
-//!   so type errors answer 400 and unknown fields are pruned/warned/rejected per
-//!   `fieldValidation` like the real decoder.
-//! - create/get/list/update/delete/deletecollection; one global `resourceVersion`; 409
-//!   `Conflict` on stale versions, 409 `AlreadyExists`; `uid`, `creationTimestamp`,
-//!   `generation` (bumped on changes outside metadata/status); label selectors (`=`, `==`,
-//!   `!=`, `in`, `notin`, exists, `!`) and field selectors (`metadata.name`,
-//!   `metadata.namespace` and the per-kind fields the real server supports); `limit` /
-//!   `continue` paging.
+//!   categories, scope, kind, `/status` and `/scale` subresources) and aggregated discovery
+//!   (`apidiscovery.k8s.io/v2`, what kubectl asks for first). `/version`. `/openapi/v3` lists
+//!   one document per group/version declaring the operations and their `fieldValidation`
+//!   parameter, which is what makes kubectl rely on server-side field validation.
+//! - The built-in kinds the platform uses (see `resources.rs`) and custom resources of any
+//!   stored CRD. CRDs are checked like the real server does (names, one storage version,
+//!   structural schema, CEL rules compile) and get `NamesAccepted`/`Established` conditions.
+//!   Custom resources get pruning, defaulting, OpenAPI value validation and CEL rules
+//!   (`x-kubernetes-validations`, evaluated by the `kube-cel` crate), with 422 `Invalid`
+//!   errors naming the field. Built-in objects are decoded into the k8s-openapi types (type
+//!   errors answer 400, unknown fields are pruned, warned about or rejected per
+//!   `fieldValidation`), get the defaults clients rely on (Service cluster IP and ports, pod
+//!   template defaults, Deployment replicas/strategy, Secret type, Namespace phase) and the
+//!   real server's most common semantic checks (selector vs template labels, containers and
+//!   images, Service ports, Ingress `pathType`, HPA bounds, PDB, label syntax, owner
+//!   references, immutable selector and cluster IP).
+//! - create/get/list/update/delete/deletecollection, `dryRun=All`; one global
+//!   `resourceVersion`; 409 `Conflict` on stale versions, 409 `AlreadyExists`; `uid`,
+//!   `creationTimestamp`, `generation` (bumped on changes outside metadata/status); label
+//!   selectors (`=`, `==`, `!=`, `in`, `notin`, exists, `!`) and field selectors
+//!   (`metadata.name`, `metadata.namespace` and the per-kind fields the real server supports,
+//!   others 400); `limit`/`continue` paging. Writes that change nothing do not bump the
+//!   `resourceVersion` (so controllers re-applying their desired state do not wake
+//!   themselves).
 //! - Watch (`?watch=true` and `/watch/` paths) from a resourceVersion, with synthetic ADDED
 //!   events for unset/`0`, `sendInitialEvents` (streaming lists), bookmarks, `timeoutSeconds`,
 //!   selector-filtered watches that turn "stopped matching" into DELETED, and an ERROR event
 //!   with 410 `Expired` for versions older than the retained history ([`Server::compact`]
-//!   drops it, like etcd compaction).
-//! - Patches: JSON patch, merge patch, strategic merge patch (built-in kinds; merge keys of
-//!   the list fields the platform's kinds have; `$patch`, `$setElementOrder`,
-//!   `$deleteFromPrimitiveList`, `$retainKeys`) and server-side apply with `managedFields`
-//!   (FieldsV1), per-manager ownership, conflicts (409 naming fields and managers), `force`,
-//!   removal of fields a manager stops applying, create-on-apply, list semantics from the CRD
-//!   schema (`x-kubernetes-list-type`/`-map-keys`).
-//! - Status subresource, finalizers and `deletionTimestamp`, owner-reference garbage
-//!   collection (background, foreground with the `foregroundDeletion` finalizer, orphan),
-//!   namespace deletion (contents first), `Status` objects with the real reasons and codes.
-//! - `Table` output with CRD printer columns (JSONPath) and NAME/…/AGE columns for built-ins.
+//!   drops it, like etcd compaction) or for watchers too slow to keep up.
+//! - Patches: JSON patch, merge patch, strategic merge patch (built-in kinds; the merge keys
+//!   of the platform's kinds' lists; `$patch`, `$setElementOrder`, `$deleteFromPrimitiveList`,
+//!   `$retainKeys`) and server-side apply with `managedFields` (FieldsV1), per-manager and
+//!   per-subresource ownership, conflicts (409 naming fields and managers), `force`, removal
+//!   of fields a manager stops applying, create-on-apply, list semantics from the CRD schema
+//!   (`x-kubernetes-list-type`/`-map-keys`) or the built-in types, atomic LabelSelectors.
+//! - `/status` subresources, `/scale` for Deployments and ReplicaSets, finalizers and
+//!   `deletionTimestamp`, owner-reference garbage collection (background, foreground with the
+//!   `foregroundDeletion` finalizer, orphan), namespace deletion (contents first), `Status`
+//!   objects with the real reasons, codes and causes.
+//! - Core `v1` and `events.k8s.io/v1` Events in one storage with the real field conversion.
+//! - `Table` output with CRD printer columns (JSONPath) and the usual columns for built-ins.
+//! - Protobuf request bodies for the Namespace, ConfigMap and Secret that kubectl's `create`
+//!   generators send.
 //! - State in memory, optionally persisted to a JSON file (written after changes, loaded on
 //!   start).
 //!
 //! # What it deliberately does not do
 //! No authentication or authorization (any or no credentials are accepted), no admission
-//! webhooks, no API aggregation, no protobuf or CBOR, no TLS (plain HTTP on loopback), no CRD
-//! version conversion (each served version is stored as sent), no `/scale` or other
-//! subresources besides `/status`, no `/openapi/v2` and no schemas in the OpenAPI v3
-//! documents (so `kubectl explain` does not work), no graceful pod deletion (pods go
-//! immediately, there is no kubelet to confirm), no controllers besides the garbage collector
-//! and namespace cleanup (no ReplicaSets from Deployments, no Endpoints from Services: the
-//! local pod runtime plays those parts), no default ServiceAccounts or root CA ConfigMaps in
-//! namespaces, core and `events.k8s.io` Events are stored separately, list `continue` tokens
-//! page through the current state rather than a snapshot, and built-in objects get only the
-//! defaults clients rely on (Service cluster IPs/ports, Deployment replicas, Secret type,
-//! Namespace phase).
+//! webhooks, no API aggregation, no TLS (plain HTTP on loopback), no CBOR, no protobuf bodies
+//! of other kinds (415 naming the kind; responses are always JSON, which every client
+//! accepts), no CRD version conversion (each served version is stored as sent), no
+//! subresources besides `/status` and `/scale` (no `pods/log`, `exec`, `portforward`), no
+//! `/openapi/v2` and no schemas in the OpenAPI v3 documents (so `kubectl explain` does not
+//! work), no graceful pod deletion (pods go immediately: there is no kubelet to confirm), no
+//! controllers besides the garbage collector and namespace cleanup (no ReplicaSets from
+//! Deployments, no Endpoints from Services: the local pod runtime plays those parts), no
+//! default ServiceAccounts or root CA ConfigMaps in namespaces, lists always answer from the
+//! current state (`resourceVersion`/`resourceVersionMatch` on lists are ignored and
+//! `continue` tokens page through the current state, not a snapshot), the watch history is
+//! not persisted (after a restart older versions answer 410 and clients relist), and
+//! built-in validation covers only the checks listed above.
 #![forbid(unsafe_code)]
 
 mod fields;
 mod http;
 mod patch;
+mod protobuf;
 mod resources;
 mod schema;
 mod selectors;
 mod status;
 mod store;
 mod table;
+mod validation;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -149,6 +164,8 @@ impl Server {
         });
         let router = axum::Router::new()
             .fallback(http::dispatch)
+            // The real server accepts request bodies up to 3 MiB.
+            .layer(axum::extract::DefaultBodyLimit::max(3 * 1024 * 1024))
             .with_state(app.clone());
         let mut stop = shutdown_rx.clone();
         let serve = tokio::spawn(async move {
@@ -173,7 +190,7 @@ impl Server {
                     };
                     // Coalesce bursts of writes into one file write.
                     if !stopping {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                     let snapshot = app.lock().snapshot();
                     if let Err(e) = write_state(&path, &snapshot).await {

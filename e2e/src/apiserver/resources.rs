@@ -37,7 +37,15 @@ pub struct CrdInfo {
 impl ResourceType {
     /// Storage key, independent of the version: `apps/deployments`, `/configmaps`.
     pub fn key(&self) -> String {
+        if self.is_events_v1() {
+            // events.k8s.io/v1 Events are the core Events, stored once (like the real server).
+            return "/events".into();
+        }
         format!("{}/{}", self.group, self.plural)
+    }
+    /// `events.k8s.io/v1` Event: served from the core Event storage through conversion.
+    pub fn is_events_v1(&self) -> bool {
+        self.group == "events.k8s.io" && self.plural == "events"
     }
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {
@@ -69,6 +77,10 @@ impl ResourceType {
             format!("/apis/{}/{}", self.group, self.version)
         }
     }
+    /// Has a `/scale` subresource (`autoscaling/v1` Scale).
+    pub fn has_scale(&self) -> bool {
+        self.crd.is_none() && matches!(self.kind.as_str(), "Deployment" | "ReplicaSet")
+    }
     /// Entry of an `APIResourceList` (plus a `/status` entry when the subresource exists).
     pub fn discovery_entries(&self) -> Vec<Value> {
         let mut main = json!({
@@ -91,6 +103,17 @@ impl ResourceType {
                 "singularName": "",
                 "namespaced": self.namespaced,
                 "kind": self.kind,
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
+        if self.has_scale() {
+            out.push(json!({
+                "name": format!("{}/scale", self.plural),
+                "singularName": "",
+                "namespaced": self.namespaced,
+                "group": "autoscaling",
+                "version": "v1",
+                "kind": "Scale",
                 "verbs": ["get", "patch", "update"],
             }));
         }

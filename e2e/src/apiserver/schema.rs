@@ -6,10 +6,32 @@
 
 use std::collections::BTreeSet;
 
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+
 use regex::Regex;
 use serde_json::{Map, Value};
 
 use super::status::{Cause, render_value};
+
+/// Compiled regexes by pattern: schemas and name rules reuse a handful of patterns, and
+/// compiling one per request would dominate the cost of a write.
+static REGEXES: LazyLock<Mutex<HashMap<String, Arc<Regex>>>> = LazyLock::new(Default::default);
+
+/// Whether `s` matches `pattern` (compiled once); `Err` if the pattern does not compile.
+pub fn regex_match(pattern: &str, s: &str) -> Result<bool, String> {
+    let mut cache = REGEXES.lock().unwrap_or_else(|p| p.into_inner());
+    let re = match cache.get(pattern) {
+        Some(re) => re.clone(),
+        None => {
+            let re = Arc::new(Regex::new(pattern).map_err(|e| e.to_string())?);
+            cache.insert(pattern.to_string(), re.clone());
+            re
+        }
+    };
+    drop(cache);
+    Ok(re.is_match(s))
+}
 
 fn join(path: &str, seg: &str) -> String {
     if path.is_empty() {
@@ -215,8 +237,8 @@ pub fn validate(schema: &Value, value: &Value, path: &str, causes: &mut Vec<Caus
                 });
             }
             if let Some(p) = schema["pattern"].as_str() {
-                match Regex::new(p) {
-                    Ok(re) if !re.is_match(s) => {
+                match regex_match(p, s) {
+                    Ok(false) => {
                         causes.push(Cause::invalid(
                             path,
                             value,
@@ -512,6 +534,49 @@ fn split_path(p: &str) -> Vec<Seg> {
         }
     }
     out
+}
+
+/// CRD-time checks of a version's schema: structural (every specified field has a type unless
+/// it preserves unknown fields or is int-or-string) and CEL rules that compile. The real server
+/// refuses CRDs failing either, so a bad rule surfaces at `kubectl apply` of the CRD.
+pub fn check_crd_schema(schema: &Value, path: &str, causes: &mut Vec<Cause>) {
+    let untyped_ok = schema["x-kubernetes-int-or-string"].as_bool() == Some(true)
+        || schema["x-kubernetes-preserve-unknown-fields"].as_bool() == Some(true);
+    if schema
+        .get("type")
+        .is_none_or(|t| t.as_str().is_none_or(str::is_empty))
+        && !untyped_ok
+    {
+        causes.push(Cause {
+            reason: "FieldValueRequired",
+            message: "Required value: must not be empty for specified object fields".into(),
+            field: format!("{path}.type"),
+        });
+    }
+    for (i, rule) in schema["x-kubernetes-validations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let text = rule["rule"].as_str().unwrap_or_default();
+        if let Err(e) = kube_cel::cel::Program::compile(text) {
+            causes.push(Cause::invalid(
+                format!("{path}.x-kubernetes-validations[{i}].rule"),
+                &Value::String(text.into()),
+                format!("compilation failed: {e}"),
+            ));
+        }
+    }
+    for (k, s) in schema["properties"].as_object().into_iter().flatten() {
+        check_crd_schema(s, &format!("{path}.properties[{k}]"), causes);
+    }
+    if let Some(items) = schema.get("items").filter(|i| i.is_object()) {
+        check_crd_schema(items, &format!("{path}.items"), causes);
+    }
+    if let Some(add) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+        check_crd_schema(add, &format!("{path}.additionalProperties"), causes);
+    }
 }
 
 #[cfg(test)]

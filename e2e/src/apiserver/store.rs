@@ -4,6 +4,7 @@
 //! collector. All of it runs under one lock, so every write is atomic and watch events are
 //! totally ordered by resourceVersion.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
@@ -78,7 +79,13 @@ pub struct Store {
     /// Signals the persistence task that the state changed.
     pub changed: Arc<Notify>,
     next_ip: u32,
+    /// Set by writes that can give the garbage collector work (deletions, owner references,
+    /// deletion marks), so ordinary writes skip the full scan.
+    gc_pending: bool,
 }
+
+/// Retained events after a version, then the live stream.
+pub type Subscription = (Vec<Arc<WatchEvent>>, broadcast::Receiver<Arc<WatchEvent>>);
 
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -127,10 +134,10 @@ const DNS1123_LABEL: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 fn validate_name(rt: &ResourceType, name: &str) -> Option<Cause> {
     let v = Value::String(name.into());
     if rt.kind == "Namespace" {
-        let ok = name.len() <= 63 && regex::Regex::new(DNS1123_LABEL).is_ok_and(|r| r.is_match(name));
+        let ok = name.len() <= 63 && schema::regex_match(DNS1123_LABEL, name).unwrap_or(false);
         (!ok).then(|| Cause::invalid("metadata.name", &v, "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"))
     } else {
-        let ok = name.len() <= 253 && regex::Regex::new(DNS1123_SUBDOMAIN).is_ok_and(|r| r.is_match(name));
+        let ok = name.len() <= 253 && schema::regex_match(DNS1123_SUBDOMAIN, name).unwrap_or(false);
         (!ok).then(|| Cause::invalid("metadata.name", &v, "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"))
     }
 }
@@ -184,6 +191,7 @@ impl Store {
             tx,
             changed: Arc::new(Notify::new()),
             next_ip: 1,
+            gc_pending: false,
         };
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let rt = s.type_for_key("/namespaces").cloned();
@@ -280,7 +288,14 @@ impl Store {
             .is_some_and(|m| m.contains_key(&(String::new(), ns.to_string())))
     }
 
+    /// The object as the resource's version presents it.
     pub fn get(&self, rt: &ResourceType, ns: &str, name: &str) -> ApiResult<Value> {
+        self.get_stored(rt, ns, name)
+            .map(|o| from_storage(rt, &o).into_owned())
+    }
+
+    /// The object in its storage form (core form for Events).
+    fn get_stored(&self, rt: &ResourceType, ns: &str, name: &str) -> ApiResult<Value> {
         self.objects
             .get(&rt.key())
             .and_then(|m| m.get(&(ns.to_string(), name.to_string())))
@@ -289,22 +304,18 @@ impl Store {
     }
 
     /// Objects of a resource, ordered by namespace and name; `ns` None = all namespaces.
-    pub fn list(&self, rt: &ResourceType, ns: Option<&str>) -> Vec<&Value> {
+    pub fn list(&self, rt: &ResourceType, ns: Option<&str>) -> Vec<Cow<'_, Value>> {
         self.objects
             .get(&rt.key())
             .into_iter()
             .flat_map(|m| m.iter())
             .filter(|((ons, _), _)| ns.is_none_or(|n| n == ons))
-            .map(|(_, o)| o)
+            .map(|(_, o)| from_storage(rt, o))
             .collect()
     }
 
     /// Subscribe to changes after `since`: the retained events after it, then the live stream.
-    pub fn watch_from(
-        &self,
-        key: &str,
-        since: u64,
-    ) -> ApiResult<(Vec<Arc<WatchEvent>>, broadcast::Receiver<Arc<WatchEvent>>)> {
+    pub fn watch_from(&self, key: &str, since: u64) -> ApiResult<Subscription> {
         if since < self.compacted {
             return Err(ApiError::gone(format!(
                 "too old resource version: {since} ({})",
@@ -346,6 +357,9 @@ impl Store {
     fn store(&mut self, key: &str, mut obj: Value, etype: &'static str) -> Value {
         self.rv += 1;
         meta_mut(&mut obj).insert("resourceVersion".into(), json!(self.rv.to_string()));
+        if meta(&obj).get("ownerReferences").is_some() || meta(&obj).get("deletionTimestamp").is_some() {
+            self.gc_pending = true;
+        }
         let ns = meta(&obj)["namespace"].as_str().unwrap_or_default().to_string();
         let name = name_of(&obj).to_string();
         let prev = self
@@ -363,6 +377,7 @@ impl Store {
             .get_mut(key)?
             .remove(&(ns.to_string(), name.to_string()))?;
         self.rv += 1;
+        self.gc_pending = true;
         meta_mut(&mut obj).insert("resourceVersion".into(), json!(self.rv.to_string()));
         self.emit(key, ns, "DELETED", obj.clone(), None);
         if key == "apiextensions.k8s.io/customresourcedefinitions" {
@@ -447,6 +462,7 @@ impl Store {
     }
 
     /// Patch an existing object with a computed new body (patch already applied by the caller).
+    #[allow(clippy::too_many_arguments)]
     pub fn replace_patched(
         &mut self,
         rt: &ResourceType,
@@ -513,6 +529,22 @@ impl Store {
     /// ownership, finalizer-completed deletion, no-op detection, storing and follow-ups.
     #[allow(clippy::too_many_arguments)]
     fn commit(
+        &mut self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        old: Option<Value>,
+        new: Value,
+        opts: &WriteOpts,
+        managed: bool,
+    ) -> ApiResult<Written> {
+        let mut w = self.commit_stored(rt, ns, name, old, new, opts, managed)?;
+        w.object = from_storage(rt, &w.object).into_owned();
+        Ok(w)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn commit_stored(
         &mut self,
         rt: &ResourceType,
         ns: &str,
@@ -642,6 +674,10 @@ impl Store {
         }
         // Admission.
         let warnings = self.admit(rt, old.as_ref(), &mut new, opts)?;
+        // From here on the object is in its storage form.
+        let new_stored = to_storage(rt, &new);
+        new = new_stored;
+        let old = old.map(|o| to_storage(rt, &o));
         // System metadata.
         let now = now();
         {
@@ -796,6 +832,11 @@ impl Store {
                     return Err(ApiError::invalid(&rt.kind, &rt.group, &name, causes));
                 }
             }
+            // Object metadata rules apply to custom resources too.
+            let causes = super::validation::builtin("", old, obj);
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(&rt.kind, &rt.group, &name, causes));
+            }
         } else {
             match schema::builtin_decode(&rt.kind, &rt.api_version(), obj) {
                 Ok(u) => unknown = u,
@@ -808,6 +849,10 @@ impl Store {
             }
             schema::remove_paths(obj, &unknown);
             self.builtin_defaults(rt, old, obj)?;
+            let causes = super::validation::builtin(&rt.kind, old, obj);
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(&rt.kind, &rt.group, &name, causes));
+            }
         }
         let mut warnings = Vec::new();
         if !unknown.is_empty() {
@@ -845,10 +890,8 @@ impl Store {
                 let terminating = old.is_some_and(|o| meta(o).get("deletionTimestamp").is_some());
                 obj["status"] = json!({"phase": if terminating { "Terminating" } else { "Active" }});
             }
-            "Secret" => {
-                if obj["type"].is_null() {
-                    obj["type"] = json!("Opaque");
-                }
+            "Secret" if obj["type"].is_null() => {
+                obj["type"] = json!("Opaque");
             }
             "Service" => {
                 let spec = obj.get_mut("spec").and_then(Value::as_object_mut);
@@ -889,18 +932,29 @@ impl Store {
                     obj["status"] = json!({"loadBalancer": {}});
                 }
             }
-            "Deployment" | "ReplicaSet" => {
-                if obj["spec"].is_object() && obj["spec"]["replicas"].is_null() {
-                    obj["spec"]["replicas"] = json!(1);
+            "Deployment" | "ReplicaSet" if obj["spec"].is_object() => {
+                let spec = &mut obj["spec"];
+                if spec["replicas"].is_null() {
+                    spec["replicas"] = json!(1);
                 }
+                if spec["revisionHistoryLimit"].is_null() {
+                    spec["revisionHistoryLimit"] = json!(10);
+                }
+                if rt.kind == "Deployment" {
+                    if spec["progressDeadlineSeconds"].is_null() {
+                        spec["progressDeadlineSeconds"] = json!(600);
+                    }
+                    if spec["strategy"].is_null() {
+                        spec["strategy"] = json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}});
+                    }
+                }
+                pod_spec_defaults(&mut spec["template"]["spec"]);
             }
             "Pod" => {
                 if obj["status"].is_null() && old.is_none() {
                     obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
                 }
-                if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
-                    spec.entry("restartPolicy").or_insert(json!("Always"));
-                }
+                pod_spec_defaults(&mut obj["spec"]);
             }
             "CustomResourceDefinition" => self.crd_admission(obj)?,
             _ => {}
@@ -946,6 +1000,18 @@ impl Store {
             .is_empty()
         {
             causes.push(Cause::required("spec.names.kind"));
+        }
+        for (i, v) in versions.iter().enumerate() {
+            match v["schema"].get("openAPIV3Schema") {
+                Some(s) => schema::check_crd_schema(
+                    s,
+                    &format!("spec.versions[{i}].schema.openAPIV3Schema"),
+                    &mut causes,
+                ),
+                None => causes.push(Cause::required(format!(
+                    "spec.versions[{i}].schema.openAPIV3Schema"
+                ))),
+            }
         }
         if !causes.is_empty() {
             return Err(ApiError::invalid(
@@ -1006,6 +1072,7 @@ impl Store {
 
     /// DELETE with `propagationPolicy` (`Background` default, `Foreground`, `Orphan`) and
     /// preconditions.
+    #[allow(clippy::too_many_arguments)]
     pub fn delete(
         &mut self,
         rt: &ResourceType,
@@ -1016,7 +1083,33 @@ impl Store {
         precondition_rv: Option<&str>,
         dry_run: bool,
     ) -> ApiResult<Deleted> {
-        let obj = self.get(rt, ns, name)?;
+        let out = self.delete_stored(
+            rt,
+            ns,
+            name,
+            propagation,
+            precondition_uid,
+            precondition_rv,
+            dry_run,
+        )?;
+        Ok(match out {
+            Deleted::Gone(o) => Deleted::Gone(from_storage(rt, &o).into_owned()),
+            Deleted::Pending(o) => Deleted::Pending(from_storage(rt, &o).into_owned()),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn delete_stored(
+        &mut self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        propagation: Option<&str>,
+        precondition_uid: Option<&str>,
+        precondition_rv: Option<&str>,
+        dry_run: bool,
+    ) -> ApiResult<Deleted> {
+        let obj = self.get_stored(rt, ns, name)?;
         if let Some(uid) = precondition_uid
             && meta(&obj)["uid"].as_str() != Some(uid)
         {
@@ -1086,7 +1179,7 @@ impl Store {
         let stored = self.store(&rt.key(), upd, "MODIFIED");
         self.gc();
         // The garbage collector may already have completed the deletion.
-        match self.get(rt, ns, name) {
+        match self.get_stored(rt, ns, name) {
             Ok(o) => Ok(Deleted::Pending(o)),
             Err(_) => Ok(Deleted::Gone(stored)),
         }
@@ -1095,11 +1188,16 @@ impl Store {
     /// Garbage collection to a fixpoint: dependents of deleted owners (background), foreground
     /// and orphan finalizers, namespace contents.
     fn gc(&mut self) {
+        if !self.gc_pending {
+            return;
+        }
         for _ in 0..1000 {
             if !self.gc_pass() {
+                self.gc_pending = false;
                 return;
             }
         }
+        self.gc_pending = false;
         tracing::warn!("garbage collection did not converge in 1000 passes");
     }
 
@@ -1220,6 +1318,102 @@ impl Store {
             set_finalizers(&mut o, &fin);
             self.store(key, o, "MODIFIED");
         }
+    }
+}
+
+/// The pod spec defaults the real API server fills in (those clients print or compare).
+fn pod_spec_defaults(spec: &mut Value) {
+    let Some(spec) = spec.as_object_mut() else { return };
+    spec.entry("restartPolicy").or_insert(json!("Always"));
+    spec.entry("dnsPolicy").or_insert(json!("ClusterFirst"));
+    spec.entry("schedulerName").or_insert(json!("default-scheduler"));
+    spec.entry("terminationGracePeriodSeconds").or_insert(json!(30));
+    spec.entry("securityContext").or_insert(json!({}));
+    for list in ["containers", "initContainers"] {
+        for c in spec
+            .get_mut(list)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_object_mut)
+        {
+            let image = c
+                .get("image")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let tag = image
+                .rsplit('/')
+                .next()
+                .and_then(|last| last.split_once(':'))
+                .map(|(_, t)| t.to_string());
+            let always = !image.contains('@') && tag.as_deref().is_none_or(|t| t == "latest");
+            c.entry("imagePullPolicy")
+                .or_insert(json!(if always { "Always" } else { "IfNotPresent" }));
+            c.entry("terminationMessagePath")
+                .or_insert(json!("/dev/termination-log"));
+            c.entry("terminationMessagePolicy").or_insert(json!("File"));
+            for p in c
+                .get_mut("ports")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_object_mut)
+            {
+                p.entry("protocol").or_insert(json!("TCP"));
+            }
+        }
+    }
+}
+
+/// Field correspondence of core `v1` and `events.k8s.io/v1` Events (the real conversion).
+const EVENT_FIELDS: &[(&str, &str)] = &[
+    ("eventTime", "eventTime"),
+    ("series", "series"),
+    ("reportingComponent", "reportingController"),
+    ("reportingInstance", "reportingInstance"),
+    ("action", "action"),
+    ("reason", "reason"),
+    ("type", "type"),
+    ("related", "related"),
+    ("involvedObject", "regarding"),
+    ("message", "note"),
+    ("source", "deprecatedSource"),
+    ("firstTimestamp", "deprecatedFirstTimestamp"),
+    ("lastTimestamp", "deprecatedLastTimestamp"),
+    ("count", "deprecatedCount"),
+];
+
+fn convert_event(obj: &Value, to_events_v1: bool) -> Value {
+    let (api_version, pairs): (&str, Vec<(&str, &str)>) = if to_events_v1 {
+        ("events.k8s.io/v1", EVENT_FIELDS.to_vec())
+    } else {
+        ("v1", EVENT_FIELDS.iter().map(|(c, e)| (*e, *c)).collect())
+    };
+    let mut out = json!({"apiVersion": api_version, "kind": "Event", "metadata": obj["metadata"]});
+    for (from, to) in pairs {
+        if let Some(v) = obj.get(from).filter(|v| !v.is_null()) {
+            out[to] = v.clone();
+        }
+    }
+    out
+}
+
+/// The stored object as `rt` presents it (Events convert; everything else is as stored).
+pub fn from_storage<'a>(rt: &ResourceType, obj: &'a Value) -> Cow<'a, Value> {
+    if rt.is_events_v1() && obj["apiVersion"] == "v1" {
+        Cow::Owned(convert_event(obj, true))
+    } else {
+        Cow::Borrowed(obj)
+    }
+}
+
+/// The storage form of an object written through `rt`.
+fn to_storage(rt: &ResourceType, obj: &Value) -> Value {
+    if rt.is_events_v1() && obj["apiVersion"] == "events.k8s.io/v1" {
+        convert_event(obj, false)
+    } else {
+        obj.clone()
     }
 }
 

@@ -174,6 +174,21 @@ fn columns(rt: &ResourceType) -> Vec<Value> {
         ],
         "CustomResourceDefinition" => return vec![name, col("Created At", "date", "", "Creation time.", 0)],
         "Lease" => vec![col("Holder", "string", "", "The holder of the lease.", 0)],
+        "Event" if rt.group.is_empty() => {
+            return vec![
+                col(
+                    "Last Seen",
+                    "string",
+                    "",
+                    "Time since the event was last observed.",
+                    0,
+                ),
+                col("Type", "string", "", "Type of the event.", 0),
+                col("Reason", "string", "", "Why the action was taken.", 0),
+                col("Object", "string", "", "The object the event is about.", 0),
+                col("Message", "string", "", "Human-readable description.", 0),
+            ];
+        }
         _ => vec![],
     };
     let mut cols = vec![name];
@@ -294,6 +309,30 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
         ],
         "CustomResourceDefinition" => return vec![name, json!(created)],
         "Lease" => vec![o["spec"]["holderIdentity"].clone()],
+        "Event" if rt.group.is_empty() => {
+            let seen = [
+                &o["series"]["lastObservedTime"],
+                &o["lastTimestamp"],
+                &o["eventTime"],
+                &o["metadata"]["creationTimestamp"],
+            ]
+            .into_iter()
+            .find_map(|v| v.as_str())
+            .unwrap_or_default();
+            let involved = &o["involvedObject"];
+            let object = format!(
+                "{}/{}",
+                involved["kind"].as_str().unwrap_or_default().to_ascii_lowercase(),
+                involved["name"].as_str().unwrap_or_default()
+            );
+            return vec![
+                json!(human_age(seen)),
+                o["type"].clone(),
+                o["reason"].clone(),
+                json!(object),
+                o["message"].clone(),
+            ];
+        }
         _ => vec![],
     };
     let mut out = vec![name];
