@@ -113,6 +113,19 @@ fn up_serves_a_dataset_applied_with_kubectl_and_stops_cleanly() {
             .is_ok_and(|s| s.success())
     });
 
+    // The operator reports the ingress URL in status.url. (Condition Ready is not asserted
+    // yet: the emulator rejects kube-rs's finalizer JSON patch `test /metadata/finalizers
+    // null` on an object without finalizers, which a real API server accepts.)
+    let want = format!("{ingress}/datasets/cdf1/zarr");
+    wait("status.url", &mut up, &mut || {
+        Command::new("/usr/bin/kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["get", "cds/cdf1", "-o", "jsonpath={.status.url}"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout) == want)
+    });
+
     let pids: Vec<u32> = std::fs::read_dir(state.path().join("runtime/pods"))
         .expect("pods dir")
         .filter_map(|e| {
