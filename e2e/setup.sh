@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # OS packages: the netCDF/HDF5 C libraries the server links, pkg-config to find them; nginx
-# for the e2e platform's ingress (cloudify-e2e runs its own instance on loopback).
-pkgs=(libnetcdf-dev libhdf5-dev pkg-config nginx)
+# for the e2e platform's ingress (cloudify-e2e runs its own instance on loopback), openssl for
+# its TLS test certificates.
+pkgs=(libnetcdf-dev libhdf5-dev pkg-config nginx openssl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -185,3 +185,94 @@ async fn nginx_routes_and_reloads_without_failed_requests() {
     assert_eq!(big.status().as_u16(), 413);
     nginx.stop().await;
 }
+
+/// A TLS host: HTTPS with the Secret's certificate (SNI), HTTP redirected with 308, and the
+/// default server still plain HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_hosts_get_https_and_a_redirect() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let a = backend("a").await;
+    let mut inputs = inputs("/datasets/ds", &[a], "");
+    // A self-signed certificate for zarr.example.org, written where the agent writes Secrets.
+    let files = cloudify_e2e::ingress::render::tls_paths(state.path(), "data", "zarr-tls");
+    std::fs::create_dir_all(files.cert.parent().expect("dir")).expect("mkdir");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=zarr.example.org",
+        ])
+        .arg("-keyout")
+        .arg(&files.key)
+        .arg("-out")
+        .arg(&files.cert)
+        .output()
+        .expect("openssl (Debian package openssl)");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    inputs.tls.insert(("data".into(), "zarr-tls".into()), files);
+    let spec = inputs.ingresses[0].spec.as_mut().expect("spec");
+    spec.tls = Some(vec![k8s_openapi::api::networking::v1::IngressTLS {
+        hosts: Some(vec!["zarr.example.org".into()]),
+        secret_name: Some("zarr-tls".into()),
+    }]);
+    let rules = spec.rules.as_mut().expect("rules");
+    rules[0].host = Some("zarr.example.org".into());
+
+    let mut opts = options(state.path(), 1);
+    opts.https = Some(SocketAddr::from((
+        Ipv4Addr::LOCALHOST,
+        free_loopback_port().expect("port"),
+    )));
+    let rendered = render(&inputs, &opts);
+    assert!(rendered.warnings.is_empty(), "{:?}", rendered.warnings);
+    let nginx = Nginx::start(
+        Path::new("/usr/sbin/nginx"),
+        state.path(),
+        &rendered.config,
+        opts.status,
+        1,
+    )
+    .await
+    .expect("nginx starts with TLS");
+    let https = opts.https.expect("https");
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .danger_accept_invalid_certs(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .resolve("zarr.example.org", https)
+        .build()
+        .expect("client");
+    let resp = client
+        .get(format!("https://zarr.example.org:{}/datasets/ds/x", https.port()))
+        .send()
+        .await
+        .expect("https request");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.text().await.expect("body"), "a /datasets/ds/x");
+
+    let plain = client
+        .get(format!("http://{}/datasets/ds/x", opts.http))
+        .header("Host", "zarr.example.org")
+        .send()
+        .await
+        .expect("http request");
+    assert_eq!(plain.status().as_u16(), 308);
+    assert_eq!(
+        plain.headers().get("location").and_then(|v| v.to_str().ok()),
+        Some(format!("https://zarr.example.org:{}/datasets/ds/x", https.port()).as_str())
+    );
+    // Other hosts: the default server, no route there.
+    let other = client
+        .get(format!("http://{}/datasets/ds/x", opts.http))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(other.status().as_u16(), 404);
+    nginx.stop().await;
+}
