@@ -301,47 +301,55 @@ impl Runtime {
             if d.metadata.deletion_timestamp.is_some() {
                 continue;
             }
-            let ns = d.namespace().unwrap_or_default();
-            let name = d.name_any();
-            let hash = rollout::template_hash(&d);
-            let owned = self.owned_pods(&d);
-            let views: Vec<PodView> = owned
-                .iter()
-                .map(|p| PodView {
-                    name: p.name_any(),
-                    hash: p.labels().get(HASH_LABEL).cloned().unwrap_or_default(),
-                    ready: is_ready(p),
-                })
-                .collect();
-            let actions = rollout::plan(&d, &hash, &views);
-            let pods: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
-            for victim in &actions.delete {
-                tracing::info!(deployment = %name, pod = %victim, "deleting pod");
-                match pods.delete(victim, &DeleteParams::default()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => return Err(e),
-                }
+            // One Deployment's failure (e.g. a rejected pod) must not hold up the others.
+            if let Err(e) = self.deployment(&d).await {
+                tracing::warn!(deployment = %d.name_any(), "{e}");
             }
-            for _ in 0..actions.create {
-                let pod = new_pod(&d, &hash);
-                tracing::info!(deployment = %name, pod = %pod.name_any(), "creating pod");
-                pods.create(&PostParams::default(), &pod).await?;
+        }
+        Ok(())
+    }
+
+    async fn deployment(&self, d: &Deployment) -> Result<(), kube::Error> {
+        let ns = d.namespace().unwrap_or_default();
+        let name = d.name_any();
+        let hash = rollout::template_hash(d);
+        let owned = self.owned_pods(d);
+        let views: Vec<PodView> = owned
+            .iter()
+            .map(|p| PodView {
+                name: p.name_any(),
+                hash: p.labels().get(HASH_LABEL).cloned().unwrap_or_default(),
+                ready: is_ready(p),
+            })
+            .collect();
+        let actions = rollout::plan(d, &hash, &views);
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        for victim in &actions.delete {
+            tracing::info!(deployment = %name, pod = %victim, "deleting pod");
+            match pods.delete(victim, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e),
             }
-            let remaining: Vec<PodView> = views
-                .into_iter()
-                .filter(|v| !actions.delete.contains(&v.name))
-                .collect();
-            let status = rollout::status(&d, &hash, &remaining, now());
-            if !same_ignoring_times(d.status.as_ref(), Some(&status)) {
-                let api: Api<Deployment> = Api::namespaced(self.client.clone(), &ns);
-                api.patch_status(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(serde_json::json!({"status": status})),
-                )
-                .await?;
-            }
+        }
+        for _ in 0..actions.create {
+            let pod = new_pod(d, &hash);
+            tracing::info!(deployment = %name, pod = %pod.name_any(), "creating pod");
+            pods.create(&PostParams::default(), &pod).await?;
+        }
+        let remaining: Vec<PodView> = views
+            .into_iter()
+            .filter(|v| !actions.delete.contains(&v.name))
+            .collect();
+        let status = rollout::status(d, &hash, &remaining, now());
+        if !same_ignoring_times(d.status.as_ref(), Some(&status)) {
+            let api: Api<Deployment> = Api::namespaced(self.client.clone(), &ns);
+            api.patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"status": status})),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -383,12 +391,17 @@ impl Runtime {
                         self.pods.insert(uid.clone(), handle);
                     }
                     Err(waiting) => {
-                        self.write_waiting_status(pod, waiting).await?;
+                        // One pod's failed write must not hold up the others.
+                        if let Err(e) = self.write_waiting_status(pod, waiting).await {
+                            tracing::warn!(pod = %pod.name_any(), "status: {e}");
+                        }
                         continue;
                     }
                 }
             }
-            self.write_pod_status(pod, &uid).await?;
+            if let Err(e) = self.write_pod_status(pod, &uid).await {
+                tracing::warn!(pod = %pod.name_any(), "status: {e}");
+            }
         }
         Ok(())
     }
