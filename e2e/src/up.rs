@@ -52,7 +52,8 @@ pub struct UpArgs {
     /// built-in `cloudify=<--cloudify-bin>`.
     #[arg(long = "image-map", value_name = "PATTERN=PATH", value_parser = ImageMap::parse_entry)]
     pub image_map: Vec<(String, PathBuf)>,
-    /// CRD manifests (a YAML file or a directory of them) to apply before the operator starts.
+    /// CRD manifests (a YAML file or a directory of them) to apply before the operator
+    /// starts. Default: what `cloudify-operator crd` prints.
     #[arg(long, value_name = "PATH")]
     pub crds: Option<PathBuf>,
 }
@@ -125,8 +126,23 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
         source: std::io::Error::other(format!("emulator URL: {e}")),
     })?;
     let client = Client::try_from(Config::new(url))?;
-    if let Some(crds) = &args.crds {
-        apply_crds(&client, crds).await?;
+    match &args.crds {
+        Some(crds) => apply_crds(&client, crds).await?,
+        None => {
+            let out = Command::new(&args.operator_bin)
+                .arg("crd")
+                .stdin(Stdio::null())
+                .output()
+                .await
+                .map_err(io(&args.operator_bin))?;
+            if !out.status.success() {
+                return Err(UpError::Crd {
+                    path: args.operator_bin.clone(),
+                    message: format!("`crd` failed: {}", String::from_utf8_lossy(&out.stderr)),
+                });
+            }
+            apply_crd_yaml(&client, &args.operator_bin, &String::from_utf8_lossy(&out.stdout)).await?;
+        }
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -420,10 +436,19 @@ async fn apply_crds(client: &Client, path: &Path) -> Result<(), UpError> {
     } else {
         vec![path.to_path_buf()]
     };
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     for file in files {
         let text = std::fs::read_to_string(&file).map_err(io(&file))?;
-        for doc in serde_yaml::Deserializer::from_str(&text) {
+        apply_crd_yaml(client, &file, &text).await?;
+    }
+    Ok(())
+}
+
+/// Server-side applies every CRD in a multi-document YAML text (from `file`).
+async fn apply_crd_yaml(client: &Client, file: &Path, text: &str) -> Result<(), UpError> {
+    let file = file.to_path_buf();
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    {
+        for doc in serde_yaml::Deserializer::from_str(text) {
             let value = serde_yaml::Value::deserialize(doc).map_err(|e| UpError::Crd {
                 path: file.clone(),
                 message: e.to_string(),
