@@ -272,7 +272,7 @@ impl Runtime {
             if decision.desired != current {
                 tracing::info!(hpa = %h.name_any(), from = current, to = decision.desired, "scaling");
                 let api: Api<Deployment> = Api::namespaced(self.client.clone(), &ns);
-                api.patch(
+                api.patch_scale(
                     &target.name,
                     &PatchParams {
                         field_manager: Some(HPA_MANAGER.into()),

@@ -12,8 +12,8 @@
 //! - [`rollout`]: scaling and rolling updates (pods owned by the Deployment directly, told
 //!   apart by `pod-template-hash`; no ReplicaSets) and Deployment status.
 //! - [`hpa`]: autoscaling/v2 arithmetic on a load the tests set with the annotation
-//!   `e2e.cloudify.io/cpu-load` on the HPA; the runtime scales the Deployment's
-//!   `spec.replicas` with field manager `horizontal-pod-autoscaler`.
+//!   `e2e.cloudify.io/cpu-load` on the HPA; the runtime scales the Deployment through its
+//!   `/scale` subresource with field manager `horizontal-pod-autoscaler`, as the real HPA.
 //! - [`proxy`]: a service proxy for clients outside the platform that need a Service by name.
 //!
 //! # How a Service port reaches a pod
