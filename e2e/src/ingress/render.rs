@@ -493,30 +493,39 @@ fn write_config(
     );
     w!("    location / {{ return 404; }}");
     w!("  }}");
-    let has_tls = opts.https.is_some() && hosts.values().any(|h| h.tls.is_some());
     for (name, host) in hosts {
+        let tls = host.tls.as_ref().zip(opts.https);
+        // A TLS host redirecting to HTTPS gets its own plain-HTTP server with the redirect
+        // in a location: a server-level `return` keeps the connection alive despite
+        // `keepalive_timeout 0` (nginx sends `Connection: keep-alive`, then closes).
+        let redirect = tls.is_some() && host.ssl_redirect && !name.is_empty();
+        if let (true, Some((_, https))) = (redirect, tls) {
+            w!("  server {{");
+            w!("    listen {};", opts.http);
+            w!("    server_name {name};");
+            w!(
+                "    location / {{ return 308 https://$host:{}$request_uri; }}",
+                https.port()
+            );
+            w!("  }}");
+        }
         w!("  server {{");
         if name.is_empty() {
             w!("    listen {} default_server;", opts.http);
             w!("    server_name _;");
         } else {
-            w!("    listen {};", opts.http);
+            if !redirect {
+                w!("    listen {};", opts.http);
+            }
             w!("    server_name {name};");
         }
-        if let (Some(tls), Some(https)) = (&host.tls, opts.https) {
+        if let Some((files, https)) = tls {
             w!("    listen {https} ssl;");
-            w!("    ssl_certificate {};", tls.cert.display());
-            w!("    ssl_certificate_key {};", tls.key.display());
-            if host.ssl_redirect {
-                w!(
-                    "    if ($scheme = http) {{ return 308 https://$host:{}$request_uri; }}",
-                    https.port()
-                );
-            }
-        } else if name.is_empty() && has_tls {
-            // Unknown hosts on the TLS port get the first TLS host's certificate (nginx's
-            // rule), like ingress-nginx's default server gets its fake certificate.
+            w!("    ssl_certificate {};", files.cert.display());
+            w!("    ssl_certificate_key {};", files.key.display());
         }
+        // Unknown hosts on the TLS port get the first TLS host's certificate (nginx's rule),
+        // as ingress-nginx's default server gets its fake certificate.
         for route in host.routes.values() {
             write_route(&mut c, route);
         }
