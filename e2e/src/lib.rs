@@ -16,3 +16,4 @@
 pub mod apiserver;
 pub mod ingress;
 pub mod runtime;
+pub mod up;
