@@ -471,6 +471,7 @@ def test_killed_pod_is_replaced_while_a_client_reads(platform):
     finally:
         reader.stop.set()
         reader.join(timeout=60)
+    print(f"reader: {reader.ok} chunks read, {reader.retries} retries")
     assert not reader.wrong, reader.wrong[:5]
     assert not reader.gave_up, f"chunks never read despite 50 retries: {reader.gave_up[:5]}"
     assert reader.ok >= 3 * len(keys)
