@@ -16,7 +16,7 @@ end.  With ``CLOUDIFY_E2E_KUBECONFIG`` set the same tests run against a real clu
   CLOUDIFY_E2E_OPERATOR_NAMESPACE  namespace of the chart's operator (default cloudify-system)
 
 Binaries for the local platform: CLOUDIFY_E2E_BIN, CLOUDIFY_BIN, CLOUDIFY_OPERATOR_BIN
-(default: the release builds in /var/tmp/cloudify-target/release).
+(default: next to CLOUDIFY_BIN, else the release builds in /var/tmp/cloudify-target/release).
 
 Tests run in file order and build on each other (one dataset goes through its life cycle).
 """
@@ -195,7 +195,9 @@ def _free_port() -> int:
 
 
 def _binary(env: str, name: str) -> str:
-    path = os.environ.get(env) or str(RELEASE / name)
+    """``$env``, else ``name`` next to ``$CLOUDIFY_BIN`` (e2e/test.sh sets it), else the release build."""
+    sibling = os.environ.get("CLOUDIFY_BIN") and str(Path(os.environ["CLOUDIFY_BIN"]).with_name(name))
+    path = os.environ.get(env) or sibling or str(RELEASE / name)
     if not os.access(path, os.X_OK):
         pytest.fail(f"{name} not found at {path} (set {env}; `cargo build --release` builds it)")
     return path
@@ -219,7 +221,7 @@ def platform():
 
     up_bin = _binary("CLOUDIFY_E2E_BIN", "cloudify-e2e")
     cloudify = _binary("CLOUDIFY_BIN", "cloudify")
-    operator = os.environ.get("CLOUDIFY_OPERATOR_BIN") or str(Path(cloudify).with_name("cloudify-operator"))
+    operator = _binary("CLOUDIFY_OPERATOR_BIN", "cloudify-operator")
     # Data volume mount paths under /tmp are refused by the operator (the pod's own /tmp).
     root = Path(tempfile.mkdtemp(prefix="cloudify-platform-", dir="/var/tmp"))
     state = root / "state"
