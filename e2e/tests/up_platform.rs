@@ -113,9 +113,8 @@ fn up_serves_a_dataset_applied_with_kubectl_and_stops_cleanly() {
             .is_ok_and(|s| s.success())
     });
 
-    // The operator reports the ingress URL in status.url. (Condition Ready is not asserted
-    // yet: the emulator rejects kube-rs's finalizer JSON patch `test /metadata/finalizers
-    // null` on an object without finalizers, which a real API server accepts.)
+    // The operator reports the ingress URL in status.url (the Ready condition, registration
+    // and the rest of the lifecycle are covered by e2e/pytests/test_platform.py).
     let want = format!("{ingress}/datasets/cdf1/zarr");
     wait("status.url", &mut up, &mut || {
         Command::new("/usr/bin/kubectl")

@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{
@@ -17,13 +16,12 @@ use k8s_openapi::api::networking::v1::{
 };
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
+use kube::{Client, ResourceExt};
 use tokio::sync::Notify;
 
 use super::nginx::{Nginx, NginxError};
 use super::render::{Inputs, RenderOptions, TlsFiles, is_nginx_class, render, tls_paths};
+use crate::runtime::controller::reflect;
 
 /// Agent settings.
 #[derive(Debug, Clone)]
@@ -44,29 +42,6 @@ pub enum AgentError {
     Nginx(#[from] NginxError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-}
-
-/// A reflector store fed by a watch task; the task's handle goes into `tasks` so the caller
-/// can end the watch when it stops (otherwise it would keep reconnecting).
-fn reflect<K>(api: Api<K>, notify: Arc<Notify>, tasks: &mut Vec<tokio::task::JoinHandle<()>>) -> Store<K>
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-{
-    let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-        .default_backoff()
-        .touched_objects();
-    tasks.push(tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(item) = stream.next().await {
-            if let Err(e) = item {
-                tracing::debug!("watch: {e}");
-            }
-            notify.notify_one();
-        }
-    }));
-    reader
 }
 
 struct Stores {

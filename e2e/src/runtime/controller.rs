@@ -99,8 +99,13 @@ struct PodHandle {
 }
 
 /// A reflector store fed by a watch task; the task's handle goes into `tasks` so the caller
-/// can end the watch when it stops (otherwise it would keep reconnecting).
-fn reflect<K>(api: Api<K>, notify: Arc<Notify>, tasks: &mut Vec<tokio::task::JoinHandle<()>>) -> Store<K>
+/// can end the watch when it stops (otherwise it would keep reconnecting). Shared with the
+/// ingress agent, which watches the same way.
+pub(crate) fn reflect<K>(
+    api: Api<K>,
+    notify: Arc<Notify>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
