@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -231,7 +232,8 @@ def main() -> int:
             cpu = [x["srv_cpu_ms_per_chunk"] for x in results[t["name"]] if x.get("srv_cpu_ms_per_chunk")]
             summary["targets"][t["name"]] = {"chunks_per_s": median(cps) if cps else None,
                                              "MB_per_s": median(mbs) if mbs else None,
-                                             "srv_cpu_ms_per_chunk": median(cpu) if cpu else None, "passes": cps}
+                                             "srv_cpu_ms_per_chunk": round(statistics.median(cpu), 3) if cpu else None,
+                                             "passes": cps}
         for s in servers:
             st = sampler.snapshot(s.name)
             summary.setdefault("rss_peak_MB", {})[s.name] = round(st["hwm_max_kb"] / 1024, 1)

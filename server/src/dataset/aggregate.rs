@@ -109,6 +109,7 @@ pub fn build(
         spec: spec.clone(),
         root,
         files: files.iter().map(|f| f.file.clone()).collect(),
+        remote: files.iter().any(|f| f.file.remote.is_some()),
         fingerprint,
         skipped,
         by_path,

@@ -89,6 +89,10 @@ pub struct Dataset {
     /// Zarr path → variable: every chunk request looks its variable up (several times while
     /// its key is parsed), so this is a map rather than a walk over the groups.
     pub by_path: std::collections::HashMap<String, Arc<Variable>>,
+    /// Whether any source is an object-store object: decides per request which pool reads
+    /// run on, so it is computed once here rather than by scanning `files` (thousands in
+    /// large aggregations) on every chunk request.
+    pub remote: bool,
 }
 
 impl Dataset {

@@ -68,7 +68,7 @@ impl AppState {
         ds: &Dataset,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Option<T> {
-        if ds.files.iter().any(|f| f.remote.is_some()) {
+        if ds.remote {
             tokio::task::spawn_blocking(f).await.ok()
         } else {
             self.run(f).await
