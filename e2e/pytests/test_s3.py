@@ -596,3 +596,92 @@ def test_index_command_over_s3(moto, tmp_path):
     urls = {v[0] for v in refs.values() if isinstance(v, list) and len(v) == 3}
     want = {f"s3://{BUCKET}/{key_of(name, f)}" for f in SPECS[name]["files"]}
     assert urls == want, (urls, want)
+
+
+def _clean_env() -> dict:
+    return {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+
+
+def _index_ref_urls(path: Path) -> dict:
+    refs = json.loads(path.read_text())["refs"]
+    return {k: v for k, v in refs.items() if isinstance(v, list) and len(v) == 3}
+
+
+def test_index_storage_flags_and_config(moto, tmp_path):
+    """`cloudify index` takes the object store's settings as --storage-* flags (credentials from
+    a file) or a whole dataset from a serve config; both give the references the environment
+    route gives, and they reuse/fill the index cache the server uses."""
+    name = CASES[1]
+    want = {f"s3://{BUCKET}/{key_of(name, f)}" for f in SPECS[name]["files"]}
+    creds = tmp_path / "creds"
+    creds.write_text(f"aws_access_key_id={moto.key_id}\naws_secret_access_key={moto.secret}\n")
+    cache = tmp_path / "cache"
+    by_flags = tmp_path / "flags.json"
+    r = subprocess.run(
+        [find_binary(), "index", f"s3://{BUCKET}/{name}/*.nc", "-o", str(by_flags),
+         "--storage-endpoint", moto.endpoint, "--storage-region", REGION, "--storage-allow-http",
+         "--storage-credentials-file", str(creds), "--cache-dir", str(cache)],
+        capture_output=True, text=True, timeout=300, env=_clean_env(), stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    flags_refs = _index_ref_urls(by_flags)
+    assert {v[0] for v in flags_refs.values()} == want
+    assert any((cache / "index").iterdir()), "the index cache was not written"
+
+    cfg = write_cfg(tmp_path / "cfg.yaml", [
+        {"name": "other", "sources": [str(tmp_path / "nothing-*.nc")]},
+        {"name": "mine", "sources": [f"s3://{BUCKET}/{name}/*.nc"],
+         "storage": storage(moto.endpoint, credentialsFile=str(creds))},
+    ])
+    by_cfg = tmp_path / "cfg.json"
+    r = subprocess.run([find_binary(), "index", "--config", str(cfg), "--dataset", "mine", "-o", str(by_cfg),
+                        "--no-cache"],
+                       capture_output=True, text=True, timeout=300, env=_clean_env(), stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    assert _index_ref_urls(by_cfg) == flags_refs
+
+    # Several datasets and no --dataset: the error lists them.
+    r = subprocess.run([find_binary(), "index", "--config", str(cfg), "-o", str(tmp_path / "x.json")],
+                       capture_output=True, text=True, timeout=60, env=_clean_env(), stdin=subprocess.DEVNULL)
+    assert r.returncode != 0 and "--dataset" in r.stderr and "mine" in r.stderr and "other" in r.stderr, r.stderr
+    # An unknown dataset is named.
+    r = subprocess.run([find_binary(), "index", "--config", str(cfg), "--dataset", "nope", "-o",
+                        str(tmp_path / "x.json")],
+                       capture_output=True, text=True, timeout=60, env=_clean_env(), stdin=subprocess.DEVNULL)
+    assert r.returncode != 0 and "'nope'" in r.stderr, r.stderr
+    # Flags and config together are refused rather than silently ignored.
+    r = subprocess.run([find_binary(), "index", "--config", str(cfg), "--dataset", "mine",
+                        "--storage-region", "x", "-o", str(tmp_path / "x.json")],
+                       capture_output=True, text=True, timeout=60, env=_clean_env(), stdin=subprocess.DEVNULL)
+    assert r.returncode != 0 and "storage" in r.stderr, r.stderr
+    # A malformed --storage-option names itself.
+    r = subprocess.run([find_binary(), "index", f"s3://{BUCKET}/{name}/*.nc", "--storage-option", "novalue",
+                        "-o", str(tmp_path / "x.json")],
+                       capture_output=True, text=True, timeout=60, env=_clean_env(), stdin=subprocess.DEVNULL)
+    assert r.returncode != 0 and "novalue" in r.stderr, r.stderr
+    # Wrong credentials through the flags: the error names the object store problem.
+    bad = tmp_path / "bad"
+    bad.write_text("aws_access_key_id=AKIAWRONG\naws_secret_access_key=nope\n")
+    r = subprocess.run(
+        [find_binary(), "index", f"s3://{BUCKET}/{name}/*.nc", "-o", str(tmp_path / "x.json"),
+         "--storage-endpoint", moto.endpoint, "--storage-region", REGION, "--storage-allow-http",
+         "--storage-credentials-file", str(bad), "--no-cache"],
+        capture_output=True, text=True, timeout=300, env=_clean_env(), stdin=subprocess.DEVNULL)
+    assert r.returncode != 0 and f"s3://{BUCKET}" in r.stderr, r.stderr
+
+
+def test_serve_storage_flags(moto, tmp_path):
+    """`cloudify serve NAME s3://...` takes the same --storage-* flags."""
+    name = CASES[1]
+    creds = tmp_path / "creds"
+    creds.write_text(f"aws_access_key_id={moto.key_id}\naws_secret_access_key={moto.secret}\n")
+    url, proc, log = start_server(
+        ["serve", name, f"s3://{BUCKET}/{name}/*.nc", "--storage-endpoint", moto.endpoint,
+         "--storage-region", REGION, "--storage-allow-http", "--storage-credentials-file", str(creds)],
+        tmp_path, "flags", extra_env=dict(no_aws_env(), CLOUDIFY_CACHE_DIR=str(tmp_path / "cache")))
+    try:
+        wait_until_settled(url, [name], proc)
+        served = xr.open_dataset(f"{url}/datasets/{name}/zarr", engine="zarr", zarr_format=3,
+                                 consolidated=True).load()
+        assert_same(served, open_reference(SPECS[name], raw=False).load(), name)
+    finally:
+        stop_server(proc)

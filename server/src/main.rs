@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use cloudify_crds::{DatasetSpec, ServeConfig};
+use cloudify_crds::{DatasetSpec, ServeConfig, StorageSpec};
 use cloudify_server::{app, demo, serve};
 
 /// mimalloc keeps freed chunk-sized buffers for reuse, where glibc malloc unmaps or trims them
@@ -81,14 +81,87 @@ struct ServeArgs {
     #[arg(long)]
     threads: Option<usize>,
     #[command(flatten)]
+    storage: StorageArgs,
+    #[command(flatten)]
     catalog: cloudify_server::catalog::cli::ServeCatalogArgs,
+}
+
+/// Object-store settings for a dataset given on the command line: the `storage:` block of a
+/// config file (`DatasetSpec.storage`), for `s3://`, `gs://`, `az://` and `https://` sources.
+/// Secrets belong in `--storage-credentials-file` (or the environment), not in arguments that
+/// other users of the machine can see in the process list.
+#[derive(clap::Args, Clone, Debug, Default)]
+struct StorageArgs {
+    /// Endpoint of an S3-compatible service (MinIO, Ceph, ...) or of an Azure/GCS emulator.
+    #[arg(long = "storage-endpoint", value_name = "URL")]
+    storage_endpoint: Option<String>,
+    /// Region (S3).
+    #[arg(long = "storage-region", value_name = "REGION")]
+    storage_region: Option<String>,
+    /// Public data: unsigned requests, no credentials looked for.
+    #[arg(long = "storage-anonymous")]
+    storage_anonymous: bool,
+    /// Allow a plain `http://` endpoint.
+    #[arg(long = "storage-allow-http")]
+    storage_allow_http: bool,
+    /// File with credentials and options (`key=value` lines or one JSON object).
+    #[arg(long = "storage-credentials-file", value_name = "FILE")]
+    storage_credentials_file: Option<String>,
+    /// Further object_store option (repeatable), e.g. `aws_virtual_hosted_style_request=true`.
+    #[arg(long = "storage-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    storage_option: Vec<(String, String)>,
+}
+
+impl StorageArgs {
+    /// The storage block these flags describe; `None` when no flag was given.
+    fn spec(&self) -> Option<StorageSpec> {
+        let given = self.storage_endpoint.is_some()
+            || self.storage_region.is_some()
+            || self.storage_anonymous
+            || self.storage_allow_http
+            || self.storage_credentials_file.is_some()
+            || !self.storage_option.is_empty();
+        given.then(|| StorageSpec {
+            endpoint: self.storage_endpoint.clone(),
+            region: self.storage_region.clone(),
+            anonymous: self.storage_anonymous,
+            allow_http: self.storage_allow_http,
+            credentials_file: self.storage_credentials_file.clone(),
+            options: self.storage_option.iter().cloned().collect(),
+            ..StorageSpec::default()
+        })
+    }
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("'{s}': expected KEY=VALUE")),
+    }
 }
 
 #[derive(clap::Args)]
 struct IndexArgs {
-    /// Source files: paths, file:// URLs or globs.
-    #[arg(required = true, value_name = "SOURCES")]
+    /// Source files: paths, URLs (file://, s3://, gs://, az://, https://) or globs.
+    #[arg(required_unless_present = "config", value_name = "SOURCES")]
     sources: Vec<String>,
+    /// Take the dataset (sources, storage, format, concat dim, reference roots) from this
+    /// `cloudify serve --config` file instead of the arguments; with --dataset NAME when it
+    /// lists more than one.
+    #[arg(long, conflicts_with_all = ["sources", "concat_dim", "reference_roots"])]
+    config: Option<PathBuf>,
+    /// Which dataset of --config to index.
+    #[arg(long, requires = "config", value_name = "NAME")]
+    dataset: Option<String>,
+    /// Index cache directory (as for `serve`): indexes made by a server are reused, and the
+    /// ones made here serve the next server start. Default: $XDG_CACHE_HOME/cloudify.
+    #[arg(long, env = "CLOUDIFY_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Neither read nor write the index cache.
+    #[arg(long)]
+    no_cache: bool,
+    #[command(flatten)]
+    storage: StorageArgs,
     /// Output: kerchunk JSON v1 (`*.json`) or a kerchunk Parquet reference directory
     /// (`*.parquet` / `*.parq`, fsspec's `LazyReferenceMapper` layout).
     #[arg(short, long)]
@@ -123,12 +196,10 @@ fn run_index(a: IndexArgs) -> anyhow::Result<()> {
     if a.record_size == 0 {
         anyhow::bail!("--record-size must be at least 1");
     }
-    let spec = DatasetSpec {
-        concat_dim: a.concat_dim,
-        reference_roots: a.reference_roots,
-        ..DatasetSpec::new("index", a.sources)
-    };
-    let ds = cloudify_server::dataset::open::open_dataset(&spec)?;
+    let spec = index_spec(&a)?;
+    let cache = (!a.no_cache)
+        .then(|| cloudify_server::source::cache::IndexCache::new(&cache_dir(a.cache_dir.clone())));
+    let ds = cloudify_server::dataset::open::open_dataset_cached(&spec, cache.as_ref())?;
     let refs = cloudify_server::refs::build(&ds);
     for (v, why) in &refs.skipped {
         eprintln!("cloudify: warning: variable '{v}' left out: {why}");
@@ -148,6 +219,50 @@ fn run_index(a: IndexArgs) -> anyhow::Result<()> {
         a.output.display()
     );
     Ok(())
+}
+
+/// The dataset `cloudify index` writes references for: from --config (one dataset, or the
+/// one named by --dataset) or from the arguments and storage flags.
+fn index_spec(a: &IndexArgs) -> anyhow::Result<DatasetSpec> {
+    if let Some(path) = &a.config {
+        if a.storage.spec().is_some() {
+            anyhow::bail!(
+                "--config: give the storage settings in the file's `storage:` block, not as --storage-* flags"
+            );
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let cfg = ServeConfig::from_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let names: Vec<&str> = cfg.datasets.iter().map(|d| d.name.as_str()).collect();
+        return match &a.dataset {
+            Some(want) => cfg
+                .datasets
+                .iter()
+                .find(|d| &d.name == want)
+                .cloned()
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "{}: no dataset '{want}' (it lists: {})",
+                        path.display(),
+                        names.join(", ")
+                    )
+                }),
+            None if cfg.datasets.len() == 1 => Ok(cfg.datasets[0].clone()),
+            None => anyhow::bail!(
+                "{}: lists {} datasets ({}); choose one with --dataset NAME",
+                path.display(),
+                cfg.datasets.len(),
+                names.join(", ")
+            ),
+        };
+    }
+    let spec = DatasetSpec {
+        concat_dim: a.concat_dim.clone(),
+        reference_roots: a.reference_roots.clone(),
+        storage: a.storage.spec(),
+        ..DatasetSpec::new("index", a.sources.clone())
+    };
+    spec.validate(0).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(spec)
 }
 
 fn cache_dir(arg: Option<PathBuf>) -> PathBuf {
@@ -171,6 +286,11 @@ fn specs(a: &ServeArgs) -> anyhow::Result<Vec<DatasetSpec>> {
         if !a.args.is_empty() {
             anyhow::bail!("--config and NAME PATH arguments are mutually exclusive");
         }
+        if a.storage.spec().is_some() {
+            anyhow::bail!(
+                "--config: give the storage settings in each dataset's `storage:` block, not as --storage-* flags"
+            );
+        }
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let cfg = ServeConfig::from_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         return Ok(cfg.datasets);
@@ -183,6 +303,7 @@ fn specs(a: &ServeArgs) -> anyhow::Result<Vec<DatasetSpec>> {
     }
     let spec = DatasetSpec {
         concat_dim: a.concat_dim.clone(),
+        storage: a.storage.spec(),
         ..DatasetSpec::new(name.clone(), sources.to_vec())
     };
     spec.validate(0).map_err(|e| anyhow::anyhow!("{e}"))?;
