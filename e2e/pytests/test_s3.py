@@ -202,6 +202,38 @@ def test_s3_dataset_equals_originals(s3_server, name, route):
     assert_same(ds, ref, f"{name} {route}")
 
 
+def _metric(text: str, name: str, **labels) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        head, value = line.rsplit(" ", 1)
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def test_object_store_metrics(s3_server):
+    """/metrics reports object-store traffic: operations by store/kind/outcome, bytes, time."""
+    name = CASES[2]
+    key = first_chunk_key(s3_server, name)  # a chunk read from the store, not inlined
+    before = requests.get(f"{s3_server}/metrics", timeout=10).text
+    for route in ("zarr", "kerchunk"):
+        r = requests.get(f"{s3_server}/datasets/{name}/{route}/{key}", timeout=60)
+        assert r.status_code == 200, r.text
+    after = requests.get(f"{s3_server}/metrics", timeout=10).text
+    store = f"s3://{BUCKET}"
+    got = _metric(after, "cloudify_object_store_operations_total", store=store, op="get_ranges", outcome="ok")
+    assert got > _metric(before, "cloudify_object_store_operations_total", store=store, op="get_ranges",
+                         outcome="ok")
+    assert _metric(after, "cloudify_object_store_bytes_total", store=store) > \
+        _metric(before, "cloudify_object_store_bytes_total", store=store)
+    # listing and downloads at start-up were counted too
+    assert _metric(after, "cloudify_object_store_operations_total", store=store, op="list", outcome="ok") >= 1
+    assert _metric(after, "cloudify_object_store_seconds_count", op="get_ranges") >= got
+
+
 def test_s3_etag_and_refs_name_objects(s3_server):
     urls = set()
     for name in CASES:

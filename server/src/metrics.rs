@@ -37,6 +37,10 @@ impl Metrics {
         registry.register(Box::new(chunk_seconds.clone()))?;
         registry.register(Box::new(chunk_bytes.clone()))?;
         registry.register(Box::new(datasets.clone()))?;
+        let store = crate::storage::metrics();
+        registry.register(Box::new(store.operations.clone()))?;
+        registry.register(Box::new(store.seconds.clone()))?;
+        registry.register(Box::new(store.bytes.clone()))?;
         Ok(Self {
             registry,
             requests,

@@ -53,6 +53,17 @@ pub enum RemoteError {
 }
 
 impl RemoteError {
+    /// Short outcome label for metrics.
+    fn outcome(&self) -> &'static str {
+        match self {
+            Self::NotFound { .. } => "not_found",
+            Self::Changed { .. } => "changed",
+            Self::Denied { .. } => "denied",
+            Self::Timeout { .. } => "timeout",
+            Self::Other { .. } => "error",
+        }
+    }
+
     /// True when the store did not answer in time (HTTP 504 rather than 502).
     pub fn is_timeout(&self) -> bool {
         matches!(self, Self::Timeout { .. })
@@ -356,25 +367,36 @@ impl Store {
         format!("{}/{}", self.base, location)
     }
 
+    /// Runs one store operation under the operation deadline and records it in the
+    /// object-store metrics (`op`: head, list, get, get_ranges).
     async fn timed<T>(
         &self,
+        op: &'static str,
         url: &str,
         fut: impl Future<Output = Result<T, object_store::Error>>,
     ) -> Result<T, RemoteError> {
         let secs = self.op_timeout.as_secs();
-        match tokio::time::timeout(self.op_timeout, fut).await {
+        let t0 = std::time::Instant::now();
+        let r = match tokio::time::timeout(self.op_timeout, fut).await {
             Ok(r) => r.map_err(|e| RemoteError::from_store(url, e, secs)),
             Err(_) => Err(RemoteError::Timeout {
                 url: url.to_string(),
                 secs,
             }),
-        }
+        };
+        let m = metrics();
+        let outcome = r.as_ref().map_or_else(RemoteError::outcome, |_| "ok");
+        m.operations.with_label_values(&[&self.base, op, outcome]).inc();
+        m.seconds
+            .with_label_values(&[op])
+            .observe(t0.elapsed().as_secs_f64());
+        r
     }
 
     /// Metadata of one object.
     pub async fn head(&self, location: &Path) -> Result<ObjectMeta, RemoteError> {
         let url = self.url_of(location);
-        self.timed(&url, self.inner.head(location)).await
+        self.timed("head", &url, self.inner.head(location)).await
     }
 
     /// Objects matching a glob over keys, sorted by key. Lists the prefix up to the first
@@ -404,7 +426,7 @@ impl Store {
             }
             Ok::<_, object_store::Error>(out)
         };
-        let mut out = self.timed(&url, listing).await?;
+        let mut out = self.timed("list", &url, listing).await?;
         out.sort_by(|a, b| a.location.as_ref().cmp(b.location.as_ref()));
         Ok(out)
     }
@@ -427,7 +449,9 @@ impl Store {
             if_match: etag,
             ..GetOptions::default()
         };
-        let r = self.timed(&url, self.inner.get_opts(location, opts)).await?;
+        let r = self
+            .timed("get", &url, self.inner.get_opts(location, opts))
+            .await?;
         let meta = r.meta.clone();
         let mut f = std::io::BufWriter::new(std::fs::File::create(dest).map_err(io_err)?);
         let mut stream = r.into_stream();
@@ -446,6 +470,7 @@ impl Store {
             f.write_all(&part).map_err(io_err)?;
         }
         f.flush().map_err(io_err)?;
+        metrics().bytes.with_label_values(&[&self.base]).inc_by(n);
         if n != meta.size {
             return Err(RemoteError::Other {
                 url,
@@ -475,6 +500,7 @@ impl Store {
         };
         let got = self
             .timed(
+                "get_ranges",
                 &url,
                 object_store::coalesce_ranges(ranges, fetch, object_store::OBJECT_STORE_COALESCE_DEFAULT),
             )
@@ -490,8 +516,63 @@ impl Store {
                 });
             }
         }
+        let n: usize = got.iter().map(Bytes::len).sum();
+        metrics().bytes.with_label_values(&[&self.base]).inc_by(n as u64);
         Ok(got)
     }
+}
+
+/// Object-store traffic, process-wide (stores are shared by datasets and built before any
+/// server state exists); the server registers these collectors in its own registry.
+#[derive(Debug, Clone)]
+pub struct StoreMetrics {
+    /// Operations by store (`scheme://bucket`), kind and outcome (ok, not_found, changed,
+    /// denied, timeout, error), counted after object_store's own retries.
+    pub operations: prometheus::IntCounterVec,
+    /// Duration of one operation (including retries and coalesced range requests).
+    pub seconds: prometheus::HistogramVec,
+    /// Bytes fetched, by store.
+    pub bytes: prometheus::IntCounterVec,
+}
+
+/// The process's object-store metrics.
+pub fn metrics() -> &'static StoreMetrics {
+    static M: OnceLock<StoreMetrics> = OnceLock::new();
+    M.get_or_init(|| {
+        // Fixed names and label sets: construction cannot fail.
+        let operations = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "cloudify_object_store_operations_total",
+                "Object-store operations by store, kind and outcome (after retries)",
+            ),
+            &["store", "op", "outcome"],
+        )
+        .expect("object store metric definition");
+        let seconds = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                "cloudify_object_store_seconds",
+                "Duration of one object-store operation, retries included",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["op"],
+        )
+        .expect("object store metric definition");
+        let bytes = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "cloudify_object_store_bytes_total",
+                "Bytes fetched from object stores",
+            ),
+            &["store"],
+        )
+        .expect("object store metric definition");
+        StoreMetrics {
+            operations,
+            seconds,
+            bytes,
+        }
+    })
 }
 
 /// Identity of an object as indexed: URL, size, last-modified and ETag.
