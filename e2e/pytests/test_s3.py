@@ -628,6 +628,16 @@ def test_index_command_over_s3(moto, tmp_path):
     urls = {v[0] for v in refs.values() if isinstance(v, list) and len(v) == 3}
     want = {f"s3://{BUCKET}/{key_of(name, f)}" for f in SPECS[name]["files"]}
     assert urls == want, (urls, want)
+    # Parquet references name the objects the same way (not file://s3://...)
+    pq = tmp_path / "refs.parquet"
+    r = subprocess.run([find_binary(), "index", f"s3://{BUCKET}/{name}/*.nc", "-o", str(pq)],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    import pandas as pd
+    paths = set()
+    for f in pq.rglob("refs.*.parq"):
+        paths |= {p for p in pd.read_parquet(f, engine="fastparquet")["path"] if isinstance(p, str)}
+    assert paths == want, (paths, want)
 
 
 def _clean_env() -> dict:
@@ -715,5 +725,69 @@ def test_serve_storage_flags(moto, tmp_path):
         served = xr.open_dataset(f"{url}/datasets/{name}/zarr", engine="zarr", zarr_format=3,
                                  consolidated=True).load()
         assert_same(served, open_reference(SPECS[name], raw=False).load(), name)
+    finally:
+        stop_server(proc)
+
+
+def test_kerchunk_references_to_objects(moto, tmp_path):
+    """A kerchunk reference set (here made by `cloudify index` over s3://) whose references
+    point at objects is served when referenceRoots allows their prefix: /zarr and /kerchunk
+    read the byte ranges from the store and equal the netCDF originals. Without the root, or
+    with another prefix, the dataset fails naming the reference and the roots."""
+    name = CASES[2]
+    refs = tmp_path / "refs.json"
+    creds = tmp_path / "creds"
+    creds.write_text(f"aws_access_key_id={moto.key_id}\naws_secret_access_key={moto.secret}\n")
+    r = subprocess.run(
+        [find_binary(), "index", f"s3://{BUCKET}/{name}/*.nc", "-o", str(refs), "--no-cache",
+         "--storage-endpoint", moto.endpoint, "--storage-region", REGION, "--storage-allow-http",
+         "--storage-credentials-file", str(creds)],
+        capture_output=True, text=True, timeout=300, env=_clean_env(), stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    # one whole-object reference too: a chunk stored as its own object ([url])
+    doc = json.loads(refs.read_text())
+    key = next(k for k, v in doc["refs"].items() if isinstance(v, list) and len(v) == 3)
+    url, off, size = doc["refs"][key]
+    body = moto.client().get_object(Bucket=BUCKET, Key=url.split("/", 3)[3],
+                                    Range=f"bytes={off}-{off + size - 1}")["Body"].read()
+    moto.client().put_object(Bucket=BUCKET, Key=f"chunks/{name}/{key}", Body=body)
+    doc["refs"][key] = [f"s3://{BUCKET}/chunks/{name}/{key}"]
+    refs.write_text(json.dumps(doc))
+
+    st = storage(moto.endpoint, credentialsFile=str(creds))
+    datasets = [
+        {"name": "objrefs", "sources": [str(refs)], "format": "kerchunk",
+         "referenceRoots": [f"s3://{BUCKET}/{name}/", f"s3://{BUCKET}/chunks/"], "storage": st},
+        {"name": "noroot", "sources": [str(refs)], "format": "kerchunk", "storage": st},
+        {"name": "otherroot", "sources": [str(refs)], "format": "kerchunk",
+         "referenceRoots": [f"s3://{BUCKET}/{name}-not/"], "storage": st},
+    ]
+    url_, proc, log = serve_cfg(tmp_path, "objrefs", datasets, no_aws_env())
+    try:
+        ref = open_reference(SPECS[name], raw=False).load()
+        for route, fmt in (("zarr", 3), ("zarr", 2), ("kerchunk", 2)):
+            ds = xr.open_dataset(f"{url_}/datasets/objrefs/{route}", engine="zarr", zarr_format=fmt,
+                                 consolidated=True).load()
+            assert_same(ds, ref, f"objrefs {route} v{fmt}")
+        # the whole-object reference is read too (and named as an object in kerchunk.json)
+        var = key.split("/")[0]
+        r = requests.get(f"{url_}/datasets/objrefs/kerchunk/{key}", timeout=60)
+        assert r.status_code == 200 and r.content == body
+        served_refs = requests.get(f"{url_}/datasets/objrefs/kerchunk.json", timeout=30).json()["refs"]
+        assert served_refs[key] == [f"s3://{BUCKET}/chunks/{name}/{key}"], served_refs[key]
+        assert all(v[0].startswith(f"s3://{BUCKET}/") for k, v in served_refs.items()
+                   if isinstance(v, list) and k.startswith(f"{var}/")), "object references keep their URL"
+        errors = {d["name"]: d.get("error", "") for d in requests.get(f"{url_}/status", timeout=10).json()["datasets"]}
+        assert errors["objrefs"] == ""
+        assert "referenceRoots" in errors["noroot"] and f"s3://{BUCKET}/chunks/" in errors["noroot"], errors
+        assert "outside" in errors["otherroot"] and f"{name}-not/" in errors["otherroot"], errors
+        for bad in ("noroot", "otherroot"):
+            r = requests.get(f"{url_}/datasets/{bad}/zarr/.zmetadata", timeout=10)
+            assert r.status_code == 503, (bad, r.status_code)
+        # a referenced object that disappears: 502 naming it, the server keeps serving
+        moto.client().delete_object(Bucket=BUCKET, Key=f"chunks/{name}/{key}")
+        r = requests.get(f"{url_}/datasets/objrefs/kerchunk/{key}", timeout=60)
+        assert r.status_code == 502 and f"chunks/{name}/{key}" in r.json()["error"], (r.status_code, r.text)
+        assert requests.get(f"{url_}/datasets/objrefs/zarr/.zmetadata", timeout=10).status_code == 200
     finally:
         stop_server(proc)

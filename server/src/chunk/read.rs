@@ -137,7 +137,15 @@ struct Stored {
     offset: u64,
 }
 
-/// Reads the whole of a chunk file.
+/// Reads the whole of a chunk file, local or an object.
+pub fn read_source_whole(file: &SourceFile) -> Result<Vec<u8>, ReadError> {
+    match &file.remote {
+        None => read_file(&file.path),
+        Some(obj) => Ok(crate::storage::read_whole(file, obj)?.to_vec()),
+    }
+}
+
+/// Reads the whole of a local chunk file.
 pub fn read_file(path: &Path) -> Result<Vec<u8>, ReadError> {
     std::fs::read(path).map_err(|source| ReadError::Io {
         path: path.to_path_buf(),
@@ -162,6 +170,7 @@ fn fetch_stored(fv: &FileVar, n: usize) -> Result<Option<Stored>, ReadError> {
         },
         Storage::Refs { table, .. } => {
             let file = |i: u32| table.files.get(i as usize).cloned().unwrap_or_default();
+            let remote = |i: u32| table.remote.get(i as usize).and_then(Option::as_ref);
             Ok(match table.chunks.get(n) {
                 None | Some(ChunkRef::Missing) => None,
                 Some(ChunkRef::Range {
@@ -170,8 +179,12 @@ fn fetch_stored(fv: &FileVar, n: usize) -> Result<Option<Stored>, ReadError> {
                     size,
                 }) => {
                     let path = file(*f);
+                    let bytes = match remote(*f) {
+                        Some(obj) => read_at(obj, *offset, *size)?,
+                        None => pread(&path, *offset, *size)?,
+                    };
                     Some(Stored {
-                        bytes: pread(&path, *offset, *size)?,
+                        bytes,
                         mask: 0,
                         path,
                         offset: *offset,
@@ -179,8 +192,12 @@ fn fetch_stored(fv: &FileVar, n: usize) -> Result<Option<Stored>, ReadError> {
                 }
                 Some(ChunkRef::Whole { file: f }) => {
                     let path = file(*f);
+                    let bytes = match remote(*f) {
+                        Some(obj) => read_source_whole(obj)?,
+                        None => read_file(&path)?,
+                    };
                     Some(Stored {
-                        bytes: read_file(&path)?,
+                        bytes,
                         mask: 0,
                         path,
                         offset: 0,

@@ -109,7 +109,9 @@ pub fn build(
         spec: spec.clone(),
         root,
         files: files.iter().map(|f| f.file.clone()).collect(),
-        remote: files.iter().any(|f| f.file.remote.is_some()),
+        remote: files
+            .iter()
+            .any(|f| f.file.remote.is_some() || crate::source::refs_remote(&f.root)),
         fingerprint,
         skipped,
         by_path,

@@ -249,8 +249,8 @@ pub async fn kerchunk_key(
             let bytes = state
                 .run_for(&s.ds, move || match range {
                     Some((offset, size)) => crate::chunk::read::read_at(&src, offset, size),
-                    // Whole-file references (Zarr store chunks) are local files.
-                    None => crate::chunk::read::read_file(&src.path),
+                    // Whole-file references (Zarr store chunks, `[url]` references).
+                    None => crate::chunk::read::read_source_whole(&src),
                 })
                 .await
                 .ok_or_else(|| {

@@ -158,7 +158,7 @@ impl Ctx<'_> {
         i
     }
 
-    /// A local file named by a reference source (kerchunk/Zarr chunk files are local paths).
+    /// A local file named by a reference source (kerchunk references, Zarr chunk files).
     fn local(&mut self, path: &std::path::Path) -> usize {
         if let Some(i) = self.file_ids.get(path) {
             return *i;
@@ -228,20 +228,21 @@ fn chunked(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
         let locs = match &piece.data.storage {
             Storage::Chunked { locs, .. } => locs,
             Storage::Refs { table, .. } => {
-                let file = |f: &u32| table.files.get(*f as usize).cloned().unwrap_or_default();
+                let mut file = |f: &u32| match table.remote.get(*f as usize).and_then(Option::as_ref) {
+                    Some(obj) => ctx.file(obj),
+                    None => ctx.local(&table.files.get(*f as usize).cloned().unwrap_or_default()),
+                };
                 let value = match table.chunks.get(linear(&cidx, &sgrid) as usize) {
                     Some(ChunkRef::Range {
                         file: f,
                         offset,
                         size,
                     }) => RefValue::Range {
-                        file: ctx.local(&file(f)),
+                        file: file(f),
                         offset: *offset,
                         size: *size,
                     },
-                    Some(ChunkRef::Whole { file: f }) => RefValue::File {
-                        file: ctx.local(&file(f)),
-                    },
+                    Some(ChunkRef::Whole { file: f }) => RefValue::File { file: file(f) },
                     Some(ChunkRef::Inline(b)) => RefValue::Inline(b.clone()),
                     None | Some(ChunkRef::Missing) => return Ok(()),
                 };
@@ -442,6 +443,19 @@ impl Refs {
         s
     }
 
+    /// The URL references name `files[file]` by: object sources keep their URL (fsspec
+    /// opens s3://, gs://, ...), local files become `file://` URLs.
+    pub fn url_of(&self, file: usize) -> Option<String> {
+        self.files.get(file).map(|p| {
+            let p = p.display().to_string();
+            if p.contains("://") {
+                p
+            } else {
+                format!("file://{p}")
+            }
+        })
+    }
+
     /// kerchunk/fsspec reference JSON, version 1. Metadata documents are stored as JSON
     /// strings, byte ranges as `[url, offset, size]`, inline data as `base64:...`.
     pub fn to_json(&self) -> String {
@@ -476,31 +490,13 @@ impl Refs {
                 }
                 RefValue::Range { file, offset, size } => {
                     let mut t = String::from("[");
-                    let url = self
-                        .files
-                        .get(*file)
-                        .map(|p| {
-                            // Object sources keep their URL (fsspec opens s3://, gs://, ...).
-                            let p = p.display().to_string();
-                            if p.contains("://") {
-                                p
-                            } else {
-                                format!("file://{p}")
-                            }
-                        })
-                        .unwrap_or_default();
-                    write_json_str(&mut t, &url);
+                    write_json_str(&mut t, &self.url_of(*file).unwrap_or_default());
                     let _ = write!(t, ", {offset}, {size}]");
                     t
                 }
                 RefValue::File { file } => {
                     let mut t = String::from("[");
-                    let url = self
-                        .files
-                        .get(*file)
-                        .map(|p| format!("file://{}", p.display()))
-                        .unwrap_or_default();
-                    write_json_str(&mut t, &url);
+                    write_json_str(&mut t, &self.url_of(*file).unwrap_or_default());
                     t.push(']');
                     t
                 }

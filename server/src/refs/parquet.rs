@@ -240,13 +240,13 @@ impl Refs {
                         // 0-d arrays: the v2 key is `var/0`, which chunk_key_of gives too.
                         match self.entries.get(&key) {
                             Some(RefValue::Range { file, offset, size }) => Row {
-                                path: self.files.get(*file).map(|p| format!("file://{}", p.display())),
+                                path: self.url_of(*file),
                                 offset: *offset as i64,
                                 size: *size as i64,
                                 raw: None,
                             },
                             Some(RefValue::File { file }) => Row {
-                                path: self.files.get(*file).map(|p| format!("file://{}", p.display())),
+                                path: self.url_of(*file),
                                 offset: 0,
                                 size: 0,
                                 raw: None,

@@ -144,7 +144,7 @@ pub fn open_other(spec: &DatasetSpec, kind: Kind) -> Result<Vec<SourceIndex>, Op
     let paths = expand(spec, kind)?;
     let open = |p: &PathBuf| -> Result<SourceIndex, SourceError> {
         match kind {
-            Kind::Kerchunk => super::kerchunk::open_refs(p, &spec.reference_roots),
+            Kind::Kerchunk => super::kerchunk::open_refs(p, &spec.reference_roots, spec.storage.as_ref()),
             Kind::Zarr => super::zarr_store::open_store(p),
             Kind::Netcdf => super::open_file(std::sync::Arc::new(super::SourceFile::stat(p.clone())?)),
         }

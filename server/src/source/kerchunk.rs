@@ -286,32 +286,64 @@ pub struct Roots {
     pub base: PathBuf,
     /// Allowed directories, canonical.
     pub allowed: Vec<PathBuf>,
+    /// Allowed object-store prefixes (`s3://bucket/prefix/`), from referenceRoots entries
+    /// with a scheme: objects are never reachable unless a root names them, so a reference
+    /// set cannot make the server read whatever its credentials allow.
+    pub allowed_urls: Vec<String>,
 }
 
 impl Roots {
     /// The reference file's directory plus `extra` (relative ones resolved against the
-    /// working directory).
+    /// working directory; object URLs kept as prefixes).
     pub fn new(base: &Path, extra: &[String]) -> Self {
         let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| normalize(p));
         let mut allowed = vec![canon(base)];
+        let mut allowed_urls = Vec::new();
         for r in extra {
-            let r = r.strip_prefix("file://").unwrap_or(r);
-            allowed.push(canon(Path::new(r)));
+            if let Some(rest) = r.strip_prefix("file://") {
+                allowed.push(canon(Path::new(rest)));
+            } else if r.contains("://") {
+                // a prefix ends at a '/', so s3://bucket/data does not allow s3://bucket/data2
+                let mut u = r.clone();
+                if !u.ends_with('/') {
+                    u.push('/');
+                }
+                allowed_urls.push(u);
+            } else {
+                allowed.push(canon(Path::new(r)));
+            }
         }
         Self {
             base: canon(base),
             allowed,
+            allowed_urls,
         }
     }
 
-    /// Resolves a reference URL to a local path inside the allowed roots.
+    /// Resolves a reference URL to a local path inside the allowed roots, or to an object
+    /// URL (kept as the path, as for object sources) under an allowed prefix.
     pub fn resolve(&self, url: &str) -> Result<PathBuf, String> {
         let local = if let Some(rest) = url.strip_prefix("file://") {
             PathBuf::from(rest)
         } else if let Some((scheme, _)) = url.split_once("://") {
-            return Err(format!(
-                "'{url}': scheme '{scheme}://' is not supported for references yet (local files only)"
-            ));
+            // `..` segments would let a prefix check be walked around
+            if url.split('/').any(|seg| seg == "..") {
+                return Err(format!("'{url}': '..' is not allowed in object URLs"));
+            }
+            if self.allowed_urls.iter().any(|r| url.starts_with(r.as_str())) {
+                crate::storage::parse_object_url(url).map_err(|e| format!("'{url}': {e}"))?;
+                return Ok(PathBuf::from(url));
+            }
+            return Err(if self.allowed_urls.is_empty() {
+                format!(
+                    "'{url}': references to {scheme}:// objects must be allowed by a referenceRoots entry (e.g. {scheme}://bucket/prefix/)"
+                )
+            } else {
+                format!(
+                    "'{url}' is outside the allowed object prefixes ({}); add its prefix to the dataset's referenceRoots to allow it",
+                    self.allowed_urls.join(", ")
+                )
+            });
         } else {
             PathBuf::from(url)
         };
@@ -336,6 +368,72 @@ impl Roots {
             ))
         }
     }
+}
+
+/// Gives every object-URL file of the index's reference tables a handle to read it with,
+/// building one store per `scheme://bucket` from the dataset's storage settings.
+pub fn attach_remote(
+    idx: &mut SourceIndex,
+    storage: Option<&cloudify_crds::StorageSpec>,
+) -> Result<(), SourceError> {
+    /// Stores by base and handles by URL, shared by all variables of the index.
+    struct Handles<'a> {
+        storage: Option<&'a cloudify_crds::StorageSpec>,
+        stores: HashMap<String, Arc<crate::storage::Store>>,
+        files: HashMap<PathBuf, Arc<SourceFile>>,
+    }
+    impl Handles<'_> {
+        fn get(&mut self, p: &Path) -> Result<Option<Arc<SourceFile>>, String> {
+            let url = p.to_string_lossy();
+            if !url.contains("://") {
+                return Ok(None);
+            }
+            if let Some(h) = self.files.get(p) {
+                return Ok(Some(h.clone()));
+            }
+            let parsed = crate::storage::parse_object_url(&url)?
+                .ok_or_else(|| format!("'{url}' is not an object URL"))?;
+            let store = match self.stores.get(&parsed.base) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = crate::storage::build_store(&parsed, self.storage)?;
+                    self.stores.insert(parsed.base.clone(), s.clone());
+                    s
+                }
+            };
+            let h = Arc::new(crate::storage::object_handle(&url, &store)?);
+            self.files.insert(p.to_path_buf(), h.clone());
+            Ok(Some(h))
+        }
+    }
+    fn group(g: &mut SourceGroup, h: &mut Handles<'_>) -> Result<(), String> {
+        for v in &mut g.vars {
+            let Storage::Refs { table, .. } = &mut v.data.storage else {
+                continue;
+            };
+            let remote = table
+                .files
+                .iter()
+                .map(|p| h.get(p))
+                .collect::<Result<Vec<_>, String>>()?;
+            if remote.iter().any(Option::is_some) {
+                Arc::make_mut(table).remote = Arc::new(remote);
+            }
+        }
+        for sub in &mut g.groups {
+            group(sub, h)?;
+        }
+        Ok(())
+    }
+    let mut h = Handles {
+        storage,
+        stores: HashMap::new(),
+        files: HashMap::new(),
+    };
+    group(&mut idx.root, &mut h).map_err(|message| SourceError::Malformed {
+        path: idx.file.path.clone(),
+        message,
+    })
 }
 
 /// Removes `.` and `..` components without touching the file system.
@@ -817,6 +915,7 @@ fn array_var(
                 filters,
                 table: Arc::new(ChunkTable {
                     files: Arc::default(), // filled in by build_index
+                    remote: Arc::default(),
                     chunks: table,
                     compressor: compact(&compressor),
                     numcodecs_filters: compact(&nfilters),
@@ -828,7 +927,12 @@ fn array_var(
 }
 
 /// Opens a kerchunk reference source: a `.json` file or a Parquet reference directory.
-pub fn open_refs(path: &Path, extra_roots: &[String]) -> Result<SourceIndex, SourceError> {
+/// References to objects (`s3://...`) are read with `storage`'s settings.
+pub fn open_refs(
+    path: &Path,
+    extra_roots: &[String],
+    storage: Option<&cloudify_crds::StorageSpec>,
+) -> Result<SourceIndex, SourceError> {
     let is_dir = path.is_dir();
     let set = if is_dir {
         parse_parquet(path)?
@@ -845,7 +949,7 @@ pub fn open_refs(path: &Path, extra_roots: &[String]) -> Result<SourceIndex, Sou
     // The directory holding the reference file (or Parquet reference directory).
     let base = path.parent().unwrap_or(Path::new("/"));
     let roots = Roots::new(base, extra_roots);
-    build_index(
+    let mut idx = build_index(
         Arc::new(file),
         &set.meta,
         &SetChunks {
@@ -853,7 +957,11 @@ pub fn open_refs(path: &Path, extra_roots: &[String]) -> Result<SourceIndex, Sou
             roots: &roots,
         },
         FillRule::ZarrV2,
-    )
+    )?;
+    if !roots.allowed_urls.is_empty() {
+        attach_remote(&mut idx, storage)?;
+    }
+    Ok(idx)
 }
 
 #[cfg(test)]
@@ -904,7 +1012,35 @@ mod tests {
         let e = roots.resolve("../secret.nc").unwrap_err();
         assert!(e.contains("outside the allowed roots"), "{e}");
         assert!(roots.resolve("/etc/passwd").is_err());
-        assert!(roots.resolve("s3://bucket/x.nc").unwrap_err().contains("s3://"));
+        assert!(
+            roots
+                .resolve("s3://bucket/x.nc")
+                .unwrap_err()
+                .contains("referenceRoots")
+        );
+        // object prefixes: allowed only under a listed prefix, on a '/' boundary, without '..'
+        let urls = Roots::new(&base, &["s3://bucket/data".to_string()]);
+        assert_eq!(
+            urls.resolve("s3://bucket/data/a.nc").unwrap(),
+            PathBuf::from("s3://bucket/data/a.nc")
+        );
+        assert!(
+            urls.resolve("s3://bucket/data2/a.nc")
+                .unwrap_err()
+                .contains("outside")
+        );
+        assert!(
+            urls.resolve("s3://other/data/a.nc")
+                .unwrap_err()
+                .contains("outside")
+        );
+        assert!(
+            urls.resolve("s3://bucket/data/../secret/a.nc")
+                .unwrap_err()
+                .contains("..")
+        );
+        assert!(urls.resolve("gs://bucket/data/a.nc").is_err());
+        assert!(urls.resolve("a.nc").is_ok(), "local references keep working");
         let wider = Roots::new(&base, &[dir.path().display().to_string()]);
         assert!(wider.resolve("../secret.nc").is_ok());
     }
@@ -928,7 +1064,7 @@ mod tests {
         });
         let p = dir.path().join("r.json");
         std::fs::write(&p, refs.to_string()).unwrap();
-        let idx = open_refs(&p, &[]).unwrap();
+        let idx = open_refs(&p, &[], None).unwrap();
         assert!(matches!(idx.root.attrs.get("missing"), Some(AttrValue::Floats(f)) if f[0].is_nan()));
         let x = &idx.root.vars[0];
         assert_eq!(
@@ -953,20 +1089,20 @@ mod tests {
         assert_eq!(idx.root.groups[0].skipped.len(), 1);
         // rewriting a referenced file changes the source's identity (and so the ETags)
         std::fs::write(dir.path().join("data.bin"), [1u8; 80]).unwrap();
-        let again = open_refs(&p, &[]).unwrap();
+        let again = open_refs(&p, &[], None).unwrap();
         assert_ne!(again.file, idx.file);
         // a reference leaving the allowed roots names the key
         let mut bad = refs.clone();
         bad["refs"]["x/1"] = serde_json::json!(["/etc/passwd", 0, 8]);
         std::fs::write(&p, bad.to_string()).unwrap();
-        let e = open_refs(&p, &[]).unwrap_err().to_string();
+        let e = open_refs(&p, &[], None).unwrap_err().to_string();
         assert!(
             e.contains("x/1") && e.contains("/etc/passwd") && e.contains("r.json"),
             "{e}"
         );
         // malformed JSON names the file and the reason
         std::fs::write(&p, "{\"version\": 1, \"refs\": {").unwrap();
-        let e = open_refs(&p, &[]).unwrap_err().to_string();
+        let e = open_refs(&p, &[], None).unwrap_err().to_string();
         assert!(e.contains("r.json") && e.contains("not valid JSON"), "{e}");
     }
 }

@@ -131,9 +131,13 @@ impl Storage {
 /// Where each chunk of a `Storage::Refs` variable is.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ChunkTable {
-    /// Files the references point into. Local paths for now; this is where remote objects
-    /// (`s3://`, `https://`) will plug in with the storage layer.
+    /// Files the references point into: local paths, or object URLs (`s3://b/k`) whose
+    /// handles are in `remote`.
     pub files: Arc<Vec<PathBuf>>,
+    /// Same order as `files`: how to read an object-store file (`None`: a local file).
+    /// Attached when the reference set is opened (handles are not persisted).
+    #[serde(skip)]
+    pub remote: Arc<Vec<Option<Arc<SourceFile>>>>,
     /// One entry per chunk of the grid, row-major.
     pub chunks: Vec<ChunkRef>,
     /// The pipeline as the source declared it (numcodecs `compressor` and `filters` JSON),
@@ -156,6 +160,14 @@ pub enum ChunkRef {
     Whole { file: u32 },
     /// Bytes held in the reference set.
     Inline(#[serde(with = "base64_bytes")] Vec<u8>),
+}
+
+/// Whether any reference table of the group (or its subgroups) points into object stores.
+pub fn refs_remote(g: &SourceGroup) -> bool {
+    g.vars.iter().any(|v| match &v.data.storage {
+        Storage::Refs { table, .. } => table.remote.iter().any(Option::is_some),
+        _ => false,
+    }) || g.groups.iter().any(refs_remote)
 }
 
 /// Values held in memory.

@@ -589,6 +589,48 @@ pub fn source_file(url: String, meta: &ObjectMeta, store: &Arc<Store>) -> Source
     }
 }
 
+/// A whole object (a `[url]` reference: a chunk file in a bucket), synchronously.
+pub fn read_whole(file: &SourceFile, obj: &RemoteObject) -> Result<Bytes, RemoteError> {
+    let url = file.path.display().to_string();
+    let store = obj.store.clone();
+    let location = obj.location.clone();
+    let etag = file.etag.clone();
+    let u = url.clone();
+    block_on(async move {
+        let opts = GetOptions {
+            if_match: etag,
+            ..GetOptions::default()
+        };
+        let fetch = async { store.inner.get_opts(&location, opts).await?.bytes().await };
+        let got = store.timed("get", &u, fetch).await?;
+        metrics()
+            .bytes
+            .with_label_values(&[&store.base])
+            .inc_by(got.len() as u64);
+        Ok(got)
+    })
+    .map_err(|reason| RemoteError::Other { url, reason })?
+}
+
+/// A handle for reading the object at `url` (no request is made: references are not
+/// listed or HEADed one by one at open time; a missing object fails when it is read).
+pub fn object_handle(url: &str, store: &Arc<Store>) -> Result<SourceFile, String> {
+    let parsed = parse_object_url(url)?.ok_or_else(|| format!("'{url}' is not an object URL"))?;
+    if parsed.base != store.base {
+        return Err(format!("'{url}' is not in store {}", store.base));
+    }
+    Ok(SourceFile {
+        path: PathBuf::from(url),
+        size: 0,
+        mtime_ns: 0,
+        etag: None,
+        remote: Some(Arc::new(RemoteObject {
+            store: store.clone(),
+            location: Path::from(parsed.key.as_str()),
+        })),
+    })
+}
+
 /// Byte ranges `(offset, len)` of a remote source file, synchronously (see module docs).
 pub fn read_ranges(
     file: &SourceFile,
