@@ -114,3 +114,59 @@ def test_cache_reused_and_invalidated(corpus, tmp_path):
         assert float(ds.tas[0, 0, 0]) == -999.0
     finally:
         stop_server(proc)
+
+
+def _wait_parquet(url: str, name: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = requests.get(f"{url}/datasets/{name}/kerchunk.parq/.zmetadata", timeout=30)
+        if r.status_code == 200:
+            return
+        assert r.status_code == 503 and "being written" in r.json()["error"], (r.status_code, r.text)
+        assert time.monotonic() < deadline, "Parquet references never appeared"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("name", ["edge_series", "cmip6_CanESM5_Amon"])
+def test_parquet_references_persisted_and_served(corpus, tmp_path, name):
+    """The index cache keeps the dataset's references as kerchunk Parquet too (keyed by the
+    dataset's fingerprint); they are served under /kerchunk.parq/ and read by fsspec over
+    HTTP equal the originals. A restart reuses the directory; a changed source gets a new
+    one; without a cache the route says why."""
+    spec = corpus[name]
+    cache = tmp_path / "cache"
+    env = {"CLOUDIFY_CACHE_DIR": str(cache)}
+    args = ["serve", name, *spec["files"]]
+    url, proc, _ = start_server(args, tmp_path, "pq1", extra_env=env)
+    try:
+        _wait_parquet(url, name)
+        fs = fsspec.filesystem("reference", fo=f"{url}/datasets/{name}/kerchunk.parq",
+                               remote_protocol="file")
+        ds = xr.open_dataset(fs.get_mapper(""), engine="zarr", zarr_format=2, consolidated=False).load()
+        _assert_same(ds, open_reference(spec, raw=False).load(), f"{name} kerchunk.parq")
+        # range requests work (fsspec's HTTP files use them)
+        first = next(p for p in (cache / "refs").glob(f"{name}-*.parq/*/refs.0.parq"))
+        rel = first.relative_to(next((cache / "refs").glob(f"{name}-*.parq")))
+        r = requests.get(f"{url}/datasets/{name}/kerchunk.parq/{rel}", headers={"Range": "bytes=0-3"}, timeout=30)
+        assert r.status_code == 206 and r.content == b"PAR1", (r.status_code, r.content[:8])
+        # only reference files are reachable
+        for bad in ("../index/x.json", "x/data.bin", "nope/refs.0.parq"):
+            r = requests.get(f"{url}/datasets/{name}/kerchunk.parq/{bad}", timeout=30)
+            assert r.status_code == 404, (bad, r.status_code)
+    finally:
+        stop_server(proc)
+    dirs = sorted((cache / "refs").glob(f"{name}-*.parq"))
+    assert len(dirs) == 1, dirs
+    stamp = (dirs[0] / ".zmetadata").stat().st_mtime_ns
+    url, proc, _ = start_server(args, tmp_path, "pq2", extra_env=env)
+    try:
+        _wait_parquet(url, name)
+        assert (dirs[0] / ".zmetadata").stat().st_mtime_ns == stamp, "rewritten although unchanged"
+    finally:
+        stop_server(proc)
+    url, proc, _ = start_server(args + ["--no-cache"], tmp_path, "pq3", extra_env=env)
+    try:
+        r = requests.get(f"{url}/datasets/{name}/kerchunk.parq/.zmetadata", timeout=30)
+        assert r.status_code == 404 and "--no-cache" in r.json()["error"], r.text
+    finally:
+        stop_server(proc)

@@ -39,7 +39,15 @@ pub fn load(specs: &[DatasetSpec], threads: usize, cache: Option<&IndexCache>) -
                         for (v, why) in &ds.skipped {
                             tracing::warn!(dataset = %spec.name, variable = %v, "not served: {why}");
                         }
-                        Entry::Ready(Arc::new(Served { ds, meta, refs }))
+                        let refs_parquet = cache.map(|c| c.refs_dir(&spec.name, ds.fingerprint));
+                        let served = Arc::new(Served {
+                            ds,
+                            meta,
+                            refs,
+                            refs_parquet,
+                        });
+                        persist_refs(&served);
+                        Entry::Ready(served)
                     }
                     Err(e) => {
                         tracing::error!(dataset = %spec.name, "failed to open: {e}");
@@ -65,4 +73,38 @@ pub fn load(specs: &[DatasetSpec], threads: usize, cache: Option<&IndexCache>) -
         pool,
         metrics,
     })
+}
+
+/// Writes the dataset's references as kerchunk Parquet into the index cache, unless this
+/// version is there already, on a thread of its own: start-up does not wait for it (the
+/// route answers 503 until it is complete; the directory appears atomically).
+fn persist_refs(served: &Arc<Served>) {
+    let Some(dir) = served.refs_parquet.clone() else {
+        return;
+    };
+    if dir.join(".zmetadata").is_file() {
+        return;
+    }
+    let s = served.clone();
+    let spawned = std::thread::Builder::new()
+        .name("cloudify-refs".into())
+        .spawn(move || {
+            let t0 = Instant::now();
+            if let Some(parent) = dir.parent()
+                && let Err(e) = std::fs::create_dir_all(parent)
+            {
+                tracing::warn!(dir = %parent.display(), "cannot persist Parquet references: {e}");
+                return;
+            }
+            match s
+                .refs
+                .write_parquet(&dir, crate::refs::parquet::DEFAULT_RECORD_SIZE)
+            {
+                Ok(()) => tracing::info!(dataset = %s.ds.name, dir = %dir.display(), ms = t0.elapsed().as_millis() as u64, "Parquet references written"),
+                Err(e) => tracing::warn!(dataset = %s.ds.name, "cannot persist Parquet references: {e}"),
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the Parquet reference writer: {e}");
+    }
 }

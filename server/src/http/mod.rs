@@ -23,6 +23,9 @@ pub struct Served {
     pub meta: ZarrMeta,
     /// Byte-range references of the stored chunks (the `/kerchunk` route).
     pub refs: crate::refs::Refs,
+    /// The same references persisted as a kerchunk Parquet directory in the index cache
+    /// (`/kerchunk.parq/`); written in the background after start-up, `None` without a cache.
+    pub refs_parquet: Option<std::path::PathBuf>,
 }
 
 /// State of one configured dataset.
@@ -101,6 +104,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/datasets/{id}/zarr/{*key}", get(zarr::zarr_key))
         .route("/datasets/{id}/kerchunk/{*key}", get(zarr::kerchunk_key))
         .route("/datasets/{id}/kerchunk.json", get(zarr::kerchunk_refs))
+        .route(
+            "/datasets/{id}/kerchunk.parq/{*path}",
+            get(zarr::kerchunk_parquet),
+        )
         .route("/datasets/{id}/stac", get(crate::catalog::routes::stac_item))
         .route(
             "/datasets/{id}/catalog.yaml",

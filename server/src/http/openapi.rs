@@ -59,6 +59,24 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
         "application/octet-stream",
     ),
     (
+        "/datasets/{id}/kerchunk/{key}",
+        "Zarr v2 whose chunks are the stored bytes, unchanged (source codecs and byte order)",
+        "zarr",
+        "application/octet-stream",
+    ),
+    (
+        "/datasets/{id}/kerchunk.json",
+        "The dataset's chunk references (kerchunk/fsspec JSON v1)",
+        "zarr",
+        "application/json",
+    ),
+    (
+        "/datasets/{id}/kerchunk.parq/{path}",
+        "The same references as a kerchunk Parquet directory (.zmetadata, {var}/refs.{n}.parq), from the index cache",
+        "zarr",
+        "application/octet-stream",
+    ),
+    (
         "/versions",
         "Versions of the server and its libraries",
         "meta",

@@ -289,3 +289,89 @@ pub async fn kerchunk_refs(
         "application/json",
     ))
 }
+
+/// Whether `path` names a file of a kerchunk Parquet reference directory: `.zmetadata` or
+/// `{array path}/refs.{n}.parq`, nothing else (and no `..`), so the route cannot be used to
+/// read other files of the cache.
+fn parquet_member(path: &str) -> bool {
+    if path == ".zmetadata" {
+        return true;
+    }
+    let Some((field, file)) = path.rsplit_once('/') else {
+        return false;
+    };
+    let record_ok = file
+        .strip_prefix("refs.")
+        .and_then(|r| r.strip_suffix(".parq"))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    record_ok
+        && field
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != ".." && !seg.contains('\\'))
+}
+
+/// `/datasets/{id}/kerchunk.parq/{path}`: the references as a kerchunk Parquet directory
+/// (fsspec's `LazyReferenceMapper` layout), for clients of very large datasets that should
+/// not parse one huge JSON document: `fsspec.filesystem("reference", fo=".../kerchunk.parq")`.
+/// Files are served with range requests, as fsspec's HTTP file system reads Parquet.
+pub async fn kerchunk_parquet(
+    State(state): State<Arc<AppState>>,
+    Path((id, path)): Path<(String, String)>,
+    req: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    use tower::ServiceExt as _;
+    let s = served(&state, &id)?;
+    let Some(dir) = &s.refs_parquet else {
+        return Err(ApiError::not_found(format!(
+            "dataset '{id}': Parquet references are kept in the index cache, which this server runs without (--no-cache); use kerchunk.json"
+        )));
+    };
+    if !parquet_member(&path) {
+        return Err(ApiError::not_found(format!(
+            "dataset '{id}': no such Parquet reference file '{path}'"
+        )));
+    }
+    if !dir.join(".zmetadata").is_file() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("dataset '{id}': the Parquet references are still being written; retry shortly"),
+        ));
+    }
+    let file = dir.join(&path);
+    if !file.is_file() {
+        return Err(ApiError::not_found(format!(
+            "dataset '{id}': no such Parquet reference file '{path}'"
+        )));
+    }
+    match tower_http::services::ServeFile::new(&file).oneshot(req).await {
+        Ok(r) => Ok(r.map(Body::new)),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("dataset '{id}': reading '{path}': {e}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod parquet_route_tests {
+    use super::parquet_member;
+
+    #[test]
+    fn only_reference_files_are_served() {
+        assert!(parquet_member(".zmetadata"));
+        assert!(parquet_member("tas/refs.0.parq"));
+        assert!(parquet_member("grp/tas/refs.12.parq"));
+        for bad in [
+            "../index/x.json",
+            "tas/../../x/refs.0.parq",
+            "tas/refs.x.parq",
+            "tas/refs..parq",
+            "refs.0.parq",
+            "/tas/refs.0.parq",
+            "tas/data.bin",
+            "tas/.zarray",
+        ] {
+            assert!(!parquet_member(bad), "{bad}");
+        }
+    }
+}

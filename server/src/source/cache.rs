@@ -111,6 +111,15 @@ impl IndexCache {
         }
     }
 
+    /// Where the dataset-level kerchunk Parquet references of dataset `name` with this
+    /// fingerprint (sources' identities and server version) are kept: a changed source gives
+    /// a new fingerprint, so a directory is never stale for the dataset it is looked up for.
+    pub fn refs_dir(&self, name: &str, fingerprint: u64) -> PathBuf {
+        self.dir
+            .with_file_name("refs")
+            .join(format!("{name}-{fingerprint:016x}.parq"))
+    }
+
     /// Where temporary copies of remote objects go while they are indexed (next to the
     /// cache, which has room for indexes; `/tmp` may be a small RAM disk).
     pub fn download_dir(&self) -> PathBuf {
