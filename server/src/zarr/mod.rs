@@ -83,6 +83,7 @@ pub fn v2_array(v: &Variable) -> String {
     };
     let fill = match (v.dtype, v.fill_attr) {
         (DType::Str | DType::Char, _) | (_, None) => "null".to_string(),
+        (DType::Bool, Some(s)) => (s.as_f64() != 0.0).to_string(),
         (dt, Some(s)) => fill_json(s, dt).to_string(),
     };
     format!(
@@ -123,6 +124,16 @@ pub fn v3_array(v: &Variable) -> String {
         ),
         DType::Char => (
             "\"AA==\"".to_string(),
+            format!("[{{\"name\": \"bytes\"}}, {zstd}]"),
+        ),
+        // zarr-python 3: fixed-width text fills with "", one-byte types take no endian
+        DType::Bytes(_) => ("\"\"".to_string(), format!("[{{\"name\": \"bytes\"}}, {zstd}]")),
+        DType::Unicode(_) => (
+            "\"\"".to_string(),
+            format!("[{{\"name\": \"bytes\", \"configuration\": {{\"endian\": \"little\"}}}}, {zstd}]"),
+        ),
+        DType::Bool => (
+            if v.fill.first().is_some_and(|b| *b != 0) { "true" } else { "false" }.to_string(),
             format!("[{{\"name\": \"bytes\"}}, {zstd}]"),
         ),
         dt => {
