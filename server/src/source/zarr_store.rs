@@ -451,8 +451,7 @@ fn v3_array(apath: &str, doc: &Value) -> Result<V3Array, String> {
     }
     // Declarable on /kerchunk: numcodecs equivalents exist, and the served byte order is
     // the stored one.
-    let declarable =
-        numcodecs.as_ref().is_some_and(|(_, b)| *b == big) || matches!(filter, Some(Filter::Unsupported(_)));
+    let declarable = numcodecs.as_ref().is_some_and(|(_, b)| *b == big);
     let (compressor, filters) = match (&numcodecs, declarable) {
         (Some((list, _)), true) => {
             let mut list = list.clone();
@@ -466,7 +465,7 @@ fn v3_array(apath: &str, doc: &Value) -> Result<V3Array, String> {
         "zarr_format": 2,
         "shape": shape,
         "chunks": chunk_shape,
-        "dtype": format!("{}{dt}", if dt.ends_with('1') { "|" } else { endian }),
+        "dtype": format!("{}{dt}", if dt.ends_with('1') || dt.starts_with('S') { "|" } else { endian }),
         "compressor": compressor,
         "filters": filters,
         "fill_value": fill_value,

@@ -132,10 +132,6 @@ pub fn v3_array(v: &Variable) -> String {
             "\"\"".to_string(),
             format!("[{{\"name\": \"bytes\", \"configuration\": {{\"endian\": \"little\"}}}}, {zstd}]"),
         ),
-        DType::Bool => (
-            if v.fill.first().is_some_and(|b| *b != 0) { "true" } else { "false" }.to_string(),
-            format!("[{{\"name\": \"bytes\"}}, {zstd}]"),
-        ),
         dt => {
             let s = v
                 .fill_attr
@@ -155,8 +151,13 @@ pub fn v3_array(v: &Variable) -> String {
                 ),
                 _ => zstd.clone(),
             };
+            let fill = if dt == DType::Bool {
+                (s.as_f64() != 0.0).to_string() // v3 bool fill values are JSON booleans
+            } else {
+                fill_json(s, dt).to_string()
+            };
             (
-                fill_json(s, dt).to_string(),
+                fill,
                 format!(
                     "[{{\"name\": \"bytes\", \"configuration\": {{\"endian\": \"little\"}}}}, {compressor}]"
                 ),
