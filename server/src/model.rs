@@ -46,7 +46,10 @@ impl TimeUnit {
 
     /// numpy's spelling (`ns`, `s`, `D`, ...).
     pub fn as_str(self) -> &'static str {
-        Self::ALL.iter().find(|(u, _)| *u == self).map_or("ns", |(_, s)| s)
+        Self::ALL
+            .iter()
+            .find(|(u, _)| *u == self)
+            .map_or("ns", |(_, s)| s)
     }
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -174,7 +177,9 @@ impl DType {
                 json!({"name": "numpy.timedelta64", "configuration": {"unit": u.as_str(), "scale_factor": 1}})
             }
             DType::Bytes(n) => json!({"name": "null_terminated_bytes", "configuration": {"length_bytes": n}}),
-            DType::Unicode(n) => json!({"name": "fixed_length_utf32", "configuration": {"length_bytes": 4 * n}}),
+            DType::Unicode(n) => {
+                json!({"name": "fixed_length_utf32", "configuration": {"length_bytes": 4 * n}})
+            }
         }
     }
 

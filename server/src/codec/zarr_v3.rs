@@ -14,8 +14,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use serde_json::Value;
 use zarrs::array::{
-    ArrayToBytesCodecTraits, CodecChain, CodecOptions, DataType, FillValue,
-    FillValueMetadata,
+    ArrayToBytesCodecTraits, CodecChain, CodecOptions, DataType, FillValue, FillValueMetadata,
 };
 use zarrs::metadata::v3::MetadataV3;
 
@@ -66,8 +65,9 @@ pub fn parse(spec: &str) -> Result<Chain, ChainError> {
         .map_err(|e| ChainError::Invalid(format!("'data_type': {e}")))?;
     let data_type = DataType::from_metadata(&dt_meta)
         .map_err(|e| ChainError::Invalid(format!("data type {}: {e}", dt_meta.name())))?;
-    let fv_meta: FillValueMetadata = serde_json::from_value(v.get("fill_value").cloned().unwrap_or(Value::Null))
-        .map_err(|e| ChainError::Invalid(format!("'fill_value': {e}")))?;
+    let fv_meta: FillValueMetadata =
+        serde_json::from_value(v.get("fill_value").cloned().unwrap_or(Value::Null))
+            .map_err(|e| ChainError::Invalid(format!("'fill_value': {e}")))?;
     let fill = data_type
         .fill_value_v3(&fv_meta)
         .map_err(|e| ChainError::Invalid(format!("fill_value {fv_meta:?}: {e}")))?;
@@ -91,7 +91,8 @@ pub fn parse(spec: &str) -> Result<Chain, ChainError> {
             Err(e) => return Err(ChainError::Invalid(format!("codec '{}': {e}", c.name()))),
         }
     }
-    let chain = CodecChain::from_metadata(&codecs).map_err(|e| ChainError::Invalid(format!("codecs: {e}")))?;
+    let chain =
+        CodecChain::from_metadata(&codecs).map_err(|e| ChainError::Invalid(format!("codecs: {e}")))?;
     Ok(Chain {
         chain,
         shape,
@@ -131,6 +132,21 @@ impl Chain {
             zarrs::array::BytesRepresentation::FixedSize(n) => Some(n),
             _ => None,
         }
+    }
+
+    /// Encodes one chunk of little-endian elements (tests build stores with it).
+    #[cfg(test)]
+    pub fn encode(&self, raw: Vec<u8>) -> Vec<u8> {
+        self.chain
+            .encode(
+                zarrs::array::ArrayBytes::new_flen(raw),
+                &self.shape,
+                &self.data_type,
+                &self.fill,
+                &CodecOptions::default(),
+            )
+            .map(|b| b.into_owned())
+            .unwrap_or_default()
     }
 
     /// Decodes one chunk into native-endian (little-endian here) element bytes.
@@ -180,7 +196,10 @@ mod tests {
         let s = spec(&json!("uint16"), &json!(0), &[2, 3], &codecs);
         let chain = parse(&s).unwrap();
         // encode with zarrs to get the stored form of [[1,2,3],[4,5,6]]
-        let vals: Vec<u8> = [1u16, 2, 3, 4, 5, 6].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let vals: Vec<u8> = [1u16, 2, 3, 4, 5, 6]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         let enc = chain
             .chain
             .encode(
@@ -201,11 +220,24 @@ mod tests {
         assert!(matches!(decode(&s, bad, 12), Err(CodecError::Zarr(_))));
         // a truncated chunk is an error, not a panic
         assert!(decode(&s, enc[..3].to_vec(), 12).is_err());
-        let unknown = spec(&json!("uint16"), &json!(0), &[2, 3], &json!([{"name": "bytes"}, {"name": "frobnicate"}]));
-        assert_eq!(parse(&unknown).err(), Some(ChainError::Unsupported("frobnicate".into())));
+        let unknown = spec(
+            &json!("uint16"),
+            &json!(0),
+            &[2, 3],
+            &json!([{"name": "bytes"}, {"name": "frobnicate"}]),
+        );
+        assert_eq!(
+            parse(&unknown).err(),
+            Some(ChainError::Unsupported("frobnicate".into()))
+        );
         assert!(matches!(decode(&unknown, vec![], 12), Err(CodecError::Unsupported(c)) if c == "frobnicate"));
         // the fixed size of a shard index: 16 bytes per inner chunk + crc32c
-        let idx = spec(&json!("uint64"), &json!(0), &[4, 2], &json!([{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]));
+        let idx = spec(
+            &json!("uint64"),
+            &json!(0),
+            &[4, 2],
+            &json!([{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]),
+        );
         assert_eq!(parse(&idx).unwrap().fixed_encoded_size(), Some(4 * 16 + 4));
     }
 }

@@ -513,7 +513,12 @@ fn make_variable(
         _ => None,
     };
     let passthrough_enc = match (&source_chunks, pipeline(&pieces[0])) {
-        (Some(c), Some(enc)) if *c == chunks && tiles(c) && !matches!(v0.dtype, DType::Char | DType::Str) && !v0.dtype.is_fixed_text() => {
+        (Some(c), Some(enc))
+            if *c == chunks
+                && tiles(c)
+                && !matches!(v0.dtype, DType::Char | DType::Str)
+                && !v0.dtype.is_fixed_text() =>
+        {
             let all_same = pieces.iter().all(|p| {
                 pipeline(p).as_ref() == Some(&enc) || matches!(p.data.storage, Storage::Unallocated)
             });

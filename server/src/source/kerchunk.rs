@@ -379,7 +379,7 @@ fn render(template: &str, vars: &HashMap<String, GenVal>) -> Result<String, Stri
             .find("}}")
             .ok_or_else(|| format!("unterminated '{{{{' in '{template}'"))?;
         let mut p = ExprParser {
-            s: after[..j].as_bytes(),
+            s: &after.as_bytes()[..j],
             pos: 0,
             vars,
         };
@@ -484,7 +484,9 @@ impl ExprParser<'_> {
                     self.pos += 1;
                 }
                 let t = std::str::from_utf8(&self.s[start..self.pos]).unwrap_or_default();
-                t.parse().map(GenVal::Int).map_err(|_| format!("number '{t}' too large"))
+                t.parse()
+                    .map(GenVal::Int)
+                    .map_err(|_| format!("number '{t}' too large"))
             }
             Some(c) if c.is_ascii_alphabetic() || *c == b'_' => {
                 while self
@@ -1041,7 +1043,11 @@ fn array_var(
     };
     // Zarr v2's fill_value is what xarray decodes as _FillValue.
     // (numbers only: xarray does not mask bools, times or text with it)
-    if rule == FillRule::ZarrV2 && dtype.is_number() && dtype != DType::Bool && attrs.get("_FillValue").is_none() {
+    if rule == FillRule::ZarrV2
+        && dtype.is_number()
+        && dtype != DType::Bool
+        && attrs.get("_FillValue").is_none()
+    {
         let fv = za.get("fill_value").unwrap_or(&Value::Null);
         let a = match fv {
             Value::Null => None,
@@ -1227,12 +1233,30 @@ mod tests {
         assert_eq!(refs["k2"], serde_json::json!(["f1"]));
         assert!(!refs.contains_key("k0"));
         for (bad, why) in [
-            (serde_json::json!({"key": "k", "url": "u", "offset": "1", "dimensions": {}}), "together"),
-            (serde_json::json!({"key": "k{{nope}}", "url": "u", "dimensions": {"i": [1]}}), "unknown name 'nope'"),
-            (serde_json::json!({"key": "k{{i", "url": "u", "dimensions": {"i": [1]}}), "unterminated"),
-            (serde_json::json!({"key": "k{{i/0}}", "url": "u", "dimensions": {"i": [1]}}), "division by zero"),
-            (serde_json::json!({"key": "k", "url": "u", "dimensions": {"i": {"stop": 100000}, "j": {"stop": 100000}}}), "more than"),
-            (serde_json::json!({"key": "k", "url": "u", "offset": "{{u}}", "length": "1", "dimensions": {"i": [1]}}), "not a non-negative integer"),
+            (
+                serde_json::json!({"key": "k", "url": "u", "offset": "1", "dimensions": {}}),
+                "together",
+            ),
+            (
+                serde_json::json!({"key": "k{{nope}}", "url": "u", "dimensions": {"i": [1]}}),
+                "unknown name 'nope'",
+            ),
+            (
+                serde_json::json!({"key": "k{{i", "url": "u", "dimensions": {"i": [1]}}),
+                "unterminated",
+            ),
+            (
+                serde_json::json!({"key": "k{{i/0}}", "url": "u", "dimensions": {"i": [1]}}),
+                "division by zero",
+            ),
+            (
+                serde_json::json!({"key": "k", "url": "u", "dimensions": {"i": {"stop": 100000}, "j": {"stop": 100000}}}),
+                "more than",
+            ),
+            (
+                serde_json::json!({"key": "k", "url": "u", "offset": "{{u}}", "length": "1", "dimensions": {"i": [1]}}),
+                "not a non-negative integer",
+            ),
         ] {
             let e = expand_gen(&bad, &templates, &mut serde_json::Map::new()).unwrap_err();
             assert!(e.contains(why), "{e}");

@@ -109,7 +109,11 @@ impl ChunkSource for StoreChunks<'_> {
             }));
         };
         let zero_d = idx == "0" && self.zero_d(array);
-        let parts: Vec<&str> = if zero_d { Vec::new() } else { idx.split(['.', '/']).collect() };
+        let parts: Vec<&str> = if zero_d {
+            Vec::new()
+        } else {
+            idx.split(['.', '/']).collect()
+        };
         let Some(layout) = self.shards.get(array) else {
             let p = self.root.join(chunk_rel(array, &parts, enc));
             return Ok(p.is_file().then(|| RawRef::Url {
@@ -123,7 +127,10 @@ impl ChunkSource for StoreChunks<'_> {
             .collect::<Result<_, _>>()
             .map_err(|_| format!("'{key}': not a chunk key"))?;
         if inner.len() != layout.per_shard.len() {
-            return Err(format!("'{key}': not a chunk key of a {}-d array", layout.per_shard.len()));
+            return Err(format!(
+                "'{key}': not a chunk key of a {}-d array",
+                layout.per_shard.len()
+            ));
         }
         let shard: Vec<String> = inner
             .iter()
@@ -200,7 +207,8 @@ impl StoreChunks<'_> {
         }
         let at = if layout.at_end { len - layout.index_size } else { 0 };
         let mut buf = vec![0u8; layout.index_size as usize];
-        f.read_exact_at(&mut buf, at).map_err(|e| format!("{shown}: {e}"))?;
+        f.read_exact_at(&mut buf, at)
+            .map_err(|e| format!("{shown}: {e}"))?;
         let raw = layout
             .index
             .decode(buf)
@@ -283,9 +291,15 @@ fn v3_dtype(t: &Value) -> Option<String> {
             let code = if n == "numpy.datetime64" { "M8" } else { "m8" };
             Some(format!("{code}[{}]", unit.as_str()))
         }
-        "null_terminated_bytes" => Some(format!("S{}", cfg.get("length_bytes")?.as_u64().filter(|n| *n > 0)?)),
+        "null_terminated_bytes" => Some(format!(
+            "S{}",
+            cfg.get("length_bytes")?.as_u64().filter(|n| *n > 0)?
+        )),
         "fixed_length_utf32" => {
-            let n = cfg.get("length_bytes")?.as_u64().filter(|n| *n > 0 && n % 4 == 0)?;
+            let n = cfg
+                .get("length_bytes")?
+                .as_u64()
+                .filter(|n| *n > 0 && n % 4 == 0)?;
             Some(format!("U{}", n / 4))
         }
         _ => None,
@@ -314,7 +328,11 @@ fn v3_numcodecs(codecs: &[Value]) -> Option<(Vec<Value>, bool)> {
     let mut out = Vec::new();
     let mut big = false;
     for c in codecs {
-        let name = c.get("name").and_then(Value::as_str).or(c.as_str()).unwrap_or_default();
+        let name = c
+            .get("name")
+            .and_then(Value::as_str)
+            .or(c.as_str())
+            .unwrap_or_default();
         let cfg = c.get("configuration").cloned().unwrap_or(serde_json::json!({}));
         match name {
             "bytes" => big = cfg.get("endian").and_then(Value::as_str) == Some("big"),
@@ -349,20 +367,26 @@ fn v3_numcodecs(codecs: &[Value]) -> Option<(Vec<Value>, bool)> {
 
 /// Codecs our own pipeline decodes (see `kerchunk::numcodecs_pipeline`).
 fn own_codec(c: &Value) -> bool {
-    let name = c.get("name").and_then(Value::as_str).or(c.as_str()).unwrap_or_default();
+    let name = c
+        .get("name")
+        .and_then(Value::as_str)
+        .or(c.as_str())
+        .unwrap_or_default();
     matches!(name, "bytes" | "gzip" | "zstd" | "blosc")
 }
 
 fn codec_name(c: &Value) -> &str {
-    c.get("name").and_then(Value::as_str).or(c.as_str()).unwrap_or_default()
+    c.get("name")
+        .and_then(Value::as_str)
+        .or(c.as_str())
+        .unwrap_or_default()
 }
 
 /// Translates one v3 array's metadata into the v2 documents the shared builder reads.
 /// `Err` = the array cannot be served (the reason).
 fn v3_array(apath: &str, doc: &Value) -> Result<V3Array, String> {
     let data_type = doc.get("data_type").unwrap_or(&Value::Null);
-    let dt = v3_dtype(data_type)
-        .ok_or_else(|| format!("Zarr data type {data_type} is not supported"))?;
+    let dt = v3_dtype(data_type).ok_or_else(|| format!("Zarr data type {data_type} is not supported"))?;
     let shape = doc.get("shape").cloned().unwrap_or(Value::Null);
     let shape_u64: Vec<u64> = shape
         .as_array()
@@ -374,11 +398,18 @@ fn v3_array(apath: &str, doc: &Value) -> Result<V3Array, String> {
     }
     let as_shape = |v: Option<&Value>, what: &str| -> Result<Vec<u64>, String> {
         v.and_then(Value::as_array)
-            .and_then(|a| a.iter().map(|x| x.as_u64().filter(|n| *n > 0)).collect::<Option<Vec<u64>>>())
+            .and_then(|a| {
+                a.iter()
+                    .map(|x| x.as_u64().filter(|n| *n > 0))
+                    .collect::<Option<Vec<u64>>>()
+            })
             .filter(|c| c.len() == shape_u64.len())
             .ok_or_else(|| format!("{what} does not fit shape {shape}"))
     };
-    let outer = as_shape(grid.pointer("/configuration/chunk_shape"), "chunk_grid chunk_shape")?;
+    let outer = as_shape(
+        grid.pointer("/configuration/chunk_shape"),
+        "chunk_grid chunk_shape",
+    )?;
     let kenc = doc.get("chunk_key_encoding").unwrap_or(&Value::Null);
     let sep = kenc.pointer("/configuration/separator").and_then(Value::as_str);
     let encoding = match kenc.get("name").and_then(Value::as_str) {
@@ -412,7 +443,12 @@ fn v3_array(apath: &str, doc: &Value) -> Result<V3Array, String> {
         let index_codecs = cfg.get("index_codecs").cloned().unwrap_or_else(
             || serde_json::json!([{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]),
         );
-        let spec = crate::codec::zarr_v3::spec(&Value::from("uint64"), &Value::from(0), &index_shape, &index_codecs);
+        let spec = crate::codec::zarr_v3::spec(
+            &Value::from("uint64"),
+            &Value::from(0),
+            &index_shape,
+            &index_codecs,
+        );
         let index = crate::codec::zarr_v3::parse(&spec).map_err(|e| format!("shard index: {e}"))?;
         let index_size = index
             .fixed_encoded_size()
@@ -439,7 +475,12 @@ fn v3_array(apath: &str, doc: &Value) -> Result<V3Array, String> {
     let mut filter = None;
     let mut big = numcodecs.as_ref().is_some_and(|(_, b)| *b);
     if !codecs.iter().all(own_codec) {
-        let spec = crate::codec::zarr_v3::spec(data_type, &fill_value, &chunk_shape, &Value::Array(codecs.clone()));
+        let spec = crate::codec::zarr_v3::spec(
+            data_type,
+            &fill_value,
+            &chunk_shape,
+            &Value::Array(codecs.clone()),
+        );
         filter = Some(match crate::codec::zarr_v3::parse(&spec) {
             Ok(_) => {
                 big = false; // zarrs decodes to little-endian elements
@@ -456,7 +497,14 @@ fn v3_array(apath: &str, doc: &Value) -> Result<V3Array, String> {
         (Some((list, _)), true) => {
             let mut list = list.clone();
             let c = list.pop().unwrap_or(Value::Null);
-            (c, if list.is_empty() { Value::Null } else { Value::Array(list) })
+            (
+                c,
+                if list.is_empty() {
+                    Value::Null
+                } else {
+                    Value::Array(list)
+                },
+            )
         }
         _ => (Value::Null, Value::Null),
     };
@@ -706,6 +754,111 @@ mod tests {
         assert!(s.attrs.get("_FillValue").is_none());
         let (name, why) = &idx.root.skipped[0];
         assert!(name == "sharded" && why.contains("sharding_indexed"), "{why}");
+    }
+
+    #[test]
+    fn sharded_arrays_serve_inner_chunks_as_shard_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("s.zarr");
+        write(
+            &root.join("zarr.json"),
+            r#"{"zarr_format": 3, "node_type": "group"}"#,
+        );
+        let meta = |inner_codecs: &str| {
+            format!(
+                r#"{{"zarr_format": 3, "node_type": "array", "shape": [6], "data_type": "int16",
+                "chunk_grid": {{"name": "regular", "configuration": {{"chunk_shape": [4]}}}},
+                "fill_value": -9, "dimension_names": ["i"], "attributes": {{}},
+                "codecs": [{{"name": "sharding_indexed", "configuration": {{"chunk_shape": [2],
+                    "codecs": {inner_codecs},
+                    "index_codecs": [{{"name": "bytes", "configuration": {{"endian": "little"}}}}, {{"name": "crc32c"}}]}}}}]}}"#
+            )
+        };
+        write(
+            &root.join("a/zarr.json"),
+            &meta(r#"[{"name": "bytes", "configuration": {"endian": "little"}}]"#),
+        );
+        // the index chain, to write shard indexes with
+        let spec = crate::codec::zarr_v3::spec(
+            &serde_json::json!("uint64"),
+            &serde_json::json!(0),
+            &[2, 2],
+            &serde_json::json!([{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]),
+        );
+        let chain = crate::codec::zarr_v3::parse(&spec).unwrap();
+        let shard = |chunks: &[Option<&[i16]>]| {
+            let mut data = Vec::new();
+            let mut index = Vec::new();
+            for c in chunks {
+                match c {
+                    Some(vals) => {
+                        index.extend((data.len() as u64).to_le_bytes());
+                        index.extend((vals.len() as u64 * 2).to_le_bytes());
+                        data.extend(vals.iter().flat_map(|v| v.to_le_bytes()));
+                    }
+                    None => {
+                        index.extend(u64::MAX.to_le_bytes());
+                        index.extend(u64::MAX.to_le_bytes());
+                    }
+                }
+            }
+            data.extend(chain.encode(index));
+            data
+        };
+        std::fs::create_dir_all(root.join("a/c")).unwrap();
+        // shard 0: inner chunk 1 never written; shard 1 holds elements 4 and 5
+        std::fs::write(root.join("a/c/0"), shard(&[Some(&[1, 2]), None])).unwrap();
+        std::fs::write(root.join("a/c/1"), shard(&[Some(&[5, 6]), None])).unwrap();
+        let idx = open_store(&root).unwrap();
+        let a = &idx.root.vars[0];
+        let Storage::Refs {
+            chunk_shape,
+            filters,
+            table,
+        } = &a.data.storage
+        else {
+            panic!("not refs")
+        };
+        assert_eq!(chunk_shape, &vec![2]);
+        assert!(filters.is_empty(), "{filters:?}");
+        assert_eq!(
+            table.chunks,
+            vec![
+                ChunkRef::Range {
+                    file: 0,
+                    offset: 0,
+                    size: 4
+                },
+                ChunkRef::Missing,
+                ChunkRef::Range {
+                    file: 1,
+                    offset: 0,
+                    size: 4
+                },
+            ]
+        );
+        assert_eq!(table.fill.as_deref(), Some(&(-9i16).to_le_bytes()[..]));
+        // inner codecs our pipeline lacks are decoded with zarrs
+        write(
+            &root.join("a/zarr.json"),
+            &meta(r#"[{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]"#),
+        );
+        let idx = open_store(&root).unwrap();
+        let Storage::Refs { filters, .. } = &idx.root.vars[0].data.storage else {
+            panic!("not refs")
+        };
+        assert!(matches!(filters.as_slice(), [Filter::ZarrV3(_)]), "{filters:?}");
+        // a corrupt index (a flipped byte fails its checksum) names the shard
+        let mut bytes = std::fs::read(root.join("a/c/1")).unwrap();
+        let n = bytes.len();
+        bytes[n - 6] ^= 0xff;
+        std::fs::write(root.join("a/c/1"), &bytes).unwrap();
+        let e = open_store(&root).unwrap_err().to_string();
+        assert!(e.contains("a/c/1") && e.contains("shard index"), "{e}");
+        // a shard too short for its index
+        std::fs::write(root.join("a/c/1"), [0u8; 5]).unwrap();
+        let e = open_store(&root).unwrap_err().to_string();
+        assert!(e.contains("truncated shard"), "{e}");
     }
 
     #[test]
