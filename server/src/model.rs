@@ -9,6 +9,57 @@ pub enum Endian {
     Big,
 }
 
+/// Unit of numpy `datetime64`/`timedelta64` values (ticks since 1970-01-01, or durations).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum TimeUnit {
+    Y,
+    M,
+    W,
+    D,
+    H,
+    Min,
+    S,
+    Ms,
+    Us,
+    Ns,
+    Ps,
+    Fs,
+    As,
+}
+
+impl TimeUnit {
+    const ALL: [(TimeUnit, &'static str); 13] = [
+        (TimeUnit::Y, "Y"),
+        (TimeUnit::M, "M"),
+        (TimeUnit::W, "W"),
+        (TimeUnit::D, "D"),
+        (TimeUnit::H, "h"),
+        (TimeUnit::Min, "m"),
+        (TimeUnit::S, "s"),
+        (TimeUnit::Ms, "ms"),
+        (TimeUnit::Us, "us"),
+        (TimeUnit::Ns, "ns"),
+        (TimeUnit::Ps, "ps"),
+        (TimeUnit::Fs, "fs"),
+        (TimeUnit::As, "as"),
+    ];
+
+    /// numpy's spelling (`ns`, `s`, `D`, ...).
+    pub fn as_str(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(u, _)| *u == self)
+            .map_or("ns", |(_, s)| s)
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(_, n)| *n == s).map(|(u, _)| *u)
+    }
+}
+
+/// numpy's "not a time", the fill of datetime64/timedelta64.
+pub const NAT: i64 = i64::MIN;
+
 /// The element types netCDF can hold and we serve.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum DType {
@@ -27,18 +78,50 @@ pub enum DType {
     Char,
     /// NC_STRING: variable-length UTF-8, served with the `vlen-utf8` codec.
     Str,
+    /// numpy `bool` (one byte, 0 or 1): Zarr stores and kerchunk references.
+    Bool,
+    /// numpy `datetime64[unit]`: int64 ticks, `NaT` = [`NAT`]. Served with the same numpy
+    /// type so xarray decodes the values without CF attributes.
+    DateTime64(TimeUnit),
+    /// numpy `timedelta64[unit]`: int64 ticks.
+    TimeDelta64(TimeUnit),
+    /// numpy `S<n>` (n > 1): fixed-width byte strings, NUL-padded.
+    Bytes(u32),
+    /// numpy `U<n>`: fixed-width strings of n UTF-32 code units (little-endian).
+    Unicode(u32),
 }
 
 impl DType {
     /// Bytes per element in memory (strings have no fixed size; 0).
     pub fn size(self) -> usize {
         match self {
-            DType::I8 | DType::U8 | DType::Char => 1,
+            DType::I8 | DType::U8 | DType::Char | DType::Bool => 1,
             DType::I16 | DType::U16 => 2,
             DType::I32 | DType::U32 | DType::F32 => 4,
-            DType::I64 | DType::U64 | DType::F64 => 8,
+            DType::I64 | DType::U64 | DType::F64 | DType::DateTime64(_) | DType::TimeDelta64(_) => 8,
             DType::Str => 0,
+            DType::Bytes(n) => n as usize,
+            DType::Unicode(n) => 4 * n as usize,
         }
+    }
+
+    /// Plain numbers (and bools): what coordinate and statistics code may read as f64.
+    /// Times are int64 ticks whose meaning is their numpy unit, not CF `units`.
+    pub fn is_number(self) -> bool {
+        !matches!(
+            self,
+            DType::Char
+                | DType::Str
+                | DType::Bytes(_)
+                | DType::Unicode(_)
+                | DType::DateTime64(_)
+                | DType::TimeDelta64(_)
+        )
+    }
+
+    /// Fixed-width text (`S<n>`, `U<n>`): no numeric fill value, no byte shuffling.
+    pub fn is_fixed_text(self) -> bool {
+        matches!(self, DType::Bytes(_) | DType::Unicode(_))
     }
 
     pub fn is_float(self) -> bool {
@@ -46,8 +129,8 @@ impl DType {
     }
 
     /// numpy type string for Zarr v2 (always little-endian: we byte-swap big-endian sources).
-    pub fn zarr_v2(self) -> &'static str {
-        match self {
+    pub fn zarr_v2(self) -> String {
+        let s = match self {
             DType::I8 => "|i1",
             DType::U8 => "|u1",
             DType::I16 => "<i2",
@@ -60,7 +143,13 @@ impl DType {
             DType::F64 => "<f8",
             DType::Char => "|S1",
             DType::Str => "|O",
-        }
+            DType::Bool => "|b1",
+            DType::DateTime64(u) => return format!("<M8[{}]", u.as_str()),
+            DType::TimeDelta64(u) => return format!("<m8[{}]", u.as_str()),
+            DType::Bytes(n) => return format!("|S{n}"),
+            DType::Unicode(n) => return format!("<U{n}"),
+        };
+        s.to_string()
     }
 
     /// Zarr v3 `data_type`.
@@ -79,12 +168,24 @@ impl DType {
             // numpy `S1`, the type zarr-python and xarray use for netCDF char arrays
             DType::Char => json!({"name": "null_terminated_bytes", "configuration": {"length_bytes": 1}}),
             DType::Str => json!("string"),
+            DType::Bool => json!("bool"),
+            // zarr-python 3's spellings
+            DType::DateTime64(u) => {
+                json!({"name": "numpy.datetime64", "configuration": {"unit": u.as_str(), "scale_factor": 1}})
+            }
+            DType::TimeDelta64(u) => {
+                json!({"name": "numpy.timedelta64", "configuration": {"unit": u.as_str(), "scale_factor": 1}})
+            }
+            DType::Bytes(n) => json!({"name": "null_terminated_bytes", "configuration": {"length_bytes": n}}),
+            DType::Unicode(n) => {
+                json!({"name": "fixed_length_utf32", "configuration": {"length_bytes": 4 * n}})
+            }
         }
     }
 
     /// numpy-style name, for the xarray-like summaries.
-    pub fn numpy_name(self) -> &'static str {
-        match self {
+    pub fn numpy_name(self) -> String {
+        let s = match self {
             DType::I8 => "int8",
             DType::U8 => "uint8",
             DType::I16 => "int16",
@@ -97,7 +198,13 @@ impl DType {
             DType::F64 => "float64",
             DType::Char => "|S1",
             DType::Str => "object",
-        }
+            DType::Bool => "bool",
+            DType::DateTime64(u) => return format!("datetime64[{}]", u.as_str()),
+            DType::TimeDelta64(u) => return format!("timedelta64[{}]", u.as_str()),
+            DType::Bytes(n) => return format!("|S{n}"),
+            DType::Unicode(n) => return format!("<U{n}"),
+        };
+        s.to_string()
     }
 
     /// netCDF's default fill value as little-endian bytes: what the library returns for
@@ -115,8 +222,10 @@ impl DType {
             // NC_FILL_FLOAT / NC_FILL_DOUBLE, bit-exact
             DType::F32 => f32::from_bits(0x7cf0_0000).to_le_bytes().to_vec(),
             DType::F64 => f64::from_bits(0x479e_0000_0000_0000).to_le_bytes().to_vec(),
-            DType::Char => vec![0],
+            DType::Char | DType::Bool => vec![0],
             DType::Str => Vec::new(),
+            DType::DateTime64(_) | DType::TimeDelta64(_) => NAT.to_le_bytes().to_vec(),
+            DType::Bytes(_) | DType::Unicode(_) => vec![0; self.size()],
         }
     }
 }
@@ -158,7 +267,10 @@ impl Scalar {
             DType::U64 => u.to_le_bytes().to_vec(),
             DType::F32 => (f as f32).to_le_bytes().to_vec(),
             DType::F64 => f.to_le_bytes().to_vec(),
+            DType::Bool => vec![u8::from(u != 0 || f != 0.0)],
+            DType::DateTime64(_) | DType::TimeDelta64(_) => i.to_le_bytes().to_vec(),
             DType::Str => Vec::new(),
+            DType::Bytes(_) | DType::Unicode(_) => vec![0; dtype.size()],
         }
     }
 
@@ -166,7 +278,11 @@ impl Scalar {
     pub fn from_le_bytes(b: &[u8], dtype: DType) -> Option<Scalar> {
         Some(match dtype {
             DType::I8 => Scalar::Int(i8::from_le_bytes(b.get(..1)?.try_into().ok()?) as i64),
-            DType::U8 | DType::Char => Scalar::UInt(*b.first()? as u64),
+            DType::U8 | DType::Char | DType::Bool => Scalar::UInt(*b.first()? as u64),
+            DType::DateTime64(_) | DType::TimeDelta64(_) => {
+                Scalar::Int(i64::from_le_bytes(b.get(..8)?.try_into().ok()?))
+            }
+            DType::Bytes(_) | DType::Unicode(_) => return None,
             DType::I16 => Scalar::Int(i16::from_le_bytes(b.get(..2)?.try_into().ok()?) as i64),
             DType::U16 => Scalar::UInt(u16::from_le_bytes(b.get(..2)?.try_into().ok()?) as u64),
             DType::I32 => Scalar::Int(i32::from_le_bytes(b.get(..4)?.try_into().ok()?) as i64),

@@ -63,7 +63,7 @@ pub struct Description {
 
 /// Reads a whole numeric variable as f64 (packed values unpacked, fill values as NaN).
 pub fn read_f64(var: &Variable) -> Result<Vec<f64>, CatalogError> {
-    if matches!(var.dtype, DType::Str | DType::Char) {
+    if !var.dtype.is_number() {
         return Err(CatalogError::NotNumeric(var.path.clone()));
     }
     let n = numel(&var.shape)
@@ -175,7 +175,7 @@ fn find_coord(g: &Group, pred: fn(&Variable) -> bool) -> Option<&Variable> {
         g.vars
             .iter()
             .map(|v| v.as_ref())
-            .filter(|v| pred(v) && !matches!(v.dtype, DType::Str | DType::Char))
+            .filter(|v| pred(v) && v.dtype.is_number())
     };
     vars()
         .find(|v| v.dims.len() == 1 && v.dims[0] == v.name)
@@ -250,10 +250,11 @@ pub fn regular_step(values: &[f64]) -> Option<f64> {
         .then_some(step)
 }
 
-fn data_type(d: DType) -> &'static str {
-    match d {
-        DType::Char | DType::Str => "other",
-        d => d.numpy_name(),
+fn data_type(d: DType) -> String {
+    if d.is_number() && d != DType::Bool {
+        d.numpy_name()
+    } else {
+        "other".into()
     }
 }
 

@@ -2,6 +2,8 @@
 
 use std::io::Read as _;
 
+pub mod zarr_v3;
+
 use crate::source::Filter;
 
 /// A chunk whose bytes cannot be decoded: corrupt or truncated data.
@@ -21,6 +23,9 @@ pub enum CodecError {
     Gzip(String),
     #[error("blosc: {0}")]
     Blosc(String),
+    /// A Zarr v3 codec chain (decoded with `zarrs`) failed: corrupt chunk, checksum mismatch.
+    #[error("zarr: {0}")]
+    Zarr(String),
     /// The source declares a codec the server cannot decode (answered with 501).
     #[error("codec '{0}' is not supported by this server (the /kerchunk route serves such chunks as stored)")]
     Unsupported(String),
@@ -200,6 +205,7 @@ pub fn decode_hdf5(
             Filter::Shuffle(elem) => unshuffle(&buf, *elem),
             Filter::Gzip => gunzip(&buf, expected)?,
             Filter::Blosc => unblosc(&buf, expected)?,
+            Filter::ZarrV3(spec) => zarr_v3::decode(spec, buf, expected)?,
             Filter::Unsupported(id) => return Err(CodecError::Unsupported(id.clone())),
         };
     }

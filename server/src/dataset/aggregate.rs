@@ -426,7 +426,7 @@ fn scalar_of(v: &AttrValue) -> Option<Scalar> {
 /// The variable's `_FillValue` as a number, if it has a numeric one.
 pub fn fill_attr(v: &SourceVar) -> Option<Scalar> {
     match v.dtype {
-        DType::Str | DType::Char => None,
+        DType::Str | DType::Char | DType::Bytes(_) | DType::Unicode(_) => None,
         _ => v.attrs.get("_FillValue").and_then(scalar_of),
     }
 }
@@ -448,7 +448,7 @@ pub fn storage_fill(v: &SourceVar) -> Vec<u8> {
 /// Encoding of chunks that are decoded on the server (numeric types: Blosc zstd+shuffle).
 fn transcode_encoding(dtype: DType) -> Encoding {
     match dtype {
-        DType::Char | DType::Str => Encoding::Zstd(ZSTD_LEVEL),
+        DType::Char | DType::Str | DType::Bytes(_) | DType::Unicode(_) => Encoding::Zstd(ZSTD_LEVEL),
         dt => Encoding::BloscZstd {
             level: ZSTD_LEVEL,
             typesize: dt.size(),
@@ -516,7 +516,12 @@ fn make_variable(
         _ => None,
     };
     let passthrough_enc = match (&source_chunks, pipeline(&pieces[0])) {
-        (Some(c), Some(enc)) if *c == chunks && tiles(c) && !matches!(v0.dtype, DType::Char | DType::Str) => {
+        (Some(c), Some(enc))
+            if *c == chunks
+                && tiles(c)
+                && !matches!(v0.dtype, DType::Char | DType::Str)
+                && !v0.dtype.is_fixed_text() =>
+        {
             let all_same = pieces.iter().all(|p| {
                 pipeline(p).as_ref() == Some(&enc) || matches!(p.data.storage, Storage::Unallocated)
             });

@@ -53,7 +53,7 @@ pub struct Refs {
 
 fn dtype_str(dt: DType, endian: Endian) -> String {
     let s = dt.zarr_v2();
-    if endian == Endian::Big && dt.size() > 1 {
+    if endian == Endian::Big && dt.size() > 1 && !matches!(dt, DType::Bytes(_)) {
         s.replacen('<', ">", 1)
     } else {
         s.to_string()
@@ -183,6 +183,10 @@ fn chunked(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
         _ => None,
     };
     let declared0 = declared(&first.data.storage);
+    if declared0.as_ref().is_some_and(|(c, _)| c.is_empty()) {
+        // a Zarr v3 pipeline without numcodecs equivalents (transpose, bitround, ...)
+        return Err("its stored codecs have no numcodecs (Zarr v2) equivalent; read it through /zarr".into());
+    }
     if chunk_shape != v.chunks || matches!(v.dtype, DType::Str) {
         return Ok(false);
     }
@@ -209,10 +213,39 @@ fn chunked(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
         return Ok(false);
     }
     let dt = dtype_str(v.dtype, endian);
-    ctx.refs.entries.insert(
-        format!("{}/.zarray", v.path),
-        RefValue::Json(zarray(v, &chunk_shape, &dt, &compressor, &filt)),
-    );
+    let mut za = zarray(v, &chunk_shape, &dt, &compressor, &filt);
+    // Chunks a Zarr store never wrote read as its fill_value, which need not be the CF
+    // _FillValue the v2 fill_value carries (v3 keeps them apart). A NaN fill can still be
+    // declared (masking NaN changes nothing); anything else cannot.
+    let missing_fill = v.pieces.iter().find_map(|p| match &p.data.storage {
+        Storage::Refs { table, .. } if table.chunks.contains(&ChunkRef::Missing) => table.fill.clone(),
+        _ => None,
+    });
+    if let Some(f) = missing_fill
+        && v.fill_attr.is_none()
+        && f.iter().any(|b| *b != 0)
+    {
+        let f32_nan = |b: &[u8]| b.try_into().is_ok_and(|b| f32::from_le_bytes(b).is_nan());
+        let f64_nan = |b: &[u8]| b.try_into().is_ok_and(|b| f64::from_le_bytes(b).is_nan());
+        let declared = match v.dtype {
+            DType::F32 if f32_nan(&f) => Some("\"NaN\"".to_string()),
+            DType::F64 if f64_nan(&f) => Some("\"NaN\"".to_string()),
+            // times are not masked by xarray: NaT (or any tick) can be declared as is
+            DType::DateTime64(_) | DType::TimeDelta64(_) => f
+                .as_slice()
+                .try_into()
+                .ok()
+                .map(|b| i64::from_le_bytes(b).to_string()),
+            _ => None,
+        };
+        let Some(declared) = declared else {
+            return Err("its missing chunks read as a Zarr fill_value that is not its _FillValue, which Zarr v2 metadata cannot declare; read it through /zarr".into());
+        };
+        za = za.replacen("\"fill_value\": null", &format!("\"fill_value\": {declared}"), 1);
+    }
+    ctx.refs
+        .entries
+        .insert(format!("{}/.zarray", v.path), RefValue::Json(za));
     let grid = grid_shape(&v.shape, &v.chunks);
     for_each_index(&grid, |idx| {
         let mut start: Vec<u64> = idx.iter().zip(&v.chunks).map(|(i, c)| i * c).collect();
@@ -370,7 +403,7 @@ fn inline(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
     } else {
         ctx.refs.entries.insert(
             format!("{}/.zarray", v.path),
-            RefValue::Json(zarray(v, &chunks, v.dtype.zarr_v2(), "null", "null")),
+            RefValue::Json(zarray(v, &chunks, &v.dtype.zarr_v2(), "null", "null")),
         );
         read_block(v, &zero, &v.shape, &chunks).map_err(|e| e.to_string())?
     };

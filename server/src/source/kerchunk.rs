@@ -145,13 +145,7 @@ pub fn parse_json(path: &Path) -> Result<RefSet, SourceError> {
     let (refs, templates) = match top.get("version") {
         None => (top.clone(), serde_json::Map::new()),
         Some(v) if v.as_u64() == Some(1) => {
-            if top
-                .get("gen")
-                .is_some_and(|g| g.as_array().is_none_or(|a| !a.is_empty()))
-            {
-                return Err(malformed(path, "generated references ('gen') are not supported"));
-            }
-            let refs = match top.get("refs") {
+            let mut refs = match top.get("refs") {
                 Some(Value::Object(r)) => r.clone(),
                 _ => return Err(malformed(path, "version 1 reference set without a 'refs' object")),
             };
@@ -160,6 +154,16 @@ pub fn parse_json(path: &Path) -> Result<RefSet, SourceError> {
                 Some(Value::Object(t)) => t.clone(),
                 Some(_) => return Err(malformed(path, "'templates' is not an object")),
             };
+            match top.get("gen") {
+                None | Some(Value::Null) => {}
+                Some(Value::Array(gens)) => {
+                    for (i, g) in gens.iter().enumerate() {
+                        expand_gen(g, &templates, &mut refs)
+                            .map_err(|e| malformed(path, format!("'gen' entry {i}: {e}")))?;
+                    }
+                }
+                Some(_) => return Err(malformed(path, "'gen' is not a list")),
+            }
             (refs, templates)
         }
         Some(v) => return Err(malformed(path, format!("unsupported reference version {v}"))),
@@ -226,6 +230,281 @@ pub fn parse_json(path: &Path) -> Result<RefSet, SourceError> {
         set.chunks.insert(key, r);
     }
     Ok(set)
+}
+
+/// Most references one `gen` entry may produce: the product of its dimensions is unbounded
+/// otherwise, and each reference costs memory for the life of the source.
+const MAX_GENERATED: u64 = 10_000_000;
+
+/// Expands one entry of a reference set's `gen` section (fsspec ReferenceFileSystem spec
+/// v1) into `refs`: `key`, `url` and optional `offset`/`length` templates rendered for every
+/// combination of the `dimensions` (`{start, stop, step}` ranges or lists of values).
+fn expand_gen(
+    g: &Value,
+    templates: &serde_json::Map<String, Value>,
+    refs: &mut serde_json::Map<String, Value>,
+) -> Result<(), String> {
+    let field = |k: &str| -> Result<Option<&str>, String> {
+        match g.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(Value::Number(_)) => Err(format!("'{k}' must be a template string")),
+            Some(other) => Err(format!("'{k}' must be a string, not {other}")),
+        }
+    };
+    let key = field("key")?.ok_or("'key' missing")?;
+    let url = field("url")?.ok_or("'url' missing")?;
+    // numbers are accepted for offset/length as well as templates
+    let num_field = |k: &str| -> Result<Option<String>, String> {
+        match g.get(k) {
+            Some(Value::Number(n)) => Ok(Some(n.to_string())),
+            _ => field(k).map(|o| o.map(str::to_string)),
+        }
+    };
+    let (offset, length) = (num_field("offset")?, num_field("length")?);
+    if offset.is_some() != length.is_some() {
+        return Err("'offset' and 'length' must be given together".into());
+    }
+    let dims = match g.get("dimensions") {
+        Some(Value::Object(d)) => d,
+        _ => return Err("'dimensions' missing or not an object".into()),
+    };
+    let mut axes: Vec<(String, Vec<GenVal>)> = Vec::new();
+    for (name, d) in dims {
+        let values = match d {
+            Value::Array(a) => a
+                .iter()
+                .map(|v| match v {
+                    Value::Number(n) => n.as_i64().map(GenVal::Int),
+                    Value::String(s) => Some(GenVal::Str(s.clone())),
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| format!("dimension '{name}': values must be integers or strings"))?,
+            Value::Object(r) => {
+                let n = |k: &str, default: Option<i64>| -> Result<i64, String> {
+                    match r.get(k) {
+                        None => default.ok_or_else(|| format!("dimension '{name}': '{k}' missing")),
+                        Some(v) => v
+                            .as_i64()
+                            .ok_or_else(|| format!("dimension '{name}': '{k}' is not an integer")),
+                    }
+                };
+                let (start, stop, step) = (n("start", Some(0))?, n("stop", None)?, n("step", Some(1))?);
+                if step == 0 {
+                    return Err(format!("dimension '{name}': step is 0"));
+                }
+                // i128: no overflow for any i64 bounds
+                let (span, stride) = if step > 0 {
+                    (i128::from(stop) - i128::from(start), i128::from(step))
+                } else {
+                    (i128::from(start) - i128::from(stop), -i128::from(step))
+                };
+                let count = (span.max(0) + stride - 1) / stride;
+                if count > i128::from(MAX_GENERATED) {
+                    return Err(format!("dimension '{name}' has more than {MAX_GENERATED} values"));
+                }
+                (0..count as i64).map(|i| GenVal::Int(start + i * step)).collect()
+            }
+            _ => return Err(format!("dimension '{name}' is neither a list nor a range")),
+        };
+        axes.push((name.clone(), values));
+    }
+    let total = axes
+        .iter()
+        .try_fold(1u64, |acc, (_, v)| acc.checked_mul(v.len() as u64))
+        .filter(|t| *t <= MAX_GENERATED)
+        .ok_or_else(|| format!("more than {MAX_GENERATED} references"))?;
+    let mut vars: HashMap<String, GenVal> = templates
+        .iter()
+        .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), GenVal::Str(s.to_string()))))
+        .collect();
+    let mut idx = vec![0usize; axes.len()];
+    for _ in 0..total {
+        for ((name, values), i) in axes.iter().zip(&idx) {
+            vars.insert(name.clone(), values[*i].clone());
+        }
+        let k = render(key, &vars)?;
+        let u = render(url, &vars)?;
+        let r = match (&offset, &length) {
+            (Some(o), Some(l)) => {
+                let int = |t: &str, what: &str| -> Result<u64, String> {
+                    let v = render(t, &vars)?;
+                    v.trim()
+                        .parse::<u64>()
+                        .map_err(|_| format!("{what} '{t}' renders to '{v}', not a non-negative integer"))
+                };
+                serde_json::json!([u, int(o, "offset")?, int(l, "length")?])
+            }
+            _ => serde_json::json!([u]),
+        };
+        refs.insert(k, r);
+        // odometer over the dimensions, last fastest (itertools.product order)
+        for d in (0..idx.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < axes[d].1.len() {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    Ok(())
+}
+
+/// A value in a `gen` template expression.
+#[derive(Clone, Debug, PartialEq)]
+enum GenVal {
+    Int(i64),
+    Str(String),
+}
+
+impl std::fmt::Display for GenVal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GenVal::Int(i) => write!(f, "{i}"),
+            GenVal::Str(s) => f.write_str(s),
+        }
+    }
+}
+
+/// Renders `{{ expression }}` placeholders: the subset of Jinja2 that `gen` references use
+/// (names, integer literals, `+ - * / // %`, parentheses, `+` joining strings).
+fn render(template: &str, vars: &HashMap<String, GenVal>) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(i) = rest.find("{{") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let j = after
+            .find("}}")
+            .ok_or_else(|| format!("unterminated '{{{{' in '{template}'"))?;
+        let mut p = ExprParser {
+            s: &after.as_bytes()[..j],
+            pos: 0,
+            vars,
+        };
+        let v = p.expr().map_err(|e| format!("'{template}': {e}"))?;
+        p.ws();
+        if p.pos != p.s.len() {
+            return Err(format!("'{template}': cannot evaluate '{}'", &after[..j]));
+        }
+        out.push_str(&v.to_string());
+        rest = &after[j + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+struct ExprParser<'a> {
+    s: &'a [u8],
+    pos: usize,
+    vars: &'a HashMap<String, GenVal>,
+}
+
+impl ExprParser<'_> {
+    fn ws(&mut self) {
+        while self.s.get(self.pos).is_some_and(u8::is_ascii_whitespace) {
+            self.pos += 1;
+        }
+    }
+
+    fn expr(&mut self) -> Result<GenVal, String> {
+        let mut v = self.term()?;
+        loop {
+            self.ws();
+            let op = match self.s.get(self.pos) {
+                Some(b'+') => '+',
+                Some(b'-') => '-',
+                _ => return Ok(v),
+            };
+            self.pos += 1;
+            let r = self.term()?;
+            v = match (v, r, op) {
+                (GenVal::Int(a), GenVal::Int(b), '+') => GenVal::Int(a.checked_add(b).ok_or("overflow")?),
+                (GenVal::Int(a), GenVal::Int(b), _) => GenVal::Int(a.checked_sub(b).ok_or("overflow")?),
+                (GenVal::Str(a), GenVal::Str(b), '+') => GenVal::Str(a + &b),
+                _ => return Err(format!("'{op}' on a string and a number")),
+            };
+        }
+    }
+
+    fn term(&mut self) -> Result<GenVal, String> {
+        let mut v = self.atom()?;
+        loop {
+            self.ws();
+            let op: &str = match (self.s.get(self.pos), self.s.get(self.pos + 1)) {
+                (Some(b'/'), Some(b'/')) => "//",
+                (Some(b'/'), _) => "/",
+                (Some(b'*'), _) => "*",
+                (Some(b'%'), _) => "%",
+                _ => return Ok(v),
+            };
+            self.pos += op.len();
+            let r = self.atom()?;
+            let (GenVal::Int(a), GenVal::Int(b)) = (&v, &r) else {
+                return Err(format!("'{op}' needs numbers"));
+            };
+            let (a, b) = (*a, *b);
+            if op != "*" && b == 0 {
+                return Err("division by zero".into());
+            }
+            v = GenVal::Int(match op {
+                "*" => a.checked_mul(b).ok_or("overflow")?,
+                // Python floor division and modulo (Jinja's `/` is true division: the
+                // references only use it on exact multiples)
+                "%" => a.rem_euclid(b),
+                _ => a.div_euclid(b),
+            });
+        }
+    }
+
+    fn atom(&mut self) -> Result<GenVal, String> {
+        self.ws();
+        let start = self.pos;
+        match self.s.get(self.pos) {
+            Some(b'(') => {
+                self.pos += 1;
+                let v = self.expr()?;
+                self.ws();
+                if self.s.get(self.pos) != Some(&b')') {
+                    return Err("missing ')'".into());
+                }
+                self.pos += 1;
+                Ok(v)
+            }
+            Some(b'-') => {
+                self.pos += 1;
+                match self.atom()? {
+                    GenVal::Int(i) => Ok(GenVal::Int(-i)),
+                    GenVal::Str(_) => Err("'-' on a string".into()),
+                }
+            }
+            Some(c) if c.is_ascii_digit() => {
+                while self.s.get(self.pos).is_some_and(u8::is_ascii_digit) {
+                    self.pos += 1;
+                }
+                let t = std::str::from_utf8(&self.s[start..self.pos]).unwrap_or_default();
+                t.parse()
+                    .map(GenVal::Int)
+                    .map_err(|_| format!("number '{t}' too large"))
+            }
+            Some(c) if c.is_ascii_alphabetic() || *c == b'_' => {
+                while self
+                    .s
+                    .get(self.pos)
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
+                {
+                    self.pos += 1;
+                }
+                let name = std::str::from_utf8(&self.s[start..self.pos]).unwrap_or_default();
+                self.vars
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| format!("unknown name '{name}'"))
+            }
+            _ => Err("expected a name, a number or '('".into()),
+        }
+    }
 }
 
 /// Substitutes kerchunk `{{name}}` templates.
@@ -471,7 +750,30 @@ pub fn parse_dtype(s: &str) -> Option<(DType, Endian)> {
         "f4" => DType::F32,
         "f8" => DType::F64,
         "S1" => DType::Char,
-        _ => return None,
+        "b1" => DType::Bool,
+        _ => {
+            // datetime64/timedelta64 with a unit, fixed-width bytes and unicode
+            let unit = |rest: &str| {
+                rest.strip_prefix('[')
+                    .and_then(|r| r.strip_suffix(']'))
+                    .and_then(crate::model::TimeUnit::parse)
+            };
+            let width = |rest: &str| rest.parse::<u32>().ok().filter(|n| *n > 0);
+            if let Some(r) = body.strip_prefix("M8") {
+                DType::DateTime64(unit(r)?)
+            } else if let Some(r) = body.strip_prefix("m8") {
+                DType::TimeDelta64(unit(r)?)
+            } else if let Some(r) = body.strip_prefix('S') {
+                DType::Bytes(width(r)?)
+            } else if let Some(r) = body.strip_prefix('U') {
+                if endian == Endian::Big {
+                    return None; // would need swapping per code unit, not per element
+                }
+                DType::Unicode(width(r)?)
+            } else {
+                return None;
+            }
+        }
     };
     Some((dt, endian))
 }
@@ -605,6 +907,8 @@ pub enum FillRule {
 /// Little-endian bytes missing chunks read as: the Zarr `fill_value`, zeros when null.
 fn chunk_fill(fv: &Value, dtype: DType) -> Vec<u8> {
     let s = match fv {
+        Value::Bool(b) => Some(crate::model::Scalar::UInt(u64::from(*b))),
+        Value::String(t) if t == "NaT" => Some(crate::model::Scalar::Int(crate::model::NAT)),
         Value::Number(n) => n
             .as_i64()
             .map(crate::model::Scalar::Int)
@@ -836,7 +1140,12 @@ fn array_var(
         None => (0..shape.len()).map(|i| format!("{name}_dim_{i}")).collect(),
     };
     // Zarr v2's fill_value is what xarray decodes as _FillValue.
-    if rule == FillRule::ZarrV2 && dtype != DType::Char && attrs.get("_FillValue").is_none() {
+    // (numbers only: xarray does not mask bools, times or text with it)
+    if rule == FillRule::ZarrV2
+        && dtype.is_number()
+        && dtype != DType::Bool
+        && attrs.get("_FillValue").is_none()
+    {
         let fv = za.get("fill_value").unwrap_or(&Value::Null);
         let a = match fv {
             Value::Null => None,
@@ -988,7 +1297,20 @@ mod tests {
         assert_eq!(parse_dtype("<f4"), Some((DType::F32, Endian::Little)));
         assert_eq!(parse_dtype(">i2"), Some((DType::I16, Endian::Big)));
         assert_eq!(parse_dtype("|S1"), Some((DType::Char, Endian::Little)));
-        assert_eq!(parse_dtype("<M8[ns]"), None);
+        assert_eq!(
+            parse_dtype("<M8[ns]"),
+            Some((DType::DateTime64(crate::model::TimeUnit::Ns), Endian::Little))
+        );
+        assert_eq!(
+            parse_dtype(">m8[D]"),
+            Some((DType::TimeDelta64(crate::model::TimeUnit::D), Endian::Big))
+        );
+        assert_eq!(parse_dtype("|b1"), Some((DType::Bool, Endian::Little)));
+        assert_eq!(parse_dtype("|S12"), Some((DType::Bytes(12), Endian::Little)));
+        assert_eq!(parse_dtype("<U3"), Some((DType::Unicode(3), Endian::Little)));
+        assert_eq!(parse_dtype(">U3"), None);
+        assert_eq!(parse_dtype("<M8[xs]"), None);
+        assert_eq!(parse_dtype("|S0"), None);
         let p = numcodecs_pipeline(
             &serde_json::json!({"id": "zlib", "level": 4}),
             &serde_json::json!([{"id": "shuffle", "elementsize": 8}]),
@@ -998,6 +1320,55 @@ mod tests {
         let p = numcodecs_pipeline(&serde_json::json!({"id": "lz4"}), &Value::Null).unwrap();
         assert_eq!(p, vec![Filter::Unsupported("lz4".into())]);
         assert!(numcodecs_pipeline(&serde_json::json!({"level": 1}), &Value::Null).is_err());
+    }
+
+    #[test]
+    fn gen_references_expand() {
+        let templates: serde_json::Map<String, Value> =
+            serde_json::from_value(serde_json::json!({"u": "data"})).unwrap();
+        let mut refs = serde_json::Map::new();
+        let g = serde_json::json!({
+            "key": "x/{{i}}.{{j}}", "url": "{{u}}_{{i}}.bin",
+            "offset": "{{ (i * 2 + j) * 8 }}", "length": "8",
+            "dimensions": {"i": {"stop": 3}, "j": [0, 1]}
+        });
+        expand_gen(&g, &templates, &mut refs).unwrap();
+        assert_eq!(refs.len(), 6);
+        assert_eq!(refs["x/2.1"], serde_json::json!(["data_2.bin", 40, 8]));
+        assert_eq!(refs["x/0.0"], serde_json::json!(["data_0.bin", 0, 8]));
+        let whole = serde_json::json!({"key": "k{{i}}", "url": "f{{i // 2}}", "dimensions": {"i": {"start": 4, "stop": 0, "step": -2}}});
+        expand_gen(&whole, &templates, &mut refs).unwrap();
+        assert_eq!(refs["k2"], serde_json::json!(["f1"]));
+        assert!(!refs.contains_key("k0"));
+        for (bad, why) in [
+            (
+                serde_json::json!({"key": "k", "url": "u", "offset": "1", "dimensions": {}}),
+                "together",
+            ),
+            (
+                serde_json::json!({"key": "k{{nope}}", "url": "u", "dimensions": {"i": [1]}}),
+                "unknown name 'nope'",
+            ),
+            (
+                serde_json::json!({"key": "k{{i", "url": "u", "dimensions": {"i": [1]}}),
+                "unterminated",
+            ),
+            (
+                serde_json::json!({"key": "k{{i/0}}", "url": "u", "dimensions": {"i": [1]}}),
+                "division by zero",
+            ),
+            (
+                serde_json::json!({"key": "k", "url": "u", "dimensions": {"i": {"stop": 100000}, "j": {"stop": 100000}}}),
+                "more than",
+            ),
+            (
+                serde_json::json!({"key": "k", "url": "u", "offset": "{{u}}", "length": "1", "dimensions": {"i": [1]}}),
+                "not a non-negative integer",
+            ),
+        ] {
+            let e = expand_gen(&bad, &templates, &mut serde_json::Map::new()).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
     }
 
     #[test]
@@ -1059,7 +1430,7 @@ mod tests {
                 "x/.zattrs": "{\"_ARRAY_DIMENSIONS\": [\"t\"], \"units\": \"K\"}",
                 "x/0": ["{{u}}", 0, 8],
                 "x/2": "base64:AAAAAAAAAAA=",
-                "g/y/.zarray": "{\"zarr_format\": 2, \"shape\": [], \"chunks\": [], \"dtype\": \"<M8[ns]\", \"compressor\": null, \"filters\": null, \"fill_value\": null, \"order\": \"C\"}"
+                "g/y/.zarray": "{\"zarr_format\": 2, \"shape\": [], \"chunks\": [], \"dtype\": \"<c8\", \"compressor\": null, \"filters\": null, \"fill_value\": null, \"order\": \"C\"}"
             }
         });
         let p = dir.path().join("r.json");

@@ -72,6 +72,10 @@ pub enum Filter {
     Gzip,
     /// Blosc-1 frame (numcodecs/Zarr `blosc`; the frame says how to undo itself).
     Blosc,
+    /// A Zarr v3 codec chain our own steps cannot express (crc32c, transpose, bitround,
+    /// nested sharding...), decoded with `zarrs`: its JSON spec (`codec::zarr_v3::spec`).
+    /// Always the only step; it yields little-endian elements.
+    ZarrV3(String),
     /// A codec declared by a reference set or Zarr store that we cannot decode (its id):
     /// such chunks are still served as stored on `/kerchunk`, but `/zarr` answers 501.
     Unsupported(String),

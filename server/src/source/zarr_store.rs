@@ -5,14 +5,14 @@
 //! whole-file reference, so stored chunks pass through to clients whenever their codecs can
 //! be declared in the served metadata.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::Value;
 
 use super::kerchunk::{ChunkSource, FillRule, RawRef, build_index, sanitize_json};
-use super::{SourceError, SourceFile, SourceIndex};
+use super::{Filter, SourceError, SourceFile, SourceIndex, Storage};
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SourceError + '_ {
     move |source| SourceError::Io {
@@ -70,6 +70,19 @@ enum KeyEncoding {
     Default(String),
 }
 
+/// Where the inner chunks of a sharded v3 array are: byte ranges of shard files, found in
+/// each shard's index.
+struct ShardLayout {
+    /// Inner chunks per shard along each dimension.
+    per_shard: Vec<u64>,
+    /// Decodes a shard index (`index_codecs` over `[per_shard..., 2]` uint64).
+    index: crate::codec::zarr_v3::Chain,
+    /// Encoded size of the index.
+    index_size: u64,
+    /// `index_location: "end"` (the default) or `"start"`.
+    at_end: bool,
+}
+
 /// Chunks of a store: the file named by the key, if it exists.
 struct StoreChunks<'a> {
     root: &'a Path,
@@ -77,37 +90,74 @@ struct StoreChunks<'a> {
     encodings: BTreeMap<String, KeyEncoding>,
     /// v3 arrays without dimensions (their one chunk is `c`, not `c/0`).
     zero_d_arrays: std::collections::BTreeSet<String>,
+    /// Sharded v3 arrays: keys name inner chunks.
+    shards: BTreeMap<String, ShardLayout>,
+    /// Decoded shard indexes (offset, size pairs) by shard file, read once each.
+    indexes: std::cell::RefCell<HashMap<PathBuf, Arc<Vec<u64>>>>,
 }
 
 impl ChunkSource for StoreChunks<'_> {
     fn chunk(&self, key: &str) -> Result<Option<RawRef>, String> {
-        let rel = match key
+        let Some((array, idx, enc)) = key
             .rsplit_once('/')
             .and_then(|(a, idx)| Some((a, idx, self.encodings.get(a)?)))
-        {
-            Some((array, idx, enc)) => {
-                let parts: Vec<&str> = idx.split(['.', '/']).collect();
-                let zero_d = idx == "0" && self.zero_d(array);
-                match enc {
-                    KeyEncoding::V2(sep) => format!(
-                        "{array}/{}",
-                        if zero_d { "0".to_string() } else { parts.join(sep) }
-                    ),
-                    KeyEncoding::Default(sep) => {
-                        if zero_d {
-                            format!("{array}/c")
-                        } else {
-                            format!("{array}/c{sep}{}", parts.join(sep))
-                        }
-                    }
-                }
-            }
-            None => key.to_string(),
+        else {
+            let p = self.root.join(key);
+            return Ok(p.is_file().then(|| RawRef::Url {
+                url: p.to_string_lossy().into_owned(),
+                range: None,
+            }));
         };
-        let p = self.root.join(rel);
-        Ok(p.is_file().then(|| RawRef::Url {
-            url: p.to_string_lossy().into_owned(),
-            range: None,
+        let zero_d = idx == "0" && self.zero_d(array);
+        let parts: Vec<&str> = if zero_d {
+            Vec::new()
+        } else {
+            idx.split(['.', '/']).collect()
+        };
+        let Some(layout) = self.shards.get(array) else {
+            let p = self.root.join(chunk_rel(array, &parts, enc));
+            return Ok(p.is_file().then(|| RawRef::Url {
+                url: p.to_string_lossy().into_owned(),
+                range: None,
+            }));
+        };
+        let inner: Vec<u64> = parts
+            .iter()
+            .map(|p| p.parse::<u64>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| format!("'{key}': not a chunk key"))?;
+        if inner.len() != layout.per_shard.len() {
+            return Err(format!(
+                "'{key}': not a chunk key of a {}-d array",
+                layout.per_shard.len()
+            ));
+        }
+        let shard: Vec<String> = inner
+            .iter()
+            .zip(&layout.per_shard)
+            .map(|(i, n)| (i / n).to_string())
+            .collect();
+        let shard_refs: Vec<&str> = shard.iter().map(String::as_str).collect();
+        let path = self.root.join(chunk_rel(array, &shard_refs, enc));
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let index = self.shard_index(&path, layout)?;
+        // position of the inner chunk in its shard, row-major
+        let mut lin = 0u64;
+        for (i, n) in inner.iter().zip(&layout.per_shard) {
+            lin = lin * n + i % n;
+        }
+        let (offset, size) = match (index.get(2 * lin as usize), index.get(2 * lin as usize + 1)) {
+            (Some(o), Some(n)) => (*o, *n),
+            _ => return Err(format!("{}: shard index too short", path.display())),
+        };
+        if offset == u64::MAX && size == u64::MAX {
+            return Ok(None); // inner chunk not written: fill value
+        }
+        Ok(Some(RawRef::Url {
+            url: path.to_string_lossy().into_owned(),
+            range: Some((offset, size)),
         }))
     }
     fn resolve(&self, _key: &str, url: &str) -> Result<PathBuf, String> {
@@ -115,9 +165,69 @@ impl ChunkSource for StoreChunks<'_> {
     }
 }
 
+/// The chunk (or shard) file of chunk index `parts` of `array`.
+fn chunk_rel(array: &str, parts: &[&str], enc: &KeyEncoding) -> String {
+    match enc {
+        KeyEncoding::V2(sep) => {
+            if parts.is_empty() {
+                format!("{array}/0")
+            } else {
+                format!("{array}/{}", parts.join(sep))
+            }
+        }
+        KeyEncoding::Default(sep) => {
+            if parts.is_empty() {
+                format!("{array}/c")
+            } else {
+                format!("{array}/c{sep}{}", parts.join(sep))
+            }
+        }
+    }
+}
+
 impl StoreChunks<'_> {
     fn zero_d(&self, array: &str) -> bool {
         self.zero_d_arrays.contains(array)
+    }
+
+    /// The decoded index of one shard file: `(offset, size)` pairs of its inner chunks.
+    fn shard_index(&self, path: &Path, layout: &ShardLayout) -> Result<Arc<Vec<u64>>, String> {
+        use std::os::unix::fs::FileExt as _;
+        if let Some(i) = self.indexes.borrow().get(path) {
+            return Ok(i.clone());
+        }
+        let shown = path.display();
+        let f = std::fs::File::open(path).map_err(|e| format!("{shown}: {e}"))?;
+        let len = f.metadata().map_err(|e| format!("{shown}: {e}"))?.len();
+        if len < layout.index_size {
+            return Err(format!(
+                "{shown}: shard of {len} bytes cannot hold its {}-byte index (truncated shard?)",
+                layout.index_size
+            ));
+        }
+        let at = if layout.at_end { len - layout.index_size } else { 0 };
+        let mut buf = vec![0u8; layout.index_size as usize];
+        f.read_exact_at(&mut buf, at)
+            .map_err(|e| format!("{shown}: {e}"))?;
+        let raw = layout
+            .index
+            .decode(buf)
+            .map_err(|e| format!("{shown}: shard index unreadable (truncated or corrupt shard?): {e}"))?;
+        let vals: Vec<u64> = raw
+            .chunks_exact(8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+            .collect();
+        for pair in vals.chunks_exact(2) {
+            let (o, n) = (pair[0], pair[1]);
+            if (o, n) != (u64::MAX, u64::MAX) && o.checked_add(n).is_none_or(|end| end > len) {
+                return Err(format!(
+                    "{shown}: shard index points at bytes {o}+{n} past the end of the {len}-byte file (truncated shard?)"
+                ));
+            }
+        }
+        let vals = Arc::new(vals);
+        self.indexes.borrow_mut().insert(path.to_path_buf(), vals.clone());
+        Ok(vals)
     }
 }
 
@@ -143,69 +253,95 @@ pub fn open_store(root: &Path) -> Result<SourceIndex, SourceError> {
         root,
         encodings: BTreeMap::new(),
         zero_d_arrays: Default::default(),
+        shards: BTreeMap::new(),
+        indexes: Default::default(),
     };
     build_index(Arc::new(file), &meta, &chunks, FillRule::ZarrV2)
 }
 
 /// v3 `data_type` → numpy dtype string (without byte order).
-fn v3_dtype(t: &Value) -> Option<&'static str> {
-    Some(match t.as_str()? {
-        "int8" => "i1",
-        "uint8" => "u1",
-        "int16" => "i2",
-        "uint16" => "u2",
-        "int32" => "i4",
-        "uint32" => "u4",
-        "int64" => "i8",
-        "uint64" => "u8",
-        "float32" => "f4",
-        "float64" => "f8",
-        _ => return None,
-    })
+fn v3_dtype(t: &Value) -> Option<String> {
+    if let Some(name) = t.as_str() {
+        return Some(
+            match name {
+                "bool" => "b1",
+                "int8" => "i1",
+                "uint8" => "u1",
+                "int16" => "i2",
+                "uint16" => "u2",
+                "int32" => "i4",
+                "uint32" => "u4",
+                "int64" => "i8",
+                "uint64" => "u8",
+                "float32" => "f4",
+                "float64" => "f8",
+                _ => return None,
+            }
+            .to_string(),
+        );
+    }
+    // zarr-python 3's extension data types
+    let cfg = t.get("configuration")?;
+    match t.get("name")?.as_str()? {
+        n @ ("numpy.datetime64" | "numpy.timedelta64") => {
+            if cfg.get("scale_factor").and_then(Value::as_u64).unwrap_or(1) != 1 {
+                return None;
+            }
+            let unit = crate::model::TimeUnit::parse(cfg.get("unit")?.as_str()?)?;
+            let code = if n == "numpy.datetime64" { "M8" } else { "m8" };
+            Some(format!("{code}[{}]", unit.as_str()))
+        }
+        "null_terminated_bytes" => Some(format!(
+            "S{}",
+            cfg.get("length_bytes")?.as_u64().filter(|n| *n > 0)?
+        )),
+        "fixed_length_utf32" => {
+            let n = cfg
+                .get("length_bytes")?
+                .as_u64()
+                .filter(|n| *n > 0 && n % 4 == 0)?;
+            Some(format!("U{}", n / 4))
+        }
+        _ => None,
+    }
 }
 
-/// Translates one v3 array's metadata into the v2 documents the shared builder reads.
-/// `Err` = the array cannot be served (the reason).
-fn v3_array(apath: &str, doc: &Value) -> Result<(Value, Value, KeyEncoding, bool), String> {
-    let dt = v3_dtype(doc.get("data_type").unwrap_or(&Value::Null)).ok_or_else(|| {
-        format!(
-            "Zarr data type {} is not supported",
-            doc.get("data_type").unwrap_or(&Value::Null)
-        )
-    })?;
-    let shape = doc.get("shape").cloned().unwrap_or(Value::Null);
-    let grid = doc.get("chunk_grid").unwrap_or(&Value::Null);
-    if grid.get("name").and_then(Value::as_str) != Some("regular") {
-        return Err(format!("chunk grid {grid} is not supported (only 'regular')"));
-    }
-    let chunk_shape = grid
-        .pointer("/configuration/chunk_shape")
-        .cloned()
-        .unwrap_or(Value::Null);
-    let kenc = doc.get("chunk_key_encoding").unwrap_or(&Value::Null);
-    let sep = kenc.pointer("/configuration/separator").and_then(Value::as_str);
-    let encoding = match kenc.get("name").and_then(Value::as_str) {
-        Some("default") | None => KeyEncoding::Default(sep.unwrap_or("/").to_string()),
-        Some("v2") => KeyEncoding::V2(sep.unwrap_or(".").to_string()),
-        Some(other) => return Err(format!("chunk key encoding '{other}' is not supported")),
-    };
-    let mut endian = "<";
-    let mut b2b: Vec<Value> = Vec::new();
-    for c in doc.get("codecs").and_then(Value::as_array).into_iter().flatten() {
-        let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
+/// One v3 array translated for the shared builder.
+struct V3Array {
+    /// `.zarray` and `.zattrs` documents (v2).
+    zarray: Value,
+    zattrs: Value,
+    encoding: KeyEncoding,
+    zero_d: bool,
+    /// Sharded: where the inner chunks (the served chunks) are.
+    shard: Option<ShardLayout>,
+    /// A pipeline our own steps cannot express: [`Filter::ZarrV3`] (decoded with zarrs) or
+    /// [`Filter::Unsupported`] naming the codec.
+    filter: Option<Filter>,
+    /// The stored chunks can be declared as numcodecs on `/kerchunk` (the `.zarray` holds them).
+    declarable: bool,
+}
+
+/// v3 codecs → numcodecs equivalents (encode order), or `None` if one has none. The
+/// `bytes` codec becomes the dtype's byte order, returned separately (`true` = big).
+fn v3_numcodecs(codecs: &[Value]) -> Option<(Vec<Value>, bool)> {
+    let mut out = Vec::new();
+    let mut big = false;
+    for c in codecs {
+        let name = c
+            .get("name")
+            .and_then(Value::as_str)
+            .or(c.as_str())
+            .unwrap_or_default();
         let cfg = c.get("configuration").cloned().unwrap_or(serde_json::json!({}));
         match name {
-            "bytes" => {
-                if cfg.get("endian").and_then(Value::as_str) == Some("big") {
-                    endian = ">";
-                }
-            }
+            "bytes" => big = cfg.get("endian").and_then(Value::as_str) == Some("big"),
             "gzip" | "zstd" => {
                 let mut v = serde_json::json!({"id": name, "level": cfg.get("level").cloned().unwrap_or(Value::from(1))});
                 if name == "zstd" && cfg.get("checksum").and_then(Value::as_bool) == Some(true) {
                     v["checksum"] = Value::Bool(true);
                 }
-                b2b.push(v);
+                out.push(v);
             }
             "blosc" => {
                 let shuffle = match cfg.get("shuffle").and_then(Value::as_str) {
@@ -213,7 +349,7 @@ fn v3_array(apath: &str, doc: &Value) -> Result<(Value, Value, KeyEncoding, bool
                     Some("bitshuffle") => 2,
                     _ => 0,
                 };
-                b2b.push(serde_json::json!({
+                out.push(serde_json::json!({
                     "id": "blosc",
                     "cname": cfg.get("cname").cloned().unwrap_or(Value::from("lz4")),
                     "clevel": cfg.get("clevel").cloned().unwrap_or(Value::from(5)),
@@ -221,24 +357,166 @@ fn v3_array(apath: &str, doc: &Value) -> Result<(Value, Value, KeyEncoding, bool
                     "blocksize": cfg.get("blocksize").cloned().unwrap_or(Value::from(0)),
                 }));
             }
-            "crc32c" => b2b.push(serde_json::json!({"id": "crc32c"})),
-            other => return Err(format!("Zarr v3 codec '{other}' is not supported")),
+            // zarr-python's crc32c appends the checksum, numcodecs' prepends by default
+            "crc32c" => out.push(serde_json::json!({"id": "crc32c", "location": "end"})),
+            _ => return None,
         }
     }
-    let compressor = b2b.pop().unwrap_or(Value::Null);
-    let filters = if b2b.is_empty() {
-        Value::Null
-    } else {
-        Value::Array(b2b)
+    Some((out, big))
+}
+
+/// Codecs our own pipeline decodes (see `kerchunk::numcodecs_pipeline`).
+fn own_codec(c: &Value) -> bool {
+    let name = c
+        .get("name")
+        .and_then(Value::as_str)
+        .or(c.as_str())
+        .unwrap_or_default();
+    matches!(name, "bytes" | "gzip" | "zstd" | "blosc")
+}
+
+fn codec_name(c: &Value) -> &str {
+    c.get("name")
+        .and_then(Value::as_str)
+        .or(c.as_str())
+        .unwrap_or_default()
+}
+
+/// Translates one v3 array's metadata into the v2 documents the shared builder reads.
+/// `Err` = the array cannot be served (the reason).
+fn v3_array(apath: &str, doc: &Value) -> Result<V3Array, String> {
+    let data_type = doc.get("data_type").unwrap_or(&Value::Null);
+    let dt = v3_dtype(data_type).ok_or_else(|| format!("Zarr data type {data_type} is not supported"))?;
+    let shape = doc.get("shape").cloned().unwrap_or(Value::Null);
+    let shape_u64: Vec<u64> = shape
+        .as_array()
+        .and_then(|a| a.iter().map(Value::as_u64).collect())
+        .ok_or_else(|| format!("'shape' {shape} is not a list of non-negative integers"))?;
+    let grid = doc.get("chunk_grid").unwrap_or(&Value::Null);
+    if grid.get("name").and_then(Value::as_str) != Some("regular") {
+        return Err(format!("chunk grid {grid} is not supported (only 'regular')"));
+    }
+    let as_shape = |v: Option<&Value>, what: &str| -> Result<Vec<u64>, String> {
+        v.and_then(Value::as_array)
+            .and_then(|a| {
+                a.iter()
+                    .map(|x| x.as_u64().filter(|n| *n > 0))
+                    .collect::<Option<Vec<u64>>>()
+            })
+            .filter(|c| c.len() == shape_u64.len())
+            .ok_or_else(|| format!("{what} does not fit shape {shape}"))
     };
+    let outer = as_shape(
+        grid.pointer("/configuration/chunk_shape"),
+        "chunk_grid chunk_shape",
+    )?;
+    let kenc = doc.get("chunk_key_encoding").unwrap_or(&Value::Null);
+    let sep = kenc.pointer("/configuration/separator").and_then(Value::as_str);
+    let encoding = match kenc.get("name").and_then(Value::as_str) {
+        Some("default") | None => KeyEncoding::Default(sep.unwrap_or("/").to_string()),
+        Some("v2") => KeyEncoding::V2(sep.unwrap_or(".").to_string()),
+        Some(other) => return Err(format!("chunk key encoding '{other}' is not supported")),
+    };
+    let mut codecs: Vec<Value> = doc
+        .get("codecs")
+        .and_then(Value::as_array)
+        .cloned()
+        .ok_or_else(|| "'codecs' missing or not a list".to_string())?;
+    let fill_value = doc.get("fill_value").cloned().unwrap_or(Value::Null);
+    // A sharded array serves its inner chunks: a shard is a storage unit, often far too
+    // large for one HTTP response.
+    let mut shard = None;
+    let mut chunk_shape = outer.clone();
+    if let [only] = codecs.as_slice()
+        && codec_name(only) == "sharding_indexed"
+    {
+        let cfg = only.get("configuration").cloned().unwrap_or(Value::Null);
+        let inner = as_shape(cfg.get("chunk_shape"), "sharding_indexed chunk_shape")?;
+        if outer.iter().zip(&inner).any(|(o, i)| o % i != 0) {
+            return Err(format!(
+                "shard shape {outer:?} is not a multiple of the inner chunk shape {inner:?}"
+            ));
+        }
+        let per_shard: Vec<u64> = outer.iter().zip(&inner).map(|(o, i)| o / i).collect();
+        let mut index_shape = per_shard.clone();
+        index_shape.push(2);
+        let index_codecs = cfg.get("index_codecs").cloned().unwrap_or_else(
+            || serde_json::json!([{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]),
+        );
+        let spec = crate::codec::zarr_v3::spec(
+            &Value::from("uint64"),
+            &Value::from(0),
+            &index_shape,
+            &index_codecs,
+        );
+        let index = crate::codec::zarr_v3::parse(&spec).map_err(|e| format!("shard index: {e}"))?;
+        let index_size = index
+            .fixed_encoded_size()
+            .ok_or_else(|| "shard index codecs do not have a fixed size".to_string())?;
+        let at_end = match cfg.get("index_location").and_then(Value::as_str) {
+            None | Some("end") => true,
+            Some("start") => false,
+            Some(other) => return Err(format!("index_location '{other}' is neither 'start' nor 'end'")),
+        };
+        codecs = cfg
+            .get("codecs")
+            .and_then(Value::as_array)
+            .cloned()
+            .ok_or_else(|| "sharding_indexed without inner 'codecs'".to_string())?;
+        chunk_shape = inner;
+        shard = Some(ShardLayout {
+            per_shard,
+            index,
+            index_size,
+            at_end,
+        });
+    }
+    let numcodecs = v3_numcodecs(&codecs);
+    let mut filter = None;
+    let mut big = numcodecs.as_ref().is_some_and(|(_, b)| *b);
+    if !codecs.iter().all(own_codec) {
+        let spec = crate::codec::zarr_v3::spec(
+            data_type,
+            &fill_value,
+            &chunk_shape,
+            &Value::Array(codecs.clone()),
+        );
+        filter = Some(match crate::codec::zarr_v3::parse(&spec) {
+            Ok(_) => {
+                big = false; // zarrs decodes to little-endian elements
+                Filter::ZarrV3(spec)
+            }
+            Err(crate::codec::zarr_v3::ChainError::Unsupported(c)) => Filter::Unsupported(c),
+            Err(crate::codec::zarr_v3::ChainError::Invalid(m)) => return Err(m),
+        });
+    }
+    // Declarable on /kerchunk: numcodecs equivalents exist, and the served byte order is
+    // the stored one.
+    let declarable = numcodecs.as_ref().is_some_and(|(_, b)| *b == big);
+    let (compressor, filters) = match (&numcodecs, declarable) {
+        (Some((list, _)), true) => {
+            let mut list = list.clone();
+            let c = list.pop().unwrap_or(Value::Null);
+            (
+                c,
+                if list.is_empty() {
+                    Value::Null
+                } else {
+                    Value::Array(list)
+                },
+            )
+        }
+        _ => (Value::Null, Value::Null),
+    };
+    let endian = if big { ">" } else { "<" };
     let zarray = serde_json::json!({
         "zarr_format": 2,
         "shape": shape,
         "chunks": chunk_shape,
-        "dtype": format!("{}{dt}", if dt.ends_with('1') { "|" } else { endian }),
+        "dtype": format!("{}{dt}", if dt.ends_with('1') || dt.starts_with('S') { "|" } else { endian }),
         "compressor": compressor,
         "filters": filters,
-        "fill_value": doc.get("fill_value").cloned().unwrap_or(Value::Null),
+        "fill_value": fill_value,
         "order": "C",
         "dimension_separator": ".",
     });
@@ -264,8 +542,15 @@ fn v3_array(apath: &str, doc: &Value) -> Result<(Value, Value, KeyEncoding, bool
     {
         attrs.insert("_ARRAY_DIMENSIONS".into(), Value::Array(names.clone()));
     }
-    let zero_d = shape.as_array().is_some_and(Vec::is_empty);
-    Ok((zarray, Value::Object(attrs), encoding, zero_d))
+    Ok(V3Array {
+        zarray,
+        zattrs: Value::Object(attrs),
+        encoding,
+        zero_d: shape_u64.is_empty(),
+        shard,
+        filter,
+        declarable,
+    })
 }
 
 fn open_v3(root: &Path) -> Result<SourceIndex, SourceError> {
@@ -275,6 +560,8 @@ fn open_v3(root: &Path) -> Result<SourceIndex, SourceError> {
     let mut meta = BTreeMap::new();
     let mut encodings = BTreeMap::new();
     let mut zero_d_arrays = std::collections::BTreeSet::new();
+    let mut shards = BTreeMap::new();
+    let mut overrides: BTreeMap<String, (Option<Filter>, bool)> = BTreeMap::new();
     let mut skipped: Vec<(String, String)> = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -320,12 +607,18 @@ fn open_v3(root: &Path) -> Result<SourceIndex, SourceError> {
                     ));
                 }
                 match v3_array(&rel, &doc) {
-                    Ok((zarray, zattrs, enc, zero_d)) => {
-                        meta.insert(key(".zarray"), zarray);
-                        meta.insert(key(".zattrs"), zattrs);
-                        encodings.insert(rel.clone(), enc);
-                        if zero_d {
+                    Ok(a) => {
+                        meta.insert(key(".zarray"), a.zarray);
+                        meta.insert(key(".zattrs"), a.zattrs);
+                        encodings.insert(rel.clone(), a.encoding);
+                        if a.zero_d {
                             zero_d_arrays.insert(rel.clone());
+                        }
+                        if let Some(s) = a.shard {
+                            shards.insert(rel.clone(), s);
+                        }
+                        if a.filter.is_some() || !a.declarable {
+                            overrides.insert(rel.clone(), (a.filter, a.declarable));
                         }
                     }
                     Err(why) => skipped.push((rel.clone(), why)),
@@ -338,13 +631,47 @@ fn open_v3(root: &Path) -> Result<SourceIndex, SourceError> {
         root,
         encodings,
         zero_d_arrays,
+        shards,
+        indexes: Default::default(),
     };
     let mut idx = build_index(Arc::new(file), &meta, &chunks, FillRule::ZarrV3)?;
+    apply_overrides(&mut idx.root, &overrides);
     for (path, why) in skipped {
         let (g, name) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
         add_skipped(&mut idx.root, g, name, why);
     }
     Ok(idx)
+}
+
+/// Puts the pipelines the v2 documents cannot carry onto the built variables.
+fn apply_overrides(g: &mut super::SourceGroup, overrides: &BTreeMap<String, (Option<Filter>, bool)>) {
+    for v in &mut g.vars {
+        let path = if g.path.is_empty() {
+            v.name.clone()
+        } else {
+            format!("{}/{}", g.path, v.name)
+        };
+        let Some((filter, declarable)) = overrides.get(&path) else {
+            continue;
+        };
+        if let Storage::Refs { filters, table, .. } = &mut v.data.storage {
+            if let Some(f) = filter {
+                if matches!(f, Filter::ZarrV3(_)) {
+                    v.data.endian = crate::model::Endian::Little;
+                }
+                *filters = vec![f.clone()];
+            }
+            if !declarable {
+                // no numcodecs spelling: /kerchunk leaves the variable out (see refs::chunked)
+                let t = Arc::make_mut(table);
+                t.compressor = String::new();
+                t.numcodecs_filters = String::new();
+            }
+        }
+    }
+    for sub in &mut g.groups {
+        apply_overrides(sub, overrides);
+    }
 }
 
 fn add_skipped(g: &mut super::SourceGroup, group: &str, name: &str, why: String) {
@@ -427,6 +754,111 @@ mod tests {
         assert!(s.attrs.get("_FillValue").is_none());
         let (name, why) = &idx.root.skipped[0];
         assert!(name == "sharded" && why.contains("sharding_indexed"), "{why}");
+    }
+
+    #[test]
+    fn sharded_arrays_serve_inner_chunks_as_shard_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("s.zarr");
+        write(
+            &root.join("zarr.json"),
+            r#"{"zarr_format": 3, "node_type": "group"}"#,
+        );
+        let meta = |inner_codecs: &str| {
+            format!(
+                r#"{{"zarr_format": 3, "node_type": "array", "shape": [6], "data_type": "int16",
+                "chunk_grid": {{"name": "regular", "configuration": {{"chunk_shape": [4]}}}},
+                "fill_value": -9, "dimension_names": ["i"], "attributes": {{}},
+                "codecs": [{{"name": "sharding_indexed", "configuration": {{"chunk_shape": [2],
+                    "codecs": {inner_codecs},
+                    "index_codecs": [{{"name": "bytes", "configuration": {{"endian": "little"}}}}, {{"name": "crc32c"}}]}}}}]}}"#
+            )
+        };
+        write(
+            &root.join("a/zarr.json"),
+            &meta(r#"[{"name": "bytes", "configuration": {"endian": "little"}}]"#),
+        );
+        // the index chain, to write shard indexes with
+        let spec = crate::codec::zarr_v3::spec(
+            &serde_json::json!("uint64"),
+            &serde_json::json!(0),
+            &[2, 2],
+            &serde_json::json!([{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]),
+        );
+        let chain = crate::codec::zarr_v3::parse(&spec).unwrap();
+        let shard = |chunks: &[Option<&[i16]>]| {
+            let mut data = Vec::new();
+            let mut index = Vec::new();
+            for c in chunks {
+                match c {
+                    Some(vals) => {
+                        index.extend((data.len() as u64).to_le_bytes());
+                        index.extend((vals.len() as u64 * 2).to_le_bytes());
+                        data.extend(vals.iter().flat_map(|v| v.to_le_bytes()));
+                    }
+                    None => {
+                        index.extend(u64::MAX.to_le_bytes());
+                        index.extend(u64::MAX.to_le_bytes());
+                    }
+                }
+            }
+            data.extend(chain.encode(index));
+            data
+        };
+        std::fs::create_dir_all(root.join("a/c")).unwrap();
+        // shard 0: inner chunk 1 never written; shard 1 holds elements 4 and 5
+        std::fs::write(root.join("a/c/0"), shard(&[Some(&[1, 2]), None])).unwrap();
+        std::fs::write(root.join("a/c/1"), shard(&[Some(&[5, 6]), None])).unwrap();
+        let idx = open_store(&root).unwrap();
+        let a = &idx.root.vars[0];
+        let Storage::Refs {
+            chunk_shape,
+            filters,
+            table,
+        } = &a.data.storage
+        else {
+            panic!("not refs")
+        };
+        assert_eq!(chunk_shape, &vec![2]);
+        assert!(filters.is_empty(), "{filters:?}");
+        assert_eq!(
+            table.chunks,
+            vec![
+                ChunkRef::Range {
+                    file: 0,
+                    offset: 0,
+                    size: 4
+                },
+                ChunkRef::Missing,
+                ChunkRef::Range {
+                    file: 1,
+                    offset: 0,
+                    size: 4
+                },
+            ]
+        );
+        assert_eq!(table.fill.as_deref(), Some(&(-9i16).to_le_bytes()[..]));
+        // inner codecs our pipeline lacks are decoded with zarrs
+        write(
+            &root.join("a/zarr.json"),
+            &meta(r#"[{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]"#),
+        );
+        let idx = open_store(&root).unwrap();
+        let Storage::Refs { filters, .. } = &idx.root.vars[0].data.storage else {
+            panic!("not refs")
+        };
+        assert!(matches!(filters.as_slice(), [Filter::ZarrV3(_)]), "{filters:?}");
+        // a corrupt index (a flipped byte fails its checksum) names the shard
+        let mut bytes = std::fs::read(root.join("a/c/1")).unwrap();
+        let n = bytes.len();
+        bytes[n - 6] ^= 0xff;
+        std::fs::write(root.join("a/c/1"), &bytes).unwrap();
+        let e = open_store(&root).unwrap_err().to_string();
+        assert!(e.contains("a/c/1") && e.contains("shard index"), "{e}");
+        // a shard too short for its index
+        std::fs::write(root.join("a/c/1"), [0u8; 5]).unwrap();
+        let e = open_store(&root).unwrap_err().to_string();
+        assert!(e.contains("truncated shard"), "{e}");
     }
 
     #[test]

@@ -83,6 +83,7 @@ pub fn v2_array(v: &Variable) -> String {
     };
     let fill = match (v.dtype, v.fill_attr) {
         (DType::Str | DType::Char, _) | (_, None) => "null".to_string(),
+        (DType::Bool, Some(s)) => (s.as_f64() != 0.0).to_string(),
         (dt, Some(s)) => fill_json(s, dt).to_string(),
     };
     format!(
@@ -125,6 +126,12 @@ pub fn v3_array(v: &Variable) -> String {
             "\"AA==\"".to_string(),
             format!("[{{\"name\": \"bytes\"}}, {zstd}]"),
         ),
+        // zarr-python 3: fixed-width text fills with "", one-byte types take no endian
+        DType::Bytes(_) => ("\"\"".to_string(), format!("[{{\"name\": \"bytes\"}}, {zstd}]")),
+        DType::Unicode(_) => (
+            "\"\"".to_string(),
+            format!("[{{\"name\": \"bytes\", \"configuration\": {{\"endian\": \"little\"}}}}, {zstd}]"),
+        ),
         dt => {
             let s = v
                 .fill_attr
@@ -144,8 +151,13 @@ pub fn v3_array(v: &Variable) -> String {
                 ),
                 _ => zstd.clone(),
             };
+            let fill = if dt == DType::Bool {
+                (s.as_f64() != 0.0).to_string() // v3 bool fill values are JSON booleans
+            } else {
+                fill_json(s, dt).to_string()
+            };
             (
-                fill_json(s, dt).to_string(),
+                fill,
                 format!(
                     "[{{\"name\": \"bytes\", \"configuration\": {{\"endian\": \"little\"}}}}, {compressor}]"
                 ),
