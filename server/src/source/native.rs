@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use hdf5_reader::messages::HdfMessage;
-use hdf5_reader::storage::{DynStorage, FileStorage};
+use hdf5_reader::storage::{BlockCacheStorage, DynStorage, FileStorage};
 use hdf5_reader::{ByteOrder, Datatype, Hdf5File};
 use netcdf_reader::NcFile;
 use netcdf_reader::types::{NcAttrValue, NcAttribute, NcGroup, NcType, NcVariable};
@@ -56,7 +56,11 @@ pub fn open_native(file: &Arc<SourceFile>) -> Result<SourceIndex, Unsupported> {
 }
 
 fn open_inner(file: &Arc<SourceFile>) -> Result<SourceIndex, Unsupported> {
-    let storage: DynStorage = Arc::new(FileStorage::open(&file.path).map_err(unsupported)?);
+    // Metadata is read in many small pieces (headers, heaps, B-tree nodes); reading the file
+    // in 64 KiB blocks turns those into a few `pread`s (most files' metadata sits in the
+    // first block) without reading or mapping the data itself.
+    let file_storage: DynStorage = Arc::new(FileStorage::open(&file.path).map_err(unsupported)?);
+    let storage: DynStorage = Arc::new(BlockCacheStorage::new(file_storage, 64 << 10, 64));
     let h5 = Hdf5File::from_storage(storage.clone()).map_err(unsupported)?;
     if h5.superblock().base_address != 0 {
         return Err(Unsupported("HDF5 user block".into()));
