@@ -60,10 +60,20 @@ fn open_inner(file: &Arc<SourceFile>) -> Result<SourceIndex, Unsupported> {
     // in 64 KiB blocks turns those into a few `pread`s (most files' metadata sits in the
     // first block) without reading or mapping the data itself.
     let file_storage: DynStorage = Arc::new(FileStorage::open(&file.path).map_err(unsupported)?);
+    let file_len = file_storage.len();
     let storage: DynStorage = Arc::new(BlockCacheStorage::new(file_storage, 64 << 10, 64));
     let h5 = Hdf5File::from_storage(storage.clone()).map_err(unsupported)?;
-    if h5.superblock().base_address != 0 {
+    let sb = h5.superblock();
+    if sb.base_address != 0 {
         return Err(Unsupported("HDF5 user block".into()));
+    }
+    // libhdf5 refuses a file shorter than its recorded end; metadata alone would not notice
+    // a file cut inside its raw data.
+    if sb.eof_address != u64::MAX && file_len < sb.eof_address {
+        return Err(Unsupported(format!(
+            "truncated: {file_len} bytes, the superblock says {}",
+            sb.eof_address
+        )));
     }
     let nc = NcFile::from_storage(storage).map_err(unsupported)?;
     let root = nc.root_group().map_err(unsupported)?;
@@ -590,4 +600,114 @@ fn creation_ordered(h5: &Hdf5File, addr: u64, attrs: &mut Attrs) -> Result<(), U
         return Err(Unsupported("attributes both compact and dense".into()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small netCDF-4 file written by libnetcdf: unlimited and fixed dimensions, a
+    /// compressed chunked variable, a contiguous one, text/number/string attributes.
+    fn write_nc4(path: &Path) {
+        let mut f = netcdf::create(path).expect("create");
+        f.add_unlimited_dimension("time").expect("dim");
+        f.add_dimension("lat", 2048).expect("dim");
+        f.add_attribute("title", "native reader test").expect("attr");
+        f.add_attribute("levels", vec![1i32, 2, 3]).expect("attr");
+        {
+            let mut v = f.add_variable::<f32>("tas", &["time", "lat"]).expect("var");
+            v.set_compression(4, true).expect("deflate");
+            v.set_chunking(&[2, 1024]).expect("chunking");
+            v.put_attribute("units", "K").expect("attr");
+            v.set_fill_value(1e20f32).expect("fill");
+            let vals: Vec<f32> = (0..3 * 2048).map(|i| i as f32).collect();
+            v.put_values(&vals, (0..3, 0..2048)).expect("put");
+        }
+        {
+            let mut lat = f.add_variable::<f64>("lat", &["lat"]).expect("var");
+            lat.put_attribute("units", "degrees_north").expect("attr");
+            let vals: Vec<f64> = (0..2048).map(|i| f64::from(i) / 10.0).collect();
+            lat.put_values(&vals, ..).expect("put");
+        }
+    }
+
+    fn index_json(idx: &SourceIndex) -> serde_json::Value {
+        serde_json::to_value(idx).expect("json")
+    }
+
+    #[test]
+    fn same_index_as_the_library() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("a.nc");
+        write_nc4(&p);
+        let file = Arc::new(SourceFile::stat(p).expect("stat"));
+        let native = super::super::index_native(file.clone())
+            .expect("inline")
+            .expect("native reader accepts a plain netCDF-4 file");
+        let library = super::super::index_library(file).expect("library");
+        assert_eq!(index_json(&native), index_json(&library));
+        let tas = native.root.vars.iter().find(|v| v.name == "tas").expect("tas");
+        assert_eq!(tas.data.shape, vec![3, 2048]);
+        assert!(
+            matches!(&tas.data.storage, Storage::Chunked { chunk_shape, filters, locs }
+            if chunk_shape == &vec![2, 1024] && filters.len() == 2 && locs.len() == 4 && locs.iter().all(|l| l.size > 0))
+        );
+        assert_eq!(
+            native.root.dims[0],
+            SourceDim {
+                name: "time".into(),
+                len: 3,
+                unlimited: true
+            }
+        );
+    }
+
+    #[test]
+    fn truncated_file_is_declined_and_reported_not_panicking() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("a.nc");
+        write_nc4(&p);
+        let bytes = std::fs::read(&p).expect("read");
+        for cut in [9, 100, bytes.len() / 2, bytes.len() - 100] {
+            let t = dir.path().join(format!("cut{cut}.nc"));
+            std::fs::write(&t, &bytes[..cut]).expect("write");
+            let file = Arc::new(SourceFile::stat(t.clone()).expect("stat"));
+            assert!(
+                open_native(&file).is_err(),
+                "truncated at {cut}: native reader must decline"
+            );
+            // The whole open (native, then library) fails with an error naming the file.
+            let err = super::super::open_file(file).expect_err("truncated file must not open");
+            assert!(err.to_string().contains(&*t.to_string_lossy()), "{err}");
+        }
+    }
+
+    #[test]
+    fn garbage_after_signature_is_declined() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("g.nc");
+        let mut bytes = vec![0x89, b'H', b'D', b'F', b'\r', b'\n', 0x1a, b'\n'];
+        // A deterministic pseudo-random tail (xorshift), including a bogus superblock version.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..4096 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            bytes.push(x as u8);
+        }
+        std::fs::write(&p, &bytes).expect("write");
+        let file = Arc::new(SourceFile::stat(p.clone()).expect("stat"));
+        let why = open_native(&file).expect_err("garbage must be declined");
+        assert!(!why.0.is_empty());
+        let err = super::super::open_file(file).expect_err("garbage must not open");
+        assert!(err.to_string().contains(&*p.to_string_lossy()), "{err}");
+    }
+
+    #[test]
+    fn library_escape_hatch_is_read_from_the_environment() {
+        // Not set in the test environment: the native reader is on.
+        if std::env::var_os("CLOUDIFY_HDF5_READER").is_none() {
+            assert!(enabled());
+        }
+    }
 }
