@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use super::Dataset;
 use super::aggregate::{AggregateError, build};
-use crate::source::cache::{IndexCache, open_cached};
+use crate::source::cache::{IndexCache, open_cached_deferred, store_in_background};
 use crate::source::{SourceError, SourceFile};
 
 /// Why a dataset cannot be opened. Messages name the source or file.
@@ -198,18 +198,27 @@ pub fn open_dataset_cached(
         Some(indexes) => indexes,
         None => {
             let tmp_dir = cache.map_or_else(std::env::temp_dir, IndexCache::download_dir);
-            let indexes = files
+            let opened = files
                 .into_par_iter()
                 .map(|f| {
                     if f.remote.is_some() {
-                        crate::source::open_remote(Arc::new(f), cache, &tmp_dir)
+                        crate::source::open_remote(Arc::new(f), cache, &tmp_dir).map(|i| (i, false))
                     } else {
-                        open_cached(Arc::new(f), cache)
+                        open_cached_deferred(Arc::new(f), cache)
                     }
                 })
                 .collect::<Result<Vec<_>, SourceError>>()?;
-            if let Some(c) = cache.filter(|_| all_local) {
-                c.store_aggregate(&spec.sources, &indexes);
+            let fresh: Vec<_> = opened
+                .iter()
+                .filter(|(_, f)| *f)
+                .map(|(i, _)| i.clone())
+                .collect();
+            let indexes: Vec<_> = opened.into_iter().map(|(i, _)| i).collect();
+            if let Some(c) = cache {
+                if all_local {
+                    c.store_aggregate(&spec.sources, &indexes);
+                }
+                store_in_background(c, fresh);
             }
             indexes
         }

@@ -175,6 +175,46 @@ impl IndexCache {
     }
 }
 
+/// Opens one file through the cache without writing its entry: `Ok((index, true))` when it
+/// was indexed afresh and still needs [`IndexCache::store`] (see [`store_in_background`]).
+pub fn open_cached_deferred(
+    file: Arc<SourceFile>,
+    cache: Option<&IndexCache>,
+) -> Result<(SourceIndex, bool), super::SourceError> {
+    if let Some(c) = cache
+        && let Some(mut idx) = c.load(&file)
+    {
+        super::rebind(&mut idx, &file);
+        return Ok((idx, false));
+    }
+    Ok((super::open_file(file)?, true))
+}
+
+/// Writes per-file entries on a background thread.
+///
+/// With the native HDF5 reader, creating 2000 small cache files (and building their kerchunk
+/// references) took longer than indexing the files: the start-up wall time was the file
+/// system's. The server is ready as soon as the indexes are in memory and the aggregate
+/// entry is written (a restart is then warm); the per-file entries are the interoperable
+/// form and the accelerator for partly changed file sets, and can follow. A process that
+/// exits first only leaves fewer entries (each is written atomically).
+pub fn store_in_background(cache: &IndexCache, indexes: Vec<SourceIndex>) {
+    if indexes.is_empty() {
+        return;
+    }
+    let c = cache.clone();
+    let spawned = std::thread::Builder::new()
+        .name("index-cache-writer".into())
+        .spawn(move || {
+            for idx in &indexes {
+                c.store(idx);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the index cache writer: {e}");
+    }
+}
+
 /// Opens one file through the cache.
 pub fn open_cached(
     file: Arc<SourceFile>,

@@ -10,6 +10,7 @@ pub mod classic;
 pub mod ffi;
 pub mod formats;
 pub mod kerchunk;
+pub mod native;
 pub mod nc3;
 pub mod netcdf;
 pub mod zarr_store;
@@ -419,8 +420,39 @@ pub fn open_remote(
 pub fn open_file(file: Arc<SourceFile>) -> Result<SourceIndex, SourceError> {
     let mut idx = match sniff(&file.path)? {
         Format::Nc3 => classic::open_nc3(file),
-        Format::Hdf5 => netcdf::open_hdf5(file),
+        Format::Hdf5 => open_hdf5(file),
     }?;
+    inline_small(&mut idx.root)?;
+    Ok(idx)
+}
+
+/// netCDF-4/HDF5: the native reader first (parallel, no global lock), the library when it
+/// declines the file or is switched off (`CLOUDIFY_HDF5_READER=library`).
+fn open_hdf5(file: Arc<SourceFile>) -> Result<SourceIndex, SourceError> {
+    if native::enabled() {
+        match native::open_native(&file) {
+            Ok(idx) => return Ok(idx),
+            Err(why) => native::log_fallback(&file.path, &why),
+        }
+    }
+    netcdf::open_hdf5(file)
+}
+
+/// Indexes an HDF5 file with the native reader only, as `open_file` would (small variables
+/// inlined); the inner `Err` is why it declined. For the reader fidelity test.
+pub fn index_native(file: Arc<SourceFile>) -> Result<Result<SourceIndex, native::Unsupported>, SourceError> {
+    match native::open_native(&file) {
+        Ok(mut idx) => {
+            inline_small(&mut idx.root)?;
+            Ok(Ok(idx))
+        }
+        Err(why) => Ok(Err(why)),
+    }
+}
+
+/// Indexes an HDF5 file through libnetcdf/libhdf5 only, as `open_file` would.
+pub fn index_library(file: Arc<SourceFile>) -> Result<SourceIndex, SourceError> {
+    let mut idx = netcdf::open_hdf5(file)?;
     inline_small(&mut idx.root)?;
     Ok(idx)
 }
