@@ -77,7 +77,7 @@ pub fn load(specs: &[DatasetSpec], threads: usize, cache: Option<&IndexCache>) -
 
 /// Writes the dataset's references as kerchunk Parquet into the index cache, unless this
 /// version is there already, on a thread of its own: start-up does not wait for it (the
-/// route answers 503 until it is complete; the directory appears atomically).
+/// route answers 503 until it is complete; the directory appears atomically), exit does.
 fn persist_refs(served: &Arc<Served>) {
     let Some(dir) = served.refs_parquet.clone() else {
         return;
@@ -86,25 +86,22 @@ fn persist_refs(served: &Arc<Served>) {
         return;
     }
     let s = served.clone();
-    let spawned = std::thread::Builder::new()
-        .name("cloudify-refs".into())
-        .spawn(move || {
-            let t0 = Instant::now();
-            if let Some(parent) = dir.parent()
-                && let Err(e) = std::fs::create_dir_all(parent)
-            {
-                tracing::warn!(dir = %parent.display(), "cannot persist Parquet references: {e}");
-                return;
+    crate::background::spawn("cloudify-refs", move || {
+        let t0 = Instant::now();
+        if let Some(parent) = dir.parent()
+            && let Err(e) = std::fs::create_dir_all(parent)
+        {
+            tracing::warn!(dir = %parent.display(), "cannot persist Parquet references: {e}");
+            return;
+        }
+        match s
+            .refs
+            .write_parquet(&dir, crate::refs::parquet::DEFAULT_RECORD_SIZE)
+        {
+            Ok(()) => {
+                tracing::info!(dataset = %s.ds.name, dir = %dir.display(), ms = t0.elapsed().as_millis() as u64, "Parquet references written")
             }
-            match s
-                .refs
-                .write_parquet(&dir, crate::refs::parquet::DEFAULT_RECORD_SIZE)
-            {
-                Ok(()) => tracing::info!(dataset = %s.ds.name, dir = %dir.display(), ms = t0.elapsed().as_millis() as u64, "Parquet references written"),
-                Err(e) => tracing::warn!(dataset = %s.ds.name, "cannot persist Parquet references: {e}"),
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::warn!("cannot start the Parquet reference writer: {e}");
-    }
+            Err(e) => tracing::warn!(dataset = %s.ds.name, "cannot persist Parquet references: {e}"),
+        }
+    });
 }

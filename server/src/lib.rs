@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 
 pub mod app;
+pub mod background;
 pub mod catalog;
 pub mod chunk;
 pub mod codec;

@@ -371,6 +371,9 @@ fn main() -> ExitCode {
             .and_then(|rt| rt.block_on(cloudify_server::catalog::cli::run_catalog(a))),
         Command::Stac(c) => cloudify_server::catalog::cli::run_stac(c),
     };
+    // Cache entries computed at start-up are still being written: finish them, so the next
+    // start (or another replica) finds them.
+    cloudify_server::background::wait(std::time::Duration::from_secs(60));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

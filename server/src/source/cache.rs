@@ -196,23 +196,18 @@ pub fn open_cached_deferred(
 /// references) took longer than indexing the files: the start-up wall time was the file
 /// system's. The server is ready as soon as the indexes are in memory and the aggregate
 /// entry is written (a restart is then warm); the per-file entries are the interoperable
-/// form and the accelerator for partly changed file sets, and can follow. A process that
-/// exits first only leaves fewer entries (each is written atomically).
+/// form and the accelerator for partly changed file sets, and can follow. The process waits
+/// for them before it exits (`background::wait`); each entry is written atomically.
 pub fn store_in_background(cache: &IndexCache, indexes: Vec<SourceIndex>) {
     if indexes.is_empty() {
         return;
     }
     let c = cache.clone();
-    let spawned = std::thread::Builder::new()
-        .name("index-cache-writer".into())
-        .spawn(move || {
-            for idx in &indexes {
-                c.store(idx);
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::warn!("cannot start the index cache writer: {e}");
-    }
+    crate::background::spawn("index-cache-writer", move || {
+        for idx in &indexes {
+            c.store(idx);
+        }
+    });
 }
 
 /// Opens one file through the cache.
