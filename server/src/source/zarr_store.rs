@@ -63,7 +63,7 @@ fn v2_metadata(root: &Path) -> Result<BTreeMap<String, Value>, SourceError> {
 
 /// How an array names its chunk files.
 #[derive(Clone, Debug)]
-enum KeyEncoding {
+pub(crate) enum KeyEncoding {
     /// Zarr v2, or v3 `v2` encoding: `i.j.k` (or `i/j/k`), `0` for 0-d arrays.
     V2(String),
     /// Zarr v3 `default` encoding: `c/i/j/k` (or `c.i.j.k`), `c` for 0-d arrays.
@@ -166,7 +166,7 @@ fn v3_dtype(t: &Value) -> Option<&'static str> {
 
 /// Translates one v3 array's metadata into the v2 documents the shared builder reads.
 /// `Err` = the array cannot be served (the reason).
-fn v3_array(apath: &str, doc: &Value) -> Result<(Value, Value, KeyEncoding, bool), String> {
+pub(crate) fn v3_array(apath: &str, doc: &Value) -> Result<(Value, Value, KeyEncoding, bool), String> {
     let dt = v3_dtype(doc.get("data_type").unwrap_or(&Value::Null)).ok_or_else(|| {
         format!(
             "Zarr data type {} is not supported",
@@ -347,7 +347,7 @@ fn open_v3(root: &Path) -> Result<SourceIndex, SourceError> {
     Ok(idx)
 }
 
-fn add_skipped(g: &mut super::SourceGroup, group: &str, name: &str, why: String) {
+pub(crate) fn add_skipped(g: &mut super::SourceGroup, group: &str, name: &str, why: String) {
     if g.path == group {
         g.skipped.push((name.to_string(), why));
         return;
