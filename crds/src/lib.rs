@@ -188,7 +188,11 @@ pub enum SpecError {
     #[error("datasets[{index}].concatDim: must not be empty (dataset '{name}')")]
     ConcatDim { index: usize, name: String },
     #[error("datasets[{index}].icechunk: {reason} (dataset '{name}')")]
-    Icechunk { index: usize, name: String, reason: String },
+    Icechunk {
+        index: usize,
+        name: String,
+        reason: String,
+    },
     #[error("datasets[{index}].storage.{field}: {reason} (dataset '{name}')")]
     Storage {
         index: usize,
@@ -271,8 +275,13 @@ impl DatasetSpec {
             if set.iter().any(|f| f.as_deref().is_some_and(str::is_empty)) {
                 return Err(err("branch, tag and snapshot must not be empty"));
             }
-            if !matches!(self.format, None | Some(SourceFormat::Auto | SourceFormat::Icechunk)) {
-                return Err(err("only Icechunk sources have versions; drop `icechunk` or set format: icechunk"));
+            if !matches!(
+                self.format,
+                None | Some(SourceFormat::Auto | SourceFormat::Icechunk)
+            ) {
+                return Err(err(
+                    "only Icechunk sources have versions; drop `icechunk` or set format: icechunk",
+                ));
             }
         }
         if let Some(st) = &self.storage {
@@ -393,7 +402,10 @@ mod tests {
         assert_eq!(d.icechunk.as_ref().unwrap().tag.as_deref(), Some("v1"));
         let both = "datasets:\n- name: r\n  sources: [/data/r]\n  icechunk: {tag: v1, branch: main}\n";
         let e = ServeConfig::from_yaml(both).unwrap_err().to_string();
-        assert!(e.contains("datasets[0].icechunk") && e.contains("at most one"), "{e}");
+        assert!(
+            e.contains("datasets[0].icechunk") && e.contains("at most one"),
+            "{e}"
+        );
         let wrong = "datasets:\n- name: r\n  sources: [/data/r]\n  format: zarr\n  icechunk: {branch: dev}\n";
         let e = ServeConfig::from_yaml(wrong).unwrap_err().to_string();
         assert!(e.contains("only Icechunk sources"), "{e}");

@@ -79,7 +79,11 @@ fn describe(v: &Version) -> String {
 
 /// Reads one metadata file (snapshot, manifest, repo info): checks its header and type,
 /// undoes its compression.
-fn read_asset(root: &Path, rel: &str, want: FileTypeBin) -> Result<(icechunk_format::format_constants::SpecVersionBin, Vec<u8>), String> {
+fn read_asset(
+    root: &Path,
+    rel: &str,
+    want: FileTypeBin,
+) -> Result<(icechunk_format::format_constants::SpecVersionBin, Vec<u8>), String> {
     let path = root.join(rel);
     let bytes = std::fs::read(&path).map_err(|e| format!("'{rel}': {e}"))?;
     let header = parse_file_header(&bytes).map_err(|e| format!("'{rel}': not an Icechunk file: {e}"))?;
@@ -113,7 +117,8 @@ fn v1_ref(root: &Path, kind: &str, name: &str) -> Result<SnapshotId, String> {
         }
         Err(e) => return Err(format!("{kind} '{name}': {e}")),
     };
-    let doc: Value = serde_json::from_str(&text).map_err(|e| format!("{kind} '{name}': bad ref.json: {e}"))?;
+    let doc: Value =
+        serde_json::from_str(&text).map_err(|e| format!("{kind} '{name}': bad ref.json: {e}"))?;
     let id = doc
         .get("snapshot")
         .and_then(Value::as_str)
@@ -135,7 +140,8 @@ fn resolve(root: &Path, v: &Version, info: Option<&RepoInfo>) -> Result<Snapshot
             if info.tag_was_deleted(t).unwrap_or(false) {
                 return Err(format!("tag '{t}' was deleted"));
             }
-            info.resolve_tag(t).map_err(|_| format!("tag '{t}' does not exist"))
+            info.resolve_tag(t)
+                .map_err(|_| format!("tag '{t}' does not exist"))
         }
         (Version::Branch(b), None) => v1_ref(root, "branch", b),
         (Version::Tag(t), None) => v1_ref(root, "tag", t),
@@ -153,7 +159,10 @@ struct Container {
 /// the config held in the repo info of spec 2 ones).
 fn containers_of(config: &serde_yaml::Value) -> Vec<Container> {
     let mut out = Vec::new();
-    if let Some(m) = config.get("virtual_chunk_containers").and_then(serde_yaml::Value::as_mapping) {
+    if let Some(m) = config
+        .get("virtual_chunk_containers")
+        .and_then(serde_yaml::Value::as_mapping)
+    {
         for (k, c) in m {
             let prefix = c
                 .get("url_prefix")
@@ -168,7 +177,10 @@ fn containers_of(config: &serde_yaml::Value) -> Vec<Container> {
             } else {
                 format!("{prefix}/")
             };
-            let name = c.get("name").and_then(serde_yaml::Value::as_str).map(str::to_string);
+            let name = c
+                .get("name")
+                .and_then(serde_yaml::Value::as_str)
+                .map(str::to_string);
             out.push(Container { prefix, name });
         }
     }
@@ -220,9 +232,14 @@ fn read_snapshot(root: &Path, version: &Version) -> Result<SnapshotData, String>
     };
     let sid = resolve(root, version, info.as_ref())?;
     let id = sid.to_string();
-    let (spec, buf) = read_asset(root, &format!("{}/{id}", icechunk_format::SNAPSHOTS_FILE_PATH), FileTypeBin::Snapshot)
-        .map_err(|e| format!("{}: {e}", describe(version)))?;
-    let snapshot = Snapshot::from_buffer(spec, buf).map_err(|e| format!("snapshot {id}: corrupt snapshot: {e}"))?;
+    let (spec, buf) = read_asset(
+        root,
+        &format!("{}/{id}", icechunk_format::SNAPSHOTS_FILE_PATH),
+        FileTypeBin::Snapshot,
+    )
+    .map_err(|e| format!("{}: {e}", describe(version)))?;
+    let snapshot =
+        Snapshot::from_buffer(spec, buf).map_err(|e| format!("snapshot {id}: corrupt snapshot: {e}"))?;
     let mut nodes = Vec::new();
     let mut manifests: HashMap<ManifestId, Arc<Manifest>> = HashMap::new();
     let mut chunks = HashMap::new();
@@ -240,7 +257,8 @@ fn read_snapshot(root: &Path, version: &Version) -> Result<SnapshotData, String>
                         let rel = format!("{}/{}", icechunk_format::MANIFESTS_FILE_PATH, mref.object_id);
                         let (_, buf) = read_asset(root, &rel, FileTypeBin::Manifest)?;
                         let m = Arc::new(
-                            Manifest::from_buffer(buf).map_err(|e| format!("'{rel}': corrupt manifest: {e}"))?,
+                            Manifest::from_buffer(buf)
+                                .map_err(|e| format!("'{rel}': corrupt manifest: {e}"))?,
                         );
                         manifests.insert(mref.object_id.clone(), m.clone());
                         m
@@ -326,7 +344,9 @@ impl RepoChunks<'_> {
                 let c = containers
                     .iter()
                     .find(|c| c.name.as_deref() == Some(name))
-                    .ok_or_else(|| format!("virtual chunk '{key}': no virtual chunk container named '{name}'"))?;
+                    .ok_or_else(|| {
+                        format!("virtual chunk '{key}': no virtual chunk container named '{name}'")
+                    })?;
                 format!("{}{rest}", c.prefix)
             }
             None => {
@@ -360,7 +380,10 @@ impl ChunkSource for RepoChunks<'_> {
             Vec::new()
         } else {
             idx.split('.')
-                .map(|s| s.parse::<u32>().map_err(|_| format!("chunk key '{key}' is not a grid index")))
+                .map(|s| {
+                    s.parse::<u32>()
+                        .map_err(|_| format!("chunk key '{key}' is not a grid index"))
+                })
                 .collect::<Result<_, _>>()?
         };
         let Some(payload) = self.snap.chunks.get(&(array.to_string(), coord)) else {
@@ -401,9 +424,7 @@ impl ChunkSource for RepoChunks<'_> {
     }
 
     fn resolve(&self, key: &str, url: &str) -> Result<PathBuf, String> {
-        self.roots
-            .resolve(url)
-            .map_err(|e| format!("chunk '{key}': {e}"))
+        self.roots.resolve(url).map_err(|e| format!("chunk '{key}': {e}"))
     }
 }
 
@@ -416,7 +437,8 @@ pub fn open_repo(
 ) -> Result<SourceIndex, SourceError> {
     let t0 = std::time::Instant::now();
     let version = version_info(version).map_err(|e| malformed(root, e))?;
-    let snap = read_snapshot(root, &version).map_err(|e| malformed(root, format!("Icechunk repository: {e}")))?;
+    let snap =
+        read_snapshot(root, &version).map_err(|e| malformed(root, format!("Icechunk repository: {e}")))?;
     let mut meta = BTreeMap::new();
     let mut zero_d = BTreeSet::new();
     let mut skipped: Vec<(String, String)> = Vec::new();
@@ -551,6 +573,12 @@ mod tests {
         assert!(file_matches(&p, &tag(&etag)).is_ok());
         std::fs::write(&p, "other data").unwrap();
         assert!(file_matches(&p, &tag(&etag)).is_err());
-        assert!(file_matches(&dir.path().join("gone.nc"), &Checksum::LastModified(SecondsSinceEpoch(1))).is_err());
+        assert!(
+            file_matches(
+                &dir.path().join("gone.nc"),
+                &Checksum::LastModified(SecondsSinceEpoch(1))
+            )
+            .is_err()
+        );
     }
 }
