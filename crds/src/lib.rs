@@ -31,16 +31,22 @@ pub struct DatasetSpec {
     #[schemars(length(min = 1))]
     pub sources: Vec<String>,
     /// Format of the sources. `auto` (the default) decides per dataset: paths ending in
-    /// `.json`, `.parquet` or `.parq` are kerchunk references, directories with `zarr.json`,
+    /// `.json`, `.parquet` or `.parq` are kerchunk references, directories holding an Icechunk
+    /// repository (`repo` and `snapshots/`) are Icechunk, directories with `zarr.json`,
     /// `.zgroup`/`.zarray` (or ending in `.zarr`) are Zarr stores, everything else is read as
     /// netCDF/HDF5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<SourceFormat>,
-    /// Directories that chunk references (kerchunk sources) may point into, besides the
-    /// directory holding the reference file itself. A reference anywhere else is refused
-    /// when the dataset opens, so a reference file cannot expose arbitrary server files.
+    /// Directories that chunk references (kerchunk sources, virtual chunks of Icechunk
+    /// repositories) may point into, besides the directory holding the reference file (the
+    /// repository) itself. A reference anywhere else is refused when the dataset opens, so a
+    /// reference file cannot expose arbitrary server files.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reference_roots: Vec<String>,
+    /// Which version of an Icechunk repository to serve (Icechunk sources only): one of
+    /// `branch`, `tag` or `snapshot`; default: the tip of branch `main`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icechunk: Option<IcechunkVersion>,
     /// How to reach object-store sources (endpoint, credentials, retries). Ignored for local
     /// files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -81,6 +87,24 @@ pub enum SourceFormat {
     Zarr,
     /// kerchunk/fsspec references: JSON (v0 or v1) files or Parquet reference directories.
     Kerchunk,
+    /// Icechunk repositories (local directories), regular or with virtual chunks.
+    Icechunk,
+}
+
+/// A version of an Icechunk repository: a branch tip, a tag or a snapshot id. At most one
+/// field may be set, since a repository is served as of exactly one snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IcechunkVersion {
+    /// Branch whose tip is served (read when the dataset opens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// Tag naming the snapshot to serve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Snapshot id (20 characters, Crockford base32, as `repo.ancestry()` prints them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
 }
 
 /// Access to the object store holding a dataset's sources.
@@ -163,6 +187,12 @@ pub enum SpecError {
     Duplicate { index: usize, name: String },
     #[error("datasets[{index}].concatDim: must not be empty (dataset '{name}')")]
     ConcatDim { index: usize, name: String },
+    #[error("datasets[{index}].icechunk: {reason} (dataset '{name}')")]
+    Icechunk {
+        index: usize,
+        name: String,
+        reason: String,
+    },
     #[error("datasets[{index}].storage.{field}: {reason} (dataset '{name}')")]
     Storage {
         index: usize,
@@ -231,6 +261,28 @@ impl DatasetSpec {
                 index,
                 name: self.name.clone(),
             });
+        }
+        if let Some(v) = &self.icechunk {
+            let set = [&v.branch, &v.tag, &v.snapshot];
+            let err = |reason: &str| SpecError::Icechunk {
+                index,
+                name: self.name.clone(),
+                reason: reason.into(),
+            };
+            if set.iter().filter(|f| f.is_some()).count() > 1 {
+                return Err(err("set at most one of branch, tag and snapshot"));
+            }
+            if set.iter().any(|f| f.as_deref().is_some_and(str::is_empty)) {
+                return Err(err("branch, tag and snapshot must not be empty"));
+            }
+            if !matches!(
+                self.format,
+                None | Some(SourceFormat::Auto | SourceFormat::Icechunk)
+            ) {
+                return Err(err(
+                    "only Icechunk sources have versions; drop `icechunk` or set format: icechunk",
+                ));
+            }
         }
         if let Some(st) = &self.storage {
             let err = |field: &'static str, reason: &str| SpecError::Storage {
@@ -337,6 +389,29 @@ mod tests {
         assert_eq!(cfg.datasets[0].reference_roots, vec!["/data"]);
         let err = ServeConfig::from_yaml("datasets: [{name: a, sources: [x], format: grib}]").unwrap_err();
         assert!(err.to_string().contains("grib"), "{err}");
+    }
+
+    #[test]
+    fn icechunk_version_parses_and_validates() {
+        let cfg = ServeConfig::from_yaml(
+            "datasets:\n- name: r\n  sources: [/data/r]\n  format: icechunk\n  icechunk: {tag: v1}\n",
+        )
+        .unwrap();
+        let d = &cfg.datasets[0];
+        assert_eq!(d.format, Some(SourceFormat::Icechunk));
+        assert_eq!(d.icechunk.as_ref().unwrap().tag.as_deref(), Some("v1"));
+        let both = "datasets:\n- name: r\n  sources: [/data/r]\n  icechunk: {tag: v1, branch: main}\n";
+        let e = ServeConfig::from_yaml(both).unwrap_err().to_string();
+        assert!(
+            e.contains("datasets[0].icechunk") && e.contains("at most one"),
+            "{e}"
+        );
+        let wrong = "datasets:\n- name: r\n  sources: [/data/r]\n  format: zarr\n  icechunk: {branch: dev}\n";
+        let e = ServeConfig::from_yaml(wrong).unwrap_err().to_string();
+        assert!(e.contains("only Icechunk sources"), "{e}");
+        let unknown = "datasets:\n- name: r\n  sources: [/data/r]\n  icechunk: {commit: x}\n";
+        let e = ServeConfig::from_yaml(unknown).unwrap_err().to_string();
+        assert!(e.contains("commit"), "{e}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub enum Kind {
     Netcdf,
     Kerchunk,
     Zarr,
+    Icechunk,
 }
 
 impl Kind {
@@ -25,6 +26,7 @@ impl Kind {
             Kind::Netcdf => "netcdf",
             Kind::Kerchunk => "kerchunk",
             Kind::Zarr => "zarr",
+            Kind::Icechunk => "icechunk",
         }
     }
 }
@@ -48,6 +50,10 @@ pub fn sniff_path(p: &Path) -> Kind {
         return Kind::Kerchunk;
     }
     if p.is_dir() {
+        // Before Zarr: a repository is not a Zarr store, whatever its name.
+        if super::icechunk::looks_like_repo(p) {
+            return Kind::Icechunk;
+        }
         if ext == "zarr"
             || p.join("zarr.json").is_file()
             || p.join(".zgroup").is_file()
@@ -73,6 +79,7 @@ pub fn kind_of(spec: &DatasetSpec) -> Kind {
         SourceFormat::Netcdf => Kind::Netcdf,
         SourceFormat::Kerchunk => Kind::Kerchunk,
         SourceFormat::Zarr => Kind::Zarr,
+        SourceFormat::Icechunk => Kind::Icechunk,
         SourceFormat::Auto => {
             let Some(first) = spec.sources.first().and_then(|s| local(s)) else {
                 return Kind::Netcdf;
@@ -146,6 +153,7 @@ pub fn open_other(spec: &DatasetSpec, kind: Kind) -> Result<Vec<SourceIndex>, Op
         match kind {
             Kind::Kerchunk => super::kerchunk::open_refs(p, &spec.reference_roots, spec.storage.as_ref()),
             Kind::Zarr => super::zarr_store::open_store(p),
+            Kind::Icechunk => super::icechunk::open_repo(p, spec.icechunk.as_ref(), &spec.reference_roots),
             Kind::Netcdf => super::open_file(std::sync::Arc::new(super::SourceFile::stat(p.clone())?)),
         }
     };

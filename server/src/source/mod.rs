@@ -9,6 +9,7 @@ pub mod cache;
 pub mod classic;
 pub mod ffi;
 pub mod formats;
+pub mod icechunk;
 pub mod kerchunk;
 pub mod native;
 pub mod nc3;

@@ -63,7 +63,7 @@ fn v2_metadata(root: &Path) -> Result<BTreeMap<String, Value>, SourceError> {
 
 /// How an array names its chunk files.
 #[derive(Clone, Debug)]
-enum KeyEncoding {
+pub(crate) enum KeyEncoding {
     /// Zarr v2, or v3 `v2` encoding: `i.j.k` (or `i/j/k`), `0` for 0-d arrays.
     V2(String),
     /// Zarr v3 `default` encoding: `c/i/j/k` (or `c.i.j.k`), `c` for 0-d arrays.
@@ -72,7 +72,7 @@ enum KeyEncoding {
 
 /// Where the inner chunks of a sharded v3 array are: byte ranges of shard files, found in
 /// each shard's index.
-struct ShardLayout {
+pub(crate) struct ShardLayout {
     /// Inner chunks per shard along each dimension.
     per_shard: Vec<u64>,
     /// Decodes a shard index (`index_codecs` over `[per_shard..., 2]` uint64).
@@ -307,19 +307,19 @@ fn v3_dtype(t: &Value) -> Option<String> {
 }
 
 /// One v3 array translated for the shared builder.
-struct V3Array {
+pub(crate) struct V3Array {
     /// `.zarray` and `.zattrs` documents (v2).
-    zarray: Value,
-    zattrs: Value,
-    encoding: KeyEncoding,
-    zero_d: bool,
+    pub(crate) zarray: Value,
+    pub(crate) zattrs: Value,
+    pub(crate) encoding: KeyEncoding,
+    pub(crate) zero_d: bool,
     /// Sharded: where the inner chunks (the served chunks) are.
-    shard: Option<ShardLayout>,
+    pub(crate) shard: Option<ShardLayout>,
     /// A pipeline our own steps cannot express: [`Filter::ZarrV3`] (decoded with zarrs) or
     /// [`Filter::Unsupported`] naming the codec.
-    filter: Option<Filter>,
+    pub(crate) filter: Option<Filter>,
     /// The stored chunks can be declared as numcodecs on `/kerchunk` (the `.zarray` holds them).
-    declarable: bool,
+    pub(crate) declarable: bool,
 }
 
 /// v3 codecs → numcodecs equivalents (encode order), or `None` if one has none. The
@@ -384,7 +384,7 @@ fn codec_name(c: &Value) -> &str {
 
 /// Translates one v3 array's metadata into the v2 documents the shared builder reads.
 /// `Err` = the array cannot be served (the reason).
-fn v3_array(apath: &str, doc: &Value) -> Result<V3Array, String> {
+pub(crate) fn v3_array(apath: &str, doc: &Value) -> Result<V3Array, String> {
     let data_type = doc.get("data_type").unwrap_or(&Value::Null);
     let dt = v3_dtype(data_type).ok_or_else(|| format!("Zarr data type {data_type} is not supported"))?;
     let shape = doc.get("shape").cloned().unwrap_or(Value::Null);
@@ -644,7 +644,10 @@ fn open_v3(root: &Path) -> Result<SourceIndex, SourceError> {
 }
 
 /// Puts the pipelines the v2 documents cannot carry onto the built variables.
-fn apply_overrides(g: &mut super::SourceGroup, overrides: &BTreeMap<String, (Option<Filter>, bool)>) {
+pub(crate) fn apply_overrides(
+    g: &mut super::SourceGroup,
+    overrides: &BTreeMap<String, (Option<Filter>, bool)>,
+) {
     for v in &mut g.vars {
         let path = if g.path.is_empty() {
             v.name.clone()
@@ -674,7 +677,7 @@ fn apply_overrides(g: &mut super::SourceGroup, overrides: &BTreeMap<String, (Opt
     }
 }
 
-fn add_skipped(g: &mut super::SourceGroup, group: &str, name: &str, why: String) {
+pub(crate) fn add_skipped(g: &mut super::SourceGroup, group: &str, name: &str, why: String) {
     if g.path == group {
         g.skipped.push((name.to_string(), why));
         return;
