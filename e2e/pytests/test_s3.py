@@ -92,13 +92,15 @@ class Moto:
         return {"AWS_ACCESS_KEY_ID": self.key_id, "AWS_SECRET_ACCESS_KEY": self.secret}
 
 
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory) -> Moto:
+def start_moto(log_dir: Path) -> Moto:
+    """A moto S3 server with IAM authentication on a free loopback port, and its key; the
+    caller stops it with ``stop_moto``."""
     port = free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
+    log = open(log_dir / "moto.log", "wb")
     env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3", AWS_DEFAULT_REGION=REGION)
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc.log = log
     try:
         wait_port(port, proc, "moto server")
         iam = boto3.client("iam", endpoint_url=f"http://127.0.0.1:{port}", region_name=REGION,
@@ -108,7 +110,26 @@ def moto(tmp_path_factory) -> Moto:
             {"Version": "2012-10-17",
              "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
         k = iam.create_access_key(UserName="cloudify")["AccessKey"]
-        m = Moto(port, proc, k["AccessKeyId"], k["SecretAccessKey"])
+        return Moto(port, proc, k["AccessKeyId"], k["SecretAccessKey"])
+    except BaseException:
+        stop_process(proc)
+        raise
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    if getattr(proc, "log", None):
+        proc.log.close()
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory) -> Moto:
+    m = start_moto(tmp_path_factory.mktemp("moto"))
+    try:
         s3 = m.client()
         s3.create_bucket(Bucket=BUCKET)
         for name in CASES:
@@ -116,12 +137,7 @@ def moto(tmp_path_factory) -> Moto:
                 s3.upload_file(f, BUCKET, key_of(name, f))
         yield m
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        stop_process(m.proc)
 
 
 def dataset_yaml(name: str, sources: list[str], storage: dict) -> str:

@@ -306,11 +306,15 @@ fn malformed(path: &Path, message: impl Into<String>) -> ParquetRefsError {
     }
 }
 
-/// Reads a Parquet reference directory. A missing record file means its chunks are missing
-/// (fsspec reads it the same way); an unreadable one is an error naming it.
-pub fn read_parquet(dir: &Path) -> Result<ParquetRefs, ParquetRefsError> {
-    let zmeta = dir.join(".zmetadata");
-    let text = std::fs::read(&zmeta).map_err(io(&zmeta))?;
+/// Reads a Parquet reference directory (local or an object prefix). A missing record file
+/// means its chunks are missing (fsspec reads it the same way); an unreadable one is an
+/// error naming it.
+pub fn read_parquet(dir: &crate::source::tree::Tree) -> Result<ParquetRefs, ParquetRefsError> {
+    let zmeta = dir.path(".zmetadata");
+    let text = dir
+        .read(".zmetadata")
+        .map_err(|m| malformed(&zmeta, m))?
+        .ok_or_else(|| malformed(&zmeta, "no such file (not a Parquet reference directory?)"))?;
     let doc: serde_json::Value =
         serde_json::from_slice(&text).map_err(|e| malformed(&zmeta, format!("not JSON: {e}")))?;
     let record_size = doc
@@ -335,13 +339,16 @@ pub fn read_parquet(dir: &Path) -> Result<ParquetRefs, ParquetRefsError> {
         let n: u64 = grid.iter().product();
         let nrec = n.div_ceil(record_size);
         for r in 0..nrec {
-            let file = dir.join(field).join(format!("refs.{r}.parq"));
-            let f = match File::open(&file) {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io(&file)(e)),
+            let rel = if field.is_empty() {
+                format!("refs.{r}.parq")
+            } else {
+                format!("{field}/refs.{r}.parq")
             };
-            let reader = SerializedFileReader::new(f).map_err(pq(&file))?;
+            let file = dir.path(&rel);
+            let Some(bytes) = dir.read(&rel).map_err(|m| malformed(&file, m))? else {
+                continue;
+            };
+            let reader = SerializedFileReader::new(bytes::Bytes::from(bytes)).map_err(pq(&file))?;
             let rows = reader.get_row_iter(None).map_err(pq(&file))?;
             for (i, row) in rows.enumerate() {
                 let row = row.map_err(pq(&file))?;
@@ -444,7 +451,7 @@ mod tests {
         let out = dir.path().join("refs.parquet");
         refs.write_parquet(&out, 2).unwrap();
         assert!(out.join("x/refs.0.parq").is_file() && out.join("x/refs.1.parq").is_file());
-        let back = read_parquet(&out).unwrap();
+        let back = read_parquet(&crate::source::tree::Tree::Local(out.clone())).unwrap();
         assert_eq!(back.metadata["x/.zarray"]["shape"], serde_json::json!([5]));
         assert_eq!(
             back.chunks["x/0"],
@@ -466,10 +473,10 @@ mod tests {
     #[test]
     fn malformed_sets_are_named() {
         let dir = tempfile::tempdir().unwrap();
-        let e = read_parquet(dir.path()).unwrap_err();
+        let e = read_parquet(&crate::source::tree::Tree::Local(dir.path().to_path_buf())).unwrap_err();
         assert!(e.to_string().contains(".zmetadata"), "{e}");
         std::fs::write(dir.path().join(".zmetadata"), "{\"metadata\": {}}").unwrap();
-        let e = read_parquet(dir.path()).unwrap_err();
+        let e = read_parquet(&crate::source::tree::Tree::Local(dir.path().to_path_buf())).unwrap_err();
         assert!(e.to_string().contains("record_size"), "{e}");
         std::fs::write(
             dir.path().join(".zmetadata"),
@@ -478,7 +485,7 @@ mod tests {
         .unwrap();
         std::fs::create_dir(dir.path().join("x")).unwrap();
         std::fs::write(dir.path().join("x/refs.0.parq"), b"not parquet").unwrap();
-        let e = read_parquet(dir.path()).unwrap_err();
+        let e = read_parquet(&crate::source::tree::Tree::Local(dir.path().to_path_buf())).unwrap_err();
         assert!(e.to_string().contains("refs.0.parq"), "{e}");
     }
 }

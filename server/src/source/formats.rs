@@ -72,6 +72,40 @@ pub fn sniff_path(p: &Path) -> Kind {
     Kind::Netcdf
 }
 
+/// What an object URL looks like: by its name where that says it (`.json`, `.parq`,
+/// `.zarr`, `.nc`...), else by probing the prefix for a Zarr store's or Icechunk
+/// repository's marker objects (a few HEAD/LIST requests).
+pub fn sniff_url(url: &str, spec: &DatasetSpec) -> Kind {
+    let name = url.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
+    let ext = name.rsplit_once('.').map(|(_, e)| e).unwrap_or_default();
+    match ext {
+        "json" | "parquet" | "parq" => return Kind::Kerchunk,
+        "zarr" => return Kind::Zarr,
+        "nc" | "nc4" | "h5" | "hdf5" | "he5" | "cdf" | "netcdf" => return Kind::Netcdf,
+        _ => {}
+    }
+    if has_glob(url) {
+        return Kind::Netcdf;
+    }
+    let Ok(tree) = super::tree::Tree::open(url, spec.storage.as_ref()) else {
+        return Kind::Netcdf;
+    };
+    if tree.is_file("zarr.json") || tree.is_file(".zgroup") || tree.is_file(".zarray") {
+        Kind::Zarr
+    } else if super::icechunk::looks_like_repo_tree(&tree) {
+        Kind::Icechunk
+    } else if tree
+        .read(".zmetadata")
+        .ok()
+        .flatten()
+        .is_some_and(|t| String::from_utf8_lossy(&t).contains("\"record_size\""))
+    {
+        Kind::Kerchunk
+    } else {
+        Kind::Netcdf
+    }
+}
+
 /// The reader for `spec`: its explicit `format`, else judged from the first source (the
 /// first match of a glob).
 pub fn kind_of(spec: &DatasetSpec) -> Kind {
@@ -81,8 +115,11 @@ pub fn kind_of(spec: &DatasetSpec) -> Kind {
         SourceFormat::Zarr => Kind::Zarr,
         SourceFormat::Icechunk => Kind::Icechunk,
         SourceFormat::Auto => {
-            let Some(first) = spec.sources.first().and_then(|s| local(s)) else {
+            let Some(first) = spec.sources.first() else {
                 return Kind::Netcdf;
+            };
+            let Some(first) = local(first) else {
+                return sniff_url(first, spec);
             };
             if has_glob(first) {
                 glob::glob(first)
@@ -96,8 +133,10 @@ pub fn kind_of(spec: &DatasetSpec) -> Kind {
     }
 }
 
-/// Expands sources that may name directories (Parquet reference sets, Zarr stores).
-fn expand(spec: &DatasetSpec, kind: Kind) -> Result<Vec<PathBuf>, OpenError> {
+/// Expands sources that may name directories (Parquet reference sets, Zarr stores):
+/// local paths (canonical) and object URLs. A glob over objects is expanded for reference
+/// files (one object each); directory-like object sources are named one by one.
+fn expand(spec: &DatasetSpec, kind: Kind) -> Result<Vec<String>, OpenError> {
     let mut out = Vec::new();
     for (index, s) in spec.sources.iter().enumerate() {
         let err = |reason: String| OpenError::Source {
@@ -106,10 +145,8 @@ fn expand(spec: &DatasetSpec, kind: Kind) -> Result<Vec<PathBuf>, OpenError> {
             reason,
         };
         let Some(p) = local(s) else {
-            return Err(err(format!(
-                "only local paths and file:// URLs are supported for {} sources so far",
-                kind.name()
-            )));
+            out.extend(expand_url(spec, kind, s).map_err(err)?);
+            continue;
         };
         let matched: Vec<PathBuf> = if has_glob(p) {
             let mut m: Vec<PathBuf> = glob::glob(p)
@@ -139,22 +176,58 @@ fn expand(spec: &DatasetSpec, kind: Kind) -> Result<Vec<PathBuf>, OpenError> {
                     kind.name()
                 )));
             }
-            out.push(std::fs::canonicalize(&m).unwrap_or(m));
+            out.push(
+                std::fs::canonicalize(&m)
+                    .unwrap_or(m)
+                    .to_string_lossy()
+                    .into_owned(),
+            );
         }
     }
     out.dedup();
     Ok(out)
 }
 
+/// One object-URL source: itself, or the objects a glob matches (reference files only).
+fn expand_url(spec: &DatasetSpec, kind: Kind, s: &str) -> Result<Vec<String>, String> {
+    let url = crate::storage::parse_object_url(s)?.ok_or_else(|| format!("'{s}' is not an object URL"))?;
+    if !url.has_glob() {
+        return Ok(vec![s.trim_end_matches('/').to_string()]);
+    }
+    if kind != Kind::Kerchunk {
+        return Err(format!(
+            "globs over objects are supported for netCDF files and JSON reference files; name each {} source",
+            kind.name()
+        ));
+    }
+    let store = crate::storage::build_store(&url, spec.storage.as_ref())?;
+    Ok(crate::storage::expand(&url, &store)?
+        .into_iter()
+        .map(|f| f.path.to_string_lossy().into_owned())
+        .collect())
+}
+
 /// Opens the sources of a dataset that are not netCDF files.
 pub fn open_other(spec: &DatasetSpec, kind: Kind) -> Result<Vec<SourceIndex>, OpenError> {
     let paths = expand(spec, kind)?;
-    let open = |p: &PathBuf| -> Result<SourceIndex, SourceError> {
+    let storage = spec.storage.as_ref();
+    let open = |p: &String| -> Result<SourceIndex, SourceError> {
+        let tree = || {
+            super::tree::Tree::open(p, storage).map_err(|message| SourceError::Malformed {
+                path: PathBuf::from(p),
+                message,
+            })
+        };
         match kind {
-            Kind::Kerchunk => super::kerchunk::open_refs(p, &spec.reference_roots, spec.storage.as_ref()),
-            Kind::Zarr => super::zarr_store::open_store(p),
-            Kind::Icechunk => super::icechunk::open_repo(p, spec.icechunk.as_ref(), &spec.reference_roots),
-            Kind::Netcdf => super::open_file(std::sync::Arc::new(super::SourceFile::stat(p.clone())?)),
+            Kind::Kerchunk => super::kerchunk::open_refs_source(p, &spec.reference_roots, storage),
+            Kind::Zarr => super::zarr_store::open_tree(&tree()?, storage),
+            Kind::Icechunk => super::icechunk::open_repo_tree(
+                &tree()?,
+                spec.icechunk.as_ref(),
+                &spec.reference_roots,
+                storage,
+            ),
+            Kind::Netcdf => super::open_file(std::sync::Arc::new(super::SourceFile::stat(PathBuf::from(p))?)),
         }
     };
     use rayon::prelude::*;

@@ -32,6 +32,7 @@ use icechunk_format::{ChunkIndices, ManifestId, SnapshotId};
 use serde_json::Value;
 
 use super::kerchunk::{ChunkSource, FillRule, RawRef, Roots, build_index, sanitize_json};
+use super::tree::Tree;
 use super::{SourceError, SourceFile, SourceIndex};
 
 fn malformed(path: &Path, message: impl Into<String>) -> SourceError {
@@ -44,7 +45,12 @@ fn malformed(path: &Path, message: impl Into<String>) -> SourceError {
 /// Whether `p` looks like an Icechunk repository: icechunk 2 writes a `repo` object and
 /// icechunk 1 a `refs/` prefix, both next to `snapshots/`.
 pub fn looks_like_repo(p: &Path) -> bool {
-    p.join("snapshots").is_dir() && (p.join("repo").is_file() || p.join("refs").is_dir())
+    looks_like_repo_tree(&Tree::Local(p.to_path_buf()))
+}
+
+/// [`looks_like_repo`] for a local or object-store tree.
+pub fn looks_like_repo_tree(t: &Tree) -> bool {
+    t.is_dir("snapshots") && (t.is_file("repo") || t.is_dir("refs"))
 }
 
 /// The version a dataset asks for.
@@ -80,12 +86,14 @@ fn describe(v: &Version) -> String {
 /// Reads one metadata file (snapshot, manifest, repo info): checks its header and type,
 /// undoes its compression.
 fn read_asset(
-    root: &Path,
+    root: &Tree,
     rel: &str,
     want: FileTypeBin,
 ) -> Result<(icechunk_format::format_constants::SpecVersionBin, Vec<u8>), String> {
-    let path = root.join(rel);
-    let bytes = std::fs::read(&path).map_err(|e| format!("'{rel}': {e}"))?;
+    let bytes = root
+        .read(rel)
+        .map_err(|e| format!("'{rel}': {e}"))?
+        .ok_or_else(|| format!("'{rel}': No such file or directory"))?;
     let header = parse_file_header(&bytes).map_err(|e| format!("'{rel}': not an Icechunk file: {e}"))?;
     if header.file_type != want {
         return Err(format!("'{rel}': holds a {:?}, not a {want:?}", header.file_type));
@@ -102,23 +110,21 @@ fn read_asset(
 
 /// Spec version 1 refs: `refs/branch.{name}/ref.json` and `refs/tag.{name}/ref.json` (a
 /// deleted tag has a `ref.json.deleted` marker), each `{"snapshot": id}`.
-fn v1_ref(root: &Path, kind: &str, name: &str) -> Result<SnapshotId, String> {
+fn v1_ref(root: &Tree, kind: &str, name: &str) -> Result<SnapshotId, String> {
     if name.is_empty() || name.contains('/') {
         return Err(format!("{kind} '{name}' is not a valid name"));
     }
-    let dir = root.join("refs").join(format!("{kind}.{name}"));
-    if kind == "tag" && dir.join("ref.json.deleted").exists() {
+    let dir = format!("refs/{kind}.{name}");
+    if kind == "tag" && root.is_file(&format!("{dir}/ref.json.deleted")) {
         return Err(format!("tag '{name}' was deleted"));
     }
-    let text = match std::fs::read_to_string(dir.join("ref.json")) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(format!("{kind} '{name}' does not exist"));
-        }
+    let text = match root.read(&format!("{dir}/ref.json")) {
+        Ok(Some(t)) => t,
+        Ok(None) => return Err(format!("{kind} '{name}' does not exist")),
         Err(e) => return Err(format!("{kind} '{name}': {e}")),
     };
     let doc: Value =
-        serde_json::from_str(&text).map_err(|e| format!("{kind} '{name}': bad ref.json: {e}"))?;
+        serde_json::from_slice(&text).map_err(|e| format!("{kind} '{name}': bad ref.json: {e}"))?;
     let id = doc
         .get("snapshot")
         .and_then(Value::as_str)
@@ -127,7 +133,7 @@ fn v1_ref(root: &Path, kind: &str, name: &str) -> Result<SnapshotId, String> {
 }
 
 /// The snapshot a version names.
-fn resolve(root: &Path, v: &Version, info: Option<&RepoInfo>) -> Result<SnapshotId, String> {
+fn resolve(root: &Tree, v: &Version, info: Option<&RepoInfo>) -> Result<SnapshotId, String> {
     match (v, info) {
         (Version::Snapshot(id), _) => Ok(id.clone()),
         (Version::Branch(b), Some(info)) => info
@@ -210,11 +216,11 @@ fn rel_path(p: &icechunk_format::Path) -> String {
     p.as_str().trim_start_matches('/').to_string()
 }
 
-fn read_snapshot(root: &Path, version: &Version) -> Result<SnapshotData, String> {
-    if !looks_like_repo(root) {
+fn read_snapshot(root: &Tree, version: &Version) -> Result<SnapshotData, String> {
+    if !looks_like_repo_tree(root) {
         return Err("not an Icechunk repository (no snapshots/ next to refs/ or repo)".into());
     }
-    let info = if root.join(icechunk_format::REPO_INFO_FILE_PATH).is_file() {
+    let info = if root.is_file(icechunk_format::REPO_INFO_FILE_PATH) {
         let (_, buf) = read_asset(root, icechunk_format::REPO_INFO_FILE_PATH, FileTypeBin::RepoInfo)?;
         Some(RepoInfo::from_buffer(buf).map_err(|e| format!("'repo': corrupt repository info: {e}"))?)
     } else {
@@ -225,9 +231,10 @@ fn read_snapshot(root: &Path, version: &Version) -> Result<SnapshotData, String>
             Ok(Some(raw)) => serde_yaml::from_slice(&raw).unwrap_or_default(),
             _ => serde_yaml::Value::Null,
         },
-        None => match std::fs::read(root.join(icechunk_format::CONFIG_FILE_PATH)) {
-            Ok(raw) => serde_yaml::from_slice(&raw).map_err(|e| format!("'config.yaml': {e}"))?,
-            Err(_) => serde_yaml::Value::Null,
+        None => match root.read(icechunk_format::CONFIG_FILE_PATH) {
+            Ok(Some(raw)) => serde_yaml::from_slice(&raw).map_err(|e| format!("'config.yaml': {e}"))?,
+            Ok(None) => serde_yaml::Value::Null,
+            Err(e) => return Err(format!("'config.yaml': {e}")),
         },
     };
     let sid = resolve(root, version, info.as_ref())?;
@@ -292,12 +299,19 @@ fn read_snapshot(root: &Path, version: &Version) -> Result<SnapshotData, String>
 
 /// Chunks of one snapshot, as the shared builder asks for them.
 struct RepoChunks<'a> {
-    root: &'a Path,
+    root: &'a Tree,
     snap: &'a SnapshotData,
     roots: Roots,
     zero_d: BTreeSet<String>,
-    /// Files of virtual chunks already checked against their checksums.
-    checked: std::sync::Mutex<HashMap<(PathBuf, String), Result<(), String>>>,
+    /// How to reach objects (virtual chunks in object stores).
+    storage: Option<&'a cloudify_crds::StorageSpec>,
+    /// Files of virtual chunks already checked against their checksums, and the stores
+    /// objects were checked with (one per bucket).
+    #[allow(clippy::type_complexity)]
+    checked: std::sync::Mutex<(
+        HashMap<(PathBuf, String), Result<(), String>>,
+        HashMap<String, Arc<crate::storage::Store>>,
+    )>,
 }
 
 fn file_matches(path: &Path, checksum: &Checksum) -> Result<(), String> {
@@ -335,6 +349,49 @@ fn file_matches(path: &Path, checksum: &Checksum) -> Result<(), String> {
     Ok(())
 }
 
+/// [`file_matches`] for a virtual chunk in an object store: one `HEAD` per object (the
+/// result is remembered per object and checksum by the caller).
+fn object_matches(
+    url: &str,
+    checksum: &Checksum,
+    storage: Option<&cloudify_crds::StorageSpec>,
+    stores: &mut HashMap<String, Arc<crate::storage::Store>>,
+) -> Result<(), String> {
+    let parsed =
+        crate::storage::parse_object_url(url)?.ok_or_else(|| format!("'{url}' is not an object URL"))?;
+    let store = match stores.get(&parsed.base) {
+        Some(s) => s.clone(),
+        None => {
+            let s = crate::storage::build_store(&parsed, storage)?;
+            stores.insert(parsed.base.clone(), s.clone());
+            s
+        }
+    };
+    let loc = object_store::path::Path::from(parsed.key.as_str());
+    let meta = crate::storage::block_on(async move { store.head(&loc).await })??;
+    match checksum {
+        Checksum::LastModified(secs) => {
+            let modified = meta.last_modified.timestamp();
+            if modified > i64::from(secs.0) {
+                return Err(format!(
+                    "'{url}' was modified after the virtual reference was written (last-modified {modified} > recorded {}); refusing stale data",
+                    secs.0
+                ));
+            }
+        }
+        Checksum::ETag(etag) => {
+            let now = meta.e_tag.as_deref().unwrap_or_default().trim_matches('"');
+            if etag.0.trim_matches('"') != now {
+                return Err(format!(
+                    "'{url}' changed since the virtual reference was written (ETag {} recorded, {now} now); refusing stale data",
+                    etag.0
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl RepoChunks<'_> {
     fn virtual_path(&self, key: &str, location: &VirtualChunkLocation) -> Result<String, String> {
         let containers = &self.snap.containers;
@@ -360,9 +417,8 @@ impl RepoChunks<'_> {
             }
         };
         let Some(local) = url.strip_prefix("file://") else {
-            return Err(format!(
-                "virtual chunk '{key}' points to '{url}': only local (file://) virtual chunks are served so far"
-            ));
+            // an object (s3://...): allowed or refused by the roots when resolved
+            return Ok(url);
         };
         // Percent-encoded characters, as icechunk decodes them.
         let local = url::Url::parse(&format!("file://{local}"))
@@ -394,10 +450,7 @@ impl ChunkSource for RepoChunks<'_> {
             ChunkPayload::Ref(r) => RawRef::Url {
                 url: self
                     .root
-                    .join(icechunk_format::CHUNKS_FILE_PATH)
-                    .join(r.id.to_string())
-                    .to_string_lossy()
-                    .into_owned(),
+                    .url(&format!("{}/{}", icechunk_format::CHUNKS_FILE_PATH, r.id)),
                 range: Some((r.offset, r.length)),
             },
             ChunkPayload::Virtual(v) => {
@@ -407,10 +460,17 @@ impl ChunkSource for RepoChunks<'_> {
                         .roots
                         .resolve(&url)
                         .map_err(|e| format!("virtual chunk '{key}': {e}"))?;
-                    let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut guard = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+                    let (checked, stores) = &mut *guard;
                     checked
                         .entry((path.clone(), format!("{sum:?}")))
-                        .or_insert_with(|| file_matches(&path, sum))
+                        .or_insert_with(|| {
+                            if url.contains("://") && !url.starts_with("file://") {
+                                object_matches(&url, sum, self.storage, stores)
+                            } else {
+                                file_matches(&path, sum)
+                            }
+                        })
                         .clone()
                         .map_err(|e| format!("virtual chunk '{key}': {e}"))?;
                 }
@@ -435,10 +495,23 @@ pub fn open_repo(
     version: Option<&IcechunkVersion>,
     extra_roots: &[String],
 ) -> Result<SourceIndex, SourceError> {
+    open_repo_tree(&Tree::Local(root.to_path_buf()), version, extra_roots, None)
+}
+
+/// [`open_repo`] for a local or object-store repository (objects read with `storage`'s
+/// settings).
+pub fn open_repo_tree(
+    tree: &Tree,
+    version: Option<&IcechunkVersion>,
+    extra_roots: &[String],
+    storage: Option<&cloudify_crds::StorageSpec>,
+) -> Result<SourceIndex, SourceError> {
     let t0 = std::time::Instant::now();
+    let root_path = tree.path("");
+    let root = root_path.as_path();
     let version = version_info(version).map_err(|e| malformed(root, e))?;
     let snap =
-        read_snapshot(root, &version).map_err(|e| malformed(root, format!("Icechunk repository: {e}")))?;
+        read_snapshot(tree, &version).map_err(|e| malformed(root, format!("Icechunk repository: {e}")))?;
     let mut meta = BTreeMap::new();
     let mut zero_d = BTreeSet::new();
     let mut skipped: Vec<(String, String)> = Vec::new();
@@ -494,10 +567,15 @@ pub fn open_repo(
         etag: Some(snap.id.clone()),
         remote: None,
     };
+    let roots = match tree {
+        Tree::Local(_) => Roots::new(root, extra_roots),
+        Tree::Remote(_) => Roots::remote(&tree.url(""), extra_roots),
+    };
     let chunks = RepoChunks {
-        root,
+        root: tree,
         snap: &snap,
-        roots: Roots::new(root, extra_roots),
+        roots,
+        storage,
         zero_d,
         checked: Default::default(),
     };
@@ -512,6 +590,9 @@ pub fn open_repo(
     for (path, why) in skipped {
         let (g, name) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
         super::zarr_store::add_skipped(&mut idx.root, g, name, why);
+    }
+    if tree.is_remote() || !chunks.roots.allowed_urls.is_empty() {
+        super::kerchunk::attach_remote(&mut idx, storage)?;
     }
     tracing::info!(
         repo = %root.display(),

@@ -135,7 +135,12 @@ pub fn parse_json(path: &Path) -> Result<RefSet, SourceError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let doc = parse_doc(&text).map_err(|e| malformed(path, format!("not valid JSON: {e}")))?;
+    parse_json_text(path, &text)
+}
+
+/// Parses the text of a kerchunk JSON reference file read from `path` (named in errors).
+pub fn parse_json_text(path: &Path, text: &str) -> Result<RefSet, SourceError> {
+    let doc = parse_doc(text).map_err(|e| malformed(path, format!("not valid JSON: {e}")))?;
     let Value::Object(top) = doc else {
         return Err(malformed(
             path,
@@ -533,7 +538,7 @@ fn expand_templates(url: &str, templates: &serde_json::Map<String, Value>) -> Re
 }
 
 /// Reads a Parquet reference directory into a [`RefSet`].
-pub fn parse_parquet(dir: &Path) -> Result<RefSet, SourceError> {
+pub fn parse_parquet(dir: &super::tree::Tree) -> Result<RefSet, SourceError> {
     let p = crate::refs::parquet::read_parquet(dir).map_err(|e| match e {
         crate::refs::parquet::ParquetRefsError::Io { path, source } => SourceError::Io { path, source },
         crate::refs::parquet::ParquetRefsError::Parquet { path, message }
@@ -569,6 +574,11 @@ pub struct Roots {
     /// with a scheme: objects are never reachable unless a root names them, so a reference
     /// set cannot make the server read whatever its credentials allow.
     pub allowed_urls: Vec<String>,
+    /// For a reference set (or repository) that is itself in an object store: the URL
+    /// prefix relative references are resolved against. Its local `base` is then not an
+    /// allowed root: an object-stored reference set reaches local files only through
+    /// explicit `referenceRoots`.
+    pub base_url: Option<String>,
 }
 
 impl Roots {
@@ -596,12 +606,31 @@ impl Roots {
             base: canon(base),
             allowed,
             allowed_urls,
+            base_url: None,
         }
+    }
+
+    /// Roots of a reference set or repository stored under the object prefix `base_url`
+    /// (`s3://bucket/refs`): objects under that prefix plus `extra`.
+    pub fn remote(base_url: &str, extra: &[String]) -> Self {
+        let mut r = Self::new(Path::new("/"), extra);
+        // `new` allowed its base: not here (see `base_url`)
+        r.allowed.remove(0);
+        let prefix = format!("{}/", base_url.trim_end_matches('/'));
+        r.allowed_urls.insert(0, prefix.clone());
+        r.base_url = Some(prefix);
+        r
     }
 
     /// Resolves a reference URL to a local path inside the allowed roots, or to an object
     /// URL (kept as the path, as for object sources) under an allowed prefix.
     pub fn resolve(&self, url: &str) -> Result<PathBuf, String> {
+        if let Some(base) = &self.base_url
+            && !url.contains("://")
+            && !url.starts_with('/')
+        {
+            return self.resolve(&format!("{base}{}", url.trim_start_matches("./")));
+        }
         let local = if let Some(rest) = url.strip_prefix("file://") {
             PathBuf::from(rest)
         } else if let Some((scheme, _)) = url.split_once("://") {
@@ -1242,22 +1271,65 @@ pub fn open_refs(
     extra_roots: &[String],
     storage: Option<&cloudify_crds::StorageSpec>,
 ) -> Result<SourceIndex, SourceError> {
-    let is_dir = path.is_dir();
-    let set = if is_dir {
-        parse_parquet(path)?
+    open_refs_source(&path.to_string_lossy(), extra_roots, storage)
+}
+
+/// [`open_refs`] for a local path or an object URL (`s3://bucket/refs.json`, or a Parquet
+/// reference prefix `s3://bucket/refs.parq`). An object-stored reference set may point to
+/// objects under its own prefix and to `extra_roots`.
+pub fn open_refs_source(
+    source: &str,
+    extra_roots: &[String],
+    storage: Option<&cloudify_crds::StorageSpec>,
+) -> Result<SourceIndex, SourceError> {
+    use super::tree::Tree;
+    let remote = crate::storage::parse_object_url(source)
+        .map_err(|message| malformed(Path::new(source), message))?
+        .is_some();
+    let (set, file, roots) = if remote {
+        let url = source.trim_end_matches('/');
+        let is_json = url.ends_with(".json");
+        // the directory-like prefix holding the reference file, or the Parquet set itself
+        let (dir_url, leaf) = if is_json {
+            url.rsplit_once('/').unwrap_or((url, ""))
+        } else {
+            (url, ".zmetadata")
+        };
+        let tree = Tree::open(dir_url, storage).map_err(|m| malformed(Path::new(url), m))?;
+        let set = if is_json {
+            let bytes = tree
+                .read(leaf)
+                .map_err(|m| malformed(Path::new(url), m))?
+                .ok_or_else(|| malformed(Path::new(url), "no such object"))?;
+            parse_json_text(Path::new(url), &String::from_utf8_lossy(&bytes))?
+        } else {
+            parse_parquet(&tree)?
+        };
+        let mut file = tree.identity(leaf)?;
+        file.path = PathBuf::from(url);
+        // Relative references and the default allowed prefix: the reference file's
+        // "directory" (for a Parquet set: the directory holding it, as for local ones).
+        let base = url.rsplit_once('/').map_or(url, |(d, _)| d);
+        (set, file, Roots::remote(base, extra_roots))
     } else {
-        parse_json(path)?
+        let path = Path::new(source.strip_prefix("file://").unwrap_or(source));
+        let is_dir = path.is_dir();
+        let set = if is_dir {
+            parse_parquet(&Tree::Local(path.to_path_buf()))?
+        } else {
+            parse_json(path)?
+        };
+        let ident = if is_dir {
+            path.join(".zmetadata")
+        } else {
+            path.to_path_buf()
+        };
+        let mut file = SourceFile::stat(ident)?;
+        file.path = path.to_path_buf();
+        // The directory holding the reference file (or Parquet reference directory).
+        let base = path.parent().unwrap_or(Path::new("/"));
+        (set, file, Roots::new(base, extra_roots))
     };
-    let ident = if is_dir {
-        path.join(".zmetadata")
-    } else {
-        path.to_path_buf()
-    };
-    let mut file = SourceFile::stat(ident)?;
-    file.path = path.to_path_buf();
-    // The directory holding the reference file (or Parquet reference directory).
-    let base = path.parent().unwrap_or(Path::new("/"));
-    let roots = Roots::new(base, extra_roots);
     let mut idx = build_index(
         Arc::new(file),
         &set.meta,
@@ -1369,6 +1441,41 @@ mod tests {
             let e = expand_gen(&bad, &templates, &mut serde_json::Map::new()).unwrap_err();
             assert!(e.contains(why), "{e}");
         }
+    }
+
+    #[test]
+    fn object_stored_reference_sets_stay_in_their_prefix() {
+        let r = Roots::remote("s3://bucket/refs", &[]);
+        assert_eq!(r.resolve("a.nc").unwrap(), PathBuf::from("s3://bucket/refs/a.nc"));
+        assert_eq!(
+            r.resolve("./sub/a.nc").unwrap(),
+            PathBuf::from("s3://bucket/refs/sub/a.nc")
+        );
+        assert_eq!(
+            r.resolve("s3://bucket/refs/b.nc").unwrap(),
+            PathBuf::from("s3://bucket/refs/b.nc")
+        );
+        // no way out: parent segments, sibling prefixes, local files
+        assert!(r.resolve("../secret.nc").unwrap_err().contains("'..'"));
+        assert!(
+            r.resolve("s3://bucket/refs2/a.nc")
+                .unwrap_err()
+                .contains("outside")
+        );
+        assert!(
+            r.resolve("/etc/passwd")
+                .unwrap_err()
+                .contains("outside the allowed roots")
+        );
+        assert!(r.resolve("file:///etc/passwd").is_err());
+        // unless a local root is listed
+        let dir = tempfile::tempdir().unwrap();
+        let local = Roots::remote("s3://bucket/refs", &[dir.path().display().to_string()]);
+        assert!(
+            local
+                .resolve(&dir.path().join("x.nc").display().to_string())
+                .is_ok()
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod kerchunk;
 pub mod native;
 pub mod nc3;
 pub mod netcdf;
+pub mod tree;
 pub mod zarr_store;
 
 use std::path::PathBuf;

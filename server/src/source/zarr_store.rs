@@ -1,9 +1,11 @@
-//! Local Zarr stores (v2 and v3) as sources.
+//! Zarr stores (v2 and v3), local or in an object store, as sources.
 //!
 //! A Zarr v2 directory store is a reference set whose metadata documents and chunks are
 //! files: it goes through the same builder as kerchunk references, with every chunk a
 //! whole-file reference, so stored chunks pass through to clients whenever their codecs can
-//! be declared in the served metadata.
+//! be declared in the served metadata. A store in an object store is listed once at open
+//! (which chunks exist, shard sizes) and its chunks become object references read with
+//! ranged GETs, like kerchunk references to objects.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -12,14 +14,8 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::kerchunk::{ChunkSource, FillRule, RawRef, build_index, sanitize_json};
-use super::{Filter, SourceError, SourceFile, SourceIndex, Storage};
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SourceError + '_ {
-    move |source| SourceError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
+use super::tree::Tree;
+use super::{Filter, SourceError, SourceIndex, Storage};
 
 fn malformed(path: &Path, message: impl Into<String>) -> SourceError {
     SourceError::Malformed {
@@ -28,34 +24,29 @@ fn malformed(path: &Path, message: impl Into<String>) -> SourceError {
     }
 }
 
-fn read_json(path: &Path) -> Result<Value, SourceError> {
-    let text = std::fs::read_to_string(path).map_err(io(path))?;
-    serde_json::from_str(&sanitize_json(&text)).map_err(|e| malformed(path, format!("not valid JSON: {e}")))
+/// A metadata document of the store; `Ok(None)` when it does not exist.
+fn read_json(tree: &Tree, rel: &str) -> Result<Option<Value>, SourceError> {
+    let Some(bytes) = tree.read(rel).map_err(|m| malformed(&tree.path(rel), m))? else {
+        return Ok(None);
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    serde_json::from_str(&sanitize_json(&text))
+        .map(Some)
+        .map_err(|e| malformed(&tree.path(rel), format!("not valid JSON: {e}")))
 }
 
 /// Metadata documents of a v2 store, keyed by their path relative to the store.
-fn v2_metadata(root: &Path) -> Result<BTreeMap<String, Value>, SourceError> {
+fn v2_metadata(tree: &Tree) -> Result<BTreeMap<String, Value>, SourceError> {
+    // chunk directories of '/'-separated arrays are all digits: skip them
+    let rels = tree
+        .find_named(&[".zarray", ".zgroup", ".zattrs"], |d| {
+            d.bytes().all(|b| b.is_ascii_digit())
+        })
+        .map_err(|m| malformed(&tree.path(""), m))?;
     let mut meta = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
-            let entry = entry.map_err(io(&dir))?;
-            let p = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let ft = entry.file_type().map_err(io(&p))?;
-            if ft.is_dir() {
-                // chunk directories of '/'-separated arrays are all digits: skip them
-                if !name.bytes().all(|b| b.is_ascii_digit()) {
-                    stack.push(p);
-                }
-            } else if matches!(name.as_str(), ".zarray" | ".zgroup" | ".zattrs") {
-                let rel = p
-                    .strip_prefix(root)
-                    .map_err(|_| malformed(&p, "outside the store"))?
-                    .to_string_lossy()
-                    .into_owned();
-                meta.insert(rel, read_json(&p)?);
-            }
+    for rel in rels {
+        if let Some(doc) = read_json(tree, &rel)? {
+            meta.insert(rel, doc);
         }
     }
     Ok(meta)
@@ -85,7 +76,7 @@ pub(crate) struct ShardLayout {
 
 /// Chunks of a store: the file named by the key, if it exists.
 struct StoreChunks<'a> {
-    root: &'a Path,
+    tree: &'a Tree,
     /// Per array path (v3 stores); arrays not listed use the key as given.
     encodings: BTreeMap<String, KeyEncoding>,
     /// v3 arrays without dimensions (their one chunk is `c`, not `c/0`).
@@ -93,7 +84,7 @@ struct StoreChunks<'a> {
     /// Sharded v3 arrays: keys name inner chunks.
     shards: BTreeMap<String, ShardLayout>,
     /// Decoded shard indexes (offset, size pairs) by shard file, read once each.
-    indexes: std::cell::RefCell<HashMap<PathBuf, Arc<Vec<u64>>>>,
+    indexes: std::cell::RefCell<HashMap<String, Arc<Vec<u64>>>>,
 }
 
 impl ChunkSource for StoreChunks<'_> {
@@ -102,11 +93,7 @@ impl ChunkSource for StoreChunks<'_> {
             .rsplit_once('/')
             .and_then(|(a, idx)| Some((a, idx, self.encodings.get(a)?)))
         else {
-            let p = self.root.join(key);
-            return Ok(p.is_file().then(|| RawRef::Url {
-                url: p.to_string_lossy().into_owned(),
-                range: None,
-            }));
+            return Ok(self.whole(key));
         };
         let zero_d = idx == "0" && self.zero_d(array);
         let parts: Vec<&str> = if zero_d {
@@ -115,11 +102,7 @@ impl ChunkSource for StoreChunks<'_> {
             idx.split(['.', '/']).collect()
         };
         let Some(layout) = self.shards.get(array) else {
-            let p = self.root.join(chunk_rel(array, &parts, enc));
-            return Ok(p.is_file().then(|| RawRef::Url {
-                url: p.to_string_lossy().into_owned(),
-                range: None,
-            }));
+            return Ok(self.whole(&chunk_rel(array, &parts, enc)));
         };
         let inner: Vec<u64> = parts
             .iter()
@@ -138,11 +121,11 @@ impl ChunkSource for StoreChunks<'_> {
             .map(|(i, n)| (i / n).to_string())
             .collect();
         let shard_refs: Vec<&str> = shard.iter().map(String::as_str).collect();
-        let path = self.root.join(chunk_rel(array, &shard_refs, enc));
-        if !path.is_file() {
+        let rel = chunk_rel(array, &shard_refs, enc);
+        let Some(len) = self.tree.size(&rel)? else {
             return Ok(None);
-        }
-        let index = self.shard_index(&path, layout)?;
+        };
+        let index = self.shard_index(&rel, len, layout)?;
         // position of the inner chunk in its shard, row-major
         let mut lin = 0u64;
         for (i, n) in inner.iter().zip(&layout.per_shard) {
@@ -150,13 +133,13 @@ impl ChunkSource for StoreChunks<'_> {
         }
         let (offset, size) = match (index.get(2 * lin as usize), index.get(2 * lin as usize + 1)) {
             (Some(o), Some(n)) => (*o, *n),
-            _ => return Err(format!("{}: shard index too short", path.display())),
+            _ => return Err(format!("{}: shard index too short", self.tree.url(&rel))),
         };
         if offset == u64::MAX && size == u64::MAX {
             return Ok(None); // inner chunk not written: fill value
         }
         Ok(Some(RawRef::Url {
-            url: path.to_string_lossy().into_owned(),
+            url: self.tree.url(&rel),
             range: Some((offset, size)),
         }))
     }
@@ -190,15 +173,21 @@ impl StoreChunks<'_> {
         self.zero_d_arrays.contains(array)
     }
 
-    /// The decoded index of one shard file: `(offset, size)` pairs of its inner chunks.
-    fn shard_index(&self, path: &Path, layout: &ShardLayout) -> Result<Arc<Vec<u64>>, String> {
-        use std::os::unix::fs::FileExt as _;
-        if let Some(i) = self.indexes.borrow().get(path) {
+    /// A whole-file chunk reference, if the file exists.
+    fn whole(&self, rel: &str) -> Option<RawRef> {
+        self.tree.is_file(rel).then(|| RawRef::Url {
+            url: self.tree.url(rel),
+            range: None,
+        })
+    }
+
+    /// The decoded index of one shard file of `len` bytes: `(offset, size)` pairs of its
+    /// inner chunks.
+    fn shard_index(&self, rel: &str, len: u64, layout: &ShardLayout) -> Result<Arc<Vec<u64>>, String> {
+        if let Some(i) = self.indexes.borrow().get(rel) {
             return Ok(i.clone());
         }
-        let shown = path.display();
-        let f = std::fs::File::open(path).map_err(|e| format!("{shown}: {e}"))?;
-        let len = f.metadata().map_err(|e| format!("{shown}: {e}"))?.len();
+        let shown = self.tree.url(rel);
         if len < layout.index_size {
             return Err(format!(
                 "{shown}: shard of {len} bytes cannot hold its {}-byte index (truncated shard?)",
@@ -206,9 +195,7 @@ impl StoreChunks<'_> {
             ));
         }
         let at = if layout.at_end { len - layout.index_size } else { 0 };
-        let mut buf = vec![0u8; layout.index_size as usize];
-        f.read_exact_at(&mut buf, at)
-            .map_err(|e| format!("{shown}: {e}"))?;
+        let buf = self.tree.read_range(rel, at, layout.index_size)?;
         let raw = layout
             .index
             .decode(buf)
@@ -226,37 +213,47 @@ impl StoreChunks<'_> {
             }
         }
         let vals = Arc::new(vals);
-        self.indexes.borrow_mut().insert(path.to_path_buf(), vals.clone());
+        self.indexes.borrow_mut().insert(rel.to_string(), vals.clone());
         Ok(vals)
     }
 }
 
 /// Opens a local Zarr store (v2 or v3).
 pub fn open_store(root: &Path) -> Result<SourceIndex, SourceError> {
-    if root.join("zarr.json").is_file() {
-        return open_v3(root);
+    open_tree(&Tree::Local(root.to_path_buf()), None)
+}
+
+/// Opens a Zarr store (v2 or v3), local or in an object store (chunks read with `storage`'s
+/// settings).
+pub fn open_tree(
+    tree: &Tree,
+    storage: Option<&cloudify_crds::StorageSpec>,
+) -> Result<SourceIndex, SourceError> {
+    tree.preload().map_err(|m| malformed(&tree.path(""), m))?;
+    let mut idx = if tree.is_file("zarr.json") {
+        open_v3(tree)?
+    } else {
+        let Some(marker) = [".zgroup", ".zarray"].into_iter().find(|m| tree.is_file(m)) else {
+            return Err(malformed(
+                &tree.path(""),
+                "not a Zarr store (no zarr.json, .zgroup or .zarray)",
+            ));
+        };
+        let file = tree.identity(marker)?;
+        let meta = v2_metadata(tree)?;
+        let chunks = StoreChunks {
+            tree,
+            encodings: BTreeMap::new(),
+            zero_d_arrays: Default::default(),
+            shards: BTreeMap::new(),
+            indexes: Default::default(),
+        };
+        build_index(Arc::new(file), &meta, &chunks, FillRule::ZarrV2)?
+    };
+    if tree.is_remote() {
+        super::kerchunk::attach_remote(&mut idx, storage)?;
     }
-    let marker = [".zgroup", ".zarray"]
-        .iter()
-        .map(|m| root.join(m))
-        .find(|p| p.is_file());
-    let Some(marker) = marker else {
-        return Err(malformed(
-            root,
-            "not a Zarr store (no zarr.json, .zgroup or .zarray)",
-        ));
-    };
-    let mut file = SourceFile::stat(marker)?;
-    file.path = root.to_path_buf();
-    let meta = v2_metadata(root)?;
-    let chunks = StoreChunks {
-        root,
-        encodings: BTreeMap::new(),
-        zero_d_arrays: Default::default(),
-        shards: BTreeMap::new(),
-        indexes: Default::default(),
-    };
-    build_index(Arc::new(file), &meta, &chunks, FillRule::ZarrV2)
+    Ok(idx)
 }
 
 /// v3 `data_type` → numpy dtype string (without byte order).
@@ -553,31 +550,16 @@ pub(crate) fn v3_array(apath: &str, doc: &Value) -> Result<V3Array, String> {
     })
 }
 
-fn open_v3(root: &Path) -> Result<SourceIndex, SourceError> {
-    let marker = root.join("zarr.json");
-    let mut file = SourceFile::stat(marker)?;
-    file.path = root.to_path_buf();
+fn open_v3(tree: &Tree) -> Result<SourceIndex, SourceError> {
+    let file = tree.identity("zarr.json")?;
     let mut meta = BTreeMap::new();
     let mut encodings = BTreeMap::new();
     let mut zero_d_arrays = std::collections::BTreeSet::new();
     let mut shards = BTreeMap::new();
     let mut overrides: BTreeMap<String, (Option<Filter>, bool)> = BTreeMap::new();
     let mut skipped: Vec<(String, String)> = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let zj = dir.join("zarr.json");
-        if !zj.is_file() {
-            continue; // implicit group or chunk directory
-        }
-        let doc = read_json(&zj)?;
-        if doc.get("zarr_format").and_then(Value::as_u64) != Some(3) {
-            return Err(malformed(&zj, "zarr_format is not 3"));
-        }
-        let rel = dir
-            .strip_prefix(root)
-            .map_err(|_| malformed(&dir, "outside the store"))?
-            .to_string_lossy()
-            .into_owned();
+    let mut stack = vec![String::new()];
+    while let Some(rel) = stack.pop() {
         let key = |leaf: &str| {
             if rel.is_empty() {
                 leaf.to_string()
@@ -585,6 +567,13 @@ fn open_v3(root: &Path) -> Result<SourceIndex, SourceError> {
                 format!("{rel}/{leaf}")
             }
         };
+        let zj = key("zarr.json");
+        let Some(doc) = read_json(tree, &zj)? else {
+            continue; // implicit group or chunk directory
+        };
+        if doc.get("zarr_format").and_then(Value::as_u64) != Some(3) {
+            return Err(malformed(&tree.path(&zj), "zarr_format is not 3"));
+        }
         match doc.get("node_type").and_then(Value::as_str) {
             Some("group") => {
                 meta.insert(key(".zgroup"), serde_json::json!({"zarr_format": 2}));
@@ -592,17 +581,14 @@ fn open_v3(root: &Path) -> Result<SourceIndex, SourceError> {
                     key(".zattrs"),
                     doc.get("attributes").cloned().unwrap_or(serde_json::json!({})),
                 );
-                for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
-                    let entry = entry.map_err(io(&dir))?;
-                    if entry.file_type().map_err(io(&dir))?.is_dir() {
-                        stack.push(entry.path());
-                    }
+                for d in tree.subdirs(&rel).map_err(|m| malformed(&tree.path(&rel), m))? {
+                    stack.push(key(&d));
                 }
             }
             Some("array") => {
                 if rel.is_empty() {
                     return Err(malformed(
-                        &zj,
+                        &tree.path(&zj),
                         "the root is an array, not a group; serve a group of arrays",
                     ));
                 }
@@ -624,11 +610,11 @@ fn open_v3(root: &Path) -> Result<SourceIndex, SourceError> {
                     Err(why) => skipped.push((rel.clone(), why)),
                 }
             }
-            other => return Err(malformed(&zj, format!("unknown node_type {other:?}"))),
+            other => return Err(malformed(&tree.path(&zj), format!("unknown node_type {other:?}"))),
         }
     }
     let chunks = StoreChunks {
-        root,
+        tree,
         encodings,
         zero_d_arrays,
         shards,

@@ -431,6 +431,46 @@ impl Store {
         Ok(out)
     }
 
+    /// Every object under `prefix` (all pages), sorted by key.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, RemoteError> {
+        let url = format!("{}/{prefix}", self.base);
+        let prefix = (!prefix.is_empty()).then(|| Path::from(prefix));
+        let listing = async {
+            let mut stream = self.inner.list(prefix.as_ref());
+            let mut out = Vec::new();
+            while let Some(m) = stream.next().await {
+                out.push(m?);
+            }
+            Ok::<_, object_store::Error>(out)
+        };
+        let mut out = self.timed("list", &url, listing).await?;
+        out.sort_by(|a, b| a.location.as_ref().cmp(b.location.as_ref()));
+        Ok(out)
+    }
+
+    /// Whether anything exists under `prefix` (one page of one listing).
+    pub async fn any_under(&self, prefix: &str) -> Result<bool, RemoteError> {
+        let url = format!("{}/{prefix}", self.base);
+        let prefix = Path::from(prefix);
+        let first = async {
+            let mut stream = self.inner.list(Some(&prefix));
+            stream.next().await.transpose()
+        };
+        Ok(self.timed("list", &url, first).await?.is_some())
+    }
+
+    /// A whole object (metadata documents, reference files: small objects read at open).
+    pub async fn get(&self, location: &Path) -> Result<Bytes, RemoteError> {
+        let url = self.url_of(location);
+        let fetch = async { self.inner.get(location).await?.bytes().await };
+        let got = self.timed("get", &url, fetch).await?;
+        metrics()
+            .bytes
+            .with_label_values(&[&self.base])
+            .inc_by(got.len() as u64);
+        Ok(got)
+    }
+
     /// Copies an object to a local file with bounded memory, conditional on `etag` (the
     /// version that was listed). Returns the metadata of what was copied.
     pub async fn download(
