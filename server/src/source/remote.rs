@@ -85,8 +85,12 @@ impl RangedObject {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Bytes `[offset, offset+len)` if a kept range holds them.
+    /// Bytes `[offset, offset+len)` if a kept range holds them (an empty range needs none:
+    /// stores refuse empty ranges).
     fn kept(&self, offset: u64, len: u64) -> Option<Bytes> {
+        if len == 0 {
+            return Some(Bytes::new());
+        }
         let st = self.state();
         let (start, b) = st.kept.range(..=offset).next_back()?;
         let from = usize::try_from(offset - start).ok()?;
@@ -339,8 +343,8 @@ mod tests {
         assert_eq!(got[0].as_ref(), &body[10..30]);
         assert_eq!(got[1].as_ref(), &body[150_002..150_005]);
         assert_eq!(ro.fetched().requests, 2, "served from kept bytes");
-        // partly outside a kept range: fetched
-        ro.read(&[(990, 20)]).expect("read");
+        // partly outside a kept range: fetched; empty ranges cost nothing
+        ro.read(&[(990, 20), (5000, 0)]).expect("read");
         assert_eq!(ro.fetched().requests, 3);
         assert_eq!(ro.fetched().bytes, 1000 + 10 + 20);
     }
@@ -434,6 +438,22 @@ mod tests {
             matches!(err, SourceError::Remote(RemoteError::Changed { .. })),
             "{err}"
         );
+        // Gone since it was listed: the store's answer, naming the URL.
+        let gone = Arc::new(RemoteObject {
+            store: obj.store.clone(),
+            location: ObjPath::from("gone"),
+        });
+        let gone_file = Arc::new(SourceFile {
+            path: "mem://b/gone".into(),
+            remote: Some(gone.clone()),
+            ..(*file).clone()
+        });
+        let err = index(&gone_file, &gone).err().expect("missing");
+        assert!(
+            matches!(err, SourceError::Remote(RemoteError::NotFound { .. })),
+            "{err}"
+        );
+        assert!(err.to_string().contains("mem://b/gone"), "{err}");
         // Not netCDF at all.
         let (file, obj) = object(vec![7u8; 5000]);
         assert!(matches!(index(&file, &obj), Err(SourceError::NotNetcdf { .. })));
