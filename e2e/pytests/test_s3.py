@@ -393,7 +393,9 @@ class FaultProxy:
                 for k, v in resp.getheaders():
                     if k.lower() not in ("transfer-encoding", "content-length", "connection", "server", "date"):
                         self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
+                # a HEAD answer has no body but the object's length (its size for the client)
+                length = resp.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
+                self.send_header("Content-Length", length)
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
@@ -433,9 +435,10 @@ def test_throttling_is_retried(moto, proxy, tmp_path):
         assert_same(ds, open_reference(SPECS[name], raw=False).load(), f"{name} kerchunk throttled")
     finally:
         stop_server(proc)
-    # every distinct request (listing, downloads, ranged reads) was refused twice first
+    # every distinct request (listing, ranged reads) was refused twice first
     assert proxy.counts["503"] == proxy.n * len(proxy.seen) > 0, proxy.counts
-    assert proxy.counts["full_get"] == len(SPECS[name]["files"]), proxy.counts
+    # indexed with ranged reads: no object was downloaded
+    assert proxy.counts["full_get"] == 0, proxy.counts
     assert proxy.counts["ranged_get"] > 0, proxy.counts
 
 
@@ -499,17 +502,19 @@ def test_index_cache_reuse_and_reindex_on_new_etag(moto, proxy, tmp_path):
         assert chunk1.status_code == 200
     finally:
         stop_server(proc)
-    assert proxy.counts["full_get"] == len(series), proxy.counts  # one download per object
+    assert proxy.counts["full_get"] == 0, proxy.counts  # indexed with ranged reads
     assert len(list((cache / "index").glob("*.json"))) == len(series)
     assert not any((cache / "downloads").glob("*")), "temporary copies must be deleted"
-    # restart: the cache answers, nothing is downloaded again
-    url, proc, _ = serve_cfg(tmp_path, "warm", datasets, env, cache)
+    # restart: the cache answers, the objects are not read again to index them (the series'
+    # time values, too large to keep in the index, are still read to aggregate it)
+    url, proc, log = serve_cfg(tmp_path, "warm", datasets, env, cache)
     try:
+        assert "indexed remote object" not in log.read_text(), log.read_text()[-2000:]
         r = requests.get(f"{url}/datasets/{name}/zarr/{key}", timeout=30)
         assert r.content == chunk1.content and r.headers["ETag"] == chunk1.headers["ETag"]
     finally:
         stop_server(proc)
-    assert proxy.counts["full_get"] == len(series), proxy.counts
+    assert proxy.counts["full_get"] == 0, proxy.counts
     # keep a server running on the old index, then replace the first object
     old_url, old_proc, _ = serve_cfg(tmp_path, "old", datasets, env, cache)
     try:
@@ -535,7 +540,150 @@ def test_index_cache_reuse_and_reindex_on_new_etag(moto, proxy, tmp_path):
         assert r.headers["ETag"] != chunk1.headers["ETag"]
     finally:
         stop_server(proc)
-    assert proxy.counts["full_get"] == len(series) + 1, proxy.counts
+    assert proxy.counts["full_get"] == 0, proxy.counts
+
+
+# ---------------------------------------------------------------------------
+# indexing with ranged reads: metadata, not whole objects
+# ---------------------------------------------------------------------------
+def _write_nc4(path: Path) -> None:
+    """A multi-MB netCDF-4 file like model output: an unlimited time axis appended in steps
+    (chunk index nodes end up between data chunks), a deflated chunked variable of noise
+    (incompressible, so the file stays large), a contiguous one, coordinates and bounds."""
+    import netCDF4
+
+    rng = np.random.default_rng(1)
+    with netCDF4.Dataset(path, "w", format="NETCDF4") as ds:
+        ds.createDimension("time", None)
+        ds.createDimension("lat", 90)
+        ds.createDimension("lon", 180)
+        ds.createDimension("bnds", 2)
+        ds.title = "ranged-read test"
+        t = ds.createVariable("time", "f8", ("time",))
+        t.units = "days since 2000-01-01"
+        tb = ds.createVariable("time_bnds", "f8", ("time", "bnds"))
+        lat = ds.createVariable("lat", "f4", ("lat",))
+        lat.units = "degrees_north"
+        lat[:] = np.linspace(-89, 89, 90)
+        lon = ds.createVariable("lon", "f4", ("lon",))
+        lon[:] = np.arange(180) * 2.0
+        tas = ds.createVariable("tas", "f4", ("time", "lat", "lon"), zlib=True, complevel=1,
+                                chunksizes=(1, 90, 180), fill_value=np.float32(1e20))
+        tas.units = "K"
+        orog = ds.createVariable("orog", "f4", ("lat", "lon"), contiguous=True)
+        orog[:] = rng.random((90, 180), dtype=np.float32)
+        for i in range(120):  # one step at a time, as a model writes
+            t[i] = i + 0.5
+            tb[i] = [i, i + 1]
+            tas[i] = 250 + 50 * rng.random((90, 180), dtype=np.float32)
+
+
+def _write_nc3(path: Path) -> None:
+    """A multi-MB netCDF-3 (64-bit offset) file with a record time axis. Records are
+    80 KB apart, more than the indexing reads merge (64 KiB), so the time values are read
+    without the records between them."""
+    import netCDF4
+
+    rng = np.random.default_rng(2)
+    with netCDF4.Dataset(path, "w", format="NETCDF3_64BIT_OFFSET") as ds:
+        ds.createDimension("time", None)
+        ds.createDimension("lat", 100)
+        ds.createDimension("lon", 200)
+        ds.createDimension("bnds", 2)
+        t = ds.createVariable("time", "f8", ("time",))
+        t.units = "days since 2000-01-01"
+        tb = ds.createVariable("time_bnds", "f8", ("time", "bnds"))
+        lat = ds.createVariable("lat", "f4", ("lat",))
+        lat[:] = np.linspace(-89, 89, 100)
+        lon = ds.createVariable("lon", "f4", ("lon",))
+        lon[:] = np.arange(200) * 1.8
+        pr = ds.createVariable("pr", "f4", ("time", "lat", "lon"))
+        n = 60
+        t[:] = np.arange(n) + 0.5
+        tb[:] = np.stack([np.arange(n), np.arange(n) + 1], axis=1)
+        pr[:] = rng.random((n, 100, 200), dtype=np.float32)
+
+
+def _start_ranged(moto, proxy, tmp_path, kind: str, env: dict | None = None):
+    src = tmp_path / f"ranged_{kind}.nc"
+    (_write_nc3 if kind == "nc3" else _write_nc4)(src)
+    moto.client().upload_file(str(src), BUCKET, f"ranged/{src.name}")
+    name = f"ranged-{kind}"
+    datasets = [{"name": name, "sources": [f"s3://{BUCKET}/ranged/{src.name}"], "storage": storage(proxy.endpoint)}]
+    url, proc, log = serve_cfg(tmp_path, name, datasets, no_aws_env() | moto.env() | (env or {}))
+    st = {d["name"]: d for d in requests.get(url + "/status", timeout=30).json()["datasets"]}
+    assert st[name]["state"] == "ready", st[name]
+    return src, name, url, proc, log
+
+
+def _assert_served_equals(url: str, name: str, src: Path, label: str) -> None:
+    served = xr.open_dataset(f"{url}/datasets/{name}/zarr", engine="zarr", zarr_format=3,
+                             consolidated=True).load()
+    with xr.open_dataset(src) as ref:
+        assert_same(served, ref.load(), label)
+
+
+@pytest.mark.parametrize("kind", ["nc4", "nc3"])
+def test_remote_index_reads_metadata_not_whole_objects(moto, proxy, tmp_path, kind):
+    """An object is indexed from the byte ranges its metadata needs: the bytes and requests
+    the server reports at start-up are a small part of the file (nothing downloaded), and the
+    served dataset equals xarray on the original."""
+    src, name, url, proc, log = _start_ranged(moto, proxy, tmp_path, kind)
+    try:
+        size = src.stat().st_size
+        assert size > 4 << 20
+        text = requests.get(f"{url}/metrics", timeout=10).text
+        store = f"s3://{BUCKET}"
+        fetched = _metric(text, "cloudify_object_store_bytes_total", store=store)
+        reqs = _metric(text, "cloudify_object_store_range_requests_total", store=store)
+        print(f"\n{kind}: indexing read {int(fetched)} of {size} bytes "
+              f"({100 * fetched / size:.1f} %) with {int(reqs)} ranged requests; proxy {proxy.counts}")
+        assert 0 < fetched < size / 4, (fetched, size)
+        assert proxy.counts["full_get"] == 0, proxy.counts
+        assert reqs == proxy.counts["ranged_get"], (reqs, proxy.counts)
+        assert 'via="ranged reads"' in strip_ansi(log.read_text()), log.read_text()[-2000:]
+        _assert_served_equals(url, name, src, f"{kind} over s3")
+    finally:
+        stop_server(proc)
+
+
+def test_remote_hdf5_declined_natively_is_downloaded_for_the_library(moto, proxy, tmp_path):
+    """When the native reader does not index a netCDF-4 object (here: switched off), the
+    object is downloaded once and indexed by libnetcdf, as before; the log says so."""
+    src, name, url, proc, log = _start_ranged(moto, proxy, tmp_path, "nc4-library",
+                                              {"CLOUDIFY_HDF5_READER": "library"})
+    try:
+        text = strip_ansi(log.read_text())
+        assert "downloading it for libnetcdf" in text and 'via="download"' in text, text[-2000:]
+        assert proxy.counts["full_get"] == 1, proxy.counts
+        _assert_served_equals(url, name, src, "nc4 downloaded")
+    finally:
+        stop_server(proc)
+
+
+def strip_ansi(text: str) -> str:
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def test_truncated_remote_hdf5_is_reported_naming_the_url(moto, proxy, tmp_path):
+    """An HDF5 object cut short (an interrupted upload) fails to index with an error naming
+    its URL, without being downloaded for the library to refuse it too."""
+    src = tmp_path / "whole.nc"
+    _write_nc4(src)
+    data = src.read_bytes()
+    key = "ranged/cut.nc"
+    moto.client().put_object(Bucket=BUCKET, Key=key, Body=data[: len(data) // 2])
+    env = _clean_env() | moto.env() | {"AWS_ENDPOINT": proxy.endpoint, "AWS_ALLOW_HTTP": "true",
+                                       "AWS_REGION": REGION}
+    r = subprocess.run([find_binary(), "index", f"s3://{BUCKET}/{key}", "-o", str(tmp_path / "x.json"),
+                        "--no-cache"], capture_output=True, text=True, timeout=120, env=env,
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode != 0
+    assert f"s3://{BUCKET}/{key}" in r.stderr and "truncated" in r.stderr, r.stderr
+    assert "download-" not in r.stderr, r.stderr  # names the object, not a temporary copy
+    assert proxy.counts["full_get"] == 0, proxy.counts
 
 
 def test_object_deleted_after_open_is_502(moto, tmp_path):

@@ -41,6 +41,7 @@ impl Metrics {
         registry.register(Box::new(store.operations.clone()))?;
         registry.register(Box::new(store.seconds.clone()))?;
         registry.register(Box::new(store.bytes.clone()))?;
+        registry.register(Box::new(store.requests.clone()))?;
         Ok(Self {
             registry,
             requests,

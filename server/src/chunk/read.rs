@@ -46,23 +46,25 @@ pub enum ReadError {
 pub fn read_at(file: &SourceFile, offset: u64, len: u64) -> Result<Vec<u8>, ReadError> {
     match &file.remote {
         None => pread(&file.path, offset, len),
-        Some(obj) => {
-            let mut got = crate::storage::read_ranges(file, obj, &[(offset, len)])?;
-            Ok(got.pop().map(|b| b.to_vec()).unwrap_or_default())
-        }
+        Some(_) => Ok(read_many(file, &[(offset, len)])?.pop().unwrap_or_default()),
     }
 }
 
 /// Reads several `(offset, len)` ranges of one source. For objects this is one call that
-/// merges nearby ranges into fewer requests and runs them in parallel.
+/// merges nearby ranges into fewer requests and runs them in parallel; while an object is
+/// being indexed on this thread, through its indexing reader (bytes it fetched already are
+/// not fetched again).
 pub fn read_many(file: &SourceFile, ranges: &[(u64, u64)]) -> Result<Vec<Vec<u8>>, ReadError> {
     match &file.remote {
         None => ranges.iter().map(|(o, n)| pread(&file.path, *o, *n)).collect(),
         Some(_) if ranges.is_empty() => Ok(Vec::new()),
-        Some(obj) => Ok(crate::storage::read_ranges(file, obj, ranges)?
-            .into_iter()
-            .map(|b| b.to_vec())
-            .collect()),
+        Some(obj) => {
+            let got = match crate::source::remote::read_current(file, ranges) {
+                Some(got) => got?,
+                None => crate::storage::read_ranges(file, obj, ranges)?,
+            };
+            Ok(got.into_iter().map(|b| b.to_vec()).collect())
+        }
     }
 }
 

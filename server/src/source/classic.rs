@@ -48,8 +48,24 @@ fn dtype(t: Nc3Type) -> DType {
 /// Largest netCDF-3 header we read (thousands of variables fit in a few MB).
 const MAX_HEADER: u64 = 256 << 20;
 
-/// Opens a netCDF-3 file (CDF-1, CDF-2 or CDF-5).
+/// Opens a local netCDF-3 file (CDF-1, CDF-2 or CDF-5).
 pub fn open_nc3(file: Arc<SourceFile>) -> Result<SourceIndex, SourceError> {
+    let path = file.path.clone();
+    open_nc3_with(file, &|n| {
+        pread(&path, 0, n).map_err(|e| SourceError::Malformed {
+            path: path.clone(),
+            message: e.to_string(),
+        })
+    })
+}
+
+/// Opens a netCDF-3 file whose first `n` bytes `read_prefix(n)` returns: `pread` for a
+/// local file, a ranged GET for an object (the header is all that is read, so a remote
+/// file costs one or two requests whatever its size).
+pub fn open_nc3_with(
+    file: Arc<SourceFile>,
+    read_prefix: &dyn Fn(u64) -> Result<Vec<u8>, SourceError>,
+) -> Result<SourceIndex, SourceError> {
     let path = file.path.clone();
     let malformed = |message: String| SourceError::Malformed {
         path: path.clone(),
@@ -58,7 +74,7 @@ pub fn open_nc3(file: Arc<SourceFile>) -> Result<SourceIndex, SourceError> {
     let mut want = 64 * 1024u64;
     let header = loop {
         let n = want.min(file.size);
-        let bytes = pread(&path, 0, n).map_err(|e| malformed(e.to_string()))?;
+        let bytes = read_prefix(n)?;
         match parse_header(&bytes, file.size) {
             Ok(h) => break h,
             // A header larger than this is hostile or broken, not a dataset.

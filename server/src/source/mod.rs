@@ -14,6 +14,7 @@ pub mod kerchunk;
 pub mod native;
 pub mod nc3;
 pub mod netcdf;
+pub mod remote;
 pub mod tree;
 pub mod zarr_store;
 
@@ -366,7 +367,9 @@ pub fn rebind(idx: &mut SourceIndex, file: &Arc<SourceFile>) {
 }
 
 /// Opens and indexes one object-store source: from the index cache when it holds this
-/// version (URL, size, ETag), else from a temporary local copy that is deleted afterwards.
+/// version (URL, size, ETag), else with ranged reads of the bytes the index needs
+/// ([`remote::index`]); only a netCDF-4 file the native reader declines is copied to a
+/// temporary local file (deleted afterwards) for libnetcdf.
 pub fn open_remote(
     file: Arc<SourceFile>,
     cache: Option<&cache::IndexCache>,
@@ -382,9 +385,30 @@ pub fn open_remote(
         return open_file(file);
     };
     let t0 = std::time::Instant::now();
+    let url = file.path.clone();
+    let ranged = match remote::index(&file, &obj)? {
+        remote::Ranged::Indexed { idx, fetched } => {
+            tracing::info!(
+                url = %url.display(),
+                via = "ranged reads",
+                size = file.size,
+                bytes = fetched.bytes,
+                requests = fetched.requests,
+                ms = t0.elapsed().as_millis() as u64,
+                "indexed remote object"
+            );
+            if let Some(c) = cache {
+                c.store(&idx);
+            }
+            return Ok(idx);
+        }
+        remote::Ranged::Fallback { reason, fetched } => {
+            tracing::info!(url = %url.display(), %reason, "native HDF5 reader declined the remote object; downloading it for libnetcdf");
+            fetched
+        }
+    };
     let (tmp, meta) = crate::storage::fetch_temp(&file, &obj, tmp_dir)?;
     let local = Arc::new(SourceFile::local(tmp.path().to_path_buf(), meta.size, 0));
-    let url = file.path.clone();
     let mut idx = open_file(local).map_err(|e| match e {
         // Name the object, not the temporary copy.
         SourceError::Io { source, .. } => SourceError::Io {
@@ -411,7 +435,15 @@ pub fn open_remote(
         ..(*file).clone()
     });
     rebind(&mut idx, &file);
-    tracing::info!(url = %file.path.display(), bytes = meta.size, ms = t0.elapsed().as_millis() as u64, "indexed remote object");
+    tracing::info!(
+        url = %file.path.display(),
+        via = "download",
+        size = meta.size,
+        bytes = meta.size + ranged.bytes,
+        requests = ranged.requests + 1,
+        ms = t0.elapsed().as_millis() as u64,
+        "indexed remote object"
+    );
     if let Some(c) = cache {
         c.store(&idx);
     }
@@ -459,11 +491,42 @@ pub fn index_library(file: Arc<SourceFile>) -> Result<SourceIndex, SourceError> 
     Ok(idx)
 }
 
+/// Whether [`inline_small`] reads `v` into the index.
+fn inlinable(v: &SourceVar) -> bool {
+    let n: u64 = v.data.shape.iter().product();
+    let bytes = n.saturating_mul(v.dtype.size() as u64);
+    !(v.dtype == DType::Str || bytes > INLINE_BYTES || matches!(v.data.storage, Storage::Memory(_)))
+}
+
+/// The `(offset, len)` byte ranges [`inline_small`] will read for the group's variables, so
+/// that a remote object can fetch them all at once first.
+pub(crate) fn small_var_ranges(g: &SourceGroup, out: &mut Vec<(u64, u64)>) {
+    for v in g.vars.iter().filter(|v| inlinable(v)) {
+        let elem = v.dtype.size() as u64;
+        let n: u64 = v.data.shape.iter().product();
+        match &v.data.storage {
+            Storage::Contiguous { offset } if n > 0 => out.push((*offset, n * elem)),
+            Storage::Records { begin, recsize } => {
+                let slab = v.data.shape.iter().skip(1).product::<u64>() * elem;
+                let nrec = v.data.shape.first().copied().unwrap_or(0);
+                if slab > 0 {
+                    out.extend((0..nrec).map(|r| (begin + r * recsize, slab)));
+                }
+            }
+            Storage::Chunked { locs, .. } => {
+                out.extend(locs.iter().filter(|l| l.size > 0).map(|l| (l.offset, l.size)));
+            }
+            _ => {}
+        }
+    }
+    for sub in &g.groups {
+        small_var_ranges(sub, out);
+    }
+}
+
 pub(crate) fn inline_small(g: &mut SourceGroup) -> Result<(), SourceError> {
     for v in &mut g.vars {
-        let n: u64 = v.data.shape.iter().product();
-        let bytes = n * v.dtype.size() as u64;
-        if v.dtype == DType::Str || bytes > INLINE_BYTES || matches!(v.data.storage, Storage::Memory(_)) {
+        if !inlinable(v) {
             continue;
         }
         let fill = crate::dataset::aggregate::storage_fill(v);

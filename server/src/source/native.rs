@@ -46,34 +46,62 @@ pub fn enabled() -> bool {
     })
 }
 
-/// Indexes a netCDF-4/HDF5 file natively, or says why it cannot. Panics inside the
+/// Why the native reader did not index a file.
+#[derive(Debug, thiserror::Error)]
+pub enum Declined {
+    /// Something it does not model exactly like libnetcdf: the library indexes the file.
+    #[error(transparent)]
+    Unsupported(#[from] Unsupported),
+    /// The file ends before the end the superblock records: libhdf5 refuses it too, so a
+    /// remote one is reported rather than downloaded for the library to refuse.
+    #[error("truncated: {len} bytes, the superblock says {eof}")]
+    Truncated { len: u64, eof: u64 },
+}
+
+/// Indexes a local netCDF-4/HDF5 file natively, or says why it cannot. Panics inside the
 /// third-party parsers (malformed input) are caught and reported as unsupported, so a bad
 /// file costs a fallback, never the process.
 pub fn open_native(file: &Arc<SourceFile>) -> Result<SourceIndex, Unsupported> {
     let f = file.clone();
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || open_inner(&f)))
-        .unwrap_or_else(|_| Err(Unsupported("the native reader panicked".into())))
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        // Metadata is read in many small pieces (headers, heaps, B-tree nodes); reading the
+        // file in 64 KiB blocks turns those into a few `pread`s (most files' metadata sits in
+        // the first block) without reading or mapping the data itself.
+        let file_storage: DynStorage = Arc::new(FileStorage::open(&f.path).map_err(unsupported)?);
+        let storage: DynStorage = Arc::new(BlockCacheStorage::new(file_storage, 64 << 10, 64));
+        open_inner(&f, storage)
+    }));
+    match opened {
+        Ok(Ok(idx)) => Ok(idx),
+        Ok(Err(Declined::Unsupported(u))) => Err(u),
+        Ok(Err(t @ Declined::Truncated { .. })) => Err(Unsupported(t.to_string())),
+        Err(_) => Err(Unsupported("the native reader panicked".into())),
+    }
 }
 
-fn open_inner(file: &Arc<SourceFile>) -> Result<SourceIndex, Unsupported> {
-    // Metadata is read in many small pieces (headers, heaps, B-tree nodes); reading the file
-    // in 64 KiB blocks turns those into a few `pread`s (most files' metadata sits in the
-    // first block) without reading or mapping the data itself.
-    let file_storage: DynStorage = Arc::new(FileStorage::open(&file.path).map_err(unsupported)?);
-    let file_len = file_storage.len();
-    let storage: DynStorage = Arc::new(BlockCacheStorage::new(file_storage, 64 << 10, 64));
+/// Indexes a netCDF-4/HDF5 file natively from any storage (an object read with ranged
+/// requests); `file` is what the index points at and `storage` must hold its bytes. Panics
+/// are caught as in [`open_native`].
+pub fn open_storage(file: &Arc<SourceFile>, storage: DynStorage) -> Result<SourceIndex, Declined> {
+    let f = file.clone();
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || open_inner(&f, storage)))
+        .unwrap_or_else(|_| Err(Unsupported("the native reader panicked".into()).into()))
+}
+
+fn open_inner(file: &Arc<SourceFile>, storage: DynStorage) -> Result<SourceIndex, Declined> {
+    let file_len = storage.len();
     let h5 = Hdf5File::from_storage(storage.clone()).map_err(unsupported)?;
     let sb = h5.superblock();
     if sb.base_address != 0 {
-        return Err(Unsupported("HDF5 user block".into()));
+        return Err(Unsupported("HDF5 user block".into()).into());
     }
     // libhdf5 refuses a file shorter than its recorded end; metadata alone would not notice
     // a file cut inside its raw data.
     if sb.eof_address != u64::MAX && file_len < sb.eof_address {
-        return Err(Unsupported(format!(
-            "truncated: {file_len} bytes, the superblock says {}",
-            sb.eof_address
-        )));
+        return Err(Declined::Truncated {
+            len: file_len,
+            eof: sb.eof_address,
+        });
     }
     let nc = NcFile::from_storage(storage).map_err(unsupported)?;
     let root = nc.root_group().map_err(unsupported)?;

@@ -1,14 +1,13 @@
 //! Object-store sources: `s3://`, `gs://`, `az://`/`abfs://`, `http(s)://`, via `object_store`.
 //!
 //! Local files (plain paths and `file://`) never come here: they are read with `pread`, the
-//! fast path. A remote object is indexed once from a temporary local copy (libnetcdf and
-//! libhdf5 cannot read from object stores) and the index is cached under the object's URL,
-//! size and ETag, so restarts and other replicas do not download it again. Serving then
-//! reads chunk bytes with ranged GETs conditional on the indexed ETag (`If-Match`), so a
-//! replaced object is reported as changed instead of being decoded with a stale index.
-//!
-//! Trade-off: indexing downloads each object once. A native HDF5 metadata reader fetching only
-//! the header and B-tree ranges would avoid that, at the cost of reimplementing much of HDF5.
+//! fast path. A remote object is indexed with ranged GETs of the bytes its metadata needs
+//! (`source::remote`: the netCDF-3 header, the HDF5 metadata through the native reader),
+//! or, when the native reader declines a netCDF-4 file, from a temporary local copy that
+//! libnetcdf reads. The index is cached under the object's URL, size and ETag, so restarts
+//! and other replicas do not read it again. Indexing and serving read with ranged GETs
+//! conditional on the listed ETag (`If-Match`), so a replaced object is reported as changed
+//! instead of being decoded with a stale index (or indexed from two versions).
 //!
 //! The request path is synchronous (worker threads decode what they read), so async store
 //! calls run on one dedicated runtime and the calling thread waits for the answer. That works
@@ -529,22 +528,62 @@ impl Store {
         etag: Option<String>,
         ranges: &[Range<u64>],
     ) -> Result<Vec<Bytes>, RemoteError> {
+        self.get_ranges_coalesced(
+            location,
+            etag,
+            ranges,
+            object_store::OBJECT_STORE_COALESCE_DEFAULT,
+        )
+        .await
+        .map(|(got, _)| got)
+    }
+
+    /// [`Self::get_ranges`] merging only ranges at most `coalesce` bytes apart; also says
+    /// how many requests were made (retries not counted) and how many bytes they
+    /// transferred (gaps merged in included). Indexing uses a small gap: there the point is
+    /// to read little of a large object, and the gaps between netCDF-3 records would
+    /// otherwise merge into reading every record whole.
+    pub async fn get_ranges_coalesced(
+        &self,
+        location: &Path,
+        etag: Option<String>,
+        ranges: &[Range<u64>],
+        coalesce: u64,
+    ) -> Result<(Vec<Bytes>, Fetched), RemoteError> {
+        use std::sync::atomic::{AtomicU64, Ordering};
         let url = self.url_of(location);
+        let (requests, bytes) = (AtomicU64::new(0), AtomicU64::new(0));
         let fetch = |r: Range<u64>| {
             let opts = GetOptions {
                 range: Some(r.into()),
                 if_match: etag.clone(),
                 ..GetOptions::default()
             };
-            async move { self.inner.get_opts(location, opts).await?.bytes().await }
+            requests.fetch_add(1, Ordering::Relaxed);
+            let bytes = &bytes;
+            async move {
+                let got = self.inner.get_opts(location, opts).await?.bytes().await?;
+                bytes.fetch_add(got.len() as u64, Ordering::Relaxed);
+                Ok::<_, object_store::Error>(got)
+            }
         };
         let got = self
             .timed(
                 "get_ranges",
                 &url,
-                object_store::coalesce_ranges(ranges, fetch, object_store::OBJECT_STORE_COALESCE_DEFAULT),
+                object_store::coalesce_ranges(ranges, fetch, coalesce),
             )
-            .await?;
+            .await;
+        let fetched = Fetched {
+            requests: requests.into_inner(),
+            bytes: bytes.into_inner(),
+        };
+        let m = metrics();
+        m.requests
+            .with_label_values(&[&self.base])
+            .inc_by(fetched.requests);
+        m.bytes.with_label_values(&[&self.base]).inc_by(fetched.bytes);
+        let got = got?;
         for (r, b) in ranges.iter().zip(&got) {
             if (b.len() as u64) < r.end - r.start {
                 return Err(RemoteError::Other {
@@ -556,10 +595,17 @@ impl Store {
                 });
             }
         }
-        let n: usize = got.iter().map(Bytes::len).sum();
-        metrics().bytes.with_label_values(&[&self.base]).inc_by(n as u64);
-        Ok(got)
+        Ok((got, fetched))
     }
+}
+
+/// Traffic of one [`Store::get_ranges_coalesced`] call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fetched {
+    /// Ranged GET requests made.
+    pub requests: u64,
+    /// Bytes they transferred.
+    pub bytes: u64,
 }
 
 /// Object-store traffic, process-wide (stores are shared by datasets and built before any
@@ -573,6 +619,9 @@ pub struct StoreMetrics {
     pub seconds: prometheus::HistogramVec,
     /// Bytes fetched, by store.
     pub bytes: prometheus::IntCounterVec,
+    /// Ranged GET requests sent, by store: one `get_ranges` operation may make several (or
+    /// one for several ranges), and round trips are what indexing over a network costs.
+    pub requests: prometheus::IntCounterVec,
 }
 
 /// The process's object-store metrics.
@@ -602,7 +651,15 @@ pub fn metrics() -> &'static StoreMetrics {
         let bytes = prometheus::IntCounterVec::new(
             prometheus::Opts::new(
                 "cloudify_object_store_bytes_total",
-                "Bytes fetched from object stores",
+                "Bytes fetched from object stores (as transferred: coalesced gaps included)",
+            ),
+            &["store"],
+        )
+        .expect("object store metric definition");
+        let requests = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "cloudify_object_store_range_requests_total",
+                "Ranged GET requests sent to object stores (after coalescing, before retries)",
             ),
             &["store"],
         )
@@ -611,6 +668,7 @@ pub fn metrics() -> &'static StoreMetrics {
             operations,
             seconds,
             bytes,
+            requests,
         }
     })
 }
@@ -684,6 +742,27 @@ pub fn read_ranges(
     let ranges: Vec<Range<u64>> = ranges.iter().map(|(o, n)| *o..o + n).collect();
     block_on(async move { store.get_ranges(&location, etag, &ranges).await })
         .map_err(|reason| RemoteError::Other { url, reason })?
+}
+
+/// [`read_ranges`] merging only ranges at most `coalesce` bytes apart; also says what was
+/// transferred (see [`Store::get_ranges_coalesced`]).
+pub fn read_ranges_coalesced(
+    file: &SourceFile,
+    obj: &RemoteObject,
+    ranges: &[(u64, u64)],
+    coalesce: u64,
+) -> Result<(Vec<Bytes>, Fetched), RemoteError> {
+    let url = file.path.display().to_string();
+    let store = obj.store.clone();
+    let location = obj.location.clone();
+    let etag = file.etag.clone();
+    let ranges: Vec<Range<u64>> = ranges.iter().map(|(o, n)| *o..o + n).collect();
+    block_on(async move {
+        store
+            .get_ranges_coalesced(&location, etag, &ranges, coalesce)
+            .await
+    })
+    .map_err(|reason| RemoteError::Other { url, reason })?
 }
 
 /// Expands one remote source (an object URL or a glob) into source files.
