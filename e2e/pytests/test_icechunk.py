@@ -151,24 +151,32 @@ def _virtual_repo(path: Path, nc: Path, tmp: Path, checksum: bool = True) -> Non
     prefix = f"file://{nc.parent}/"
     config = icechunk.RepositoryConfig.default()
     config.set_virtual_chunk_container(icechunk.VirtualChunkContainer(prefix, icechunk.local_filesystem_store(str(nc.parent))))
-    repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(path)), config=config,
-                                      authorize_virtual_chunk_access=icechunk.containers_credentials({prefix: None}))
+    mtime = dt.datetime.fromtimestamp(int(nc.stat().st_mtime) + 1, tz=dt.timezone.utc)
+    repo_from_refs(path, refs, config, mtime if checksum else None,
+                   lambda url: url if url.startswith("file://") else f"file://{url}",
+                   authorize_virtual_chunk_access=icechunk.containers_credentials({prefix: None}))
+
+
+def repo_from_refs(path: Path, refs: dict, config, checksum, url_of=lambda url: url, **create) -> None:
+    """Writes a repository (with `config`'s virtual chunk containers) holding kerchunk
+    references `refs` as VirtualiZarr would: byte ranges become virtual references (to
+    `url_of(url)`, with `checksum`), inlined values native chunks."""
+    import base64
+    repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(path)), config=config, **create)
     s = repo.writable_session("main")
     root = zarr.open_group(s.store, mode="w", zarr_format=3, attributes=json.loads(refs.get(".zattrs", "{}")))
-    mtime = dt.datetime.fromtimestamp(int(nc.stat().st_mtime) + 1, tz=dt.timezone.utc)
     for key in sorted(k for k in refs if k.endswith("/.zarray")):
         name = key[: -len("/.zarray")]
         za = json.loads(refs[key])
         attrs = json.loads(refs.get(f"{name}/.zattrs", "{}"))
         dims = attrs.pop("_ARRAY_DIMENSIONS", None)
-        assert za["compressor"] is None and not za["filters"], f"{nc}: {name} is compressed"
+        assert za["compressor"] is None and not za["filters"], f"{name} is compressed"
         dtype = np.dtype(za["dtype"])
         fill = za["fill_value"]
         if fill is not None and "_FillValue" not in attrs:
             attrs["_FillValue"] = fill
         # v3 attributes carry a float _FillValue as xarray writes it (base64 of a <f8)
         if "_FillValue" in attrs and dtype.kind == "f":
-            import base64
             attrs["_FillValue"] = base64.b64encode(np.float64(attrs["_FillValue"]).tobytes()).decode()
         arr = root.create_array(name, shape=za["shape"], chunks=za["chunks"], dtype=dtype.newbyteorder("="),
                                 fill_value=fill, compressors=None,
@@ -180,11 +188,9 @@ def _virtual_repo(path: Path, nc: Path, tmp: Path, checksum: bool = True) -> Non
             idx = tuple(int(i) for i in k.rsplit("/", 1)[1].split("."))
             if isinstance(v, list):
                 url, off, size = v
-                url = url if url.startswith("file://") else f"file://{url}"
-                s.store.set_virtual_ref(f"{name}/c/{'/'.join(map(str, idx))}", url, offset=off, length=size,
-                                        checksum=mtime if checksum else None)
+                s.store.set_virtual_ref(f"{name}/c/{'/'.join(map(str, idx))}", url_of(url), offset=off,
+                                        length=size, checksum=checksum)
             else:
-                import base64
                 raw = base64.b64decode(v[len("base64:"):]) if v.startswith("base64:") else v.encode()
                 block = np.frombuffer(raw, dtype=dtype).reshape(za["chunks"])
                 region = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(idx, za["chunks"], za["shape"]))

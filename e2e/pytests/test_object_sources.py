@@ -24,12 +24,9 @@ import xarray as xr
 
 from conftest import find_binary, stop_server
 from test_fidelity import compare_datasets
-from test_s3 import REGION, no_aws_env, serve_cfg, start_moto, stop_process, storage
+from test_s3 import REGION, _clean_env, no_aws_env, serve_cfg, start_moto, stop_process, storage
 
 icechunk = pytest.importorskip("icechunk")
-import zarr  # noqa: E402
-from zarr.codecs import BytesCodec  # noqa: E402
-
 import test_icechunk  # noqa: E402
 import test_zarr_stores  # noqa: E402
 
@@ -49,56 +46,18 @@ def _index(args: list[str], moto, creds: Path) -> None:
     r = subprocess.run(
         [find_binary(), "index", *args, "--no-cache", "--storage-endpoint", moto.endpoint,
          "--storage-region", REGION, "--storage-allow-http", "--storage-credentials-file", str(creds)],
-        capture_output=True, text=True, timeout=300, env=no_aws_env_full(), stdin=subprocess.DEVNULL)
+        capture_output=True, text=True, timeout=300, env=_clean_env(), stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stderr
-
-
-def no_aws_env_full() -> dict:
-    import os
-    return {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
 
 
 def _virtual_repo_to_objects(path: Path, refs: dict, prefix: str, moto, when: dt.datetime) -> None:
     """A repository whose chunks are virtual references to objects under `prefix`
-    (`s3://stores/vdata/`), with `when` as their last-modified checksum."""
+    (`s3://stores/refs/`), with `when` as their last-modified checksum."""
     config = icechunk.RepositoryConfig.default()
     store = icechunk.s3_store(region=REGION, endpoint_url=moto.endpoint, allow_http=True, s3_compatible=True)
     config.set_virtual_chunk_container(icechunk.VirtualChunkContainer(prefix, store))
-    repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(path)), config=config)
-    s = repo.writable_session("main")
-    root = zarr.open_group(s.store, mode="w", zarr_format=3, attributes=json.loads(refs.get(".zattrs", "{}")))
-    for key in sorted(k for k in refs if k.endswith("/.zarray")):
-        name = key[: -len("/.zarray")]
-        za = json.loads(refs[key])
-        attrs = json.loads(refs.get(f"{name}/.zattrs", "{}"))
-        dims = attrs.pop("_ARRAY_DIMENSIONS", None)
-        dtype = np.dtype(za["dtype"])
-        fill = za["fill_value"]
-        if fill is not None and "_FillValue" not in attrs:
-            attrs["_FillValue"] = fill
-        if "_FillValue" in attrs and dtype.kind == "f":
-            import base64
-            attrs["_FillValue"] = base64.b64encode(np.float64(attrs["_FillValue"]).tobytes()).decode()
-        arr = root.create_array(name, shape=za["shape"], chunks=za["chunks"], dtype=dtype.newbyteorder("="),
-                                fill_value=fill, compressors=None,
-                                serializer=BytesCodec(endian="big" if dtype.byteorder == ">" else "little"),
-                                dimension_names=dims, attributes=attrs)
-        for k, v in refs.items():
-            if not k.startswith(name + "/") or k.rsplit("/", 1)[1].startswith("."):
-                continue
-            idx = tuple(int(i) for i in k.rsplit("/", 1)[1].split("."))
-            if isinstance(v, list):
-                url, off, size = v
-                assert url.startswith(prefix), url
-                s.store.set_virtual_ref(f"{name}/c/{'/'.join(map(str, idx))}", url, offset=off, length=size,
-                                        checksum=when)
-            else:
-                import base64
-                raw = base64.b64decode(v[len("base64:"):]) if v.startswith("base64:") else v.encode()
-                block = np.frombuffer(raw, dtype=dtype).reshape(za["chunks"])
-                region = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(idx, za["chunks"], za["shape"]))
-                arr[region] = block[tuple(slice(0, sl.stop - sl.start) for sl in region)]
-    s.commit("virtual references to objects")
+    assert all(v[0].startswith(prefix) for v in refs.values() if isinstance(v, list))
+    test_icechunk.repo_from_refs(path, refs, config, when)
 
 
 @pytest.fixture(scope="module")
