@@ -88,6 +88,18 @@ def _regular_repo(path: Path) -> dict:
                            attributes={"_FillValue": -1, "units": "1"})
     cnt[:3, :] = np.arange(12, dtype="i2").reshape(3, 4)  # rows 3.. never written
     cnt[9, 0] = 42
+    # sharded arrays: shards big enough to be chunk objects (one inner chunk never written)
+    # and tiny ones icechunk keeps inline in the manifest
+    tiles = sub.create_array("tiles", shape=(8, 256), chunks=(2, 64), shards=(4, 128), dtype="f4",
+                             fill_value=np.nan, dimension_names=["ty", "tx"], attributes={"units": "m"})
+    vals = rng.random((8, 256)).astype("f4")
+    vals[2:4, 64:128] = np.nan
+    tiles[:2] = vals[:2]
+    tiles[2:, :64] = vals[2:, :64]
+    tiles[2:, 128:] = vals[2:, 128:]
+    tiny = sub.create_array("tiny", shape=(6,), chunks=(1,), shards=(2,), dtype="i1", fill_value=0,
+                            dimension_names=["k"])
+    tiny[:4] = np.arange(1, 5, dtype="i1")
     first = s.commit("first version")
     repo.create_tag("v1", snapshot_id=first)
     repo.create_branch("dev", snapshot_id=first)

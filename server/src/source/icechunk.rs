@@ -303,6 +303,10 @@ struct RepoChunks<'a> {
     snap: &'a SnapshotData,
     roots: Roots,
     zero_d: BTreeSet<String>,
+    /// Sharded arrays: chunk keys name inner chunks.
+    shards: BTreeMap<String, super::zarr_store::ShardLayout>,
+    /// Decoded shard indexes by array and shard coordinates, read once each.
+    indexes: std::cell::RefCell<HashMap<(String, Vec<u32>), Arc<Vec<u64>>>>,
     /// How to reach objects (virtual chunks in object stores).
     storage: Option<&'a cloudify_crds::StorageSpec>,
     /// Files of virtual chunks already checked against their checksums, and the stores
@@ -393,6 +397,66 @@ fn object_matches(
 }
 
 impl RepoChunks<'_> {
+    /// Inner chunk `idx` of sharded `array`: a byte range of its shard, as the shard's
+    /// index says (shards stored in the repository or inline; virtual shards are refused).
+    fn inner_chunk(
+        &self,
+        key: &str,
+        array: &str,
+        idx: &str,
+        layout: &super::zarr_store::ShardLayout,
+    ) -> Result<Option<RawRef>, String> {
+        let parts: Vec<&str> = idx.split('.').collect();
+        let (shard, lin) = layout.locate(key, &parts)?;
+        let coord = shard
+            .iter()
+            .map(|s| s.parse::<u32>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| format!("chunk key '{key}' is not a grid index"))?;
+        let Some(payload) = self.snap.chunks.get(&(array.to_string(), coord.clone())) else {
+            return Ok(None);
+        };
+        let shown = format!("shard {array}/c/{}", shard.join("/"));
+        let cached = self
+            .indexes
+            .borrow()
+            .get(&(array.to_string(), coord.clone()))
+            .cloned();
+        let index = |len: u64, read: &dyn Fn(u64, u64) -> Result<Vec<u8>, String>| match &cached {
+            Some(i) => Ok::<_, String>(i.clone()),
+            None => {
+                let (at, n) = layout.index_range(len, &shown)?;
+                let i = Arc::new(layout.decode_index(read(at, n)?, len, &shown)?);
+                self.indexes
+                    .borrow_mut()
+                    .insert((array.to_string(), coord.clone()), i.clone());
+                Ok(i)
+            }
+        };
+        match payload {
+            ChunkPayload::Inline(b) => {
+                let i = index(b.len() as u64, &|at, n| {
+                    Ok(b[at as usize..(at + n) as usize].to_vec())
+                })?;
+                Ok(super::zarr_store::ShardLayout::inner(&i, lin, &shown)?
+                    .map(|(o, n)| RawRef::Inline(b[o as usize..(o + n) as usize].to_vec())))
+            }
+            ChunkPayload::Ref(r) => {
+                let rel = format!("{}/{}", icechunk_format::CHUNKS_FILE_PATH, r.id);
+                let i = index(r.length, &|at, n| self.root.read_range(&rel, r.offset + at, n))?;
+                Ok(
+                    super::zarr_store::ShardLayout::inner(&i, lin, &shown)?.map(|(o, n)| RawRef::Url {
+                        url: self.root.url(&rel),
+                        range: Some((r.offset + o, n)),
+                    }),
+                )
+            }
+            _ => Err(format!(
+                "{shown}: sharded arrays with virtual chunks are not served (chunk '{key}')"
+            )),
+        }
+    }
+
     fn virtual_path(&self, key: &str, location: &VirtualChunkLocation) -> Result<String, String> {
         let containers = &self.snap.containers;
         let url = match location.parse_vcc() {
@@ -442,6 +506,9 @@ impl ChunkSource for RepoChunks<'_> {
                 })
                 .collect::<Result<_, _>>()?
         };
+        if let Some(layout) = self.shards.get(array) {
+            return self.inner_chunk(key, array, idx, layout);
+        }
         let Some(payload) = self.snap.chunks.get(&(array.to_string(), coord)) else {
             return Ok(None);
         };
@@ -514,6 +581,7 @@ pub fn open_repo_tree(
         read_snapshot(tree, &version).map_err(|e| malformed(root, format!("Icechunk repository: {e}")))?;
     let mut meta = BTreeMap::new();
     let mut zero_d = BTreeSet::new();
+    let mut shards = BTreeMap::new();
     let mut skipped: Vec<(String, String)> = Vec::new();
     let mut overrides = BTreeMap::new();
     for n in &snap.nodes {
@@ -532,18 +600,16 @@ pub fn open_repo_tree(
                 ));
             }
             match super::zarr_store::v3_array(&n.path, &n.doc) {
-                // A shard is one manifest entry here, not a file with an index we could
-                // range into; serving inner chunks would need the shard index of every
-                // chunk read at open time.
-                Ok(a) if a.shard.is_some() => skipped.push((
-                    n.path.clone(),
-                    "sharded arrays in Icechunk repositories are not served yet".into(),
-                )),
                 Ok(a) => {
                     meta.insert(key(".zarray"), a.zarray);
                     meta.insert(key(".zattrs"), a.zattrs);
                     if a.zero_d {
                         zero_d.insert(n.path.clone());
+                    }
+                    // A shard is one manifest entry; its inner chunks (the served ones) are
+                    // found in its index, read when the builder asks for them.
+                    if let Some(layout) = a.shard {
+                        shards.insert(n.path.clone(), layout);
                     }
                     if a.filter.is_some() || !a.declarable {
                         overrides.insert(n.path.clone(), (a.filter, a.declarable));
@@ -577,6 +643,8 @@ pub fn open_repo_tree(
         roots,
         storage,
         zero_d,
+        shards,
+        indexes: Default::default(),
         checked: Default::default(),
     };
     let mut idx = build_index(Arc::new(file), &meta, &chunks, FillRule::ZarrV3).map_err(|e| match e {

@@ -74,6 +74,79 @@ pub(crate) struct ShardLayout {
     at_end: bool,
 }
 
+impl ShardLayout {
+    /// The shard holding inner chunk `parts` of chunk key `key` (its grid index, as key
+    /// parts) and the inner chunk's row-major position in that shard.
+    pub(crate) fn locate(&self, key: &str, parts: &[&str]) -> Result<(Vec<String>, u64), String> {
+        let inner: Vec<u64> = parts
+            .iter()
+            .map(|p| p.parse::<u64>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| format!("'{key}': not a chunk key"))?;
+        if inner.len() != self.per_shard.len() {
+            return Err(format!(
+                "'{key}': not a chunk key of a {}-d array",
+                self.per_shard.len()
+            ));
+        }
+        let shard = inner
+            .iter()
+            .zip(&self.per_shard)
+            .map(|(i, n)| (i / n).to_string())
+            .collect();
+        let mut lin = 0u64;
+        for (i, n) in inner.iter().zip(&self.per_shard) {
+            lin = lin * n + i % n;
+        }
+        Ok((shard, lin))
+    }
+
+    /// Where the index of a shard of `len` bytes is: `(offset, size)` within the shard.
+    pub(crate) fn index_range(&self, len: u64, shown: &str) -> Result<(u64, u64), String> {
+        if len < self.index_size {
+            return Err(format!(
+                "{shown}: shard of {len} bytes cannot hold its {}-byte index (truncated shard?)",
+                self.index_size
+            ));
+        }
+        let at = if self.at_end { len - self.index_size } else { 0 };
+        Ok((at, self.index_size))
+    }
+
+    /// Decodes the encoded index of a shard of `len` bytes into `(offset, size)` pairs,
+    /// checking every pair lies inside the shard.
+    pub(crate) fn decode_index(&self, encoded: Vec<u8>, len: u64, shown: &str) -> Result<Vec<u64>, String> {
+        let raw = self
+            .index
+            .decode(encoded)
+            .map_err(|e| format!("{shown}: shard index unreadable (truncated or corrupt shard?): {e}"))?;
+        let vals: Vec<u64> = raw
+            .chunks_exact(8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+            .collect();
+        for pair in vals.chunks_exact(2) {
+            let (o, n) = (pair[0], pair[1]);
+            if (o, n) != (u64::MAX, u64::MAX) && o.checked_add(n).is_none_or(|end| end > len) {
+                return Err(format!(
+                    "{shown}: shard index points at bytes {o}+{n} past the end of the {len}-byte shard (truncated shard?)"
+                ));
+            }
+        }
+        Ok(vals)
+    }
+
+    /// The byte range (within the shard) of inner chunk `lin` of a decoded index; `None`
+    /// when it was never written (reads as the fill value).
+    pub(crate) fn inner(index: &[u64], lin: u64, shown: &str) -> Result<Option<(u64, u64)>, String> {
+        let at = usize::try_from(lin).map_err(|_| format!("{shown}: shard index too short"))?;
+        match (index.get(2 * at), index.get(2 * at + 1)) {
+            (Some(&u64::MAX), Some(&u64::MAX)) => Ok(None),
+            (Some(o), Some(n)) => Ok(Some((*o, *n))),
+            _ => Err(format!("{shown}: shard index too short")),
+        }
+    }
+}
+
 /// Chunks of a store: the file named by the key, if it exists.
 struct StoreChunks<'a> {
     tree: &'a Tree,
@@ -104,44 +177,19 @@ impl ChunkSource for StoreChunks<'_> {
         let Some(layout) = self.shards.get(array) else {
             return Ok(self.whole(&chunk_rel(array, &parts, enc)));
         };
-        let inner: Vec<u64> = parts
-            .iter()
-            .map(|p| p.parse::<u64>())
-            .collect::<Result<_, _>>()
-            .map_err(|_| format!("'{key}': not a chunk key"))?;
-        if inner.len() != layout.per_shard.len() {
-            return Err(format!(
-                "'{key}': not a chunk key of a {}-d array",
-                layout.per_shard.len()
-            ));
-        }
-        let shard: Vec<String> = inner
-            .iter()
-            .zip(&layout.per_shard)
-            .map(|(i, n)| (i / n).to_string())
-            .collect();
+        let (shard, lin) = layout.locate(key, &parts)?;
         let shard_refs: Vec<&str> = shard.iter().map(String::as_str).collect();
         let rel = chunk_rel(array, &shard_refs, enc);
         let Some(len) = self.tree.size(&rel)? else {
             return Ok(None);
         };
         let index = self.shard_index(&rel, len, layout)?;
-        // position of the inner chunk in its shard, row-major
-        let mut lin = 0u64;
-        for (i, n) in inner.iter().zip(&layout.per_shard) {
-            lin = lin * n + i % n;
-        }
-        let (offset, size) = match (index.get(2 * lin as usize), index.get(2 * lin as usize + 1)) {
-            (Some(o), Some(n)) => (*o, *n),
-            _ => return Err(format!("{}: shard index too short", self.tree.url(&rel))),
-        };
-        if offset == u64::MAX && size == u64::MAX {
-            return Ok(None); // inner chunk not written: fill value
-        }
-        Ok(Some(RawRef::Url {
-            url: self.tree.url(&rel),
-            range: Some((offset, size)),
-        }))
+        Ok(
+            ShardLayout::inner(&index, lin, &self.tree.url(&rel))?.map(|range| RawRef::Url {
+                url: self.tree.url(&rel),
+                range: Some(range),
+            }),
+        )
     }
     fn resolve(&self, _key: &str, url: &str) -> Result<PathBuf, String> {
         Ok(PathBuf::from(url))
@@ -188,30 +236,8 @@ impl StoreChunks<'_> {
             return Ok(i.clone());
         }
         let shown = self.tree.url(rel);
-        if len < layout.index_size {
-            return Err(format!(
-                "{shown}: shard of {len} bytes cannot hold its {}-byte index (truncated shard?)",
-                layout.index_size
-            ));
-        }
-        let at = if layout.at_end { len - layout.index_size } else { 0 };
-        let buf = self.tree.read_range(rel, at, layout.index_size)?;
-        let raw = layout
-            .index
-            .decode(buf)
-            .map_err(|e| format!("{shown}: shard index unreadable (truncated or corrupt shard?): {e}"))?;
-        let vals: Vec<u64> = raw
-            .chunks_exact(8)
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
-            .collect();
-        for pair in vals.chunks_exact(2) {
-            let (o, n) = (pair[0], pair[1]);
-            if (o, n) != (u64::MAX, u64::MAX) && o.checked_add(n).is_none_or(|end| end > len) {
-                return Err(format!(
-                    "{shown}: shard index points at bytes {o}+{n} past the end of the {len}-byte file (truncated shard?)"
-                ));
-            }
-        }
+        let (at, n) = layout.index_range(len, &shown)?;
+        let vals = layout.decode_index(self.tree.read_range(rel, at, n)?, len, &shown)?;
         let vals = Arc::new(vals);
         self.indexes.borrow_mut().insert(rel.to_string(), vals.clone());
         Ok(vals)
