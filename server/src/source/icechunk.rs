@@ -297,6 +297,12 @@ fn read_snapshot(root: &Tree, version: &Version) -> Result<SnapshotData, String>
     })
 }
 
+/// A shard of a sharded array: its path and shard coordinates.
+type ShardKey = (String, Vec<u32>);
+
+/// Checksum verdicts by virtual chunk file (or object) and checksum.
+type CheckedFiles = HashMap<(PathBuf, String), Result<(), String>>;
+
 /// Chunks of one snapshot, as the shared builder asks for them.
 struct RepoChunks<'a> {
     root: &'a Tree,
@@ -306,16 +312,12 @@ struct RepoChunks<'a> {
     /// Sharded arrays: chunk keys name inner chunks.
     shards: BTreeMap<String, super::zarr_store::ShardLayout>,
     /// Decoded shard indexes by array and shard coordinates, read once each.
-    indexes: std::cell::RefCell<HashMap<(String, Vec<u32>), Arc<Vec<u64>>>>,
+    indexes: std::cell::RefCell<HashMap<ShardKey, Arc<Vec<u64>>>>,
     /// How to reach objects (virtual chunks in object stores).
     storage: Option<&'a cloudify_crds::StorageSpec>,
     /// Files of virtual chunks already checked against their checksums, and the stores
     /// objects were checked with (one per bucket).
-    #[allow(clippy::type_complexity)]
-    checked: std::sync::Mutex<(
-        HashMap<(PathBuf, String), Result<(), String>>,
-        HashMap<String, Arc<crate::storage::Store>>,
-    )>,
+    checked: std::sync::Mutex<(CheckedFiles, HashMap<String, Arc<crate::storage::Store>>)>,
 }
 
 fn file_matches(path: &Path, checksum: &Checksum) -> Result<(), String> {
