@@ -244,7 +244,10 @@ pub struct CatalogSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub collection: Option<String>,
-    /// Bearer token for the Transactions API.
+    /// Bearer token for the Transactions API: a Secret in the dataset's namespace, which must
+    /// be labelled `cloudify.io/catalog-token=true` (its owner's consent to have it sent to
+    /// catalogs that CloudifyDatasets name) and may pin the catalogs it is sent to with the
+    /// annotation `cloudify.io/catalog-urls` (comma-separated URL prefixes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_secret: Option<SecretKeyRef>,
 }

@@ -127,23 +127,37 @@ async fn get(url: &str) -> (u16, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-/// Answers for a cluster with the CR `obj`, a ready Deployment and optionally a token Secret.
+/// Answers for a cluster with the CR `obj`, a ready Deployment and optionally a token Secret
+/// labelled for catalogs.
 fn cluster(
     obj: Value,
     secret_token: Option<&'static str>,
 ) -> impl Fn(&Call) -> (u16, Value) + Send + 'static {
+    cluster_with_secret(obj, secret_token.map(|t| token_secret(t, true, None)))
+}
+
+/// The Secret `climate/catalog-token` holding `token`, with the consent label if `labelled`
+/// and the catalog-URL pin annotation `urls`.
+fn token_secret(token: &str, labelled: bool, urls: Option<&str>) -> Value {
+    let mut meta = json!({"name": "catalog-token", "namespace": "climate"});
+    if labelled {
+        meta["labels"] = json!({"cloudify.io/catalog-token": "true"});
+    }
+    if let Some(u) = urls {
+        meta["annotations"] = json!({"cloudify.io/catalog-urls": u});
+    }
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": meta, "data": {"token": encode(token)}})
+}
+
+/// Answers for a cluster with the CR `obj`, a ready Deployment and optionally `secret`.
+fn cluster_with_secret(obj: Value, secret: Option<Value>) -> impl Fn(&Call) -> (u16, Value) + Send + 'static {
     move |call: &Call| {
         if call.is_apply() {
             return echo_apply(call, 1);
         }
         match call.method.as_str() {
-            "GET" if call.path == "/api/v1/namespaces/climate/secrets/catalog-token" => match secret_token {
-                Some(t) => (
-                    200,
-                    json!({"apiVersion": "v1", "kind": "Secret",
-                           "metadata": {"name": "catalog-token", "namespace": "climate"},
-                           "data": {"token": encode(t)}}),
-                ),
+            "GET" if call.path == "/api/v1/namespaces/climate/secrets/catalog-token" => match &secret {
+                Some(s) => (200, s.clone()),
                 None => status_error(404, "NotFound", "secrets \"catalog-token\" not found"),
             },
             "GET" => (
@@ -323,6 +337,34 @@ async fn token_comes_from_the_secret_and_is_never_sent_elsewhere() {
     let registered = condition(&last_status(&calls), "Registered");
     assert_eq!(registered["reason"], "TokenUnavailable");
     assert_eq!(registered["message"], "secret climate/catalog-token not found");
+
+    // A Secret without its owner's consent label is never read out and sent; one pinned to
+    // other catalogs neither.
+    for (secret, needle) in [
+        (
+            token_secret(TOKEN, false, None),
+            "is not labelled cloudify.io/catalog-token=true",
+        ),
+        (
+            token_secret(TOKEN, true, Some("https://catalog.example.org")),
+            "may only be sent to https://catalog.example.org",
+        ),
+    ] {
+        let obj = cr("demo", spec(true), 1);
+        let (client, calls) = mock_client(cluster_with_secret(
+            serde_json::to_value(&obj).expect("json"),
+            Some(secret),
+        ));
+        let ctx = context(client, &env.catalog, &env.server, None);
+        reconcile(Arc::new(obj), ctx).await.expect("reconcile");
+        let registered = condition(&last_status(&calls), "Registered");
+        assert_eq!(registered["reason"], "TokenUnavailable", "{registered}");
+        let msg = registered["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains(needle) && msg.contains("climate/catalog-token"),
+            "{msg}"
+        );
+    }
 }
 
 #[tokio::test]

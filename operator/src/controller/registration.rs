@@ -316,7 +316,7 @@ async fn token(
     base: &str,
 ) -> Result<Option<String>, String> {
     if let Some(sel) = cr.and_then(|c| c.spec.catalog.token_secret.as_ref()) {
-        return secret_token(ctx, namespace, sel).await.map(Some);
+        return secret_token(ctx, namespace, sel, base).await.map(Some);
     }
     let own = ctx.config.catalog_url.trim_end_matches('/');
     Ok((base.trim_end_matches('/') == own)
@@ -324,26 +324,77 @@ async fn token(
         .flatten())
 }
 
-async fn secret_token(ctx: &Context, namespace: &str, sel: &SecretKeyRef) -> Result<String, String> {
+/// Label a Secret must carry before the operator sends it to a catalog a CloudifyDataset
+/// names: the operator can read Secrets its CR authors may not, so without the Secret owner's
+/// consent any CR author could have it post a namespace's Secret to a URL of their choice.
+pub const CATALOG_TOKEN_LABEL: &str = "cloudify.io/catalog-token";
+/// Optional annotation of such a Secret: the catalog URL prefixes (comma or space separated)
+/// it may be sent to; without it, any catalog a CR in its namespace names.
+pub const CATALOG_URLS_ANNOTATION: &str = "cloudify.io/catalog-urls";
+
+/// Whether `secret` may be sent to the catalog at `base` (see [`CATALOG_TOKEN_LABEL`]).
+fn secret_allowed(secret: &Secret, name: &str, base: &str) -> Result<(), String> {
+    let meta = &secret.metadata;
+    let labelled = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(CATALOG_TOKEN_LABEL))
+        .is_some_and(|v| v == "true");
+    if !labelled {
+        return Err(format!(
+            "secret {name} is not labelled {CATALOG_TOKEN_LABEL}=true (the label is its owner's consent to send it to catalogs CloudifyDatasets name)"
+        ));
+    }
+    if let Some(urls) = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(CATALOG_URLS_ANNOTATION))
+    {
+        let allowed: Vec<&str> = urls
+            .split([',', ' ', '\n'])
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        let b = base.trim_end_matches('/');
+        // a prefix ends at a '/' so https://cat.example.org does not allow https://cat.example.org.evil
+        let ok = allowed.iter().any(|u| {
+            let u = u.trim_end_matches('/');
+            b == u || b.starts_with(&format!("{u}/"))
+        });
+        if !ok {
+            return Err(format!(
+                "secret {name} may only be sent to {} ({CATALOG_URLS_ANNOTATION}), not to {base}",
+                allowed.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn secret_token(
+    ctx: &Context,
+    namespace: &str,
+    sel: &SecretKeyRef,
+    base: &str,
+) -> Result<String, String> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let name = format!("{namespace}/{}", sel.name);
     let secret = api
         .get_opt(&sel.name)
         .await
-        .map_err(|e| format!("reading secret {namespace}/{}: {e}", sel.name))?
-        .ok_or_else(|| format!("secret {namespace}/{} not found", sel.name))?;
+        .map_err(|e| format!("reading secret {name}: {e}"))?
+        .ok_or_else(|| format!("secret {name} not found"))?;
+    secret_allowed(&secret, &name, base)?;
     let bytes = secret
         .data
         .as_ref()
         .and_then(|d| d.get(&sel.key))
-        .ok_or_else(|| format!("secret {namespace}/{} has no key '{}'", sel.name, sel.key))?;
+        .ok_or_else(|| format!("secret {name} has no key '{}'", sel.key))?;
     let text = String::from_utf8(bytes.0.clone())
-        .map_err(|_| format!("secret {namespace}/{} key '{}' is not UTF-8", sel.name, sel.key))?;
+        .map_err(|_| format!("secret {name} key '{}' is not UTF-8", sel.key))?;
     let token = text.trim();
     if token.is_empty() {
-        return Err(format!(
-            "secret {namespace}/{} key '{}' is empty",
-            sel.name, sel.key
-        ));
+        return Err(format!("secret {name} key '{}' is empty", sel.key));
     }
     Ok(token.to_string())
 }
@@ -408,6 +459,37 @@ async fn json_patch(crs: &Api<DynamicObject>, name: &str, ops: Value, what: &str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn secret(labelled: bool, urls: Option<&str>) -> Secret {
+        let mut s = Secret::default();
+        if labelled {
+            s.metadata.labels = Some([(CATALOG_TOKEN_LABEL.to_string(), "true".to_string())].into());
+        }
+        if let Some(u) = urls {
+            s.metadata.annotations = Some([(CATALOG_URLS_ANNOTATION.to_string(), u.to_string())].into());
+        }
+        s
+    }
+
+    #[test]
+    fn secrets_need_their_owners_consent_and_may_be_pinned_to_catalogs() {
+        let e = secret_allowed(&secret(false, None), "ns/t", "https://cat").unwrap_err();
+        assert!(
+            e.contains("ns/t") && e.contains("cloudify.io/catalog-token=true"),
+            "{e}"
+        );
+        assert!(secret_allowed(&secret(true, None), "ns/t", "https://anywhere").is_ok());
+        let pinned = secret(true, Some("https://cat.example.org/stac, http://other:8080"));
+        assert!(secret_allowed(&pinned, "ns/t", "https://cat.example.org/stac/").is_ok());
+        assert!(secret_allowed(&pinned, "ns/t", "https://cat.example.org/stac/v2").is_ok());
+        assert!(secret_allowed(&pinned, "ns/t", "http://other:8080").is_ok());
+        let e = secret_allowed(&pinned, "ns/t", "https://cat.example.org/stacked").unwrap_err();
+        assert!(
+            e.contains("may only be sent to") && e.contains("not to https://cat.example.org/stacked"),
+            "{e}"
+        );
+        assert!(secret_allowed(&pinned, "ns/t", "https://evil.example.com").is_err());
+    }
 
     #[test]
     fn server_url_template() {
