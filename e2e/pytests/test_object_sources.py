@@ -144,6 +144,8 @@ def env(tmp_path_factory):
              "storage": st},
             {"name": "bad-credentials", "sources": [f"s3://{BUCKET}/zarr/v2.zarr"], "format": "zarr",
              "storage": storage(m.endpoint, credentialsFile=str(tmp / "wrong-creds"))},
+            {"name": "bad-ice-credentials", "sources": [f"s3://{BUCKET}/ice/regular"], "format": "icechunk",
+             "storage": storage(m.endpoint, credentialsFile=str(tmp / "wrong-creds"))},
         ]
         (tmp / "wrong-creds").write_text("aws_access_key_id=AKIAWRONG\naws_secret_access_key=nope\n")
         url, proc, log = serve_cfg(tmp, "objsrc", datasets, no_aws_env())
@@ -213,6 +215,7 @@ def test_bad_object_sources_fail_alone_naming_the_source(env):
         "bad-stale": ["chunked.nc", "modified after", "stale"],
         "bad-virtual-root": [f"s3://{BUCKET}/refs/", "referenceRoots"],
         "bad-credentials": [f"s3://{BUCKET}/zarr/v2.zarr"],
+        "bad-ice-credentials": [f"s3://{BUCKET}/ice/regular", "Icechunk repository"],
     }
     for name, needles in want.items():
         st = status[name]
@@ -221,6 +224,10 @@ def test_bad_object_sources_fail_alone_naming_the_source(env):
             assert n in st.get("error", ""), (name, n, st)
         r = requests.get(f"{env['url']}/datasets/{name}/zarr/.zmetadata", timeout=10)
         assert r.status_code == 503, (name, r.status_code, r.text)
+    # wrong credentials are reported as such, not as "not a repository/store"
+    for name in ("bad-credentials", "bad-ice-credentials"):
+        err = status[name]["error"]
+        assert "not an Icechunk repository" not in err and "not a Zarr store" not in err, err
     # the others are unaffected
     assert requests.get(f"{env['url']}/datasets/zarr-v2/zarr/.zmetadata", timeout=10).status_code == 200
 

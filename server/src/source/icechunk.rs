@@ -578,6 +578,8 @@ pub fn open_repo_tree(
     let t0 = std::time::Instant::now();
     let root_path = tree.path("");
     let root = root_path.as_path();
+    tree.check_reachable()
+        .map_err(|e| malformed(root, format!("Icechunk repository: {e}")))?;
     let version = version_info(version).map_err(|e| malformed(root, e))?;
     let snap =
         read_snapshot(tree, &version).map_err(|e| malformed(root, format!("Icechunk repository: {e}")))?;

@@ -104,6 +104,21 @@ impl Tree {
         Ok(())
     }
 
+    /// Fails with the store's own error (access denied, unreachable...) when the root cannot
+    /// be listed, so that a reader's existence probes ("is this a repository?", which answer
+    /// no on any error) do not turn wrong credentials into "not a repository".
+    pub fn check_reachable(&self) -> Result<(), String> {
+        match self {
+            Tree::Local(_) => Ok(()),
+            Tree::Remote(t) => {
+                let key = t.location_str("");
+                let store = t.store.clone();
+                crate::storage::block_on(async move { store.any_under(&key).await })??;
+                Ok(())
+            }
+        }
+    }
+
     /// The file `rel`; `Ok(None)` when it does not exist.
     pub fn read(&self, rel: &str) -> Result<Option<Vec<u8>>, String> {
         match self {
