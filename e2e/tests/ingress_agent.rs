@@ -3,7 +3,7 @@
 //! real components; scaling and pod replacement change the upstreams without failed reads.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -74,6 +74,41 @@ where
     }
 }
 
+/// Waits until nginx serves nothing but the configuration now in `nginx.conf`: its status
+/// listener answers that file's generation, and the master has a single worker left
+/// (`worker_processes 1`), so no worker of an earlier generation still accepts connections.
+///
+/// One response from the new configuration does not show this: on a reload nginx's master
+/// starts the new worker, sleeps 100 ms and only then tells the old one to stop accepting
+/// (`ngx_master_process_cycle`), and both accept on the shared listening socket until it has.
+/// The agent itself waits for the old workers to go before it reports a reload done.
+async fn nginx_settled(http: &reqwest::Client, nginx_dir: &Path, status: SocketAddr) {
+    let generation = |conf: &str| {
+        conf.lines()
+            .next()?
+            .strip_prefix("# Rendered by cloudify-e2e's ingress agent; generation ")?
+            .strip_suffix('.')
+            .map(str::to_string)
+    };
+    eventually("nginx serving only the current nginx.conf", || async {
+        let wanted = generation(&std::fs::read_to_string(nginx_dir.join("nginx.conf")).ok()?)?;
+        let served = http
+            .get(format!("http://{status}/generation"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let pid = std::fs::read_to_string(nginx_dir.join("nginx.pid")).ok()?;
+        let pid = pid.trim();
+        let workers = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+        let again = generation(&std::fs::read_to_string(nginx_dir.join("nginx.conf")).ok()?)?;
+        (served.trim() == wanted && workers.split_whitespace().count() == 1 && again == wanted).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingress_serves_pods_through_nginx() {
     let _ = tracing_subscriber::fmt()
@@ -109,6 +144,7 @@ async fn ingress_serves_pods_through_nginx() {
     ));
     let lo = |p| SocketAddr::from((Ipv4Addr::LOCALHOST, p));
     let http = lo(free_loopback_port().expect("port"));
+    let status = lo(free_loopback_port().expect("port"));
     let agent = tokio::spawn(agent::run(
         client.clone(),
         AgentOptions {
@@ -116,7 +152,7 @@ async fn ingress_serves_pods_through_nginx() {
             state_dir: state.path().join("nginx"),
             http,
             https: None,
-            status: lo(free_loopback_port().expect("port")),
+            status,
         },
         stopped(stop_rx.clone()),
     ));
@@ -163,6 +199,11 @@ async fn ingress_serves_pods_through_nginx() {
         (r.status().is_success() && r.text().await.ok()? == "hello from a pod\n").then_some(())
     })
     .await;
+    // The generation that answered may still share the listener with the previous one, which
+    // was rendered before the pod was ready (503): the readers below must not start in that
+    // window, which is the end of the start-up, not a failure while pods change.
+    let nginx_dir = state.path().join("nginx");
+    nginx_settled(&http_client, &nginx_dir, status).await;
     assert_eq!(
         http_client
             .get(format!("http://{http}/datasets/other"))
@@ -255,14 +296,14 @@ async fn ingress_serves_pods_through_nginx() {
         )
         .await
         .expect("scale");
-    let nginx_conf = state.path().join("nginx/nginx.conf");
+    let nginx_conf = nginx_dir.join("nginx.conf");
     eventually("two upstream servers", || async {
         let conf = std::fs::read_to_string(&nginx_conf).ok()?;
         (conf.matches("max_fails=0").count() == 2).then_some(())
     })
     .await;
-    // nginx.conf is in place just before the reload; give nginx time to switch.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // nginx.conf is in place just before the reload; the pod is deleted once nginx switched.
+    nginx_settled(&http_client, &nginx_dir, status).await;
     pods.delete(&first.unwrap_or_default(), &DeleteParams::default())
         .await
         .expect("delete pod");
