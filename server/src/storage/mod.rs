@@ -402,31 +402,17 @@ impl Store {
     /// wildcard (cut at a `/`: object stores list by path segments); `*` and `?` do not cross
     /// `/`, `**` does.
     pub async fn glob(&self, pattern: &str) -> Result<Vec<ObjectMeta>, RemoteError> {
-        let url = format!("{}/{pattern}", self.base);
         let pat = glob::Pattern::new(pattern).map_err(|e| RemoteError::Other {
-            url: url.clone(),
+            url: format!("{}/{pattern}", self.base),
             reason: format!("invalid glob: {e}"),
         })?;
-        let prefix = url::list_prefix(pattern);
-        let prefix = (!prefix.is_empty()).then(|| Path::from(prefix));
         let opts = glob::MatchOptions {
             case_sensitive: true,
             require_literal_separator: true,
             require_literal_leading_dot: false,
         };
-        let listing = async {
-            let mut stream = self.inner.list(prefix.as_ref());
-            let mut out = Vec::new();
-            while let Some(m) = stream.next().await {
-                let m = m?;
-                if pat.matches_with(m.location.as_ref(), opts) {
-                    out.push(m);
-                }
-            }
-            Ok::<_, object_store::Error>(out)
-        };
-        let mut out = self.timed("list", &url, listing).await?;
-        out.sort_by(|a, b| a.location.as_ref().cmp(b.location.as_ref()));
+        let mut out = self.list(url::list_prefix(pattern)).await?;
+        out.retain(|m| pat.matches_with(m.location.as_ref(), opts));
         Ok(out)
     }
 
