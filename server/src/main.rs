@@ -176,6 +176,14 @@ struct IndexArgs {
     /// References per Parquet file (Parquet output only).
     #[arg(long, default_value_t = cloudify_server::refs::parquet::DEFAULT_RECORD_SIZE)]
     record_size: usize,
+    /// Store a variable inline (its values inside the references) only if it has at most
+    /// BYTES bytes; every other variable is referenced as byte ranges of its files, or left
+    /// out with a warning saying why. `0` writes no inline data at all, which VirtualiZarr
+    /// needs (it refuses inlined chunks). Default: coordinates and other small variables up
+    /// to 16 KiB, and variables whose layout cannot be referenced up to 4 MiB, are inlined,
+    /// as the /kerchunk route serves them.
+    #[arg(long, value_name = "BYTES")]
+    inline_threshold: Option<u64>,
 }
 
 /// Reference formats `cloudify index` writes, chosen by the output's extension.
@@ -200,7 +208,12 @@ fn run_index(a: IndexArgs) -> anyhow::Result<()> {
     let cache = (!a.no_cache)
         .then(|| cloudify_server::source::cache::IndexCache::new(&cache_dir(a.cache_dir.clone())));
     let ds = cloudify_server::dataset::open::open_dataset_cached(&spec, cache.as_ref())?;
-    let refs = cloudify_server::refs::build(&ds);
+    let inline = a.inline_threshold.map_or(
+        cloudify_server::refs::Inline::AsNeeded,
+        cloudify_server::refs::Inline::Threshold,
+    );
+    let mut refs = cloudify_server::refs::build_with(&ds, inline);
+    refs.codecs_as_filters();
     for (v, why) in &refs.skipped {
         eprintln!("cloudify: warning: variable '{v}' left out: {why}");
     }

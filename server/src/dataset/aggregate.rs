@@ -188,7 +188,14 @@ fn rebases(files: &[SourceIndex], coords: &[SourceVar]) -> Result<Option<Vec<Reb
 }
 
 /// Rewrites a variable's values in one file through `r`, held in memory from now on.
-fn apply_rebase(v: &mut SourceVar, r: Rebase, path: &std::path::Path) -> Result<(), AggregateError> {
+/// `units` says from which units to which (for the references that can no longer point
+/// at the stored bytes).
+fn apply_rebase(
+    v: &mut SourceVar,
+    r: Rebase,
+    path: &std::path::Path,
+    units: &str,
+) -> Result<(), AggregateError> {
     let bytes = read_all(v)?;
     let vals = as_f64s(&bytes, v.dtype);
     let mut out = Vec::with_capacity(bytes.len());
@@ -209,6 +216,11 @@ fn apply_rebase(v: &mut SourceVar, r: Rebase, path: &std::path::Path) -> Result<
     }
     v.data.storage = Storage::Memory(Arc::new(MemValues::Bytes(out)));
     v.data.endian = crate::model::Endian::Little;
+    // The file's bytes are in the old units: references must not point at them.
+    v.data.stored = Some(Box::new(crate::source::Stored::Rewritten(format!(
+        "its values in {} are rebased {units}, so they differ from the stored bytes",
+        path.display()
+    ))));
     Ok(())
 }
 
@@ -278,8 +290,14 @@ fn order_files(files: &mut Vec<SourceIndex>, cd: &str) -> Result<(), AggregateEr
         let sorted_coords: Vec<SourceVar> = order.iter().map(|i| coords[*i].clone()).collect();
         if let Some(maps) = rebases(&sorted, &sorted_coords)? {
             let ref_units = sorted_coords[0].attrs.get("units").cloned();
-            for (f, r) in sorted.iter_mut().zip(maps) {
+            let show = |a: Option<&AttrValue>| a.map_or_else(|| "none".to_string(), AttrValue::display);
+            for ((f, r), c) in sorted.iter_mut().zip(maps).zip(&sorted_coords) {
                 let path = f.file.path.clone();
+                let units = format!(
+                    "from the file's time units '{}' onto the first file's '{}'",
+                    show(c.attrs.get("units")),
+                    show(ref_units.as_ref())
+                );
                 let bounds = f
                     .root
                     .vars
@@ -297,7 +315,7 @@ fn order_files(files: &mut Vec<SourceIndex>, cd: &str) -> Result<(), AggregateEr
                         scale: 1.0,
                         offset: 0.0,
                     }) {
-                        apply_rebase(v, r, &path)?;
+                        apply_rebase(v, r, &path, &units)?;
                     }
                     if v.attrs.get("units").is_some()
                         && let Some(u) = &ref_units

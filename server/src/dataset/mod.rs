@@ -23,7 +23,7 @@ pub struct Piece {
 }
 
 /// A variable as clients see it.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Variable {
     pub name: String,
     /// Zarr path of the array, e.g. `tas` or `g1/sub/x`.

@@ -17,14 +17,29 @@ use crate::chunk::read::read_block;
 use crate::codec::{Encoding, encode, vlen_utf8};
 use crate::dataset::attrs::write_json_str;
 use crate::dataset::{Dataset, Piece, Variable};
-use crate::model::{DType, Endian, fill_json};
-use crate::source::{ChunkRef, Filter, MemValues, Storage};
+use crate::model::{DType, Endian, Scalar, fill_json};
+use crate::source::{ChunkRef, Filter, MemValues, Storage, Stored};
 use crate::zarr::v2_attrs;
 
 /// Variables whose stored layout cannot be referenced are inlined up to this size.
 const INLINE_LIMIT: u64 = 4 << 20;
 /// Target size of the virtual chunks cut out of unchunked (contiguous) variables.
 const RAW_CHUNK_TARGET: u64 = 16 << 20;
+
+/// How much data a reference set may carry itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Inline {
+    /// What the `/kerchunk` route and fsspec want: variables the index holds in memory
+    /// (coordinates, bounds, up to 16 KiB), variables whose stored layout cannot be referenced
+    /// (up to 4 MiB) and chunks written with a filter skipped are stored inline.
+    #[default]
+    AsNeeded,
+    /// kerchunk's `inline_threshold`, per variable: a variable of at most this many bytes is
+    /// stored inline, every other one only as byte ranges of its files (or left out, with the
+    /// reason). `Threshold(0)` writes no inline data at all, which VirtualiZarr needs: it
+    /// refuses inlined chunks.
+    Threshold(u64),
+}
 
 /// One reference.
 #[derive(Clone, Debug, PartialEq)]
@@ -144,6 +159,7 @@ fn piece_at(v: &Variable, global: u64) -> Option<(&Piece, u64)> {
 struct Ctx<'a> {
     refs: &'a mut Refs,
     file_ids: BTreeMap<PathBuf, usize>,
+    inline: Inline,
 }
 
 impl Ctx<'_> {
@@ -243,6 +259,9 @@ fn chunked(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
         };
         za = za.replacen("\"fill_value\": null", &format!("\"fill_value\": {declared}"), 1);
     }
+    if let Some(f) = gap_fill(v) {
+        za = za.replacen("\"fill_value\": null", &format!("\"fill_value\": {f}"), 1);
+    }
     ctx.refs
         .entries
         .insert(format!("{}/.zarray", v.path), RefValue::Json(za));
@@ -300,15 +319,41 @@ fn chunked(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
             if endian == Endian::Big {
                 crate::chunk::grid::byteswap(&mut raw, v.dtype.size());
             }
-            RefValue::Inline(match &enc {
+            let data = match &enc {
                 None => raw,
                 Some(e) => encode(&raw, e),
-            })
+            };
+            if let Inline::Threshold(limit) = ctx.inline
+                && data.len() as u64 > limit
+            {
+                return Err(format!(
+                    "chunk {idx:?} in {} was written with a filter skipped, so it can only be referenced as inline data ({} bytes, above the inline threshold of {limit})",
+                    piece.data.file.path.display(),
+                    data.len()
+                ));
+            }
+            RefValue::Inline(data)
         };
         ctx.refs.entries.insert(chunk_key(&v.path, idx), value);
         Ok(())
     })?;
     Ok(true)
+}
+
+/// The Zarr `fill_value` to declare for a variable of netCDF/HDF5 files with storage never
+/// written (unallocated chunks, or a file that never wrote it) and no `_FillValue`: netCDF
+/// reads such values as its default fill, a Zarr reader of `fill_value: null` as 0. `None`:
+/// nothing to declare (no gaps, a `_FillValue` already declared, or a zero default).
+fn gap_fill(v: &Variable) -> Option<String> {
+    let gaps = v.pieces.iter().any(|p| match &p.data.storage {
+        Storage::Chunked { locs, .. } => locs.iter().any(|l| l.size == 0),
+        Storage::Unallocated => true,
+        _ => false,
+    });
+    if !gaps || v.fill_attr.is_some() || v.fill.iter().all(|b| *b == 0) {
+        return None;
+    }
+    Scalar::from_le_bytes(&v.fill, v.dtype).map(|s| fill_json(s, v.dtype).to_string())
 }
 
 fn gcd(a: u64, b: u64) -> u64 {
@@ -318,8 +363,11 @@ fn gcd(a: u64, b: u64) -> u64 {
 /// References for uncompressed variables (HDF5 contiguous, netCDF-3 fixed and record
 /// variables): virtual chunks along the first dimension, each one contiguous byte run.
 fn contiguous(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
-    if v.shape.is_empty() || matches!(v.dtype, DType::Str) || v.concat_axis.is_some_and(|a| a != 0) {
+    if matches!(v.dtype, DType::Str) || v.concat_axis.is_some_and(|a| a != 0) {
         return Ok(false);
+    }
+    if v.shape.is_empty() {
+        return Ok(scalar(v, ctx));
     }
     let Some(endian) = v.pieces.first().map(|p| p.data.endian) else {
         return Ok(false);
@@ -351,10 +399,13 @@ fn contiguous(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
     let mut chunks = v.shape.clone();
     chunks[0] = c0;
     let dt = dtype_str(v.dtype, endian);
-    ctx.refs.entries.insert(
-        format!("{}/.zarray", v.path),
-        RefValue::Json(zarray(v, &chunks, &dt, "null", "null")),
-    );
+    let mut za = zarray(v, &chunks, &dt, "null", "null");
+    if let Some(f) = gap_fill(v) {
+        za = za.replacen("\"fill_value\": null", &format!("\"fill_value\": {f}"), 1);
+    }
+    ctx.refs
+        .entries
+        .insert(format!("{}/.zarray", v.path), RefValue::Json(za));
     let n0 = v.shape[0].div_ceil(c0);
     for i in 0..n0 {
         let Some((piece, local)) = piece_at(v, i * c0) else {
@@ -375,10 +426,43 @@ fn contiguous(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
     Ok(true)
 }
 
-/// Small variables that cannot be referenced are stored inline as one chunk.
-fn inline(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
-    let bytes = v.shape.iter().product::<u64>() * v.dtype.size().max(16) as u64;
-    if bytes > INLINE_LIMIT {
+/// A 0-d variable stored as one contiguous element: one chunk, key `0`.
+fn scalar(v: &Variable, ctx: &mut Ctx) -> bool {
+    let [piece] = v.pieces.as_slice() else {
+        return false;
+    };
+    let Storage::Contiguous { offset } = piece.data.storage else {
+        return false;
+    };
+    let dt = dtype_str(v.dtype, piece.data.endian);
+    ctx.refs.entries.insert(
+        format!("{}/.zarray", v.path),
+        RefValue::Json(zarray(v, &[], &dt, "null", "null")),
+    );
+    let file = ctx.file(&piece.data.file);
+    ctx.refs.entries.insert(
+        chunk_key(&v.path, &[]),
+        RefValue::Range {
+            file,
+            offset,
+            size: v.dtype.size() as u64,
+        },
+    );
+    true
+}
+
+/// Bytes of a variable's values (strings counted at 16 bytes each).
+fn value_bytes(v: &Variable) -> u64 {
+    v.shape
+        .iter()
+        .product::<u64>()
+        .saturating_mul(v.dtype.size().max(if v.dtype == DType::Str { 16 } else { 1 }) as u64)
+}
+
+/// Small variables that cannot be referenced are stored inline as one chunk, up to `limit`
+/// bytes.
+fn inline(v: &Variable, ctx: &mut Ctx, limit: u64) -> Result<bool, String> {
+    if value_bytes(v) > limit {
         return Ok(false);
     }
     let chunks: Vec<u64> = v.shape.iter().map(|s| (*s).max(1)).collect();
@@ -415,12 +499,120 @@ fn inline(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
     Ok(true)
 }
 
-/// Builds the references of a dataset.
+/// The variable as its files store it: pieces the index read into memory point at their
+/// stored bytes again, and the chunk grid is the stored one. `Err`: some piece has no stored
+/// bytes that equal its values, so only inline data can express it.
+fn as_stored(v: &Variable) -> Result<std::borrow::Cow<'_, Variable>, String> {
+    if !v
+        .pieces
+        .iter()
+        .any(|p| matches!(p.data.storage, Storage::Memory(_)))
+    {
+        return Ok(std::borrow::Cow::Borrowed(v));
+    }
+    let mut w = v.clone();
+    for p in &mut w.pieces {
+        if !matches!(p.data.storage, Storage::Memory(_)) {
+            continue;
+        }
+        match p.data.stored.as_deref() {
+            Some(Stored::At { endian, storage }) => {
+                p.data.storage = storage.clone();
+                p.data.endian = *endian;
+            }
+            Some(Stored::Rewritten(why)) => return Err(why.clone()),
+            None => {
+                return Err(format!(
+                    "its values in {} are not stored as plain bytes (strings, HDF5 compact layout, or data only libnetcdf decodes)",
+                    p.data.file.path.display()
+                ));
+            }
+        }
+    }
+    if let Some((c, _)) = w.pieces.first().and_then(|p| p.data.storage.chunking()) {
+        w.chunks = c.clone();
+    }
+    Ok(std::borrow::Cow::Owned(w))
+}
+
+/// Why [`chunked`] and [`contiguous`] could not reference a variable (in its stored form).
+fn unreferenceable(v: &Variable) -> String {
+    if v.dtype == DType::Str {
+        return "variable-length strings have no byte-range form (Zarr v2 keeps them as vlen-utf8 chunks)"
+            .into();
+    }
+    let chunkings: Vec<Option<(&Vec<u64>, &[Filter])>> = v
+        .pieces
+        .iter()
+        .filter(|p| !matches!(p.data.storage, Storage::Unallocated))
+        .map(|p| p.data.storage.chunking())
+        .collect();
+    let first = chunkings.first().copied().flatten();
+    if let Some((c, f)) = first {
+        if chunkings.iter().any(|x| x.map(|(c2, _)| c2) != Some(c)) {
+            return "its files store it with different chunk shapes, which one Zarr chunk grid cannot express".into();
+        }
+        if chunkings.iter().any(|x| x.map(|(_, f2)| f2) != Some(f)) {
+            return "its files store it with different filter pipelines, which one Zarr array cannot declare"
+                .into();
+        }
+        if numcodecs(f).is_none() {
+            return format!("its HDF5 filters {f:?} have no numcodecs equivalent");
+        }
+        if let Some(ax) = v.concat_axis {
+            let lens: Vec<u64> = v.pieces.iter().map(|p| p.data.shape[ax]).collect();
+            return format!(
+                "its files hold {lens:?} steps along '{}' in chunks of {}, so the chunks do not tile the concatenated axis",
+                v.dims.get(ax).map_or("?", String::as_str),
+                c[ax]
+            );
+        }
+    }
+    "its stored layout cannot be expressed as byte-range references".into()
+}
+
+/// References for one variable under `ctx.inline`. `Ok(false)`: left out (too large to
+/// inline and not referenceable).
+fn variable(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
+    match ctx.inline {
+        Inline::AsNeeded => chunked(v, ctx)
+            .and_then(|ok| if ok { Ok(true) } else { contiguous(v, ctx) })
+            .and_then(|ok| {
+                if ok {
+                    Ok(true)
+                } else {
+                    inline(v, ctx, INLINE_LIMIT)
+                }
+            }),
+        Inline::Threshold(limit) => {
+            if value_bytes(v) <= limit && inline(v, ctx, limit)? {
+                return Ok(true);
+            }
+            let w = as_stored(v)?;
+            if chunked(&w, ctx)? || contiguous(&w, ctx)? {
+                return Ok(true);
+            }
+            Err(format!(
+                "{} ({} bytes, above the inline threshold of {limit})",
+                unreferenceable(&w),
+                value_bytes(v)
+            ))
+        }
+    }
+}
+
+/// Builds the references of a dataset, with inline data as the `/kerchunk` route serves it.
 pub fn build(ds: &Dataset) -> Refs {
+    build_with(ds, Inline::AsNeeded)
+}
+
+/// Builds the references of a dataset with the given inline policy.
+pub fn build_with(ds: &Dataset, inline: Inline) -> Refs {
     let mut refs = Refs::default();
     let mut ctx = Ctx {
         refs: &mut refs,
         file_ids: BTreeMap::new(),
+        inline,
     };
     for g in ds.root.walk() {
         let prefix = if g.path.is_empty() {
@@ -437,9 +629,12 @@ pub fn build(ds: &Dataset) -> Refs {
             RefValue::Json(g.attrs.to_json(&[], &[])),
         );
         for v in &g.vars {
-            let done = chunked(v, &mut ctx)
-                .and_then(|ok| if ok { Ok(true) } else { contiguous(v, &mut ctx) })
-                .and_then(|ok| if ok { Ok(true) } else { inline(v, &mut ctx) });
+            let done = variable(v, &mut ctx);
+            if !matches!(done, Ok(true)) {
+                // nothing half-written of a variable that is left out
+                let prefix = format!("{}/", v.path);
+                ctx.refs.entries.retain(|k, _| !k.starts_with(&prefix));
+            }
             match done {
                 Ok(true) => {
                     ctx.refs
@@ -458,6 +653,34 @@ pub fn build(ds: &Dataset) -> Refs {
 }
 
 impl Refs {
+    /// Declares every array's codecs the way kerchunk writes them: all in `filters`, in
+    /// encode order, and `compressor: null`. The same pipeline for Zarr v2 readers, but
+    /// VirtualiZarr (2.5) only parses this form: it unpacks a `compressor` object as if it
+    /// were a list and fails. `cloudify index` writes references for such tools; the
+    /// `/kerchunk` route keeps the compressor form, which every Zarr v2 reader knows.
+    pub fn codecs_as_filters(&mut self) {
+        for (k, v) in &mut self.entries {
+            if !(k == ".zarray" || k.ends_with("/.zarray")) {
+                continue;
+            }
+            let RefValue::Json(doc) = v else { continue };
+            let Ok(serde_json::Value::Object(mut za)) = serde_json::from_str::<serde_json::Value>(doc) else {
+                continue;
+            };
+            let compressor = za.insert("compressor".into(), serde_json::Value::Null);
+            let Some(c @ serde_json::Value::Object(_)) = compressor else {
+                continue;
+            };
+            let mut filters = match za.remove("filters") {
+                Some(serde_json::Value::Array(f)) => f,
+                _ => Vec::new(),
+            };
+            filters.push(c);
+            za.insert("filters".into(), serde_json::Value::Array(filters));
+            *doc = serde_json::Value::Object(za).to_string();
+        }
+    }
+
     /// Consolidated `.zmetadata` of the referenced store.
     pub fn zmetadata(&self) -> String {
         let mut s = String::from("{\"zarr_consolidated_format\": 1, \"metadata\": {");
@@ -551,5 +774,180 @@ impl Refs {
         }
         s.push_str("}\n");
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// One file of a series: `time` (unlimited, chunked by libnetcdf's default, larger than
+    /// the file), a small contiguous `lat`, a scalar `height`, a zlib+shuffle `tas`, and a
+    /// sparse chunked `sp` without `_FillValue` whose second chunk is never written.
+    fn write(path: &Path, units: &str, t0: f64) {
+        let mut f = netcdf::create(path).expect("create");
+        f.add_unlimited_dimension("time").expect("dim");
+        f.add_dimension("lat", 4).expect("dim");
+        f.add_dimension("x", 4096).expect("dim");
+        {
+            let mut t = f.add_variable::<f64>("time", &["time"]).expect("var");
+            t.put_attribute("units", units).expect("attr");
+            t.put_attribute("calendar", "standard").expect("attr");
+            t.put_values(&[t0, t0 + 1.0], 0..2).expect("put");
+        }
+        {
+            let mut lat = f.add_variable::<f64>("lat", &["lat"]).expect("var");
+            lat.put_values(&[1.0, 2.0, 3.0, 4.0], ..).expect("put");
+        }
+        {
+            let mut h = f.add_variable::<f64>("height", &[]).expect("var");
+            h.put_value(2.0, ..).expect("put");
+        }
+        {
+            let mut v = f.add_variable::<f32>("tas", &["time", "lat"]).expect("var");
+            v.set_compression(4, true).expect("deflate");
+            v.set_chunking(&[1, 4]).expect("chunking");
+            v.put_values(&[1f32, 2., 3., 4., 5., 6., 7., 8.], (0..2, 0..4))
+                .expect("put");
+        }
+        {
+            let mut v = f.add_variable::<i16>("sp", &["x"]).expect("var");
+            v.set_chunking(&[2048]).expect("chunking");
+            v.put_values(&vec![7i16; 2048], 0..2048).expect("put");
+        }
+    }
+
+    fn open(files: &[&Path]) -> Dataset {
+        let spec =
+            cloudify_crds::DatasetSpec::new("t", files.iter().map(|p| p.display().to_string()).collect());
+        crate::dataset::open::open_dataset(&spec).expect("open")
+    }
+
+    fn zarray(refs: &Refs, var: &str) -> serde_json::Value {
+        match refs.entries.get(&format!("{var}/.zarray")) {
+            Some(RefValue::Json(doc)) => serde_json::from_str(doc).expect("json"),
+            other => panic!("{var}/.zarray: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn threshold_zero_references_every_stored_chunk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = dir.path().join("a.nc");
+        write(&a, "days since 2000-01-01", 0.0);
+        let ds = open(&[&a]);
+        // as served: the small variables travel inline
+        let served = build(&ds);
+        assert!(matches!(served.entries.get("lat/0"), Some(RefValue::Inline(_))));
+        let refs = build_with(&ds, Inline::Threshold(0));
+        assert!(refs.skipped.is_empty(), "{:?}", refs.skipped);
+        let inline: Vec<&String> = refs
+            .entries
+            .iter()
+            .filter(|(_, v)| matches!(v, RefValue::Inline(_)))
+            .map(|(k, _)| k)
+            .collect();
+        assert!(inline.is_empty(), "inline data in {inline:?}");
+        assert!(matches!(
+            refs.entries.get("lat/0"),
+            Some(RefValue::Range { size: 32, .. })
+        ));
+        assert!(matches!(
+            refs.entries.get("height/0"),
+            Some(RefValue::Range { size: 8, .. })
+        ));
+        assert_eq!(zarray(&refs, "height")["shape"], serde_json::json!([]));
+        assert!(matches!(refs.entries.get("time/0"), Some(RefValue::Range { .. })));
+        // The unwritten chunk of `sp` reads as netCDF's default fill, not as Zarr's 0.
+        assert_eq!(zarray(&refs, "sp")["fill_value"], serde_json::json!(-32767));
+        assert!(refs.entries.contains_key("sp/0") && !refs.entries.contains_key("sp/1"));
+        // a threshold above a variable's size inlines it
+        let some = build_with(&ds, Inline::Threshold(32));
+        assert!(matches!(some.entries.get("lat/0"), Some(RefValue::Inline(_))));
+        assert!(matches!(some.entries.get("sp/0"), Some(RefValue::Range { .. })));
+    }
+
+    #[test]
+    fn codecs_move_into_filters_as_kerchunk_writes_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = dir.path().join("a.nc");
+        write(&a, "days since 2000-01-01", 0.0);
+        let mut refs = build_with(&open(&[&a]), Inline::Threshold(0));
+        assert_eq!(zarray(&refs, "tas")["compressor"]["id"], "zlib");
+        refs.codecs_as_filters();
+        let za = zarray(&refs, "tas");
+        assert_eq!(za["compressor"], serde_json::Value::Null);
+        let ids: Vec<&str> = za["filters"]
+            .as_array()
+            .expect("filters")
+            .iter()
+            .map(|f| f["id"].as_str().expect("id"))
+            .collect();
+        assert_eq!(ids, ["shuffle", "zlib"]);
+        assert_eq!(zarray(&refs, "lat")["filters"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn what_only_inline_data_can_express_is_left_out_with_the_reason() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (dir.path().join("a.nc"), dir.path().join("b.nc"));
+        write(&a, "days since 2000-01-01", 0.0);
+        // the second file counts from its own start, so its time values are rewritten
+        write(&b, "days since 2000-01-03", 0.0);
+        let ds = open(&[&a, &b]);
+        let refs = build_with(&ds, Inline::Threshold(0));
+        let why: BTreeMap<&str, &str> = refs
+            .skipped
+            .iter()
+            .map(|(v, w)| (v.as_str(), w.as_str()))
+            .collect();
+        assert_eq!(why.keys().copied().collect::<Vec<_>>(), ["time"], "{why:?}");
+        assert!(
+            why["time"].contains("rebased")
+                && why["time"].contains("b.nc")
+                && why["time"].contains("2000-01-03"),
+            "{}",
+            why["time"]
+        );
+        assert!(!refs.entries.keys().any(|k| k.starts_with("time/")));
+        // the rest is still referenced, across both files
+        assert!(matches!(
+            refs.entries.get("tas/3.0"),
+            Some(RefValue::Range { .. })
+        ));
+        // With a threshold it fits under, the rebased coordinate is carried inline.
+        let refs = build_with(&ds, Inline::Threshold(1024));
+        assert!(refs.skipped.is_empty(), "{:?}", refs.skipped);
+        assert!(matches!(refs.entries.get("time/0"), Some(RefValue::Inline(_))));
+    }
+
+    #[test]
+    fn chunks_that_do_not_tile_the_concatenated_axis_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (dir.path().join("a.nc"), dir.path().join("b.nc"));
+        write(&a, "days since 2000-01-01", 0.0);
+        write(&b, "days since 2000-01-01", 2.0);
+        let ds = open(&[&a, &b]);
+        let refs = build_with(&ds, Inline::Threshold(0));
+        // libnetcdf chunks an unlimited 1-d variable in more steps than a file holds
+        let time = ds.by_path.get("time").expect("time");
+        assert!(
+            matches!(time.pieces[0].data.stored.as_deref(), Some(Stored::At { storage: Storage::Chunked { chunk_shape, .. }, .. }) if chunk_shape[0] > 2),
+            "{:?}",
+            time.pieces[0].data.stored
+        );
+        let why = &refs
+            .skipped
+            .iter()
+            .find(|(v, _)| v == "time")
+            .expect("time left out")
+            .1;
+        assert!(why.contains("[2, 2]") && why.contains("do not tile"), "{why}");
+        assert_eq!(refs.skipped.len(), 1, "{:?}", refs.skipped);
+        assert!(matches!(
+            refs.entries.get("tas/2.0"),
+            Some(RefValue::Range { .. })
+        ));
     }
 }

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use super::{SourceFile, SourceIndex};
 
 /// Bump when the index layout changes: older entries are then ignored and rewritten.
-const FORMAT: u32 = 3;
+const FORMAT: u32 = 4;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Body {

@@ -130,6 +130,7 @@ pub fn open_nc3_with(
                 shape,
                 endian: Endian::Big,
                 storage,
+                stored: None,
             },
         });
     }

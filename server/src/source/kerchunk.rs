@@ -1260,6 +1260,7 @@ fn array_var(
                     fill: Some(chunk_fill(za.get("fill_value").unwrap_or(&Value::Null), dtype)),
                 }),
             },
+            stored: None,
         },
     }))
 }

@@ -212,6 +212,22 @@ pub struct FileVar {
     /// Byte order of the stored elements.
     pub endian: Endian,
     pub storage: Storage,
+    /// Where an inlined variable (`storage` is `Memory`, read at index time) is stored in
+    /// the file. Serving uses the values in memory; references written without inline data
+    /// (`cloudify index --inline-threshold 0`, for VirtualiZarr, which refuses inlined
+    /// chunks) point here instead. `None` when not inlined, or when the values in memory no
+    /// longer equal the stored bytes, with the reason.
+    #[serde(default)]
+    pub stored: Option<Box<Stored>>,
+}
+
+/// Where the values of a variable held in memory came from.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Stored {
+    /// Read as is from this storage.
+    At { endian: Endian, storage: Storage },
+    /// Rewritten after reading (why), so no bytes in the file equal them.
+    Rewritten(String),
 }
 
 /// A variable of one file, as the library describes it.
@@ -535,8 +551,12 @@ pub(crate) fn inline_small(g: &mut SourceGroup) -> Result<(), SourceError> {
                 path: v.data.file.path.clone(),
                 message: format!("variable '{}': {e}", v.name),
             })?;
-        v.data.storage = Storage::Memory(Arc::new(MemValues::Bytes(buf)));
-        v.data.endian = Endian::Little;
+        let storage = std::mem::replace(
+            &mut v.data.storage,
+            Storage::Memory(Arc::new(MemValues::Bytes(buf))),
+        );
+        let endian = std::mem::replace(&mut v.data.endian, Endian::Little);
+        v.data.stored = Some(Box::new(Stored::At { endian, storage }));
     }
     for sub in &mut g.groups {
         inline_small(sub)?;

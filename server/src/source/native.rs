@@ -230,6 +230,7 @@ impl Ctx<'_> {
                 shape,
                 endian,
                 storage,
+                stored: None,
             },
         })
     }

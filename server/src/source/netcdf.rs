@@ -146,6 +146,7 @@ fn read_group(g: &netcdf::Group<'_>, path: &str, file: &Arc<SourceFile>) -> Resu
                 shape,
                 endian: Endian::Little,
                 storage,
+                stored: None,
             },
         });
     }
