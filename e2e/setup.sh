@@ -49,6 +49,31 @@ if [ "$(cat "$venv/.cloudify-req" 2>/dev/null)" != "$req_hash" ]; then
   echo "$req_hash" > "$venv/.cloudify-req"
 fi
 
+# icechunk 2.x (spec-version-2 repositories, e2e/pytests/test_icechunk2.py) needs Python >= 3.12:
+# a second small venv, from the first such Python found (PATH, then pyenv's versions). The
+# test skips, saying so, when there is none.
+ice2_venv="${CLOUDIFY_ICECHUNK2_VENV:-/var/tmp/cloudify-venv-icechunk2}"
+ice2_hash=$(sha256sum e2e/requirements-icechunk2.txt | cut -c1-16)
+if [ "$(cat "$ice2_venv/.cloudify-req" 2>/dev/null)" != "$ice2_hash" ]; then
+  py312=""
+  for c in python3.13 python3.12 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.1[2-9]*/bin/python3; do
+    if command -v "$c" >/dev/null 2>&1 \
+      && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
+      py312=$(command -v "$c")
+      break
+    fi
+  done
+  if [ -n "$py312" ]; then
+    echo "setup: installing icechunk 2 into $ice2_venv ($py312)"
+    [ -x "$ice2_venv/bin/python" ] || "$py312" -m venv "$ice2_venv"
+    "$ice2_venv/bin/pip" install -q --upgrade pip
+    "$ice2_venv/bin/pip" install -q -r e2e/requirements-icechunk2.txt
+    echo "$ice2_hash" > "$ice2_venv/.cloudify-req"
+  else
+    echo "setup: no Python >= 3.12 found; the icechunk spec-v2 tests will be skipped" >&2
+  fi
+fi
+
 # Azurite (Azure Storage emulator) for the az:// source tests, from npm when npm is there
 # (e2e/pytests/test_azure.py skips, saying so, without it).
 azurite_dir=/var/tmp/cloudify-npm

@@ -27,6 +27,7 @@ from test_fidelity import compare_datasets
 from test_s3 import REGION, _clean_env, no_aws_env, serve_cfg, start_moto, stop_process, storage
 
 icechunk = pytest.importorskip("icechunk")
+import icechunk_repos  # noqa: E402
 import test_icechunk  # noqa: E402
 import test_zarr_stores  # noqa: E402
 
@@ -57,7 +58,7 @@ def _virtual_repo_to_objects(path: Path, refs: dict, prefix: str, moto, when: dt
     store = icechunk.s3_store(region=REGION, endpoint_url=moto.endpoint, allow_http=True, s3_compatible=True)
     config.set_virtual_chunk_container(icechunk.VirtualChunkContainer(prefix, store))
     assert all(v[0].startswith(prefix) for v in refs.values() if isinstance(v, list))
-    test_icechunk.repo_from_refs(path, refs, config, when)
+    icechunk_repos.repo_from_refs(path, refs, config, when)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +87,7 @@ def env(tmp_path_factory):
             refs_local[f"zarr-{name}"] = ("zarr", local)
         # Icechunk: a regular repository uploaded as is
         reg = tmp / "regular-repo"
-        test_icechunk._regular_repo(reg)
+        icechunk_repos.regular_repo(reg)
         _upload_tree(s3, reg, "ice/regular")
         # netCDF files in the bucket, and references to them made by `cloudify index` over s3
         data = tmp / "data"
@@ -194,7 +195,7 @@ def test_zarr_stores_from_s3(env, name, route, fmt):
 def test_icechunk_from_s3(env, name, version, route, fmt):
     _ready(env, name)
     for g in (None, "sub"):
-        ref = test_icechunk._read_repo(env["reg"], group=g, **version)
+        ref = icechunk_repos.read_repo(env["reg"], group=g, **version)
         _same(_open(f"{env['url']}/datasets/{name}", route, fmt, g), ref, f"{name} {route} v{fmt} {g}")
 
 

@@ -227,10 +227,11 @@ fn read_snapshot(root: &Tree, version: &Version) -> Result<SnapshotData, String>
         None
     };
     let config: serde_yaml::Value = match &info {
-        Some(info) => match info.config_bytes_raw() {
-            Ok(Some(raw)) => serde_yaml::from_slice(&raw).unwrap_or_default(),
-            _ => serde_yaml::Value::Null,
-        },
+        // spec 2 keeps the config (flexbuffers) in the repo info; None: the default config
+        Some(info) => info
+            .config::<serde_yaml::Value>()
+            .map_err(|e| format!("'repo': cannot decode the repository config: {e}"))?
+            .unwrap_or_default(),
         None => match root.read(icechunk_format::CONFIG_FILE_PATH) {
             Ok(Some(raw)) => serde_yaml::from_slice(&raw).map_err(|e| format!("'config.yaml': {e}"))?,
             Ok(None) => serde_yaml::Value::Null,
