@@ -13,6 +13,7 @@ repositories are spec version 1. test_icechunk2.py writes the same content with 
 from a second venv (spec version 2). The repositories are written by icechunk_repos.py."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -114,7 +115,7 @@ def ice(tmp_path_factory):
     for nc in ncs:
         vr = root / f"virtual-{nc.stem}"
         _virtual_repo(vr, nc, root)
-        specs.append({"name": f"ic-virtual-{nc.stem}", "sources": [str(vr)], "refRoots": [str(data)], "nc": str(nc)})
+        specs.append({"name": f"ic-virtual-{nc.stem}", "sources": [str(vr)], "referenceRoots": [str(data)], "nc": str(nc)})
     # bad inputs
     not_repo = root / "not-a-repo"
     not_repo.mkdir()
@@ -140,24 +141,40 @@ def ice(tmp_path_factory):
     _virtual_repo(changed, nc2, root)
     later = nc2.stat().st_mtime + 3600
     os.utime(nc2, (later, later))
-    specs.append({"name": "bad-changed", "sources": [str(changed)], "refRoots": [str(moved)]})
+    specs.append({"name": "bad-changed", "sources": [str(changed)], "referenceRoots": [str(moved)]})
 
-    cfg = root / "cloudify.yaml"
-    lines = ["datasets:"]
-    for d in specs:
-        lines.append(f"  - name: {json.dumps(d['name'])}")
-        lines.append(f"    sources: {json.dumps(d['sources'])}")
-        for k, key in (("format", "format"), ("icechunk", "icechunk"), ("refRoots", "referenceRoots")):
-            if d.get(k):
-                lines.append(f"    {key}: {json.dumps(d[k])}")
-    cfg.write_text("\n".join(lines) + "\n")
-    url, proc, log = start_server(["serve", "--config", str(cfg)], root, "icechunk")
+    with serve_repos(root, specs, "icechunk") as (url, status, log):
+        yield {"url": url, "reg": reg, "snaps": snaps, "specs": {d["name"]: d for d in specs},
+               "status": status, "log": log}
+
+
+@contextlib.contextmanager
+def serve_repos(root: Path, specs: list[dict], label: str, *serve_args: str):
+    """One `cloudify serve` for `specs` (their sources, format, icechunk and referenceRoots;
+    other keys are the test's own) until every dataset settled: (url, status by name, log)."""
+    keys = ("name", "sources", "format", "icechunk", "referenceRoots")
+    cfg = root / f"{label}.yaml"  # JSON is YAML: the config reader takes it as is
+    cfg.write_text(json.dumps({"datasets": [{k: d[k] for k in keys if d.get(k)} for d in specs]}, indent=1))
+    url, proc, log = start_server(["serve", *serve_args, "--config", str(cfg)], root, label)
     try:
         status = wait_until_settled(url, [d["name"] for d in specs], proc)
-        yield {"url": url, "reg": reg, "snaps": snaps, "specs": {d["name"]: d for d in specs},
-               "status": {d["name"]: d for d in status["datasets"]}, "log": log}
+        yield url, {d["name"]: d for d in status["datasets"]}, log
     finally:
         stop_server(proc)
+
+
+def assert_fails_alone(env: dict, name: str, needles: list[str], good: str) -> None:
+    """Dataset `name` failed with a message holding every needle, answers with a JSON error,
+    and the good dataset of the same server is unaffected."""
+    st = env["status"][name]
+    assert st["state"] == "failed", st
+    msg = json.dumps(st)
+    for n in needles:
+        assert n in msg, msg
+    r = requests.get(f"{env['url']}/datasets/{name}/zarr/.zmetadata", timeout=30)
+    assert r.status_code >= 400 and r.headers["content-type"].startswith("application/json"), r.text
+    assert env["status"][good]["state"] == "ready"
+    assert "panicked" not in Path(env["log"]).read_text()
 
 
 VERSIONS = {
@@ -226,13 +243,4 @@ def test_virtual_chunk_bytes_pass_through(ice):
     ("bad-changed", ["virtual-changed", "chunked.nc", "modified after the virtual reference"]),
 ])
 def test_bad_repos(ice, name, needles):
-    st = ice["status"][name]
-    assert st["state"] == "failed", st
-    msg = json.dumps(st)
-    for n in needles:
-        assert n in msg, msg
-    r = requests.get(f"{ice['url']}/datasets/{name}/zarr/.zmetadata", timeout=30)
-    assert r.status_code >= 400 and r.headers["content-type"].startswith("application/json"), r.text
-    # the good datasets of the same server are unaffected
-    assert ice["status"]["ic-main"]["state"] == "ready"
-    assert "panicked" not in Path(ice["log"]).read_text()
+    assert_fails_alone(ice, name, needles, good="ic-main")
