@@ -13,6 +13,7 @@ can be reproduced by re-running this script.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -45,6 +46,8 @@ DATASETS: list[dict] = [
     dict(name="edge_cal_360", sources=["cal_360.nc"]),
     dict(name="edge_names", sources=["names.nc"]),
     dict(name="edge_filters", sources=["filters.nc"]),
+    # Fletcher-32 in every pipeline position netCDF-C and h5py write (see make_fletcher).
+    dict(name="edge_fletcher", sources=["fletcher.nc"]),
     # Aggregation: deliberately listed out of (time) order; file names are
     # also not in time order (part1=2001, part2=2000, part3=2002).
     dict(
@@ -579,6 +582,99 @@ def make_filters(p: Path) -> None:
     ds.close()
 
 
+# HDF5 filter ids (H5Zpublic.h) and the pipelines make_fletcher must produce, by variable:
+# netCDF-C puts fletcher32 first, h5py appends it after the compressor.
+_DEFLATE, _SHUFFLE, _FLETCHER32, _ZSTD = 1, 2, 3, 32015
+FLETCHER_PIPELINES = {
+    "fl_shuf_zlib": [_FLETCHER32, _SHUFFLE, _DEFLATE],
+    "fl_zlib": [_FLETCHER32, _DEFLATE],
+    "fl_shuf_i2": [_FLETCHER32, _SHUFFLE, _DEFLATE],
+    "fl_zstd": [_FLETCHER32, _ZSTD],
+    "h5_gzip_fl": [_DEFLATE, _FLETCHER32],
+    "h5_shuf_gzip_fl": [_SHUFFLE, _DEFLATE, _FLETCHER32],
+    "h5_shuf_fl": [_SHUFFLE, _FLETCHER32],
+}
+
+
+def make_fletcher(p: Path) -> None:
+    """Fletcher-32 checksums in every pipeline position: first, as netCDF-C writes them
+    (netCDF4-python ``fletcher32=True`` with shuffle+zlib or zstd: the checksum is shuffled
+    and compressed with the data), and last, as h5py writes them (``create_dataset(...,
+    fletcher32=True, compression="gzip")``: the checksum covers the compressed stream).
+    The h5py datasets are added to the netCDF-4 file, attached to its dimensions, so
+    netCDF4/xarray read them as ordinary variables. Edge chunks included."""
+    ds = _new(p)
+    ds.createDimension("x", 1000)
+    ds.createDimension("y", 7)
+    x = ds.createVariable("x", "i4", ("x",))
+    x[:] = np.arange(1000)
+    v = ds.createVariable("fl_shuf_zlib", "f4", ("x", "y"), fletcher32=True, shuffle=True, zlib=True,
+                          chunksizes=(100, 7))
+    v[:] = np.sin(np.arange(7000, dtype="f4").reshape(1000, 7) / 50)
+    v = ds.createVariable("fl_zlib", "f8", ("x",), fletcher32=True, shuffle=False, zlib=True,
+                          chunksizes=(300,))
+    v[:] = np.arange(1000) / 7
+    v = _raw(ds.createVariable("fl_shuf_i2", "i2", ("x", "y"), fletcher32=True, shuffle=True, zlib=True,
+                               chunksizes=(64, 4), fill_value=np.int16(-999)))
+    d = (np.arange(7000) % 3001 - 1500).astype("i2").reshape(1000, 7)
+    d[5, 5] = -999
+    v[:] = d
+    v = ds.createVariable("fl_zstd", "f4", ("x", "y"), fletcher32=True, shuffle=True, compression="zstd",
+                          chunksizes=(250, 7))
+    v[:] = np.arange(7000, dtype="f4").reshape(1000, 7) * 0.25
+    ds.close()
+    # h5py links its own HDF5 library: keep it out of this process, which holds netCDF4's.
+    subprocess.run([sys.executable, __file__, "--h5py-fletcher", str(p)], check=True)
+    _check_fletcher_pipelines(p)
+
+
+def _h5py_fletcher(path: str) -> None:
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        xs, ys = f["x"], f["y"]
+        specs = [
+            ("h5_gzip_fl", np.cos(np.arange(7000, dtype="f4").reshape(1000, 7) / 30), (100, 7),
+             dict(shuffle=False, compression="gzip")),
+            ("h5_shuf_gzip_fl", (np.arange(7000, dtype="f8") * 1.5 - 7).reshape(1000, 7), (300, 7),
+             dict(shuffle=True, compression="gzip")),
+            ("h5_shuf_fl", (np.arange(7000, dtype="i4") * 7919 % 100003).reshape(1000, 7), (128, 3),
+             dict(shuffle=True)),
+        ]
+        for name, data, chunks, kw in specs:
+            d = f.create_dataset(name, data=data, chunks=chunks, fletcher32=True, **kw)
+            d.dims[0].attach_scale(xs)
+            if data.ndim == 2:
+                d.dims[1].attach_scale(ys)
+            # fixed-length, as netCDF-C writes text attributes (h5py's default for str is a
+            # variable-length string, which libnetcdf reads as NC_STRING)
+            d.attrs["long_name"] = np.bytes_(f"h5py fletcher32 {kw}")
+
+
+def _check_fletcher_pipelines(p: Path) -> None:
+    """Fails loudly if a library changed the order it writes: the test would then no
+    longer cover the order it names."""
+    out = subprocess.run([sys.executable, __file__, "--h5py-pipelines", str(p)], check=True,
+                         capture_output=True, text=True).stdout
+    got = {k: v for k, v in (__import__("json").loads(out)).items() if k in FLETCHER_PIPELINES}
+    if got != FLETCHER_PIPELINES:
+        raise RuntimeError(f"{p}: HDF5 filter pipelines {got} differ from {FLETCHER_PIPELINES}")
+
+
+def _h5py_pipelines(path: str) -> None:
+    import json
+
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as f:
+        for name, d in f.items():
+            if isinstance(d, h5py.Dataset) and d.chunks:
+                plist = d.id.get_create_plist()
+                out[name] = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
+    print(json.dumps(out))
+
+
 def _series_file(p: Path, year: int, lat=None, units="days since 2000-01-01", calendar="standard",
                  nsteps: int = 12) -> None:
     ds = _new(p)
@@ -675,6 +771,7 @@ def generate(outdir: str | os.PathLike) -> list[dict]:
     make_cal_360(root / "cal_360.nc")
     make_names(root / "names.nc")
     make_filters(root / "filters.nc")
+    make_fletcher(root / "fletcher.nc")
     make_series(root)
     make_bad(root)
     out = []
@@ -685,6 +782,12 @@ def generate(outdir: str | os.PathLike) -> list[dict]:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--h5py-fletcher":
+        _h5py_fletcher(sys.argv[2])
+        sys.exit(0)
+    if len(sys.argv) == 3 and sys.argv[1] == "--h5py-pipelines":
+        _h5py_pipelines(sys.argv[2])
+        sys.exit(0)
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     for d in generate(sys.argv[1]):

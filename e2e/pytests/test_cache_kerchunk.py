@@ -24,7 +24,8 @@ warnings.filterwarnings("ignore")
 # Datasets read through /kerchunk: every variable must come back (compare_datasets checks the
 # variable sets), so each one has a byte-range or inline reference.
 KERCHUNK_CASES = ["edge_series", "edge_packed", "edge_classic", "edge_offset64", "edge_nanfill",
-                  "edge_contig_big", "edge_edgechunks", "edge_alltypes", "edge_tiny", "edge_unlim0"]
+                  "edge_contig_big", "edge_edgechunks", "edge_alltypes", "edge_tiny", "edge_unlim0",
+                  "edge_fletcher"]
 
 
 def _assert_same(served: xr.Dataset, ref: xr.Dataset, label: str):

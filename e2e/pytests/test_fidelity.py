@@ -165,6 +165,10 @@ DIRECT_CASES = [
     ("edge_series", "tas", None),
     ("edge_series", "time", None),
     ("edge_unlim0", "v", "unlim0.nc"),
+    # Fletcher-32 first (netCDF-C) and last (h5py) in the HDF5 pipeline
+    ("edge_fletcher", "fl_shuf_zlib", "fletcher.nc"),
+    ("edge_fletcher", "fl_zstd", "fletcher.nc"),
+    ("edge_fletcher", "h5_shuf_gzip_fl", "fletcher.nc"),
 ]
 
 

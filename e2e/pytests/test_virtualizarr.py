@@ -35,6 +35,8 @@ from virtualizarr.parsers import KerchunkJSONParser, KerchunkParquetParser  # no
 LEFT_OUT = {
     "edge_strings": {"label": "not stored as plain bytes"},
     "edge_filters": {"f32": "Fletcher32"},
+    "edge_fletcher": {v: "Fletcher32" for v in ("fl_shuf_zlib", "fl_zlib", "fl_shuf_i2", "fl_zstd",
+                                                 "h5_gzip_fl", "h5_shuf_gzip_fl", "h5_shuf_fl")},
     "edge_series": {"time": "do not tile the concatenated axis"},
     "edge_series_units": {"time": "rebased", "time_bnds": "rebased"},
     "cmip6_BCC-CSM2-MR_day": {"time": "rebased", "time_bnds": "rebased"},

@@ -128,6 +128,27 @@ pub fn unblosc(src: &[u8], expected: usize) -> Result<Vec<u8>, CodecError> {
     Ok(out)
 }
 
+/// [`unblosc`] of a frame whose size is `exact` when known, else at most `max` (the header
+/// says how large it is; a Blosc frame inside another compressor's output).
+fn unblosc_upto(src: &[u8], exact: Option<usize>, max: usize) -> Result<Vec<u8>, CodecError> {
+    match exact {
+        Some(n) => unblosc(src, n),
+        None => {
+            if src.len() < 16 {
+                return Err(CodecError::Blosc("frame shorter than its 16-byte header".into()));
+            }
+            let (nbytes, _, _) = blusc::api::blosc1_cbuffer_sizes(src);
+            if nbytes > max {
+                return Err(CodecError::Size {
+                    got: nbytes,
+                    expected: max,
+                });
+            }
+            unblosc(src, nbytes)
+        }
+    }
+}
+
 /// zlib deflate.
 pub fn deflate(src: &[u8], level: u8) -> Vec<u8> {
     use std::io::Write as _;
@@ -183,31 +204,51 @@ fn unshuffle_any(src: &[u8], elem: usize) -> Vec<u8> {
     out
 }
 
-/// Undoes an HDF5 filter pipeline. `mask` bit i set means filter i was skipped when the
-/// chunk was written. Returns exactly `expected` bytes or an error.
+/// Undoes an HDF5 filter pipeline. `filters` are in pipeline (encode) order, as HDF5 and
+/// numcodecs list them; `mask` bit i set means filter i was skipped when the chunk was
+/// written. Returns exactly `expected` bytes or an error.
+///
+/// Filters are undone in reverse order, and each step must give back exactly what entered
+/// that filter when the chunk was written. That size depends on the filters *before* it:
+/// netCDF-C puts Fletcher-32 first (`[fletcher32, shuffle, deflate]`), so deflate was fed the
+/// chunk plus its 4-byte checksum and shuffle shuffled those 4 bytes too, while h5py appends
+/// it last (`[shuffle, deflate, fletcher32]`), where it covers the compressed stream. Sizes
+/// are derived per position, so every order HDF5 can write decodes, and a chunk whose
+/// checksum does not match is an error, never data.
 pub fn decode_hdf5(
     raw: Vec<u8>,
     filters: &[Filter],
     mask: u32,
     expected: usize,
 ) -> Result<Vec<u8>, CodecError> {
+    let skipped = |i: usize| i < 32 && mask & (1 << i) != 0;
+    let sizes = stage_sizes(filters, &skipped, expected);
     let mut buf = raw;
     for (i, f) in filters.iter().enumerate().rev() {
-        if i < 32 && mask & (1 << i) != 0 {
+        if skipped(i) {
             continue;
         }
+        let Stage { exact, max } = sizes[i];
         buf = match f {
             Filter::Fletcher32 => check_fletcher(buf)?,
-            Filter::Deflate(_) => inflate(&buf, expected)?,
+            Filter::Deflate(_) => inflate(&buf, max)?,
             Filter::Zstd => {
-                zstd::bulk::decompress(&buf, expected.max(1)).map_err(|e| CodecError::Zstd(e.to_string()))?
+                zstd::bulk::decompress(&buf, max.max(1)).map_err(|e| CodecError::Zstd(e.to_string()))?
             }
             Filter::Shuffle(elem) => unshuffle(&buf, *elem),
-            Filter::Gzip => gunzip(&buf, expected)?,
-            Filter::Blosc => unblosc(&buf, expected)?,
-            Filter::ZarrV3(spec) => zarr_v3::decode(spec, buf, expected)?,
+            Filter::Gzip => gunzip(&buf, max)?,
+            Filter::Blosc => unblosc_upto(&buf, exact, max)?,
+            Filter::ZarrV3(spec) => zarr_v3::decode(spec, buf, max)?,
             Filter::Unsupported(id) => return Err(CodecError::Unsupported(id.clone())),
         };
+        if let Some(want) = exact
+            && buf.len() != want
+        {
+            return Err(CodecError::Size {
+                got: buf.len(),
+                expected: want,
+            });
+        }
     }
     if buf.len() != expected {
         return Err(CodecError::Size {
@@ -216,6 +257,47 @@ pub fn decode_hdf5(
         });
     }
     Ok(buf)
+}
+
+/// The size of the data entering one filter of a pipeline when a chunk was written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stage {
+    /// Exactly this many bytes, when the filters before it determine it (no compressor
+    /// before it).
+    exact: Option<usize>,
+    /// At most this many bytes: bounds the buffer a decompressor may produce, so corrupt
+    /// input cannot make it allocate without limit.
+    max: usize,
+}
+
+/// [`Stage`] of every filter of `filters` for a chunk of `expected` decoded bytes.
+/// Fletcher-32 appends 4 bytes and shuffle keeps the size; after a compressor only a bound is
+/// known (a compressor following another one is unusual, but allowed).
+fn stage_sizes(filters: &[Filter], skipped: &dyn Fn(usize) -> bool, expected: usize) -> Vec<Stage> {
+    let mut cur = Stage {
+        exact: Some(expected),
+        max: expected,
+    };
+    let mut out = Vec::with_capacity(filters.len());
+    for (i, f) in filters.iter().enumerate() {
+        out.push(cur);
+        if skipped(i) {
+            continue;
+        }
+        cur = match f {
+            Filter::Fletcher32 => Stage {
+                exact: cur.exact.and_then(|n| n.checked_add(4)),
+                max: cur.max.saturating_add(4),
+            },
+            Filter::Shuffle(_) => cur,
+            // Worst-case expansion of zlib, zstd and Blosc is far below 1/64 + 1 KiB.
+            _ => Stage {
+                exact: None,
+                max: cur.max.saturating_add(cur.max / 64).saturating_add(1024),
+            },
+        };
+    }
+    out
 }
 
 /// What the client is told the chunks are encoded with.
@@ -414,6 +496,163 @@ mod tests {
         );
         // truncated stream
         assert!(decode_hdf5(stored[..20].to_vec(), &filters[..2], 0, data.len()).is_err());
+    }
+
+    /// Applies a pipeline the way HDF5 writes a chunk: each filter in order, Fletcher-32
+    /// appending the checksum of whatever it is given.
+    fn hdf5_encode(data: &[u8], filters: &[Filter]) -> Vec<u8> {
+        let mut buf = data.to_vec();
+        for f in filters {
+            buf = match f {
+                Filter::Fletcher32 => {
+                    let sum = fletcher32(&buf);
+                    buf.extend_from_slice(&sum.to_le_bytes());
+                    buf
+                }
+                Filter::Shuffle(e) => shuffle(&buf, *e),
+                Filter::Deflate(l) => deflate(&buf, *l),
+                Filter::Zstd => zstd::bulk::compress(&buf, 3).expect("zstd"),
+                other => panic!("no encoder for {other:?} in this test"),
+            };
+        }
+        buf
+    }
+
+    /// Every order netCDF-C and h5py write Fletcher-32 in (and a few more HDF5 allows):
+    /// first (netCDF-C: the checksum is deflated and shuffled with the data), last (h5py: it
+    /// covers the compressed stream), alone, with shuffle only, with zstd.
+    #[test]
+    fn fletcher32_in_every_pipeline_position() {
+        use Filter::{Deflate, Fletcher32, Shuffle, Zstd};
+        let f4: Vec<u8> = (0..1000u32)
+            .flat_map(|x| (x as f32 * 0.5).to_le_bytes())
+            .collect();
+        let f8: Vec<u8> = (0..501u32)
+            .flat_map(|x| (f64::from(x) / 3.0).to_le_bytes())
+            .collect();
+        let orders: Vec<Vec<Filter>> = vec![
+            vec![Fletcher32, Shuffle(4), Deflate(4)], // netCDF-C fletcher32+shuffle+zlib
+            vec![Fletcher32, Deflate(4)],             // netCDF-C fletcher32+zlib
+            vec![Fletcher32, Zstd],                   // netCDF-C fletcher32+zstd
+            vec![Fletcher32, Shuffle(4), Zstd],
+            vec![Fletcher32, Shuffle(4)],
+            vec![Fletcher32],
+            vec![Shuffle(4), Deflate(4), Fletcher32], // h5py shuffle+gzip+fletcher32
+            vec![Deflate(4), Fletcher32],             // h5py gzip+fletcher32
+            vec![Shuffle(4), Fletcher32, Deflate(4)],
+            vec![Shuffle(4), Fletcher32],
+        ];
+        // element size 8 leaves the 4 checksum bytes as a shuffle remainder
+        for (data, elem) in [(&f4, 4), (&f8, 8)] {
+            for order in &orders {
+                let order: Vec<Filter> = order
+                    .iter()
+                    .map(|f| match f {
+                        Shuffle(_) => Shuffle(elem),
+                        f => f.clone(),
+                    })
+                    .collect();
+                let stored = hdf5_encode(data, &order);
+                assert_eq!(
+                    decode_hdf5(stored.clone(), &order, 0, data.len()).as_ref(),
+                    Ok(data),
+                    "{order:?}"
+                );
+                // A wrong expected size is an error, not a short or padded chunk.
+                assert!(
+                    decode_hdf5(stored, &order, 0, data.len() + 8).is_err(),
+                    "{order:?}"
+                );
+            }
+        }
+    }
+
+    /// A chunk whose checksum does not match is refused in every position: a checksum
+    /// computed over other bytes, and (checksum inside the compressed stream) a damaged
+    /// stream, which zlib's own check catches.
+    #[test]
+    fn corrupted_chunks_are_detected_in_every_pipeline_position() {
+        use Filter::{Deflate, Fletcher32, Shuffle, Zstd};
+        let data: Vec<u8> = (0..1000u32).flat_map(|x| (x as f32).to_le_bytes()).collect();
+        // Checksum first: data + wrong checksum, then shuffled and compressed as HDF5 does.
+        for tail in [vec![Shuffle(4), Deflate(4)], vec![Deflate(4)], vec![Zstd]] {
+            let mut with_sum = data.clone();
+            with_sum.extend_from_slice(&(fletcher32(&data) ^ 0x0100).to_le_bytes());
+            let stored = hdf5_encode(&with_sum, &tail);
+            let mut order = vec![Fletcher32];
+            order.extend(tail.iter().cloned());
+            assert!(
+                matches!(
+                    decode_hdf5(stored, &order, 0, data.len()),
+                    Err(CodecError::Checksum { .. })
+                ),
+                "{order:?}"
+            );
+            // one flipped data byte inside the checksummed bytes
+            let mut bad = data.clone();
+            bad[123] ^= 0x40;
+            bad.extend_from_slice(&fletcher32(&data).to_le_bytes());
+            let stored = hdf5_encode(&bad, &tail);
+            assert!(
+                matches!(
+                    decode_hdf5(stored, &order, 0, data.len()),
+                    Err(CodecError::Checksum { .. })
+                ),
+                "{order:?}"
+            );
+        }
+        // Checksum last: a flipped byte of the compressed stream.
+        let order = [Shuffle(4), Deflate(4), Fletcher32];
+        let mut stored = hdf5_encode(&data, &order);
+        stored[10] ^= 0xff;
+        assert!(matches!(
+            decode_hdf5(stored, &order, 0, data.len()),
+            Err(CodecError::Checksum { .. })
+        ));
+        // Too short to hold a checksum at all.
+        assert_eq!(
+            decode_hdf5(vec![1, 2], &[Fletcher32], 0, 0),
+            Err(CodecError::ChecksumTruncated)
+        );
+    }
+
+    /// HDF5 marks filters it skipped for one chunk (an optional filter that failed) in the
+    /// chunk's filter mask; sizes are derived from the filters that did run.
+    #[test]
+    fn filter_mask_skips_positions() {
+        use Filter::{Deflate, Fletcher32, Shuffle};
+        let data: Vec<u8> = (0..1000u32).flat_map(|x| (x as f32).to_le_bytes()).collect();
+        let order = [Fletcher32, Shuffle(4), Deflate(4)];
+        // deflate skipped (bit 2): checksum + shuffle only
+        let stored = hdf5_encode(&data, &order[..2]);
+        assert_eq!(decode_hdf5(stored, &order, 0b100, data.len()), Ok(data.clone()));
+        // shuffle skipped (bit 1)
+        let stored = hdf5_encode(&data, &[Fletcher32, Deflate(4)]);
+        assert_eq!(decode_hdf5(stored, &order, 0b010, data.len()), Ok(data.clone()));
+        // a mask that does not match what was written is an error, not data
+        let stored = hdf5_encode(&data, &order);
+        assert!(decode_hdf5(stored, &order, 0b001, data.len()).is_err());
+    }
+
+    #[test]
+    fn stage_sizes_follow_the_pipeline() {
+        use Filter::{Deflate, Fletcher32, Shuffle};
+        let none = |_: usize| false;
+        let s = stage_sizes(&[Fletcher32, Shuffle(4), Deflate(1)], &none, 100);
+        assert_eq!(
+            s.iter().map(|s| s.exact).collect::<Vec<_>>(),
+            vec![Some(100), Some(104), Some(104)]
+        );
+        let s = stage_sizes(&[Shuffle(4), Deflate(1), Fletcher32], &none, 100);
+        assert_eq!(
+            s.iter().map(|s| s.exact).collect::<Vec<_>>(),
+            vec![Some(100), Some(100), None]
+        );
+        assert!(s[2].max >= 100);
+        // two compressors: only a bound for the inner one
+        let s = stage_sizes(&[Deflate(1), Filter::Zstd], &none, 1 << 20);
+        assert_eq!(s[1].exact, None);
+        assert!(s[1].max > 1 << 20);
     }
 
     #[test]

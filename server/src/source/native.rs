@@ -732,6 +732,74 @@ mod tests {
         assert!(err.to_string().contains(&*p.to_string_lossy()), "{err}");
     }
 
+    /// Both readers report the filter pipeline in the order HDF5 stores it, which decoding
+    /// follows: Fletcher-32 first (netCDF-C's order), last (h5py's), and alone. The values
+    /// read back through each index are the values written.
+    #[test]
+    fn filter_order_is_reported_as_stored_and_decoded() {
+        use hdf5::filters::Filter as H;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("order.h5");
+        // Above the inline limit, so chunks are read and decoded per request; an edge chunk.
+        let data: Vec<f32> = (0..6000).map(|i| (i as f32 / 7.0).sin()).collect();
+        let cases = [
+            (
+                "first",
+                vec![H::fletcher32(), H::shuffle(), H::deflate(4)],
+                vec![Filter::Fletcher32, Filter::Shuffle(4), Filter::Deflate(4)],
+            ),
+            (
+                "last",
+                vec![H::shuffle(), H::deflate(4), H::fletcher32()],
+                vec![Filter::Shuffle(4), Filter::Deflate(4), Filter::Fletcher32],
+            ),
+            (
+                "deflate_last",
+                vec![H::deflate(1), H::fletcher32()],
+                vec![Filter::Deflate(1), Filter::Fletcher32],
+            ),
+            ("alone", vec![H::fletcher32()], vec![Filter::Fletcher32]),
+        ];
+        {
+            let f = hdf5::File::create(&p).expect("create");
+            for (name, filters, _) in &cases {
+                f.new_dataset_builder()
+                    .chunk(1100)
+                    .set_filters(filters)
+                    .with_data(data.as_slice())
+                    .create(*name)
+                    .expect("dataset");
+            }
+        }
+        let file = Arc::new(SourceFile::stat(p.clone()).expect("stat"));
+        let native = super::super::index_native(file.clone())
+            .expect("index")
+            .expect("native reader accepts the file");
+        let library = super::super::index_library(file).expect("library");
+        let spec = cloudify_crds::DatasetSpec::new("order", vec![p.display().to_string()]);
+        for (reader, idx) in [("native", native), ("library", library)] {
+            let ds = crate::dataset::aggregate::build(&spec, vec![idx]).expect("dataset");
+            for (name, _, want) in &cases {
+                let v = ds.variable(name).expect("variable");
+                let filters = v.pieces[0].data.storage.chunking().map(|(_, f)| f.to_vec());
+                assert_eq!(filters.as_ref(), Some(want), "{reader} {name}");
+                assert!(
+                    !v.passthrough,
+                    "{reader} {name}: a checksummed chunk must be decoded"
+                );
+                for (i, want) in data.chunks(1100).enumerate() {
+                    let got = crate::chunk::read::read_chunk(v, &[i as u64]).expect("read");
+                    let got: Vec<f32> = got
+                        .chunks_exact(4)
+                        .take(want.len())
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect();
+                    assert_eq!(got, want, "{reader} {name} chunk {i}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn library_escape_hatch_is_read_from_the_environment() {
         // Not set in the test environment: the native reader is on.
