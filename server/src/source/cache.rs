@@ -1,6 +1,8 @@
 //! The persisted chunk index: one file per source, keyed by the source's path (or object
-//! URL) and checked against its size and mtime (and ETag for objects), so restarts and other replicas skip the libraries entirely
-//! and a changed file is always re-indexed.
+//! URL) and checked against its size and mtime, and its inode and ctime for local files (ETag
+//! for objects), so restarts and other replicas skip the libraries entirely and a changed
+//! file is always re-indexed — also one replaced by a file of the same size and mtime
+//! (`touch -r`, `cp -p`, `rsync -t`), which size and mtime alone would take for the old one.
 //!
 //! Each cache file is a kerchunk/fsspec reference document (JSON v1) for that one source —
 //! usable as is with `fsspec.filesystem("reference", fo=...)` — plus a `cloudify` member
@@ -15,7 +17,8 @@ use sha2::{Digest, Sha256};
 use super::{SourceFile, SourceIndex};
 
 /// Bump when the index layout changes: older entries are then ignored and rewritten.
-const FORMAT: u32 = 4;
+/// 5: source identities carry the local file's inode and ctime.
+const FORMAT: u32 = 5;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Body {
@@ -32,8 +35,8 @@ struct Doc {
 ///
 /// Warm start-up of a 2000-file dataset spent most of its time reading and parsing 2000 JSON
 /// entries. This entry holds the same indexes in one postcard blob, keyed by the dataset's
-/// source patterns and valid only while the expanded file list — every path, size and mtime,
-/// in order — is exactly the one it was made from. The per-file JSON entries stay the
+/// source patterns and valid only while the expanded file list — every path, size, mtime,
+/// inode and ctime, in order — is exactly the one it was made from. The per-file JSON entries stay the
 /// interoperable form (kerchunk references); this one is only an accelerator, so any doubt
 /// (other version, unreadable, different files) means "ignore it".
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -86,7 +89,16 @@ impl IndexCache {
             && entry.files == files
             && entry.indexes.len() == files.len()
             && entry.indexes.iter().zip(files).all(|(i, f)| *i.file == *f);
-        same.then_some(entry.indexes)
+        if !same {
+            return None;
+        }
+        // Serve with the identities just taken (their device numbers are this host's, which
+        // the changed-file checks compare with), one shared `Arc` per file.
+        let mut indexes = entry.indexes;
+        for (idx, f) in indexes.iter_mut().zip(files) {
+            super::rebind(idx, &Arc::new(f.clone()));
+        }
+        Some(indexes)
     }
 
     /// Stores the indexes of one aggregation (failures are logged, not fatal).
@@ -231,6 +243,7 @@ pub fn open_cached(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::Inode;
 
     fn copy_testfile(dir: &Path, name: &str) -> PathBuf {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/source/testdata/cdf2.nc");
@@ -282,5 +295,101 @@ mod tests {
         let entry = cache.aggregate_entry(&sources);
         std::fs::write(&entry, b"\x01\x02garbage").expect("write");
         assert!(cache.load_aggregate(&sources, &files).is_none());
+    }
+
+    fn set_mtime(path: &Path, t: std::time::SystemTime) {
+        let f = std::fs::File::options().write(true).open(path).expect("open");
+        f.set_times(std::fs::FileTimes::new().set_modified(t))
+            .expect("set mtime");
+    }
+
+    /// Coarse file timestamps tick every few milliseconds: a change must come later.
+    fn later() {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    /// A file replaced by one of the same size and mtime (`touch -r`, `cp -p`), in place or
+    /// by `mv`, is not the version the entry was made from: a miss, also after a restart
+    /// (a new `IndexCache` over the same directory), never the old index.
+    #[test]
+    fn per_file_entry_is_keyed_on_inode_and_ctime() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("cache");
+        let a = copy_testfile(tmp.path(), "a.nc");
+        let idx = index(&a);
+        IndexCache::new(&dir).store(&idx);
+        let stat = || SourceFile::stat(a.clone()).expect("stat");
+        assert!(IndexCache::new(&dir).load(&stat()).is_some(), "same file: hit");
+        let mtime = std::fs::metadata(&a).and_then(|m| m.modified()).expect("mtime");
+
+        // in place, same size, mtime set back
+        later();
+        let bytes = std::fs::read(&a).expect("read");
+        std::fs::write(&a, &bytes).expect("rewrite");
+        set_mtime(&a, mtime);
+        let now = stat();
+        assert_eq!((now.size, now.mtime_ns), (idx.file.size, idx.file.mtime_ns));
+        assert!(IndexCache::new(&dir).load(&now).is_none(), "touch -r: miss");
+
+        // re-indexed: a hit again, for the new version
+        IndexCache::new(&dir).store(&index(&a));
+        assert!(IndexCache::new(&dir).load(&stat()).is_some());
+
+        // a copy moved over it, same size and mtime
+        later();
+        let copy = copy_testfile(tmp.path(), "copy.nc");
+        set_mtime(&copy, mtime);
+        std::fs::rename(&copy, &a).expect("rename");
+        let now = stat();
+        assert_eq!((now.size, now.mtime_ns), (idx.file.size, idx.file.mtime_ns));
+        assert!(IndexCache::new(&dir).load(&now).is_none(), "mv: miss");
+    }
+
+    #[test]
+    fn aggregate_entry_is_keyed_on_inode_and_ctime_but_not_device() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cache = IndexCache::new(&tmp.path().join("cache"));
+        let a = copy_testfile(tmp.path(), "a.nc");
+        let sources = vec![a.display().to_string()];
+        let indexes = vec![index(&a)];
+        let files: Vec<SourceFile> = indexes.iter().map(|i| (*i.file).clone()).collect();
+        cache.store_aggregate(&sources, &indexes);
+        assert!(cache.load_aggregate(&sources, &files).is_some());
+
+        let with_inode = |f: fn(&mut Inode)| {
+            let mut changed = files.clone();
+            let mut i = changed[0].inode.expect("a local file has an inode");
+            f(&mut i);
+            changed[0].inode = Some(i);
+            changed
+        };
+        assert!(
+            cache
+                .load_aggregate(&sources, &with_inode(|i| i.ctime_ns += 1))
+                .is_none()
+        );
+        assert!(
+            cache
+                .load_aggregate(&sources, &with_inode(|i| i.ino += 1))
+                .is_none()
+        );
+        // Another host numbers the shared file system's device differently: still a hit,
+        // and the indexes carry the identity given (this host's device).
+        let other_dev = with_inode(|i| i.dev += 1);
+        let loaded = cache
+            .load_aggregate(&sources, &other_dev)
+            .expect("hit on another device number");
+        assert_eq!(
+            loaded[0].file.inode.map(|i| i.dev),
+            other_dev[0].inode.map(|i| i.dev)
+        );
+
+        // the real thing: rewritten with the same size and mtime
+        let mtime = std::fs::metadata(&a).and_then(|m| m.modified()).expect("mtime");
+        later();
+        std::fs::write(&a, std::fs::read(&a).expect("read")).expect("rewrite");
+        set_mtime(&a, mtime);
+        let now = vec![SourceFile::stat(a.clone()).expect("stat")];
+        assert!(cache.load_aggregate(&sources, &now).is_none());
     }
 }

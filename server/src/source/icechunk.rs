@@ -636,6 +636,7 @@ pub fn open_repo_tree(
         size: 0,
         mtime_ns: 0,
         etag: Some(snap.id.clone()),
+        inode: None,
         remote: None,
     };
     let roots = match tree {

@@ -666,6 +666,7 @@ pub fn source_file(url: String, meta: &ObjectMeta, store: &Arc<Store>) -> Source
         size: meta.size,
         mtime_ns: meta.last_modified.timestamp_nanos_opt().unwrap_or(0),
         etag: meta.e_tag.clone(),
+        inode: None,
         remote: Some(Arc::new(RemoteObject {
             store: store.clone(),
             location: meta.location.clone(),
@@ -708,6 +709,7 @@ pub fn object_handle(url: &str, store: &Arc<Store>) -> Result<SourceFile, String
         size: 0,
         mtime_ns: 0,
         etag: None,
+        inode: None,
         remote: Some(Arc::new(RemoteObject {
             store: store.clone(),
             location: Path::from(parsed.key.as_str()),
