@@ -39,13 +39,17 @@ pub enum ReadError {
     /// An object-store read failed (missing or changed object, denied, store down, timeout).
     #[error("{0}")]
     Remote(#[from] crate::storage::RemoteError),
+    /// A local source file is not the version that was indexed: its chunks would be read at
+    /// stale offsets (and served under the old ETag), so nothing is read from it.
+    #[error("{path}: file changed since it was indexed ({what}); restart the server to re-index it")]
+    Changed { path: PathBuf, what: String },
 }
 
 /// Reads `len` bytes at `offset` of a source: `pread` for local files, a ranged GET for
 /// objects.
 pub fn read_at(file: &SourceFile, offset: u64, len: u64) -> Result<Vec<u8>, ReadError> {
     match &file.remote {
-        None => pread(&file.path, offset, len),
+        None => pread_checked(&file.path, Some(file), offset, len),
         Some(_) => Ok(read_many(file, &[(offset, len)])?.pop().unwrap_or_default()),
     }
 }
@@ -56,7 +60,10 @@ pub fn read_at(file: &SourceFile, offset: u64, len: u64) -> Result<Vec<u8>, Read
 /// not fetched again).
 pub fn read_many(file: &SourceFile, ranges: &[(u64, u64)]) -> Result<Vec<Vec<u8>>, ReadError> {
     match &file.remote {
-        None => ranges.iter().map(|(o, n)| pread(&file.path, *o, *n)).collect(),
+        None => ranges
+            .iter()
+            .map(|(o, n)| pread_checked(&file.path, Some(file), *o, *n))
+            .collect(),
         Some(_) if ranges.is_empty() => Ok(Vec::new()),
         Some(obj) => {
             let got = match crate::source::remote::read_current(file, ranges) {
@@ -74,6 +81,21 @@ pub fn read_many(file: &SourceFile, ranges: &[(u64, u64)]) -> Result<Vec<Vec<u8>
 /// threads) and read with `read_to_end` into an uninitialised buffer: pass-through chunks are
 /// hundreds of KB, and zero-filling a buffer first was a third memory pass on the hottest path.
 pub fn pread(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, ReadError> {
+    pread_checked(path, None, offset, len)
+}
+
+/// [`pread`], then, when `ident` is the identity the file was indexed with, an `fstat` of
+/// the descriptor the bytes came from, compared with it: a file touched, rewritten in place
+/// or replaced (`mv`) since is [`ReadError::Changed`] instead of bytes decoded with a stale
+/// index. Checking after the read covers a write racing with it (a write updates the
+/// mtime/ctime before its data can be read), and a changed file is reported as such even
+/// when it is now too short. One system call per read, on a descriptor already open.
+fn pread_checked(
+    path: &Path,
+    ident: Option<&SourceFile>,
+    offset: u64,
+    len: u64,
+) -> Result<Vec<u8>, ReadError> {
     let io = |source| ReadError::Io {
         path: path.to_path_buf(),
         offset,
@@ -82,9 +104,22 @@ pub fn pread(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, ReadError> {
     };
     let n = usize::try_from(len).map_err(|_| ReadError::TooLarge(vec![len]))?;
     let mut f = std::fs::File::open(path).map_err(io)?;
-    f.seek(SeekFrom::Start(offset)).map_err(io)?;
-    let mut buf = Vec::with_capacity(n);
-    f.take(len).read_to_end(&mut buf).map_err(io)?;
+    let read = (|| {
+        f.seek(SeekFrom::Start(offset))?;
+        let mut buf = Vec::with_capacity(n);
+        (&mut f).take(len).read_to_end(&mut buf)?;
+        Ok(buf)
+    })();
+    if let Some(ident) = ident.filter(|i| i.inode.is_some()) {
+        let meta = f.metadata().map_err(io)?;
+        if let Some(what) = ident.local_change(&meta) {
+            return Err(ReadError::Changed {
+                path: path.to_path_buf(),
+                what,
+            });
+        }
+    }
+    let buf = read.map_err(io)?;
     if buf.len() < n {
         return Err(ReadError::Truncated {
             path: path.to_path_buf(),
@@ -92,6 +127,59 @@ pub fn pread(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, ReadError> {
         });
     }
     Ok(buf)
+}
+
+/// Values read into the index from a local file's bytes are only served while the file is
+/// the version they were read from (one `stat`); see [`pread_checked`].
+fn check_inlined(fv: &FileVar) -> Result<(), ReadError> {
+    if matches!(fv.stored.as_deref(), Some(crate::source::Stored::At { .. })) {
+        check_unchanged(&fv.file)?;
+    }
+    Ok(())
+}
+
+/// `Ok` when `file` is not a local file with a recorded [`crate::source::Inode`], or is
+/// still the version indexed (one `stat`); else [`ReadError::Changed`].
+pub fn check_unchanged(file: &SourceFile) -> Result<(), ReadError> {
+    if file.inode.is_none() || file.remote.is_some() {
+        return Ok(());
+    }
+    let meta = std::fs::metadata(&file.path).map_err(|source| ReadError::Io {
+        path: file.path.clone(),
+        offset: 0,
+        len: 0,
+        source,
+    })?;
+    match file.local_change(&meta) {
+        Some(what) => Err(ReadError::Changed {
+            path: file.path.clone(),
+            what,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Checks that the local files served chunk `idx` is read from are the versions indexed,
+/// without reading it: before answering `304 Not Modified`, which tells a client its cached
+/// copy is still the data (the ETag derives from the identities recorded at start-up).
+/// Only storage read from a source file's bytes is checked, as reads are.
+pub fn check_chunk_sources(var: &Variable, idx: &[u64]) -> Result<(), ReadError> {
+    let (start, count) = chunk_region(var, idx)?;
+    for piece in &var.pieces {
+        if let Some(ax) = var.concat_axis
+            && intersect(start[ax], count[ax], piece.start, piece.data.shape[ax]).is_none()
+        {
+            continue;
+        }
+        match &piece.data.storage {
+            Storage::Chunked { .. } | Storage::Contiguous { .. } | Storage::Records { .. } => {
+                check_unchanged(&piece.data.file)?
+            }
+            Storage::Memory(_) => check_inlined(&piece.data)?,
+            Storage::Unallocated | Storage::Refs { .. } => {}
+        }
+    }
+    Ok(())
 }
 
 /// The region of the served chunk `idx`: start and count per dimension (clipped to shape).
@@ -437,6 +525,7 @@ pub fn read_region(
     match &fv.storage {
         Storage::Unallocated => Ok(()),
         Storage::Memory(m) => {
+            check_inlined(fv)?;
             if let MemValues::Bytes(b) = m.as_ref() {
                 copy_block(b, &fv.shape, start, dst, dst_shape, dst_start, count, elem);
             }
@@ -650,5 +739,130 @@ fn read_contiguous(
             out.extend(part);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::dataset::Dataset;
+    use crate::source::{SourceFile, open_file};
+
+    /// A netCDF-4 file with a compressed variable larger than the inline limit (read from
+    /// the file per request) and a small coordinate (inlined into the index).
+    fn write_nc4(path: &Path, scale: f32) {
+        let mut f = netcdf::create(path).expect("create");
+        f.add_dimension("y", 64).expect("dim");
+        f.add_dimension("x", 128).expect("dim");
+        {
+            let mut v = f.add_variable::<f32>("big", &["y", "x"]).expect("var");
+            v.set_compression(4, true).expect("deflate");
+            v.set_chunking(&[32, 128]).expect("chunking");
+            let vals: Vec<f32> = (0..64 * 128).map(|i| i as f32 * scale).collect();
+            v.put_values(&vals, ..).expect("put");
+        }
+        let mut x = f.add_variable::<f64>("x", &["x"]).expect("var");
+        let vals: Vec<f64> = (0..128).map(|i| f64::from(i) * f64::from(scale)).collect();
+        x.put_values(&vals, ..).expect("put");
+    }
+
+    fn open(path: &Path) -> Dataset {
+        let file = Arc::new(SourceFile::stat(path.to_path_buf()).expect("stat"));
+        let idx = open_file(file).expect("index");
+        let spec = cloudify_crds::DatasetSpec::new("t", vec![path.display().to_string()]);
+        crate::dataset::aggregate::build(&spec, vec![idx]).expect("dataset")
+    }
+
+    /// Coarse file timestamps tick every few milliseconds: let the clock move past the
+    /// index time before changing the file, as any real change is.
+    fn later() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    fn set_mtime(path: &Path, t: SystemTime) {
+        let f = std::fs::File::options().write(true).open(path).expect("open");
+        f.set_times(std::fs::FileTimes::new().set_modified(t))
+            .expect("set mtime");
+    }
+
+    /// Both the per-request read of a stored chunk and the inlined coordinate are refused,
+    /// naming the file and what changed; never bytes read through the old index.
+    fn assert_refused(ds: &Dataset, path: &Path, what: &str) {
+        for (var, idx) in [("big", vec![0, 0]), ("x", vec![0])] {
+            let v = ds.variable(var).expect("variable");
+            match read_chunk(v, &idx) {
+                Err(e @ ReadError::Changed { .. }) => {
+                    let msg = e.to_string();
+                    assert!(msg.contains(&*path.to_string_lossy()), "{msg}");
+                    assert!(msg.contains("changed since it was indexed"), "{msg}");
+                    assert!(msg.contains(what), "{var}: {msg} should mention {what}");
+                }
+                other => panic!("{var}: expected a changed-file error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unchanged_file_is_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("a.nc");
+        write_nc4(&p, 1.0);
+        let ds = open(&p);
+        let big = read_chunk(ds.variable("big").expect("big"), &[1, 0]).expect("read");
+        assert_eq!(&big[..4], &(32.0f32 * 128.0).to_le_bytes());
+        let x = read_chunk(ds.variable("x").expect("x"), &[0]).expect("read");
+        assert_eq!(&x[8..16], &1.0f64.to_le_bytes());
+    }
+
+    #[test]
+    fn touched_file_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("a.nc");
+        write_nc4(&p, 1.0);
+        let ds = open(&p);
+        later();
+        set_mtime(&p, SystemTime::now());
+        assert_refused(&ds, &p, "mtime");
+    }
+
+    /// Rewritten in place with the same size and its mtime set back (`touch -r`): only the
+    /// ctime tells, and it is enough.
+    #[test]
+    fn rewritten_file_with_the_same_size_and_mtime_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("a.nc");
+        write_nc4(&p, 1.0);
+        let ds = open(&p);
+        let mtime = std::fs::metadata(&p).and_then(|m| m.modified()).expect("mtime");
+        let mut bytes = std::fs::read(&p).expect("read");
+        later();
+        // Other bytes where the first chunk is, the same length.
+        let Some(Storage::Chunked { locs, .. }) = ds.variable("big").map(|v| &v.pieces[0].data.storage)
+        else {
+            panic!("big is chunked");
+        };
+        let at = locs[0].offset as usize + 10;
+        bytes[at] ^= 0x55;
+        std::fs::write(&p, &bytes).expect("rewrite");
+        set_mtime(&p, mtime);
+        assert_eq!(std::fs::metadata(&p).expect("stat").len(), bytes.len() as u64);
+        assert_refused(&ds, &p, "ctime");
+    }
+
+    /// A changed copy moved over the file (a new inode), the way tools replace files.
+    #[test]
+    fn file_replaced_by_rename_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("a.nc");
+        write_nc4(&p, 1.0);
+        let ds = open(&p);
+        later();
+        let tmp = dir.path().join("a.nc.tmp");
+        write_nc4(&tmp, 2.0);
+        std::fs::rename(&tmp, &p).expect("rename");
+        assert_refused(&ds, &p, "replaced");
     }
 }

@@ -46,6 +46,9 @@ impl From<crate::chunk::read::ReadError> for ApiError {
                 ..
             } => StatusCode::NOT_IMPLEMENTED,
             R::Io { .. } | R::Truncated { .. } | R::Codec { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            // A local file changed under the server: never 404 (a zarr client would read it
+            // as fill value), never its new bytes through the old index.
+            R::Changed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             // The dataset's store failed (the request was fine): a gateway error that names
             // the object, including a vanished object — the dataset is broken, not the key.
             R::Remote(r) if r.is_timeout() => StatusCode::GATEWAY_TIMEOUT,

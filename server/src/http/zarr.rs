@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use super::{AppState, Entry, Served};
-use crate::chunk::read::{raw_chunk, read_chunk, read_chunk_strings};
+use crate::chunk::read::{check_chunk_sources, check_unchanged, raw_chunk, read_chunk, read_chunk_strings};
 use crate::codec::{Encoding, ZSTD_LEVEL, encode, encode_stored, vlen_utf8};
 use crate::dataset::Variable;
 use crate::model::DType;
@@ -127,6 +127,13 @@ pub async fn zarr_key(
     })?;
     let tag = etag(&s, &key);
     if not_modified(&headers, &tag) {
+        // Only while the chunk's files are the versions the ETag was derived from.
+        if let Some(var) = s.ds.variable(&ck.var) {
+            check_chunk_sources(var, &ck.index).map_err(|e| {
+                let e = ApiError::from(e);
+                ApiError::new(e.status, format!("dataset '{id}', key '{key}': {}", e.message))
+            })?;
+        }
         return Ok(not_modified_response(&tag, CACHE_CHUNK));
     }
     let t0 = Instant::now();
@@ -219,6 +226,12 @@ pub async fn kerchunk_key(
         return Err(ApiError::not_found(msg));
     };
     if not_modified(&headers, &tag) {
+        // Only while the referenced file is the version the ETag was derived from.
+        if let RefValue::Range { file, .. } | RefValue::File { file } = value
+            && let Some(src) = s.refs.sources.get(*file)
+        {
+            check_unchanged(src).map_err(ApiError::from)?;
+        }
         return Ok(not_modified_response(&tag, CACHE_CHUNK));
     }
     match value {
