@@ -210,10 +210,10 @@ fn header_param(name: &str, description: &str) -> Value {
 fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) -> Value {
     let mut params = Vec::new();
     if path.contains("{id}") {
-        params.push(path_param(
-            "id",
-            "Dataset id: letters, digits, '-', '_' and '.', not starting with '.'",
-        ));
+        // the rule of configured names (cloudify_crds::validate_name); others are 400
+        params.push(json!({"name": "id", "in": "path", "required": true,
+            "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"},
+            "description": "Dataset id: up to 128 letters, digits, '-', '_' and '.', not starting with '.'; anything else is 400"}));
     }
     if path.contains("{key}") {
         params.push(path_param("key", "Zarr key, may contain '/'"));
