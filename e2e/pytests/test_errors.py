@@ -237,6 +237,106 @@ def test_path_traversal_never_leaks(server, corpus):
 
 
 # ---------------------------------------------------------------------------
+# over-long keys (regression: /zarr v3 keys cost time quadratic in their length)
+# ---------------------------------------------------------------------------
+def test_overlong_chunk_keys_are_refused_in_json(server):
+    """A 60 KB v3 chunk key is refused with 414 JSON (longer than any URI served), a 4 KB one
+    with 400 JSON (longer than any chunk key of the dataset); both without parsing them.
+    Before, a 64 KB key cost ~2 s of CPU (and 64 of them stalled other reads for seconds)."""
+    z = f"{server.url}/datasets/{PROBE}/zarr/t2m/c"
+    r = requests.get(z + "/0" * 30_000, timeout=30)
+    assert r.status_code == 414, f"{r.status_code} {r.text[:200]}"
+    assert "bytes long" in _error(r)
+    assert len(r.content) < 1000, "the error repeats the whole key"
+    for route in ("zarr", "kerchunk"):
+        r = requests.get(f"{server.url}/datasets/{PROBE}/{route}/t2m/c" + "/0" * 2000, timeout=30)
+        assert r.status_code == 400, f"{route}: {r.status_code} {r.text[:200]}"
+        assert "longer than any chunk key" in _error(r)
+        assert len(r.content) < 1000
+
+
+def test_uri_beyond_hypers_limit_is_refused(server):
+    """Beyond 64 KiB hyper refuses the request line itself (414 without a body: no layer of
+    ours runs); the server stays up."""
+    status, _ = _raw_get(server, f"/datasets/{PROBE}/zarr/t2m/c" + "/0" * 33_000)
+    assert status == 414
+    assert requests.get(server.url + "/healthz", timeout=30).status_code == 200
+
+
+# ---------------------------------------------------------------------------
+# every error is JSON with the right status
+# ---------------------------------------------------------------------------
+def _raw(server, method: str, path: str, headers: dict | None = None) -> requests.Response:
+    """Sends `path` exactly as given (requests would re-quote it)."""
+    s = requests.Session()
+    req = requests.Request(method, server.url + "/", headers=headers or {}).prepare()
+    req.url = server.url + path
+    return s.send(req, timeout=30)
+
+
+@pytest.mark.parametrize("path", ["/datasets/%FF/keys", f"/datasets/{PROBE}/zarr/t2m/%FF",
+                                  f"/datasets/{PROBE}/kerchunk/%C3%28", "/datasets/%80%80/zarr/.zmetadata"])
+def test_invalid_utf8_in_path_is_400_json(server, path):
+    r = _raw(server, "GET", path)
+    assert r.status_code == 400, f"{path}: {r.status_code} {r.text[:200]}"
+    assert "UTF-8" in _error(r)
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
+def test_other_methods_are_405_json_with_allow(server, method):
+    for path in ("/datasets", f"/datasets/{PROBE}/zarr/.zmetadata", f"/datasets/{PROBE}/kerchunk.json"):
+        r = _raw(server, method, path)
+        assert r.status_code == 405, f"{method} {path}: {r.status_code}"
+        assert "GET" in r.headers.get("allow", ""), r.headers
+        assert method in _error(r)
+
+
+def test_unknown_route_is_404_json(server):
+    r = _get(server, "/no/such/route")
+    assert r.status_code == 404 and "/no/such/route" in _error(r)
+
+
+def test_oversized_headers_are_431_json(server):
+    r = requests.get(server.url + "/datasets", headers={"X-Big": "v" * 40_000}, timeout=30)
+    assert r.status_code == 431, r.status_code
+    assert "headers" in _error(r)
+    r = requests.get(server.url + "/datasets", headers={"X-Big": "v" * 8_000}, timeout=30)
+    assert r.status_code == 200
+
+
+@pytest.mark.parametrize("dsid", ["..", "%2e%2e", ".", "a%2Fb", "%20", ".x"])
+def test_invalid_dataset_ids_are_400(server, dsid):
+    bad = []
+    for route in ["", "/", "/keys", "/dict", "/info", "/zarr", "/zarr/.zmetadata", "/zarr/t2m/0.0.0",
+                  "/kerchunk/.zmetadata", "/kerchunk.json", "/kerchunk.parq/.zmetadata", "/stac", "/catalog.yaml"]:
+        r = _raw(server, "GET", f"/datasets/{dsid}{route}")
+        if r.status_code != 400:
+            bad.append(f"{dsid}{route}: {r.status_code}")
+        elif "invalid dataset id" not in _error(r):
+            bad.append(f"{dsid}{route}: {r.text[:200]}")
+    assert not bad, "\n".join(bad)
+
+
+def test_kerchunk_malformed_and_out_of_range_keys_are_400(server):
+    """/kerchunk answers like /zarr: 400 for keys that are no chunk of the array (a Zarr
+    client would read a 404 as fill value), 404 only for chunks inside the grid that were
+    never written and for names that are no array."""
+    za = requests.get(f"{server.url}/datasets/{PROBE}/kerchunk/t2m/.zarray", timeout=30).json()
+    n = _nchunks(za)
+    bad = []
+    keys = MALFORMED_V2 + [".".join(map(str, n)), f"0.0.{n[2]}", "c/0/0/0", "99999.0.0", "0.0.18446744073709551616"]
+    for key in keys:
+        r = requests.get(f"{server.url}/datasets/{PROBE}/kerchunk/t2m/{key}", timeout=30)
+        if r.status_code != 400:
+            bad.append(f"{key}: {r.status_code} {r.text[:150]}")
+        elif key not in _error(r) and key[2:] not in _error(r):
+            bad.append(f"{key}: message does not name it: {r.text[:150]}")
+    assert not bad, "\n".join(bad)
+    for key in ("nosuchvar/0.0.0", "t2m/.zfoo"):
+        assert requests.get(f"{server.url}/datasets/{PROBE}/kerchunk/{key}", timeout=30).status_code == 404, key
+
+
+# ---------------------------------------------------------------------------
 # keep last: the server survived everything above
 # ---------------------------------------------------------------------------
 def test_zz_server_still_alive(server):

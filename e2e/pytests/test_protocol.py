@@ -297,6 +297,77 @@ def test_cors_on_error_responses(server):
 
 
 # ---------------------------------------------------------------------------
+# byte ranges (netCDF-C's Zarr reader, GDAL and fsspec's HTTP files send Range)
+# ---------------------------------------------------------------------------
+RANGE_KEYS = PROTOCOL_KEYS + ["KERCHUNK:.zmetadata", "KERCHUNK:t2m/0.0.0", "REFS"]
+
+
+def _range_url(server, key):
+    if key.startswith("KERCHUNK:"):
+        return f"{server.url}/datasets/{PROBE}/kerchunk/{key.split(':', 1)[1]}"
+    if key == "REFS":
+        return f"{server.url}/datasets/{PROBE}/kerchunk.json"
+    return f"{server.zarr_url(PROBE)}/{_resolve(server, key)}"
+
+
+@pytest.mark.parametrize("key", RANGE_KEYS)
+def test_range_requests(server, key):
+    url = _range_url(server, key)
+    full = requests.get(url, timeout=30)
+    assert full.status_code == 200, f"{url}: {full.status_code}"
+    assert full.headers.get("accept-ranges") == "bytes", f"{url}: Accept-Ranges {full.headers.get('accept-ranges')!r}"
+    body, n, etag = full.content, len(full.content), full.headers["etag"]
+    cut = min(9, n - 1)
+    cases = {f"bytes=0-{cut}": (0, cut), "bytes=1-": (1, n - 1), "bytes=-2": (n - 2, n - 1),
+             f"bytes=0-{n + 1000}": (0, n - 1)}
+    for rng, (lo, hi) in cases.items():
+        r = requests.get(url, headers={"Range": rng}, timeout=30)
+        assert r.status_code == 206, f"{url} {rng}: {r.status_code}"
+        assert r.content == body[lo:hi + 1], f"{url} {rng}"
+        assert r.headers.get("content-range") == f"bytes {lo}-{hi}/{n}", r.headers
+        assert r.headers.get("accept-ranges") == "bytes"
+        assert r.headers.get("etag") == etag
+        h = requests.head(url, headers={"Range": rng}, timeout=30)
+        assert h.status_code == 206 and h.content == b"", f"HEAD {url} {rng}: {h.status_code}"
+        assert int(h.headers["content-length"]) == hi - lo + 1
+        assert h.headers.get("content-range") == f"bytes {lo}-{hi}/{n}"
+    # malformed and multiple ranges: the whole body (documented choice)
+    for rng in ["bytes=5-2", "bytes=x-y", "lines=0-1", "bytes=0-0,2-3", "bytes 0-1"]:
+        r = requests.get(url, headers={"Range": rng}, timeout=30)
+        assert r.status_code == 200 and r.content == body, f"{url} {rng}: {r.status_code}"
+    # unsatisfiable: 416, Content-Range bytes */len, JSON error
+    r = requests.get(url, headers={"Range": f"bytes={n}-"}, timeout=30)
+    assert r.status_code == 416, f"{url}: {r.status_code}"
+    assert r.headers.get("content-range") == f"bytes */{n}"
+    assert f"bytes={n}-" in _json(r)["error"]
+    # If-Range: the range only for the current ETag; If-None-Match wins over Range
+    r = requests.get(url, headers={"Range": "bytes=0-0", "If-Range": etag}, timeout=30)
+    assert r.status_code == 206 and r.content == body[:1]
+    r = requests.get(url, headers={"Range": "bytes=0-0", "If-Range": '"older"'}, timeout=30)
+    assert r.status_code == 200 and r.content == body
+    r = requests.get(url, headers={"Range": "bytes=0-0", "If-None-Match": etag}, timeout=30)
+    assert r.status_code == 304 and r.content == b""
+
+
+def test_ranges_through_fsspec_http(server):
+    """fsspec's HTTPFileSystem (what GDAL-like readers and kerchunk use) reads parts of chunks
+    and metadata documents with Range requests and gets exactly those bytes."""
+    import fsspec
+
+    fs = fsspec.filesystem("http")
+    for key in ["t2m/0.0.0", "t2m/c/0/0/0", ".zmetadata"]:
+        url = f"{server.zarr_url(PROBE)}/{key}"
+        whole = requests.get(url, timeout=30).content
+        n = len(whole)
+        for start, end in [(0, 4), (3, n - 1), (n - 5, n), (0, n)]:
+            part = fs.cat_file(url, start=start, end=end)
+            assert part == whole[start:end], f"{key} [{start}:{end}]"
+        with fs.open(url, "rb", block_size=7) as f:
+            f.seek(n // 2)
+            assert f.read(5) == whole[n // 2:n // 2 + 5]
+
+
+# ---------------------------------------------------------------------------
 # xpublish-compatible metadata routes
 # ---------------------------------------------------------------------------
 def test_datasets_lists_exactly_the_ready_ones(server):

@@ -40,12 +40,7 @@ pub fn load(specs: &[DatasetSpec], threads: usize, cache: Option<&IndexCache>) -
                             tracing::warn!(dataset = %spec.name, variable = %v, "not served: {why}");
                         }
                         let refs_parquet = cache.map(|c| c.refs_dir(&spec.name, ds.fingerprint));
-                        let served = Arc::new(Served {
-                            ds,
-                            meta,
-                            refs,
-                            refs_parquet,
-                        });
+                        let served = Arc::new(Served::new(ds, meta, refs, refs_parquet));
                         persist_refs(&served);
                         Entry::Ready(served)
                     }
@@ -78,30 +73,8 @@ pub fn load(specs: &[DatasetSpec], threads: usize, cache: Option<&IndexCache>) -
 /// Writes the dataset's references as kerchunk Parquet into the index cache, unless this
 /// version is there already, on a thread of its own: start-up does not wait for it (the
 /// route answers 503 until it is complete; the directory appears atomically), exit does.
+/// Failures and a directory that vanishes later are handled by the route
+/// (`http::parquet`).
 fn persist_refs(served: &Arc<Served>) {
-    let Some(dir) = served.refs_parquet.clone() else {
-        return;
-    };
-    if dir.join(".zmetadata").is_file() {
-        return;
-    }
-    let s = served.clone();
-    crate::background::spawn("cloudify-refs", move || {
-        let t0 = Instant::now();
-        if let Some(parent) = dir.parent()
-            && let Err(e) = std::fs::create_dir_all(parent)
-        {
-            tracing::warn!(dir = %parent.display(), "cannot persist Parquet references: {e}");
-            return;
-        }
-        match s
-            .refs
-            .write_parquet(&dir, crate::refs::parquet::DEFAULT_RECORD_SIZE)
-        {
-            Ok(()) => {
-                tracing::info!(dataset = %s.ds.name, dir = %dir.display(), ms = t0.elapsed().as_millis() as u64, "Parquet references written")
-            }
-            Err(e) => tracing::warn!(dataset = %s.ds.name, "cannot persist Parquet references: {e}"),
-        }
-    });
+    crate::http::parquet::availability(served);
 }

@@ -245,3 +245,383 @@ async fn etag_cache_and_cors() {
         assert!(doc["paths"].get(*path).is_some(), "{path}");
     }
 }
+
+async fn send(app: &axum::Router, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    let r = app.clone().oneshot(req).await.unwrap();
+    let status = r.status();
+    let headers = r.headers().clone();
+    let body = axum::body::to_bytes(r.into_body(), usize::MAX)
+        .await
+        .unwrap()
+        .to_vec();
+    (status, headers, body)
+}
+
+fn with(method: &str, uri: &str, headers: &[(&str, &str)]) -> Request<Body> {
+    let mut b = Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Body::empty()).unwrap()
+}
+
+fn hval<'a>(h: &'a axum::http::HeaderMap, name: &str) -> &'a str {
+    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default()
+}
+
+/// The JSON error message of an answer, failing when the body is not `{"error": "..."}`.
+fn error_of(status: StatusCode, h: &axum::http::HeaderMap, b: &[u8]) -> String {
+    assert!(
+        hval(h, "content-type").starts_with("application/json"),
+        "{status}: content-type {:?}, body {:?}",
+        h.get("content-type"),
+        String::from_utf8_lossy(b)
+    );
+    json(b)["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{status}: no error message in {}", String::from_utf8_lossy(b)))
+        .to_string()
+}
+
+/// Range requests on chunks, metadata documents and references: one range is 206 with
+/// Content-Range, malformed and multiple ranges get the whole answer, a range past the end
+/// 416 with `bytes */len`; If-Range and If-None-Match decide before; HEAD answers like GET.
+#[tokio::test]
+async fn byte_ranges() {
+    let f = fixture();
+    for uri in [
+        "/datasets/good/zarr/x/c/1/0/0",
+        "/datasets/good/zarr/x/1.0.0",
+        "/datasets/good/zarr/.zmetadata",
+        "/datasets/good/zarr/x/zarr.json",
+        "/datasets/good/kerchunk/x/1.0.0",
+        "/datasets/good/kerchunk/.zmetadata",
+        "/datasets/good/kerchunk.json",
+    ] {
+        let (s, h, full) = send(&f.app, with("GET", uri, &[])).await;
+        assert_eq!(s, StatusCode::OK, "{uri}");
+        assert_eq!(hval(&h, "accept-ranges"), "bytes", "{uri}");
+        let len = full.len();
+        assert!(len > 20, "{uri}");
+        let tag = hval(&h, "etag").to_string();
+        let ctype = hval(&h, "content-type").to_string();
+        // one range
+        for (range, lo, hi) in [
+            ("bytes=0-9", 0, 9),
+            ("bytes=5-", 5, len - 1),
+            ("bytes=-7", len - 7, len - 1),
+            ("bytes=3-999999999", 3, len - 1),
+        ] {
+            let (s, h, b) = send(&f.app, with("GET", uri, &[("range", range)])).await;
+            assert_eq!(s, StatusCode::PARTIAL_CONTENT, "{uri} {range}");
+            assert_eq!(b, &full[lo..=hi], "{uri} {range}");
+            assert_eq!(
+                hval(&h, "content-range"),
+                format!("bytes {lo}-{hi}/{len}"),
+                "{uri} {range}"
+            );
+            assert_eq!(hval(&h, "accept-ranges"), "bytes");
+            assert_eq!(hval(&h, "etag"), tag);
+            assert_eq!(hval(&h, "content-type"), ctype);
+            // HEAD: the same status and headers, no body
+            let (s, h, b) = send(&f.app, with("HEAD", uri, &[("range", range)])).await;
+            assert_eq!(s, StatusCode::PARTIAL_CONTENT, "HEAD {uri} {range}");
+            assert!(b.is_empty());
+            assert_eq!(
+                hval(&h, "content-length"),
+                (hi - lo + 1).to_string(),
+                "HEAD {uri} {range}"
+            );
+            assert_eq!(hval(&h, "content-range"), format!("bytes {lo}-{hi}/{len}"));
+        }
+        // ignored: malformed, other units, several ranges → the whole answer
+        for range in ["bytes=9-3", "bytes=abc", "pages=0-1", "bytes=0-1,5-6", "0-10"] {
+            let (s, h, b) = send(&f.app, with("GET", uri, &[("range", range)])).await;
+            assert_eq!(s, StatusCode::OK, "{uri} {range}");
+            assert_eq!(b, full, "{uri} {range}");
+            assert!(h.get("content-range").is_none());
+        }
+        // unsatisfiable
+        for range in [format!("bytes={len}-"), "bytes=-0".to_string()] {
+            let (s, h, b) = send(&f.app, with("GET", uri, &[("range", &range)])).await;
+            assert_eq!(s, StatusCode::RANGE_NOT_SATISFIABLE, "{uri} {range}");
+            assert_eq!(hval(&h, "content-range"), format!("bytes */{len}"));
+            assert!(error_of(s, &h, &b).contains(&range), "{uri} {range}");
+        }
+        // If-Range: the range only while the client's ETag is current
+        let (s, _, b) = send(
+            &f.app,
+            with("GET", uri, &[("range", "bytes=0-3"), ("if-range", &tag)]),
+        )
+        .await;
+        assert_eq!(
+            (s, b.as_slice()),
+            (StatusCode::PARTIAL_CONTENT, &full[..4]),
+            "{uri}"
+        );
+        let (s, _, b) = send(
+            &f.app,
+            with("GET", uri, &[("range", "bytes=0-3"), ("if-range", "\"stale\"")]),
+        )
+        .await;
+        assert_eq!((s, b.len()), (StatusCode::OK, len), "{uri}");
+        // If-None-Match first: 304 whatever the range
+        let (s, h, b) = send(
+            &f.app,
+            with("GET", uri, &[("range", "bytes=0-3"), ("if-none-match", &tag)]),
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_MODIFIED, "{uri}");
+        assert!(b.is_empty());
+        assert_eq!(hval(&h, "accept-ranges"), "bytes");
+    }
+}
+
+/// Every error is JSON with the right status, including those axum and the size limits
+/// produce: invalid UTF-8 in the path (400), other methods (405 with Allow), unknown routes
+/// (404), over-long URIs (414), over-large headers (431).
+#[tokio::test]
+async fn every_error_is_json() {
+    let f = fixture();
+    let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
+        (
+            with("GET", "/datasets/%FF/keys", &[]),
+            StatusCode::BAD_REQUEST,
+            "UTF-8",
+        ),
+        (
+            with("GET", "/datasets/good/zarr/x/%FF", &[]),
+            StatusCode::BAD_REQUEST,
+            "UTF-8",
+        ),
+        (
+            with("GET", "/datasets/good/kerchunk.parq/%C3%28", &[]),
+            StatusCode::BAD_REQUEST,
+            "UTF-8",
+        ),
+        (
+            with("POST", "/datasets/good/zarr/.zmetadata", &[]),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "GET",
+        ),
+        (
+            with("DELETE", "/datasets", &[]),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "DELETE",
+        ),
+        (
+            with("GET", "/no/such/route", &[]),
+            StatusCode::NOT_FOUND,
+            "/no/such/route",
+        ),
+        (
+            with("GET", &format!("/datasets/good/zarr/x/{}", "a".repeat(9000)), &[]),
+            StatusCode::URI_TOO_LONG,
+            "bytes long",
+        ),
+        (
+            with("GET", &format!("/datasets?{}", "q".repeat(9000)), &[]),
+            StatusCode::URI_TOO_LONG,
+            "bytes long",
+        ),
+        (
+            with("GET", "/datasets", &[("x-big", &"v".repeat(40 * 1024))]),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers",
+        ),
+    ];
+    for (req, status, needle) in cases {
+        let what = format!("{} {}", req.method(), req.uri());
+        let (s, h, b) = send(&f.app, req).await;
+        assert_eq!(s, status, "{what}: {}", String::from_utf8_lossy(&b));
+        let msg = error_of(s, &h, &b);
+        assert!(msg.contains(needle), "{what}: '{msg}' should say '{needle}'");
+        if s == StatusCode::METHOD_NOT_ALLOWED {
+            assert!(
+                hval(&h, "allow").contains("GET"),
+                "{what}: Allow {:?}",
+                h.get("allow")
+            );
+        }
+    }
+    // a request just under the limits is served
+    let (s, _, _) = send(
+        &f.app,
+        with("GET", "/datasets", &[("x-big", &"v".repeat(16 * 1024))]),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+/// Dataset ids that cannot be names (`..`, a `/`, other characters) are refused with 400 on
+/// every `/datasets/{id}/...` route; valid unknown ids stay 404.
+#[tokio::test]
+async fn invalid_dataset_ids_are_400() {
+    let f = fixture();
+    let routes = [
+        "",
+        "/",
+        "/keys",
+        "/dict",
+        "/info",
+        "/zarr",
+        "/zarr/",
+        "/zarr/.zmetadata",
+        "/zarr/x/c/0/0/0",
+        "/kerchunk/.zmetadata",
+        "/kerchunk.json",
+        "/kerchunk.parq/.zmetadata",
+        "/stac",
+        "/catalog.yaml",
+    ];
+    for id in ["..", "%2E%2E", ".", ".hidden", "a%2Fb", "a%20b", "%00"] {
+        for r in routes {
+            let uri = format!("/datasets/{id}{r}");
+            let (s, h, b) = get(&f.app, &uri).await;
+            assert_eq!(
+                s,
+                StatusCode::BAD_REQUEST,
+                "{uri}: {}",
+                String::from_utf8_lossy(&b)
+            );
+            assert!(error_of(s, &h, &b).contains("invalid dataset id"), "{uri}");
+        }
+    }
+    let (s, _, _) = get(&f.app, "/datasets/unknown-but.valid_1/keys").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+/// `/kerchunk` answers malformed and out-of-range chunk keys with 400 like `/zarr`, not
+/// with the "not stored, reads as the fill value" 404 a Zarr client would turn into data.
+#[tokio::test]
+async fn kerchunk_bad_chunk_keys_are_400() {
+    let f = fixture();
+    for key in [
+        "x/9.0.0",
+        "x/0.1.0",
+        "x/0.0.1",
+        "x/0.0",
+        "x/0.0.0.0",
+        "x/0.x.0",
+        "x/-1.0.0",
+        "x/c/0/0/0",
+        "x/0.0.99999999999999999999999",
+    ] {
+        let uri = format!("/datasets/good/kerchunk/{key}");
+        let (s, h, b) = get(&f.app, &uri).await;
+        assert_eq!(
+            s,
+            StatusCode::BAD_REQUEST,
+            "{uri}: {}",
+            String::from_utf8_lossy(&b)
+        );
+        let msg = error_of(s, &h, &b);
+        assert!(msg.contains(key) || msg.contains(&key[2..]), "{uri}: {msg}");
+    }
+    // metadata names and unknown arrays stay 404
+    for key in ["x/.zfoo", "nope/0.0.0", "nope/.zarray"] {
+        let (s, _, b) = get(&f.app, &format!("/datasets/good/kerchunk/{key}")).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{key}: {}", String::from_utf8_lossy(&b));
+    }
+}
+
+/// Regression (chunk keys cost time quadratic in their length): a key longer than any chunk
+/// key of the dataset is refused with 400 before it is parsed.
+#[tokio::test]
+async fn overlong_chunk_keys_are_400() {
+    let f = fixture();
+    let key = format!("x/c{}", "/0".repeat(3500));
+    for route in ["zarr", "kerchunk"] {
+        let (s, h, b) = get(&f.app, &format!("/datasets/good/{route}/{key}")).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{route}");
+        let msg = error_of(s, &h, &b);
+        assert!(msg.contains("longer than any chunk key"), "{route}: {msg}");
+        assert!(msg.len() < 400, "{route}: the message repeats the whole key");
+    }
+}
+
+/// Every documented route exists in the router (answers something else than the fallback).
+#[tokio::test]
+async fn documented_routes_exist() {
+    let f = fixture();
+    for (path, ..) in cloudify_server::http::openapi::ROUTES {
+        let uri = path
+            .replace("{id}", "good")
+            .replace("{key}", ".zmetadata")
+            .replace("{path}", ".zmetadata");
+        let (s, _, b) = get(&f.app, &uri).await;
+        let body = String::from_utf8_lossy(&b);
+        assert!(!body.contains("no route for"), "{path}: {s} {body}");
+    }
+}
+
+fn cached_fixture(cache: &std::path::Path) -> (tempfile::TempDir, Arc<cloudify_server::http::AppState>) {
+    let dir = tempfile::tempdir().unwrap();
+    write_file(&dir.path().join("a.nc"), 0.0, 0.0);
+    let specs = vec![spec("good", vec![format!("{}/a.nc", dir.path().display())])];
+    let ic = cloudify_server::source::cache::IndexCache::new(cache);
+    let state = app::load(&specs, 2, Some(&ic)).unwrap();
+    (dir, Arc::new(state))
+}
+
+fn parquet_dir(state: &cloudify_server::http::AppState) -> &cloudify_server::http::parquet::ParquetDir {
+    match state.entry("good") {
+        Some(cloudify_server::http::Entry::Ready(s)) => s.refs_parquet.as_ref().unwrap(),
+        _ => panic!("dataset not ready"),
+    }
+}
+
+/// Polls `/kerchunk.parq/.zmetadata` while it answers 503 "being written"; returns the first
+/// other answer.
+async fn settle(app: &axum::Router) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    for _ in 0..600 {
+        let (s, h, b) = get(app, "/datasets/good/kerchunk.parq/.zmetadata").await;
+        if s == StatusCode::SERVICE_UNAVAILABLE && String::from_utf8_lossy(&b).contains("being written") {
+            assert_eq!(hval(&h, "retry-after"), "1");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            continue;
+        }
+        return (s, h, b);
+    }
+    panic!("Parquet references still being written after 12 s");
+}
+
+/// Regression (`/kerchunk.parq` answered 503 "retry shortly" forever): a cache that cannot
+/// hold the references gets a 503 naming the directory and the reason (no "retry shortly"),
+/// and recovers once the cache is usable again; references deleted from the cache are
+/// written again on the next request.
+#[tokio::test]
+async fn parquet_references_recover_or_say_why() {
+    let cache = tempfile::tempdir().unwrap();
+    // `<cache>/refs` is a regular file: no directory can be made under it, even as root
+    std::fs::write(cache.path().join("refs"), b"not a directory").unwrap();
+    let (_src, state) = cached_fixture(cache.path());
+    let app = router(state.clone());
+    let (s, h, b) = settle(&app).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    let msg = error_of(s, &h, &b);
+    let refs = cache.path().join("refs");
+    assert!(
+        msg.contains("unavailable") && msg.contains(&format!("{} is not a directory", refs.display())),
+        "{msg}"
+    );
+    assert!(!msg.contains("retry shortly"), "{msg}");
+    let wait: u64 = hval(&h, "retry-after").parse().unwrap();
+    assert!(wait > 1 && wait <= 60, "{wait}");
+    // asking again does not try again before the retry interval
+    let (s2, h2, b2) = get(&app, "/datasets/good/kerchunk.parq/.zmetadata").await;
+    assert_eq!(s2, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(error_of(s2, &h2, &b2).contains("is not a directory"));
+    // the cache is usable again: the next request (after the interval) writes them
+    std::fs::remove_file(&refs).unwrap();
+    parquet_dir(&state).set_retry_interval(std::time::Duration::ZERO);
+    let (s, h, b) = settle(&app).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert!(json(&b)["record_size"].is_u64());
+    assert_eq!(hval(&h, "accept-ranges"), "bytes");
+    // someone cleans the cache: written again, once
+    std::fs::remove_dir_all(cache.path()).unwrap();
+    let (s, _, b) = settle(&app).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert!(parquet_dir(&state).dir.join(".zmetadata").is_file());
+}

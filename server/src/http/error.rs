@@ -9,6 +9,11 @@ use axum::response::{IntoResponse, Response};
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// Server errors are logged when answered, unless the condition was logged once where it
+    /// arose and would otherwise be logged again for every request (see [`ApiError::quiet`]).
+    pub quiet: bool,
+    /// `Retry-After` seconds, for 503s that will pass.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -16,7 +21,21 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            quiet: false,
+            retry_after: None,
         }
+    }
+    /// Not logged when answered: the cause was logged once already.
+    #[must_use]
+    pub fn quiet(mut self) -> Self {
+        self.quiet = true;
+        self
+    }
+    /// Adds `Retry-After: secs`.
+    #[must_use]
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
     pub fn not_found(m: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, m)
@@ -28,10 +47,17 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
+        if self.status.is_server_error() && !self.quiet {
             tracing::error!(status = %self.status, "{}", self.message);
         }
-        (self.status, Json(serde_json::json!({"error": self.message}))).into_response()
+        let mut r = (self.status, Json(serde_json::json!({"error": self.message}))).into_response();
+        if let Some(secs) = self.retry_after {
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
+            );
+        }
+        r
     }
 }
 

@@ -2,7 +2,10 @@
 
 pub mod error;
 pub mod meta;
+pub mod middleware;
 pub mod openapi;
+pub mod parquet;
+pub mod range;
 pub mod zarr;
 
 use std::sync::Arc;
@@ -25,7 +28,33 @@ pub struct Served {
     pub refs: crate::refs::Refs,
     /// The same references persisted as a kerchunk Parquet directory in the index cache
     /// (`/kerchunk.parq/`); written in the background after start-up, `None` without a cache.
-    pub refs_parquet: Option<std::path::PathBuf>,
+    pub refs_parquet: Option<parquet::ParquetDir>,
+    /// Bounds of this dataset's chunk keys, so that parsing a key is linear in its length.
+    pub key_limits: crate::zarr::key::KeyLimits,
+}
+
+impl Served {
+    /// `refs_parquet`: where the Parquet references are kept (`None` without a cache).
+    pub fn new(
+        ds: Dataset,
+        meta: ZarrMeta,
+        refs: crate::refs::Refs,
+        refs_parquet: Option<std::path::PathBuf>,
+    ) -> Self {
+        let key_limits = crate::zarr::key::KeyLimits::of(
+            ds.root
+                .walk()
+                .iter()
+                .flat_map(|g| g.vars.iter().map(|v| (v.path.as_str(), v.shape.len()))),
+        );
+        Self {
+            ds,
+            meta,
+            refs,
+            refs_parquet: refs_parquet.map(parquet::ParquetDir::new),
+            key_limits,
+        }
+    }
 }
 
 /// State of one configured dataset.
@@ -79,7 +108,9 @@ impl AppState {
     }
 }
 
-/// Builds the router.
+/// Builds the router. Layers, outermost first: CORS (on every answer, errors included),
+/// request size limits, JSON bodies for axum's own errors; the chunk and metadata routes
+/// answer byte ranges.
 pub fn router(state: Arc<AppState>) -> Router {
     let cors = CorsLayer::new()
         .allow_origin(Any)
@@ -89,7 +120,19 @@ pub fn router(state: Arc<AppState>) -> Router {
             header::ETAG,
             header::CONTENT_LENGTH,
             HeaderName::from_static("content-encoding"),
+            header::CONTENT_RANGE,
+            header::ACCEPT_RANGES,
         ]);
+    // Keys and documents a client may read in parts (netCDF-C's Zarr reader, GDAL, fsspec).
+    let ranged = Router::new()
+        .route("/datasets/{id}/zarr/{*key}", get(zarr::zarr_key))
+        .route("/datasets/{id}/kerchunk/{*key}", get(zarr::kerchunk_key))
+        .route("/datasets/{id}/kerchunk.json", get(zarr::kerchunk_refs))
+        .route(
+            "/datasets/{id}/kerchunk.parq/{*path}",
+            get(parquet::kerchunk_parquet),
+        )
+        .route_layer(axum::middleware::from_fn(range::ranges));
     Router::new()
         .route("/", get(meta::root))
         .route("/datasets", get(meta::list))
@@ -101,13 +144,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/datasets/{id}/info", get(meta::info))
         .route("/datasets/{id}/zarr", get(zarr::zarr_root))
         .route("/datasets/{id}/zarr/", get(zarr::zarr_root))
-        .route("/datasets/{id}/zarr/{*key}", get(zarr::zarr_key))
-        .route("/datasets/{id}/kerchunk/{*key}", get(zarr::kerchunk_key))
-        .route("/datasets/{id}/kerchunk.json", get(zarr::kerchunk_refs))
-        .route(
-            "/datasets/{id}/kerchunk.parq/{*path}",
-            get(zarr::kerchunk_parquet),
-        )
+        .merge(ranged)
         .route("/datasets/{id}/stac", get(crate::catalog::routes::stac_item))
         .route(
             "/datasets/{id}/catalog.yaml",
@@ -125,6 +162,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(meta::readyz))
         .route("/metrics", get(meta::metrics))
         .fallback(meta::not_found)
+        .layer(axum::middleware::from_fn(middleware::json_errors))
+        .layer(axum::middleware::from_fn(middleware::limits))
         .layer(cors)
         .with_state(state)
 }

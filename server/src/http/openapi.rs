@@ -1,138 +1,375 @@
 //! `/openapi.json` and `/docs`.
 //!
 //! The route table is small and stable, so the document is written out here rather than
-//! derived through a macro framework; a unit test checks every router path appears in it.
+//! derived through a macro framework; tests check every listed route exists, every path
+//! parameter is declared, and schemathesis checks the server answers as documented
+//! (`e2e/pytests/test_openapi_contract.py`).
 
 use axum::Json;
 use axum::response::Html;
 use serde_json::{Value, json};
 
-/// (path, summary, tag, content type of the 200 answer)
-pub const ROUTES: &[(&str, &str, &str, &str)] = &[
-    ("/", "Service information", "meta", "application/json"),
+/// What a route answers besides 200 and the errors every route may give (414, 431).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// No parameters.
+    Plain,
+    /// `/readyz`: 200 or 503 with the same body.
+    Ready,
+    /// A dataset route (`{id}`): 400 invalid id, 404 unknown dataset, 503 dataset failed.
+    Dataset,
+    /// A key or file of a dataset read in parts: HEAD, `Range`/`If-Range`/`If-None-Match`,
+    /// 206, 304, 416, and the errors of reading sources.
+    Ranged,
+}
+
+/// (path, summary, tag, content types of the 200 answer, kind). Every route of the router
+/// (the `{*key}` wildcards spelled `{key}`), checked by a test.
+pub const ROUTES: &[(&str, &str, &str, &[&str], Kind)] = &[
+    (
+        "/",
+        "Service information",
+        "meta",
+        &["application/json"],
+        Kind::Plain,
+    ),
     (
         "/datasets",
         "Ids of the datasets being served",
         "meta",
-        "application/json",
+        &["application/json"],
+        Kind::Plain,
     ),
     (
         "/status",
         "Every configured dataset with its state (ready/failed) and the reason",
         "meta",
-        "application/json",
+        &["application/json"],
+        Kind::Plain,
+    ),
+    (
+        "/datasets/{id}",
+        "Summary of a dataset (text, or HTML when asked for)",
+        "dataset",
+        &["text/plain", "text/html"],
+        Kind::Dataset,
     ),
     (
         "/datasets/{id}/",
         "Summary of a dataset (text, or HTML when asked for)",
         "dataset",
-        "text/plain",
+        &["text/plain", "text/html"],
+        Kind::Dataset,
     ),
     (
         "/datasets/{id}/keys",
         "Variable names of a dataset",
         "dataset",
-        "application/json",
+        &["application/json"],
+        Kind::Dataset,
     ),
     (
         "/datasets/{id}/dict",
         "xarray Dataset.to_dict(data=False)",
         "dataset",
-        "application/json",
+        &["application/json"],
+        Kind::Dataset,
     ),
     (
         "/datasets/{id}/info",
         "Dimensions, variables and attributes (ncdump-like)",
         "dataset",
-        "application/json",
+        &["application/json"],
+        Kind::Dataset,
     ),
     (
         "/datasets/{id}/zarr",
         "Zarr root: lists the arrays",
         "zarr",
-        "application/json",
+        &["application/json"],
+        Kind::Dataset,
+    ),
+    (
+        "/datasets/{id}/zarr/",
+        "Zarr root: lists the arrays",
+        "zarr",
+        &["application/json"],
+        Kind::Dataset,
     ),
     (
         "/datasets/{id}/zarr/{key}",
-        "Zarr v2 (.zmetadata, .zgroup, .zattrs, {var}/.zarray, {var}/0.0.0) and v3 (zarr.json, {var}/zarr.json, {var}/c/0/0/0) keys",
+        "Zarr v2 (.zmetadata, .zgroup, .zattrs, {var}/.zarray, {var}/0.0.0) and v3 (zarr.json, {var}/zarr.json, {var}/c/0/0/0) keys: metadata documents (JSON) and chunks (bytes)",
         "zarr",
-        "application/octet-stream",
+        &["application/json", "application/octet-stream"],
+        Kind::Ranged,
     ),
     (
         "/datasets/{id}/kerchunk/{key}",
         "Zarr v2 whose chunks are the stored bytes, unchanged (source codecs and byte order)",
         "zarr",
-        "application/octet-stream",
+        &["application/json", "application/octet-stream"],
+        Kind::Ranged,
     ),
     (
         "/datasets/{id}/kerchunk.json",
         "The dataset's chunk references (kerchunk/fsspec JSON v1)",
         "zarr",
-        "application/json",
+        &["application/json"],
+        Kind::Ranged,
     ),
     (
         "/datasets/{id}/kerchunk.parq/{path}",
-        "The same references as a kerchunk Parquet directory (.zmetadata, {var}/refs.{n}.parq), from the index cache",
+        "The same references as a kerchunk Parquet directory (.zmetadata, {var}/refs.{n}.parq), from the index cache; 503 while they are written or when the cache cannot hold them (the message says why)",
         "zarr",
-        "application/octet-stream",
+        &["application/octet-stream"],
+        Kind::Ranged,
+    ),
+    (
+        "/datasets/{id}/stac",
+        "STAC 1.1 Item of the dataset (datacube and xarray-assets extensions)",
+        "catalog",
+        &["application/geo+json"],
+        Kind::Dataset,
+    ),
+    (
+        "/datasets/{id}/catalog.yaml",
+        "intake catalog of the dataset (intake-xarray zarr driver)",
+        "catalog",
+        &["application/yaml"],
+        Kind::Dataset,
+    ),
+    (
+        "/stac-collection-all.json",
+        "STAC Collection of every served dataset",
+        "catalog",
+        &["application/json"],
+        Kind::Plain,
+    ),
+    (
+        "/intake.yaml",
+        "intake catalog of every served dataset",
+        "catalog",
+        &["application/yaml"],
+        Kind::Plain,
     ),
     (
         "/versions",
         "Versions of the server and its libraries",
         "meta",
-        "application/json",
+        &["application/json"],
+        Kind::Plain,
     ),
-    ("/openapi.json", "This document", "meta", "application/json"),
-    ("/docs", "API documentation page", "meta", "text/html"),
-    ("/healthz", "Liveness", "ops", "text/plain"),
+    (
+        "/openapi.json",
+        "This document",
+        "meta",
+        &["application/json"],
+        Kind::Plain,
+    ),
+    (
+        "/docs",
+        "API documentation page",
+        "meta",
+        &["text/html"],
+        Kind::Plain,
+    ),
+    ("/healthz", "Liveness", "ops", &["text/plain"], Kind::Plain),
     (
         "/readyz",
-        "Readiness: 200 when at least one dataset serves",
+        "Readiness: 200 when at least one dataset serves, else 503",
         "ops",
-        "application/json",
+        &["application/json"],
+        Kind::Ready,
     ),
-    ("/metrics", "Prometheus metrics", "ops", "text/plain"),
+    (
+        "/metrics",
+        "Prometheus metrics",
+        "ops",
+        &["text/plain"],
+        Kind::Plain,
+    ),
 ];
 
 fn error_response(desc: &str) -> Value {
     json!({"description": desc, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
 }
 
+fn header_ref(name: &str) -> Value {
+    json!({"$ref": format!("#/components/headers/{name}")})
+}
+
+fn path_param(name: &str, description: &str) -> Value {
+    json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}, "description": description})
+}
+
+fn header_param(name: &str, description: &str) -> Value {
+    json!({"name": name, "in": "header", "required": false, "schema": {"type": "string"}, "description": description})
+}
+
+/// The operation (GET, and HEAD for ranged routes) of one route.
+fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) -> Value {
+    let mut params = Vec::new();
+    if path.contains("{id}") {
+        // the rule of configured names (cloudify_crds::validate_name); others are 400
+        params.push(json!({"name": "id", "in": "path", "required": true,
+            "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"},
+            "description": "Dataset id: up to 128 letters, digits, '-', '_' and '.', not starting with '.'; anything else is 400"}));
+    }
+    if path.contains("{key}") {
+        params.push(path_param("key", "Zarr key, may contain '/'"));
+    }
+    if path.contains("{path}") {
+        params.push(path_param(
+            "path",
+            "File of the Parquet reference directory: '.zmetadata' or '{var}/refs.{n}.parq'; may contain '/'",
+        ));
+    }
+    let content: serde_json::Map<String, Value> =
+        ctypes.iter().map(|c| ((*c).to_string(), json!({}))).collect();
+    let mut ok = json!({"description": "OK", "content": content});
+    let mut responses = serde_json::Map::new();
+    if kind == Kind::Ranged {
+        ok["headers"] = json!({"ETag": header_ref("ETag"), "Accept-Ranges": header_ref("Accept-Ranges"), "Cache-Control": header_ref("Cache-Control")});
+        params.push(header_param(
+            "Range",
+            "One byte range ('bytes=0-99', 'bytes=100-', 'bytes=-10'): 206 with that part. Malformed values and several ranges are ignored (200 with the whole answer)",
+        ));
+        params.push(header_param(
+            "If-Range",
+            "The ETag the client holds: the range applies only while it is current",
+        ));
+        params.push(header_param(
+            "If-None-Match",
+            "ETags the client holds (weak comparison): 304 when one is current",
+        ));
+        let content: serde_json::Map<String, Value> =
+            ctypes.iter().map(|c| ((*c).to_string(), json!({}))).collect();
+        responses.insert(
+            "206".into(),
+            json!({"description": "The requested byte range", "content": content,
+                   "headers": {"Content-Range": header_ref("Content-Range"), "ETag": header_ref("ETag"), "Accept-Ranges": header_ref("Accept-Ranges")}}),
+        );
+        responses.insert(
+            "304".into(),
+            json!({"description": "Not modified (If-None-Match)", "headers": {"ETag": header_ref("ETag")}}),
+        );
+    }
+    responses.insert("200".into(), ok);
+    match kind {
+        Kind::Plain => {}
+        Kind::Ready => {
+            responses.insert(
+                "200".into(),
+                json!({"description": "At least one dataset serves", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}}}),
+            );
+            responses.insert(
+                "503".into(),
+                json!({"description": "No dataset serves", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}}}),
+            );
+        }
+        Kind::Dataset | Kind::Ranged => {
+            responses.insert(
+                "400".into(),
+                error_response(if kind == Kind::Ranged {
+                    "Invalid dataset id, malformed key or chunk index out of range"
+                } else {
+                    "Invalid dataset id"
+                }),
+            );
+            responses.insert(
+                "404".into(),
+                error_response("Unknown dataset, variable or key (a Zarr client reads a missing chunk as the fill value)"),
+            );
+            responses.insert(
+                "503".into(),
+                error_response("The dataset failed to open; the message says why"),
+            );
+            responses.insert(
+                "500".into(),
+                error_response("The dataset could not be read (truncated file, bad checksum)"),
+            );
+        }
+    }
+    if kind == Kind::Ranged {
+        responses.insert(
+            "416".into(),
+            json!({"description": "The range selects no byte of the answer",
+                   "headers": {"Content-Range": header_ref("Content-Range")},
+                   "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}),
+        );
+        responses.insert(
+            "501".into(),
+            error_response("The source uses a codec this server cannot decode (the message names it)"),
+        );
+        responses.insert(
+            "502".into(),
+            error_response("The object store holding the source failed or the object changed"),
+        );
+        responses.insert(
+            "504".into(),
+            error_response("The object store holding the source did not answer in time"),
+        );
+    }
+    responses.insert("414".into(), json!({"$ref": "#/components/responses/UriTooLong"}));
+    responses.insert(
+        "431".into(),
+        json!({"$ref": "#/components/responses/HeadersTooLarge"}),
+    );
+    // unique per path: `/datasets/{id}` and `/datasets/{id}/` are two routes
+    let mut op_id = String::from("get");
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        op_id.push('_');
+        op_id.push_str(&seg.replace(['{', '}'], "").replace(['.', '-'], "_"));
+    }
+    if path.ends_with('/') {
+        op_id.push_str(if path.len() == 1 { "_root" } else { "_index" });
+    }
+    json!({"summary": summary, "tags": [tag], "operationId": op_id, "parameters": params, "responses": responses})
+}
+
 /// The OpenAPI 3.1 document.
 pub fn document() -> Value {
     let mut paths = serde_json::Map::new();
-    for (path, summary, tag, ctype) in ROUTES {
-        let mut params = Vec::new();
-        if path.contains("{id}") {
-            params.push(json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}, "description": "Dataset id"}));
-        }
-        if path.contains("{key}") {
-            params.push(json!({"name": "key", "in": "path", "required": true, "schema": {"type": "string"}, "description": "Zarr key, may contain '/'"}));
-        }
-        let mut responses = json!({"200": {"description": "OK", "content": {*ctype: {}}}});
-        if path.contains("{id}") {
-            responses["404"] = error_response("Unknown dataset, variable or key");
-            responses["503"] = error_response("The dataset failed to open; the message says why");
-        }
-        if path.contains("{key}") {
-            responses["304"] = json!({"description": "Not modified (If-None-Match)"});
-            responses["400"] = error_response("Malformed chunk key or chunk index out of range");
-            responses["500"] = error_response("The source could not be read (truncated file, bad checksum)");
-        }
-        let op = json!({"summary": summary, "tags": [tag], "parameters": params, "responses": responses});
+    for (path, summary, tag, ctypes, kind) in ROUTES {
+        let op = operation(path, summary, tag, ctypes, *kind);
         let mut item = serde_json::Map::new();
-        item.insert("get".into(), op.clone());
-        if path.contains("{key}") {
-            item.insert("head".into(), op);
+        let head = (*kind == Kind::Ranged).then(|| {
+            let mut head = op.clone();
+            head["operationId"] = json!(
+                op["operationId"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .replacen("get", "head", 1)
+            );
+            head
+        });
+        item.insert("get".into(), op);
+        if let Some(head) = head {
+            item.insert("head".into(), head);
         }
         paths.insert((*path).to_string(), Value::Object(item));
     }
     json!({
         "openapi": "3.1.0",
         "info": {"title": "cloudify", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "Earth-System-Model output as Zarr v2 and v3 over HTTP (xpublish-compatible)."},
+                 "description": "Earth-System-Model output as Zarr v2 and v3 over HTTP (xpublish-compatible). Every error is JSON {\"error\": \"...\"} naming the problem."},
         "paths": paths,
-        "components": {"schemas": {"Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}}},
+        "components": {
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+                "Readiness": {"type": "object", "required": ["ready", "failed"], "properties": {"ready": {"type": "integer", "minimum": 0}, "failed": {"type": "integer", "minimum": 0}}},
+            },
+            "headers": {
+                "ETag": {"description": "Derived from the dataset's sources and the key", "schema": {"type": "string"}},
+                "Accept-Ranges": {"description": "Always 'bytes'", "schema": {"type": "string", "enum": ["bytes"]}},
+                "Content-Range": {"description": "'bytes first-last/length' (206) or 'bytes */length' (416)", "schema": {"type": "string", "pattern": "^bytes ([0-9]+-[0-9]+|\\*)/[0-9]+$"}},
+                "Cache-Control": {"description": "How long the answer may be cached", "schema": {"type": "string"}},
+            },
+            "responses": {
+                "UriTooLong": {"description": "The request target is longer than the server accepts", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+                "HeadersTooLarge": {"description": "The request headers are larger than the server accepts", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+            },
+        },
     })
 }
 
@@ -143,7 +380,7 @@ pub async fn spec() -> Json<Value> {
 /// A self-contained page (no CDN: HPC nodes often have no internet access).
 pub async fn docs() -> Html<String> {
     let mut rows = String::new();
-    for (path, summary, tag, _) in ROUTES {
+    for (path, summary, tag, ..) in ROUTES {
         rows.push_str(&format!(
             "<tr><td><code>GET {path}</code></td><td>{tag}</td><td>{}</td></tr>",
             summary.replace('<', "&lt;")
@@ -152,4 +389,47 @@ pub async fn docs() -> Html<String> {
     Html(format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>cloudify API</title><style>body{{font-family:sans-serif;margin:2em}}td{{padding:4px 12px;border-bottom:1px solid #ddd}}</style></head><body><h1>cloudify API</h1><p>Machine-readable: <a href=\"/openapi.json\">/openapi.json</a></p><table>{rows}</table></body></html>"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `{name}` of every path is a declared path parameter, and every operation documents
+    /// its errors with the error schema.
+    #[test]
+    fn parameters_and_errors_are_declared() {
+        let doc = document();
+        for (path, ..) in ROUTES {
+            let item = &doc["paths"][*path];
+            for (method, op) in item.as_object().unwrap() {
+                let declared: Vec<&str> = op["parameters"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|p| p["in"] == "path")
+                    .map(|p| p["name"].as_str().unwrap())
+                    .collect();
+                let wanted: Vec<&str> = path
+                    .split('{')
+                    .skip(1)
+                    .map(|s| s.split('}').next().unwrap())
+                    .collect();
+                assert_eq!(declared, wanted, "{method} {path}");
+                let responses = op["responses"].as_object().unwrap();
+                for code in ["200", "414", "431"] {
+                    assert!(responses.contains_key(code), "{method} {path}: no {code}");
+                }
+                if path.contains("{id}") {
+                    for code in ["400", "404", "503"] {
+                        assert_eq!(
+                            responses[code]["content"]["application/json"]["schema"]["$ref"],
+                            "#/components/schemas/Error",
+                            "{method} {path} {code}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

@@ -15,10 +15,10 @@ use crate::chunk::read::{check_chunk_sources, check_unchanged, raw_chunk, read_c
 use crate::codec::{Encoding, ZSTD_LEVEL, encode, encode_stored, vlen_utf8};
 use crate::dataset::Variable;
 use crate::model::DType;
-use crate::zarr::key::{ChunkKey, Format, parse_chunk_key};
+use crate::zarr::key::{ChunkKey, Format, KeyError, parse_chunk_key};
 
 /// Metadata may change when files are re-indexed; chunks are immutable for a given ETag.
-const CACHE_META: &str = "public, max-age=60";
+pub(super) const CACHE_META: &str = "public, max-age=60";
 const CACHE_CHUNK: &str = "public, max-age=3600";
 
 /// Resolves a dataset id to a served dataset, or the error to answer.
@@ -29,13 +29,18 @@ pub fn served(state: &AppState, id: &str) -> Result<Arc<Served>, ApiError> {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("dataset '{id}' failed to open: {reason}"),
         )),
-        None => Err(ApiError::not_found(format!("no dataset '{id}'"))),
+        // Ids are single URL segments of a conservative alphabet (as configured names are);
+        // anything else (`..`, `a/b` from `a%2Fb`, control characters) is a malformed request.
+        None => match cloudify_crds::validate_name(id) {
+            Ok(()) => Err(ApiError::not_found(format!("no dataset '{id}'"))),
+            Err(why) => Err(ApiError::bad_request(format!("invalid dataset id: {why}"))),
+        },
     }
 }
 
 /// The dataset fingerprint covers every source's identity (path or URL, size, mtime or
 /// last-modified, and the ETag of objects), so a replaced object changes every ETag.
-fn etag(s: &Served, key: &str) -> String {
+pub(super) fn etag(s: &Served, key: &str) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut h);
     format!("\"{:016x}{:016x}\"", s.ds.fingerprint, h.finish())
@@ -43,7 +48,7 @@ fn etag(s: &Served, key: &str) -> String {
 
 /// `If-None-Match` uses weak comparison (RFC 9110 §13.1.2): proxies that compress mark
 /// ETags weak (`W/"..."`) and clients send those back.
-fn not_modified(headers: &HeaderMap, tag: &str) -> bool {
+pub(super) fn not_modified(headers: &HeaderMap, tag: &str) -> bool {
     headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -54,7 +59,7 @@ fn not_modified(headers: &HeaderMap, tag: &str) -> bool {
         })
 }
 
-fn respond(body: Body, tag: &str, cache: &'static str, ctype: &'static str) -> Response {
+pub(super) fn respond(body: Body, tag: &str, cache: &'static str, ctype: &'static str) -> Response {
     let mut r = Response::new(body);
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
@@ -65,7 +70,7 @@ fn respond(body: Body, tag: &str, cache: &'static str, ctype: &'static str) -> R
     r
 }
 
-fn not_modified_response(tag: &str, cache: &'static str) -> Response {
+pub(super) fn not_modified_response(tag: &str, cache: &'static str) -> Response {
     let mut r = respond(Body::empty(), tag, cache, "application/octet-stream");
     *r.status_mut() = StatusCode::NOT_MODIFIED;
     r
@@ -116,15 +121,16 @@ pub async fn zarr_key(
             "application/json",
         ));
     }
-    let ck = parse_chunk_key(&key, |p| s.ds.variable(p).map(|v| v.shape.len())).map_err(|e| {
-        let e = ApiError::from(e);
-        state
-            .metrics
-            .requests
-            .with_label_values(&["chunk", e.status.as_str()])
-            .inc();
-        ApiError::new(e.status, format!("dataset '{id}': {}", e.message))
-    })?;
+    let ck =
+        parse_chunk_key(&key, s.key_limits, |p| s.ds.variable(p).map(|v| v.shape.len())).map_err(|e| {
+            let e = ApiError::from(e);
+            state
+                .metrics
+                .requests
+                .with_label_values(&["chunk", e.status.as_str()])
+                .inc();
+            ApiError::new(e.status, format!("dataset '{id}': {}", e.message))
+        })?;
     let tag = etag(&s, &key);
     if not_modified(&headers, &tag) {
         // Only while the chunk's files are the versions the ETag was derived from.
@@ -201,6 +207,9 @@ pub async fn kerchunk_key(
     let s = served(&state, &id)?;
     let tag = etag(&s, &format!("kerchunk/{key}"));
     if key == ".zmetadata" {
+        if not_modified(&headers, &tag) {
+            return Ok(not_modified_response(&tag, CACHE_META));
+        }
         return Ok(respond(
             Body::from(s.refs.zmetadata()),
             &tag,
@@ -209,21 +218,7 @@ pub async fn kerchunk_key(
         ));
     }
     let Some(value) = s.refs.entries.get(&key) else {
-        // A chunk of a referenced array that was never written reads as the fill value.
-        let var = key.rsplit_once('/').map(|(v, _)| v).unwrap_or_default();
-        let msg = if s.refs.entries.contains_key(&format!("{var}/.zarray")) {
-            format!("dataset '{id}': chunk '{key}' is not stored (it reads as the fill value)")
-        } else if let Some((_, why)) = s
-            .refs
-            .skipped
-            .iter()
-            .find(|(v, _)| key.starts_with(&format!("{v}/")))
-        {
-            format!("dataset '{id}': '{var}' is not available on /kerchunk: {why}; use /zarr")
-        } else {
-            format!("dataset '{id}': no such key '{key}'")
-        };
-        return Err(ApiError::not_found(msg));
+        return Err(kerchunk_missing(&s, &id, &key));
     };
     if not_modified(&headers, &tag) {
         // Only while the referenced file is the version the ETag was derived from.
@@ -288,103 +283,83 @@ pub async fn kerchunk_key(
     }
 }
 
+/// The answer for a key `/kerchunk` holds no reference for. Like `/zarr`: 400 for what is no
+/// chunk key of a referenced array (malformed, a v3 spelling on this v2 store, an index
+/// outside the chunk grid), since a Zarr client reads 404 as "fill value"; 404 for a chunk
+/// inside the grid that was never written (it does read as the fill value), for metadata
+/// document names, and for keys that name no array.
+fn kerchunk_missing(s: &Served, id: &str, key: &str) -> ApiError {
+    use crate::refs::RefValue;
+    let zarray = |var: &str| match s.refs.entries.get(&format!("{var}/.zarray")) {
+        Some(RefValue::Json(doc)) => serde_json::from_str::<serde_json::Value>(doc).ok(),
+        _ => None,
+    };
+    let last = key.rsplit('/').next().unwrap_or(key);
+    let metadata_name = last.starts_with('.') || last == "zarr.json";
+    let parsed = if metadata_name {
+        Err(KeyError::NotFound(String::new()))
+    } else {
+        parse_chunk_key(key, s.key_limits, |var| {
+            zarray(var)?.get("shape")?.as_array().map(Vec::len)
+        })
+    };
+    match parsed {
+        Ok(ck) if ck.format == Format::V3 => ApiError::bad_request(format!(
+            "dataset '{id}': malformed chunk key '{key}': /kerchunk is a Zarr v2 store, its chunk keys are '{}/i.j.k'",
+            ck.var
+        )),
+        Ok(ck) => {
+            let grid = zarray(&ck.var)
+                .and_then(|za| crate::refs::parquet::chunk_grid(&za))
+                .unwrap_or_default();
+            // 0-d arrays: one chunk, `var/0` (parsed as no index)
+            let inside = ck.index.is_empty()
+                || (ck.index.len() == grid.len() && ck.index.iter().zip(&grid).all(|(i, n)| i < n));
+            if inside {
+                ApiError::not_found(format!(
+                    "dataset '{id}': chunk '{key}' is not stored (it reads as the fill value)"
+                ))
+            } else {
+                ApiError::bad_request(format!(
+                    "dataset '{id}': chunk key '{key}': chunk index {:?} is outside the chunk grid {grid:?}",
+                    ck.index
+                ))
+            }
+        }
+        Err(KeyError::BadRequest(m)) => ApiError::bad_request(format!("dataset '{id}': {m}")),
+        Err(KeyError::NotFound(_)) => {
+            let var = key.rsplit_once('/').map(|(v, _)| v).unwrap_or_default();
+            if let Some((_, why)) = s
+                .refs
+                .skipped
+                .iter()
+                .find(|(v, _)| key.starts_with(&format!("{v}/")))
+            {
+                ApiError::not_found(format!(
+                    "dataset '{id}': '{var}' is not available on /kerchunk: {why}; use /zarr"
+                ))
+            } else {
+                ApiError::not_found(format!("dataset '{id}': no such key '{key}'"))
+            }
+        }
+    }
+}
+
 /// `/datasets/{id}/kerchunk.json`: the references themselves (fsspec `reference://`).
 pub async fn kerchunk_refs(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let s = served(&state, &id)?;
     let tag = etag(&s, "kerchunk.json");
+    if not_modified(&headers, &tag) {
+        return Ok(not_modified_response(&tag, CACHE_META));
+    }
     Ok(respond(
         Body::from(s.refs.to_json()),
         &tag,
         CACHE_META,
         "application/json",
     ))
-}
-
-/// Whether `path` names a file of a kerchunk Parquet reference directory: `.zmetadata` or
-/// `{array path}/refs.{n}.parq`, nothing else (and no `..`), so the route cannot be used to
-/// read other files of the cache.
-fn parquet_member(path: &str) -> bool {
-    if path == ".zmetadata" {
-        return true;
-    }
-    let Some((field, file)) = path.rsplit_once('/') else {
-        return false;
-    };
-    let record_ok = file
-        .strip_prefix("refs.")
-        .and_then(|r| r.strip_suffix(".parq"))
-        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-    record_ok
-        && field
-            .split('/')
-            .all(|seg| !seg.is_empty() && seg != "." && seg != ".." && !seg.contains('\\'))
-}
-
-/// `/datasets/{id}/kerchunk.parq/{path}`: the references as a kerchunk Parquet directory
-/// (fsspec's `LazyReferenceMapper` layout), for clients of very large datasets that should
-/// not parse one huge JSON document: `fsspec.filesystem("reference", fo=".../kerchunk.parq")`.
-/// Files are served with range requests, as fsspec's HTTP file system reads Parquet.
-pub async fn kerchunk_parquet(
-    State(state): State<Arc<AppState>>,
-    Path((id, path)): Path<(String, String)>,
-    req: axum::extract::Request,
-) -> Result<Response, ApiError> {
-    use tower::ServiceExt as _;
-    let s = served(&state, &id)?;
-    let Some(dir) = &s.refs_parquet else {
-        return Err(ApiError::not_found(format!(
-            "dataset '{id}': Parquet references are kept in the index cache, which this server runs without (--no-cache); use kerchunk.json"
-        )));
-    };
-    if !parquet_member(&path) {
-        return Err(ApiError::not_found(format!(
-            "dataset '{id}': no such Parquet reference file '{path}'"
-        )));
-    }
-    if !dir.join(".zmetadata").is_file() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("dataset '{id}': the Parquet references are still being written; retry shortly"),
-        ));
-    }
-    let file = dir.join(&path);
-    if !file.is_file() {
-        return Err(ApiError::not_found(format!(
-            "dataset '{id}': no such Parquet reference file '{path}'"
-        )));
-    }
-    match tower_http::services::ServeFile::new(&file).oneshot(req).await {
-        Ok(r) => Ok(r.map(Body::new)),
-        Err(e) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("dataset '{id}': reading '{path}': {e}"),
-        )),
-    }
-}
-
-#[cfg(test)]
-mod parquet_route_tests {
-    use super::parquet_member;
-
-    #[test]
-    fn only_reference_files_are_served() {
-        assert!(parquet_member(".zmetadata"));
-        assert!(parquet_member("tas/refs.0.parq"));
-        assert!(parquet_member("grp/tas/refs.12.parq"));
-        for bad in [
-            "../index/x.json",
-            "tas/../../x/refs.0.parq",
-            "tas/refs.x.parq",
-            "tas/refs..parq",
-            "refs.0.parq",
-            "/tas/refs.0.parq",
-            "tas/data.bin",
-            "tas/.zarray",
-        ] {
-            assert!(!parquet_member(bad), "{bad}");
-        }
-    }
 }

@@ -1,0 +1,112 @@
+//! Router-wide guards: request size limits answered in JSON, and JSON bodies for the errors
+//! axum produces itself (path rejections, 405), so that every error a client sees is
+//! `{"error": "..."}` with the right status.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+
+/// Longest request target (path and query) served. The longest URI a dataset can need is a
+/// chunk key of its deepest variable: a few hundred bytes. hyper itself refuses targets over
+/// 64 KiB, with a bodiless 414; below that this limit answers in JSON before any routing.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// Most bytes of request headers (names, values, separators) served, like nginx's default
+/// `large_client_header_buffers`. hyper's own limit (about 400 KiB, 100 headers) answers a
+/// bodiless 431; this one answers in JSON.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Error bodies of other layers longer than this are cut (they are one-line texts).
+const MAX_ERROR_TEXT: usize = 16 * 1024;
+
+/// The first `n` bytes of `s` at a character boundary, for naming huge inputs in messages.
+pub fn head(s: &str, n: usize) -> &str {
+    let mut end = n.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// 414 for an over-long request target, 431 for over-large headers, as JSON.
+pub async fn limits(req: Request, next: Next) -> Response {
+    let target = req.uri().path_and_query().map_or("", |p| p.as_str());
+    if target.len() > MAX_URI_BYTES {
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            format!(
+                "the request target is {} bytes long, more than the {MAX_URI_BYTES} accepted (it starts '{}')",
+                target.len(),
+                head(target, 80)
+            ),
+        )
+        .into_response();
+    }
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "the request headers are {header_bytes} bytes, more than the {MAX_HEADER_BYTES} accepted"
+            ),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+fn is_json(r: &Response) -> bool {
+    r.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let ct = ct.split(';').next().unwrap_or_default().trim();
+            ct == "application/json" || ct.ends_with("+json")
+        })
+}
+
+/// Turns an error answer that is not JSON (axum's path rejections such as invalid UTF-8 in a
+/// percent-encoded segment, its 405 for other methods) into `{"error": "METHOD PATH: why"}`,
+/// keeping status and headers (`Allow`).
+pub async fn json_errors(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) || is_json(&resp) {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, MAX_ERROR_TEXT)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let mut why = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        // axum adds `Allow` outside this layer; every route of this router is GET (and HEAD)
+        why = match parts.headers.get(header::ALLOW).and_then(|v| v.to_str().ok()) {
+            Some(allow) => format!("method {method} is not allowed; allowed: {allow}"),
+            None => format!("method {method} is not allowed; this server answers GET and HEAD (see Allow)"),
+        };
+    }
+    let message = format!("{method} {}: {why}", head(uri.path(), 200));
+    tracing::debug!(%status, "{message}");
+    let body = serde_json::json!({ "error": message }).to_string();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Response::from_parts(parts, Body::from(body))
+}
