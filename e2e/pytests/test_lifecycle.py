@@ -424,6 +424,7 @@ def test_sigterm_drains_keepalive_clients_without_failed_requests(tmp_path):
         for t in threads:
             t.join(timeout=30)
         stop_server(proc)
+    print(f"drain: {stats}, exit {took:.2f} s after SIGTERM")
     assert not failures, failures[:10]
     assert rc == 0, _log(log)[-3000:]
     assert stats["ok"] > 100, stats

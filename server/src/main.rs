@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve datasets over HTTP.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Write kerchunk/fsspec references (JSON v1 or Parquet) for files, aggregated like `serve` does.
     Index(IndexArgs),
     /// Run a STAC API catalog service (search, transactions) over a local store.
@@ -379,7 +379,9 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         anyhow::bail!("no dataset could be opened");
     }
     if ready == 0 {
-        tracing::warn!("no dataset could be opened: serving /status and /readyz (not ready) with the reasons");
+        tracing::warn!(
+            "no dataset could be opened: serving /status and /readyz (not ready) with the reasons"
+        );
     }
     let opts = serve::ListenOpts {
         host: a.host,
@@ -417,7 +419,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(a) => run_serve(a),
+        Command::Serve(a) => run_serve(*a),
         Command::Index(a) => run_index(a),
         Command::Catalog(a) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

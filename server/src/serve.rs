@@ -215,7 +215,8 @@ fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<tokio_rustls::TlsAccept
     if certs.is_empty() {
         bail!("TLS certificate {}: no certificate in the file", cert.display());
     }
-    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading TLS key {}", key.display()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading TLS key {}", key.display()))?;
     let mut config = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(certs, key)
@@ -406,7 +407,10 @@ impl Server {
             // Drain period over: idle connections close now, busy ones after their response.
             let _ = phase_tx.send(Phase::Closing);
             let end = t0 + self.conn.shutdown_timeout.max(self.conn.drain);
-            if tokio::time::timeout_at(end, slots.acquire_many(all)).await.is_err() {
+            if tokio::time::timeout_at(end, slots.acquire_many(all))
+                .await
+                .is_err()
+            {
                 let left = self.max_connections - slots.available_permits();
                 tracing::warn!(
                     connections = left,
@@ -445,7 +449,11 @@ impl Server {
                             "connection limit reached: {} connections open (--max-connections); \
                              new connections wait until one closes{}",
                             self.max_connections,
-                            if skipped > 0 { format!(" ({skipped} more times since the last message)") } else { String::new() }
+                            if skipped > 0 {
+                                format!(" ({skipped} more times since the last message)")
+                            } else {
+                                String::new()
+                            }
                         );
                     }
                     let waited = tokio::time::Instant::now();

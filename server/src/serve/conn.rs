@@ -71,6 +71,10 @@ pub(super) struct Activity {
     /// Milliseconds since `start` when bytes of a request head started arriving on an idle
     /// connection ([`NONE`]: none). A new connection starts out waiting for its first head.
     head_since: AtomicU64,
+    /// Milliseconds since `start` of the last write to the socket. hyper finishes with a
+    /// response body (ending its request's count) before the last of it is written, so a
+    /// slow reader of a large response is recognised by the writes still going on.
+    last_write: AtomicU64,
     /// A request came over HTTP/2: GOAWAY drains it, and bytes between requests (PING,
     /// WINDOW_UPDATE, SETTINGS) are no request head.
     h2: AtomicBool,
@@ -83,6 +87,7 @@ impl Activity {
             busy: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
+            last_write: AtomicU64::new(0),
             h2: AtomicBool::new(false),
         })
     }
@@ -110,6 +115,10 @@ impl Activity {
         }
     }
 
+    fn bytes_written(&self) {
+        self.last_write.store(self.now_ms(), Ordering::SeqCst);
+    }
+
     fn is_h2(&self) -> bool {
         self.h2.load(Ordering::SeqCst)
     }
@@ -123,10 +132,12 @@ impl Activity {
             // In flight, however slowly: never cut. Look again later.
             return Step::Wait(now.saturating_add(header.min(idle)));
         }
+        let written = self.last_write.load(Ordering::SeqCst);
         if let Some(s) = shutdown_at {
             // Asked to close and nothing in flight, but the connection is still open (a
-            // client ignoring GOAWAY, a half-finished head): give it one header timeout.
-            let end = s.saturating_add(header);
+            // client ignoring GOAWAY, a half-finished head, the rest of a response still
+            // being written): one header timeout after the last progress.
+            let end = s.max(written).saturating_add(header);
             return if now >= end {
                 Step::Close("still open after a graceful shutdown")
             } else {
@@ -142,7 +153,11 @@ impl Activity {
                 Step::Wait(end)
             };
         }
-        let end = self.idle_since.load(Ordering::SeqCst).saturating_add(idle);
+        let end = self
+            .idle_since
+            .load(Ordering::SeqCst)
+            .max(written)
+            .saturating_add(idle);
         if now >= end {
             Step::Shutdown
         } else {
@@ -234,10 +249,7 @@ impl hyper::service::Service<Request<Incoming>> for TrackedService {
                 res.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
-            Ok(res.map(|inner| TrackedBody {
-                inner,
-                _guard: guard,
-            }))
+            Ok(res.map(|inner| TrackedBody { inner, _guard: guard }))
         })
     }
 }
@@ -255,7 +267,11 @@ impl<S> TrackedIo<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for TrackedIo<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -267,7 +283,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for TrackedIo<S> {
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.bytes_written();
+        }
+        r
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -283,7 +303,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.bytes_written();
+        }
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -417,6 +441,19 @@ mod tests {
         a.bytes_read(); // a PING
         assert!(matches!(a.next(T, None, H), Step::Wait(_)));
         assert_eq!(a.next(T, None, I), Step::Shutdown);
+    }
+
+    #[test]
+    fn response_still_being_written_is_not_idle() {
+        let a = Activity::new();
+        drop(a.request_started()); // hyper has taken the whole body ...
+        a.idle_since.store(1_000, Ordering::SeqCst);
+        a.last_write.store(50_000, Ordering::SeqCst); // ... and is still writing it
+        assert_eq!(a.next(T, None, 1_000 + I), Step::Wait(1_000 + I + H));
+        assert_eq!(a.next(T, None, 50_000 + I), Step::Shutdown);
+        // after a graceful shutdown, progress keeps it open too
+        a.last_write.store(70_000, Ordering::SeqCst);
+        assert_eq!(a.next(T, Some(60_000), 70_000 + H - 1), Step::Wait(70_000 + H));
     }
 
     #[test]
