@@ -6,14 +6,30 @@ use std::time::Instant;
 use cloudify_crds::DatasetSpec;
 use rayon::prelude::*;
 
-use crate::dataset::open::open_dataset_cached;
+use crate::dataset::open::{OpenError, open_dataset_cached};
 use crate::http::{AppState, Entry, Served};
 use crate::metrics::Metrics;
 use crate::source::cache::IndexCache;
 
+/// The server state, and which failed datasets failed because their sources could not be
+/// resolved at all.
+pub struct Loaded {
+    pub state: AppState,
+    /// Failed datasets whose sources could not be found, listed, reached or recognised (a
+    /// missing file or object, a glob matching nothing, access denied): the command or
+    /// config names something that is not there. Datasets whose files exist but cannot be
+    /// read (truncated, corrupt, not aggregatable) are not listed.
+    pub sources_not_found: Vec<String>,
+}
+
 /// Opens all datasets (in parallel). A dataset that fails is kept as `Failed` with its
 /// reason, so it is reported rather than silently missing, and the others still serve.
 pub fn load(specs: &[DatasetSpec], threads: usize, cache: Option<&IndexCache>) -> anyhow::Result<AppState> {
+    Ok(load_all(specs, threads, cache)?.state)
+}
+
+/// [`load`], also telling which datasets failed for want of their sources.
+pub fn load_all(specs: &[DatasetSpec], threads: usize, cache: Option<&IndexCache>) -> anyhow::Result<Loaded> {
     hdf5::silence_errors(true);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -26,11 +42,12 @@ pub fn load(specs: &[DatasetSpec], threads: usize, cache: Option<&IndexCache>) -
             tracing::error!("a worker job panicked (bug); the request failed, the server keeps serving")
         })
         .build()?;
-    let entries: Vec<(String, Entry)> = pool.install(|| {
+    let opened: Vec<(String, Entry, bool)> = pool.install(|| {
         specs
             .par_iter()
             .map(|spec| {
                 let t0 = Instant::now();
+                let mut not_found = false;
                 let entry = match open_dataset_cached(spec, cache) {
                     Ok(ds) => {
                         let meta = crate::zarr::render(&ds);
@@ -46,13 +63,20 @@ pub fn load(specs: &[DatasetSpec], threads: usize, cache: Option<&IndexCache>) -
                     }
                     Err(e) => {
                         tracing::error!(dataset = %spec.name, "failed to open: {e}");
+                        not_found = matches!(e, OpenError::Source { .. });
                         Entry::Failed(e.to_string())
                     }
                 };
-                (spec.name.clone(), entry)
+                (spec.name.clone(), entry, not_found)
             })
             .collect()
     });
+    let sources_not_found = opened
+        .iter()
+        .filter(|(_, _, nf)| *nf)
+        .map(|(n, _, _)| n.clone())
+        .collect();
+    let entries: Vec<(String, Entry)> = opened.into_iter().map(|(n, e, _)| (n, e)).collect();
     let metrics = Metrics::new()?;
     let ready = entries
         .iter()
@@ -63,10 +87,14 @@ pub fn load(specs: &[DatasetSpec], threads: usize, cache: Option<&IndexCache>) -
         .datasets
         .with_label_values(&["failed"])
         .set(entries.len() as i64 - ready);
-    Ok(AppState {
-        datasets: entries,
-        pool,
-        metrics,
+    Ok(Loaded {
+        state: AppState {
+            datasets: entries,
+            pool,
+            metrics,
+            shutdown: Default::default(),
+        },
+        sources_not_found,
     })
 }
 

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use cloudify_crds::{DatasetSpec, ServeConfig, StorageSpec};
@@ -29,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve datasets over HTTP.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Write kerchunk/fsspec references (JSON v1 or Parquet) for files, aggregated like `serve` does.
     Index(IndexArgs),
     /// Run a STAC API catalog service (search, transactions) over a local store.
@@ -80,6 +81,30 @@ struct ServeArgs {
     /// Worker threads for reading and decoding chunks (default: number of cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Close a connection that has not sent a complete request head within SECS of
+    /// connecting (TLS handshake included), or within SECS of the head's first byte on a
+    /// keep-alive connection: slow-header ("slowloris") clients cannot hold connections. A
+    /// response being sent is never cut, however slowly the client reads.
+    #[arg(long, value_name = "SECS", default_value = "20", value_parser = serve::parse_secs)]
+    header_timeout: Duration,
+    /// Close a keep-alive connection (HTTP/1 or HTTP/2) after SECS without a request.
+    #[arg(long, value_name = "SECS", default_value = "75", value_parser = serve::parse_secs)]
+    idle_timeout: Duration,
+    /// Serve at most N connections at once; further clients wait (in the listen backlog)
+    /// until one closes, and a warning is logged. Default: the file descriptor limit
+    /// (`ulimit -n`) less a reserve of a quarter of it (at least 64, at most half), at most
+    /// 10000.
+    #[arg(long, value_name = "N", value_parser = serve::parse_max_connections)]
+    max_connections: Option<usize>,
+    /// On SIGTERM/SIGINT, /readyz turns 503 and new connections are refused; for SECS,
+    /// requests on open connections are still answered (HTTP/1 with `Connection: close`,
+    /// HTTP/2 after a GOAWAY), then idle connections are closed.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = serve::parse_secs)]
+    drain_period: Duration,
+    /// On SIGTERM/SIGINT, exit at the latest after SECS (drain period included), closing
+    /// the connections still open.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = serve::parse_secs)]
+    shutdown_timeout: Duration,
     #[command(flatten)]
     storage: StorageArgs,
     #[command(flatten)]
@@ -331,7 +356,10 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         .max(1);
     let cache = (!a.no_cache)
         .then(|| cloudify_server::source::cache::IndexCache::new(&cache_dir(a.cache_dir.clone())));
-    let state = app::load(&specs, threads, cache.as_ref())?;
+    let app::Loaded {
+        state,
+        sources_not_found,
+    } = app::load_all(&specs, threads, cache.as_ref())?;
     let ready = state
         .datasets
         .iter()
@@ -342,9 +370,18 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
             eprintln!("cloudify: dataset '{name}' failed: {why}");
         }
     }
-    if ready == 0 && specs.len() == 1 {
-        // One dataset asked for and it cannot be served: say so and stop, don't idle.
+    if ready == 0 && specs.len() == 1 && sources_not_found.len() == 1 {
+        // The one dataset asked for names files or objects that are not there (a typo in a
+        // path, glob, bucket or credentials): say so and stop, as any command would. A
+        // dataset whose files exist but cannot be read (truncated, corrupt) keeps the server
+        // up instead, so that /status and /readyz say why (in Kubernetes the operator reads
+        // them; an exiting process would only crash-loop).
         anyhow::bail!("no dataset could be opened");
+    }
+    if ready == 0 {
+        tracing::warn!(
+            "no dataset could be opened: serving /status and /readyz (not ready) with the reasons"
+        );
     }
     let opts = serve::ListenOpts {
         host: a.host,
@@ -352,6 +389,14 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         port_range: a.port_range,
         listen_file: a.listen_file,
         tls: a.tls_cert.zip(a.tls_key),
+        conn: serve::ConnOpts {
+            header_timeout: a.header_timeout,
+            idle_timeout: a.idle_timeout,
+            max_connections: a.max_connections,
+            drain: a.drain_period,
+            shutdown_timeout: a.shutdown_timeout,
+            shutdown: state.shutdown.clone(),
+        },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.clamp(1, 4))
@@ -374,7 +419,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(a) => run_serve(a),
+        Command::Serve(a) => run_serve(*a),
         Command::Index(a) => run_index(a),
         Command::Catalog(a) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

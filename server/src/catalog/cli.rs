@@ -174,6 +174,7 @@ pub async fn run_catalog(a: CatalogArgs) -> anyhow::Result<()> {
         port_range: a.port_range,
         listen_file: a.listen_file,
         tls: None,
+        conn: Default::default(),
     };
     let public = a.public_url.clone();
     run_app(opts, move |url| {

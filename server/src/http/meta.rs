@@ -120,6 +120,8 @@ pub async fn healthz() -> &'static str {
 
 /// Ready when at least one dataset serves: a server whose datasets all failed has nothing
 /// to offer, while one broken dataset among many must not take the others out of service.
+/// Not ready either once SIGTERM/SIGINT started the shutdown, so that load balancers stop
+/// sending requests while open connections drain. A 503 says why in `reason`.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let ready = state
         .datasets
@@ -127,12 +129,31 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         .filter(|(_, e)| matches!(e, Entry::Ready(_)))
         .count();
     let failed = state.datasets.len() - ready;
-    let code = if ready > 0 {
-        StatusCode::OK
+    let reason = if state.shutdown.is_set() {
+        Some("shutting down".to_string())
+    } else if ready == 0 && failed == 0 {
+        Some("no dataset is configured".to_string())
+    } else if ready == 0 {
+        let why: Vec<String> = state
+            .datasets
+            .iter()
+            .filter_map(|(n, e)| match e {
+                Entry::Failed(why) => Some(format!("'{n}': {why}")),
+                Entry::Ready(_) => None,
+            })
+            .collect();
+        Some(format!("no dataset could be opened: {}", why.join("; ")))
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
+        None
     };
-    (code, Json(json!({"ready": ready, "failed": failed}))).into_response()
+    match reason {
+        None => (StatusCode::OK, Json(json!({"ready": ready, "failed": failed}))).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": ready, "failed": failed, "reason": reason})),
+        )
+            .into_response(),
+    }
 }
 
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {

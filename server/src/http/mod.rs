@@ -73,6 +73,8 @@ pub struct AppState {
     /// must not block the async runtime.
     pub pool: rayon::ThreadPool,
     pub metrics: Metrics,
+    /// Set on SIGTERM/SIGINT: `/readyz` answers 503 while open connections drain.
+    pub shutdown: crate::serve::ShutdownFlag,
 }
 
 impl AppState {

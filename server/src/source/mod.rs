@@ -562,12 +562,32 @@ pub fn open_file(file: Arc<SourceFile>) -> Result<SourceIndex, SourceError> {
 /// declines the file or is switched off (`CLOUDIFY_HDF5_READER=library`).
 fn open_hdf5(file: Arc<SourceFile>) -> Result<SourceIndex, SourceError> {
     if native::enabled() {
-        match native::open_native(&file) {
+        match native::open_native_declined(&file) {
             Ok(idx) => return Ok(idx),
-            Err(why) => native::log_fallback(&file.path, &why),
+            Err(t @ native::Declined::Truncated { .. }) => {
+                // libhdf5 refuses it too, saying only "NetCDF: HDF error".
+                return Err(SourceError::Malformed {
+                    path: file.path.clone(),
+                    message: t.to_string(),
+                });
+            }
+            Err(native::Declined::Unsupported(why)) => native::log_fallback(&file.path, &why),
         }
     }
-    netcdf::open_hdf5(file)
+    library_hdf5(file)
+}
+
+/// The library path, saying "truncated" (with the sizes) where libnetcdf would only say
+/// "NetCDF: HDF error".
+fn library_hdf5(file: Arc<SourceFile>) -> Result<SourceIndex, SourceError> {
+    let path = file.path.clone();
+    netcdf::open_hdf5(file).map_err(|e| match native::truncation(&path) {
+        Some(t) => SourceError::Malformed {
+            path,
+            message: t.to_string(),
+        },
+        None => e,
+    })
 }
 
 /// Indexes an HDF5 file with the native reader only, as `open_file` would (small variables
@@ -584,7 +604,7 @@ pub fn index_native(file: Arc<SourceFile>) -> Result<Result<SourceIndex, native:
 
 /// Indexes an HDF5 file through libnetcdf/libhdf5 only, as `open_file` would.
 pub fn index_library(file: Arc<SourceFile>) -> Result<SourceIndex, SourceError> {
-    let mut idx = netcdf::open_hdf5(file)?;
+    let mut idx = library_hdf5(file)?;
     inline_small(&mut idx.root)?;
     Ok(idx)
 }

@@ -52,9 +52,10 @@ pub enum Declined {
     /// Something it does not model exactly like libnetcdf: the library indexes the file.
     #[error(transparent)]
     Unsupported(#[from] Unsupported),
-    /// The file ends before the end the superblock records: libhdf5 refuses it too, so a
-    /// remote one is reported rather than downloaded for the library to refuse.
-    #[error("truncated: {len} bytes, the superblock says {eof}")]
+    /// The file ends before the end-of-file address its superblock records: libhdf5 refuses
+    /// it too (libnetcdf then says only "NetCDF: HDF error"), so it is reported as what it
+    /// is, and a remote one is not downloaded for the library to refuse.
+    #[error("truncated: file is {len} bytes, HDF5 expects {eof}")]
     Truncated { len: u64, eof: u64 },
 }
 
@@ -62,6 +63,15 @@ pub enum Declined {
 /// third-party parsers (malformed input) are caught and reported as unsupported, so a bad
 /// file costs a fallback, never the process.
 pub fn open_native(file: &Arc<SourceFile>) -> Result<SourceIndex, Unsupported> {
+    match open_native_declined(file) {
+        Ok(idx) => Ok(idx),
+        Err(Declined::Unsupported(u)) => Err(u),
+        Err(t @ Declined::Truncated { .. }) => Err(Unsupported(t.to_string())),
+    }
+}
+
+/// [`open_native`], telling a truncated file apart from one the reader does not support.
+pub fn open_native_declined(file: &Arc<SourceFile>) -> Result<SourceIndex, Declined> {
     let f = file.clone();
     let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         // Metadata is read in many small pieces (headers, heaps, B-tree nodes); reading the
@@ -71,12 +81,21 @@ pub fn open_native(file: &Arc<SourceFile>) -> Result<SourceIndex, Unsupported> {
         let storage: DynStorage = Arc::new(BlockCacheStorage::new(file_storage, 64 << 10, 64));
         open_inner(&f, storage)
     }));
-    match opened {
-        Ok(Ok(idx)) => Ok(idx),
-        Ok(Err(Declined::Unsupported(u))) => Err(u),
-        Ok(Err(t @ Declined::Truncated { .. })) => Err(Unsupported(t.to_string())),
-        Err(_) => Err(Unsupported("the native reader panicked".into())),
-    }
+    opened.unwrap_or_else(|_| Err(Unsupported("the native reader panicked".into()).into()))
+}
+
+/// Why a local HDF5 file the library failed to open is truncated, if it is: its size is
+/// below the end-of-file address in its superblock. Only the superblock is read.
+pub fn truncation(path: &Path) -> Option<Declined> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let storage: DynStorage = Arc::new(FileStorage::open(path).ok()?);
+        let len = storage.len();
+        let h5 = Hdf5File::from_storage(storage).ok()?;
+        let eof = h5.superblock().eof_address;
+        (eof != u64::MAX && len < eof).then_some(Declined::Truncated { len, eof })
+    }))
+    .ok()
+    .flatten()
 }
 
 /// Indexes a netCDF-4/HDF5 file natively from any storage (an object read with ranged
@@ -708,6 +727,15 @@ mod tests {
             // The whole open (native, then library) fails with an error naming the file.
             let err = super::super::open_file(file).expect_err("truncated file must not open");
             assert!(err.to_string().contains(&*t.to_string_lossy()), "{err}");
+            // ... and, once the superblock is there, saying it is truncated and by how much
+            if cut >= 100 {
+                let want = format!("truncated: file is {cut} bytes, HDF5 expects {}", bytes.len());
+                assert!(err.to_string().contains(&want), "{err}");
+                // the library path (CLOUDIFY_HDF5_READER=library) says the same
+                let lib = super::super::index_library(Arc::new(SourceFile::stat(t.clone()).expect("stat")))
+                    .expect_err("truncated file must not open");
+                assert!(lib.to_string().contains(&want), "{lib}");
+            }
         }
     }
 
