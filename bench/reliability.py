@@ -244,7 +244,7 @@ class Outcome:
         self.errors = Counter()  # "500", "ClientOSError", "inconsistent body", ...
         self.first_errors = []
         self.crc = {}            # url -> (crc32, etag) of the first 200 body
-        self.records = None      # [(t_start, t_end, url, status or error name, crc, etag)] if kept
+        self.records = None      # [(t_start, t_end, url, status or error name, crc, etag, t_sent)] if kept
         self.t0 = self.t1 = None
 
     def error(self, kind, text):
@@ -281,6 +281,13 @@ async def hammer(urls, connections, duration, seed, keep_records=False, stop=Non
         out.records = []
     connector = aiohttp.TCPConnector(limit=connections, limit_per_host=connections)
     tmo = aiohttp.ClientTimeout(total=timeout)
+    trace = aiohttp.TraceConfig()
+
+    async def on_sent(session, ctx, params):
+        if isinstance(ctx.trace_request_ctx, dict):
+            ctx.trace_request_ctx["sent"] = time.perf_counter()
+
+    trace.on_request_headers_sent.append(on_sent)
     deadline = time.monotonic() + duration
     stop = stop or asyncio.Event()
 
@@ -290,8 +297,9 @@ async def hammer(urls, connections, duration, seed, keep_records=False, stop=Non
             url = rng.choice(urls)
             t = time.perf_counter()
             status, crc, etag = None, None, None
+            tctx = {}
             try:
-                async with session.get(url, headers=HEADERS) as r:
+                async with session.get(url, headers=HEADERS, trace_request_ctx=tctx) as r:
                     body = await r.read()
                     status, etag = r.status, r.headers.get("ETag")
                     if r.status == expect_status:
@@ -310,9 +318,10 @@ async def hammer(urls, connections, duration, seed, keep_records=False, stop=Non
             t1 = time.perf_counter()
             out.lat.append(t1 - t)
             if keep_records:
-                out.records.append((t, t1, url, status, crc, etag))
+                out.records.append((t, t1, url, status, crc, etag, tctx.get("sent")))
 
-    async with aiohttp.ClientSession(connector=connector, timeout=tmo, auto_decompress=False) as session:
+    async with aiohttp.ClientSession(connector=connector, timeout=tmo, auto_decompress=False,
+                                     trace_configs=[trace]) as session:
         out.t0 = time.perf_counter()
         await asyncio.gather(*[worker(i) for i in range(connections)])
         out.t1 = time.perf_counter()
@@ -329,15 +338,15 @@ def fetch(url, timeout=120, headers=None):
         return type(e).__name__, b"", {}
 
 
-def verify_seen(outcome, lays, truth, limit=0):
-    """Fetch again every chunk URL the load received a 200 for (or LIMIT of them), decode it,
-    compare with the netCDF values, and check that its CRC is the one the load saw.
-    Returns (checked, [problems])."""
+def verify_seen(crc_by_url, lays, truth, limit=0):
+    """Fetch again every chunk URL the load received a 200 for (CRC_BY_URL: url -> (crc32, etag),
+    Outcome.crc; or LIMIT random ones of them), decode it, compare with the netCDF values, and check
+    that its CRC is the one the load saw. Returns (checked, [problems])."""
     by_url = {}
     for lay in lays.values():
         for idx in lay.indices():
             by_url[lay.url(idx)] = (lay, idx)
-    urls = sorted(outcome.crc)
+    urls = sorted(crc_by_url)
     if limit:
         urls = random.Random(1).sample(urls, min(limit, len(urls)))
     # group by time step so each netCDF chunk is read once for all routes
@@ -353,7 +362,7 @@ def verify_seen(outcome, lays, truth, limit=0):
             if r.status_code != 200:
                 problems.append(f"{u}: HTTP {r.status_code} on the check")
                 continue
-            if zlib.crc32(r.content) != outcome.crc[u][0]:
+            if zlib.crc32(r.content) != crc_by_url[u][0]:
                 problems.append(f"{u}: the body under load differs from the body checked afterwards")
             key = tuple((r_.start, r_.stop) for r_ in lay.region(idx))
             if key not in cache:
