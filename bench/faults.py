@@ -43,7 +43,6 @@ Prints one line per check group on stderr and one JSON summary line on stdout.
 import argparse
 import asyncio
 import datetime as dt
-import glob
 import os
 import random
 import shutil

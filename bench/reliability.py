@@ -46,9 +46,10 @@ def emit(summary: dict) -> None:
 
 def start_cloudify(binary, serve_args, workdir, name="cloudify", cache_dir=None, timeout=600, env=None,
                    dataset="bench"):
-    """Start ``cloudify serve SERVE_ARGS`` on a free port of 19600-19699 and wait until dataset
-    DATASET answers ``.zmetadata`` (run.wait_ready sets server.base and server.zarr for "bench").
-    Returns (server, start-up seconds)."""
+    """Start ``cloudify serve SERVE_ARGS`` on a free port and wait until dataset DATASET answers
+    ``.zmetadata`` (run.wait_ready). Returns (server, start-up seconds), start-up being the time from
+    exec until the listen file names the URL (polled every 2 ms; the server opens its datasets
+    before it listens)."""
     if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
         raise SetupError(f"cloudify binary not found: {binary} (pass --cloudify-bin)")
     logdir = os.path.join(workdir, "logs")
@@ -63,16 +64,25 @@ def start_cloudify(binary, serve_args, workdir, name="cloudify", cache_dir=None,
     s = Server(name, cmd, logdir, env=env)
     t0 = time.monotonic()
     s.start()
+    startup = None
+    while time.monotonic() - t0 < timeout and s.alive():
+        try:
+            if os.path.getsize(listen) > 0:
+                startup = round(time.monotonic() - t0, 3)
+                break
+        except OSError:
+            pass
+        time.sleep(0.002)
     old = run.DATASET
     run.DATASET = dataset
     try:
-        wait_ready(s, ["/.zmetadata"], timeout, listen)
+        wait_ready(s, ["/.zmetadata"], max(1.0, timeout - (time.monotonic() - t0)), listen)
     except SetupError:
         s.stop()
         raise
     finally:
         run.DATASET = old
-    return s, round(time.monotonic() - t0, 3)
+    return s, startup
 
 
 def dataset_url(server, dataset):
@@ -107,6 +117,10 @@ class Layout:
             self.sep, self.prefix = meta.get("dimension_separator") or ".", ""
             self.dtype = np.dtype(meta["dtype"])
         self.grid = [-(-n // c) for n, c in zip(self.shape, self.chunks)]
+
+    def moved(self, root):
+        """The same layout under another Zarr root (another dataset with the same files)."""
+        return Layout(self.fmt, root, self.meta)
 
     def key(self, idx):
         return f"{VAR}/{self.prefix}{self.sep.join(map(str, idx))}"
@@ -341,9 +355,10 @@ def fetch(url, timeout=120, headers=None):
 def verify_seen(crc_by_url, lays, truth, limit=0):
     """Fetch again every chunk URL the load received a 200 for (CRC_BY_URL: url -> (crc32, etag),
     Outcome.crc; or LIMIT random ones of them), decode it, compare with the netCDF values, and check
-    that its CRC is the one the load saw. Returns (checked, [problems])."""
+    that its CRC is the one the load saw. LAYS: {fmt: Layout} or a list of Layouts (several
+    datasets). Returns (checked, [problems])."""
     by_url = {}
-    for lay in lays.values():
+    for lay in (lays.values() if isinstance(lays, dict) else lays):
         for idx in lay.indices():
             by_url[lay.url(idx)] = (lay, idx)
     urls = sorted(crc_by_url)
