@@ -86,12 +86,19 @@ def main(argv=None) -> int:
         sampler.start()
         R.log(f"{a.connections} connections x {a.duration:.0f} s over {len(urls)} chunk URLs ({','.join(a.formats)})")
         c0 = os.times()
+        s0, m0 = run.cpu_seconds(run.proc_tree(server.proc.pid)), run.machine_busy_seconds()
         t_load = time.monotonic() - sampler.t0
         out = asyncio.run(R.hammer(urls, a.connections, a.duration, a.seed, timeout=a.request_timeout))
         t_end = time.monotonic() - sampler.t0
         c1 = os.times()
+        s1, m1 = run.cpu_seconds(run.proc_tree(server.proc.pid)), run.machine_busy_seconds()
         res = out.summary()
         res["client_cpu_s"] = round(c1.user + c1.system - c0.user - c0.system, 1)
+        res["server_cpu_s"] = round(s1 - s0, 1)
+        res["server_cpu_ms_per_chunk"] = round(1000 * (s1 - s0) / res["ok"], 2) if res["ok"] else None
+        # the machine's CPU used meanwhile by anything but the server and this client
+        res["other_cpu_share"] = round(max(0.0, (m1 - m0) - (s1 - s0) - res["client_cpu_s"])
+                                       / ((t_end - t_load) * os.cpu_count()), 2)
         summary["load"] = res
         D = t_end - t_load
         early = sampler.window("load", t_load + 0.1 * D, t_load + 0.2 * D)
@@ -128,7 +135,7 @@ def main(argv=None) -> int:
             limit = 0 if a.verify == "all" else int(a.verify)
             truth = R.Truth(files)
             t0 = time.monotonic()
-            n, problems = R.verify_seen(out, lays, truth, limit)
+            n, problems = R.verify_seen(out.crc, lays, truth, limit)
             truth.close()
             summary["verify"] = {"chunks": n, "problems": len(problems), "first": problems[:5],
                                  "seconds": round(time.monotonic() - t0, 1)}
