@@ -64,20 +64,36 @@ BUMP = np.float32(0.5)
 # ----------------------------------------------------------------------------- helpers
 
 class Scenario:
+    """Answers counted by check group and verdict; failures grouped by (group, route, verdict) with
+    their count and a first example."""
+
     def __init__(self, name):
         self.name, self.failures, self.answers, self.notes = name, [], {}, {}
+        self.grouped = {}
 
     def count(self, group, verdict):
         self.answers.setdefault(group, {})
         self.answers[group][verdict] = self.answers[group].get(verdict, 0) + 1
 
-    def fail(self, text):
-        if text not in self.failures:
-            self.failures.append(text)
+    def fail(self, text, key=None):
+        if key is None:
+            if text not in self.failures:
+                self.failures.append(text)
+            return
+        if key not in self.grouped:
+            self.grouped[key] = [0, text]
+            self.failures.append(key)
+        self.grouped[key][0] += 1
 
     def result(self):
-        return {"ok": not self.failures, "failures": self.failures[:12], "failures_total": len(self.failures),
-                "answers": self.answers, **self.notes}
+        out = []
+        for f in self.failures:
+            if f in self.grouped:
+                n, example = self.grouped[f]
+                out.append(f"{f[0]} [{f[1]}]: {f[2]} x{n}, e.g. {example}")
+            else:
+                out.append(f)
+        return {"ok": not out, "failures": out, "answers": self.answers, **self.notes}
 
 
 def steps_of(n, k_random, seed):
@@ -117,31 +133,34 @@ def judge(sc, group, lay, idx, resp, *, old, new=None, fault_file=None, old_etag
             sc.count(group, f"{status} naming the file")
             return
         sc.count(group, f"{status} not naming the file")
-        sc.fail(f"{group}: {what}: HTTP {status} does not name "
-                f"{os.path.basename(fault_file) if fault_file else 'any failed file (none expected)'}: {text[:200]}")
+        sc.fail(f"{what}: HTTP {status} does not name "
+                f"{os.path.basename(fault_file) if fault_file else 'any failed file (none expected)'}: {text[:200]}",
+                (group, lay.fmt, f"{status} not naming the file" if fault_file else f"{status}"))
         return
     if status != 200:
         sc.count(group, str(status))
-        sc.fail(f"{group}: {what}: HTTP {status}" + (" (a missing file must not look like a missing key)"
-                                                      if status == 404 else "") + f": {body[:200]!r}")
+        sc.fail(f"{what}: HTTP {status}" + (" (a missing file must not look like a missing key)"
+                                            if status == 404 else "") + f": {body[:200]!r}",
+                (group, lay.fmt, str(status)))
         return
     got = values(lay, idx, body)
     if new is not None and equal(got, new):
         changed = not equal(new, old)
         if changed and old_etag is not None and etag == old_etag:
             sc.count(group, "200 new values, old ETag")
-            sc.fail(f"{group}: {what}: new values served under the old ETag {etag} (caches keep the old data)")
+            sc.fail(f"{what}: ETag {etag} unchanged (caches keep the old data)",
+                    (group, lay.fmt, "200 new values under the old ETag"))
             return
         sc.count(group, "200 new values" if changed else "200 right values")
         return
     if equal(got, old):
         sc.count(group, "200 stale (old values)")
-        sc.fail(f"{group}: {what}: 200 with the values from before the fault (stale)"
-                + ("" if new is not None else "; a 5xx naming the file was expected"))
+        sc.fail(f"{what}" + ("" if new is not None else " (a 5xx naming the file was expected)"),
+                (group, lay.fmt, "200 with the values from before the fault (stale)"))
         return
     sc.count(group, "200 wrong bytes")
-    sc.fail(f"{group}: {what}: 200 with bytes that are neither the old nor the new values"
-            + (" (do not even decode)" if got is None else ""))
+    sc.fail(f"{what}" + (" (does not decode)" if got is None else " (decodes to other values)"),
+            (group, lay.fmt, "200 with bytes that are neither the old nor the new values"))
 
 
 def check_revalidation(sc, group, session, lay, idx, old_etag, changed):
@@ -151,8 +170,8 @@ def check_revalidation(sc, group, session, lay, idx, old_etag, changed):
     st, body, _ = get(session, lay.url(idx), {"If-None-Match": old_etag})
     if st == 304:
         sc.count(group, "304 to the old ETag")
-        sc.fail(f"{group}: {lay.fmt} {lay.key(idx)}: 304 Not Modified to If-None-Match with the old ETag, "
-                f"though the values changed")
+        sc.fail(f"{lay.key(idx)}", (group, lay.fmt, "304 Not Modified to If-None-Match: <old ETag> though the "
+                                                    "values changed"))
     else:
         sc.count(group, f"{st} to the old ETag")
 
