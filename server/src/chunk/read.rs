@@ -81,15 +81,23 @@ pub fn pread(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, ReadError> {
         source,
     };
     let n = usize::try_from(len).map_err(|_| ReadError::TooLarge(vec![len]))?;
+    let truncated = || ReadError::Truncated {
+        path: path.to_path_buf(),
+        end: offset.saturating_add(len),
+    };
     let mut f = std::fs::File::open(path).map_err(io)?;
+    // The range comes from references and indexes (input): one past the end of the file is
+    // refused before the buffer is allocated, or a bogus size of 2^45 bytes would abort the
+    // process on allocation failure (found by fuzzing, server/fuzz kerchunk_parquet).
+    let size = f.metadata().map_err(io)?.len();
+    if offset.checked_add(len).is_none_or(|end| end > size) {
+        return Err(truncated());
+    }
     f.seek(SeekFrom::Start(offset)).map_err(io)?;
     let mut buf = Vec::with_capacity(n);
     f.take(len).read_to_end(&mut buf).map_err(io)?;
     if buf.len() < n {
-        return Err(ReadError::Truncated {
-            path: path.to_path_buf(),
-            end: offset + len,
-        });
+        return Err(truncated());
     }
     Ok(buf)
 }
@@ -650,5 +658,26 @@ fn read_contiguous(
             out.extend(part);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_past_the_end_are_refused_before_allocating() {
+        // found by fuzzing (server/fuzz `kerchunk_parquet`): a reference of 2^45 bytes into a
+        // small file made pread allocate its buffer first and abort the process
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("data.bin");
+        std::fs::write(&p, [7u8; 16]).unwrap();
+        assert_eq!(pread(&p, 8, 8).unwrap(), vec![7u8; 8]);
+        for (offset, len) in [(0, 1u64 << 45), (8, 9), (u64::MAX, 2), (17, 0)] {
+            let e = pread(&p, offset, len).unwrap_err();
+            assert!(matches!(e, ReadError::Truncated { .. }), "{offset}+{len}: {e}");
+            assert!(e.to_string().contains("data.bin"), "{e}");
+        }
+        assert_eq!(pread(&p, 16, 0).unwrap(), Vec::<u8>::new());
     }
 }

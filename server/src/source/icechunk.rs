@@ -239,7 +239,21 @@ fn rel_path(p: &icechunk_format::Path) -> String {
     p.as_str().trim_start_matches('/').to_string()
 }
 
+/// Reads the snapshot `version` names. `icechunk-format` panics on some malformed files (a
+/// node of an unknown type in a verified flatbuffer, found by fuzzing: server/fuzz
+/// `icechunk`); such a panic is caught and reported as a corrupt repository, so a bad
+/// repository fails to open with a reason instead of taking the server down.
 fn read_snapshot(root: &Tree, version: &Version) -> Result<SnapshotData, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_snapshot_inner(root, version)))
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "{}: corrupt repository (the Icechunk format reader failed on its snapshot, manifests or repository info)",
+                describe(version)
+            ))
+        })
+}
+
+fn read_snapshot_inner(root: &Tree, version: &Version) -> Result<SnapshotData, String> {
     if !looks_like_repo_tree(root) {
         return Err("not an Icechunk repository (no snapshots/ next to refs/ or repo)".into());
     }
@@ -737,6 +751,18 @@ mod tests {
         std::fs::create_dir(dir.path().join("snapshots")).unwrap();
         std::fs::create_dir(dir.path().join("refs")).unwrap();
         assert!(looks_like_repo(dir.path()));
+    }
+
+    #[test]
+    fn malformed_snapshot_is_an_error_not_a_panic() {
+        // found by fuzzing (server/fuzz `icechunk`): a spec-1 snapshot whose node has an
+        // unknown node-data type passes flatbuffers verification and made icechunk-format panic
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/source/testdata/icechunk-bad-node-type");
+        let e = open_repo(&dir, None, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("corrupt repository") && e.contains("branch 'main'"),
+            "{e}"
+        );
     }
 
     #[test]
