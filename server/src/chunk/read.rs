@@ -103,13 +103,26 @@ fn pread_checked(
         source,
     };
     let n = usize::try_from(len).map_err(|_| ReadError::TooLarge(vec![len]))?;
+    let truncated = || ReadError::Truncated {
+        path: path.to_path_buf(),
+        end: offset.saturating_add(len),
+    };
     let mut f = std::fs::File::open(path).map_err(io)?;
-    let read = (|| {
-        f.seek(SeekFrom::Start(offset))?;
-        let mut buf = Vec::with_capacity(n);
-        (&mut f).take(len).read_to_end(&mut buf)?;
-        Ok(buf)
-    })();
+    // The range comes from references and indexes (input): one past the end of the file is
+    // refused before the buffer is allocated, or a bogus size of 2^45 bytes would abort the
+    // process on allocation failure (found by fuzzing, server/fuzz kerchunk_parquet).
+    let size = f.metadata().map_err(io)?.len();
+    let read = if offset.checked_add(len).is_none_or(|end| end > size) {
+        None
+    } else {
+        Some((|| {
+            f.seek(SeekFrom::Start(offset))?;
+            let mut buf = Vec::with_capacity(n);
+            (&mut f).take(len).read_to_end(&mut buf)?;
+            Ok(buf)
+        })())
+    };
+    // A changed file is named as changed, even when the change made the range fall past its end.
     if let Some(ident) = ident.filter(|i| i.inode.is_some()) {
         let meta = f.metadata().map_err(io)?;
         if let Some(what) = ident.local_change(&meta) {
@@ -119,12 +132,12 @@ fn pread_checked(
             });
         }
     }
+    let Some(read) = read else {
+        return Err(truncated());
+    };
     let buf = read.map_err(io)?;
     if buf.len() < n {
-        return Err(ReadError::Truncated {
-            path: path.to_path_buf(),
-            end: offset + len,
-        });
+        return Err(truncated());
     }
     Ok(buf)
 }
@@ -864,5 +877,21 @@ mod tests {
         write_nc4(&tmp, 2.0);
         std::fs::rename(&tmp, &p).expect("rename");
         assert_refused(&ds, &p, "replaced");
+    }
+
+    #[test]
+    fn reads_past_the_end_are_refused_before_allocating() {
+        // found by fuzzing (server/fuzz `kerchunk_parquet`): a reference of 2^45 bytes into a
+        // small file made pread allocate its buffer first and abort the process
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("data.bin");
+        std::fs::write(&p, [7u8; 16]).unwrap();
+        assert_eq!(pread(&p, 8, 8).unwrap(), vec![7u8; 8]);
+        for (offset, len) in [(0, 1u64 << 45), (8, 9), (u64::MAX, 2), (17, 0)] {
+            let e = pread(&p, offset, len).unwrap_err();
+            assert!(matches!(e, ReadError::Truncated { .. }), "{offset}+{len}: {e}");
+            assert!(e.to_string().contains("data.bin"), "{e}");
+        }
+        assert_eq!(pread(&p, 16, 0).unwrap(), Vec::<u8>::new());
     }
 }

@@ -336,7 +336,9 @@ pub fn read_parquet(dir: &crate::source::tree::Tree) -> Result<ParquetRefs, Parq
         };
         let grid = chunk_grid(za)
             .ok_or_else(|| malformed(&zmeta, format!("'{k}': shape/chunks missing or inconsistent")))?;
-        let n: u64 = grid.iter().product();
+        // Bounded like every chunk table (the record files are probed one by one below).
+        let n = crate::source::grid_chunks(&grid).map_err(|why| malformed(&zmeta, format!("'{k}': {why}")))?
+            as u64;
         let nrec = n.div_ceil(record_size);
         for r in 0..nrec {
             let rel = if field.is_empty() {

@@ -16,8 +16,7 @@ use super::ChunkLoc;
 
 /// Returns one [`ChunkLoc`] per chunk of the grid (row-major); unwritten chunks have size 0.
 pub fn chunk_locs(ds: &hdf5::Dataset, chunk_shape: &[u64], grid: &[u64]) -> Result<Vec<ChunkLoc>, String> {
-    let n: u64 = grid.iter().product();
-    let n = usize::try_from(n).map_err(|_| "chunk grid too large".to_string())?;
+    let n = super::grid_chunks(grid)?;
     let mut out = vec![
         ChunkLoc {
             offset: 0,

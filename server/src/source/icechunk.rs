@@ -102,10 +102,33 @@ fn read_asset(
     let data = match header.compression {
         CompressionAlgorithmBin::None => body.to_vec(),
         CompressionAlgorithmBin::Zstd => {
-            zstd::stream::decode_all(body).map_err(|e| format!("'{rel}': corrupt zstd data: {e}"))?
+            unzstd_bounded(body, MAX_ASSET_BYTES).map_err(|e| format!("'{rel}': {e}"))?
         }
     };
     Ok((header.spec_version, data))
+}
+
+/// Largest decompressed metadata file (snapshot, manifest, repository info) read. zstd
+/// compresses a run of equal bytes about 30 000-fold, so without a bound a file of a few
+/// kilobytes could make the server allocate gigabytes (and abort when that fails); real
+/// files are far smaller (icechunk splits large manifests).
+const MAX_ASSET_BYTES: u64 = 512 << 20;
+
+/// Decompresses a zstd-compressed metadata file body, refusing more than `max` bytes
+/// ([`MAX_ASSET_BYTES`]).
+fn unzstd_bounded(body: &[u8], max: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    let dec = zstd::stream::read::Decoder::new(body).map_err(|e| format!("corrupt zstd data: {e}"))?;
+    let mut out = Vec::new();
+    dec.take(max + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("corrupt zstd data: {e}"))?;
+    if out.len() as u64 > max {
+        return Err(format!(
+            "decompresses to more than {max} bytes, the most a metadata file may have"
+        ));
+    }
+    Ok(out)
 }
 
 /// Spec version 1 refs: `refs/branch.{name}/ref.json` and `refs/tag.{name}/ref.json` (a
@@ -216,7 +239,21 @@ fn rel_path(p: &icechunk_format::Path) -> String {
     p.as_str().trim_start_matches('/').to_string()
 }
 
+/// Reads the snapshot `version` names. `icechunk-format` panics on some malformed files (a
+/// node of an unknown type in a verified flatbuffer, found by fuzzing: server/fuzz
+/// `icechunk`); such a panic is caught and reported as a corrupt repository, so a bad
+/// repository fails to open with a reason instead of taking the server down.
 fn read_snapshot(root: &Tree, version: &Version) -> Result<SnapshotData, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_snapshot_inner(root, version)))
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "{}: corrupt repository (the Icechunk format reader failed on its snapshot, manifests or repository info)",
+                describe(version)
+            ))
+        })
+}
+
+fn read_snapshot_inner(root: &Tree, version: &Version) -> Result<SnapshotData, String> {
     if !looks_like_repo_tree(root) {
         return Err("not an Icechunk repository (no snapshots/ next to refs/ or repo)".into());
     }
@@ -715,6 +752,40 @@ mod tests {
         std::fs::create_dir(dir.path().join("snapshots")).unwrap();
         std::fs::create_dir(dir.path().join("refs")).unwrap();
         assert!(looks_like_repo(dir.path()));
+    }
+
+    #[test]
+    fn malformed_snapshot_is_an_error_not_a_panic() {
+        // found by fuzzing (server/fuzz `icechunk`): a spec-1 snapshot whose node has an
+        // unknown node-data type passes flatbuffers verification and made icechunk-format panic
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/source/testdata/icechunk-bad-node-type");
+        let e = open_repo(&dir, None, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("corrupt repository") && e.contains("branch 'main'"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn decompression_is_bounded() {
+        // a zstd bomb: 64 MiB of zeros in a few kilobytes, read with a 1 MiB bound
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..64 {
+            std::io::Write::write_all(&mut enc, &zeros).unwrap();
+        }
+        let bomb = enc.finish().unwrap();
+        assert!(bomb.len() < 16 << 10, "{}", bomb.len());
+        let e = unzstd_bounded(&bomb, 1 << 20).unwrap_err();
+        assert!(e.contains("more than 1048576 bytes"), "{e}");
+        assert_eq!(unzstd_bounded(&bomb, 64 << 20).unwrap().len(), 64 << 20);
+        let small = zstd::bulk::compress(b"snapshot", 1).unwrap();
+        assert_eq!(unzstd_bounded(&small, MAX_ASSET_BYTES).unwrap(), b"snapshot");
+        assert!(
+            unzstd_bounded(b"not zstd", MAX_ASSET_BYTES)
+                .unwrap_err()
+                .contains("corrupt zstd data")
+        );
     }
 
     #[test]

@@ -453,13 +453,17 @@ impl ExprParser<'_> {
             if op != "*" && b == 0 {
                 return Err("division by zero".into());
             }
-            v = GenVal::Int(match op {
-                "*" => a.checked_mul(b).ok_or("overflow")?,
-                // Python floor division and modulo (Jinja's `/` is true division: the
-                // references only use it on exact multiples)
-                "%" => a.rem_euclid(b),
-                _ => a.div_euclid(b),
-            });
+            // Checked: `i64::MIN // -1` and `i64::MIN % -1` overflow (and panic unchecked).
+            v = GenVal::Int(
+                match op {
+                    "*" => a.checked_mul(b),
+                    // Python floor division and modulo (Jinja's `/` is true division: the
+                    // references only use it on exact multiples)
+                    "%" => a.checked_rem_euclid(b),
+                    _ => a.checked_div_euclid(b),
+                }
+                .ok_or("overflow")?,
+            );
         }
     }
 
@@ -480,7 +484,7 @@ impl ExprParser<'_> {
             Some(b'-') => {
                 self.pos += 1;
                 match self.atom()? {
-                    GenVal::Int(i) => Ok(GenVal::Int(-i)),
+                    GenVal::Int(i) => Ok(GenVal::Int(i.checked_neg().ok_or("overflow")?)),
                     GenVal::Str(_) => Err("'-' on a string".into()),
                 }
             }
@@ -1195,7 +1199,12 @@ fn array_var(
         .zip(&chunk_shape)
         .map(|(s, c)| s.div_ceil(*c))
         .collect();
-    let n = crate::chunk::grid::numel(&grid).ok_or_else(|| bad("chunk grid too large".into()))?;
+    // The grid is iterated and its table allocated below: bounded first (a garbage shape
+    // would otherwise abort the process on allocation failure, or loop for hours).
+    let n = match super::grid_chunks(&grid) {
+        Ok(n) => n,
+        Err(why) => return Ok(Err(why)),
+    };
     let mut table = Vec::with_capacity(n);
     let mut idx = vec![0u64; grid.len()];
     let empty = grid.contains(&0);
@@ -1438,6 +1447,20 @@ mod tests {
                 serde_json::json!({"key": "k", "url": "u", "offset": "{{u}}", "length": "1", "dimensions": {"i": [1]}}),
                 "not a non-negative integer",
             ),
+            // i64::MIN divided or negated out of range: an error, not a panic (which the
+            // unchecked `div_euclid`/`rem_euclid` raise even in release builds)
+            (
+                serde_json::json!({"key": "k{{ (0 - 9223372036854775807 - 1) // -1 }}", "url": "u", "dimensions": {"i": [1]}}),
+                "overflow",
+            ),
+            (
+                serde_json::json!({"key": "k{{ (0 - 9223372036854775807 - 1) % -1 }}", "url": "u", "dimensions": {"i": [1]}}),
+                "overflow",
+            ),
+            (
+                serde_json::json!({"key": "k{{ -(0 - 9223372036854775807 - 1) }}", "url": "u", "dimensions": {"i": [1]}}),
+                "overflow",
+            ),
         ] {
             let e = expand_gen(&bad, &templates, &mut serde_json::Map::new()).unwrap_err();
             assert!(e.contains(why), "{e}");
@@ -1583,5 +1606,35 @@ mod tests {
         std::fs::write(&p, "{\"version\": 1, \"refs\": {").unwrap();
         let e = open_refs(&p, &[], None).unwrap_err().to_string();
         assert!(e.contains("r.json") && e.contains("not valid JSON"), "{e}");
+    }
+
+    #[test]
+    fn huge_chunk_grids_are_skipped_not_allocated() {
+        // A 2^40-chunk grid declared in a few bytes: the dense chunk table would abort the
+        // process on allocation failure (or loop for hours); the array is left out, named.
+        let dir = tempfile::tempdir().unwrap();
+        let za = |shape: &str| {
+            format!(
+                "{{\"zarr_format\": 2, \"shape\": {shape}, \"chunks\": [1, 1], \"dtype\": \"<f4\", \"compressor\": null, \"filters\": null, \"fill_value\": null, \"order\": \"C\"}}"
+            )
+        };
+        let refs = serde_json::json!({
+            ".zgroup": "{\"zarr_format\": 2}",
+            "big/.zarray": za("[1048576, 1048576]"),
+            "over/.zarray": za("[18446744073709551615, 18446744073709551615]"),
+            "ok/.zarray": za("[64, 64]"),
+        });
+        let p = dir.path().join("r.json");
+        std::fs::write(&p, refs.to_string()).unwrap();
+        let idx = open_refs(&p, &[], None).unwrap();
+        let names: Vec<&str> = idx.root.vars.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["ok"]);
+        assert_eq!(idx.root.skipped.len(), 2);
+        for (name, why) in &idx.root.skipped {
+            assert!(why.contains("more than 16777216 chunks"), "{name}: {why}");
+        }
+        assert_eq!(super::super::grid_chunks(&[4096, 4096]), Ok(1 << 24));
+        assert_eq!(super::super::grid_chunks(&[u64::MAX, u64::MAX, 0]), Ok(0));
+        assert!(super::super::grid_chunks(&[4097, 4096]).is_err());
     }
 }

@@ -434,6 +434,31 @@ pub fn sniff(path: &std::path::Path) -> Result<Format, SourceError> {
 /// values cannot go stale).
 pub const INLINE_BYTES: u64 = 16 << 10;
 
+/// Most chunks one variable's chunk table may hold. The table is dense (one entry per chunk
+/// of the grid, written or not) and built when the source is opened, so the grid a few bytes
+/// of metadata declare (an HDF5 dataspace, a `.zarray` shape) bounds the memory and time of
+/// opening: 2^60 declared chunks would abort the process on allocation failure. 2^24 entries
+/// are about 400 MB of index for one variable, far beyond the datasets served in practice
+/// (a daily global field of 100 years in one-day chunks is 36 525).
+pub const MAX_GRID_CHUNKS: u64 = 1 << 24;
+
+/// Number of chunks of `grid` (chunks along each dimension), or why no chunk table is built
+/// for it: more than [`MAX_GRID_CHUNKS`].
+pub fn grid_chunks(grid: &[u64]) -> Result<usize, String> {
+    if grid.contains(&0) {
+        return Ok(0);
+    }
+    grid.iter()
+        .try_fold(1u64, |acc, g| acc.checked_mul(*g))
+        .filter(|n| *n <= MAX_GRID_CHUNKS)
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| {
+            format!(
+                "chunk grid {grid:?} has more than {MAX_GRID_CHUNKS} chunks, the most one variable may have"
+            )
+        })
+}
+
 /// Points every variable of an index at `file`: after loading a cached index (whose file
 /// entries are plain identities) or indexing a temporary copy of a remote object.
 pub fn rebind(idx: &mut SourceIndex, file: &Arc<SourceFile>) {

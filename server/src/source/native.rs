@@ -349,7 +349,7 @@ impl Ctx<'_> {
                     .zip(&chunk_shape)
                     .map(|(s, c)| s.div_ceil(*c))
                     .collect();
-                let n = usize::try_from(grid.iter().product::<u64>()).map_err(unsupported)?;
+                let n = super::grid_chunks(&grid).map_err(Unsupported)?;
                 let mut locs = vec![
                     ChunkLoc {
                         offset: 0,

@@ -1,0 +1,15 @@
+//! Icechunk repositories (spec 1 and 2: repo info, refs, config, snapshots, manifests,
+//! chunks), opened as a dataset source as of branch `main`.
+//!
+//! The input is an archive (see the crate docs) of the repository's files. Seeds store the
+//! binary files uncompressed (the header allows it), so mutations reach the flatbuffers.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let dir = cloudify_fuzz::unpack(data);
+    let root = dir.path().to_string_lossy().into_owned();
+    // virtual chunks may point inside the repository directory
+    cloudify_fuzz::open_and_serve(cloudify_crds::SourceFormat::Icechunk, dir.path(), &[root]);
+});
