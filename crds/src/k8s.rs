@@ -84,7 +84,9 @@ pub const DEFAULT_SECRET_KEY: &str = "token";
     .field_path(".resources"))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CloudifyDatasetSpec {
-    /// The dataset, exactly as in an on-prem `cloudify serve --config` file.
+    /// The dataset, as in an on-prem `cloudify serve --config` file, except that `name` may be
+    /// left out: it defaults to the resource's `metadata.name`.
+    #[schemars(transform = name_not_required)]
     pub dataset: DatasetSpec,
     /// Server image. Default: the operator's configured image (matching its own version).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -121,6 +123,35 @@ pub struct CloudifyDatasetSpec {
     /// Who may read the data.
     #[serde(default)]
     pub access: AccessSpec,
+}
+
+/// Drops `name` from the required fields of `spec.dataset`: a CloudifyDataset already has a
+/// name, `metadata.name`, which the operator uses when the dataset names none
+/// ([`CloudifyDataset::resolve_defaults`]). The same type keeps `name` required in a config file.
+fn name_not_required(schema: &mut schemars::Schema) {
+    if let Some(serde_json::Value::Array(required)) = schema.get_mut("required") {
+        required.retain(|field| field != "name");
+    }
+}
+
+impl CloudifyDataset {
+    /// Fills what a manifest may leave to the resource's own metadata: `spec.dataset.name`
+    /// defaults to `metadata.name`. The operator calls this wherever a CR enters it (reconcile,
+    /// `render`, `build`), so the objects, the ConfigMap, the URLs and the STAC item all use the
+    /// one resolved name.
+    pub fn resolve_defaults(&mut self) {
+        if self.spec.dataset.name.is_empty()
+            && let Some(name) = &self.metadata.name
+        {
+            self.spec.dataset.name = name.clone();
+        }
+    }
+
+    /// The CR with [`resolve_defaults`](Self::resolve_defaults) applied.
+    pub fn resolved(mut self) -> Self {
+        self.resolve_defaults();
+        self
+    }
 }
 
 /// Replica range of the server Deployment.
@@ -385,6 +416,28 @@ mod tests {
         assert_eq!(spec.ingress.class_name, "nginx");
         assert!(spec.catalog.register);
         assert!(spec.access.public);
+    }
+
+    #[test]
+    fn dataset_name_defaults_to_metadata_name() {
+        let mut cr: CloudifyDataset = serde_yaml::from_str(
+            "apiVersion: cloudify.io/v1alpha1\nkind: CloudifyDataset\nmetadata: {name: tas}\n\
+             spec: {dataset: {sources: [/data/tas.nc]}}",
+        )
+        .expect("a manifest without spec.dataset.name parses");
+        assert_eq!(cr.spec.dataset.name, "");
+        cr.resolve_defaults();
+        assert_eq!(cr.spec.dataset.name, "tas");
+        // a name that is given is kept
+        let mut cr = cr;
+        cr.spec.dataset.name = "tas_day".into();
+        assert_eq!(cr.resolved().spec.dataset.name, "tas_day");
+        // the CRD does not require it; its pattern still applies when it is given
+        let crd = serde_json::to_value(CloudifyDataset::crd()).expect("CRD");
+        let dataset = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["dataset"];
+        assert_eq!(dataset["required"], serde_json::json!(["sources"]));
+        assert!(dataset["properties"]["name"]["pattern"].is_string(), "{dataset}");
     }
 
     #[test]

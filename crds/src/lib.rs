@@ -18,9 +18,17 @@ pub mod k8s;
 /// One dataset: where its files are and how they combine.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(transform = name_required)]
 pub struct DatasetSpec {
     /// Dataset id, used in URLs (`/datasets/{name}/zarr`). Letters, digits, `-`, `_`, `.`.
+    /// Required in a `cloudify serve --config` file; in a `CloudifyDataset` it defaults to the
+    /// resource's `metadata.name`.
     // The schema pattern mirrors `validate_name` so the CRD rejects bad names at admission.
+    // `serde(default)` lets a CloudifyDataset leave the name out (the operator fills it from
+    // `metadata.name`, see `k8s::CloudifyDataset::resolve_defaults`); a config file without it
+    // still fails, in `validate` ("required"), and the schema keeps it required
+    // (`name_required` on the struct) except where the CRD's `spec.dataset` drops that.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(regex(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"))]
     pub name: String,
     /// Source files: paths, `file://` URLs or glob patterns, or object URLs
@@ -72,6 +80,22 @@ pub struct DatasetSpec {
     /// global attribute as producer).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub providers: Vec<Provider>,
+}
+
+/// Lists `name` as required in the schema of [`DatasetSpec`]: its serde default (for the CRD,
+/// where it defaults to `metadata.name`) would otherwise make it optional for every user of
+/// the schema, while a config file must name each dataset.
+fn name_required(schema: &mut schemars::Schema) {
+    if let Some(obj) = schema.as_object_mut() {
+        let required = obj
+            .entry("required")
+            .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+        if let serde_json::Value::Array(r) = required
+            && !r.iter().any(|f| f == "name")
+        {
+            r.insert(0, "name".into());
+        }
+    }
 }
 
 /// How the sources of a dataset are stored.
@@ -208,7 +232,7 @@ pub enum SpecError {
 /// a conservative alphabet instead of being escaped everywhere.
 pub fn validate_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
-        return Err("must not be empty".into());
+        return Err("required: a dataset id of letters, digits, '-', '_' and '.'".into());
     }
     if name.len() > 128 {
         return Err(format!("'{name}' is longer than 128 characters"));
@@ -415,6 +439,22 @@ mod tests {
     }
 
     #[test]
+    fn schema_keeps_the_name_required() {
+        // `name` has a serde default only so that a CloudifyDataset may leave it out; the
+        // schema of a config file still requires it.
+        let schema = schemars::schema_for!(ServeConfig);
+        let text = serde_json::to_string(&schema).expect("schema serializes");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        let required = &v["$defs"]["DatasetSpec"]["required"];
+        assert!(
+            required
+                .as_array()
+                .is_some_and(|r| r.iter().any(|f| f == "name")),
+            "{required}"
+        );
+    }
+
+    #[test]
     fn unknown_field_is_named() {
         let err = ServeConfig::from_yaml("datasets: [{name: a, sources: [x], concat: time}]")
             .expect_err("unknown field");
@@ -456,6 +496,14 @@ mod tests {
         let err = ServeConfig::from_yaml("datasets: [{name: a, sources: [x]}, {name: a, sources: [y]}]")
             .unwrap_err();
         assert!(err.to_string().contains("duplicate"), "{err}");
+        // the name may be left out of a CloudifyDataset only, never out of a config file
+        let err = ServeConfig::from_yaml("datasets: [{sources: [x]}]").unwrap_err();
+        assert!(
+            err.to_string().starts_with("datasets[0].name: required"),
+            "{err}"
+        );
+        let err = ServeConfig::from_yaml("datasets: [{name: '', sources: [x]}]").unwrap_err();
+        assert!(err.to_string().contains("datasets[0].name: required"), "{err}");
         let err = ServeConfig::from_yaml("datasets: [{name: a, sources: []}]").unwrap_err();
         assert!(err.to_string().contains("datasets[0].sources"), "{err}");
         assert!(validate_name("..").is_err());

@@ -78,7 +78,8 @@ pub fn parse(text: &str) -> Result<Vec<(usize, CloudifyDataset)>, RenderError> {
             let index = i + 1;
             let cr =
                 CloudifyDataset::deserialize(doc).map_err(|source| RenderError::Parse { index, source })?;
-            out.push((index, cr));
+            // `spec.dataset.name` defaults to `metadata.name`, as in the reconciler.
+            out.push((index, cr.resolved()));
         }
     }
     Ok(out)

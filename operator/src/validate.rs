@@ -62,7 +62,13 @@ fn join(errors: &[FieldError]) -> String {
 }
 
 /// Checks everything about `cr` that must hold before objects are built.
+///
+/// `spec.dataset.name` may be left out: it defaults to `metadata.name`, and is checked as
+/// resolved (see [`CloudifyDataset::resolve_defaults`]).
 pub fn validate(cr: &CloudifyDataset) -> Result<(), InvalidSpec> {
+    if cr.spec.dataset.name.is_empty() && cr.metadata.name.as_deref().is_some_and(|n| !n.is_empty()) {
+        return validate(&cr.clone().resolved());
+    }
     let mut errors = Vec::new();
     let mut fail = |field: &str, message: String| errors.push(FieldError::new(field, message));
 
@@ -95,7 +101,15 @@ pub fn validate(cr: &CloudifyDataset) -> Result<(), InvalidSpec> {
 fn validate_spec(spec: &CloudifyDatasetSpec, fail: &mut impl FnMut(&str, String)) {
     if let Err(e) = spec.dataset.validate(0) {
         let (field, message) = match e {
-            SpecError::Name { reason, .. } => ("spec.dataset.name".to_string(), reason),
+            SpecError::Name { reason, .. } => (
+                "spec.dataset.name".to_string(),
+                if spec.dataset.name.is_empty() {
+                    // only when metadata.name is missing too (reported on its own)
+                    "required when metadata.name is not set (it defaults to metadata.name)".to_string()
+                } else {
+                    reason
+                },
+            ),
             SpecError::NoSources { .. } => (
                 "spec.dataset.sources".to_string(),
                 "at least one source is required".to_string(),

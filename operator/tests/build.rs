@@ -76,6 +76,7 @@ fn fixtures_match() {
         "autoscaled-no-ingress",
         "tls-annotations",
         "pvc-public-url",
+        "default-name",
     ] {
         check_fixture(case);
     }
@@ -221,4 +222,27 @@ fn changed_config_changes_the_pod_template() {
     let config = &d2.config_map.data.as_ref().expect("data")["cloudify.yaml"];
     let parsed = cloudify_crds::ServeConfig::from_yaml(config).expect("the server can read it");
     assert_eq!(parsed.datasets, vec![cr.spec.dataset.clone()]);
+}
+
+#[test]
+fn dataset_name_defaults_to_the_cr_name() {
+    // The fixture has no spec.dataset.name: every object, the config file and the URL use
+    // metadata.name, and a directly built (unresolved) CR gives the same objects.
+    let (_, d) = desired("default-name");
+    assert_eq!(d.url, "http://tas-daily.climate.svc:9000/datasets/tas-daily/zarr");
+    let config = &d.config_map.data.as_ref().expect("data")["cloudify.yaml"];
+    let parsed = cloudify_crds::ServeConfig::from_yaml(config).expect("the server can read it");
+    assert_eq!(parsed.datasets[0].name, "tas-daily");
+    let spec = d.ingress.as_ref().and_then(|i| i.spec.as_ref()).expect("ingress");
+    let path = &spec.rules.as_ref().expect("rules")[0].http.as_ref().expect("http").paths[0];
+    assert_eq!(path.path.as_deref(), Some("/datasets/tas-daily"));
+    let mut raw: CloudifyDataset =
+        serde_yaml::from_str(&read(&fixture_dir("default-name").join("cr.yaml"))).expect("CR");
+    assert_eq!(raw.spec.dataset.name, "");
+    assert_eq!(
+        build::dataset_url(&raw, &settings()),
+        "http://tas-daily.climate.svc:9000/datasets/tas-daily/zarr"
+    );
+    raw.metadata.namespace.get_or_insert_with(|| "default".into());
+    assert_eq!(build::build(&raw, &settings()).expect("builds"), d);
 }

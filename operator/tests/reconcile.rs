@@ -195,6 +195,39 @@ async fn applies_desired_objects_prunes_leftovers_and_writes_status() {
 }
 
 #[tokio::test]
+async fn dataset_name_defaults_to_the_cr_name() {
+    // A manifest without spec.dataset.name: the dataset is served under metadata.name.
+    let obj = cr(
+        "tas",
+        json!({"dataset": {"sources": ["/data/tas_*.nc"]}, "catalog": {"register": false}}),
+        1,
+    );
+    assert!(obj.data["spec"]["dataset"].get("name").is_none());
+    let obj_json = serde_json::to_value(&obj).expect("json");
+    let (client, calls) = mock_client(cluster(&obj_json, 1, |_| None));
+    let ctx = context(client, "http://127.0.0.1:1", "http://127.0.0.1:1", None);
+    let action = reconcile(Arc::new(obj), ctx).await.expect("reconcile");
+    assert_eq!(action, Action::requeue(RESYNC), "not Degraded: waits for nothing");
+
+    let applies = calls.find(Call::is_apply);
+    let kinds: Vec<&str> = applies.iter().filter_map(|c| c.body["kind"].as_str()).collect();
+    assert_eq!(kinds, ["ConfigMap", "Service", "Deployment", "Ingress"]);
+    // the server's config file holds the resolved name
+    let config = applies[0].body["data"]["cloudify.yaml"].as_str().expect("config");
+    let config: cloudify_crds::ServeConfig = serde_yaml::from_str(config).expect("config file");
+    assert_eq!(config.datasets[0].name, "tas");
+    assert_eq!(
+        applies[3].body["spec"]["rules"][0]["http"]["paths"][0]["path"],
+        "/datasets/tas"
+    );
+    let patches = calls.find(|c| c.method == "PATCH" && c.path.ends_with("/status"));
+    let status = &patches[0].body["status"];
+    assert_eq!(status["url"], "http://tas.climate.svc:9000/datasets/tas/zarr");
+    assert_eq!(condition(status, "Degraded")["status"], "False", "{status}");
+    assert_eq!(condition(status, "Ready")["status"], "True", "{status}");
+}
+
+#[tokio::test]
 async fn unchanged_status_is_not_written_again() {
     let obj = cr("tas", json!({"catalog": {"register": false}}), 1);
     let obj_json = serde_json::to_value(&obj).expect("json");

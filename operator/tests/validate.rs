@@ -148,3 +148,30 @@ fn render_names_the_field_and_the_document() {
         .expect_err("not a dataset");
     assert!(err.to_string().contains("kind 'ConfigMap'"), "{err}");
 }
+
+#[test]
+fn dataset_name_may_be_left_out() {
+    // Defaults to metadata.name, for validation, render and the CEL rules alike.
+    let text = VALID.replace("dataset: {name: tas, sources", "dataset: {sources");
+    let cr: CloudifyDataset = serde_yaml::from_str(&text).expect("parses without the name");
+    assert_eq!(cr.spec.dataset.name, "");
+    assert_eq!(validate(&cr), Ok(()));
+    assert_eq!(cel_error(&cr), None);
+    let (_, parsed) = render::parse(&text).expect("parse").remove(0);
+    assert_eq!(parsed.spec.dataset.name, "tas", "render resolves the default");
+    let out = render::render(&text, None, &Settings::default()).expect("renders");
+    assert!(out.contains("status.url http://tas.climate.svc:9000/datasets/tas/zarr"), "{out}");
+    assert!(out.contains("    - name: tas\n"), "the ConfigMap holds the name:\n{out}");
+
+    // A name that is given is still checked, and wins over metadata.name.
+    let mut other = cr.clone();
+    other.spec.dataset.name = "tas_day".into();
+    assert_eq!(validate(&other), Ok(()));
+    other.spec.dataset.name = "a b".into();
+    assert!(invalid(&other).names("spec.dataset.name"));
+    // Without metadata.name there is nothing to default to: both are named.
+    let mut nameless = cr;
+    nameless.metadata.name = None;
+    let err = invalid(&nameless);
+    assert!(err.names("metadata.name") && err.names("spec.dataset.name"), "{err}");
+}

@@ -90,7 +90,11 @@ pub enum BuildError {
 }
 
 /// Validates the CR and builds every desired object.
+///
+/// Defaults that come from the CR's metadata (`spec.dataset.name`) are resolved first, so the
+/// ConfigMap holds the name the server will serve and every URL agrees with it.
 pub fn build(cr: &CloudifyDataset, settings: &Settings) -> Result<Desired, BuildError> {
+    let cr = &cr.clone().resolved();
     validate::validate(cr)?;
     let target = meta::Target::new(cr)?;
     let config_map = config_map::config_map(&target)?;
@@ -182,10 +186,14 @@ pub fn public_base(cr: &CloudifyDataset, settings: &Settings) -> Option<String> 
 /// The Zarr URL a client opens (`status.url`): `<public base>/datasets/<dataset name>/zarr`,
 /// or the Service's in-cluster address when there is no public base.
 pub fn dataset_url(cr: &CloudifyDataset, settings: &Settings) -> String {
+    let name = cr.metadata.name.as_deref().unwrap_or_default();
     let base = public_base(cr, settings).unwrap_or_else(|| {
-        let name = cr.metadata.name.as_deref().unwrap_or_default();
         let namespace = cr.metadata.namespace.as_deref().unwrap_or("default");
         format!("http://{name}.{namespace}.svc:{PORT}")
     });
-    format!("{base}/datasets/{}/zarr", cr.spec.dataset.name)
+    let dataset = match cr.spec.dataset.name.as_str() {
+        "" => name,
+        given => given,
+    };
+    format!("{base}/datasets/{dataset}/zarr")
 }

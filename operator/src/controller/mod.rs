@@ -254,6 +254,14 @@ fn key<K: Resource>(obj: &K) -> String {
     )
 }
 
+/// The typed CR of a watched object, with the defaults it takes from its metadata resolved
+/// (`spec.dataset.name`), so everything the reconciler derives uses one dataset name.
+fn typed(obj: &DynamicObject) -> Result<CloudifyDataset, serde_json::Error> {
+    serde_json::to_value(obj)
+        .and_then(serde_json::from_value::<CloudifyDataset>)
+        .map(CloudifyDataset::resolved)
+}
+
 /// Reconciles one CR. Invalid specs return `Ok(Action::await_change())` after recording
 /// `Degraded`; `Err` is reserved for what a retry can fix.
 pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -283,7 +291,7 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     if obj.metadata.deletion_timestamp.is_some() {
         return cleanup(obj, &crs, ctx).await;
     }
-    let cr: CloudifyDataset = match serde_json::to_value(obj).and_then(serde_json::from_value) {
+    let cr = match typed(obj) {
         Ok(cr) => cr,
         Err(e) => {
             malformed(obj, &crs, ctx, &e).await?;
@@ -465,7 +473,7 @@ async fn cleanup(obj: &DynamicObject, crs: &Api<DynamicObject>, ctx: &Context) -
         return Ok(Action::await_change());
     }
     let namespace = obj.namespace().unwrap_or_default();
-    let cr: Option<CloudifyDataset> = serde_json::to_value(obj).and_then(serde_json::from_value).ok();
+    let cr = typed(obj).ok();
     let item = obj
         .data
         .get("status")
