@@ -434,8 +434,8 @@ mod tests {
         assert_eq!(cr.resolved().spec.dataset.name, "tas_day");
         // the CRD does not require it; its pattern still applies when it is given
         let crd = serde_json::to_value(CloudifyDataset::crd()).expect("CRD");
-        let dataset = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-            ["properties"]["dataset"];
+        let dataset = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            ["dataset"];
         assert_eq!(dataset["required"], serde_json::json!(["sources"]));
         assert!(dataset["properties"]["name"]["pattern"].is_string(), "{dataset}");
     }

@@ -447,9 +447,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
         let required = &v["$defs"]["DatasetSpec"]["required"];
         assert!(
-            required
-                .as_array()
-                .is_some_and(|r| r.iter().any(|f| f == "name")),
+            required.as_array().is_some_and(|r| r.iter().any(|f| f == "name")),
             "{required}"
         );
     }
@@ -498,10 +496,7 @@ mod tests {
         assert!(err.to_string().contains("duplicate"), "{err}");
         // the name may be left out of a CloudifyDataset only, never out of a config file
         let err = ServeConfig::from_yaml("datasets: [{sources: [x]}]").unwrap_err();
-        assert!(
-            err.to_string().starts_with("datasets[0].name: required"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("datasets[0].name: required"), "{err}");
         let err = ServeConfig::from_yaml("datasets: [{name: '', sources: [x]}]").unwrap_err();
         assert!(err.to_string().contains("datasets[0].name: required"), "{err}");
         let err = ServeConfig::from_yaml("datasets: [{name: a, sources: []}]").unwrap_err();

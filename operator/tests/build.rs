@@ -234,7 +234,11 @@ fn dataset_name_defaults_to_the_cr_name() {
     let parsed = cloudify_crds::ServeConfig::from_yaml(config).expect("the server can read it");
     assert_eq!(parsed.datasets[0].name, "tas-daily");
     let spec = d.ingress.as_ref().and_then(|i| i.spec.as_ref()).expect("ingress");
-    let path = &spec.rules.as_ref().expect("rules")[0].http.as_ref().expect("http").paths[0];
+    let path = &spec.rules.as_ref().expect("rules")[0]
+        .http
+        .as_ref()
+        .expect("http")
+        .paths[0];
     assert_eq!(path.path.as_deref(), Some("/datasets/tas-daily"));
     let mut raw: CloudifyDataset =
         serde_yaml::from_str(&read(&fixture_dir("default-name").join("cr.yaml"))).expect("CR");

@@ -160,8 +160,14 @@ fn dataset_name_may_be_left_out() {
     let (_, parsed) = render::parse(&text).expect("parse").remove(0);
     assert_eq!(parsed.spec.dataset.name, "tas", "render resolves the default");
     let out = render::render(&text, None, &Settings::default()).expect("renders");
-    assert!(out.contains("status.url http://tas.climate.svc:9000/datasets/tas/zarr"), "{out}");
-    assert!(out.contains("    - name: tas\n"), "the ConfigMap holds the name:\n{out}");
+    assert!(
+        out.contains("status.url http://tas.climate.svc:9000/datasets/tas/zarr"),
+        "{out}"
+    );
+    assert!(
+        out.contains("    - name: tas\n"),
+        "the ConfigMap holds the name:\n{out}"
+    );
 
     // A name that is given is still checked, and wins over metadata.name.
     let mut other = cr.clone();
@@ -173,5 +179,8 @@ fn dataset_name_may_be_left_out() {
     let mut nameless = cr;
     nameless.metadata.name = None;
     let err = invalid(&nameless);
-    assert!(err.names("metadata.name") && err.names("spec.dataset.name"), "{err}");
+    assert!(
+        err.names("metadata.name") && err.names("spec.dataset.name"),
+        "{err}"
+    );
 }
