@@ -250,7 +250,7 @@ pub async fn run_app(
         .conn
         .max_connections
         .unwrap_or_else(|| default_max_connections(fd_limit));
-    tracing::info!(%url, max_connections, fd_limit = ?fd_limit,
+    tracing::info!(%url, max_connections, fd_limit = %fd_limit.map_or("unlimited".into(), |n| n.to_string()),
         header_timeout_s = opts.conn.header_timeout.as_secs_f64(),
         idle_timeout_s = opts.conn.idle_timeout.as_secs_f64(), "listening");
     println!("cloudify listening on {url}");
@@ -484,7 +484,7 @@ impl Server {
                             let open = (self.max_connections - slots.available_permits()).saturating_sub(1);
                             tracing::warn!(
                                 open_connections = open,
-                                fd_limit = ?self.fd_limit,
+                                fd_limit = %self.fd_limit.map_or("unlimited".into(), |n| n.to_string()),
                                 "cannot accept connections: {e}; retrying in {} ms{} \
                                  (raise `ulimit -n` or lower --max-connections)",
                                 backoff.as_millis(),
