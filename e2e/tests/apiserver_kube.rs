@@ -577,10 +577,21 @@ async fn crd_schema_validation_defaulting_cel_and_status() {
     assert!(created.data["spec"].get("unknownField").is_none());
     assert_eq!(created.metadata.generation, Some(1));
 
+    // `spec.dataset.name` is optional: the operator defaults it to metadata.name.
+    let nameless = dataset("nameless", json!({"dataset": {"sources": ["/x/*.nc"]}}));
+    let created = cds
+        .create(&PostParams::default(), &nameless)
+        .await
+        .unwrap();
+    assert!(created.data["spec"]["dataset"].get("name").is_none());
+    cds.delete("nameless", &DeleteParams::default())
+        .await
+        .unwrap();
+
     // Structural validation: the Invalid status names each field.
     let bad = dataset(
         "bad",
-        json!({"dataset": {"sources": []}, "replicas": {"min": 0, "max": 1}, "publicUrl": "ftp://x"}),
+        json!({"dataset": {"sources": []}, "dataVolumes": [{"claimName": "pvc"}], "replicas": {"min": 0, "max": 1}, "publicUrl": "ftp://x"}),
     );
     let e = api_err(cds.create(&PostParams::default(), &bad).await.unwrap_err());
     assert_eq!((e.code, e.reason.as_str()), (422, "Invalid"));
@@ -591,7 +602,7 @@ async fn crd_schema_validation_defaulting_cel_and_status() {
         e.message
     );
     for needle in [
-        "spec.dataset.name: Required value",
+        "spec.dataVolumes[0].mountPath: Required value",
         "spec.dataset.sources: Invalid value: 0: spec.dataset.sources in body should have at least 1 items",
         "spec.replicas.min: Invalid value: 0: spec.replicas.min in body should be greater than or equal to 1",
         "spec.publicUrl: Invalid value: \"ftp://x\": spec.publicUrl in body should match",
@@ -602,7 +613,7 @@ async fn crd_schema_validation_defaulting_cel_and_status() {
     assert!(
         causes
             .iter()
-            .any(|c| c.field == "spec.dataset.name" && c.reason == "FieldValueRequired")
+            .any(|c| c.field == "spec.dataVolumes[0].mountPath" && c.reason == "FieldValueRequired")
     );
 
     // CEL rule spanning fields, reported at its fieldPath with its message.
