@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use cloudify_server::codec::{Encoding, encode, inflate, unshuffle};
-use cloudify_server::dataset::open::open_dataset;
+use cloudify_server::open::open_dataset;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -17,7 +17,7 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no variable {var}"))?;
     let idx = vec![0u64; v.shape.len()];
     let stored =
-        cloudify_server::chunk::read::raw_chunk(v, &idx)?.ok_or_else(|| anyhow::anyhow!("not stored"))?;
+        cloudify_server::pipeline::raw_chunk(v, &idx)?.ok_or_else(|| anyhow::anyhow!("not stored"))?;
     let n = v.chunks.iter().product::<u64>() as usize * v.dtype.size();
     let reps = 50;
     let t = Instant::now();
@@ -72,7 +72,7 @@ fn main() -> anyhow::Result<()> {
     );
     let t = Instant::now();
     for _ in 0..reps {
-        let _ = cloudify_server::chunk::read::read_chunk(v, &idx)?;
+        let _ = cloudify_server::pipeline::read_chunk(v, &idx)?;
     }
     println!(
         "read_chunk   {:.2} ms (pread + decode + copy)",

@@ -6,10 +6,10 @@ use std::time::Instant;
 use cloudify_crds::DatasetSpec;
 use rayon::prelude::*;
 
-use crate::dataset::open::{OpenError, open_dataset_cached};
-use crate::http::{AppState, Entry, Served};
 use crate::metrics::Metrics;
-use crate::source::cache::IndexCache;
+use crate::open::cache::IndexCache;
+use crate::open::{OpenError, open_dataset_cached};
+use crate::state::{AppState, Entry, Served};
 
 /// The server state, and which failed datasets failed because their sources could not be
 /// resolved at all.
@@ -104,5 +104,5 @@ pub fn load_all(specs: &[DatasetSpec], threads: usize, cache: Option<&IndexCache
 /// Failures and a directory that vanishes later are handled by the route
 /// (`http::parquet`).
 fn persist_refs(served: &Arc<Served>) {
-    crate::http::parquet::availability(served);
+    crate::state::parquet::availability(served);
 }

@@ -8,17 +8,23 @@
 #![deny(unsafe_code)]
 
 pub mod app;
+pub mod attrs;
 pub mod background;
+pub mod block;
 pub mod catalog;
 pub mod chunk;
 pub mod codec;
 pub mod dataset;
 pub mod demo;
+pub mod dtype;
 pub mod http;
 pub mod metrics;
-pub mod model;
+pub mod open;
+pub mod pipeline;
 pub mod refs;
+pub mod router;
 pub mod serve;
 pub mod source;
+pub mod state;
 pub mod storage;
 pub mod zarr;

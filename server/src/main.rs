@@ -230,9 +230,9 @@ fn run_index(a: IndexArgs) -> anyhow::Result<()> {
         anyhow::bail!("--record-size must be at least 1");
     }
     let spec = index_spec(&a)?;
-    let cache = (!a.no_cache)
-        .then(|| cloudify_server::source::cache::IndexCache::new(&cache_dir(a.cache_dir.clone())));
-    let ds = cloudify_server::dataset::open::open_dataset_cached(&spec, cache.as_ref())?;
+    let cache =
+        (!a.no_cache).then(|| cloudify_server::open::cache::IndexCache::new(&cache_dir(a.cache_dir.clone())));
+    let ds = cloudify_server::open::open_dataset_cached(&spec, cache.as_ref())?;
     let inline = a.inline_threshold.map_or(
         cloudify_server::refs::Inline::AsNeeded,
         cloudify_server::refs::Inline::Threshold,
@@ -354,8 +354,8 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
         .max(1);
-    let cache = (!a.no_cache)
-        .then(|| cloudify_server::source::cache::IndexCache::new(&cache_dir(a.cache_dir.clone())));
+    let cache =
+        (!a.no_cache).then(|| cloudify_server::open::cache::IndexCache::new(&cache_dir(a.cache_dir.clone())));
     let app::Loaded {
         state,
         sources_not_found,
@@ -363,10 +363,10 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
     let ready = state
         .datasets
         .iter()
-        .filter(|(_, e)| matches!(e, cloudify_server::http::Entry::Ready(_)))
+        .filter(|(_, e)| matches!(e, cloudify_server::state::Entry::Ready(_)))
         .count();
     for (name, e) in &state.datasets {
-        if let cloudify_server::http::Entry::Failed(why) = e {
+        if let cloudify_server::state::Entry::Failed(why) = e {
             eprintln!("cloudify: dataset '{name}' failed: {why}");
         }
     }

@@ -12,7 +12,6 @@ use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -20,7 +19,9 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::sync::{Semaphore, watch};
 
-use crate::http::{AppState, router};
+use crate::router::router;
+use crate::state::AppState;
+pub use crate::state::ShutdownFlag;
 use conn::{Activity, Phase, Timeouts, TrackedIo, TrackedService};
 
 /// Where and how to listen.
@@ -67,20 +68,6 @@ impl Default for ConnOpts {
             shutdown_timeout: Duration::from_secs(10),
             shutdown: ShutdownFlag::default(),
         }
-    }
-}
-
-/// Whether the server is shutting down, shared with the handlers (`/readyz`).
-#[derive(Debug, Clone, Default)]
-pub struct ShutdownFlag(Arc<AtomicBool>);
-
-impl ShutdownFlag {
-    pub fn is_set(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-
-    pub fn set(&self) {
-        self.0.store(true, Ordering::SeqCst);
     }
 }
 

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use cloudify_server::source::{Format, SourceFile, index_library, index_native, sniff};
+use cloudify_server::open::file::{index_library, index_native};
+use cloudify_server::source::{Format, SourceFile, sniff};
 
 fn python() -> PathBuf {
     let venv = std::env::var_os("CLOUDIFY_VENV")

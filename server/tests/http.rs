@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use cloudify_crds::DatasetSpec;
-use cloudify_server::{app, http::router};
+use cloudify_server::{app, router::router};
 use tower::ServiceExt;
 
 fn spec(name: &str, sources: Vec<String>) -> DatasetSpec {
@@ -555,18 +555,18 @@ async fn documented_routes_exist() {
     }
 }
 
-fn cached_fixture(cache: &std::path::Path) -> (tempfile::TempDir, Arc<cloudify_server::http::AppState>) {
+fn cached_fixture(cache: &std::path::Path) -> (tempfile::TempDir, Arc<cloudify_server::state::AppState>) {
     let dir = tempfile::tempdir().unwrap();
     write_file(&dir.path().join("a.nc"), 0.0, 0.0);
     let specs = vec![spec("good", vec![format!("{}/a.nc", dir.path().display())])];
-    let ic = cloudify_server::source::cache::IndexCache::new(cache);
+    let ic = cloudify_server::open::cache::IndexCache::new(cache);
     let state = app::load(&specs, 2, Some(&ic)).unwrap();
     (dir, Arc::new(state))
 }
 
-fn parquet_dir(state: &cloudify_server::http::AppState) -> &cloudify_server::http::parquet::ParquetDir {
+fn parquet_dir(state: &cloudify_server::state::AppState) -> &cloudify_server::state::parquet::ParquetDir {
     match state.entry("good") {
-        Some(cloudify_server::http::Entry::Ready(s)) => s.refs_parquet.as_ref().unwrap(),
+        Some(cloudify_server::state::Entry::Ready(s)) => s.refs_parquet.as_ref().unwrap(),
         _ => panic!("dataset not ready"),
     }
 }

@@ -21,7 +21,7 @@ fuzz_target!(init: cloudify_fuzz::allow_caught_panics(), |data: &[u8]| {
     let Ok(file) = cloudify_server::source::SourceFile::stat(path.clone()) else {
         return;
     };
-    let Ok(Ok(idx)) = cloudify_server::source::index_native(Arc::new(file)) else {
+    let Ok(Ok(idx)) = cloudify_server::open::file::index_native(Arc::new(file)) else {
         return;
     };
     let spec = cloudify_crds::DatasetSpec::new("fuzz", vec![path.to_string_lossy().into_owned()]);

@@ -174,7 +174,7 @@ pub fn open_and_serve(format: cloudify_crds::SourceFormat, source: &Path, refere
     let mut spec = cloudify_crds::DatasetSpec::new("fuzz", vec![source.to_string_lossy().into_owned()]);
     spec.format = Some(format);
     spec.reference_roots = reference_roots.to_vec();
-    if let Ok(ds) = cloudify_server::dataset::open::open_dataset(&spec) {
+    if let Ok(ds) = cloudify_server::open::open_dataset(&spec) {
         serve(&ds);
     }
 }
@@ -201,11 +201,11 @@ pub fn serve(ds: &cloudify_server::dataset::Dataset) {
         let first = vec![0u64; grid.len()];
         let last: Vec<u64> = grid.iter().map(|g| g - 1).collect();
         for idx in [first, last] {
-            if v.dtype == cloudify_server::model::DType::Str {
-                let _ = cloudify_server::chunk::read::read_chunk_strings(v, &idx);
+            if v.dtype == cloudify_server::dtype::DType::Str {
+                let _ = cloudify_server::pipeline::read_chunk_strings(v, &idx);
             } else {
-                let _ = cloudify_server::chunk::read::raw_chunk(v, &idx);
-                let _ = cloudify_server::chunk::read::read_chunk(v, &idx);
+                let _ = cloudify_server::pipeline::raw_chunk(v, &idx);
+                let _ = cloudify_server::pipeline::read_chunk(v, &idx);
             }
         }
     }

@@ -14,8 +14,9 @@ use cloudify_crds::{DatasetSpec, ServeConfig};
 use super::client::{CatalogClient, read_token};
 use super::describe::{Description, describe};
 use super::{CatalogCtx, PublicUrl, item};
-use crate::http::{AppState, Entry, router};
+use crate::router::router;
 use crate::serve::{ListenOpts, parse_port_range, run_app};
+use crate::state::{AppState, Entry};
 
 /// Catalog flags of `cloudify serve`.
 #[derive(clap::Args, Debug, Default, Clone)]
@@ -231,8 +232,8 @@ pub fn run_stac(cmd: StacCommand) -> anyhow::Result<()> {
     };
     let mut descs = Vec::new();
     for spec in &specs {
-        let ds = crate::dataset::open::open_dataset(spec)
-            .map_err(|e| anyhow::anyhow!("dataset '{}': {e}", spec.name))?;
+        let ds =
+            crate::open::open_dataset(spec).map_err(|e| anyhow::anyhow!("dataset '{}': {e}", spec.name))?;
         let d = describe(&ds);
         for w in &d.warnings {
             tracing::warn!(dataset = %spec.name, "{w}");

@@ -7,12 +7,12 @@
 use serde_json::{Value, json};
 
 use super::CatalogError;
-use crate::chunk::grid::{fill_with, numel};
-use crate::chunk::read::read_region;
-use crate::dataset::attrs::Attrs;
+use crate::attrs::Attrs;
+use crate::chunk::grid::numel;
 use crate::dataset::cftime::{TimeAxis, iso_duration};
 use crate::dataset::{Dataset, Group, Variable};
-use crate::model::{DType, Scalar};
+use crate::dtype::{DType, Scalar};
+use crate::pipeline::read_block;
 
 /// Largest coordinate variable read for extents (elements). Bigger 2-D lat/lon arrays are
 /// not read: their bbox is left out rather than stalling a request.
@@ -66,30 +66,12 @@ pub fn read_f64(var: &Variable) -> Result<Vec<f64>, CatalogError> {
     if !var.dtype.is_number() {
         return Err(CatalogError::NotNumeric(var.path.clone()));
     }
-    let n = numel(&var.shape)
+    numel(&var.shape)
         .filter(|n| *n <= MAX_COORD_ELEMS)
         .ok_or_else(|| CatalogError::TooLarge(var.path.clone()))?;
     let elem = var.dtype.size();
-    let mut buf = vec![0u8; n * elem];
-    fill_with(&mut buf, &var.fill);
-    for piece in &var.pieces {
-        let zero = vec![0u64; piece.data.shape.len()];
-        let mut dst = zero.clone();
-        if let Some(ax) = var.concat_axis
-            && let Some(slot) = dst.get_mut(ax)
-        {
-            *slot = piece.start;
-        }
-        read_region(
-            &piece.data,
-            var.dtype,
-            &zero,
-            &piece.data.shape,
-            &mut buf,
-            &var.shape,
-            &dst,
-        )?;
-    }
+    let zero = vec![0u64; var.shape.len()];
+    let buf = read_block(var, &zero, &var.shape, &var.shape)?;
     let scale = var
         .attrs
         .get("scale_factor")

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
-use crate::dataset::attrs::AttrValue;
+use crate::attrs::AttrValue;
 
 /// Why catalog metadata could not be produced.
 #[derive(Debug, thiserror::Error)]

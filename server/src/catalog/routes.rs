@@ -12,7 +12,7 @@ use super::describe::{Description, describe};
 use super::{CatalogCtx, intake, item};
 use crate::http::error::ApiError;
 use crate::http::zarr::served;
-use crate::http::{AppState, Entry, Served};
+use crate::state::{AppState, Entry, Served};
 
 type Ctx = Option<Extension<Arc<CatalogCtx>>>;
 
@@ -37,6 +37,16 @@ async fn description(
                 "describing the dataset failed (bug)",
             )
         })
+}
+
+/// The catalog routes of the data server (STAC item and collection, intake catalogs).
+pub fn routes() -> axum::Router<Arc<AppState>> {
+    use axum::routing::get;
+    axum::Router::new()
+        .route("/datasets/{id}/stac", get(stac_item))
+        .route("/datasets/{id}/catalog.yaml", get(intake_one))
+        .route("/stac-collection-all.json", get(stac_collection))
+        .route("/intake.yaml", get(intake_all))
 }
 
 /// Every dataset that serves, described.

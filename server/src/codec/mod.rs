@@ -2,9 +2,31 @@
 
 use std::io::Read as _;
 
-pub mod zarr_v3;
+/// One step of an HDF5 filter pipeline that we can undo in Rust.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Filter {
+    /// zlib stream (HDF5 "deflate"), with the level it was written with.
+    Deflate(u8),
+    /// Byte shuffle with the element size.
+    Shuffle(usize),
+    /// Fletcher-32 checksum appended to the chunk.
+    Fletcher32,
+    /// Zstandard frame (HDF5 plugin 32015, numcodecs/Zarr `zstd`).
+    Zstd,
+    /// gzip stream (numcodecs/Zarr `gzip`).
+    Gzip,
+    /// Blosc-1 frame (numcodecs/Zarr `blosc`; the frame says how to undo itself).
+    Blosc,
+    /// A Zarr v3 codec chain our own steps cannot express (crc32c, transpose, bitround,
+    /// nested sharding...), decoded with `zarrs`: its JSON spec (`codec::zarr_v3::spec`).
+    /// Always the only step; it yields little-endian elements.
+    ZarrV3(String),
+    /// A codec declared by a reference set or Zarr store that we cannot decode (its id):
+    /// such chunks are still served as stored on `/kerchunk`, but `/zarr` answers 501.
+    Unsupported(String),
+}
 
-use crate::source::Filter;
+pub mod zarr_v3;
 
 /// A chunk whose bytes cannot be decoded: corrupt or truncated data.
 #[derive(Debug, thiserror::Error, PartialEq)]

@@ -5,14 +5,13 @@
 
 use std::sync::Arc;
 
-use super::attrs::AttrValue;
 use super::cftime::TimeAxis;
-use super::{Dataset, Group, Piece, Variable};
+use super::{Dataset, Group, Piece, Values, Variable};
+use crate::attrs::AttrValue;
 use crate::chunk::grid::{default_chunks, numel};
-use crate::chunk::read::read_whole;
-use crate::codec::{Encoding, ZSTD_LEVEL};
-use crate::model::{DType, Scalar};
-use crate::source::{Filter, MemValues, SourceGroup, SourceIndex, SourceVar, Storage};
+use crate::chunk::read::{Direct, read_whole};
+use crate::dtype::{DType, Scalar};
+use crate::source::{MemValues, SourceGroup, SourceIndex, SourceVar, Storage};
 
 /// Chunk size we aim for when the source has no chunking of its own.
 pub const TARGET_CHUNK_BYTES: u64 = 4 << 20;
@@ -41,7 +40,7 @@ fn find_group<'a>(g: &'a SourceGroup, path: &str) -> Option<&'a SourceGroup> {
 
 /// Reads a whole (small) variable of one file as little-endian bytes.
 fn read_all(v: &SourceVar) -> Result<Vec<u8>, AggregateError> {
-    Ok(read_whole(&v.data, v.dtype, &storage_fill(v))?)
+    Ok(read_whole(&Direct, &v.data, v.dtype, &storage_fill(v))?)
 }
 
 fn as_f64s(bytes: &[u8], dtype: DType) -> Vec<f64> {
@@ -215,7 +214,7 @@ fn apply_rebase(
         out.extend(s.to_le_bytes(v.dtype));
     }
     v.data.storage = Storage::Memory(Arc::new(MemValues::Bytes(out)));
-    v.data.endian = crate::model::Endian::Little;
+    v.data.endian = crate::dtype::Endian::Little;
     // The file's bytes are in the old units: references must not point at them.
     v.data.stored = Some(Box::new(crate::source::Stored::Rewritten(format!(
         "its values in {} are rebased {units}, so they differ from the stored bytes",
@@ -463,15 +462,22 @@ pub fn storage_fill(v: &SourceVar) -> Vec<u8> {
     }
 }
 
-/// Encoding of chunks that are decoded on the server (numeric types: Blosc zstd+shuffle).
-fn transcode_encoding(dtype: DType) -> Encoding {
-    match dtype {
-        DType::Char | DType::Str | DType::Bytes(_) | DType::Unicode(_) => Encoding::Zstd(ZSTD_LEVEL),
-        dt => Encoding::BloscZstd {
-            level: ZSTD_LEVEL,
-            typesize: dt.size(),
-        },
-    }
+/// Whether the stored chunks of every piece tile a grid of chunk shape `c`: the same chunk
+/// shape (or nothing stored), and along the concat axis pieces that end on chunk boundaries.
+pub fn pieces_tile(pieces: &[Piece], axis: Option<usize>, c: &[u64]) -> bool {
+    pieces.iter().enumerate().all(|(i, p)| {
+        let same = p
+            .data
+            .storage
+            .chunking()
+            .is_some_and(|(chunk_shape, _)| chunk_shape == c)
+            || matches!(&p.data.storage, Storage::Unallocated);
+        let aligned = match axis {
+            Some(ax) => i + 1 == pieces.len() || p.data.shape[ax] % c[ax] == 0,
+            None => true,
+        };
+        same && aligned
+    })
 }
 
 fn make_variable(
@@ -490,23 +496,8 @@ fn make_variable(
     let elem = v0.dtype.size().max(1);
     // Served chunking: the source's when it tiles the aggregate, else a few MB.
     let source_chunks = pieces[0].data.storage.chunking().map(|(c, _)| c.clone());
-    let tiles = |c: &Vec<u64>| {
-        pieces.iter().enumerate().all(|(i, p)| {
-            let same = p
-                .data
-                .storage
-                .chunking()
-                .is_some_and(|(chunk_shape, _)| chunk_shape == c)
-                || matches!(&p.data.storage, Storage::Unallocated);
-            let aligned = match axis {
-                Some(ax) => i + 1 == pieces.len() || p.data.shape[ax] % c[ax] == 0,
-                None => true,
-            };
-            same && aligned
-        })
-    };
     let chunks = match &source_chunks {
-        Some(c) if tiles(c) => c.clone(),
+        Some(c) if pieces_tile(&pieces, axis, c) => c.clone(),
         Some(c) => {
             // keep the source's chunking except along the concat axis
             let mut c = c.clone();
@@ -518,44 +509,6 @@ fn make_variable(
         None => default_chunks(&shape, elem, TARGET_CHUNK_BYTES),
     };
     let chunks: Vec<u64> = chunks.into_iter().map(|c| c.max(1)).collect();
-    // Pass-through: every piece chunked like the served grid, with the same zlib pipeline.
-    let pipeline = |p: &Piece| match p.data.storage.chunking() {
-        Some((_, filters)) if p.data.endian == crate::model::Endian::Little => match filters {
-            [Filter::Shuffle(e), Filter::Deflate(l)] => Some(Encoding::ShuffleZlib {
-                shuffle: Some(*e),
-                level: *l,
-            }),
-            [Filter::Deflate(l)] => Some(Encoding::ShuffleZlib {
-                shuffle: None,
-                level: *l,
-            }),
-            _ => None,
-        },
-        _ => None,
-    };
-    let passthrough_enc = match (&source_chunks, pipeline(&pieces[0])) {
-        (Some(c), Some(enc))
-            if *c == chunks
-                && tiles(c)
-                && !matches!(v0.dtype, DType::Char | DType::Str)
-                && !v0.dtype.is_fixed_text() =>
-        {
-            let all_same = pieces.iter().all(|p| {
-                pipeline(p).as_ref() == Some(&enc) || matches!(p.data.storage, Storage::Unallocated)
-            });
-            all_same.then_some(enc)
-        }
-        _ => None,
-    };
-    let passthrough = passthrough_enc.is_some();
-    let v3_encoding = match &passthrough_enc {
-        Some(Encoding::ShuffleZlib { shuffle, level }) => Encoding::BloscZlib {
-            shuffle: *shuffle,
-            level: *level,
-            typesize: v0.dtype.size(),
-        },
-        _ => transcode_encoding(v0.dtype),
-    };
     Variable {
         name: v0.name.clone(),
         path,
@@ -566,10 +519,9 @@ fn make_variable(
         fill_attr,
         fill,
         chunks,
-        concat_axis: axis,
-        pieces,
-        v2_encoding: passthrough_enc.unwrap_or_else(|| transcode_encoding(v0.dtype)),
-        v3_encoding,
-        passthrough,
+        values: Values::Stored {
+            concat_axis: axis,
+            pieces,
+        },
     }
 }

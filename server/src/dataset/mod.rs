@@ -1,17 +1,16 @@
 //! A served dataset: groups and variables, each variable stitched from pieces of files.
 
 pub mod aggregate;
-pub mod attrs;
 pub mod cftime;
-pub mod open;
 pub mod summary;
 
 use std::sync::Arc;
 
-use attrs::Attrs;
+use crate::attrs::Attrs;
 
-use crate::codec::Encoding;
-use crate::model::{DType, Scalar};
+use crate::block::Block;
+use crate::chunk::read::ReadError;
+use crate::dtype::{DType, Scalar};
 use crate::source::{FileVar, SourceFile};
 
 /// One contiguous stretch of a variable along its concat axis, stored in one file.
@@ -40,17 +39,61 @@ pub struct Variable {
     pub fill: Vec<u8>,
     /// Served chunk shape.
     pub chunks: Vec<u64>,
-    /// Axis along which pieces are stacked.
-    pub concat_axis: Option<usize>,
-    pub pieces: Vec<Piece>,
-    /// Encoding of Zarr v2 chunks on `/zarr`. When it is the source's own pipeline, stored
-    /// chunks are served byte-for-byte.
-    pub v2_encoding: Encoding,
-    /// Encoding of Zarr v3 chunks on `/zarr`: Blosc around the stored zlib stream when
-    /// passing through, else zstd.
-    pub v3_encoding: Encoding,
-    /// True when every served chunk is exactly one stored chunk with `v2_encoding`.
-    pub passthrough: bool,
+    /// Where the values come from: pieces of files, or a computation.
+    pub values: Values,
+}
+
+/// Where a variable's values come from.
+///
+/// Encodings, pass-through and other protocol decisions are not made here: every protocol
+/// reads regions through `crate::pipeline` and decides for itself (Zarr's in `crate::zarr`).
+#[derive(Clone, Debug)]
+pub enum Values {
+    /// Stitched from pieces of source files, stacked along `concat_axis` (one piece when
+    /// `None`).
+    Stored {
+        concat_axis: Option<usize>,
+        pieces: Vec<Piece>,
+    },
+    /// Computed on request from other variables (processing: derived variables, rechunked
+    /// grids, reductions).
+    Derived(Arc<dyn Derive>),
+}
+
+/// A variable computed on request. Implementations hold what they read (other variables,
+/// parameters) and are parsed and checked when the dataset is opened; nothing here runs
+/// code a request or a config supplies.
+pub trait Derive: Send + Sync + std::fmt::Debug {
+    /// The values of the region `[start, start+count)`: a block of shape `count` with the
+    /// variable's element type.
+    fn read(&self, start: &[u64], count: &[u64]) -> Result<Block, ReadError>;
+
+    /// Checks that the files the region is computed from are still the versions indexed,
+    /// without computing it (before `304 Not Modified`).
+    fn check_sources(&self, start: &[u64], count: &[u64]) -> Result<(), ReadError>;
+}
+
+impl Variable {
+    /// The stored pieces (none for a derived variable).
+    pub fn pieces(&self) -> &[Piece] {
+        match &self.values {
+            Values::Stored { pieces, .. } => pieces,
+            Values::Derived(_) => &[],
+        }
+    }
+
+    /// Axis along which the stored pieces are stacked.
+    pub fn concat_axis(&self) -> Option<usize> {
+        match &self.values {
+            Values::Stored { concat_axis, .. } => *concat_axis,
+            Values::Derived(_) => None,
+        }
+    }
+
+    /// Whether the values are computed rather than stored.
+    pub fn is_derived(&self) -> bool {
+        matches!(self.values, Values::Derived(_))
+    }
 }
 
 /// A group of variables (the root group has path "").

@@ -4,8 +4,8 @@ use std::fmt::Write as _;
 
 use serde_json::{Map, Value, json};
 
-use super::attrs::{AttrValue, Attrs};
 use super::{Dataset, Group, Variable};
+use crate::attrs::{AttrValue, Attrs};
 
 /// Attribute value as standard JSON (non-finite floats as strings, since these routes are
 /// read by browsers and generic JSON tools).
@@ -39,7 +39,7 @@ fn var_attrs_json(v: &Variable) -> Value {
         _ => Map::new(),
     };
     if let Some(f) = v.fill_attr {
-        m.insert("_FillValue".into(), crate::model::fill_json(f, v.dtype));
+        m.insert("_FillValue".into(), crate::dtype::fill_json(f, v.dtype));
     }
     Value::Object(m)
 }

@@ -66,21 +66,36 @@ impl From<crate::chunk::read::ReadError> for ApiError {
         use crate::chunk::read::ReadError as R;
         let status = match &e {
             R::OutOfRange { .. } => StatusCode::BAD_REQUEST,
-            R::TooLarge(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            R::TooLarge(_) | R::Block(_) => StatusCode::INTERNAL_SERVER_ERROR,
             R::Codec {
                 source: crate::codec::CodecError::Unsupported(_),
                 ..
             } => StatusCode::NOT_IMPLEMENTED,
-            R::Io { .. } | R::Truncated { .. } | R::Codec { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            // A local file changed under the server: never 404 (a zarr client would read it
-            // as fill value), never its new bytes through the old index.
-            R::Changed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            // The dataset's store failed (the request was fine): a gateway error that names
-            // the object, including a vanished object — the dataset is broken, not the key.
-            R::Remote(r) if r.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
-            R::Remote(_) => StatusCode::BAD_GATEWAY,
+            R::Codec { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            R::Bytes(b) => byte_status(b),
         };
         ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<crate::storage::read::ByteError> for ApiError {
+    fn from(e: crate::storage::read::ByteError) -> Self {
+        ApiError::new(byte_status(&e), e.to_string())
+    }
+}
+
+/// Status of a source read that failed below the codecs.
+fn byte_status(e: &crate::storage::read::ByteError) -> StatusCode {
+    use crate::storage::read::ByteError as B;
+    match e {
+        B::Io { .. } | B::Truncated { .. } | B::TooLarge(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        // A local file changed under the server: never 404 (a zarr client would read it
+        // as fill value), never its new bytes through the old index.
+        B::Changed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        // The dataset's store failed (the request was fine): a gateway error that names
+        // the object, including a vanished object — the dataset is broken, not the key.
+        B::Remote(r) if r.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
+        B::Remote(_) => StatusCode::BAD_GATEWAY,
     }
 }
 

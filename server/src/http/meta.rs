@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::zarr::served;
-use super::{AppState, Entry};
 use crate::dataset::summary;
+use crate::state::{AppState, Entry};
 
 pub async fn root(State(state): State<Arc<AppState>>) -> Json<Value> {
     let ready: Vec<&String> = state

@@ -10,11 +10,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
-use super::{AppState, Entry, Served};
-use crate::chunk::read::{check_chunk_sources, check_unchanged, raw_chunk, read_chunk, read_chunk_strings};
 use crate::codec::{Encoding, ZSTD_LEVEL, encode, encode_stored, vlen_utf8};
 use crate::dataset::Variable;
-use crate::model::DType;
+use crate::dtype::DType;
+use crate::pipeline::{check_chunk_sources, raw_chunk, read_chunk, read_chunk_strings};
+use crate::state::{AppState, Entry, Served};
+use crate::storage::read::check_unchanged;
 use crate::zarr::key::{ChunkKey, Format, KeyError, parse_chunk_key};
 
 /// Metadata may change when files are re-indexed; chunks are immutable for a given ETag.
@@ -182,14 +183,22 @@ fn chunk_bytes(s: &Served, ck: &ChunkKey) -> Result<Vec<u8>, ApiError> {
         let strings = read_chunk_strings(var, &ck.index)?;
         return Ok(encode(&vlen_utf8(&strings), &zstd));
     }
+    let encoding = s
+        .meta
+        .encodings
+        .get(&var.path)
+        .cloned()
+        .unwrap_or_else(|| crate::zarr::encoding::choose(var));
     let enc = match ck.format {
-        Format::V2 => &var.v2_encoding,
-        Format::V3 => &var.v3_encoding,
+        Format::V2 => &encoding.v2,
+        Format::V3 => &encoding.v3,
     };
-    if var.passthrough
+    if encoding.passthrough
         && let Some(stored) = raw_chunk(var, &ck.index)?
     {
-        let nbytes = var.chunks.iter().product::<u64>() as usize * var.dtype.size();
+        let nbytes = crate::chunk::grid::numel(&var.chunks)
+            .and_then(|n| n.checked_mul(var.dtype.size()))
+            .ok_or_else(|| crate::chunk::read::ReadError::TooLarge(var.chunks.clone()))?;
         if let Some(out) = encode_stored(stored, nbytes, enc) {
             return Ok(out);
         }
@@ -256,9 +265,9 @@ pub async fn kerchunk_key(
             };
             let bytes = state
                 .run_for(&s.ds, move || match range {
-                    Some((offset, size)) => crate::chunk::read::read_at(&src, offset, size),
+                    Some((offset, size)) => crate::storage::read::read_at(&src, offset, size),
                     // Whole-file references (Zarr store chunks, `[url]` references).
-                    None => crate::chunk::read::read_source_whole(&src),
+                    None => crate::storage::read::read_source_whole(&src),
                 })
                 .await
                 .ok_or_else(|| {

@@ -12,12 +12,12 @@ use std::path::PathBuf;
 
 use base64::Engine as _;
 
+use crate::attrs::write_json_str;
 use crate::chunk::grid::{grid_shape, linear, numel};
-use crate::chunk::read::read_block;
 use crate::codec::{Encoding, encode, vlen_utf8};
-use crate::dataset::attrs::write_json_str;
-use crate::dataset::{Dataset, Piece, Variable};
-use crate::model::{DType, Endian, Scalar, fill_json};
+use crate::dataset::{Dataset, Piece, Values, Variable};
+use crate::dtype::{DType, Endian, Scalar, fill_json};
+use crate::pipeline::read_block;
 use crate::source::{ChunkRef, Filter, MemValues, Storage, Stored};
 use crate::zarr::v2_attrs;
 
@@ -146,10 +146,10 @@ fn for_each_index(grid: &[u64], mut f: impl FnMut(&[u64]) -> Result<(), String>)
 }
 
 fn piece_at(v: &Variable, global: u64) -> Option<(&Piece, u64)> {
-    match v.concat_axis {
-        None => v.pieces.first().map(|p| (p, global)),
+    match v.concat_axis() {
+        None => v.pieces().first().map(|p| (p, global)),
         Some(ax) => v
-            .pieces
+            .pieces()
             .iter()
             .find(|p| p.start <= global && global < p.start + p.data.shape[ax])
             .map(|p| (p, global - p.start)),
@@ -186,7 +186,7 @@ impl Ctx<'_> {
 
 /// References for a chunked variable whose stored chunks tile the served grid.
 fn chunked(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
-    let Some(first) = v.pieces.first() else {
+    let Some(first) = v.pieces().first() else {
         return Ok(false);
     };
     let (chunk_shape, filters, endian) = match first.data.storage.chunking() {
@@ -206,7 +206,7 @@ fn chunked(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
     if chunk_shape != v.chunks || matches!(v.dtype, DType::Str) {
         return Ok(false);
     }
-    let same = v.pieces.iter().all(|p| match p.data.storage.chunking() {
+    let same = v.pieces().iter().all(|p| match p.data.storage.chunking() {
         Some((c, f)) => {
             *c == chunk_shape
                 && f == filters.as_slice()
@@ -215,8 +215,8 @@ fn chunked(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
         }
         None => matches!(p.data.storage, Storage::Unallocated),
     });
-    let aligned = match v.concat_axis {
-        Some(ax) => v.pieces.iter().all(|p| p.start % chunk_shape[ax] == 0),
+    let aligned = match v.concat_axis() {
+        Some(ax) => v.pieces().iter().all(|p| p.start % chunk_shape[ax] == 0),
         None => true,
     };
     let Some((compressor, filt, enc)) = (match declared0 {
@@ -233,7 +233,7 @@ fn chunked(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
     // Chunks a Zarr store never wrote read as its fill_value, which need not be the CF
     // _FillValue the v2 fill_value carries (v3 keeps them apart). A NaN fill can still be
     // declared (masking NaN changes nothing); anything else cannot.
-    let missing_fill = v.pieces.iter().find_map(|p| match &p.data.storage {
+    let missing_fill = v.pieces().iter().find_map(|p| match &p.data.storage {
         Storage::Refs { table, .. } if table.chunks.contains(&ChunkRef::Missing) => table.fill.clone(),
         _ => None,
     });
@@ -268,11 +268,11 @@ fn chunked(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
     let grid = grid_shape(&v.shape, &v.chunks);
     for_each_index(&grid, |idx| {
         let mut start: Vec<u64> = idx.iter().zip(&v.chunks).map(|(i, c)| i * c).collect();
-        let ax_global = v.concat_axis.map_or(0, |ax| start[ax]);
+        let ax_global = v.concat_axis().map_or(0, |ax| start[ax]);
         let Some((piece, local)) = piece_at(v, ax_global) else {
             return Ok(());
         };
-        if let Some(ax) = v.concat_axis {
+        if let Some(ax) = v.concat_axis() {
             start[ax] = local;
         }
         let sgrid = grid_shape(&piece.data.shape, &chunk_shape);
@@ -314,7 +314,7 @@ fn chunked(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
             }
         } else {
             // A chunk written with a filter skipped: re-encode it to the declared pipeline.
-            let (s0, count) = crate::chunk::read::chunk_region(v, idx).map_err(|e| e.to_string())?;
+            let (s0, count) = crate::pipeline::chunk_region(v, idx).map_err(|e| e.to_string())?;
             let mut raw = read_block(v, &s0, &count, &v.chunks).map_err(|e| e.to_string())?;
             if endian == Endian::Big {
                 crate::chunk::grid::byteswap(&mut raw, v.dtype.size());
@@ -345,7 +345,7 @@ fn chunked(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
 /// reads such values as its default fill, a Zarr reader of `fill_value: null` as 0. `None`:
 /// nothing to declare (no gaps, a `_FillValue` already declared, or a zero default).
 fn gap_fill(v: &Variable) -> Option<String> {
-    let gaps = v.pieces.iter().any(|p| match &p.data.storage {
+    let gaps = v.pieces().iter().any(|p| match &p.data.storage {
         Storage::Chunked { locs, .. } => locs.iter().any(|l| l.size == 0),
         Storage::Unallocated => true,
         _ => false,
@@ -363,18 +363,18 @@ fn gcd(a: u64, b: u64) -> u64 {
 /// References for uncompressed variables (HDF5 contiguous, netCDF-3 fixed and record
 /// variables): virtual chunks along the first dimension, each one contiguous byte run.
 fn contiguous(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
-    if matches!(v.dtype, DType::Str) || v.concat_axis.is_some_and(|a| a != 0) {
+    if matches!(v.dtype, DType::Str) || v.concat_axis().is_some_and(|a| a != 0) {
         return Ok(false);
     }
     if v.shape.is_empty() {
         return Ok(scalar(v, ctx));
     }
-    let Some(endian) = v.pieces.first().map(|p| p.data.endian) else {
+    let Some(endian) = v.pieces().first().map(|p| p.data.endian) else {
         return Ok(false);
     };
     let mut any_records = false;
     let mut g = 0u64;
-    for p in &v.pieces {
+    for p in v.pieces() {
         match &p.data.storage {
             Storage::Contiguous { .. } => g = gcd(g, p.data.shape[0]),
             Storage::Records { .. } => any_records = true,
@@ -428,7 +428,7 @@ fn contiguous(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
 
 /// A 0-d variable stored as one contiguous element: one chunk, key `0`.
 fn scalar(v: &Variable, ctx: &mut Ctx) -> bool {
-    let [piece] = v.pieces.as_slice() else {
+    let [piece] = v.pieces() else {
         return false;
     };
     let Storage::Contiguous { offset } = piece.data.storage else {
@@ -469,14 +469,14 @@ fn inline(v: &Variable, ctx: &mut Ctx, limit: u64) -> Result<bool, String> {
     let zero = vec![0u64; v.shape.len()];
     let data = if v.dtype == DType::Str {
         let mut all = Vec::new();
-        for p in &v.pieces {
+        for p in v.pieces() {
             if let Storage::Memory(m) = &p.data.storage
                 && let MemValues::Strings(s) = m.as_ref()
             {
                 all.extend(s.iter().cloned());
             }
         }
-        if v.pieces.len() > 1 && v.concat_axis.is_some_and(|a| a != 0) {
+        if v.pieces().len() > 1 && v.concat_axis().is_some_and(|a| a != 0) {
             return Ok(false); // interleaving strings across files along an inner axis: not needed so far
         }
         ctx.refs.entries.insert(
@@ -504,14 +504,17 @@ fn inline(v: &Variable, ctx: &mut Ctx, limit: u64) -> Result<bool, String> {
 /// bytes that equal its values, so only inline data can express it.
 fn as_stored(v: &Variable) -> Result<std::borrow::Cow<'_, Variable>, String> {
     if !v
-        .pieces
+        .pieces()
         .iter()
         .any(|p| matches!(p.data.storage, Storage::Memory(_)))
     {
         return Ok(std::borrow::Cow::Borrowed(v));
     }
     let mut w = v.clone();
-    for p in &mut w.pieces {
+    let Values::Stored { pieces, .. } = &mut w.values else {
+        return Err("its values are computed on request, not stored in any file".into());
+    };
+    for p in pieces.iter_mut() {
         if !matches!(p.data.storage, Storage::Memory(_)) {
             continue;
         }
@@ -529,7 +532,7 @@ fn as_stored(v: &Variable) -> Result<std::borrow::Cow<'_, Variable>, String> {
             }
         }
     }
-    if let Some((c, _)) = w.pieces.first().and_then(|p| p.data.storage.chunking()) {
+    if let Some((c, _)) = w.pieces().first().and_then(|p| p.data.storage.chunking()) {
         w.chunks = c.clone();
     }
     Ok(std::borrow::Cow::Owned(w))
@@ -542,7 +545,7 @@ fn unreferenceable(v: &Variable) -> String {
             .into();
     }
     let chunkings: Vec<Option<(&Vec<u64>, &[Filter])>> = v
-        .pieces
+        .pieces()
         .iter()
         .filter(|p| !matches!(p.data.storage, Storage::Unallocated))
         .map(|p| p.data.storage.chunking())
@@ -559,8 +562,8 @@ fn unreferenceable(v: &Variable) -> String {
         if numcodecs(f).is_none() {
             return format!("its HDF5 filters {f:?} have no numcodecs equivalent");
         }
-        if let Some(ax) = v.concat_axis {
-            let lens: Vec<u64> = v.pieces.iter().map(|p| p.data.shape[ax]).collect();
+        if let Some(ax) = v.concat_axis() {
+            let lens: Vec<u64> = v.pieces().iter().map(|p| p.data.shape[ax]).collect();
             return format!(
                 "its files hold {lens:?} steps along '{}' in chunks of {}, so the chunks do not tile the concatenated axis",
                 v.dims.get(ax).map_or("?", String::as_str),
@@ -821,7 +824,7 @@ mod tests {
     fn open(files: &[&Path]) -> Dataset {
         let spec =
             cloudify_crds::DatasetSpec::new("t", files.iter().map(|p| p.display().to_string()).collect());
-        crate::dataset::open::open_dataset(&spec).expect("open")
+        crate::open::open_dataset(&spec).expect("open")
     }
 
     fn zarray(refs: &Refs, var: &str) -> serde_json::Value {
@@ -933,9 +936,9 @@ mod tests {
         // libnetcdf chunks an unlimited 1-d variable in more steps than a file holds
         let time = ds.by_path.get("time").expect("time");
         assert!(
-            matches!(time.pieces[0].data.stored.as_deref(), Some(Stored::At { storage: Storage::Chunked { chunk_shape, .. }, .. }) if chunk_shape[0] > 2),
+            matches!(time.pieces()[0].data.stored.as_deref(), Some(Stored::At { storage: Storage::Chunked { chunk_shape, .. }, .. }) if chunk_shape[0] > 2),
             "{:?}",
-            time.pieces[0].data.stored
+            time.pieces()[0].data.stored
         );
         let why = &refs
             .skipped

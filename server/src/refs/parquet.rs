@@ -27,7 +27,7 @@ use parquet::record::Field;
 use parquet::schema::parser::parse_message_type;
 
 use super::{RefValue, Refs};
-use crate::dataset::attrs::write_json_str;
+use crate::attrs::write_json_str;
 
 /// fsspec's default number of references per Parquet file.
 pub const DEFAULT_RECORD_SIZE: usize = 10_000;

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use super::nc3::{Nc3AttrValue, Nc3Error, Nc3Type, parse_header};
 use super::{FileVar, SourceDim, SourceError, SourceFile, SourceGroup, SourceIndex, SourceVar, Storage};
-use crate::chunk::read::pread;
-use crate::dataset::attrs::{AttrValue, Attrs};
-use crate::model::{DType, Endian};
+use crate::attrs::{AttrValue, Attrs};
+use crate::dtype::{DType, Endian};
+use crate::storage::read::pread;
 
 fn attr(v: &Nc3AttrValue) -> AttrValue {
     match v {

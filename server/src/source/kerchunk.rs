@@ -21,8 +21,8 @@ use super::{
     ChunkRef, ChunkTable, FileVar, Filter, SourceDim, SourceError, SourceFile, SourceGroup, SourceIndex,
     SourceVar, Storage,
 };
-use crate::dataset::attrs::{AttrValue, Attrs};
-use crate::model::{DType, Endian};
+use crate::attrs::{AttrValue, Attrs};
+use crate::dtype::{DType, Endian};
 
 /// One chunk reference as a reference set spells it.
 #[derive(Clone, Debug, PartialEq)]
@@ -789,7 +789,7 @@ pub fn parse_dtype(s: &str) -> Option<(DType, Endian)> {
             let unit = |rest: &str| {
                 rest.strip_prefix('[')
                     .and_then(|r| r.strip_suffix(']'))
-                    .and_then(crate::model::TimeUnit::parse)
+                    .and_then(crate::dtype::TimeUnit::parse)
             };
             let width = |rest: &str| rest.parse::<u32>().ok().filter(|n| *n > 0);
             if let Some(r) = body.strip_prefix("M8") {
@@ -940,14 +940,14 @@ pub enum FillRule {
 /// Little-endian bytes missing chunks read as: the Zarr `fill_value`, zeros when null.
 fn chunk_fill(fv: &Value, dtype: DType) -> Vec<u8> {
     let s = match fv {
-        Value::Bool(b) => Some(crate::model::Scalar::UInt(u64::from(*b))),
-        Value::String(t) if t == "NaT" => Some(crate::model::Scalar::Int(crate::model::NAT)),
+        Value::Bool(b) => Some(crate::dtype::Scalar::UInt(u64::from(*b))),
+        Value::String(t) if t == "NaT" => Some(crate::dtype::Scalar::Int(crate::dtype::NAT)),
         Value::Number(n) => n
             .as_i64()
-            .map(crate::model::Scalar::Int)
-            .or_else(|| n.as_u64().map(crate::model::Scalar::UInt))
-            .or_else(|| n.as_f64().map(crate::model::Scalar::Float)),
-        _ if dtype.is_float() => json_f64(fv).map(crate::model::Scalar::Float),
+            .map(crate::dtype::Scalar::Int)
+            .or_else(|| n.as_u64().map(crate::dtype::Scalar::UInt))
+            .or_else(|| n.as_f64().map(crate::dtype::Scalar::Float)),
+        _ if dtype.is_float() => json_f64(fv).map(crate::dtype::Scalar::Float),
         _ => None,
     };
     match (s, dtype) {
@@ -1381,11 +1381,11 @@ mod tests {
         assert_eq!(parse_dtype("|S1"), Some((DType::Char, Endian::Little)));
         assert_eq!(
             parse_dtype("<M8[ns]"),
-            Some((DType::DateTime64(crate::model::TimeUnit::Ns), Endian::Little))
+            Some((DType::DateTime64(crate::dtype::TimeUnit::Ns), Endian::Little))
         );
         assert_eq!(
             parse_dtype(">m8[D]"),
-            Some((DType::TimeDelta64(crate::model::TimeUnit::D), Endian::Big))
+            Some((DType::TimeDelta64(crate::dtype::TimeUnit::D), Endian::Big))
         );
         assert_eq!(parse_dtype("|b1"), Some((DType::Bool, Endian::Little)));
         assert_eq!(parse_dtype("|S12"), Some((DType::Bytes(12), Endian::Little)));

@@ -5,10 +5,8 @@
 //! ranges, filters). Everything here is plain data afterwards, so the request path can read
 //! bytes with `pread` and decode them in Rust on every core.
 
-pub mod cache;
 pub mod classic;
 pub mod ffi;
-pub mod formats;
 pub mod icechunk;
 pub mod kerchunk;
 pub mod native;
@@ -23,90 +21,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::attrs::Attrs;
-use crate::model::{DType, Endian};
-
-/// Identity of one source file: used for ETags and to detect changed files.
-///
-/// For an object-store source, `path` holds its URL (`s3://bucket/key`), `mtime_ns` its
-/// last-modified time and `etag` its ETag; `remote` is how to read it (not part of the
-/// identity, not persisted). A local file also has its [`Inode`] (from [`SourceFile::stat`]).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SourceFile {
-    pub path: PathBuf,
-    pub size: u64,
-    pub mtime_ns: i64,
-    /// Always written (no `skip_serializing_if`): the aggregate index cache uses postcard,
-    /// a format in which every field must be present.
-    #[serde(default)]
-    pub etag: Option<String>,
-    /// What `stat` said about a local file when it was indexed; `None` for objects and for
-    /// identities not taken from one file's `stat` (temporary copies, reference sets).
-    #[serde(default)]
-    pub inode: Option<Inode>,
-    #[serde(skip)]
-    pub remote: Option<Arc<crate::storage::RemoteObject>>,
-}
-
-/// The `stat` fields that tell one version of a local file from another beyond size and
-/// mtime, which `touch -r`, `cp -p` or `rsync -t` reproduce on different bytes: a file
-/// replaced by `mv` has another inode, and any write, `touch` or `utimes` moves the
-/// status-change time (ctime), which no unprivileged call can set back.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
-pub struct Inode {
-    /// `st_dev`. Checked while this process serves the file, but not part of the identity
-    /// (equality, hash, so ETags and the index cache): another host mounting the same file
-    /// system — a replica sharing the cache — numbers its devices differently.
-    pub dev: u64,
-    pub ino: u64,
-    pub ctime_ns: i64,
-}
-
-impl PartialEq for SourceFile {
-    fn eq(&self, o: &Self) -> bool {
-        self.path == o.path
-            && self.size == o.size
-            && self.mtime_ns == o.mtime_ns
-            && self.etag == o.etag
-            && self.inode.map(|i| (i.ino, i.ctime_ns)) == o.inode.map(|i| (i.ino, i.ctime_ns))
-    }
-}
-
-impl Eq for SourceFile {}
-
-impl std::hash::Hash for SourceFile {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        self.path.hash(h);
-        self.size.hash(h);
-        self.mtime_ns.hash(h);
-        self.etag.hash(h);
-        self.inode.map(|i| (i.ino, i.ctime_ns)).hash(h);
-    }
-}
-
-/// One step of an HDF5 filter pipeline that we can undo in Rust.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Filter {
-    /// zlib stream (HDF5 "deflate"), with the level it was written with.
-    Deflate(u8),
-    /// Byte shuffle with the element size.
-    Shuffle(usize),
-    /// Fletcher-32 checksum appended to the chunk.
-    Fletcher32,
-    /// Zstandard frame (HDF5 plugin 32015, numcodecs/Zarr `zstd`).
-    Zstd,
-    /// gzip stream (numcodecs/Zarr `gzip`).
-    Gzip,
-    /// Blosc-1 frame (numcodecs/Zarr `blosc`; the frame says how to undo itself).
-    Blosc,
-    /// A Zarr v3 codec chain our own steps cannot express (crc32c, transpose, bitround,
-    /// nested sharding...), decoded with `zarrs`: its JSON spec (`codec::zarr_v3::spec`).
-    /// Always the only step; it yields little-endian elements.
-    ZarrV3(String),
-    /// A codec declared by a reference set or Zarr store that we cannot decode (its id):
-    /// such chunks are still served as stored on `/kerchunk`, but `/zarr` answers 501.
-    Unsupported(String),
-}
+use crate::attrs::Attrs;
+pub use crate::codec::Filter;
+use crate::dtype::{DType, Endian};
+pub use crate::storage::file::{Inode, SourceFile};
 
 /// Byte location of one stored chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -305,87 +223,13 @@ pub enum SourceError {
     Remote(#[from] crate::storage::RemoteError),
 }
 
-impl SourceFile {
-    /// Identity of a local file from known size and mtime (no `stat`, so no [`Inode`]: it
-    /// is never checked for changes).
-    pub fn local(path: PathBuf, size: u64, mtime_ns: i64) -> Self {
-        Self {
-            path,
-            size,
-            mtime_ns,
-            etag: None,
-            inode: None,
-            remote: None,
+impl From<crate::storage::file::StatError> for SourceError {
+    fn from(e: crate::storage::file::StatError) -> Self {
+        SourceError::Io {
+            path: e.path,
+            source: e.source,
         }
     }
-
-    /// Stats a file to record its identity.
-    pub fn stat(path: PathBuf) -> Result<Self, SourceError> {
-        let meta = std::fs::metadata(&path).map_err(|source| SourceError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        if !meta.is_file() {
-            return Err(SourceError::Io {
-                path,
-                source: std::io::Error::other("not a regular file"),
-            });
-        }
-        let (size, mtime_ns, inode) = local_identity(&meta);
-        Ok(Self {
-            path,
-            size,
-            mtime_ns,
-            etag: None,
-            inode: Some(inode),
-            remote: None,
-        })
-    }
-
-    /// How the local file this identity was recorded from differs now, given a fresh
-    /// `stat`/`fstat` of it (`None`: the same version, or an identity that is not a local
-    /// file's `stat`, which cannot be checked).
-    ///
-    /// Serving reads chunks at the offsets found when the file was indexed; a file that was
-    /// rewritten, replaced or even only touched since may hold other bytes there, so it is
-    /// refused rather than decoded with a stale index (or served under its old ETag).
-    pub fn local_change(&self, meta: &std::fs::Metadata) -> Option<String> {
-        let was = self.inode.filter(|_| self.remote.is_none())?;
-        let (size, mtime_ns, now) = local_identity(meta);
-        let mut what = Vec::new();
-        if (now.dev, now.ino) != (was.dev, was.ino) {
-            what.push(format!(
-                "replaced: device/inode {}/{} is now {}/{}",
-                was.dev, was.ino, now.dev, now.ino
-            ));
-        }
-        if size != self.size {
-            what.push(format!("size {} is now {size}", self.size));
-        }
-        if mtime_ns != self.mtime_ns {
-            what.push(format!("mtime {} ns is now {mtime_ns} ns", self.mtime_ns));
-        }
-        if now.ctime_ns != was.ctime_ns {
-            what.push(format!("ctime {} ns is now {} ns", was.ctime_ns, now.ctime_ns));
-        }
-        (!what.is_empty()).then(|| what.join(", "))
-    }
-}
-
-/// Nanoseconds since the epoch (0 before it, which no data file has).
-fn epoch_ns(secs: i64, nsec: i64) -> i64 {
-    secs.saturating_mul(1_000_000_000).saturating_add(nsec).max(0)
-}
-
-/// Size, mtime and [`Inode`] of a local file's metadata.
-fn local_identity(meta: &std::fs::Metadata) -> (u64, i64, Inode) {
-    use std::os::unix::fs::MetadataExt as _;
-    let inode = Inode {
-        dev: meta.dev(),
-        ino: meta.ino(),
-        ctime_ns: epoch_ns(meta.ctime(), meta.ctime_nsec()),
-    };
-    (meta.len(), epoch_ns(meta.mtime(), meta.mtime_nsec()), inode)
 }
 
 /// File formats we recognise by their magic bytes.
@@ -474,176 +318,16 @@ pub fn rebind(idx: &mut SourceIndex, file: &Arc<SourceFile>) {
     group(&mut idx.root, file);
 }
 
-/// Opens and indexes one object-store source: from the index cache when it holds this
-/// version (URL, size, ETag), else with ranged reads of the bytes the index needs
-/// ([`remote::index`]); only a netCDF-4 file the native reader declines is copied to a
-/// temporary local file (deleted afterwards) for libnetcdf.
-pub fn open_remote(
-    file: Arc<SourceFile>,
-    cache: Option<&cache::IndexCache>,
-    tmp_dir: &std::path::Path,
-) -> Result<SourceIndex, SourceError> {
-    if let Some(c) = cache
-        && let Some(mut idx) = c.load(&file)
-    {
-        rebind(&mut idx, &file);
-        return Ok(idx);
-    }
-    let Some(obj) = file.remote.clone() else {
-        return open_file(file);
-    };
-    let t0 = std::time::Instant::now();
-    let url = file.path.clone();
-    let ranged = match remote::index(&file, &obj)? {
-        remote::Ranged::Indexed { idx, fetched } => {
-            tracing::info!(
-                url = %url.display(),
-                via = "ranged reads",
-                size = file.size,
-                bytes = fetched.bytes,
-                requests = fetched.requests,
-                ms = t0.elapsed().as_millis() as u64,
-                "indexed remote object"
-            );
-            if let Some(c) = cache {
-                c.store(&idx);
-            }
-            return Ok(idx);
-        }
-        remote::Ranged::Fallback { reason, fetched } => {
-            tracing::info!(url = %url.display(), %reason, "native HDF5 reader declined the remote object; downloading it for libnetcdf");
-            fetched
-        }
-    };
-    let (tmp, meta) = crate::storage::fetch_temp(&file, &obj, tmp_dir)?;
-    let local = Arc::new(SourceFile::local(tmp.path().to_path_buf(), meta.size, 0));
-    let mut idx = open_file(local).map_err(|e| match e {
-        // Name the object, not the temporary copy.
-        SourceError::Io { source, .. } => SourceError::Io {
-            path: url.clone(),
-            source,
-        },
-        SourceError::NotNetcdf { .. } => SourceError::NotNetcdf { path: url.clone() },
-        SourceError::Library { message, .. } => SourceError::Library {
-            path: url.clone(),
-            message,
-        },
-        SourceError::Malformed { message, .. } => SourceError::Malformed {
-            path: url.clone(),
-            message,
-        },
-        other => other,
-    })?;
-    drop(tmp);
-    // The copy's identity is what was indexed.
-    let file = Arc::new(SourceFile {
-        size: meta.size,
-        mtime_ns: meta.last_modified.timestamp_nanos_opt().unwrap_or(0),
-        etag: meta.e_tag.clone(),
-        ..(*file).clone()
-    });
-    rebind(&mut idx, &file);
-    tracing::info!(
-        url = %file.path.display(),
-        via = "download",
-        size = meta.size,
-        bytes = meta.size + ranged.bytes,
-        requests = ranged.requests + 1,
-        ms = t0.elapsed().as_millis() as u64,
-        "indexed remote object"
-    );
-    if let Some(c) = cache {
-        c.store(&idx);
-    }
-    Ok(idx)
-}
-
-/// Opens and indexes one file, whatever its format.
-///
-/// A local file that changes while it is indexed fails as changed (like an object whose
-/// ETag moves): its index could mix two versions. Reads of inlined values check this too.
-pub fn open_file(file: Arc<SourceFile>) -> Result<SourceIndex, SourceError> {
-    let mut idx = match sniff(&file.path)? {
-        Format::Nc3 => classic::open_nc3(file.clone()),
-        Format::Hdf5 => open_hdf5(file.clone()),
-    }?;
-    inline_small(&mut idx.root)?;
-    if file.inode.is_some() {
-        let meta = std::fs::metadata(&file.path).map_err(|source| SourceError::Io {
-            path: file.path.clone(),
-            source,
-        })?;
-        if let Some(what) = file.local_change(&meta) {
-            return Err(SourceError::Malformed {
-                path: file.path.clone(),
-                message: format!("file changed while it was indexed ({what})"),
-            });
-        }
-    }
-    Ok(idx)
-}
-
-/// netCDF-4/HDF5: the native reader first (parallel, no global lock), the library when it
-/// declines the file or is switched off (`CLOUDIFY_HDF5_READER=library`).
-fn open_hdf5(file: Arc<SourceFile>) -> Result<SourceIndex, SourceError> {
-    if native::enabled() {
-        match native::open_native_declined(&file) {
-            Ok(idx) => return Ok(idx),
-            Err(t @ native::Declined::Truncated { .. }) => {
-                // libhdf5 refuses it too, saying only "NetCDF: HDF error".
-                return Err(SourceError::Malformed {
-                    path: file.path.clone(),
-                    message: t.to_string(),
-                });
-            }
-            Err(native::Declined::Unsupported(why)) => native::log_fallback(&file.path, &why),
-        }
-    }
-    library_hdf5(file)
-}
-
-/// The library path, saying "truncated" (with the sizes) where libnetcdf would only say
-/// "NetCDF: HDF error".
-fn library_hdf5(file: Arc<SourceFile>) -> Result<SourceIndex, SourceError> {
-    let path = file.path.clone();
-    netcdf::open_hdf5(file).map_err(|e| match native::truncation(&path) {
-        Some(t) => SourceError::Malformed {
-            path,
-            message: t.to_string(),
-        },
-        None => e,
-    })
-}
-
-/// Indexes an HDF5 file with the native reader only, as `open_file` would (small variables
-/// inlined); the inner `Err` is why it declined. For the reader fidelity test.
-pub fn index_native(file: Arc<SourceFile>) -> Result<Result<SourceIndex, native::Unsupported>, SourceError> {
-    match native::open_native(&file) {
-        Ok(mut idx) => {
-            inline_small(&mut idx.root)?;
-            Ok(Ok(idx))
-        }
-        Err(why) => Ok(Err(why)),
-    }
-}
-
-/// Indexes an HDF5 file through libnetcdf/libhdf5 only, as `open_file` would.
-pub fn index_library(file: Arc<SourceFile>) -> Result<SourceIndex, SourceError> {
-    let mut idx = library_hdf5(file)?;
-    inline_small(&mut idx.root)?;
-    Ok(idx)
-}
-
-/// Whether [`inline_small`] reads `v` into the index.
-fn inlinable(v: &SourceVar) -> bool {
+/// Whether `open::file::inline_small` reads `v` into the index.
+pub fn inlinable(v: &SourceVar) -> bool {
     let n: u64 = v.data.shape.iter().product();
     let bytes = n.saturating_mul(v.dtype.size() as u64);
     !(v.dtype == DType::Str || bytes > INLINE_BYTES || matches!(v.data.storage, Storage::Memory(_)))
 }
 
-/// The `(offset, len)` byte ranges [`inline_small`] will read for the group's variables, so
+/// The `(offset, len)` byte ranges `open::file::inline_small` will read for the group's variables, so
 /// that a remote object can fetch them all at once first.
-pub(crate) fn small_var_ranges(g: &SourceGroup, out: &mut Vec<(u64, u64)>) {
+pub fn small_var_ranges(g: &SourceGroup, out: &mut Vec<(u64, u64)>) {
     for v in g.vars.iter().filter(|v| inlinable(v)) {
         let elem = v.dtype.size() as u64;
         let n: u64 = v.data.shape.iter().product();
@@ -664,77 +348,5 @@ pub(crate) fn small_var_ranges(g: &SourceGroup, out: &mut Vec<(u64, u64)>) {
     }
     for sub in &g.groups {
         small_var_ranges(sub, out);
-    }
-}
-
-pub(crate) fn inline_small(g: &mut SourceGroup) -> Result<(), SourceError> {
-    for v in &mut g.vars {
-        if !inlinable(v) {
-            continue;
-        }
-        let fill = crate::dataset::aggregate::storage_fill(v);
-        let buf =
-            crate::chunk::read::read_whole(&v.data, v.dtype, &fill).map_err(|e| SourceError::Malformed {
-                path: v.data.file.path.clone(),
-                message: format!("variable '{}': {e}", v.name),
-            })?;
-        let storage = std::mem::replace(
-            &mut v.data.storage,
-            Storage::Memory(Arc::new(MemValues::Bytes(buf))),
-        );
-        let endian = std::mem::replace(&mut v.data.endian, Endian::Little);
-        v.data.stored = Some(Box::new(Stored::At { endian, storage }));
-    }
-    for sub in &mut g.groups {
-        inline_small(sub)?;
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn hash(f: &SourceFile) -> u64 {
-        use std::hash::{Hash as _, Hasher as _};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        f.hash(&mut h);
-        h.finish()
-    }
-
-    /// ETags derive from this hash (the dataset fingerprint): a file of the same size and
-    /// mtime but another inode or ctime gets new ones; another host's device number does not.
-    #[test]
-    fn identity_covers_inode_and_ctime_but_not_device() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path().join("f");
-        std::fs::write(&p, b"abc").expect("write");
-        let f = SourceFile::stat(p.clone()).expect("stat");
-        let i = f.inode.expect("stat records the inode");
-        let meta = std::fs::metadata(&p).expect("stat");
-        assert_eq!(f.local_change(&meta), None);
-        let with = |inode: Inode| SourceFile {
-            inode: Some(inode),
-            ..f.clone()
-        };
-        for other in [
-            Inode { ino: i.ino + 1, ..i },
-            Inode {
-                ctime_ns: i.ctime_ns + 1,
-                ..i
-            },
-        ] {
-            assert_ne!(with(other), f);
-            assert_ne!(hash(&with(other)), hash(&f));
-            assert!(with(other).local_change(&meta).is_some());
-        }
-        let moved = with(Inode { dev: i.dev + 1, ..i });
-        assert_eq!(moved, f);
-        assert_eq!(hash(&moved), hash(&f));
-        // ... but while serving, another device is another file
-        assert!(moved.local_change(&meta).expect("changed").contains("replaced"));
-        // identities not taken from a stat are never checked
-        let plain = SourceFile::local(p, 3, 0);
-        assert_eq!(plain.local_change(&meta), None);
     }
 }

@@ -24,8 +24,8 @@ use netcdf_reader::types::{NcAttrValue, NcAttribute, NcGroup, NcType, NcVariable
 use super::{
     ChunkLoc, FileVar, Filter, MemValues, SourceDim, SourceFile, SourceGroup, SourceIndex, SourceVar, Storage,
 };
-use crate::dataset::attrs::{AttrValue, Attrs};
-use crate::model::{DType, Endian};
+use crate::attrs::{AttrValue, Attrs};
+use crate::dtype::{DType, Endian};
 
 /// Why the native reader declined a file: the library path is used instead.
 #[derive(Debug, thiserror::Error)]
@@ -689,10 +689,10 @@ mod tests {
         let p = dir.path().join("a.nc");
         write_nc4(&p);
         let file = Arc::new(SourceFile::stat(p).expect("stat"));
-        let native = super::super::index_native(file.clone())
+        let native = crate::open::file::index_native(file.clone())
             .expect("inline")
             .expect("native reader accepts a plain netCDF-4 file");
-        let library = super::super::index_library(file).expect("library");
+        let library = crate::open::file::index_library(file).expect("library");
         assert_eq!(index_json(&native), index_json(&library));
         let tas = native.root.vars.iter().find(|v| v.name == "tas").expect("tas");
         assert_eq!(tas.data.shape, vec![3, 2048]);
@@ -725,15 +725,16 @@ mod tests {
                 "truncated at {cut}: native reader must decline"
             );
             // The whole open (native, then library) fails with an error naming the file.
-            let err = super::super::open_file(file).expect_err("truncated file must not open");
+            let err = crate::open::file::open_file(file).expect_err("truncated file must not open");
             assert!(err.to_string().contains(&*t.to_string_lossy()), "{err}");
             // ... and, once the superblock is there, saying it is truncated and by how much
             if cut >= 100 {
                 let want = format!("truncated: file is {cut} bytes, HDF5 expects {}", bytes.len());
                 assert!(err.to_string().contains(&want), "{err}");
                 // the library path (CLOUDIFY_HDF5_READER=library) says the same
-                let lib = super::super::index_library(Arc::new(SourceFile::stat(t.clone()).expect("stat")))
-                    .expect_err("truncated file must not open");
+                let lib =
+                    crate::open::file::index_library(Arc::new(SourceFile::stat(t.clone()).expect("stat")))
+                        .expect_err("truncated file must not open");
                 assert!(lib.to_string().contains(&want), "{lib}");
             }
         }
@@ -756,7 +757,7 @@ mod tests {
         let file = Arc::new(SourceFile::stat(p.clone()).expect("stat"));
         let why = open_native(&file).expect_err("garbage must be declined");
         assert!(!why.0.is_empty());
-        let err = super::super::open_file(file).expect_err("garbage must not open");
+        let err = crate::open::file::open_file(file).expect_err("garbage must not open");
         assert!(err.to_string().contains(&*p.to_string_lossy()), "{err}");
     }
 
@@ -800,23 +801,23 @@ mod tests {
             }
         }
         let file = Arc::new(SourceFile::stat(p.clone()).expect("stat"));
-        let native = super::super::index_native(file.clone())
+        let native = crate::open::file::index_native(file.clone())
             .expect("index")
             .expect("native reader accepts the file");
-        let library = super::super::index_library(file).expect("library");
+        let library = crate::open::file::index_library(file).expect("library");
         let spec = cloudify_crds::DatasetSpec::new("order", vec![p.display().to_string()]);
         for (reader, idx) in [("native", native), ("library", library)] {
             let ds = crate::dataset::aggregate::build(&spec, vec![idx]).expect("dataset");
             for (name, _, want) in &cases {
                 let v = ds.variable(name).expect("variable");
-                let filters = v.pieces[0].data.storage.chunking().map(|(_, f)| f.to_vec());
+                let filters = v.pieces()[0].data.storage.chunking().map(|(_, f)| f.to_vec());
                 assert_eq!(filters.as_ref(), Some(want), "{reader} {name}");
                 assert!(
-                    !v.passthrough,
+                    !crate::zarr::encoding::choose(v).passthrough,
                     "{reader} {name}: a checksummed chunk must be decoded"
                 );
                 for (i, want) in data.chunks(1100).enumerate() {
-                    let got = crate::chunk::read::read_chunk(v, &[i as u64]).expect("read");
+                    let got = crate::pipeline::read_chunk(v, &[i as u64]).expect("read");
                     let got: Vec<f32> = got
                         .chunks_exact(4)
                         .take(want.len())

@@ -15,8 +15,8 @@ use super::{
     ChunkLoc, FileVar, Filter, MemValues, SourceDim, SourceError, SourceFile, SourceGroup, SourceIndex,
     SourceVar, Storage, ffi,
 };
-use crate::dataset::attrs::{AttrValue, Attrs};
-use crate::model::{DType, Endian};
+use crate::attrs::{AttrValue, Attrs};
+use crate::dtype::{DType, Endian};
 
 /// Largest variable we read into memory when only the library can decode it.
 const MAX_LIBRARY_READ: u64 = 256 << 20;

@@ -11,7 +11,6 @@
 //! replaced while it is being indexed fails as changed instead of being indexed from two
 //! versions.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -19,6 +18,7 @@ use bytes::Bytes;
 use hdf5_reader::storage::{BlockCacheStorage, DynStorage, RangeRequestStorage};
 
 use super::{SourceError, SourceFile, SourceGroup, SourceIndex, native};
+use crate::storage::read::{ByteError, Direct, RangeRead};
 use crate::storage::{Fetched, RemoteError, RemoteObject};
 
 /// Block size of the HDF5 metadata reads. The native reader asks for many pieces of tens of
@@ -194,8 +194,13 @@ pub enum Ranged {
 /// The HDF5 signature (at 0, or after a user block at 512, 1024, 2048, ...).
 const HDF5_SIG: [u8; 8] = [0x89, b'H', b'D', b'F', b'\r', b'\n', 0x1a, b'\n'];
 
-/// Indexes the object `file` (listed with its size and ETag) with ranged reads.
-pub fn index(file: &Arc<SourceFile>, obj: &Arc<RemoteObject>) -> Result<Ranged, SourceError> {
+/// Indexes the object `file` (listed with its size and ETag) with ranged reads; `inline`
+/// reads the small variables' values into the index (this layer only parses formats).
+pub fn index(
+    file: &Arc<SourceFile>,
+    obj: &Arc<RemoteObject>,
+    inline: Inliner<'_>,
+) -> Result<Ranged, SourceError> {
     let ro = Arc::new(RangedObject::new(file.clone(), obj.clone()));
     let not_netcdf = || SourceError::NotNetcdf {
         path: file.path.clone(),
@@ -208,7 +213,7 @@ pub fn index(file: &Arc<SourceFile>, obj: &Arc<RemoteObject>) -> Result<Ranged, 
     if &head[..3] == b"CDF" && matches!(head[3], 1 | 2 | 5) {
         let read_prefix = |n: u64| -> Result<Vec<u8>, SourceError> { Ok(ro.read_one(0, n)?.to_vec()) };
         let mut idx = super::classic::open_nc3_with(file.clone(), &read_prefix)?;
-        inline_small(&ro, &mut idx.root)?;
+        inline_small(&ro, &mut idx.root, inline)?;
         return Ok(Ranged::Indexed {
             idx,
             fetched: ro.fetched(),
@@ -257,50 +262,38 @@ pub fn index(file: &Arc<SourceFile>, obj: &Arc<RemoteObject>) -> Result<Ranged, 
             };
         }
     };
-    inline_small(&ro, &mut idx.root)?;
+    inline_small(&ro, &mut idx.root, inline)?;
     Ok(Ranged::Indexed {
         idx,
         fetched: ro.fetched(),
     })
 }
 
-/// Reads small variables' values into the index (as `super::inline_small` does for local
-/// files), all their byte ranges first with one coalesced call rather than a request or
-/// more per variable.
-fn inline_small(ro: &Arc<RangedObject>, root: &mut SourceGroup) -> Result<(), SourceError> {
+/// Reads small variables' values into the index through `inline` (`open::file::inline_small`
+/// for local files), all their byte ranges first with one coalesced call rather than a
+/// request or more per variable; `inline` then reads them through `ro`, from kept bytes.
+fn inline_small(ro: &RangedObject, root: &mut SourceGroup, inline: Inliner<'_>) -> Result<(), SourceError> {
     let mut ranges = Vec::new();
     super::small_var_ranges(root, &mut ranges);
     if !ranges.is_empty() {
         ro.read(&ranges)?;
     }
-    with_current(ro, || super::inline_small(root))
+    inline(ro, root)
 }
 
-thread_local! {
-    /// The object being indexed on this thread, if any (see [`read_current`]).
-    static CURRENT: RefCell<Option<Arc<RangedObject>>> = const { RefCell::new(None) };
-}
+/// Reads the small variables' values of an index through a reader (see [`index`]).
+pub type Inliner<'a> = &'a dyn Fn(&dyn RangeRead, &mut SourceGroup) -> Result<(), SourceError>;
 
-/// Runs `f` with `ro` as this thread's object being indexed, so that the chunk readers
-/// `f` calls read its ranges through it (kept bytes, counted requests).
-fn with_current<T>(ro: &Arc<RangedObject>, f: impl FnOnce() -> T) -> T {
-    struct Restore(Option<Arc<RangedObject>>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            let prev = self.0.take();
-            CURRENT.with(|c| *c.borrow_mut() = prev);
+/// Reads of the object being indexed go through its kept bytes; reads of any other file
+/// (never made while indexing one object) straight to its store or disk.
+impl RangeRead for RangedObject {
+    fn read_many(&self, file: &SourceFile, ranges: &[(u64, u64)]) -> Result<Vec<Vec<u8>>, ByteError> {
+        if file.path == self.file.path && file.etag == self.file.etag {
+            Ok(self.read(ranges)?.into_iter().map(|b| b.to_vec()).collect())
+        } else {
+            Direct.read_many(file, ranges)
         }
     }
-    let prev = CURRENT.with(|c| c.borrow_mut().replace(ro.clone()));
-    let _restore = Restore(prev);
-    f()
-}
-
-/// Reads ranges of `file` through the object being indexed on this thread when `file` is
-/// that object; `None` otherwise (the caller reads from the store itself).
-pub fn read_current(file: &SourceFile, ranges: &[(u64, u64)]) -> Option<Result<Vec<Bytes>, RemoteError>> {
-    let ro = CURRENT.with(|c| c.borrow().clone())?;
-    (ro.file.path == file.path && ro.file.etag == file.etag).then(|| ro.read(ranges))
 }
 
 #[cfg(test)]
@@ -369,10 +362,13 @@ mod tests {
         let body = std::fs::read(&p).expect("read");
         let size = body.len() as u64;
         let (file, obj) = object(body);
-        let Ranged::Indexed { idx, fetched } = index(&file, &obj).expect("index") else {
+        let Ranged::Indexed { idx, fetched } =
+            index(&file, &obj, &crate::open::file::inline_small).expect("index")
+        else {
             panic!("netCDF-3 never falls back");
         };
-        let local = super::super::open_file(Arc::new(SourceFile::stat(p).expect("stat"))).expect("local");
+        let local =
+            crate::open::file::open_file(Arc::new(SourceFile::stat(p).expect("stat"))).expect("local");
         let json = |i: &SourceIndex| {
             let mut v = serde_json::to_value(&i.root).expect("json");
             strip_files(&mut v);
@@ -402,10 +398,13 @@ mod tests {
         let body = std::fs::read(&p).expect("read");
         let size = body.len() as u64;
         let (file, obj) = object(body.clone());
-        let Ranged::Indexed { idx, fetched } = index(&file, &obj).expect("index") else {
+        let Ranged::Indexed { idx, fetched } =
+            index(&file, &obj, &crate::open::file::inline_small).expect("index")
+        else {
             panic!("a plain netCDF-4 file is read natively");
         };
-        let local = super::super::open_file(Arc::new(SourceFile::stat(p).expect("stat"))).expect("local");
+        let local =
+            crate::open::file::open_file(Arc::new(SourceFile::stat(p).expect("stat"))).expect("local");
         assert_eq!(idx.root.vars.len(), local.root.vars.len());
         assert!(
             fetched.bytes < size / 4 && fetched.requests <= 3,
@@ -422,7 +421,9 @@ mod tests {
 
         // Cut short: reported naming the URL, nothing downloaded.
         let (file, obj) = object(body[..body.len() / 2].to_vec());
-        let err = index(&file, &obj).err().expect("truncated");
+        let err = index(&file, &obj, &crate::open::file::inline_small)
+            .err()
+            .expect("truncated");
         assert!(
             err.to_string().contains("mem://b/k") && err.to_string().contains("truncated"),
             "{err}"
@@ -433,7 +434,9 @@ mod tests {
             etag: Some("\"stale\"".into()),
             ..(*file).clone()
         });
-        let err = index(&stale, &obj).err().expect("changed");
+        let err = index(&stale, &obj, &crate::open::file::inline_small)
+            .err()
+            .expect("changed");
         assert!(
             matches!(err, SourceError::Remote(RemoteError::Changed { .. })),
             "{err}"
@@ -448,7 +451,9 @@ mod tests {
             remote: Some(gone.clone()),
             ..(*file).clone()
         });
-        let err = index(&gone_file, &gone).err().expect("missing");
+        let err = index(&gone_file, &gone, &crate::open::file::inline_small)
+            .err()
+            .expect("missing");
         assert!(
             matches!(err, SourceError::Remote(RemoteError::NotFound { .. })),
             "{err}"
@@ -456,7 +461,10 @@ mod tests {
         assert!(err.to_string().contains("mem://b/gone"), "{err}");
         // Not netCDF at all.
         let (file, obj) = object(vec![7u8; 5000]);
-        assert!(matches!(index(&file, &obj), Err(SourceError::NotNetcdf { .. })));
+        assert!(matches!(
+            index(&file, &obj, &crate::open::file::inline_small),
+            Err(SourceError::NotNetcdf { .. })
+        ));
     }
 
     /// Drops the `file` entries (the remote and the local index point at different files).

@@ -310,7 +310,7 @@ fn v3_dtype(t: &Value) -> Option<String> {
             if cfg.get("scale_factor").and_then(Value::as_u64).unwrap_or(1) != 1 {
                 return None;
             }
-            let unit = crate::model::TimeUnit::parse(cfg.get("unit")?.as_str()?)?;
+            let unit = crate::dtype::TimeUnit::parse(cfg.get("unit")?.as_str()?)?;
             let code = if n == "numpy.datetime64" { "M8" } else { "m8" };
             Some(format!("{code}[{}]", unit.as_str()))
         }
@@ -672,7 +672,7 @@ pub(crate) fn apply_overrides(
         if let Storage::Refs { filters, table, .. } = &mut v.data.storage {
             if let Some(f) = filter {
                 if matches!(f, Filter::ZarrV3(_)) {
-                    v.data.endian = crate::model::Endian::Little;
+                    v.data.endian = crate::dtype::Endian::Little;
                 }
                 *filters = vec![f.clone()];
             }
@@ -702,8 +702,8 @@ pub(crate) fn add_skipped(g: &mut super::SourceGroup, group: &str, name: &str, w
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataset::attrs::AttrValue;
-    use crate::model::{DType, Endian};
+    use crate::attrs::AttrValue;
+    use crate::dtype::{DType, Endian};
     use crate::source::{ChunkRef, Filter, Storage};
 
     fn write(p: &Path, text: &str) {

@@ -13,6 +13,8 @@
 //! calls run on one dedicated runtime and the calling thread waits for the answer. That works
 //! from any thread (rayon, tokio's blocking pool, plain threads) and never nests runtimes.
 
+pub mod file;
+pub mod read;
 pub mod url;
 
 use std::future::Future;
@@ -27,7 +29,7 @@ use futures_util::StreamExt;
 use object_store::path::Path;
 use object_store::{GetOptions, ObjectMeta, ObjectStore, ObjectStoreExt};
 
-use crate::source::SourceFile;
+pub use file::SourceFile;
 pub use url::{ObjectUrl, StoreKind, parse_object_url};
 
 /// Defaults of [`StorageSpec`]'s tunables.

@@ -3,6 +3,7 @@
 //! Both formats live on one prefix: their key names never collide (`.zarray` vs `zarr.json`)
 //! and clients detect the format they ask for.
 
+pub mod encoding;
 pub mod key;
 
 use std::collections::HashMap;
@@ -11,15 +12,17 @@ use std::fmt::Write as _;
 use base64::Engine as _;
 use bytes::Bytes;
 
+use crate::attrs::{Attrs, write_json_str};
 use crate::codec::Encoding;
-use crate::dataset::attrs::{Attrs, write_json_str};
 use crate::dataset::{Dataset, Group, Variable};
-use crate::model::{DType, Scalar, fill_json};
+use crate::dtype::{DType, Scalar, fill_json};
 
 /// Pre-rendered metadata documents, keyed by their Zarr key (e.g. `tas/.zarray`).
 #[derive(Debug, Default)]
 pub struct ZarrMeta {
     pub docs: HashMap<String, Bytes>,
+    /// Chunk encodings by array path, as the metadata documents declare them.
+    pub encodings: HashMap<String, encoding::ZarrEncoding>,
 }
 
 fn json_list<T: std::fmt::Display>(v: &[T]) -> String {
@@ -79,7 +82,7 @@ pub fn v2_array(v: &Variable) -> String {
             v2_compressor(&Encoding::Zstd(crate::codec::ZSTD_LEVEL)).0,
             "[{\"id\": \"vlen-utf8\"}]".to_string(),
         ),
-        _ => v2_compressor(&v.v2_encoding),
+        _ => v2_compressor(&encoding::choose(v).v2),
     };
     let fill = match (v.dtype, v.fill_attr) {
         (DType::Str | DType::Char, _) | (_, None) => "null".to_string(),
@@ -136,7 +139,7 @@ pub fn v3_array(v: &Variable) -> String {
             let s = v
                 .fill_attr
                 .unwrap_or_else(|| Scalar::from_le_bytes(&v.fill, dt).unwrap_or(Scalar::Int(0)));
-            let compressor = match &v.v3_encoding {
+            let compressor = match &encoding::choose(v).v3 {
                 Encoding::BloscZlib {
                     shuffle,
                     level,
@@ -222,6 +225,7 @@ fn v3_group(g: &Group) -> String {
 pub fn render(ds: &Dataset) -> ZarrMeta {
     let mut docs: Vec<(String, String)> = Vec::new();
     let mut consolidated = Vec::new();
+    let mut encodings = HashMap::new();
     for g in ds.root.walk() {
         let zgroup = "{\"zarr_format\": 2}".to_string();
         let zattrs = g.attrs.to_json(&[], &[]);
@@ -238,6 +242,7 @@ pub fn render(ds: &Dataset) -> ZarrMeta {
             docs.push((key(&v.path, ".zarray"), za));
             docs.push((key(&v.path, ".zattrs"), zt));
             docs.push((key(&v.path, "zarr.json"), v3_array(v)));
+            encodings.insert(v.path.clone(), encoding::choose(v));
         }
     }
     let mut zmeta = String::from("{\"zarr_consolidated_format\": 1, \"metadata\": {");
@@ -252,5 +257,6 @@ pub fn render(ds: &Dataset) -> ZarrMeta {
     docs.push((".zmetadata".into(), zmeta));
     ZarrMeta {
         docs: docs.into_iter().map(|(k, v)| (k, Bytes::from(v))).collect(),
+        encodings,
     }
 }

@@ -1,15 +1,15 @@
 //! Which reader a dataset's sources need, and opening the non-netCDF ones.
 //!
 //! netCDF/HDF5 files keep their own path (expansion, parallel indexing, index cache in
-//! `dataset::open`); reference sets and Zarr stores are opened here into the same
+//! `open`); reference sets and Zarr stores are opened here into the same
 //! [`SourceIndex`] model, so everything after opening is shared.
 
 use std::path::{Path, PathBuf};
 
 use cloudify_crds::{DatasetSpec, SourceFormat};
 
-use super::{SourceError, SourceIndex};
-use crate::dataset::open::OpenError;
+use super::OpenError;
+use crate::source::{SourceError, SourceFile, SourceIndex, icechunk, kerchunk, tree, zarr_store};
 
 /// The reader for a dataset's sources.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,7 +51,7 @@ pub fn sniff_path(p: &Path) -> Kind {
     }
     if p.is_dir() {
         // Before Zarr: a repository is not a Zarr store, whatever its name.
-        if super::icechunk::looks_like_repo(p) {
+        if icechunk::looks_like_repo(p) {
             return Kind::Icechunk;
         }
         if ext == "zarr"
@@ -87,12 +87,12 @@ pub fn sniff_url(url: &str, spec: &DatasetSpec) -> Kind {
     if has_glob(url) {
         return Kind::Netcdf;
     }
-    let Ok(tree) = super::tree::Tree::open(url, spec.storage.as_ref()) else {
+    let Ok(tree) = tree::Tree::open(url, spec.storage.as_ref()) else {
         return Kind::Netcdf;
     };
     if tree.is_file("zarr.json") || tree.is_file(".zgroup") || tree.is_file(".zarray") {
         Kind::Zarr
-    } else if super::icechunk::looks_like_repo_tree(&tree) {
+    } else if icechunk::looks_like_repo_tree(&tree) {
         Kind::Icechunk
     } else if tree
         .read(".zmetadata")
@@ -213,21 +213,18 @@ pub fn open_other(spec: &DatasetSpec, kind: Kind) -> Result<Vec<SourceIndex>, Op
     let storage = spec.storage.as_ref();
     let open = |p: &String| -> Result<SourceIndex, SourceError> {
         let tree = || {
-            super::tree::Tree::open(p, storage).map_err(|message| SourceError::Malformed {
+            tree::Tree::open(p, storage).map_err(|message| SourceError::Malformed {
                 path: PathBuf::from(p),
                 message,
             })
         };
         match kind {
-            Kind::Kerchunk => super::kerchunk::open_refs_source(p, &spec.reference_roots, storage),
-            Kind::Zarr => super::zarr_store::open_tree(&tree()?, storage),
-            Kind::Icechunk => super::icechunk::open_repo_tree(
-                &tree()?,
-                spec.icechunk.as_ref(),
-                &spec.reference_roots,
-                storage,
-            ),
-            Kind::Netcdf => super::open_file(std::sync::Arc::new(super::SourceFile::stat(PathBuf::from(p))?)),
+            Kind::Kerchunk => kerchunk::open_refs_source(p, &spec.reference_roots, storage),
+            Kind::Zarr => zarr_store::open_tree(&tree()?, storage),
+            Kind::Icechunk => {
+                icechunk::open_repo_tree(&tree()?, spec.icechunk.as_ref(), &spec.reference_roots, storage)
+            }
+            Kind::Netcdf => super::file::open_file(std::sync::Arc::new(SourceFile::stat(PathBuf::from(p))?)),
         }
     };
     use rayon::prelude::*;

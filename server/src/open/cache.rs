@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::{SourceFile, SourceIndex};
+use crate::source::{SourceFile, SourceIndex, rebind};
 
 /// Bump when the index layout changes: older entries are then ignored and rewritten.
 /// 5: source identities carry the local file's inode and ctime.
@@ -96,7 +96,7 @@ impl IndexCache {
         // the changed-file checks compare with), one shared `Arc` per file.
         let mut indexes = entry.indexes;
         for (idx, f) in indexes.iter_mut().zip(files) {
-            super::rebind(idx, &Arc::new(f.clone()));
+            rebind(idx, &Arc::new(f.clone()));
         }
         Some(indexes)
     }
@@ -187,21 +187,6 @@ impl IndexCache {
     }
 }
 
-/// Opens one file through the cache without writing its entry: `Ok((index, true))` when it
-/// was indexed afresh and still needs [`IndexCache::store`] (see [`store_in_background`]).
-pub fn open_cached_deferred(
-    file: Arc<SourceFile>,
-    cache: Option<&IndexCache>,
-) -> Result<(SourceIndex, bool), super::SourceError> {
-    if let Some(c) = cache
-        && let Some(mut idx) = c.load(&file)
-    {
-        super::rebind(&mut idx, &file);
-        return Ok((idx, false));
-    }
-    Ok((super::open_file(file)?, true))
-}
-
 /// Writes per-file entries on a background thread.
 ///
 /// With the native HDF5 reader, creating 2000 small cache files (and building their kerchunk
@@ -222,24 +207,6 @@ pub fn store_in_background(cache: &IndexCache, indexes: Vec<SourceIndex>) {
     });
 }
 
-/// Opens one file through the cache.
-pub fn open_cached(
-    file: Arc<SourceFile>,
-    cache: Option<&IndexCache>,
-) -> Result<SourceIndex, super::SourceError> {
-    if let Some(c) = cache
-        && let Some(mut idx) = c.load(&file)
-    {
-        super::rebind(&mut idx, &file);
-        return Ok(idx);
-    }
-    let idx = super::open_file(file)?;
-    if let Some(c) = cache {
-        c.store(&idx);
-    }
-    Ok(idx)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,7 +221,7 @@ mod tests {
 
     fn index(path: &Path) -> SourceIndex {
         let file = Arc::new(SourceFile::stat(path.to_path_buf()).expect("stat"));
-        super::super::open_file(file).expect("open test file")
+        crate::open::file::open_file(file).expect("open test file")
     }
 
     #[test]

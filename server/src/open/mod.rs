@@ -1,14 +1,23 @@
-//! DatasetSpec → files → indexes → [`Dataset`].
+//! Opening: DatasetSpec → files → indexes → [`Dataset`].
+//!
+//! The one path every dataset is opened by: sources expanded once (globs, object listings,
+//! reference sets, Zarr stores, Icechunk repositories), each file opened through the index
+//! cache ([`cache`]) by its format's reader ([`file`], [`formats`]), then aggregated.
+
+pub mod cache;
+pub mod file;
+pub mod formats;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::Dataset;
-use super::aggregate::{AggregateError, build};
-use crate::source::cache::{IndexCache, open_cached_deferred, store_in_background};
+use crate::dataset::Dataset;
+use crate::dataset::aggregate::{AggregateError, build};
 use crate::source::{SourceError, SourceFile};
+use cache::{IndexCache, store_in_background};
+use file::open_cached_deferred;
 
 /// Why a dataset cannot be opened. Messages name the source or file.
 #[derive(Debug, thiserror::Error)]
@@ -172,10 +181,10 @@ pub fn open_dataset_cached(
     spec: &cloudify_crds::DatasetSpec,
     cache: Option<&IndexCache>,
 ) -> Result<Dataset, OpenError> {
-    let kind = crate::source::formats::kind_of(spec);
-    if kind != crate::source::formats::Kind::Netcdf {
+    let kind = crate::open::formats::kind_of(spec);
+    if kind != crate::open::formats::Kind::Netcdf {
         // Reference sets and Zarr stores: no index cache (opening them reads no library).
-        let indexes = crate::source::formats::open_other(spec, kind)?;
+        let indexes = crate::open::formats::open_other(spec, kind)?;
         return Ok(build(spec, indexes)?);
     }
     let t0 = std::time::Instant::now();
@@ -185,7 +194,7 @@ pub fn open_dataset_cached(
     let files = found
         .into_par_iter()
         .map(|f| match f {
-            Found::Local(p) => SourceFile::stat(p),
+            Found::Local(p) => SourceFile::stat(p).map_err(SourceError::from),
             Found::Remote(file) => Ok(file),
         })
         .collect::<Result<Vec<_>, SourceError>>()?;
@@ -202,7 +211,7 @@ pub fn open_dataset_cached(
                 .into_par_iter()
                 .map(|f| {
                     if f.remote.is_some() {
-                        crate::source::open_remote(Arc::new(f), cache, &tmp_dir).map(|i| (i, false))
+                        crate::open::file::open_remote(Arc::new(f), cache, &tmp_dir).map(|i| (i, false))
                     } else {
                         open_cached_deferred(Arc::new(f), cache)
                     }

@@ -1,0 +1,472 @@
+//! The pipeline: a region of a served variable, for any protocol.
+//!
+//! A served variable is stitched from pieces of source files along its concat axis; this
+//! layer assembles a region of it (a served chunk, or any block) from the file-level reads
+//! of [`crate::chunk::read`]. Protocols (Zarr v2/v3, and what reads blocks next: derived
+//! variables, reductions, images, OPeNDAP) ask here and encode the answer themselves.
+//! When a served chunk is exactly one stored chunk, its decoded bytes are the answer
+//! without a copy; pass-through (no decoding at all) is [`raw_chunk`].
+
+use crate::block::{Block, BlockData};
+use crate::chunk::grid::copy_block;
+use crate::chunk::grid::{fill_with, grid_shape, intersect, linear, numel};
+use crate::chunk::read::{
+    Direct, ReadError, check_inlined, decoded_stored_chunk, raw_stored_chunk, read_into,
+};
+use crate::dataset::{Derive, Piece, Values, Variable};
+use crate::dtype::DType;
+use crate::source::{MemValues, Storage};
+use crate::storage::read::check_unchanged;
+
+/// Checks that the local files served chunk `idx` is read from are the versions indexed,
+/// without reading it: before answering `304 Not Modified`, which tells a client its cached
+/// copy is still the data (the ETag derives from the identities recorded at start-up).
+/// Only storage read from a source file's bytes is checked, as reads are.
+pub fn check_chunk_sources(var: &Variable, idx: &[u64]) -> Result<(), ReadError> {
+    let (start, count) = chunk_region(var, idx)?;
+    if let Values::Derived(d) = &var.values {
+        return d.check_sources(&start, &count);
+    }
+    for piece in var.pieces() {
+        if let Some(ax) = var.concat_axis()
+            && intersect(start[ax], count[ax], piece.start, piece.data.shape[ax]).is_none()
+        {
+            continue;
+        }
+        match &piece.data.storage {
+            Storage::Chunked { .. } | Storage::Contiguous { .. } | Storage::Records { .. } => {
+                check_unchanged(&piece.data.file).map_err(ReadError::from)?
+            }
+            Storage::Memory(_) => check_inlined(&piece.data)?,
+            Storage::Unallocated | Storage::Refs { .. } => {}
+        }
+    }
+    Ok(())
+}
+
+/// The region of the served chunk `idx`: start and count per dimension (clipped to shape).
+pub fn chunk_region(var: &Variable, idx: &[u64]) -> Result<(Vec<u64>, Vec<u64>), ReadError> {
+    let grid = grid_shape(&var.shape, &var.chunks);
+    if idx.len() != grid.len() || idx.iter().zip(&grid).any(|(i, g)| i >= g) {
+        return Err(ReadError::OutOfRange {
+            index: idx.to_vec(),
+            grid,
+        });
+    }
+    let start: Vec<u64> = idx.iter().zip(&var.chunks).map(|(i, c)| i * c).collect();
+    let count = start
+        .iter()
+        .zip(&var.chunks)
+        .zip(&var.shape)
+        .map(|((s, c), n)| (*c).min(n - s))
+        .collect();
+    Ok((start, count))
+}
+
+/// Stored bytes of a served chunk, unchanged, when the variable is served pass-through.
+/// Returns `None` when the chunk was never written or skipped a filter: the caller then
+/// decodes and re-encodes it.
+pub fn raw_chunk(var: &Variable, idx: &[u64]) -> Result<Option<Vec<u8>>, ReadError> {
+    let (start, _) = chunk_region(var, idx)?;
+    let Some((piece, local)) = locate_piece(var, &start) else {
+        return Ok(None);
+    };
+    if let Some((chunk_shape, _)) = piece.data.storage.chunking() {
+        let sgrid = grid_shape(&piece.data.shape, chunk_shape);
+        let cidx: Vec<u64> = local.iter().zip(chunk_shape).map(|(s, c)| s / c).collect();
+        return raw_stored_chunk(&Direct, &piece.data, linear(&cidx, &sgrid) as usize);
+    }
+    Ok(None)
+}
+
+/// The piece holding global position `start` and the position local to it (`None` for a
+/// derived variable).
+fn locate_piece<'a>(var: &'a Variable, start: &[u64]) -> Option<(&'a Piece, Vec<u64>)> {
+    let pieces = var.pieces();
+    let first = pieces.first()?;
+    let mut local = start.to_vec();
+    let Some(ax) = var.concat_axis() else {
+        return Some((first, local));
+    };
+    let p = pieces
+        .iter()
+        .rev()
+        .find(|p| p.start <= start[ax])
+        .unwrap_or(first);
+    local[ax] -= p.start.min(local[ax]);
+    Some((p, local))
+}
+
+/// Decoded little-endian bytes of the full served chunk `idx` (edge chunks padded with the
+/// fill value, as Zarr stores them).
+pub fn read_chunk(var: &Variable, idx: &[u64]) -> Result<Vec<u8>, ReadError> {
+    let (start, count) = chunk_region(var, idx)?;
+    read_block(var, &start, &count, &var.chunks)
+}
+
+/// Decoded little-endian bytes of the block `[start, start+count)` of a variable, in a buffer
+/// of shape `buf_shape` (>= count; the rest is fill).
+pub fn read_block(
+    var: &Variable,
+    start: &[u64],
+    count: &[u64],
+    buf_shape: &[u64],
+) -> Result<Vec<u8>, ReadError> {
+    if let Values::Derived(d) = &var.values {
+        return derived_block(var, d.as_ref(), start, count, buf_shape);
+    }
+    if let Some(out) = whole_stored_chunk(var, start, buf_shape)? {
+        return Ok(out);
+    }
+    let elem = var.dtype.size();
+    let n = numel(buf_shape).ok_or_else(|| ReadError::TooLarge(buf_shape.to_vec()))?;
+    let mut out = vec![0u8; n * elem];
+    fill_with(&mut out, &var.fill);
+    for piece in var.pieces() {
+        // Intersection of the block with the piece, in global coordinates.
+        let mut pstart = start.to_vec();
+        let mut pcount = count.to_vec();
+        let mut dst_start = vec![0u64; start.len()];
+        if let Some(ax) = var.concat_axis() {
+            let Some((s, c)) = intersect(start[ax], count[ax], piece.start, piece.data.shape[ax]) else {
+                continue;
+            };
+            pstart[ax] = s - piece.start;
+            pcount[ax] = c;
+            dst_start[ax] = s - start[ax];
+        }
+        read_into(
+            &Direct,
+            &piece.data,
+            var.dtype,
+            &pstart,
+            &pcount,
+            &mut out,
+            buf_shape,
+            &dst_start,
+        )?;
+    }
+    Ok(out)
+}
+
+/// Fast path: when the block is exactly one stored chunk, its decoded bytes are the answer
+/// (no fill, no copy). `None` when the block is anything else.
+fn whole_stored_chunk(
+    var: &Variable,
+    start: &[u64],
+    buf_shape: &[u64],
+) -> Result<Option<Vec<u8>>, ReadError> {
+    let Some((piece, local)) = locate_piece(var, start) else {
+        return Ok(None);
+    };
+    let Some((chunk_shape, _)) = piece.data.storage.chunking() else {
+        return Ok(None);
+    };
+    if chunk_shape.as_slice() != buf_shape || local.iter().zip(chunk_shape).any(|(s, c)| s % c != 0) {
+        return Ok(None);
+    }
+    // The chunk must lie inside this piece along the concat axis (it does when aligned).
+    if let Some(ax) = var.concat_axis()
+        && local[ax] + chunk_shape[ax] > piece.data.shape[ax]
+        && piece.start + piece.data.shape[ax] < var.shape[ax]
+    {
+        return Ok(None);
+    }
+    let sgrid = grid_shape(&piece.data.shape, chunk_shape);
+    let cidx: Vec<u64> = local.iter().zip(chunk_shape).map(|(s, c)| s / c).collect();
+    let data = decoded_stored_chunk(&Direct, &piece.data, var.dtype, linear(&cidx, &sgrid) as usize)?;
+    // Outside the array (Zarr edge padding) HDF5 may hold anything; Zarr readers ignore it.
+    Ok(data)
+}
+
+/// The region `[start, start+count)` of a variable as a typed block of shape `count`:
+/// the one read every protocol and every processing step makes.
+pub fn read_region(var: &Variable, start: &[u64], count: &[u64]) -> Result<Block, ReadError> {
+    check_region(var, start, count)?;
+    if let Values::Derived(d) = &var.values {
+        return d.read(start, count);
+    }
+    let block = if var.dtype == DType::Str {
+        Block::from_strings(count.to_vec(), read_strings(var, start, count, count)?)
+    } else {
+        Block::from_bytes(var.dtype, count.to_vec(), read_block(var, start, count, count)?)
+    };
+    block.map_err(|e| ReadError::Block(e.to_string()))
+}
+
+/// A region inside the variable's shape, else [`ReadError::OutOfRange`].
+fn check_region(var: &Variable, start: &[u64], count: &[u64]) -> Result<(), ReadError> {
+    let inside = start.len() == var.shape.len()
+        && count.len() == var.shape.len()
+        && start
+            .iter()
+            .zip(count)
+            .zip(&var.shape)
+            .all(|((s, c), n)| s.checked_add(*c).is_some_and(|end| end <= *n));
+    if inside {
+        Ok(())
+    } else {
+        Err(ReadError::OutOfRange {
+            index: start.iter().chain(count).copied().collect(),
+            grid: var.shape.clone(),
+        })
+    }
+}
+
+/// A derived variable's block `[start, start+count)` in a buffer of shape `buf_shape`
+/// (Zarr edge chunks: the rest is fill).
+fn derived_block(
+    var: &Variable,
+    d: &dyn Derive,
+    start: &[u64],
+    count: &[u64],
+    buf_shape: &[u64],
+) -> Result<Vec<u8>, ReadError> {
+    let block = d.read(start, count)?;
+    if block.dtype() != var.dtype || block.shape() != count {
+        return Err(ReadError::Block(format!(
+            "computed block is {:?} of shape {:?}, expected {:?} of shape {count:?}",
+            block.dtype(),
+            block.shape(),
+            var.dtype
+        )));
+    }
+    let BlockData::Bytes(bytes) = block.into_data() else {
+        return Err(ReadError::Block("computed block holds strings".into()));
+    };
+    if count == buf_shape {
+        return Ok(bytes);
+    }
+    let elem = var.dtype.size();
+    let n = numel(buf_shape).ok_or_else(|| ReadError::TooLarge(buf_shape.to_vec()))?;
+    let mut out = vec![0u8; n * elem];
+    fill_with(&mut out, &var.fill);
+    let zero = vec![0u64; count.len()];
+    copy_block(&bytes, count, &zero, &mut out, buf_shape, &zero, count, elem);
+    Ok(out)
+}
+
+/// Strings of the served chunk `idx` of an NC_STRING variable (padded with "").
+pub fn read_chunk_strings(var: &Variable, idx: &[u64]) -> Result<Vec<String>, ReadError> {
+    let (start, count) = chunk_region(var, idx)?;
+    read_strings(var, &start, &count, &var.chunks)
+}
+
+/// Strings of the block `[start, start+count)` of an NC_STRING variable, in a buffer of
+/// shape `buf_shape` (>= count; the rest is "").
+fn read_strings(
+    var: &Variable,
+    start: &[u64],
+    count: &[u64],
+    buf_shape: &[u64],
+) -> Result<Vec<String>, ReadError> {
+    let n = numel(buf_shape).ok_or_else(|| ReadError::TooLarge(buf_shape.to_vec()))?;
+    let mut out = vec![String::new(); n];
+    if let Values::Derived(d) = &var.values {
+        let block = d.read(start, count)?;
+        if block.shape() != count {
+            return Err(ReadError::Block(format!(
+                "computed block has shape {:?}, expected {count:?}",
+                block.shape()
+            )));
+        }
+        let BlockData::Strings(values) = block.into_data() else {
+            return Err(ReadError::Block(
+                "computed block of a string variable holds numbers".into(),
+            ));
+        };
+        let zero = vec![0u64; count.len()];
+        copy_strings(&values, count, &zero, &mut out, buf_shape, &zero, count);
+        return Ok(out);
+    }
+    for piece in var.pieces() {
+        let Storage::Memory(m) = &piece.data.storage else {
+            continue;
+        };
+        let MemValues::Strings(values) = m.as_ref() else {
+            continue;
+        };
+        let mut pstart = start.to_vec();
+        let mut pcount = count.to_vec();
+        let mut dst0 = vec![0u64; start.len()];
+        if let Some(ax) = var.concat_axis() {
+            let Some((s, c)) = intersect(start[ax], count[ax], piece.start, piece.data.shape[ax]) else {
+                continue;
+            };
+            pstart[ax] = s - piece.start;
+            pcount[ax] = c;
+            dst0[ax] = s - start[ax];
+        }
+        copy_strings(
+            values,
+            &piece.data.shape,
+            &pstart,
+            &mut out,
+            buf_shape,
+            &dst0,
+            &pcount,
+        );
+    }
+    Ok(out)
+}
+
+/// Copies the box `count` of strings at `src_start` of `src` (shape `src_shape`) to
+/// `dst_start` of `dst` (shape `dst_shape`); element-wise via indices (string arrays are
+/// small). Positions outside either array are skipped.
+fn copy_strings(
+    src: &[String],
+    src_shape: &[u64],
+    src_start: &[u64],
+    dst: &mut [String],
+    dst_shape: &[u64],
+    dst_start: &[u64],
+    count: &[u64],
+) {
+    let total = numel(count).unwrap_or(0);
+    let mut k = vec![0u64; count.len()];
+    for _ in 0..total {
+        let s: Vec<u64> = k.iter().zip(src_start).map(|(a, b)| a + b).collect();
+        let d: Vec<u64> = k.iter().zip(dst_start).map(|(a, b)| a + b).collect();
+        let si = linear(&s, src_shape) as usize;
+        let di = linear(&d, dst_shape) as usize;
+        if let (Some(v), Some(o)) = (src.get(si), dst.get_mut(di)) {
+            o.clone_from(v);
+        }
+        for x in (0..k.len()).rev() {
+            k[x] += 1;
+            if k[x] < count[x] {
+                break;
+            }
+            k[x] = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    use crate::storage::read::ByteError;
+
+    use super::*;
+    use crate::dataset::Dataset;
+    use crate::open::file::open_file;
+    use crate::source::SourceFile;
+
+    /// A netCDF-4 file with a compressed variable larger than the inline limit (read from
+    /// the file per request) and a small coordinate (inlined into the index).
+    fn write_nc4(path: &Path, scale: f32) {
+        let mut f = netcdf::create(path).expect("create");
+        f.add_dimension("y", 64).expect("dim");
+        f.add_dimension("x", 128).expect("dim");
+        {
+            let mut v = f.add_variable::<f32>("big", &["y", "x"]).expect("var");
+            v.set_compression(4, true).expect("deflate");
+            v.set_chunking(&[32, 128]).expect("chunking");
+            let vals: Vec<f32> = (0..64 * 128).map(|i| i as f32 * scale).collect();
+            v.put_values(&vals, ..).expect("put");
+        }
+        let mut x = f.add_variable::<f64>("x", &["x"]).expect("var");
+        let vals: Vec<f64> = (0..128).map(|i| f64::from(i) * f64::from(scale)).collect();
+        x.put_values(&vals, ..).expect("put");
+    }
+
+    fn open(path: &Path) -> Dataset {
+        let file = Arc::new(SourceFile::stat(path.to_path_buf()).expect("stat"));
+        let idx = open_file(file).expect("index");
+        let spec = cloudify_crds::DatasetSpec::new("t", vec![path.display().to_string()]);
+        crate::dataset::aggregate::build(&spec, vec![idx]).expect("dataset")
+    }
+
+    /// Coarse file timestamps tick every few milliseconds: let the clock move past the
+    /// index time before changing the file, as any real change is.
+    fn later() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    fn set_mtime(path: &Path, t: SystemTime) {
+        let f = std::fs::File::options().write(true).open(path).expect("open");
+        f.set_times(std::fs::FileTimes::new().set_modified(t))
+            .expect("set mtime");
+    }
+
+    /// Both the per-request read of a stored chunk and the inlined coordinate are refused,
+    /// naming the file and what changed; never bytes read through the old index.
+    fn assert_refused(ds: &Dataset, path: &Path, what: &str) {
+        for (var, idx) in [("big", vec![0, 0]), ("x", vec![0])] {
+            let v = ds.variable(var).expect("variable");
+            match read_chunk(v, &idx) {
+                Err(e @ ReadError::Bytes(ByteError::Changed { .. })) => {
+                    let msg = e.to_string();
+                    assert!(msg.contains(&*path.to_string_lossy()), "{msg}");
+                    assert!(msg.contains("changed since it was indexed"), "{msg}");
+                    assert!(msg.contains(what), "{var}: {msg} should mention {what}");
+                }
+                other => panic!("{var}: expected a changed-file error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unchanged_file_is_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("a.nc");
+        write_nc4(&p, 1.0);
+        let ds = open(&p);
+        let big = read_chunk(ds.variable("big").expect("big"), &[1, 0]).expect("read");
+        assert_eq!(&big[..4], &(32.0f32 * 128.0).to_le_bytes());
+        let x = read_chunk(ds.variable("x").expect("x"), &[0]).expect("read");
+        assert_eq!(&x[8..16], &1.0f64.to_le_bytes());
+    }
+
+    #[test]
+    fn touched_file_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("a.nc");
+        write_nc4(&p, 1.0);
+        let ds = open(&p);
+        later();
+        set_mtime(&p, SystemTime::now());
+        assert_refused(&ds, &p, "mtime");
+    }
+
+    /// Rewritten in place with the same size and its mtime set back (`touch -r`): only the
+    /// ctime tells, and it is enough.
+    #[test]
+    fn rewritten_file_with_the_same_size_and_mtime_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("a.nc");
+        write_nc4(&p, 1.0);
+        let ds = open(&p);
+        let mtime = std::fs::metadata(&p).and_then(|m| m.modified()).expect("mtime");
+        let mut bytes = std::fs::read(&p).expect("read");
+        later();
+        // Other bytes where the first chunk is, the same length.
+        let Some(Storage::Chunked { locs, .. }) = ds.variable("big").map(|v| &v.pieces()[0].data.storage)
+        else {
+            panic!("big is chunked");
+        };
+        let at = locs[0].offset as usize + 10;
+        bytes[at] ^= 0x55;
+        std::fs::write(&p, &bytes).expect("rewrite");
+        set_mtime(&p, mtime);
+        assert_eq!(std::fs::metadata(&p).expect("stat").len(), bytes.len() as u64);
+        assert_refused(&ds, &p, "ctime");
+    }
+
+    /// A changed copy moved over the file (a new inode), the way tools replace files.
+    #[test]
+    fn file_replaced_by_rename_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("a.nc");
+        write_nc4(&p, 1.0);
+        let ds = open(&p);
+        later();
+        let tmp = dir.path().join("a.nc.tmp");
+        write_nc4(&tmp, 2.0);
+        std::fs::rename(&tmp, &p).expect("rename");
+        assert_refused(&ds, &p, "replaced");
+    }
+}

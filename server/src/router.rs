@@ -1,0 +1,36 @@
+//! The server's router: every feature's routes merged in one place, with the layers that
+//! apply to all of them.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{HeaderName, Method, header};
+use tower_http::cors::{Any, CorsLayer};
+
+use crate::http::{meta, middleware};
+use crate::state::AppState;
+
+/// Builds the router. Layers, outermost first: CORS (on every answer, errors included),
+/// request size limits, JSON bodies for axum's own errors; the chunk and metadata routes
+/// answer byte ranges (`http::routes`).
+pub fn router(state: Arc<AppState>) -> Router {
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::HEAD, Method::OPTIONS])
+        .allow_headers(Any)
+        .expose_headers([
+            header::ETAG,
+            header::CONTENT_LENGTH,
+            HeaderName::from_static("content-encoding"),
+            header::CONTENT_RANGE,
+            header::ACCEPT_RANGES,
+        ]);
+    Router::new()
+        .merge(crate::http::routes())
+        .merge(crate::catalog::routes::routes())
+        .fallback(meta::not_found)
+        .layer(axum::middleware::from_fn(middleware::json_errors))
+        .layer(axum::middleware::from_fn(middleware::limits))
+        .layer(cors)
+        .with_state(state)
+}

@@ -1,0 +1,120 @@
+//! What the server holds while it runs: the datasets ready to serve (with their rendered
+//! metadata and references), the worker pool, metrics and the shutdown flag.
+//!
+//! Below every protocol: the Zarr, kerchunk, catalog and operations routes all read it, and
+//! `app` fills it at start-up.
+
+pub mod parquet;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::dataset::Dataset;
+use crate::metrics::Metrics;
+use crate::zarr::ZarrMeta;
+use parquet::ParquetDir;
+
+/// A dataset ready to serve, with its pre-rendered Zarr metadata.
+#[derive(Debug)]
+pub struct Served {
+    pub ds: Dataset,
+    pub meta: ZarrMeta,
+    /// Byte-range references of the stored chunks (the `/kerchunk` route).
+    pub refs: crate::refs::Refs,
+    /// The same references persisted as a kerchunk Parquet directory in the index cache
+    /// (`/kerchunk.parq/`); written in the background after start-up, `None` without a cache.
+    pub refs_parquet: Option<ParquetDir>,
+    /// Bounds of this dataset's chunk keys, so that parsing a key is linear in its length.
+    pub key_limits: crate::zarr::key::KeyLimits,
+}
+
+impl Served {
+    /// `refs_parquet`: where the Parquet references are kept (`None` without a cache).
+    pub fn new(
+        ds: Dataset,
+        meta: ZarrMeta,
+        refs: crate::refs::Refs,
+        refs_parquet: Option<std::path::PathBuf>,
+    ) -> Self {
+        let key_limits = crate::zarr::key::KeyLimits::of(
+            ds.root
+                .walk()
+                .iter()
+                .flat_map(|g| g.vars.iter().map(|v| (v.path.as_str(), v.shape.len()))),
+        );
+        Self {
+            ds,
+            meta,
+            refs,
+            refs_parquet: refs_parquet.map(ParquetDir::new),
+            key_limits,
+        }
+    }
+}
+
+/// State of one configured dataset.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    Ready(Arc<Served>),
+    Failed(String),
+}
+
+/// Everything handlers need.
+#[derive(Debug)]
+pub struct AppState {
+    /// Datasets in configuration order.
+    pub datasets: Vec<(String, Entry)>,
+    /// Pool for reading and decoding chunks, sized to the cores: decoding is CPU-bound and
+    /// must not block the async runtime.
+    pub pool: rayon::ThreadPool,
+    pub metrics: Metrics,
+    /// Set on SIGTERM/SIGINT: `/readyz` answers 503 while open connections drain.
+    pub shutdown: ShutdownFlag,
+}
+
+impl AppState {
+    pub fn entry(&self, id: &str) -> Option<&Entry> {
+        self.datasets.iter().find(|(n, _)| n == id).map(|(_, e)| e)
+    }
+
+    /// Runs CPU/IO work on the pool and awaits it. A panic in `f` (a bug) is caught and
+    /// reported as `None`, so one bad request can never take the server down.
+    pub async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.pool.spawn(move || {
+            if let Ok(v) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+                let _ = tx.send(v);
+            }
+        });
+        rx.await.ok()
+    }
+
+    /// Like [`AppState::run`], for work on `ds`. Reads from object stores mostly wait on
+    /// the network, so they run on tokio's blocking pool (many threads) instead of occupying
+    /// the few decode workers; the store's concurrency limit bounds the requests.
+    pub async fn run_for<T: Send + 'static>(
+        &self,
+        ds: &Dataset,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        if ds.remote {
+            tokio::task::spawn_blocking(f).await.ok()
+        } else {
+            self.run(f).await
+        }
+    }
+}
+
+/// Whether the server is shutting down, shared with the handlers (`/readyz`).
+#[derive(Debug, Clone, Default)]
+pub struct ShutdownFlag(Arc<AtomicBool>);
+
+impl ShutdownFlag {
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    pub fn set(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}

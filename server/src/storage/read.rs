@@ -1,0 +1,212 @@
+//! Reading a source file's bytes: `pread` for local files, ranged GETs for objects.
+//!
+//! Every read names the file, offset and length it failed at. Local reads check that the
+//! file is still the version it was indexed as (see [`check_unchanged`]): serving reads bytes
+//! at offsets an index recorded, and a rewritten file holds other bytes there.
+//!
+//! Who reads is explicit: functions above this layer take a [`RangeRead`], which is
+//! [`Direct`] when serving and the indexing reader of an object while it is being indexed
+//! (so bytes it fetched for the index are not fetched again).
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use super::RemoteError;
+use super::file::SourceFile;
+
+/// Bytes of a source file that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ByteError {
+    #[error("{path}: read of {len} bytes at offset {offset} failed: {source}")]
+    Io {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+        source: std::io::Error,
+    },
+    #[error("{path}: file ends before byte {end} (truncated file?)")]
+    Truncated { path: PathBuf, end: u64 },
+    /// A length that does not fit this machine's address space (from a corrupt index).
+    #[error("chunk of {0:?} elements is too large")]
+    TooLarge(Vec<u64>),
+    /// An object-store read failed (missing or changed object, denied, store down, timeout).
+    #[error("{0}")]
+    Remote(#[from] RemoteError),
+    /// A local source file is not the version that was indexed: its chunks would be read at
+    /// stale offsets (and served under the old ETag), so nothing is read from it.
+    #[error("{path}: file changed since it was indexed ({what}); restart the server to re-index it")]
+    Changed { path: PathBuf, what: String },
+}
+
+/// Reads byte ranges of source files. Implemented by [`Direct`] and by readers that keep
+/// or count what they fetch (the indexing reader of an object, `source::remote`).
+pub trait RangeRead: Sync {
+    /// Reads several `(offset, len)` ranges of one source, in order.
+    fn read_many(&self, file: &SourceFile, ranges: &[(u64, u64)]) -> Result<Vec<Vec<u8>>, ByteError>;
+
+    /// Reads `len` bytes at `offset` of a source.
+    fn read_at(&self, file: &SourceFile, offset: u64, len: u64) -> Result<Vec<u8>, ByteError> {
+        Ok(self.read_many(file, &[(offset, len)])?.pop().unwrap_or_default())
+    }
+}
+
+/// Reads straight from the file or store: `pread` (checked against the indexed identity)
+/// for local files; for objects one call that merges nearby ranges into fewer requests and
+/// runs them in parallel.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Direct;
+
+impl RangeRead for Direct {
+    fn read_many(&self, file: &SourceFile, ranges: &[(u64, u64)]) -> Result<Vec<Vec<u8>>, ByteError> {
+        match &file.remote {
+            None => ranges
+                .iter()
+                .map(|(o, n)| pread_checked(&file.path, Some(file), *o, *n))
+                .collect(),
+            Some(_) if ranges.is_empty() => Ok(Vec::new()),
+            Some(obj) => Ok(super::read_ranges(file, obj, ranges)?
+                .into_iter()
+                .map(|b| b.to_vec())
+                .collect()),
+        }
+    }
+
+    fn read_at(&self, file: &SourceFile, offset: u64, len: u64) -> Result<Vec<u8>, ByteError> {
+        match &file.remote {
+            None => pread_checked(&file.path, Some(file), offset, len),
+            Some(_) => Ok(self.read_many(file, &[(offset, len)])?.pop().unwrap_or_default()),
+        }
+    }
+}
+
+/// [`Direct::read_at`]: `len` bytes at `offset` of a source.
+pub fn read_at(file: &SourceFile, offset: u64, len: u64) -> Result<Vec<u8>, ByteError> {
+    Direct.read_at(file, offset, len)
+}
+
+/// Reads `len` bytes at `offset`; a short read means the file was truncated.
+///
+/// The file is opened per call (its own descriptor, so seeking is not shared between
+/// threads) and read with `read_to_end` into an uninitialised buffer: pass-through chunks are
+/// hundreds of KB, and zero-filling a buffer first was a third memory pass on the hottest path.
+pub fn pread(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, ByteError> {
+    pread_checked(path, None, offset, len)
+}
+
+/// [`pread`], then, when `ident` is the identity the file was indexed with, an `fstat` of
+/// the descriptor the bytes came from, compared with it: a file touched, rewritten in place
+/// or replaced (`mv`) since is [`ByteError::Changed`] instead of bytes decoded with a stale
+/// index. Checking after the read covers a write racing with it (a write updates the
+/// mtime/ctime before its data can be read), and a changed file is reported as such even
+/// when it is now too short. One system call per read, on a descriptor already open.
+fn pread_checked(
+    path: &Path,
+    ident: Option<&SourceFile>,
+    offset: u64,
+    len: u64,
+) -> Result<Vec<u8>, ByteError> {
+    let io = |source| ByteError::Io {
+        path: path.to_path_buf(),
+        offset,
+        len,
+        source,
+    };
+    let n = usize::try_from(len).map_err(|_| ByteError::TooLarge(vec![len]))?;
+    let truncated = || ByteError::Truncated {
+        path: path.to_path_buf(),
+        end: offset.saturating_add(len),
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    // The range comes from references and indexes (input): one past the end of the file is
+    // refused before the buffer is allocated, or a bogus size of 2^45 bytes would abort the
+    // process on allocation failure (found by fuzzing, server/fuzz kerchunk_parquet).
+    let size = f.metadata().map_err(io)?.len();
+    let read = if offset.checked_add(len).is_none_or(|end| end > size) {
+        None
+    } else {
+        Some((|| {
+            f.seek(SeekFrom::Start(offset))?;
+            let mut buf = Vec::with_capacity(n);
+            (&mut f).take(len).read_to_end(&mut buf)?;
+            Ok(buf)
+        })())
+    };
+    // A changed file is named as changed, even when the change made the range fall past its end.
+    if let Some(ident) = ident.filter(|i| i.inode.is_some()) {
+        let meta = f.metadata().map_err(io)?;
+        if let Some(what) = ident.local_change(&meta) {
+            return Err(ByteError::Changed {
+                path: path.to_path_buf(),
+                what,
+            });
+        }
+    }
+    let Some(read) = read else {
+        return Err(truncated());
+    };
+    let buf = read.map_err(io)?;
+    if buf.len() < n {
+        return Err(truncated());
+    }
+    Ok(buf)
+}
+
+/// `Ok` when `file` is not a local file with a recorded [`super::file::Inode`], or is
+/// still the version indexed (one `stat`); else [`ByteError::Changed`].
+pub fn check_unchanged(file: &SourceFile) -> Result<(), ByteError> {
+    if file.inode.is_none() || file.remote.is_some() {
+        return Ok(());
+    }
+    let meta = std::fs::metadata(&file.path).map_err(|source| ByteError::Io {
+        path: file.path.clone(),
+        offset: 0,
+        len: 0,
+        source,
+    })?;
+    match file.local_change(&meta) {
+        Some(what) => Err(ByteError::Changed {
+            path: file.path.clone(),
+            what,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Reads the whole of a chunk file, local or an object.
+pub fn read_source_whole(file: &SourceFile) -> Result<Vec<u8>, ByteError> {
+    match &file.remote {
+        None => read_file(&file.path),
+        Some(obj) => Ok(super::read_whole(file, obj)?.to_vec()),
+    }
+}
+
+/// Reads the whole of a local chunk file.
+pub fn read_file(path: &Path) -> Result<Vec<u8>, ByteError> {
+    std::fs::read(path).map_err(|source| ByteError::Io {
+        path: path.to_path_buf(),
+        offset: 0,
+        len: 0,
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_past_the_end_are_refused_before_allocating() {
+        // found by fuzzing (server/fuzz `kerchunk_parquet`): a reference of 2^45 bytes into a
+        // small file made pread allocate its buffer first and abort the process
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("data.bin");
+        std::fs::write(&p, [7u8; 16]).unwrap();
+        assert_eq!(pread(&p, 8, 8).unwrap(), vec![7u8; 8]);
+        for (offset, len) in [(0, 1u64 << 45), (8, 9), (u64::MAX, 2), (17, 0)] {
+            let e = pread(&p, offset, len).unwrap_err();
+            assert!(matches!(e, ByteError::Truncated { .. }), "{offset}+{len}: {e}");
+            assert!(e.to_string().contains("data.bin"), "{e}");
+        }
+        assert_eq!(pread(&p, 16, 0).unwrap(), Vec::<u8>::new());
+    }
+}
