@@ -42,7 +42,7 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let mut z = Vec::new();
         for _ in 0..reps {
-            z = encode(&raw, &Encoding::Zstd(level));
+            z = encode(&raw, &Encoding::Zstd(level))?;
         }
         println!(
             "zstd {level:>2}      {:.2} ms  ratio {:.2}",

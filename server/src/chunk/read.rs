@@ -32,6 +32,14 @@ pub enum ReadError {
     },
     #[error("chunk of {0:?} elements is too large")]
     TooLarge(Vec<u64>),
+    /// A chunk reference naming a file the reference table does not hold (corrupt index).
+    #[error("{path}: chunk {chunk} refers to file {file}, but the references list {files} files")]
+    BadReference {
+        path: PathBuf,
+        chunk: usize,
+        file: u32,
+        files: usize,
+    },
     /// A computed block that does not fit the variable (a bug in a computation).
     #[error("{0}")]
     Block(String),
@@ -70,7 +78,20 @@ fn fetch_stored(io: &dyn RangeRead, fv: &FileVar, n: usize) -> Result<Option<Sto
             None => Ok(None),
         },
         Storage::Refs { table, .. } => {
-            let file = |i: u32| table.files.get(i as usize).cloned().unwrap_or_default();
+            // A reference to a file the table does not list is a corrupt index: say so
+            // rather than read an empty path.
+            let file = |i: u32| {
+                table
+                    .files
+                    .get(i as usize)
+                    .cloned()
+                    .ok_or_else(|| ReadError::BadReference {
+                        path: fv.file.path.clone(),
+                        chunk: n,
+                        file: i,
+                        files: table.files.len(),
+                    })
+            };
             let remote = |i: u32| table.remote.get(i as usize).and_then(Option::as_ref);
             Ok(match table.chunks.get(n) {
                 None | Some(ChunkRef::Missing) => None,
@@ -79,7 +100,7 @@ fn fetch_stored(io: &dyn RangeRead, fv: &FileVar, n: usize) -> Result<Option<Sto
                     offset,
                     size,
                 }) => {
-                    let path = file(*f);
+                    let path = file(*f)?;
                     let bytes = match remote(*f) {
                         Some(obj) => io.read_at(obj, *offset, *size)?,
                         None => pread(&path, *offset, *size)?,
@@ -92,7 +113,7 @@ fn fetch_stored(io: &dyn RangeRead, fv: &FileVar, n: usize) -> Result<Option<Sto
                     })
                 }
                 Some(ChunkRef::Whole { file: f }) => {
-                    let path = file(*f);
+                    let path = file(*f)?;
                     let bytes = match remote(*f) {
                         Some(obj) => read_source_whole(obj)?,
                         None => read_file(&path)?,
@@ -447,4 +468,52 @@ pub fn decoded_stored_chunk(
         byteswap(&mut data, elem);
     }
     Ok(Some(data))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::source::{ChunkTable, SourceFile};
+
+    /// A reference into a file the table does not list is a corrupt index: an error naming
+    /// the chunk and file number, not a read of an empty path.
+    #[test]
+    fn reference_to_an_unlisted_file_is_an_error() {
+        let table = ChunkTable {
+            files: Arc::new(vec![PathBuf::from("/data/a.nc")]),
+            chunks: vec![ChunkRef::Range {
+                file: 5,
+                offset: 0,
+                size: 4,
+            }],
+            ..ChunkTable::default()
+        };
+        let fv = FileVar {
+            file: Arc::new(SourceFile::local(PathBuf::from("refs.json"), 0, 0)),
+            shape: vec![1],
+            endian: Endian::Little,
+            storage: Storage::Refs {
+                chunk_shape: vec![1],
+                filters: Vec::new(),
+                table: Arc::new(table),
+            },
+            stored: None,
+        };
+        let e = read_whole(&Direct, &fv, DType::F32, &[0; 4]).expect_err("unlisted file");
+        assert!(
+            matches!(
+                e,
+                ReadError::BadReference {
+                    file: 5,
+                    files: 1,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("refers to file 5"), "{e}");
+    }
 }

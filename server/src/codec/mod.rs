@@ -1,6 +1,27 @@
 //! The codec pipeline: undo HDF5 filters, encode for the client. Pure functions on bytes.
+//!
+//! One module per codec, owning its implementation and its numcodecs/Zarr v3 name and
+//! configuration (as zarrs has); [`numcodecs`] maps whole declared pipelines to [`Filter`]
+//! steps and [`Encoding`]s to declarations. Below the format readers and above nothing but
+//! element types: codecs know bytes, not files.
 
-use std::io::Read as _;
+pub mod blosc;
+pub mod fletcher32;
+pub mod gzip;
+pub mod numcodecs;
+pub mod shuffle;
+pub mod vlen_utf8;
+pub mod zarr_v3;
+pub mod zlib;
+pub mod zstd;
+
+pub use blosc::{blosc_wrap, unblosc};
+pub use fletcher32::fletcher32;
+pub use gzip::gunzip;
+pub use shuffle::{shuffle, unshuffle};
+pub use vlen_utf8::vlen_utf8;
+pub use zlib::{deflate, inflate};
+pub use zstd::ZSTD_LEVEL;
 
 /// One step of an HDF5 filter pipeline that we can undo in Rust.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -26,8 +47,6 @@ pub enum Filter {
     Unsupported(String),
 }
 
-pub mod zarr_v3;
-
 /// A chunk whose bytes cannot be decoded: corrupt or truncated data.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum CodecError {
@@ -51,179 +70,6 @@ pub enum CodecError {
     /// The source declares a codec the server cannot decode (answered with 501).
     #[error("codec '{0}' is not supported by this server (the /kerchunk route serves such chunks as stored)")]
     Unsupported(String),
-}
-
-/// HDF5's Fletcher-32 (H5_checksum_fletcher32): 16-bit big-endian words, folded every 360.
-pub fn fletcher32(data: &[u8]) -> u32 {
-    let mut sum1: u32 = 0;
-    let mut sum2: u32 = 0;
-    let mut words = data.chunks_exact(2);
-    let mut n = 0;
-    for w in words.by_ref() {
-        sum1 += ((w[0] as u32) << 8) | w[1] as u32;
-        sum2 += sum1;
-        n += 1;
-        if n == 360 {
-            sum1 = (sum1 & 0xffff) + (sum1 >> 16);
-            sum2 = (sum2 & 0xffff) + (sum2 >> 16);
-            n = 0;
-        }
-    }
-    if n != 0 {
-        sum1 = (sum1 & 0xffff) + (sum1 >> 16);
-        sum2 = (sum2 & 0xffff) + (sum2 >> 16);
-    }
-    if let [last] = words.remainder() {
-        sum1 += (*last as u32) << 8;
-        sum2 += sum1;
-        sum1 = (sum1 & 0xffff) + (sum1 >> 16);
-        sum2 = (sum2 & 0xffff) + (sum2 >> 16);
-    }
-    sum1 = (sum1 & 0xffff) + (sum1 >> 16);
-    sum2 = (sum2 & 0xffff) + (sum2 >> 16);
-    (sum2 << 16) | sum1
-}
-
-fn check_fletcher(mut buf: Vec<u8>) -> Result<Vec<u8>, CodecError> {
-    if buf.len() < 4 {
-        return Err(CodecError::ChecksumTruncated);
-    }
-    let n = buf.len() - 4;
-    let stored = u32::from_le_bytes([buf[n], buf[n + 1], buf[n + 2], buf[n + 3]]);
-    let computed = fletcher32(&buf[..n]);
-    // HDF5 < 1.6.3 wrote the two 16-bit halves byte-swapped; HDF5 still accepts both.
-    let b = computed.to_le_bytes();
-    let reversed = u32::from_le_bytes([b[1], b[0], b[3], b[2]]);
-    if stored != computed && stored != reversed {
-        return Err(CodecError::Checksum { stored, computed });
-    }
-    buf.truncate(n);
-    Ok(buf)
-}
-
-/// zlib inflate into a buffer of the expected size.
-pub fn inflate(src: &[u8], expected: usize) -> Result<Vec<u8>, CodecError> {
-    let mut out = Vec::with_capacity(expected);
-    let mut dec = flate2::read::ZlibDecoder::new(src);
-    dec.by_ref()
-        .take(expected as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| CodecError::Deflate(e.to_string()))?;
-    Ok(out)
-}
-
-/// gzip inflate into a buffer of the expected size (numcodecs `gzip`).
-pub fn gunzip(src: &[u8], expected: usize) -> Result<Vec<u8>, CodecError> {
-    let mut out = Vec::with_capacity(expected);
-    let mut dec = flate2::read::GzDecoder::new(src);
-    dec.by_ref()
-        .take(expected as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| CodecError::Gzip(e.to_string()))?;
-    Ok(out)
-}
-
-/// Decodes a Blosc frame that must hold exactly `expected` bytes (checked against the
-/// header first, so a corrupt header cannot make us allocate or write past the chunk).
-pub fn unblosc(src: &[u8], expected: usize) -> Result<Vec<u8>, CodecError> {
-    if src.len() < 16 {
-        return Err(CodecError::Blosc("frame shorter than its 16-byte header".into()));
-    }
-    let (nbytes, cbytes, _) = blusc::api::blosc1_cbuffer_sizes(src);
-    if nbytes != expected {
-        return Err(CodecError::Size {
-            got: nbytes,
-            expected,
-        });
-    }
-    if cbytes > src.len() {
-        return Err(CodecError::Blosc(format!(
-            "frame claims {cbytes} bytes but only {} are stored",
-            src.len()
-        )));
-    }
-    let mut out = vec![0u8; expected];
-    let n = blusc::api::blosc1_decompress(src, &mut out);
-    if usize::try_from(n).ok() != Some(expected) {
-        return Err(CodecError::Blosc("corrupt frame".into()));
-    }
-    Ok(out)
-}
-
-/// [`unblosc`] of a frame whose size is `exact` when known, else at most `max` (the header
-/// says how large it is; a Blosc frame inside another compressor's output).
-fn unblosc_upto(src: &[u8], exact: Option<usize>, max: usize) -> Result<Vec<u8>, CodecError> {
-    match exact {
-        Some(n) => unblosc(src, n),
-        None => {
-            if src.len() < 16 {
-                return Err(CodecError::Blosc("frame shorter than its 16-byte header".into()));
-            }
-            let (nbytes, _, _) = blusc::api::blosc1_cbuffer_sizes(src);
-            if nbytes > max {
-                return Err(CodecError::Size {
-                    got: nbytes,
-                    expected: max,
-                });
-            }
-            unblosc(src, nbytes)
-        }
-    }
-}
-
-/// zlib deflate.
-pub fn deflate(src: &[u8], level: u8) -> Vec<u8> {
-    use std::io::Write as _;
-    let mut enc = flate2::write::ZlibEncoder::new(
-        Vec::with_capacity(src.len() / 2),
-        flate2::Compression::new(level.min(9) as u32),
-    );
-    // Writing to a Vec cannot fail.
-    let _ = enc.write_all(src);
-    enc.finish().unwrap_or_default()
-}
-
-/// HDF5/numcodecs/Blosc byte shuffle: byte j of element i goes to position j*n + i;
-/// trailing bytes that do not fill an element are copied unchanged.
-pub fn shuffle(src: &[u8], elem: usize) -> Vec<u8> {
-    shuffle_any(src, elem)
-}
-
-/// Inverse of [`shuffle`].
-pub fn unshuffle(src: &[u8], elem: usize) -> Vec<u8> {
-    unshuffle_any(src, elem)
-}
-
-fn shuffle_any(src: &[u8], elem: usize) -> Vec<u8> {
-    let n = src.len() / elem.max(1);
-    if elem <= 1 || n <= 1 {
-        return src.to_vec();
-    }
-    let mut out = vec![0u8; src.len()];
-    for j in 0..elem {
-        let plane = &mut out[j * n..(j + 1) * n];
-        for (i, b) in plane.iter_mut().enumerate() {
-            *b = src[i * elem + j];
-        }
-    }
-    out[n * elem..].copy_from_slice(&src[n * elem..]);
-    out
-}
-
-fn unshuffle_any(src: &[u8], elem: usize) -> Vec<u8> {
-    let n = src.len() / elem.max(1);
-    if elem <= 1 || n <= 1 {
-        return src.to_vec();
-    }
-    let mut out = vec![0u8; src.len()];
-    for j in 0..elem {
-        let plane = &src[j * n..(j + 1) * n];
-        for (i, b) in plane.iter().enumerate() {
-            out[i * elem + j] = *b;
-        }
-    }
-    out[n * elem..].copy_from_slice(&src[n * elem..]);
-    out
 }
 
 /// Undoes an HDF5 filter pipeline. `filters` are in pipeline (encode) order, as HDF5 and
@@ -252,14 +98,12 @@ pub fn decode_hdf5(
         }
         let Stage { exact, max } = sizes[i];
         buf = match f {
-            Filter::Fletcher32 => check_fletcher(buf)?,
+            Filter::Fletcher32 => fletcher32::check(buf)?,
             Filter::Deflate(_) => inflate(&buf, max)?,
-            Filter::Zstd => {
-                zstd::bulk::decompress(&buf, max.max(1)).map_err(|e| CodecError::Zstd(e.to_string()))?
-            }
+            Filter::Zstd => zstd::decompress(&buf, max)?,
             Filter::Shuffle(elem) => unshuffle(&buf, *elem),
             Filter::Gzip => gunzip(&buf, max)?,
-            Filter::Blosc => unblosc_upto(&buf, exact, max)?,
+            Filter::Blosc => blosc::unblosc_upto(&buf, exact, max)?,
             Filter::ZarrV3(spec) => zarr_v3::decode(spec, buf, max)?,
             Filter::Unsupported(id) => return Err(CodecError::Unsupported(id.clone())),
         };
@@ -342,71 +186,12 @@ pub enum Encoding {
     BloscZstd { level: i32, typesize: usize },
 }
 
-/// Wraps a zlib stream of (optionally byte-shuffled) data as a one-block Blosc-1 frame.
-///
-/// Zarr v3 has no standard shuffle or zlib codec, but its standard `blosc` codec can carry
-/// exactly what HDF5 stores: Blosc's byte shuffle over a single block equals HDF5's shuffle
-/// of the whole chunk, and Blosc's `zlib` compressor writes the same zlib format as HDF5's
-/// deflate filter. So a stored chunk becomes a valid Blosc frame by prepending a header —
-/// no decompression, no recompression. Returns `None` when the frame would be ambiguous
-/// (Blosc reads a stream as large as the block as stored uncompressed) or too large.
-pub fn blosc_wrap(stored: &[u8], nbytes: usize, typesize: usize, shuffle: bool) -> Option<Vec<u8>> {
-    blosc_frame(stored, nbytes, typesize, shuffle, BLOSC_ZLIB)
-}
-
-/// Blosc compressor codes (header flag bits 5-7) with their format versions.
-const BLOSC_ZLIB: (u8, u8) = (3, 1);
-const BLOSC_ZSTD: (u8, u8) = (4, 1);
-
-/// A one-block Blosc-1 frame around one compressed stream (see [`blosc_wrap`]).
-fn blosc_frame(
-    stream: &[u8],
-    nbytes: usize,
-    typesize: usize,
-    shuffle: bool,
-    (code, version): (u8, u8),
-) -> Option<Vec<u8>> {
-    const HEADER: usize = 16 + 4 + 4; // header, one block start, one stream size
-    let max = i32::MAX as usize - HEADER;
-    if stream.len() == nbytes || stream.len() > max || nbytes > max || nbytes == 0 || typesize > 255 {
-        return None;
-    }
-    const FORMAT: u8 = 2; // Blosc-1
-    let flags: u8 = u8::from(shuffle) // byte shuffle
-        | 0x10 // one stream per block (no split)
-        | (code << 5);
-    let mut out = Vec::with_capacity(HEADER + stream.len());
-    out.extend_from_slice(&[FORMAT, version, flags, typesize.max(1) as u8]);
-    out.extend_from_slice(&(nbytes as u32).to_le_bytes()); // uncompressed size
-    out.extend_from_slice(&(nbytes as u32).to_le_bytes()); // block size: one block
-    out.extend_from_slice(&((HEADER + stream.len()) as u32).to_le_bytes()); // frame size
-    out.extend_from_slice(&(HEADER as u32 - 4).to_le_bytes()); // start of block 0
-    out.extend_from_slice(&(stream.len() as u32).to_le_bytes()); // stream size
-    out.extend_from_slice(stream);
-    Some(out)
-}
-
-/// A Blosc-1 frame holding `raw` uncompressed (the "memcpyed" flag), for data that does
-/// not compress.
-fn blosc_memcpy(raw: &[u8], typesize: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + raw.len());
-    out.extend_from_slice(&[2, 1, 0x02, typesize.clamp(1, 255) as u8]);
-    out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
-    out.extend_from_slice(&((16 + raw.len()) as u32).to_le_bytes());
-    out.extend_from_slice(raw);
-    out
-}
-
-/// zstd level for re-encoded chunks: level 1 compresses shuffled model output as well as
-/// level 3 (1.74x vs 1.76x on the bench data) at 80% of the time; the server is CPU-bound
-/// on this path (measured with `cargo run --release --example codec_timing`).
-pub const ZSTD_LEVEL: i32 = 1;
-
-/// Encodes decoded little-endian chunk bytes for the client.
-pub fn encode(raw: &[u8], enc: &Encoding) -> Vec<u8> {
+/// Encodes decoded little-endian chunk bytes for the client. An error (never an empty
+/// body a client would take for a chunk) when the encoder fails or the chunk is too large
+/// for a Blosc frame.
+pub fn encode(raw: &[u8], enc: &Encoding) -> Result<Vec<u8>, CodecError> {
     match enc {
-        Encoding::Zstd(level) => zstd::bulk::compress(raw, *level).unwrap_or_default(),
+        Encoding::Zstd(level) => zstd::compress(raw, *level),
         Encoding::ShuffleZlib { shuffle: s, level } => match s {
             Some(elem) => deflate(&shuffle(raw, *elem), *level),
             None => deflate(raw, *level),
@@ -416,27 +201,15 @@ pub fn encode(raw: &[u8], enc: &Encoding) -> Vec<u8> {
             level,
             typesize,
         } => {
-            let z = encode(
-                raw,
-                &Encoding::ShuffleZlib {
-                    shuffle: *s,
-                    level: *level,
-                },
-            );
+            let zlib = |level| encode(raw, &Encoding::ShuffleZlib { shuffle: *s, level });
             // An incompressible chunk would be ambiguous; level 0 (stored blocks) is never
             // the same length as the input, so it always wraps.
-            blosc_wrap(&z, raw.len(), *typesize, s.is_some())
-                .or_else(|| {
-                    let z0 = encode(
-                        raw,
-                        &Encoding::ShuffleZlib {
-                            shuffle: *s,
-                            level: 0,
-                        },
-                    );
-                    blosc_wrap(&z0, raw.len(), *typesize, s.is_some())
-                })
-                .unwrap_or_default()
+            if let Some(frame) = blosc_wrap(&zlib(*level)?, raw.len(), *typesize, s.is_some()) {
+                return Ok(frame);
+            }
+            blosc_wrap(&zlib(0)?, raw.len(), *typesize, s.is_some()).ok_or_else(|| {
+                CodecError::Blosc(format!("a chunk of {} bytes does not fit one frame", raw.len()))
+            })
         }
         Encoding::BloscZstd { level, typesize } => {
             let shuffled = *typesize > 1;
@@ -445,11 +218,12 @@ pub fn encode(raw: &[u8], enc: &Encoding) -> Vec<u8> {
             } else {
                 raw.to_vec()
             };
-            zstd::bulk::compress(&data, *level)
+            // Data zstd cannot shrink (or a zstd failure) is stored as is in the frame.
+            Ok(zstd::compress(&data, *level)
                 .ok()
                 .filter(|z| z.len() < raw.len())
-                .and_then(|z| blosc_frame(&z, raw.len(), *typesize, shuffled, BLOSC_ZSTD))
-                .unwrap_or_else(|| blosc_memcpy(raw, *typesize))
+                .and_then(|z| blosc::zstd_frame(&z, raw.len(), *typesize, shuffled))
+                .unwrap_or_else(|| blosc::memcpy_frame(raw, *typesize)))
         }
     }
 }
@@ -466,21 +240,18 @@ pub fn encode_stored(stored: Vec<u8>, nbytes: usize, enc: &Encoding) -> Option<V
     }
 }
 
-/// numcodecs/Zarr `vlen-utf8`: u32 count, then for each item u32 length + UTF-8 bytes.
-pub fn vlen_utf8(items: &[String]) -> Vec<u8> {
-    let total: usize = items.iter().map(|s| s.len() + 4).sum();
-    let mut out = Vec::with_capacity(4 + total);
-    out.extend_from_slice(&(items.len() as u32).to_le_bytes());
-    for s in items {
-        out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-        out.extend_from_slice(s.as_bytes());
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The encoders as the tests use them: their inputs never fail to encode.
+    fn deflate(src: &[u8], level: u8) -> Vec<u8> {
+        super::deflate(src, level).expect("deflate")
+    }
+
+    fn encode(raw: &[u8], enc: &Encoding) -> Vec<u8> {
+        super::encode(raw, enc).expect("encode")
+    }
 
     #[test]
     fn shuffle_round_trip() {
@@ -533,7 +304,7 @@ mod tests {
                 }
                 Filter::Shuffle(e) => shuffle(&buf, *e),
                 Filter::Deflate(l) => deflate(&buf, *l),
-                Filter::Zstd => zstd::bulk::compress(&buf, 3).expect("zstd"),
+                Filter::Zstd => ::zstd::bulk::compress(&buf, 3).expect("zstd"),
                 other => panic!("no encoder for {other:?} in this test"),
             };
         }
@@ -718,7 +489,7 @@ mod tests {
             },
         );
         assert_eq!(unblosc(&enc, data.len()).unwrap(), data);
-        assert_eq!(unblosc(&blosc_memcpy(&data, 4), data.len()).unwrap(), data);
+        assert_eq!(unblosc(&blosc::memcpy_frame(&data, 4), data.len()).unwrap(), data);
         assert!(matches!(
             unblosc(&enc, data.len() + 4),
             Err(CodecError::Size { .. })
@@ -738,7 +509,7 @@ mod tests {
     fn encodings_round_trip() {
         let data: Vec<u8> = (0..1000u32).flat_map(|x| x.to_le_bytes()).collect();
         let z = encode(&data, &Encoding::Zstd(ZSTD_LEVEL));
-        assert_eq!(zstd::bulk::decompress(&z, data.len()).unwrap(), data);
+        assert_eq!(::zstd::bulk::decompress(&z, data.len()).unwrap(), data);
         let s = encode(
             &data,
             &Encoding::ShuffleZlib {

@@ -66,7 +66,7 @@ impl From<crate::chunk::read::ReadError> for ApiError {
         use crate::chunk::read::ReadError as R;
         let status = match &e {
             R::OutOfRange { .. } => StatusCode::BAD_REQUEST,
-            R::TooLarge(_) | R::Block(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            R::TooLarge(_) | R::Block(_) | R::BadReference { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             R::Codec {
                 source: crate::codec::CodecError::Unsupported(_),
                 ..

@@ -11,14 +11,16 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use base64::Engine as _;
+use serde_json::Value;
 
 use crate::attrs::write_json_str;
 use crate::chunk::grid::{grid_shape, linear, numel};
-use crate::codec::{Encoding, encode, vlen_utf8};
+use crate::codec::{encode, numcodecs, vlen_utf8};
 use crate::dataset::{Dataset, Piece, Values, Variable};
 use crate::dtype::{DType, Endian, Scalar, fill_json};
 use crate::pipeline::read_block;
 use crate::source::{ChunkRef, Filter, MemValues, Storage, Stored};
+use crate::zarr::meta::{ArrayV2, json_value};
 use crate::zarr::v2_attrs;
 
 /// Variables whose stored layout cannot be referenced are inlined up to this size.
@@ -75,49 +77,9 @@ fn dtype_str(dt: DType, endian: Endian) -> String {
     }
 }
 
-fn list(v: &[u64]) -> String {
-    format!(
-        "[{}]",
-        v.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
-    )
-}
-
-fn zarray(v: &Variable, chunks: &[u64], dtype: &str, compressor: &str, filters: &str) -> String {
-    let fill = match (v.dtype, v.fill_attr) {
-        (DType::Str | DType::Char, _) | (_, None) => "null".to_string(),
-        (dt, Some(s)) => fill_json(s, dt).to_string(),
-    };
-    format!(
-        "{{\"zarr_format\": 2, \"shape\": {}, \"chunks\": {}, \"dtype\": \"{dtype}\", \"compressor\": {compressor}, \"fill_value\": {fill}, \"order\": \"C\", \"filters\": {filters}, \"dimension_separator\": \".\"}}",
-        list(&v.shape),
-        list(chunks)
-    )
-}
-
-/// The stored pipeline as numcodecs (compressor, filters, and how to re-encode a chunk;
-/// `None` = stored uncompressed), if it can be expressed.
-#[allow(clippy::type_complexity)]
-fn numcodecs(filters: &[Filter]) -> Option<(String, String, Option<Encoding>)> {
-    match filters {
-        [] => Some(("null".into(), "null".into(), None)),
-        [Filter::Deflate(l)] => Some((
-            format!("{{\"id\": \"zlib\", \"level\": {l}}}"),
-            "null".into(),
-            Some(Encoding::ShuffleZlib {
-                shuffle: None,
-                level: *l,
-            }),
-        )),
-        [Filter::Shuffle(e), Filter::Deflate(l)] => Some((
-            format!("{{\"id\": \"zlib\", \"level\": {l}}}"),
-            format!("[{{\"id\": \"shuffle\", \"elementsize\": {e}}}]"),
-            Some(Encoding::ShuffleZlib {
-                shuffle: Some(*e),
-                level: *l,
-            }),
-        )),
-        _ => None,
-    }
+/// `.zarray` of a referenced variable (the shared writer, `zarr::meta`).
+fn zarray(v: &Variable, chunks: &[u64], dtype: &str, compressor: Value, filters: Value) -> ArrayV2 {
+    ArrayV2::of(v, chunks, dtype.to_string(), compressor, filters)
 }
 
 fn chunk_key(path: &str, idx: &[u64]) -> String {
@@ -220,8 +182,8 @@ fn chunked(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
         None => true,
     };
     let Some((compressor, filt, enc)) = (match declared0 {
-        Some((c, f)) => Some((c, f, None)),
-        None => numcodecs(&filters),
+        Some((c, f)) => Some((json_value(&c), json_value(&f), None)),
+        None => numcodecs::declare(&filters),
     }) else {
         return Ok(false);
     };
@@ -229,7 +191,7 @@ fn chunked(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
         return Ok(false);
     }
     let dt = dtype_str(v.dtype, endian);
-    let mut za = zarray(v, &chunk_shape, &dt, &compressor, &filt);
+    let mut za = zarray(v, &chunk_shape, &dt, compressor, filt);
     // Chunks a Zarr store never wrote read as its fill_value, which need not be the CF
     // _FillValue the v2 fill_value carries (v3 keeps them apart). A NaN fill can still be
     // declared (masking NaN changes nothing); anything else cannot.
@@ -244,27 +206,31 @@ fn chunked(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
         let f32_nan = |b: &[u8]| b.try_into().is_ok_and(|b| f32::from_le_bytes(b).is_nan());
         let f64_nan = |b: &[u8]| b.try_into().is_ok_and(|b| f64::from_le_bytes(b).is_nan());
         let declared = match v.dtype {
-            DType::F32 if f32_nan(&f) => Some("\"NaN\"".to_string()),
-            DType::F64 if f64_nan(&f) => Some("\"NaN\"".to_string()),
+            DType::F32 if f32_nan(&f) => Some(Value::from("NaN")),
+            DType::F64 if f64_nan(&f) => Some(Value::from("NaN")),
             // times are not masked by xarray: NaT (or any tick) can be declared as is
             DType::DateTime64(_) | DType::TimeDelta64(_) => f
                 .as_slice()
                 .try_into()
                 .ok()
-                .map(|b| i64::from_le_bytes(b).to_string()),
+                .map(|b| Value::from(i64::from_le_bytes(b))),
             _ => None,
         };
         let Some(declared) = declared else {
             return Err("its missing chunks read as a Zarr fill_value that is not its _FillValue, which Zarr v2 metadata cannot declare; read it through /zarr".into());
         };
-        za = za.replacen("\"fill_value\": null", &format!("\"fill_value\": {declared}"), 1);
+        if za.fill_value.is_null() {
+            za.fill_value = declared;
+        }
     }
-    if let Some(f) = gap_fill(v) {
-        za = za.replacen("\"fill_value\": null", &format!("\"fill_value\": {f}"), 1);
+    if let Some(f) = gap_fill(v)
+        && za.fill_value.is_null()
+    {
+        za.fill_value = f;
     }
     ctx.refs
         .entries
-        .insert(format!("{}/.zarray", v.path), RefValue::Json(za));
+        .insert(format!("{}/.zarray", v.path), RefValue::Json(za.to_json()));
     let grid = grid_shape(&v.shape, &v.chunks);
     for_each_index(&grid, |idx| {
         let mut start: Vec<u64> = idx.iter().zip(&v.chunks).map(|(i, c)| i * c).collect();
@@ -321,7 +287,7 @@ fn chunked(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
             }
             let data = match &enc {
                 None => raw,
-                Some(e) => encode(&raw, e),
+                Some(e) => encode(&raw, e).map_err(|e| e.to_string())?,
             };
             if let Inline::Threshold(limit) = ctx.inline
                 && data.len() as u64 > limit
@@ -344,7 +310,7 @@ fn chunked(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
 /// written (unallocated chunks, or a file that never wrote it) and no `_FillValue`: netCDF
 /// reads such values as its default fill, a Zarr reader of `fill_value: null` as 0. `None`:
 /// nothing to declare (no gaps, a `_FillValue` already declared, or a zero default).
-fn gap_fill(v: &Variable) -> Option<String> {
+fn gap_fill(v: &Variable) -> Option<Value> {
     let gaps = v.pieces().iter().any(|p| match &p.data.storage {
         Storage::Chunked { locs, .. } => locs.iter().any(|l| l.size == 0),
         Storage::Unallocated => true,
@@ -353,7 +319,7 @@ fn gap_fill(v: &Variable) -> Option<String> {
     if !gaps || v.fill_attr.is_some() || v.fill.iter().all(|b| *b == 0) {
         return None;
     }
-    Scalar::from_le_bytes(&v.fill, v.dtype).map(|s| fill_json(s, v.dtype).to_string())
+    Scalar::from_le_bytes(&v.fill, v.dtype).map(|s| fill_json(s, v.dtype))
 }
 
 fn gcd(a: u64, b: u64) -> u64 {
@@ -399,13 +365,15 @@ fn contiguous(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
     let mut chunks = v.shape.clone();
     chunks[0] = c0;
     let dt = dtype_str(v.dtype, endian);
-    let mut za = zarray(v, &chunks, &dt, "null", "null");
-    if let Some(f) = gap_fill(v) {
-        za = za.replacen("\"fill_value\": null", &format!("\"fill_value\": {f}"), 1);
+    let mut za = zarray(v, &chunks, &dt, Value::Null, Value::Null);
+    if let Some(f) = gap_fill(v)
+        && za.fill_value.is_null()
+    {
+        za.fill_value = f;
     }
     ctx.refs
         .entries
-        .insert(format!("{}/.zarray", v.path), RefValue::Json(za));
+        .insert(format!("{}/.zarray", v.path), RefValue::Json(za.to_json()));
     let n0 = v.shape[0].div_ceil(c0);
     for i in 0..n0 {
         let Some((piece, local)) = piece_at(v, i * c0) else {
@@ -437,7 +405,7 @@ fn scalar(v: &Variable, ctx: &mut Ctx) -> bool {
     let dt = dtype_str(v.dtype, piece.data.endian);
     ctx.refs.entries.insert(
         format!("{}/.zarray", v.path),
-        RefValue::Json(zarray(v, &[], &dt, "null", "null")),
+        RefValue::Json(zarray(v, &[], &dt, Value::Null, Value::Null).to_json()),
     );
     let file = ctx.file(&piece.data.file);
     ctx.refs.entries.insert(
@@ -481,13 +449,22 @@ fn inline(v: &Variable, ctx: &mut Ctx, limit: u64) -> Result<bool, String> {
         }
         ctx.refs.entries.insert(
             format!("{}/.zarray", v.path),
-            RefValue::Json(zarray(v, &chunks, "|O", "null", "[{\"id\": \"vlen-utf8\"}]")),
+            RefValue::Json(
+                zarray(
+                    v,
+                    &chunks,
+                    "|O",
+                    Value::Null,
+                    serde_json::json!([{"id": crate::codec::vlen_utf8::ID}]),
+                )
+                .to_json(),
+            ),
         );
         vlen_utf8(&all)
     } else {
         ctx.refs.entries.insert(
             format!("{}/.zarray", v.path),
-            RefValue::Json(zarray(v, &chunks, &v.dtype.zarr_v2(), "null", "null")),
+            RefValue::Json(zarray(v, &chunks, &v.dtype.zarr_v2(), Value::Null, Value::Null).to_json()),
         );
         read_block(v, &zero, &v.shape, &chunks).map_err(|e| e.to_string())?
     };
@@ -559,7 +536,7 @@ fn unreferenceable(v: &Variable) -> String {
             return "its files store it with different filter pipelines, which one Zarr array cannot declare"
                 .into();
         }
-        if numcodecs(f).is_none() {
+        if numcodecs::declare(f).is_none() {
             return format!("its HDF5 filters {f:?} have no numcodecs equivalent");
         }
         if let Some(ax) = v.concat_axis() {

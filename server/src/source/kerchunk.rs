@@ -18,8 +18,8 @@ use base64::Engine as _;
 use serde_json::Value;
 
 use super::{
-    ChunkRef, ChunkTable, FileVar, Filter, SourceDim, SourceError, SourceFile, SourceGroup, SourceIndex,
-    SourceVar, Storage,
+    ChunkRef, ChunkTable, FileVar, SourceDim, SourceError, SourceFile, SourceGroup, SourceIndex, SourceVar,
+    Storage,
 };
 use crate::attrs::{AttrValue, Attrs};
 use crate::dtype::{DType, Endian};
@@ -811,38 +811,6 @@ pub fn parse_dtype(s: &str) -> Option<(DType, Endian)> {
     Some((dt, endian))
 }
 
-/// numcodecs codecs (Zarr v2 `filters` then `compressor`) → our encode-order pipeline.
-pub fn numcodecs_pipeline(compressor: &Value, filters: &Value) -> Result<Vec<Filter>, String> {
-    let mut list: Vec<&Value> = match filters {
-        Value::Null => Vec::new(),
-        Value::Array(a) => a.iter().collect(),
-        _ => return Err("'filters' must be a list or null".into()),
-    };
-    match compressor {
-        Value::Null => {}
-        Value::Object(_) => list.push(compressor),
-        _ => return Err("'compressor' must be an object or null".into()),
-    }
-    list.into_iter()
-        .map(|c| {
-            let id = c
-                .get("id")
-                .and_then(Value::as_str)
-                .ok_or_else(|| format!("codec without an 'id': {c}"))?;
-            Ok(match id {
-                "zlib" => Filter::Deflate(c.get("level").and_then(Value::as_u64).unwrap_or(1).min(9) as u8),
-                "gzip" => Filter::Gzip,
-                "blosc" => Filter::Blosc,
-                "zstd" => Filter::Zstd,
-                "shuffle" => {
-                    Filter::Shuffle(c.get("elementsize").and_then(Value::as_u64).unwrap_or(4).max(1) as usize)
-                }
-                other => Filter::Unsupported(other.to_string()),
-            })
-        })
-        .collect()
-}
-
 /// JSON attribute value → netCDF-style attribute (numbers become one-element arrays, as
 /// xarray shows them either way).
 pub fn attr_from_json(v: &Value) -> Option<AttrValue> {
@@ -1153,7 +1121,7 @@ fn array_var(
     }
     let compressor = za.get("compressor").cloned().unwrap_or(Value::Null);
     let nfilters = za.get("filters").cloned().unwrap_or(Value::Null);
-    let filters = numcodecs_pipeline(&compressor, &nfilters).map_err(bad)?;
+    let filters = crate::codec::numcodecs::pipeline(&compressor, &nfilters).map_err(bad)?;
     let sep = za
         .get("dimension_separator")
         .and_then(Value::as_str)
@@ -1393,15 +1361,18 @@ mod tests {
         assert_eq!(parse_dtype(">U3"), None);
         assert_eq!(parse_dtype("<M8[xs]"), None);
         assert_eq!(parse_dtype("|S0"), None);
-        let p = numcodecs_pipeline(
+        let p = crate::codec::numcodecs::pipeline(
             &serde_json::json!({"id": "zlib", "level": 4}),
             &serde_json::json!([{"id": "shuffle", "elementsize": 8}]),
         )
         .unwrap();
-        assert_eq!(p, vec![Filter::Shuffle(8), Filter::Deflate(4)]);
-        let p = numcodecs_pipeline(&serde_json::json!({"id": "lz4"}), &Value::Null).unwrap();
-        assert_eq!(p, vec![Filter::Unsupported("lz4".into())]);
-        assert!(numcodecs_pipeline(&serde_json::json!({"level": 1}), &Value::Null).is_err());
+        assert_eq!(
+            p,
+            vec![crate::codec::Filter::Shuffle(8), crate::codec::Filter::Deflate(4)]
+        );
+        let p = crate::codec::numcodecs::pipeline(&serde_json::json!({"id": "lz4"}), &Value::Null).unwrap();
+        assert_eq!(p, vec![crate::codec::Filter::Unsupported("lz4".into())]);
+        assert!(crate::codec::numcodecs::pipeline(&serde_json::json!({"level": 1}), &Value::Null).is_err());
     }
 
     #[test]

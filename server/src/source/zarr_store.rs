@@ -345,59 +345,6 @@ pub(crate) struct V3Array {
     pub(crate) declarable: bool,
 }
 
-/// v3 codecs → numcodecs equivalents (encode order), or `None` if one has none. The
-/// `bytes` codec becomes the dtype's byte order, returned separately (`true` = big).
-fn v3_numcodecs(codecs: &[Value]) -> Option<(Vec<Value>, bool)> {
-    let mut out = Vec::new();
-    let mut big = false;
-    for c in codecs {
-        let name = c
-            .get("name")
-            .and_then(Value::as_str)
-            .or(c.as_str())
-            .unwrap_or_default();
-        let cfg = c.get("configuration").cloned().unwrap_or(serde_json::json!({}));
-        match name {
-            "bytes" => big = cfg.get("endian").and_then(Value::as_str) == Some("big"),
-            "gzip" | "zstd" => {
-                let mut v = serde_json::json!({"id": name, "level": cfg.get("level").cloned().unwrap_or(Value::from(1))});
-                if name == "zstd" && cfg.get("checksum").and_then(Value::as_bool) == Some(true) {
-                    v["checksum"] = Value::Bool(true);
-                }
-                out.push(v);
-            }
-            "blosc" => {
-                let shuffle = match cfg.get("shuffle").and_then(Value::as_str) {
-                    Some("shuffle") => 1,
-                    Some("bitshuffle") => 2,
-                    _ => 0,
-                };
-                out.push(serde_json::json!({
-                    "id": "blosc",
-                    "cname": cfg.get("cname").cloned().unwrap_or(Value::from("lz4")),
-                    "clevel": cfg.get("clevel").cloned().unwrap_or(Value::from(5)),
-                    "shuffle": shuffle,
-                    "blocksize": cfg.get("blocksize").cloned().unwrap_or(Value::from(0)),
-                }));
-            }
-            // zarr-python's crc32c appends the checksum, numcodecs' prepends by default
-            "crc32c" => out.push(serde_json::json!({"id": "crc32c", "location": "end"})),
-            _ => return None,
-        }
-    }
-    Some((out, big))
-}
-
-/// Codecs our own pipeline decodes (see `kerchunk::numcodecs_pipeline`).
-fn own_codec(c: &Value) -> bool {
-    let name = c
-        .get("name")
-        .and_then(Value::as_str)
-        .or(c.as_str())
-        .unwrap_or_default();
-    matches!(name, "bytes" | "gzip" | "zstd" | "blosc")
-}
-
 fn codec_name(c: &Value) -> &str {
     c.get("name")
         .and_then(Value::as_str)
@@ -494,10 +441,10 @@ pub(crate) fn v3_array(apath: &str, doc: &Value) -> Result<V3Array, String> {
             at_end,
         });
     }
-    let numcodecs = v3_numcodecs(&codecs);
+    let numcodecs = crate::codec::numcodecs::from_v3(&codecs);
     let mut filter = None;
     let mut big = numcodecs.as_ref().is_some_and(|(_, b)| *b);
-    if !codecs.iter().all(own_codec) {
+    if !codecs.iter().all(crate::codec::numcodecs::decodes_v3) {
         let spec = crate::codec::zarr_v3::spec(
             data_type,
             &fill_value,

@@ -4,7 +4,7 @@
 //! A protocol decision, made here from what the dataset layer says about the variable
 //! (its served chunking, its pieces' layouts), not stored on the variable.
 
-use crate::codec::{Encoding, Filter, ZSTD_LEVEL};
+use crate::codec::{Encoding, ZSTD_LEVEL, numcodecs};
 use crate::dataset::aggregate::pieces_tile;
 use crate::dataset::{Piece, Values, Variable};
 use crate::dtype::{DType, Endian};
@@ -34,20 +34,11 @@ pub fn transcode_encoding(dtype: DType) -> Encoding {
     }
 }
 
-/// The source's zlib pipeline of a piece as a Zarr encoding, if it has one Zarr can name.
+/// The source's zlib pipeline of a piece as a Zarr encoding, if it has one Zarr can name
+/// (little-endian elements: Zarr clients get little-endian data).
 fn stored_pipeline(p: &Piece) -> Option<Encoding> {
     match p.data.storage.chunking() {
-        Some((_, filters)) if p.data.endian == Endian::Little => match filters {
-            [Filter::Shuffle(e), Filter::Deflate(l)] => Some(Encoding::ShuffleZlib {
-                shuffle: Some(*e),
-                level: *l,
-            }),
-            [Filter::Deflate(l)] => Some(Encoding::ShuffleZlib {
-                shuffle: None,
-                level: *l,
-            }),
-            _ => None,
-        },
+        Some((_, filters)) if p.data.endian == Endian::Little => numcodecs::passthrough_encoding(filters),
         _ => None,
     }
 }

@@ -5,15 +5,17 @@
 
 pub mod encoding;
 pub mod key;
+pub mod meta;
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 
 use base64::Engine as _;
 use bytes::Bytes;
 
 use crate::attrs::{Attrs, write_json_str};
-use crate::codec::Encoding;
+use serde_json::json;
+
+use crate::codec::numcodecs;
 use crate::dataset::{Dataset, Group, Variable};
 use crate::dtype::{DType, Scalar, fill_json};
 
@@ -23,11 +25,6 @@ pub struct ZarrMeta {
     pub docs: HashMap<String, Bytes>,
     /// Chunk encodings by array path, as the metadata documents declare them.
     pub encodings: HashMap<String, encoding::ZarrEncoding>,
-}
-
-fn json_list<T: std::fmt::Display>(v: &[T]) -> String {
-    let items: Vec<String> = v.iter().map(|x| x.to_string()).collect();
-    format!("[{}]", items.join(", "))
 }
 
 fn json_str_list(v: &[String]) -> String {
@@ -50,51 +47,13 @@ fn key(prefix: &str, name: &str) -> String {
     }
 }
 
-fn v2_compressor(enc: &Encoding) -> (String, String) {
-    match enc {
-        // v2 keeps the plain numcodecs spelling of the same pipeline
-        Encoding::BloscZlib { shuffle, level, .. } => v2_compressor(&Encoding::ShuffleZlib {
-            shuffle: *shuffle,
-            level: *level,
-        }),
-        Encoding::Zstd(level) => (format!("{{\"id\": \"zstd\", \"level\": {level}}}"), "null".into()),
-        Encoding::BloscZstd { level, typesize } => (
-            format!(
-                "{{\"id\": \"blosc\", \"cname\": \"zstd\", \"clevel\": {level}, \"shuffle\": {}, \"blocksize\": 0}}",
-                u8::from(*typesize > 1)
-            ),
-            "null".into(),
-        ),
-        Encoding::ShuffleZlib { shuffle, level } => (
-            format!("{{\"id\": \"zlib\", \"level\": {level}}}"),
-            match shuffle {
-                Some(e) => format!("[{{\"id\": \"shuffle\", \"elementsize\": {e}}}]"),
-                None => "null".into(),
-            },
-        ),
-    }
-}
-
 /// `.zarray` of a variable.
 pub fn v2_array(v: &Variable) -> String {
     let (compressor, filters) = match v.dtype {
-        DType::Str => (
-            v2_compressor(&Encoding::Zstd(crate::codec::ZSTD_LEVEL)).0,
-            "[{\"id\": \"vlen-utf8\"}]".to_string(),
-        ),
-        _ => v2_compressor(&encoding::choose(v).v2),
+        DType::Str => numcodecs::v2_strings(),
+        _ => numcodecs::v2(&encoding::choose(v).v2),
     };
-    let fill = match (v.dtype, v.fill_attr) {
-        (DType::Str | DType::Char, _) | (_, None) => "null".to_string(),
-        (DType::Bool, Some(s)) => (s.as_f64() != 0.0).to_string(),
-        (dt, Some(s)) => fill_json(s, dt).to_string(),
-    };
-    format!(
-        "{{\"zarr_format\": 2, \"shape\": {}, \"chunks\": {}, \"dtype\": \"{}\", \"compressor\": {compressor}, \"fill_value\": {fill}, \"order\": \"C\", \"filters\": {filters}, \"dimension_separator\": \".\"}}",
-        json_list(&v.shape),
-        json_list(&v.chunks),
-        v.dtype.zarr_v2()
-    )
+    meta::ArrayV2::of(v, &v.chunks, v.dtype.zarr_v2(), compressor, filters).to_json()
 }
 
 /// Variable `.zattrs`: attributes plus xarray's `_ARRAY_DIMENSIONS`.
@@ -116,81 +75,52 @@ fn v3_fill_attr(s: Scalar, dt: DType) -> String {
 
 /// Array `zarr.json` (v3).
 pub fn v3_array(v: &Variable) -> String {
-    let zstd = format!(
-        "{{\"name\": \"zstd\", \"configuration\": {{\"level\": {}, \"checksum\": false}}}}",
-        crate::codec::ZSTD_LEVEL
-    );
+    let zstd = crate::codec::zstd::v3(crate::codec::ZSTD_LEVEL);
+    let bytes = json!({"name": "bytes"});
+    let bytes_le = json!({"name": "bytes", "configuration": {"endian": "little"}});
     let (fill, codecs) = match v.dtype {
         DType::Str => (
-            "\"\"".to_string(),
-            format!("[{{\"name\": \"vlen-utf8\"}}, {zstd}]"),
+            json!(""),
+            vec![json!({"name": crate::codec::vlen_utf8::ID}), zstd],
         ),
-        DType::Char => (
-            "\"AA==\"".to_string(),
-            format!("[{{\"name\": \"bytes\"}}, {zstd}]"),
-        ),
+        DType::Char => (json!("AA=="), vec![bytes, zstd]),
         // zarr-python 3: fixed-width text fills with "", one-byte types take no endian
-        DType::Bytes(_) => ("\"\"".to_string(), format!("[{{\"name\": \"bytes\"}}, {zstd}]")),
-        DType::Unicode(_) => (
-            "\"\"".to_string(),
-            format!("[{{\"name\": \"bytes\", \"configuration\": {{\"endian\": \"little\"}}}}, {zstd}]"),
-        ),
+        DType::Bytes(_) => (json!(""), vec![bytes, zstd]),
+        DType::Unicode(_) => (json!(""), vec![bytes_le, zstd]),
         dt => {
             let s = v
                 .fill_attr
                 .unwrap_or_else(|| Scalar::from_le_bytes(&v.fill, dt).unwrap_or(Scalar::Int(0)));
-            let compressor = match &encoding::choose(v).v3 {
-                Encoding::BloscZlib {
-                    shuffle,
-                    level,
-                    typesize,
-                } => format!(
-                    "{{\"name\": \"blosc\", \"configuration\": {{\"cname\": \"zlib\", \"clevel\": {level}, \"shuffle\": \"{}\", \"typesize\": {typesize}, \"blocksize\": 0}}}}",
-                    if shuffle.is_some() { "shuffle" } else { "noshuffle" }
-                ),
-                Encoding::BloscZstd { level, typesize } => format!(
-                    "{{\"name\": \"blosc\", \"configuration\": {{\"cname\": \"zstd\", \"clevel\": {level}, \"shuffle\": \"{}\", \"typesize\": {typesize}, \"blocksize\": 0}}}}",
-                    if *typesize > 1 { "shuffle" } else { "noshuffle" }
-                ),
-                _ => zstd.clone(),
-            };
             let fill = if dt == DType::Bool {
-                (s.as_f64() != 0.0).to_string() // v3 bool fill values are JSON booleans
+                json!(s.as_f64() != 0.0) // v3 bool fill values are JSON booleans
             } else {
-                fill_json(s, dt).to_string()
+                fill_json(s, dt)
             };
-            (
-                fill,
-                format!(
-                    "[{{\"name\": \"bytes\", \"configuration\": {{\"endian\": \"little\"}}}}, {compressor}]"
-                ),
-            )
+            (fill, vec![bytes_le, numcodecs::v3(&encoding::choose(v).v3)])
         }
     };
     let mut extra = Vec::new();
     if let Some(s) = v.fill_attr {
         extra.push(("_FillValue", v3_fill_attr(s, v.dtype)));
     }
-    let attrs = v.attrs.to_json(&[], &extra);
-    format!(
-        "{{\"zarr_format\": 3, \"node_type\": \"array\", \"shape\": {}, \"data_type\": {}, \"chunk_grid\": {{\"name\": \"regular\", \"configuration\": {{\"chunk_shape\": {}}}}}, \"chunk_key_encoding\": {{\"name\": \"default\", \"configuration\": {{\"separator\": \"/\"}}}}, \"fill_value\": {fill}, \"codecs\": {codecs}, \"attributes\": {attrs}, \"dimension_names\": {}}}",
-        json_list(&v.shape),
+    let attrs = meta::raw(v.attrs.to_json(&[], &extra));
+    meta::to_json(&meta::ArrayV3::new(
+        v.shape.clone(),
         v.dtype.zarr_v3(),
-        json_list(&v.chunks),
-        json_str_list(&v.dims)
-    )
+        &v.chunks,
+        fill,
+        codecs,
+        attrs,
+        v.dims.clone(),
+    ))
 }
 
 fn v3_group_plain(attrs: &Attrs) -> String {
-    format!(
-        "{{\"zarr_format\": 3, \"node_type\": \"group\", \"attributes\": {}}}",
-        attrs.to_json(&[], &[])
-    )
+    meta::to_json(&meta::GroupV3::new(meta::raw(attrs.to_json(&[], &[])), None))
 }
 
 /// Group `zarr.json` (v3) with inline consolidated metadata of everything below it.
 fn v3_group(g: &Group) -> String {
-    let mut entries = String::new();
     let rel = |p: &str| -> String {
         if g.path.is_empty() {
             p.to_string()
@@ -198,27 +128,21 @@ fn v3_group(g: &Group) -> String {
             p[g.path.len() + 1..].to_string()
         }
     };
-    let mut first = true;
-    let mut push = |k: String, doc: String| {
-        if !first {
-            entries.push_str(", ");
-        }
-        first = false;
-        write_json_str(&mut entries, &k);
-        let _ = write!(entries, ": {doc}");
-    };
+    let mut entries = meta::Entries::default();
     for sub in g.walk() {
         if sub.path != g.path {
-            push(rel(&sub.path), v3_group_plain(&sub.attrs));
+            entries
+                .0
+                .push((rel(&sub.path), meta::raw(v3_group_plain(&sub.attrs))));
         }
         for v in &sub.vars {
-            push(rel(&v.path), v3_array(v));
+            entries.0.push((rel(&v.path), meta::raw(v3_array(v))));
         }
     }
-    format!(
-        "{{\"zarr_format\": 3, \"node_type\": \"group\", \"attributes\": {}, \"consolidated_metadata\": {{\"kind\": \"inline\", \"must_understand\": false, \"metadata\": {{{entries}}}}}}}",
-        g.attrs.to_json(&[], &[])
-    )
+    meta::to_json(&meta::GroupV3::new(
+        meta::raw(g.attrs.to_json(&[], &[])),
+        Some(entries),
+    ))
 }
 
 /// Renders every metadata document of a dataset.
@@ -227,7 +151,7 @@ pub fn render(ds: &Dataset) -> ZarrMeta {
     let mut consolidated = Vec::new();
     let mut encodings = HashMap::new();
     for g in ds.root.walk() {
-        let zgroup = "{\"zarr_format\": 2}".to_string();
+        let zgroup = meta::to_json(&serde_json::json!({"zarr_format": 2}));
         let zattrs = g.attrs.to_json(&[], &[]);
         consolidated.push((key(&g.path, ".zgroup"), zgroup.clone()));
         consolidated.push((key(&g.path, ".zattrs"), zattrs.clone()));
@@ -245,15 +169,10 @@ pub fn render(ds: &Dataset) -> ZarrMeta {
             encodings.insert(v.path.clone(), encoding::choose(v));
         }
     }
-    let mut zmeta = String::from("{\"zarr_consolidated_format\": 1, \"metadata\": {");
-    for (i, (k, doc)) in consolidated.iter().enumerate() {
-        if i > 0 {
-            zmeta.push_str(", ");
-        }
-        write_json_str(&mut zmeta, k);
-        let _ = write!(zmeta, ": {doc}");
-    }
-    zmeta.push_str("}}");
+    let zmeta = meta::to_json(&meta::ConsolidatedV2 {
+        zarr_consolidated_format: 1,
+        metadata: meta::Entries(consolidated.into_iter().map(|(k, d)| (k, meta::raw(d))).collect()),
+    });
     docs.push((".zmetadata".into(), zmeta));
     ZarrMeta {
         docs: docs.into_iter().map(|(k, v)| (k, Bytes::from(v))).collect(),
