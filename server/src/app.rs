@@ -51,7 +51,7 @@ pub fn load_all(specs: &[DatasetSpec], threads: usize, cache: Option<&IndexCache
                 let entry = match open_dataset_cached(spec, cache) {
                     Ok(ds) => {
                         let meta = crate::zarr::render(&ds);
-                        let refs = crate::refs::build(&ds);
+                        let refs = crate::kerchunk::build(&ds);
                         tracing::info!(dataset = %spec.name, files = ds.files.len(), ms = t0.elapsed().as_millis() as u64, "dataset ready");
                         for (v, why) in &ds.skipped {
                             tracing::warn!(dataset = %spec.name, variable = %v, "not served: {why}");

@@ -199,7 +199,7 @@ struct IndexArgs {
     #[arg(long = "reference-root", value_name = "DIR")]
     reference_roots: Vec<String>,
     /// References per Parquet file (Parquet output only).
-    #[arg(long, default_value_t = cloudify_server::refs::parquet::DEFAULT_RECORD_SIZE)]
+    #[arg(long, default_value_t = cloudify_server::kerchunk::parquet::DEFAULT_RECORD_SIZE)]
     record_size: usize,
     /// Store a variable inline (its values inside the references) only if it has at most
     /// BYTES bytes; every other variable is referenced as byte ranges of its files, or left
@@ -234,10 +234,10 @@ fn run_index(a: IndexArgs) -> anyhow::Result<()> {
         (!a.no_cache).then(|| cloudify_server::open::cache::IndexCache::new(&cache_dir(a.cache_dir.clone())));
     let ds = cloudify_server::open::open_dataset_cached(&spec, cache.as_ref())?;
     let inline = a.inline_threshold.map_or(
-        cloudify_server::refs::Inline::AsNeeded,
-        cloudify_server::refs::Inline::Threshold,
+        cloudify_server::kerchunk::Inline::AsNeeded,
+        cloudify_server::kerchunk::Inline::Threshold,
     );
-    let mut refs = cloudify_server::refs::build_with(&ds, inline);
+    let mut refs = cloudify_server::kerchunk::build_with(&ds, inline);
     refs.codecs_as_filters();
     for (v, why) in &refs.skipped {
         eprintln!("cloudify: warning: variable '{v}' left out: {why}");

@@ -182,7 +182,7 @@ pub fn open_and_serve(format: cloudify_crds::SourceFormat, source: &Path, refere
 /// The start-up and first-request half of [`open_and_serve`], for an opened dataset.
 pub fn serve(ds: &cloudify_server::dataset::Dataset) {
     let _meta = cloudify_server::zarr::render(ds);
-    let refs = cloudify_server::refs::build(ds);
+    let refs = cloudify_server::kerchunk::build(ds);
     let _ = refs.to_json();
     let _ = refs.zmetadata();
     let _ = cloudify_server::dataset::summary::dict(ds);

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use super::grid::{byteswap, copy_block, fill_with, grid_shape, intersect, linear, numel};
 use crate::codec::{CodecError, decode_hdf5};
 use crate::dtype::{DType, Endian};
-use crate::source::{ChunkLoc, ChunkRef, FileVar, Filter, MemValues, Storage};
+use crate::source::{ChunkLoc, ChunkRef, FileVar, Filter, Layout, MemValues};
 use crate::storage::read::{ByteError, RangeRead, check_unchanged, pread, read_file, read_source_whole};
 
 pub use crate::storage::read::Direct;
@@ -67,8 +67,8 @@ struct Stored {
 /// The stored bytes of chunk number `n` (row-major over the stored grid) of a chunked or
 /// referenced variable; `None` when it was never written.
 fn fetch_stored(io: &dyn RangeRead, fv: &FileVar, n: usize) -> Result<Option<Stored>, ReadError> {
-    match &fv.storage {
-        Storage::Chunked { locs, .. } => match locs.get(n).copied().filter(|l| l.size > 0) {
+    match &fv.layout {
+        Layout::Chunked { locs, .. } => match locs.get(n).copied().filter(|l| l.size > 0) {
             Some(l) => Ok(Some(Stored {
                 bytes: io.read_at(&fv.file, l.offset, l.size)?,
                 mask: l.filter_mask,
@@ -77,7 +77,7 @@ fn fetch_stored(io: &dyn RangeRead, fv: &FileVar, n: usize) -> Result<Option<Sto
             })),
             None => Ok(None),
         },
-        Storage::Refs { table, .. } => {
+        Layout::Listed { table, .. } => {
             // A reference to a file the table does not list is a corrupt index: say so
             // rather than read an empty path.
             let file = |i: u32| {
@@ -145,7 +145,7 @@ fn fetch_stored_many<K>(
     fv: &FileVar,
     wanted: Vec<(K, usize)>,
 ) -> Result<Vec<(K, Stored)>, ReadError> {
-    if let Storage::Chunked { locs, .. } = &fv.storage {
+    if let Layout::Chunked { locs, .. } = &fv.layout {
         let present: Vec<(K, ChunkLoc)> = wanted
             .into_iter()
             .filter_map(|(k, n)| locs.get(n).copied().filter(|l| l.size > 0).map(|l| (k, l)))
@@ -214,16 +214,16 @@ pub fn read_into(
     }
     let elem = dtype.size();
     let swap = fv.endian == Endian::Big;
-    match &fv.storage {
-        Storage::Unallocated => Ok(()),
-        Storage::Memory(m) => {
+    match &fv.layout {
+        Layout::Unallocated => Ok(()),
+        Layout::Memory(m) => {
             check_inlined(fv)?;
             if let MemValues::Bytes(b) = m.as_ref() {
                 copy_block(b, &fv.shape, start, dst, dst_shape, dst_start, count, elem);
             }
             Ok(())
         }
-        Storage::Contiguous { offset } => {
+        Layout::Contiguous { offset } => {
             let mut block = read_contiguous(io, &fv.file, *offset, &fv.shape, elem, start, count)?;
             if swap {
                 byteswap(&mut block, elem);
@@ -240,7 +240,7 @@ pub fn read_into(
             );
             Ok(())
         }
-        Storage::Records { begin, recsize } => {
+        Layout::Records { begin, recsize } => {
             let inner_shape = &fv.shape[1..];
             let mut block = Vec::new();
             if fv.file.remote.is_some() {
@@ -282,10 +282,10 @@ pub fn read_into(
             );
             Ok(())
         }
-        Storage::Chunked {
+        Layout::Chunked {
             chunk_shape, filters, ..
         }
-        | Storage::Refs {
+        | Layout::Listed {
             chunk_shape, filters, ..
         } => {
             let sgrid = grid_shape(&fv.shape, chunk_shape);
@@ -440,7 +440,7 @@ fn read_contiguous(
 /// are in the file, when they can be served unchanged: `None` when the chunk was never
 /// written or skipped a filter (HDF5 filter mask), or the layout is not chunked.
 pub fn raw_stored_chunk(io: &dyn RangeRead, fv: &FileVar, n: usize) -> Result<Option<Vec<u8>>, ReadError> {
-    if fv.storage.chunking().is_none() {
+    if fv.layout.chunking().is_none() {
         return Ok(None);
     }
     Ok(fetch_stored(io, fv, n)?.filter(|s| s.mask == 0).map(|s| s.bytes))
@@ -455,7 +455,7 @@ pub fn decoded_stored_chunk(
     dtype: DType,
     n: usize,
 ) -> Result<Option<Vec<u8>>, ReadError> {
-    let Some((chunk_shape, filters)) = fv.storage.chunking() else {
+    let Some((chunk_shape, filters)) = fv.layout.chunking() else {
         return Ok(None);
     };
     let Some(stored) = fetch_stored(io, fv, n)? else {
@@ -495,7 +495,7 @@ mod tests {
             file: Arc::new(SourceFile::local(PathBuf::from("refs.json"), 0, 0)),
             shape: vec![1],
             endian: Endian::Little,
-            storage: Storage::Refs {
+            layout: Layout::Listed {
                 chunk_shape: vec![1],
                 filters: Vec::new(),
                 table: Arc::new(table),

@@ -11,7 +11,7 @@ use crate::attrs::AttrValue;
 use crate::chunk::grid::{default_chunks, numel};
 use crate::chunk::read::{Direct, read_whole};
 use crate::dtype::{DType, Scalar};
-use crate::source::{MemValues, SourceGroup, SourceIndex, SourceVar, Storage};
+use crate::source::{Layout, MemValues, SourceGroup, SourceIndex, SourceVar};
 
 /// Chunk size we aim for when the source has no chunking of its own.
 pub const TARGET_CHUNK_BYTES: u64 = 4 << 20;
@@ -213,7 +213,7 @@ fn apply_rebase(
         };
         out.extend(s.to_le_bytes(v.dtype));
     }
-    v.data.storage = Storage::Memory(Arc::new(MemValues::Bytes(out)));
+    v.data.layout = Layout::Memory(Arc::new(MemValues::Bytes(out)));
     v.data.endian = crate::dtype::Endian::Little;
     // The file's bytes are in the old units: references must not point at them.
     v.data.stored = Some(Box::new(crate::source::Stored::Rewritten(format!(
@@ -453,7 +453,7 @@ pub fn fill_attr(v: &SourceVar) -> Option<Scalar> {
 /// Little-endian bytes that never-written data reads as: `_FillValue`, else netCDF's default.
 pub fn storage_fill(v: &SourceVar) -> Vec<u8> {
     // Zarr-backed sources say what missing chunks read as.
-    if let Storage::Refs { table, .. } = &v.data.storage
+    if let Layout::Listed { table, .. } = &v.data.layout
         && let Some(f) = &table.fill
     {
         return f.clone();
@@ -470,10 +470,10 @@ pub fn pieces_tile(pieces: &[Piece], axis: Option<usize>, c: &[u64]) -> bool {
     pieces.iter().enumerate().all(|(i, p)| {
         let same = p
             .data
-            .storage
+            .layout
             .chunking()
             .is_some_and(|(chunk_shape, _)| chunk_shape == c)
-            || matches!(&p.data.storage, Storage::Unallocated);
+            || matches!(&p.data.layout, Layout::Unallocated);
         let aligned = match axis {
             Some(ax) => i + 1 == pieces.len() || p.data.shape[ax] % c[ax] == 0,
             None => true,
@@ -497,7 +497,7 @@ fn make_variable(
     let fill = storage_fill(v0);
     let elem = v0.dtype.size().max(1);
     // Served chunking: the source's when it tiles the aggregate, else a few MB.
-    let source_chunks = pieces[0].data.storage.chunking().map(|(c, _)| c.clone());
+    let source_chunks = pieces[0].data.layout.chunking().map(|(c, _)| c.clone());
     let chunks = match &source_chunks {
         Some(c) if pieces_tile(&pieces, axis, c) => c.clone(),
         Some(c) => {

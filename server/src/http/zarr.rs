@@ -220,7 +220,7 @@ pub async fn kerchunk_key(
     Path((id, key)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    use crate::refs::RefValue;
+    use crate::kerchunk::RefValue;
     let s = served(&state, &id)?;
     let tag = etag(&s, &format!("kerchunk/{key}"));
     if key == ".zmetadata" {
@@ -306,7 +306,7 @@ pub async fn kerchunk_key(
 /// inside the grid that was never written (it does read as the fill value), for metadata
 /// document names, and for keys that name no array.
 fn kerchunk_missing(s: &Served, id: &str, key: &str) -> ApiError {
-    use crate::refs::RefValue;
+    use crate::kerchunk::RefValue;
     let zarray = |var: &str| match s.refs.entries.get(&format!("{var}/.zarray")) {
         Some(RefValue::Json(doc)) => serde_json::from_str::<serde_json::Value>(doc).ok(),
         _ => None,
@@ -327,7 +327,7 @@ fn kerchunk_missing(s: &Served, id: &str, key: &str) -> ApiError {
         )),
         Ok(ck) => {
             let grid = zarray(&ck.var)
-                .and_then(|za| crate::refs::parquet::chunk_grid(&za))
+                .and_then(|za| crate::kerchunk::parquet::chunk_grid(&za))
                 .unwrap_or_default();
             // 0-d arrays: one chunk, `var/0` (parsed as no index)
             let inside = ck.index.is_empty()

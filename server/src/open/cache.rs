@@ -172,7 +172,7 @@ impl IndexCache {
         std::fs::create_dir_all(&self.dir)?;
         let spec = cloudify_crds::DatasetSpec::new("file", vec![index.file.path.display().to_string()]);
         let ds = crate::dataset::aggregate::build(&spec, vec![index.clone()])?;
-        let refs = crate::refs::build(&ds);
+        let refs = crate::kerchunk::build(&ds);
         let body = serde_json::to_string(&Body {
             format: FORMAT,
             index: index.clone(),

@@ -8,8 +8,8 @@ use crate::chunk::read::{Direct, read_whole};
 use crate::dataset::aggregate::storage_fill;
 use crate::dtype::Endian;
 use crate::source::{
-    Format, MemValues, SourceError, SourceFile, SourceGroup, SourceIndex, Storage, Stored, classic,
-    inlinable, native, netcdf, rebind, remote, sniff,
+    Format, Layout, MemValues, SourceError, SourceFile, SourceGroup, SourceIndex, Stored, classic, inlinable,
+    native, netcdf, rebind, remote, sniff,
 };
 use crate::storage::read::RangeRead;
 
@@ -26,11 +26,14 @@ pub fn inline_small(io: &dyn RangeRead, g: &mut SourceGroup) -> Result<(), Sourc
             message: format!("variable '{}': {e}", v.name),
         })?;
         let storage = std::mem::replace(
-            &mut v.data.storage,
-            Storage::Memory(Arc::new(MemValues::Bytes(buf))),
+            &mut v.data.layout,
+            Layout::Memory(Arc::new(MemValues::Bytes(buf))),
         );
         let endian = std::mem::replace(&mut v.data.endian, Endian::Little);
-        v.data.stored = Some(Box::new(Stored::At { endian, storage }));
+        v.data.stored = Some(Box::new(Stored::At {
+            endian,
+            layout: storage,
+        }));
     }
     for sub in &mut g.groups {
         inline_small(io, sub)?;

@@ -15,7 +15,7 @@ use crate::chunk::read::{
 };
 use crate::dataset::{Derive, Piece, Values, Variable};
 use crate::dtype::DType;
-use crate::source::{MemValues, Storage};
+use crate::source::{Layout, MemValues};
 use crate::storage::read::check_unchanged;
 
 /// Checks that the local files served chunk `idx` is read from are the versions indexed,
@@ -33,12 +33,12 @@ pub fn check_chunk_sources(var: &Variable, idx: &[u64]) -> Result<(), ReadError>
         {
             continue;
         }
-        match &piece.data.storage {
-            Storage::Chunked { .. } | Storage::Contiguous { .. } | Storage::Records { .. } => {
+        match &piece.data.layout {
+            Layout::Chunked { .. } | Layout::Contiguous { .. } | Layout::Records { .. } => {
                 check_unchanged(&piece.data.file).map_err(ReadError::from)?
             }
-            Storage::Memory(_) => check_inlined(&piece.data)?,
-            Storage::Unallocated | Storage::Refs { .. } => {}
+            Layout::Memory(_) => check_inlined(&piece.data)?,
+            Layout::Unallocated | Layout::Listed { .. } => {}
         }
     }
     Ok(())
@@ -71,7 +71,7 @@ pub fn raw_chunk(var: &Variable, idx: &[u64]) -> Result<Option<Vec<u8>>, ReadErr
     let Some((piece, local)) = locate_piece(var, &start) else {
         return Ok(None);
     };
-    if let Some((chunk_shape, _)) = piece.data.storage.chunking() {
+    if let Some((chunk_shape, _)) = piece.data.layout.chunking() {
         let sgrid = grid_shape(&piece.data.shape, chunk_shape);
         let cidx: Vec<u64> = local.iter().zip(chunk_shape).map(|(s, c)| s / c).collect();
         return raw_stored_chunk(&Direct, &piece.data, linear(&cidx, &sgrid) as usize);
@@ -159,7 +159,7 @@ fn whole_stored_chunk(
     let Some((piece, local)) = locate_piece(var, start) else {
         return Ok(None);
     };
-    let Some((chunk_shape, _)) = piece.data.storage.chunking() else {
+    let Some((chunk_shape, _)) = piece.data.layout.chunking() else {
         return Ok(None);
     };
     if chunk_shape.as_slice() != buf_shape || local.iter().zip(chunk_shape).any(|(s, c)| s % c != 0) {
@@ -280,7 +280,7 @@ fn read_strings(
         return Ok(out);
     }
     for piece in var.pieces() {
-        let Storage::Memory(m) = &piece.data.storage else {
+        let Layout::Memory(m) = &piece.data.layout else {
             continue;
         };
         let MemValues::Strings(values) = m.as_ref() else {
@@ -444,7 +444,7 @@ mod tests {
         let mut bytes = std::fs::read(&p).expect("read");
         later();
         // Other bytes where the first chunk is, the same length.
-        let Some(Storage::Chunked { locs, .. }) = ds.variable("big").map(|v| &v.pieces()[0].data.storage)
+        let Some(Layout::Chunked { locs, .. }) = ds.variable("big").map(|v| &v.pieces()[0].data.layout)
         else {
             panic!("big is chunked");
         };

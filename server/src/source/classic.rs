@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::nc3::{Nc3AttrValue, Nc3Error, Nc3Type, parse_header};
-use super::{FileVar, SourceDim, SourceError, SourceFile, SourceGroup, SourceIndex, SourceVar, Storage};
+use super::{FileVar, Layout, SourceDim, SourceError, SourceFile, SourceGroup, SourceIndex, SourceVar};
 use crate::attrs::{AttrValue, Attrs};
 use crate::dtype::{DType, Endian};
 use crate::storage::read::pread;
@@ -113,12 +113,12 @@ pub fn open_nc3_with(
             .ok_or_else(|| malformed(format!("variable '{}' refers to an unknown dimension", v.name)))?;
         let shape = header.shape(v);
         let storage = if v.is_record {
-            Storage::Records {
+            Layout::Records {
                 begin: v.begin,
                 recsize,
             }
         } else {
-            Storage::Contiguous { offset: v.begin }
+            Layout::Contiguous { offset: v.begin }
         };
         vars.push(SourceVar {
             name: v.name.clone(),
@@ -129,7 +129,7 @@ pub fn open_nc3_with(
                 file: file.clone(),
                 shape,
                 endian: Endian::Big,
-                storage,
+                layout: storage,
                 stored: None,
             },
         });

@@ -2,7 +2,7 @@
 //!
 //! A reference set describes a Zarr v2 store whose metadata documents are held in the set
 //! and whose chunks are byte ranges of other files, whole files, or inline bytes. It is
-//! parsed into the same per-variable model as a netCDF file (`Storage::Refs`), so `/zarr`,
+//! parsed into the same per-variable model as a netCDF file (`Layout::Listed`), so `/zarr`,
 //! `/kerchunk`, aggregation and summaries work unchanged. Local Zarr v2 stores share the
 //! same builder ([`build_index`]): a store is a reference set whose chunks are files.
 //!
@@ -18,8 +18,8 @@ use base64::Engine as _;
 use serde_json::Value;
 
 use super::{
-    ChunkRef, ChunkTable, FileVar, SourceDim, SourceError, SourceFile, SourceGroup, SourceIndex, SourceVar,
-    Storage,
+    ChunkRef, ChunkTable, FileVar, Layout, SourceDim, SourceError, SourceFile, SourceGroup, SourceIndex,
+    SourceVar,
 };
 use crate::attrs::{AttrValue, Attrs};
 use crate::dtype::{DType, Endian};
@@ -543,10 +543,10 @@ fn expand_templates(url: &str, templates: &serde_json::Map<String, Value>) -> Re
 
 /// Reads a Parquet reference directory into a [`RefSet`].
 pub fn parse_parquet(dir: &super::tree::Tree) -> Result<RefSet, SourceError> {
-    let p = crate::refs::parquet::read_parquet(dir).map_err(|e| match e {
-        crate::refs::parquet::ParquetRefsError::Io { path, source } => SourceError::Io { path, source },
-        crate::refs::parquet::ParquetRefsError::Parquet { path, message }
-        | crate::refs::parquet::ParquetRefsError::Malformed { path, message } => {
+    let p = super::kerchunk_parquet::read_parquet(dir).map_err(|e| match e {
+        super::kerchunk_parquet::ParquetRefsError::Io { path, source } => SourceError::Io { path, source },
+        super::kerchunk_parquet::ParquetRefsError::Parquet { path, message }
+        | super::kerchunk_parquet::ParquetRefsError::Malformed { path, message } => {
             SourceError::Malformed { path, message }
         }
     })?;
@@ -559,8 +559,8 @@ pub fn parse_parquet(dir: &super::tree::Tree) -> Result<RefSet, SourceError> {
         set.chunks.insert(
             k,
             match v {
-                crate::refs::parquet::ParquetRef::Url { url, range } => RawRef::Url { url, range },
-                crate::refs::parquet::ParquetRef::Inline(b) => RawRef::Inline(b),
+                super::kerchunk_parquet::ParquetRef::Url { url, range } => RawRef::Url { url, range },
+                super::kerchunk_parquet::ParquetRef::Inline(b) => RawRef::Inline(b),
             },
         );
     }
@@ -720,7 +720,7 @@ pub fn attach_remote(
     }
     fn group(g: &mut SourceGroup, h: &mut Handles<'_>) -> Result<(), String> {
         for v in &mut g.vars {
-            let Storage::Refs { table, .. } = &mut v.data.storage else {
+            let Layout::Listed { table, .. } = &mut v.data.layout else {
                 continue;
             };
             let remote = table
@@ -984,7 +984,7 @@ pub fn build_index(
     let files = Arc::new(files.files);
     fn fix_files(vars: &mut [SourceVar], files: &Arc<Vec<PathBuf>>) {
         for v in vars {
-            if let Storage::Refs { table, .. } = &mut v.data.storage {
+            if let Layout::Listed { table, .. } = &mut v.data.layout {
                 Arc::make_mut(table).files = files.clone();
             }
         }
@@ -1225,7 +1225,7 @@ fn array_var(
             file: file.clone(),
             shape,
             endian,
-            storage: Storage::Refs {
+            layout: Layout::Listed {
                 chunk_shape,
                 filters,
                 table: Arc::new(ChunkTable {
@@ -1545,7 +1545,7 @@ mod tests {
             (DType::F32, Endian::Big, vec!["t".to_string()])
         );
         assert!(matches!(x.attrs.get("_FillValue"), Some(AttrValue::Floats(f)) if f[0].is_nan()));
-        let Storage::Refs { table, .. } = &x.data.storage else {
+        let Layout::Listed { table, .. } = &x.data.layout else {
             panic!("not refs")
         };
         assert!(matches!(

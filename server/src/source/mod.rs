@@ -9,6 +9,7 @@ pub mod classic;
 pub mod ffi;
 pub mod icechunk;
 pub mod kerchunk;
+pub mod kerchunk_parquet;
 pub mod native;
 pub mod nc3;
 pub mod netcdf;
@@ -38,7 +39,7 @@ pub struct ChunkLoc {
 
 /// Where and how a variable's values are stored in one file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum Storage {
+pub enum Layout {
     /// HDF5 chunked layout; `locs` is dense, row-major over the chunk grid.
     Chunked {
         chunk_shape: Vec<u64>,
@@ -49,27 +50,29 @@ pub enum Storage {
     Contiguous { offset: u64 },
     /// netCDF-3 record variable: record `r` is a C-ordered slab at `begin + r * recsize`.
     Records { begin: u64, recsize: u64 },
-    /// Storage never allocated: every value is the fill value.
+    /// Layout never allocated: every value is the fill value.
     Unallocated,
     /// Values read at open time (compact layout, strings): little-endian bytes, or strings.
     Memory(Arc<MemValues>),
     /// Chunks listed one by one, each in any file or held inline (kerchunk references, Zarr
-    /// stores); `filters` is the encode-order pipeline, as for `Chunked`.
-    Refs {
+    /// stores); `filters` is the encode-order pipeline, as for `Chunked`. (Named `Refs` in
+    /// the index cache.)
+    #[serde(rename = "Refs")]
+    Listed {
         chunk_shape: Vec<u64>,
         filters: Vec<Filter>,
         table: Arc<ChunkTable>,
     },
 }
 
-impl Storage {
+impl Layout {
     /// Chunk shape and filter pipeline of chunk-addressed storage.
     pub fn chunking(&self) -> Option<(&Vec<u64>, &[Filter])> {
         match self {
-            Storage::Chunked {
+            Layout::Chunked {
                 chunk_shape, filters, ..
             }
-            | Storage::Refs {
+            | Layout::Listed {
                 chunk_shape, filters, ..
             } => Some((chunk_shape, filters)),
             _ => None,
@@ -77,7 +80,7 @@ impl Storage {
     }
 }
 
-/// Where each chunk of a `Storage::Refs` variable is.
+/// Where each chunk of a `Layout::Listed` variable is.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ChunkTable {
     /// Files the references point into: local paths, or object URLs (`s3://b/k`) whose
@@ -98,7 +101,7 @@ pub struct ChunkTable {
     pub fill: Option<Vec<u8>>,
 }
 
-/// One chunk of a `Storage::Refs` variable.
+/// One chunk of a `Layout::Listed` variable.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ChunkRef {
     /// Not stored: reads as the fill value.
@@ -113,8 +116,8 @@ pub enum ChunkRef {
 
 /// Whether any reference table of the group (or its subgroups) points into object stores.
 pub fn refs_remote(g: &SourceGroup) -> bool {
-    g.vars.iter().any(|v| match &v.data.storage {
-        Storage::Refs { table, .. } => table.remote.iter().any(Option::is_some),
+    g.vars.iter().any(|v| match &v.data.layout {
+        Layout::Listed { table, .. } => table.remote.iter().any(Option::is_some),
         _ => false,
     }) || g.groups.iter().any(refs_remote)
 }
@@ -152,7 +155,9 @@ pub struct FileVar {
     pub shape: Vec<u64>,
     /// Byte order of the stored elements.
     pub endian: Endian,
-    pub storage: Storage,
+    /// (Named `storage` in the index cache.)
+    #[serde(rename = "storage")]
+    pub layout: Layout,
     /// Where an inlined variable (`storage` is `Memory`, read at index time) is stored in
     /// the file. Serving uses the values in memory; references written without inline data
     /// (`cloudify index --inline-threshold 0`, for VirtualiZarr, which refuses inlined
@@ -166,7 +171,11 @@ pub struct FileVar {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Stored {
     /// Read as is from this storage.
-    At { endian: Endian, storage: Storage },
+    At {
+        endian: Endian,
+        #[serde(rename = "storage")]
+        layout: Layout,
+    },
     /// Rewritten after reading (why), so no bytes in the file equal them.
     Rewritten(String),
 }
@@ -322,7 +331,7 @@ pub fn rebind(idx: &mut SourceIndex, file: &Arc<SourceFile>) {
 pub fn inlinable(v: &SourceVar) -> bool {
     let n: u64 = v.data.shape.iter().product();
     let bytes = n.saturating_mul(v.dtype.size() as u64);
-    !(v.dtype == DType::Str || bytes > INLINE_BYTES || matches!(v.data.storage, Storage::Memory(_)))
+    !(v.dtype == DType::Str || bytes > INLINE_BYTES || matches!(v.data.layout, Layout::Memory(_)))
 }
 
 /// The `(offset, len)` byte ranges `open::file::inline_small` will read for the group's variables, so
@@ -331,16 +340,16 @@ pub fn small_var_ranges(g: &SourceGroup, out: &mut Vec<(u64, u64)>) {
     for v in g.vars.iter().filter(|v| inlinable(v)) {
         let elem = v.dtype.size() as u64;
         let n: u64 = v.data.shape.iter().product();
-        match &v.data.storage {
-            Storage::Contiguous { offset } if n > 0 => out.push((*offset, n * elem)),
-            Storage::Records { begin, recsize } => {
+        match &v.data.layout {
+            Layout::Contiguous { offset } if n > 0 => out.push((*offset, n * elem)),
+            Layout::Records { begin, recsize } => {
                 let slab = v.data.shape.iter().skip(1).product::<u64>() * elem;
                 let nrec = v.data.shape.first().copied().unwrap_or(0);
                 if slab > 0 {
                     out.extend((0..nrec).map(|r| (begin + r * recsize, slab)));
                 }
             }
-            Storage::Chunked { locs, .. } => {
+            Layout::Chunked { locs, .. } => {
                 out.extend(locs.iter().filter(|l| l.size > 0).map(|l| (l.offset, l.size)));
             }
             _ => {}

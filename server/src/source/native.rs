@@ -22,7 +22,7 @@ use netcdf_reader::NcFile;
 use netcdf_reader::types::{NcAttrValue, NcAttribute, NcGroup, NcType, NcVariable};
 
 use super::{
-    ChunkLoc, FileVar, Filter, MemValues, SourceDim, SourceFile, SourceGroup, SourceIndex, SourceVar, Storage,
+    ChunkLoc, FileVar, Filter, Layout, MemValues, SourceDim, SourceFile, SourceGroup, SourceIndex, SourceVar,
 };
 use crate::attrs::{AttrValue, Attrs};
 use crate::dtype::{DType, Endian};
@@ -232,7 +232,7 @@ impl Ctx<'_> {
                 )));
             }
             (
-                Storage::Memory(Arc::new(MemValues::Strings(strings))),
+                Layout::Memory(Arc::new(MemValues::Strings(strings))),
                 Endian::Little,
             )
         } else {
@@ -248,14 +248,14 @@ impl Ctx<'_> {
                 file: self.file.clone(),
                 shape,
                 endian,
-                storage,
+                layout: storage,
                 stored: None,
             },
         })
     }
 
     /// The physical layout of one variable, from its HDF5 object header.
-    fn layout(&self, v: &NcVariable, dtype: DType, shape: &[u64]) -> Result<(Storage, Endian), Unsupported> {
+    fn layout(&self, v: &NcVariable, dtype: DType, shape: &[u64]) -> Result<(Layout, Endian), Unsupported> {
         let header = self.h5.get_or_parse_header(v.data_offset).map_err(unsupported)?;
         let (mut dspace, mut dt, mut layout, mut pipeline) = (None, None, None, None);
         for m in &header.messages {
@@ -293,9 +293,9 @@ impl Ctx<'_> {
         match layout {
             L::Contiguous { address, .. } => Ok((
                 if undefined(*address) {
-                    Storage::Unallocated
+                    Layout::Unallocated
                 } else {
-                    Storage::Contiguous { offset: *address }
+                    Layout::Contiguous { offset: *address }
                 },
                 endian,
             )),
@@ -311,7 +311,7 @@ impl Ctx<'_> {
                         c.reverse();
                     }
                 }
-                Ok((Storage::Memory(Arc::new(MemValues::Bytes(bytes))), Endian::Little))
+                Ok((Layout::Memory(Arc::new(MemValues::Bytes(bytes))), Endian::Little))
             }
             L::Chunked {
                 address,
@@ -405,7 +405,7 @@ impl Ctx<'_> {
                     }
                 }
                 Ok((
-                    Storage::Chunked {
+                    Layout::Chunked {
                         chunk_shape,
                         filters,
                         locs: Arc::new(locs),
@@ -697,7 +697,7 @@ mod tests {
         let tas = native.root.vars.iter().find(|v| v.name == "tas").expect("tas");
         assert_eq!(tas.data.shape, vec![3, 2048]);
         assert!(
-            matches!(&tas.data.storage, Storage::Chunked { chunk_shape, filters, locs }
+            matches!(&tas.data.layout, Layout::Chunked { chunk_shape, filters, locs }
             if chunk_shape == &vec![2, 1024] && filters.len() == 2 && locs.len() == 4 && locs.iter().all(|l| l.size > 0))
         );
         assert_eq!(
@@ -810,7 +810,7 @@ mod tests {
             let ds = crate::dataset::aggregate::build(&spec, vec![idx]).expect("dataset");
             for (name, _, want) in &cases {
                 let v = ds.variable(name).expect("variable");
-                let filters = v.pieces()[0].data.storage.chunking().map(|(_, f)| f.to_vec());
+                let filters = v.pieces()[0].data.layout.chunking().map(|(_, f)| f.to_vec());
                 assert_eq!(filters.as_ref(), Some(want), "{reader} {name}");
                 assert!(
                     !crate::zarr::encoding::choose(v).passthrough,

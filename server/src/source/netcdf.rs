@@ -12,8 +12,8 @@ use netcdf::AttributeValue;
 use netcdf::types::{FloatType, IntType, NcVariableType};
 
 use super::{
-    ChunkLoc, FileVar, Filter, MemValues, SourceDim, SourceError, SourceFile, SourceGroup, SourceIndex,
-    SourceVar, Storage, ffi,
+    ChunkLoc, FileVar, Filter, Layout, MemValues, SourceDim, SourceError, SourceFile, SourceGroup,
+    SourceIndex, SourceVar, ffi,
 };
 use crate::attrs::{AttrValue, Attrs};
 use crate::dtype::{DType, Endian};
@@ -89,7 +89,7 @@ fn read_attrs<'a>(
     Ok(attrs)
 }
 
-/// Logical model of one group, with `Storage::Unallocated` placeholders for the layout.
+/// Logical model of one group, with `Layout::Unallocated` placeholders for the layout.
 fn read_group(g: &netcdf::Group<'_>, path: &str, file: &Arc<SourceFile>) -> Result<SourceGroup, SourceError> {
     let p = file.path.as_path();
     let dims = g
@@ -132,9 +132,9 @@ fn read_group(g: &netcdf::Group<'_>, path: &str, file: &Arc<SourceFile>) -> Resu
                     idx[d] = 0;
                 }
             }
-            Storage::Memory(Arc::new(MemValues::Strings(strings)))
+            Layout::Memory(Arc::new(MemValues::Strings(strings)))
         } else {
-            Storage::Unallocated
+            Layout::Unallocated
         };
         vars.push(SourceVar {
             name,
@@ -145,7 +145,7 @@ fn read_group(g: &netcdf::Group<'_>, path: &str, file: &Arc<SourceFile>) -> Resu
                 file: file.clone(),
                 shape,
                 endian: Endian::Little,
-                storage,
+                layout: storage,
                 stored: None,
             },
         });
@@ -170,8 +170,8 @@ fn read_group(g: &netcdf::Group<'_>, path: &str, file: &Arc<SourceFile>) -> Resu
 }
 
 /// Outcome of looking at one variable's HDF5 layout.
-enum Layout {
-    Native(Storage, Endian),
+enum H5Outcome {
+    Native(Layout, Endian),
     /// Only the library can read it (compact layout, filters we don't decode).
     NeedsLibrary(String),
 }
@@ -189,7 +189,7 @@ fn convert_filters(fs: &[hdf5::filters::Filter], elem: usize) -> Result<Vec<Filt
         .collect()
 }
 
-fn h5_layout(h5: &hdf5::File, group: &str, var: &SourceVar) -> Result<Layout, String> {
+fn h5_layout(h5: &hdf5::File, group: &str, var: &SourceVar) -> Result<H5Outcome, String> {
     let full = if group.is_empty() {
         var.name.clone()
     } else {
@@ -211,10 +211,10 @@ fn h5_layout(h5: &hdf5::File, group: &str, var: &SourceVar) -> Result<Layout, St
     };
     let shape = &var.data.shape;
     match ds.layout() {
-        hdf5::dataset::Layout::Contiguous => Ok(Layout::Native(
+        hdf5::dataset::Layout::Contiguous => Ok(H5Outcome::Native(
             match ds.offset() {
-                Some(offset) => Storage::Contiguous { offset },
-                None => Storage::Unallocated,
+                Some(offset) => Layout::Contiguous { offset },
+                None => Layout::Unallocated,
             },
             endian,
         )),
@@ -232,7 +232,7 @@ fn h5_layout(h5: &hdf5::File, group: &str, var: &SourceVar) -> Result<Layout, St
             }
             let filters = match convert_filters(&ds.filters(), var.dtype.size()) {
                 Ok(f) => f,
-                Err(f) => return Ok(Layout::NeedsLibrary(format!("HDF5 filter {f}"))),
+                Err(f) => return Ok(H5Outcome::NeedsLibrary(format!("HDF5 filter {f}"))),
             };
             let grid: Vec<u64> = shape
                 .iter()
@@ -240,8 +240,8 @@ fn h5_layout(h5: &hdf5::File, group: &str, var: &SourceVar) -> Result<Layout, St
                 .map(|(s, c)| s.div_ceil(*c))
                 .collect();
             let locs: Vec<ChunkLoc> = ffi::chunk_locs(&ds, &chunk_shape, &grid)?;
-            Ok(Layout::Native(
-                Storage::Chunked {
+            Ok(H5Outcome::Native(
+                Layout::Chunked {
                     chunk_shape,
                     filters,
                     locs: Arc::new(locs),
@@ -249,7 +249,7 @@ fn h5_layout(h5: &hdf5::File, group: &str, var: &SourceVar) -> Result<Layout, St
                 endian,
             ))
         }
-        other => Ok(Layout::NeedsLibrary(format!("HDF5 layout {other:?}"))),
+        other => Ok(H5Outcome::NeedsLibrary(format!("HDF5 layout {other:?}"))),
     }
 }
 
@@ -279,15 +279,17 @@ pub fn open_hdf5(file: Arc<SourceFile>) -> Result<SourceIndex, SourceError> {
     {
         let h5 = hdf5::File::open(&p).map_err(|e| lib_err(&p, e))?;
         for_each_var(&mut root, &mut |group, v| {
-            if failure.is_some() || matches!(v.data.storage, Storage::Memory(_)) {
+            if failure.is_some() || matches!(v.data.layout, Layout::Memory(_)) {
                 return;
             }
             match h5_layout(&h5, group, v) {
-                Ok(Layout::Native(storage, endian)) => {
-                    v.data.storage = storage;
+                Ok(H5Outcome::Native(storage, endian)) => {
+                    v.data.layout = storage;
                     v.data.endian = endian;
                 }
-                Ok(Layout::NeedsLibrary(why)) => needs_library.push((group.to_string(), v.name.clone(), why)),
+                Ok(H5Outcome::NeedsLibrary(why)) => {
+                    needs_library.push((group.to_string(), v.name.clone(), why))
+                }
                 Err(e) => failure = Some(format!("variable '{}': {e}", v.name)),
             }
         });
@@ -329,7 +331,7 @@ fn read_through_library(
                 .and_then(|g| g.variable(&v.name).map(|var| var.get_raw_values(..)))
         };
         match found {
-            Some(Ok(b)) => v.data.storage = Storage::Memory(Arc::new(MemValues::Bytes(b))),
+            Some(Ok(b)) => v.data.layout = Layout::Memory(Arc::new(MemValues::Bytes(b))),
             Some(Err(e)) => err = Some(format!("variable '{}' ({why}): {e}", v.name)),
             None => err = Some(format!("variable '{}' vanished", v.name)),
         }

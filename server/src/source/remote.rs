@@ -415,8 +415,8 @@ mod tests {
                 .vars
                 .iter()
                 .find(|v| v.name == "y")
-                .map(|v| &v.data.storage),
-            Some(super::super::Storage::Memory(_))
+                .map(|v| &v.data.layout),
+            Some(super::super::Layout::Memory(_))
         ));
 
         // Cut short: reported naming the URL, nothing downloaded.

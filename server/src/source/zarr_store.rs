@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::kerchunk::{ChunkSource, FillRule, RawRef, build_index, sanitize_json};
 use super::tree::Tree;
-use super::{Filter, SourceError, SourceIndex, Storage};
+use super::{Filter, Layout, SourceError, SourceIndex};
 
 fn malformed(path: &Path, message: impl Into<String>) -> SourceError {
     SourceError::Malformed {
@@ -616,7 +616,7 @@ pub(crate) fn apply_overrides(
         let Some((filter, declarable)) = overrides.get(&path) else {
             continue;
         };
-        if let Storage::Refs { filters, table, .. } = &mut v.data.storage {
+        if let Layout::Listed { filters, table, .. } = &mut v.data.layout {
             if let Some(f) = filter {
                 if matches!(f, Filter::ZarrV3(_)) {
                     v.data.endian = crate::dtype::Endian::Little;
@@ -651,7 +651,7 @@ mod tests {
     use super::*;
     use crate::attrs::AttrValue;
     use crate::dtype::{DType, Endian};
-    use crate::source::{ChunkRef, Filter, Storage};
+    use crate::source::{ChunkRef, Filter, Layout};
 
     fn write(p: &Path, text: &str) {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -697,7 +697,7 @@ mod tests {
         assert_eq!((x.dtype, x.data.endian), (DType::F32, Endian::Big));
         assert_eq!(x.dims, vec!["t", "y"]);
         assert!(matches!(x.attrs.get("_FillValue"), Some(AttrValue::Floats(f)) if f[0].is_nan()));
-        let Storage::Refs { filters, table, .. } = &x.data.storage else {
+        let Layout::Listed { filters, table, .. } = &x.data.layout else {
             panic!("not refs")
         };
         assert_eq!(filters, &vec![Filter::Gzip]);
@@ -707,7 +707,7 @@ mod tests {
         // missing chunks read as the array's fill_value
         assert!(f32::from_le_bytes(table.fill.clone().unwrap().try_into().unwrap()).is_nan());
         let s = idx.root.vars.iter().find(|v| v.name == "s").unwrap();
-        let Storage::Refs { table, .. } = &s.data.storage else {
+        let Layout::Listed { table, .. } = &s.data.layout else {
             panic!("not refs")
         };
         assert!(matches!(table.chunks[0], ChunkRef::Whole { .. }));
@@ -773,11 +773,11 @@ mod tests {
         std::fs::write(root.join("a/c/1"), shard(&[Some(&[5, 6]), None])).unwrap();
         let idx = open_store(&root).unwrap();
         let a = &idx.root.vars[0];
-        let Storage::Refs {
+        let Layout::Listed {
             chunk_shape,
             filters,
             table,
-        } = &a.data.storage
+        } = &a.data.layout
         else {
             panic!("not refs")
         };
@@ -806,7 +806,7 @@ mod tests {
             &meta(r#"[{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]"#),
         );
         let idx = open_store(&root).unwrap();
-        let Storage::Refs { filters, .. } = &idx.root.vars[0].data.storage else {
+        let Layout::Listed { filters, .. } = &idx.root.vars[0].data.layout else {
             panic!("not refs")
         };
         assert!(matches!(filters.as_slice(), [Filter::ZarrV3(_)]), "{filters:?}");
@@ -842,7 +842,7 @@ mod tests {
         let v = &idx.root.groups[0].vars[0];
         assert_eq!(v.name, "v");
         assert!(matches!(v.attrs.get("_FillValue"), Some(AttrValue::Ints(x)) if x == &[7]));
-        let Storage::Refs { filters, table, .. } = &v.data.storage else {
+        let Layout::Listed { filters, table, .. } = &v.data.layout else {
             panic!("not refs")
         };
         assert_eq!(filters, &vec![Filter::Blosc]);

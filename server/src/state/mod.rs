@@ -20,7 +20,7 @@ pub struct Served {
     pub ds: Dataset,
     pub meta: ZarrMeta,
     /// Byte-range references of the stored chunks (the `/kerchunk` route).
-    pub refs: crate::refs::Refs,
+    pub refs: crate::kerchunk::Refs,
     /// The same references persisted as a kerchunk Parquet directory in the index cache
     /// (`/kerchunk.parq/`); written in the background after start-up, `None` without a cache.
     pub refs_parquet: Option<ParquetDir>,
@@ -33,7 +33,7 @@ impl Served {
     pub fn new(
         ds: Dataset,
         meta: ZarrMeta,
-        refs: crate::refs::Refs,
+        refs: crate::kerchunk::Refs,
         refs_parquet: Option<std::path::PathBuf>,
     ) -> Self {
         let key_limits = crate::zarr::key::KeyLimits::of(

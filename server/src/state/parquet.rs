@@ -155,6 +155,6 @@ fn write_dir(s: &Served, dir: &Path) -> Result<(), String> {
             .map_err(|e| format!("cannot create the cache directory {}: {e}", parent.display()))?;
     }
     s.refs
-        .write_parquet(dir, crate::refs::parquet::DEFAULT_RECORD_SIZE)
+        .write_parquet(dir, crate::kerchunk::parquet::DEFAULT_RECORD_SIZE)
         .map_err(|e| format!("cannot write them into the cache: {e}"))
 }

@@ -8,7 +8,7 @@ use crate::codec::{Encoding, ZSTD_LEVEL, numcodecs};
 use crate::dataset::aggregate::pieces_tile;
 use crate::dataset::{Piece, Values, Variable};
 use crate::dtype::{DType, Endian};
-use crate::source::Storage;
+use crate::source::Layout;
 
 /// The Zarr encodings of one variable.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,7 +37,7 @@ pub fn transcode_encoding(dtype: DType) -> Encoding {
 /// The source's zlib pipeline of a piece as a Zarr encoding, if it has one Zarr can name
 /// (little-endian elements: Zarr clients get little-endian data).
 fn stored_pipeline(p: &Piece) -> Option<Encoding> {
-    match p.data.storage.chunking() {
+    match p.data.layout.chunking() {
         Some((_, filters)) if p.data.endian == Endian::Little => numcodecs::passthrough_encoding(filters),
         _ => None,
     }
@@ -48,14 +48,14 @@ fn stored_pipeline(p: &Piece) -> Option<Encoding> {
 pub fn choose(v: &Variable) -> ZarrEncoding {
     let passthrough_enc = match &v.values {
         Values::Stored { concat_axis, pieces } => pieces.first().and_then(|first| {
-            let source_chunks = first.data.storage.chunking().map(|(c, _)| c.clone())?;
+            let source_chunks = first.data.layout.chunking().map(|(c, _)| c.clone())?;
             let enc = stored_pipeline(first)?;
             let eligible = source_chunks == v.chunks
                 && pieces_tile(pieces, *concat_axis, &source_chunks)
                 && !matches!(v.dtype, DType::Char | DType::Str)
                 && !v.dtype.is_fixed_text();
             let all_same = pieces.iter().all(|p| {
-                stored_pipeline(p).as_ref() == Some(&enc) || matches!(p.data.storage, Storage::Unallocated)
+                stored_pipeline(p).as_ref() == Some(&enc) || matches!(p.data.layout, Layout::Unallocated)
             });
             (eligible && all_same).then_some(enc)
         }),

@@ -19,7 +19,7 @@ use crate::codec::{encode, numcodecs, vlen_utf8};
 use crate::dataset::{Dataset, Piece, Values, Variable};
 use crate::dtype::{DType, Endian, Scalar, fill_json};
 use crate::pipeline::read_block;
-use crate::source::{ChunkRef, Filter, MemValues, Storage, Stored};
+use crate::source::{ChunkRef, Filter, Layout, MemValues, Stored};
 use crate::zarr::meta::{ArrayV2, json_value};
 use crate::zarr::v2_attrs;
 
@@ -151,16 +151,16 @@ fn chunked(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
     let Some(first) = v.pieces().first() else {
         return Ok(false);
     };
-    let (chunk_shape, filters, endian) = match first.data.storage.chunking() {
+    let (chunk_shape, filters, endian) = match first.data.layout.chunking() {
         Some((c, f)) => (c.clone(), f.to_vec(), first.data.endian),
         None => return Ok(false),
     };
     // Referenced chunks keep the pipeline exactly as their source declared it.
-    let declared = |s: &Storage| match s {
-        Storage::Refs { table, .. } => Some((table.compressor.clone(), table.numcodecs_filters.clone())),
+    let declared = |s: &Layout| match s {
+        Layout::Listed { table, .. } => Some((table.compressor.clone(), table.numcodecs_filters.clone())),
         _ => None,
     };
-    let declared0 = declared(&first.data.storage);
+    let declared0 = declared(&first.data.layout);
     if declared0.as_ref().is_some_and(|(c, _)| c.is_empty()) {
         // a Zarr v3 pipeline without numcodecs equivalents (transpose, bitround, ...)
         return Err("its stored codecs have no numcodecs (Zarr v2) equivalent; read it through /zarr".into());
@@ -168,14 +168,14 @@ fn chunked(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
     if chunk_shape != v.chunks || matches!(v.dtype, DType::Str) {
         return Ok(false);
     }
-    let same = v.pieces().iter().all(|p| match p.data.storage.chunking() {
+    let same = v.pieces().iter().all(|p| match p.data.layout.chunking() {
         Some((c, f)) => {
             *c == chunk_shape
                 && f == filters.as_slice()
                 && p.data.endian == endian
-                && declared(&p.data.storage) == declared0
+                && declared(&p.data.layout) == declared0
         }
-        None => matches!(p.data.storage, Storage::Unallocated),
+        None => matches!(p.data.layout, Layout::Unallocated),
     });
     let aligned = match v.concat_axis() {
         Some(ax) => v.pieces().iter().all(|p| p.start % chunk_shape[ax] == 0),
@@ -195,8 +195,8 @@ fn chunked(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
     // Chunks a Zarr store never wrote read as its fill_value, which need not be the CF
     // _FillValue the v2 fill_value carries (v3 keeps them apart). A NaN fill can still be
     // declared (masking NaN changes nothing); anything else cannot.
-    let missing_fill = v.pieces().iter().find_map(|p| match &p.data.storage {
-        Storage::Refs { table, .. } if table.chunks.contains(&ChunkRef::Missing) => table.fill.clone(),
+    let missing_fill = v.pieces().iter().find_map(|p| match &p.data.layout {
+        Layout::Listed { table, .. } if table.chunks.contains(&ChunkRef::Missing) => table.fill.clone(),
         _ => None,
     });
     if let Some(f) = missing_fill
@@ -243,9 +243,9 @@ fn chunked(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
         }
         let sgrid = grid_shape(&piece.data.shape, &chunk_shape);
         let cidx: Vec<u64> = start.iter().zip(&chunk_shape).map(|(s, c)| s / c).collect();
-        let locs = match &piece.data.storage {
-            Storage::Chunked { locs, .. } => locs,
-            Storage::Refs { table, .. } => {
+        let locs = match &piece.data.layout {
+            Layout::Chunked { locs, .. } => locs,
+            Layout::Listed { table, .. } => {
                 let mut file = |f: &u32| match table.remote.get(*f as usize).and_then(Option::as_ref) {
                     Some(obj) => ctx.file(obj),
                     None => ctx.local(&table.files.get(*f as usize).cloned().unwrap_or_default()),
@@ -311,9 +311,9 @@ fn chunked(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
 /// reads such values as its default fill, a Zarr reader of `fill_value: null` as 0. `None`:
 /// nothing to declare (no gaps, a `_FillValue` already declared, or a zero default).
 fn gap_fill(v: &Variable) -> Option<Value> {
-    let gaps = v.pieces().iter().any(|p| match &p.data.storage {
-        Storage::Chunked { locs, .. } => locs.iter().any(|l| l.size == 0),
-        Storage::Unallocated => true,
+    let gaps = v.pieces().iter().any(|p| match &p.data.layout {
+        Layout::Chunked { locs, .. } => locs.iter().any(|l| l.size == 0),
+        Layout::Unallocated => true,
         _ => false,
     });
     if !gaps || v.fill_attr.is_some() || v.fill.iter().all(|b| *b == 0) {
@@ -341,10 +341,10 @@ fn contiguous(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
     let mut any_records = false;
     let mut g = 0u64;
     for p in v.pieces() {
-        match &p.data.storage {
-            Storage::Contiguous { .. } => g = gcd(g, p.data.shape[0]),
-            Storage::Records { .. } => any_records = true,
-            Storage::Unallocated => {}
+        match &p.data.layout {
+            Layout::Contiguous { .. } => g = gcd(g, p.data.shape[0]),
+            Layout::Records { .. } => any_records = true,
+            Layout::Unallocated => {}
             _ => return Ok(false),
         }
         if p.data.endian != endian {
@@ -379,9 +379,9 @@ fn contiguous(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
         let Some((piece, local)) = piece_at(v, i * c0) else {
             continue;
         };
-        let (offset, size) = match &piece.data.storage {
-            Storage::Contiguous { offset } => (offset + local * row_bytes, c0 * row_bytes),
-            Storage::Records { begin, recsize } => (begin + local * recsize, row_bytes),
+        let (offset, size) = match &piece.data.layout {
+            Layout::Contiguous { offset } => (offset + local * row_bytes, c0 * row_bytes),
+            Layout::Records { begin, recsize } => (begin + local * recsize, row_bytes),
             _ => continue,
         };
         let mut idx = vec![0u64; v.shape.len()];
@@ -399,7 +399,7 @@ fn scalar(v: &Variable, ctx: &mut Ctx) -> bool {
     let [piece] = v.pieces() else {
         return false;
     };
-    let Storage::Contiguous { offset } = piece.data.storage else {
+    let Layout::Contiguous { offset } = piece.data.layout else {
         return false;
     };
     let dt = dtype_str(v.dtype, piece.data.endian);
@@ -438,7 +438,7 @@ fn inline(v: &Variable, ctx: &mut Ctx, limit: u64) -> Result<bool, String> {
     let data = if v.dtype == DType::Str {
         let mut all = Vec::new();
         for p in v.pieces() {
-            if let Storage::Memory(m) = &p.data.storage
+            if let Layout::Memory(m) = &p.data.layout
                 && let MemValues::Strings(s) = m.as_ref()
             {
                 all.extend(s.iter().cloned());
@@ -483,7 +483,7 @@ fn as_stored(v: &Variable) -> Result<std::borrow::Cow<'_, Variable>, String> {
     if !v
         .pieces()
         .iter()
-        .any(|p| matches!(p.data.storage, Storage::Memory(_)))
+        .any(|p| matches!(p.data.layout, Layout::Memory(_)))
     {
         return Ok(std::borrow::Cow::Borrowed(v));
     }
@@ -492,12 +492,12 @@ fn as_stored(v: &Variable) -> Result<std::borrow::Cow<'_, Variable>, String> {
         return Err("its values are computed on request, not stored in any file".into());
     };
     for p in pieces.iter_mut() {
-        if !matches!(p.data.storage, Storage::Memory(_)) {
+        if !matches!(p.data.layout, Layout::Memory(_)) {
             continue;
         }
         match p.data.stored.as_deref() {
-            Some(Stored::At { endian, storage }) => {
-                p.data.storage = storage.clone();
+            Some(Stored::At { endian, layout }) => {
+                p.data.layout = layout.clone();
                 p.data.endian = *endian;
             }
             Some(Stored::Rewritten(why)) => return Err(why.clone()),
@@ -509,7 +509,7 @@ fn as_stored(v: &Variable) -> Result<std::borrow::Cow<'_, Variable>, String> {
             }
         }
     }
-    if let Some((c, _)) = w.pieces().first().and_then(|p| p.data.storage.chunking()) {
+    if let Some((c, _)) = w.pieces().first().and_then(|p| p.data.layout.chunking()) {
         w.chunks = c.clone();
     }
     Ok(std::borrow::Cow::Owned(w))
@@ -524,8 +524,8 @@ fn unreferenceable(v: &Variable) -> String {
     let chunkings: Vec<Option<(&Vec<u64>, &[Filter])>> = v
         .pieces()
         .iter()
-        .filter(|p| !matches!(p.data.storage, Storage::Unallocated))
-        .map(|p| p.data.storage.chunking())
+        .filter(|p| !matches!(p.data.layout, Layout::Unallocated))
+        .map(|p| p.data.layout.chunking())
         .collect();
     let first = chunkings.first().copied().flatten();
     if let Some((c, f)) = first {
@@ -913,7 +913,7 @@ mod tests {
         // libnetcdf chunks an unlimited 1-d variable in more steps than a file holds
         let time = ds.by_path.get("time").expect("time");
         assert!(
-            matches!(time.pieces()[0].data.stored.as_deref(), Some(Stored::At { storage: Storage::Chunked { chunk_shape, .. }, .. }) if chunk_shape[0] > 2),
+            matches!(time.pieces()[0].data.stored.as_deref(), Some(Stored::At { layout: Layout::Chunked { chunk_shape, .. }, .. }) if chunk_shape[0] > 2),
             "{:?}",
             time.pieces()[0].data.stored
         );
