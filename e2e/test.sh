@@ -11,13 +11,13 @@ venv="${CLOUDIFY_VENV:-/var/tmp/cloudify-venv}"
 echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
 # Built before the tests: the operator's registration tests start the real `cloudify
 # catalog` and `cloudify serve` binaries (CLOUDIFY_BIN), as do the pytests.
 echo "== cargo build --release"
-cargo build --locked --release
+cargo build --locked --release --workspace
 export CLOUDIFY_BIN="$CARGO_TARGET_DIR/release/cloudify"
 echo "== cargo test"
-cargo test --locked --release
+cargo test --locked --release --workspace
 echo "== real-client tests (pytest)"
 "$venv/bin/python" -m pytest e2e/pytests -q -p no:cacheprovider

@@ -199,7 +199,7 @@ def _binary(env: str, name: str) -> str:
     sibling = os.environ.get("CLOUDIFY_BIN") and str(Path(os.environ["CLOUDIFY_BIN"]).with_name(name))
     path = os.environ.get(env) or sibling or str(RELEASE / name)
     if not os.access(path, os.X_OK):
-        pytest.fail(f"{name} not found at {path} (set {env}; `cargo build --release` builds it)")
+        pytest.fail(f"{name} not found at {path} (set {env}; `cargo build --release --workspace` builds it)")
     return path
 
 

@@ -39,7 +39,7 @@ pub fn load_all(specs: &[DatasetSpec], threads: usize, cache: Option<&IndexCache
         .start_handler(|_| hdf5::silence_errors(true))
         // Without a handler rayon aborts the process on a panic in a spawned job.
         .panic_handler(|_| {
-            tracing::error!("a worker job panicked (bug); the request failed, the server keeps serving")
+            tracing::error!("a worker job panicked (bug); the request failed, the server keeps serving");
         })
         .build()?;
     let opened: Vec<(String, Entry, bool)> = pool.install(|| {

@@ -33,7 +33,8 @@ pub fn wait(timeout: Duration) -> bool {
     loop {
         let left = {
             let mut pending = PENDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let (done, running): (Vec<_>, Vec<_>) = pending.drain(..).partition(|h| h.is_finished());
+            let (done, running): (Vec<_>, Vec<_>) =
+                pending.drain(..).partition(std::thread::JoinHandle::is_finished);
             for h in done {
                 // a panic in the work was already reported by the panic hook
                 let _ = h.join();

@@ -58,7 +58,7 @@ impl Block {
         if dtype == DType::Str || bytes.len() != n.saturating_mul(size) {
             return Err(BlockError::Length {
                 expected: n as u64,
-                got: if size == 0 { 0 } else { (bytes.len() / size) as u64 },
+                got: bytes.len().checked_div(size).unwrap_or(0) as u64,
                 shape,
             });
         }

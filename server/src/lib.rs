@@ -1,10 +1,30 @@
 //! cloudify data server: netCDF/HDF5 model output as Zarr v2 and v3 over HTTP.
 //!
-//! The data path, folder by folder: `http` (key) → `zarr::key` (variable + chunk index) →
-//! `dataset` (which file pieces make up the variable) → `chunk` (which bytes) → `codec`
-//! (decode HDF5 filters, encode for the client) → response. Opening (`source`) uses the
-//! netCDF/HDF5 libraries once; serving reads bytes with `pread` (or ranged GETs from object
-//! stores, `storage`) and decodes in Rust.
+//! One-way layers, from the bottom (`tests/layers.rs` checks that every import points down):
+//!
+//! 1. `dtype`, `attrs`, `block`, `chunk::grid` — element types, attributes, the typed
+//!    [`block::Block`] every protocol reads, grid arithmetic;
+//! 2. `storage` — byte I/O: `pread` of local files (checked against the indexed identity)
+//!    and ranged reads of object stores, through an explicit `RangeRead`;
+//! 3. `codec` — one module per codec (zlib, shuffle, zstd, blosc, ...), owning its
+//!    numcodecs/Zarr v3 names; `codec::numcodecs` maps declared pipelines both ways;
+//! 4. `source` — format readers (netCDF-3, native HDF5, libnetcdf, kerchunk JSON/Parquet,
+//!    Zarr stores, Icechunk): what one file holds and where its bytes are (`Layout`);
+//! 5. `chunk` — reading one file's variable: decode, byte order, regions;
+//! 6. `dataset` — the model clients see: variables stitched from pieces of files, or
+//!    derived (`dataset::Values`), with aggregation along a concat dimension;
+//! 7. `pipeline` — a region of any variable as a typed block: the one read every protocol
+//!    and every processing step makes;
+//! 8. `zarr`, `kerchunk` — protocol renderers (metadata documents from serde types, chunk
+//!    encodings and pass-through decided here, reference sets);
+//! 9. `open` — the one opening path: sources expanded once, every file opened through the
+//!    index cache, then aggregated;
+//! 10. `state`, `metrics` — what the running server holds;
+//! 11. `http`, then `catalog` — thin handlers; `router` merges every feature's routes;
+//! 12. `app`, `serve`, `demo` — start-up, the connection loop, the demo dataset.
+//!
+//! Opening uses the netCDF/HDF5 libraries at most once per file; serving reads bytes with
+//! `pread` or ranged GETs and decodes in Rust on every core.
 #![deny(unsafe_code)]
 
 pub mod app;

@@ -352,7 +352,11 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
     let specs = specs(&a)?;
     let threads = a
         .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(std::num::NonZero::get)
+                .unwrap_or(2)
+        })
         .max(1);
     let cache =
         (!a.no_cache).then(|| cloudify_server::open::cache::IndexCache::new(&cache_dir(a.cache_dir.clone())));

@@ -179,7 +179,7 @@ async fn shutdown_signal() {
             }
             Err(e) => {
                 tracing::warn!("cannot watch for SIGTERM: {e}");
-                std::future::pending::<()>().await
+                std::future::pending::<()>().await;
             }
         }
     };
@@ -197,7 +197,7 @@ fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<tokio_rustls::TlsAccept
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let _ = rustls::crypto::ring::default_provider().install_default();
     let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .and_then(std::iter::Iterator::collect::<Result<Vec<_>, _>>)
         .with_context(|| format!("reading TLS certificate {}", cert.display()))?;
     if certs.is_empty() {
         bail!("TLS certificate {}: no certificate in the file", cert.display());

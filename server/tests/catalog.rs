@@ -1,6 +1,9 @@
 //! Integration tests of the `cloudify catalog` STAC API router: transactions and their
 //! errors, search (paging, CQL2 filter, intersects) and the store surviving a re-open.
 
+// Test helpers, like tests, fail by panicking.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -191,7 +194,9 @@ async fn transactions_need_the_token() {
     let r = send(&app, Method::POST, "/collections", None, body.clone()).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
-        r.headers.get(header::WWW_AUTHENTICATE).map(|v| v.as_bytes()),
+        r.headers
+            .get(header::WWW_AUTHENTICATE)
+            .map(axum::http::HeaderValue::as_bytes),
         Some(&b"Bearer"[..])
     );
     assert_eq!(r.body["code"], "Unauthorized");
@@ -216,7 +221,9 @@ async fn transactions_need_the_token() {
     let r = send(&app, Method::POST, "/collections", Some(TOKEN), body.clone()).await;
     assert_eq!(r.status, StatusCode::CREATED);
     assert_eq!(
-        r.headers.get(header::LOCATION).map(|v| v.as_bytes()),
+        r.headers
+            .get(header::LOCATION)
+            .map(axum::http::HeaderValue::as_bytes),
         Some(&b"http://catalog.test/collections/c"[..])
     );
 
@@ -440,7 +447,9 @@ async fn search_pages_through_everything() {
         let r = get(&app, &uri).await;
         assert_eq!(r.status, StatusCode::OK, "{uri}: {:?}", r.body);
         assert_eq!(
-            r.headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
+            r.headers
+                .get(header::CONTENT_TYPE)
+                .map(axum::http::HeaderValue::as_bytes),
             Some(&b"application/geo+json"[..])
         );
         assert_eq!(r.body["numberReturned"], json!(ids(&r).len()));

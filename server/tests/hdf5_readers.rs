@@ -7,6 +7,9 @@
 //! The venv is found at `$CLOUDIFY_VENV` or /var/tmp/cloudify-venv (where e2e/setup.sh puts
 //! it, before `cargo test` runs in e2e/test.sh).
 
+// Test helpers, like tests, fail by panicking.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;

@@ -1,5 +1,8 @@
 //! Integration tests of the HTTP surface against files written here with libnetcdf.
 
+// Test helpers, like tests, fail by panicking.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 
 use axum::body::Body;

@@ -5,6 +5,9 @@
 //! A small reader of `crate::` and `super::` paths in `server/src` (test modules skipped),
 //! not a Rust parser: it sees every path written in code, which is what an import is.
 
+// Test helpers, like tests, fail by panicking.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

@@ -311,7 +311,7 @@ async fn landing(State(app): St) -> Result<Response, ApiErr> {
 async fn conformance(State(app): St) -> Response {
     let mut c = app.api.conformance();
     c.conforms_to
-        .extend(TRANSACTION_CLASSES.iter().map(|s| s.to_string()));
+        .extend(TRANSACTION_CLASSES.iter().map(std::string::ToString::to_string));
     jsonr(c)
 }
 
@@ -410,7 +410,7 @@ async fn get_items(
 /// of those as a string.
 fn get_paging_links(ic: &mut ItemCollection, base: &str, items_only: bool) -> Result<(), ApiErr> {
     let internal = |e: stac::Error| ApiErr(StatusCode::INTERNAL_SERVER_ERROR, format!("paging link: {e}"));
-    for link in ic.links.iter_mut() {
+    for link in &mut ic.links {
         if link.rel != "next" && link.rel != "prev" {
             continue;
         }

@@ -87,7 +87,7 @@ pub async fn serve_with_catalog(
                         return;
                     }
                 };
-                let refs: Vec<&Description> = ds.iter().map(|d| d.as_ref()).collect();
+                let refs: Vec<&Description> = ds.iter().map(std::convert::AsRef::as_ref).collect();
                 let coll = item::collection(
                     &coll_id,
                     "cloudify datasets",

@@ -75,12 +75,12 @@ pub fn read_f64(var: &Variable) -> Result<Vec<f64>, CatalogError> {
     let scale = var
         .attrs
         .get("scale_factor")
-        .and_then(|a| a.first_f64())
+        .and_then(super::super::attrs::AttrValue::first_f64)
         .unwrap_or(1.0);
     let offset = var
         .attrs
         .get("add_offset")
-        .and_then(|a| a.first_f64())
+        .and_then(super::super::attrs::AttrValue::first_f64)
         .unwrap_or(0.0);
     let fill = var.fill_attr.map(Scalar::as_f64);
     Ok(buf
@@ -156,7 +156,7 @@ fn find_coord(g: &Group, pred: fn(&Variable) -> bool) -> Option<&Variable> {
     let vars = || {
         g.vars
             .iter()
-            .map(|v| v.as_ref())
+            .map(std::convert::AsRef::as_ref)
             .filter(|v| pred(v) && v.dtype.is_number())
     };
     vars()

@@ -96,7 +96,7 @@ pub async fn stac_collection(
 ) -> Result<Response, ApiError> {
     let c = ctx(c);
     let all = all_descriptions(&state, &c).await?;
-    let refs: Vec<&Description> = all.iter().map(|d| d.as_ref()).collect();
+    let refs: Vec<&Description> = all.iter().map(std::convert::AsRef::as_ref).collect();
     let base = c.public_url.base(&headers);
     let coll = item::collection(
         c.collection(),
@@ -116,7 +116,7 @@ pub async fn intake_all(
 ) -> Result<Response, ApiError> {
     let c = ctx(c);
     let all = all_descriptions(&state, &c).await?;
-    let refs: Vec<&Description> = all.iter().map(|d| d.as_ref()).collect();
+    let refs: Vec<&Description> = all.iter().map(std::convert::AsRef::as_ref).collect();
     Ok(yaml_response(intake::catalog_yaml(
         "cloudify datasets",
         &refs,

@@ -507,7 +507,7 @@ mod tests {
 
     #[test]
     fn encodings_round_trip() {
-        let data: Vec<u8> = (0..1000u32).flat_map(|x| x.to_le_bytes()).collect();
+        let data: Vec<u8> = (0..1000u32).flat_map(u32::to_le_bytes).collect();
         let z = encode(&data, &Encoding::Zstd(ZSTD_LEVEL));
         assert_eq!(::zstd::bulk::decompress(&z, data.len()).unwrap(), data);
         let s = encode(

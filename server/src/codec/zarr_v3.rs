@@ -145,7 +145,7 @@ impl Chain {
                 &self.fill,
                 &CodecOptions::default(),
             )
-            .map(|b| b.into_owned())
+            .map(std::borrow::Cow::into_owned)
             .unwrap_or_default()
     }
 

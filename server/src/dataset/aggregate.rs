@@ -303,7 +303,7 @@ fn order_files(files: &mut Vec<SourceIndex>, cd: &str) -> Result<(), AggregateEr
                     .iter()
                     .find(|v| v.name == cd)
                     .and_then(|v| v.attrs.get_str("bounds").map(str::to_string));
-                for v in f.root.vars.iter_mut() {
+                for v in &mut f.root.vars {
                     let is_coord = v.name == cd;
                     let is_bounds = bounds.as_deref() == Some(v.name.as_str())
                         && v.dims.first().map(String::as_str) == Some(cd);

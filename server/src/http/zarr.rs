@@ -181,7 +181,7 @@ fn chunk_bytes(s: &Served, ck: &ChunkKey) -> Result<Vec<u8>, ApiError> {
     let zstd = Encoding::Zstd(ZSTD_LEVEL);
     if var.dtype == DType::Str {
         let strings = read_chunk_strings(var, &ck.index)?;
-        return Ok(encode(&vlen_utf8(&strings), &zstd).map_err(encode_error)?);
+        return encode(&vlen_utf8(&strings), &zstd).map_err(|e| encode_error(&e));
     }
     let encoding = s
         .meta
@@ -203,11 +203,11 @@ fn chunk_bytes(s: &Served, ck: &ChunkKey) -> Result<Vec<u8>, ApiError> {
             return Ok(out);
         }
     }
-    Ok(encode(&read_chunk(var, &ck.index)?, enc).map_err(encode_error)?)
+    encode(&read_chunk(var, &ck.index)?, enc).map_err(|e| encode_error(&e))
 }
 
 /// A chunk that could be read but not encoded for the client: a server error.
-fn encode_error(e: crate::codec::CodecError) -> ApiError {
+fn encode_error(e: &crate::codec::CodecError) -> ApiError {
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
         format!("cannot encode the chunk: {e}"),

@@ -73,7 +73,7 @@ fn dtype_str(dt: DType, endian: Endian) -> String {
     if endian == Endian::Big && dt.size() > 1 && !matches!(dt, DType::Bytes(_)) {
         s.replacen('<', ">", 1)
     } else {
-        s.to_string()
+        s.clone()
     }
 }
 
@@ -328,15 +328,15 @@ fn gcd(a: u64, b: u64) -> u64 {
 
 /// References for uncompressed variables (HDF5 contiguous, netCDF-3 fixed and record
 /// variables): virtual chunks along the first dimension, each one contiguous byte run.
-fn contiguous(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
+fn contiguous(v: &Variable, ctx: &mut Ctx) -> bool {
     if matches!(v.dtype, DType::Str) || v.concat_axis().is_some_and(|a| a != 0) {
-        return Ok(false);
+        return false;
     }
     if v.shape.is_empty() {
-        return Ok(scalar(v, ctx));
+        return scalar(v, ctx);
     }
     let Some(endian) = v.pieces().first().map(|p| p.data.endian) else {
-        return Ok(false);
+        return false;
     };
     let mut any_records = false;
     let mut g = 0u64;
@@ -345,10 +345,10 @@ fn contiguous(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
             Layout::Contiguous { .. } => g = gcd(g, p.data.shape[0]),
             Layout::Records { .. } => any_records = true,
             Layout::Unallocated => {}
-            _ => return Ok(false),
+            _ => return false,
         }
         if p.data.endian != endian {
-            return Ok(false);
+            return false;
         }
     }
     let row_elems: u64 = v.shape[1..].iter().product();
@@ -391,7 +391,7 @@ fn contiguous(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
             .entries
             .insert(chunk_key(&v.path, &idx), RefValue::Range { file, offset, size });
     }
-    Ok(true)
+    true
 }
 
 /// A 0-d variable stored as one contiguous element: one chunk, key `0`.
@@ -555,21 +555,19 @@ fn unreferenceable(v: &Variable) -> String {
 /// inline and not referenceable).
 fn variable(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
     match ctx.inline {
-        Inline::AsNeeded => chunked(v, ctx)
-            .and_then(|ok| if ok { Ok(true) } else { contiguous(v, ctx) })
-            .and_then(|ok| {
-                if ok {
-                    Ok(true)
-                } else {
-                    inline(v, ctx, INLINE_LIMIT)
-                }
-            }),
+        Inline::AsNeeded => chunked(v, ctx).map(|ok| ok || contiguous(v, ctx)).and_then(|ok| {
+            if ok {
+                Ok(true)
+            } else {
+                inline(v, ctx, INLINE_LIMIT)
+            }
+        }),
         Inline::Threshold(limit) => {
             if value_bytes(v) <= limit && inline(v, ctx, limit)? {
                 return Ok(true);
             }
             let w = as_stored(v)?;
-            if chunked(&w, ctx)? || contiguous(&w, ctx)? {
+            if chunked(&w, ctx)? || contiguous(&w, ctx) {
                 return Ok(true);
             }
             Err(format!(

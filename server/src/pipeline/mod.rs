@@ -35,7 +35,7 @@ pub fn check_chunk_sources(var: &Variable, idx: &[u64]) -> Result<(), ReadError>
         }
         match &piece.data.layout {
             Layout::Chunked { .. } | Layout::Contiguous { .. } | Layout::Records { .. } => {
-                check_unchanged(&piece.data.file).map_err(ReadError::from)?
+                check_unchanged(&piece.data.file).map_err(ReadError::from)?;
             }
             Layout::Memory(_) => check_inlined(&piece.data)?,
             Layout::Unallocated | Layout::Listed { .. } => {}

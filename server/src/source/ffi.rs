@@ -52,7 +52,7 @@ pub fn chunk_locs(ds: &hdf5::Dataset, chunk_shape: &[u64], grid: &[u64]) -> Resu
     let rank = grid.len();
     let mut idx = vec![0u64; rank];
     let mut coord: Vec<hsize_t> = vec![0; rank];
-    for loc in out.iter_mut() {
+    for loc in &mut out {
         for d in 0..rank {
             coord[d] = idx[d] * chunk_shape[d];
         }

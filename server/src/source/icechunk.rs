@@ -567,7 +567,10 @@ impl ChunkSource for RepoChunks<'_> {
                         .roots
                         .resolve(&url)
                         .map_err(|e| format!("virtual chunk '{key}': {e}"))?;
-                    let mut guard = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut guard = self
+                        .checked
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                     let (checked, stores) = &mut *guard;
                     checked
                         .entry((path.clone(), format!("{sum:?}")))

@@ -270,9 +270,8 @@ fn expand_gen(
     if offset.is_some() != length.is_some() {
         return Err("'offset' and 'length' must be given together".into());
     }
-    let dims = match g.get("dimensions") {
-        Some(Value::Object(d)) => d,
-        _ => return Err("'dimensions' missing or not an object".into()),
+    let Some(Value::Object(dims)) = g.get("dimensions") else {
+        return Err("'dimensions' missing or not an object".into());
     };
     let mut axes: Vec<(String, Vec<GenVal>)> = Vec::new();
     for (name, d) in dims {

@@ -175,10 +175,10 @@ pub fn read_parquet(dir: &crate::source::tree::Tree) -> Result<ParquetRefs, Parq
                     match (name.as_str(), field_value) {
                         ("path", Field::Str(s)) => path = Some(s.clone()),
                         ("path", Field::Bytes(b)) => {
-                            path = Some(
-                                String::from_utf8(b.data().to_vec())
-                                    .map_err(|_| malformed(&file, format!("row {i}: 'path' is not UTF-8")))?,
-                            )
+                            path =
+                                Some(String::from_utf8(b.data().to_vec()).map_err(|_| {
+                                    malformed(&file, format!("row {i}: 'path' is not UTF-8"))
+                                })?);
                         }
                         ("raw", Field::Bytes(b)) => raw = Some(b.data().to_vec()),
                         ("raw", Field::Str(s)) => raw = Some(s.as_bytes().to_vec()),

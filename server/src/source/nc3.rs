@@ -1037,16 +1037,16 @@ mod tests {
         }
         fn count(&mut self, x: u64) {
             if self.version == 5 {
-                self.u64(x)
+                self.u64(x);
             } else {
-                self.u32(x as u32)
+                self.u32(x as u32);
             }
         }
         fn offset(&mut self, x: u64) {
             if self.version == 1 {
-                self.u32(x as u32)
+                self.u32(x as u32);
             } else {
-                self.u64(x)
+                self.u64(x);
             }
         }
         fn pad(&mut self) {
@@ -1185,7 +1185,7 @@ mod tests {
     fn assert_malformed(result: Result<Nc3Header, Nc3Error>, needle: &str) {
         match result {
             Err(Nc3Error::Malformed(msg)) => {
-                assert!(msg.contains(needle), "message {msg:?} lacks {needle:?}")
+                assert!(msg.contains(needle), "message {msg:?} lacks {needle:?}");
             }
             other => panic!("expected Malformed containing {needle:?}, got {other:?}"),
         }

@@ -110,7 +110,7 @@ fn read_group(g: &netcdf::Group<'_>, path: &str, file: &Arc<SourceFile>) -> Resu
             skipped.push((name, format!("netCDF type {vt:?} is not supported")));
             continue;
         };
-        let dims: Vec<String> = v.dimensions().iter().map(|d| d.name()).collect();
+        let dims: Vec<String> = v.dimensions().iter().map(netcdf::Dimension::name).collect();
         let shape: Vec<u64> = v.dimensions().iter().map(|d| d.len() as u64).collect();
         let attrs = read_attrs(v.attributes(), p)?;
         let storage = if dtype == DType::Str {
@@ -288,7 +288,7 @@ pub fn open_hdf5(file: Arc<SourceFile>) -> Result<SourceIndex, SourceError> {
                     v.data.endian = endian;
                 }
                 Ok(H5Outcome::NeedsLibrary(why)) => {
-                    needs_library.push((group.to_string(), v.name.clone(), why))
+                    needs_library.push((group.to_string(), v.name.clone(), why));
                 }
                 Err(e) => failure = Some(format!("variable '{}': {e}", v.name)),
             }

@@ -613,6 +613,10 @@ pub struct StoreMetrics {
 }
 
 /// The process's object-store metrics.
+#[allow(
+    clippy::expect_used,
+    reason = "fixed metric names and label sets: construction fails only on a programming error, which the first test that reads a store finds"
+)]
 pub fn metrics() -> &'static StoreMetrics {
     static M: OnceLock<StoreMetrics> = OnceLock::new();
     M.get_or_init(|| {
@@ -827,7 +831,7 @@ mod tests {
     fn store_with(keys: &[&str]) -> Arc<Store> {
         let mem = InMemory::new();
         block_on({
-            let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+            let keys: Vec<String> = keys.iter().map(std::string::ToString::to_string).collect();
             let mem2 = Arc::new(mem);
             let out = mem2.clone();
             async move {
