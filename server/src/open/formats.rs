@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use cloudify_crds::{DatasetSpec, SourceFormat};
 
 use super::OpenError;
+use super::expand::{Want, expand_local, first_local, has_glob, local};
 use crate::source::{SourceError, SourceFile, SourceIndex, icechunk, kerchunk, tree, zarr_store};
 
 /// The reader for a dataset's sources.
@@ -29,18 +30,6 @@ impl Kind {
             Kind::Icechunk => "icechunk",
         }
     }
-}
-
-fn local(s: &str) -> Option<&str> {
-    match s.strip_prefix("file://") {
-        Some(rest) => Some(rest),
-        None if s.contains("://") => None,
-        None => Some(s),
-    }
-}
-
-fn has_glob(s: &str) -> bool {
-    s.contains(['*', '?', '['])
 }
 
 /// What one local path looks like.
@@ -121,14 +110,7 @@ pub fn kind_of(spec: &DatasetSpec) -> Kind {
             let Some(first) = local(first) else {
                 return sniff_url(first, spec);
             };
-            if has_glob(first) {
-                glob::glob(first)
-                    .ok()
-                    .and_then(|mut g| g.find_map(Result::ok))
-                    .map_or(Kind::Netcdf, |p| sniff_path(&p))
-            } else {
-                sniff_path(Path::new(first))
-            }
+            first_local(first).map_or(Kind::Netcdf, |p| sniff_path(&p))
         }
     }
 }
@@ -144,27 +126,11 @@ fn expand(spec: &DatasetSpec, kind: Kind) -> Result<Vec<String>, OpenError> {
             pattern: s.clone(),
             reason,
         };
-        let Some(p) = local(s) else {
+        if local(s).is_none() {
             out.extend(expand_url(spec, kind, s).map_err(err)?);
             continue;
-        };
-        let matched: Vec<PathBuf> = if has_glob(p) {
-            let mut m: Vec<PathBuf> = glob::glob(p)
-                .map_err(|e| err(format!("invalid glob: {e}")))?
-                .filter_map(Result::ok)
-                .collect();
-            m.sort();
-            if m.is_empty() {
-                return Err(err("matched nothing".into()));
-            }
-            m
-        } else {
-            let pb = PathBuf::from(p);
-            if !pb.exists() {
-                return Err(err("no such file or directory".into()));
-            }
-            vec![pb]
-        };
+        }
+        let matched = expand_local(index, s, Want::Entries)?;
         for m in matched {
             let found = sniff_path(&m);
             // An explicit format may name paths without the usual markers; auto must agree.

@@ -5,6 +5,7 @@
 //! cache ([`cache`]) by its format's reader ([`file`], [`formats`]), then aggregated.
 
 pub mod cache;
+pub mod expand;
 pub mod file;
 pub mod formats;
 
@@ -17,6 +18,7 @@ use crate::dataset::Dataset;
 use crate::dataset::aggregate::{AggregateError, build};
 use crate::source::{SourceError, SourceFile};
 use cache::{IndexCache, store_in_background};
+use expand::{Want, expand_local};
 use file::open_cached_deferred;
 
 /// Why a dataset cannot be opened. Messages name the source or file.
@@ -34,17 +36,13 @@ pub enum OpenError {
     Aggregate(#[from] AggregateError),
 }
 
-fn has_glob(s: &str) -> bool {
-    s.contains(['*', '?', '['])
-}
-
 /// Expands the spec's sources (paths, `file://` URLs, globs) into a sorted, de-duplicated
 /// list of files. A pattern that matches nothing is an error: silently serving fewer files
 /// than the provider meant would be lost data.
 pub fn expand_sources(sources: &[String]) -> Result<Vec<PathBuf>, OpenError> {
     let mut out = Vec::new();
     for (index, s) in sources.iter().enumerate() {
-        out.extend(expand_local(index, s)?);
+        out.extend(expand_local(index, s, Want::Files)?);
     }
     Ok(dedup_local(out))
 }
@@ -63,40 +61,6 @@ fn dedup_local(paths: Vec<PathBuf>) -> Vec<PathBuf> {
         }
     }
     uniq
-}
-
-fn expand_local(index: usize, s: &str) -> Result<Vec<PathBuf>, OpenError> {
-    let err = |reason: String| OpenError::Source {
-        index,
-        pattern: s.to_string(),
-        reason,
-    };
-    let p = s.strip_prefix("file://").unwrap_or(s).to_string();
-    if has_glob(&p) {
-        let paths = glob::glob(&p).map_err(|e| err(format!("invalid glob: {e}")))?;
-        let mut matched: Vec<PathBuf> = Vec::new();
-        for m in paths {
-            let m = m.map_err(|e| err(e.to_string()))?;
-            if m.is_file() {
-                matched.push(m);
-            }
-        }
-        if matched.is_empty() {
-            return Err(err("matched no files".into()));
-        }
-        matched.sort();
-        Ok(matched)
-    } else {
-        let pb = PathBuf::from(&p);
-        if !pb.is_file() {
-            return Err(err(if pb.exists() {
-                "is not a regular file".into()
-            } else {
-                "no such file".into()
-            }));
-        }
-        Ok(vec![pb])
-    }
 }
 
 /// A source file found by expanding the spec.
@@ -120,7 +84,7 @@ fn expand_all(spec: &cloudify_crds::DatasetSpec) -> Result<Vec<Found>, OpenError
             reason,
         };
         match crate::storage::parse_object_url(s).map_err(err)? {
-            None => local.extend(expand_local(index, s)?),
+            None => local.extend(expand_local(index, s, Want::Files)?),
             Some(url) => {
                 let store = match stores.get(&url.base) {
                     Some(st) => st.clone(),
