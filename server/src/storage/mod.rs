@@ -13,7 +13,9 @@
 //! calls run on one dedicated runtime and the calling thread waits for the answer. That works
 //! from any thread (rayon, tokio's blocking pool, plain threads) and never nests runtimes.
 
+pub mod config;
 pub mod file;
+pub mod metrics;
 pub mod read;
 pub mod url;
 
@@ -24,19 +26,14 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use cloudify_crds::StorageSpec;
 use futures_util::StreamExt;
 use object_store::path::Path;
 use object_store::{GetOptions, ObjectMeta, ObjectStore, ObjectStoreExt};
 
+pub use config::{build_store, read_credentials_file};
 pub use file::SourceFile;
+pub use metrics::{StoreMetrics, metrics};
 pub use url::{ObjectUrl, StoreKind, parse_object_url};
-
-/// Defaults of [`StorageSpec`]'s tunables.
-const DEFAULT_CONCURRENCY: u32 = 32;
-const DEFAULT_TIMEOUT_S: u64 = 30;
-const DEFAULT_RETRIES: u32 = 10;
-const DEFAULT_RETRY_TIMEOUT_S: u64 = 60;
 
 /// Why a remote read failed. Every message names the object.
 #[derive(Debug, thiserror::Error)]
@@ -160,198 +157,6 @@ pub fn block_on<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static
     });
     rx.recv()
         .map_err(|_| "object-store I/O task failed (see server log)".to_string())
-}
-
-/// Reads `(key, value)` pairs from a credentials file: one JSON object of strings, or
-/// `key=value` lines (`#` comments, optional `export ` and quotes, as in env files).
-/// Errors name the file and line, never a value.
-pub fn read_credentials_file(path: &FsPath) -> Result<Vec<(String, String)>, String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("credentials file {}: {e}", path.display()))?;
-    if text.trim_start().starts_with('{') {
-        let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
-            .map_err(|e| format!("credentials file {}: invalid JSON: {e}", path.display()))?;
-        return map
-            .into_iter()
-            .map(|(k, v)| match v {
-                serde_json::Value::String(s) => Ok((k, s)),
-                serde_json::Value::Bool(b) => Ok((k, b.to_string())),
-                serde_json::Value::Number(n) => Ok((k, n.to_string())),
-                _ => Err(format!(
-                    "credentials file {}: '{k}' must be a string",
-                    path.display()
-                )),
-            })
-            .collect();
-    }
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        let Some((k, v)) = line.split_once('=') else {
-            return Err(format!(
-                "credentials file {} line {}: expected key=value",
-                path.display(),
-                i + 1
-            ));
-        };
-        let v = v.trim();
-        let v = v
-            .strip_prefix('"')
-            .and_then(|s| s.strip_suffix('"'))
-            .or_else(|| v.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')))
-            .unwrap_or(v);
-        out.push((k.trim().to_string(), v.to_string()));
-    }
-    Ok(out)
-}
-
-/// Options from the credentials file, then `options` (which win), keys lower-cased.
-fn collect_options(spec: &StorageSpec) -> Result<Vec<(String, String)>, String> {
-    let mut out = Vec::new();
-    if let Some(f) = &spec.credentials_file {
-        out.extend(read_credentials_file(FsPath::new(f))?);
-    }
-    out.extend(spec.options.iter().map(|(k, v)| (k.clone(), v.clone())));
-    Ok(out
-        .into_iter()
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v))
-        .collect())
-}
-
-fn parse_key<K: std::str::FromStr>(kind: &str, key: &str) -> Result<K, String> {
-    key.parse().map_err(|_| format!("unknown {kind} option '{key}'"))
-}
-
-/// Builds the store serving `url`'s bucket/container/host. Environment variables are read
-/// first (as `object_store`'s `from_env` builders do), then the spec overrides them.
-pub fn build_store(url: &ObjectUrl, spec: Option<&StorageSpec>) -> Result<Arc<Store>, String> {
-    // reqwest is built without a bundled TLS provider: use ring, as the server's TLS does.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let default = StorageSpec::default();
-    let spec = spec.unwrap_or(&default);
-    let timeout = Duration::from_secs(spec.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_S));
-    let retry_timeout = Duration::from_secs(spec.retry_timeout_seconds.unwrap_or(DEFAULT_RETRY_TIMEOUT_S));
-    // Client settings go in as configuration keys, on top of what `from_env` read (a whole
-    // `ClientOptions` would reset e.g. `AWS_ALLOW_HTTP`).
-    use object_store::ClientConfigKey as C;
-    let mut client = vec![
-        (C::Timeout, format!("{}s", timeout.as_secs())),
-        (C::ConnectTimeout, format!("{}s", timeout.as_secs().min(10))),
-    ];
-    if spec.allow_http {
-        client.push((C::AllowHttp, "true".to_string()));
-    }
-    let retry = object_store::RetryConfig {
-        backoff: object_store::BackoffConfig::default(),
-        max_retries: spec.max_retries.unwrap_or(DEFAULT_RETRIES) as usize,
-        retry_timeout,
-    };
-    let opts = collect_options(spec)?;
-    let limit = spec.max_concurrency.unwrap_or(DEFAULT_CONCURRENCY).max(1) as usize;
-    let err = |e: object_store::Error| format!("cannot configure {}: {e}", url.base);
-    let inner: Arc<dyn ObjectStore> = match url.kind {
-        StoreKind::S3 => {
-            use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
-            let mut b = AmazonS3Builder::from_env()
-                .with_url(url.base.clone())
-                .with_retry(retry);
-            for (k, v) in client {
-                b = b.with_config(AmazonS3ConfigKey::Client(k), v);
-            }
-            for (k, v) in opts {
-                b = b.with_config(parse_key::<AmazonS3ConfigKey>("S3", &k)?, v);
-            }
-            if let Some(e) = &spec.endpoint {
-                b = b.with_endpoint(e.clone());
-            }
-            if let Some(r) = &spec.region {
-                b = b.with_region(r.clone());
-            }
-            if spec.allow_http {
-                b = b.with_allow_http(true);
-            }
-            if spec.anonymous {
-                b = b.with_skip_signature(true);
-            }
-            Arc::new(object_store::limit::LimitStore::new(
-                b.build().map_err(err)?,
-                limit,
-            ))
-        }
-        StoreKind::Gcs => {
-            use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
-            let mut b = GoogleCloudStorageBuilder::from_env()
-                .with_url(url.base.clone())
-                .with_retry(retry);
-            for (k, v) in client {
-                b = b.with_config(GoogleConfigKey::Client(k), v);
-            }
-            for (k, v) in opts {
-                b = b.with_config(parse_key::<GoogleConfigKey>("GCS", &k)?, v);
-            }
-            if spec.endpoint.is_some() || spec.region.is_some() {
-                return Err(format!(
-                    "{}: storage.endpoint/region are not used for gs:// (set options.google_base_url)",
-                    url.base
-                ));
-            }
-            if spec.anonymous {
-                b = b.with_skip_signature(true);
-            }
-            Arc::new(object_store::limit::LimitStore::new(
-                b.build().map_err(err)?,
-                limit,
-            ))
-        }
-        StoreKind::Azure => {
-            use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
-            let mut b = MicrosoftAzureBuilder::from_env()
-                .with_url(url.base.clone())
-                .with_retry(retry);
-            for (k, v) in client {
-                b = b.with_config(AzureConfigKey::Client(k), v);
-            }
-            for (k, v) in opts {
-                b = b.with_config(parse_key::<AzureConfigKey>("Azure", &k)?, v);
-            }
-            if let Some(e) = &spec.endpoint {
-                b = b.with_endpoint(e.clone());
-            }
-            if spec.allow_http {
-                b = b.with_allow_http(true);
-            }
-            if spec.anonymous {
-                b = b.with_skip_signature(true);
-            }
-            Arc::new(object_store::limit::LimitStore::new(
-                b.build().map_err(err)?,
-                limit,
-            ))
-        }
-        StoreKind::Http => {
-            use object_store::http::HttpBuilder;
-            let mut b = HttpBuilder::new().with_url(url.base.clone()).with_retry(retry);
-            for (k, v) in client {
-                b = b.with_config(k, v);
-            }
-            for (k, v) in opts {
-                b = b.with_config(parse_key::<C>("HTTP client", &k)?, v);
-            }
-            Arc::new(object_store::limit::LimitStore::new(
-                b.build().map_err(err)?,
-                limit,
-            ))
-        }
-    };
-    Ok(Arc::new(Store {
-        base: url.base.clone(),
-        inner,
-        op_timeout: retry_timeout + timeout,
-    }))
 }
 
 impl Store {
@@ -596,75 +401,6 @@ pub struct Fetched {
     pub bytes: u64,
 }
 
-/// Object-store traffic, process-wide (stores are shared by datasets and built before any
-/// server state exists); the server registers these collectors in its own registry.
-#[derive(Debug, Clone)]
-pub struct StoreMetrics {
-    /// Operations by store (`scheme://bucket`), kind and outcome (ok, not_found, changed,
-    /// denied, timeout, error), counted after object_store's own retries.
-    pub operations: prometheus::IntCounterVec,
-    /// Duration of one operation (including retries and coalesced range requests).
-    pub seconds: prometheus::HistogramVec,
-    /// Bytes fetched, by store.
-    pub bytes: prometheus::IntCounterVec,
-    /// Ranged GET requests sent, by store: one `get_ranges` operation may make several (or
-    /// one for several ranges), and round trips are what indexing over a network costs.
-    pub requests: prometheus::IntCounterVec,
-}
-
-/// The process's object-store metrics.
-#[allow(
-    clippy::expect_used,
-    reason = "fixed metric names and label sets: construction fails only on a programming error, which the first test that reads a store finds"
-)]
-pub fn metrics() -> &'static StoreMetrics {
-    static M: OnceLock<StoreMetrics> = OnceLock::new();
-    M.get_or_init(|| {
-        // Fixed names and label sets: construction cannot fail.
-        let operations = prometheus::IntCounterVec::new(
-            prometheus::Opts::new(
-                "cloudify_object_store_operations_total",
-                "Object-store operations by store, kind and outcome (after retries)",
-            ),
-            &["store", "op", "outcome"],
-        )
-        .expect("object store metric definition");
-        let seconds = prometheus::HistogramVec::new(
-            prometheus::HistogramOpts::new(
-                "cloudify_object_store_seconds",
-                "Duration of one object-store operation, retries included",
-            )
-            .buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-            ]),
-            &["op"],
-        )
-        .expect("object store metric definition");
-        let bytes = prometheus::IntCounterVec::new(
-            prometheus::Opts::new(
-                "cloudify_object_store_bytes_total",
-                "Bytes fetched from object stores (as transferred: coalesced gaps included)",
-            ),
-            &["store"],
-        )
-        .expect("object store metric definition");
-        let requests = prometheus::IntCounterVec::new(
-            prometheus::Opts::new(
-                "cloudify_object_store_range_requests_total",
-                "Ranged GET requests sent to object stores (after coalescing, before retries)",
-            ),
-            &["store"],
-        )
-        .expect("object store metric definition");
-        StoreMetrics {
-            operations,
-            seconds,
-            bytes,
-            requests,
-        }
-    })
-}
-
 /// Identity of an object as indexed: URL, size, last-modified and ETag.
 pub fn source_file(url: String, meta: &ObjectMeta, store: &Arc<Store>) -> SourceFile {
     SourceFile {
@@ -825,6 +561,7 @@ pub fn fetch_temp(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cloudify_crds::StorageSpec;
     use object_store::memory::InMemory;
     use object_store::{ObjectStoreExt, PutPayload};
 
