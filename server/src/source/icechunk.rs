@@ -31,7 +31,7 @@ use icechunk_format::snapshot::{NodeData, Snapshot};
 use icechunk_format::{ChunkIndices, ManifestId, SnapshotId};
 use serde_json::Value;
 
-use super::kerchunk::{ChunkSource, FillRule, RawRef, Roots, build_index, sanitize_json};
+use super::refset::{ChunkSource, FillRule, RawRef, Roots, build_index, sanitize_json};
 use super::tree::Tree;
 use super::{SourceError, SourceFile, SourceIndex};
 
@@ -706,7 +706,7 @@ pub fn open_repo_tree(
         super::zarr_store::add_skipped(&mut idx.root, g, name, why);
     }
     if tree.is_remote() || !chunks.roots.allowed_urls.is_empty() {
-        super::kerchunk::attach_remote(&mut idx, storage)?;
+        super::refset::attach_remote(&mut idx, storage)?;
     }
     tracing::info!(
         repo = %root.display(),

@@ -13,6 +13,7 @@ pub mod kerchunk_parquet;
 pub mod native;
 pub mod nc3;
 pub mod netcdf;
+pub mod refset;
 pub mod remote;
 pub mod tree;
 pub mod zarr_store;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::kerchunk::{ChunkSource, FillRule, RawRef, build_index, sanitize_json};
+use super::refset::{ChunkSource, FillRule, RawRef, build_index, sanitize_json};
 use super::tree::Tree;
 use super::{Filter, Layout, SourceError, SourceIndex};
 
@@ -277,7 +277,7 @@ pub fn open_tree(
         build_index(Arc::new(file), &meta, &chunks, FillRule::ZarrV2)?
     };
     if tree.is_remote() {
-        super::kerchunk::attach_remote(&mut idx, storage)?;
+        super::refset::attach_remote(&mut idx, storage)?;
     }
     Ok(idx)
 }
@@ -504,7 +504,7 @@ pub(crate) fn v3_array(apath: &str, doc: &Value) -> Result<V3Array, String> {
             .ok()
             .and_then(|v| <[u8; 8]>::try_from(v).ok())
             .ok_or_else(|| format!("'{apath}': _FillValue '{b}' is not a base64 float64"))?;
-        let v = super::kerchunk::float_json(f64::from_le_bytes(bytes));
+        let v = super::refset::float_json(f64::from_le_bytes(bytes));
         attrs.insert("_FillValue".into(), v);
     }
     if let Some(names) = doc.get("dimension_names").and_then(Value::as_array)
