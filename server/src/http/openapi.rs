@@ -176,7 +176,7 @@ pub const ROUTES: &[(&str, &str, &str, &[&str], Kind)] = &[
     ("/healthz", "Liveness", "ops", &["text/plain"], Kind::Plain),
     (
         "/readyz",
-        "Readiness: 200 when at least one dataset serves, else 503",
+        "Readiness: 200 when at least one dataset serves; 503 with the reason while none does (none configured, every one failed to open) and while the server shuts down (SIGTERM: connections drain)",
         "ops",
         &["application/json"],
         Kind::Ready,
