@@ -264,7 +264,7 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
             );
             responses.insert(
                 "503".into(),
-                json!({"description": "No dataset serves", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}}}),
+                json!({"description": "No dataset serves, or the server is shutting down (`reason` says which)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}}}),
             );
         }
         Kind::Dataset | Kind::Ranged => {
@@ -357,7 +357,7 @@ pub fn document() -> Value {
         "components": {
             "schemas": {
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
-                "Readiness": {"type": "object", "required": ["ready", "failed"], "properties": {"ready": {"type": "integer", "minimum": 0}, "failed": {"type": "integer", "minimum": 0}}},
+                "Readiness": {"type": "object", "required": ["ready", "failed"], "properties": {"ready": {"type": "integer", "minimum": 0}, "failed": {"type": "integer", "minimum": 0}, "reason": {"type": "string", "description": "Why the server is not ready (503 only)"}}},
             },
             "headers": {
                 "ETag": {"description": "Derived from the dataset's sources and the key", "schema": {"type": "string"}},
