@@ -24,8 +24,14 @@ use crate::storage::read::check_unchanged;
 /// Only storage read from a source file's bytes is checked, as reads are.
 pub fn check_chunk_sources(var: &Variable, idx: &[u64]) -> Result<(), ReadError> {
     let (start, count) = chunk_region(var, idx)?;
+    check_region_sources(var, &start, &count)
+}
+
+/// [`check_chunk_sources`] for any region `[start, start+count)` (a derived variable checks
+/// the regions of its inputs it reads).
+pub fn check_region_sources(var: &Variable, start: &[u64], count: &[u64]) -> Result<(), ReadError> {
     if let Values::Derived(d) = &var.values {
-        return d.check_sources(&start, &count);
+        return d.check_sources(start, count);
     }
     for piece in var.pieces() {
         if let Some(ax) = var.concat_axis()
@@ -468,5 +474,79 @@ mod tests {
         write_nc4(&tmp, 2.0);
         std::fs::rename(&tmp, &p).expect("rename");
         assert_refused(&ds, &p, "replaced");
+    }
+
+    /// A computed variable (here: another variable times a factor) goes through the same
+    /// pipeline as a stored one: regions as typed blocks, served chunks padded with fill at
+    /// the edges, source checks delegated to what it reads.
+    #[derive(Debug)]
+    struct Scaled {
+        src: Arc<Variable>,
+        by: f32,
+    }
+
+    impl Derive for Scaled {
+        fn read(&self, start: &[u64], count: &[u64]) -> Result<Block, ReadError> {
+            let v: Vec<f32> = read_region(&self.src, start, count)?
+                .values()
+                .map_err(|e| ReadError::Block(e.to_string()))?;
+            let scaled: Vec<f32> = v.iter().map(|x| x * self.by).collect();
+            Block::from_values(count.to_vec(), &scaled).map_err(|e| ReadError::Block(e.to_string()))
+        }
+
+        fn check_sources(&self, start: &[u64], count: &[u64]) -> Result<(), ReadError> {
+            check_region_sources(&self.src, start, count)
+        }
+    }
+
+    #[test]
+    fn derived_variables_read_through_the_pipeline() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("a.nc");
+        write_nc4(&p, 1.0);
+        let ds = open(&p);
+        let big = ds.variable("big").expect("big").clone();
+        let twice = Variable {
+            name: "twice".into(),
+            path: "twice".into(),
+            // served in chunks of 48 rows: the second chunk runs past the end (64 rows)
+            chunks: vec![48, 128],
+            values: Values::Derived(Arc::new(Scaled {
+                src: big.clone(),
+                by: 2.0,
+            })),
+            ..(*big).clone()
+        };
+        let block = read_region(&twice, &[1, 2], &[2, 3]).expect("region");
+        assert_eq!(block.shape(), &[2, 3]);
+        let want: Vec<f32> = [130.0f32, 131.0, 132.0, 258.0, 259.0, 260.0]
+            .iter()
+            .map(|x| x * 2.0)
+            .collect();
+        assert_eq!(block.values::<f32>().expect("f32"), want);
+        // an edge chunk: 16 computed rows, then fill
+        let edge = read_chunk(&twice, &[1, 0]).expect("edge chunk");
+        assert_eq!(edge.len(), 48 * 128 * 4);
+        assert_eq!(&edge[..4], &(48.0f32 * 128.0 * 2.0).to_le_bytes());
+        assert_eq!(&edge[16 * 128 * 4..16 * 128 * 4 + 4], &twice.fill[..4]);
+        assert!(
+            raw_chunk(&twice, &[0, 0]).expect("raw").is_none(),
+            "computed chunks never pass through"
+        );
+        check_chunk_sources(&twice, &[0, 0]).expect("sources unchanged");
+        assert!(!crate::zarr::encoding::choose(&twice).passthrough);
+        // out of the variable: an error, not a panic
+        assert!(matches!(
+            read_region(&twice, &[63, 0], &[2, 1]),
+            Err(ReadError::OutOfRange { .. })
+        ));
+        // its input changed: the derived variable says so too
+        later();
+        set_mtime(&p, SystemTime::now());
+        assert!(matches!(
+            read_chunk(&twice, &[0, 0]),
+            Err(ReadError::Bytes(ByteError::Changed { .. }))
+        ));
+        assert!(check_chunk_sources(&twice, &[0, 0]).is_err());
     }
 }
