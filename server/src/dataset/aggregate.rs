@@ -22,8 +22,10 @@ const COMPARE_LIMIT: u64 = 8 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum AggregateError {
     #[error("{0}")]
+    /// The files do not fit together (different dimensions, types, attributes or non-increasing coordinates); the message names the file and variable.
     Mismatch(String),
     #[error("{0}")]
+    /// A coordinate's values, needed to check or order the files, could not be read.
     Read(#[from] crate::chunk::read::ReadError),
 }
 
