@@ -21,11 +21,12 @@ const COMPARE_LIMIT: u64 = 8 << 20;
 /// Why files cannot be combined. Messages name the file and the variable.
 #[derive(Debug, thiserror::Error)]
 pub enum AggregateError {
+    /// The files do not fit together (different dimensions, types, attributes or non-increasing
+    /// coordinates); the message names the file and variable.
     #[error("{0}")]
-    /// The files do not fit together (different dimensions, types, attributes or non-increasing coordinates); the message names the file and variable.
     Mismatch(String),
-    #[error("{0}")]
     /// A coordinate's values, needed to check or order the files, could not be read.
+    #[error("{0}")]
     Read(#[from] crate::chunk::read::ReadError),
 }
 
