@@ -113,7 +113,7 @@ pub struct Group {
     pub attrs: Attrs,
     /// Dimensions defined in this group: name and length.
     pub dims: Vec<(String, u64)>,
-    /// The group's variables (shared with requests in flight, hence `Arc`).
+    /// The group's variables.
     pub vars: Vec<Arc<Variable>>,
     /// Child groups.
     pub groups: Vec<Group>,
@@ -133,7 +133,7 @@ impl Group {
 /// An opened dataset.
 #[derive(Debug)]
 pub struct Dataset {
-    /// Dataset id, the first segment of its URLs.
+    /// Dataset id, as in `/datasets/{id}`.
     pub name: String,
     /// The configuration the dataset was opened from (sources, options).
     pub spec: cloudify_crds::DatasetSpec,

@@ -75,8 +75,7 @@ pub struct Refs {
     /// The sources behind `files` (same order): how `/kerchunk` reads a range, locally or
     /// from an object store.
     pub sources: Vec<std::sync::Arc<crate::source::SourceFile>>,
-    /// The references by Zarr key (`.zgroup`, `tas/.zarray`, `tas/0.0.0`, ...), sorted as kerchunk
-    /// writes them.
+    /// The references by Zarr key (`.zgroup`, `tas/.zarray`, `tas/0.0.0`, ...), sorted by key.
     pub entries: BTreeMap<String, RefValue>,
     /// Variables left out, with the reason.
     pub skipped: Vec<(String, String)>,

@@ -222,7 +222,7 @@ pub enum Stored {
 pub struct SourceVar {
     /// Variable name as in the file.
     pub name: String,
-    /// Dimension names, outermost first (names of `SourceDim`s of this or an enclosing group).
+    /// Dimension names, outermost first.
     pub dims: Vec<String>,
     /// Element type of the values as served.
     pub dtype: DType,
@@ -304,7 +304,7 @@ pub enum SourceError {
         /// What is wrong.
         message: String,
     },
-    /// An object-store source cannot be listed, read or is changed.
+    /// An object-store source cannot be listed or read, or has changed since it was indexed.
     #[error("{0}")]
     Remote(#[from] crate::storage::RemoteError),
 }

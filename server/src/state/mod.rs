@@ -19,7 +19,7 @@ use parquet::ParquetDir;
 pub struct Served {
     /// The opened dataset.
     pub ds: Dataset,
-    /// Its Zarr metadata documents, rendered once at start-up (metadata requests copy bytes).
+    /// Its Zarr metadata documents, rendered once when the dataset is opened.
     pub meta: ZarrMeta,
     /// Byte-range references of the stored chunks (the `/kerchunk` route).
     pub refs: crate::kerchunk::Refs,
