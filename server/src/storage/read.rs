@@ -49,7 +49,7 @@ pub enum ByteError {
     Changed {
         /// The file, for messages.
         path: PathBuf,
-        /// What differs from the indexed identity (size, mtime, inode, ctime).
+        /// What differs from the indexed identity (device/inode, size, mtime, ctime).
         what: String,
     },
 }
