@@ -14,6 +14,7 @@ use crate::state::{AppState, Entry, Served};
 /// The server state, and which failed datasets failed because their sources could not be
 /// resolved at all.
 pub struct Loaded {
+    /// The datasets, each opened (`Ready`) or kept with its failure reason (`Failed`).
     pub state: AppState,
     /// Failed datasets whose sources could not be found, listed, reached or recognised (a
     /// missing file or object, a glob matching nothing, access denied): the command or

@@ -10,9 +10,13 @@ use std::fmt::Write as _;
 /// One attribute value.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum AttrValue {
+    /// Text (a netCDF `char` array or a single `string`); written as a JSON string.
     Str(String),
+    /// netCDF-4 `string` array; one element is written as a scalar string, more as a list.
     Strs(Vec<String>),
+    /// Signed integers of any width, widened to i64; one element is written as a scalar.
     Ints(Vec<i64>),
+    /// Unsigned integers of any width, widened to u64 (so u64 values above `i64::MAX` survive).
     UInts(Vec<u64>),
     /// Floats; f32 attributes are widened exactly (as numpy does when writing JSON).
     /// Persisted as IEEE bits so NaN and infinities survive the index cache.
@@ -126,19 +130,25 @@ pub fn write_json_f64(out: &mut String, x: f64) {
 pub struct Attrs(pub Vec<(String, AttrValue)>);
 
 impl Attrs {
+    /// The value of the attribute `name`, if present (names are case-sensitive, as in netCDF).
     pub fn get(&self, name: &str) -> Option<&AttrValue> {
         self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v)
     }
 
+    /// The attribute `name` as text, if it is text (or a one-element string array); `None` if
+    /// absent or not text.
     pub fn get_str(&self, name: &str) -> Option<&str> {
         self.get(name).and_then(AttrValue::as_str)
     }
 
+    /// Removes the attribute `name` and returns its value; `None` if it was not there.
     pub fn remove(&mut self, name: &str) -> Option<AttrValue> {
         let i = self.0.iter().position(|(k, _)| k == name)?;
         Some(self.0.remove(i).1)
     }
 
+    /// Sets the attribute `name`, replacing a value in place (keeping its position) or appending a
+    /// new one.
     pub fn insert(&mut self, name: &str, value: AttrValue) {
         match self.0.iter_mut().find(|(k, _)| k == name) {
             Some((_, v)) => *v = value,

@@ -12,16 +12,27 @@ use crate::dtype::DType;
 /// Why a block cannot be built or read as asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BlockError {
+    /// The data does not have one element per position of the shape.
     #[error("a block of shape {shape:?} has {expected} elements, not {got}")]
     Length {
+        /// Shape the block was to have.
         shape: Vec<u64>,
+        /// Elements the shape holds.
         expected: u64,
+        /// Elements the data held (bytes divided by the element size for fixed-size types).
         got: u64,
     },
+    /// The shape's element count overflows `usize` (a malformed or hostile shape).
     #[error("a block of shape {0:?} has more elements than this machine can address")]
     TooLarge(Vec<u64>),
+    /// Typed access asked for a type other than the block's own (no implicit casts).
     #[error("values of type {dtype:?} cannot be read as {asked}")]
-    Type { dtype: DType, asked: &'static str },
+    Type {
+        /// The block's element type.
+        dtype: DType,
+        /// Name of the Rust type asked for, for the message.
+        asked: &'static str,
+    },
 }
 
 /// The values of a block.
@@ -95,10 +106,12 @@ impl Block {
         Self::from_bytes(T::DTYPE, shape, bytes)
     }
 
+    /// Element type of the values.
     pub fn dtype(&self) -> DType {
         self.dtype
     }
 
+    /// Extent of the block along each dimension, outermost first (C order).
     pub fn shape(&self) -> &[u64] {
         &self.shape
     }
@@ -111,10 +124,12 @@ impl Block {
         }
     }
 
+    /// True for a block with no elements (some dimension of its shape is 0).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// The values, as bytes or strings.
     pub fn data(&self) -> &BlockData {
         &self.data
     }
@@ -127,6 +142,7 @@ impl Block {
         }
     }
 
+    /// The values, consumed (avoids a copy when encoding the block).
     pub fn into_data(self) -> BlockData {
         self.data
     }

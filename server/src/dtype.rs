@@ -5,25 +5,40 @@ use serde_json::{Value, json};
 /// Byte order of stored elements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Endian {
+    /// Least significant byte first (numpy `<`); what the server serves.
     Little,
+    /// Most significant byte first (numpy `>`); netCDF-3 and some HDF5 data, swapped on read.
     Big,
 }
 
 /// Unit of numpy `datetime64`/`timedelta64` values (ticks since 1970-01-01, or durations).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum TimeUnit {
+    /// Years (`Y`).
     Y,
+    /// Months (`M`).
     M,
+    /// Weeks (`W`).
     W,
+    /// Days (`D`).
     D,
+    /// Hours (`h`).
     H,
+    /// Minutes (`m`).
     Min,
+    /// Seconds (`s`).
     S,
+    /// Milliseconds (`ms`).
     Ms,
+    /// Microseconds (`us`).
     Us,
+    /// Nanoseconds (`ns`).
     Ns,
+    /// Picoseconds (`ps`).
     Ps,
+    /// Femtoseconds (`fs`).
     Fs,
+    /// Attoseconds (`as`).
     As,
 }
 
@@ -52,6 +67,8 @@ impl TimeUnit {
             .map_or("ns", |(_, s)| s)
     }
 
+    /// The unit of numpy's spelling (case-sensitive: `M` is months, `m` minutes); `None` if
+    /// unknown.
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.iter().find(|(_, n)| *n == s).map(|(u, _)| *u)
     }
@@ -63,15 +80,25 @@ pub const NAT: i64 = i64::MIN;
 /// The element types netCDF can hold and we serve.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum DType {
+    /// Signed 8-bit integer (NC_BYTE).
     I8,
+    /// Unsigned 8-bit integer (NC_UBYTE).
     U8,
+    /// Signed 16-bit integer (NC_SHORT).
     I16,
+    /// Unsigned 16-bit integer (NC_USHORT).
     U16,
+    /// Signed 32-bit integer (NC_INT).
     I32,
+    /// Unsigned 32-bit integer (NC_UINT).
     U32,
+    /// Signed 64-bit integer (NC_INT64).
     I64,
+    /// Unsigned 64-bit integer (NC_UINT64).
     U64,
+    /// IEEE 754 single precision (NC_FLOAT).
     F32,
+    /// IEEE 754 double precision (NC_DOUBLE).
     F64,
     /// NC_CHAR: one byte per element, served as `|S1` so xarray joins the last dimension
     /// into strings exactly as it does for netCDF.
@@ -124,6 +151,7 @@ impl DType {
         matches!(self, DType::Bytes(_) | DType::Unicode(_))
     }
 
+    /// True for `f32` and `f64`, whose values (and fill values) may be NaN or infinite.
     pub fn is_float(self) -> bool {
         matches!(self, DType::F32 | DType::F64)
     }
@@ -233,8 +261,11 @@ impl DType {
 /// A scalar fill value, kept as the number it is so it can be written to JSON and to bytes.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Scalar {
+    /// A signed integer value.
     Int(i64),
+    /// An unsigned integer value (kept apart so values above `i64::MAX` survive).
     UInt(u64),
+    /// A floating-point value (may be NaN or infinite).
     Float(f64),
 }
 
@@ -295,6 +326,7 @@ impl Scalar {
         })
     }
 
+    /// The value as f64 (exact for floats and integers up to 2^53 in magnitude).
     pub fn as_f64(self) -> f64 {
         match self {
             Scalar::Int(v) => v as f64,

@@ -5,6 +5,7 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVe
 /// The server's metrics, registered in their own registry.
 #[derive(Debug, Clone)]
 pub struct Metrics {
+    /// The registry `/metrics` renders (this server's own, not prometheus' global default).
     pub registry: Registry,
     /// Requests by kind (metadata/chunk) and status code.
     pub requests: IntCounterVec,
@@ -17,6 +18,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Creates and registers every metric; fails only on an invalid or duplicate metric definition (a bug).
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(

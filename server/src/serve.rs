@@ -27,12 +27,19 @@ use conn::{Activity, Phase, Timeouts, TrackedIo, TrackedService};
 /// Where and how to listen.
 #[derive(Debug, Clone)]
 pub struct ListenOpts {
+    /// Address or resolvable name to bind; on a wildcard address (`0.0.0.0`) the URL announced uses
+    /// the machine's host name instead.
     pub host: String,
+    /// Port to bind, unless `port_range` is set.
     pub port: u16,
     /// Inclusive port range; the first free port is taken (as on shared HPC nodes).
     pub port_range: Option<(u16, u16)>,
+    /// If set, the URL the server listens on is written to this file (atomically) once it listens,
+    /// so job scripts can find a port taken from a range.
     pub listen_file: Option<PathBuf>,
+    /// Certificate chain and private key PEM files; when set the server speaks HTTPS only.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Connection limits and timeouts.
     pub conn: ConnOpts,
 }
 

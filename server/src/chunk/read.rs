@@ -19,25 +19,42 @@ pub use crate::storage::read::Direct;
 /// A chunk that cannot be produced. All variants map to HTTP 5xx except `OutOfRange`.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
+    /// The chunk index is not in the variable's chunk grid (the client asked for a chunk that does
+    /// not exist: 404).
     #[error("chunk index {index:?} is outside the chunk grid {grid:?}")]
-    OutOfRange { index: Vec<u64>, grid: Vec<u64> },
+    OutOfRange {
+        /// Chunk index asked for, one entry per dimension.
+        index: Vec<u64>,
+        /// Number of chunks along each dimension.
+        grid: Vec<u64>,
+    },
     /// The bytes could not be read (I/O, truncated or changed file, object store).
     #[error(transparent)]
     Bytes(#[from] ByteError),
+    /// The stored chunk's bytes cannot be decoded (corrupt or truncated data, or a codec we cannot
+    /// decode).
     #[error("{path}: chunk at offset {offset}: {source}")]
     Codec {
+        /// File the chunk was read from, for messages.
         path: PathBuf,
+        /// Byte offset of the chunk in that file.
         offset: u64,
+        /// What the decoder said.
         source: CodecError,
     },
+    /// The chunk's element count (shape given) overflows this machine's address space.
     #[error("chunk of {0:?} elements is too large")]
     TooLarge(Vec<u64>),
     /// A chunk reference naming a file the reference table does not hold (corrupt index).
     #[error("{path}: chunk {chunk} refers to file {file}, but the references list {files} files")]
     BadReference {
+        /// File whose reference table is inconsistent, for messages.
         path: PathBuf,
+        /// Position of the bad reference in the variable's chunk list.
         chunk: usize,
+        /// File number the reference names.
         file: u32,
+        /// Number of files the references actually list.
         files: usize,
     },
     /// A computed block that does not fit the variable (a bug in a computation).

@@ -50,18 +50,36 @@ pub enum Filter {
 /// A chunk whose bytes cannot be decoded: corrupt or truncated data.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum CodecError {
+    /// zlib (HDF5 deflate filter) data could not be inflated, or inflated past the expected size.
     #[error("zlib: {0}")]
     Deflate(String),
+    /// zstd data could not be decompressed, or decompressed past the expected size.
     #[error("zstd: {0}")]
     Zstd(String),
+    /// The HDF5 Fletcher-32 checksum stored after the data does not match the data.
     #[error("Fletcher-32 checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
-    Checksum { stored: u32, computed: u32 },
+    Checksum {
+        /// Checksum stored in the chunk's last four bytes.
+        stored: u32,
+        /// Checksum of the data actually read.
+        computed: u32,
+    },
+    /// The chunk is shorter than the four checksum bytes the Fletcher-32 filter appends.
     #[error("chunk too short for its Fletcher-32 checksum")]
     ChecksumTruncated,
+    /// A filter stage (or the whole pipeline) produced a different number of bytes than the chunk's
+    /// shape and type require.
     #[error("decoded {got} bytes, expected {expected}")]
-    Size { got: usize, expected: usize },
+    Size {
+        /// Bytes produced.
+        got: usize,
+        /// Bytes required by the stage or the chunk's shape × element size.
+        expected: usize,
+    },
+    /// gzip (numcodecs `gzip`) data could not be decompressed.
     #[error("gzip: {0}")]
     Gzip(String),
+    /// A Blosc frame is malformed or its contents cannot be decompressed.
     #[error("blosc: {0}")]
     Blosc(String),
     /// A Zarr v3 codec chain (decoded with `zarrs`) failed: corrupt chunk, checksum mismatch.
@@ -172,18 +190,31 @@ pub enum Encoding {
     /// Zstandard at the given level (Zarr v2 numcodecs `zstd`, Zarr v3 `zstd`).
     Zstd(i32),
     /// The source's own HDF5 pipeline, served byte-for-byte: numcodecs `shuffle` + `zlib`.
-    ShuffleZlib { shuffle: Option<usize>, level: u8 },
+    ShuffleZlib {
+        /// Element size in bytes the bytes are shuffled by; `None` for no shuffle.
+        shuffle: Option<usize>,
+        /// zlib compression level (0–9).
+        level: u8,
+    },
     /// The same stored bytes behind a 24-byte Blosc header (Zarr v3 `blosc` codec with
     /// `cname: zlib`): see [`blosc_wrap`].
     BloscZlib {
+        /// Element size in bytes for the byte shuffle; `None` for no shuffle.
         shuffle: Option<usize>,
+        /// zlib compression level (0–9).
         level: u8,
+        /// Element size in bytes, written in the Blosc header.
         typesize: usize,
     },
     /// Blosc with byte shuffle and zstd: what chunks that must be decoded are re-encoded
     /// with. Shuffling first makes zstd level 1 compress float fields about as well as the
     /// source's zlib+shuffle (1.74x vs 1.27x unshuffled, bench data) at the same speed.
-    BloscZstd { level: i32, typesize: usize },
+    BloscZstd {
+        /// zstd compression level.
+        level: i32,
+        /// Element size in bytes, the unit of the byte shuffle (and written in the Blosc header).
+        typesize: usize,
+    },
 }
 
 /// Encodes decoded little-endian chunk bytes for the client. An error (never an empty

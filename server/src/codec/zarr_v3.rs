@@ -43,7 +43,10 @@ pub fn spec(data_type: &Value, fill_value: &Value, chunk_shape: &[u64], codecs: 
 /// know (or that this build leaves out), so `/zarr` can answer 501 naming it.
 #[derive(Debug, PartialEq)]
 pub enum ChainError {
+    /// A codec id `zarrs` does not know (or this build leaves out); `/zarr` answers 501 naming it.
     Unsupported(String),
+    /// The codec spec is not valid JSON codec metadata, or a codec's configuration is
+    /// rejected; the message says which.
     Invalid(String),
 }
 

@@ -21,8 +21,11 @@ const COMPARE_LIMIT: u64 = 8 << 20;
 /// Why files cannot be combined. Messages name the file and the variable.
 #[derive(Debug, thiserror::Error)]
 pub enum AggregateError {
+    /// The files do not fit together (different dimensions, types, attributes or non-increasing
+    /// coordinates); the message names the file and variable.
     #[error("{0}")]
     Mismatch(String),
+    /// A coordinate's values, needed to check or order the files, could not be read.
     #[error("{0}")]
     Read(#[from] crate::chunk::read::ReadError),
 }

@@ -12,14 +12,21 @@ use std::fmt;
 /// Why a time axis cannot be decoded. Messages name the offending attribute text.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CfTimeError {
+    /// The `units` attribute is not `<unit> since <reference date>`.
     #[error("units '{0}' are not of the form '<unit> since <date>'")]
     NotTimeUnits(String),
+    /// The unit before `since` is not a time unit we know (microseconds to years; months and years
+    /// are udunits' fixed fractions of the calendar's year).
     #[error("unknown time unit '{0}'")]
     Unit(String),
+    /// The reference date after `since` cannot be parsed, or is not a day of the calendar.
     #[error("cannot parse reference date '{0}'")]
     Date(String),
+    /// The `calendar` attribute names no CF calendar.
     #[error("unsupported calendar '{0}'")]
     Calendar(String),
+    /// A time value is not finite, or so far from the reference date (beyond about 3 million years)
+    /// that it cannot be a date.
     #[error("time value {0} is out of range")]
     Range(f64),
 }
@@ -29,12 +36,15 @@ pub enum CfTimeError {
 pub enum Calendar {
     /// Julian before 1582-10-15, Gregorian from then on (CF `standard`/`gregorian`).
     Standard,
+    /// The Gregorian calendar extended back before 1582 (CF `proleptic_gregorian`).
     ProlepticGregorian,
+    /// Every fourth year a leap year (CF `julian`).
     Julian,
     /// `noleap`/`365_day`.
     NoLeap,
     /// `all_leap`/`366_day`.
     AllLeap,
+    /// Twelve months of 30 days (CF `360_day`).
     Day360,
 }
 
@@ -69,12 +79,19 @@ impl Calendar {
 /// offset is applied).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct CfDate {
+    /// Year of the calendar; 0 and negative years are allowed (udunits parses them).
     pub year: i64,
+    /// Month, 1–12.
     pub month: u32,
+    /// Day of the month, from 1 (up to 30 in `360_day`).
     pub day: u32,
+    /// Hour, 0–23.
     pub hour: u32,
+    /// Minute, 0–59.
     pub minute: u32,
+    /// Second, 0–59.
     pub second: u32,
+    /// Microseconds within the second, 0–999999.
     pub micros: u32,
 }
 
@@ -153,6 +170,7 @@ impl TimeAxis {
         })
     }
 
+    /// The calendar the axis's values are counted in.
     pub fn calendar(&self) -> Calendar {
         self.calendar
     }

@@ -18,17 +18,23 @@ use crate::source::{FileVar, SourceFile};
 pub struct Piece {
     /// First index along the concat axis (0 when the variable is not concatenated).
     pub start: u64,
+    /// The file's variable holding this stretch, and how to read it.
     pub data: FileVar,
 }
 
 /// A variable as clients see it.
 #[derive(Clone, Debug)]
 pub struct Variable {
+    /// Variable name (last component of `path`), as in the source.
     pub name: String,
     /// Zarr path of the array, e.g. `tas` or `g1/sub/x`.
     pub path: String,
+    /// Dimension names, outermost first; for Zarr v2 written as `_ARRAY_DIMENSIONS`.
     pub dims: Vec<String>,
+    /// Length along each dimension (after aggregation: the sum of the pieces along the concat
+    /// axis).
     pub shape: Vec<u64>,
+    /// Element type of the values.
     pub dtype: DType,
     /// Attributes without `_FillValue` (kept separately below).
     pub attrs: Attrs,
@@ -52,7 +58,9 @@ pub enum Values {
     /// Stitched from pieces of source files, stacked along `concat_axis` (one piece when
     /// `None`).
     Stored {
+        /// Index of the dimension the pieces are stacked along; `None` when there is one piece.
         concat_axis: Option<usize>,
+        /// The pieces in order along the concat axis, each starting where the previous one ends.
         pieces: Vec<Piece>,
     },
     /// Computed on request from other variables (processing: derived variables, rechunked
@@ -99,10 +107,15 @@ impl Variable {
 /// A group of variables (the root group has path "").
 #[derive(Debug, Default)]
 pub struct Group {
+    /// Zarr path of the group: `""` for the root, e.g. `g1/sub` below it.
     pub path: String,
+    /// Group attributes, as in the source.
     pub attrs: Attrs,
+    /// Dimensions defined in this group: name and length.
     pub dims: Vec<(String, u64)>,
+    /// The group's variables.
     pub vars: Vec<Arc<Variable>>,
+    /// Child groups.
     pub groups: Vec<Group>,
 }
 
@@ -120,9 +133,13 @@ impl Group {
 /// An opened dataset.
 #[derive(Debug)]
 pub struct Dataset {
+    /// Dataset id, as in `/datasets/{id}`.
     pub name: String,
+    /// The configuration the dataset was opened from (sources, options).
     pub spec: cloudify_crds::DatasetSpec,
+    /// The root group, holding all variables and subgroups.
     pub root: Group,
+    /// The source files the dataset reads; their identities make up `fingerprint`.
     pub files: Vec<Arc<SourceFile>>,
     /// Hash of the sources' identities (path, size, mtime) and the server version: the
     /// basis of ETags, so a changed file changes every ETag.

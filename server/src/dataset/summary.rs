@@ -29,6 +29,7 @@ pub fn attr_json(v: &AttrValue) -> Value {
     }
 }
 
+/// JSON object of the attributes as summaries show them (one-element arrays as scalars).
 pub fn attrs_json(a: &Attrs) -> Value {
     Value::Object(a.0.iter().map(|(k, v)| (k.clone(), attr_json(v))).collect())
 }

@@ -7,7 +7,10 @@ use axum::response::{IntoResponse, Response};
 /// An error answered to the client as `{"error": message}`.
 #[derive(Debug)]
 pub struct ApiError {
+    /// HTTP status answered: 4xx for a bad request, 5xx for a server-side failure.
     pub status: StatusCode,
+    /// What went wrong, in words that name the problem (the dataset, variable, key or file); the
+    /// `error` field of the body.
     pub message: String,
     /// Server errors are logged when answered, unless the condition was logged once where it
     /// arose and would otherwise be logged again for every request (see [`ApiError::quiet`]).
@@ -17,6 +20,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// An error with `status` and `message`, logged if it is a server error, without `Retry-After`.
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
@@ -37,9 +41,11 @@ impl ApiError {
         self.retry_after = Some(secs);
         self
     }
+    /// 404 Not Found with `m`: no such dataset, variable, key or route.
     pub fn not_found(m: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, m)
     }
+    /// 400 Bad Request with `m`: the request itself is malformed.
     pub fn bad_request(m: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, m)
     }

@@ -13,6 +13,8 @@ use super::zarr::served;
 use crate::dataset::summary;
 use crate::state::{AppState, Entry};
 
+/// `/`: service name, version, the ids of the datasets being served and links to the other
+/// endpoints.
 pub async fn root(State(state): State<Arc<AppState>>) -> Json<Value> {
     let ready: Vec<&String> = state
         .datasets
@@ -54,6 +56,8 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(json!({"datasets": list}))
 }
 
+/// `/datasets/{id}`: a human-readable summary of the dataset, HTML if the `Accept` header asks for
+/// `text/html`, plain text otherwise.
 pub async fn summary(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -90,6 +94,8 @@ pub async fn keys(
     ))
 }
 
+/// `/datasets/{id}/dict`: the dataset's structure as xarray's `Dataset.to_dict(data=False)` gives
+/// it.
 pub async fn dict(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -97,6 +103,7 @@ pub async fn dict(
     Ok(Json(summary::dict(&served(&state, &id)?.ds)))
 }
 
+/// `/datasets/{id}/info`: an ncdump-like JSON description (xpublish's `/info`).
 pub async fn info(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -104,6 +111,8 @@ pub async fn info(
     Ok(Json(summary::info(&served(&state, &id)?.ds)))
 }
 
+/// `/versions`: versions of cloudify and of the HDF5 and netCDF libraries it is linked with, for
+/// bug reports.
 pub async fn versions() -> Json<Value> {
     let (maj, min, rel) = hdf5::library_version();
     Json(json!({
@@ -114,6 +123,7 @@ pub async fn versions() -> Json<Value> {
     }))
 }
 
+/// `/healthz`: liveness, always `ok` while the process answers (readiness is [`readyz`]).
 pub async fn healthz() -> &'static str {
     "ok"
 }
@@ -156,6 +166,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
+/// `/metrics`: Prometheus metrics in the text exposition format.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -164,6 +175,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
+/// Fallback for unknown paths: a JSON 404 naming the path, like every other error.
 pub async fn not_found(uri: Uri) -> ApiError {
     ApiError::not_found(format!("no route for '{}'", uri.path()))
 }

@@ -373,6 +373,7 @@ pub fn document() -> Value {
     })
 }
 
+/// `/openapi.json`: the OpenAPI 3.1 description of the HTTP API, built in (no file to ship).
 pub async fn spec() -> Json<Value> {
     Json(document())
 }

@@ -33,7 +33,12 @@ const MAX_BUFFERED: usize = 1 << 30;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ByteRange {
     /// `first-` or `first-last` (inclusive).
-    From { first: u64, last: Option<u64> },
+    From {
+        /// Position of the first byte asked for, from 0.
+        first: u64,
+        /// Position of the last byte asked for (inclusive); `None` for "to the end".
+        last: Option<u64>,
+    },
     /// `-n`: the last n bytes.
     Suffix(u64),
 }
@@ -41,6 +46,7 @@ pub enum ByteRange {
 /// A well-formed `Range: bytes=...` header.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ranges {
+    /// A single range, answered with 206 if it selects bytes of the body.
     One(ByteRange),
     /// Several ranges: valid, answered with the full body.
     Several,
@@ -52,7 +58,12 @@ pub enum Decision {
     /// Send the full body (no, malformed or multiple ranges).
     Full,
     /// 206 with these inclusive byte positions.
-    Partial { first: u64, last: u64 },
+    Partial {
+        /// Position of the first byte sent, from 0.
+        first: u64,
+        /// Position of the last byte sent (inclusive), at most the body length minus 1.
+        last: u64,
+    },
     /// 416: no byte of the body is selected.
     Unsatisfiable,
 }

@@ -49,20 +49,33 @@ pub enum RefValue {
     /// A metadata document (JSON text).
     Json(String),
     /// Bytes `[offset, offset+size)` of `files[file]`.
-    Range { file: usize, offset: u64, size: u64 },
+    Range {
+        /// Index into [`Refs::files`].
+        file: usize,
+        /// Byte offset of the first byte in that file.
+        offset: u64,
+        /// Number of bytes.
+        size: u64,
+    },
     /// Bytes held in the reference set itself.
     Inline(Vec<u8>),
     /// All of `files[file]` (a Zarr chunk file): `[url]` in kerchunk's spelling.
-    File { file: usize },
+    File {
+        /// Index into [`Refs::files`].
+        file: usize,
+    },
 }
 
 /// The references of a dataset.
 #[derive(Debug, Default)]
 pub struct Refs {
+    /// Files the references point into, as written in the reference set (local paths or object
+    /// URLs); `RefValue`s name them by index.
     pub files: Vec<PathBuf>,
     /// The sources behind `files` (same order): how `/kerchunk` reads a range, locally or
     /// from an object store.
     pub sources: Vec<std::sync::Arc<crate::source::SourceFile>>,
+    /// The references by Zarr key (`.zgroup`, `tas/.zarray`, `tas/0.0.0`, ...), sorted by key.
     pub entries: BTreeMap<String, RefValue>,
     /// Variables left out, with the reason.
     pub skipped: Vec<(String, String)>,

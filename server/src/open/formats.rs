@@ -15,9 +15,13 @@ use crate::source::{SourceError, SourceFile, SourceIndex, icechunk, kerchunk, tr
 /// The reader for a dataset's sources.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// netCDF-3/netCDF-4 (HDF5) files, read natively or through the netCDF library.
     Netcdf,
+    /// kerchunk reference sets (JSON or Parquet), pointing into other files.
     Kerchunk,
+    /// Zarr v2 or v3 stores (directories or object-store prefixes).
     Zarr,
+    /// Icechunk repositories.
     Icechunk,
 }
 

@@ -24,14 +24,21 @@ use file::open_cached_deferred;
 /// Why a dataset cannot be opened. Messages name the source or file.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
+    /// A source entry of the spec cannot be expanded into files (nothing matches, unreadable
+    /// directory, unknown scheme).
     #[error("sources[{index}] '{pattern}': {reason}")]
     Source {
+        /// Position of the entry in the spec's `sources`.
         index: usize,
+        /// The entry as written (path, glob or URL).
         pattern: String,
+        /// Why it cannot be expanded.
         reason: String,
     },
+    /// A source file cannot be opened or indexed.
     #[error("{0}")]
     File(#[from] SourceError),
+    /// The files cannot be combined into one dataset.
     #[error("{0}")]
     Aggregate(#[from] AggregateError),
 }

@@ -21,6 +21,9 @@ use parquet::record::Field;
 /// fsspec's default number of references per Parquet file.
 pub const DEFAULT_RECORD_SIZE: usize = 10_000;
 
+/// Parquet schema of fsspec's reference record files (`refs.N.parq`): one row per chunk,
+/// `path`+`offset`+`size` for a range (size 0 and offset 0 for a whole file), `raw` for inline
+/// bytes, all null for a missing chunk.
 pub const SCHEMA: &str = "message schema {
   OPTIONAL BYTE_ARRAY path (STRING);
   REQUIRED INT64 offset;
@@ -35,14 +38,34 @@ pub const PANDAS_METADATA: &str = r#"{"column_indexes": [{"field_name": null, "m
 /// Why Parquet references cannot be written or read. Messages name the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ParquetRefsError {
+    /// A file of the reference set cannot be read or written.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file, for messages.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The Parquet library rejected a record file (corrupt, or not Parquet).
     #[error("{path}: {message}")]
-    Parquet { path: PathBuf, message: String },
+    Parquet {
+        /// The file, for messages.
+        path: PathBuf,
+        /// What the Parquet library said.
+        message: String,
+    },
+    /// The files are readable but not a reference set (missing `.zmetadata`, wrong columns, a chunk
+    /// grid that does not fit).
     #[error("{path}: {message}")]
-    Malformed { path: PathBuf, message: String },
+    Malformed {
+        /// The file, for messages.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
 }
 
+/// Maps an I/O error on `path` to [`ParquetRefsError::Io`] (for `map_err`).
 pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ParquetRefsError + '_ {
     move |source| ParquetRefsError::Io {
         path: path.to_path_buf(),
@@ -50,6 +73,7 @@ pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ParquetRefsError + '_ {
     }
 }
 
+/// Maps a Parquet library error on `path` to [`ParquetRefsError::Parquet`] (for `map_err`).
 pub fn pq(path: &Path) -> impl Fn(parquet::errors::ParquetError) -> ParquetRefsError + '_ {
     move |e| ParquetRefsError::Parquet {
         path: path.to_path_buf(),
@@ -96,9 +120,12 @@ pub fn chunk_key_of(field: &str, mut n: u64, grid: &[u64]) -> String {
 pub enum ParquetRef {
     /// `[url]` (whole file) when `range` is `None`, else `[url, offset, size]`.
     Url {
+        /// File or object URL the chunk is in.
         url: String,
+        /// Byte offset and size of the chunk in the file; `None` for the whole file.
         range: Option<(u64, u64)>,
     },
+    /// The chunk's bytes, stored in the record's `raw` column.
     Inline(Vec<u8>),
 }
 

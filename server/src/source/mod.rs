@@ -31,6 +31,7 @@ pub use crate::storage::file::{Inode, SourceFile};
 /// Byte location of one stored chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkLoc {
+    /// Byte offset of the stored chunk in the file.
     pub offset: u64,
     /// Stored (compressed) size; 0 means "never written": the chunk is all fill value.
     pub size: u64,
@@ -43,14 +44,28 @@ pub struct ChunkLoc {
 pub enum Layout {
     /// HDF5 chunked layout; `locs` is dense, row-major over the chunk grid.
     Chunked {
+        /// Shape of every chunk (edge chunks are stored full size, padded).
         chunk_shape: Vec<u64>,
+        /// HDF5 filter pipeline in encode order (decoding applies it in reverse, skipping masked
+        /// filters).
         filters: Vec<Filter>,
+        /// One location per chunk of the grid, row-major (shared, hence `Arc`: the index can be
+        /// large).
         locs: Arc<Vec<ChunkLoc>>,
     },
     /// The whole array as one C-ordered byte run (HDF5 contiguous, netCDF-3 fixed variables).
-    Contiguous { offset: u64 },
+    Contiguous {
+        /// Byte offset of the first element in the file.
+        offset: u64,
+    },
     /// netCDF-3 record variable: record `r` is a C-ordered slab at `begin + r * recsize`.
-    Records { begin: u64, recsize: u64 },
+    Records {
+        /// Byte offset of record 0 of this variable in the file.
+        begin: u64,
+        /// Bytes from one record to the next: the sum of all record variables' slab sizes (padded),
+        /// not this variable's alone.
+        recsize: u64,
+    },
     /// Layout never allocated: every value is the fill value.
     Unallocated,
     /// Values read at open time (compact layout, strings): little-endian bytes, or strings.
@@ -60,8 +75,11 @@ pub enum Layout {
     /// the index cache.)
     #[serde(rename = "Refs")]
     Listed {
+        /// Shape of every chunk (edge chunks are stored full size, as Zarr does).
         chunk_shape: Vec<u64>,
+        /// Codec pipeline in encode order, as for `Chunked`.
         filters: Vec<Filter>,
+        /// Where each chunk is (shared, hence `Arc`: the table can be large).
         table: Arc<ChunkTable>,
     },
 }
@@ -96,6 +114,9 @@ pub struct ChunkTable {
     /// The pipeline as the source declared it (numcodecs `compressor` and `filters` JSON),
     /// repeated verbatim on `/kerchunk` so clients decode exactly what was stored.
     pub compressor: String,
+    /// numcodecs `filters` JSON as the source declared it (`null` for none), repeated verbatim on
+    /// `/kerchunk`; empty when the pipeline has no numcodecs spelling (the variable is then left
+    /// out of `/kerchunk`).
     pub numcodecs_filters: String,
     /// Little-endian bytes missing chunks read as (Zarr's `fill_value`, which need not be
     /// the CF `_FillValue`); `None`: the netCDF rule.
@@ -108,9 +129,19 @@ pub enum ChunkRef {
     /// Not stored: reads as the fill value.
     Missing,
     /// Bytes `[offset, offset+size)` of `files[file]`.
-    Range { file: u32, offset: u64, size: u64 },
+    Range {
+        /// Index into [`ChunkTable::files`].
+        file: u32,
+        /// Byte offset of the chunk in that file.
+        offset: u64,
+        /// Stored (compressed) size in bytes.
+        size: u64,
+    },
     /// All of `files[file]` (Zarr chunk files, `[url]` references).
-    Whole { file: u32 },
+    Whole {
+        /// Index into [`ChunkTable::files`].
+        file: u32,
+    },
     /// Bytes held in the reference set.
     Inline(#[serde(with = "base64_bytes")] Vec<u8>),
 }
@@ -152,7 +183,10 @@ mod base64_bytes {
 /// One variable as stored in one file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FileVar {
+    /// The file the values are in (its identity is checked before serving inlined or cached
+    /// values).
     pub file: Arc<SourceFile>,
+    /// Length along each dimension in this file (for a concatenated variable, this file's piece).
     pub shape: Vec<u64>,
     /// Byte order of the stored elements.
     pub endian: Endian,
@@ -173,7 +207,9 @@ pub struct FileVar {
 pub enum Stored {
     /// Read as is from this storage.
     At {
+        /// Byte order of the stored elements.
         endian: Endian,
+        /// Where the values are in the file.
         #[serde(rename = "storage")]
         layout: Layout,
     },
@@ -184,28 +220,42 @@ pub enum Stored {
 /// A variable of one file, as the library describes it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SourceVar {
+    /// Variable name as in the file.
     pub name: String,
+    /// Dimension names, outermost first.
     pub dims: Vec<String>,
+    /// Element type of the values as served.
     pub dtype: DType,
+    /// Attributes as in the file (including `_FillValue`).
     pub attrs: Attrs,
+    /// Where and how the values are stored.
     pub data: FileVar,
 }
 
 /// A dimension of one file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceDim {
+    /// Dimension name.
     pub name: String,
+    /// Current length (for an unlimited dimension: the number of records written).
     pub len: u64,
+    /// True for a netCDF unlimited (record) dimension, the one files are usually concatenated
+    /// along.
     pub unlimited: bool,
 }
 
 /// A group of one file (the root group has path "").
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SourceGroup {
+    /// Path of the group in the file: `""` for the root, e.g. `g1/sub` below it.
     pub path: String,
+    /// Dimensions defined in this group.
     pub dims: Vec<SourceDim>,
+    /// Group attributes as in the file.
     pub attrs: Attrs,
+    /// Variables that can be served.
     pub vars: Vec<SourceVar>,
+    /// Child groups.
     pub groups: Vec<SourceGroup>,
     /// Variables that exist in the file but cannot be served (e.g. compound types), with why.
     pub skipped: Vec<(String, String)>,
@@ -214,21 +264,47 @@ pub struct SourceGroup {
 /// Everything learnt from opening one file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SourceIndex {
+    /// The file the index describes (its identity is the cache key and change check).
     pub file: Arc<SourceFile>,
+    /// The file's root group.
     pub root: SourceGroup,
 }
 
 /// Why a source cannot be opened or read.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    /// The file cannot be read.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file, for messages.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is neither netCDF-3 nor HDF5 (no known signature).
     #[error("{path}: not a netCDF or HDF5 file")]
-    NotNetcdf { path: PathBuf },
+    NotNetcdf {
+        /// The file, for messages.
+        path: PathBuf,
+    },
+    /// The netCDF or HDF5 library cannot open or read the file.
     #[error("{path}: {message}")]
-    Library { path: PathBuf, message: String },
+    Library {
+        /// The file, for messages.
+        path: PathBuf,
+        /// What the library said.
+        message: String,
+    },
+    /// The file has a known format but contents that contradict it (bad header, offsets beyond the
+    /// end, unknown types).
     #[error("{path}: {message}")]
-    Malformed { path: PathBuf, message: String },
+    Malformed {
+        /// The file, for messages.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// An object-store source cannot be listed or read, or has changed since it was indexed.
     #[error("{0}")]
     Remote(#[from] crate::storage::RemoteError),
 }

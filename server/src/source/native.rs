@@ -56,7 +56,12 @@ pub enum Declined {
     /// it too (libnetcdf then says only "NetCDF: HDF error"), so it is reported as what it
     /// is, and a remote one is not downloaded for the library to refuse.
     #[error("truncated: file is {len} bytes, HDF5 expects {eof}")]
-    Truncated { len: u64, eof: u64 },
+    Truncated {
+        /// Actual length of the file in bytes.
+        len: u64,
+        /// End-of-file address the superblock records.
+        eof: u64,
+    },
 }
 
 /// Indexes a local netCDF-4/HDF5 file natively, or says why it cannot. Panics inside the

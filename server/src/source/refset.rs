@@ -25,7 +25,12 @@ use crate::dtype::{DType, Endian};
 #[derive(Clone, Debug, PartialEq)]
 pub enum RawRef {
     /// `[url]` (whole file, `range` None) or `[url, offset, size]`.
-    Url { url: String, range: Option<(u64, u64)> },
+    Url {
+        /// File or object URL as written in the set, resolved against [`Roots`].
+        url: String,
+        /// Byte offset and size of the chunk in the file; `None` for the whole file.
+        range: Option<(u64, u64)>,
+    },
     /// Bytes held in the set.
     Inline(Vec<u8>),
 }
@@ -33,7 +38,9 @@ pub enum RawRef {
 /// A parsed reference set: metadata documents and chunk references by key.
 #[derive(Debug, Default)]
 pub struct RefSet {
+    /// Metadata documents by key (`.zgroup`, `tas/.zarray`, `zarr.json`, ...), parsed.
     pub meta: BTreeMap<String, Value>,
+    /// Chunk references by key; absent keys are missing chunks (read as the fill value).
     pub chunks: HashMap<String, RawRef>,
 }
 
@@ -428,7 +435,9 @@ pub trait ChunkSource {
 
 /// Chunks of a reference set.
 pub struct SetChunks<'a> {
+    /// The reference set the chunks are looked up in.
     pub set: &'a RefSet,
+    /// Where the references may point, to resolve their URLs.
     pub roots: &'a Roots,
 }
 

@@ -70,6 +70,7 @@ struct State {
 }
 
 impl RangedObject {
+    /// Wraps `obj` (whose identity `file` records) for indexing, with nothing fetched yet.
     pub fn new(file: Arc<SourceFile>, obj: Arc<RemoteObject>) -> Self {
         Self {
             file,
@@ -185,10 +186,20 @@ impl RangedObject {
 /// What indexing an object with ranged reads came to.
 pub enum Ranged {
     /// Indexed, small variables inlined.
-    Indexed { idx: SourceIndex, fetched: Fetched },
+    Indexed {
+        /// The file's index.
+        idx: SourceIndex,
+        /// Ranged requests and bytes it took, for the log.
+        fetched: Fetched,
+    },
     /// The native HDF5 reader declined the file (or is switched off): the caller indexes a
     /// downloaded copy with the library instead.
-    Fallback { reason: String, fetched: Fetched },
+    Fallback {
+        /// Why the native reader declined, for the log.
+        reason: String,
+        /// Ranged requests and bytes spent before declining.
+        fetched: Fetched,
+    },
 }
 
 /// The HDF5 signature (at 0, or after a user block at 512, 1024, 2048, ...).

@@ -20,7 +20,9 @@ use crate::storage::{RemoteError, Store};
 
 /// A directory of source files.
 pub enum Tree {
+    /// A local directory.
     Local(PathBuf),
+    /// An object-store prefix, listed once on first use.
     Remote(ObjectTree),
 }
 
@@ -66,6 +68,8 @@ impl Tree {
         })
     }
 
+    /// True for an object-store prefix (reads then go through the object store, not the file
+    /// system).
     pub fn is_remote(&self) -> bool {
         matches!(self, Tree::Remote(_))
     }

@@ -17,7 +17,9 @@ use parquet::ParquetDir;
 /// A dataset ready to serve, with its pre-rendered Zarr metadata.
 #[derive(Debug)]
 pub struct Served {
+    /// The opened dataset.
     pub ds: Dataset,
+    /// Its Zarr metadata documents, rendered once when the dataset is opened.
     pub meta: ZarrMeta,
     /// Byte-range references of the stored chunks (the `/kerchunk` route).
     pub refs: crate::kerchunk::Refs,
@@ -55,7 +57,10 @@ impl Served {
 /// State of one configured dataset.
 #[derive(Debug, Clone)]
 pub enum Entry {
+    /// Opened and served.
     Ready(Arc<Served>),
+    /// Could not be opened: the reason, shown by `/status` and `/readyz` and answered to requests
+    /// for it.
     Failed(String),
 }
 
@@ -67,12 +72,14 @@ pub struct AppState {
     /// Pool for reading and decoding chunks, sized to the cores: decoding is CPU-bound and
     /// must not block the async runtime.
     pub pool: rayon::ThreadPool,
+    /// Prometheus metrics of this server.
     pub metrics: Metrics,
     /// Set on SIGTERM/SIGINT: `/readyz` answers 503 while open connections drain.
     pub shutdown: ShutdownFlag,
 }
 
 impl AppState {
+    /// The entry of dataset `id`; `None` if no dataset of that id is configured.
     pub fn entry(&self, id: &str) -> Option<&Entry> {
         self.datasets.iter().find(|(n, _)| n == id).map(|(_, e)| e)
     }
@@ -110,10 +117,12 @@ impl AppState {
 pub struct ShutdownFlag(Arc<AtomicBool>);
 
 impl ShutdownFlag {
+    /// True once shutdown has started.
     pub fn is_set(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }
 
+    /// Marks the shutdown as started (the signal handler calls it); never reset.
     pub fn set(&self) {
         self.0.store(true, Ordering::SeqCst);
     }

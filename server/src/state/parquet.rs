@@ -34,6 +34,7 @@ enum Phase {
 /// A dataset's Parquet reference directory in the index cache and whether it can be served.
 #[derive(Debug)]
 pub struct ParquetDir {
+    /// Directory in the index cache the Parquet references are (to be) written to.
     pub dir: PathBuf,
     state: Mutex<Phase>,
     /// Least milliseconds between attempts after a failure ([`RETRY_INTERVAL`]).
@@ -43,6 +44,7 @@ pub struct ParquetDir {
 /// What the route can do now.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Availability {
+    /// Written and checked: requests are served from the directory.
     Ready,
     /// Being written; retry in about a second.
     Writing,
@@ -51,6 +53,7 @@ pub enum Availability {
 }
 
 impl ParquetDir {
+    /// The directory `dir`, state not yet known (checked on the first request).
     pub fn new(dir: PathBuf) -> Self {
         Self {
             dir,

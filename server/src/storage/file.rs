@@ -11,7 +11,9 @@ use super::RemoteObject;
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {source}")]
 pub struct StatError {
+    /// The file, for messages.
     pub path: PathBuf,
+    /// What `stat` said.
     pub source: std::io::Error,
 }
 
@@ -22,8 +24,11 @@ pub struct StatError {
 /// identity, not persisted). A local file also has its [`Inode`] (from [`SourceFile::stat`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SourceFile {
+    /// Local path, or the object's URL (`s3://bucket/key`) for an object-store source.
     pub path: PathBuf,
+    /// Size in bytes.
     pub size: u64,
+    /// Last modification time in nanoseconds since the Unix epoch (an object's last-modified time).
     pub mtime_ns: i64,
     /// Always written (no `skip_serializing_if`): the aggregate index cache uses postcard,
     /// a format in which every field must be present.
@@ -33,6 +38,8 @@ pub struct SourceFile {
     /// identities not taken from one file's `stat` (temporary copies, reference sets).
     #[serde(default)]
     pub inode: Option<Inode>,
+    /// How to read an object-store source (`None` for a local file); attached at open, not part of
+    /// the identity and not persisted.
     #[serde(skip)]
     pub remote: Option<Arc<RemoteObject>>,
 }
@@ -47,7 +54,9 @@ pub struct Inode {
     /// (equality, hash, so ETags and the index cache): another host mounting the same file
     /// system — a replica sharing the cache — numbers its devices differently.
     pub dev: u64,
+    /// `st_ino`: a file replaced by `mv` (or re-created) has another.
     pub ino: u64,
+    /// `st_ctime` in nanoseconds since the Unix epoch: moved by any write, `touch` or `utimes`.
     pub ctime_ns: i64,
 }
 

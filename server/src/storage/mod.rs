@@ -38,16 +38,43 @@ pub use url::{ObjectUrl, StoreKind, parse_object_url};
 /// Why a remote read failed. Every message names the object.
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
+    /// The object does not exist (404).
     #[error("{url}: object not found")]
-    NotFound { url: String },
+    NotFound {
+        /// The object, for messages.
+        url: String,
+    },
+    /// The object's ETag is not the one recorded when it was indexed: its chunks would be read at
+    /// stale offsets.
     #[error("{url}: object changed since it was indexed (ETag differs); restart to re-index")]
-    Changed { url: String },
+    Changed {
+        /// The object, for messages.
+        url: String,
+    },
+    /// The store refused the credentials or the request (401/403).
     #[error("{url}: access denied: {reason}")]
-    Denied { url: String, reason: String },
+    Denied {
+        /// The object, for messages.
+        url: String,
+        /// What the store said.
+        reason: String,
+    },
+    /// The store did not answer in time, retries included.
     #[error("{url}: no answer within {secs} s (after retries)")]
-    Timeout { url: String, secs: u64 },
+    Timeout {
+        /// The object, for messages.
+        url: String,
+        /// The time limit, in seconds.
+        secs: u64,
+    },
+    /// Any other store failure (server error, bad glob, connection refused).
     #[error("{url}: {reason}")]
-    Other { url: String, reason: String },
+    Other {
+        /// The object, for messages.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 impl RemoteError {
@@ -123,7 +150,9 @@ impl std::fmt::Debug for Store {
 
 /// An object of a store, as a source file points to it.
 pub struct RemoteObject {
+    /// The store the object is in (shared by every object of the same bucket or host).
     pub store: Arc<Store>,
+    /// The object's key within the store.
     pub location: Path,
 }
 

@@ -17,15 +17,26 @@ use super::file::SourceFile;
 /// Bytes of a source file that cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ByteError {
+    /// Reading the file failed.
     #[error("{path}: read of {len} bytes at offset {offset} failed: {source}")]
     Io {
+        /// The file, for messages.
         path: PathBuf,
+        /// Byte offset the read started at.
         offset: u64,
+        /// Bytes asked for.
         len: u64,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The file is shorter than the bytes its index refers to.
     #[error("{path}: file ends before byte {end} (truncated file?)")]
-    Truncated { path: PathBuf, end: u64 },
+    Truncated {
+        /// The file, for messages.
+        path: PathBuf,
+        /// Byte position (exclusive) the read needed to reach.
+        end: u64,
+    },
     /// A length that does not fit this machine's address space (from a corrupt index).
     #[error("chunk of {0:?} elements is too large")]
     TooLarge(Vec<u64>),
@@ -35,7 +46,12 @@ pub enum ByteError {
     /// A local source file is not the version that was indexed: its chunks would be read at
     /// stale offsets (and served under the old ETag), so nothing is read from it.
     #[error("{path}: file changed since it was indexed ({what}); restart the server to re-index it")]
-    Changed { path: PathBuf, what: String },
+    Changed {
+        /// The file, for messages.
+        path: PathBuf,
+        /// What differs from the indexed identity (device/inode, size, mtime, ctime).
+        what: String,
+    },
 }
 
 /// Reads byte ranges of source files. Implemented by [`Direct`] and by readers that keep

@@ -3,15 +3,20 @@
 /// The kind of object store a URL names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreKind {
+    /// Amazon S3 or an S3-compatible store (`s3://`, `s3a://`).
     S3,
+    /// Google Cloud Storage (`gs://`, `gcs://`).
     Gcs,
+    /// Azure Blob Storage / Data Lake (`az://`, `azure://`, `abfs[s]://`, `adl://`).
     Azure,
+    /// A plain HTTP(S) server (`http://`, `https://`): single objects only, it cannot be listed.
     Http,
 }
 
 /// A source URL on an object store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectUrl {
+    /// Which kind of store, from the URL's scheme.
     pub kind: StoreKind,
     /// `scheme://authority`: what the store is built from (`s3://bucket`,
     /// `abfs://container@account.dfs.core.windows.net`, `https://host:8443`).

@@ -9,15 +9,23 @@
 /// Which chunk-key spelling a request used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
+    /// Zarr v2: indices joined by `.` after the array path (`tas/0.1.2`); a 0-d array's chunk is
+    /// `0`.
     V2,
+    /// Zarr v3 default encoding: `c` then indices joined by `/` (`tas/c/0/1/2`); a 0-d array's
+    /// chunk is `c`.
     V3,
 }
 
 /// A parsed chunk request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChunkKey {
+    /// Zarr path of the array (`tas`, `g1/sub/x`), a variable of the dataset.
     pub var: String,
+    /// Chunk index, one entry per dimension (empty for a 0-d array); not yet checked against the
+    /// grid.
     pub index: Vec<u64>,
+    /// Which spelling the key used, so the answer is encoded for that Zarr version.
     pub format: Format,
 }
 

@@ -11,17 +11,24 @@ use crate::dtype::{DType, fill_json};
 /// A Zarr v2 `.zarray`.
 #[derive(Clone, Debug, Serialize)]
 pub struct ArrayV2 {
+    /// Always 2.
     pub zarr_format: u8,
+    /// Length along each dimension.
     pub shape: Vec<u64>,
+    /// Chunk shape (edge chunks are padded to it).
     pub chunks: Vec<u64>,
     /// numpy type string (`<f4`, `|S1`, `|O`...).
     pub dtype: String,
     /// numcodecs compressor, or null.
     pub compressor: Value,
+    /// Value of never-written elements: the variable's `_FillValue`; null for text types and
+    /// variables without one.
     pub fill_value: Value,
+    /// Always `C` (row-major): the server serves C-ordered chunks.
     pub order: &'static str,
     /// numcodecs filters, or null.
     pub filters: Value,
+    /// Always `.` (`tas/0.1.2`).
     pub dimension_separator: &'static str,
 }
 
@@ -78,15 +85,26 @@ fn empty_object() -> Box<RawValue> {
 /// A Zarr v3 array `zarr.json`.
 #[derive(Debug, Serialize)]
 pub struct ArrayV3 {
+    /// Always 3.
     pub zarr_format: u8,
+    /// Always `array`.
     pub node_type: &'static str,
+    /// Length along each dimension.
     pub shape: Vec<u64>,
+    /// Zarr v3 data type (`float32`, or an extension type's object).
     pub data_type: Value,
+    /// A `regular` grid with the chunk shape.
     pub chunk_grid: Value,
+    /// The `default` encoding with `/` separators (`c/0/1`).
     pub chunk_key_encoding: Value,
+    /// Value of never-written elements (Zarr v3 requires one; the variable's `_FillValue`, else
+    /// netCDF's default).
     pub fill_value: Value,
+    /// The codec chain, bytes-to-bytes codecs last, as the chunks are encoded.
     pub codecs: Vec<Value>,
+    /// The variable's attributes, pre-rendered JSON.
     pub attributes: Box<RawValue>,
+    /// Dimension names, as `_ARRAY_DIMENSIONS` in v2 (what xarray reads).
     pub dimension_names: Vec<String>,
 }
 
@@ -120,9 +138,14 @@ impl ArrayV3 {
 /// (zarr-python's form) or without.
 #[derive(Debug, Serialize)]
 pub struct GroupV3 {
+    /// Always 3.
     pub zarr_format: u8,
+    /// Always `group`.
     pub node_type: &'static str,
+    /// The group's attributes, pre-rendered JSON.
     pub attributes: Box<RawValue>,
+    /// Metadata of everything below the group, inline (zarr-python's consolidated form); `None`:
+    /// not consolidated, omitted from the JSON.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub consolidated_metadata: Option<Consolidated>,
 }
@@ -130,12 +153,16 @@ pub struct GroupV3 {
 /// Inline consolidated metadata of a v3 group: relative path → document.
 #[derive(Debug, Serialize)]
 pub struct Consolidated {
+    /// Always `inline`.
     pub kind: &'static str,
+    /// Always false: readers that ignore consolidated metadata still read the store correctly.
     pub must_understand: bool,
+    /// Every document below the group, by path relative to it.
     pub metadata: Entries,
 }
 
 impl GroupV3 {
+    /// A group document with `attributes`; `consolidated` lists the documents below it, if any.
     pub fn new(attributes: Box<RawValue>, consolidated: Option<Entries>) -> Self {
         Self {
             zarr_format: 3,
@@ -153,7 +180,9 @@ impl GroupV3 {
 /// Zarr v2 `.zmetadata` (consolidated metadata): key → document.
 #[derive(Debug, Serialize)]
 pub struct ConsolidatedV2 {
+    /// Always 1.
     pub zarr_consolidated_format: u8,
+    /// Every metadata document of the store, by key (`.zgroup`, `tas/.zarray`, `tas/.zattrs`, ...).
     pub metadata: Entries,
 }
 

@@ -22,6 +22,7 @@ use crate::dtype::{DType, Scalar, fill_json};
 /// Pre-rendered metadata documents, keyed by their Zarr key (e.g. `tas/.zarray`).
 #[derive(Debug, Default)]
 pub struct ZarrMeta {
+    /// The documents as served (JSON bytes, cheap to clone into responses), by Zarr key.
     pub docs: HashMap<String, Bytes>,
     /// Chunk encodings by array path, as the metadata documents declare them.
     pub encodings: HashMap<String, encoding::ZarrEncoding>,
