@@ -14,15 +14,27 @@ use serde_json::Value;
 /// Why a catalog request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The request did not get an answer (connection, TLS, timeout).
     #[error("{url}: {source}")]
-    Http { url: String, source: reqwest::Error },
+    Http {
+        /// The URL asked.
+        url: String,
+        /// What the HTTP client said.
+        source: reqwest::Error,
+    },
+    /// The catalog answered with an error status.
     #[error("{method} {url}: {status}: {body}")]
     Status {
+        /// `GET`, `POST`, `PUT` or `DELETE`.
         method: &'static str,
+        /// The URL asked.
         url: String,
+        /// The status answered.
         status: StatusCode,
+        /// The body answered (the catalog's error message).
         body: String,
     },
+    /// The configured catalog URL is not `http(s)://`.
     #[error("invalid catalog URL '{0}'")]
     Url(String),
 }
@@ -46,12 +58,16 @@ pub const DEFAULT_COLLECTION: &str = "cloudify";
 /// Why a token file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
+    /// The file cannot be read.
     #[error("token file {path}: {source}")]
     Read {
+        /// The token file.
         path: String,
+        /// Why it cannot be read.
         #[source]
         source: std::io::Error,
     },
+    /// The file holds no token (only whitespace).
     #[error("token file {0} is empty")]
     Empty(String),
 }
@@ -71,6 +87,7 @@ fn seg(s: &str) -> String {
 }
 
 impl CatalogClient {
+    /// A client of the STAC API at `base` (`http(s)://`), sending `token` as a bearer token.
     pub fn new(base: &str, token: Option<String>) -> Result<Self, ClientError> {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(ClientError::Url(base.to_string()));

@@ -6,6 +6,7 @@
 //! kube). Keeping one type means a dataset that works on a laptop works in the cluster, and
 //! the CRD schema is generated from the same code that parses the config file.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -183,23 +184,31 @@ pub struct StorageSpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Provider {
+    /// Organisation name, as catalogs show it.
     pub name: String,
+    /// What the organisation did with the data, in a sentence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// Any of `licensor`, `producer`, `processor`, `host`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<String>,
+    /// Home page of the organisation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
 }
 
-/// Why a [`DatasetSpec`] is not acceptable. Messages name the field.
+/// Why a [`DatasetSpec`] is not acceptable. Messages name the field: `index` is the
+/// dataset's position in the config (0 in a `CloudifyDataset`), `name` its name.
 #[derive(Debug, thiserror::Error, PartialEq)]
+#[allow(missing_docs, reason = "variant fields: index, name and reason, as above")]
 pub enum SpecError {
+    /// The dataset name is missing or not a usable id.
     #[error("datasets[{index}].name: {reason}")]
     Name { index: usize, reason: String },
+    /// `sources` is empty.
     #[error("datasets[{index}].sources: at least one source is required (dataset '{name}')")]
     NoSources { index: usize, name: String },
+    /// One source (`source_index`) is unusable.
     #[error("datasets[{index}].sources[{source_index}]: {reason} (dataset '{name}')")]
     Source {
         index: usize,
@@ -207,16 +216,20 @@ pub enum SpecError {
         name: String,
         reason: String,
     },
+    /// Two datasets of one config share a name (their URLs would collide).
     #[error("datasets[{index}].name: duplicate dataset name '{name}'")]
     Duplicate { index: usize, name: String },
+    /// `concatDim` is set but empty.
     #[error("datasets[{index}].concatDim: must not be empty (dataset '{name}')")]
     ConcatDim { index: usize, name: String },
+    /// The Icechunk version is ambiguous, empty, or given for sources that are not Icechunk.
     #[error("datasets[{index}].icechunk: {reason} (dataset '{name}')")]
     Icechunk {
         index: usize,
         name: String,
         reason: String,
     },
+    /// A `storage` setting is out of range (`field` names it).
     #[error("datasets[{index}].storage.{field}: {reason} (dataset '{name}')")]
     Storage {
         index: usize,
@@ -367,8 +380,10 @@ impl ServeConfig {
 /// A config file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// Not YAML/JSON of the config's shape (the parser names line and column).
     #[error("{0}")]
     Parse(serde_yaml::Error),
+    /// Well-formed, but a dataset spec is not acceptable.
     #[error(transparent)]
     Spec(#[from] SpecError),
 }
