@@ -579,14 +579,9 @@ async fn crd_schema_validation_defaulting_cel_and_status() {
 
     // `spec.dataset.name` is optional: the operator defaults it to metadata.name.
     let nameless = dataset("nameless", json!({"dataset": {"sources": ["/x/*.nc"]}}));
-    let created = cds
-        .create(&PostParams::default(), &nameless)
-        .await
-        .unwrap();
+    let created = cds.create(&PostParams::default(), &nameless).await.unwrap();
     assert!(created.data["spec"]["dataset"].get("name").is_none());
-    cds.delete("nameless", &DeleteParams::default())
-        .await
-        .unwrap();
+    cds.delete("nameless", &DeleteParams::default()).await.unwrap();
 
     // Structural validation: the Invalid status names each field.
     let bad = dataset(
