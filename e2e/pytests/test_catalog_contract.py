@@ -7,7 +7,6 @@ Bounded like test_openapi_contract.py: deterministic generation, few examples pe
 and a 60 s budget, so the run takes well under two minutes."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
