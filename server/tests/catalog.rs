@@ -856,7 +856,8 @@ async fn client_mistakes_are_json_4xx() {
         let r = write(&app, Method::POST, &format!("/collections/{bad}/items"), &it).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "POST {bad}: {:?}", r.body);
     }
-    for id in ["..", ".", "a\u{7}b"] {
+    let long = "0".repeat(256);
+    for id in ["..", ".", "a\u{7}b", long.as_str()] {
         let r = write(&app, Method::POST, "/collections", &collection(id)).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{id:?}: {:?}", r.body);
         let it = item(id, 0.0, 0.0, "2000-01-01T00:00:00Z", json!({}));

@@ -536,6 +536,15 @@ async fn post_search(State(app): St, body: Bytes) -> Result<Response, ApiErr> {
     } else {
         parse_json(&body)?
     };
+    // stac's `Search` would drop a filter that is neither (and search everything)
+    if let Some(f) = v.get("filter")
+        && !f.is_object()
+        && !f.is_string()
+    {
+        return Err(bad(format!(
+            "filter: must be a cql2-json object or a cql2-text string, not {f}"
+        )));
+    }
     default_filter_lang(&mut v);
     let search: Search = serde_json::from_value(v).map_err(|e| bad(format!("invalid search: {e}")))?;
     run_search(&app, search, Method::POST).await

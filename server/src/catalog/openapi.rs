@@ -31,7 +31,7 @@ fn ok(description: &str, content_type: &str, schema: &str) -> Value {
 fn id_param(name: &str, what: &str) -> Value {
     json!({"name": name, "in": "path", "required": true,
            "schema": {"type": "string", "minLength": 1, "maxLength": 256, "pattern": ID_PATTERN},
-           "description": format!("{what} id: 1-256 characters without '/', '?', '#', '%' or control characters, not '.' or '..' (anything else is 400)")})
+           "description": format!("{what} id: 1-256 characters without '/', '?', '#', '%' or control characters, not '.' or '..' and at most 250 bytes once percent-encoded (anything else is 400)")})
 }
 
 fn query(name: &str, description: &str) -> Value {
@@ -181,7 +181,7 @@ fn schemas() -> Value {
                                    "temporal": {"type": "object", "required": ["interval"],
                                        "properties": {"interval": {"type": "array", "items": {"type": "array",
                                            "items": {"type": "string", "format": "date-time", "nullable": true}}}}}}},
-                           "links": {"type": "array", "items": {"$ref": "#/components/schemas/Link"}}}},
+                           "links": {"type": "array", "items": {"type": "object"}}}},
         "ItemInput": {"type": "object",
             "description": "A STAC Item (GeoJSON Feature); bbox is required when geometry is not null, \
                             start_datetime and end_datetime when datetime is null",
@@ -193,7 +193,7 @@ fn schemas() -> Value {
                            "bbox": {"type": "array", "items": {"type": "number"}},
                            "properties": {"type": "object", "required": ["datetime"],
                                "properties": {"datetime": {"type": "string", "format": "date-time", "nullable": true}}},
-                           "links": {"type": "array", "items": {"$ref": "#/components/schemas/Link"}},
+                           "links": {"type": "array", "items": {"type": "object"}},
                            "assets": {"type": "object"}}},
         "MergePatch": {"type": "object", "description": "JSON merge patch (RFC 7396) of the document"},
         "SearchBody": {"type": "object",

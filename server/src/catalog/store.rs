@@ -109,6 +109,9 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
+/// Longest percent-encoded id ([`encode_id`]): a file name of at most 255 bytes with ".json".
+pub const MAX_ENCODED_ID: usize = 250;
+
 /// Checks a collection or item id (`what` names where it came from in messages).
 ///
 /// '/', '?', '#' and '%' would change the meaning of the URL path of the collection or item
@@ -126,6 +129,15 @@ pub fn check_id(what: &str, id: &str) -> Result<(), StoreError> {
         return Err(StoreError::Invalid(format!(
             "{what}: {id:?} is not a valid id: 1-256 characters without '/', '?', '#', '%' or \
              control characters, and not '.' or '..'"
+        )));
+    }
+    // The id is a file name of the store (percent-encoded, plus ".json"): file systems take
+    // at most 255 bytes, and an I/O error would be a 500 for the client's mistake.
+    let encoded = encode_id(id).len();
+    if encoded > MAX_ENCODED_ID {
+        return Err(StoreError::Invalid(format!(
+            "{what}: {id:?} is not a valid id: {encoded} bytes once percent-encoded as a file \
+             name, more than the {MAX_ENCODED_ID} accepted"
         )));
     }
     Ok(())
