@@ -172,7 +172,7 @@ fn schemas() -> Value {
             "description": "A STAC Collection; extent needs spatial.bbox and temporal.interval",
             "required": ["type", "id", "description", "license", "extent"],
             "properties": {"type": {"type": "string", "enum": ["Collection"]}, "stac_version": {"type": "string"},
-                           "id": id, "title": {"type": "string"}, "description": {"type": "string"},
+                           "id": id, "description": {"type": "string"},
                            "license": {"type": "string"},
                            "extent": {"type": "object", "required": ["spatial", "temporal"],
                                "properties": {
@@ -188,8 +188,7 @@ fn schemas() -> Value {
             "required": ["type", "id", "geometry", "properties"],
             "properties": {"type": {"type": "string", "enum": ["Feature"]}, "stac_version": {"type": "string"},
                            "id": id, "collection": {"type": "string"},
-                           "geometry": {"type": "object", "nullable": true, "required": ["type"],
-                                        "properties": {"type": {"type": "string"}}},
+                           "geometry": {"type": "object", "nullable": true},
                            "bbox": {"type": "array", "items": {"type": "number"}},
                            "properties": {"type": "object", "required": ["datetime"],
                                "properties": {"datetime": {"type": "string", "format": "date-time", "nullable": true}}},
