@@ -86,12 +86,24 @@ pub fn error_body(_: StatusCode, message: &str) -> serde_json::Value {
 /// percent-encoded segment, its 405 for other methods) into `{"error": "METHOD PATH: why"}`,
 /// keeping status and headers (`Allow`).
 pub async fn json_errors(req: Request, next: Next) -> Response {
-    json_errors_as(State(error_body), req, next).await
+    // axum adds `Allow` outside this layer; every route of this router is GET (and HEAD)
+    to_json(
+        error_body,
+        "this server answers GET and HEAD (see Allow)",
+        req,
+        next,
+    )
+    .await
 }
 
 /// [`json_errors`] with another error body (`axum::middleware::from_fn_with_state(shape,
 /// json_errors_as)`), for routers whose protocol prescribes one.
 pub async fn json_errors_as(State(shape): State<ErrorBody>, req: Request, next: Next) -> Response {
+    to_json(shape, "see Allow", req, next).await
+}
+
+/// `allowed`: what a 405 says when `Allow` is not set yet at this layer.
+async fn to_json(shape: ErrorBody, allowed: &str, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let uri = req.uri().clone();
     let resp = next.run(req).await;
@@ -112,7 +124,7 @@ pub async fn json_errors_as(State(shape): State<ErrorBody>, req: Request, next: 
     if status == StatusCode::METHOD_NOT_ALLOWED {
         why = match parts.headers.get(header::ALLOW).and_then(|v| v.to_str().ok()) {
             Some(allow) => format!("method {method} is not allowed; allowed: {allow}"),
-            None => format!("method {method} is not allowed here (see Allow)"),
+            None => format!("method {method} is not allowed; {allowed}"),
         };
     }
     let message = format!("{method} {}: {why}", head(uri.path(), 200));
