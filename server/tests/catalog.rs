@@ -428,6 +428,9 @@ async fn oversized_bodies_are_413() {
     assert_eq!(get(&app, "/collections/big").await.status, StatusCode::NOT_FOUND);
     let r = send(&app, Method::POST, "/search", None, vec![b' '; 8192]).await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    // in the STAC error shape, like every other error
+    assert_eq!(r.body["code"], "PayloadTooLarge", "{:?}", r.body);
+    assert_eq!(r.headers[header::CONTENT_TYPE], "application/json");
     // just under the limit is fine
     let r = write(&app, Method::POST, "/collections", &collection("small")).await;
     assert_eq!(r.status, StatusCode::CREATED);
@@ -704,4 +707,195 @@ async fn store_survives_a_reopen() {
         Some("http://catalog.test/collections/c/items/odd%20id%20%C3%BC.v1")
     );
     let _: Arc<Store> = Store::open(dir.path()).expect("a second open of the same dir reads it too");
+}
+
+fn enc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// Issue #20 defect 3: filters nested hundreds of levels deep used to overflow the stack and
+/// abort the process; now 400 naming the nesting, on GET and POST, cql2-text and cql2-json,
+/// and the catalog keeps answering.
+#[tokio::test]
+async fn deeply_nested_filters_are_400() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = app(dir.path());
+    populate(&app).await;
+    let n = 600;
+    let texts = [
+        format!("{}1=1{}", "(".repeat(n), ")".repeat(n)),
+        format!("{}id='x'", "NOT ".repeat(n)),
+        format!("{}1{} = 1", "-(".repeat(n), ")".repeat(n)),
+        format!("{}1{} = 1", "abs(".repeat(n), ")".repeat(n)),
+        format!("id IN {}'a'{}", "(".repeat(n), ")".repeat(n)),
+        format!("cloud{} = 1", " + 1".repeat(n)),
+        format!("1{} = 1", "=1".repeat(n)),
+        format!("x{}", " AND x".repeat(10_000)),
+    ];
+    for t in &texts {
+        let r = get(&app, &format!("/search?filter={}", enc(t))).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}: {:?}", &t[..30], r.body);
+        let d = description(&r);
+        assert!(
+            d.contains("nested more than 32 levels") || d.contains("operators"),
+            "{}: {d}",
+            &t[..30]
+        );
+        let r = get(&app, &format!("/collections/c/items?filter={}", enc(t))).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}: {:?}", &t[..30], r.body);
+        let body = json!({"filter-lang": "cql2-text", "filter": t});
+        let r = send(&app, Method::POST, "/search", None, body.to_string().into_bytes()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}: {:?}", &t[..30], r.body);
+    }
+    // cql2-json: within serde_json's 128 levels the filter's own limit answers...
+    let mut f = json!({"op": "=", "args": [{"property": "id"}, "a"]});
+    for _ in 0..40 {
+        f = json!({"op": "not", "args": [f]});
+    }
+    let r = send(
+        &app,
+        Method::POST,
+        "/search",
+        None,
+        json!({"filter": f}).to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    assert!(
+        description(&r).contains("nested more than 32 levels"),
+        "{:?}",
+        r.body
+    );
+    let r = get(
+        &app,
+        &format!("/search?filter-lang=cql2-json&filter={}", enc(&f.to_string())),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    // ...and beyond them the JSON parser's
+    let deep = format!("{}1{}", "[".repeat(n), "]".repeat(n));
+    let body = format!(r#"{{"filter": {{"op": "in", "args": [{{"property": "id"}}, {deep}]}}}}"#);
+    let r = send(&app, Method::POST, "/search", None, body.into_bytes()).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    assert!(description(&r).contains("recursion limit"), "{:?}", r.body);
+    // still answering, and an ordinary filter still works
+    let r = get(&app, &format!("/search?filter={}", enc("NOT (cloud < 60)"))).await;
+    assert_eq!(ids(&r), ["c"]);
+}
+
+/// Issue #20 defect 9: client mistakes are 400 (not 500, not 200 with nothing), every error
+/// is JSON, 405 keeps `Allow`, 413 names the limit.
+#[tokio::test]
+async fn client_mistakes_are_json_4xx() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = app(dir.path());
+    populate(&app).await;
+
+    for dt in [
+        "..",
+        "",
+        "../..",
+        "/",
+        "2000-01-01T00:00:00Z/../x",
+        "2000-13-01T00:00:00Z",
+    ] {
+        for uri in [
+            format!("/search?datetime={}", enc(dt)),
+            format!("/collections/c/items?datetime={}", enc(dt)),
+        ] {
+            let r = get(&app, &uri).await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{uri}: {:?}", r.body);
+            assert!(description(&r).contains("datetime"), "{uri}: {:?}", r.body);
+        }
+        let body = json!({"datetime": dt}).to_string().into_bytes();
+        let r = send(&app, Method::POST, "/search", None, body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "POST {dt:?}: {:?}", r.body);
+    }
+    // open intervals are fine
+    let r = get(&app, "/search?datetime=2002-01-01T00:00:00Z/..").await;
+    assert_eq!(ids(&r), ["c", "d", "e"]);
+
+    for (f, want) in [
+        ("nosuchfn(cloud) = 1", "unknown function 'nosuchfn'"),
+        ("s_intersects(geometry)", "takes 2 arguments, not 1"),
+        ("casei(model, 'x') = 'icon'", "takes 1 argument, not 2"),
+    ] {
+        let r = get(&app, &format!("/search?filter={}", enc(f))).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{f}: {:?}", r.body);
+        assert!(description(&r).contains(want), "{f}: {:?}", r.body);
+    }
+    let body = json!({"filter": {"op": "=", "args": [{"property": "cloud"}, 5, 6]}});
+    let r = send(&app, Method::POST, "/search", None, body.to_string().into_bytes()).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    assert!(
+        description(&r).contains("'=' takes 2 arguments, not 3"),
+        "{:?}",
+        r.body
+    );
+
+    // ids that can never be stored: 400 on every route that takes them from the path
+    for bad in ["..", ".", "a%2Fb", "a%00b", "a%1Fb"] {
+        for uri in [
+            format!("/collections/{bad}"),
+            format!("/collections/{bad}/items"),
+            format!("/collections/{bad}/items/a"),
+            format!("/collections/c/items/{bad}"),
+        ] {
+            let r = get(&app, &uri).await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "GET {uri}: {:?}", r.body);
+            assert!(
+                description(&r).contains("not a valid id"),
+                "GET {uri}: {:?}",
+                r.body
+            );
+            let r = write(&app, Method::DELETE, &uri, &Value::Null).await;
+            if !uri.ends_with("/items") {
+                assert_eq!(r.status, StatusCode::BAD_REQUEST, "DELETE {uri}: {:?}", r.body);
+            }
+        }
+        let r = write(
+            &app,
+            Method::PUT,
+            &format!("/collections/{bad}"),
+            &collection("x"),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "PUT {bad}: {:?}", r.body);
+        let it = item("x", 0.0, 0.0, "2000-01-01T00:00:00Z", json!({}));
+        let r = write(&app, Method::POST, &format!("/collections/{bad}/items"), &it).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "POST {bad}: {:?}", r.body);
+    }
+    let long = "0".repeat(256);
+    for id in ["..", ".", "a\u{7}b", long.as_str()] {
+        let r = write(&app, Method::POST, "/collections", &collection(id)).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{id:?}: {:?}", r.body);
+        let it = item(id, 0.0, 0.0, "2000-01-01T00:00:00Z", json!({}));
+        let r = write(&app, Method::POST, "/collections/c/items", &it).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{id:?}: {:?}", r.body);
+    }
+
+    // invalid UTF-8 in the path: 400 in the STAC error shape
+    for uri in ["/collections/%FF", "/collections/c/items/%C3%28"] {
+        let r = get(&app, uri).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{uri}: {:?}", r.body);
+        assert_eq!(r.headers[header::CONTENT_TYPE], "application/json", "{uri}");
+        assert_eq!(r.body["code"], "BadRequest", "{uri}: {:?}", r.body);
+    }
+    // other methods: 405 with Allow and JSON
+    for (m, uri) in [
+        (Method::DELETE, "/search"),
+        (Method::PUT, "/collections"),
+        (Method::POST, "/collections/c"),
+        (Method::POST, "/"),
+    ] {
+        let r = send(&app, m.clone(), uri, Some(TOKEN), Vec::new()).await;
+        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{m} {uri}");
+        assert!(
+            r.headers.contains_key(header::ALLOW),
+            "{m} {uri}: {:?}",
+            r.headers
+        );
+        assert_eq!(r.body["code"], "MethodNotAllowed", "{m} {uri}: {:?}", r.body);
+        assert!(description(&r).contains("not allowed"), "{m} {uri}: {:?}", r.body);
+    }
 }

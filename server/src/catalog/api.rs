@@ -27,7 +27,8 @@ use stac::api::{
 use stac::{Collection, Item};
 use stac_server::{Api, Backend};
 
-use super::store::{Mode, Store, StoreError, merge_patch, validate_collection, validate_item};
+use super::store::{Mode, Store, StoreError, check_id, merge_patch, validate_collection, validate_item};
+use crate::http::middleware::{ErrorBody, json_errors_as};
 
 /// Conformance classes added to what `stac_server::Api` declares.
 const TRANSACTION_CLASSES: [&str; 3] = [
@@ -46,31 +47,7 @@ fn backend_err(m: impl Into<String>) -> stac_server::Error {
     stac_server::Error::MemoryBackend(m.into())
 }
 
-/// Compiles a search's CQL2 filter (text or JSON).
-pub fn compile_filter(f: &Filter) -> Result<cql2::Expr, String> {
-    match f {
-        Filter::Cql2Text(t) => cql2::parse_text(t).map_err(|e| format!("filter: {e}")),
-        Filter::Cql2Json(m) => serde_json::from_value(Value::Object(m.clone()))
-            .map_err(|e| format!("filter: invalid cql2-json: {e}")),
-    }
-}
-
-/// Evaluates a compiled filter on one item (as JSON).
-///
-/// CQL2 has three-valued logic: a property the item does not have is NULL, a comparison with
-/// NULL is unknown, and an item is returned only when the filter is TRUE. cql2 reports such a
-/// predicate as "could not reduce"; that, or any other evaluation failure on one item (a
-/// property whose type differs from the literal's), is "no match" for that item, not an error
-/// of the whole search: the filter itself was parsed and checked before the search ran.
-pub fn filter_matches(filter: &cql2::Expr, item: &Value) -> bool {
-    match filter.clone().matches(Some(item)) {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::trace!("filter is not true for item: {e}");
-            false
-        }
-    }
-}
+pub use super::filter::{compile_filter, filter_matches};
 
 impl ItemsClient for FileBackend {
     type Error = stac_server::Error;
@@ -82,7 +59,7 @@ impl ItemsClient for FileBackend {
             .as_ref()
             .map(compile_filter)
             .transpose()
-            .map_err(backend_err)?;
+            .map_err(|e| backend_err(e.to_string()))?;
         let mut plain = search.clone();
         plain.items.filter = None;
         let skip = search
@@ -185,6 +162,14 @@ impl Backend for FileBackend {
     }
 }
 
+/// The STAC API error shape: `{"code": "NotFound", "description": message}`; also given to
+/// the server's [`json_errors_as`] middleware, so that axum's own errors (405, 413, path
+/// rejections) have it too.
+pub fn stac_error_body(status: StatusCode, message: &str) -> Value {
+    let code = status.canonical_reason().unwrap_or("Error").replace(' ', "");
+    json!({"code": code, "description": message})
+}
+
 /// A JSON error answer `{"code": ..., "description": ...}` (the STAC API error shape).
 #[derive(Debug)]
 pub struct ApiErr(StatusCode, String);
@@ -194,8 +179,7 @@ impl IntoResponse for ApiErr {
         if self.0.is_server_error() {
             tracing::error!(status = %self.0, "{}", self.1);
         }
-        let code = self.0.canonical_reason().unwrap_or("Error").replace(' ', "");
-        let mut r = (self.0, axum::Json(json!({"code": code, "description": self.1}))).into_response();
+        let mut r = (self.0, axum::Json(stac_error_body(self.0, &self.1))).into_response();
         if self.0 == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -316,27 +300,12 @@ async fn conformance(State(app): St) -> Response {
 }
 
 async fn service_desc(State(app): St) -> Response {
-    let doc = json!({
-        "openapi": "3.0.3",
-        "info": {"title": "cloudify catalog", "version": env!("CARGO_PKG_VERSION")},
-        "servers": [{"url": app.api.root.as_str()}],
-        "paths": {
-            "/": {"get": {"responses": {"200": {"description": "landing page"}}}},
-            "/conformance": {"get": {"responses": {"200": {"description": "conformance classes"}}}},
-            "/collections": {"get": {"responses": {"200": {"description": "collections"}}}, "post": {"responses": {"201": {"description": "created"}}}},
-            "/collections/{collectionId}": {"get": {"responses": {"200": {"description": "a collection"}}}, "put": {"responses": {"200": {"description": "replaced"}}}, "patch": {"responses": {"200": {"description": "updated"}}}, "delete": {"responses": {"204": {"description": "deleted"}}}},
-            "/collections/{collectionId}/items": {"get": {"responses": {"200": {"description": "items"}}}, "post": {"responses": {"201": {"description": "created"}}}},
-            "/collections/{collectionId}/items/{featureId}": {"get": {"responses": {"200": {"description": "an item"}}}, "put": {"responses": {"200": {"description": "replaced"}}}, "patch": {"responses": {"200": {"description": "updated"}}}, "delete": {"responses": {"204": {"description": "deleted"}}}},
-            "/search": {"get": {"responses": {"200": {"description": "items"}}}, "post": {"responses": {"200": {"description": "items"}}}},
-            "/queryables": {"get": {"responses": {"200": {"description": "queryables"}}}},
-        },
-    });
     (
         [(
             header::CONTENT_TYPE,
             "application/vnd.oai.openapi+json;version=3.0",
         )],
-        doc.to_string(),
+        super::openapi::document(app.api.root.as_str()).to_string(),
     )
         .into_response()
 }
@@ -362,7 +331,20 @@ async fn list_collections(State(app): St) -> Result<Response, ApiErr> {
     Ok(jsonr(app.api.collections().await?))
 }
 
+/// Checks ids taken from the URL path as ids in documents are checked: `..`, `.` or an id with
+/// `/` or control characters can never name a stored collection or item, and a request for
+/// one is a client mistake (400), not a search for something absent.
+fn path_cid(cid: &str) -> Result<(), ApiErr> {
+    check_id("collectionId", cid).map_err(ApiErr::from)
+}
+
+fn path_ids(cid: &str, iid: &str) -> Result<(), ApiErr> {
+    path_cid(cid)?;
+    check_id("featureId", iid).map_err(ApiErr::from)
+}
+
 async fn get_collection(State(app): St, Path(cid): Path<String>) -> Result<Response, ApiErr> {
+    path_cid(&cid)?;
     let c = app
         .api
         .collection(&cid)
@@ -376,13 +358,14 @@ async fn get_items(
     Path(cid): Path<String>,
     Query(q): Query<GetItems>,
 ) -> Result<Response, ApiErr> {
+    path_cid(&cid)?;
     let lang = q.filter_lang.clone();
-    let mut items = Items::try_from(q)
-        .and_then(Items::valid)
-        .map_err(|e| bad(format!("invalid query: {e}")))?;
+    let items = Items::try_from(q).map_err(|e| bad(format!("invalid query: {e}")))?;
+    check_datetime(&items)?;
+    let mut items = items.valid().map_err(|e| bad(format!("invalid query: {e}")))?;
     apply_get_filter_lang(lang.as_deref(), &mut items)?;
     if let Some(f) = &items.filter {
-        compile_filter(f).map_err(bad)?;
+        compile_filter(f).map_err(|e| bad(e.to_string()))?;
     }
     if app.store.collection(&cid).is_none() {
         return Err(ApiErr(StatusCode::NOT_FOUND, format!("no collection '{cid}'")));
@@ -449,6 +432,7 @@ fn get_paging_links(ic: &mut ItemCollection, base: &str, items_only: bool) -> Re
 }
 
 async fn get_item(State(app): St, Path((cid, iid)): Path<(String, String)>) -> Result<Response, ApiErr> {
+    path_ids(&cid, &iid)?;
     if app.store.collection(&cid).is_none() {
         return Err(ApiErr(StatusCode::NOT_FOUND, format!("no collection '{cid}'")));
     }
@@ -461,10 +445,26 @@ async fn get_item(State(app): St, Path((cid, iid)): Path<(String, String)>) -> R
     Ok(geojson(it))
 }
 
+/// The `datetime` parameter, checked as matching will read it (`stac::datetime::parse`):
+/// `Items::valid` lets `..` and an empty value through, which then failed every item's
+/// match — a 500 for a client's mistake.
+fn check_datetime(items: &Items) -> Result<(), ApiErr> {
+    if let Some(dt) = items.datetime.as_deref() {
+        stac::datetime::parse(dt).map_err(|e| {
+            bad(format!(
+                "datetime: {dt:?} is neither an RFC 3339 datetime nor an interval start/end \
+                 ('..' for an open end, not both): {e}"
+            ))
+        })?;
+    }
+    Ok(())
+}
+
 async fn run_search(app: &CatalogApp, search: Search, method: Method) -> Result<Response, ApiErr> {
+    check_datetime(&search.items)?;
     let search = search.valid().map_err(|e| bad(e.to_string()))?;
     if let Some(f) = &search.items.filter {
-        compile_filter(f).map_err(bad)?;
+        compile_filter(f).map_err(|e| bad(e.to_string()))?;
     }
     if search.items.query.is_some() {
         return Err(bad(
@@ -536,6 +536,15 @@ async fn post_search(State(app): St, body: Bytes) -> Result<Response, ApiErr> {
     } else {
         parse_json(&body)?
     };
+    // stac's `Search` would drop a filter that is neither (and search everything)
+    if let Some(f) = v.get("filter")
+        && !f.is_object()
+        && !f.is_string()
+    {
+        return Err(bad(format!(
+            "filter: must be a cql2-json object or a cql2-text string, not {f}"
+        )));
+    }
     default_filter_lang(&mut v);
     let search: Search = serde_json::from_value(v).map_err(|e| bad(format!("invalid search: {e}")))?;
     run_search(&app, search, Method::POST).await
@@ -568,6 +577,7 @@ async fn put_collection(
     body: Bytes,
 ) -> Result<Response, ApiErr> {
     authorize(&app, &headers)?;
+    path_cid(&cid)?;
     let v = parse_json(&body)?;
     write_collection(app, cid, v).await
 }
@@ -592,6 +602,7 @@ async fn patch_collection(
     body: Bytes,
 ) -> Result<Response, ApiErr> {
     authorize(&app, &headers)?;
+    path_cid(&cid)?;
     let patch = parse_json(&body)?;
     let current = app
         .store
@@ -608,6 +619,7 @@ async fn delete_collection(
     headers: HeaderMap,
 ) -> Result<Response, ApiErr> {
     authorize(&app, &headers)?;
+    path_cid(&cid)?;
     let store = app.store.clone();
     blocking(move || store.delete_collection(&cid)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -620,6 +632,7 @@ async fn post_item(
     body: Bytes,
 ) -> Result<Response, ApiErr> {
     authorize(&app, &headers)?;
+    path_cid(&cid)?;
     let v = parse_json(&body)?;
     if v.get("type").and_then(Value::as_str) == Some("FeatureCollection") {
         return Err(bad(
@@ -659,6 +672,7 @@ async fn put_item(
     body: Bytes,
 ) -> Result<Response, ApiErr> {
     authorize(&app, &headers)?;
+    path_ids(&cid, &iid)?;
     let v = parse_json(&body)?;
     write_item(app, cid, iid, v).await
 }
@@ -670,6 +684,7 @@ async fn patch_item(
     body: Bytes,
 ) -> Result<Response, ApiErr> {
     authorize(&app, &headers)?;
+    path_ids(&cid, &iid)?;
     let patch = parse_json(&body)?;
     let current = app.store.item(&cid, &iid).ok_or_else(|| {
         ApiErr(
@@ -688,6 +703,7 @@ async fn delete_item(
     headers: HeaderMap,
 ) -> Result<Response, ApiErr> {
     authorize(&app, &headers)?;
+    path_ids(&cid, &iid)?;
     let store = app.store.clone();
     blocking(move || store.delete_item(&cid, &iid)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -739,6 +755,10 @@ pub fn router(
         .route("/search", get(get_search).post(post_search))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            stac_error_body as ErrorBody,
+            json_errors_as,
+        ))
         .layer(cors)
         .with_state(app))
 }

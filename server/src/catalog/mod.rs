@@ -16,8 +16,10 @@ pub mod cli;
 pub use cloudify_crds::catalog_client as client;
 pub mod describe;
 pub mod export;
+pub mod filter;
 pub mod intake;
 pub mod item;
+pub mod openapi;
 pub mod routes;
 pub mod store;
 

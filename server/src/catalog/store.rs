@@ -109,6 +109,40 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
+/// Longest percent-encoded id ([`encode_id`]): a file name of at most 255 bytes with ".json".
+pub const MAX_ENCODED_ID: usize = 250;
+
+/// Checks a collection or item id (`what` names where it came from in messages).
+///
+/// '/', '?', '#' and '%' would change the meaning of the URL path of the collection or item
+/// (its links), and so would `.` and `..` as a path segment (clients resolve them away);
+/// control characters have no place in a URL or a file name.
+pub fn check_id(what: &str, id: &str) -> Result<(), StoreError> {
+    if id.is_empty()
+        || id.chars().count() > 256
+        || id == "."
+        || id == ".."
+        || id
+            .chars()
+            .any(|c| c.is_control() || matches!(c, '/' | '?' | '#' | '%'))
+    {
+        return Err(StoreError::Invalid(format!(
+            "{what}: {id:?} is not a valid id: 1-256 characters without '/', '?', '#', '%' or \
+             control characters, and not '.' or '..'"
+        )));
+    }
+    // The id is a file name of the store (percent-encoded, plus ".json"): file systems take
+    // at most 255 bytes, and an I/O error would be a 500 for the client's mistake.
+    let encoded = encode_id(id).len();
+    if encoded > MAX_ENCODED_ID {
+        return Err(StoreError::Invalid(format!(
+            "{what}: {id:?} is not a valid id: {encoded} bytes once percent-encoded as a file \
+             name, more than the {MAX_ENCODED_ID} accepted"
+        )));
+    }
+    Ok(())
+}
+
 /// Documents checked for what STAC requires, with messages naming the field.
 fn check_common(v: &Value, kind: &str, expected_type: &str) -> Result<String, StoreError> {
     let o = v
@@ -131,17 +165,7 @@ fn check_common(v: &Value, kind: &str, expected_type: &str) -> Result<String, St
         .get("id")
         .and_then(Value::as_str)
         .ok_or_else(|| StoreError::Invalid("id: missing or not a string".into()))?;
-    // '/', '?', '#' and '%' would change the meaning of the item's URL path (its links).
-    if id.is_empty()
-        || id.len() > 256
-        || id
-            .chars()
-            .any(|c| c.is_control() || matches!(c, '/' | '?' | '#' | '%'))
-    {
-        return Err(StoreError::Invalid(format!(
-            "id: '{id}' must be 1-256 characters without '/', '?', '#', '%' or control characters"
-        )));
-    }
+    check_id("id", id)?;
     if let Some(l) = o.get("links")
         && !l.is_array()
     {
