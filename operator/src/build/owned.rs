@@ -153,7 +153,7 @@ mod tests {
     #[test]
     fn each_entry_reaches_the_object_of_its_kind() {
         // Every optional object on: an HPA (max > min), a PDB (min >= 2), an Ingress.
-        let d = desired("  replicas: {min: 2, max: 4}\n");
+        let d = desired("  replicas: {min: 2, max: 4}\n  resources: {requests: {cpu: 500m}}\n");
         // Exhaustive on purpose: a new object field of `Desired` does not compile here until it
         // is listed, and then this test fails until `OWNED` has its entry.
         let Desired {
