@@ -13,8 +13,10 @@
 pub mod build;
 pub mod controller;
 pub mod crd;
+pub mod layout;
 pub mod metrics;
 pub mod probes;
+pub mod rbac;
 pub mod render;
 pub mod run;
 pub mod validate;

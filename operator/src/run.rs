@@ -7,20 +7,9 @@
 //! them writing the same objects. SIGTERM or Ctrl-C stops it gracefully: reconciles in flight
 //! finish, the lease is released for the next replica.
 //!
-//! RBAC it needs (a ClusterRole, or a Role in `--namespace` when one is given):
-//!
-//! | API group | resources | verbs |
-//! |---|---|---|
-//! | `cloudify.io` | `cloudifydatasets` | get, list, watch, patch (finalizers) |
-//! | `cloudify.io` | `cloudifydatasets/status` | get, patch |
-//! | `""` | `configmaps`, `services` | get, list, watch, create, patch, delete |
-//! | `apps` | `deployments` | get, list, watch, create, patch, delete |
-//! | `autoscaling` | `horizontalpodautoscalers` | get, list, watch, create, patch, delete |
-//! | `policy` | `poddisruptionbudgets` | get, list, watch, create, patch, delete |
-//! | `networking.k8s.io` | `ingresses` | get, list, watch, create, patch, delete |
-//! | `""` | `secrets` | get (only CRs with `spec.catalog.tokenSecret`) |
-//! | `events.k8s.io` | `events` | create, patch |
-//! | `coordination.k8s.io` | `leases` (lease namespace only) | get, create, patch |
+//! RBAC it needs: [`crate::rbac::operator_rules`] (a ClusterRole, or a Role in `--namespace`
+//! when one is given) and [`crate::rbac::lease_rules`] (a Role in the lease namespace), the
+//! rules the Helm chart grants.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,11 +17,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use k8s_openapi::api::networking::v1::Ingress;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DynamicObject, ListParams};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
@@ -40,7 +24,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 
 use crate::MANAGER;
-use crate::build::{DEFAULT_IMAGE, Settings};
+use crate::build::{DEFAULT_IMAGE, OWNED, Settings};
 use crate::controller::{
     self, Config, Context, DEFAULT_CATALOG_URL, DEFAULT_SERVER_URL_TEMPLATE, api_resource, error_policy,
     reconcile,
@@ -341,8 +325,8 @@ pub async fn run_until(
     Ok(())
 }
 
-/// Runs the controller until `stop` resolves: CRs plus every kind of owned object (by our
-/// `managed-by` label), so a change to an owned object (a deleted Service, a Deployment whose
+/// Runs the controller until `stop` resolves: CRs plus every kind of owned object ([`OWNED`],
+/// by our `managed-by` label), so a change to an owned object (a deleted Service, a Deployment whose
 /// status moved) reconciles its CR.
 pub async fn run_controller(
     ctx: Arc<Context>,
@@ -355,23 +339,17 @@ pub async fn run_controller(
         Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
         None => Api::all_with(client.clone(), &ar),
     };
-    fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-    {
-        match namespace {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        }
-    }
     let owned = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
-    Controller::new_with(crs, watcher::Config::default(), ar)
-        .owns(api::<ConfigMap>(&client, namespace), owned.clone())
-        .owns(api::<Service>(&client, namespace), owned.clone())
-        .owns(api::<Deployment>(&client, namespace), owned.clone())
-        .owns(api::<HorizontalPodAutoscaler>(&client, namespace), owned.clone())
-        .owns(api::<PodDisruptionBudget>(&client, namespace), owned.clone())
-        .owns(api::<Ingress>(&client, namespace), owned)
+    let mut controller = Controller::new_with(crs, watcher::Config::default(), ar);
+    for kind in &OWNED {
+        let ar = kind.api_resource();
+        let api: Api<DynamicObject> = match namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+            None => Api::all_with(client.clone(), &ar),
+        };
+        controller = controller.owns_with(api, ar, owned.clone());
+    }
+    controller
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use cloudify_crds::SpecError;
 use cloudify_crds::k8s::{CloudifyDataset, CloudifyDatasetSpec};
 
-use crate::build::{CACHE_DIR, CONFIG_DIR};
+use crate::layout::{CACHE_DIR, CONFIG_DIR};
 
 /// One problem with one field.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -14,17 +14,12 @@ use sha2::{Digest, Sha256};
 
 use super::Settings;
 use super::meta::{Target, labels};
+use crate::layout::{CACHE_DIR, CONFIG_DIR, CONFIG_FILE};
 
 /// Port the server listens on in the pod (and the Service's port).
 pub const PORT: i32 = 9000;
 /// Name of the server port; probes, Service and Ingress refer to it by name.
 pub(crate) const PORT_NAME: &str = "http";
-/// Where the ConfigMap is mounted.
-pub const CONFIG_DIR: &str = "/etc/cloudify";
-/// Key of the config file in the ConfigMap (and its file name under [`CONFIG_DIR`]).
-pub const CONFIG_FILE: &str = "cloudify.yaml";
-/// Writable cache for chunk indexes (an `emptyDir`: the root filesystem is read-only).
-pub const CACHE_DIR: &str = "/var/cache/cloudify";
 /// Pod-template annotation with a hash of the config. The server reads its config once at
 /// start, so a changed config must change the template to roll the pods.
 pub const CONFIG_HASH_ANNOTATION: &str = "cloudify.io/config-hash";

@@ -10,6 +10,7 @@ mod config_map;
 mod deployment;
 mod ingress;
 mod meta;
+mod owned;
 mod scaling;
 mod service;
 
@@ -19,13 +20,14 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use serde::Serialize;
 
 use deployment::PORT_NAME;
-pub use deployment::{CACHE_DIR, CONFIG_DIR, CONFIG_FILE, CONFIG_HASH_ANNOTATION, PORT};
+pub use deployment::{CONFIG_HASH_ANNOTATION, PORT};
 pub use ingress::default_path;
 pub use meta::{labels, selector_labels};
+pub use owned::{OWNED, Object, OwnedKind};
 
+pub use crate::layout::{CACHE_DIR, CONFIG_DIR, CONFIG_FILE};
 use crate::validate::{self, InvalidSpec};
 
 /// Server image used when neither the CR nor the operator's settings name one. Tagged with
@@ -54,6 +56,9 @@ impl Default for Settings {
 
 /// Everything the operator wants to exist for one CR. Optional objects are `None` when the
 /// spec turns them off; the reconciler deletes such leftovers by label.
+///
+/// Each object field has its entry in [`OWNED`], the one list through which `render`, apply,
+/// prune, the watches and the RBAC rules reach it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Desired {
     pub config_map: ConfigMap,
@@ -116,41 +121,19 @@ impl Desired {
     /// unchanged (see [`crate::yaml`]).
     pub fn to_yaml(&self) -> Result<String, BuildError> {
         let mut out = String::new();
-        push_doc(
-            &mut out,
-            "ConfigMap",
-            &self.config_map.metadata.name,
-            &self.config_map,
-        )?;
-        push_doc(&mut out, "Service", &self.service.metadata.name, &self.service)?;
-        push_doc(
-            &mut out,
-            "Deployment",
-            &self.deployment.metadata.name,
-            &self.deployment,
-        )?;
-        if let Some(hpa) = &self.hpa {
-            push_doc(&mut out, "HorizontalPodAutoscaler", &hpa.metadata.name, hpa)?;
-        }
-        if let Some(pdb) = &self.pdb {
-            push_doc(&mut out, "PodDisruptionBudget", &pdb.metadata.name, pdb)?;
-        }
-        if let Some(ingress) = &self.ingress {
-            push_doc(&mut out, "Ingress", &ingress.metadata.name, ingress)?;
+        for kind in &OWNED {
+            if let Some(object) = kind.object(self) {
+                push_doc(&mut out, kind.kind, object)?;
+            }
         }
         Ok(out)
     }
 }
 
-fn push_doc<T: Serialize>(
-    out: &mut String,
-    kind: &'static str,
-    name: &Option<String>,
-    object: &T,
-) -> Result<(), BuildError> {
-    let value = serde_json::to_value(object).map_err(|source| BuildError::Serialize {
+fn push_doc(out: &mut String, kind: &'static str, object: &dyn Object) -> Result<(), BuildError> {
+    let value = object.to_json().map_err(|source| BuildError::Serialize {
         kind,
-        name: name.clone().unwrap_or_default(),
+        name: object.meta().name.clone().unwrap_or_default(),
         source,
     })?;
     out.push_str("---\n");

@@ -7,23 +7,13 @@
 //! are deleted — but only objects that carry our labels *and* a controller owner reference to
 //! this very CR (same uid), so nothing the operator did not create is ever touched.
 
-use std::fmt::Debug;
-
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use k8s_openapi::api::networking::v1::Ingress;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::Preconditions;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
-use kube::{Api, Client, Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions};
+use kube::{Api, Client, ResourceExt};
 
 use super::Error;
 use crate::MANAGER;
-use crate::build::Desired;
+use crate::build::{Desired, OWNED, Object, OwnedKind};
 
 /// Why applying failed.
 #[derive(Debug)]
@@ -40,52 +30,79 @@ pub fn owned_selector(name: &str) -> String {
     format!("app.kubernetes.io/instance={name},app.kubernetes.io/managed-by={MANAGER}")
 }
 
-/// Applies every desired object in dependency order and returns the Deployment as the API
-/// server answered it (with its status, which tells whether the dataset is served).
+/// Applies every desired object in dependency order (the order of [`OWNED`]) and returns the
+/// Deployment as the API server answered it (with its status, which tells whether the dataset
+/// is served).
 pub(super) async fn apply(client: &Client, desired: &Desired) -> Result<Deployment, ApplyError> {
-    ssa(client, &desired.config_map).await?;
-    ssa(client, &desired.service).await?;
-    let deployment = ssa(client, &desired.deployment).await?;
-    if let Some(hpa) = &desired.hpa {
-        ssa(client, hpa).await?;
+    let mut deployment = None;
+    for kind in &OWNED {
+        let Some(object) = kind.object(desired) else {
+            continue;
+        };
+        let answer = ssa(client, kind, object).await?;
+        if kind.kind == <Deployment as k8s_openapi::Resource>::KIND {
+            deployment = Some(typed_answer(kind, object, answer)?);
+        }
     }
-    if let Some(pdb) = &desired.pdb {
-        ssa(client, pdb).await?;
-    }
-    if let Some(ingress) = &desired.ingress {
-        ssa(client, ingress).await?;
-    }
-    Ok(deployment)
+    // `OWNED` lists the Deployment, which every desired set has (a unit test of `build` says
+    // so); without an answer the status is computed from the object as sent (not ready).
+    Ok(deployment.unwrap_or_else(|| desired.deployment.clone()))
 }
 
-async fn ssa<K>(client: &Client, obj: &K) -> Result<K, ApplyError>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + Debug,
-{
-    let kind = K::kind(&());
-    let name = obj.name_any();
-    let ns = obj.namespace().unwrap_or_default();
-    let api: Api<K> = Api::namespaced(client.clone(), &ns);
+/// `Kind namespace/name` pieces of an object for messages.
+fn names(object: &dyn Object) -> (String, String) {
+    let meta = object.meta();
+    let name = meta
+        .name
+        .clone()
+        .or_else(|| meta.generate_name.clone())
+        .unwrap_or_default();
+    (meta.namespace.clone().unwrap_or_default(), name)
+}
+
+async fn ssa(client: &Client, kind: &OwnedKind, object: &dyn Object) -> Result<DynamicObject, ApplyError> {
+    let (ns, name) = names(object);
+    let kind_name = kind.kind;
+    let action = || format!("apply {kind_name} {ns}/{name}");
+    let body = object
+        .to_json()
+        .map_err(|e| ApplyError::Kube(Error::Serialize(action(), e)))?;
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &kind.api_resource());
     let params = PatchParams::apply(MANAGER).force();
-    api.patch(&name, &params, &Patch::Apply(obj))
+    api.patch(&name, &params, &Patch::Apply(&body))
         .await
         .map_err(|e| match e {
-            kube::Error::Api(s) if s.code == 400 || s.code == 422 => {
-                ApplyError::Rejected(format!("the API server rejected {kind} {name}: {}", s.message))
-            }
+            kube::Error::Api(s) if s.code == 400 || s.code == 422 => ApplyError::Rejected(format!(
+                "the API server rejected {kind_name} {name}: {}",
+                s.message
+            )),
             source => ApplyError::Kube(Error::Kube {
-                action: format!("apply {kind} {ns}/{name}"),
+                action: action(),
                 source,
             }),
         })
 }
 
-/// Deletes objects owned by the CR (labels and owner uid) that the desired set no longer has.
-/// Returns `Kind/name` of what it deleted.
+/// The API server's answer to an apply as the typed object (as a typed `patch` would have
+/// read it).
+fn typed_answer<K: serde::de::DeserializeOwned>(
+    kind: &OwnedKind,
+    object: &dyn Object,
+    answer: DynamicObject,
+) -> Result<K, ApplyError> {
+    serde_json::to_value(answer)
+        .and_then(serde_json::from_value)
+        .map_err(|e| {
+            let (ns, name) = names(object);
+            ApplyError::Kube(Error::Kube {
+                action: format!("apply {} {ns}/{name}", kind.kind),
+                source: kube::Error::SerdeError(e),
+            })
+        })
+}
+
+/// Deletes objects owned by the CR (labels and owner uid) that the desired set no longer has,
+/// for every kind in [`OWNED`]. Returns `Kind/name` of what it deleted.
 pub(super) async fn prune(
     client: &Client,
     namespace: &str,
@@ -93,7 +110,6 @@ pub(super) async fn prune(
     owner_uid: &str,
     desired: &Desired,
 ) -> Result<Vec<String>, Error> {
-    let keep = |o: Option<&str>| o.map(str::to_string);
     let mut deleted = Vec::new();
     let ctx = PruneCtx {
         client,
@@ -101,36 +117,10 @@ pub(super) async fn prune(
         selector: owned_selector(name),
         owner_uid,
     };
-    deleted.extend(
-        ctx.prune::<ConfigMap>(keep(desired.config_map.metadata.name.as_deref()))
-            .await?,
-    );
-    deleted.extend(
-        ctx.prune::<Service>(keep(desired.service.metadata.name.as_deref()))
-            .await?,
-    );
-    deleted.extend(
-        ctx.prune::<Deployment>(keep(desired.deployment.metadata.name.as_deref()))
-            .await?,
-    );
-    deleted.extend(
-        ctx.prune::<HorizontalPodAutoscaler>(keep(
-            desired.hpa.as_ref().and_then(|o| o.metadata.name.as_deref()),
-        ))
-        .await?,
-    );
-    deleted.extend(
-        ctx.prune::<PodDisruptionBudget>(keep(
-            desired.pdb.as_ref().and_then(|o| o.metadata.name.as_deref()),
-        ))
-        .await?,
-    );
-    deleted.extend(
-        ctx.prune::<Ingress>(keep(
-            desired.ingress.as_ref().and_then(|o| o.metadata.name.as_deref()),
-        ))
-        .await?,
-    );
+    for kind in &OWNED {
+        let keep = kind.object(desired).and_then(|o| o.meta().name.clone());
+        deleted.extend(ctx.prune(kind, keep).await?);
+    }
     Ok(deleted)
 }
 
@@ -142,12 +132,10 @@ struct PruneCtx<'a> {
 }
 
 impl PruneCtx<'_> {
-    async fn prune<K>(&self, keep: Option<String>) -> Result<Vec<String>, Error>
-    where
-        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Debug,
-    {
-        let kind = K::kind(&());
-        let api: Api<K> = Api::namespaced(self.client.clone(), self.namespace);
+    async fn prune(&self, owned: &OwnedKind, keep: Option<String>) -> Result<Vec<String>, Error> {
+        let kind = owned.kind;
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), self.namespace, &owned.api_resource());
         let list = api
             .list_metadata(&ListParams::default().labels(&self.selector))
             .await

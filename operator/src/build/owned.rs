@@ -1,0 +1,216 @@
+//! The kinds of object the operator owns, listed once.
+//!
+//! Everything that handles the owned objects kind by kind walks [`OWNED`]: the YAML of
+//! [`Desired::to_yaml`] (what `render` prints), the controller's server-side apply and its
+//! prune, the watches of owned objects (`.owns()`), and the RBAC rules
+//! ([`crate::rbac::operator_rules`]) that the chart's `templates/rbac.yaml` is tested against.
+//! A new kind is one field of [`Desired`] and one entry here; forgetting the entry cannot go
+//! unnoticed, because [`Desired`]'s objects are only reachable through it.
+//!
+//! Group, version, kind and plural come from the k8s-openapi type of each entry, so they
+//! cannot be misspelled. The order of the list is the apply order: configuration before the
+//! pods that read it, the Service before the Ingress that routes to it.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::core::ApiResource;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::Desired;
+
+/// One kind of object the operator creates per `CloudifyDataset`.
+#[derive(Clone, Copy)]
+pub struct OwnedKind {
+    /// API group, `""` for the core group (ConfigMap, Service).
+    pub group: &'static str,
+    /// Version within the group, e.g. `v1`.
+    pub version: &'static str,
+    /// `apiVersion` of the objects, e.g. `apps/v1`.
+    pub api_version: &'static str,
+    /// `kind` of the objects, e.g. `Deployment`.
+    pub kind: &'static str,
+    /// Resource name in URLs and RBAC rules, e.g. `deployments`.
+    pub plural: &'static str,
+    /// What the operator creates it for (the reason of its RBAC rule).
+    pub purpose: &'static str,
+    /// The object of this kind in a desired set; `None` when the spec turns it off.
+    object: for<'a> fn(&'a Desired) -> Option<&'a dyn Object>,
+}
+
+impl std::fmt::Debug for OwnedKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnedKind")
+            .field("api_version", &self.api_version)
+            .field("kind", &self.kind)
+            .field("plural", &self.plural)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OwnedKind {
+    /// The entry of the k8s-openapi type `K`, with the object of that kind in [`Desired`].
+    const fn of<K: k8s_openapi::Resource>(
+        purpose: &'static str,
+        object: for<'a> fn(&'a Desired) -> Option<&'a dyn Object>,
+    ) -> Self {
+        Self {
+            group: K::GROUP,
+            version: K::VERSION,
+            api_version: K::API_VERSION,
+            kind: K::KIND,
+            plural: K::URL_PATH_SEGMENT,
+            purpose,
+            object,
+        }
+    }
+
+    /// The desired object of this kind, or `None` when the spec does not want one (then any
+    /// such object the operator made earlier is pruned).
+    pub fn object<'a>(&self, desired: &'a Desired) -> Option<&'a dyn Object> {
+        (self.object)(desired)
+    }
+
+    /// The kind for untyped (dynamic) API access and watches.
+    pub fn api_resource(&self) -> ApiResource {
+        ApiResource {
+            group: self.group.into(),
+            version: self.version.into(),
+            api_version: self.api_version.into(),
+            kind: self.kind.into(),
+            plural: self.plural.into(),
+        }
+    }
+}
+
+/// Every kind of object the operator owns, in apply order.
+pub const OWNED: [OwnedKind; 6] = [
+    OwnedKind::of::<ConfigMap>("the server config of each dataset", |d| Some(&d.config_map)),
+    OwnedKind::of::<Service>("the Service in front of each dataset's pods", |d| {
+        Some(&d.service)
+    }),
+    OwnedKind::of::<Deployment>("the server Deployment of each dataset", |d| Some(&d.deployment)),
+    OwnedKind::of::<HorizontalPodAutoscaler>("the HorizontalPodAutoscaler of autoscaled datasets", |d| {
+        d.hpa.as_ref().map(|o| o as &dyn Object)
+    }),
+    OwnedKind::of::<PodDisruptionBudget>(
+        "the PodDisruptionBudget of datasets with more than one replica",
+        |d| d.pdb.as_ref().map(|o| o as &dyn Object),
+    ),
+    OwnedKind::of::<Ingress>(
+        "the Ingress routing /datasets/<name> to the dataset's Service",
+        |d| d.ingress.as_ref().map(|o| o as &dyn Object),
+    ),
+];
+
+/// A desired object of any owned kind, as the kind-by-kind code needs it: its metadata (name,
+/// namespace) and its JSON form (what is applied and printed).
+pub trait Object: Sync {
+    /// The object's metadata.
+    fn meta(&self) -> &ObjectMeta;
+    /// The object as JSON, with `apiVersion` and `kind`.
+    fn to_json(&self) -> Result<Value, serde_json::Error>;
+}
+
+impl<K> Object for K
+where
+    K: k8s_openapi::Metadata<Ty = ObjectMeta> + Serialize + Sync,
+{
+    fn meta(&self) -> &ObjectMeta {
+        self.metadata()
+    }
+
+    fn to_json(&self) -> Result<Value, serde_json::Error> {
+        serde_json::to_value(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cloudify_crds::k8s::CloudifyDataset;
+
+    use super::*;
+    use crate::build::{Settings, build};
+
+    fn desired(spec: &str) -> Desired {
+        let text = format!(
+            "apiVersion: cloudify.io/v1alpha1\nkind: CloudifyDataset\n\
+             metadata: {{name: tas, namespace: climate, uid: 6a1f1b9e-2c1d-4f43-9a57-3f0f5f0d1c01}}\n\
+             spec:\n  dataset: {{name: tas, sources: [/data/tas_*.nc]}}\n{spec}"
+        );
+        let cr: CloudifyDataset = serde_yaml::from_str(&text).expect("CR");
+        build(&cr, &Settings::default()).expect("builds")
+    }
+
+    fn json(o: &dyn Object) -> Value {
+        o.to_json().expect("json")
+    }
+
+    #[test]
+    fn each_entry_reaches_the_object_of_its_kind() {
+        // Every optional object on: an HPA (max > min), a PDB (min >= 2), an Ingress.
+        let d = desired("  replicas: {min: 2, max: 4}\n  resources: {requests: {cpu: 500m}}\n");
+        // Exhaustive on purpose: a new object field of `Desired` does not compile here until it
+        // is listed, and then this test fails until `OWNED` has its entry.
+        let Desired {
+            config_map,
+            service,
+            deployment,
+            hpa,
+            pdb,
+            ingress,
+            url: _,
+        } = &d;
+        let fields = vec![
+            json(config_map),
+            json(service),
+            json(deployment),
+            json(hpa.as_ref().expect("hpa")),
+            json(pdb.as_ref().expect("pdb")),
+            json(ingress.as_ref().expect("ingress")),
+        ];
+        let mut listed = Vec::new();
+        for kind in &OWNED {
+            let object = kind
+                .object(&d)
+                .unwrap_or_else(|| panic!("no {} in a desired set with everything on", kind.kind));
+            let value = json(object);
+            assert_eq!(value["kind"], kind.kind);
+            assert_eq!(value["apiVersion"], kind.api_version);
+            listed.push(value);
+        }
+        assert_eq!(listed, fields);
+    }
+
+    #[test]
+    fn optional_kinds_are_absent_when_off_and_the_deployment_never_is() {
+        let d = desired("  ingress: {enabled: false}\n");
+        let present: Vec<&str> = OWNED
+            .iter()
+            .filter(|kind| kind.object(&d).is_some())
+            .map(|kind| kind.kind)
+            .collect();
+        // The controller reads the rollout from the applied Deployment, so it must always be
+        // in the list and in every desired set.
+        assert_eq!(present, ["ConfigMap", "Service", "Deployment"]);
+    }
+
+    #[test]
+    fn coordinates_are_those_kube_uses() {
+        let listed: Vec<ApiResource> = OWNED.iter().map(OwnedKind::api_resource).collect();
+        let expected = [
+            ApiResource::erase::<ConfigMap>(&()),
+            ApiResource::erase::<Service>(&()),
+            ApiResource::erase::<Deployment>(&()),
+            ApiResource::erase::<HorizontalPodAutoscaler>(&()),
+            ApiResource::erase::<PodDisruptionBudget>(&()),
+            ApiResource::erase::<Ingress>(&()),
+        ];
+        assert_eq!(listed, expected);
+        assert_eq!(listed[3].plural, "horizontalpodautoscalers");
+    }
+}

@@ -1,0 +1,13 @@
+//! The server pod's file system layout: the paths the operator mounts into every server
+//! container.
+//!
+//! A module of its own, below both [`crate::validate`] (which refuses data volumes mounted
+//! over these paths) and [`crate::build`] (which mounts them), so that validation does not
+//! have to reach into the builder it runs before.
+
+/// Where the ConfigMap is mounted.
+pub const CONFIG_DIR: &str = "/etc/cloudify";
+/// Key of the config file in the ConfigMap (and its file name under [`CONFIG_DIR`]).
+pub const CONFIG_FILE: &str = "cloudify.yaml";
+/// Writable cache for chunk indexes (an `emptyDir`: the root filesystem is read-only).
+pub const CACHE_DIR: &str = "/var/cache/cloudify";
