@@ -81,6 +81,98 @@ pub struct DatasetSpec {
     /// global attribute as producer).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub providers: Vec<Provider>,
+    /// Server-side processing: what is served is computed from the sources when a chunk is
+    /// requested (lossy BitRound, another chunk grid, derived variables). The sources are
+    /// never changed; `/kerchunk` keeps serving them as stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processing: Option<ProcessingSpec>,
+}
+
+/// Processing of a dataset's variables, applied per served chunk.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProcessingSpec {
+    /// Lossy compression as numcodecs `BitRound`: float mantissas rounded (ties to even) to
+    /// `keepbits` bits, served as ordinary values that compress better. No client codec is
+    /// needed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitround: Option<BitRoundSpec>,
+    /// The served chunk grid: chunk length per dimension name (e.g. `{time: 365, lat: 30,
+    /// lon: 30}` for time series). Dimensions not named keep their chunking.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub chunks: std::collections::BTreeMap<String, u64>,
+    /// Variables computed from others by an expression, by name (e.g. `tas_degC: {expr:
+    /// "tas - 273.15", attrs: {units: degC}}`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub variables: std::collections::BTreeMap<String, DerivedVariable>,
+}
+
+impl ProcessingSpec {
+    /// Checks what can be checked without the data (names, ranges); the rest (variables
+    /// exist, expressions type-check) is checked when the dataset opens. `Err((field,
+    /// reason))`, the field relative to `processing`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if let Some(b) = &self.bitround {
+            if let Some(k) = b.keepbits
+                && k > 52
+            {
+                return Err((
+                    "bitround.keepbits".into(),
+                    format!("{k} is more than the 52 mantissa bits of float64"),
+                ));
+            }
+            for (v, k) in &b.variables {
+                if *k > 52 {
+                    return Err((
+                        format!("bitround.variables.{v}"),
+                        format!("{k} is more than the 52 mantissa bits of float64"),
+                    ));
+                }
+            }
+        }
+        for (dim, n) in &self.chunks {
+            if *n == 0 {
+                return Err((format!("chunks.{dim}"), "must be at least 1".into()));
+            }
+        }
+        for (name, v) in &self.variables {
+            if let Err(reason) = validate_name(name) {
+                return Err((format!("variables.{name}"), reason));
+            }
+            if v.expr.trim().is_empty() {
+                return Err((format!("variables.{name}.expr"), "must not be empty".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Which float variables are rounded, and to how many mantissa bits.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BitRoundSpec {
+    /// Mantissa bits kept in every float variable that is not a coordinate (float32: 0-23,
+    /// float64: 0-52).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 52))]
+    pub keepbits: Option<u32>,
+    /// Mantissa bits kept per variable name (overrides `keepbits`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub variables: std::collections::BTreeMap<String, u32>,
+}
+
+/// A variable computed from others.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DerivedVariable {
+    /// The expression (arithmetic, comparisons, `where`, `sqrt`, `abs`, `exp`, `log`,
+    /// `hypot`, `min`, `max`, `clip`, constants) over the dataset's variables. Parsed and
+    /// type-checked when the dataset opens; never run as code.
+    #[schemars(length(min = 1))]
+    pub expr: String,
+    /// Text attributes of the result (`units`, `long_name`, ...).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub attrs: std::collections::BTreeMap<String, String>,
 }
 
 /// Lists `name` as required in the schema of [`DatasetSpec`]: its serde default (for the CRD,
@@ -237,6 +329,13 @@ pub enum SpecError {
         field: &'static str,
         reason: String,
     },
+    #[error("datasets[{index}].processing.{field}: {reason} (dataset '{name}')")]
+    Processing {
+        index: usize,
+        name: String,
+        field: String,
+        reason: String,
+    },
 }
 
 /// Checks a dataset name is usable as one URL path segment.
@@ -340,6 +439,14 @@ impl DatasetSpec {
             if st.endpoint.as_deref().is_some_and(|e| !e.contains("://")) {
                 return Err(err("endpoint", "must be a URL such as http://host:9000"));
             }
+        }
+        if let Some(p) = &self.processing {
+            p.validate().map_err(|(field, reason)| SpecError::Processing {
+                index,
+                name: self.name.clone(),
+                field,
+                reason,
+            })?;
         }
         Ok(())
     }

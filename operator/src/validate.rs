@@ -120,6 +120,9 @@ fn validate_spec(spec: &CloudifyDatasetSpec, fail: &mut impl FnMut(&str, String)
             SpecError::ConcatDim { .. } => ("spec.dataset.concatDim".to_string(), "must not be empty".into()),
             SpecError::Storage { field, reason, .. } => (format!("spec.dataset.storage.{field}"), reason),
             SpecError::Icechunk { reason, .. } => ("spec.dataset.icechunk".to_string(), reason),
+            SpecError::Processing { field, reason, .. } => {
+                (format!("spec.dataset.processing.{field}"), reason)
+            }
             // A single dataset cannot collide with itself; kept for exhaustiveness.
             SpecError::Duplicate { name, .. } => (
                 "spec.dataset.name".to_string(),

@@ -45,6 +45,7 @@ pub mod kerchunk;
 pub mod metrics;
 pub mod open;
 pub mod pipeline;
+pub mod processing;
 pub mod router;
 pub mod serve;
 pub mod source;

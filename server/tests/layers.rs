@@ -27,6 +27,8 @@ const LAYERS: &[&[&str]] = &[
     &["dataset"],
     // the pipeline: a region of any variable as a typed block
     &["pipeline"],
+    // processing: variables computed from others (BitRound, rechunking, expressions)
+    &["processing"],
     // protocol renderers
     &["zarr", "kerchunk"],
     // opening: sources → indexes (cache) → dataset

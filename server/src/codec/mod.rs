@@ -5,6 +5,7 @@
 //! steps and [`Encoding`]s to declarations. Below the format readers and above nothing but
 //! element types: codecs know bytes, not files.
 
+pub mod bitround;
 pub mod blosc;
 pub mod fletcher32;
 pub mod gzip;

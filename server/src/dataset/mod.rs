@@ -165,4 +165,25 @@ impl Dataset {
     pub fn group(&self, path: &str) -> Option<&Group> {
         self.root.walk().into_iter().find(|g| g.path == path)
     }
+
+    /// Puts `v` into the group its path names (the part before the last `/`; the root for a
+    /// plain name), replacing a variable of the same path or adding it after the others,
+    /// and keeps the path index in step. `Err` names a group that does not exist.
+    pub fn put_variable(&mut self, v: Variable) -> Result<Arc<Variable>, String> {
+        let group_path = v.path.rsplit_once('/').map_or("", |(g, _)| g).to_string();
+        fn find<'a>(g: &'a mut Group, path: &str) -> Option<&'a mut Group> {
+            if g.path == path {
+                return Some(g);
+            }
+            g.groups.iter_mut().find_map(|s| find(s, path))
+        }
+        let v = Arc::new(v);
+        let g = find(&mut self.root, &group_path).ok_or_else(|| format!("no group '{group_path}'"))?;
+        match g.vars.iter_mut().find(|x| x.path == v.path) {
+            Some(slot) => *slot = v.clone(),
+            None => g.vars.push(v.clone()),
+        }
+        self.by_path.insert(v.path.clone(), v.clone());
+        Ok(v)
+    }
 }

@@ -567,6 +567,12 @@ fn unreferenceable(v: &Variable) -> String {
 /// References for one variable under `ctx.inline`. `Ok(false)`: left out (too large to
 /// inline and not referenceable).
 fn variable(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
+    // A computed variable (processing: BitRound, derived) has no stored bytes to reference,
+    // and inlining its values would put processed data in the raw asset: left out, as the
+    // DKRZ seed's raw `/kerchunk` asset leaves out what only its processed asset has.
+    if v.is_derived() {
+        return Err("computed on request by the dataset's processing; served on /zarr only".into());
+    }
     match ctx.inline {
         Inline::AsNeeded => chunked(v, ctx).map(|ok| ok || contiguous(v, ctx)).and_then(|ok| {
             if ok {

@@ -41,6 +41,8 @@ pub enum OpenError {
     /// The files cannot be combined into one dataset.
     #[error("{0}")]
     Aggregate(#[from] AggregateError),
+    #[error("{0}")]
+    Processing(#[from] crate::processing::ProcessingError),
 }
 
 /// Expands the spec's sources (paths, `file://` URLs, globs) into a sorted, de-duplicated
@@ -147,11 +149,20 @@ pub fn open_dataset(spec: &cloudify_crds::DatasetSpec) -> Result<Dataset, OpenEr
 }
 
 /// Opens a dataset: expands its sources, indexes the files in parallel (or loads their
-/// cached index) and combines them.
+/// cached index), combines them and applies the spec's processing.
 pub fn open_dataset_cached(
     spec: &cloudify_crds::DatasetSpec,
     cache: Option<&IndexCache>,
 ) -> Result<Dataset, OpenError> {
+    let ds = open_sources(spec, cache)?;
+    match &spec.processing {
+        Some(p) => Ok(crate::processing::apply(ds, p)?),
+        None => Ok(ds),
+    }
+}
+
+/// The dataset as its sources hold it.
+fn open_sources(spec: &cloudify_crds::DatasetSpec, cache: Option<&IndexCache>) -> Result<Dataset, OpenError> {
     let kind = crate::open::formats::kind_of(spec);
     if kind != crate::open::formats::Kind::Netcdf {
         // Reference sets and Zarr stores: no index cache (opening them reads no library).
