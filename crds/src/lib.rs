@@ -329,6 +329,7 @@ pub enum SpecError {
         field: &'static str,
         reason: String,
     },
+    /// A `processing` setting is unusable (`field` is relative to `processing`).
     #[error("datasets[{index}].processing.{field}: {reason} (dataset '{name}')")]
     Processing {
         index: usize,
