@@ -8,6 +8,9 @@
 //! spec or a request says is run as code: expressions are parsed and type-checked here, then
 //! evaluated over blocks.
 
+pub mod derived;
+pub mod expr;
+
 use crate::dataset::Dataset;
 use cloudify_crds::ProcessingSpec;
 
@@ -20,8 +23,9 @@ pub enum ProcessingError {
 }
 
 /// The dataset with `spec` applied.
-pub fn apply(ds: Dataset, spec: &ProcessingSpec) -> Result<Dataset, ProcessingError> {
-    if spec.bitround.is_some() || !spec.chunks.is_empty() || !spec.variables.is_empty() {
+pub fn apply(mut ds: Dataset, spec: &ProcessingSpec) -> Result<Dataset, ProcessingError> {
+    derived::add(&mut ds, &spec.variables)?;
+    if spec.bitround.is_some() || !spec.chunks.is_empty() {
         return Err(ProcessingError::Invalid {
             field: String::new(),
             reason: "processing is not implemented yet".into(),
