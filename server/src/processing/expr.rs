@@ -1066,3 +1066,237 @@ fn node(e: &Expr, vars: &BTreeMap<&str, &Col>, env: &TyEnv) -> Col {
 pub fn col_len(c: &Col) -> usize {
     c.len()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tys(v: &[(&str, Ty)]) -> BTreeMap<String, Ty> {
+        v.iter().map(|(n, t)| (n.to_string(), *t)).collect()
+    }
+
+    fn run(src: &str, vars: &[(&str, Col)]) -> Col {
+        let env: BTreeMap<String, Ty> = vars
+            .iter()
+            .map(|(n, c)| {
+                let t = match c {
+                    Col::Bool(_) => Ty::Bool,
+                    Col::F32(_) => Ty::F32,
+                    Col::F64(_) => Ty::F64,
+                };
+                (n.to_string(), t)
+            })
+            .collect();
+        let t = check(parse(src).expect("parse"), &env).expect("check");
+        let cols: Vec<Col> = t
+            .inputs
+            .iter()
+            .map(|n| vars.iter().find(|(m, _)| m == n).expect("input").1.clone())
+            .collect();
+        eval(&t, &cols)
+    }
+
+    fn perr(src: &str) -> ExprError {
+        parse(src).expect_err("should not parse")
+    }
+
+    #[test]
+    fn precedence_is_pythons() {
+        assert_eq!(parse("-2**2").expect("p").to_string(), "(-(2.0 ** 2.0))");
+        assert_eq!(parse("2**-1").expect("p").to_string(), "(2.0 ** (-1.0))");
+        assert_eq!(parse("2**3**2").expect("p").to_string(), "(2.0 ** (3.0 ** 2.0))");
+        assert_eq!(parse("a - b - c").expect("p").to_string(), "((a - b) - c)");
+        assert_eq!(parse("a + b * c // d % e").expect("p").to_string(), "(a + (((b * c) // d) % e))");
+        assert_eq!(
+            parse("not a < 1 and b > 2 or c == 3").expect("p").to_string(),
+            "(((not (a < 1.0)) and (b > 2.0)) or (c == 3.0))"
+        );
+        assert_eq!(parse("where(x >= 1e-3, nan, inf)").expect("p").to_string(), "where((x >= 0.001), nan, inf)");
+        assert_eq!(parse("min(a, max(b, .5))").expect("p").to_string(), "minimum(a, maximum(b, 0.5))");
+    }
+
+    #[test]
+    fn syntax_errors_have_positions() {
+        assert_eq!(perr("tas - "), ExprError { pos: 6, msg: "expected a value, found end of expression".into() });
+        assert_eq!(perr("tas $ 1").pos, 4);
+        assert_eq!(perr("(tas + 1").pos, 8);
+        assert_eq!(perr("tas 1").pos, 4);
+        assert_eq!(perr("foo(tas)").msg, "unknown function 'foo'");
+        assert_eq!(perr("x + sqrt(a, b)"), ExprError { pos: 4, msg: "sqrt takes 1 argument(s), given 2".into() });
+        assert_eq!(perr("where(a, b)").pos, 0);
+        assert_eq!(perr("hypot(a b)").pos, 8);
+        assert_eq!(perr("1.2.3").msg, "malformed number '1.2.3'");
+        assert_eq!(perr("a < b < c").pos, 6);
+        assert_eq!(perr("a + and").pos, 4);
+        assert_eq!(perr("").pos, 0);
+        assert_eq!(perr("é + ü $").pos, 6, "positions count characters, not bytes");
+        assert!(perr(&"a".repeat(MAX_LEN + 1)).msg.contains("longer than"));
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        for src in [
+            "(".repeat(100_000) + "a" + &")".repeat(100_000),
+            "-".repeat(9_000) + "a",
+            "not ".repeat(2_000) + "a",
+            "sqrt(".repeat(2_000) + "a" + &")".repeat(2_000),
+            "a".to_string() + &"**a".repeat(3_000),
+            "a".to_string() + &"+a".repeat(3_000),
+        ] {
+            let e = parse(&src).expect_err("too deep");
+            assert!(e.msg.contains("nested deeper") || e.msg.contains("longer than"), "{e}");
+        }
+        // just under the limit parses
+        let ok = "(".repeat(MAX_DEPTH - 1) + "a" + &")".repeat(MAX_DEPTH - 1);
+        parse(&ok).expect("within the limit");
+    }
+
+    #[test]
+    fn types_follow_nep50() {
+        let env = tys(&[("t", Ty::F32), ("d", Ty::F64), ("b", Ty::Bool)]);
+        let ty = |s: &str| check(parse(s).expect("p"), &env).map(|t| t.ty.strong());
+        assert_eq!(ty("t - 273.15"), Ok(Ty::F32));
+        assert_eq!(ty("t * 2 + 1e300"), Ok(Ty::F32));
+        assert_eq!(ty("t + d"), Ok(Ty::F64));
+        assert_eq!(ty("t + sqrt(2.0)"), Ok(Ty::F64), "numpy functions of scalars are strong float64");
+        assert_eq!(ty("t > 0"), Ok(Ty::Bool));
+        assert_eq!(ty("where(t > 0, t, 0)"), Ok(Ty::F32));
+        assert_eq!(ty("where(t > 0, 1, 0) + t"), Ok(Ty::F64));
+        assert_eq!(ty("isnan(t) or b"), Ok(Ty::Bool));
+        assert_eq!(ty("clip(t, 0, 1)"), Ok(Ty::F32));
+        let bad = |s: &str| check(parse(s).expect("p"), &env).expect_err("type error");
+        assert_eq!(bad("t + u"), ExprError { pos: 4, msg: "unknown variable 'u'".into() });
+        assert_eq!(bad("b + 1").pos, 0);
+        assert_eq!(bad("not t").pos, 0);
+        assert_eq!(bad("t and b").pos, 2);
+        assert_eq!(bad("sqrt(t > 1)").pos, 5);
+        assert_eq!(bad("1 + 2").msg, "the expression reads no variable");
+    }
+
+    #[test]
+    fn float32_arithmetic_stays_float32() {
+        let t = vec![273.15f32, 300.0, f32::NAN, -1.5];
+        let got = run("t - 273.15", &[("t", Col::F32(t.clone()))]);
+        let want: Vec<f32> = t.iter().map(|x| x - 273.15f64 as f32).collect();
+        assert_eq!(format!("{got:?}"), format!("{:?}", Col::F32(want)));
+        let got = run("sqrt(u**2 + v**2)", &[("u", Col::F32(vec![3.0, -5.0])), ("v", Col::F32(vec![4.0, 12.0]))]);
+        assert_eq!(got, Col::F32(vec![5.0, 13.0]));
+    }
+
+    #[test]
+    fn numpy_semantics_of_division_minimum_and_where() {
+        let x = Col::F64(vec![7.0, -7.0, 7.0, 1.0, f64::NAN]);
+        let y = Col::F64(vec![2.0, 2.0, -2.0, 0.0, 1.0]);
+        let fd = run("x // y", &[("x", x.clone()), ("y", y.clone())]);
+        assert_eq!(format!("{fd:?}"), format!("{:?}", Col::F64(vec![3.0, -4.0, -4.0, f64::INFINITY, f64::NAN])));
+        let m = run("x % y", &[("x", x.clone()), ("y", y.clone())]);
+        let Col::F64(m) = m else { panic!("f64") };
+        assert_eq!(&m[..3], &[1.0, 1.0, -1.0]);
+        assert!(m[3].is_nan() && m[4].is_nan());
+        let mn = run("minimum(x, y)", &[("x", x.clone()), ("y", y.clone())]);
+        let Col::F64(mn) = mn else { panic!("f64") };
+        assert_eq!(&mn[..4], &[2.0, -7.0, -2.0, 0.0]);
+        assert!(mn[4].is_nan(), "NaN propagates as in numpy.minimum");
+        let w = run("where(isnan(x), -1, x * 2)", &[("x", x)]);
+        assert_eq!(w, Col::F64(vec![14.0, -14.0, 14.0, 2.0, -1.0]));
+        let c = run("clip(x, 0, 5) > 1 and not (y == 0)", &[("x", Col::F64(vec![7.0, 0.5, 3.0])), ("y", Col::F64(vec![1.0, 1.0, 0.0]))]);
+        assert_eq!(c, Col::Bool(vec![true, false, false]));
+        let s = run("x + s", &[("x", Col::F64(vec![1.0, 2.0])), ("s", Col::F64(vec![10.0]))]);
+        assert_eq!(s, Col::F64(vec![11.0, 12.0]), "a scalar input broadcasts");
+        let l = run("log10(x) + log(exp(x)) + abs(-x) + hypot(x, x) - x ** 3", &[("x", Col::F64(vec![1.0]))]);
+        assert_eq!(l, Col::F64(vec![0.0 + 1.0 + 1.0 + 2f64.sqrt() - 1.0]));
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn arb_expr() -> impl Strategy<Value = Expr> {
+            let leaf = prop_oneof![
+                (0u32..1000).prop_map(|v| Expr::Num { value: f64::from(v) / 8.0, pos: 0 }),
+                prop_oneof![Just("a"), Just("b")].prop_map(|n| Expr::Var { name: n.into(), pos: 0 }),
+            ];
+            leaf.prop_recursive(6, 64, 3, |inner| {
+                prop_oneof![
+                    (inner.clone(), inner.clone(), prop_oneof![
+                        Just(BinOp::Add), Just(BinOp::Sub), Just(BinOp::Mul), Just(BinOp::Div),
+                        Just(BinOp::FloorDiv), Just(BinOp::Mod)
+                    ])
+                        .prop_map(|(l, r, op)| Expr::Binary { op, lhs: Box::new(l), rhs: Box::new(r), pos: 0 }),
+                    inner.clone().prop_map(|a| Expr::Unary { op: UnOp::Neg, arg: Box::new(a), pos: 0 }),
+                    (inner.clone(), inner.clone()).prop_map(|(x, y)| Expr::Call { func: Func::Maximum, args: vec![x, y], pos: 0 }),
+                    inner.prop_map(|x| Expr::Call { func: Func::Abs, args: vec![x], pos: 0 }),
+                ]
+            })
+        }
+
+        fn strip(e: &Expr) -> String {
+            // positions differ after printing; compare the printed forms
+            e.to_string()
+        }
+
+        fn scalar(e: &Expr, a: f64, b: f64) -> f64 {
+            match e {
+                Expr::Num { value, .. } => *value,
+                Expr::Var { name, .. } => if name == "a" { a } else { b },
+                Expr::Unary { arg, .. } => -scalar(arg, a, b),
+                Expr::Binary { op, lhs, rhs, .. } => {
+                    let (x, y) = (scalar(lhs, a, b), scalar(rhs, a, b));
+                    match op {
+                        BinOp::Add => x + y,
+                        BinOp::Sub => x - y,
+                        BinOp::Mul => x * y,
+                        BinOp::Div => x / y,
+                        BinOp::FloorDiv => divmod(x, y).0,
+                        _ => divmod(x, y).1,
+                    }
+                }
+                Expr::Call { func: Func::Abs, args, .. } => scalar(&args[0], a, b).abs(),
+                Expr::Call { args, .. } => nan_max(scalar(&args[0], a, b), scalar(&args[1], a, b)),
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn printing_then_parsing_gives_the_same_tree(e in arb_expr()) {
+                let again = parse(&e.to_string()).expect("printed expressions parse");
+                prop_assert_eq!(strip(&again), strip(&e));
+            }
+
+            #[test]
+            fn vectorised_evaluation_equals_a_scalar_evaluator(
+                e in arb_expr(),
+                a in proptest::collection::vec(-1e3f64..1e3, 1..20),
+                b0 in -1e3f64..1e3,
+            ) {
+                let env = tys(&[("a", Ty::F64), ("b", Ty::F64)]);
+                let t = check(e.clone(), &env);
+                prop_assume!(t.is_ok());
+                let t = t.expect("checked");
+                let cols: Vec<Col> = t.inputs.iter().map(|n| if n == "a" { Col::F64(a.clone()) } else { Col::F64(vec![b0]) }).collect();
+                let got = eval(&t, &cols).to_f64();
+                for (i, g) in got.iter().enumerate() {
+                    let ai = if t.inputs.contains(&"a".to_string()) { a[i] } else { a[0] };
+                    let w = scalar(&e, ai, b0);
+                    prop_assert!(g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()), "{} at {}: {} vs {}", e, i, g, w);
+                }
+            }
+
+            #[test]
+            fn arbitrary_input_never_panics(s in "[-+*/%()<>=!a-z0-9., ]{0,300}") {
+                let _ = parse(&s).map(|e| check(e, &tys(&[("a", Ty::F32)])));
+            }
+
+            #[test]
+            fn deep_random_nesting_never_panics(n in 0usize..5000, k in 0usize..4) {
+                let open = ["(", "-", "sqrt(", "not "][k];
+                let close = if open.ends_with('(') { ")" } else { "" };
+                let s = open.repeat(n) + "a" + &close.repeat(n);
+                let r = parse(&s);
+                // levels each prefix takes: a call is a call and its argument
+                let cost = [1, 1, 2, 1][k];
+                prop_assert_eq!(r.is_ok(), 1 + cost * n <= MAX_DEPTH);
+            }
+        }
+    }
+}
