@@ -607,6 +607,15 @@ pub fn build_with(ds: &Dataset, inline: Inline) -> Refs {
             RefValue::Json(g.attrs.to_json(&[], &[])),
         );
         for v in &g.vars {
+            // references point at source bytes; a computed variable has none (inlining its
+            // computed values would hand the computation to every reader as frozen data)
+            if v.is_derived() {
+                ctx.refs.skipped.push((
+                    v.path.clone(),
+                    "computed on request (processing); it has no stored bytes to reference".into(),
+                ));
+                continue;
+            }
             let done = variable(v, &mut ctx);
             if !matches!(done, Ok(true)) {
                 // nothing half-written of a variable that is left out

@@ -1106,23 +1106,44 @@ mod tests {
         assert_eq!(parse("2**-1").expect("p").to_string(), "(2.0 ** (-1.0))");
         assert_eq!(parse("2**3**2").expect("p").to_string(), "(2.0 ** (3.0 ** 2.0))");
         assert_eq!(parse("a - b - c").expect("p").to_string(), "((a - b) - c)");
-        assert_eq!(parse("a + b * c // d % e").expect("p").to_string(), "(a + (((b * c) // d) % e))");
+        assert_eq!(
+            parse("a + b * c // d % e").expect("p").to_string(),
+            "(a + (((b * c) // d) % e))"
+        );
         assert_eq!(
             parse("not a < 1 and b > 2 or c == 3").expect("p").to_string(),
             "(((not (a < 1.0)) and (b > 2.0)) or (c == 3.0))"
         );
-        assert_eq!(parse("where(x >= 1e-3, nan, inf)").expect("p").to_string(), "where((x >= 0.001), nan, inf)");
-        assert_eq!(parse("min(a, max(b, .5))").expect("p").to_string(), "minimum(a, maximum(b, 0.5))");
+        assert_eq!(
+            parse("where(x >= 1e-3, nan, inf)").expect("p").to_string(),
+            "where((x >= 0.001), nan, inf)"
+        );
+        assert_eq!(
+            parse("min(a, max(b, .5))").expect("p").to_string(),
+            "minimum(a, maximum(b, 0.5))"
+        );
     }
 
     #[test]
     fn syntax_errors_have_positions() {
-        assert_eq!(perr("tas - "), ExprError { pos: 6, msg: "expected a value, found end of expression".into() });
+        assert_eq!(
+            perr("tas - "),
+            ExprError {
+                pos: 6,
+                msg: "expected a value, found end of expression".into()
+            }
+        );
         assert_eq!(perr("tas $ 1").pos, 4);
         assert_eq!(perr("(tas + 1").pos, 8);
         assert_eq!(perr("tas 1").pos, 4);
         assert_eq!(perr("foo(tas)").msg, "unknown function 'foo'");
-        assert_eq!(perr("x + sqrt(a, b)"), ExprError { pos: 4, msg: "sqrt takes 1 argument(s), given 2".into() });
+        assert_eq!(
+            perr("x + sqrt(a, b)"),
+            ExprError {
+                pos: 4,
+                msg: "sqrt takes 1 argument(s), given 2".into()
+            }
+        );
         assert_eq!(perr("where(a, b)").pos, 0);
         assert_eq!(perr("hypot(a b)").pos, 8);
         assert_eq!(perr("1.2.3").msg, "malformed number '1.2.3'");
@@ -1144,7 +1165,10 @@ mod tests {
             "a".to_string() + &"+a".repeat(3_000),
         ] {
             let e = parse(&src).expect_err("too deep");
-            assert!(e.msg.contains("nested deeper") || e.msg.contains("longer than"), "{e}");
+            assert!(
+                e.msg.contains("nested deeper") || e.msg.contains("longer than"),
+                "{e}"
+            );
         }
         // just under the limit parses
         let ok = "(".repeat(MAX_DEPTH - 1) + "a" + &")".repeat(MAX_DEPTH - 1);
@@ -1158,14 +1182,24 @@ mod tests {
         assert_eq!(ty("t - 273.15"), Ok(Ty::F32));
         assert_eq!(ty("t * 2 + 1e300"), Ok(Ty::F32));
         assert_eq!(ty("t + d"), Ok(Ty::F64));
-        assert_eq!(ty("t + sqrt(2.0)"), Ok(Ty::F64), "numpy functions of scalars are strong float64");
+        assert_eq!(
+            ty("t + sqrt(2.0)"),
+            Ok(Ty::F64),
+            "numpy functions of scalars are strong float64"
+        );
         assert_eq!(ty("t > 0"), Ok(Ty::Bool));
         assert_eq!(ty("where(t > 0, t, 0)"), Ok(Ty::F32));
         assert_eq!(ty("where(t > 0, 1, 0) + t"), Ok(Ty::F64));
         assert_eq!(ty("isnan(t) or b"), Ok(Ty::Bool));
         assert_eq!(ty("clip(t, 0, 1)"), Ok(Ty::F32));
         let bad = |s: &str| check(parse(s).expect("p"), &env).expect_err("type error");
-        assert_eq!(bad("t + u"), ExprError { pos: 4, msg: "unknown variable 'u'".into() });
+        assert_eq!(
+            bad("t + u"),
+            ExprError {
+                pos: 4,
+                msg: "unknown variable 'u'".into()
+            }
+        );
         assert_eq!(bad("b + 1").pos, 0);
         assert_eq!(bad("not t").pos, 0);
         assert_eq!(bad("t and b").pos, 2);
@@ -1179,7 +1213,10 @@ mod tests {
         let got = run("t - 273.15", &[("t", Col::F32(t.clone()))]);
         let want: Vec<f32> = t.iter().map(|x| x - 273.15f64 as f32).collect();
         assert_eq!(format!("{got:?}"), format!("{:?}", Col::F32(want)));
-        let got = run("sqrt(u**2 + v**2)", &[("u", Col::F32(vec![3.0, -5.0])), ("v", Col::F32(vec![4.0, 12.0]))]);
+        let got = run(
+            "sqrt(u**2 + v**2)",
+            &[("u", Col::F32(vec![3.0, -5.0])), ("v", Col::F32(vec![4.0, 12.0]))],
+        );
         assert_eq!(got, Col::F32(vec![5.0, 13.0]));
     }
 
@@ -1188,7 +1225,10 @@ mod tests {
         let x = Col::F64(vec![7.0, -7.0, 7.0, 1.0, f64::NAN]);
         let y = Col::F64(vec![2.0, 2.0, -2.0, 0.0, 1.0]);
         let fd = run("x // y", &[("x", x.clone()), ("y", y.clone())]);
-        assert_eq!(format!("{fd:?}"), format!("{:?}", Col::F64(vec![3.0, -4.0, -4.0, f64::INFINITY, f64::NAN])));
+        assert_eq!(
+            format!("{fd:?}"),
+            format!("{:?}", Col::F64(vec![3.0, -4.0, -4.0, f64::INFINITY, f64::NAN]))
+        );
         let m = run("x % y", &[("x", x.clone()), ("y", y.clone())]);
         let Col::F64(m) = m else { panic!("f64") };
         assert_eq!(&m[..3], &[1.0, 1.0, -1.0]);
@@ -1199,11 +1239,23 @@ mod tests {
         assert!(mn[4].is_nan(), "NaN propagates as in numpy.minimum");
         let w = run("where(isnan(x), -1, x * 2)", &[("x", x)]);
         assert_eq!(w, Col::F64(vec![14.0, -14.0, 14.0, 2.0, -1.0]));
-        let c = run("clip(x, 0, 5) > 1 and not (y == 0)", &[("x", Col::F64(vec![7.0, 0.5, 3.0])), ("y", Col::F64(vec![1.0, 1.0, 0.0]))]);
+        let c = run(
+            "clip(x, 0, 5) > 1 and not (y == 0)",
+            &[
+                ("x", Col::F64(vec![7.0, 0.5, 3.0])),
+                ("y", Col::F64(vec![1.0, 1.0, 0.0])),
+            ],
+        );
         assert_eq!(c, Col::Bool(vec![true, false, false]));
-        let s = run("x + s", &[("x", Col::F64(vec![1.0, 2.0])), ("s", Col::F64(vec![10.0]))]);
+        let s = run(
+            "x + s",
+            &[("x", Col::F64(vec![1.0, 2.0])), ("s", Col::F64(vec![10.0]))],
+        );
         assert_eq!(s, Col::F64(vec![11.0, 12.0]), "a scalar input broadcasts");
-        let l = run("log10(x) + log(exp(x)) + abs(-x) + hypot(x, x) - x ** 3", &[("x", Col::F64(vec![1.0]))]);
+        let l = run(
+            "log10(x) + log(exp(x)) + abs(-x) + hypot(x, x) - x ** 3",
+            &[("x", Col::F64(vec![1.0]))],
+        );
         assert_eq!(l, Col::F64(vec![0.0 + 1.0 + 1.0 + 2f64.sqrt() - 1.0]));
     }
 
@@ -1213,19 +1265,50 @@ mod tests {
 
         fn arb_expr() -> impl Strategy<Value = Expr> {
             let leaf = prop_oneof![
-                (0u32..1000).prop_map(|v| Expr::Num { value: f64::from(v) / 8.0, pos: 0 }),
-                prop_oneof![Just("a"), Just("b")].prop_map(|n| Expr::Var { name: n.into(), pos: 0 }),
+                (0u32..1000).prop_map(|v| Expr::Num {
+                    value: f64::from(v) / 8.0,
+                    pos: 0
+                }),
+                prop_oneof![Just("a"), Just("b")].prop_map(|n| Expr::Var {
+                    name: n.into(),
+                    pos: 0
+                }),
             ];
             leaf.prop_recursive(6, 64, 3, |inner| {
                 prop_oneof![
-                    (inner.clone(), inner.clone(), prop_oneof![
-                        Just(BinOp::Add), Just(BinOp::Sub), Just(BinOp::Mul), Just(BinOp::Div),
-                        Just(BinOp::FloorDiv), Just(BinOp::Mod)
-                    ])
-                        .prop_map(|(l, r, op)| Expr::Binary { op, lhs: Box::new(l), rhs: Box::new(r), pos: 0 }),
-                    inner.clone().prop_map(|a| Expr::Unary { op: UnOp::Neg, arg: Box::new(a), pos: 0 }),
-                    (inner.clone(), inner.clone()).prop_map(|(x, y)| Expr::Call { func: Func::Maximum, args: vec![x, y], pos: 0 }),
-                    inner.prop_map(|x| Expr::Call { func: Func::Abs, args: vec![x], pos: 0 }),
+                    (
+                        inner.clone(),
+                        inner.clone(),
+                        prop_oneof![
+                            Just(BinOp::Add),
+                            Just(BinOp::Sub),
+                            Just(BinOp::Mul),
+                            Just(BinOp::Div),
+                            Just(BinOp::FloorDiv),
+                            Just(BinOp::Mod)
+                        ]
+                    )
+                        .prop_map(|(l, r, op)| Expr::Binary {
+                            op,
+                            lhs: Box::new(l),
+                            rhs: Box::new(r),
+                            pos: 0
+                        }),
+                    inner.clone().prop_map(|a| Expr::Unary {
+                        op: UnOp::Neg,
+                        arg: Box::new(a),
+                        pos: 0
+                    }),
+                    (inner.clone(), inner.clone()).prop_map(|(x, y)| Expr::Call {
+                        func: Func::Maximum,
+                        args: vec![x, y],
+                        pos: 0
+                    }),
+                    inner.prop_map(|x| Expr::Call {
+                        func: Func::Abs,
+                        args: vec![x],
+                        pos: 0
+                    }),
                 ]
             })
         }
@@ -1238,7 +1321,13 @@ mod tests {
         fn scalar(e: &Expr, a: f64, b: f64) -> f64 {
             match e {
                 Expr::Num { value, .. } => *value,
-                Expr::Var { name, .. } => if name == "a" { a } else { b },
+                Expr::Var { name, .. } => {
+                    if name == "a" {
+                        a
+                    } else {
+                        b
+                    }
+                }
                 Expr::Unary { arg, .. } => -scalar(arg, a, b),
                 Expr::Binary { op, lhs, rhs, .. } => {
                     let (x, y) = (scalar(lhs, a, b), scalar(rhs, a, b));
@@ -1251,7 +1340,11 @@ mod tests {
                         _ => divmod(x, y).1,
                     }
                 }
-                Expr::Call { func: Func::Abs, args, .. } => scalar(&args[0], a, b).abs(),
+                Expr::Call {
+                    func: Func::Abs,
+                    args,
+                    ..
+                } => scalar(&args[0], a, b).abs(),
                 Expr::Call { args, .. } => nan_max(scalar(&args[0], a, b), scalar(&args[1], a, b)),
             }
         }
