@@ -1203,7 +1203,7 @@ mod tests {
         assert_eq!(bad("b + 1").pos, 0);
         assert_eq!(bad("not t").pos, 0);
         assert_eq!(bad("t and b").pos, 2);
-        assert_eq!(bad("sqrt(t > 1)").pos, 5);
+        assert_eq!(bad("sqrt(t > 1)").pos, 7, "a binary node is placed at its operator");
         assert_eq!(bad("1 + 2").msg, "the expression reads no variable");
     }
 
