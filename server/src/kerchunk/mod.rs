@@ -567,12 +567,6 @@ fn unreferenceable(v: &Variable) -> String {
 /// References for one variable under `ctx.inline`. `Ok(false)`: left out (too large to
 /// inline and not referenceable).
 fn variable(v: &Variable, ctx: &mut Ctx) -> Result<bool, String> {
-    // A computed variable (processing: BitRound, derived) has no stored bytes to reference,
-    // and inlining its values would put processed data in the raw asset: left out, as the
-    // DKRZ seed's raw `/kerchunk` asset leaves out what only its processed asset has.
-    if v.is_derived() {
-        return Err("computed on request by the dataset's processing; served on /zarr only".into());
-    }
     match ctx.inline {
         Inline::AsNeeded => chunked(v, ctx).map(|ok| ok || contiguous(v, ctx)).and_then(|ok| {
             if ok {
@@ -626,6 +620,17 @@ pub fn build_with(ds: &Dataset, inline: Inline) -> Refs {
             RefValue::Json(g.attrs.to_json(&[], &[])),
         );
         for v in &g.vars {
+            // References point at source bytes; a computed variable (processing: BitRound,
+            // derived) has none, and inlining its values would put processed data in the raw
+            // asset: left out, as the DKRZ seed's raw `/kerchunk` asset leaves out what only
+            // its processed asset has.
+            if v.is_derived() {
+                ctx.refs.skipped.push((
+                    v.path.clone(),
+                    "computed on request by the dataset's processing; served on /zarr only".into(),
+                ));
+                continue;
+            }
             let done = variable(v, &mut ctx);
             if !matches!(done, Ok(true)) {
                 // nothing half-written of a variable that is left out

@@ -9,6 +9,8 @@
 //! evaluated over blocks.
 
 pub mod bitround;
+pub mod derived;
+pub mod expr;
 pub mod rechunk;
 
 use crate::dataset::Dataset;
@@ -33,13 +35,7 @@ pub fn apply(mut ds: Dataset, spec: &ProcessingSpec) -> Result<Dataset, Processi
     if let Some(b) = &spec.bitround {
         bitround::apply(&mut ds, b)?;
     }
-    // Derived variables: `derived::add(&mut ds, &spec.variables)?` plugs in here.
-    if !spec.variables.is_empty() {
-        return Err(ProcessingError::Invalid {
-            field: "variables".into(),
-            reason: "derived variables are not supported by this build".into(),
-        });
-    }
+    derived::add(&mut ds, &spec.variables)?;
     Ok(ds)
 }
 
@@ -169,15 +165,20 @@ mod tests {
         }
         // float64 accepts up to 52 when it is the only one named
         assert!(apply(open(&p), &spec(None, &[("pr", 52)], &[])).is_ok());
+        // derived variables come after rounding: an expression error names its variable
         let derived = ProcessingSpec {
-            variables: [("x".to_string(), Default::default())].into_iter().collect(),
+            variables: [(
+                "x".to_string(),
+                cloudify_crds::DerivedVariable {
+                    expr: "tas +".into(),
+                    ..Default::default()
+                },
+            )]
+            .into_iter()
+            .collect(),
             ..Default::default()
         };
         let e = apply(open(&p), &derived).expect_err("derived");
-        assert!(
-            e.to_string()
-                .contains("derived variables are not supported by this build"),
-            "{e}"
-        );
+        assert_eq!(field(e), "variables.x.expr");
     }
 }
