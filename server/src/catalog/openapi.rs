@@ -353,7 +353,12 @@ pub fn document(root: &str) -> Value {
     let mut post = search_answers();
     post.insert("413".into(), error("Body larger than --max-body"));
     search["post"] = op("Item search (JSON body)", "search", post);
-    search["post"]["requestBody"] = body("SearchBody", "The search");
+    // An empty POST is a search without parameters (every item, paged), as GET /search is.
+    search["post"]["requestBody"] = body(
+        "SearchBody",
+        "The search; without a body, every item (paged), as GET /search",
+    );
+    search["post"]["requestBody"]["required"] = json!(false);
     paths.insert("/search".into(), search);
 
     json!({
