@@ -101,6 +101,16 @@ def chunk_key_seeds(s: Seeds) -> None:
         s.add("chunk_key", f"key{i}", k)
 
 
+def expr_seeds(s: Seeds) -> None:
+    for i, e in enumerate([
+        "a - 273.15", "sqrt(a**2 + b**2)", "where(m, a, b)", "hypot(a, b) / 2", "clip(a, -1, 1)",
+        "-2**-1", "not m and (a < b or isnan(b))", "log(abs(a)) + exp(b) // 3 % 2", "minimum(a, nan)",
+        "maximum(a, inf) != a", "log10(1e-300)", "((((a))))", "a +", "where(m, a)", "1.2.3", "a $ b",
+        "unknown(a)", "x + 1", ".5e-3 * a",
+    ]):
+        s.add("expr", f"expr{i}", e)
+
+
 def codec_seeds(s: Seeds) -> None:
     data = b"".join(struct.pack("<f", 280.0 + i * 0.25) for i in range(256))
 
@@ -393,6 +403,7 @@ def main() -> int:
     groups = {
         "chunk_key": lambda t: chunk_key_seeds(s),
         "codec": lambda t: codec_seeds(s),
+        "expr": lambda t: expr_seeds(s),
         "kerchunk_json": lambda t: kerchunk_json_seeds(s),
         "nc3": lambda t: nc3_seeds(s, a.testdata),
         "netcdf": lambda t: netcdf_seeds(s, t),
