@@ -1,7 +1,7 @@
 //! Router-wide guards: request size limits answered in JSON, and JSON bodies for the errors
 //! axum produces itself (path rejections, 405, 413 of a body limit), so that every error a
 //! client sees is JSON with the right status: `{"error": "..."}` from `cloudify serve`, the
-//! STAC API's `{"code": ..., "description": ...}` from `cloudify catalog` (see [`ErrorBody`]).
+//! STAC API's `{"code": ..., "description": ...}` from `cloudify catalog` (see [`ErrorShape`]).
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -9,7 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorShape};
 
 /// Longest request target (path and query) served. The longest URI a dataset can need is a
 /// chunk key of its deepest variable: a few hundred bytes. hyper itself refuses targets over
@@ -74,21 +74,13 @@ fn is_json(r: &Response) -> bool {
         })
 }
 
-/// How a router spells an error body, given the status and the message.
-pub type ErrorBody = fn(StatusCode, &str) -> serde_json::Value;
-
-/// `cloudify serve`'s error body, as [`ApiError`] answers it: `{"error": message}`.
-pub fn error_body(_: StatusCode, message: &str) -> serde_json::Value {
-    serde_json::json!({ "error": message })
-}
-
 /// Turns an error answer that is not JSON (axum's path rejections such as invalid UTF-8 in a
 /// percent-encoded segment, its 405 for other methods) into `{"error": "METHOD PATH: why"}`,
 /// keeping status and headers (`Allow`).
 pub async fn json_errors(req: Request, next: Next) -> Response {
     // axum adds `Allow` outside this layer; every route of this router is GET (and HEAD)
     to_json(
-        error_body,
+        ErrorShape::Plain,
         "this server answers GET and HEAD (see Allow)",
         req,
         next,
@@ -98,12 +90,12 @@ pub async fn json_errors(req: Request, next: Next) -> Response {
 
 /// [`json_errors`] with another error body (`axum::middleware::from_fn_with_state(shape,
 /// json_errors_as)`), for routers whose protocol prescribes one.
-pub async fn json_errors_as(State(shape): State<ErrorBody>, req: Request, next: Next) -> Response {
+pub async fn json_errors_as(State(shape): State<ErrorShape>, req: Request, next: Next) -> Response {
     to_json(shape, "see Allow", req, next).await
 }
 
 /// `allowed`: what a 405 says when `Allow` is not set yet at this layer.
-async fn to_json(shape: ErrorBody, allowed: &str, req: Request, next: Next) -> Response {
+async fn to_json(shape: ErrorShape, allowed: &str, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let uri = req.uri().clone();
     let resp = next.run(req).await;
@@ -129,7 +121,7 @@ async fn to_json(shape: ErrorBody, allowed: &str, req: Request, next: Next) -> R
     }
     let message = format!("{method} {}: {why}", head(uri.path(), 200));
     tracing::debug!(%status, "{message}");
-    let body = shape(status, &message).to_string();
+    let body = shape.body(status, &message).to_string();
     parts.headers.remove(header::CONTENT_LENGTH);
     parts
         .headers
