@@ -10,8 +10,8 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
-use cloudify_server::catalog::api::router;
-use cloudify_server::catalog::store::Store;
+use cloudify_server::stac_api::api::router;
+use cloudify_server::stac_api::store::Store;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 

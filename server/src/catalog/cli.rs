@@ -166,7 +166,7 @@ pub async fn run_catalog(a: CatalogArgs) -> anyhow::Result<()> {
     }
     let store = tokio::task::spawn_blocking({
         let d = a.data.clone();
-        move || super::store::Store::open(&d)
+        move || crate::stac_api::store::Store::open(&d)
     })
     .await??;
     let opts = ListenOpts {
@@ -183,7 +183,7 @@ pub async fn run_catalog(a: CatalogArgs) -> anyhow::Result<()> {
         if !root.ends_with('/') {
             root.push('/');
         }
-        super::api::router(store, &root, token, a.max_body)
+        crate::stac_api::api::router(store, &root, token, a.max_body)
     })
     .await
 }

@@ -5,23 +5,20 @@
 //! * `item` and `intake` turn that into a STAC 1.1 Item/Collection and intake catalogs —
 //!   pure functions of the description and the public base URL;
 //! * `routes` serves them from `cloudify serve`, `export` writes a static catalog;
-//! * `store` and `api` are the `cloudify catalog` STAC API service (with the Transactions
-//!   extension), `client` registers a server's items in such a catalog (also used by the
-//!   Kubernetes operator).
+//! * `client` registers a server's items in a `cloudify catalog` STAC API (also used by the
+//!   Kubernetes operator); that service itself is [`crate::stac_api`], a process of its own
+//!   that reads no dataset;
+//! * `cli` holds the `cloudify catalog` and `cloudify stac` subcommands.
 
-pub mod api;
 pub mod cli;
 /// The STAC Transactions client, shared with the operator (in `cloudify-crds` so the operator
 /// does not link netCDF).
 pub use cloudify_crds::catalog_client as client;
 pub mod describe;
 pub mod export;
-pub mod filter;
 pub mod intake;
 pub mod item;
-pub mod openapi;
 pub mod routes;
-pub mod store;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

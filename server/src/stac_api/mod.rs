@@ -1,0 +1,19 @@
+//! The `cloudify catalog` process: a dynamic STAC API (core, collections, features,
+//! item-search with CQL2 filters, Transactions) over a crash-safe store of its own.
+//!
+//! Apart from `crate::catalog`, which describes the datasets a data server serves, because
+//! the two run as different processes with different inputs: this service never opens a
+//! dataset, it holds whatever items data servers (or the Kubernetes operator) register
+//! through `crate::catalog::client`. It sits below `catalog` so that the static export can
+//! write files the way the store names them, and uses only `crate::http` (one error type,
+//! one set of request guards) from the data server.
+//!
+//! * `store` — collections and items on disk, in memory for search;
+//! * `filter` — CQL2 filters compiled with bounded nesting and checked arities;
+//! * `api` — the axum router and its handlers, on `stac_server::Api`;
+//! * `openapi` — the service description served at `/api`.
+
+pub mod api;
+pub mod filter;
+pub mod openapi;
+pub mod store;
