@@ -34,8 +34,6 @@ pub mod app;
 pub mod attrs;
 pub mod background;
 pub mod block;
-// documented in a follow-up
-#[allow(missing_docs)]
 pub mod catalog;
 pub mod chunk;
 pub mod codec;

@@ -10,14 +10,20 @@
 //!   that reads no dataset;
 //! * `cli` holds the `cloudify catalog` and `cloudify stac` subcommands.
 
+/// The `serve` catalog flags and the `cloudify catalog` / `cloudify stac` subcommands.
 pub mod cli;
 /// The STAC Transactions client, shared with the operator (in `cloudify-crds` so the operator
 /// does not link netCDF).
 pub use cloudify_crds::catalog_client as client;
+/// A dataset's extent, time range and datacube description, read from the dataset.
 pub mod describe;
+/// `cloudify stac export`: a static catalog for hosting without a server.
 pub mod export;
+/// intake catalogs (YAML) of the served datasets.
 pub mod intake;
+/// STAC Items and Collections from descriptions.
 pub mod item;
+/// The catalog routes of `cloudify serve`.
 pub mod routes;
 
 use std::collections::HashMap;
@@ -30,12 +36,17 @@ use crate::attrs::AttrValue;
 /// Why catalog metadata could not be produced.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
+    /// A coordinate (named by path) that is not numbers, so no extent can be read from it.
     #[error("{0}: not a numeric variable")]
     NotNumeric(String),
+    /// A coordinate too large to read whole just to describe it (the dataset still serves).
     #[error("{0}: too large to read for catalog metadata")]
     TooLarge(String),
+    /// A time axis whose CF units or values cannot be decoded; the item falls back to
+    /// another datetime instead of failing.
     #[error("time axis {0}")]
     Time(String),
+    /// Reading a coordinate's values failed.
     #[error(transparent)]
     Read(#[from] crate::chunk::read::ReadError),
 }
@@ -89,6 +100,7 @@ impl PublicUrl {
 /// router built without catalog settings (tests, embedding) still answers.
 #[derive(Debug, Default)]
 pub struct CatalogCtx {
+    /// How links and asset hrefs spell this server's address.
     pub public_url: PublicUrl,
     /// Id of the collection of this server's items (`--stac-collection`).
     pub collection_id: Option<String>,
@@ -100,6 +112,7 @@ pub struct CatalogCtx {
 pub const DEFAULT_COLLECTION: &str = client::DEFAULT_COLLECTION;
 
 impl CatalogCtx {
+    /// Settings from the command line, with no description computed yet.
     pub fn new(public_url: PublicUrl, collection_id: Option<String>) -> Self {
         Self {
             public_url,
@@ -108,6 +121,7 @@ impl CatalogCtx {
         }
     }
 
+    /// The collection id items link to: configured, else [`DEFAULT_COLLECTION`].
     pub fn collection(&self) -> &str {
         self.collection_id.as_deref().unwrap_or(DEFAULT_COLLECTION)
     }

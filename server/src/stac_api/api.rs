@@ -194,7 +194,9 @@ fn bad(m: impl Into<String>) -> ApiError {
 /// Settings and state of the catalog service.
 #[derive(Clone, Debug)]
 pub struct CatalogApp {
+    /// stac-server's API over the store: landing page, conformance, links and paging.
     pub api: Api<FileBackend>,
+    /// The store itself, for transactions and existence checks `Api` has no call for.
     pub store: Arc<Store>,
     /// Bearer token for transactions; `None` refuses every write.
     pub token: Option<Arc<str>>,

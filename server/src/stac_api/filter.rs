@@ -43,32 +43,46 @@ pub const FILTER_STACK: usize = 32 << 20;
 /// Why a filter was refused; the message names the problem (it is answered with 400).
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum FilterError {
+    /// cql2-text parentheses deeper than [`MAX_FILTER_DEPTH`], found before parsing.
     #[error(
         "filter: parentheses nested more than {MAX_FILTER_DEPTH} levels deep (at byte {at}); \
          {MAX_FILTER_DEPTH} are accepted"
     )]
-    TextTooDeep { at: usize },
+    TextTooDeep {
+        /// Byte offset of the first parenthesis too deep, to find it in a generated filter.
+        at: usize,
+    },
+    /// cql2-text with more than [`MAX_FILTER_OPERATORS`] operators, found before parsing.
     #[error(
         "filter: more than {MAX_FILTER_OPERATORS} operators; at most {MAX_FILTER_OPERATORS} are \
          accepted (long lists of values go in IN (...), large geometries in the intersects parameter)"
     )]
     TooManyOperators,
+    /// An expression tree deeper than [`MAX_FILTER_DEPTH`] (either encoding).
     #[error("filter: nested more than {MAX_FILTER_DEPTH} levels deep; {MAX_FILTER_DEPTH} are accepted")]
     TooDeep,
+    /// cql2-text that does not parse; the parser's message says where.
     #[error("filter: {0}")]
     Syntax(String),
+    /// cql2-json that is not a CQL2 expression.
     #[error("filter: invalid cql2-json: {0}")]
     Json(String),
+    /// A function or operator `cql2` cannot evaluate: without this every item would silently
+    /// "not match".
     #[error(
         "filter: unknown function '{0}' (this catalog defines no functions; the CQL2 operators \
          are and, or, not, comparisons, like, between, in, isNull, casei, accenti, arithmetic, \
          s_*, t_* and a_*)"
     )]
     UnknownFunction(String),
+    /// An operator or function with the wrong number of arguments.
     #[error("filter: '{op}' takes {expected}, not {actual} argument(s)")]
     Arity {
+        /// The operator or function as the filter names it.
         op: String,
+        /// The accepted count, in words ("2 arguments", "4 or 6 arguments").
         expected: &'static str,
+        /// The count given.
         actual: usize,
     },
 }
