@@ -33,35 +33,49 @@ pub fn head(s: &str, n: usize) -> &str {
     &s[..end]
 }
 
-/// 414 for an over-long request target, 431 for over-large headers, as JSON.
+/// 414 for an over-long request target, 431 for over-large headers, as `{"error": ...}`.
 pub async fn limits(req: Request, next: Next) -> Response {
+    match over_limits(&req) {
+        Some(e) => e.into_response(),
+        None => next.run(req).await,
+    }
+}
+
+/// [`limits`] answered in another error shape (`axum::middleware::from_fn_with_state(shape,
+/// limits_as)`): the STAC API's process takes the same requests from the same clients.
+pub async fn limits_as(State(shape): State<ErrorShape>, req: Request, next: Next) -> Response {
+    match over_limits(&req) {
+        Some(e) => e.shape(shape).into_response(),
+        None => next.run(req).await,
+    }
+}
+
+/// The error answering a request over [`MAX_URI_BYTES`] or [`MAX_HEADER_BYTES`], if it is.
+fn over_limits(req: &Request) -> Option<ApiError> {
     let target = req.uri().path_and_query().map_or("", |p| p.as_str());
     if target.len() > MAX_URI_BYTES {
-        return ApiError::new(
+        return Some(ApiError::new(
             StatusCode::URI_TOO_LONG,
             format!(
                 "the request target is {} bytes long, more than the {MAX_URI_BYTES} accepted (it starts '{}')",
                 target.len(),
                 head(target, 80)
             ),
-        )
-        .into_response();
+        ));
     }
     let header_bytes: usize = req
         .headers()
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum();
-    if header_bytes > MAX_HEADER_BYTES {
-        return ApiError::new(
+    (header_bytes > MAX_HEADER_BYTES).then(|| {
+        ApiError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             format!(
                 "the request headers are {header_bytes} bytes, more than the {MAX_HEADER_BYTES} accepted"
             ),
         )
-        .into_response();
-    }
-    next.run(req).await
+    })
 }
 
 fn is_json(r: &Response) -> bool {
