@@ -172,3 +172,19 @@ def test_overlong_uri_and_headers_are_414_431_json(catalog):
     assert r.status_code == 414 and r.headers.get("access-control-allow-origin") == "*", r.headers
     _alive(catalog)
 
+
+def test_date_and_timestamp_with_extra_arguments_are_400(catalog):
+    """cql2's text parser keeps DATE()'s and TIMESTAMP()'s first argument and dropped the rest:
+    `datetime > DATE('2000-01-01', 'junk')` used to search as if 'junk' were not there. Now it
+    is 400 naming the function and its arity; with one argument the same filter still matches."""
+    url = catalog["url"]
+    for f, want in [("datetime > DATE('2000-01-01', '2999-01-01')", "'DATE' takes 1 argument, not 2"),
+                    ("datetime < timestamp('2002-01-01T00:00:00Z', 'x', 'y')", "'TIMESTAMP' takes 1 argument, not 3")]:
+        _json_error(requests.get(f"{url}/search", params={"filter": f}, timeout=30), 400, want)
+        _json_error(requests.post(f"{url}/search", json={"filter": f}, timeout=30), 400, want)
+        _json_error(requests.get(f"{url}/collections/c/items", params={"filter": f}, timeout=30), 400, want)
+    for f in ["datetime > TIMESTAMP('2000-01-01T00:00:00Z')",
+              "t_before(datetime, TIMESTAMP('2002-01-01T00:00:00Z')) AND id IN ('x', 'y')"]:
+        r = requests.get(f"{url}/search", params={"filter": f}, timeout=30)
+        assert r.status_code == 200 and [x["id"] for x in r.json()["features"]] == ["x"], (f, r.text[:300])
+    _alive(catalog)
