@@ -35,29 +35,41 @@ pub fn head(s: &str, n: usize) -> &str {
 
 /// 414 for an over-long request target, 431 for over-large headers, as `{"error": ...}`.
 pub async fn limits(req: Request, next: Next) -> Response {
-    match over_limits(&req) {
+    match over_limits(&req, MAX_URI_BYTES) {
         Some(e) => e.into_response(),
         None => next.run(req).await,
     }
 }
 
-/// [`limits`] answered in another error shape (`axum::middleware::from_fn_with_state(shape,
-/// limits_as)`): the STAC API's process takes the same requests from the same clients.
-pub async fn limits_as(State(shape): State<ErrorShape>, req: Request, next: Next) -> Response {
-    match over_limits(&req) {
-        Some(e) => e.shape(shape).into_response(),
+/// The request guards of a service other than the data server: its error shape and the
+/// longest request target its routes can need.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// How the 414/431 bodies are spelled.
+    pub shape: ErrorShape,
+    /// Longest request target (path and query) served; [`MAX_URI_BYTES`] is the data
+    /// server's. At most hyper's own 64 KiB, beyond which no layer runs.
+    pub max_uri: usize,
+}
+
+/// [`limits`] for another service (`axum::middleware::from_fn_with_state(limits,
+/// limits_as)`): the same header limit, the service's target limit and error shape.
+pub async fn limits_as(State(l): State<Limits>, req: Request, next: Next) -> Response {
+    match over_limits(&req, l.max_uri) {
+        Some(e) => e.shape(l.shape).into_response(),
         None => next.run(req).await,
     }
 }
 
-/// The error answering a request over [`MAX_URI_BYTES`] or [`MAX_HEADER_BYTES`], if it is.
-fn over_limits(req: &Request) -> Option<ApiError> {
+/// The error answering a request target over `max_uri` bytes or headers over
+/// [`MAX_HEADER_BYTES`], if it is.
+fn over_limits(req: &Request, max_uri: usize) -> Option<ApiError> {
     let target = req.uri().path_and_query().map_or("", |p| p.as_str());
-    if target.len() > MAX_URI_BYTES {
+    if target.len() > max_uri {
         return Some(ApiError::new(
             StatusCode::URI_TOO_LONG,
             format!(
-                "the request target is {} bytes long, more than the {MAX_URI_BYTES} accepted (it starts '{}')",
+                "the request target is {} bytes long, more than the {max_uri} accepted (it starts '{}')",
                 target.len(),
                 head(target, 80)
             ),

@@ -29,7 +29,7 @@ use stac_server::{Api, Backend};
 
 use super::store::{Mode, Store, StoreError, check_id, merge_patch, validate_collection, validate_item};
 use crate::http::error::{ApiError, ErrorShape};
-use crate::http::middleware::{json_errors_as, limits_as};
+use crate::http::middleware::{Limits, json_errors_as, limits_as};
 
 /// Conformance classes added to what `stac_server::Api` declares.
 const TRANSACTION_CLASSES: [&str; 3] = [
@@ -742,8 +742,15 @@ pub fn router(
             ErrorShape::Stac,
             json_errors_as,
         ))
-        // the data server's 414/431 guards: answered before routing, in the STAC shape
-        .layer(axum::middleware::from_fn_with_state(ErrorShape::Stac, limits_as))
+        // the data server's 414/431 guards (with a target limit for GET searches), answered
+        // before routing, in the STAC shape
+        .layer(axum::middleware::from_fn_with_state(
+            Limits {
+                shape: ErrorShape::Stac,
+                max_uri: super::MAX_URI_BYTES,
+            },
+            limits_as,
+        ))
         .layer(cors)
         .with_state(app))
 }

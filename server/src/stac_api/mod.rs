@@ -13,6 +13,16 @@
 //! * `api` — the axum router and its handlers, on `stac_server::Api`;
 //! * `openapi` — the service description served at `/api`.
 
+/// Longest request target (path and query) the service takes, answered 414 in JSON above.
+///
+/// Larger than the data server's 8 KiB ([`crate::http::middleware::MAX_URI_BYTES`], sized for
+/// chunk keys): a GET search carries its whole CQL2 filter and `intersects` geometry in the
+/// query, and a filter up to [`filter::MAX_FILTER_OPERATORS`] operators with long property
+/// names, URL-encoded, takes tens of KiB. A filter that long is better answered by the filter
+/// check's 400 naming the operator count than by a 414. Still below hyper's own 64 KiB, which
+/// answers a bare 414 without running any layer; longer searches go in a POST body.
+pub const MAX_URI_BYTES: usize = 48 * 1024;
+
 pub mod api;
 pub mod filter;
 pub mod openapi;

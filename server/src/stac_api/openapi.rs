@@ -9,7 +9,8 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::http::middleware::{MAX_HEADER_BYTES, MAX_URI_BYTES};
+use super::MAX_URI_BYTES;
+use crate::http::middleware::MAX_HEADER_BYTES;
 
 /// The id rule of `store::check_id`: 1-256 characters without '/', '?', '#', '%' or control
 /// characters, and not `.` or `..` (spelled without look-ahead, which not every JSON Schema
