@@ -528,6 +528,14 @@ async fn post_search(State(app): St, body: Bytes) -> Result<Response, ApiError> 
             "filter: must be a cql2-json object or a cql2-text string, not {f}"
         )));
     }
+    // the OpenAPI document's enum; without a filter stac's `Search` would ignore any value
+    if let Some(lang) = v.get("filter-lang")
+        && !matches!(lang.as_str(), Some("cql2-text" | "cql2-json"))
+    {
+        return Err(bad(format!(
+            "filter-lang: {lang} is not supported (cql2-text, cql2-json)"
+        )));
+    }
     default_filter_lang(&mut v);
     let search: Search = serde_json::from_value(v).map_err(|e| bad(format!("invalid search: {e}")))?;
     run_search(&app, search, Method::POST).await
