@@ -20,7 +20,9 @@
 //! 9. `open` — the one opening path: sources expanded once, every file opened through the
 //!    index cache, then aggregated;
 //! 10. `state`, `metrics` — what the running server holds;
-//! 11. `http`, then `catalog` — thin handlers; `router` merges every feature's routes;
+//! 11. `http`, then `stac_api`, then `catalog` — thin handlers: the data routes, the
+//!     `cloudify catalog` STAC API service (its own process, its own store), the data
+//!     server's catalogs; `router` merges every feature's routes;
 //! 12. `app`, `serve`, `demo` — start-up, the connection loop, the demo dataset.
 //!
 //! Opening uses the netCDF/HDF5 libraries at most once per file; serving reads bytes with
@@ -32,8 +34,6 @@ pub mod app;
 pub mod attrs;
 pub mod background;
 pub mod block;
-// documented in a follow-up
-#[allow(missing_docs)]
 pub mod catalog;
 pub mod chunk;
 pub mod codec;
@@ -49,6 +49,7 @@ pub mod processing;
 pub mod router;
 pub mod serve;
 pub mod source;
+pub mod stac_api;
 pub mod state;
 pub mod storage;
 pub mod zarr;

@@ -37,7 +37,10 @@ const LAYERS: &[&[&str]] = &[
     &["metrics", "state"],
     // HTTP handlers of the data routes
     &["http"],
-    // catalogs (STAC, intake) and the STAC API service
+    // the `cloudify catalog` STAC API service: store, search, CQL2 filters; it shares only the
+    // HTTP error type and guards with the data server and reads no dataset
+    &["stac_api"],
+    // the data server's catalogs (STAC items, intake), static export
     &["catalog"],
     // all routes merged
     &["router"],

@@ -159,6 +159,8 @@ pub struct CatalogArgs {
     pub max_body: usize,
 }
 
+/// Runs `cloudify catalog` until shutdown: opens (or creates) the store off the async workers,
+/// since it reads every document, then serves [`crate::stac_api::api::router`].
 pub async fn run_catalog(a: CatalogArgs) -> anyhow::Result<()> {
     let token = a.token_file.as_deref().map(read_token).transpose()?;
     if token.is_none() {
@@ -166,7 +168,7 @@ pub async fn run_catalog(a: CatalogArgs) -> anyhow::Result<()> {
     }
     let store = tokio::task::spawn_blocking({
         let d = a.data.clone();
-        move || super::store::Store::open(&d)
+        move || crate::stac_api::store::Store::open(&d)
     })
     .await??;
     let opts = ListenOpts {
@@ -183,7 +185,7 @@ pub async fn run_catalog(a: CatalogArgs) -> anyhow::Result<()> {
         if !root.ends_with('/') {
             root.push('/');
         }
-        super::api::router(store, &root, token, a.max_body)
+        crate::stac_api::api::router(store, &root, token, a.max_body)
     })
     .await
 }
@@ -195,6 +197,7 @@ pub enum StacCommand {
     Export(ExportArgs),
 }
 
+/// `cloudify stac export`: which datasets, where to write, and the server the assets name.
 #[derive(clap::Args, Debug)]
 pub struct ExportArgs {
     /// Dataset id followed by its files, when not using --config.
@@ -214,6 +217,7 @@ pub struct ExportArgs {
     pub collection: String,
 }
 
+/// Runs `cloudify stac ...`: opens the datasets (to describe them) and writes the catalog.
 pub fn run_stac(cmd: StacCommand) -> anyhow::Result<()> {
     let StacCommand::Export(a) = cmd;
     let specs: Vec<DatasetSpec> = match (&a.config, a.args.split_first()) {

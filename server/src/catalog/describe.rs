@@ -23,6 +23,7 @@ const MAX_LISTED_VALUES: usize = 32;
 /// A datacube dimension (the datacube extension's `cube:dimensions` entry).
 #[derive(Clone, Debug, PartialEq)]
 pub struct CubeDim {
+    /// The dimension's name, the key in `cube:dimensions`.
     pub name: String,
     /// The JSON object for `cube:dimensions[name]`.
     pub json: Value,
@@ -31,18 +32,24 @@ pub struct CubeDim {
 /// A datacube variable (`cube:variables` entry).
 #[derive(Clone, Debug, PartialEq)]
 pub struct CubeVar {
+    /// The variable's name, the key in `cube:variables`.
     pub name: String,
+    /// The JSON object for `cube:variables[name]`.
     pub json: Value,
 }
 
 /// Everything the catalog documents need, independent of the URL they are served under.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct Description {
+    /// The dataset's name, which is also the STAC item id (stable across restarts).
     pub id: String,
+    /// The spec's title, else the `title` global attribute.
     pub title: Option<String>,
+    /// The spec's description, else the `summary`, `description` or `comment` attribute.
     pub description: Option<String>,
     /// SPDX identifier or `other`.
     pub license: Option<String>,
+    /// The spec's keywords, else the `keywords` attribute split at commas (or semicolons).
     pub keywords: Vec<String>,
     /// STAC provider objects.
     pub providers: Vec<Value>,
@@ -53,7 +60,9 @@ pub struct Description {
     /// When no time axis can be decoded: a timestamp of the data (creation date, else the
     /// newest source file's mtime), since STAC items must carry some datetime.
     pub fallback_datetime: String,
+    /// Datacube dimensions, in the dataset's order.
     pub dims: Vec<CubeDim>,
+    /// Datacube variables (data and auxiliary, not dimension coordinates).
     pub vars: Vec<CubeVar>,
     /// Global attributes worth showing in catalogs (`institution`, `source`, ...).
     pub extra: serde_json::Map<String, Value>,

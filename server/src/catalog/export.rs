@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::describe::Description;
 use super::item;
-use super::store::{encode_id, write_atomic};
+use crate::stac_api::store::{encode_id, write_atomic};
 
 /// Writes the static catalog; returns the number of items.
 pub fn export(

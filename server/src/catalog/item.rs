@@ -9,15 +9,20 @@ use serde_json::{Map, Value, json};
 
 use super::describe::Description;
 
+/// The STAC version every document declares (validators pick their schemas by it).
 pub const STAC_VERSION: &str = "1.1.0";
+/// The datacube extension: dimensions and variables, so clients know the cube unopened.
 pub const DATACUBE_EXT: &str = "https://stac-extensions.github.io/datacube/v2.2.0/schema.json";
+/// The xarray-assets extension: the `xarray.open_dataset` arguments of each asset.
 pub const XARRAY_EXT: &str = "https://stac-extensions.github.io/xarray-assets/v1.0.0/schema.json";
+/// The Zarr assets' media type, the one xpystac recognises.
 pub const ZARR_MEDIA_TYPE: &str = "application/vnd+zarr";
 
 /// Where the served documents live, relative to the public base URL.
 pub fn item_path(id: &str) -> String {
     format!("/datasets/{id}/stac")
 }
+/// Where the collection of all served datasets lives, relative to the public base URL.
 pub const COLLECTION_PATH: &str = "/stac-collection-all.json";
 
 /// `[west, south, east, north]` as a GeoJSON geometry; an area across the antimeridian

@@ -5,23 +5,26 @@
 //! * `item` and `intake` turn that into a STAC 1.1 Item/Collection and intake catalogs —
 //!   pure functions of the description and the public base URL;
 //! * `routes` serves them from `cloudify serve`, `export` writes a static catalog;
-//! * `store` and `api` are the `cloudify catalog` STAC API service (with the Transactions
-//!   extension), `client` registers a server's items in such a catalog (also used by the
-//!   Kubernetes operator).
+//! * `client` registers a server's items in a `cloudify catalog` STAC API (also used by the
+//!   Kubernetes operator); that service itself is [`crate::stac_api`], a process of its own
+//!   that reads no dataset;
+//! * `cli` holds the `cloudify catalog` and `cloudify stac` subcommands.
 
-pub mod api;
+/// The `serve` catalog flags and the `cloudify catalog` / `cloudify stac` subcommands.
 pub mod cli;
 /// The STAC Transactions client, shared with the operator (in `cloudify-crds` so the operator
 /// does not link netCDF).
 pub use cloudify_crds::catalog_client as client;
+/// A dataset's extent, time range and datacube description, read from the dataset.
 pub mod describe;
+/// `cloudify stac export`: a static catalog for hosting without a server.
 pub mod export;
-pub mod filter;
+/// intake catalogs (YAML) of the served datasets.
 pub mod intake;
+/// STAC Items and Collections from descriptions.
 pub mod item;
-pub mod openapi;
+/// The catalog routes of `cloudify serve`.
 pub mod routes;
-pub mod store;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,12 +36,17 @@ use crate::attrs::AttrValue;
 /// Why catalog metadata could not be produced.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
+    /// A coordinate (named by path) that is not numbers, so no extent can be read from it.
     #[error("{0}: not a numeric variable")]
     NotNumeric(String),
+    /// A coordinate too large to read whole just to describe it (the dataset still serves).
     #[error("{0}: too large to read for catalog metadata")]
     TooLarge(String),
+    /// A time axis whose CF units or values cannot be decoded; the item falls back to
+    /// another datetime instead of failing.
     #[error("time axis {0}")]
     Time(String),
+    /// Reading a coordinate's values failed.
     #[error(transparent)]
     Read(#[from] crate::chunk::read::ReadError),
 }
@@ -92,6 +100,7 @@ impl PublicUrl {
 /// router built without catalog settings (tests, embedding) still answers.
 #[derive(Debug, Default)]
 pub struct CatalogCtx {
+    /// How links and asset hrefs spell this server's address.
     pub public_url: PublicUrl,
     /// Id of the collection of this server's items (`--stac-collection`).
     pub collection_id: Option<String>,
@@ -103,6 +112,7 @@ pub struct CatalogCtx {
 pub const DEFAULT_COLLECTION: &str = client::DEFAULT_COLLECTION;
 
 impl CatalogCtx {
+    /// Settings from the command line, with no description computed yet.
     pub fn new(public_url: PublicUrl, collection_id: Option<String>) -> Self {
         Self {
             public_url,
@@ -111,6 +121,7 @@ impl CatalogCtx {
         }
     }
 
+    /// The collection id items link to: configured, else [`DEFAULT_COLLECTION`].
     pub fn collection(&self) -> &str {
         self.collection_id.as_deref().unwrap_or(DEFAULT_COLLECTION)
     }

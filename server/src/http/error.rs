@@ -1,10 +1,42 @@
 //! HTTP errors: a status and a JSON body naming the problem.
+//!
+//! One error type for both services: `cloudify serve` answers `{"error": message}`, the
+//! `cloudify catalog` STAC API the OGC API shape `{"code": ..., "description": message}`.
+//! Only the spelling of the body differs ([`ErrorShape`]); status, logging and headers are
+//! decided in one place, so the two services cannot drift apart in how they fail.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
 
-/// An error answered to the client as `{"error": message}`.
+/// How an error body is spelled. Each protocol prescribes its own; the shape is chosen by
+/// the service (router), never by the error's cause.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ErrorShape {
+    /// `{"error": message}`: the data server's routes (what xpublish-style clients read).
+    #[default]
+    Plain,
+    /// `{"code": "NotFound", "description": message}`: the STAC API / OGC API Features
+    /// exception shape, with `code` the status's reason phrase without spaces.
+    Stac,
+}
+
+impl ErrorShape {
+    /// The JSON body answering `status` with `message` in this shape.
+    pub fn body(self, status: StatusCode, message: &str) -> Value {
+        match self {
+            ErrorShape::Plain => json!({ "error": message }),
+            ErrorShape::Stac => {
+                let code = status.canonical_reason().unwrap_or("Error").replace(' ', "");
+                json!({"code": code, "description": message})
+            }
+        }
+    }
+}
+
+/// An error answered to the client as JSON naming the problem: `{"error": message}` by
+/// default, or in another protocol's shape ([`ApiError::shape`]).
 #[derive(Debug)]
 pub struct ApiError {
     /// HTTP status answered: 4xx for a bad request, 5xx for a server-side failure.
@@ -17,6 +49,10 @@ pub struct ApiError {
     pub quiet: bool,
     /// `Retry-After` seconds, for 503s that will pass.
     pub retry_after: Option<u64>,
+    /// How the body is spelled: [`ErrorShape::Plain`] unless the service prescribes another.
+    pub shape: ErrorShape,
+    /// `WWW-Authenticate` challenge of a 401, telling the client which credentials to send.
+    pub challenge: Option<&'static str>,
 }
 
 impl ApiError {
@@ -27,6 +63,8 @@ impl ApiError {
             message: message.into(),
             quiet: false,
             retry_after: None,
+            shape: ErrorShape::Plain,
+            challenge: None,
         }
     }
     /// Not logged when answered: the cause was logged once already.
@@ -39,6 +77,18 @@ impl ApiError {
     #[must_use]
     pub fn retry_after(mut self, secs: u64) -> Self {
         self.retry_after = Some(secs);
+        self
+    }
+    /// Answered in `shape` (the service's error body) instead of `{"error": ...}`.
+    #[must_use]
+    pub fn shape(mut self, shape: ErrorShape) -> Self {
+        self.shape = shape;
+        self
+    }
+    /// Adds `WWW-Authenticate: scheme` (for a 401).
+    #[must_use]
+    pub fn challenge(mut self, scheme: &'static str) -> Self {
+        self.challenge = Some(scheme);
         self
     }
     /// 404 Not Found with `m`: no such dataset, variable, key or route.
@@ -56,12 +106,14 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() && !self.quiet {
             tracing::error!(status = %self.status, "{}", self.message);
         }
-        let mut r = (self.status, Json(serde_json::json!({"error": self.message}))).into_response();
+        let mut r = (self.status, Json(self.shape.body(self.status, &self.message))).into_response();
         if let Some(secs) = self.retry_after {
-            r.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from(secs),
-            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(scheme) = self.challenge {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(scheme));
         }
         r
     }

@@ -1,7 +1,7 @@
 //! Router-wide guards: request size limits answered in JSON, and JSON bodies for the errors
 //! axum produces itself (path rejections, 405, 413 of a body limit), so that every error a
 //! client sees is JSON with the right status: `{"error": "..."}` from `cloudify serve`, the
-//! STAC API's `{"code": ..., "description": ...}` from `cloudify catalog` (see [`ErrorBody`]).
+//! STAC API's `{"code": ..., "description": ...}` from `cloudify catalog` (see [`ErrorShape`]).
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -9,7 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorShape};
 
 /// Longest request target (path and query) served. The longest URI a dataset can need is a
 /// chunk key of its deepest variable: a few hundred bytes. hyper itself refuses targets over
@@ -33,35 +33,61 @@ pub fn head(s: &str, n: usize) -> &str {
     &s[..end]
 }
 
-/// 414 for an over-long request target, 431 for over-large headers, as JSON.
+/// 414 for an over-long request target, 431 for over-large headers, as `{"error": ...}`.
 pub async fn limits(req: Request, next: Next) -> Response {
+    match over_limits(&req, MAX_URI_BYTES) {
+        Some(e) => e.into_response(),
+        None => next.run(req).await,
+    }
+}
+
+/// The request guards of a service other than the data server: its error shape and the
+/// longest request target its routes can need.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// How the 414/431 bodies are spelled.
+    pub shape: ErrorShape,
+    /// Longest request target (path and query) served; [`MAX_URI_BYTES`] is the data
+    /// server's. At most hyper's own 64 KiB, beyond which no layer runs.
+    pub max_uri: usize,
+}
+
+/// [`limits`] for another service (`axum::middleware::from_fn_with_state(limits,
+/// limits_as)`): the same header limit, the service's target limit and error shape.
+pub async fn limits_as(State(l): State<Limits>, req: Request, next: Next) -> Response {
+    match over_limits(&req, l.max_uri) {
+        Some(e) => e.shape(l.shape).into_response(),
+        None => next.run(req).await,
+    }
+}
+
+/// The error answering a request target over `max_uri` bytes or headers over
+/// [`MAX_HEADER_BYTES`], if it is.
+fn over_limits(req: &Request, max_uri: usize) -> Option<ApiError> {
     let target = req.uri().path_and_query().map_or("", |p| p.as_str());
-    if target.len() > MAX_URI_BYTES {
-        return ApiError::new(
+    if target.len() > max_uri {
+        return Some(ApiError::new(
             StatusCode::URI_TOO_LONG,
             format!(
-                "the request target is {} bytes long, more than the {MAX_URI_BYTES} accepted (it starts '{}')",
+                "the request target is {} bytes long, more than the {max_uri} accepted (it starts '{}')",
                 target.len(),
                 head(target, 80)
             ),
-        )
-        .into_response();
+        ));
     }
     let header_bytes: usize = req
         .headers()
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum();
-    if header_bytes > MAX_HEADER_BYTES {
-        return ApiError::new(
+    (header_bytes > MAX_HEADER_BYTES).then(|| {
+        ApiError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             format!(
                 "the request headers are {header_bytes} bytes, more than the {MAX_HEADER_BYTES} accepted"
             ),
         )
-        .into_response();
-    }
-    next.run(req).await
+    })
 }
 
 fn is_json(r: &Response) -> bool {
@@ -74,21 +100,13 @@ fn is_json(r: &Response) -> bool {
         })
 }
 
-/// How a router spells an error body, given the status and the message.
-pub type ErrorBody = fn(StatusCode, &str) -> serde_json::Value;
-
-/// `cloudify serve`'s error body, as [`ApiError`] answers it: `{"error": message}`.
-pub fn error_body(_: StatusCode, message: &str) -> serde_json::Value {
-    serde_json::json!({ "error": message })
-}
-
 /// Turns an error answer that is not JSON (axum's path rejections such as invalid UTF-8 in a
 /// percent-encoded segment, its 405 for other methods) into `{"error": "METHOD PATH: why"}`,
 /// keeping status and headers (`Allow`).
 pub async fn json_errors(req: Request, next: Next) -> Response {
     // axum adds `Allow` outside this layer; every route of this router is GET (and HEAD)
     to_json(
-        error_body,
+        ErrorShape::Plain,
         "this server answers GET and HEAD (see Allow)",
         req,
         next,
@@ -98,12 +116,12 @@ pub async fn json_errors(req: Request, next: Next) -> Response {
 
 /// [`json_errors`] with another error body (`axum::middleware::from_fn_with_state(shape,
 /// json_errors_as)`), for routers whose protocol prescribes one.
-pub async fn json_errors_as(State(shape): State<ErrorBody>, req: Request, next: Next) -> Response {
+pub async fn json_errors_as(State(shape): State<ErrorShape>, req: Request, next: Next) -> Response {
     to_json(shape, "see Allow", req, next).await
 }
 
 /// `allowed`: what a 405 says when `Allow` is not set yet at this layer.
-async fn to_json(shape: ErrorBody, allowed: &str, req: Request, next: Next) -> Response {
+async fn to_json(shape: ErrorShape, allowed: &str, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let uri = req.uri().clone();
     let resp = next.run(req).await;
@@ -129,7 +147,7 @@ async fn to_json(shape: ErrorBody, allowed: &str, req: Request, next: Next) -> R
     }
     let message = format!("{method} {}: {why}", head(uri.path(), 200));
     tracing::debug!(%status, "{message}");
-    let body = shape(status, &message).to_string();
+    let body = shape.body(status, &message).to_string();
     parts.headers.remove(header::CONTENT_LENGTH);
     parts
         .headers

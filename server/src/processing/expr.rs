@@ -32,7 +32,10 @@ pub const MAX_LEN: usize = 10_000;
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 #[error("at character {pos}: {msg}")]
 pub struct ExprError {
+    /// 0-based offset in characters (not bytes), so a client can point at the spot in the
+    /// expression it sent, whatever its encoding.
     pub pos: usize,
+    /// What is wrong there, in words naming the token, variable or function.
     pub msg: String,
 }
 
@@ -125,20 +128,35 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
 /// Binary operators.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BinOp {
+    /// `+`
     Add,
+    /// `-`
     Sub,
+    /// `*`
     Mul,
+    /// `/`: true division, `x / 0` is ±inf or NaN as in NumPy (never an error).
     Div,
+    /// `//`: floor division with Python's rounding toward −∞ (`-7 // 2 == -4`).
     FloorDiv,
+    /// `%`: Python's modulo, the sign of the divisor (`-7 % 2 == 1`); `x % 0` is NaN.
     Mod,
+    /// `**`: right-associative and binding tighter than unary minus, as in Python.
     Pow,
+    /// `<`: false with NaN, as every ordered comparison.
     Lt,
+    /// `<=`
     Le,
+    /// `>`
     Gt,
+    /// `>=`
     Ge,
+    /// `==`: NaN equals nothing, itself included (use `isnan`).
     Eq,
+    /// `!=`: true with NaN.
     Ne,
+    /// `and`: element-wise on booleans only (NumPy's `&`, not Python's short circuit).
     And,
+    /// `or`: element-wise on booleans only.
     Or,
 }
 
@@ -173,24 +191,39 @@ impl BinOp {
 /// Unary operators.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UnOp {
+    /// `-x`
     Neg,
+    /// `+x`: no change to a number, but kept so that `+` on a boolean is refused as in NumPy.
     Plus,
+    /// `not x`: element-wise on booleans only.
     Not,
 }
 
 /// Functions (a closed list: names map here or are an error).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Func {
+    /// `where(cond, a, b)`: `a` where `cond` is true, else `b` (NumPy's `where`): the way to
+    /// mask values, since there are no statements.
     Where,
+    /// `sqrt(x)`: NaN below zero, as NumPy (not an error).
     Sqrt,
+    /// `abs(x)`
     Abs,
+    /// `exp(x)`
     Exp,
+    /// `log(x)`: the natural logarithm; −inf at 0, NaN below.
     Log,
+    /// `log10(x)`
     Log10,
+    /// `hypot(x, y)`: √(x² + y²) without overflow, e.g. wind speed from its components.
     Hypot,
+    /// `minimum(a, b)` (also `min`): NaN if either is NaN, as NumPy's `minimum`.
     Minimum,
+    /// `maximum(a, b)` (also `max`): NaN if either is NaN.
     Maximum,
+    /// `clip(x, lo, hi)`: `minimum(maximum(x, lo), hi)`, NaN propagating.
     Clip,
+    /// `isnan(x)`: a boolean, for `where` (comparisons cannot find NaN).
     IsNan,
 }
 
@@ -222,33 +255,53 @@ impl Func {
 /// The syntax tree; `pos` is the character offset of the node's operator or first token.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Expr {
+    /// A literal (also `nan`, `inf`): a weak Python scalar for typing ([`Ty::Weak`]).
     Num {
+        /// The value, parsed as float64 like a Python float literal.
         value: f64,
+        /// Where the literal starts.
         pos: usize,
     },
+    /// A variable of the same dataset, read over the requested region.
     Var {
+        /// The variable's name as the dataset spells it.
         name: String,
+        /// Where the name starts.
         pos: usize,
     },
+    /// `-x`, `+x`, `not x`.
     Unary {
+        /// Which operator.
         op: UnOp,
+        /// The operand.
         arg: Box<Expr>,
+        /// Where the operator is.
         pos: usize,
     },
+    /// `lhs op rhs`.
     Binary {
+        /// Which operator.
         op: BinOp,
+        /// The left operand.
         lhs: Box<Expr>,
+        /// The right operand.
         rhs: Box<Expr>,
+        /// Where the operator is (errors about the operation point there).
         pos: usize,
     },
+    /// `func(args...)`, with as many arguments as the function takes (checked when parsed).
     Call {
+        /// Which function.
         func: Func,
+        /// The arguments in order.
         args: Vec<Expr>,
+        /// Where the function's name starts.
         pos: usize,
     },
 }
 
 impl Expr {
+    /// The character offset errors about this node point at.
     pub fn pos(&self) -> usize {
         match self {
             Expr::Num { pos, .. }
@@ -588,9 +641,14 @@ impl Parser {
 /// float32), as NEP 50 specifies; alone it is float64.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ty {
+    /// A comparison's result: stored as `bool` (NumPy's `?`), refused by arithmetic.
     Bool,
+    /// float32: variables xarray decodes as float32 (float32 data, small integers with a fill
+    /// value) stay float32, as in NumPy.
     F32,
+    /// float64.
     F64,
+    /// A Python scalar: takes the other operand's type.
     Weak,
 }
 
@@ -612,7 +670,9 @@ impl Ty {
 /// A type-checked expression: each node annotated with the type it is computed in.
 #[derive(Clone, Debug)]
 pub struct Typed {
+    /// The checked tree.
     pub expr: Expr,
+    /// The type of the result: the derived variable's dtype (after [`Ty::strong`]).
     pub ty: Ty,
     /// Input names in the order [`eval`] expects their values.
     pub inputs: Vec<String>,
@@ -711,8 +771,11 @@ fn type_of(e: &Expr, vars: &BTreeMap<String, Ty>) -> Result<Ty, ExprError> {
 /// Flat values of one node: length `n` (the region) or 1 (a scalar, broadcast).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Col {
+    /// Booleans of a comparison, `not`, `and`, `or` or `isnan`.
     Bool(Vec<bool>),
+    /// Values computed in float32.
     F32(Vec<f32>),
+    /// Values computed in float64.
     F64(Vec<f64>),
 }
 

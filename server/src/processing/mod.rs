@@ -10,8 +10,6 @@
 
 pub mod bitround;
 pub mod derived;
-// The expression AST's public items are documented in a follow-up.
-#[allow(missing_docs)]
 pub mod expr;
 pub mod rechunk;
 

@@ -28,7 +28,8 @@ use stac::{Collection, Item};
 use stac_server::{Api, Backend};
 
 use super::store::{Mode, Store, StoreError, check_id, merge_patch, validate_collection, validate_item};
-use crate::http::middleware::{ErrorBody, json_errors_as};
+use crate::http::error::{ApiError, ErrorShape};
+use crate::http::middleware::{Limits, json_errors_as, limits_as};
 
 /// Conformance classes added to what `stac_server::Api` declares.
 const TRANSACTION_CLASSES: [&str; 3] = [
@@ -162,35 +163,13 @@ impl Backend for FileBackend {
     }
 }
 
-/// The STAC API error shape: `{"code": "NotFound", "description": message}`; also given to
-/// the server's [`json_errors_as`] middleware, so that axum's own errors (405, 413, path
-/// rejections) have it too.
-pub fn stac_error_body(status: StatusCode, message: &str) -> Value {
-    let code = status.canonical_reason().unwrap_or("Error").replace(' ', "");
-    json!({"code": code, "description": message})
+/// An error of this service: the one HTTP error type, in the STAC API's shape
+/// `{"code": "NotFound", "description": message}`.
+fn err(status: StatusCode, m: impl Into<String>) -> ApiError {
+    ApiError::new(status, m).shape(ErrorShape::Stac)
 }
 
-/// A JSON error answer `{"code": ..., "description": ...}` (the STAC API error shape).
-#[derive(Debug)]
-pub struct ApiErr(StatusCode, String);
-
-impl IntoResponse for ApiErr {
-    fn into_response(self) -> Response {
-        if self.0.is_server_error() {
-            tracing::error!(status = %self.0, "{}", self.1);
-        }
-        let mut r = (self.0, axum::Json(stac_error_body(self.0, &self.1))).into_response();
-        if self.0 == StatusCode::UNAUTHORIZED {
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-        }
-        r
-    }
-}
-
-impl From<StoreError> for ApiErr {
+impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let s = match &e {
             StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
@@ -198,24 +177,26 @@ impl From<StoreError> for ApiErr {
             StoreError::CollectionExists(_) | StoreError::ItemExists { .. } => StatusCode::CONFLICT,
             StoreError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        ApiErr(s, e.to_string())
+        err(s, e.to_string())
     }
 }
 
-impl From<stac_server::Error> for ApiErr {
+impl From<stac_server::Error> for ApiError {
     fn from(e: stac_server::Error) -> Self {
-        ApiErr(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
     }
 }
 
-fn bad(m: impl Into<String>) -> ApiErr {
-    ApiErr(StatusCode::BAD_REQUEST, m.into())
+fn bad(m: impl Into<String>) -> ApiError {
+    err(StatusCode::BAD_REQUEST, m)
 }
 
 /// Settings and state of the catalog service.
 #[derive(Clone, Debug)]
 pub struct CatalogApp {
+    /// stac-server's API over the store: landing page, conformance, links and paging.
     pub api: Api<FileBackend>,
+    /// The store itself, for transactions and existence checks `Api` has no call for.
     pub store: Arc<Store>,
     /// Bearer token for transactions; `None` refuses every write.
     pub token: Option<Arc<str>>,
@@ -226,14 +207,14 @@ type St = State<CatalogApp>;
 fn geojson(v: impl serde::Serialize) -> Response {
     match serde_json::to_string(&v) {
         Ok(s) => ([(header::CONTENT_TYPE, "application/geo+json")], s).into_response(),
-        Err(e) => ApiErr(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 
 fn jsonr(v: impl serde::Serialize) -> Response {
     match serde_json::to_string(&v) {
         Ok(s) => ([(header::CONTENT_TYPE, "application/json")], s).into_response(),
-        Err(e) => ApiErr(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 
@@ -242,11 +223,11 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn authorize(app: &CatalogApp, headers: &HeaderMap) -> Result<(), ApiErr> {
+fn authorize(app: &CatalogApp, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &app.token else {
-        return Err(ApiErr(
+        return Err(err(
             StatusCode::FORBIDDEN,
-            "transactions are disabled: start `cloudify catalog` with --token-file".into(),
+            "transactions are disabled: start `cloudify catalog` with --token-file",
         ));
     };
     let given = headers
@@ -254,38 +235,40 @@ fn authorize(app: &CatalogApp, headers: &HeaderMap) -> Result<(), ApiErr> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
     match given {
-        None => Err(ApiErr(
+        // the challenge names the scheme a client must use (RFC 6750)
+        None => Err(err(
             StatusCode::UNAUTHORIZED,
-            "a bearer token is required for transactions".into(),
-        )),
+            "a bearer token is required for transactions",
+        )
+        .challenge("Bearer")),
         Some(t) if same(t.trim().as_bytes(), token.as_bytes()) => Ok(()),
-        Some(_) => Err(ApiErr(StatusCode::FORBIDDEN, "invalid bearer token".into())),
+        Some(_) => Err(err(StatusCode::FORBIDDEN, "invalid bearer token")),
     }
 }
 
-fn parse_json(body: &Bytes) -> Result<Value, ApiErr> {
+fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| bad(format!("body is not valid JSON: {e}")))
 }
 
 /// Runs a blocking store write (fsync) off the async workers.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, ApiErr> {
+) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| {
-            ApiErr(
+            err(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("store task failed: {e}"),
             )
         })?
-        .map_err(ApiErr::from)
+        .map_err(ApiError::from)
 }
 
-async fn landing(State(app): St) -> Result<Response, ApiErr> {
+async fn landing(State(app): St) -> Result<Response, ApiError> {
     let root = app.api.root().await?;
     let mut v =
-        serde_json::to_value(root).map_err(|e| ApiErr(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        serde_json::to_value(root).map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     if let Some(Value::Array(c)) = v.get_mut("conformsTo") {
         c.extend(TRANSACTION_CLASSES.iter().map(|s| json!(s)));
     }
@@ -327,29 +310,29 @@ async fn queryables(State(app): St) -> Response {
         .into_response()
 }
 
-async fn list_collections(State(app): St) -> Result<Response, ApiErr> {
+async fn list_collections(State(app): St) -> Result<Response, ApiError> {
     Ok(jsonr(app.api.collections().await?))
 }
 
 /// Checks ids taken from the URL path as ids in documents are checked: `..`, `.` or an id with
 /// `/` or control characters can never name a stored collection or item, and a request for
 /// one is a client mistake (400), not a search for something absent.
-fn path_cid(cid: &str) -> Result<(), ApiErr> {
-    check_id("collectionId", cid).map_err(ApiErr::from)
+fn path_cid(cid: &str) -> Result<(), ApiError> {
+    check_id("collectionId", cid).map_err(ApiError::from)
 }
 
-fn path_ids(cid: &str, iid: &str) -> Result<(), ApiErr> {
+fn path_ids(cid: &str, iid: &str) -> Result<(), ApiError> {
     path_cid(cid)?;
-    check_id("featureId", iid).map_err(ApiErr::from)
+    check_id("featureId", iid).map_err(ApiError::from)
 }
 
-async fn get_collection(State(app): St, Path(cid): Path<String>) -> Result<Response, ApiErr> {
+async fn get_collection(State(app): St, Path(cid): Path<String>) -> Result<Response, ApiError> {
     path_cid(&cid)?;
     let c = app
         .api
         .collection(&cid)
         .await?
-        .ok_or_else(|| ApiErr(StatusCode::NOT_FOUND, format!("no collection '{cid}'")))?;
+        .ok_or_else(|| err(StatusCode::NOT_FOUND, format!("no collection '{cid}'")))?;
     Ok(jsonr(c))
 }
 
@@ -357,7 +340,7 @@ async fn get_items(
     State(app): St,
     Path(cid): Path<String>,
     Query(q): Query<GetItems>,
-) -> Result<Response, ApiErr> {
+) -> Result<Response, ApiError> {
     path_cid(&cid)?;
     let lang = q.filter_lang.clone();
     let items = Items::try_from(q).map_err(|e| bad(format!("invalid query: {e}")))?;
@@ -368,7 +351,7 @@ async fn get_items(
         compile_filter(f).map_err(|e| bad(e.to_string()))?;
     }
     if app.store.collection(&cid).is_none() {
-        return Err(ApiErr(StatusCode::NOT_FOUND, format!("no collection '{cid}'")));
+        return Err(err(StatusCode::NOT_FOUND, format!("no collection '{cid}'")));
     }
     // The items of a collection are a search restricted to it; `Api::items` is not used
     // because of its GET paging links (see `get_paging_links`).
@@ -391,8 +374,8 @@ async fn get_items(
 /// fails (a 500 "unsupported value") as soon as the search has a bbox, ids, collections,
 /// intersects or a cql2-json filter; stac's `GetSearch`/`GetItems` conversions spell each
 /// of those as a string.
-fn get_paging_links(ic: &mut ItemCollection, base: &str, items_only: bool) -> Result<(), ApiErr> {
-    let internal = |e: stac::Error| ApiErr(StatusCode::INTERNAL_SERVER_ERROR, format!("paging link: {e}"));
+fn get_paging_links(ic: &mut ItemCollection, base: &str, items_only: bool) -> Result<(), ApiError> {
+    let internal = |e: stac::Error| err(StatusCode::INTERNAL_SERVER_ERROR, format!("paging link: {e}"));
     for link in &mut ic.links {
         if link.rel != "next" && link.rel != "prev" {
             continue;
@@ -401,7 +384,7 @@ fn get_paging_links(ic: &mut ItemCollection, base: &str, items_only: bool) -> Re
             continue;
         };
         let mut search: Search = serde_json::from_value(Value::Object(body))
-            .map_err(|e| ApiErr(StatusCode::INTERNAL_SERVER_ERROR, format!("paging link: {e}")))?;
+            .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("paging link: {e}")))?;
         if let Some(f) = search.items.filter.take() {
             search.items.filter = Some(f.into_cql2_text().map_err(internal)?);
         }
@@ -410,7 +393,7 @@ fn get_paging_links(ic: &mut ItemCollection, base: &str, items_only: bool) -> Re
         } else {
             serde_json::to_value(GetSearch::try_from(search).map_err(internal)?)
         }
-        .map_err(|e| ApiErr(StatusCode::INTERNAL_SERVER_ERROR, format!("paging link: {e}")))?;
+        .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, format!("paging link: {e}")))?;
         let mut query = url::form_urlencoded::Serializer::new(String::new());
         if let Value::Object(m) = params {
             for (k, v) in m {
@@ -431,13 +414,13 @@ fn get_paging_links(ic: &mut ItemCollection, base: &str, items_only: bool) -> Re
     Ok(())
 }
 
-async fn get_item(State(app): St, Path((cid, iid)): Path<(String, String)>) -> Result<Response, ApiErr> {
+async fn get_item(State(app): St, Path((cid, iid)): Path<(String, String)>) -> Result<Response, ApiError> {
     path_ids(&cid, &iid)?;
     if app.store.collection(&cid).is_none() {
-        return Err(ApiErr(StatusCode::NOT_FOUND, format!("no collection '{cid}'")));
+        return Err(err(StatusCode::NOT_FOUND, format!("no collection '{cid}'")));
     }
     let it = app.api.item(&cid, &iid).await?.ok_or_else(|| {
-        ApiErr(
+        err(
             StatusCode::NOT_FOUND,
             format!("no item '{iid}' in collection '{cid}'"),
         )
@@ -448,7 +431,7 @@ async fn get_item(State(app): St, Path((cid, iid)): Path<(String, String)>) -> R
 /// The `datetime` parameter, checked as matching will read it (`stac::datetime::parse`):
 /// `Items::valid` lets `..` and an empty value through, which then failed every item's
 /// match — a 500 for a client's mistake.
-fn check_datetime(items: &Items) -> Result<(), ApiErr> {
+fn check_datetime(items: &Items) -> Result<(), ApiError> {
     if let Some(dt) = items.datetime.as_deref() {
         stac::datetime::parse(dt).map_err(|e| {
             bad(format!(
@@ -460,7 +443,7 @@ fn check_datetime(items: &Items) -> Result<(), ApiErr> {
     Ok(())
 }
 
-async fn run_search(app: &CatalogApp, search: Search, method: Method) -> Result<Response, ApiErr> {
+async fn run_search(app: &CatalogApp, search: Search, method: Method) -> Result<Response, ApiError> {
     check_datetime(&search.items)?;
     let search = search.valid().map_err(|e| bad(e.to_string()))?;
     if let Some(f) = &search.items.filter {
@@ -488,7 +471,7 @@ async fn run_search(app: &CatalogApp, search: Search, method: Method) -> Result<
 }
 
 /// GET `filter-lang`: stac's conversion of GET parameters reads every filter as cql2-text.
-fn apply_get_filter_lang(lang: Option<&str>, items: &mut Items) -> Result<(), ApiErr> {
+fn apply_get_filter_lang(lang: Option<&str>, items: &mut Items) -> Result<(), ApiError> {
     match (lang, items.filter.take()) {
         (None | Some("cql2-text"), f) => items.filter = f,
         (Some("cql2-json"), Some(Filter::Cql2Text(text))) => {
@@ -523,14 +506,14 @@ fn default_filter_lang(v: &mut Value) {
     }
 }
 
-async fn get_search(State(app): St, Query(q): Query<GetSearch>) -> Result<Response, ApiErr> {
+async fn get_search(State(app): St, Query(q): Query<GetSearch>) -> Result<Response, ApiError> {
     let lang = q.items.filter_lang.clone();
     let mut search = Search::try_from(q).map_err(|e| bad(e.to_string()))?;
     apply_get_filter_lang(lang.as_deref(), &mut search.items)?;
     run_search(&app, search, Method::GET).await
 }
 
-async fn post_search(State(app): St, body: Bytes) -> Result<Response, ApiErr> {
+async fn post_search(State(app): St, body: Bytes) -> Result<Response, ApiError> {
     let mut v = if body.is_empty() {
         json!({})
     } else {
@@ -543,6 +526,14 @@ async fn post_search(State(app): St, body: Bytes) -> Result<Response, ApiErr> {
     {
         return Err(bad(format!(
             "filter: must be a cql2-json object or a cql2-text string, not {f}"
+        )));
+    }
+    // the OpenAPI document's enum; without a filter stac's `Search` would ignore any value
+    if let Some(lang) = v.get("filter-lang")
+        && !matches!(lang.as_str(), Some("cql2-text" | "cql2-json"))
+    {
+        return Err(bad(format!(
+            "filter-lang: {lang} is not supported (cql2-text, cql2-json)"
         )));
     }
     default_filter_lang(&mut v);
@@ -561,7 +552,7 @@ fn created(location: String, body: impl serde::Serialize, geo: bool) -> Response
     r
 }
 
-async fn post_collection(State(app): St, headers: HeaderMap, body: Bytes) -> Result<Response, ApiErr> {
+async fn post_collection(State(app): St, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     authorize(&app, &headers)?;
     let c = validate_collection(parse_json(&body)?)?;
     let store = app.store.clone();
@@ -575,14 +566,14 @@ async fn put_collection(
     Path(cid): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Response, ApiErr> {
+) -> Result<Response, ApiError> {
     authorize(&app, &headers)?;
     path_cid(&cid)?;
     let v = parse_json(&body)?;
     write_collection(app, cid, v).await
 }
 
-async fn write_collection(app: CatalogApp, cid: String, v: Value) -> Result<Response, ApiErr> {
+async fn write_collection(app: CatalogApp, cid: String, v: Value) -> Result<Response, ApiError> {
     let c = validate_collection(v)?;
     if c.id != cid {
         return Err(bad(format!(
@@ -600,14 +591,14 @@ async fn patch_collection(
     Path(cid): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Response, ApiErr> {
+) -> Result<Response, ApiError> {
     authorize(&app, &headers)?;
     path_cid(&cid)?;
     let patch = parse_json(&body)?;
     let current = app
         .store
         .collection(&cid)
-        .ok_or_else(|| ApiErr(StatusCode::NOT_FOUND, format!("no collection '{cid}'")))?;
+        .ok_or_else(|| err(StatusCode::NOT_FOUND, format!("no collection '{cid}'")))?;
     let mut v = serde_json::to_value(current).map_err(|e| bad(e.to_string()))?;
     merge_patch(&mut v, &patch);
     write_collection(app, cid, v).await
@@ -617,7 +608,7 @@ async fn delete_collection(
     State(app): St,
     Path(cid): Path<String>,
     headers: HeaderMap,
-) -> Result<Response, ApiErr> {
+) -> Result<Response, ApiError> {
     authorize(&app, &headers)?;
     path_cid(&cid)?;
     let store = app.store.clone();
@@ -630,7 +621,7 @@ async fn post_item(
     Path(cid): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Response, ApiErr> {
+) -> Result<Response, ApiError> {
     authorize(&app, &headers)?;
     path_cid(&cid)?;
     let v = parse_json(&body)?;
@@ -640,7 +631,7 @@ async fn post_item(
         ));
     }
     if app.store.collection(&cid).is_none() {
-        return Err(ApiErr(StatusCode::NOT_FOUND, format!("no collection '{cid}'")));
+        return Err(err(StatusCode::NOT_FOUND, format!("no collection '{cid}'")));
     }
     let it = validate_item(v, &cid)?;
     let store = app.store.clone();
@@ -649,9 +640,9 @@ async fn post_item(
     Ok(created(loc, it, true))
 }
 
-async fn write_item(app: CatalogApp, cid: String, iid: String, v: Value) -> Result<Response, ApiErr> {
+async fn write_item(app: CatalogApp, cid: String, iid: String, v: Value) -> Result<Response, ApiError> {
     if app.store.collection(&cid).is_none() {
-        return Err(ApiErr(StatusCode::NOT_FOUND, format!("no collection '{cid}'")));
+        return Err(err(StatusCode::NOT_FOUND, format!("no collection '{cid}'")));
     }
     let it = validate_item(v, &cid)?;
     if it.id != iid {
@@ -670,7 +661,7 @@ async fn put_item(
     Path((cid, iid)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Response, ApiErr> {
+) -> Result<Response, ApiError> {
     authorize(&app, &headers)?;
     path_ids(&cid, &iid)?;
     let v = parse_json(&body)?;
@@ -682,12 +673,12 @@ async fn patch_item(
     Path((cid, iid)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Response, ApiErr> {
+) -> Result<Response, ApiError> {
     authorize(&app, &headers)?;
     path_ids(&cid, &iid)?;
     let patch = parse_json(&body)?;
     let current = app.store.item(&cid, &iid).ok_or_else(|| {
-        ApiErr(
+        err(
             StatusCode::NOT_FOUND,
             format!("no item '{iid}' in collection '{cid}'"),
         )
@@ -701,7 +692,7 @@ async fn delete_item(
     State(app): St,
     Path((cid, iid)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Response, ApiErr> {
+) -> Result<Response, ApiError> {
     authorize(&app, &headers)?;
     path_ids(&cid, &iid)?;
     let store = app.store.clone();
@@ -709,8 +700,8 @@ async fn delete_item(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn not_found(uri: axum::http::Uri) -> ApiErr {
-    ApiErr(StatusCode::NOT_FOUND, format!("no route for '{}'", uri.path()))
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    err(StatusCode::NOT_FOUND, format!("no route for '{}'", uri.path()))
 }
 
 /// Builds the catalog service. `root` is its public URL (ends with `/`).
@@ -756,8 +747,17 @@ pub fn router(
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(
-            stac_error_body as ErrorBody,
+            ErrorShape::Stac,
             json_errors_as,
+        ))
+        // the data server's 414/431 guards (with a target limit for GET searches), answered
+        // before routing, in the STAC shape
+        .layer(axum::middleware::from_fn_with_state(
+            Limits {
+                shape: ErrorShape::Stac,
+                max_uri: super::MAX_URI_BYTES,
+            },
+            limits_as,
         ))
         .layer(cors)
         .with_state(app))

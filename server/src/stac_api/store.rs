@@ -26,18 +26,40 @@ use stac::{Collection, Item};
 /// client's fault (4xx); `Io` is ours (5xx).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// A document or id the store refuses; the message names the field (400).
     #[error("{0}")]
     Invalid(String),
+    /// The collection named in the URL or the item does not exist (404).
     #[error("no collection '{0}'")]
     NoCollection(String),
+    /// No such item in an existing collection (404).
     #[error("no item '{item}' in collection '{collection}'")]
-    NoItem { collection: String, item: String },
+    NoItem {
+        /// The collection searched.
+        collection: String,
+        /// The item id asked for.
+        item: String,
+    },
+    /// A create (POST) of an id that exists: replacing needs PUT, so nothing is overwritten
+    /// by accident (409).
     #[error("collection '{0}' already exists")]
     CollectionExists(String),
+    /// As [`StoreError::CollectionExists`], for an item (409).
     #[error("item '{item}' already exists in collection '{collection}'")]
-    ItemExists { collection: String, item: String },
+    ItemExists {
+        /// The collection it is in.
+        collection: String,
+        /// The existing item's id.
+        item: String,
+    },
+    /// The disk failed; the path names the file, and the in-memory state is unchanged (500).
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file or directory being written, read or removed.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -390,6 +412,7 @@ impl Store {
         }))
     }
 
+    /// Every collection, in id order (copies: no lock is held while answering).
     pub fn collections(&self) -> Vec<Collection> {
         self.data
             .read()
@@ -397,10 +420,12 @@ impl Store {
             .unwrap_or_default()
     }
 
+    /// One collection, if it exists.
     pub fn collection(&self, id: &str) -> Option<Collection> {
         self.data.read().ok().and_then(|d| d.collections.get(id).cloned())
     }
 
+    /// Item `i` of collection `c`, if both exist.
     pub fn item(&self, c: &str, i: &str) -> Option<Item> {
         self.data
             .read()
@@ -483,6 +508,8 @@ impl Store {
         Ok(())
     }
 
+    /// Creates, replaces or upserts an item (as [`Store::put_collection`]) in the collection
+    /// its `collection` field names, which must exist: items are never orphans.
     pub fn put_item(&self, it: Item, mode: Mode) -> Result<Item, StoreError> {
         let _w = self.write.lock().map_err(poisoned)?;
         let cid = it.collection.clone().unwrap_or_default();
@@ -512,6 +539,8 @@ impl Store {
         Ok(it)
     }
 
+    /// Deletes one item (404 when absent); the directory is synced, so it stays deleted after
+    /// a crash.
     pub fn delete_item(&self, c: &str, i: &str) -> Result<(), StoreError> {
         let _w = self.write.lock().map_err(poisoned)?;
         if self.item(c, i).is_none() {

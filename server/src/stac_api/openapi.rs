@@ -9,6 +9,9 @@
 
 use serde_json::{Map, Value, json};
 
+use super::MAX_URI_BYTES;
+use crate::http::middleware::MAX_HEADER_BYTES;
+
 /// The id rule of `store::check_id`: 1-256 characters without '/', '?', '#', '%' or control
 /// characters, and not `.` or `..` (spelled without look-ahead, which not every JSON Schema
 /// implementation has).
@@ -105,6 +108,15 @@ fn op(summary: &str, tag: &str, responses: Map<String, Value>) -> Value {
     responses.insert(
         "500".into(),
         error("The store failed (an I/O error, logged): not the client's mistake"),
+    );
+    // the request guards of every route (`crate::http::middleware::limits_as`)
+    responses.insert(
+        "414".into(),
+        error(&format!("Request target longer than {MAX_URI_BYTES} bytes")),
+    );
+    responses.insert(
+        "431".into(),
+        error(&format!("Request headers larger than {MAX_HEADER_BYTES} bytes")),
     );
     json!({"summary": summary, "tags": [tag], "responses": responses})
 }
@@ -404,6 +416,10 @@ mod tests {
                 assert_eq!(declared, names, "{method} {path}");
                 let responses = op["responses"].as_object().expect("responses");
                 assert!(responses.contains_key("500"), "{method} {path}");
+                assert!(
+                    responses.contains_key("414") && responses.contains_key("431"),
+                    "{method} {path}: request limits"
+                );
                 if !names.is_empty() {
                     assert!(responses.contains_key("400"), "{method} {path}: invalid ids");
                 }

@@ -43,32 +43,46 @@ pub const FILTER_STACK: usize = 32 << 20;
 /// Why a filter was refused; the message names the problem (it is answered with 400).
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum FilterError {
+    /// cql2-text parentheses deeper than [`MAX_FILTER_DEPTH`], found before parsing.
     #[error(
         "filter: parentheses nested more than {MAX_FILTER_DEPTH} levels deep (at byte {at}); \
          {MAX_FILTER_DEPTH} are accepted"
     )]
-    TextTooDeep { at: usize },
+    TextTooDeep {
+        /// Byte offset of the first parenthesis too deep, to find it in a generated filter.
+        at: usize,
+    },
+    /// cql2-text with more than [`MAX_FILTER_OPERATORS`] operators, found before parsing.
     #[error(
         "filter: more than {MAX_FILTER_OPERATORS} operators; at most {MAX_FILTER_OPERATORS} are \
          accepted (long lists of values go in IN (...), large geometries in the intersects parameter)"
     )]
     TooManyOperators,
+    /// An expression tree deeper than [`MAX_FILTER_DEPTH`] (either encoding).
     #[error("filter: nested more than {MAX_FILTER_DEPTH} levels deep; {MAX_FILTER_DEPTH} are accepted")]
     TooDeep,
+    /// cql2-text that does not parse; the parser's message says where.
     #[error("filter: {0}")]
     Syntax(String),
+    /// cql2-json that is not a CQL2 expression.
     #[error("filter: invalid cql2-json: {0}")]
     Json(String),
+    /// A function or operator `cql2` cannot evaluate: without this every item would silently
+    /// "not match".
     #[error(
         "filter: unknown function '{0}' (this catalog defines no functions; the CQL2 operators \
          are and, or, not, comparisons, like, between, in, isNull, casei, accenti, arithmetic, \
          s_*, t_* and a_*)"
     )]
     UnknownFunction(String),
+    /// An operator or function with the wrong number of arguments.
     #[error("filter: '{op}' takes {expected}, not {actual} argument(s)")]
     Arity {
+        /// The operator or function as the filter names it.
         op: String,
+        /// The accepted count, in words ("2 arguments", "4 or 6 arguments").
         expected: &'static str,
+        /// The count given.
         actual: usize,
     },
 }
@@ -107,20 +121,40 @@ pub fn filter_matches(filter: &cql2::Expr, item: &Value) -> bool {
     }
 }
 
+/// The one-argument functions whose extra arguments `cql2`'s text parser drops without a word
+/// (`DATE('2001-01-01', 'junk')` is parsed as `DATE('2001-01-01')`), by the name a message
+/// gives them: the spelling of the CQL2 standard.
+fn single_argument(word: &[u8]) -> Option<&'static str> {
+    ["DATE", "TIMESTAMP"]
+        .into_iter()
+        .find(|f| f.as_bytes().eq_ignore_ascii_case(word))
+}
+
 /// Bounds the recursion of parsing cql2-text, without recursing: the nesting of parentheses
 /// and the number of operator tokens (an over-estimate of the operators the parser sees:
 /// quoted strings and identifiers are skipped, a sign directly before a digit counts unless it
-/// follows a value).
+/// follows a value). Also counts the arguments of `DATE(...)` and `TIMESTAMP(...)`, which the
+/// parsed tree no longer shows (see [`single_argument`]).
 fn scan_text(t: &str) -> Result<(), FilterError> {
     let b = t.as_bytes();
     let (mut depth, mut ops) = (0usize, 0usize);
     // whether the previous token was a value (so that a following `-` is a binary operator)
     let mut after_value = false;
+    // a DATE/TIMESTAMP name just read, waiting for its `(` (whitespace may come between)
+    let mut pending: Option<&'static str> = None;
+    // one entry per open parenthesis: the single-argument function it calls, if any, with the
+    // commas seen at its own level (at most MAX_FILTER_DEPTH entries)
+    let mut open: Vec<Option<(&'static str, usize)>> = Vec::new();
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
+        let call = pending;
+        if !c.is_ascii_whitespace() {
+            pending = None;
+        }
         match c {
             b'\'' | b'"' => {
+                let start = i + 1;
                 i += 1;
                 while i < b.len() {
                     if b[i] == c {
@@ -132,6 +166,10 @@ fn scan_text(t: &str) -> Result<(), FilterError> {
                     }
                     i += 1;
                 }
+                // a double-quoted identifier may name a function too
+                if c == b'"' {
+                    pending = single_argument(&b[start..i.min(b.len())]);
+                }
                 after_value = true;
             }
             b'(' => {
@@ -139,13 +177,28 @@ fn scan_text(t: &str) -> Result<(), FilterError> {
                 if depth > MAX_FILTER_DEPTH {
                     return Err(FilterError::TextTooDeep { at: i });
                 }
+                open.push(call.map(|f| (f, 0)));
                 after_value = false;
             }
             b')' => {
                 depth = depth.saturating_sub(1);
+                if let Some(Some((f, commas))) = open.pop()
+                    && commas > 0
+                {
+                    return Err(FilterError::Arity {
+                        op: f.to_string(),
+                        expected: "1 argument",
+                        actual: commas + 1,
+                    });
+                }
                 after_value = true;
             }
-            b',' => after_value = false,
+            b',' => {
+                if let Some(Some((_, commas))) = open.last_mut() {
+                    *commas += 1;
+                }
+                after_value = false;
+            }
             b'0'..=b'9' | b'.' => {
                 while i + 1 < b.len() && (b[i + 1].is_ascii_alphanumeric() || b[i + 1] == b'.') {
                     i += 1;
@@ -175,6 +228,7 @@ fn scan_text(t: &str) -> Result<(), FilterError> {
                 if is_op {
                     ops += 1;
                 }
+                pending = single_argument(word);
                 after_value = !is_op;
             }
             _ => {}
@@ -407,6 +461,19 @@ mod tests {
                 "'t_before' takes 2 arguments, not 3",
             ),
             ("casei(a, b) = 'x'", "'casei' takes 1 argument, not 2"),
+            // cql2's parser keeps the first argument of these and drops the rest
+            (
+                "datetime > DATE('2000-01-01', '2999-01-01')",
+                "'DATE' takes 1 argument, not 2",
+            ),
+            (
+                "datetime < timestamp ('2000-01-01T00:00:00Z', 'x', 'y')",
+                "'TIMESTAMP' takes 1 argument, not 3",
+            ),
+            (
+                "t_after(datetime, \"Date\"(('2000-01-01'), 1))",
+                "'DATE' takes 1 argument, not 2",
+            ),
             (
                 "t_intersects(datetime, INTERVAL('2000-01-01'))",
                 "'interval' takes 2 arguments, not 1",
@@ -440,6 +507,21 @@ mod tests {
         ] {
             let e = cjson(v.clone()).expect_err(&v.to_string()).to_string();
             assert!(e.contains(want), "{v}: {e}");
+        }
+    }
+
+    /// The argument count of DATE/TIMESTAMP is read from the text: commas in strings, in
+    /// nested calls or after the call do not count.
+    #[test]
+    fn date_and_timestamp_with_one_argument_compile() {
+        for f in [
+            "datetime > DATE('2000-01-01')",
+            "datetime > TIMESTAMP('2000-01-01T00:00:00Z') AND id IN ('a', 'b')",
+            "t_intersects(datetime, INTERVAL(DATE('2000-01-01'), DATE('2001-01-01')))",
+            "date = 'a, b' AND datetime > date('2000-01-01')",
+            "id IN ('DATE', 'x') AND s_intersects(geometry, BBOX(1, 2, 3, 4))",
+        ] {
+            text(f).unwrap_or_else(|e| panic!("{f}: {e}"));
         }
     }
 
