@@ -547,7 +547,7 @@ pub fn build(
                 .split_whitespace()
                 .filter(|n| parent.variable(n).is_some_and(|cv| !cv.dims.contains(&g.dim)))
                 .collect();
-            keep.extend(kept.iter().map(|s| s.to_string()));
+            keep.extend(kept.iter().map(std::string::ToString::to_string));
             if kept.is_empty() {
                 attrs.remove("coordinates");
             } else {
