@@ -105,6 +105,138 @@ pub struct ProcessingSpec {
     /// "tas - 273.15", attrs: {units: degC}}`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub variables: std::collections::BTreeMap<String, DerivedVariable>,
+    /// Reduced datasets derived from this one, by name, each served as a dataset of its own
+    /// with id `{dataset}.{view}` (e.g. `monthly: {resample: {time: month, reduce: mean}}`,
+    /// `climatology: {groupby: {by: time.month, reduce: mean}, variables: [tas]}`). Views
+    /// reduce the served variables (after `chunks`, `bitround` and `variables`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub views: std::collections::BTreeMap<String, ViewSpec>,
+}
+
+/// A reduced dataset: exactly one of `groupby` and `resample`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ViewSpec {
+    /// Group along a coordinate and reduce each group (`xarray`'s `ds.groupby(by)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groupby: Option<GroupBySpec>,
+    /// Reduce the time axis over calendar periods (`xarray`'s `ds.resample(time=...)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resample: Option<ResampleSpec>,
+    /// The variables reduced; default: every numeric data variable along the reduced
+    /// dimension (coordinates and their bounds excluded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variables: Vec<String>,
+}
+
+/// `groupby`: the key, and how each group is reduced.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GroupBySpec {
+    /// `time.month`, `time.season`, `time.year`, `time.dayofyear`, `time.hour` (any CF time
+    /// coordinate in place of `time`), or the name of a 1-D coordinate.
+    #[schemars(length(min = 1))]
+    pub by: String,
+    /// The reduction of each group.
+    pub reduce: Reduce,
+}
+
+/// `resample`: the period length of the time axis, and how each period is reduced.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResampleSpec {
+    /// The period: `hour`, `day`, `month`, `season` (quarters starting in December, as
+    /// pandas' `QS-DEC`) or `year`; labels are the periods' starts.
+    pub time: Frequency,
+    /// The reduction of each period.
+    pub reduce: Reduce,
+    /// The time dimension (default `time`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dim: Option<String>,
+}
+
+/// A reduction, with xarray's semantics (NaN skipped, `std`/`var` with `ddof=0`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(
+    missing_docs,
+    reason = "the names say it: xarray's reductions of the same name"
+)]
+pub enum Reduce {
+    #[default]
+    Mean,
+    Sum,
+    Min,
+    Max,
+    Count,
+    Std,
+    Var,
+    Median,
+    First,
+    Last,
+}
+
+impl Reduce {
+    /// Every reduction, in the order documented.
+    pub const ALL: [Reduce; 10] = [
+        Reduce::Mean,
+        Reduce::Sum,
+        Reduce::Min,
+        Reduce::Max,
+        Reduce::Count,
+        Reduce::Std,
+        Reduce::Var,
+        Reduce::Median,
+        Reduce::First,
+        Reduce::Last,
+    ];
+
+    /// The name, as written in specs and URLs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reduce::Mean => "mean",
+            Reduce::Sum => "sum",
+            Reduce::Min => "min",
+            Reduce::Max => "max",
+            Reduce::Count => "count",
+            Reduce::Std => "std",
+            Reduce::Var => "var",
+            Reduce::Median => "median",
+            Reduce::First => "first",
+            Reduce::Last => "last",
+        }
+    }
+
+    /// The reduction of that name (`None` for anything else).
+    pub fn parse(s: &str) -> Option<Reduce> {
+        Reduce::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// A resampling period.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs, reason = "the names say it")]
+pub enum Frequency {
+    Hour,
+    Day,
+    #[default]
+    Month,
+    Season,
+    Year,
+}
+
+impl Frequency {
+    /// The name, as written in specs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Frequency::Hour => "hour",
+            Frequency::Day => "day",
+            Frequency::Month => "month",
+            Frequency::Season => "season",
+            Frequency::Year => "year",
+        }
+    }
 }
 
 impl ProcessingSpec {
@@ -141,6 +273,23 @@ impl ProcessingSpec {
             }
             if v.expr.trim().is_empty() {
                 return Err((format!("variables.{name}.expr"), "must not be empty".into()));
+            }
+        }
+        for (name, v) in &self.views {
+            if let Err(reason) = validate_name(name) {
+                return Err((format!("views.{name}"), reason));
+            }
+            match (&v.groupby, &v.resample) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err((
+                        format!("views.{name}"),
+                        "set exactly one of groupby and resample".into(),
+                    ));
+                }
+                (Some(g), None) if g.by.trim().is_empty() => {
+                    return Err((format!("views.{name}.groupby.by"), "must not be empty".into()));
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -474,11 +623,18 @@ impl ServeConfig {
         let mut seen = std::collections::HashSet::new();
         for (i, d) in self.datasets.iter().enumerate() {
             d.validate(i)?;
-            if !seen.insert(d.name.as_str()) {
+            if !seen.insert(d.name.clone()) {
                 return Err(SpecError::Duplicate {
                     index: i,
                     name: d.name.clone(),
                 });
+            }
+            // each view is served as the dataset `{name}.{view}`: that id must be free too
+            for view in d.processing.iter().flat_map(|p| p.views.keys()) {
+                let id = format!("{}.{view}", d.name);
+                if !seen.insert(id.clone()) {
+                    return Err(SpecError::Duplicate { index: i, name: id });
+                }
             }
         }
         Ok(())

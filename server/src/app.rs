@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use crate::metrics::Metrics;
 use crate::open::cache::IndexCache;
-use crate::open::{OpenError, open_dataset_cached};
+use crate::open::{OpenError, open_with_views};
 use crate::state::{AppState, Entry, Served};
 
 /// The server state, and which failed datasets failed because their sources could not be
@@ -48,28 +48,27 @@ pub fn load_all(specs: &[DatasetSpec], threads: usize, cache: Option<&IndexCache
             .par_iter()
             .map(|spec| {
                 let t0 = Instant::now();
-                let mut not_found = false;
-                let entry = match open_dataset_cached(spec, cache) {
-                    Ok(ds) => {
-                        let meta = crate::zarr::render(&ds);
-                        let refs = crate::kerchunk::build(&ds);
-                        tracing::info!(dataset = %spec.name, files = ds.files.len(), ms = t0.elapsed().as_millis() as u64, "dataset ready");
+                match open_with_views(spec, cache) {
+                    Ok((ds, views)) => {
+                        tracing::info!(dataset = %spec.name, files = ds.files.len(), views = views.len(), ms = t0.elapsed().as_millis() as u64, "dataset ready");
                         for (v, why) in &ds.skipped {
                             tracing::warn!(dataset = %spec.name, variable = %v, "not served: {why}");
                         }
-                        let refs_parquet = cache.map(|c| c.refs_dir(&spec.name, ds.fingerprint));
-                        let served = Arc::new(Served::new(ds, meta, refs, refs_parquet));
-                        persist_refs(&served);
-                        Entry::Ready(served)
+                        // each view follows its dataset, as a dataset of its own
+                        let mut out = vec![(spec.name.clone(), ready(ds, cache), false)];
+                        out.extend(views.into_iter().map(|v| (v.name.clone(), ready(v, cache), false)));
+                        out
                     }
                     Err(e) => {
                         tracing::error!(dataset = %spec.name, "failed to open: {e}");
-                        not_found = matches!(e, OpenError::Source { .. });
-                        Entry::Failed(e.to_string())
+                        let not_found = matches!(e, OpenError::Source { .. });
+                        vec![(spec.name.clone(), Entry::Failed(e.to_string()), not_found)]
                     }
-                };
-                (spec.name.clone(), entry, not_found)
+                }
             })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .flatten()
             .collect()
     });
     let sources_not_found = opened
@@ -94,9 +93,20 @@ pub fn load_all(specs: &[DatasetSpec], threads: usize, cache: Option<&IndexCache
             pool,
             metrics,
             shutdown: Default::default(),
+            products: Default::default(),
         },
         sources_not_found,
     })
+}
+
+/// A dataset ready to serve: its Zarr metadata and references rendered once.
+pub fn ready(ds: crate::dataset::Dataset, cache: Option<&IndexCache>) -> Entry {
+    let meta = crate::zarr::render(&ds);
+    let refs = crate::kerchunk::build(&ds);
+    let refs_parquet = cache.map(|c| c.refs_dir(&ds.name, ds.fingerprint));
+    let served = Arc::new(Served::new(ds, meta, refs, refs_parquet));
+    persist_refs(&served);
+    Entry::Ready(served)
 }
 
 /// Writes the dataset's references as kerchunk Parquet into the index cache, unless this

@@ -551,7 +551,10 @@ async fn documented_routes_exist() {
         let uri = path
             .replace("{id}", "good")
             .replace("{key}", ".zmetadata")
-            .replace("{path}", ".zmetadata");
+            .replace("{path}", ".zmetadata")
+            .replace("{var}", "tas")
+            .replace("{coord}", "time.month")
+            .replace("{action}", "mean");
         let (s, _, b) = get(&f.app, &uri).await;
         let body = String::from_utf8_lossy(&b);
         assert!(!body.contains("no route for"), "{path}: {s} {body}");

@@ -68,6 +68,9 @@ pub struct Description {
     pub extra: serde_json::Map<String, Value>,
     /// Problems met while describing (undecodable time axis, ...): logged, not fatal.
     pub warnings: Vec<String>,
+    /// The dataset's views (`processing.views`): (served id, view name), each offered as a
+    /// `processed` asset of this dataset's item.
+    pub views: Vec<(String, String)>,
 }
 
 /// Reads a whole numeric variable as f64 (packed values unpacked, fill values as NaN).
@@ -360,6 +363,12 @@ pub fn describe(ds: &Dataset) -> Description {
                 .filter(|v| !v.is_null())
                 .collect()
         },
+        views: spec
+            .processing
+            .iter()
+            .flat_map(|p| p.views.keys())
+            .map(|v| (format!("{}.{v}", ds.name), v.clone()))
+            .collect(),
         ..Default::default()
     };
     for key in [

@@ -27,6 +27,13 @@ fn source(d: &Description, base: &str) -> Value {
         "variables".into(),
         json!(d.vars.iter().map(|v| &v.name).collect::<Vec<_>>()),
     );
+    if !d.views.is_empty() {
+        // each view is a source of its own; its parent lists them
+        meta.insert(
+            "views".into(),
+            json!(d.views.iter().map(|(id, _)| id).collect::<Vec<_>>()),
+        );
+    }
     meta.insert(
         "stac".into(),
         json!(format!("{base}{}", super::item::item_path(&d.id))),

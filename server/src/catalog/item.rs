@@ -129,6 +129,20 @@ pub fn item(d: &Description, base: &str, collection: &str) -> Value {
         "assets": assets(&d.id, base),
         "collection": collection,
     });
+    // views: the reduced datasets computed from this one (the seed's `processed` asset), one
+    // asset per view, each also an item of its own
+    for (id, view) in &d.views {
+        item["assets"][format!("processed-{view}")] = json!({
+            "href": format!("{base}/datasets/{id}/zarr"),
+            "type": ZARR_MEDIA_TYPE,
+            "title": format!("View '{view}': computed from this dataset on request (Zarr v3)"),
+            "roles": ["data", "zarr", "processed"],
+            "xarray:open_kwargs": {"engine": "zarr", "consolidated": true, "zarr_format": 3},
+        });
+        if let Some(links) = item["links"].as_array_mut() {
+            links.push(json!({"rel": "related", "href": format!("{base}{}", item_path(id)), "type": "application/geo+json", "title": format!("View '{view}'")}));
+        }
+    }
     if let Some(b) = d.bbox {
         item["bbox"] = json!(b);
     }
@@ -262,6 +276,19 @@ mod tests {
         assert_eq!(a["xarray:open_kwargs"]["zarr_format"], 3);
         assert_eq!(it["assets"]["zarr-v2"]["xarray:open_kwargs"]["zarr_format"], 2);
         assert_eq!(it["links"][0]["href"], "http://h:1/datasets/tas/stac");
+        assert!(
+            it["assets"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .all(|k| !k.starts_with("processed"))
+        );
+        let mut d = sample();
+        d.views = vec![("tas.monthly".into(), "monthly".into())];
+        let it = item(&d, "http://h:1", "c");
+        let a = &it["assets"]["processed-monthly"];
+        assert_eq!(a["href"], "http://h:1/datasets/tas.monthly/zarr");
+        assert!(a["roles"].as_array().unwrap().contains(&json!("processed")));
         assert!(
             it["stac_extensions"]
                 .as_array()

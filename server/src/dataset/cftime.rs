@@ -199,6 +199,17 @@ impl TimeAxis {
         })
     }
 
+    /// The value of a date in this axis's units (the inverse of [`TimeAxis::decode`]; the
+    /// date must be one of the calendar's). Reductions label periods with it.
+    pub fn encode(&self, d: &CfDate) -> f64 {
+        let day = day_number(self.calendar, d.year, d.month, d.day);
+        let micros = i128::from(day - self.ref_day) * MICROS_PER_DAY
+            + (i128::from(d.hour) * 3600 + i128::from(d.minute) * 60 + i128::from(d.second)) * 1_000_000
+            + i128::from(d.micros)
+            - self.ref_micros;
+        micros as f64 / self.unit_micros
+    }
+
     /// Microseconds per unit.
     pub fn unit_micros(&self) -> f64 {
         self.unit_micros
@@ -399,8 +410,9 @@ fn cum_days(lens: impl Iterator<Item = u32>, m: u32) -> i64 {
     lens.take((m.saturating_sub(1)) as usize).map(i64::from).sum()
 }
 
-/// A day count for the calendar: consecutive days get consecutive numbers.
-fn day_number(cal: Calendar, y: i64, m: u32, d: u32) -> i64 {
+/// A day count for the calendar: consecutive days get consecutive numbers (reductions
+/// number days and hours with it).
+pub fn day_number(cal: Calendar, y: i64, m: u32, d: u32) -> i64 {
     match cal {
         Calendar::ProlepticGregorian => jdn_gregorian(y, m, d),
         Calendar::Julian => jdn_julian(y, m, d),
@@ -417,7 +429,8 @@ fn day_number(cal: Calendar, y: i64, m: u32, d: u32) -> i64 {
     }
 }
 
-fn from_day_number(cal: Calendar, n: i64) -> (i64, u32, u32) {
+/// The date (year, month, day) of a [`day_number`].
+pub fn from_day_number(cal: Calendar, n: i64) -> (i64, u32, u32) {
     let split = |len: i64| {
         let y = n.div_euclid(len);
         let mut r = n.rem_euclid(len);

@@ -1,6 +1,7 @@
 //! HTTP surface: thin handlers over the dataset registry.
 
 pub mod error;
+pub mod groupby;
 pub mod meta;
 pub mod middleware;
 pub mod openapi;
@@ -27,6 +28,10 @@ pub fn routes() -> Router<Arc<AppState>> {
             "/datasets/{id}/kerchunk.parq/{*path}",
             get(parquet::kerchunk_parquet),
         )
+        .route(
+            "/datasets/{id}/groupby/{var}/{coord}/{action}/zarr/{*key}",
+            get(groupby::zarr_key),
+        )
         .route_layer(axum::middleware::from_fn(range::ranges));
     Router::new()
         .route("/", get(meta::root))
@@ -37,6 +42,10 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/datasets/{id}/keys", get(meta::keys))
         .route("/datasets/{id}/dict", get(meta::dict))
         .route("/datasets/{id}/info", get(meta::info))
+        .route(
+            "/datasets/{id}/groupby/{var}/{coord}/{action}",
+            get(groupby::summary),
+        )
         .route("/datasets/{id}/zarr", get(zarr::zarr_root))
         .route("/datasets/{id}/zarr/", get(zarr::zarr_root))
         .merge(ranged)

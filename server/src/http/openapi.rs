@@ -125,6 +125,20 @@ pub const ROUTES: &[(&str, &str, &str, &[&str], Kind)] = &[
         Kind::Ranged,
     ),
     (
+        "/datasets/{id}/groupby/{var}/{coord}/{action}",
+        "Ad-hoc reduction (xarray `ds[var].groupby(coord).<action>()`): a JSON summary of the product and its Zarr URL. `coord` is a 1-D coordinate or `<time>.month|season|year|dayofyear|hour`; `action` one of mean, sum, min, max, count, std, var, median, first, last (else 400); an unknown variable or coordinate is 404",
+        "processing",
+        &["application/json"],
+        Kind::Dataset,
+    ),
+    (
+        "/datasets/{id}/groupby/{var}/{coord}/{action}/zarr/{key}",
+        "The ad-hoc reduction as Zarr v2 and v3 (keys as under /datasets/{id}/zarr/), computed from the sources per chunk",
+        "processing",
+        &["application/json", "application/octet-stream"],
+        Kind::Ranged,
+    ),
+    (
         "/datasets/{id}/stac",
         "STAC 1.1 Item of the dataset (datacube and xarray-assets extensions)",
         "catalog",
@@ -214,6 +228,21 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
         params.push(json!({"name": "id", "in": "path", "required": true,
             "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"},
             "description": "Dataset id: up to 128 letters, digits, '-', '_' and '.', not starting with '.'; anything else is 400"}));
+    }
+    for (name, what) in [
+        ("var", "Variable to reduce"),
+        (
+            "coord",
+            "Coordinate to group by: a 1-D coordinate, or '<time>.month|season|year|dayofyear|hour'",
+        ),
+        (
+            "action",
+            "Reduction: mean, sum, min, max, count, std, var, median, first or last",
+        ),
+    ] {
+        if path.contains(&format!("{{{name}}}")) {
+            params.push(path_param(name, what));
+        }
     }
     if path.contains("{key}") {
         params.push(path_param("key", "Zarr key, may contain '/'"));

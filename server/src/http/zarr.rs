@@ -105,6 +105,20 @@ pub async fn zarr_key(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let s = served(&state, &id)?;
+    serve_key(&state, s, &id, &key, &headers).await
+}
+
+/// A Zarr key of a served dataset (configured, a view, or an ad-hoc product); `id` names it
+/// in messages.
+pub async fn serve_key(
+    state: &AppState,
+    s: Arc<Served>,
+    id: &str,
+    key: &str,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let (id, key) = (id.to_string(), key.to_string());
+    let headers = headers.clone();
     if let Some(doc) = s.meta.docs.get(&key) {
         state
             .metrics

@@ -162,6 +162,20 @@ pub fn open_dataset_cached(
     }
 }
 
+/// [`open_dataset_cached`], and the dataset's views (`processing.views`), each a dataset
+/// of its own (`{id}.{view}`). A view that cannot be built fails the dataset, naming it.
+pub fn open_with_views(
+    spec: &cloudify_crds::DatasetSpec,
+    cache: Option<&IndexCache>,
+) -> Result<(Dataset, Vec<Dataset>), OpenError> {
+    let ds = open_dataset_cached(spec, cache)?;
+    let views = match &spec.processing {
+        Some(p) if !p.views.is_empty() => crate::processing::views(&ds, p)?,
+        _ => Vec::new(),
+    };
+    Ok((ds, views))
+}
+
 /// The dataset as its sources hold it.
 fn open_sources(spec: &cloudify_crds::DatasetSpec, cache: Option<&IndexCache>) -> Result<Dataset, OpenError> {
     let kind = crate::open::formats::kind_of(spec);

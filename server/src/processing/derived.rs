@@ -35,20 +35,20 @@ use crate::dataset::{Dataset, Derive, Values, Variable};
 use crate::dtype::{DType, Scalar};
 use crate::pipeline;
 
-/// How one input is decoded before evaluation.
+/// How one input is decoded before evaluation (also what reductions read: `super::reduce`).
 #[derive(Debug, Clone)]
-struct Input {
-    var: Arc<Variable>,
+pub(crate) struct Input {
+    pub(crate) var: Arc<Variable>,
     /// Values equal to these (compared in the stored type, as f64) become NaN.
     missing: Vec<f64>,
     scale: Option<f64>,
     offset: Option<f64>,
     /// Decoded type (F32 or F64).
-    ty: Ty,
+    pub(crate) ty: Ty,
 }
 
 impl Input {
-    fn new(var: Arc<Variable>) -> Result<Self, String> {
+    pub(crate) fn new(var: Arc<Variable>) -> Result<Self, String> {
         let num = |k: &str| var.attrs.get(k).and_then(AttrValue::first_f64);
         let mut missing: Vec<f64> = Vec::new();
         if let Some(f) = var.fill_attr {
@@ -91,7 +91,7 @@ impl Input {
     }
 
     /// The region's values, decoded.
-    fn read(&self, start: &[u64], count: &[u64]) -> Result<Col, ReadError> {
+    pub(crate) fn read(&self, start: &[u64], count: &[u64]) -> Result<Col, ReadError> {
         let b = pipeline::read_region(&self.var, start, count)?;
         let raw: Vec<f64> = match self.var.dtype {
             DType::F32 => {

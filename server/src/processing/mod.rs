@@ -12,6 +12,7 @@ pub mod bitround;
 pub mod derived;
 pub mod expr;
 pub mod rechunk;
+pub mod reduce;
 
 use crate::dataset::Dataset;
 use cloudify_crds::ProcessingSpec;
@@ -44,6 +45,40 @@ pub fn apply(mut ds: Dataset, spec: &ProcessingSpec) -> Result<Dataset, Processi
     }
     derived::add(&mut ds, &spec.variables)?;
     Ok(ds)
+}
+
+/// The views of `spec` (`processing.views`) over the processed dataset `ds`, each a
+/// dataset of its own with id `{dataset}.{view}`. An unusable view is an error naming the
+/// view and its field (`views.monthly.resample.dim: ...`), so the dataset fails to open as
+/// for any other processing error.
+pub fn views(ds: &Dataset, spec: &ProcessingSpec) -> Result<Vec<Dataset>, ProcessingError> {
+    let mut out = Vec::new();
+    for (name, v) in &spec.views {
+        let (kind, reduce) = match (&v.groupby, &v.resample) {
+            (Some(g), None) => (reduce::Kind::GroupBy { by: g.by.clone() }, g.reduce),
+            (None, Some(r)) => (
+                reduce::Kind::Resample {
+                    dim: r.dim.clone().unwrap_or_else(|| "time".into()),
+                    freq: r.time,
+                },
+                r.reduce,
+            ),
+            _ => {
+                return Err(ProcessingError::Invalid {
+                    field: format!("views.{name}"),
+                    reason: "set exactly one of groupby and resample".into(),
+                });
+            }
+        };
+        let id = format!("{}.{name}", ds.name);
+        let view =
+            reduce::build(ds, &id, &kind, reduce, &v.variables).map_err(|e| ProcessingError::Invalid {
+                field: format!("views.{name}.{}", e.field),
+                reason: format!("{} (dataset '{}', view '{name}')", e.reason, ds.name),
+            })?;
+        out.push(view);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! `app` fills it at start-up.
 
 pub mod parquet;
+pub mod products;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -76,6 +77,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Set on SIGTERM/SIGINT: `/readyz` answers 503 while open connections drain.
     pub shutdown: ShutdownFlag,
+    /// Ad-hoc groupby products built so far (bounded).
+    pub products: products::Products,
 }
 
 impl AppState {

@@ -1,0 +1,317 @@
+//! Streaming accumulators of the reductions, one slot per (group, cell) of an output
+//! block, in float64 whatever the input type (pure functions).
+//!
+//! xarray's rules: NaN is skipped (`skipna` for floats); an empty or all-NaN slot gives
+//! NaN for `mean`, `std`, `var`, `median`, `min`, `max`, `first`, `last`, 0 for `sum` and
+//! `count`; `std`/`var` use `ddof=0`. Accumulators of consecutive stretches of the axis
+//! merge ([`Acc::merge`], the later stretch on the right), so source chunks can be reduced
+//! in parallel and combined in order.
+//!
+//! Memory: one slot holds at most three numbers, except `median`, which keeps every
+//! non-NaN value of its group until the block is finished (a median cannot be streamed).
+
+use cloudify_crds::Reduce;
+
+/// The state of the slots of one output block.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Acc {
+    /// `sum` and `mean`: non-NaN count and sum.
+    Sum {
+        /// Non-NaN values seen per slot.
+        n: Vec<u64>,
+        /// Their sum.
+        sum: Vec<f64>,
+    },
+    /// `count`.
+    Count(Vec<u64>),
+    /// `std` and `var`: Welford's running mean and sum of squared deviations.
+    Moments {
+        /// Non-NaN values seen per slot.
+        n: Vec<u64>,
+        /// Their mean.
+        mean: Vec<f64>,
+        /// Sum of squared deviations from the mean.
+        m2: Vec<f64>,
+    },
+    /// `min`, `max`, `first`, `last`: one value per slot, NaN until one is seen.
+    Pick(Reduce, Vec<f64>),
+    /// `median`: the values of each slot.
+    Values(Vec<Vec<f64>>),
+}
+
+impl Acc {
+    /// Empty accumulators for `slots` slots.
+    pub fn new(r: Reduce, slots: usize) -> Self {
+        match r {
+            Reduce::Mean | Reduce::Sum => Acc::Sum {
+                n: vec![0; slots],
+                sum: vec![0.0; slots],
+            },
+            Reduce::Count => Acc::Count(vec![0; slots]),
+            Reduce::Std | Reduce::Var => Acc::Moments {
+                n: vec![0; slots],
+                mean: vec![0.0; slots],
+                m2: vec![0.0; slots],
+            },
+            Reduce::Min | Reduce::Max | Reduce::First | Reduce::Last => Acc::Pick(r, vec![f64::NAN; slots]),
+            Reduce::Median => Acc::Values(vec![Vec::new(); slots]),
+        }
+    }
+
+    /// Adds `xs` to the slots from `slot` on (one value each), later in axis order than
+    /// everything added to those slots before.
+    pub fn add(&mut self, slot: usize, xs: &[f64]) {
+        let range = slot..slot + xs.len();
+        match self {
+            Acc::Sum { n, sum } => {
+                for ((n, s), x) in n[range.clone()].iter_mut().zip(&mut sum[range]).zip(xs) {
+                    if !x.is_nan() {
+                        *n += 1;
+                        *s += x;
+                    }
+                }
+            }
+            Acc::Count(n) => {
+                for (n, x) in n[range].iter_mut().zip(xs) {
+                    *n += u64::from(!x.is_nan());
+                }
+            }
+            Acc::Moments { n, mean, m2 } => {
+                let it = n[range.clone()]
+                    .iter_mut()
+                    .zip(&mut mean[range.clone()])
+                    .zip(&mut m2[range]);
+                for (((n, mean), m2), x) in it.zip(xs) {
+                    if !x.is_nan() {
+                        *n += 1;
+                        let d = x - *mean;
+                        *mean += d / *n as f64;
+                        *m2 += d * (x - *mean);
+                    }
+                }
+            }
+            Acc::Pick(r, v) => {
+                for (v, x) in v[range].iter_mut().zip(xs) {
+                    if x.is_nan() {
+                        continue;
+                    }
+                    let take = match r {
+                        Reduce::Min => v.is_nan() || *x < *v,
+                        Reduce::Max => v.is_nan() || *x > *v,
+                        Reduce::First => v.is_nan(),
+                        _ => true,
+                    };
+                    if take {
+                        *v = *x;
+                    }
+                }
+            }
+            Acc::Values(v) => {
+                for (v, x) in v[range].iter_mut().zip(xs) {
+                    if !x.is_nan() {
+                        v.push(*x);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Combines with the accumulators of the stretch of the axis right after this one.
+    pub fn merge(&mut self, later: Acc) {
+        match (self, later) {
+            (Acc::Sum { n, sum }, Acc::Sum { n: n2, sum: s2 }) => {
+                n.iter_mut().zip(n2).for_each(|(a, b)| *a += b);
+                sum.iter_mut().zip(s2).for_each(|(a, b)| *a += b);
+            }
+            (Acc::Count(n), Acc::Count(n2)) => n.iter_mut().zip(n2).for_each(|(a, b)| *a += b),
+            (
+                Acc::Moments { n, mean, m2 },
+                Acc::Moments {
+                    n: nb,
+                    mean: mb,
+                    m2: m2b,
+                },
+            ) => {
+                // Chan et al.'s pairwise update
+                for i in 0..n.len() {
+                    let (na, nb) = (n[i], nb[i]);
+                    if nb == 0 {
+                        continue;
+                    }
+                    if na == 0 {
+                        (n[i], mean[i], m2[i]) = (nb, mb[i], m2b[i]);
+                        continue;
+                    }
+                    let total = (na + nb) as f64;
+                    let d = mb[i] - mean[i];
+                    mean[i] += d * nb as f64 / total;
+                    m2[i] += m2b[i] + d * d * na as f64 * nb as f64 / total;
+                    n[i] = na + nb;
+                }
+            }
+            (Acc::Pick(r, v), Acc::Pick(_, v2)) => {
+                for (a, b) in v.iter_mut().zip(v2) {
+                    if b.is_nan() {
+                        continue;
+                    }
+                    let take = match r {
+                        Reduce::Min => a.is_nan() || b < *a,
+                        Reduce::Max => a.is_nan() || b > *a,
+                        Reduce::First => a.is_nan(),
+                        _ => true,
+                    };
+                    if take {
+                        *a = b;
+                    }
+                }
+            }
+            (Acc::Values(v), Acc::Values(v2)) => {
+                v.iter_mut().zip(v2).for_each(|(a, mut b)| a.append(&mut b));
+            }
+            // accumulators of one block share their reduction
+            _ => {}
+        }
+    }
+
+    /// The reduced values, one per slot (`count` as whole numbers).
+    pub fn finish(self, r: Reduce) -> Vec<f64> {
+        match self {
+            Acc::Sum { n, sum } => match r {
+                Reduce::Mean => n
+                    .iter()
+                    .zip(sum)
+                    .map(|(n, s)| if *n == 0 { f64::NAN } else { s / *n as f64 })
+                    .collect(),
+                _ => sum,
+            },
+            Acc::Count(n) => n.into_iter().map(|n| n as f64).collect(),
+            Acc::Moments { n, m2, .. } => n
+                .iter()
+                .zip(m2)
+                .map(|(n, m2)| {
+                    if *n == 0 {
+                        f64::NAN
+                    } else if r == Reduce::Std {
+                        (m2 / *n as f64).sqrt()
+                    } else {
+                        m2 / *n as f64
+                    }
+                })
+                .collect(),
+            Acc::Pick(_, v) => v,
+            Acc::Values(v) => v.into_iter().map(median).collect(),
+        }
+    }
+}
+
+/// numpy's median: the middle value, or the mean of the two middle ones; NaN when empty.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    let (_, hi, _) = v.select_nth_unstable_by(n / 2, f64::total_cmp);
+    let hi = *hi;
+    if n % 2 == 1 {
+        return hi;
+    }
+    // the largest of the lower half
+    let lo = v[..n / 2].iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    lo + (hi - lo) / 2.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NAN: f64 = f64::NAN;
+
+    fn reduce(r: Reduce, xs: &[f64]) -> f64 {
+        let mut a = Acc::new(r, 1);
+        for x in xs {
+            a.add(0, &[*x]);
+        }
+        a.finish(r)[0]
+    }
+
+    fn same(a: f64, b: f64) -> bool {
+        (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-12 * b.abs().max(1.0)
+    }
+
+    #[test]
+    fn xarray_rules_for_nan_and_empty() {
+        let xs = [1.0, NAN, 4.0, 2.0, NAN, 8.0];
+        let want = [
+            (Reduce::Mean, 3.75),
+            (Reduce::Sum, 15.0),
+            (Reduce::Min, 1.0),
+            (Reduce::Max, 8.0),
+            (Reduce::Count, 4.0),
+            (Reduce::Var, 7.1875),
+            (Reduce::Std, 7.1875f64.sqrt()),
+            (Reduce::Median, 3.0),
+            (Reduce::First, 1.0),
+            (Reduce::Last, 8.0),
+        ];
+        for (r, w) in want {
+            assert!(same(reduce(r, &xs), w), "{r:?}: {} != {w}", reduce(r, &xs));
+        }
+        let all_nan = [NAN, NAN];
+        for r in Reduce::ALL {
+            let got = reduce(r, &all_nan);
+            match r {
+                Reduce::Sum | Reduce::Count => assert_eq!(got, 0.0, "{r:?}"),
+                _ => assert!(got.is_nan(), "{r:?}: {got}"),
+            }
+            let empty = reduce(r, &[]);
+            assert!(same(empty, got), "{r:?} of nothing");
+        }
+        // first and last skip NaN at the ends
+        assert_eq!(reduce(Reduce::First, &[NAN, 5.0, 6.0]), 5.0);
+        assert_eq!(reduce(Reduce::Last, &[5.0, 6.0, NAN]), 6.0);
+        assert_eq!(reduce(Reduce::Median, &[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(reduce(Reduce::Median, &[-1.0, 7.0]), 3.0);
+    }
+
+    #[test]
+    fn merging_stretches_equals_one_pass() {
+        // irregular values, split at every position: merge(left, right) == all at once
+        let xs: Vec<f64> = (0..23)
+            .map(|i| {
+                if i % 7 == 3 {
+                    NAN
+                } else {
+                    ((i * 37) % 11) as f64 * 1.25 - 3.0 + 1e3
+                }
+            })
+            .collect();
+        for r in Reduce::ALL {
+            let whole = reduce(r, &xs);
+            for cut in 0..=xs.len() {
+                let mut a = Acc::new(r, 2);
+                let mut b = Acc::new(r, 2);
+                for x in &xs[..cut] {
+                    a.add(1, &[*x]);
+                }
+                for x in &xs[cut..] {
+                    b.add(1, &[*x]);
+                }
+                a.merge(b);
+                let got = a.finish(r);
+                assert!(same(got[1], whole), "{r:?} cut {cut}: {} != {whole}", got[1]);
+                // the other slot saw nothing
+                assert!(same(got[0], reduce(r, &[])), "{r:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn runs_fill_consecutive_slots() {
+        let mut a = Acc::new(Reduce::Max, 4);
+        a.add(1, &[1.0, NAN, 3.0]);
+        a.add(1, &[0.0, 2.0, 5.0]);
+        let got = a.finish(Reduce::Max);
+        assert!(got[0].is_nan());
+        assert_eq!(&got[1..], &[1.0, 2.0, 5.0]);
+    }
+}

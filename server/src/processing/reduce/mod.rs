@@ -1,0 +1,667 @@
+//! Reductions: `groupby` and `resample` of a dataset, served as a dataset of their own
+//! (`processing.views`, and the ad-hoc `/datasets/{id}/groupby/{var}/{coord}/{action}`).
+//!
+//! What is served is what xarray gives for `ds.groupby(by).<reduce>()` and
+//! `ds.resample(time=...).<reduce>()` on the dataset opened with its defaults:
+//! - inputs CF-decoded as [`super::derived`] decodes them (`_FillValue`/`missing_value`
+//!   masked, `scale_factor`/`add_offset` applied); NaN skipped; `std`/`var` with `ddof=0`;
+//!   an all-NaN or empty group gives NaN, except `sum` and `count` (0) — [`accum`];
+//! - groups and labels as xarray's ([`groups`]): the reduced dimension is replaced by one
+//!   named after the key (`month`, `season`, `year`, `dayofyear`, `hour`, the coordinate's
+//!   name; `time` for `resample`), whose coordinate holds the sorted keys (int64; season
+//!   strings `DJF`, `JJA`, `MAM`, `SON`; the coordinate's own values and type) or the
+//!   periods' starts (in the time coordinate's units and calendar);
+//! - types: the decoded input type (float32 stays float32, accumulated in float64), `count`
+//!   int64; floats have NaN as `_FillValue`; each reduced variable says what it is in
+//!   `cloudify_processing` (e.g. `groupby(time.month).mean()`).
+//!
+//! The view holds the reduced variables, the coordinates of their other dimensions (and
+//! those coordinates' bounds), and scalar coordinates they name; variables along the
+//! reduced dimension that are not reduced (time bounds) are left out.
+//!
+//! Block-wise and streaming: an output block (a served chunk) is computed from the source
+//! rows of its groups only, read through [`crate::pipeline::read_region`] one source chunk
+//! along the reduced axis at a time; the chunks are folded on the current rayon pool (the
+//! decode pool a request runs on: no pool of its own) and the partial accumulators merged
+//! in axis order. Memory is the output block's accumulators (≤ 3 float64 per value) plus
+//! one source slab per worker thread; `median` keeps the non-NaN values of the block's
+//! groups (the group's rows × the block's cells), since a median cannot be streamed.
+//! Output chunks: the source's along the other dimensions; along the group dimension, all
+//! groups for `groupby` (every group reads all of the axis anyway) and about one source
+//! chunk's worth of rows for `resample`.
+
+pub mod accum;
+pub mod groups;
+
+use std::collections::BTreeSet;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use cloudify_crds::{Frequency, Reduce};
+use rayon::prelude::*;
+
+use super::derived::Input;
+use super::expr::Col;
+use crate::attrs::{AttrValue, Attrs};
+use crate::block::{Block, BlockData};
+use crate::chunk::read::ReadError;
+use crate::dataset::cftime::TimeAxis;
+use crate::dataset::{Dataset, Derive, Group, Values, Variable};
+use crate::dtype::{DType, Scalar};
+use crate::pipeline;
+use accum::Acc;
+use groups::{Assignment, Component, NONE};
+
+/// The attribute naming the computation a reduced variable holds.
+pub const PROVENANCE_ATTR: &str = "cloudify_processing";
+
+/// What is reduced, and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `groupby(by)`: `by` is `<time coordinate>.<component>` or a 1-D coordinate's name.
+    GroupBy {
+        /// The key as written.
+        by: String,
+    },
+    /// `resample(dim=freq)`.
+    Resample {
+        /// The time dimension.
+        dim: String,
+        /// The period.
+        freq: Frequency,
+    },
+}
+
+/// Why a reduction cannot be built. `field` names the setting (`groupby.by`,
+/// `resample.dim`, `variables`), relative to the view.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct ReduceError {
+    /// The setting at fault.
+    pub field: &'static str,
+    /// Why, naming the variable, coordinate or component.
+    pub reason: String,
+    /// True when the named variable or coordinate does not exist (an HTTP 404), false when
+    /// it exists but cannot be used so (400).
+    pub missing: bool,
+}
+
+fn err(field: &'static str, reason: impl Into<String>) -> ReduceError {
+    ReduceError {
+        field,
+        reason: reason.into(),
+        missing: false,
+    }
+}
+
+fn missing(field: &'static str, reason: impl Into<String>) -> ReduceError {
+    ReduceError {
+        field,
+        reason: reason.into(),
+        missing: true,
+    }
+}
+
+/// The groups of a reduction: the reduced dimension, the assignment of its positions, and
+/// the new coordinate.
+struct Grouping {
+    dim: String,
+    assign: Arc<Assignment>,
+    label: Variable,
+    contiguous: bool,
+    describe: String,
+}
+
+/// The variable's values as float64 (numbers only).
+fn as_f64(b: &Block) -> Option<Vec<f64>> {
+    Some(match b.dtype() {
+        DType::F32 => b.values::<f32>().ok()?.into_iter().map(f64::from).collect(),
+        DType::F64 => b.values::<f64>().ok()?,
+        DType::I8 => b.values::<i8>().ok()?.into_iter().map(f64::from).collect(),
+        DType::U8 => b.values::<u8>().ok()?.into_iter().map(f64::from).collect(),
+        DType::I16 => b.values::<i16>().ok()?.into_iter().map(f64::from).collect(),
+        DType::U16 => b.values::<u16>().ok()?.into_iter().map(f64::from).collect(),
+        DType::I32 => b.values::<i32>().ok()?.into_iter().map(f64::from).collect(),
+        DType::U32 => b.values::<u32>().ok()?.into_iter().map(f64::from).collect(),
+        DType::I64 => b.values::<i64>().ok()?.into_iter().map(|x| x as f64).collect(),
+        DType::U64 => b.values::<u64>().ok()?.into_iter().map(|x| x as f64).collect(),
+        _ => return None,
+    })
+}
+
+/// A 1-D coordinate's values, read whole (coordinates are small).
+fn read_coord(v: &Variable, field: &'static str) -> Result<Block, ReduceError> {
+    pipeline::read_region(v, &[0], &v.shape)
+        .map_err(|e| err(field, format!("cannot read coordinate '{}': {e}", v.name)))
+}
+
+/// The time axis of a CF time coordinate, and its decoded dates.
+fn time_dates(
+    v: &Variable,
+    field: &'static str,
+) -> Result<(TimeAxis, Vec<crate::dataset::cftime::CfDate>), ReduceError> {
+    let units = v
+        .attrs
+        .get_str("units")
+        .ok_or_else(|| err(field, format!("'{}' has no CF time units", v.name)))?;
+    let axis = TimeAxis::new(units, v.attrs.get_str("calendar"))
+        .map_err(|e| err(field, format!("'{}' is not a CF time coordinate: {e}", v.name)))?;
+    let vals =
+        as_f64(&read_coord(v, field)?).ok_or_else(|| err(field, format!("'{}' is not numeric", v.name)))?;
+    let dates = vals
+        .iter()
+        .map(|x| axis.decode(*x))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(field, format!("'{}': {e}", v.name)))?;
+    Ok((axis, dates))
+}
+
+/// A 1-D variable of the root group usable as a coordinate.
+fn coord<'a>(ds: &'a Dataset, name: &str, field: &'static str) -> Result<&'a Arc<Variable>, ReduceError> {
+    let v = ds
+        .variable(name)
+        .ok_or_else(|| missing(field, format!("unknown coordinate '{name}'")))?;
+    if v.shape.len() != 1 {
+        return Err(err(
+            field,
+            format!(
+                "'{name}' has {} dimensions; a coordinate to group by has one",
+                v.shape.len()
+            ),
+        ));
+    }
+    Ok(v)
+}
+
+fn constant(name: &str, dim: &str, block: Block, attrs: Attrs) -> Variable {
+    let n = block.shape().first().copied().unwrap_or(0);
+    let dtype = block.dtype();
+    Variable {
+        name: name.to_string(),
+        path: name.to_string(),
+        dims: vec![dim.to_string()],
+        shape: vec![n],
+        dtype,
+        attrs,
+        fill_attr: None,
+        fill: vec![0; dtype.size()],
+        chunks: vec![n.max(1)],
+        values: Values::Derived(Arc::new(Constant(block))),
+    }
+}
+
+/// Attributes of a coordinate, as a label: without `bounds` (not served) and fill.
+fn label_attrs(v: &Variable) -> Attrs {
+    let mut a = v.attrs.clone();
+    a.remove("bounds");
+    a
+}
+
+fn grouping(ds: &Dataset, kind: &Kind) -> Result<Grouping, ReduceError> {
+    match kind {
+        Kind::GroupBy { by } => {
+            const F: &str = "groupby.by";
+            // a coordinate of that exact name first (names may hold dots)
+            if let Some(v) = ds.variable(by) {
+                let v = coord(ds, &v.path, F)?;
+                let block = read_coord(v, F)?;
+                let vals = as_f64(&block)
+                    .ok_or_else(|| err(F, format!("'{by}' is not numeric; cannot group by it")))?;
+                let (assign, firsts) = Assignment::by_values(&vals);
+                let BlockData::Bytes(bytes) = block.data() else {
+                    return Err(err(F, format!("'{by}' is not numeric")));
+                };
+                let size = v.dtype.size();
+                let labels: Vec<u8> = firsts
+                    .iter()
+                    .flat_map(|i| bytes[i * size..(i + 1) * size].iter().copied())
+                    .collect();
+                let block = Block::from_bytes(v.dtype, vec![firsts.len() as u64], labels)
+                    .map_err(|e| err(F, e.to_string()))?;
+                return Ok(Grouping {
+                    dim: v.dims[0].clone(),
+                    assign: Arc::new(assign),
+                    label: constant(&v.name, &v.name, block, label_attrs(v)),
+                    contiguous: false,
+                    describe: format!("groupby({by})"),
+                });
+            }
+            let Some((cname, comp)) = by.rsplit_once('.') else {
+                return Err(missing(F, format!("unknown coordinate '{by}'")));
+            };
+            let v = coord(ds, cname, F)?;
+            let c = Component::parse(comp).ok_or_else(|| {
+                err(
+                    F,
+                    format!(
+                        "unknown time component '{comp}' in '{by}'; one of month, season, year, dayofyear, hour"
+                    ),
+                )
+            })?;
+            let (axis, dates) = time_dates(v, F)?;
+            let keys: Vec<i64> = dates
+                .iter()
+                .map(|d| groups::component(c, axis.calendar(), d))
+                .collect();
+            let (assign, keys) = Assignment::by_keys(&keys);
+            let n = vec![keys.len() as u64];
+            let block = if c == Component::Season {
+                Block::from_strings(
+                    n,
+                    keys.iter()
+                        .map(|k| groups::SEASONS[*k as usize].to_string())
+                        .collect(),
+                )
+            } else {
+                Block::from_values(n, &keys)
+            }
+            .map_err(|e| err(F, e.to_string()))?;
+            Ok(Grouping {
+                dim: v.dims[0].clone(),
+                assign: Arc::new(assign),
+                label: constant(c.as_str(), c.as_str(), block, Attrs::default()),
+                contiguous: false,
+                describe: format!("groupby({by})"),
+            })
+        }
+        Kind::Resample { dim, freq } => {
+            const F: &str = "resample.dim";
+            let v = coord(ds, dim, F)?;
+            if v.dims[0] != *dim {
+                return Err(err(F, format!("'{dim}' is not a dimension coordinate")));
+            }
+            let (axis, dates) = time_dates(v, F)?;
+            let cal = axis.calendar();
+            let periods: Vec<i64> = dates.iter().map(|d| groups::period(*freq, cal, d)).collect();
+            let sorted = periods.windows(2).all(|w| w[0] <= w[1]);
+            if !sorted {
+                return Err(err(F, format!("'{dim}' is not sorted; cannot resample it")));
+            }
+            let (assign, first) = Assignment::by_periods(&periods);
+            let labels: Vec<f64> = (0..assign.n_groups as i64)
+                .map(|i| axis.encode(&groups::period_start(*freq, cal, first.unwrap_or(0) + i)))
+                .collect();
+            let block =
+                Block::from_values(vec![labels.len() as u64], &labels).map_err(|e| err(F, e.to_string()))?;
+            let mut attrs = label_attrs(v);
+            for k in ["_FillValue", "missing_value", "scale_factor", "add_offset"] {
+                attrs.remove(k);
+            }
+            Ok(Grouping {
+                dim: dim.clone(),
+                assign: Arc::new(assign),
+                label: constant(dim, dim, block, attrs),
+                contiguous: true,
+                describe: format!("resample({dim}={})", freq.as_str()),
+            })
+        }
+    }
+}
+
+/// A variable of fixed values (the new coordinate), sliced on request.
+#[derive(Debug)]
+struct Constant(Block);
+
+impl Derive for Constant {
+    fn read(&self, start: &[u64], count: &[u64]) -> Result<Block, ReadError> {
+        let (s, c) = (start[0] as usize, count[0] as usize);
+        let b = match self.0.data() {
+            BlockData::Bytes(bytes) => {
+                let size = self.0.dtype().size();
+                Block::from_bytes(
+                    self.0.dtype(),
+                    vec![c as u64],
+                    bytes[s * size..(s + c) * size].to_vec(),
+                )
+            }
+            BlockData::Strings(v) => Block::from_strings(vec![c as u64], v[s..s + c].to_vec()),
+        };
+        b.map_err(|e| ReadError::Block(e.to_string()))
+    }
+
+    fn check_sources(&self, _: &[u64], _: &[u64]) -> Result<(), ReadError> {
+        Ok(())
+    }
+}
+
+/// A reduced variable: each block computed from its groups' source rows.
+#[derive(Debug)]
+struct Reduced {
+    input: Input,
+    axis: usize,
+    assign: Arc<Assignment>,
+    reduce: Reduce,
+    dtype: DType,
+}
+
+impl Reduced {
+    /// The source region of an output region (`None` when its groups hold no rows).
+    fn source_region(&self, start: &[u64], count: &[u64]) -> Option<(Vec<u64>, Vec<u64>)> {
+        let g0 = start[self.axis] as usize;
+        let (r0, r1) = self.assign.rows_of(g0, g0 + count[self.axis] as usize)?;
+        let mut s = start.to_vec();
+        let mut c = count.to_vec();
+        s[self.axis] = r0 as u64;
+        c[self.axis] = (r1 - r0) as u64;
+        Some((s, c))
+    }
+
+    /// The accumulators of one slab of source rows `[r0, r1)` (the rest of the region as
+    /// `src`), added into `acc` laid out as the output block.
+    #[allow(clippy::too_many_arguments)]
+    fn fold_slab(
+        &self,
+        acc: &mut Acc,
+        src_start: &[u64],
+        src_count: &[u64],
+        (r0, r1): (u64, u64),
+        (g0, k): (usize, usize),
+        (outer, inner): (usize, usize),
+    ) -> Result<(), ReadError> {
+        let mut s = src_start.to_vec();
+        let mut c = src_count.to_vec();
+        s[self.axis] = r0;
+        c[self.axis] = r1 - r0;
+        let vals: Vec<f64> = match self.input.read(&s, &c)? {
+            Col::F32(v) => v.into_iter().map(f64::from).collect(),
+            Col::F64(v) => v,
+            Col::Bool(v) => v.into_iter().map(|b| f64::from(u8::from(b))).collect(),
+        };
+        let rows = (r1 - r0) as usize;
+        for t in 0..rows {
+            let g = self.assign.group[r0 as usize + t];
+            if g == NONE || !(g0..g0 + k).contains(&(g as usize)) {
+                continue;
+            }
+            let g = g as usize - g0;
+            for o in 0..outer {
+                let from = (o * rows + t) * inner;
+                acc.add((o * k + g) * inner, &vals[from..from + inner]);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Derive for Reduced {
+    fn read(&self, start: &[u64], count: &[u64]) -> Result<Block, ReadError> {
+        let ax = self.axis;
+        let outer: usize = count[..ax].iter().map(|c| *c as usize).product();
+        let inner: usize = count[ax + 1..].iter().map(|c| *c as usize).product();
+        let (g0, k) = (start[ax] as usize, count[ax] as usize);
+        let slots = outer * k * inner;
+        let acc = match self.source_region(start, count) {
+            None => Acc::new(self.reduce, slots),
+            Some((src_start, src_count)) => {
+                // slabs: the source variable's chunks along the axis
+                let step = self.input.var.chunks[ax].max(1);
+                let (r0, r1) = (src_start[ax], src_start[ax] + src_count[ax]);
+                let mut slabs = Vec::new();
+                let mut r = r0;
+                while r < r1 {
+                    let end = ((r / step + 1) * step).min(r1);
+                    let wanted = self.assign.group[r as usize..end as usize]
+                        .iter()
+                        .any(|g| *g != NONE && (g0..g0 + k).contains(&(*g as usize)));
+                    if wanted {
+                        slabs.push((r, end));
+                    }
+                    r = end;
+                }
+                slabs
+                    .into_par_iter()
+                    .try_fold(
+                        || Acc::new(self.reduce, slots),
+                        |mut acc, slab| {
+                            self.fold_slab(&mut acc, &src_start, &src_count, slab, (g0, k), (outer, inner))?;
+                            Ok::<_, ReadError>(acc)
+                        },
+                    )
+                    .try_reduce(
+                        || Acc::new(self.reduce, slots),
+                        |mut a, b| {
+                            a.merge(b);
+                            Ok(a)
+                        },
+                    )?
+            }
+        };
+        let out = acc.finish(self.reduce);
+        let shape = count.to_vec();
+        #[allow(clippy::cast_possible_truncation)]
+        let block = match self.dtype {
+            DType::I64 => Block::from_values(shape, &out.iter().map(|x| *x as i64).collect::<Vec<_>>()),
+            DType::F32 => Block::from_values(shape, &out.iter().map(|x| *x as f32).collect::<Vec<_>>()),
+            _ => Block::from_values(shape, &out),
+        };
+        block.map_err(|e| ReadError::Block(e.to_string()))
+    }
+
+    fn check_sources(&self, start: &[u64], count: &[u64]) -> Result<(), ReadError> {
+        match self.source_region(start, count) {
+            Some((s, c)) => pipeline::check_region_sources(&self.input.var, &s, &c),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Names of the variables that are some variable's `bounds`.
+fn bounds_names(ds: &Dataset) -> BTreeSet<String> {
+    ds.root
+        .vars
+        .iter()
+        .filter_map(|v| v.attrs.get_str("bounds").map(str::to_string))
+        .collect()
+}
+
+/// The reduced dataset `id` of `parent`. `variables` empty: every numeric data variable
+/// along the reduced dimension.
+pub fn build(
+    parent: &Dataset,
+    id: &str,
+    kind: &Kind,
+    reduce: Reduce,
+    variables: &[String],
+) -> Result<Dataset, ReduceError> {
+    let g = grouping(parent, kind)?;
+    let dims_of_coords: BTreeSet<&str> = parent.root.dims.iter().map(|(d, _)| d.as_str()).collect();
+    let bounds = bounds_names(parent);
+    // auxiliary coordinates (named by a `coordinates` attribute) are coordinates to xarray:
+    // not reduced by default
+    let aux: BTreeSet<&str> = parent
+        .root
+        .vars
+        .iter()
+        .filter_map(|v| v.attrs.get_str("coordinates"))
+        .flat_map(str::split_whitespace)
+        .collect();
+    let mut inputs: Vec<Input> = Vec::new();
+    if variables.is_empty() {
+        for v in &parent.root.vars {
+            let is_coord = dims_of_coords.contains(v.name.as_str())
+                || v.name == g.label.name
+                || aux.contains(v.name.as_str());
+            if is_coord || bounds.contains(&v.name) || !v.dims.contains(&g.dim) {
+                continue;
+            }
+            if let Ok(i) = Input::new(v.clone()) {
+                inputs.push(i);
+            }
+        }
+        if inputs.is_empty() {
+            return Err(err(
+                "variables",
+                format!("no numeric data variable along '{}' to reduce", g.dim),
+            ));
+        }
+    } else {
+        for name in variables {
+            let v = parent
+                .variable(name)
+                .filter(|v| !v.path.contains('/'))
+                .ok_or_else(|| missing("variables", format!("unknown variable '{name}'")))?;
+            if !v.dims.contains(&g.dim) {
+                return Err(err(
+                    "variables",
+                    format!("'{name}' has no dimension '{}' to reduce", g.dim),
+                ));
+            }
+            inputs.push(Input::new(v.clone()).map_err(|m| err("variables", m))?);
+        }
+    }
+    let what = format!("{}.{}()", g.describe, reduce.as_str());
+    let k_out = chunk_len(&g, &inputs);
+    let mut vars: Vec<Variable> = Vec::new();
+    let mut keep: BTreeSet<String> = BTreeSet::new();
+    for i in inputs {
+        let v = i.var.clone();
+        let axis = v.dims.iter().position(|d| *d == g.dim).unwrap_or(0);
+        let (dtype, fill, fill_attr) = match (reduce, i.ty) {
+            (Reduce::Count, _) => (DType::I64, vec![0u8; 8], None),
+            (_, super::expr::Ty::F32) => (
+                DType::F32,
+                f32::NAN.to_le_bytes().to_vec(),
+                Some(Scalar::Float(f64::NAN)),
+            ),
+            _ => (
+                DType::F64,
+                f64::NAN.to_le_bytes().to_vec(),
+                Some(Scalar::Float(f64::NAN)),
+            ),
+        };
+        let mut attrs = v.attrs.clone();
+        for k in [
+            "missing_value",
+            "scale_factor",
+            "add_offset",
+            "valid_range",
+            "valid_min",
+            "valid_max",
+        ] {
+            attrs.remove(k);
+        }
+        attrs.insert(PROVENANCE_ATTR, AttrValue::Str(what.clone()));
+        // other coordinates it names, when they survive the reduction
+        if let Some(c) = v.attrs.get_str("coordinates") {
+            let kept: Vec<&str> = c
+                .split_whitespace()
+                .filter(|n| parent.variable(n).is_some_and(|cv| !cv.dims.contains(&g.dim)))
+                .collect();
+            keep.extend(kept.iter().map(std::string::ToString::to_string));
+            if kept.is_empty() {
+                attrs.remove("coordinates");
+            } else {
+                attrs.insert("coordinates", AttrValue::Str(kept.join(" ")));
+            }
+        }
+        let mut dims = v.dims.clone();
+        dims[axis] = g.label.name.clone();
+        let mut shape = v.shape.clone();
+        shape[axis] = g.assign.n_groups as u64;
+        let mut chunks = v.chunks.clone();
+        chunks[axis] = k_out;
+        for d in &dims {
+            keep.insert(d.clone());
+        }
+        vars.push(Variable {
+            name: v.name.clone(),
+            path: v.path.clone(),
+            dims,
+            shape,
+            dtype,
+            attrs,
+            fill_attr,
+            fill,
+            chunks,
+            values: Values::Derived(Arc::new(Reduced {
+                input: i,
+                axis,
+                assign: g.assign.clone(),
+                reduce,
+                dtype,
+            })),
+        });
+    }
+    // coordinates of the remaining dimensions, their bounds, and named coordinates
+    let mut extra: Vec<Arc<Variable>> = Vec::new();
+    for v in &parent.root.vars {
+        let named = keep.contains(&v.name) && v.name != g.dim;
+        if (named || bounds.contains(&v.name))
+            && !v.dims.contains(&g.dim)
+            && vars.iter().all(|x| x.name != v.name)
+        {
+            let is_bound_of_kept = parent
+                .root
+                .vars
+                .iter()
+                .any(|c| keep.contains(&c.name) && c.attrs.get_str("bounds") == Some(v.name.as_str()));
+            if named || is_bound_of_kept {
+                extra.push(v.clone());
+            }
+        }
+    }
+    let label_name = g.label.name.clone();
+    let mut root_vars: Vec<Arc<Variable>> = vec![Arc::new(g.label)];
+    root_vars.extend(extra);
+    root_vars.extend(vars.into_iter().map(Arc::new));
+    let mut dims: Vec<(String, u64)> = Vec::new();
+    for v in &root_vars {
+        for (d, n) in v.dims.iter().zip(&v.shape) {
+            if !dims.iter().any(|(x, _)| x == d) {
+                dims.push((d.clone(), *n));
+            }
+        }
+    }
+    let mut attrs = parent.root.attrs.clone();
+    attrs.insert(PROVENANCE_ATTR, AttrValue::Str(what.clone()));
+    let mut spec = parent.spec.clone();
+    spec.name = id.to_string();
+    spec.processing = None;
+    spec.title = Some(format!(
+        "{} — {what}",
+        parent.spec.title.as_deref().unwrap_or(&parent.name)
+    ));
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    parent.fingerprint.hash(&mut h);
+    what.hash(&mut h);
+    label_name.hash(&mut h);
+    for v in &root_vars {
+        v.path.hash(&mut h);
+    }
+    let by_path = root_vars.iter().map(|v| (v.path.clone(), v.clone())).collect();
+    Ok(Dataset {
+        name: id.to_string(),
+        spec,
+        root: Group {
+            path: String::new(),
+            attrs,
+            dims,
+            vars: root_vars,
+            groups: Vec::new(),
+        },
+        files: parent.files.clone(),
+        fingerprint: h.finish(),
+        skipped: Vec::new(),
+        by_path,
+        remote: parent.remote,
+    })
+}
+
+/// Output chunk length along the group dimension: every group for `groupby` (each reads
+/// the whole axis), about one source chunk's rows for `resample`.
+fn chunk_len(g: &Grouping, inputs: &[Input]) -> u64 {
+    let n = g.assign.n_groups.max(1) as u64;
+    if !g.contiguous {
+        return n;
+    }
+    let rows = g.assign.group.len().max(1) as u64;
+    let src = inputs
+        .first()
+        .and_then(|i| {
+            let ax = i.var.dims.iter().position(|d| *d == g.dim)?;
+            i.var.chunks.get(ax).copied()
+        })
+        .unwrap_or(1);
+    // groups per source chunk, rounded, at least one
+    ((src * n + rows / 2) / rows).clamp(1, n)
+}

@@ -1,0 +1,93 @@
+//! Ad-hoc reductions (`/datasets/{id}/groupby/{var}/{coord}/{action}`): each product is a
+//! dataset of its own, built on first request and kept in a small bounded map, so the
+//! metadata of a product is rendered once while clients fetch its chunks.
+//!
+//! The URL's parts are looked up, never evaluated: `action` must be one of the reductions
+//! ([`cloudify_crds::Reduce`]), `var` a variable and `coord` a coordinate of the dataset
+//! (or `<time coordinate>.<component>`), else the request is refused naming the part.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use cloudify_crds::Reduce;
+
+use super::Served;
+use crate::processing::reduce::{self, Kind};
+
+/// How many products are kept; the oldest is dropped for a new one (a dropped product is
+/// rebuilt when asked for again: building reads only coordinates).
+pub const MAX_PRODUCTS: usize = 32;
+
+/// Why a product cannot be built.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProductError {
+    /// `action` is not one of the reductions.
+    #[error("unknown action '{0}'; one of mean, sum, min, max, count, std, var, median, first, last")]
+    Action(String),
+    /// The variable or coordinate does not exist (`missing`) or cannot be used so.
+    #[error("{0}")]
+    Reduce(#[from] reduce::ReduceError),
+}
+
+/// What identifies a product: dataset id, variable, coordinate, reduction.
+pub type ProductKey = (String, String, String, Reduce);
+
+/// The products built so far, oldest first.
+#[derive(Debug, Default)]
+pub struct Products(Mutex<VecDeque<(ProductKey, Arc<Served>)>>);
+
+impl Products {
+    /// The product of `parent` for (`var`, `coord`, `action`), built if it is not kept.
+    /// Building reads the coordinate (blocking I/O): call it on the worker pool.
+    pub fn get(
+        &self,
+        parent: &Served,
+        var: &str,
+        coord: &str,
+        action: &str,
+    ) -> Result<Arc<Served>, ProductError> {
+        let r = Reduce::parse(action).ok_or_else(|| ProductError::Action(action.to_string()))?;
+        let key: ProductKey = (parent.ds.name.clone(), var.to_string(), coord.to_string(), r);
+        if let Some(s) = self.find(&key) {
+            return Ok(s);
+        }
+        let id = format!("{}.groupby.{var}.{coord}.{action}", parent.ds.name);
+        let ds = reduce::build(
+            &parent.ds,
+            &id,
+            &Kind::GroupBy {
+                by: coord.to_string(),
+            },
+            r,
+            &[var.to_string()],
+        )?;
+        let meta = crate::zarr::render(&ds);
+        let refs = crate::kerchunk::build(&ds);
+        let served = Arc::new(Served::new(ds, meta, refs, None));
+        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // another request may have built it meanwhile: keep one
+        if let Some((_, s)) = map.iter().find(|(k, _)| *k == key) {
+            return Ok(s.clone());
+        }
+        if map.len() >= MAX_PRODUCTS {
+            map.pop_front();
+        }
+        map.push_back((key, served.clone()));
+        Ok(served)
+    }
+
+    fn find(&self, key: &ProductKey) -> Option<Arc<Served>> {
+        let map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.iter().find(|(k, _)| k == key).map(|(_, s)| s.clone())
+    }
+
+    /// How many products are kept.
+    pub fn len(&self) -> usize {
+        self.0.lock().map_or(0, |m| m.len())
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
