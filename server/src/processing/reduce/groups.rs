@@ -288,6 +288,9 @@ mod tests {
                     d(2001, 6, 30, 7),
                     d(1850, 12, 1, 0),
                 ] {
+                    if cal == Calendar::Day360 && date.day > 30 {
+                        continue; // 31 December does not exist in 360_day
+                    }
                     let p = period(f, cal, &date);
                     let start = period_start(f, cal, p);
                     assert!(start <= date, "{cal:?} {f:?} {date}: start {start}");
