@@ -241,7 +241,13 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
         ),
     ] {
         if path.contains(&format!("{{{name}}}")) {
-            params.push(path_param(name, what));
+            let mut p = path_param(name, what);
+            if name == "action" {
+                // any other action is 400: the schema says which are valid (schemathesis
+                // checks that a schema-valid request is not rejected)
+                p["schema"] = json!({"type": "string", "enum": ["mean", "sum", "min", "max", "count", "std", "var", "median", "first", "last"]});
+            }
+            params.push(p);
         }
     }
     if path.contains("{key}") {
