@@ -174,23 +174,37 @@ impl Acc {
     }
 
     /// The reduced values, one per slot (`count` as whole numbers).
-    pub fn finish(self, r: Reduce) -> Vec<f64> {
+    ///
+    /// `float32`: the result is served as float32, which xarray (numpy) computes in float32
+    /// too, so an intermediate that overflows float32 there makes the result infinite here
+    /// as well: a sum beyond `f32::MAX` gives an infinite `mean`, and a sum of squared
+    /// deviations beyond it (CMIP6 files holding undeclared 9.97e36 fill values do this)
+    /// an infinite `var` *and* `std`, although the float64 square root would fit.
+    pub fn finish(self, r: Reduce, float32: bool) -> Vec<f64> {
+        let overflows = |x: f64| float32 && x.abs() > f64::from(f32::MAX);
         match self {
             Acc::Sum { n, sum } => match r {
                 Reduce::Mean => n
                     .iter()
                     .zip(sum)
-                    .map(|(n, s)| if *n == 0 { f64::NAN } else { s / *n as f64 })
+                    .map(|(n, s)| match *n {
+                        0 => f64::NAN,
+                        _ if overflows(s) => f64::INFINITY.copysign(s),
+                        n => s / n as f64,
+                    })
                     .collect(),
                 _ => sum,
             },
             Acc::Count(n) => n.into_iter().map(|n| n as f64).collect(),
-            Acc::Moments { n, m2, .. } => n
+            Acc::Moments { n, mean, m2 } => n
                 .iter()
+                .zip(mean)
                 .zip(m2)
-                .map(|(n, m2)| {
+                .map(|((n, mean), m2)| {
                     if *n == 0 {
                         f64::NAN
+                    } else if overflows(m2) || overflows(mean * *n as f64) {
+                        f64::INFINITY
                     } else if r == Reduce::Std {
                         (m2 / *n as f64).sqrt()
                     } else {
@@ -231,7 +245,7 @@ mod tests {
         for x in xs {
             a.add(0, &[*x]);
         }
-        a.finish(r)[0]
+        a.finish(r, false)[0]
     }
 
     fn same(a: f64, b: f64) -> bool {
@@ -297,7 +311,7 @@ mod tests {
                     b.add(1, &[*x]);
                 }
                 a.merge(b);
-                let got = a.finish(r);
+                let got = a.finish(r, false);
                 assert!(same(got[1], whole), "{r:?} cut {cut}: {} != {whole}", got[1]);
                 // the other slot saw nothing
                 assert!(same(got[0], reduce(r, &[])), "{r:?}");
@@ -310,8 +324,32 @@ mod tests {
         let mut a = Acc::new(Reduce::Max, 4);
         a.add(1, &[1.0, NAN, 3.0]);
         a.add(1, &[0.0, 2.0, 5.0]);
-        let got = a.finish(Reduce::Max);
+        let got = a.finish(Reduce::Max, false);
         assert!(got[0].is_nan());
         assert_eq!(&got[1..], &[1.0, 2.0, 5.0]);
+    }
+
+    /// numpy float32: `np.std(np.float32([250, 9.97e36]))` is inf (the squares overflow),
+    /// `np.mean(np.float32([3e38, 3e38]))` is inf (the sum does); float64 keeps both finite.
+    #[test]
+    fn float32_results_overflow_as_numpy_does() {
+        let fin = |r: Reduce, xs: &[f64], f32: bool| {
+            let mut a = Acc::new(r, 1);
+            for x in xs {
+                a.add(0, &[*x]);
+            }
+            a.finish(r, f32)[0]
+        };
+        let fill = [250.0, 9.969_209_968_386_869e36];
+        for r in [Reduce::Std, Reduce::Var] {
+            assert_eq!(fin(r, &fill, true), f64::INFINITY, "{r:?}");
+            assert!(fin(r, &fill, false).is_finite(), "{r:?}");
+            assert!(fin(r, &[250.0, 251.0], true).is_finite(), "{r:?}");
+        }
+        assert_eq!(fin(Reduce::Mean, &[3e38, 3e38], true), f64::INFINITY);
+        assert_eq!(fin(Reduce::Mean, &[-3e38, -3e38], true), f64::NEG_INFINITY);
+        assert_eq!(fin(Reduce::Mean, &[3e38, 3e38], false), 3e38);
+        assert_eq!(fin(Reduce::Mean, &fill, true), (fill[0] + fill[1]) / 2.0);
+        assert!(fin(Reduce::Std, &[], true).is_nan());
     }
 }

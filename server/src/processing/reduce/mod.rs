@@ -426,7 +426,7 @@ impl Derive for Reduced {
                     )?
             }
         };
-        let out = acc.finish(self.reduce);
+        let out = acc.finish(self.reduce, self.dtype == DType::F32);
         let shape = count.to_vec();
         #[allow(clippy::cast_possible_truncation)]
         let block = match self.dtype {
