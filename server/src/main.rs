@@ -105,6 +105,11 @@ struct ServeArgs {
     /// the connections still open.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = serve::parse_secs)]
     shutdown_timeout: Duration,
+    /// Keep up to BYTES of decoded stored chunks (local HDF5/netCDF-4 files) for reads that
+    /// take parts of them: rechunked grids, reductions and hyperslabs whose neighbours need
+    /// the same stored chunks decode each once. 0 turns the cache off.
+    #[arg(long, value_name = "BYTES", default_value_t = cloudify_server::chunk::cache::DEFAULT_BYTES)]
+    decoded_cache_bytes: u64,
     #[command(flatten)]
     storage: StorageArgs,
     #[command(flatten)]
@@ -350,6 +355,7 @@ fn specs(a: &ServeArgs) -> anyhow::Result<Vec<DatasetSpec>> {
 
 fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
     let specs = specs(&a)?;
+    cloudify_server::chunk::cache::cache().set_budget(a.decoded_cache_bytes);
     let threads = a
         .threads
         .unwrap_or_else(|| {

@@ -44,6 +44,10 @@ impl Metrics {
         registry.register(Box::new(store.seconds.clone()))?;
         registry.register(Box::new(store.bytes.clone()))?;
         registry.register(Box::new(store.requests.clone()))?;
+        let decoded = crate::chunk::cache::metrics();
+        registry.register(Box::new(decoded.hits.clone()))?;
+        registry.register(Box::new(decoded.misses.clone()))?;
+        registry.register(Box::new(decoded.bytes.clone()))?;
         Ok(Self {
             registry,
             requests,

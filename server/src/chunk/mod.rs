@@ -1,4 +1,5 @@
 //! Chunk index → bytes: which stored pieces make up a served chunk, and reading them.
 
+pub mod cache;
 pub mod grid;
 pub mod read;

@@ -325,12 +325,8 @@ pub fn read_into(
                     break;
                 }
             }
-            for (ci, stored) in fetch_stored_many(io, fv, wanted)? {
-                let mut data = decode_stored(stored, filters, clen)?;
-                if swap {
-                    byteswap(&mut data, elem);
-                }
-                // Overlap of this stored chunk with the block.
+            // Copies the overlap of decoded stored chunk `ci` with the block into `dst`.
+            let mut place = |ci: &[u64], data: &[u8]| {
                 let mut src_start = Vec::with_capacity(ci.len());
                 let mut ov_count = Vec::with_capacity(ci.len());
                 let mut d_start = Vec::with_capacity(ci.len());
@@ -342,7 +338,7 @@ pub fn read_into(
                     d_start.push(dst_start[d] + (s - start[d]));
                 }
                 copy_block(
-                    &data,
+                    data,
                     chunk_shape,
                     &src_start,
                     dst,
@@ -351,6 +347,51 @@ pub fn read_into(
                     &ov_count,
                     elem,
                 );
+            };
+            // Local HDF5 chunks go through the decoded-chunk cache one at a time, in order
+            // (readers of neighbouring blocks walk the same chunks in step and share them);
+            // the rest are fetched together (one request per group of nearby chunks for
+            // objects) and decoded one at a time, so memory holds one decoded chunk.
+            let cache = super::cache::cache();
+            let mut uncached = Vec::new();
+            let mut hit_or_decoded = false;
+            for (ci, n) in wanted {
+                let key = match &fv.layout {
+                    Layout::Chunked { locs, .. } if cache.enabled() => locs
+                        .get(n)
+                        .filter(|l| l.size > 0)
+                        .and_then(|l| super::cache::Key::new(&fv.file, l.offset, l.size, clen)),
+                    _ => None,
+                };
+                let Some(key) = key else {
+                    uncached.push((ci, n));
+                    continue;
+                };
+                let data = cache.get_or_decode(key, || -> Result<Vec<u8>, ReadError> {
+                    let Some(stored) = fetch_stored(io, fv, n)? else {
+                        return Err(ReadError::Block(format!(
+                            "stored chunk {n} vanished from the index"
+                        )));
+                    };
+                    let mut data = decode_stored(stored, filters, clen)?;
+                    if swap {
+                        byteswap(&mut data, elem);
+                    }
+                    Ok(data)
+                })?;
+                hit_or_decoded = true;
+                place(&ci, &data);
+            }
+            if hit_or_decoded {
+                // What an uncached read finds out: the file is still the version indexed.
+                check_unchanged(&fv.file)?;
+            }
+            for (ci, stored) in fetch_stored_many(io, fv, uncached)? {
+                let mut data = decode_stored(stored, filters, clen)?;
+                if swap {
+                    byteswap(&mut data, elem);
+                }
+                place(&ci, &data);
             }
             Ok(())
         }

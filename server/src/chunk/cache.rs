@@ -1,0 +1,341 @@
+//! Decoded stored chunks, kept for reuse across requests within a byte budget.
+//!
+//! Why: a served chunk that is not a stored chunk (a rechunked grid, a reduction's slab, an
+//! OPeNDAP hyperslab) reads *parts* of many stored chunks, and its neighbours read the other
+//! parts of the same ones. Rechunking daily 0.5° fields to time series
+//! (`{time: 365, lat: 30, lon: 30}`) decodes the same 365 stored chunks for each of the 288
+//! spatial tiles; keeping the decoded chunks turns 288 decodes of each into one while a
+//! client walks the tiles (or several clients walk them at once).
+//!
+//! What is kept: the decoded (filters undone, little-endian) bytes of whole stored chunks of
+//! HDF5-chunked variables in *local* files, keyed by the file's identity as indexed (path,
+//! size, mtime, inode, ctime) and the chunk's byte range in it — a chunk's bytes are fixed by where they
+//! are in which version of which file. A hit still checks that the file is the version
+//! indexed ([`crate::storage::read::check_unchanged`]: one `stat`), so a replaced file is reported as changed
+//! exactly as an uncached read reports it, never answered from the cache. Object-store
+//! sources are not cached here: a hit could not tell a changed object without a request.
+//!
+//! Eviction drops a kept chunk chosen at random until the budget holds. The common access
+//! is a scan repeated over the same stored chunks (tile after tile of one time block); when
+//! those do not all fit, least-recently-used and first-in-first-out evict each chunk just
+//! before it is needed again and never hit, while random eviction keeps about the budget's
+//! share of them, and still follows a client that moves on to other data. Whole stored chunks only pass through [`crate::pipeline`]'s fast path, which
+//! does not use the cache: a plain Zarr read of stored chunks costs no copies and no budget.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+
+use crate::storage::SourceFile;
+
+/// Default budget: 256 MiB of decoded chunks (`cloudify serve --decoded-cache-bytes`).
+pub const DEFAULT_BYTES: u64 = 256 << 20;
+
+/// What identifies a decoded stored chunk.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Key {
+    /// The file's identity as indexed (its `Eq`/`Hash`: path, size, mtime, inode, ctime).
+    file: SourceFile,
+    offset: u64,
+    stored_len: u64,
+    decoded_len: usize,
+}
+
+impl Key {
+    /// The key of the stored chunk at `offset..offset+stored_len` of `file`, decoding to
+    /// `decoded_len` bytes; `None` for files this cache does not keep (object stores).
+    pub fn new(file: &SourceFile, offset: u64, stored_len: u64, decoded_len: usize) -> Option<Self> {
+        file.remote.is_none().then(|| Self {
+            file: file.clone(),
+            offset,
+            stored_len,
+            decoded_len,
+        })
+    }
+
+    fn cost(&self) -> u64 {
+        self.decoded_len as u64
+    }
+}
+
+/// One key's entry: empty while the first reader decodes it (later readers of the same key
+/// wait on its lock rather than decode it again), then the decoded bytes.
+type Slot = Arc<Mutex<Option<Arc<Vec<u8>>>>>;
+
+#[derive(Default)]
+struct Inner {
+    map: HashMap<Key, Slot>,
+    /// Filled keys (what eviction picks from).
+    filled: Vec<Key>,
+    /// Each filled key's place in `filled`.
+    place: HashMap<Key, usize>,
+    bytes: u64,
+}
+
+/// A byte-bounded map of decoded stored chunks.
+pub struct DecodedCache {
+    budget: AtomicU64,
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for DecodedCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecodedCache")
+            .field("budget", &self.budget.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl DecodedCache {
+    /// An empty cache holding at most `budget` decoded bytes (0: keeps nothing).
+    pub fn new(budget: u64) -> Self {
+        Self {
+            budget: AtomicU64::new(budget),
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// Whether anything is kept at all.
+    pub fn enabled(&self) -> bool {
+        self.budget.load(Ordering::Relaxed) > 0
+    }
+
+    /// Changes the budget, dropping what no longer fits.
+    pub fn set_budget(&self, budget: u64) {
+        self.budget.store(budget, Ordering::Relaxed);
+        let mut g = lock(&self.inner);
+        evict(&mut g, budget);
+    }
+
+    /// The decoded chunk under `key`: kept, or made by `decode` and kept. Concurrent calls
+    /// for one key decode it once: the others wait for the first and share its bytes
+    /// (readers walking the same stored chunks in step, as clients fetching neighbouring
+    /// tiles do, split the decoding instead of repeating it). An error is returned to the
+    /// caller that met it and nothing is kept, so a later read tries again.
+    pub fn get_or_decode<E>(
+        &self,
+        key: Key,
+        decode: impl FnOnce() -> Result<Vec<u8>, E>,
+    ) -> Result<Arc<Vec<u8>>, E> {
+        let budget = self.budget.load(Ordering::Relaxed);
+        if key.cost() > budget {
+            return decode().map(Arc::new);
+        }
+        let slot = lock(&self.inner).map.entry(key.clone()).or_default().clone();
+        let mut value = lock(&slot);
+        let m = metrics();
+        if let Some(v) = value.as_ref() {
+            m.hits.inc();
+            return Ok(v.clone());
+        }
+        m.misses.inc();
+        let decoded = match decode() {
+            Ok(d) => Arc::new(d),
+            Err(e) => {
+                drop(value);
+                let mut g = lock(&self.inner);
+                if g.map
+                    .get(&key)
+                    .is_some_and(|s| Arc::ptr_eq(s, &slot) && lock(s).is_none())
+                {
+                    g.map.remove(&key);
+                }
+                return Err(e);
+            }
+        };
+        *value = Some(decoded.clone());
+        drop(value);
+        let mut g = lock(&self.inner);
+        // Evicted meanwhile (a smaller budget): still answered, not counted.
+        if g.map.get(&key).is_some_and(|s| Arc::ptr_eq(s, &slot)) && !g.place.contains_key(&key) {
+            g.bytes += key.cost();
+            let at = g.filled.len();
+            g.place.insert(key.clone(), at);
+            g.filled.push(key);
+            evict(&mut g, budget);
+        }
+        metrics().bytes.set(i64::try_from(g.bytes).unwrap_or(i64::MAX));
+        Ok(decoded)
+    }
+
+    /// Decoded bytes kept now.
+    pub fn bytes(&self) -> u64 {
+        lock(&self.inner).bytes
+    }
+}
+
+/// Locks `m`. A panic while holding one of these locks leaves consistent data (each update
+/// is a few infallible steps; a slot is empty or filled), so a poisoned lock is taken over
+/// rather than propagated.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn evict(g: &mut Inner, budget: u64) {
+    while g.bytes > budget && !g.filled.is_empty() {
+        let at = fastrand::usize(..g.filled.len());
+        let old = g.filled.swap_remove(at);
+        if let Some(moved) = g.filled.get(at) {
+            g.place.insert(moved.clone(), at);
+        }
+        g.place.remove(&old);
+        g.map.remove(&old);
+        g.bytes -= old.cost();
+    }
+}
+
+/// The process's cache (stored chunks are shared by every dataset and request that reads
+/// the same file); its budget is set once at start-up by `cloudify serve`.
+pub fn cache() -> &'static DecodedCache {
+    static C: LazyLock<DecodedCache> = LazyLock::new(|| DecodedCache::new(DEFAULT_BYTES));
+    &C
+}
+
+/// The cache's Prometheus collectors; the server registers them in its registry.
+#[derive(Debug, Clone)]
+pub struct CacheMetrics {
+    /// Reads of a stored chunk answered from the cache.
+    pub hits: prometheus::IntCounter,
+    /// Reads of a stored chunk that had to fetch and decode it.
+    pub misses: prometheus::IntCounter,
+    /// Decoded bytes kept now.
+    pub bytes: prometheus::IntGauge,
+}
+
+/// The process's cache metrics.
+#[allow(
+    clippy::expect_used,
+    reason = "fixed metric names: construction fails only on a programming error, which the first test that reads a chunk finds"
+)]
+pub fn metrics() -> &'static CacheMetrics {
+    static M: OnceLock<CacheMetrics> = OnceLock::new();
+    M.get_or_init(|| CacheMetrics {
+        hits: prometheus::IntCounter::new(
+            "cloudify_decoded_chunk_cache_hits_total",
+            "Partial reads of a stored chunk answered from the decoded-chunk cache",
+        )
+        .expect("decoded cache metric definition"),
+        misses: prometheus::IntCounter::new(
+            "cloudify_decoded_chunk_cache_misses_total",
+            "Partial reads of a stored chunk that fetched and decoded it",
+        )
+        .expect("decoded cache metric definition"),
+        bytes: prometheus::IntGauge::new(
+            "cloudify_decoded_chunk_cache_bytes",
+            "Decoded stored-chunk bytes kept by the decoded-chunk cache",
+        )
+        .expect("decoded cache metric definition"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    fn key(path: &str, offset: u64, len: usize) -> Key {
+        Key::new(&SourceFile::local(PathBuf::from(path), 100, 7), offset, 10, len).expect("local")
+    }
+
+    /// Decodes `key` through the cache, counting decodes in `n`.
+    fn get(c: &DecodedCache, k: Key, fill: u8, n: &AtomicUsize) -> Vec<u8> {
+        let len = k.decoded_len;
+        let v = c.get_or_decode(k, || {
+            n.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, ()>(vec![fill; len])
+        });
+        v.expect("decoded").to_vec()
+    }
+
+    #[test]
+    fn evicts_by_bytes_and_keeps_hits_decoded_once() {
+        let c = DecodedCache::new(250);
+        let n = AtomicUsize::new(0);
+        assert_eq!(get(&c, key("/a.nc", 0, 100), 1, &n), vec![1; 100]);
+        assert_eq!(get(&c, key("/a.nc", 10, 100), 2, &n), vec![2; 100]);
+        assert_eq!(c.bytes(), 200);
+        // A hit does not decode.
+        assert_eq!(get(&c, key("/a.nc", 0, 100), 9, &n), vec![1; 100]);
+        assert_eq!(n.load(Ordering::SeqCst), 2);
+        // A third chunk does not fit: one of the first two goes.
+        get(&c, key("/a.nc", 20, 100), 3, &n);
+        assert_eq!(c.bytes(), 200);
+        let before = n.load(Ordering::SeqCst);
+        let first = get(&c, key("/a.nc", 0, 100), 7, &n);
+        let second = get(&c, key("/a.nc", 10, 100), 8, &n);
+        assert!(
+            first == vec![1; 100] || second == vec![2; 100],
+            "one of the two is still kept"
+        );
+        assert!(n.load(Ordering::SeqCst) > before, "one of the two was evicted");
+        assert!(c.bytes() <= 250);
+    }
+
+    /// A scan repeated over more chunks than fit still hits about the budget's share.
+    #[test]
+    fn a_repeated_scan_larger_than_the_budget_still_hits() {
+        let c = DecodedCache::new(100 * 10);
+        let n = AtomicUsize::new(0);
+        for _ in 0..20 {
+            for off in 0..150 {
+                get(&c, key("/a.nc", off, 10), 1, &n);
+            }
+        }
+        let decodes = n.load(Ordering::SeqCst);
+        // LRU or FIFO would decode all 3000 (each chunk is evicted just before its turn).
+        assert!(decodes < 20 * 150 * 3 / 4, "{decodes} decodes of 3000 reads");
+        assert!(c.bytes() <= 1000);
+    }
+
+    #[test]
+    fn a_file_version_is_part_of_the_key() {
+        let c = DecodedCache::new(1000);
+        let n = AtomicUsize::new(0);
+        get(&c, key("/a.nc", 0, 10), 1, &n);
+        let newer = Key::new(&SourceFile::local(PathBuf::from("/a.nc"), 100, 8), 0, 10, 10).expect("local");
+        assert_eq!(get(&c, newer, 2, &n), vec![2; 10]);
+        assert_eq!(get(&c, key("/b.nc", 0, 10), 3, &n), vec![3; 10]);
+        assert_eq!(n.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn budget_zero_or_too_small_keeps_nothing() {
+        let n = AtomicUsize::new(0);
+        let c = DecodedCache::new(0);
+        assert!(!c.enabled());
+        get(&c, key("/a.nc", 0, 10), 1, &n);
+        assert_eq!(c.bytes(), 0);
+        let c = DecodedCache::new(50);
+        get(&c, key("/a.nc", 0, 100), 1, &n);
+        assert_eq!(c.bytes(), 0);
+        get(&c, key("/a.nc", 1, 40), 1, &n);
+        assert_eq!(c.bytes(), 40);
+        assert_eq!(get(&c, key("/a.nc", 1, 40), 2, &n), vec![1; 40]);
+        c.set_budget(10);
+        assert_eq!(c.bytes(), 0);
+    }
+
+    #[test]
+    fn an_error_is_not_kept_and_concurrent_readers_decode_once() {
+        let c = DecodedCache::new(1000);
+        let e = c.get_or_decode(key("/a.nc", 0, 10), || Err::<Vec<u8>, _>("bad"));
+        assert_eq!(e.err(), Some("bad"));
+        assert_eq!(c.bytes(), 0);
+        let n = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    let v = c.get_or_decode(key("/a.nc", 0, 10), || {
+                        n.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        Ok::<_, ()>(vec![5; 10])
+                    });
+                    assert_eq!(v.expect("decoded").as_slice(), &[5; 10]);
+                });
+            }
+        });
+        assert_eq!(n.load(Ordering::SeqCst), 1);
+    }
+}
