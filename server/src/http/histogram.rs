@@ -119,17 +119,13 @@ pub async fn summary(
     let computed = state
         .run_for(&ds_prod.ds, move || -> Result<Value, ApiError> {
             let name = format!("histogram_{var2}");
-            let h = work
-                .ds
-                .variable(&name)
-                .ok_or_else(|| internal(&id2, &var2))?;
+            let h = work.ds.variable(&name).ok_or_else(|| internal(&id2, &var2))?;
             let crate::dataset::Values::Derived(_) = &h.values else {
                 return Err(internal(&id2, &var2));
             };
             let mut shape: Vec<u64> = work.kept.iter().map(|(_, n)| *n).collect();
             shape.push(nb);
-            let block = pipeline::read_region(h, &vec![0; shape.len()], &shape)
-                .map_err(|e| ApiError::from(e))?;
+            let block = pipeline::read_region(h, &vec![0; shape.len()], &shape).map_err(ApiError::from)?;
             let values: Vec<Value> = if h.dtype == DType::I64 {
                 block
                     .values::<i64>()
@@ -163,7 +159,12 @@ pub async fn summary(
         })
         .await
         .ok_or_else(|| internal(&id, &var))?
-        .map_err(|e| ApiError::new(e.status, format!("dataset '{id}', histogram of '{var}': {}", e.message)))?;
+        .map_err(|e| {
+            ApiError::new(
+                e.status,
+                format!("dataset '{id}', histogram of '{var}': {}", e.message),
+            )
+        })?;
     let mut dims: Vec<String> = ds_prod.kept.iter().map(|(d, _)| d.clone()).collect();
     dims.push(format!("{var}_bin"));
     let mut shape: Vec<u64> = ds_prod.kept.iter().map(|(_, n)| *n).collect();

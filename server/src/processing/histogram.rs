@@ -143,16 +143,18 @@ impl Params {
                 }
                 _ => {
                     let (a, b) = split_range(&v).ok_or_else(|| {
-                        err(
-                            &k,
-                            format!("'{v}' is not a value range 'from/to' (or 'from,to')"),
-                        )
+                        err(&k, format!("'{v}' is not a value range 'from/to' (or 'from,to')"))
                     })?;
                     select.push((k.clone(), a.trim().to_string(), b.trim().to_string()));
                 }
             }
         }
-        let bins = bins.ok_or_else(|| err("bins", "required: a bin count (with range=lo,hi) or edges e0,e1,..."))?;
+        let bins = bins.ok_or_else(|| {
+            err(
+                "bins",
+                "required: a bin count (with range=lo,hi) or edges e0,e1,...",
+            )
+        })?;
         let bins = if bins.contains(',') {
             if range.is_some() {
                 return Err(err("range", "applies only to a bin count, not to explicit edges"));
@@ -165,7 +167,10 @@ impl Params {
                 return Err(err("bins", "explicit edges need at least two values"));
             }
             if edges.len() - 1 > MAX_BINS {
-                return Err(err("bins", format!("{} bins; at most {MAX_BINS}", edges.len() - 1)));
+                return Err(err(
+                    "bins",
+                    format!("{} bins; at most {MAX_BINS}", edges.len() - 1),
+                ));
             }
             if let Some(w) = edges.windows(2).position(|w| w[0] >= w[1]) {
                 return Err(err(
@@ -275,7 +280,11 @@ pub fn edges(bins: &Bins, ty: Ty) -> Vec<f64> {
     match bins {
         Bins::Edges(e) => e.clone(),
         Bins::Count { n, lo, hi } => {
-            let (lo, hi) = if lo == hi { (lo - 0.5, hi + 0.5) } else { (*lo, *hi) };
+            let (lo, hi) = if lo == hi {
+                (lo - 0.5, hi + 0.5)
+            } else {
+                (*lo, *hi)
+            };
             let e = linspace(lo, hi, *n);
             if ty == Ty::F32 && !matches!(bins, Bins::Edges(_)) {
                 #[allow(clippy::cast_possible_truncation)]
@@ -460,16 +469,34 @@ fn select(ds: &Dataset, dim: &str, from: &str, to: &str) -> Result<(u64, u64), H
     let block = pipeline::read_region(c, &[0], &c.shape)
         .map_err(|e| err(dim, format!("cannot read coordinate '{dim}': {e}")))?;
     let vals: Vec<f64> = match c.dtype {
-        DType::F32 => block.values::<f32>().map(|v| v.into_iter().map(f64::from).collect()),
+        DType::F32 => block
+            .values::<f32>()
+            .map(|v| v.into_iter().map(f64::from).collect()),
         DType::F64 => block.values::<f64>(),
-        DType::I8 => block.values::<i8>().map(|v| v.into_iter().map(f64::from).collect()),
-        DType::I16 => block.values::<i16>().map(|v| v.into_iter().map(f64::from).collect()),
-        DType::I32 => block.values::<i32>().map(|v| v.into_iter().map(f64::from).collect()),
-        DType::U8 => block.values::<u8>().map(|v| v.into_iter().map(f64::from).collect()),
-        DType::U16 => block.values::<u16>().map(|v| v.into_iter().map(f64::from).collect()),
-        DType::U32 => block.values::<u32>().map(|v| v.into_iter().map(f64::from).collect()),
-        DType::I64 => block.values::<i64>().map(|v| v.into_iter().map(|x| x as f64).collect()),
-        DType::U64 => block.values::<u64>().map(|v| v.into_iter().map(|x| x as f64).collect()),
+        DType::I8 => block
+            .values::<i8>()
+            .map(|v| v.into_iter().map(f64::from).collect()),
+        DType::I16 => block
+            .values::<i16>()
+            .map(|v| v.into_iter().map(f64::from).collect()),
+        DType::I32 => block
+            .values::<i32>()
+            .map(|v| v.into_iter().map(f64::from).collect()),
+        DType::U8 => block
+            .values::<u8>()
+            .map(|v| v.into_iter().map(f64::from).collect()),
+        DType::U16 => block
+            .values::<u16>()
+            .map(|v| v.into_iter().map(f64::from).collect()),
+        DType::U32 => block
+            .values::<u32>()
+            .map(|v| v.into_iter().map(f64::from).collect()),
+        DType::I64 => block
+            .values::<i64>()
+            .map(|v| v.into_iter().map(|x| x as f64).collect()),
+        DType::U64 => block
+            .values::<u64>()
+            .map(|v| v.into_iter().map(|x| x as f64).collect()),
         _ => return Err(err(dim, format!("coordinate '{dim}' is not numeric"))),
     }
     .map_err(|e| err(dim, e.to_string()))?;
@@ -488,9 +515,7 @@ fn select(ds: &Dataset, dim: &str, from: &str, to: &str) -> Result<(u64, u64), H
         let bad = |s: &str| {
             err(
                 dim,
-                format!(
-                    "'{s}' is not a date of the '{dim}' calendar (YYYY[-MM[-DD[Thh[:mm[:ss]]]]])"
-                ),
+                format!("'{s}' is not a date of the '{dim}' calendar (YYYY[-MM[-DD[Thh[:mm[:ss]]]]])"),
             )
         };
         let (f0, f1) = date_bounds(from, &axis).ok_or_else(|| bad(from))?;
@@ -512,8 +537,12 @@ fn select(ds: &Dataset, dim: &str, from: &str, to: &str) -> Result<(u64, u64), H
         }
         slice_positions(&vals, a, b)
     };
-    let (start, count) =
-        pos.ok_or_else(|| err(dim, format!("coordinate '{dim}' is not monotonic; cannot select a value range")))?;
+    let (start, count) = pos.ok_or_else(|| {
+        err(
+            dim,
+            format!("coordinate '{dim}' is not monotonic; cannot select a value range"),
+        )
+    })?;
     if count == 0 {
         return Err(err(
             dim,
@@ -528,7 +557,13 @@ fn select(ds: &Dataset, dim: &str, from: &str, to: &str) -> Result<(u64, u64), H
 /// Attributes of the variable as xarray shows them once decoded.
 fn decoded_attrs(v: &Variable) -> Attrs {
     let mut a = v.attrs.clone();
-    for k in ["missing_value", "scale_factor", "add_offset", "coordinates", "_FillValue"] {
+    for k in [
+        "missing_value",
+        "scale_factor",
+        "add_offset",
+        "coordinates",
+        "_FillValue",
+    ] {
         a.remove(k);
     }
     a
@@ -775,7 +810,10 @@ pub fn build(parent: &Dataset, id: &str, var: &str, p: &Params) -> Result<Produc
                 let i = v.dims.iter().position(|x| x == d).ok_or_else(|| {
                     err(
                         "dim",
-                        format!("'{var}' has no dimension '{d}' (its dimensions: {})", v.dims.join(", ")),
+                        format!(
+                            "'{var}' has no dimension '{d}' (its dimensions: {})",
+                            v.dims.join(", ")
+                        ),
                     )
                 })?;
                 if out.contains(&i) {
@@ -809,12 +847,21 @@ pub fn build(parent: &Dataset, id: &str, var: &str, p: &Params) -> Result<Produc
     let bin_dim = format!("{var}_bin");
     let name = format!("histogram_{var}");
     if v.dims.contains(&bin_dim) || v.dims.contains(&name) {
-        return Err(err("variable", format!("'{var}' already has a dimension '{bin_dim}'")));
+        return Err(err(
+            "variable",
+            format!("'{var}' already has a dimension '{bin_dim}'"),
+        ));
     }
     // output chunks: the source's along kept dimensions, halved until a chunk fits
-    let mut chunks: Vec<u64> = kept.iter().map(|i| v.chunks[*i].clamp(1, region[*i].1.max(1))).collect();
+    let mut chunks: Vec<u64> = kept
+        .iter()
+        .map(|i| v.chunks[*i].clamp(1, region[*i].1.max(1)))
+        .collect();
     while chunks.iter().product::<u64>() * nb as u64 > CHUNK_VALUES {
-        let Some(big) = (0..chunks.len()).filter(|i| chunks[*i] > 1).max_by_key(|i| chunks[*i]) else {
+        let Some(big) = (0..chunks.len())
+            .filter(|i| chunks[*i] > 1)
+            .max_by_key(|i| chunks[*i])
+        else {
             break;
         };
         chunks[big] = chunks[big].div_ceil(2);
@@ -830,7 +877,11 @@ pub fn build(parent: &Dataset, id: &str, var: &str, p: &Params) -> Result<Produc
         if selected.is_empty() { "" } else { " after sel" }
     );
     let (dtype, fill, fill_attr) = if p.density {
-        (DType::F64, f64::NAN.to_le_bytes().to_vec(), Some(Scalar::Float(f64::NAN)))
+        (
+            DType::F64,
+            f64::NAN.to_le_bytes().to_vec(),
+            Some(Scalar::Float(f64::NAN)),
+        )
     } else {
         (DType::I64, vec![0u8; 8], None)
     };
@@ -976,8 +1027,15 @@ mod tests {
         assert_eq!(e[3], 3.0 * 0.1);
         assert_eq!(e[10], 1.0);
         // float32 data: float32 edges; an empty range widened by 0.5
-        let b = Bins::Count { n: 2, lo: 0.1, hi: 0.1 };
-        assert_eq!(edges(&b, Ty::F32), vec![f64::from(-0.4f32), f64::from(0.1f32), f64::from(0.6f32)]);
+        let b = Bins::Count {
+            n: 2,
+            lo: 0.1,
+            hi: 0.1,
+        };
+        assert_eq!(
+            edges(&b, Ty::F32),
+            vec![f64::from(-0.4f32), f64::from(0.1f32), f64::from(0.6f32)]
+        );
         assert_eq!(edges(&b, Ty::F64), vec![0.1 - 0.5, (0.1 - 0.5) + 0.5, 0.1 + 0.5]);
         let w = widths(&[0.0, f64::from(0.1f32)], true);
         assert_eq!(w, vec![f64::from(0.1f32)]);
@@ -996,10 +1054,20 @@ mod tests {
     fn params_parse_and_round_trip() {
         let p = Params::parse("bins=10&range=200,300&dim=time,lat&density=true&time=2000-01-01/2000-12-31")
             .expect("parse");
-        assert_eq!(p.bins, Bins::Count { n: 10, lo: 200.0, hi: 300.0 });
+        assert_eq!(
+            p.bins,
+            Bins::Count {
+                n: 10,
+                lo: 200.0,
+                hi: 300.0
+            }
+        );
         assert_eq!(p.dim, Some(vec!["time".into(), "lat".into()]));
         assert!(p.density);
-        assert_eq!(p.select, vec![("time".into(), "2000-01-01".into(), "2000-12-31".into())]);
+        assert_eq!(
+            p.select,
+            vec![("time".into(), "2000-01-01".into(), "2000-12-31".into())]
+        );
         let c = p.canonical();
         assert!(!c.contains('/'), "{c}");
         assert_eq!(Params::parse(&c).expect("canonical"), p);
