@@ -183,7 +183,6 @@ pub async fn summary(
         "dims": dims,
         "shape": shape,
         "bin_edges": ds_prod.edges,
-        "density": p.density,
         "coords": computed["coords"],
         "selection": selection,
         "zarr": format!("/datasets/{}/histogram/{}/{canonical}/zarr", enc(&id), enc(&var)),
