@@ -1000,6 +1000,90 @@ pub fn build(parent: &Dataset, id: &str, var: &str, p: &Params) -> Result<Produc
 mod tests {
     use super::*;
 
+    /// `x(time, lat, lon)` float32 in chunks `{2, 3, 2}` that do not divide the shape, with a
+    /// 1e20 fill and a NaN; a descending `lat` coordinate.
+    fn open_x(dir: &std::path::Path) -> (Dataset, Vec<f32>) {
+        let path = dir.join("x.nc");
+        let mut f = netcdf::create(&path).expect("create");
+        f.add_dimension("time", 5).expect("dim");
+        f.add_dimension("lat", 4).expect("dim");
+        f.add_dimension("lon", 3).expect("dim");
+        let vals: Vec<f32> = (0..60).map(|i| ((i * 37) % 23) as f32 * 0.5).collect();
+        let mut stored = vals.clone();
+        stored[7] = 1e20;
+        stored[8] = f32::NAN;
+        {
+            let mut v = f.add_variable::<f32>("x", &["time", "lat", "lon"]).expect("var");
+            v.set_chunking(&[2, 3, 2]).expect("chunking");
+            v.set_fill_value(1e20f32).expect("fill");
+            v.put_values(&stored, ..).expect("put");
+        }
+        let mut lat = f.add_variable::<f64>("lat", &["lat"]).expect("var");
+        lat.put_values(&[30.0, 10.0, -10.0, -30.0], ..).expect("put");
+        drop(f);
+        let file = Arc::new(crate::source::SourceFile::stat(path.clone()).expect("stat"));
+        let idx = crate::open::file::open_file(file).expect("index");
+        let spec = cloudify_crds::DatasetSpec::new("t", vec![path.display().to_string()]);
+        (
+            crate::dataset::aggregate::build(&spec, vec![idx]).expect("dataset"),
+            stored,
+        )
+    }
+
+    #[test]
+    fn blocks_count_as_a_brute_force_does() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ds, stored) = open_x(dir.path());
+        let p = Params::parse("bins=4&range=0,11&dim=time,lon&lat=10/-30").expect("params");
+        let prod = build(&ds, "h", "x", &p).expect("build");
+        assert_eq!(prod.kept, vec![("lat".to_string(), 3)]);
+        assert_eq!(prod.selected, vec![("lat".to_string(), 1, 3)]);
+        let h = prod.ds.variable("histogram_x").expect("hist");
+        assert_eq!(h.dims, vec!["lat", "x_bin"]);
+        let got: Vec<i64> = pipeline::read_region(h, &[0, 0], &[3, 4])
+            .expect("read")
+            .values()
+            .expect("i64");
+        let e = edges(&p.bins, Ty::F32);
+        let mut want = vec![0i64; 12];
+        for t in 0..5 {
+            for (k, la) in (1..4).enumerate() {
+                for lo in 0..3 {
+                    let x = stored[(t * 4 + la) * 3 + lo];
+                    let x = if x == 1e20 { f32::NAN } else { x };
+                    if let Some(b) = bin_of(&e, f64::from(x)) {
+                        want[k * 4 + b] += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(got, want);
+        assert!(want.iter().sum::<i64>() > 30, "most values fall in the range");
+        // a block of the kept dimension alone counts the same cells
+        let one: Vec<i64> = pipeline::read_region(h, &[1, 0], &[1, 4])
+            .expect("read")
+            .values()
+            .expect("i64");
+        assert_eq!(one, want[4..8].to_vec());
+        // the kept coordinate is the selected stretch
+        let lat: Vec<f64> = pipeline::read_region(prod.ds.variable("lat").expect("lat"), &[0], &[3])
+            .expect("read")
+            .values()
+            .expect("f64");
+        assert_eq!(lat, vec![10.0, -10.0, -30.0]);
+        // selection errors name the dimension
+        for (q, param) in [
+            ("bins=2&range=0,1&lat=-30/30", "lat"),
+            ("bins=2&range=0,1&lon=0/1", "lon"),
+            ("bins=2&range=0,1&depth=0/1", "depth"),
+            ("bins=2&range=0,1&dim=depth", "dim"),
+        ] {
+            let e = build(&ds, "h", "x", &Params::parse(q).expect(q)).expect_err(q);
+            assert_eq!(e.param, param, "{q}: {e}");
+        }
+        assert!(build(&ds, "h", "nope", &p).expect_err("missing").missing);
+    }
+
     #[test]
     fn bins_are_half_open_but_the_last_is_closed() {
         let e = [0.0, 1.0, 2.0, 3.0];
