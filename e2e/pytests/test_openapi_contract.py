@@ -55,6 +55,12 @@ values = {strings(PARQUET_FILES)}
 [[operations]]
 include-path-regex = '/(zarr|kerchunk)/\\{{key\\}}$|/kerchunk\\.(json|parq)'
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", 400, 404, 416]
+
+# A histogram's parameters can each be well-formed and still not fit together or the variable
+# (range lo > hi, a dimension the variable lacks, a non-numeric variable): 400 naming them.
+[[operations]]
+include-path-regex = '/histogram/'
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", 400, 404, 416]
 """
     )
 

@@ -554,7 +554,8 @@ async fn documented_routes_exist() {
             .replace("{path}", ".zmetadata")
             .replace("{var}", "tas")
             .replace("{coord}", "time.month")
-            .replace("{action}", "mean");
+            .replace("{action}", "mean")
+            .replace("{params}", "bins=3&range=0,1");
         let (s, _, b) = get(&f.app, &uri).await;
         let body = String::from_utf8_lossy(&b);
         assert!(!body.contains("no route for"), "{path}: {s} {body}");

@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod groupby;
+pub mod histogram;
 pub mod meta;
 pub mod middleware;
 pub mod openapi;
@@ -32,6 +33,10 @@ pub fn routes() -> Router<Arc<AppState>> {
             "/datasets/{id}/groupby/{var}/{coord}/{action}/zarr/{*key}",
             get(groupby::zarr_key),
         )
+        .route(
+            "/datasets/{id}/histogram/{var}/{params}/zarr/{*key}",
+            get(histogram::zarr_key),
+        )
         .route_layer(axum::middleware::from_fn(range::ranges));
     Router::new()
         .route("/", get(meta::root))
@@ -46,6 +51,7 @@ pub fn routes() -> Router<Arc<AppState>> {
             "/datasets/{id}/groupby/{var}/{coord}/{action}",
             get(groupby::summary),
         )
+        .route("/datasets/{id}/histogram/{var}", get(histogram::summary))
         .route("/datasets/{id}/zarr", get(zarr::zarr_root))
         .route("/datasets/{id}/zarr/", get(zarr::zarr_root))
         .merge(ranged)

@@ -139,6 +139,20 @@ pub const ROUTES: &[(&str, &str, &str, &[&str], Kind)] = &[
         Kind::Ranged,
     ),
     (
+        "/datasets/{id}/histogram/{var}",
+        "Histogram of a variable, as xhistogram.xarray.histogram(ds[var], bins=..., range=..., dim=..., density=...) computes it (JSON: bin_edges, counts or density nested by the kept dimensions, their coordinates, and the URL of the same product as Zarr). Bins are [l, r) except the last, [l, r]; NaN, masked (_FillValue/missing_value) and out-of-range values are dropped. Other query parameters select a value range of a dimension first, as ds[var].sel(dim=slice(from, to)): '{dim}=from/to' (inclusive, coordinate units; ISO dates in the dataset's calendar for time). 400 names a bad parameter (bins, range, dim, density, a selection that is unknown, unparseable or empty, more than 10000 bins, more than 1000000 values in a JSON answer); 404 an unknown variable",
+        "processing",
+        &["application/json"],
+        Kind::Dataset,
+    ),
+    (
+        "/datasets/{id}/histogram/{var}/{params}/zarr/{key}",
+        "The histogram as Zarr v2 and v3 (keys as under /datasets/{id}/zarr/): `histogram_{var}` (int64 counts, or float64 density) over the kept dimensions and `{var}_bin` (bin centres); `params` is the histogram route's query string as one path segment (value ranges written from,to), as its JSON answer's `zarr` URL gives it",
+        "processing",
+        &["application/json", "application/octet-stream"],
+        Kind::Ranged,
+    ),
+    (
         "/datasets/{id}/stac",
         "STAC 1.1 Item of the dataset (datacube and xarray-assets extensions)",
         "catalog",
@@ -242,6 +256,10 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
     ] {
         if path.contains(&format!("{{{name}}}")) {
             let mut p = path_param(name, what);
+            if name == "var" && path.contains("/histogram/") {
+                p["description"] = json!("Variable to histogram");
+                p["example"] = json!("tas");
+            }
             if name == "action" {
                 // any other action is 400: the schema says which are valid (schemathesis
                 // checks that a schema-valid request is not rejected)
@@ -249,6 +267,30 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
             }
             params.push(p);
         }
+    }
+    if path.contains("{params}") {
+        let mut p = path_param(
+            "params",
+            "The histogram's parameters as one path segment: the query string of /datasets/{id}/histogram/{var}, e.g. 'bins=10&range=200,300&dim=time'",
+        );
+        p["example"] = json!("bins=10&range=250,300&dim=time");
+        params.push(p);
+    }
+    if path.ends_with("/histogram/{var}") {
+        params.push(json!({"name": "bins", "in": "query", "required": true,
+            "schema": {"type": "string", "pattern": "^[0-9]+$|^[-+0-9.eE]+(,[-+0-9.eE]+)+$"},
+            "example": "10",
+            "description": "A bin count (1..10000, with range) or strictly increasing edges 'e0,e1,...' (float64)"}));
+        params.push(json!({"name": "range", "in": "query", "required": false,
+            "schema": {"type": "string", "pattern": "^[-+0-9.eE]+,[-+0-9.eE]+$"},
+            "example": "250,300",
+            "description": "'lo,hi' of a bin count (required with it, refused with edges): numpy.histogram_bin_edges' equal bins (float32 for float32 data)"}));
+        params.push(json!({"name": "dim", "in": "query", "required": false,
+            "schema": {"type": "string"}, "example": "time",
+            "description": "Comma-separated dimensions to reduce (default: all); the others are kept"}));
+        params.push(json!({"name": "density", "in": "query", "required": false,
+            "schema": {"type": "boolean"}, "example": false,
+            "description": "Answer counts / (total × bin width) per kept cell instead of counts"}));
     }
     if path.contains("{key}") {
         params.push(path_param("key", "Zarr key, may contain '/'"));

@@ -11,6 +11,7 @@
 pub mod bitround;
 pub mod derived;
 pub mod expr;
+pub mod histogram;
 pub mod rechunk;
 pub mod reduce;
 
