@@ -90,6 +90,41 @@ impl Input {
         })
     }
 
+    /// True when xarray keeps the stored integers (an integer type with no fill value, no
+    /// `missing_value`, no packing): NumPy then reduces them as integers.
+    pub(crate) fn is_plain_int(&self) -> bool {
+        self.missing.is_empty()
+            && self.scale.is_none()
+            && self.offset.is_none()
+            && matches!(
+                self.var.dtype,
+                DType::I8
+                    | DType::U8
+                    | DType::I16
+                    | DType::U16
+                    | DType::I32
+                    | DType::U32
+                    | DType::I64
+                    | DType::U64
+            )
+    }
+
+    /// The region's stored integers, exactly (for [`Input::is_plain_int`] inputs).
+    pub(crate) fn read_ints(&self, start: &[u64], count: &[u64]) -> Result<Vec<i128>, ReadError> {
+        let b = pipeline::read_region(&self.var, start, count)?;
+        Ok(match self.var.dtype {
+            DType::I8 => values::<i8>(&b)?.into_iter().map(i128::from).collect(),
+            DType::U8 => values::<u8>(&b)?.into_iter().map(i128::from).collect(),
+            DType::I16 => values::<i16>(&b)?.into_iter().map(i128::from).collect(),
+            DType::U16 => values::<u16>(&b)?.into_iter().map(i128::from).collect(),
+            DType::I32 => values::<i32>(&b)?.into_iter().map(i128::from).collect(),
+            DType::U32 => values::<u32>(&b)?.into_iter().map(i128::from).collect(),
+            DType::I64 => values::<i64>(&b)?.into_iter().map(i128::from).collect(),
+            DType::U64 => values::<u64>(&b)?.into_iter().map(i128::from).collect(),
+            d => return Err(ReadError::Block(format!("{d:?} is not an integer"))),
+        })
+    }
+
     /// The region's values, decoded.
     pub(crate) fn read(&self, start: &[u64], count: &[u64]) -> Result<Col, ReadError> {
         let b = pipeline::read_region(&self.var, start, count)?;

@@ -1,5 +1,8 @@
 //! Streaming accumulators of the reductions, one slot per (group, cell) of an output
-//! block, in float64 whatever the input type (pure functions).
+//! block (pure functions): float64 for decoded (float) inputs and for the float results of
+//! integers (`mean`, `std`, `var`, `median`, as NumPy computes them); exact integers for
+//! `sum`, `min`, `max`, `first`, `last` of integer inputs ([`Acc::new_int`]), since NumPy
+//! keeps those integer (a float64 sum would round above 2^53 and never wrap).
 //!
 //! xarray's rules: NaN is skipped (`skipna` for floats); an empty or all-NaN slot gives
 //! NaN for `mean`, `std`, `var`, `median`, `min`, `max`, `first`, `last`, 0 for `sum` and
@@ -37,6 +40,12 @@ pub enum Acc {
     Pick(Reduce, Vec<f64>),
     /// `median`: the values of each slot.
     Values(Vec<Vec<f64>>),
+    /// `sum` of integers: i128 holds any int64 or uint64 value and sums of up to 2^63 of
+    /// them; [`Acc::finish_ints`] wraps the sum to 64 bits as NumPy's int64/uint64
+    /// accumulator does (a wrapped sum is the exact sum modulo 2^64, in any order).
+    IntSum(Vec<i128>),
+    /// `min`, `max`, `first`, `last` of integers: `None` until a value is seen.
+    IntPick(Reduce, Vec<Option<i128>>),
 }
 
 impl Acc {
@@ -55,6 +64,67 @@ impl Acc {
             },
             Reduce::Min | Reduce::Max | Reduce::First | Reduce::Last => Acc::Pick(r, vec![f64::NAN; slots]),
             Reduce::Median => Acc::Values(vec![Vec::new(); slots]),
+        }
+    }
+
+    /// Empty accumulators of an integer input (not decoded to floats): exact integers for
+    /// `sum`, `min`, `max`, `first`, `last`, the float64 ones of [`Acc::new`] otherwise.
+    pub fn new_int(r: Reduce, slots: usize) -> Self {
+        match r {
+            Reduce::Sum => Acc::IntSum(vec![0; slots]),
+            Reduce::Min | Reduce::Max | Reduce::First | Reduce::Last => Acc::IntPick(r, vec![None; slots]),
+            _ => Acc::new(r, slots),
+        }
+    }
+
+    /// Adds integers `xs` to the slots from `slot` on, later in axis order (as [`Acc::add`];
+    /// integers have no NaN to skip: every value counts).
+    pub fn add_int(&mut self, slot: usize, xs: &[i128]) {
+        let range = slot..slot + xs.len();
+        match self {
+            Acc::IntSum(sum) => {
+                for (s, x) in sum[range].iter_mut().zip(xs) {
+                    *s = s.wrapping_add(*x);
+                }
+            }
+            Acc::IntPick(r, v) => {
+                for (v, x) in v[range].iter_mut().zip(xs) {
+                    let take = match (*r, *v) {
+                        (_, None) | (Reduce::Last, _) => true,
+                        (Reduce::Min, Some(c)) => *x < c,
+                        (Reduce::Max, Some(c)) => *x > c,
+                        _ => false,
+                    };
+                    if take {
+                        *v = Some(*x);
+                    }
+                }
+            }
+            other => {
+                #[allow(clippy::cast_precision_loss)]
+                let f: Vec<f64> = xs.iter().map(|x| *x as f64).collect();
+                other.add(slot, &f);
+            }
+        }
+    }
+
+    /// The integer results (`None`: nothing seen), or the float accumulators back (for
+    /// [`Acc::finish`]). Sums wrap to 64 bits, unsigned (`uint64`) when `unsigned`, as NumPy's.
+    pub fn finish_ints(self, unsigned: bool) -> Result<Vec<Option<i128>>, Self> {
+        match self {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            Acc::IntSum(sum) => Ok(sum
+                .into_iter()
+                .map(|s| {
+                    Some(if unsigned {
+                        i128::from(s as u64)
+                    } else {
+                        i128::from(s as i64)
+                    })
+                })
+                .collect()),
+            Acc::IntPick(_, v) => Ok(v),
+            other => Err(other),
         }
     }
 
@@ -113,6 +183,8 @@ impl Acc {
                     }
                 }
             }
+            // integer accumulators take integers only (`add_int`)
+            Acc::IntSum(_) | Acc::IntPick(..) => {}
         }
     }
 
@@ -168,6 +240,23 @@ impl Acc {
             (Acc::Values(v), Acc::Values(v2)) => {
                 v.iter_mut().zip(v2).for_each(|(a, mut b)| a.append(&mut b));
             }
+            (Acc::IntSum(s), Acc::IntSum(s2)) => {
+                s.iter_mut().zip(s2).for_each(|(a, b)| *a = a.wrapping_add(b));
+            }
+            (Acc::IntPick(r, v), Acc::IntPick(_, v2)) => {
+                for (a, b) in v.iter_mut().zip(v2) {
+                    let Some(b) = b else { continue };
+                    let take = match (*r, *a) {
+                        (_, None) | (Reduce::Last, _) => true,
+                        (Reduce::Min, Some(c)) => b < c,
+                        (Reduce::Max, Some(c)) => b > c,
+                        _ => false,
+                    };
+                    if take {
+                        *a = Some(b);
+                    }
+                }
+            }
             // accumulators of one block share their reduction
             _ => {}
         }
@@ -214,6 +303,10 @@ impl Acc {
                 .collect(),
             Acc::Pick(_, v) => v,
             Acc::Values(v) => v.into_iter().map(median).collect(),
+            #[allow(clippy::cast_precision_loss)]
+            Acc::IntSum(s) => s.into_iter().map(|x| x as f64).collect(),
+            #[allow(clippy::cast_precision_loss)]
+            Acc::IntPick(_, v) => v.into_iter().map(|x| x.map_or(f64::NAN, |x| x as f64)).collect(),
         }
     }
 }
@@ -351,5 +444,79 @@ mod tests {
         assert_eq!(fin(Reduce::Mean, &[3e38, 3e38], false), 3e38);
         assert_eq!(fin(Reduce::Mean, &fill, true), (fill[0] + fill[1]) / 2.0);
         assert!(fin(Reduce::Std, &[], true).is_nan());
+    }
+
+    fn ints(r: Reduce, xs: &[i128], cut: usize, unsigned: bool) -> Vec<Option<i128>> {
+        // two stretches merged, slot 0 never fed
+        let mut a = Acc::new_int(r, 2);
+        let mut b = Acc::new_int(r, 2);
+        for x in &xs[..cut] {
+            a.add_int(1, &[*x]);
+        }
+        for x in &xs[cut..] {
+            b.add_int(1, &[*x]);
+        }
+        a.merge(b);
+        a.finish_ints(unsigned).expect("integer accumulator")
+    }
+
+    /// numpy: `np.int64([2**62]*3 + [1]).sum() == -4611686018427387903` (wraps),
+    /// `np.uint64([2**63, 2**63, 5]).sum() == 5`, and int64 sums above 2^53 are exact.
+    #[test]
+    fn integer_sums_are_exact_and_wrap_as_numpy() {
+        let p62 = 1i128 << 62;
+        let p63 = 1i128 << 63;
+        let big = (1i128 << 53) + 1;
+        for cut in 0..=4 {
+            assert_eq!(
+                ints(Reduce::Sum, &[p62, p62, p62, 1], cut, false)[1],
+                Some(-4_611_686_018_427_387_903)
+            );
+            assert_eq!(
+                ints(Reduce::Sum, &[big, big, 1, -1], cut, false)[1],
+                Some(2 * big)
+            );
+        }
+        for cut in 0..=3 {
+            assert_eq!(ints(Reduce::Sum, &[p63, p63, 5], cut, true)[1], Some(5));
+            assert_eq!(ints(Reduce::Sum, &[u64::MAX.into(), 1, 0], cut, true)[1], Some(0));
+        }
+        // an untouched slot sums to 0 (an empty group is the caller's business)
+        assert_eq!(ints(Reduce::Sum, &[1], 0, false)[0], Some(0));
+        // float64 would have rounded: 2^53 + 1 is not a float64
+        #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+        let via_f64 = ((big as f64) * 2.0) as i128;
+        assert_ne!(via_f64, 2 * big);
+    }
+
+    #[test]
+    fn integer_picks_are_exact_in_axis_order() {
+        let xs: Vec<i128> = vec![
+            i128::from(i64::MAX),
+            -7,
+            i128::from(i64::MIN),
+            3,
+            i128::from(i64::MAX) - 1,
+        ];
+        for cut in 0..=xs.len() {
+            let got = |r| ints(r, &xs, cut, false);
+            assert_eq!(got(Reduce::Min)[1], Some(i128::from(i64::MIN)), "cut {cut}");
+            assert_eq!(got(Reduce::Max)[1], Some(i128::from(i64::MAX)), "cut {cut}");
+            assert_eq!(got(Reduce::First)[1], Some(i128::from(i64::MAX)), "cut {cut}");
+            assert_eq!(got(Reduce::Last)[1], Some(i128::from(i64::MAX) - 1), "cut {cut}");
+            assert_eq!(got(Reduce::Min)[0], None, "nothing seen");
+        }
+        // reductions with float results of integers go through float64
+        let mut a = Acc::new_int(Reduce::Mean, 1);
+        for x in [1, 2, 4] {
+            a.add_int(0, &[x]);
+        }
+        assert!(a.clone().finish_ints(false).is_err());
+        assert_eq!(a.finish(Reduce::Mean, false), vec![7.0 / 3.0]);
+        let mut c = Acc::new_int(Reduce::Count, 1);
+        for x in [0, -1, 5] {
+            c.add_int(0, &[x]);
+        }
+        assert_eq!(c.finish(Reduce::Count, false), vec![3.0]);
     }
 }

@@ -5,14 +5,17 @@
 //! `ds.resample(time=...).<reduce>()` on the dataset opened with its defaults:
 //! - inputs CF-decoded as [`super::derived`] decodes them (`_FillValue`/`missing_value`
 //!   masked, `scale_factor`/`add_offset` applied); NaN skipped; `std`/`var` with `ddof=0`;
-//!   an all-NaN or empty group gives NaN, except `sum` and `count` (0) — [`accum`];
+//!   an all-NaN group gives NaN, except `sum` and `count` (0) — [`accum`]; an empty group
+//!   (a resample period without data) NaN whatever the reduction, as xarray reindexes;
 //! - groups and labels as xarray's ([`groups`]): the reduced dimension is replaced by one
 //!   named after the key (`month`, `season`, `year`, `dayofyear`, `hour`, the coordinate's
 //!   name; `time` for `resample`), whose coordinate holds the sorted keys (int64; season
 //!   strings `DJF`, `JJA`, `MAM`, `SON`; the coordinate's own values and type) or the
 //!   periods' starts (in the time coordinate's units and calendar);
-//! - types: the decoded input type (float32 stays float32, accumulated in float64), `count`
-//!   int64; floats have NaN as `_FillValue`; each reduced variable says what it is in
+//! - types: NumPy's ([`result_dtype`]): the decoded input type (float32 stays float32,
+//!   accumulated in float64), `count` int64; integers xarray does not decode reduced exactly
+//!   (`sum` int64/uint64 wrapping, `min`/`max`/`first`/`last` in the input's type); any
+//!   empty group NaN-promotes the result; floats have NaN as `_FillValue`, integers none; each reduced variable says what it is in
 //!   `cloudify_processing` (e.g. `groupby(time.month).mean()`).
 //!
 //! The view holds the reduced variables, the coordinates of their other dimensions (and
@@ -330,8 +333,14 @@ struct Reduced {
     input: Input,
     axis: usize,
     assign: Arc<Assignment>,
+    /// Groups holding no row (periods of a `resample` without data): NaN whatever the
+    /// reduction, as xarray's reindexing gives them.
+    empty: Arc<Vec<bool>>,
     reduce: Reduce,
+    /// The served type ([`result_dtype`]).
     dtype: DType,
+    /// Integers reduced exactly ([`Input::is_plain_int`]).
+    int: bool,
 }
 
 impl Reduced {
@@ -362,18 +371,33 @@ impl Reduced {
         let mut c = src_count.to_vec();
         s[self.axis] = r0;
         c[self.axis] = r1 - r0;
+        let rows = (r1 - r0) as usize;
+        // each (row, outer) run of `inner` values goes to the slots of its group
+        let runs = || {
+            (0..rows).filter_map(move |t| {
+                let g = self.assign.group[r0 as usize + t];
+                if g == NONE || !(g0..g0 + k).contains(&(g as usize)) {
+                    return None;
+                }
+                Some((t, g as usize - g0))
+            })
+        };
+        if self.int {
+            let vals = self.input.read_ints(&s, &c)?;
+            for (t, g) in runs() {
+                for o in 0..outer {
+                    let from = (o * rows + t) * inner;
+                    acc.add_int((o * k + g) * inner, &vals[from..from + inner]);
+                }
+            }
+            return Ok(());
+        }
         let vals: Vec<f64> = match self.input.read(&s, &c)? {
             Col::F32(v) => v.into_iter().map(f64::from).collect(),
             Col::F64(v) => v,
             Col::Bool(v) => v.into_iter().map(|b| f64::from(u8::from(b))).collect(),
         };
-        let rows = (r1 - r0) as usize;
-        for t in 0..rows {
-            let g = self.assign.group[r0 as usize + t];
-            if g == NONE || !(g0..g0 + k).contains(&(g as usize)) {
-                continue;
-            }
-            let g = g as usize - g0;
+        for (t, g) in runs() {
             for o in 0..outer {
                 let from = (o * rows + t) * inner;
                 acc.add((o * k + g) * inner, &vals[from..from + inner]);
@@ -390,8 +414,15 @@ impl Derive for Reduced {
         let inner: usize = count[ax + 1..].iter().map(|c| *c as usize).product();
         let (g0, k) = (start[ax] as usize, count[ax] as usize);
         let slots = outer * k * inner;
+        let new = || {
+            if self.int {
+                Acc::new_int(self.reduce, slots)
+            } else {
+                Acc::new(self.reduce, slots)
+            }
+        };
         let acc = match self.source_region(start, count) {
-            None => Acc::new(self.reduce, slots),
+            None => new(),
             Some((src_start, src_count)) => {
                 // slabs: the source variable's chunks along the axis
                 let step = self.input.var.chunks[ax].max(1);
@@ -410,29 +441,50 @@ impl Derive for Reduced {
                 }
                 slabs
                     .into_par_iter()
-                    .try_fold(
-                        || Acc::new(self.reduce, slots),
-                        |mut acc, slab| {
-                            self.fold_slab(&mut acc, &src_start, &src_count, slab, (g0, k), (outer, inner))?;
-                            Ok::<_, ReadError>(acc)
-                        },
-                    )
-                    .try_reduce(
-                        || Acc::new(self.reduce, slots),
-                        |mut a, b| {
-                            a.merge(b);
-                            Ok(a)
-                        },
-                    )?
+                    .try_fold(new, |mut acc, slab| {
+                        self.fold_slab(&mut acc, &src_start, &src_count, slab, (g0, k), (outer, inner))?;
+                        Ok::<_, ReadError>(acc)
+                    })
+                    .try_reduce(new, |mut a, b| {
+                        a.merge(b);
+                        Ok(a)
+                    })?
             }
         };
-        let out = acc.finish(self.reduce, self.dtype == DType::F32);
+        // the group of each slot is empty: NaN (the served type is then a float)
+        let empty = |slot: usize| self.empty[g0 + (slot / inner) % k];
+        let unsigned = matches!(
+            self.input.var.dtype,
+            DType::U8 | DType::U16 | DType::U32 | DType::U64
+        );
         let shape = count.to_vec();
-        #[allow(clippy::cast_possible_truncation)]
-        let block = match self.dtype {
-            DType::I64 => Block::from_values(shape, &out.iter().map(|x| *x as i64).collect::<Vec<_>>()),
-            DType::F32 => Block::from_values(shape, &out.iter().map(|x| *x as f32).collect::<Vec<_>>()),
-            _ => Block::from_values(shape, &out),
+        let block = match acc.finish_ints(unsigned) {
+            Ok(ints) if !self.dtype.is_float() => int_block(self.dtype, shape, &ints),
+            Ok(ints) => {
+                #[allow(clippy::cast_precision_loss)]
+                let out: Vec<f64> = ints
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| match x {
+                        Some(x) if !empty(i) => *x as f64,
+                        _ => f64::NAN,
+                    })
+                    .collect();
+                float_block(self.dtype, shape, out)
+            }
+            Err(acc) => {
+                let mut out = acc.finish(self.reduce, self.dtype == DType::F32);
+                out.iter_mut()
+                    .enumerate()
+                    .filter(|(i, _)| empty(*i))
+                    .for_each(|(_, x)| *x = f64::NAN);
+                if self.dtype == DType::I64 {
+                    #[allow(clippy::cast_possible_truncation)]
+                    Block::from_values(shape, &out.iter().map(|x| *x as i64).collect::<Vec<_>>())
+                } else {
+                    float_block(self.dtype, shape, out)
+                }
+            }
         };
         block.map_err(|e| ReadError::Block(e.to_string()))
     }
@@ -442,6 +494,79 @@ impl Derive for Reduced {
             Some((s, c)) => pipeline::check_region_sources(&self.input.var, &s, &c),
             None => Ok(()),
         }
+    }
+}
+
+/// A block of the float type `dtype` (float32 rounds to nearest, as NumPy's cast).
+fn float_block(dtype: DType, shape: Vec<u64>, out: Vec<f64>) -> Result<Block, crate::block::BlockError> {
+    if dtype == DType::F32 {
+        #[allow(clippy::cast_possible_truncation)]
+        return Block::from_values(shape, &out.iter().map(|x| *x as f32).collect::<Vec<_>>());
+    }
+    Block::from_values(shape, &out)
+}
+
+/// A block of the integer type `dtype`: every value fits (min/max/first/last of that type,
+/// sums wrapped to 64 bits); a slot with no value (no group is empty when the type is an
+/// integer) is 0.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn int_block(
+    dtype: DType,
+    shape: Vec<u64>,
+    ints: &[Option<i128>],
+) -> Result<Block, crate::block::BlockError> {
+    macro_rules! cast {
+        ($t:ty) => {
+            Block::from_values(
+                shape,
+                &ints
+                    .iter()
+                    .map(|x| x.unwrap_or(0) as $t)
+                    .collect::<Vec<$t>>(),
+            )
+        };
+    }
+    match dtype {
+        DType::I8 => cast!(i8),
+        DType::U8 => cast!(u8),
+        DType::I16 => cast!(i16),
+        DType::U16 => cast!(u16),
+        DType::I32 => cast!(i32),
+        DType::U32 => cast!(u32),
+        DType::U64 => cast!(u64),
+        _ => cast!(i64),
+    }
+}
+
+/// The served type of `reduce` over `input`, as xarray (NumPy 2) gives it:
+/// - decoded (float) inputs keep their type; `count` is int64;
+/// - integers xarray keeps ([`Input::is_plain_int`]): `sum` int64 (uint64 for unsigned
+///   types, NumPy's accumulator), `min`/`max`/`first`/`last` the input's type,
+///   `mean`/`std`/`var`/`median` float64;
+/// - when a group is empty (a `resample` period without data), xarray reindexes the result
+///   with NaN, promoting it as `dtypes.maybe_promote` does: integers of at most 16 bits to
+///   float32, wider ones (and `count`, `sum`) to float64.
+pub(crate) fn result_dtype(reduce: Reduce, input: &Input, any_empty: bool) -> DType {
+    let int = input.is_plain_int();
+    let decoded = if input.ty == super::expr::Ty::F32 {
+        DType::F32
+    } else {
+        DType::F64
+    };
+    let base = match reduce {
+        Reduce::Count => DType::I64,
+        Reduce::Sum if int => match input.var.dtype {
+            DType::U8 | DType::U16 | DType::U32 | DType::U64 => DType::U64,
+            _ => DType::I64,
+        },
+        Reduce::Min | Reduce::Max | Reduce::First | Reduce::Last if int => input.var.dtype,
+        _ => decoded,
+    };
+    match base {
+        _ if !any_empty => base,
+        DType::I8 | DType::U8 | DType::I16 | DType::U16 => DType::F32,
+        DType::I32 | DType::U32 | DType::I64 | DType::U64 => DType::F64,
+        d => d,
     }
 }
 
@@ -511,23 +636,26 @@ pub fn build(
     }
     let what = format!("{}.{}()", g.describe, reduce.as_str());
     let k_out = chunk_len(&g, &inputs);
+    let mut rows = vec![0u64; g.assign.n_groups];
+    for x in &g.assign.group {
+        if let Some(r) = rows.get_mut(*x as usize) {
+            *r += 1;
+        }
+    }
+    let empty: Arc<Vec<bool>> = Arc::new(rows.iter().map(|r| *r == 0).collect());
+    let any_empty = empty.iter().any(|e| *e);
     let mut vars: Vec<Variable> = Vec::new();
     let mut keep: BTreeSet<String> = BTreeSet::new();
     for i in inputs {
         let v = i.var.clone();
         let axis = v.dims.iter().position(|d| *d == g.dim).unwrap_or(0);
-        let (dtype, fill, fill_attr) = match (reduce, i.ty) {
-            (Reduce::Count, _) => (DType::I64, vec![0u8; 8], None),
-            (_, super::expr::Ty::F32) => (
-                DType::F32,
-                f32::NAN.to_le_bytes().to_vec(),
-                Some(Scalar::Float(f64::NAN)),
-            ),
-            _ => (
-                DType::F64,
-                f64::NAN.to_le_bytes().to_vec(),
-                Some(Scalar::Float(f64::NAN)),
-            ),
+        let dtype = result_dtype(reduce, &i, any_empty);
+        let int = i.is_plain_int();
+        let (fill, fill_attr) = match dtype {
+            DType::F32 => (f32::NAN.to_le_bytes().to_vec(), Some(Scalar::Float(f64::NAN))),
+            DType::F64 => (f64::NAN.to_le_bytes().to_vec(), Some(Scalar::Float(f64::NAN))),
+            // integers have no fill value: every value is data
+            d => (vec![0u8; d.size()], None),
         };
         let mut attrs = v.attrs.clone();
         for k in [
@@ -577,8 +705,10 @@ pub fn build(
                 input: i,
                 axis,
                 assign: g.assign.clone(),
+                empty: empty.clone(),
                 reduce,
                 dtype,
+                int,
             })),
         });
     }
