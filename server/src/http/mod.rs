@@ -5,6 +5,7 @@ pub mod groupby;
 pub mod meta;
 pub mod middleware;
 pub mod openapi;
+pub mod opendap;
 pub mod parquet;
 pub mod range;
 pub mod zarr;
@@ -47,6 +48,9 @@ pub fn routes() -> Router<Arc<AppState>> {
             get(groupby::summary),
         )
         .route("/datasets/{id}/zarr", get(zarr::zarr_root))
+        // OPeNDAP DAP2: `opendap.dds`, `.das`, `.dods`, ... (axum cannot capture a suffix
+        // inside a segment; static siblings such as `keys` still win).
+        .route("/datasets/{id}/{file}", get(opendap::opendap))
         .route("/datasets/{id}/zarr/", get(zarr::zarr_root))
         .merge(ranged)
         .route("/versions", get(meta::versions))
