@@ -534,8 +534,11 @@ pub fn das(ds: &Dataset) -> String {
         for (name, value) in &v.var.attrs.0 {
             attr_line(&mut out, 8, name, value, Some(v.ty), Some(v.var.dtype));
         }
-        if v.var.dtype == DType::I8 {
-            out.push_str("        String _Unsigned \"false\";\n");
+        // DAP2's Byte has no sign; netCDF-C reads it as signed unless told otherwise.
+        match v.var.dtype {
+            DType::I8 => out.push_str("        String _Unsigned \"false\";\n"),
+            DType::U8 | DType::Bool => out.push_str("        String _Unsigned \"true\";\n"),
+            _ => {}
         }
         if v.var.dtype == DType::Char
             && let (Some(d), Some(n)) = (v.var.dims.last(), v.var.shape.last())
@@ -692,7 +695,8 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     pad4(out);
 }
 
-/// Appends the XDR encoding of one array (or scalar) of the response.
+/// Appends the XDR encoding of one array (or scalar) of the response; `out` must end on a
+/// 4-byte boundary of the XDR stream (padding is computed from its length).
 pub fn encode(a: &ArrayOut, out: &mut Vec<u8>) -> Result<(), DapError> {
     let v = &a.var;
     let mut sel = a.slices.clone();
@@ -786,8 +790,13 @@ pub fn dods(ds_name: &str, items: &[Item]) -> Result<Vec<u8>, DapError> {
     check_size(items)?;
     let mut out = dds(ds_name, items).into_bytes();
     out.extend_from_slice(b"Data:\n");
+    // XDR pads to 4 bytes from the start of the values, not of the body: each array is
+    // encoded into its own (aligned) buffer.
+    let mut buf = Vec::new();
     for a in items.iter().flat_map(Item::arrays) {
-        encode(a, &mut out)?;
+        buf.clear();
+        encode(a, &mut buf)?;
+        out.extend_from_slice(&buf);
     }
     Ok(out)
 }
