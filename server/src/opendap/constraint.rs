@@ -117,7 +117,7 @@ fn parse_item(item: &str) -> Result<Projection, DapError> {
     loop {
         let end = rest.find(['[', '.']).unwrap_or(rest.len());
         let name = &rest[..end];
-        if name.is_empty() || name.contains(['(', ')', '=', '<', '>', '{', '}', '"']) {
+        if name.is_empty() || name.contains(['(', ')', '=', '<', '>', '{', '}', '"', ']']) {
             return Err(DapError::bad(format!(
                 "malformed constraint item '{item}' (expected name, name.member, name[start:stride:stop])"
             )));
