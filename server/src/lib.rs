@@ -15,7 +15,7 @@
 //!    derived (`dataset::Values`), with aggregation along a concat dimension;
 //! 7. `pipeline` — a region of any variable as a typed block: the one read every protocol
 //!    and every processing step makes;
-//! 8. `zarr`, `kerchunk` — protocol renderers (metadata documents from serde types, chunk
+//! 8. `zarr`, `kerchunk`, `opendap` — protocol renderers (metadata documents from serde types, chunk
 //!    encodings and pass-through decided here, reference sets);
 //! 9. `open` — the one opening path: sources expanded once, every file opened through the
 //!    index cache, then aggregated;
@@ -44,6 +44,7 @@ pub mod http;
 pub mod kerchunk;
 pub mod metrics;
 pub mod open;
+pub mod opendap;
 pub mod pipeline;
 pub mod processing;
 pub mod router;

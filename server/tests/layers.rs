@@ -30,7 +30,7 @@ const LAYERS: &[&[&str]] = &[
     // processing: variables computed from others (BitRound, rechunking, expressions)
     &["processing"],
     // protocol renderers
-    &["zarr", "kerchunk"],
+    &["zarr", "kerchunk", "opendap"],
     // opening: sources → indexes (cache) → dataset
     &["open"],
     // what the running server holds

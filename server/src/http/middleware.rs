@@ -126,7 +126,13 @@ async fn to_json(shape: ErrorShape, allowed: &str, req: Request, next: Next) -> 
     let uri = req.uri().clone();
     let resp = next.run(req).await;
     let status = resp.status();
-    if !(status.is_client_error() || status.is_server_error()) || is_json(&resp) {
+    // DAP2 answers errors with its own documented body (`Content-Description: dods-error`),
+    // which DAP clients parse; it is passed through.
+    let dap_error = resp
+        .headers()
+        .get("content-description")
+        .is_some_and(|v| v == "dods-error");
+    if !(status.is_client_error() || status.is_server_error()) || is_json(&resp) || dap_error {
         return resp;
     }
     let (mut parts, body) = resp.into_parts();

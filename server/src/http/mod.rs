@@ -6,6 +6,7 @@ pub mod histogram;
 pub mod meta;
 pub mod middleware;
 pub mod openapi;
+pub mod opendap;
 pub mod parquet;
 pub mod range;
 pub mod zarr;
@@ -53,6 +54,9 @@ pub fn routes() -> Router<Arc<AppState>> {
         )
         .route("/datasets/{id}/histogram/{var}", get(histogram::summary))
         .route("/datasets/{id}/zarr", get(zarr::zarr_root))
+        // OPeNDAP DAP2: `opendap.dds`, `.das`, `.dods`, ... (axum cannot capture a suffix
+        // inside a segment; static siblings such as `keys` still win).
+        .route("/datasets/{id}/{file}", get(opendap::opendap))
         .route("/datasets/{id}/zarr/", get(zarr::zarr_root))
         .merge(ranged)
         .route("/versions", get(meta::versions))

@@ -1,0 +1,206 @@
+"""OPeNDAP DAP2 (`/datasets/{id}/opendap`) read by real clients: pydap, netCDF4-python
+(netCDF-C's DAP2 client), Debian's ncdump and cdo; values compared with the original files
+read locally."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import netCDF4
+import numpy as np
+import pytest
+import requests
+
+from conftest import start_server, stop_server, wait_until_settled, write_config
+import helpers
+
+EDGE = ["edge_edgechunks", "edge_packed", "edge_nanfill", "edge_strings", "edge_alltypes"]
+
+
+def _small_cmip():
+    """The single-file CMIP6 Amon series with the fewest bytes (keeps full dumps quick)."""
+    cands = [s for s in helpers.cmip6_specs() if "Amon" in s["name"] and len(s["files"]) == 1]
+    return min(cands, key=lambda s: os.path.getsize(s["files"][0]))
+
+
+@pytest.fixture(scope="module")
+def dap(corpus, workdir):
+    specs = [corpus[n] for n in EDGE] + [_small_cmip()]
+    cfg = workdir / "opendap.yaml"
+    write_config(cfg, specs)
+    url, proc, log = start_server(["serve", "--config", str(cfg)], workdir, "opendap")
+    try:
+        wait_until_settled(url, [s["name"] for s in specs], proc)
+        yield url, {s["name"]: s for s in specs}
+    finally:
+        stop_server(proc)
+
+
+def _url(base, name):
+    return f"{base}/datasets/{name}/opendap"
+
+
+def test_documents_carry_the_headers_clients_check(dap):
+    base, _ = dap
+    u = _url(base, "edge_edgechunks")
+    for ext, desc in [("dds", "dods-dds"), ("das", "dods-das"), ("dods", "dods-data")]:
+        r = requests.get(f"{u}.{ext}", timeout=30)
+        assert r.status_code == 200, r.text
+        # Panoply's detection rule: the .dds answers with Content-Description: dods-dds.
+        assert r.headers["Content-Description"] == desc
+        assert r.headers["XDODS-Server"]
+    body = requests.get(f"{u}.dods", timeout=30).content
+    dds, sep, _ = body.partition(b"\nData:\n")
+    assert sep and dds.rstrip().endswith(b"} edge_edgechunks;")
+    assert dds + b"\n" == requests.get(f"{u}.dds", timeout=30).content
+    das = requests.get(f"{u}.das", timeout=30).text
+    assert "NC_GLOBAL" in das
+    page = requests.get(u, timeout=30)
+    assert page.status_code == 200 and "<pre>" in page.text
+
+
+def _local(spec, name):
+    with netCDF4.Dataset(spec["files"][0]) as nc:
+        v = nc.variables[name]
+        v.set_auto_maskandscale(False)
+        return v[...]
+
+
+@pytest.mark.parametrize("name", ["edge_edgechunks", "edge_packed", "edge_nanfill", "cmip"])
+def test_netcdf4_full_dump_equals_the_file(dap, name):
+    base, specs = dap
+    spec = _small_cmip() if name == "cmip" else specs[name]
+    with netCDF4.Dataset(_url(base, spec["name"])) as nc, netCDF4.Dataset(spec["files"][0]) as ref:
+        assert set(nc.dimensions) >= {d for d in ref.dimensions}
+        for vname, rv in ref.variables.items():
+            if rv.dtype == "S1" or rv.dtype is str:
+                continue
+            sv = nc.variables[vname]
+            sv.set_auto_maskandscale(False)
+            rv.set_auto_maskandscale(False)
+            assert sv.dimensions == rv.dimensions, vname
+            got = np.asarray(sv[...])
+            if rv.dtype == np.uint8:
+                # DAP2's Byte reaches netCDF-C as signed; `_Unsigned = "true"` (sent with it)
+                # is how netCDF4-python/xarray restore uint8 when masking and scaling.
+                assert sv.getncattr("_Unsigned") == "true"
+                got = got.view(np.uint8)
+            np.testing.assert_array_equal(got, np.asarray(rv[...]), err_msg=vname)
+            for att in rv.ncattrs():
+                a, b = rv.getncattr(att), np.asarray(sv.getncattr(att))
+                if rv.dtype == np.uint8 and b.dtype == np.int8:
+                    b = b.view(np.uint8)  # the signed Byte view, as for the values
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"{vname}.{att}")
+        for att in ref.ncattrs():
+            assert str(nc.getncattr(att)) == str(ref.getncattr(att)), att
+
+
+def test_strided_hyperslabs_equal_the_file(dap):
+    base, specs = dap
+    spec = _small_cmip()
+    with netCDF4.Dataset(spec["files"][0]) as ref:
+        var = next(v for v in ref.variables.values() if v.ndim >= 3)
+        var.set_auto_maskandscale(False)
+        # time: start 1, stride 3 (clients send [1:3:stop]); inner dims: every other index.
+        idx = (slice(1, 30, 3),) + tuple(slice(0, n, 2) for n in var.shape[1:])
+        want = var[idx]
+        name, nd = var.name, var.ndim
+    # pydap (DAP2): [start:stride:stop] with an inclusive stop.
+    from pydap.client import open_url
+
+    pd = open_url(_url(base, spec["name"]), protocol="dap2")
+    np.testing.assert_array_equal(np.asarray(pd[name][idx].data), np.asarray(want))
+    # netCDF-C turns strided indexing into a DAP constraint too.
+    with netCDF4.Dataset(_url(base, spec["name"])) as nc:
+        v = nc.variables[name]
+        v.set_auto_maskandscale(False)
+        np.testing.assert_array_equal(np.asarray(v[idx]), np.asarray(want))
+    # The raw .dods of one strided member: start 1, stride 3, stop 8 -> 1, 4, 7.
+    sl = "[1:3:8]" + "[0:1:0]" * (nd - 1)
+    body = requests.get(f"{_url(base, spec['name'])}.dods?{name}.{name}{sl}", timeout=30).content
+    _, _, data = body.partition(b"\nData:\n")
+    n = np.frombuffer(data[:8], ">u4")
+    assert list(n) == [3, 3]
+    with netCDF4.Dataset(spec["files"][0]) as ref:
+        r = ref.variables[name]
+        r.set_auto_maskandscale(False)
+        idx = (slice(1, 9, 3),) + (0,) * (nd - 1)
+        np.testing.assert_array_equal(np.frombuffer(data[8:], ">f4"), np.asarray(r[idx]).astype("f4").ravel())
+
+
+def test_pydap_reads_strings_and_char_arrays(dap):
+    base, specs = dap
+    from pydap.client import open_url
+
+    pd = open_url(_url(base, "edge_strings"), protocol="dap2")
+    # (pydap 3.5 decodes DAP strings as ASCII, so the non-ASCII NC_STRING labels are read
+    # with netCDF-C below.)
+    names = [x.decode() if isinstance(x, bytes) else x for x in np.asarray(pd["name"][:].data).tolist()]
+    assert names == ["alpha", "b", "", "longname"]
+    np.testing.assert_array_equal(np.asarray(pd["station"][:].data), np.arange(4) + 100)
+
+
+@pytest.mark.skipif(shutil.which("ncdump") is None, reason="netcdf-bin not installed (e2e/setup.sh)")
+def test_ncdump_header_and_values(dap):
+    base, specs = dap
+    spec = specs["edge_edgechunks"]
+    url = _url(base, spec["name"])
+    head = subprocess.run(["ncdump", "-h", url], capture_output=True, text=True, timeout=120)
+    assert head.returncode == 0, head.stderr
+    local = subprocess.run(["ncdump", "-h", spec["files"][0]], capture_output=True, text=True, timeout=120)
+    for line in local.stdout.splitlines():
+        s = line.strip()
+        if s.endswith(";") and "=" in s and ":" not in s and "(" not in s:  # dimension lines
+            assert s.replace("UNLIMITED ; //", "").split("(")[0].split("=")[0] in head.stdout
+    full = subprocess.run(["ncdump", url], capture_output=True, text=True, timeout=120)
+    assert full.returncode == 0, full.stderr
+    with netCDF4.Dataset(spec["files"][0]) as ref:
+        for vname in ref.variables:
+            assert f"{vname} =" in full.stdout
+
+
+@pytest.mark.skipif(shutil.which("cdo") is None, reason="cdo not installed (e2e/setup.sh)")
+def test_cdo_equals_cdo_on_the_local_file(dap):
+    base, _ = dap
+    spec = _small_cmip()
+    url, local = _url(base, spec["name"]), spec["files"][0]
+
+    def cdo(*args):
+        r = subprocess.run(["cdo", "-s", *args], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    s_url, s_loc = cdo("sinfo", url), cdo("sinfo", local)
+    strip = lambda t: [ln for ln in t.splitlines() if "File format" not in ln and "cdo" not in ln]  # noqa: E731
+    assert strip(s_url)[1:] == strip(s_loc)[1:]
+    q = ["-outputtab,date,lon,lat,value", "-sellonlatbox,0,30,-10,10", "-seltimestep,2"]
+    assert cdo(*q, url) == cdo(*q, local)
+
+
+@pytest.mark.parametrize(
+    "path, status, words",
+    [
+        (".dds?nosuchvar", 404, "no variable 'nosuchvar'"),
+        (".dods?e2[0:1:999999]", 400, "out of range"),
+        (".dods?e2[0:0:3]", 400, "stride 0"),
+        (".dods?e2[3:1]", 400, "stops"),
+        (".dds?e2[", 400, "unclosed"),
+        (".dds?e2&e2>1", 400, "selection"),
+        (".dds?e2.y", 404, "not a Grid"),
+        (".nc", 404, "unknown DAP2 response"),
+    ],
+)
+def test_bad_input_is_a_dap_error(dap, path, status, words):
+    base, _ = dap
+    r = requests.get(f"{_url(base, 'edge_edgechunks')}{path}", timeout=30)
+    assert r.status_code == status, r.text
+    assert r.headers["Content-Description"] == "dods-error"
+    assert r.text.startswith("Error {") and f"code = {status};" in r.text and words in r.text, r.text
+
+
+def test_unknown_dataset_is_a_dap_error(dap):
+    base, _ = dap
+    r = requests.get(f"{base}/datasets/nosuch/opendap.dds", timeout=30)
+    assert r.status_code == 404 and r.headers["Content-Description"] == "dods-error"

@@ -1,0 +1,966 @@
+//! OPeNDAP DAP2: the DDS and DAS documents, constraint expressions and the XDR-encoded data
+//! response (`.dods`), for any dataset (views and processed variables alike).
+//!
+//! Values are read only through [`crate::pipeline::read_region`], chunk by chunk along the
+//! selection ([`gather`]), so a strided hyperslab reads only the served chunks it touches.
+//! DAP2 lacks some netCDF types; they are mapped as THREDDS serves them where it can, and
+//! never to wrong values (see [`dap_type`]).
+
+pub mod constraint;
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use crate::attrs::AttrValue;
+use crate::block::BlockData;
+use crate::dataset::{Dataset, Variable};
+use crate::dtype::{DType, Scalar};
+use crate::pipeline::read_region;
+use constraint::{Projection, Slice};
+
+/// Largest `.dods`/`.ascii` answer built (bytes of XDR values): larger requests are refused
+/// with a DAP error and HTTP 413, naming the size, so a client subsets instead of the server
+/// holding an unbounded response in memory.
+pub const MAX_RESPONSE_BYTES: u64 = 512 * 1024 * 1024;
+
+/// A DAP2 failure: HTTP status and the message of the `Error { ... }` body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct DapError {
+    /// HTTP status answered (and the DAP `code`).
+    pub status: u16,
+    /// What went wrong, naming the variable, index or clause.
+    pub message: String,
+}
+
+impl DapError {
+    /// A malformed request (400).
+    pub fn bad(message: impl Into<String>) -> Self {
+        DapError {
+            status: 400,
+            message: message.into(),
+        }
+    }
+
+    /// Something named that does not exist (404).
+    pub fn missing(message: impl Into<String>) -> Self {
+        DapError {
+            status: 404,
+            message: message.into(),
+        }
+    }
+
+    /// The DAP2 error document clients (libdap, netCDF-C, pydap) parse.
+    pub fn body(&self) -> String {
+        format!(
+            "Error {{\n    code = {};\n    message = {};\n}};\n",
+            self.status,
+            quote(&self.message)
+        )
+    }
+}
+
+/// DAP2 base types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DapType {
+    /// 8 bits, unsigned in DAP2 (signed sources carry `_Unsigned = "false"`).
+    Byte,
+    /// Signed 16 bits (sent as 32 bits in XDR).
+    Int16,
+    /// Unsigned 16 bits (sent as 32 bits in XDR).
+    UInt16,
+    /// Signed 32 bits.
+    Int32,
+    /// Unsigned 32 bits.
+    UInt32,
+    /// IEEE single.
+    Float32,
+    /// IEEE double.
+    Float64,
+    /// Counted string.
+    Str,
+}
+
+impl DapType {
+    fn name(self) -> &'static str {
+        match self {
+            DapType::Byte => "Byte",
+            DapType::Int16 => "Int16",
+            DapType::UInt16 => "UInt16",
+            DapType::Int32 => "Int32",
+            DapType::UInt32 => "UInt32",
+            DapType::Float32 => "Float32",
+            DapType::Float64 => "Float64",
+            DapType::Str => "String",
+        }
+    }
+
+    /// XDR bytes per element (strings: an estimate for the size cap).
+    fn xdr_size(self) -> u64 {
+        match self {
+            DapType::Byte => 1,
+            DapType::Float64 => 8,
+            DapType::Str => 8,
+            _ => 4,
+        }
+    }
+}
+
+/// The DAP2 type a netCDF type is served as, as THREDDS maps them: int8 and uint8 (and
+/// bool) as `Byte` (int8 with `_Unsigned = "false"`, which netCDF-C and netCDF-Java read
+/// back as signed), char arrays and strings as `String`. DAP2 has no 64-bit integers:
+/// int64 is served as `Int32` and uint64 as `UInt32`, and reading a value outside that
+/// range is an error (never a wrapped value). Fixed-width numpy strings and datetimes
+/// (Zarr sources) are not served.
+pub fn dap_type(d: DType) -> Option<DapType> {
+    Some(match d {
+        DType::I8 | DType::U8 | DType::Bool => DapType::Byte,
+        DType::I16 => DapType::Int16,
+        DType::U16 => DapType::UInt16,
+        DType::I32 | DType::I64 => DapType::Int32,
+        DType::U32 | DType::U64 => DapType::UInt32,
+        DType::F32 => DapType::Float32,
+        DType::F64 => DapType::Float64,
+        DType::Char | DType::Str => DapType::Str,
+        _ => return None,
+    })
+}
+
+/// A variable as DAP2 sees it.
+#[derive(Clone, Debug)]
+pub struct DapVar {
+    /// The served variable.
+    pub var: Arc<Variable>,
+    /// Its DAP2 type.
+    pub ty: DapType,
+    /// DAP dimensions (a char array's last dimension is the string length, not a dimension).
+    pub dims: Vec<(String, u64)>,
+    /// Coordinate variables of each dimension, when the variable is a Grid.
+    pub maps: Option<Vec<Arc<Variable>>>,
+}
+
+/// The variables of the root group DAP2 can serve, in order (DAP2 has no groups).
+pub fn variables(ds: &Dataset) -> Vec<DapVar> {
+    let root = &ds.root.vars;
+    let dap_dims = |v: &Variable| -> Vec<(String, u64)> {
+        let n = if v.dtype == DType::Char {
+            v.dims.len().saturating_sub(1)
+        } else {
+            v.dims.len()
+        };
+        v.dims
+            .iter()
+            .cloned()
+            .zip(v.shape.iter().copied())
+            .take(n)
+            .collect()
+    };
+    let coord = |name: &str| -> Option<Arc<Variable>> {
+        root.iter()
+            .find(|c| c.name == name && c.dims.len() == 1 && c.dims[0] == name)
+            .filter(|c| matches!(dap_type(c.dtype), Some(t) if t != DapType::Str))
+            .cloned()
+    };
+    root.iter()
+        .filter_map(|v| {
+            let ty = dap_type(v.dtype)?;
+            let dims = dap_dims(v);
+            let is_coord = v.dims.len() == 1 && v.dims[0] == v.name;
+            let maps = if ty != DapType::Str && !is_coord && !dims.is_empty() {
+                dims.iter().map(|(d, _)| coord(d)).collect::<Option<Vec<_>>>()
+            } else {
+                None
+            };
+            Some(DapVar {
+                var: v.clone(),
+                ty,
+                dims,
+                maps,
+            })
+        })
+        .collect()
+}
+
+/// One array of a response: what is read and how it is declared.
+#[derive(Clone, Debug)]
+pub struct ArrayOut {
+    /// Variable read.
+    pub var: Arc<Variable>,
+    /// DAP2 type.
+    pub ty: DapType,
+    /// Declared name.
+    pub name: String,
+    /// DAP dimension names.
+    pub dims: Vec<String>,
+    /// Selection along each DAP dimension.
+    pub slices: Vec<Slice>,
+}
+
+impl ArrayOut {
+    fn elements(&self) -> u64 {
+        self.slices.iter().map(Slice::count).product()
+    }
+
+    fn decl(&self, out: &mut String, indent: usize) {
+        let _ = write!(out, "{:indent$}{} {}", "", self.ty.name(), self.name);
+        for (d, s) in self.dims.iter().zip(&self.slices) {
+            let _ = write!(out, "[{} = {}]", d, s.count());
+        }
+        out.push_str(";\n");
+    }
+}
+
+/// A top-level item of a response.
+#[derive(Clone, Debug)]
+pub enum Item {
+    /// A plain array (or scalar).
+    Array(ArrayOut),
+    /// A Grid: the array and one map vector per dimension.
+    Grid {
+        /// Grid name.
+        name: String,
+        /// The data array.
+        array: ArrayOut,
+        /// Map vectors, in dimension order.
+        maps: Vec<ArrayOut>,
+    },
+    /// Some members of a Grid (`tas.lat`), declared as a Structure as libdap does.
+    Structure {
+        /// Grid name.
+        name: String,
+        /// The projected members, in Grid order.
+        members: Vec<ArrayOut>,
+    },
+}
+
+impl Item {
+    fn arrays(&self) -> Vec<&ArrayOut> {
+        match self {
+            Item::Array(a) => vec![a],
+            Item::Grid { array, maps, .. } => std::iter::once(array).chain(maps).collect(),
+            Item::Structure { members, .. } => members.iter().collect(),
+        }
+    }
+}
+
+fn array_out(v: &Arc<Variable>, name: &str, dims: &[(String, u64)], slices: Vec<Slice>) -> Option<ArrayOut> {
+    Some(ArrayOut {
+        var: v.clone(),
+        ty: dap_type(v.dtype)?,
+        name: name.to_string(),
+        dims: dims.iter().map(|(d, _)| d.clone()).collect(),
+        slices,
+    })
+}
+
+/// Checks written hyperslabs against the dimensions (all or none must be given).
+fn check_slices(what: &str, dims: &[(String, u64)], slices: &[Slice]) -> Result<Vec<Slice>, DapError> {
+    if slices.is_empty() {
+        if dims.iter().any(|(_, n)| *n == 0) {
+            return Err(DapError::bad(format!(
+                "'{what}' has a dimension of length 0; nothing to send"
+            )));
+        }
+        return Ok(dims.iter().map(|(_, n)| Slice::all(*n)).collect());
+    }
+    if slices.len() != dims.len() {
+        return Err(DapError::bad(format!(
+            "'{what}' has {} dimensions, the constraint gives {} hyperslabs",
+            dims.len(),
+            slices.len()
+        )));
+    }
+    for ((d, n), s) in dims.iter().zip(slices) {
+        if s.stop >= *n {
+            return Err(DapError::bad(format!(
+                "index {} out of range for dimension '{d}' of '{what}' (length {n})",
+                s.stop
+            )));
+        }
+    }
+    Ok(slices.to_vec())
+}
+
+/// Resolves projections against the dataset: the items of the response, in order (every
+/// variable when `projections` is empty).
+pub fn resolve(ds: &Dataset, projections: &[Projection]) -> Result<Vec<Item>, DapError> {
+    let vars = variables(ds);
+    let find = |name: &str| {
+        vars.iter()
+            .find(|v| v.var.name == name)
+            .ok_or_else(|| DapError::missing(format!("no variable '{name}' in dataset '{}'", ds.name)))
+    };
+    let whole = |v: &DapVar, slices: &[Slice]| -> Result<Item, DapError> {
+        let sl = check_slices(&v.var.name, &v.dims, slices)?;
+        let array = array_out(&v.var, &v.var.name, &v.dims, sl.clone())
+            .ok_or_else(|| DapError::missing(format!("variable '{}' has no DAP2 type", v.var.name)))?;
+        Ok(match &v.maps {
+            None => Item::Array(array),
+            Some(maps) => Item::Grid {
+                name: v.var.name.clone(),
+                maps: maps
+                    .iter()
+                    .zip(&v.dims)
+                    .zip(&sl)
+                    .filter_map(|((m, d), s)| array_out(m, &m.name, std::slice::from_ref(d), vec![*s]))
+                    .collect(),
+                array,
+            },
+        })
+    };
+    if projections.is_empty() {
+        return vars.iter().map(|v| whole(v, &[])).collect();
+    }
+    let mut items: Vec<Item> = Vec::new();
+    for p in projections {
+        let v = find(&p.var)?;
+        let item = match &p.member {
+            None => whole(v, &p.slices)?,
+            Some(m) => {
+                let Some(maps) = &v.maps else {
+                    return Err(DapError::missing(format!(
+                        "'{}' is not a Grid here, so it has no member '{m}'",
+                        p.var
+                    )));
+                };
+                let member = if *m == v.var.name {
+                    let sl = check_slices(&format!("{}.{m}", p.var), &v.dims, &p.slices)?;
+                    array_out(&v.var, m, &v.dims, sl)
+                } else {
+                    let i =
+                        v.dims.iter().position(|(d, _)| d == m).ok_or_else(|| {
+                            DapError::missing(format!("Grid '{}' has no member '{m}'", p.var))
+                        })?;
+                    let d = std::slice::from_ref(&v.dims[i]);
+                    let sl = check_slices(&format!("{}.{m}", p.var), d, &p.slices)?;
+                    array_out(&maps[i], m, d, sl)
+                };
+                let member = member.ok_or_else(|| DapError::missing(format!("no DAP2 type for '{m}'")))?;
+                Item::Structure {
+                    name: p.var.clone(),
+                    members: vec![member],
+                }
+            }
+        };
+        merge(&mut items, item, v);
+    }
+    Ok(items)
+}
+
+/// Adds an item, joining members of the same Grid into one Structure (in Grid order).
+fn merge(items: &mut Vec<Item>, item: Item, v: &DapVar) {
+    let Item::Structure { name, members } = &item else {
+        items.push(item);
+        return;
+    };
+    let order = |a: &ArrayOut| {
+        if a.name == v.var.name {
+            0
+        } else {
+            1 + v.dims.iter().position(|(d, _)| *d == a.name).unwrap_or(0)
+        }
+    };
+    for it in items.iter_mut() {
+        if let Item::Structure { name: n, members: ms } = it
+            && n == name
+        {
+            for m in members {
+                ms.retain(|x| x.name != m.name);
+                ms.push(m.clone());
+            }
+            ms.sort_by_key(order);
+            return;
+        }
+    }
+    items.push(item);
+}
+
+/// The DDS of the items, named after the dataset.
+pub fn dds(ds_name: &str, items: &[Item]) -> String {
+    let mut out = String::from("Dataset {\n");
+    for it in items {
+        match it {
+            Item::Array(a) => a.decl(&mut out, 4),
+            Item::Grid { name, array, maps } => {
+                out.push_str("    Grid {\n      ARRAY:\n");
+                array.decl(&mut out, 8);
+                out.push_str("      MAPS:\n");
+                for m in maps {
+                    m.decl(&mut out, 8);
+                }
+                let _ = writeln!(out, "    }} {name};");
+            }
+            Item::Structure { name, members } => {
+                out.push_str("    Structure {\n");
+                for m in members {
+                    m.decl(&mut out, 8);
+                }
+                let _ = writeln!(out, "    }} {name};");
+            }
+        }
+    }
+    let _ = writeln!(out, "}} {ds_name};");
+    out
+}
+
+/// A DAS string literal.
+fn quote(s: &str) -> String {
+    let mut q = String::with_capacity(s.len() + 2);
+    q.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            q.push('\\');
+        }
+        q.push(c);
+    }
+    q.push('"');
+    q
+}
+
+fn fmt_f64(x: f64) -> String {
+    if x.is_nan() {
+        "NaN".into()
+    } else if x.is_infinite() {
+        if x > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        }
+    } else if x != 0.0 && (x.abs() >= 1e16 || x.abs() < 1e-4) {
+        format!("{x:e}")
+    } else {
+        format!("{x}")
+    }
+}
+
+fn fmt_f32(x: f32) -> String {
+    if x.is_finite() && x != 0.0 && (x.abs() >= 1e16 || x.abs() < 1e-4) {
+        format!("{x:e}")
+    } else if x.is_finite() {
+        format!("{x}")
+    } else {
+        fmt_f64(f64::from(x))
+    }
+}
+
+/// Attributes whose values are in the variable's own units and type (CF).
+const VALUE_ATTRS: &[&str] = &[
+    "missing_value",
+    "valid_min",
+    "valid_max",
+    "valid_range",
+    "actual_range",
+];
+
+fn int_fits(t: DapType, x: i128) -> bool {
+    let (lo, hi): (i128, i128) = match t {
+        DapType::Byte => (0, 255),
+        DapType::Int16 => (i16::MIN.into(), i16::MAX.into()),
+        DapType::UInt16 => (0, u16::MAX.into()),
+        DapType::Int32 => (i32::MIN.into(), i32::MAX.into()),
+        DapType::UInt32 => (0, u32::MAX.into()),
+        _ => return false,
+    };
+    (lo..=hi).contains(&x)
+}
+
+/// One attribute line: `Type name v1, v2;`.
+fn attr_line(
+    out: &mut String,
+    indent: usize,
+    name: &str,
+    v: &AttrValue,
+    var_ty: Option<DapType>,
+    var_dtype: Option<DType>,
+) {
+    let (ty, vals): (&str, Vec<String>) = match v {
+        AttrValue::Str(s) => ("String", vec![quote(s)]),
+        AttrValue::Strs(s) => ("String", s.iter().map(|x| quote(x)).collect()),
+        AttrValue::Ints(_) | AttrValue::UInts(_) => {
+            let xs: Vec<i128> = match v {
+                AttrValue::Ints(x) => x.iter().map(|&i| i128::from(i)).collect(),
+                AttrValue::UInts(x) => x.iter().map(|&i| i128::from(i)).collect(),
+                _ => vec![],
+            };
+            let signed_byte = var_dtype == Some(DType::I8);
+            let pick = [var_ty, Some(DapType::Int32), Some(DapType::UInt32)]
+                .into_iter()
+                .flatten()
+                .find(|t| !(signed_byte && *t == DapType::Byte) && xs.iter().all(|x| int_fits(*t, *x)));
+            match pick {
+                Some(t) => (t.name(), xs.iter().map(|x| x.to_string()).collect()),
+                None => ("Float64", xs.iter().map(|x| fmt_f64(*x as f64)).collect()),
+            }
+        }
+        AttrValue::Floats(xs) => {
+            let f32_ok = var_ty == Some(DapType::Float32)
+                && VALUE_ATTRS.contains(&name)
+                && xs.iter().all(|x| x.is_nan() || f64::from(*x as f32) == *x);
+            if f32_ok {
+                ("Float32", xs.iter().map(|x| fmt_f32(*x as f32)).collect())
+            } else {
+                ("Float64", xs.iter().map(|x| fmt_f64(*x)).collect())
+            }
+        }
+    };
+    if vals.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "{:indent$}{ty} {name} {};", "", vals.join(", "));
+}
+
+/// The `_FillValue` line, in the variable's own DAP type (netCDF-C requires that).
+fn fill_line(out: &mut String, v: &Variable, ty: DapType) {
+    let Some(f) = v.fill_attr else { return };
+    let val = match (ty, f) {
+        (DapType::Str, _) => return,
+        (DapType::Float32, s) => fmt_f32(s.as_f64() as f32),
+        (DapType::Float64, s) => fmt_f64(s.as_f64()),
+        // A signed byte's fill as its unsigned bits (the type is Byte; `_Unsigned` says signed).
+        (DapType::Byte, Scalar::Int(i)) => (i as u8).to_string(),
+        (_, Scalar::Int(i)) => i.to_string(),
+        (_, Scalar::UInt(u)) => u.to_string(),
+        (_, Scalar::Float(x)) => fmt_f64(x),
+    };
+    let _ = writeln!(out, "        {} _FillValue {val};", ty.name());
+}
+
+/// The DAS: every served variable's attributes, then the global ones as `NC_GLOBAL`.
+pub fn das(ds: &Dataset) -> String {
+    let mut out = String::from("Attributes {\n");
+    for v in variables(ds) {
+        let _ = writeln!(out, "    {} {{", v.var.name);
+        fill_line(&mut out, &v.var, v.ty);
+        for (name, value) in &v.var.attrs.0 {
+            attr_line(&mut out, 8, name, value, Some(v.ty), Some(v.var.dtype));
+        }
+        // DAP2's Byte has no sign; netCDF-C reads it as signed unless told otherwise.
+        match v.var.dtype {
+            DType::I8 => out.push_str("        String _Unsigned \"false\";\n"),
+            DType::U8 | DType::Bool => out.push_str("        String _Unsigned \"true\";\n"),
+            _ => {}
+        }
+        if v.var.dtype == DType::Char
+            && let (Some(d), Some(n)) = (v.var.dims.last(), v.var.shape.last())
+        {
+            let _ = write!(
+                out,
+                "        DODS {{\n            Int32 strlen {n};\n            String dimName {};\n        }}\n",
+                quote(d)
+            );
+        }
+        out.push_str("    }\n");
+    }
+    out.push_str("    NC_GLOBAL {\n");
+    for (name, value) in &ds.root.attrs.0 {
+        attr_line(&mut out, 8, name, value, None, None);
+    }
+    out.push_str("    }\n}\n");
+    out
+}
+
+/// XDR bytes the items' values take (strings estimated), for the size cap.
+pub fn response_size(items: &[Item]) -> u64 {
+    items
+        .iter()
+        .flat_map(Item::arrays)
+        .map(|a| a.elements().saturating_mul(a.ty.xdr_size()).saturating_add(8))
+        .fold(0u64, u64::saturating_add)
+}
+
+/// Refuses a response above [`MAX_RESPONSE_BYTES`] (HTTP 413).
+pub fn check_size(items: &[Item]) -> Result<(), DapError> {
+    let n = response_size(items);
+    if n > MAX_RESPONSE_BYTES {
+        return Err(DapError {
+            status: 413,
+            message: format!(
+                "the request selects about {n} bytes, above this server's limit of {MAX_RESPONSE_BYTES}; select a hyperslab"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The values selected by `sel` (one slice per dimension of the variable), read per served
+/// chunk: each read covers only the selected indices of one chunk along every dimension.
+pub fn gather(var: &Variable, sel: &[Slice]) -> Result<BlockData, DapError> {
+    let read_err = |e: crate::chunk::read::ReadError| DapError {
+        status: 500,
+        message: format!("reading '{}': {e}", var.name),
+    };
+    let nd = sel.len();
+    // Per dimension: groups of selected indices falling in one chunk: (first output
+    // position, number selected, first index, last index).
+    let groups: Vec<Vec<(u64, u64, u64, u64)>> = sel
+        .iter()
+        .enumerate()
+        .map(|(d, s)| {
+            let chunk = var.chunks.get(d).copied().unwrap_or(1).max(1);
+            let mut g: Vec<(u64, u64, u64, u64)> = Vec::new();
+            for k in 0..s.count() {
+                let i = s.start + k * s.stride;
+                match g.last_mut() {
+                    Some(last) if last.2 / chunk == i / chunk => {
+                        last.1 += 1;
+                        last.3 = i;
+                    }
+                    _ => g.push((k, 1, i, i)),
+                }
+            }
+            g
+        })
+        .collect();
+    let out_shape: Vec<u64> = sel.iter().map(Slice::count).collect();
+    let total: u64 = out_shape.iter().product();
+    let n = usize::try_from(total).map_err(|_| DapError::bad("selection too large"))?;
+    let is_str = var.dtype == DType::Str;
+    let size = var.dtype.size();
+    let mut bytes = if is_str { Vec::new() } else { vec![0u8; n * size] };
+    let mut strings = if is_str {
+        vec![String::new(); n]
+    } else {
+        Vec::new()
+    };
+    // Output strides, in elements.
+    let mut ostride = vec![1u64; nd];
+    for d in (0..nd.saturating_sub(1)).rev() {
+        ostride[d] = ostride[d + 1] * out_shape[d + 1];
+    }
+    let mut gi = vec![0usize; nd];
+    loop {
+        let start: Vec<u64> = (0..nd).map(|d| groups[d][gi[d]].2).collect();
+        let count: Vec<u64> = (0..nd)
+            .map(|d| groups[d][gi[d]].3 - groups[d][gi[d]].2 + 1)
+            .collect();
+        let block = read_region(var, &start, &count).map_err(read_err)?;
+        // Block strides, in elements.
+        let mut bstride = vec![1u64; nd];
+        for d in (0..nd.saturating_sub(1)).rev() {
+            bstride[d] = bstride[d + 1] * count[d + 1];
+        }
+        let sel_n: Vec<u64> = (0..nd).map(|d| groups[d][gi[d]].1).collect();
+        let mut j = vec![0u64; nd];
+        'copy: loop {
+            let src: u64 = (0..nd).map(|d| j[d] * sel[d].stride * bstride[d]).sum();
+            let dst: u64 = (0..nd).map(|d| (groups[d][gi[d]].0 + j[d]) * ostride[d]).sum();
+            match block.data() {
+                BlockData::Bytes(b) => {
+                    let (s, t) = (src as usize * size, dst as usize * size);
+                    bytes[t..t + size].copy_from_slice(&b[s..s + size]);
+                }
+                BlockData::Strings(v) => strings[dst as usize] = v[src as usize].clone(),
+            }
+            let mut d = nd;
+            loop {
+                if d == 0 {
+                    break 'copy;
+                }
+                d -= 1;
+                j[d] += 1;
+                if j[d] < sel_n[d] {
+                    break;
+                }
+                j[d] = 0;
+            }
+        }
+        let mut d = nd;
+        loop {
+            if d == 0 {
+                return Ok(if is_str {
+                    BlockData::Strings(strings)
+                } else {
+                    BlockData::Bytes(bytes)
+                });
+            }
+            d -= 1;
+            gi[d] += 1;
+            if gi[d] < groups[d].len() {
+                break;
+            }
+            gi[d] = 0;
+        }
+    }
+}
+
+fn pad4(out: &mut Vec<u8>) {
+    while !out.len().is_multiple_of(4) {
+        out.push(0);
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+    pad4(out);
+}
+
+/// Appends the XDR encoding of one array (or scalar) of the response; `out` must end on a
+/// 4-byte boundary of the XDR stream (padding is computed from its length).
+pub fn encode(a: &ArrayOut, out: &mut Vec<u8>) -> Result<(), DapError> {
+    let v = &a.var;
+    let mut sel = a.slices.clone();
+    if v.dtype == DType::Char
+        && let Some(n) = v.shape.last()
+    {
+        sel.push(Slice::all(*n));
+    }
+    let n = a.elements();
+    let data = gather(v, &sel)?;
+    let array = !a.dims.is_empty();
+    if a.ty == DapType::Str {
+        let strings: Vec<String> = match data {
+            BlockData::Strings(s) => s,
+            BlockData::Bytes(b) => {
+                let len = v.shape.last().copied().unwrap_or(1).max(1) as usize;
+                b.chunks(len)
+                    .map(|row| {
+                        let end = row.iter().rposition(|c| *c != 0).map_or(0, |i| i + 1);
+                        String::from_utf8_lossy(&row[..end]).into_owned()
+                    })
+                    .collect()
+            }
+        };
+        if array {
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+        for s in &strings {
+            put_str(out, s);
+        }
+        return Ok(());
+    }
+    let BlockData::Bytes(b) = data else {
+        return Err(DapError {
+            status: 500,
+            message: format!("'{}': strings where numbers were expected", v.name),
+        });
+    };
+    if array {
+        let c = u32::try_from(n)
+            .map_err(|_| DapError::bad(format!("'{}': more than 2^32 elements selected", v.name)))?;
+        out.extend_from_slice(&c.to_be_bytes());
+        out.extend_from_slice(&c.to_be_bytes());
+    }
+    let range_err = |x: String| DapError {
+        status: 422,
+        message: format!(
+            "variable '{}' holds the value {x}, outside DAP2's {} range (DAP2 has no 64-bit integers); read it through Zarr",
+            v.name,
+            a.ty.name()
+        ),
+    };
+    let size = v.dtype.size();
+    for e in b.chunks_exact(size) {
+        match v.dtype {
+            DType::I8 | DType::U8 | DType::Bool => out.push(e[0]),
+            DType::I16 => out.extend_from_slice(&i32::from(i16::from_le_bytes([e[0], e[1]])).to_be_bytes()),
+            DType::U16 => out.extend_from_slice(&u32::from(u16::from_le_bytes([e[0], e[1]])).to_be_bytes()),
+            DType::I32 | DType::U32 | DType::F32 => out.extend_from_slice(&[e[3], e[2], e[1], e[0]]),
+            DType::F64 => out.extend(e.iter().rev()),
+            DType::I64 => {
+                let x = i64::from_le_bytes(e.try_into().unwrap_or([0; 8]));
+                let y = i32::try_from(x).map_err(|_| range_err(x.to_string()))?;
+                out.extend_from_slice(&y.to_be_bytes());
+            }
+            DType::U64 => {
+                let x = u64::from_le_bytes(e.try_into().unwrap_or([0; 8]));
+                let y = u32::try_from(x).map_err(|_| range_err(x.to_string()))?;
+                out.extend_from_slice(&y.to_be_bytes());
+            }
+            _ => {
+                return Err(DapError {
+                    status: 500,
+                    message: format!("'{}': type not served", v.name),
+                });
+            }
+        }
+    }
+    if a.ty == DapType::Byte {
+        if array {
+            pad4(out);
+        } else {
+            out.extend_from_slice(&[0, 0, 0]);
+        }
+    }
+    Ok(())
+}
+
+/// The `.dods` body: the DDS, `Data:\n`, then every array's XDR values in order.
+pub fn dods(ds_name: &str, items: &[Item]) -> Result<Vec<u8>, DapError> {
+    check_size(items)?;
+    let mut out = dds(ds_name, items).into_bytes();
+    out.extend_from_slice(b"Data:\n");
+    // XDR pads to 4 bytes from the start of the values, not of the body: each array is
+    // encoded into its own (aligned) buffer.
+    let mut buf = Vec::new();
+    for a in items.iter().flat_map(Item::arrays) {
+        buf.clear();
+        encode(a, &mut buf)?;
+        out.extend_from_slice(&buf);
+    }
+    Ok(out)
+}
+
+/// The `.ascii` body: the DDS, a separator, then each array's values, one row (innermost
+/// dimension) per line prefixed with its indices, as libdap's ASCII response.
+pub fn ascii(ds_name: &str, items: &[Item]) -> Result<String, DapError> {
+    check_size(items)?;
+    let mut out = dds(ds_name, items);
+    out.push_str("---------------------------------------------\n");
+    for it in items {
+        let prefix = match it {
+            Item::Array(_) => String::new(),
+            Item::Grid { name, .. } | Item::Structure { name, .. } => format!("{name}."),
+        };
+        for a in it.arrays() {
+            let mut buf = Vec::new();
+            encode(a, &mut buf)?;
+            let values = xdr_values(a, &buf);
+            let shape: Vec<u64> = a.slices.iter().map(Slice::count).collect();
+            let _ = writeln!(
+                out,
+                "{prefix}{}{}",
+                a.name,
+                shape.iter().map(|n| format!("[{n}]")).collect::<String>()
+            );
+            let row = shape.last().copied().unwrap_or(1).max(1) as usize;
+            for (r, chunk) in values.chunks(row).enumerate() {
+                if shape.len() > 1 {
+                    let mut idx = Vec::new();
+                    let mut rem = r as u64;
+                    for n in shape[..shape.len() - 1].iter().rev() {
+                        idx.push(rem % n);
+                        rem /= n;
+                    }
+                    idx.reverse();
+                    out.push_str(&idx.iter().map(|i| format!("[{i}]")).collect::<String>());
+                    out.push_str(", ");
+                }
+                out.push_str(&chunk.join(", "));
+                out.push('\n');
+            }
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+/// Values of an encoded array as text (for `.ascii`).
+fn xdr_values(a: &ArrayOut, buf: &[u8]) -> Vec<String> {
+    let array = !a.dims.is_empty();
+    let n = a.elements() as usize;
+    let mut p = if array {
+        if a.ty == DapType::Str { 4 } else { 8 }
+    } else {
+        0
+    };
+    let mut vals = Vec::with_capacity(n);
+    let word = |p: usize| -> [u8; 4] {
+        buf.get(p..p + 4)
+            .and_then(|s| s.try_into().ok())
+            .unwrap_or([0; 4])
+    };
+    for _ in 0..n {
+        let s = match a.ty {
+            DapType::Byte => {
+                let x = buf.get(p).copied().unwrap_or(0);
+                p += 1;
+                if a.var.dtype == DType::I8 {
+                    (x as i8).to_string()
+                } else {
+                    x.to_string()
+                }
+            }
+            DapType::Int16 | DapType::Int32 => {
+                p += 4;
+                i32::from_be_bytes(word(p - 4)).to_string()
+            }
+            DapType::UInt16 | DapType::UInt32 => {
+                p += 4;
+                u32::from_be_bytes(word(p - 4)).to_string()
+            }
+            DapType::Float32 => {
+                p += 4;
+                fmt_f32(f32::from_be_bytes(word(p - 4)))
+            }
+            DapType::Float64 => {
+                let b: [u8; 8] = buf
+                    .get(p..p + 8)
+                    .and_then(|s| s.try_into().ok())
+                    .unwrap_or([0; 8]);
+                p += 8;
+                fmt_f64(f64::from_be_bytes(b))
+            }
+            DapType::Str => {
+                let len = u32::from_be_bytes(word(p)) as usize;
+                let s = String::from_utf8_lossy(buf.get(p + 4..p + 4 + len).unwrap_or(&[])).into_owned();
+                p += 4 + len.div_ceil(4) * 4;
+                quote(&s)
+            }
+        };
+        vals.push(s);
+    }
+    vals
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies_are_dap_documents() {
+        let e = DapError::bad("bad \"x\"");
+        assert_eq!(
+            e.body(),
+            "Error {\n    code = 400;\n    message = \"bad \\\"x\\\"\";\n};\n"
+        );
+    }
+
+    #[test]
+    fn xdr_strings_and_bytes_are_padded() {
+        let mut out = Vec::new();
+        put_str(&mut out, "abcde");
+        assert_eq!(out, [0, 0, 0, 5, b'a', b'b', b'c', b'd', b'e', 0, 0, 0]);
+    }
+
+    #[test]
+    fn attribute_types_follow_the_variable() {
+        let mut out = String::new();
+        attr_line(
+            &mut out,
+            0,
+            "missing_value",
+            &AttrValue::Floats(vec![1e20f32 as f64]),
+            Some(DapType::Float32),
+            Some(DType::F32),
+        );
+        attr_line(
+            &mut out,
+            0,
+            "scale",
+            &AttrValue::Floats(vec![0.1]),
+            Some(DapType::Float32),
+            Some(DType::F32),
+        );
+        attr_line(
+            &mut out,
+            0,
+            "big",
+            &AttrValue::Ints(vec![1 << 40]),
+            Some(DapType::Int16),
+            Some(DType::I16),
+        );
+        attr_line(
+            &mut out,
+            0,
+            "flag",
+            &AttrValue::Ints(vec![-3, 4]),
+            Some(DapType::Int16),
+            Some(DType::I16),
+        );
+        assert_eq!(
+            out,
+            "Float32 missing_value 1e20;\nFloat64 scale 0.1;\nFloat64 big 1099511627776;\nInt16 flag -3, 4;\n"
+        );
+    }
+}
