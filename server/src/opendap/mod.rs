@@ -488,7 +488,10 @@ fn attr_line(
                 .flatten()
                 .find(|t| !(signed_byte && *t == DapType::Byte) && xs.iter().all(|x| int_fits(*t, *x)));
             match pick {
-                Some(t) => (t.name(), xs.iter().map(|x| x.to_string()).collect()),
+                Some(t) => (
+                    t.name(),
+                    xs.iter().map(std::string::ToString::to_string).collect(),
+                ),
                 None => ("Float64", xs.iter().map(|x| fmt_f64(*x as f64)).collect()),
             }
         }
