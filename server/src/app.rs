@@ -94,6 +94,10 @@ pub fn load_all(specs: &[DatasetSpec], threads: usize, cache: Option<&IndexCache
             metrics,
             shutdown: Default::default(),
             products: Default::default(),
+            max_source_bytes: crate::state::DEFAULT_MAX_SOURCE_BYTES,
+            compute_cache: crate::state::chunk_cache::ChunkCache::new(
+                crate::state::chunk_cache::DEFAULT_COMPUTE_CACHE_BYTES,
+            ),
         },
         sources_not_found,
     })

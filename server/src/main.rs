@@ -110,6 +110,19 @@ struct ServeArgs {
     /// the same stored chunks decode each once. 0 turns the cache off.
     #[arg(long, value_name = "BYTES", default_value_t = cloudify_server::chunk::cache::DEFAULT_BYTES)]
     decoded_cache_bytes: u64,
+    /// Refuse (413) a computed chunk (views, ad-hoc groupby products, derived, BitRounded or
+    /// rechunked variables) whose computation would read more than BYTES of source data,
+    /// estimated from the chunk index (stored sizes) before reading. Suffixes KB/MB/GB/TB
+    /// (powers of 1000) and KiB/MiB/GiB/TiB (powers of 1024) are accepted; 0 means no limit.
+    /// Stored chunks served as they are are never capped.
+    #[arg(long, value_name = "BYTES", default_value = "2GiB", value_parser = serve::parse_bytes)]
+    max_source_bytes: u64,
+    /// Keep up to BYTES of encoded computed chunks in memory (least recently used out), so
+    /// a chunk fetched again is not computed again; keyed by the source files' identities
+    /// and the pipeline, and checked against changed files before it is served. Units as for
+    /// --max-source-bytes; 0 turns the cache off.
+    #[arg(long, value_name = "BYTES", default_value = "256MiB", value_parser = serve::parse_bytes)]
+    compute_cache_bytes: u64,
     #[command(flatten)]
     storage: StorageArgs,
     #[command(flatten)]
@@ -367,9 +380,11 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
     let cache =
         (!a.no_cache).then(|| cloudify_server::open::cache::IndexCache::new(&cache_dir(a.cache_dir.clone())));
     let app::Loaded {
-        state,
+        mut state,
         sources_not_found,
     } = app::load_all(&specs, threads, cache.as_ref())?;
+    state.max_source_bytes = a.max_source_bytes;
+    state.compute_cache = cloudify_server::state::chunk_cache::ChunkCache::new(a.compute_cache_bytes);
     let ready = state
         .datasets
         .iter()

@@ -1,6 +1,8 @@
 //! Prometheus metrics of the data server.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// The server's metrics, registered in their own registry.
 #[derive(Debug, Clone)]
@@ -15,6 +17,18 @@ pub struct Metrics {
     pub chunk_bytes: IntCounter,
     /// Configured datasets by state (ready/failed).
     pub datasets: IntGaugeVec,
+    /// Computed chunks answered from the compute cache.
+    pub compute_cache_hits: IntCounter,
+    /// Computed chunks not in the compute cache (computed, then kept).
+    pub compute_cache_misses: IntCounter,
+    /// Entries evicted from the compute cache to make room.
+    pub compute_cache_evictions: IntCounter,
+    /// Bytes held by the compute cache.
+    pub compute_cache_bytes: IntGauge,
+    /// Entries held by the compute cache.
+    pub compute_cache_entries: IntGauge,
+    /// Computed chunks refused (413) for reading more than `--max-source-bytes`.
+    pub source_bytes_refused: IntCounter,
 }
 
 impl Metrics {
@@ -35,6 +49,38 @@ impl Metrics {
             Opts::new("cloudify_datasets", "Configured datasets by state"),
             &["state"],
         )?;
+        let compute_cache_hits = IntCounter::new(
+            "cloudify_compute_cache_hits_total",
+            "Computed chunks answered from the compute cache",
+        )?;
+        let compute_cache_misses = IntCounter::new(
+            "cloudify_compute_cache_misses_total",
+            "Computed chunks not found in the compute cache",
+        )?;
+        let compute_cache_evictions = IntCounter::new(
+            "cloudify_compute_cache_evictions_total",
+            "Compute cache entries evicted to make room",
+        )?;
+        let compute_cache_bytes =
+            IntGauge::new("cloudify_compute_cache_bytes", "Bytes held by the compute cache")?;
+        let compute_cache_entries = IntGauge::new(
+            "cloudify_compute_cache_entries",
+            "Entries held by the compute cache",
+        )?;
+        let source_bytes_refused = IntCounter::new(
+            "cloudify_source_bytes_refused_total",
+            "Computed chunks refused for reading more than --max-source-bytes",
+        )?;
+        for m in [
+            &compute_cache_hits,
+            &compute_cache_misses,
+            &compute_cache_evictions,
+            &source_bytes_refused,
+        ] {
+            registry.register(Box::new(m.clone()))?;
+        }
+        registry.register(Box::new(compute_cache_bytes.clone()))?;
+        registry.register(Box::new(compute_cache_entries.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(chunk_seconds.clone()))?;
         registry.register(Box::new(chunk_bytes.clone()))?;
@@ -54,6 +100,12 @@ impl Metrics {
             chunk_seconds,
             chunk_bytes,
             datasets,
+            compute_cache_hits,
+            compute_cache_misses,
+            compute_cache_evictions,
+            compute_cache_bytes,
+            compute_cache_entries,
+            source_bytes_refused,
         })
     }
 

@@ -79,6 +79,17 @@ pub trait Derive: Send + Sync + std::fmt::Debug {
     /// Checks that the files the region is computed from are still the versions indexed,
     /// without computing it (before `304 Not Modified`).
     fn check_sources(&self, start: &[u64], count: &[u64]) -> Result<(), ReadError>;
+
+    /// About how many bytes of source data reading the region reads (stored, compressed
+    /// sizes of the source chunks it touches, summed over every read it makes), without
+    /// reading anything: what `--max-source-bytes` is checked against before a computed
+    /// chunk is computed. Constants read nothing (0).
+    fn estimate_bytes(&self, start: &[u64], count: &[u64]) -> u64;
+
+    /// What the computation is, including what it reads (recursively, down to the stored
+    /// variables): part of the ETag and cache key of computed chunks, so that another
+    /// pipeline over the same files never answers with this one's bytes.
+    fn describe(&self) -> String;
 }
 
 impl Variable {

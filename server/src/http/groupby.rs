@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
 
 use super::error::ApiError;
 use super::zarr::{serve_key, served};
@@ -46,15 +46,33 @@ async fn product(state: &Arc<AppState>, (id, var, coord, action): &Parts) -> Res
     })
 }
 
-/// `/datasets/{id}/groupby/{var}/{coord}/{action}`: what the product holds, and where.
+/// `/datasets/{id}/groupby/{var}/{coord}/{action}`: what the product holds, where, and
+/// about how many bytes of source data computing all of it reads (`estimated_source_bytes`,
+/// the sum over its chunks of what `--max-source-bytes` is checked against). JSON, or a
+/// small HTML page when the client accepts `text/html` (a browser).
 pub async fn summary(
     State(state): State<Arc<AppState>>,
     Path(parts): Path<Parts>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let s = product(&state, &parts).await?;
     let (id, var, coord, action) = &parts;
+    let estimate = {
+        let s2 = s.clone();
+        state
+            .run_for(&s.ds, move || product_estimate(&s2))
+            .await
+            .unwrap_or(0)
+    };
     let v = s.ds.variable(var);
     let zarr = format!("/datasets/{id}/groupby/{var}/{coord}/{action}/zarr");
+    let wants_html = headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"));
+    if wants_html {
+        return Ok(Html(html_page(&parts, &zarr, v.map(|v| &**v), estimate)).into_response());
+    }
     Ok(axum::Json(serde_json::json!({
         "dataset": id,
         "variable": var,
@@ -64,8 +82,70 @@ pub async fn summary(
         "shape": v.map(|v| v.shape.clone()),
         "dtype": v.map(|v| v.dtype.numpy_name()),
         "zarr": zarr,
+        "estimated_source_bytes": estimate,
     }))
     .into_response())
+}
+
+/// Source bytes computing every variable of the product reads (its coordinates: none).
+fn product_estimate(s: &Served) -> u64 {
+    s.ds.root
+        .walk()
+        .iter()
+        .flat_map(|g| g.vars.iter())
+        .fold(0u64, |a, v| {
+            let start = vec![0u64; v.shape.len()];
+            a.saturating_add(crate::pipeline::estimate_region_bytes(v, &start, &v.shape))
+        })
+}
+
+/// Escapes text for HTML content and attribute values.
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The summary as a page: title, shape and links to the product's Zarr metadata and the
+/// dataset. Every part of the URL is escaped (they are allow-listed names, but a page must
+/// not depend on that).
+fn html_page(
+    (id, var, coord, action): &Parts,
+    zarr: &str,
+    v: Option<&crate::dataset::Variable>,
+    estimate: u64,
+) -> String {
+    let title = esc(&format!("{id}: {var}.groupby({coord}).{action}()"));
+    let dims = v.map(|v| {
+        v.dims
+            .iter()
+            .zip(&v.shape)
+            .map(|(d, n)| format!("{}: {n}", esc(d)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
+    let dtype = v.map(|v| v.dtype.numpy_name());
+    format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title></head><body>\n\
+         <h1>{title}</h1>\n<ul>\n<li>dimensions: {}</li>\n<li>dtype: {}</li>\n\
+         <li>estimated source bytes read: {estimate}</li>\n</ul>\n<ul>\n\
+         <li><a href=\"{z}/.zmetadata\">Zarr v2 (.zmetadata)</a></li>\n\
+         <li><a href=\"{z}/zarr.json\">Zarr v3 (zarr.json)</a></li>\n\
+         <li><a href=\"/datasets/{d}\">dataset {d}</a></li>\n</ul>\n</body></html>\n",
+        dims.unwrap_or_default(),
+        esc(&dtype.unwrap_or_default()),
+        z = esc(zarr),
+        d = esc(id),
+    )
 }
 
 /// `/datasets/{id}/groupby/{var}/{coord}/{action}/zarr/{key}`: the product as Zarr.

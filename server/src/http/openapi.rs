@@ -126,9 +126,9 @@ pub const ROUTES: &[(&str, &str, &str, &[&str], Kind)] = &[
     ),
     (
         "/datasets/{id}/groupby/{var}/{coord}/{action}",
-        "Ad-hoc reduction (xarray `ds[var].groupby(coord).<action>()`): a JSON summary of the product and its Zarr URL. `coord` is a 1-D coordinate or `<time>.month|season|year|dayofyear|hour`; `action` one of mean, sum, min, max, count, std, var, median, first, last (else 400); an unknown variable or coordinate is 404",
+        "Ad-hoc reduction (xarray `ds[var].groupby(coord).<action>()`): a JSON summary of the product, its Zarr URL and `estimated_source_bytes` (about how many bytes of source data computing all of it reads); a small HTML page with links when Accept names text/html. `coord` is a 1-D coordinate or `<time>.month|season|year|dayofyear|hour`; `action` one of mean, sum, min, max, count, std, var, median, first, last (else 400); an unknown variable or coordinate is 404",
         "processing",
-        &["application/json"],
+        &["application/json", "text/html"],
         Kind::Dataset,
     ),
     (
@@ -368,6 +368,10 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
         }
     }
     if kind == Kind::Ranged {
+        responses.insert(
+            "413".into(),
+            error_response("A computed chunk would read more source data than --max-source-bytes allows; the message names the estimate and the limit"),
+        );
         responses.insert(
             "416".into(),
             json!({"description": "The range selects no byte of the answer",

@@ -13,7 +13,11 @@ use super::error::ApiError;
 use crate::codec::{Encoding, ZSTD_LEVEL, encode, encode_stored, vlen_utf8};
 use crate::dataset::Variable;
 use crate::dtype::DType;
-use crate::pipeline::{check_chunk_sources, raw_chunk, read_chunk, read_chunk_strings};
+use crate::pipeline::{
+    check_chunk_sources, describe, estimate_chunk_bytes, is_computed, raw_chunk, read_chunk,
+    read_chunk_strings,
+};
+use crate::state::chunk_cache::CacheKey;
 use crate::state::{AppState, Entry, Served};
 use crate::storage::read::check_unchanged;
 use crate::zarr::key::{ChunkKey, Format, KeyError, parse_chunk_key};
@@ -45,6 +49,16 @@ pub(super) fn etag(s: &Served, key: &str) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut h);
     format!("\"{:016x}{:016x}\"", s.ds.fingerprint, h.finish())
+}
+
+fn hash_str(v: &str) -> u64 {
+    hash_bytes(v.as_bytes())
+}
+
+fn hash_bytes(v: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.hash(&mut h);
+    h.finish()
 }
 
 /// `If-None-Match` uses weak comparison (RFC 9110 §13.1.2): proxies that compress mark
@@ -125,7 +139,8 @@ pub async fn serve_key(
             .requests
             .with_label_values(&["metadata", "200"])
             .inc();
-        let tag = etag(&s, &key);
+        // tagged by content too: other processing of the same files is other metadata
+        let tag = etag(&s, &format!("{key}\0{:016x}", hash_bytes(doc)));
         if not_modified(&headers, &tag) {
             return Ok(not_modified_response(&tag, CACHE_META));
         }
@@ -146,7 +161,11 @@ pub async fn serve_key(
                 .inc();
             ApiError::new(e.status, format!("dataset '{id}': {}", e.message))
         })?;
-    let tag = etag(&s, &key);
+    // Computed chunks are tagged by their pipeline too: the same files served through
+    // another pipeline (other keepbits, expression, grid) are other bytes.
+    let var = s.ds.variable(&ck.var).cloned();
+    let pipeline = var.as_deref().map_or(0, |v| hash_str(&describe(v)));
+    let tag = etag(&s, &format!("{key}\0{pipeline:016x}"));
     if not_modified(&headers, &tag) {
         // Only while the chunk's files are the versions the ETag was derived from.
         if let Some(var) = s.ds.variable(&ck.var) {
@@ -157,10 +176,44 @@ pub async fn serve_key(
         }
         return Ok(not_modified_response(&tag, CACHE_CHUNK));
     }
+    // Object-store sources are checked for changes only by reading them: their computed
+    // chunks are not cached, so a replaced object is never answered from memory.
+    let cache_key = var
+        .as_deref()
+        .filter(|v| state.compute_cache.enabled() && !s.ds.remote && is_computed(v))
+        .map(|_| CacheKey {
+            dataset: s.ds.name.clone(),
+            fingerprint: s.ds.fingerprint,
+            pipeline,
+            key: key.clone(),
+            format: ck.format,
+        });
+    if let (Some(ck_), Some(v)) = (&cache_key, &var)
+        && let Some(bytes) = state.compute_cache.get(ck_)
+    {
+        // Served only while the chunk's files are the versions it was computed from; else
+        // forgotten, and the read below answers what changed.
+        if check_chunk_sources(v, &ck.index).is_ok() {
+            state.metrics.compute_cache_hits.inc();
+            state.metrics.requests.with_label_values(&["chunk", "200"]).inc();
+            state.metrics.chunk_bytes.inc_by(bytes.len() as u64);
+            return Ok(respond(
+                Body::from(bytes),
+                &tag,
+                CACHE_CHUNK,
+                "application/octet-stream",
+            ));
+        }
+        state.compute_cache.remove(ck_);
+    }
+    if cache_key.is_some() {
+        state.metrics.compute_cache_misses.inc();
+    }
     let t0 = Instant::now();
     let s2 = s.clone();
+    let limit = state.max_source_bytes;
     let result = state
-        .run_for(&s.ds, move || chunk_bytes(&s2, &ck))
+        .run_for(&s.ds, move || chunk_bytes(&s2, &ck, limit))
         .await
         .ok_or_else(|| {
             ApiError::new(
@@ -175,10 +228,27 @@ pub async fn serve_key(
         Err(e) => e.status.as_str().to_string(),
     };
     state.metrics.requests.with_label_values(&["chunk", &code]).inc();
-    let bytes =
-        result.map_err(|e| ApiError::new(e.status, format!("dataset '{id}', key '{key}': {}", e.message)))?;
+    let bytes = result.map_err(|e| {
+        if e.status == StatusCode::PAYLOAD_TOO_LARGE {
+            state.metrics.source_bytes_refused.inc();
+        }
+        ApiError::new(e.status, format!("dataset '{id}', key '{key}': {}", e.message))
+    })?;
     state.metrics.chunk_seconds.observe(t0.elapsed().as_secs_f64());
     state.metrics.chunk_bytes.inc_by(bytes.len() as u64);
+    let bytes = bytes::Bytes::from(bytes);
+    if let Some(k) = cache_key {
+        let evicted = state.compute_cache.insert(k, bytes.clone());
+        state.metrics.compute_cache_evictions.inc_by(evicted);
+        state
+            .metrics
+            .compute_cache_bytes
+            .set(state.compute_cache.bytes() as i64);
+        state
+            .metrics
+            .compute_cache_entries
+            .set(state.compute_cache.len() as i64);
+    }
     Ok(respond(
         Body::from(bytes),
         &tag,
@@ -187,11 +257,18 @@ pub async fn serve_key(
     ))
 }
 
-/// Encoded bytes of one chunk. Runs on the worker pool.
-fn chunk_bytes(s: &Served, ck: &ChunkKey) -> Result<Vec<u8>, ApiError> {
+/// Encoded bytes of one chunk. Runs on the worker pool. A computed chunk estimated to read
+/// more than `limit` bytes of source data (0: no limit) is refused before anything is read.
+fn chunk_bytes(s: &Served, ck: &ChunkKey, limit: u64) -> Result<Vec<u8>, ApiError> {
     let var: &Variable =
         s.ds.variable(&ck.var)
             .ok_or_else(|| ApiError::not_found(format!("no variable '{}'", ck.var)))?;
+    if limit > 0 && is_computed(var) {
+        let estimate = estimate_chunk_bytes(var, &ck.index)?;
+        if estimate > limit {
+            return Err(too_much_source(estimate, limit));
+        }
+    }
     let zstd = Encoding::Zstd(ZSTD_LEVEL);
     if var.dtype == DType::Str {
         let strings = read_chunk_strings(var, &ck.index)?;
@@ -218,6 +295,16 @@ fn chunk_bytes(s: &Served, ck: &ChunkKey) -> Result<Vec<u8>, ApiError> {
         }
     }
     encode(&read_chunk(var, &ck.index)?, enc).map_err(|e| encode_error(&e))
+}
+
+/// 413 for a computation that would read more source data than `--max-source-bytes`.
+pub(super) fn too_much_source(estimate: u64, limit: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "computing this would read about {estimate} bytes of source data; the limit is {limit} (--max-source-bytes)"
+        ),
+    )
 }
 
 /// A chunk that could be read but not encoded for the client: a server error.

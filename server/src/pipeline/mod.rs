@@ -50,6 +50,142 @@ pub fn check_region_sources(var: &Variable, start: &[u64], count: &[u64]) -> Res
     Ok(())
 }
 
+/// Whether the served chunks of `var` are computed rather than stored: a derived variable,
+/// or a stored one whose served grid is not tiled by its stored chunks (rechunked, or
+/// assembled from several stored chunks). Computed chunks are the ones capped by
+/// `--max-source-bytes` and kept in the compute cache; a served chunk that is one stored
+/// chunk (pass-through) or a slice of contiguous storage is neither.
+pub fn is_computed(var: &Variable) -> bool {
+    match &var.values {
+        Values::Derived(_) => true,
+        Values::Stored { concat_axis, pieces } => {
+            pieces.iter().any(|p| p.data.layout.chunking().is_some())
+                && !crate::dataset::aggregate::pieces_tile(pieces, *concat_axis, &var.chunks)
+        }
+    }
+}
+
+/// What a variable's values are (see [`Derive::describe`]): for a stored variable its path,
+/// type and served chunk grid (the same key names other data in another grid).
+pub fn describe(var: &Variable) -> String {
+    match &var.values {
+        Values::Derived(d) => format!("{}:{:?}:{:?}=({})", var.path, var.dtype, var.chunks, d.describe()),
+        Values::Stored { .. } => format!("{}:{:?}:{:?}", var.path, var.dtype, var.chunks),
+    }
+}
+
+/// About how many bytes of source data reading the region `[start, start+count)` of `var`
+/// reads, without reading (see [`Derive::estimate_bytes`]). Stored variables: the stored
+/// (compressed) sizes of the chunks the region touches, from the chunk index; for
+/// contiguous storage the bytes of the region; inlined and never-written data 0; a whole
+/// chunk file of unknown size counts as its decoded size.
+pub fn estimate_region_bytes(var: &Variable, start: &[u64], count: &[u64]) -> u64 {
+    if let Values::Derived(d) = &var.values {
+        return d.estimate_bytes(start, count);
+    }
+    let mut total = 0u64;
+    for piece in var.pieces() {
+        let mut pstart = start.to_vec();
+        let mut pcount = count.to_vec();
+        if let Some(ax) = var.concat_axis() {
+            let (Some(s), Some(c)) = (start.get(ax), count.get(ax)) else {
+                continue;
+            };
+            let Some((s, c)) = intersect(*s, *c, piece.start, piece.data.shape[ax]) else {
+                continue;
+            };
+            pstart[ax] = s - piece.start;
+            pcount[ax] = c;
+        }
+        total = total.saturating_add(piece_bytes(piece, var.dtype, &pstart, &pcount));
+    }
+    total
+}
+
+/// [`estimate_region_bytes`] of the served chunk `idx`.
+pub fn estimate_chunk_bytes(var: &Variable, idx: &[u64]) -> Result<u64, ReadError> {
+    let (start, count) = chunk_region(var, idx)?;
+    Ok(estimate_region_bytes(var, &start, &count))
+}
+
+/// Source bytes read for the region `[start, start+count)` local to one piece.
+fn piece_bytes(piece: &Piece, dtype: DType, start: &[u64], count: &[u64]) -> u64 {
+    if count.contains(&0) || start.len() != piece.data.shape.len() {
+        return 0;
+    }
+    let elem = dtype.size() as u64;
+    let region = || {
+        count
+            .iter()
+            .try_fold(elem, |a, c| a.checked_mul(*c))
+            .unwrap_or(u64::MAX)
+    };
+    match &piece.data.layout {
+        Layout::Chunked {
+            chunk_shape, locs, ..
+        } => sum_chunks(chunk_shape, &piece.data.shape, start, count, |i| {
+            locs.get(i).map_or(0, |l| l.size)
+        }),
+        Layout::Listed {
+            chunk_shape, table, ..
+        } => {
+            let whole = chunk_shape
+                .iter()
+                .try_fold(elem, |a, c| a.checked_mul(*c))
+                .unwrap_or(u64::MAX);
+            sum_chunks(chunk_shape, &piece.data.shape, start, count, |i| {
+                match table.chunks.get(i) {
+                    Some(crate::source::ChunkRef::Range { size, .. }) => *size,
+                    Some(crate::source::ChunkRef::Whole { .. }) => whole,
+                    _ => 0,
+                }
+            })
+        }
+        Layout::Contiguous { .. } | Layout::Records { .. } => region(),
+        Layout::Unallocated | Layout::Memory(_) => 0,
+    }
+}
+
+/// Sum of `size(linear chunk index)` over the stored chunks (shape `chunk_shape`, of an
+/// array of `shape`) that the non-empty region `[start, start+count)` touches.
+fn sum_chunks(
+    chunk_shape: &[u64],
+    shape: &[u64],
+    start: &[u64],
+    count: &[u64],
+    size: impl Fn(usize) -> u64,
+) -> u64 {
+    if chunk_shape.len() != shape.len() || chunk_shape.contains(&0) {
+        return 0;
+    }
+    let grid = grid_shape(shape, chunk_shape);
+    let lo: Vec<u64> = start.iter().zip(chunk_shape).map(|(s, c)| s / c).collect();
+    let hi: Vec<u64> = start
+        .iter()
+        .zip(count)
+        .zip(chunk_shape)
+        .map(|((s, n), c)| (s + n - 1) / c)
+        .collect();
+    let mut idx = lo.clone();
+    let mut total = 0u64;
+    loop {
+        total = total.saturating_add(size(linear(&idx, &grid) as usize));
+        // odometer over [lo, hi]
+        let mut d = idx.len();
+        loop {
+            if d == 0 {
+                return total;
+            }
+            d -= 1;
+            if idx[d] < hi[d] {
+                idx[d] += 1;
+                break;
+            }
+            idx[d] = lo[d];
+        }
+    }
+}
+
 /// The region of the served chunk `idx`: start and count per dimension (clipped to shape).
 pub fn chunk_region(var: &Variable, idx: &[u64]) -> Result<(Vec<u64>, Vec<u64>), ReadError> {
     let grid = grid_shape(&var.shape, &var.chunks);
@@ -497,6 +633,59 @@ mod tests {
         fn check_sources(&self, start: &[u64], count: &[u64]) -> Result<(), ReadError> {
             check_region_sources(&self.src, start, count)
         }
+
+        fn estimate_bytes(&self, start: &[u64], count: &[u64]) -> u64 {
+            estimate_region_bytes(&self.src, start, count)
+        }
+
+        fn describe(&self) -> String {
+            format!("{} * {}", describe(&self.src), self.by)
+        }
+    }
+
+    /// The estimate of a region is the stored sizes of the chunks it touches, from the
+    /// index; a computed variable's is what it reads; inlined coordinates read nothing.
+    #[test]
+    fn estimates_source_bytes_from_the_chunk_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("a.nc");
+        write_nc4(&p, 1.0);
+        let ds = open(&p);
+        let big = ds.variable("big").expect("big").clone();
+        let Layout::Chunked { locs, .. } = &big.pieces()[0].data.layout else {
+            panic!("big is chunked");
+        };
+        let (a, b) = (locs[0].size, locs[1].size);
+        assert!(a > 0 && b > 0);
+        assert_eq!(estimate_region_bytes(&big, &[0, 0], &[64, 128]), a + b);
+        assert_eq!(estimate_region_bytes(&big, &[3, 5], &[10, 1]), a);
+        assert_eq!(estimate_region_bytes(&big, &[31, 0], &[2, 1]), a + b);
+        assert_eq!(estimate_chunk_bytes(&big, &[1, 0]).expect("chunk"), b);
+        assert!(!is_computed(&big), "served chunk = stored chunk");
+        assert_eq!(
+            estimate_region_bytes(ds.variable("x").expect("x"), &[0], &[128]),
+            0
+        );
+        let twice = Variable {
+            chunks: vec![48, 128],
+            values: Values::Derived(Arc::new(Scaled {
+                src: big.clone(),
+                by: 2.0,
+            })),
+            ..(*big).clone()
+        };
+        assert!(is_computed(&twice));
+        assert_eq!(estimate_chunk_bytes(&twice, &[0, 0]).expect("chunk"), a + b);
+        assert_eq!(estimate_chunk_bytes(&twice, &[1, 0]).expect("chunk"), b);
+        // rechunked stored variable: computed, and estimated like any
+        let rechunked = Variable {
+            chunks: vec![16, 128],
+            ..(*big).clone()
+        };
+        assert!(is_computed(&rechunked));
+        assert_eq!(estimate_chunk_bytes(&rechunked, &[3, 0]).expect("chunk"), b);
+        assert_ne!(describe(&twice), describe(&big));
+        assert_ne!(describe(&rechunked), describe(&big));
     }
 
     #[test]

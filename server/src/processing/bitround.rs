@@ -63,6 +63,19 @@ impl Derive for BitRounded {
     fn check_sources(&self, start: &[u64], count: &[u64]) -> Result<(), ReadError> {
         pipeline::check_region_sources(&self.stored, start, count)
     }
+
+    fn estimate_bytes(&self, start: &[u64], count: &[u64]) -> u64 {
+        pipeline::estimate_region_bytes(&self.stored, start, count)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "bitround(keepbits={}, keep={:?}, {})",
+            self.keepbits,
+            self.keep,
+            pipeline::describe(&self.stored)
+        )
+    }
 }
 
 /// Mantissa bits of a float type (`None` for anything else).

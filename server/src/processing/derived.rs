@@ -125,6 +125,18 @@ impl Input {
         })
     }
 
+    /// The input and how it is decoded, for [`Derive::describe`].
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "decode(missing={:?}, scale={:?}, offset={:?}, {:?}, {})",
+            self.missing,
+            self.scale,
+            self.offset,
+            self.ty,
+            pipeline::describe(&self.var)
+        )
+    }
+
     /// The region's values, decoded.
     pub(crate) fn read(&self, start: &[u64], count: &[u64]) -> Result<Col, ReadError> {
         let b = pipeline::read_region(&self.var, start, count)?;
@@ -216,6 +228,21 @@ impl Derive for Computed {
             }
         }
         Ok(())
+    }
+    fn estimate_bytes(&self, start: &[u64], count: &[u64]) -> u64 {
+        self.inputs.iter().fold(0u64, |a, i| {
+            let b = if i.var.shape.is_empty() {
+                pipeline::estimate_region_bytes(&i.var, &[], &[])
+            } else {
+                pipeline::estimate_region_bytes(&i.var, start, count)
+            };
+            a.saturating_add(b)
+        })
+    }
+
+    fn describe(&self) -> String {
+        let inputs: Vec<String> = self.inputs.iter().map(Input::describe).collect();
+        format!("expr({:?}; {})", self.typed, inputs.join("; "))
     }
 }
 

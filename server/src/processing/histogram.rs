@@ -592,6 +592,15 @@ impl Derive for Fixed {
     fn check_sources(&self, _: &[u64], _: &[u64]) -> Result<(), ReadError> {
         Ok(())
     }
+
+    fn estimate_bytes(&self, _: &[u64], _: &[u64]) -> u64 {
+        0
+    }
+
+    fn describe(&self) -> String {
+        let bits: Vec<u64> = self.0.iter().map(|x| x.to_bits()).collect();
+        format!("bins(f32={}, {bits:?})", self.1)
+    }
 }
 
 /// A stretch `[offset, offset + n)` of a 1-D variable (a kept dimension's coordinate after
@@ -609,6 +618,14 @@ impl Derive for Slice {
 
     fn check_sources(&self, start: &[u64], count: &[u64]) -> Result<(), ReadError> {
         pipeline::check_region_sources(&self.var, &[start[0] + self.offset], count)
+    }
+
+    fn estimate_bytes(&self, start: &[u64], count: &[u64]) -> u64 {
+        pipeline::estimate_region_bytes(&self.var, &[start[0] + self.offset], count)
+    }
+
+    fn describe(&self) -> String {
+        format!("slice({}, {})", self.offset, pipeline::describe(&self.var))
     }
 }
 
@@ -774,6 +791,25 @@ impl Derive for Hist {
         let start: Vec<u64> = self.region.iter().map(|r| r.0).collect();
         let count: Vec<u64> = self.region.iter().map(|r| r.1).collect();
         pipeline::check_region_sources(&self.input.var, &start, &count)
+    }
+
+    /// An upper bound: the whole selected source region (a block over part of the kept
+    /// dimensions reads less).
+    fn estimate_bytes(&self, _: &[u64], _: &[u64]) -> u64 {
+        let start: Vec<u64> = self.region.iter().map(|r| r.0).collect();
+        let count: Vec<u64> = self.region.iter().map(|r| r.1).collect();
+        pipeline::estimate_region_bytes(&self.input.var, &start, &count)
+    }
+
+    fn describe(&self) -> String {
+        let edges: Vec<u64> = self.edges.iter().map(|x| x.to_bits()).collect();
+        format!(
+            "histogram(region={:?}, kept={:?}, edges={edges:?}, density={}, {})",
+            self.region,
+            self.kept,
+            self.widths.is_some(),
+            self.input.describe()
+        )
     }
 }
 

@@ -4,6 +4,7 @@
 //! Below every protocol: the Zarr, kerchunk, catalog and operations routes all read it, and
 //! `app` fills it at start-up.
 
+pub mod chunk_cache;
 pub mod parquet;
 pub mod products;
 
@@ -79,7 +80,16 @@ pub struct AppState {
     pub shutdown: ShutdownFlag,
     /// Ad-hoc groupby products built so far (bounded).
     pub products: products::Products,
+    /// Most bytes of source data one computed chunk may read (`--max-source-bytes`; 0:
+    /// no limit): a request for more is answered 413 without reading.
+    pub max_source_bytes: u64,
+    /// Encoded computed chunks kept for the next request (`--compute-cache-bytes`).
+    pub compute_cache: chunk_cache::ChunkCache,
 }
+
+/// Default of `--max-source-bytes`: 2 GiB of stored (compressed) source data per computed
+/// chunk, a few seconds of decoding on a few cores.
+pub const DEFAULT_MAX_SOURCE_BYTES: u64 = 2 << 30;
 
 impl AppState {
     /// The entry of dataset `id`; `None` if no dataset of that id is configured.

@@ -7,7 +7,7 @@
 //! chunk key of the dataset are refused before any lookup ([`KeyLimits::max_len`]).
 
 /// Which chunk-key spelling a request used.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Format {
     /// Zarr v2: indices joined by `.` after the array path (`tas/0.1.2`); a 0-d array's chunk is
     /// `0`.

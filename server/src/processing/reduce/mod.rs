@@ -325,6 +325,19 @@ impl Derive for Constant {
     fn check_sources(&self, _: &[u64], _: &[u64]) -> Result<(), ReadError> {
         Ok(())
     }
+    fn estimate_bytes(&self, _: &[u64], _: &[u64]) -> u64 {
+        0
+    }
+
+    fn describe(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        match self.0.data() {
+            BlockData::Bytes(b) => b.hash(&mut h),
+            BlockData::Strings(v) => v.hash(&mut h),
+        }
+        format!("const({:?}, {:016x})", self.0.dtype(), h.finish())
+    }
 }
 
 /// A reduced variable: each block computed from its groups' source rows.
@@ -341,6 +354,9 @@ struct Reduced {
     dtype: DType,
     /// Integers reduced exactly ([`Input::is_plain_int`]).
     int: bool,
+    /// Hash of the assignment of source rows to groups (part of [`Derive::describe`];
+    /// computed once, the assignment is as long as the reduced axis).
+    groups_hash: u64,
 }
 
 impl Reduced {
@@ -353,6 +369,31 @@ impl Reduced {
         s[self.axis] = r0 as u64;
         c[self.axis] = (r1 - r0) as u64;
         Some((s, c))
+    }
+
+    /// The source region of an output region and the slabs of source rows `[r0, r1)` read
+    /// for it: the source variable's chunks along the axis that hold rows of the region's
+    /// groups (`None` when its groups hold no rows).
+    #[allow(clippy::type_complexity)]
+    fn slabs(&self, start: &[u64], count: &[u64]) -> Option<(Vec<u64>, Vec<u64>, Vec<(u64, u64)>)> {
+        let ax = self.axis;
+        let (g0, k) = (start[ax] as usize, count[ax] as usize);
+        let (src_start, src_count) = self.source_region(start, count)?;
+        let step = self.input.var.chunks[ax].max(1);
+        let (r0, r1) = (src_start[ax], src_start[ax] + src_count[ax]);
+        let mut slabs = Vec::new();
+        let mut r = r0;
+        while r < r1 {
+            let end = ((r / step + 1) * step).min(r1);
+            let wanted = self.assign.group[r as usize..end as usize]
+                .iter()
+                .any(|g| *g != NONE && (g0..g0 + k).contains(&(*g as usize)));
+            if wanted {
+                slabs.push((r, end));
+            }
+            r = end;
+        }
+        Some((src_start, src_count, slabs))
     }
 
     /// The accumulators of one slab of source rows `[r0, r1)` (the rest of the region as
@@ -421,35 +462,18 @@ impl Derive for Reduced {
                 Acc::new(self.reduce, slots)
             }
         };
-        let acc = match self.source_region(start, count) {
+        let acc = match self.slabs(start, count) {
             None => new(),
-            Some((src_start, src_count)) => {
-                // slabs: the source variable's chunks along the axis
-                let step = self.input.var.chunks[ax].max(1);
-                let (r0, r1) = (src_start[ax], src_start[ax] + src_count[ax]);
-                let mut slabs = Vec::new();
-                let mut r = r0;
-                while r < r1 {
-                    let end = ((r / step + 1) * step).min(r1);
-                    let wanted = self.assign.group[r as usize..end as usize]
-                        .iter()
-                        .any(|g| *g != NONE && (g0..g0 + k).contains(&(*g as usize)));
-                    if wanted {
-                        slabs.push((r, end));
-                    }
-                    r = end;
-                }
-                slabs
-                    .into_par_iter()
-                    .try_fold(new, |mut acc, slab| {
-                        self.fold_slab(&mut acc, &src_start, &src_count, slab, (g0, k), (outer, inner))?;
-                        Ok::<_, ReadError>(acc)
-                    })
-                    .try_reduce(new, |mut a, b| {
-                        a.merge(b);
-                        Ok(a)
-                    })?
-            }
+            Some((src_start, src_count, slabs)) => slabs
+                .into_par_iter()
+                .try_fold(new, |mut acc, slab| {
+                    self.fold_slab(&mut acc, &src_start, &src_count, slab, (g0, k), (outer, inner))?;
+                    Ok::<_, ReadError>(acc)
+                })
+                .try_reduce(new, |mut a, b| {
+                    a.merge(b);
+                    Ok(a)
+                })?,
         };
         // the group of each slot is empty: NaN (the served type is then a float)
         let empty = |slot: usize| self.empty[g0 + (slot / inner) % k];
@@ -494,6 +518,28 @@ impl Derive for Reduced {
             Some((s, c)) => pipeline::check_region_sources(&self.input.var, &s, &c),
             None => Ok(()),
         }
+    }
+
+    fn estimate_bytes(&self, start: &[u64], count: &[u64]) -> u64 {
+        let Some((s, c, slabs)) = self.slabs(start, count) else {
+            return 0;
+        };
+        let (mut s, mut c) = (s, c);
+        slabs.iter().fold(0u64, |a, (r0, r1)| {
+            s[self.axis] = *r0;
+            c[self.axis] = r1 - r0;
+            a.saturating_add(pipeline::estimate_region_bytes(&self.input.var, &s, &c))
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{}(axis={}, groups={:016x}, {})",
+            self.reduce.as_str(),
+            self.axis,
+            self.groups_hash,
+            self.input.describe()
+        )
     }
 }
 
@@ -644,6 +690,12 @@ pub fn build(
     }
     let empty: Arc<Vec<bool>> = Arc::new(rows.iter().map(|r| *r == 0).collect());
     let any_empty = empty.iter().any(|e| *e);
+    let groups_hash = {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        g.assign.group.hash(&mut h);
+        g.assign.n_groups.hash(&mut h);
+        h.finish()
+    };
     let mut vars: Vec<Variable> = Vec::new();
     let mut keep: BTreeSet<String> = BTreeSet::new();
     for i in inputs {
@@ -709,6 +761,7 @@ pub fn build(
                 reduce,
                 dtype,
                 int,
+                groups_hash,
             })),
         });
     }

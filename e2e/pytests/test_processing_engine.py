@@ -1,0 +1,199 @@
+"""The processing engine's limits and cache (issue #14, section 4): `--max-source-bytes`
+refuses a computed chunk with 413 naming the estimate (equal to the HDF5 storage sizes of the
+source chunks it reads, as h5py reports them) and the limit, without reading; a chunk under
+the cap is 200; the ad-hoc groupby summary says `estimated_source_bytes` and answers a
+browser an HTML page whose links resolve; computed chunks are served from the compute cache
+on a second fetch (counted in /metrics, identical bytes, same ETag, 304 on If-None-Match),
+and a source file touched or rewritten under the running server is never answered from the
+cache. Sources are generated netCDF-4 files."""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import time
+
+import h5py
+import netCDF4
+import numpy as np
+import requests
+
+from conftest import start_server, stop_server, wait_until_settled
+
+SHAPE = (48, 16, 32)  # four years of months
+CHUNK = (4, 16, 32)
+
+
+def _write(path, offset: float = 0.0) -> None:
+    rng = np.random.default_rng(7)
+    with netCDF4.Dataset(path, "w") as ds:
+        ds.createDimension("time", None)
+        ds.createDimension("lat", SHAPE[1])
+        ds.createDimension("lon", SHAPE[2])
+        t = ds.createVariable("time", "f8", ("time",))
+        t.units = "days since 2000-01-01"
+        t.calendar = "standard"
+        t[:] = np.arange(SHAPE[0]) * 30.4 + 15.0
+        la = ds.createVariable("lat", "f8", ("lat",))
+        la[:] = np.linspace(-80, 80, SHAPE[1])
+        lo = ds.createVariable("lon", "f8", ("lon",))
+        lo[:] = np.arange(SHAPE[2]) * 11.25
+        v = ds.createVariable("tas", "f4", ("time", "lat", "lon"), zlib=True, shuffle=True, chunksizes=CHUNK)
+        v.units = "K"
+        v[:] = (rng.normal(280.0, 10.0, size=SHAPE) + offset).astype("f4")
+
+
+def _stored_bytes(path) -> int:
+    """Sum of the stored (compressed) sizes of tas's chunks, as HDF5 reports them."""
+    with h5py.File(path, "r") as f:
+        d = f["tas"].id
+        return sum(d.get_chunk_info(i).size for i in range(d.get_num_chunks()))
+
+
+def _config(root, src) -> str:
+    cfg = root / "cloudify.yaml"
+    cfg.write_text(
+        "datasets:\n"
+        "  - name: eng\n"
+        f"    sources: [{src}]\n"
+        "    processing:\n"
+        "      variables:\n"
+        "        tas_c: {expr: \"tas - 273.15\"}\n"
+        "      views:\n"
+        "        clim: {groupby: {by: time.month, reduce: mean}}\n"
+    )
+    return str(cfg)
+
+
+def _serve(root, tag, *flags):
+    src = root / "src.nc"
+    if not src.exists():
+        _write(src)
+    url, proc, _ = start_server(["serve", "--config", _config(root, src), *flags], root, tag,
+                                extra_env={"CLOUDIFY_CACHE_DIR": str(root / "cache")})
+    status = wait_until_settled(url, ["eng", "eng.clim"], proc)
+    states = {d["name"]: d["state"] for d in status["datasets"]}
+    assert states == {"eng": "ready", "eng.clim": "ready"}, status
+    return url, proc, src
+
+
+def _metric(url, name) -> int:
+    text = requests.get(f"{url}/metrics", timeout=30).text
+    m = re.search(rf"^{name} (\d+)", text, re.M)
+    assert m, f"{name} not in /metrics"
+    return int(m.group(1))
+
+
+PRODUCT = "/datasets/eng/groupby/tas/time.month/mean"
+
+
+def test_cap_refuses_with_the_estimate_and_the_limit(tmp_path):
+    src = tmp_path / "src.nc"
+    _write(src)
+    total = _stored_bytes(src)
+    assert total > 0
+    limit = total - 1  # every chunk of the month groups reads all of the source: over
+    url, proc, _ = _serve(tmp_path, "cap", "--max-source-bytes", str(limit))
+    try:
+        for path in (f"/datasets/eng.clim/zarr/tas/0.0.0", f"{PRODUCT}/zarr/tas/0.0.0",
+                     f"{PRODUCT}/zarr/tas/c/0/0/0"):
+            r = requests.get(url + path, timeout=60)
+            assert r.status_code == 413, (path, r.status_code, r.text[:300])
+            msg = r.json()["error"]
+            m = re.search(r"read about (\d+) bytes of source data; the limit is (\d+) \(--max-source-bytes\)", msg)
+            assert m, msg
+            assert int(m.group(1)) == total, (msg, total)
+            assert int(m.group(2)) == limit
+        assert _metric(url, "cloudify_source_bytes_refused_total") == 3
+        # a derived chunk reads one stored chunk: under the cap
+        r = requests.get(f"{url}/datasets/eng/zarr/tas_c/0.0.0", timeout=60)
+        assert r.status_code == 200, r.text[:300]
+        # stored chunks served as they are: never capped, metadata neither
+        assert requests.get(f"{url}/datasets/eng/zarr/tas/0.0.0", timeout=60).status_code == 200
+        assert requests.get(f"{url}{PRODUCT}/zarr/.zmetadata", timeout=60).status_code == 200
+        # the summary says what the whole product reads (plus at most its coordinates)
+        s = requests.get(url + PRODUCT, timeout=60)
+        assert s.status_code == 200
+        est = s.json()["estimated_source_bytes"]
+        assert total <= est <= total + 8 * (SHAPE[1] + SHAPE[2]), (est, total)
+    finally:
+        stop_server(proc)
+
+
+def test_summary_html_links_resolve(tmp_path):
+    url, proc, _ = _serve(tmp_path, "html")
+    try:
+        r = requests.get(url + PRODUCT, headers={"Accept": "text/html,application/xhtml+xml"}, timeout=60)
+        assert r.status_code == 200
+        assert r.headers["Content-Type"].startswith("text/html")
+        assert "<title>eng: tas.groupby(time.month).mean()</title>" in r.text
+        links = [html.unescape(h) for h in re.findall(r'href="([^"]+)"', r.text)]
+        assert f"{PRODUCT}/zarr/.zmetadata" in links
+        assert f"{PRODUCT}/zarr/zarr.json" in links
+        assert "/datasets/eng" in links
+        for h in links:
+            assert h.startswith("/"), h
+            assert requests.get(url + h, timeout=60).status_code == 200, h
+        # JSON stays the default
+        j = requests.get(url + PRODUCT, timeout=60).json()
+        assert j["estimated_source_bytes"] > 0
+    finally:
+        stop_server(proc)
+
+
+def test_cache_hits_and_never_stale(tmp_path):
+    url, proc, src = _serve(tmp_path, "cache")
+    try:
+        keys = [f"/datasets/eng/zarr/tas_c/0.0.0", f"/datasets/eng/zarr/tas_c/c/1/0/0",
+                f"/datasets/eng.clim/zarr/tas/0.0.0", f"{PRODUCT}/zarr/tas/0.0.0"]
+        first = {}
+        for k in keys:
+            r = requests.get(url + k, timeout=60)
+            assert r.status_code == 200, (k, r.text[:300])
+            first[k] = r
+        hits0 = _metric(url, "cloudify_compute_cache_hits_total")
+        misses = _metric(url, "cloudify_compute_cache_misses_total")
+        assert misses >= len(keys)
+        assert _metric(url, "cloudify_compute_cache_bytes") >= sum(len(r.content) for r in first.values())
+        for k in keys:
+            r = requests.get(url + k, timeout=60)
+            assert r.status_code == 200
+            assert r.content == first[k].content, k
+            assert r.headers["ETag"] == first[k].headers["ETag"], k
+            r = requests.get(url + k, headers={"If-None-Match": first[k].headers["ETag"]}, timeout=60)
+            assert r.status_code == 304, k
+        assert _metric(url, "cloudify_compute_cache_hits_total") == hits0 + len(keys)
+        # computed chunks are tagged by their pipeline: the derived variable and the stored
+        # one it reads have other ETags for the same chunk index
+        stored = requests.get(f"{url}/datasets/eng/zarr/tas/0.0.0", timeout=60)
+        assert stored.headers["ETag"] != first[keys[0]].headers["ETag"]
+
+        # the source changes under the running server: never the cached bytes
+        time.sleep(0.05)
+        os.utime(src)
+        for k in keys:
+            r = requests.get(url + k, timeout=60)
+            assert r.status_code >= 500, (k, r.status_code)
+            assert "src.nc" in r.json()["error"] and "changed since it was indexed" in r.json()["error"]
+            r = requests.get(url + k, headers={"If-None-Match": first[k].headers["ETag"]}, timeout=60)
+            assert r.status_code != 304, k
+        # rewritten with other values (same path): still refused, never the old bytes
+        tmp = tmp_path / "new.nc"
+        _write(tmp, offset=5.0)
+        os.replace(tmp, src)
+        for k in keys:
+            r = requests.get(url + k, timeout=60)
+            assert r.status_code >= 500, (k, r.status_code)
+    finally:
+        stop_server(proc)
+    # restarted: re-indexed, the new values under new ETags
+    url, proc, _ = _serve(tmp_path, "cache2")
+    try:
+        for k in keys:
+            r = requests.get(url + k, timeout=60)
+            assert r.status_code == 200, (k, r.text[:300])
+            assert r.headers["ETag"] != first[k].headers["ETag"], k
+            assert r.content != first[k].content, k
+    finally:
+        stop_server(proc)
