@@ -156,6 +156,22 @@ impl DType {
         matches!(self, DType::F32 | DType::F64)
     }
 
+    /// True for the signed and unsigned integer types (which NumPy reduces and xarray
+    /// decodes as integers when no fill value or packing applies).
+    pub fn is_int(self) -> bool {
+        matches!(
+            self,
+            DType::I8
+                | DType::U8
+                | DType::I16
+                | DType::U16
+                | DType::I32
+                | DType::U32
+                | DType::I64
+                | DType::U64
+        )
+    }
+
     /// numpy type string for Zarr v2 (always little-endian: we byte-swap big-endian sources).
     pub fn zarr_v2(self) -> String {
         let s = match self {

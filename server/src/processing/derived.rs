@@ -71,14 +71,7 @@ impl Input {
             DType::F32 => Ty::F32,
             DType::F64 => Ty::F64,
             DType::I8 | DType::U8 | DType::I16 | DType::U16 if !missing.is_empty() => Ty::F32,
-            DType::I8
-            | DType::U8
-            | DType::I16
-            | DType::U16
-            | DType::I32
-            | DType::U32
-            | DType::I64
-            | DType::U64 => Ty::F64,
+            d if d.is_int() => Ty::F64,
             d => return Err(format!("variable '{}' has type {d:?}, not a number", var.name)),
         };
         Ok(Input {
@@ -93,20 +86,7 @@ impl Input {
     /// True when xarray keeps the stored integers (an integer type with no fill value, no
     /// `missing_value`, no packing): NumPy then reduces them as integers.
     pub(crate) fn is_plain_int(&self) -> bool {
-        self.missing.is_empty()
-            && self.scale.is_none()
-            && self.offset.is_none()
-            && matches!(
-                self.var.dtype,
-                DType::I8
-                    | DType::U8
-                    | DType::I16
-                    | DType::U16
-                    | DType::I32
-                    | DType::U32
-                    | DType::I64
-                    | DType::U64
-            )
+        self.missing.is_empty() && self.scale.is_none() && self.offset.is_none() && self.var.dtype.is_int()
     }
 
     /// The region's stored integers, exactly (for [`Input::is_plain_int`] inputs).
