@@ -9,10 +9,13 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 
+use bytes::Bytes;
+use futures_util::{StreamExt, stream};
+
 use super::error::ApiError;
 use super::zarr::served;
-use crate::opendap::{self, DapError, constraint};
-use crate::state::AppState;
+use crate::opendap::{self, DapError, Piece, constraint};
+use crate::state::{AppState, Served};
 
 /// A DAP response: body, `Content-Description` and content type.
 fn dap(status: u16, body: Vec<u8>, desc: &'static str, ctype: &'static str) -> Response {
@@ -74,6 +77,9 @@ pub async fn opendap(
         Ok(c) => c,
         Err(e) => return Ok(dap_error(&e)),
     };
+    if ext == "dods" {
+        return Ok(dods(state, s, ce).await);
+    }
     let ext = ext.to_string();
     let ds = s.clone();
     let answer = state
@@ -92,12 +98,6 @@ pub async fn opendap(
                     opendap::das(ds).into_bytes(),
                     "dods-das",
                     "text/plain; charset=utf-8",
-                ),
-                "dods" => dap(
-                    200,
-                    opendap::dods(&ds.name, &items)?,
-                    "dods-data",
-                    "application/octet-stream",
                 ),
                 "ascii" | "asc" => dap(
                     200,
@@ -121,6 +121,83 @@ pub async fn opendap(
             )
         })?;
     Ok(answer.unwrap_or_else(|e| dap_error(&e)))
+}
+
+/// The `.dods` answer, streamed: the plan (DDS, counts, pieces of values) is made first, so
+/// bad constraints and oversized requests get their DAP error; the pieces up to and including
+/// the first values are encoded before answering, so a source that cannot be read now gets
+/// its error status too. Later pieces are encoded two at a time on the worker pool while
+/// earlier ones are sent; a read failing after the headers ends the body early, which the
+/// client sees against `Content-Length` (never a short answer taken as whole).
+async fn dods(state: Arc<AppState>, s: Arc<Served>, ce: String) -> Response {
+    let failed = |id: &str| {
+        dap_error(&DapError {
+            status: 500,
+            message: format!("dataset '{id}': opendap request failed (bug; see server log)"),
+        })
+    };
+    let ds = s.clone();
+    let plan = state
+        .run_for(&s.ds, move || {
+            let items = opendap::resolve(&ds.ds, &constraint::parse(&ce)?)?;
+            opendap::dods_plan(&ds.ds.name, &items)
+        })
+        .await;
+    let plan = match plan {
+        Some(Ok(p)) => p,
+        Some(Err(e)) => return dap_error(&e),
+        None => return failed(&s.ds.name),
+    };
+    let encode = |state: Arc<AppState>, s: Arc<Served>, a: opendap::ArrayOut| async move {
+        state
+            .run_for(&s.ds, move || {
+                let mut out = Vec::new();
+                opendap::encode_values(&a, &mut out).map(|()| Bytes::from(out))
+            })
+            .await
+    };
+    let mut pieces = plan.pieces.into_iter();
+    let mut first: Vec<Bytes> = Vec::new();
+    for p in pieces.by_ref() {
+        match p {
+            Piece::Literal(b) => first.push(Bytes::from(b)),
+            Piece::Values(a) => {
+                match encode(state.clone(), s.clone(), a).await {
+                    Some(Ok(b)) => first.push(b),
+                    Some(Err(e)) => return dap_error(&e),
+                    None => return failed(&s.ds.name),
+                }
+                break;
+            }
+        }
+    }
+    let name = s.ds.name.clone();
+    let rest = stream::iter(pieces)
+        .map(move |p| {
+            let (state, s, name) = (state.clone(), s.clone(), name.clone());
+            async move {
+                match p {
+                    Piece::Literal(b) => Ok(Bytes::from(b)),
+                    Piece::Values(a) => match encode(state, s, a).await {
+                        Some(Ok(b)) => Ok(b),
+                        Some(Err(e)) => {
+                            tracing::warn!(dataset = %name, error = %e.message, "opendap .dods cut short");
+                            Err(std::io::Error::other(e.message))
+                        }
+                        None => Err(std::io::Error::other("opendap encoding failed (bug)")),
+                    },
+                }
+            }
+        })
+        .buffered(2);
+    let body = stream::iter(first.into_iter().map(Ok::<_, std::io::Error>)).chain(rest);
+    let mut r = dap(200, Vec::new(), "dods-data", "application/octet-stream");
+    *r.body_mut() = Body::from_stream(body);
+    if let Some(n) = plan.length {
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    r
 }
 
 fn html_escape(s: &str) -> String {

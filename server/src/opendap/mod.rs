@@ -18,10 +18,19 @@ use crate::dtype::{DType, Scalar};
 use crate::pipeline::read_region;
 use constraint::{Projection, Slice};
 
-/// Largest `.dods`/`.ascii` answer built (bytes of XDR values): larger requests are refused
-/// with a DAP error and HTTP 413, naming the size, so a client subsets instead of the server
-/// holding an unbounded response in memory.
+/// Largest `.ascii` answer built (bytes of XDR values): it is built in memory, so larger
+/// requests are refused with a DAP error and HTTP 413, naming the size, and the client
+/// subsets (or asks for `.dods`, which is streamed).
 pub const MAX_RESPONSE_BYTES: u64 = 512 * 1024 * 1024;
+
+/// Largest `.dods` answer (bytes of XDR values). `.dods` is streamed in pieces of about
+/// [`PIECE_BYTES`], so memory does not grow with it; the cap only bounds how long one request
+/// may keep a connection and the disks busy (a whole 10 TB run is not a sensible request).
+pub const MAX_STREAMED_BYTES: u64 = 16 * 1024 * 1024 * 1024;
+
+/// XDR bytes of one streamed piece of an array: large enough that per-piece overhead is
+/// negligible, small enough that two in flight stay a few tens of MB.
+pub const PIECE_BYTES: u64 = 32 * 1024 * 1024;
 
 /// A DAP2 failure: HTTP status and the message of the `Error { ... }` body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -571,23 +580,59 @@ pub fn response_size(items: &[Item]) -> u64 {
         .fold(0u64, u64::saturating_add)
 }
 
-/// Refuses a response above [`MAX_RESPONSE_BYTES`] (HTTP 413).
-pub fn check_size(items: &[Item]) -> Result<(), DapError> {
+/// Refuses a response above `limit` bytes (HTTP 413).
+pub fn check_size(items: &[Item], limit: u64) -> Result<(), DapError> {
     let n = response_size(items);
-    if n > MAX_RESPONSE_BYTES {
+    if n > limit {
         return Err(DapError {
             status: 413,
             message: format!(
-                "the request selects about {n} bytes, above this server's limit of {MAX_RESPONSE_BYTES}; select a hyperslab"
+                "the request selects about {n} bytes, above this server's limit of {limit}; select a hyperslab"
             ),
         });
     }
     Ok(())
 }
 
+/// Calls `f` with every index of the C-order grid `counts` (once, with `[]`, for no
+/// dimensions; never for an empty grid).
+fn for_each_index(counts: &[u64], mut f: impl FnMut(&[u64])) {
+    if counts.contains(&0) {
+        return;
+    }
+    let mut idx = vec![0u64; counts.len()];
+    loop {
+        f(&idx);
+        let mut d = counts.len();
+        loop {
+            if d == 0 {
+                return;
+            }
+            d -= 1;
+            idx[d] += 1;
+            if idx[d] < counts[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+}
+
+/// C-order strides (in elements) of a grid of shape `shape`.
+fn strides(shape: &[u64]) -> Vec<u64> {
+    let mut st = vec![1u64; shape.len()];
+    for d in (0..shape.len().saturating_sub(1)).rev() {
+        st[d] = st[d + 1] * shape[d + 1];
+    }
+    st
+}
+
 /// The values selected by `sel` (one slice per dimension of the variable), read per served
-/// chunk: each read covers only the selected indices of one chunk along every dimension.
+/// chunk: each read covers only the selected indices of one chunk along every dimension. The
+/// chunks are read in parallel on the worker pool (a time series at a point touches one chunk
+/// per step, each decoded whole), then copied into place a row at a time.
 pub fn gather(var: &Variable, sel: &[Slice]) -> Result<BlockData, DapError> {
+    use rayon::prelude::*;
     let read_err = |e: crate::chunk::read::ReadError| DapError {
         status: 500,
         message: format!("reading '{}': {e}", var.name),
@@ -619,71 +664,100 @@ pub fn gather(var: &Variable, sel: &[Slice]) -> Result<BlockData, DapError> {
     let n = usize::try_from(total).map_err(|_| DapError::bad("selection too large"))?;
     let is_str = var.dtype == DType::Str;
     let size = var.dtype.size();
+    let mut combos: Vec<Vec<usize>> = Vec::new();
+    let ngroups: Vec<u64> = groups.iter().map(|g| g.len() as u64).collect();
+    for_each_index(&ngroups, |gi| {
+        combos.push(gi.iter().map(|i| *i as usize).collect())
+    });
+    // One read per combination of groups; each answers the selected values of its chunk in
+    // C order of the selection (a contiguous innermost run is one copy).
+    let parts: Vec<Result<BlockData, DapError>> = combos
+        .par_iter()
+        .map(|gi| {
+            let g: Vec<&(u64, u64, u64, u64)> = (0..nd).map(|d| &groups[d][gi[d]]).collect();
+            let start: Vec<u64> = g.iter().map(|x| x.2).collect();
+            let count: Vec<u64> = g.iter().map(|x| x.3 - x.2 + 1).collect();
+            let sel_n: Vec<u64> = g.iter().map(|x| x.1).collect();
+            let block = read_region(var, &start, &count).map_err(read_err)?;
+            let bstride = strides(&count);
+            let (outer, inner) = match nd {
+                0 => (&sel_n[..], 1),
+                _ => (&sel_n[..nd - 1], sel_n[nd - 1]),
+            };
+            let inner_step = sel.last().map_or(1, |s| s.stride);
+            let row_src =
+                |j: &[u64]| -> u64 { (0..j.len()).map(|d| j[d] * sel[d].stride * bstride[d]).sum() };
+            Ok(match block.data() {
+                BlockData::Bytes(b) => {
+                    let mut out = Vec::with_capacity(sel_n.iter().product::<u64>() as usize * size);
+                    for_each_index(outer, |j| {
+                        let s0 = row_src(j) as usize * size;
+                        if inner_step == 1 {
+                            out.extend_from_slice(&b[s0..s0 + inner as usize * size]);
+                        } else {
+                            for k in 0..inner as usize {
+                                let s = s0 + k * inner_step as usize * size;
+                                out.extend_from_slice(&b[s..s + size]);
+                            }
+                        }
+                    });
+                    BlockData::Bytes(out)
+                }
+                BlockData::Strings(v) => {
+                    let mut out = Vec::new();
+                    for_each_index(outer, |j| {
+                        let s0 = row_src(j) as usize;
+                        for k in 0..inner as usize {
+                            out.push(v[s0 + k * inner_step as usize].clone());
+                        }
+                    });
+                    BlockData::Strings(out)
+                }
+            })
+        })
+        .collect();
+    let ostride = strides(&out_shape);
     let mut bytes = if is_str { Vec::new() } else { vec![0u8; n * size] };
     let mut strings = if is_str {
         vec![String::new(); n]
     } else {
         Vec::new()
     };
-    // Output strides, in elements.
-    let mut ostride = vec![1u64; nd];
-    for d in (0..nd.saturating_sub(1)).rev() {
-        ostride[d] = ostride[d + 1] * out_shape[d + 1];
-    }
-    let mut gi = vec![0usize; nd];
-    loop {
-        let start: Vec<u64> = (0..nd).map(|d| groups[d][gi[d]].2).collect();
-        let count: Vec<u64> = (0..nd)
-            .map(|d| groups[d][gi[d]].3 - groups[d][gi[d]].2 + 1)
-            .collect();
-        let block = read_region(var, &start, &count).map_err(read_err)?;
-        // Block strides, in elements.
-        let mut bstride = vec![1u64; nd];
-        for d in (0..nd.saturating_sub(1)).rev() {
-            bstride[d] = bstride[d + 1] * count[d + 1];
-        }
-        let sel_n: Vec<u64> = (0..nd).map(|d| groups[d][gi[d]].1).collect();
-        let mut j = vec![0u64; nd];
-        'copy: loop {
-            let src: u64 = (0..nd).map(|d| j[d] * sel[d].stride * bstride[d]).sum();
-            let dst: u64 = (0..nd).map(|d| (groups[d][gi[d]].0 + j[d]) * ostride[d]).sum();
-            match block.data() {
-                BlockData::Bytes(b) => {
-                    let (s, t) = (src as usize * size, dst as usize * size);
-                    bytes[t..t + size].copy_from_slice(&b[s..s + size]);
+    for (gi, part) in combos.iter().zip(parts) {
+        let g: Vec<&(u64, u64, u64, u64)> = (0..nd).map(|d| &groups[d][gi[d]]).collect();
+        let sel_n: Vec<u64> = g.iter().map(|x| x.1).collect();
+        let (outer, inner) = match nd {
+            0 => (&sel_n[..], 1u64),
+            _ => (&sel_n[..nd - 1], sel_n[nd - 1]),
+        };
+        let inner = inner as usize;
+        let dst_of = |j: &[u64]| -> usize {
+            (0..nd)
+                .map(|d| (g[d].0 + j.get(d).copied().unwrap_or(0)) * ostride[d])
+                .sum::<u64>() as usize
+        };
+        let mut row = 0usize;
+        match part? {
+            BlockData::Bytes(b) => for_each_index(outer, |j| {
+                let t = dst_of(j) * size;
+                let s = row * inner * size;
+                bytes[t..t + inner * size].copy_from_slice(&b[s..s + inner * size]);
+                row += 1;
+            }),
+            BlockData::Strings(v) => for_each_index(outer, |j| {
+                let t = dst_of(j);
+                for k in 0..inner {
+                    strings[t + k] = v[row * inner + k].clone();
                 }
-                BlockData::Strings(v) => strings[dst as usize] = v[src as usize].clone(),
-            }
-            let mut d = nd;
-            loop {
-                if d == 0 {
-                    break 'copy;
-                }
-                d -= 1;
-                j[d] += 1;
-                if j[d] < sel_n[d] {
-                    break;
-                }
-                j[d] = 0;
-            }
-        }
-        let mut d = nd;
-        loop {
-            if d == 0 {
-                return Ok(if is_str {
-                    BlockData::Strings(strings)
-                } else {
-                    BlockData::Bytes(bytes)
-                });
-            }
-            d -= 1;
-            gi[d] += 1;
-            if gi[d] < groups[d].len() {
-                break;
-            }
-            gi[d] = 0;
+                row += 1;
+            }),
         }
     }
+    Ok(if is_str {
+        BlockData::Strings(strings)
+    } else {
+        BlockData::Bytes(bytes)
+    })
 }
 
 fn pad4(out: &mut Vec<u8>) {
@@ -698,9 +772,9 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     pad4(out);
 }
 
-/// Appends the XDR encoding of one array (or scalar) of the response; `out` must end on a
-/// 4-byte boundary of the XDR stream (padding is computed from its length).
-pub fn encode(a: &ArrayOut, out: &mut Vec<u8>) -> Result<(), DapError> {
+/// The XDR values of `a`'s selection, without the counts before them or the padding
+/// after them (see [`encode`]): what one streamed piece carries.
+pub fn encode_values(a: &ArrayOut, out: &mut Vec<u8>) -> Result<(), DapError> {
     let v = &a.var;
     let mut sel = a.slices.clone();
     if v.dtype == DType::Char
@@ -708,9 +782,7 @@ pub fn encode(a: &ArrayOut, out: &mut Vec<u8>) -> Result<(), DapError> {
     {
         sel.push(Slice::all(*n));
     }
-    let n = a.elements();
     let data = gather(v, &sel)?;
-    let array = !a.dims.is_empty();
     if a.ty == DapType::Str {
         let strings: Vec<String> = match data {
             BlockData::Strings(s) => s,
@@ -724,9 +796,6 @@ pub fn encode(a: &ArrayOut, out: &mut Vec<u8>) -> Result<(), DapError> {
                     .collect()
             }
         };
-        if array {
-            out.extend_from_slice(&(n as u32).to_be_bytes());
-        }
         for s in &strings {
             put_str(out, s);
         }
@@ -738,12 +807,6 @@ pub fn encode(a: &ArrayOut, out: &mut Vec<u8>) -> Result<(), DapError> {
             message: format!("'{}': strings where numbers were expected", v.name),
         });
     };
-    if array {
-        let c = u32::try_from(n)
-            .map_err(|_| DapError::bad(format!("'{}': more than 2^32 elements selected", v.name)))?;
-        out.extend_from_slice(&c.to_be_bytes());
-        out.extend_from_slice(&c.to_be_bytes());
-    }
     let range_err = |x: String| DapError {
         status: 422,
         message: format!(
@@ -753,53 +816,192 @@ pub fn encode(a: &ArrayOut, out: &mut Vec<u8>) -> Result<(), DapError> {
         ),
     };
     let size = v.dtype.size();
-    for e in b.chunks_exact(size) {
-        match v.dtype {
-            DType::I8 | DType::U8 | DType::Bool => out.push(e[0]),
-            DType::I16 => out.extend_from_slice(&i32::from(i16::from_le_bytes([e[0], e[1]])).to_be_bytes()),
-            DType::U16 => out.extend_from_slice(&u32::from(u16::from_le_bytes([e[0], e[1]])).to_be_bytes()),
-            DType::I32 | DType::U32 | DType::F32 => out.extend_from_slice(&[e[3], e[2], e[1], e[0]]),
-            DType::F64 => out.extend(e.iter().rev()),
-            DType::I64 => {
+    out.reserve(b.len() / size * a.ty.xdr_size() as usize);
+    // One loop per type (not a type test per element): a whole variable is 10^8 elements.
+    match v.dtype {
+        DType::I8 | DType::U8 | DType::Bool => out.extend_from_slice(&b),
+        DType::I16 => {
+            for e in b.chunks_exact(2) {
+                out.extend_from_slice(&i32::from(i16::from_le_bytes([e[0], e[1]])).to_be_bytes());
+            }
+        }
+        DType::U16 => {
+            for e in b.chunks_exact(2) {
+                out.extend_from_slice(&u32::from(u16::from_le_bytes([e[0], e[1]])).to_be_bytes());
+            }
+        }
+        DType::I32 | DType::U32 | DType::F32 => {
+            for e in b.chunks_exact(4) {
+                out.extend_from_slice(&[e[3], e[2], e[1], e[0]]);
+            }
+        }
+        DType::F64 => {
+            for e in b.chunks_exact(8) {
+                out.extend_from_slice(&[e[7], e[6], e[5], e[4], e[3], e[2], e[1], e[0]]);
+            }
+        }
+        DType::I64 => {
+            for e in b.chunks_exact(size) {
                 let x = i64::from_le_bytes(e.try_into().unwrap_or([0; 8]));
                 let y = i32::try_from(x).map_err(|_| range_err(x.to_string()))?;
                 out.extend_from_slice(&y.to_be_bytes());
             }
-            DType::U64 => {
+        }
+        DType::U64 => {
+            for e in b.chunks_exact(size) {
                 let x = u64::from_le_bytes(e.try_into().unwrap_or([0; 8]));
                 let y = u32::try_from(x).map_err(|_| range_err(x.to_string()))?;
                 out.extend_from_slice(&y.to_be_bytes());
             }
-            _ => {
-                return Err(DapError {
-                    status: 500,
-                    message: format!("'{}': type not served", v.name),
-                });
-            }
         }
-    }
-    if a.ty == DapType::Byte {
-        if array {
-            pad4(out);
-        } else {
-            out.extend_from_slice(&[0, 0, 0]);
+        _ => {
+            return Err(DapError {
+                status: 500,
+                message: format!("'{}': type not served", v.name),
+            });
         }
     }
     Ok(())
 }
 
-/// The `.dods` body: the DDS, `Data:\n`, then every array's XDR values in order.
-pub fn dods(ds_name: &str, items: &[Item]) -> Result<Vec<u8>, DapError> {
-    check_size(items)?;
-    let mut out = dds(ds_name, items).into_bytes();
-    out.extend_from_slice(b"Data:\n");
-    // XDR pads to 4 bytes from the start of the values, not of the body: each array is
-    // encoded into its own (aligned) buffer.
-    let mut buf = Vec::new();
+/// What precedes an array's values: XDR arrays carry their length (twice for numbers, once
+/// for strings); scalars nothing.
+fn encode_counts(a: &ArrayOut) -> Result<Vec<u8>, DapError> {
+    if a.dims.is_empty() {
+        return Ok(Vec::new());
+    }
+    let c = u32::try_from(a.elements())
+        .map_err(|_| DapError::bad(format!("'{}': more than 2^32 elements selected", a.var.name)))?;
+    Ok(if a.ty == DapType::Str {
+        c.to_be_bytes().to_vec()
+    } else {
+        [c.to_be_bytes(), c.to_be_bytes()].concat()
+    })
+}
+
+/// What follows an array's values: Byte values are packed, so their end is padded to 4 bytes
+/// (a scalar Byte takes 4 bytes).
+fn encode_padding(a: &ArrayOut) -> Vec<u8> {
+    if a.ty != DapType::Byte {
+        return Vec::new();
+    }
+    if a.dims.is_empty() {
+        vec![0; 3]
+    } else {
+        vec![0; ((4 - a.elements() % 4) % 4) as usize]
+    }
+}
+
+/// Appends the XDR encoding of one array (or scalar) of the response: counts, values,
+/// padding.
+pub fn encode(a: &ArrayOut, out: &mut Vec<u8>) -> Result<(), DapError> {
+    out.extend_from_slice(&encode_counts(a)?);
+    encode_values(a, out)?;
+    out.extend_from_slice(&encode_padding(a));
+    Ok(())
+}
+
+/// One piece of a streamed `.dods` body.
+#[derive(Clone, Debug)]
+pub enum Piece {
+    /// Bytes known without reading (the DDS, an array's counts, Byte padding).
+    Literal(Vec<u8>),
+    /// The values of an array over a run of its first dimension ([`encode_values`]).
+    Values(ArrayOut),
+}
+
+/// A `.dods` body as pieces, in order, and its exact length when it is known before reading
+/// (it is unless strings are selected: their lengths are in the data).
+#[derive(Clone, Debug)]
+pub struct DodsPlan {
+    /// The pieces; concatenated they are the body.
+    pub pieces: Vec<Piece>,
+    /// Bytes of the whole body, for `Content-Length` (a client then detects a body cut short
+    /// by a read failing after the headers were sent).
+    pub length: Option<u64>,
+}
+
+/// Splits an array's selection along its first dimension into runs of about
+/// [`PIECE_BYTES`] of XDR values, each ending on a served-chunk boundary where a run spans
+/// whole chunks (so no chunk is read by two pieces). Strings and scalars stay whole.
+fn pieces_of(a: &ArrayOut) -> Vec<ArrayOut> {
+    let Some(first) = a.slices.first() else {
+        return vec![a.clone()];
+    };
+    if a.ty == DapType::Str {
+        return vec![a.clone()];
+    }
+    let row: u64 = a.slices[1..].iter().map(Slice::count).product::<u64>() * a.ty.xdr_size();
+    let mut rows = (PIECE_BYTES / row.max(1)).max(1);
+    let chunk = a.var.chunks.first().copied().unwrap_or(1).max(1);
+    let per_chunk = chunk.div_ceil(first.stride);
+    if rows >= per_chunk {
+        rows -= rows % per_chunk;
+    }
+    if rows >= first.count() {
+        return vec![a.clone()];
+    }
+    let mut out = Vec::new();
+    let mut k = 0;
+    while k < first.count() {
+        let start = first.start + k * first.stride;
+        let n = rows.min(first.count() - k);
+        let mut p = a.clone();
+        p.slices[0] = Slice {
+            start,
+            stride: first.stride,
+            stop: start + (n - 1) * first.stride,
+        };
+        out.push(p);
+        k += n;
+    }
+    out
+}
+
+/// The `.dods` body as a plan of pieces: the DDS and `Data:\n`, then every array's counts,
+/// values (split by [`pieces_of`]) and padding. Refused above [`MAX_STREAMED_BYTES`] and for
+/// arrays over 2^32 elements, before anything is read.
+pub fn dods_plan(ds_name: &str, items: &[Item]) -> Result<DodsPlan, DapError> {
+    check_size(items, MAX_STREAMED_BYTES)?;
+    let mut head = dds(ds_name, items).into_bytes();
+    head.extend_from_slice(b"Data:\n");
+    let mut pieces = vec![Piece::Literal(head)];
+    let mut length = Some(0u64);
     for a in items.iter().flat_map(Item::arrays) {
-        buf.clear();
-        encode(a, &mut buf)?;
-        out.extend_from_slice(&buf);
+        pieces.push(Piece::Literal(encode_counts(a)?));
+        if a.ty == DapType::Str {
+            length = None;
+        }
+        for p in pieces_of(a) {
+            pieces.push(Piece::Values(p));
+        }
+        pieces.push(Piece::Literal(encode_padding(a)));
+        if let Some(n) = length.as_mut() {
+            *n += a.elements() * a.ty.xdr_size();
+        }
+    }
+    pieces.retain(|p| !matches!(p, Piece::Literal(b) if b.is_empty()));
+    if let Some(n) = length.as_mut() {
+        *n += pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Literal(b) => b.len() as u64,
+                Piece::Values(_) => 0,
+            })
+            .sum::<u64>();
+    }
+    Ok(DodsPlan { pieces, length })
+}
+
+/// The `.dods` body in memory (the pieces of [`dods_plan`] concatenated); the server streams
+/// them instead.
+pub fn dods(ds_name: &str, items: &[Item]) -> Result<Vec<u8>, DapError> {
+    let mut out = Vec::new();
+    for p in dods_plan(ds_name, items)?.pieces {
+        match p {
+            Piece::Literal(b) => out.extend_from_slice(&b),
+            Piece::Values(a) => encode_values(&a, &mut out)?,
+        }
     }
     Ok(out)
 }
@@ -807,7 +1009,7 @@ pub fn dods(ds_name: &str, items: &[Item]) -> Result<Vec<u8>, DapError> {
 /// The `.ascii` body: the DDS, a separator, then each array's values, one row (innermost
 /// dimension) per line prefixed with its indices, as libdap's ASCII response.
 pub fn ascii(ds_name: &str, items: &[Item]) -> Result<String, DapError> {
-    check_size(items)?;
+    check_size(items, MAX_RESPONSE_BYTES)?;
     let mut out = dds(ds_name, items);
     out.push_str("---------------------------------------------\n");
     for it in items {

@@ -1,0 +1,157 @@
+"""OPeNDAP `.dods` answers are streamed (issue #17): a variable larger than one piece (32 MiB
+of XDR) comes back whole and exact, with a `Content-Length` that matches the body; a chunk
+that cannot be read fails the request with a DAP error when it is in the first piece and cuts
+the body short (detected against `Content-Length`) when it is in a later one, never a
+complete-looking answer with wrong values; a request above the streamed cap is a 413 DAP
+error before anything is read."""
+
+from __future__ import annotations
+
+import http.client
+import struct
+from urllib.parse import urlsplit
+
+import h5py
+import netCDF4
+import numpy as np
+import pytest
+import requests
+import zarr
+
+from conftest import start_server, stop_server, wait_until_settled, write_config
+
+# 100 steps of 384 x 512 float32: 78.6 MB of XDR, three 32 MiB pieces (42 + 42 + 16 steps).
+SHAPE = (100, 384, 512)
+
+
+def _values() -> np.ndarray:
+    t, y, x = np.meshgrid(np.arange(SHAPE[0]), np.arange(SHAPE[1]), np.arange(SHAPE[2]), indexing="ij")
+    return (250 + 0.01 * t + 0.1 * y - 0.05 * x + np.sin(x * t / 97.0)).astype("f4")
+
+
+def _write(path, data):
+    with netCDF4.Dataset(path, "w") as nc:
+        for n, d in zip(("time", "lat", "lon"), SHAPE):
+            nc.createDimension(n, d)
+            c = nc.createVariable(n, "f8", (n,))
+            c[:] = np.arange(d, dtype="f8")
+        v = nc.createVariable("tas", "f4", ("time", "lat", "lon"), zlib=True, complevel=1,
+                              chunksizes=(1, SHAPE[1], SHAPE[2]))
+        v[:] = data
+
+
+def _corrupt_chunk(path, step):
+    """Overwrites the middle of the compressed chunk of time step `step` with zeros (an
+    unreadable chunk, as a bad disk block or a truncated copy leaves it)."""
+    with h5py.File(path, "r") as f:
+        info = f["tas"].id.get_chunk_info_by_coord((step, 0, 0))
+    with open(path, "r+b") as f:
+        f.seek(info.byte_offset + info.size // 4)
+        f.write(b"\0" * (info.size // 2))
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory, workdir):
+    root = tmp_path_factory.mktemp("dapstream")
+    data = _values()
+    good, bad = root / "good.nc", root / "bad.nc"
+    _write(good, data)
+    _write(bad, data)
+    _corrupt_chunk(bad, SHAPE[0] - 1)
+    # A Zarr store declaring 160 GB of float64 (no chunk written: all fill value).
+    huge = root / "huge.zarr"
+    g = zarr.open_group(str(huge), mode="w", zarr_format=2)
+    z = g.create_array("big", shape=(200_000, 100_000), chunks=(1000, 1000), dtype="f8", fill_value=0.0)
+    z.attrs["_ARRAY_DIMENSIONS"] = ["y", "x"]
+    zarr.consolidate_metadata(str(huge))
+    specs = [{"name": "good", "sources": [str(good)]}, {"name": "bad", "sources": [str(bad)]},
+             {"name": "huge", "sources": [str(huge)]}]
+    cfg = workdir / "opendap_stream.yaml"
+    write_config(cfg, specs)
+    url, proc, log = start_server(["serve", "--config", str(cfg)], workdir, "opendap_stream")
+    try:
+        wait_until_settled(url, [s["name"] for s in specs], proc)
+        yield url, data
+    finally:
+        stop_server(proc)
+
+
+def _xdr_floats(body: bytes, name: bytes, n: int) -> np.ndarray:
+    dds, sep, xdr = body.partition(b"\nData:\n")
+    assert sep and name in dds
+    c1, c2 = struct.unpack(">II", xdr[:8])
+    assert c1 == c2 == n, (c1, c2, n)
+    # The Grid's array comes first; its maps (time, lat, lon) follow it.
+    assert len(xdr) >= 8 + 4 * n
+    return np.frombuffer(xdr[8:8 + 4 * n], dtype=">f4").astype("f4")
+
+
+def test_a_variable_of_several_pieces_is_whole_and_exact(big):
+    base, data = big
+    r = requests.get(f"{base}/datasets/good/opendap.dods?tas", timeout=120)
+    assert r.status_code == 200, r.text[:300]
+    assert int(r.headers["Content-Length"]) == len(r.content)
+    got = _xdr_floats(r.content, b"Float32 tas[time = 100][lat = 384][lon = 512]", data.size)
+    np.testing.assert_array_equal(got.reshape(SHAPE), data)
+
+
+def test_strided_selection_across_piece_boundaries(big):
+    base, data = big
+    r = requests.get(f"{base}/datasets/good/opendap.dods?tas[1:3:98][5:7:380][0:100:511]", timeout=120)
+    assert r.status_code == 200, r.text[:300]
+    want = data[1:99:3, 5:381:7, 0:512:100]
+    got = _xdr_floats(r.content, b"tas", want.size)
+    np.testing.assert_array_equal(got.reshape(want.shape), want)
+
+
+def test_netcdf_c_reads_the_streamed_answer(big):
+    base, data = big
+    with netCDF4.Dataset(f"{base}/datasets/good/opendap") as nc:
+        np.testing.assert_array_equal(nc["tas"][40:60, :, :], data[40:60])
+
+
+def test_unreadable_first_piece_is_a_dap_error(big):
+    base, _ = big
+    r = requests.get(f"{base}/datasets/bad/opendap.dods?tas[99][0:1:383][0:1:511]", timeout=60)
+    assert r.status_code == 500, r.status_code
+    assert r.headers["Content-Description"] == "dods-error"
+    assert r.text.startswith("Error {") and "tas" in r.text, r.text
+
+
+def test_unreadable_later_piece_cuts_the_body_short(big):
+    """The headers (200, Content-Length) are sent with the first piece; the last step's chunk
+    fails later. The client must see an incomplete body, not a whole answer."""
+    base, _ = big
+    u = urlsplit(base)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    conn.request("GET", "/datasets/bad/opendap.dods?tas")
+    resp = conn.getresponse()
+    assert resp.status == 200
+    declared = int(resp.getheader("Content-Length"))
+    with pytest.raises(http.client.IncompleteRead) as e:
+        resp.read()
+    assert len(e.value.partial) < declared
+    conn.close()
+    # requests (fsspec/pydap's transport) raises too, rather than returning the short body.
+    with pytest.raises(requests.exceptions.RequestException):
+        requests.get(f"{base}/datasets/bad/opendap.dods?tas", timeout=60).content
+    # The server is still up and serves the readable part.
+    ok = requests.get(f"{base}/datasets/bad/opendap.dods?tas[0:1:1][0][0]", timeout=60)
+    assert ok.status_code == 200
+
+
+def test_above_the_streamed_cap_is_413_before_reading(big):
+    base, _ = big
+    r = requests.get(f"{base}/datasets/huge/opendap.dods?big", timeout=60)
+    assert r.status_code == 413, r.text
+    assert r.headers["Content-Description"] == "dods-error"
+    assert "limit" in r.text and "hyperslab" in r.text, r.text
+    small = requests.get(f"{base}/datasets/huge/opendap.dods?big[0:1:1][0:1:2]", timeout=60)
+    assert small.status_code == 200
+    assert _xdr_floats_f8(small.content, 6).tolist() == [0.0] * 6
+
+
+def _xdr_floats_f8(body: bytes, n: int) -> np.ndarray:
+    _, _, xdr = body.partition(b"\nData:\n")
+    assert struct.unpack(">II", xdr[:8]) == (n, n)
+    return np.frombuffer(xdr[8:], dtype=">f8")
