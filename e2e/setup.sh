@@ -7,9 +7,10 @@ cd "$(dirname "$0")/.."
 # OS packages: the netCDF/HDF5 C libraries the server links, pkg-config to find them;
 # prometheus for promtool (chart rules checks in e2e/pytests/test_chart.py); nginx for the
 # http:// source tests and the e2e platform's ingress (cloudify-e2e runs its own instance on
-# loopback); openssl for its TLS test certificates; netcdf-bin (ncdump) and cdo, the DAP2
-# clients of e2e/pytests/test_opendap.py.
-pkgs=(libnetcdf-dev libhdf5-dev pkg-config prometheus nginx openssl netcdf-bin cdo)
+# loopback); openssl for its TLS test certificates; netcdf-bin (ncdump), cdo, libdap-bin
+# (getdap, libdap's reference DAP2 client), nco (ncks) and gdal-bin (GDAL's netCDF driver), the
+# DAP2 clients of e2e/pytests/test_opendap.py.
+pkgs=(libnetcdf-dev libhdf5-dev pkg-config prometheus nginx openssl netcdf-bin cdo libdap-bin nco gdal-bin)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -555,7 +555,8 @@ async fn documented_routes_exist() {
             .replace("{var}", "tas")
             .replace("{coord}", "time.month")
             .replace("{action}", "mean")
-            .replace("{params}", "bins=3&range=0,1");
+            .replace("{params}", "bins=3&range=0,1")
+            .replace("{file}", "opendap.dds");
         let (s, _, b) = get(&f.app, &uri).await;
         let body = String::from_utf8_lossy(&b);
         assert!(!body.contains("no route for"), "{path}: {s} {body}");

@@ -21,6 +21,9 @@ pub enum Kind {
     /// A key or file of a dataset read in parts: HEAD, `Range`/`If-Range`/`If-None-Match`,
     /// 206, 304, 416, and the errors of reading sources.
     Ranged,
+    /// OPeNDAP: errors are DAP2 `Error { ... }` documents (text/plain), which DAP clients
+    /// parse, not the JSON error of the other routes.
+    Dap,
 }
 
 /// (path, summary, tag, content types of the 200 answer, kind). Every route of the router
@@ -151,6 +154,13 @@ pub const ROUTES: &[(&str, &str, &str, &[&str], Kind)] = &[
         "processing",
         &["application/json", "application/octet-stream"],
         Kind::Ranged,
+    ),
+    (
+        "/datasets/{id}/{file}",
+        "OPeNDAP DAP2 over the dataset (views included): `opendap` (HTML form), `opendap.dds`, `opendap.das`, `opendap.dods` (XDR data, streamed with Content-Length), `opendap.ascii` and `opendap.html`. The query string is a DAP2 constraint expression: variables, `Grid.member`, hyperslabs `[i]`, `[start:stop]`, `[start:stride:stop]` (inclusive stop), comma-separated, e.g. `tas[0:1:9][0][0],lat`. Errors are DAP2 `Error { code; message; }` documents with Content-Description: dods-error and the HTTP status: 400 a malformed constraint or index out of range, 404 an unknown dataset, variable or response, 413 a request above the size cap (16 GiB for .dods, 512 MiB for .ascii), 422 an int64 value outside DAP2's Int32 range, 500 a source that cannot be read, 503 a dataset that failed to open",
+        "opendap",
+        &["text/plain", "application/octet-stream", "text/html"],
+        Kind::Dap,
     ),
     (
         "/datasets/{id}/stac",
@@ -295,6 +305,15 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
     if path.contains("{key}") {
         params.push(path_param("key", "Zarr key, may contain '/'"));
     }
+    if path.contains("{file}") {
+        let mut p = path_param(
+            "file",
+            "The DAP2 response: 'opendap' or 'opendap.<dds|das|dods|ascii|asc|html>'",
+        );
+        p["schema"] = json!({"type": "string", "enum": ["opendap", "opendap.dds", "opendap.das", "opendap.dods", "opendap.ascii", "opendap.asc", "opendap.html"]});
+        p["example"] = json!("opendap.dds");
+        params.push(p);
+    }
     if path.contains("{path}") {
         params.push(path_param(
             "path",
@@ -334,6 +353,28 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
     responses.insert("200".into(), ok);
     match kind {
         Kind::Plain => {}
+        Kind::Dap => {
+            for (code, what) in [
+                ("400", "Malformed constraint, index out of range or stride 0"),
+                ("404", "Unknown dataset, variable or DAP2 response"),
+                (
+                    "413",
+                    "The request selects more than the size cap; select a hyperslab",
+                ),
+                (
+                    "422",
+                    "An int64/uint64 value outside DAP2's 32-bit range (read it through Zarr)",
+                ),
+                ("500", "A source could not be read"),
+                ("503", "The dataset failed to open; the message says why"),
+            ] {
+                responses.insert(
+                    code.into(),
+                    json!({"description": format!("DAP2 error document: {what}"),
+                           "content": {"text/plain": {"schema": {"type": "string"}}}}),
+                );
+            }
+        }
         Kind::Ready => {
             responses.insert(
                 "200".into(),
@@ -502,7 +543,14 @@ mod tests {
                 for code in ["200", "414", "431"] {
                     assert!(responses.contains_key(code), "{method} {path}: no {code}");
                 }
-                if path.contains("{id}") {
+                if path.contains("{file}") {
+                    for code in ["400", "404", "503"] {
+                        assert!(
+                            responses[code]["content"]["text/plain"].is_object(),
+                            "{method} {path} {code}: DAP errors are text documents"
+                        );
+                    }
+                } else if path.contains("{id}") {
                     for code in ["400", "404", "503"] {
                         assert_eq!(
                             responses[code]["content"]["application/json"]["schema"]["$ref"],

@@ -667,7 +667,7 @@ pub fn gather(var: &Variable, sel: &[Slice]) -> Result<BlockData, DapError> {
     let mut combos: Vec<Vec<usize>> = Vec::new();
     let ngroups: Vec<u64> = groups.iter().map(|g| g.len() as u64).collect();
     for_each_index(&ngroups, |gi| {
-        combos.push(gi.iter().map(|i| *i as usize).collect())
+        combos.push(gi.iter().map(|i| *i as usize).collect());
     });
     // One read per combination of groups; each answers the selected values of its chunk in
     // C order of the selection (a contiguous innermost run is one copy).
