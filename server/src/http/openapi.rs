@@ -374,6 +374,12 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
                            "content": {"text/plain": {"schema": {"type": "string"}}}}),
                 );
             }
+            // a `{file}` that is no DAP2 response at all is the JSON 404 of any unknown route
+            responses["404"]["description"] = json!(
+                "DAP2 error document (text/plain): unknown dataset, variable or DAP2 response; a file that is not 'opendap[.ext]' is the JSON 404 of an unknown route"
+            );
+            responses["404"]["content"]["application/json"] =
+                json!({"schema": {"$ref": "#/components/schemas/Error"}});
         }
         Kind::Ready => {
             responses.insert(
