@@ -324,6 +324,8 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
                 "coord/lo_hi pairs, may contain '/': 'time/0_1/lat/-30_30/lon/-30_30'",
             );
             p["example"] = json!("time/0_1");
+            p["schema"] = json!({"type": "string",
+                "pattern": "^[A-Za-z0-9_.-]+/-?[0-9.]+_-?[0-9.]+(/[A-Za-z0-9_.-]+/-?[0-9.]+_-?[0-9.]+)*$"});
             params.push(p);
         }
         params.push(

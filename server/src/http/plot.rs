@@ -62,6 +62,8 @@ async fn render(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let parent = served(&state, &id)?;
+    // an unknown variable is 404 whatever else the request says
+    plot::variable(&parent.ds, &var).map_err(|e| plot_error(&id, &var, e))?;
     for k in q.keys() {
         if k != "colorscalerange" {
             return Err(ApiError::bad_request(format!(

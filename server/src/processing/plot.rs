@@ -392,19 +392,23 @@ fn step_label(ds: &Dataset, dim: &str, i: u64) -> String {
     format!("{dim}={}", render::label(x))
 }
 
-/// Builds the plot (a selection naming fewer dimensions than needed: see the first-step
-/// rule below): validation, size caps, one read of the selection, rendering.
-pub fn build(ds: &Dataset, req: &Request, max_source_bytes: u64) -> Result<Plot, PlotError> {
-    let v = ds.variable(&req.var).ok_or_else(|| {
+/// The variable to plot, else 404 naming the dataset's variables.
+pub fn variable<'a>(ds: &'a Dataset, name: &str) -> Result<&'a Arc<Variable>, PlotError> {
+    ds.variable(name).ok_or_else(|| {
         let mut names: Vec<&str> = ds.by_path.values().map(|v| v.name.as_str()).collect();
         names.sort_unstable();
         names.dedup();
         PlotError::NotFound(format!(
-            "no variable '{}' in this dataset; variables: {}",
-            req.var,
+            "no variable '{name}' in this dataset; variables: {}",
             names.join(", ")
         ))
-    })?;
+    })
+}
+
+/// Builds the plot (a selection naming fewer dimensions than needed: see the first-step
+/// rule below): validation, size caps, one read of the selection, rendering.
+pub fn build(ds: &Dataset, req: &Request, max_source_bytes: u64) -> Result<Plot, PlotError> {
+    let v = variable(ds, &req.var)?;
     let table = render::colormap(&req.cmap).ok_or_else(|| {
         PlotError::Bad(format!(
             "unknown colormap '{}'; allowed (matplotlib's names, _r reversed): {}",
