@@ -2,8 +2,8 @@
 //!
 //! One-way layers, from the bottom (`tests/layers.rs` checks that every import points down):
 //!
-//! 1. `dtype`, `attrs`, `block`, `chunk::grid` — element types, attributes, the typed
-//!    [`block::Block`] every protocol reads, grid arithmetic;
+//! 1. `dtype`, `attrs`, `block`, `chunk::grid`, `render` — element types, attributes, the typed
+//!    [`block::Block`] every protocol reads, grid arithmetic, images from plain values;
 //! 2. `storage` — byte I/O: `pread` of local files (checked against the indexed identity)
 //!    and ranged reads of object stores, through an explicit `RangeRead`;
 //! 3. `codec` — one module per codec (zlib, shuffle, zstd, blosc, ...), owning its
@@ -47,6 +47,7 @@ pub mod open;
 pub mod opendap;
 pub mod pipeline;
 pub mod processing;
+pub mod render;
 pub mod router;
 pub mod serve;
 pub mod source;

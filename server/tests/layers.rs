@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 /// Layers from the bottom. A module is placed by its longest listed prefix.
 const LAYERS: &[&[&str]] = &[
     // element types and layout vocabulary, pure helpers
-    &["dtype", "attrs", "block", "background", "chunk::grid"],
+    &["dtype", "attrs", "block", "background", "chunk::grid", "render"],
     // byte I/O: local files and object stores
     &["storage"],
     // codecs: bytes to bytes

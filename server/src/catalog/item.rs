@@ -143,6 +143,20 @@ pub fn item(d: &Description, base: &str, collection: &str) -> Value {
             links.push(json!({"rel": "related", "href": format!("{base}{}", item_path(id)), "type": "application/geo+json", "title": format!("View '{view}'")}));
         }
     }
+    // a preview: the map (PNG) of the first data variable with two or more dimensions
+    if let Some(v) = d
+        .vars
+        .iter()
+        .find(|v| v.json["type"] == "data" && v.json["dimensions"].as_array().is_some_and(|a| a.len() >= 2))
+    {
+        let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        item["assets"]["thumbnail"] = json!({
+            "href": format!("{base}/datasets/{}/plot/{}/map/viridis", d.id, enc(&v.name)),
+            "type": "image/png",
+            "title": format!("Map of '{}' (first step of leading dimensions)", v.name),
+            "roles": ["thumbnail", "overview"],
+        });
+    }
     if let Some(b) = d.bbox {
         item["bbox"] = json!(b);
     }

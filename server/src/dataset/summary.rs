@@ -146,12 +146,37 @@ pub fn text(ds: &Dataset) -> String {
     out
 }
 
+/// Links to a map (PNG, the first step of leading dimensions) of every variable with two
+/// or more dimensions that is not a coordinate.
+fn plot_links(ds: &Dataset) -> String {
+    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let links: Vec<String> = ds
+        .root
+        .vars
+        .iter()
+        .filter(|v| v.dims.len() >= 2 && !v.dims.contains(&v.name))
+        .map(|v| {
+            format!(
+                "<a href=\"plot/{}/map/viridis\">{}</a>",
+                enc(&v.name),
+                esc(&v.name)
+            )
+        })
+        .collect();
+    if links.is_empty() {
+        return String::new();
+    }
+    format!("<p>Maps (PNG): {}</p>", links.join(" · "))
+}
+
 /// HTML page wrapping the text summary.
 pub fn html(ds: &Dataset) -> String {
     let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
     format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{name}</title></head><body><h1>{name}</h1><pre>{}</pre><p>Zarr: <a href=\"zarr/.zmetadata\">v2 (.zmetadata)</a> · <a href=\"zarr/zarr.json\">v3 (zarr.json)</a> · <a href=\"info\">info</a> · <a href=\"dict\">dict</a></p></body></html>",
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{name}</title></head><body><h1>{name}</h1><pre>{}</pre><p>Zarr: <a href=\"zarr/.zmetadata\">v2 (.zmetadata)</a> · <a href=\"zarr/zarr.json\">v3 (zarr.json)</a> · <a href=\"info\">info</a> · <a href=\"dict\">dict</a></p>{plots}</body></html>",
         esc(&text(ds)),
+        plots = plot_links(ds),
         name = esc(&ds.name)
     )
 }

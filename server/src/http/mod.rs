@@ -8,6 +8,7 @@ pub mod middleware;
 pub mod openapi;
 pub mod opendap;
 pub mod parquet;
+pub mod plot;
 pub mod range;
 pub mod zarr;
 
@@ -53,6 +54,12 @@ pub fn routes() -> Router<Arc<AppState>> {
             get(groupby::summary),
         )
         .route("/datasets/{id}/histogram/{var}", get(histogram::summary))
+        // products people look at (issue 16): PNG plots and animations
+        .route("/datasets/{id}/plot/{var}/{kind}/{cmap}", get(plot::plot_all))
+        .route(
+            "/datasets/{id}/plot/{var}/{kind}/{cmap}/{*selection}",
+            get(plot::plot_sel),
+        )
         .route("/datasets/{id}/zarr", get(zarr::zarr_root))
         // OPeNDAP DAP2: `opendap.dds`, `.das`, `.dods`, ... (axum cannot capture a suffix
         // inside a segment; static siblings such as `keys` still win).

@@ -155,6 +155,21 @@ pub const ROUTES: &[(&str, &str, &str, &[&str], Kind)] = &[
         &["application/json", "application/octet-stream"],
         Kind::Ranged,
     ),
+    // products people look at (issue 16): plots
+    (
+        "/datasets/{id}/plot/{var}/{kind}/{cmap}",
+        "PNG plot of a whole variable (see the route with a selection): it must already have the kind's number of dimensions longer than 1",
+        "products",
+        &["image/png"],
+        Kind::Dataset,
+    ),
+    (
+        "/datasets/{id}/plot/{var}/{kind}/{cmap}/{selection}",
+        "PNG plot of a selection of a variable, rendered with matplotlib's colour tables (Normalize(vmin, vmax), 256 entries; NaN and masked cells transparent): 'map' (2-D field, north up, colour bar, title, units), 'line' (1-D series) or 'animation' (APNG, one map per step of the first selected dimension, at most 500 frames). `selection` is coord/lo_hi pairs: a time dimension by index with Python slice semantics ('0_12', '-12_-1'; '-12_0' = the last twelve), other coordinates by value, inclusive ('lat/-30_30'); longitude ranges across the axis' seam are wrapped ('lon/-30_30' on 0..360). Colour range: colorscalerange, else valid_min/valid_max, else the 2nd/98th percentiles. Headers: X-Colorscale-Range (vmin,vmax), X-Map-Layout (x,y,pixels per cell of the field's top-left cell), X-Frames. 400 names the bad part (unknown kind or colormap with the allowed names, a coordinate that is not a dimension, an empty or malformed range, the wrong number of dimensions); 404 an unknown variable; 413 more than 4000000 cells or more source bytes than --max-source-bytes",
+        "products",
+        &["image/png"],
+        Kind::Dataset,
+    ),
     (
         "/datasets/{id}/{file}",
         "OPeNDAP DAP2 over the dataset (views included): `opendap` (HTML form), `opendap.dds`, `opendap.das`, `opendap.dods` (XDR data, streamed with Content-Length), `opendap.ascii` and `opendap.html`. The query string is a DAP2 constraint expression: variables, `Grid.member`, hyperslabs `[i]`, `[start:stop]`, `[start:stride:stop]` (inclusive stop), comma-separated, e.g. `tas[0:1:9][0][0],lat`. Errors are DAP2 `Error { code; message; }` documents with Content-Description: dods-error and the HTTP status: 400 a malformed constraint or index out of range, 404 an unknown dataset, variable or response, 413 a request above the size cap (16 GiB for .dods, 512 MiB for .ascii), 422 an int64 value outside DAP2's Int32 range, 500 a source that cannot be read, 503 a dataset that failed to open",
@@ -302,6 +317,34 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
             "schema": {"type": "boolean"}, "example": false,
             "description": "Answer counts / (total × bin width) per kept cell instead of counts"}));
     }
+    if path.contains("/plot/") {
+        // the plot route's own parameters (issue 16)
+        if let Some(p) = params.iter_mut().find(|p| p["name"] == "var") {
+            p["description"] = json!("Variable to plot");
+        }
+        let mut kind = path_param("kind", "map, line or animation");
+        kind["schema"] = json!({"type": "string", "enum": crate::processing::plot::KINDS});
+        params.push(kind);
+        let mut cmap = path_param("cmap", "matplotlib colormap name ('_r' reversed)");
+        cmap["schema"] = json!({"type": "string", "enum": crate::render::names()});
+        params.push(cmap);
+        if path.contains("{selection}") {
+            let mut p = path_param(
+                "selection",
+                "coord/lo_hi pairs, may contain '/': 'time/0_1/lat/-30_30/lon/-30_30'",
+            );
+            p["example"] = json!("time/0_1");
+            p["schema"] = json!({"type": "string",
+                "pattern": "^[A-Za-z0-9_.-]+/-?[0-9.]+_-?[0-9.]+(/[A-Za-z0-9_.-]+/-?[0-9.]+_-?[0-9.]+)*$"});
+            params.push(p);
+        }
+        params.push(
+            json!({"name": "colorscalerange", "in": "query", "required": false,
+            "schema": {"type": "string", "pattern": "^[-+0-9.eE]+,[-+0-9.eE]+$"},
+            "example": "250,300",
+            "description": "'vmin,vmax' of the colour bar (vmin <= vmax)"}),
+        );
+    }
     if path.contains("{key}") {
         params.push(path_param("key", "Zarr key, may contain '/'"));
     }
@@ -413,6 +456,12 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
                 error_response("The dataset could not be read (truncated file, bad checksum)"),
             );
         }
+    }
+    if path.contains("/plot/") {
+        responses.insert(
+            "413".into(),
+            error_response("The image would hold more than 4000000 cells or 500 frames, or read more source data than --max-source-bytes"),
+        );
     }
     if kind == Kind::Ranged {
         responses.insert(

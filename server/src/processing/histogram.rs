@@ -461,7 +461,7 @@ pub fn slice_positions<T: PartialOrd + Copy>(values: &[T], from: T, to: T) -> Op
 }
 
 /// The selection of `dim` by `(from, to)` on its coordinate in `ds`: `(start, count)`.
-fn select(ds: &Dataset, dim: &str, from: &str, to: &str) -> Result<(u64, u64), HistError> {
+pub(crate) fn select(ds: &Dataset, dim: &str, from: &str, to: &str) -> Result<(u64, u64), HistError> {
     let c = ds
         .variable(dim)
         .filter(|v| v.dims.len() == 1 && v.dims[0] == dim)

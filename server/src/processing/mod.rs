@@ -12,6 +12,7 @@ pub mod bitround;
 pub mod derived;
 pub mod expr;
 pub mod histogram;
+pub mod plot;
 pub mod rechunk;
 pub mod reduce;
 
