@@ -10,6 +10,7 @@
 
 pub mod bitround;
 pub mod derived;
+pub mod exec;
 pub mod expr;
 pub mod histogram;
 pub mod rechunk;

@@ -72,8 +72,41 @@ pub trait RangeRead: Sync {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Direct;
 
+/// Bytes of source data read by this process (local files and objects), for the compute
+/// worker's `cloudify_worker_bytes_read_total`.
+pub static BYTES_READ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn count_read<T: AsRef<[u8]>>(r: Result<Vec<T>, ByteError>) -> Result<Vec<T>, ByteError> {
+    if let Ok(v) = &r {
+        let n: u64 = v.iter().map(|b| b.as_ref().len() as u64).sum();
+        BYTES_READ.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+    r
+}
+
 impl RangeRead for Direct {
     fn read_many(&self, file: &SourceFile, ranges: &[(u64, u64)]) -> Result<Vec<Vec<u8>>, ByteError> {
+        count_read(self.read_many_uncounted(file, ranges))
+    }
+
+    fn read_at(&self, file: &SourceFile, offset: u64, len: u64) -> Result<Vec<u8>, ByteError> {
+        let r = match &file.remote {
+            None => pread_checked(&file.path, Some(file), offset, len),
+            Some(_) => Ok(self
+                .read_many_uncounted(file, &[(offset, len)])?
+                .pop()
+                .unwrap_or_default()),
+        };
+        count_read(r.map(|b| vec![b])).map(|mut v| v.pop().unwrap_or_default())
+    }
+}
+
+impl Direct {
+    fn read_many_uncounted(
+        &self,
+        file: &SourceFile,
+        ranges: &[(u64, u64)],
+    ) -> Result<Vec<Vec<u8>>, ByteError> {
         match &file.remote {
             None => ranges
                 .iter()
@@ -84,13 +117,6 @@ impl RangeRead for Direct {
                 .into_iter()
                 .map(|b| b.to_vec())
                 .collect()),
-        }
-    }
-
-    fn read_at(&self, file: &SourceFile, offset: u64, len: u64) -> Result<Vec<u8>, ByteError> {
-        match &file.remote {
-            None => pread_checked(&file.path, Some(file), offset, len),
-            Some(_) => Ok(self.read_many(file, &[(offset, len)])?.pop().unwrap_or_default()),
         }
     }
 }
