@@ -2,7 +2,7 @@
 //! servers started with `--compute`. It loads the same dataset configuration as
 //! `cloudify serve` (and shares or rebuilds the index cache), reads the sources itself and
 //! answers one [`protocol::Request`] per `POST /v1/task` with the output of
-//! [`crate::processing::exec::execute`] — the code the server runs in-process.
+//! [`crate::processing::dispatch::execute`] — the code the server runs in-process.
 //!
 //! Routes: `/v1/task`, `/healthz`, `/readyz` (the server's: ready when a dataset opened,
 //! not while shutting down), `/metrics` (`cloudify_worker_*`: tasks, seconds, bytes read,
@@ -21,7 +21,7 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, 
 
 use super::protocol::{self, Failure, Request, VERSION, VERSION_HEADER};
 use crate::http::error::ApiError;
-use crate::processing::exec::{self, Locator, Output, Task};
+use crate::processing::exec::{Locator, Output, Task};
 use crate::state::{AppState, Entry};
 
 /// The worker's own metrics (in the registry `/metrics` renders).
@@ -203,7 +203,7 @@ async fn task(State(w): State<Worker>, headers: HeaderMap, body: Bytes) -> Respo
         .state
         .run(move || {
             let s = dataset(&st, req.task.locator())?;
-            exec::execute(&s.ds, &req.task).map_err(|e| {
+            crate::processing::dispatch::execute(&s.ds, &req.task).map_err(|e| {
                 let e = ApiError::from(e);
                 failure(
                     e.status.as_u16(),

@@ -235,7 +235,10 @@ pub async fn serve_key(
         if e.status == StatusCode::PAYLOAD_TOO_LARGE {
             state.metrics.source_bytes_refused.inc();
         }
-        ApiError::new(e.status, format!("dataset '{id}', key '{key}': {}", e.message))
+        let mut named = ApiError::new(e.status, format!("dataset '{id}', key '{key}': {}", e.message));
+        // a busy or unreachable compute service will pass: say when to come back
+        named.retry_after = e.retry_after;
+        named
     })?;
     state.metrics.chunk_seconds.observe(t0.elapsed().as_secs_f64());
     state.metrics.chunk_bytes.inc_by(bytes.len() as u64);
@@ -302,7 +305,7 @@ fn chunk_bytes(
             return Ok(out);
         }
     }
-    encode(&crate::processing::exec::read_chunk(at, var, &ck.index)?, enc).map_err(|e| encode_error(&e))
+    encode(&crate::processing::dispatch::read_chunk(at, var, &ck.index)?, enc).map_err(|e| encode_error(&e))
 }
 
 /// 413 for a computation that would read more source data than `--max-source-bytes`.

@@ -86,37 +86,24 @@ fn count_read<T: AsRef<[u8]>>(r: Result<Vec<T>, ByteError>) -> Result<Vec<T>, By
 
 impl RangeRead for Direct {
     fn read_many(&self, file: &SourceFile, ranges: &[(u64, u64)]) -> Result<Vec<Vec<u8>>, ByteError> {
-        count_read(self.read_many_uncounted(file, ranges))
-    }
-
-    fn read_at(&self, file: &SourceFile, offset: u64, len: u64) -> Result<Vec<u8>, ByteError> {
-        let r = match &file.remote {
-            None => pread_checked(&file.path, Some(file), offset, len),
-            Some(_) => Ok(self
-                .read_many_uncounted(file, &[(offset, len)])?
-                .pop()
-                .unwrap_or_default()),
-        };
-        count_read(r.map(|b| vec![b])).map(|mut v| v.pop().unwrap_or_default())
-    }
-}
-
-impl Direct {
-    fn read_many_uncounted(
-        &self,
-        file: &SourceFile,
-        ranges: &[(u64, u64)],
-    ) -> Result<Vec<Vec<u8>>, ByteError> {
         match &file.remote {
             None => ranges
                 .iter()
                 .map(|(o, n)| pread_checked(&file.path, Some(file), *o, *n))
                 .collect(),
             Some(_) if ranges.is_empty() => Ok(Vec::new()),
-            Some(obj) => Ok(super::read_ranges(file, obj, ranges)?
+            // local reads are counted by `pread_checked`, objects here
+            Some(obj) => count_read(Ok(super::read_ranges(file, obj, ranges)?
                 .into_iter()
                 .map(|b| b.to_vec())
-                .collect()),
+                .collect())),
+        }
+    }
+
+    fn read_at(&self, file: &SourceFile, offset: u64, len: u64) -> Result<Vec<u8>, ByteError> {
+        match &file.remote {
+            None => pread_checked(&file.path, Some(file), offset, len),
+            Some(_) => Ok(self.read_many(file, &[(offset, len)])?.pop().unwrap_or_default()),
         }
     }
 }
@@ -190,6 +177,7 @@ fn pread_checked(
     if buf.len() < n {
         return Err(truncated());
     }
+    BYTES_READ.fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
     Ok(buf)
 }
 
