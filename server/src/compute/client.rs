@@ -216,7 +216,7 @@ impl Remote {
             version: VERSION,
             task,
         })
-        .map_err(|m| ReadError::Block(m))?;
+        .map_err(ReadError::Block)?;
         let n = self.settings.workers.len();
         let first = self.next.fetch_add(1, Ordering::Relaxed);
         let mut last = String::new();
@@ -280,10 +280,19 @@ impl Executor for Remote {
                 retry_after: Some(1),
             });
         }
-        self.rt.block_on(async {
-            let futs = tasks.into_iter().map(|t| self.run_one(t));
-            futures_util::future::try_join_all(futs).await
-        })
+        let run = || {
+            self.rt.block_on(async {
+                let futs = tasks.into_iter().map(|t| self.run_one(t));
+                futures_util::future::try_join_all(futs).await
+            })
+        };
+        // Called from the decode pool (not async). Should a caller ever be on an async
+        // thread, blocking on the runtime there would panic: wait on a plain thread instead.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return std::thread::scope(|s| s.spawn(run).join())
+                .unwrap_or_else(|_| Err(ReadError::Block("the compute client panicked (bug)".into())));
+        }
+        run()
     }
 }
 

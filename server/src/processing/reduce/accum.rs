@@ -350,6 +350,24 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 mod tests {
     use super::*;
 
+    #[test]
+    fn fits_tells_partials_of_another_block_or_reduction() {
+        let like = Acc::new(Reduce::Mean, 4);
+        assert!(
+            Acc::new(Reduce::Sum, 4).fits(&like),
+            "sum and mean share accumulators"
+        );
+        assert!(!Acc::new(Reduce::Mean, 3).fits(&like));
+        assert!(!Acc::new(Reduce::Count, 4).fits(&like));
+        assert!(!Acc::new(Reduce::Min, 4).fits(&Acc::new(Reduce::Max, 4)));
+        assert!(!Acc::new_int(Reduce::Sum, 4).fits(&like));
+        let odd = Acc::Sum {
+            n: vec![0; 4],
+            sum: vec![0.0; 3],
+        };
+        assert!(!odd.fits(&like), "ragged accumulators");
+    }
+
     const NAN: f64 = f64::NAN;
 
     fn reduce(r: Reduce, xs: &[f64]) -> f64 {

@@ -975,3 +975,24 @@ fn chunk_len(g: &Grouping, inputs: &[Input]) -> u64 {
     // groups per source chunk, rounded, at least one
     ((src * n + rows / 2) / rows).clamp(1, n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_cover_the_slabs_in_order_and_depend_on_their_count_only() {
+        for n in [0usize, 1, 2, 15, 16, 17, 40, 1000] {
+            let slabs: Vec<(u64, u64)> = (0..n as u64).map(|i| (i * 10, i * 10 + 10)).collect();
+            let r = runs(slabs.clone());
+            assert!(r.len() <= RUNS_PER_BLOCK, "{n}: {} runs", r.len());
+            assert_eq!(r.len(), n.min(RUNS_PER_BLOCK), "{n}");
+            assert_eq!(r.concat(), slabs, "{n}: every slab once, in order");
+            let (lo, hi) = (
+                r.iter().map(Vec::len).min().unwrap_or(0),
+                r.iter().map(Vec::len).max().unwrap_or(0),
+            );
+            assert!(hi - lo <= 1, "{n}: even runs");
+        }
+    }
+}
