@@ -59,9 +59,13 @@ impl Drop for Worker {
     }
 }
 
+#[allow(
+    clippy::zombie_processes,
+    reason = "the child moves into a Worker, whose Drop kills and waits for it"
+)]
 fn start_worker(cfg: &Path, dir: &Path, tag: &str) -> Worker {
     let listen = dir.join(format!("{tag}.listen"));
-    let child = Command::new(env!("CARGO_BIN_EXE_cloudify"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cloudify"))
         .args([
             "worker",
             "--no-cache",
@@ -85,7 +89,11 @@ fn start_worker(cfg: &Path, dir: &Path, tag: &str) -> Worker {
         {
             return Worker(child, url.trim().to_string());
         }
-        assert!(t0.elapsed() < Duration::from_secs(30), "worker did not start");
+        if t0.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("worker did not start");
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }

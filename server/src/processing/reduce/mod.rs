@@ -524,7 +524,7 @@ pub const RUNS_PER_BLOCK: usize = 16;
 
 /// `slabs` cut into at most [`RUNS_PER_BLOCK`] runs of consecutive slabs, as even as can be.
 fn runs(slabs: Vec<(u64, u64)>) -> Vec<Vec<(u64, u64)>> {
-    let n = slabs.len().min(RUNS_PER_BLOCK).max(1);
+    let n = slabs.len().clamp(1, RUNS_PER_BLOCK);
     let (per, extra) = (slabs.len() / n, slabs.len() % n);
     let mut it = slabs.into_iter();
     (0..n)
