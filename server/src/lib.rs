@@ -23,7 +23,8 @@
 //! 11. `http`, then `stac_api`, then `catalog` — thin handlers: the data routes, the
 //!     `cloudify catalog` STAC API service (its own process, its own store), the data
 //!     server's catalogs; `router` merges every feature's routes;
-//! 12. `app`, `serve`, `demo` — start-up, the connection loop, the demo dataset.
+//! 12. `app`, `serve`, `demo`, `compute` — start-up, the connection loop, the demo dataset,
+//!     compute pods (`cloudify worker` and `serve --compute`).
 //!
 //! Opening uses the netCDF/HDF5 libraries at most once per file; serving reads bytes with
 //! `pread` or ranged GETs and decodes in Rust on every core.
@@ -37,6 +38,7 @@ pub mod block;
 pub mod catalog;
 pub mod chunk;
 pub mod codec;
+pub mod compute;
 pub mod dataset;
 pub mod demo;
 pub mod dtype;

@@ -33,6 +33,9 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Write kerchunk/fsspec references (JSON v1 or Parquet) for files, aggregated like `serve` does.
     Index(IndexArgs),
+    /// Execute processing work (computed chunks, partial reductions) for servers started
+    /// with `serve --compute`; loads the same datasets as `serve`.
+    Worker(Box<WorkerArgs>),
     /// Run a STAC API catalog service (search, transactions) over a local store.
     Catalog(cloudify_server::catalog::cli::CatalogArgs),
     /// STAC tools.
@@ -40,8 +43,10 @@ enum Command {
     Stac(cloudify_server::catalog::cli::StacCommand),
 }
 
+/// The datasets a process loads: `serve` and `worker` take the same (a worker must rebuild
+/// exactly the datasets of the server it computes for).
 #[derive(clap::Args)]
-struct ServeArgs {
+struct DataArgs {
     /// Dataset id, followed by its files (paths, file:// URLs or globs).
     #[arg(value_name = "NAME PATH_OR_GLOB...")]
     args: Vec<String>,
@@ -54,6 +59,23 @@ struct ServeArgs {
     /// Serve the embedded demo dataset (id `demo`).
     #[arg(long)]
     demo: bool,
+    /// Cache directory (demo data, chunk indexes). Default: $XDG_CACHE_HOME/cloudify.
+    #[arg(long, env = "CLOUDIFY_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Don't read or write the index cache (always open files with the libraries).
+    #[arg(long)]
+    no_cache: bool,
+    /// Worker threads for reading and decoding chunks (default: number of cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    #[command(flatten)]
+    storage: StorageArgs,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    data: DataArgs,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1", env = "CLOUDIFY_HOST")]
     host: String,
@@ -72,15 +94,6 @@ struct ServeArgs {
     /// TLS private key (PEM); requires --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Cache directory (demo data, chunk indexes). Default: $XDG_CACHE_HOME/cloudify.
-    #[arg(long, env = "CLOUDIFY_CACHE_DIR")]
-    cache_dir: Option<PathBuf>,
-    /// Don't read or write the index cache (always open files with the libraries).
-    #[arg(long)]
-    no_cache: bool,
-    /// Worker threads for reading and decoding chunks (default: number of cores).
-    #[arg(long)]
-    threads: Option<usize>,
     /// Close a connection that has not sent a complete request head within SECS of
     /// connecting (TLS handshake included), or within SECS of the head's first byte on a
     /// keep-alive connection: slow-header ("slowloris") clients cannot hold connections. A
@@ -124,9 +137,51 @@ struct ServeArgs {
     #[arg(long, value_name = "BYTES", default_value = "256MiB", value_parser = serve::parse_bytes)]
     compute_cache_bytes: u64,
     #[command(flatten)]
-    storage: StorageArgs,
+    compute: ComputeArgs,
     #[command(flatten)]
     catalog: cloudify_server::catalog::cli::ServeCatalogArgs,
+}
+
+/// `serve --compute`: processing work sent to `cloudify worker` processes.
+#[derive(clap::Args)]
+struct ComputeArgs {
+    /// Send processing work (computed chunks, partial reductions) to these compute workers
+    /// (`cloudify worker`): a Kubernetes Service URL, or a comma-separated list of worker
+    /// URLs. Without it everything is computed in this process.
+    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
+    compute: Vec<String>,
+    /// Tasks on the wire to the compute workers at once.
+    #[arg(long, value_name = "N", default_value_t = 16, requires = "compute")]
+    compute_concurrency: usize,
+    /// Tasks waiting or running on the compute workers before requests are refused with
+    /// 503 + Retry-After (backpressure instead of unbounded memory).
+    #[arg(long, value_name = "N", default_value_t = 256, requires = "compute")]
+    compute_queue: usize,
+    /// Give up on a worker after SECS without an answer to one task and try another.
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = serve::parse_secs, requires = "compute")]
+    compute_timeout: Duration,
+}
+
+/// `cloudify worker`: executes processing work for servers started with `--compute`.
+#[derive(clap::Args)]
+struct WorkerArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1", env = "CLOUDIFY_HOST")]
+    host: String,
+    /// Port to listen on.
+    #[arg(long, default_value_t = 9100, env = "CLOUDIFY_PORT")]
+    port: u16,
+    /// Take the first free port of a range, e.g. 9100-9200 (overrides --port).
+    #[arg(long, value_parser = serve::parse_port_range)]
+    port_range: Option<(u16, u16)>,
+    /// Write the URL the worker listens on to this file once it is listening.
+    #[arg(long)]
+    listen_file: Option<PathBuf>,
+    /// Keep up to BYTES of decoded stored chunks (as for `serve`).
+    #[arg(long, value_name = "BYTES", default_value_t = cloudify_server::chunk::cache::DEFAULT_BYTES)]
+    decoded_cache_bytes: u64,
 }
 
 /// Object-store settings for a dataset given on the command line: the `storage:` block of a
@@ -327,7 +382,7 @@ fn cache_dir(arg: Option<PathBuf>) -> PathBuf {
         .unwrap_or_else(|| std::env::temp_dir().join("cloudify-cache"))
 }
 
-fn specs(a: &ServeArgs) -> anyhow::Result<Vec<DatasetSpec>> {
+fn specs(a: &DataArgs) -> anyhow::Result<Vec<DatasetSpec>> {
     if a.demo {
         if !a.args.is_empty() {
             anyhow::bail!("--demo takes no NAME/PATH arguments");
@@ -366,9 +421,10 @@ fn specs(a: &ServeArgs) -> anyhow::Result<Vec<DatasetSpec>> {
     Ok(vec![spec])
 }
 
-fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
-    let specs = specs(&a)?;
-    cloudify_server::chunk::cache::cache().set_budget(a.decoded_cache_bytes);
+/// The datasets of `a` loaded (as `serve` loads them), with the thread count used.
+fn load(a: &DataArgs, decoded_cache_bytes: u64) -> anyhow::Result<(Vec<DatasetSpec>, app::Loaded, usize)> {
+    let specs = specs(a)?;
+    cloudify_server::chunk::cache::cache().set_budget(decoded_cache_bytes);
     let threads = a
         .threads
         .unwrap_or_else(|| {
@@ -379,10 +435,65 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         .max(1);
     let cache =
         (!a.no_cache).then(|| cloudify_server::open::cache::IndexCache::new(&cache_dir(a.cache_dir.clone())));
-    let app::Loaded {
-        mut state,
-        sources_not_found,
-    } = app::load_all(&specs, threads, cache.as_ref())?;
+    let loaded = app::load_all(&specs, threads, cache.as_ref())?;
+    Ok((specs, loaded, threads))
+}
+
+/// `cloudify worker`: the same datasets as `serve`, the task routes instead of the data
+/// routes.
+fn run_worker(a: WorkerArgs) -> anyhow::Result<()> {
+    let (_, app::Loaded { state, .. }, threads) = load(&a.data, a.decoded_cache_bytes)?;
+    for (name, e) in &state.datasets {
+        if let cloudify_server::state::Entry::Failed(why) = e {
+            eprintln!("cloudify worker: dataset '{name}' failed: {why}");
+        }
+    }
+    let state = Arc::new(state);
+    let opts = serve::ListenOpts {
+        host: a.host,
+        port: a.port,
+        port_range: a.port_range,
+        listen_file: a.listen_file,
+        tls: None,
+        conn: serve::ConnOpts {
+            header_timeout: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(75),
+            max_connections: None,
+            drain: Duration::from_secs(2),
+            shutdown_timeout: Duration::from_secs(10),
+            shutdown: state.shutdown.clone(),
+        },
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.clamp(1, 4))
+        .enable_all()
+        .build()?;
+    rt.block_on(serve::run_app(opts, move |_| {
+        cloudify_server::compute::worker::router(state)
+    }))
+}
+
+fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
+    let (
+        specs,
+        app::Loaded {
+            mut state,
+            sources_not_found,
+        },
+        threads,
+    ) = load(&a.data, a.decoded_cache_bytes)?;
+    if !a.compute.compute.is_empty() {
+        let remote =
+            cloudify_server::compute::client::Remote::new(cloudify_server::compute::client::Settings {
+                workers: a.compute.compute.clone(),
+                concurrency: a.compute.compute_concurrency,
+                queue: a.compute.compute_queue,
+                timeout: a.compute.compute_timeout,
+            })?;
+        remote.metrics.register(&state.metrics.registry)?;
+        tracing::info!(workers = %a.compute.compute.join(","), "processing work goes to the compute workers");
+        cloudify_server::processing::exec::set_remote(Some(Arc::new(remote)));
+    }
     state.max_source_bytes = a.max_source_bytes;
     state.compute_cache = cloudify_server::state::chunk_cache::ChunkCache::new(a.compute_cache_bytes);
     let ready = state
@@ -446,6 +557,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(a) => run_serve(*a),
         Command::Index(a) => run_index(a),
+        Command::Worker(a) => run_worker(*a),
         Command::Catalog(a) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

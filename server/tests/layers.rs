@@ -45,7 +45,7 @@ const LAYERS: &[&[&str]] = &[
     // all routes merged
     &["router"],
     // process edges: start-up, serving loop, demo data
-    &["app", "serve", "demo", "catalog::cli"],
+    &["app", "serve", "demo", "catalog::cli", "compute"],
 ];
 
 /// Module path (`a::b`) of every source file.

@@ -60,6 +60,19 @@ pub enum ReadError {
     /// A computed block that does not fit the variable (a bug in a computation).
     #[error("{0}")]
     Block(String),
+    /// Work sent to the compute service (`cloudify serve --compute`) could not be done
+    /// there: the message names the service or the worker.
+    #[error("{message}")]
+    Compute {
+        /// HTTP status to answer: 503 (service busy or gone), 502 (a worker answered
+        /// garbage or another protocol version), or the worker's own status for a failure
+        /// reading the data.
+        status: u16,
+        /// What happened, naming the compute service or worker.
+        message: String,
+        /// `Retry-After` seconds for a 503 that will pass (busy).
+        retry_after: Option<u64>,
+    },
 }
 
 /// Values read into the index from a local file's bytes are only served while the file is

@@ -90,6 +90,13 @@ pub trait Derive: Send + Sync + std::fmt::Debug {
     /// variables): part of the ETag and cache key of computed chunks, so that another
     /// pipeline over the same files never answers with this one's bytes.
     fn describe(&self) -> String;
+
+    /// The computation as [`std::any::Any`], for the layer that built it to recognise its
+    /// own kinds behind the trait object (a reduction's partial work, sent to compute
+    /// workers); `None` for computations nobody needs to recognise.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }
 
 impl Variable {

@@ -122,8 +122,20 @@ impl IntoResponse for ApiError {
 impl From<crate::chunk::read::ReadError> for ApiError {
     fn from(e: crate::chunk::read::ReadError) -> Self {
         use crate::chunk::read::ReadError as R;
+        if let R::Compute {
+            status,
+            message,
+            retry_after,
+        } = &e
+        {
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let mut err = ApiError::new(status, message.clone());
+            err.retry_after = *retry_after;
+            return err;
+        }
         let status = match &e {
             R::OutOfRange { .. } => StatusCode::BAD_REQUEST,
+            R::Compute { .. } => StatusCode::BAD_GATEWAY,
             R::TooLarge(_) | R::Block(_) | R::BadReference { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             R::Codec {
                 source: crate::codec::CodecError::Unsupported(_),

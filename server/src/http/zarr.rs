@@ -14,8 +14,7 @@ use crate::codec::{Encoding, ZSTD_LEVEL, encode, encode_stored, vlen_utf8};
 use crate::dataset::Variable;
 use crate::dtype::DType;
 use crate::pipeline::{
-    check_chunk_sources, describe, estimate_chunk_bytes, is_computed, raw_chunk, read_chunk,
-    read_chunk_strings,
+    check_chunk_sources, describe, estimate_chunk_bytes, is_computed, raw_chunk, read_chunk_strings,
 };
 use crate::state::chunk_cache::CacheKey;
 use crate::state::{AppState, Entry, Served};
@@ -212,8 +211,12 @@ pub async fn serve_key(
     let t0 = Instant::now();
     let s2 = s.clone();
     let limit = state.max_source_bytes;
+    // compute workers rebuild configured datasets and views by id; ad-hoc products are
+    // computed here (their reductions still send partials out)
+    let at = matches!(state.entry(&s.ds.name), Some(Entry::Ready(_)))
+        .then(|| crate::processing::exec::Locator::Dataset(s.ds.name.clone()));
     let result = state
-        .run_for(&s.ds, move || chunk_bytes(&s2, &ck, limit))
+        .run_for(&s.ds, move || chunk_bytes(&s2, &ck, limit, at.as_ref()))
         .await
         .ok_or_else(|| {
             ApiError::new(
@@ -232,7 +235,10 @@ pub async fn serve_key(
         if e.status == StatusCode::PAYLOAD_TOO_LARGE {
             state.metrics.source_bytes_refused.inc();
         }
-        ApiError::new(e.status, format!("dataset '{id}', key '{key}': {}", e.message))
+        let mut named = ApiError::new(e.status, format!("dataset '{id}', key '{key}': {}", e.message));
+        // a busy or unreachable compute service will pass: say when to come back
+        named.retry_after = e.retry_after;
+        named
     })?;
     state.metrics.chunk_seconds.observe(t0.elapsed().as_secs_f64());
     state.metrics.chunk_bytes.inc_by(bytes.len() as u64);
@@ -259,7 +265,12 @@ pub async fn serve_key(
 
 /// Encoded bytes of one chunk. Runs on the worker pool. A computed chunk estimated to read
 /// more than `limit` bytes of source data (0: no limit) is refused before anything is read.
-fn chunk_bytes(s: &Served, ck: &ChunkKey, limit: u64) -> Result<Vec<u8>, ApiError> {
+fn chunk_bytes(
+    s: &Served,
+    ck: &ChunkKey,
+    limit: u64,
+    at: Option<&crate::processing::exec::Locator>,
+) -> Result<Vec<u8>, ApiError> {
     let var: &Variable =
         s.ds.variable(&ck.var)
             .ok_or_else(|| ApiError::not_found(format!("no variable '{}'", ck.var)))?;
@@ -294,7 +305,7 @@ fn chunk_bytes(s: &Served, ck: &ChunkKey, limit: u64) -> Result<Vec<u8>, ApiErro
             return Ok(out);
         }
     }
-    encode(&read_chunk(var, &ck.index)?, enc).map_err(|e| encode_error(&e))
+    encode(&crate::processing::dispatch::read_chunk(at, var, &ck.index)?, enc).map_err(|e| encode_error(&e))
 }
 
 /// 413 for a computation that would read more source data than `--max-source-bytes`.

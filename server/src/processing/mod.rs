@@ -10,6 +10,8 @@
 
 pub mod bitround;
 pub mod derived;
+pub mod dispatch;
+pub mod exec;
 pub mod expr;
 pub mod histogram;
 pub mod plot;

@@ -52,7 +52,13 @@ impl Products {
             return Ok(s);
         }
         let id = format!("{}.groupby.{var}.{coord}.{action}", parent.ds.name);
-        let ds = reduce::build(
+        let at = crate::processing::exec::Locator::Product {
+            parent: parent.ds.name.clone(),
+            var: var.to_string(),
+            coord: coord.to_string(),
+            action: action.to_string(),
+        };
+        let ds = reduce::build_at(
             &parent.ds,
             &id,
             &Kind::GroupBy {
@@ -60,6 +66,7 @@ impl Products {
             },
             r,
             &[var.to_string()],
+            &at,
         )?;
         let meta = crate::zarr::render(&ds);
         let refs = crate::kerchunk::build(&ds);

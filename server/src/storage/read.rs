@@ -72,6 +72,18 @@ pub trait RangeRead: Sync {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Direct;
 
+/// Bytes of source data read by this process (local files and objects), for the compute
+/// worker's `cloudify_worker_bytes_read_total`.
+pub static BYTES_READ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn count_read<T: AsRef<[u8]>>(r: Result<Vec<T>, ByteError>) -> Result<Vec<T>, ByteError> {
+    if let Ok(v) = &r {
+        let n: u64 = v.iter().map(|b| b.as_ref().len() as u64).sum();
+        BYTES_READ.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+    r
+}
+
 impl RangeRead for Direct {
     fn read_many(&self, file: &SourceFile, ranges: &[(u64, u64)]) -> Result<Vec<Vec<u8>>, ByteError> {
         match &file.remote {
@@ -80,10 +92,11 @@ impl RangeRead for Direct {
                 .map(|(o, n)| pread_checked(&file.path, Some(file), *o, *n))
                 .collect(),
             Some(_) if ranges.is_empty() => Ok(Vec::new()),
-            Some(obj) => Ok(super::read_ranges(file, obj, ranges)?
+            // local reads are counted by `pread_checked`, objects here
+            Some(obj) => count_read(Ok(super::read_ranges(file, obj, ranges)?
                 .into_iter()
                 .map(|b| b.to_vec())
-                .collect()),
+                .collect())),
         }
     }
 
@@ -164,6 +177,7 @@ fn pread_checked(
     if buf.len() < n {
         return Err(truncated());
     }
+    BYTES_READ.fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
     Ok(buf)
 }
 

@@ -15,8 +15,9 @@
 
 use cloudify_crds::Reduce;
 
-/// The state of the slots of one output block.
-#[derive(Clone, Debug, PartialEq)]
+/// The state of the slots of one output block (serialisable: the partial result a compute
+/// worker sends back, see [`crate::processing::exec`]).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Acc {
     /// `sum` and `mean`: non-NaN count and sum.
     Sum {
@@ -188,6 +189,24 @@ impl Acc {
         }
     }
 
+    /// Whether `self` has the kind, reduction and slot count of `like` (an empty
+    /// accumulator of the block): a partial from elsewhere is merged only if it fits, never
+    /// silently truncated or mixed with another reduction's state.
+    pub fn fits(&self, like: &Acc) -> bool {
+        let lens = |a: &Acc| -> (u8, Option<Reduce>, Vec<usize>) {
+            match a {
+                Acc::Sum { n, sum } => (0, None, vec![n.len(), sum.len()]),
+                Acc::Count(n) => (1, None, vec![n.len()]),
+                Acc::Moments { n, mean, m2 } => (2, None, vec![n.len(), mean.len(), m2.len()]),
+                Acc::Pick(r, v) => (3, Some(*r), vec![v.len()]),
+                Acc::Values(v) => (4, None, vec![v.len()]),
+                Acc::IntSum(v) => (5, None, vec![v.len()]),
+                Acc::IntPick(r, v) => (6, Some(*r), vec![v.len()]),
+            }
+        };
+        lens(self) == lens(like)
+    }
+
     /// Combines with the accumulators of the stretch of the axis right after this one.
     pub fn merge(&mut self, later: Acc) {
         match (self, later) {
@@ -330,6 +349,24 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fits_tells_partials_of_another_block_or_reduction() {
+        let like = Acc::new(Reduce::Mean, 4);
+        assert!(
+            Acc::new(Reduce::Sum, 4).fits(&like),
+            "sum and mean share accumulators"
+        );
+        assert!(!Acc::new(Reduce::Mean, 3).fits(&like));
+        assert!(!Acc::new(Reduce::Count, 4).fits(&like));
+        assert!(!Acc::new(Reduce::Min, 4).fits(&Acc::new(Reduce::Max, 4)));
+        assert!(!Acc::new_int(Reduce::Sum, 4).fits(&like));
+        let odd = Acc::Sum {
+            n: vec![0; 4],
+            sum: vec![0.0; 3],
+        };
+        assert!(!odd.fits(&like), "ragged accumulators");
+    }
 
     const NAN: f64 = f64::NAN;
 

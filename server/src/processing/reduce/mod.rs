@@ -44,6 +44,7 @@ use cloudify_crds::{Frequency, Reduce};
 use rayon::prelude::*;
 
 use super::derived::Input;
+use super::exec::{self, Locator, Output, Task};
 use super::expr::Col;
 use crate::attrs::{AttrValue, Attrs};
 use crate::block::{Block, BlockData};
@@ -303,7 +304,7 @@ fn grouping(ds: &Dataset, kind: &Kind) -> Result<Grouping, ReduceError> {
 
 /// A variable of fixed values (the new coordinate), sliced on request.
 #[derive(Debug)]
-struct Constant(Block);
+pub(crate) struct Constant(Block);
 
 impl Derive for Constant {
     fn read(&self, start: &[u64], count: &[u64]) -> Result<Block, ReadError> {
@@ -338,11 +339,18 @@ impl Derive for Constant {
         }
         format!("const({:?}, {:016x})", self.0.dtype(), h.finish())
     }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
 }
 
 /// A reduced variable: each block computed from its groups' source rows.
 #[derive(Debug)]
-struct Reduced {
+pub(crate) struct Reduced {
+    /// The dataset this variable belongs to, as a compute worker finds it again
+    /// ([`super::exec::Task::Partial`]).
+    at: Locator,
     input: Input,
     axis: usize,
     assign: Arc<Assignment>,
@@ -448,33 +456,128 @@ impl Reduced {
     }
 }
 
-impl Derive for Reduced {
-    fn read(&self, start: &[u64], count: &[u64]) -> Result<Block, ReadError> {
+impl Reduced {
+    /// Empty accumulators of the output region of shape `count`.
+    fn new_acc(&self, count: &[u64]) -> Acc {
+        let slots: usize = count.iter().map(|c| *c as usize).product();
+        if self.int {
+            Acc::new_int(self.reduce, slots)
+        } else {
+            Acc::new(self.reduce, slots)
+        }
+    }
+
+    /// The accumulators of the output region `[start, start+count)` over the source rows of
+    /// `slabs` only, folded in order: one unit of work ([`Task::Partial`]), run here or on a
+    /// compute worker. The region and slabs come from elsewhere (a request to a worker):
+    /// they are checked against the variable, never trusted to index.
+    pub(crate) fn partial(
+        &self,
+        start: &[u64],
+        count: &[u64],
+        slabs: &[(u64, u64)],
+    ) -> Result<Acc, ReadError> {
         let ax = self.axis;
+        let shape = &self.input.var.shape;
+        let n_groups = self.assign.n_groups as u64;
+        let bad =
+            |why: String| ReadError::Block(format!("partial reduction of '{}': {why}", self.input.var.path));
+        if start.len() != shape.len() || count.len() != shape.len() {
+            return Err(bad(format!(
+                "region of {} dimensions, the variable has {}",
+                start.len(),
+                shape.len()
+            )));
+        }
+        for (i, ((s, c), n)) in start.iter().zip(count).zip(shape).enumerate() {
+            let n = if i == ax { n_groups } else { *n };
+            if s.checked_add(*c).is_none_or(|e| e > n) {
+                return Err(bad(format!(
+                    "region [{s}, {s}+{c}) outside dimension {i} of length {n}"
+                )));
+            }
+        }
+        let rows = self.assign.group.len() as u64;
+        if slabs.iter().any(|(r0, r1)| r0 >= r1 || *r1 > rows) {
+            return Err(bad(format!("source rows outside [0, {rows})")));
+        }
         let outer: usize = count[..ax].iter().map(|c| *c as usize).product();
         let inner: usize = count[ax + 1..].iter().map(|c| *c as usize).product();
         let (g0, k) = (start[ax] as usize, count[ax] as usize);
-        let slots = outer * k * inner;
-        let new = || {
-            if self.int {
-                Acc::new_int(self.reduce, slots)
-            } else {
-                Acc::new(self.reduce, slots)
+        let mut acc = self.new_acc(count);
+        let Some((src_start, src_count)) = self.source_region(start, count) else {
+            return Ok(acc);
+        };
+        for slab in slabs {
+            self.fold_slab(&mut acc, &src_start, &src_count, *slab, (g0, k), (outer, inner))?;
+        }
+        Ok(acc)
+    }
+}
+
+/// At most this many partials per output block: the slabs are cut into this many runs of
+/// consecutive slabs (fewer when there are fewer slabs), each folded in order, and the runs'
+/// partials merged in order. The cut depends on the slabs only — not on threads or workers
+/// — so a block's floating-point result is the same in-process and on any number of compute
+/// workers. Memory: up to this many accumulators of the block at once.
+pub const RUNS_PER_BLOCK: usize = 16;
+
+/// `slabs` cut into at most [`RUNS_PER_BLOCK`] runs of consecutive slabs, as even as can be.
+fn runs(slabs: Vec<(u64, u64)>) -> Vec<Vec<(u64, u64)>> {
+    let n = slabs.len().clamp(1, RUNS_PER_BLOCK);
+    let (per, extra) = (slabs.len() / n, slabs.len() % n);
+    let mut it = slabs.into_iter();
+    (0..n)
+        .map(|i| it.by_ref().take(per + usize::from(i < extra)).collect())
+        .filter(|r: &Vec<_>| !r.is_empty())
+        .collect()
+}
+
+impl Derive for Reduced {
+    fn read(&self, start: &[u64], count: &[u64]) -> Result<Block, ReadError> {
+        let ax = self.axis;
+        let inner: usize = count[ax + 1..].iter().map(|c| *c as usize).product();
+        let (g0, k) = (start[ax] as usize, count[ax] as usize);
+        let mut acc = self.new_acc(count);
+        if let Some((_, _, slabs)) = self.slabs(start, count) {
+            let runs = runs(slabs);
+            let partials: Vec<Acc> = match exec::remote() {
+                Some(remote) => {
+                    let tasks = runs
+                        .into_iter()
+                        .map(|slabs| Task::Partial {
+                            at: self.at.clone(),
+                            var: self.input.var.path.clone(),
+                            start: start.to_vec(),
+                            count: count.to_vec(),
+                            slabs,
+                        })
+                        .collect();
+                    remote
+                        .run_all(tasks)?
+                        .into_iter()
+                        .map(|o| match o {
+                            Output::Partial(a) if a.fits(&acc) => Ok(a),
+                            _ => Err(ReadError::Compute {
+                                status: 502,
+                                message: format!(
+                                    "a compute worker answered a partial reduction of '{}' that does not fit the block",
+                                    self.input.var.path
+                                ),
+                                retry_after: None,
+                            }),
+                        })
+                        .collect::<Result<_, _>>()?
+                }
+                None => runs
+                    .into_par_iter()
+                    .map(|run| self.partial(start, count, &run))
+                    .collect::<Result<_, _>>()?,
+            };
+            for p in partials {
+                acc.merge(p);
             }
-        };
-        let acc = match self.slabs(start, count) {
-            None => new(),
-            Some((src_start, src_count, slabs)) => slabs
-                .into_par_iter()
-                .try_fold(new, |mut acc, slab| {
-                    self.fold_slab(&mut acc, &src_start, &src_count, slab, (g0, k), (outer, inner))?;
-                    Ok::<_, ReadError>(acc)
-                })
-                .try_reduce(new, |mut a, b| {
-                    a.merge(b);
-                    Ok(a)
-                })?,
-        };
+        }
         // the group of each slot is empty: NaN (the served type is then a float)
         let empty = |slot: usize| self.empty[g0 + (slot / inner) % k];
         let unsigned = matches!(
@@ -540,6 +643,10 @@ impl Derive for Reduced {
             self.groups_hash,
             self.input.describe()
         )
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
     }
 }
 
@@ -626,13 +733,32 @@ fn bounds_names(ds: &Dataset) -> BTreeSet<String> {
 }
 
 /// The reduced dataset `id` of `parent`. `variables` empty: every numeric data variable
-/// along the reduced dimension.
+/// along the reduced dimension. Compute workers find it by its id (a view).
 pub fn build(
     parent: &Dataset,
     id: &str,
     kind: &Kind,
     reduce: Reduce,
     variables: &[String],
+) -> Result<Dataset, ReduceError> {
+    build_at(
+        parent,
+        id,
+        kind,
+        reduce,
+        variables,
+        &Locator::Dataset(id.to_string()),
+    )
+}
+
+/// [`build`], for a dataset compute workers find as `at` (an ad-hoc product).
+pub fn build_at(
+    parent: &Dataset,
+    id: &str,
+    kind: &Kind,
+    reduce: Reduce,
+    variables: &[String],
+    at: &Locator,
 ) -> Result<Dataset, ReduceError> {
     let g = grouping(parent, kind)?;
     let dims_of_coords: BTreeSet<&str> = parent.root.dims.iter().map(|(d, _)| d.as_str()).collect();
@@ -754,6 +880,7 @@ pub fn build(
             fill,
             chunks,
             values: Values::Derived(Arc::new(Reduced {
+                at: at.clone(),
                 input: i,
                 axis,
                 assign: g.assign.clone(),
@@ -847,4 +974,25 @@ fn chunk_len(g: &Grouping, inputs: &[Input]) -> u64 {
         .unwrap_or(1);
     // groups per source chunk, rounded, at least one
     ((src * n + rows / 2) / rows).clamp(1, n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_cover_the_slabs_in_order_and_depend_on_their_count_only() {
+        for n in [0usize, 1, 2, 15, 16, 17, 40, 1000] {
+            let slabs: Vec<(u64, u64)> = (0..n as u64).map(|i| (i * 10, i * 10 + 10)).collect();
+            let r = runs(slabs.clone());
+            assert!(r.len() <= RUNS_PER_BLOCK, "{n}: {} runs", r.len());
+            assert_eq!(r.len(), n.min(RUNS_PER_BLOCK), "{n}");
+            assert_eq!(r.concat(), slabs, "{n}: every slab once, in order");
+            let (lo, hi) = (
+                r.iter().map(Vec::len).min().unwrap_or(0),
+                r.iter().map(Vec::len).max().unwrap_or(0),
+            );
+            assert!(hi - lo <= 1, "{n}: even runs");
+        }
+    }
 }

@@ -1,0 +1,307 @@
+//! The server's side of `--compute`: tasks sent to the workers with bounded concurrency,
+//! per-task timeouts, retries on the next worker and a queue limit.
+//!
+//! - Concurrency: at most `concurrency` tasks are on the wire at once (a semaphore); the
+//!   others wait for a slot.
+//! - Backpressure: at most `queue` tasks may be admitted (waiting or running); a batch that
+//!   would go beyond is refused at once with 503 + `Retry-After` naming the compute
+//!   service, instead of holding unbounded memory and connections.
+//! - Faults: a worker that cannot be reached, resets the connection, answers 5xx without a
+//!   protocol body or does not answer within `timeout` is skipped and the task (idempotent)
+//!   goes to the next worker, up to one try per worker plus one; when every try failed the
+//!   task fails with 503 naming the service. A worker answering garbage or another
+//!   protocol version fails the task with 502 naming that worker: never data from it.
+//! - A worker's own [`protocol::Failure`] (the data cannot be read) is answered as is.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+use super::protocol::{self, Request, Response, VERSION, VERSION_HEADER};
+use crate::chunk::read::ReadError;
+use crate::processing::exec::{Executor, Output, Task};
+
+/// Settings of `serve --compute`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Worker base URLs (a Kubernetes Service is one URL; on-prem, one per worker).
+    pub workers: Vec<String>,
+    /// Tasks on the wire at once.
+    pub concurrency: usize,
+    /// Tasks admitted (waiting or running) at once before 503.
+    pub queue: usize,
+    /// Per-try timeout.
+    pub timeout: Duration,
+}
+
+/// Metrics of the fan-out (registered into the server's registry).
+#[derive(Debug, Clone)]
+pub struct ClientMetrics {
+    /// Tasks by outcome (`ok`, `failed`, `unavailable`, `bad_answer`).
+    pub tasks: IntCounterVec,
+    /// Tries that went to another worker after one failed or timed out.
+    pub retries: IntCounter,
+    /// Batches refused because the queue was full.
+    pub rejected: IntCounter,
+    /// Tasks admitted and not finished.
+    pub in_flight: IntGauge,
+}
+
+impl ClientMetrics {
+    fn new() -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            tasks: IntCounterVec::new(
+                Opts::new(
+                    "cloudify_compute_tasks_total",
+                    "Tasks sent to compute workers, by outcome",
+                ),
+                &["outcome"],
+            )?,
+            retries: IntCounter::new(
+                "cloudify_compute_retries_total",
+                "Task tries repeated on another worker after a worker failed or timed out",
+            )?,
+            rejected: IntCounter::new(
+                "cloudify_compute_rejected_total",
+                "Requests refused with 503 because the compute queue was full",
+            )?,
+            in_flight: IntGauge::new(
+                "cloudify_compute_in_flight",
+                "Tasks admitted to the compute service and not finished",
+            )?,
+        })
+    }
+
+    /// Registers every metric into `r` (the server's `/metrics`).
+    pub fn register(&self, r: &Registry) -> Result<(), prometheus::Error> {
+        r.register(Box::new(self.tasks.clone()))?;
+        r.register(Box::new(self.retries.clone()))?;
+        r.register(Box::new(self.rejected.clone()))?;
+        r.register(Box::new(self.in_flight.clone()))
+    }
+}
+
+/// The remote executor of `serve --compute`.
+#[derive(Debug)]
+pub struct Remote {
+    settings: Settings,
+    /// How the service is named in messages: the `--compute` value.
+    service: String,
+    http: reqwest::Client,
+    permits: Arc<tokio::sync::Semaphore>,
+    admitted: AtomicUsize,
+    next: AtomicUsize,
+    rt: tokio::runtime::Runtime,
+    /// Its metrics.
+    pub metrics: ClientMetrics,
+}
+
+/// Why one try failed.
+enum TryError {
+    /// The worker is gone or too slow: try another.
+    Retry(String),
+    /// The worker answered something that is not a valid answer: stop, naming it.
+    Bad(String),
+}
+
+impl Remote {
+    /// A client for `settings` (its own small runtime: tasks are sent from the decode pool's
+    /// threads, which are not async).
+    pub fn new(settings: Settings) -> anyhow::Result<Self> {
+        if settings.workers.is_empty() {
+            anyhow::bail!("--compute: no worker URL given");
+        }
+        for w in &settings.workers {
+            let u = url::Url::parse(w).map_err(|e| anyhow::anyhow!("--compute: '{w}' is not a URL: {e}"))?;
+            if !matches!(u.scheme(), "http" | "https") {
+                anyhow::bail!("--compute: '{w}' is not an http(s) URL");
+            }
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("cloudify-compute")
+            .enable_all()
+            .build()?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(Self {
+            service: settings.workers.join(","),
+            permits: Arc::new(tokio::sync::Semaphore::new(settings.concurrency.max(1))),
+            admitted: AtomicUsize::new(0),
+            next: AtomicUsize::new(0),
+            metrics: ClientMetrics::new()?,
+            http,
+            rt,
+            settings,
+        })
+    }
+
+    fn unavailable(&self, why: &str) -> ReadError {
+        ReadError::Compute {
+            status: 503,
+            message: format!("compute service {} unavailable: {why}", self.service),
+            retry_after: Some(1),
+        }
+    }
+
+    async fn try_once(&self, worker: &str, body: Vec<u8>) -> Result<Response, TryError> {
+        let url = format!("{}{}", worker.trim_end_matches('/'), protocol::TASK_PATH);
+        let send = self
+            .http
+            .post(&url)
+            .header(VERSION_HEADER, VERSION.to_string())
+            .header(reqwest::header::CONTENT_TYPE, protocol::CONTENT_TYPE)
+            .body(body)
+            .send();
+        let call = async {
+            let resp = send
+                .await
+                .map_err(|e| TryError::Retry(format!("worker {worker}: {e}")))?;
+            let status = resp.status();
+            let their = resp
+                .headers()
+                .get(VERSION_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u32>().ok());
+            let bytes = resp
+                .bytes()
+                .await
+                .map_err(|e| TryError::Retry(format!("worker {worker}: {e}")))?;
+            match their {
+                Some(v) if v != VERSION => {
+                    return Err(TryError::Bad(format!(
+                        "worker {worker}: {}",
+                        protocol::mismatch(VERSION, v)
+                    )));
+                }
+                // a proxy's 502/503 (the pod is going away): another worker may answer
+                None if status.is_server_error() => {
+                    return Err(TryError::Retry(format!("worker {worker}: HTTP {status}")));
+                }
+                None => {
+                    return Err(TryError::Bad(format!(
+                        "worker {worker} answered HTTP {status} without the compute protocol header (is it a cloudify worker?)"
+                    )));
+                }
+                Some(_) => {}
+            }
+            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                return Err(TryError::Retry(format!("worker {worker}: busy or shutting down")));
+            }
+            let r: Response = protocol::decode(&bytes)
+                .map_err(|e| TryError::Bad(format!("worker {worker} answered garbage: {e}")))?;
+            if r.version != VERSION {
+                return Err(TryError::Bad(format!(
+                    "worker {worker}: {}",
+                    protocol::mismatch(VERSION, r.version)
+                )));
+            }
+            Ok(r)
+        };
+        match tokio::time::timeout(self.settings.timeout, call).await {
+            Ok(r) => r,
+            Err(_) => Err(TryError::Retry(format!(
+                "worker {worker}: no answer within {:.1} s",
+                self.settings.timeout.as_secs_f64()
+            ))),
+        }
+    }
+
+    async fn run_one(&self, task: Task) -> Result<Output, ReadError> {
+        let body = protocol::encode(&Request {
+            version: VERSION,
+            task,
+        })
+        .map_err(ReadError::Block)?;
+        let n = self.settings.workers.len();
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut last = String::new();
+        for attempt in 0..=n {
+            if attempt > 0 {
+                self.metrics.retries.inc();
+            }
+            let worker = &self.settings.workers[(first + attempt) % n];
+            let permit = self.permits.clone().acquire_owned().await;
+            let r = self.try_once(worker, body.clone()).await;
+            drop(permit);
+            match r {
+                Ok(Response { result: Ok(o), .. }) => {
+                    self.metrics.tasks.with_label_values(&["ok"]).inc();
+                    return Ok(o);
+                }
+                Ok(Response { result: Err(f), .. }) => {
+                    self.metrics.tasks.with_label_values(&["failed"]).inc();
+                    return Err(ReadError::Compute {
+                        status: f.status,
+                        message: format!("compute worker {worker}: {}", f.message),
+                        retry_after: None,
+                    });
+                }
+                Err(TryError::Bad(m)) => {
+                    self.metrics.tasks.with_label_values(&["bad_answer"]).inc();
+                    tracing::error!("{m}");
+                    return Err(ReadError::Compute {
+                        status: 502,
+                        message: m,
+                        retry_after: None,
+                    });
+                }
+                Err(TryError::Retry(m)) => {
+                    tracing::warn!("{m}; trying another worker");
+                    last = m;
+                }
+            }
+        }
+        self.metrics.tasks.with_label_values(&["unavailable"]).inc();
+        Err(self.unavailable(&format!("{} tries failed, the last: {last}", n + 1)))
+    }
+}
+
+impl Executor for Remote {
+    fn run_all(&self, tasks: Vec<Task>) -> Result<Vec<Output>, ReadError> {
+        let k = tasks.len();
+        let before = self.admitted.fetch_add(k, Ordering::AcqRel);
+        let _release = Release(&self.admitted, k, &self.metrics.in_flight);
+        self.metrics.in_flight.add(k as i64);
+        // a batch larger than the limit still runs when nothing else is queued: one request
+        // always makes progress
+        if before > 0 && before + k > self.settings.queue {
+            self.metrics.rejected.inc();
+            return Err(ReadError::Compute {
+                status: 503,
+                message: format!(
+                    "compute service {} busy: {before} tasks queued or running (limit {}); retry later",
+                    self.service, self.settings.queue
+                ),
+                retry_after: Some(1),
+            });
+        }
+        let run = || {
+            self.rt.block_on(async {
+                let futs = tasks.into_iter().map(|t| self.run_one(t));
+                futures_util::future::try_join_all(futs).await
+            })
+        };
+        // Called from the decode pool (not async). Should a caller ever be on an async
+        // thread, blocking on the runtime there would panic: wait on a plain thread instead.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return std::thread::scope(|s| s.spawn(run).join())
+                .unwrap_or_else(|_| Err(ReadError::Block("the compute client panicked (bug)".into())));
+        }
+        run()
+    }
+}
+
+/// Gives back admitted slots when a batch ends (whatever way).
+struct Release<'a>(&'a AtomicUsize, usize, &'a IntGauge);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::AcqRel);
+        self.2.sub(self.1 as i64);
+    }
+}

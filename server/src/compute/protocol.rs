@@ -1,0 +1,109 @@
+//! The wire format between server and worker: `POST /v1/task` with a postcard-encoded
+//! [`Request`], answered by a postcard-encoded [`Response`] (partial accumulators are
+//! arrays of numbers: a compact binary body, not JSON). Both carry [`VERSION`] (also in
+//! the [`VERSION_HEADER`]), and each side refuses the other's version if it differs, with
+//! a message naming both: a server and a worker of different releases never exchange
+//! tasks whose meaning may have changed.
+
+use serde::{Deserialize, Serialize};
+
+use crate::processing::exec::{Output, Task};
+
+/// The protocol version; bump it whenever [`Request`], [`Response`], [`Task`] or
+/// [`Output`] (or what a task computes) changes.
+pub const VERSION: u32 = 1;
+
+/// Header holding the sender's protocol version, readable without decoding the body.
+pub const VERSION_HEADER: &str = "x-cloudify-compute-version";
+
+/// Content type of request and response bodies.
+pub const CONTENT_TYPE: &str = "application/x-cloudify-compute";
+
+/// The route a worker takes tasks on.
+pub const TASK_PATH: &str = "/v1/task";
+
+/// One task for a worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// The sender's [`VERSION`].
+    pub version: u32,
+    /// What to compute.
+    pub task: Task,
+}
+
+/// A worker's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// The worker's [`VERSION`].
+    pub version: u32,
+    /// The output, or why the task failed there.
+    pub result: Result<Output, Failure>,
+}
+
+/// A task that failed on the worker for a reason another worker would meet as well (the
+/// data cannot be read, the dataset is not configured there): answered, not retried.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    /// HTTP status the server answers its client.
+    pub status: u16,
+    /// What happened.
+    pub message: String,
+}
+
+/// Encodes a message (infallible for these types; an error is a bug, reported as such).
+pub fn encode<T: Serialize>(m: &T) -> Result<Vec<u8>, String> {
+    postcard::to_stdvec(m).map_err(|e| format!("cannot encode a compute message: {e}"))
+}
+
+/// Decodes a message.
+pub fn decode<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Result<T, String> {
+    postcard::from_bytes(b).map_err(|e| format!("not a compute protocol message ({e})"))
+}
+
+/// The message for a version mismatch, naming both versions.
+pub fn mismatch(server: u32, worker: u32) -> String {
+    format!(
+        "compute protocol version mismatch: the server speaks version {server}, the worker version {worker}; run the same cloudify release for both"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::processing::exec::Locator;
+    use crate::processing::reduce::accum::Acc;
+    use cloudify_crds::Reduce;
+
+    #[test]
+    fn messages_round_trip_and_garbage_is_refused() {
+        let req = Request {
+            version: VERSION,
+            task: Task::Partial {
+                at: Locator::Product {
+                    parent: "d".into(),
+                    var: "tas".into(),
+                    coord: "time.month".into(),
+                    action: "mean".into(),
+                },
+                var: "tas".into(),
+                start: vec![0, 0],
+                count: vec![12, 4],
+                slabs: vec![(0, 10), (10, 20)],
+            },
+        };
+        let b = encode(&req).expect("encode");
+        assert_eq!(decode::<Request>(&b).expect("decode"), req);
+        let mut acc = Acc::new_int(Reduce::Sum, 3);
+        acc.add_int(0, &[i128::from(i64::MAX), -1, 7]);
+        let resp = Response {
+            version: VERSION,
+            result: Ok(Output::Partial(acc)),
+        };
+        let b = encode(&resp).expect("encode");
+        assert_eq!(decode::<Response>(&b).expect("decode"), resp);
+        assert!(decode::<Response>(b"<html>not a worker</html>").is_err());
+        assert!(decode::<Response>(&b[..b.len() / 2]).is_err());
+        let m = mismatch(1, 2);
+        assert!(m.contains("version 1") && m.contains("version 2"), "{m}");
+    }
+}

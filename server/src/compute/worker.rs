@@ -1,0 +1,226 @@
+//! `cloudify worker`: a stateless HTTP service executing units of processing work for
+//! servers started with `--compute`. It loads the same dataset configuration as
+//! `cloudify serve` (and shares or rebuilds the index cache), reads the sources itself and
+//! answers one [`protocol::Request`] per `POST /v1/task` with the output of
+//! [`crate::processing::dispatch::execute`] — the code the server runs in-process.
+//!
+//! Routes: `/v1/task`, `/healthz`, `/readyz` (the server's: ready when a dataset opened,
+//! not while shutting down), `/metrics` (`cloudify_worker_*`: tasks, seconds, bytes read,
+//! in flight).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
+
+use super::protocol::{self, Failure, Request, VERSION, VERSION_HEADER};
+use crate::http::error::ApiError;
+use crate::processing::exec::{Locator, Output, Task};
+use crate::state::{AppState, Entry};
+
+/// The worker's own metrics (in the registry `/metrics` renders).
+#[derive(Debug, Clone)]
+pub struct WorkerMetrics {
+    /// Tasks by kind (`chunk`, `partial`) and outcome (`ok`, `failed`, `refused`).
+    pub tasks: IntCounterVec,
+    /// Seconds per task.
+    pub seconds: Histogram,
+    /// Source bytes read by this process.
+    pub bytes_read: IntCounter,
+    /// Tasks running now.
+    pub in_flight: IntGauge,
+}
+
+impl WorkerMetrics {
+    fn new(r: &prometheus::Registry) -> Result<Self, prometheus::Error> {
+        let m = Self {
+            tasks: IntCounterVec::new(
+                Opts::new(
+                    "cloudify_worker_tasks_total",
+                    "Tasks executed, by kind and outcome",
+                ),
+                &["kind", "outcome"],
+            )?,
+            seconds: Histogram::with_opts(HistogramOpts::new(
+                "cloudify_worker_task_seconds",
+                "Time to execute one task",
+            ))?,
+            bytes_read: IntCounter::new(
+                "cloudify_worker_bytes_read_total",
+                "Bytes of source data read by this worker",
+            )?,
+            in_flight: IntGauge::new("cloudify_worker_in_flight", "Tasks executing now")?,
+        };
+        r.register(Box::new(m.tasks.clone()))?;
+        r.register(Box::new(m.seconds.clone()))?;
+        r.register(Box::new(m.bytes_read.clone()))?;
+        r.register(Box::new(m.in_flight.clone()))?;
+        Ok(m)
+    }
+
+    /// Brings `bytes_read` up to the process's count of source bytes read.
+    fn sync_bytes(&self) {
+        let total = crate::storage::read::BYTES_READ.load(std::sync::atomic::Ordering::Relaxed);
+        let seen = self.bytes_read.get();
+        if total > seen {
+            self.bytes_read.inc_by(total - seen);
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Worker {
+    state: Arc<AppState>,
+    metrics: WorkerMetrics,
+}
+
+/// The worker's routes over the loaded datasets in `state`.
+pub fn router(state: Arc<AppState>) -> anyhow::Result<Router> {
+    let metrics = WorkerMetrics::new(&state.metrics.registry)?;
+    let w = Worker {
+        state: state.clone(),
+        metrics,
+    };
+    let m = w.metrics.clone();
+    Ok(Router::new()
+        .route(protocol::TASK_PATH, post(task).with_state(w))
+        .route("/healthz", get(crate::http::meta::healthz))
+        .route(
+            "/readyz",
+            get(crate::http::meta::readyz).with_state(state.clone()),
+        )
+        .route(
+            "/metrics",
+            get(move |s: State<Arc<AppState>>| {
+                m.sync_bytes();
+                crate::http::meta::metrics(s)
+            })
+            .with_state(state),
+        ))
+}
+
+fn answer(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(protocol::CONTENT_TYPE),
+    );
+    r.headers_mut().insert(VERSION_HEADER, HeaderValue::from(VERSION));
+    r
+}
+
+fn respond(result: Result<Output, Failure>) -> Response {
+    match protocol::encode(&protocol::Response {
+        version: VERSION,
+        result,
+    }) {
+        Ok(b) => answer(StatusCode::OK, b),
+        Err(m) => answer(StatusCode::INTERNAL_SERVER_ERROR, m.into_bytes()),
+    }
+}
+
+fn failure(status: u16, message: String) -> Failure {
+    Failure { status, message }
+}
+
+/// The dataset a task names, as this worker loaded it.
+fn dataset(state: &AppState, at: &Locator) -> Result<Arc<crate::state::Served>, Failure> {
+    let entry = |id: &str| match state.entry(id) {
+        Some(Entry::Ready(s)) => Ok(s.clone()),
+        Some(Entry::Failed(why)) => Err(failure(
+            503,
+            format!("dataset '{id}' failed to open on this worker: {why}"),
+        )),
+        None => Err(failure(
+            502,
+            format!("this worker has no dataset '{id}' (start it with the same configuration as the server)"),
+        )),
+    };
+    match at {
+        Locator::Dataset(id) => entry(id),
+        Locator::Product {
+            parent,
+            var,
+            coord,
+            action,
+        } => {
+            let p = entry(parent)?;
+            state
+                .products
+                .get(&p, var, coord, action)
+                .map_err(|e| failure(400, format!("dataset '{parent}': {e}")))
+        }
+    }
+}
+
+async fn task(State(w): State<Worker>, headers: HeaderMap, body: Bytes) -> Response {
+    let theirs = headers
+        .get(VERSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok());
+    if theirs != Some(VERSION) {
+        let why = match theirs {
+            Some(v) => protocol::mismatch(v, VERSION),
+            None => format!(
+                "not a compute protocol request: no {VERSION_HEADER} header (this worker speaks version {VERSION})"
+            ),
+        };
+        w.metrics.tasks.with_label_values(&["unknown", "refused"]).inc();
+        return answer(StatusCode::CONFLICT, why.into_bytes());
+    }
+    let req: Request = match protocol::decode(&body) {
+        Ok(r) => r,
+        Err(m) => {
+            w.metrics.tasks.with_label_values(&["unknown", "refused"]).inc();
+            return answer(StatusCode::BAD_REQUEST, m.into_bytes());
+        }
+    };
+    if req.version != VERSION {
+        w.metrics.tasks.with_label_values(&["unknown", "refused"]).inc();
+        return answer(
+            StatusCode::CONFLICT,
+            protocol::mismatch(req.version, VERSION).into_bytes(),
+        );
+    }
+    if w.state.shutdown.is_set() {
+        // the server tries another worker
+        return answer(StatusCode::SERVICE_UNAVAILABLE, b"shutting down".to_vec());
+    }
+    let kind = match req.task {
+        Task::Chunk { .. } => "chunk",
+        Task::Partial { .. } => "partial",
+    };
+    w.metrics.in_flight.inc();
+    let t0 = Instant::now();
+    let st = w.state.clone();
+    let result = w
+        .state
+        .run(move || {
+            let s = dataset(&st, req.task.locator())?;
+            crate::processing::dispatch::execute(&s.ds, &req.task).map_err(|e| {
+                let e = ApiError::from(e);
+                failure(
+                    e.status.as_u16(),
+                    format!("dataset '{}': {}", s.ds.name, e.message),
+                )
+            })
+        })
+        .await
+        .unwrap_or_else(|| {
+            Err(failure(
+                500,
+                "internal error while computing the task (see worker log)".into(),
+            ))
+        });
+    w.metrics.in_flight.dec();
+    w.metrics.seconds.observe(t0.elapsed().as_secs_f64());
+    let outcome = if result.is_ok() { "ok" } else { "failed" };
+    w.metrics.tasks.with_label_values(&[kind, outcome]).inc();
+    respond(result)
+}
