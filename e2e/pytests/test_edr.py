@@ -365,3 +365,36 @@ def test_too_many_source_bytes_is_413(served):
     assert "--max-source-bytes" in r.json()["error"]
     r = _get(url, "nope", "position", {"coords": "POINT(1 1)"})
     assert r.status_code == 404
+
+
+def test_html_summary_links_the_position_query(served):
+    """The dataset's HTML page has a form for the position query; submitted as a browser
+    would (its action resolved against the page, its fields' values), it answers."""
+    import html.parser
+    from urllib.parse import urljoin
+
+    url, _ = served
+    page = f"{url}/datasets/miroc/"
+    r = requests.get(page, headers={"Accept": "text/html"}, timeout=30)
+    assert r.status_code == 200
+
+    class Form(html.parser.HTMLParser):
+        action, fields = None, {}
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if tag == "form" and "edr/" in a.get("action", ""):
+                Form.action = a["action"]
+            if tag == "input":
+                Form.fields[a["name"]] = a.get("value", "")
+
+    Form().feed(r.text)
+    assert Form.action and "coords" in Form.fields, r.text
+    query = {**Form.fields, "coords": "POINT(1 88)", "f": "csv"}
+    got = requests.get(urljoin(page, Form.action), params=query, timeout=60)
+    assert got.status_code == 200, got.text
+    assert len(got.text.splitlines()) == 1 + 1096 * 2  # header, then (time, plev) rows
+    r = requests.get(f"{url}/openapi.json", timeout=30).json()
+    for p in ("/datasets/{id}/edr/position", "/datasets/{id}/edr/area"):
+        names = {q["name"] for q in r["paths"][p]["get"]["parameters"]}
+        assert {"coords", "parameter-name", "datetime", "z", "f"} <= names
