@@ -260,6 +260,17 @@ mod tests {
         assert_eq!(&b[n - 8..], &7.0f64.to_be_bytes());
         assert_eq!(&b[n - 20..n - 16], &1.5f32.to_be_bytes());
         assert_eq!(&b[n - 44..n - 36], &1.0f64.to_be_bytes());
+        // the server's own netCDF-3 reader reads it back: names, shapes, offsets, attributes
+        let h = crate::source::nc3::parse_header(&b, b.len() as u64).unwrap();
+        assert_eq!(h.version, 2);
+        let v = h.var("v").unwrap();
+        assert_eq!(h.shape(v), vec![3]);
+        let at = v.begin as usize;
+        assert_eq!(&b[at..at + 4], &1.5f32.to_be_bytes());
+        let s = h.var("s").unwrap();
+        assert_eq!(h.shape(s), Vec::<u64>::new());
+        assert_eq!(&b[s.begin as usize..s.begin as usize + 8], &7.0f64.to_be_bytes());
+        assert_eq!(h.attr("title").and_then(|a| a.as_str()), Some("abc"));
         let bad = File {
             dims: vec![("t".into(), 2)],
             attrs: vec![],

@@ -1107,7 +1107,10 @@ fn netcdf(plan: &Plan, cols: &[Col]) -> Result<Vec<u8>, ApiError> {
             Col::F32(x) => {
                 attrs.push(Attr::F32("_FillValue".into(), f32::NAN));
                 let vals = (0..len)
-                    .map(|i| if selected(plan, i) { x[i] } else { f32::NAN })
+                    .map(|i| match x.get(i) {
+                        Some(v) if selected(plan, i) => *v,
+                        _ => f32::NAN,
+                    })
                     .collect();
                 Var::f32(&v.name, dimids, attrs, vals)
             }
