@@ -61,6 +61,12 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", 400, 404, 416
 [[operations]]
 include-path-regex = '/histogram/'
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", 400, 404, 416]
+
+# An EDR query can be well-formed and still miss the grid (a point outside it, a polygon with
+# no cell centre, a datetime outside the time axis, a variable off the grid): 400 naming it.
+[[operations]]
+include-path-regex = '/edr/'
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", 400, 404, 413]
 """
     )
 

@@ -169,12 +169,17 @@ fn plot_links(ds: &Dataset) -> String {
     }
     format!("<p>Maps (PNG): {}</p>", links.join(" · "))
 }
+/// A form for the EDR position query (`/datasets/{id}/edr/position`, see `crate::http::edr`):
+/// a point series is what many visitors of a dataset want, in a format they choose. The
+/// other parameters keep their defaults (every variable, all times); `datetime` is sent as
+/// `../..` because an empty one is refused.
+const EDR_FORM: &str = "<form action=\"edr/position\" method=\"get\"><p>Time series at a point (OGC API EDR, nearest cell; polygons: <code>edr/area?coords=POLYGON((...))</code>): <input name=\"coords\" required placeholder=\"POINT(lon lat)\" size=\"24\"> <input name=\"datetime\" value=\"../..\" size=\"24\" title=\"a/b, '..' for an open end\"> <select name=\"f\"><option value=\"cf_covjson\">CoverageJSON</option><option value=\"csv\">CSV</option><option value=\"nc\">netCDF</option></select> <button>extract</button></p></form>";
 
 /// HTML page wrapping the text summary.
 pub fn html(ds: &Dataset) -> String {
     let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
     format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{name}</title></head><body><h1>{name}</h1><pre>{}</pre><p>Zarr: <a href=\"zarr/.zmetadata\">v2 (.zmetadata)</a> · <a href=\"zarr/zarr.json\">v3 (zarr.json)</a> · <a href=\"info\">info</a> · <a href=\"dict\">dict</a></p>{plots}</body></html>",
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{name}</title></head><body><h1>{name}</h1><pre>{}</pre><p>Zarr: <a href=\"zarr/.zmetadata\">v2 (.zmetadata)</a> · <a href=\"zarr/zarr.json\">v3 (zarr.json)</a> · <a href=\"info\">info</a> · <a href=\"dict\">dict</a></p>{plots}{EDR_FORM}</body></html>",
         esc(&text(ds)),
         plots = plot_links(ds),
         name = esc(&ds.name)

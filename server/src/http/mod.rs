@@ -1,5 +1,7 @@
 //! HTTP surface: thin handlers over the dataset registry.
 
+pub mod cdf;
+pub mod edr;
 pub mod error;
 pub mod groupby;
 pub mod histogram;
@@ -60,6 +62,9 @@ pub fn routes() -> Router<Arc<AppState>> {
             "/datasets/{id}/plot/{var}/{kind}/{cmap}/{*selection}",
             get(plot::plot_sel),
         )
+        // OGC API EDR-style extraction (position time series, area)
+        .route("/datasets/{id}/edr/position", get(edr::position))
+        .route("/datasets/{id}/edr/area", get(edr::area))
         .route("/datasets/{id}/zarr", get(zarr::zarr_root))
         // OPeNDAP DAP2: `opendap.dds`, `.das`, `.dods`, ... (axum cannot capture a suffix
         // inside a segment; static siblings such as `keys` still win).

@@ -178,6 +178,28 @@ pub const ROUTES: &[(&str, &str, &str, &[&str], Kind)] = &[
         Kind::Dap,
     ),
     (
+        "/datasets/{id}/edr/position",
+        "OGC API EDR position query (xpublish-edr's parameters): the time series of the grid cell nearest to a WKT POINT(lon lat), as xarray's ds[params].sel(lon=lon, lat=lat, method=\"nearest\") selects it (ties to the larger coordinate; a longitude is wrapped into the dataset's 0..360 or -180..180 convention; farther than half a cell outside the grid is 400; 1-D longitude/latitude coordinates only, curvilinear grids are 400). datetime: an instant (the nearest step) or an interval a/b with '..' for an open end, partial ISO dates in the time axis' CF calendar as .sel(time=slice(a, b)); z: one value (nearest) or a/b; other dimensions by name the same way. f: cf_covjson (CoverageJSON, default), csv, nc (netCDF-3 64-bit offset). Values decoded as xarray decodes them (masked values null/NaN/empty). X-Cloudify-Source-Bytes: the source bytes read (the chunks holding the point)",
+        "edr",
+        &[
+            "application/prs.coverage+json",
+            "text/csv",
+            "application/x-netcdf",
+        ],
+        Kind::Dataset,
+    ),
+    (
+        "/datasets/{id}/edr/area",
+        "OGC API EDR area query: the grid cells whose centres fall inside a WKT POLYGON((lon lat, ...)) (even-odd rule over its rings; a centre on the boundary may go either way), with the position query's datetime, z, parameter-name and f. CoverageJSON (a Grid) and netCDF hold the bounding grid of those cells with the others null/NaN, CSV one row per inside cell",
+        "edr",
+        &[
+            "application/prs.coverage+json",
+            "text/csv",
+            "application/x-netcdf",
+        ],
+        Kind::Dataset,
+    ),
+    (
         "/datasets/{id}/stac",
         "STAC 1.1 Item of the dataset (datacube and xarray-assets extensions)",
         "catalog",
@@ -345,6 +367,39 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
             "description": "'vmin,vmax' of the colour bar (vmin <= vmax)"}),
         );
     }
+    if path.contains("/edr/") {
+        let (geom, example) = if path.ends_with("/position") {
+            (
+                "A WKT point 'POINT(lon lat)' (longitude, latitude in degrees; CRS84)",
+                "POINT(11 47)",
+            )
+        } else {
+            (
+                "A WKT polygon 'POLYGON((lon lat, lon lat, ...))', rings closed (last point = first), holes as further rings",
+                "POLYGON((0 40, 20 40, 20 60, 0 60, 0 40))",
+            )
+        };
+        params.push(json!({"name": "coords", "in": "query", "required": true,
+            "schema": {"type": "string"}, "example": example, "description": geom}));
+        params.push(json!({"name": "parameter-name", "in": "query", "required": false,
+            "schema": {"type": "string"}, "example": "tas",
+            "description": "Comma-separated variables (default: every variable on the longitude/latitude grid); an unknown one is 400 naming the allowed ones"}));
+        params.push(json!({"name": "datetime", "in": "query", "required": false,
+            "schema": {"type": "string"}, "example": "2000-01/2000-06",
+            "description": "An instant (the nearest time step) or an interval 'a/b' ('..' for an open end): ISO dates YYYY[-MM[-DD[Thh[:mm[:ss]]]]][Z] in the time axis' CF calendar, partial dates covering their whole period"}));
+        params.push(json!({"name": "z", "in": "query", "required": false,
+            "schema": {"type": "string"},
+            "description": "The vertical level nearest to a value, or a value range 'a/b'"}));
+        params.push(json!({"name": "f", "in": "query", "required": false,
+            "schema": {"type": "string", "enum": ["cf_covjson", "csv", "nc"]},
+            "description": "Output format: cf_covjson (CoverageJSON, default), csv, nc (netCDF-3)"}));
+        params.push(json!({"name": "crs", "in": "query", "required": false,
+            "schema": {"type": "string", "enum": ["EPSG:4326", "CRS84", "OGC:CRS84"]},
+            "description": "Coordinate reference system of coords: longitude/latitude only"}));
+        params.push(json!({"name": "method", "in": "query", "required": false,
+            "schema": {"type": "string", "enum": ["nearest"]},
+            "description": "Selection method: nearest (the only one)"}));
+    }
     if path.contains("{key}") {
         params.push(path_param("key", "Zarr key, may contain '/'"));
     }
@@ -461,6 +516,16 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
         responses.insert(
             "413".into(),
             error_response("The image would hold more than 4000000 cells or 500 frames, or read more source data than --max-source-bytes"),
+        );
+    }
+    if path.contains("/edr/") {
+        responses.insert(
+            "400".into(),
+            error_response("Invalid dataset id, or a query parameter that is malformed or does not fit the dataset (WKT, unknown parameter, a point outside the grid, an empty or unparseable datetime, a selection of nothing); the message names it and the allowed values"),
+        );
+        responses.insert(
+            "413".into(),
+            error_response("The selection would read more source data than --max-source-bytes allows, or hold more than 5000000 values"),
         );
     }
     if kind == Kind::Ranged {

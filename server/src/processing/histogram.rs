@@ -362,8 +362,10 @@ pub fn density(counts: &[i64], widths: &[f64]) -> Vec<f64> {
 
 /// A parsed date bound: its first and last instants in the calendar
 /// (`2000-12` → 2000-12-01 00:00 and 2000-12-31 23:59:59.999999), as pandas and
-/// CFTimeIndex resolve partial date strings in `.sel(time=slice(a, b))`.
-fn date_bounds(s: &str, axis: &TimeAxis) -> Option<(CfDate, CfDate)> {
+/// CFTimeIndex resolve partial date strings in `.sel(time=slice(a, b))`. Shared with the
+/// EDR routes' `datetime` so that there is one date parser. `None`: not a date of the
+/// calendar.
+pub fn date_bounds(s: &str, axis: &TimeAxis) -> Option<(CfDate, CfDate)> {
     let cal = axis.calendar();
     let (date, time) = match s.find(['T', ' ']) {
         Some(i) => (&s[..i], Some(&s[i + 1..])),
@@ -462,6 +464,17 @@ pub fn slice_positions<T: PartialOrd + Copy>(values: &[T], from: T, to: T) -> Op
 
 /// The selection of `dim` by `(from, to)` on its coordinate in `ds`: `(start, count)`.
 pub(crate) fn select(ds: &Dataset, dim: &str, from: &str, to: &str) -> Result<(u64, u64), HistError> {
+    select_open(ds, dim, Some(from), Some(to))
+}
+
+/// [`select`] with open ends (`None`: unbounded on that side, as `slice(None, b)`), for
+/// the EDR routes' `datetime=../b` and `a/..`.
+pub fn select_open(
+    ds: &Dataset,
+    dim: &str,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Result<(u64, u64), HistError> {
     let c = ds
         .variable(dim)
         .filter(|v| v.dims.len() == 1 && v.dims[0] == dim)
@@ -518,15 +531,32 @@ pub(crate) fn select(ds: &Dataset, dim: &str, from: &str, to: &str) -> Result<(u
                 format!("'{s}' is not a date of the '{dim}' calendar (YYYY[-MM[-DD[Thh[:mm[:ss]]]]])"),
             )
         };
-        let (f0, f1) = date_bounds(from, &axis).ok_or_else(|| bad(from))?;
-        let (t0, t1) = date_bounds(to, &axis).ok_or_else(|| bad(to))?;
         let asc = dates.windows(2).all(|w| w[0] <= w[1]);
+        let first = dates.iter().min().copied();
+        let last = dates.iter().max().copied();
+        let (Some(first), Some(last)) = (first, last) else {
+            return Err(err(dim, format!("'{dim}' is empty")));
+        };
+        // an open end is the axis' own end (which side depends on the order)
+        let (f0, f1) = match from {
+            Some(f) => date_bounds(f, &axis).ok_or_else(|| bad(f))?,
+            None if asc => (first, first),
+            None => (last, last),
+        };
+        let (t0, t1) = match to {
+            Some(t) => date_bounds(t, &axis).ok_or_else(|| bad(t))?,
+            None if asc => (last, last),
+            None => (first, first),
+        };
         // a partial date's left bound is its start, its right bound its end (swapped on a
         // descending index), as CFTimeIndex resolves slice bounds
         let (lo, hi) = if asc { (f0, t1) } else { (f1, t0) };
         slice_positions(&dates, lo, hi)
     } else {
-        let (mut a, mut b) = (parse_f64(dim, from)?, parse_f64(dim, to)?);
+        let asc = vals.windows(2).all(|w| w[0] <= w[1]);
+        let open_lo = if asc { f64::NEG_INFINITY } else { f64::INFINITY };
+        let mut a = from.map_or(Ok(open_lo), |f| parse_f64(dim, f))?;
+        let mut b = to.map_or(Ok(-open_lo), |t| parse_f64(dim, t))?;
         if c.dtype == DType::F32 {
             // NumPy's searchsorted casts a Python float bound to the float32 index's type
             #[allow(clippy::cast_possible_truncation)]
@@ -547,7 +577,9 @@ pub(crate) fn select(ds: &Dataset, dim: &str, from: &str, to: &str) -> Result<(u
         return Err(err(
             dim,
             format!(
-                "{from}/{to} selects nothing of '{dim}' (a descending coordinate is selected from the larger value to the smaller, as xarray does)"
+                "{}/{} selects nothing of '{dim}' (a descending coordinate is selected from the larger value to the smaller, as xarray does)",
+                from.unwrap_or(".."),
+                to.unwrap_or("..")
             ),
         ));
     }
