@@ -17,7 +17,7 @@ use crate::pipeline::{
     check_chunk_sources, describe, estimate_chunk_bytes, is_computed, raw_chunk, read_chunk,
     read_chunk_strings,
 };
-use crate::state::chunk_cache::CacheKey;
+use crate::state::chunk_cache::{CacheKey, Computed, Failed};
 use crate::state::{AppState, Entry, Served};
 use crate::storage::read::check_unchanged;
 use crate::zarr::key::{ChunkKey, Format, KeyError, parse_chunk_key};
@@ -178,9 +178,9 @@ pub async fn serve_key(
     }
     // Object-store sources are checked for changes only by reading them: their computed
     // chunks are not cached, so a replaced object is never answered from memory.
-    let cache_key = var
+    let flight_key = var
         .as_deref()
-        .filter(|v| state.compute_cache.enabled() && !s.ds.remote && is_computed(v))
+        .filter(|v| !s.ds.remote && is_computed(v))
         .map(|_| CacheKey {
             dataset: s.ds.name.clone(),
             fingerprint: s.ds.fingerprint,
@@ -188,6 +188,7 @@ pub async fn serve_key(
             key: key.clone(),
             format: ck.format,
         });
+    let cache_key = flight_key.clone().filter(|_| state.compute_cache.enabled());
     if let (Some(ck_), Some(v)) = (&cache_key, &var)
         && let Some(bytes) = state.compute_cache.get(ck_)
     {
@@ -209,33 +210,75 @@ pub async fn serve_key(
     if cache_key.is_some() {
         state.metrics.compute_cache_misses.inc();
     }
-    let t0 = Instant::now();
-    let s2 = s.clone();
-    let limit = state.max_source_bytes;
-    let result = state
-        .run_for(&s.ds, move || chunk_bytes(&s2, &ck, limit))
-        .await
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!(
-                    "dataset '{id}', key '{key}': internal error while reading the chunk (see server log)"
-                ),
-            )
-        })?;
+    let compute = compute_chunk(state, s.clone(), ck, &id, &key, cache_key);
+    // Concurrent misses of one computed chunk share one computation.
+    let result = match &flight_key {
+        Some(k) => {
+            let (result, led) = state.compute_cache.flights.run(k, compute).await;
+            if !led {
+                state.metrics.chunk_computation_waits.inc();
+            }
+            result
+        }
+        None => compute.await,
+    };
     let code = match &result {
         Ok(_) => "200".to_string(),
         Err(e) => e.status.as_str().to_string(),
     };
     state.metrics.requests.with_label_values(&["chunk", &code]).inc();
+    let bytes = result.map_err(|e| ApiError::new(e.status, e.message))?;
+    state.metrics.chunk_bytes.inc_by(bytes.len() as u64);
+    Ok(respond(
+        Body::from(bytes),
+        &tag,
+        CACHE_CHUNK,
+        "application/octet-stream",
+    ))
+}
+
+/// Computes one chunk on the worker pool and keeps it under `cache_key` (if any). Runs once
+/// for all concurrent requests of the chunk ([`crate::state::chunk_cache::Flights`]), so it
+/// first looks again in the cache: a computation that just finished is not repeated.
+async fn compute_chunk(
+    state: &AppState,
+    s: Arc<Served>,
+    ck: ChunkKey,
+    id: &str,
+    key: &str,
+    cache_key: Option<CacheKey>,
+) -> Computed {
+    if let Some(k) = &cache_key
+        && let Some(bytes) = state.compute_cache.get(k)
+    {
+        return Ok(bytes);
+    }
+    let failed = |e: ApiError| Failed {
+        status: e.status,
+        message: format!("dataset '{id}', key '{key}': {}", e.message),
+    };
+    let t0 = Instant::now();
+    let s2 = s.clone();
+    let limit = state.max_source_bytes;
+    if is_computed_key(&s, &ck) {
+        state.metrics.chunk_computations.inc();
+    }
+    let result = state
+        .run_for(&s.ds, move || chunk_bytes(&s2, &ck, limit))
+        .await
+        .ok_or_else(|| Failed {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: format!(
+                "dataset '{id}', key '{key}': internal error while reading the chunk (see server log)"
+            ),
+        })?;
     let bytes = result.map_err(|e| {
         if e.status == StatusCode::PAYLOAD_TOO_LARGE {
             state.metrics.source_bytes_refused.inc();
         }
-        ApiError::new(e.status, format!("dataset '{id}', key '{key}': {}", e.message))
+        failed(e)
     })?;
     state.metrics.chunk_seconds.observe(t0.elapsed().as_secs_f64());
-    state.metrics.chunk_bytes.inc_by(bytes.len() as u64);
     let bytes = bytes::Bytes::from(bytes);
     if let Some(k) = cache_key {
         let evicted = state.compute_cache.insert(k, bytes.clone());
@@ -249,12 +292,12 @@ pub async fn serve_key(
             .compute_cache_entries
             .set(state.compute_cache.len() as i64);
     }
-    Ok(respond(
-        Body::from(bytes),
-        &tag,
-        CACHE_CHUNK,
-        "application/octet-stream",
-    ))
+    Ok(bytes)
+}
+
+/// Whether the key names a computed variable (counted in `cloudify_chunk_computations_total`).
+fn is_computed_key(s: &Served, ck: &ChunkKey) -> bool {
+    s.ds.variable(&ck.var).is_some_and(|v| is_computed(v))
 }
 
 /// Encoded bytes of one chunk. Runs on the worker pool. A computed chunk estimated to read
