@@ -197,3 +197,54 @@ def test_cache_hits_and_never_stale(tmp_path):
             assert r.content != first[k].content, k
     finally:
         stop_server(proc)
+
+
+def test_concurrent_misses_of_one_chunk_compute_it_once(tmp_path):
+    """Eight clients ask for the same uncached product chunk at once (a dask client opening a
+    product does): one computation runs, the other seven wait for it and get its bytes."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    src = tmp_path / "src.nc"
+    shape = (1460, 90, 180)  # big enough that the computation takes a while: the requests overlap
+    with netCDF4.Dataset(src, "w") as ds:
+        ds.createDimension("time", None)
+        ds.createDimension("lat", shape[1])
+        ds.createDimension("lon", shape[2])
+        t = ds.createVariable("time", "f8", ("time",))
+        t.units = "days since 2000-01-01"
+        t[:] = np.arange(shape[0]) + 0.5
+        ds.createVariable("lat", "f8", ("lat",))[:] = np.linspace(-88, 88, shape[1])
+        ds.createVariable("lon", "f8", ("lon",))[:] = np.arange(shape[2]) * 4.0
+        v = ds.createVariable("tas", "f4", ("time", "lat", "lon"), zlib=True, complevel=1,
+                              chunksizes=(1, shape[1], shape[2]))
+        rng = np.random.default_rng(3)
+        v[:] = (280 + rng.normal(0, 5, size=shape)).astype("f4")
+    url, proc, _ = _serve(tmp_path, "flight", "--decoded-cache-bytes", "0")
+    try:
+        path = f"{url}{PRODUCT}/zarr/tas/0.0.0"
+        assert requests.get(f"{url}{PRODUCT}/zarr/.zmetadata", timeout=60).status_code == 200
+        runs0 = _metric(url, "cloudify_chunk_computations_total")
+        waits0 = _metric(url, "cloudify_chunk_computation_waits_total")
+        n = 8
+        barrier = Barrier(n)
+
+        def fetch(_):
+            barrier.wait()
+            return requests.get(path, timeout=120)
+
+        hits0 = _metric(url, "cloudify_compute_cache_hits_total")
+        with ThreadPoolExecutor(n) as pool:
+            got = list(pool.map(fetch, range(n)))
+        assert all(r.status_code == 200 for r in got), [r.text[:200] for r in got]
+        assert len({r.content for r in got}) == 1
+        assert _metric(url, "cloudify_chunk_computations_total") == runs0 + 1
+        # the others waited for it, or (on a busy machine, arriving after it finished) hit the cache
+        waits = _metric(url, "cloudify_chunk_computation_waits_total") - waits0
+        hits = _metric(url, "cloudify_compute_cache_hits_total") - hits0
+        assert waits >= 1 and waits + hits == n - 1, (waits, hits)
+        # the next request is a cache hit: no computation
+        assert requests.get(path, timeout=60).content == got[0].content
+        assert _metric(url, "cloudify_chunk_computations_total") == runs0 + 1
+    finally:
+        stop_server(proc)

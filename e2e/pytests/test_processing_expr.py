@@ -48,26 +48,43 @@ PACKED = {
 }
 
 
+# packed variables whose decoded type xarray's `_choose_float_dtype` picks from the attributes'
+# widths: name -> (stored type, fill value, scale_factor, add_offset, xarray's decoded type)
+F32 = np.float32
+PACKED_WIDTHS = {
+    "pk32": ("i2", None, F32(0.1), F32(-3.5), np.float32),
+    "pk32m": ("i2", -32768, F32(0.25), F32(7.1), np.float32),
+    "pk32i": ("i4", None, F32(0.1), F32(-3.5), np.float64),
+    "pk32s": ("i2", -1, F32(0.3), None, np.float32),
+    "pk32o": ("i2", None, None, F32(1.7), np.float64),
+    "pk32d": ("f8", None, F32(0.1), F32(2.5), np.float32),
+    "pkmix": ("i2", None, F32(0.1), np.float64(2.5), np.float64),
+}
+
+
 def write_packed(path) -> None:
     """`pk` int16 packed with float64 scale/offset and a fill value (xarray: float64), `m`
-    int16 with a fill value only (xarray: float32), `pk32` int16 packed with float32
-    scale/offset (xarray: float32)."""
+    int16 with a fill value only (xarray: float32), and PACKED_WIDTHS."""
     rng = np.random.default_rng(5)
     with netCDF4.Dataset(path, "w") as ds:
         ds.createDimension("y", 40)
         ds.createDimension("x", 50)
-        for name, fill, scale, offset in [("pk", -32768, 0.01, 250.0), ("m", -999, None, None),
-                                          ("pk32", None, np.float32(0.1), np.float32(-3.5))]:
-            v = ds.createVariable(name, "i2", ("y", "x"), fill_value=fill if fill is not None else False)
+        table = [("pk", "i2", -32768, 0.01, 250.0), ("m", "i2", -999, None, None)]
+        table += [(k, t, f, s, o) for k, (t, f, s, o, _) in PACKED_WIDTHS.items()]
+        for name, dtype, fill, scale, offset in table:
+            v = ds.createVariable(name, dtype, ("y", "x"), fill_value=fill if fill is not None else False)
             if scale is not None:
                 v.scale_factor = scale
+            if offset is not None:
                 v.add_offset = offset
             v.set_auto_maskandscale(False)
-            raw = rng.integers(-30000, 30000, (40, 50)).astype("i2")
+            if dtype == "f8":
+                raw = rng.normal(0, 1e4, (40, 50))
+            else:
+                raw = rng.integers(-30000, 30000, (40, 50)).astype(dtype)
             if fill is not None:
                 raw[::7, ::3] = fill
             v[:] = raw
-
 
 BAD = {
     "bad_syntax": ("ta - * 2", "variables.bad_syntax.expr", "at character 5"),
@@ -92,7 +109,7 @@ def served(tmp_path_factory):
     lines += _yaml("good", str(SOURCE[0]), {k: e for k, (e, _) in {**EXPRS, **ULP}.items()})
     packed = root / "packed.nc"
     write_packed(packed)
-    lines += _yaml("packed", str(packed), {**{k: e for k, (e, _) in PACKED.items()}, "pk32_x": "pk32 + 0"})
+    lines += _yaml("packed", str(packed), {**{k: e for k, (e, _) in PACKED.items()}, **{f"{k}_x": f"{k} + 0" for k in PACKED_WIDTHS}})
     for k, (e, _, _) in BAD.items():
         lines += _yaml(k, str(SOURCE[0]), {k: e})
     cfg = root / "cloudify.yaml"
@@ -169,17 +186,22 @@ def test_packed_and_masked_integers_are_decoded_as_xarray(served, fmt):
         assert same.all(), (name, have[~same][:5], want[~same][:5])
 
 
-@pytest.mark.xfail(strict=True, reason="float32 scale_factor/add_offset: the index keeps attribute "
-                   "values as float64, so packed data is decoded to float64 where xarray gives float32")
-def test_float32_packed_is_decoded_to_float32(served):
+@pytest.mark.parametrize("name", list(PACKED_WIDTHS))
+def test_packed_is_decoded_to_the_type_xarray_chooses(served, name):
+    """float32 scale_factor/add_offset keep their width through the index, so the decoded type
+    (and float32 arithmetic) are xarray's, bit for bit."""
     url, _, packed = served
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         got = xr.open_dataset(f"{url}/datasets/packed/zarr", engine="zarr", consolidated=True)
         src = xr.open_dataset(packed, engine="netcdf4")
-    assert src["pk32"].dtype == np.float32
-    assert got["pk32_x"].dtype == np.float32
-    assert _same_bits(got["pk32_x"].values, src["pk32"].values + 0).all()
+    want = src[name].values + 0
+    assert want.dtype == PACKED_WIDTHS[name][-1], "xarray's choice changed; update the table"
+    assert got[f"{name}_x"].dtype == want.dtype
+    if PACKED_WIDTHS[name][1] is not None:
+        assert np.isnan(want).any()
+    same = _same_bits(got[f"{name}_x"].values, want)
+    assert same.all(), (got[f"{name}_x"].values[~same][:5], want[~same][:5])
 
 
 def test_kerchunk_leaves_derived_variables_out(served):

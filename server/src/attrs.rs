@@ -18,9 +18,28 @@ pub enum AttrValue {
     Ints(Vec<i64>),
     /// Unsigned integers of any width, widened to u64 (so u64 values above `i64::MAX` survive).
     UInts(Vec<u64>),
-    /// Floats; f32 attributes are widened exactly (as numpy does when writing JSON).
+    /// float64 attributes (and floats of formats that do not say their width, e.g. JSON).
     /// Persisted as IEEE bits so NaN and infinities survive the index cache.
     Floats(#[serde(with = "float_bits")] Vec<f64>),
+    /// float32 attributes, kept at their width because xarray decodes packed data to float32
+    /// only when `scale_factor`/`add_offset` are float32 (`_choose_float_dtype`). Written to
+    /// JSON widened exactly, as numpy does. Persisted as IEEE bits, like [`AttrValue::Floats`].
+    Floats32(#[serde(with = "float32_bits")] Vec<f32>),
+}
+
+mod float32_bits {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[f32], s: S) -> Result<S::Ok, S::Error> {
+        v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f32>, D::Error> {
+        Ok(Vec::<u32>::deserialize(d)?
+            .into_iter()
+            .map(f32::from_bits)
+            .collect())
+    }
 }
 
 mod float_bits {
@@ -45,8 +64,23 @@ impl AttrValue {
             AttrValue::Ints(v) => v.first().map(|x| *x as f64),
             AttrValue::UInts(v) => v.first().map(|x| *x as f64),
             AttrValue::Floats(v) => v.first().copied(),
+            AttrValue::Floats32(v) => v.first().map(|x| f64::from(*x)),
             _ => None,
         }
+    }
+
+    /// The values as f64 (float32 widened exactly), if this is a float attribute of either width.
+    pub fn floats(&self) -> Option<Vec<f64>> {
+        match self {
+            AttrValue::Floats(v) => Some(v.clone()),
+            AttrValue::Floats32(v) => Some(v.iter().map(|x| f64::from(*x)).collect()),
+            _ => None,
+        }
+    }
+
+    /// True for a float32 attribute ([`AttrValue::Floats32`]).
+    pub fn is_f32(&self) -> bool {
+        matches!(self, AttrValue::Floats32(_))
     }
 
     /// Text value, if a string.
@@ -84,6 +118,7 @@ impl AttrValue {
                 let _ = write!(o, "{x}");
             }),
             AttrValue::Floats(v) => list(out, v, |o, x| write_json_f64(o, *x)),
+            AttrValue::Floats32(v) => list(out, v, |o, x| write_json_f64(o, f64::from(*x))),
         }
     }
 
@@ -199,11 +234,25 @@ mod tests {
             ("miss".into(), AttrValue::Floats(vec![f64::NAN])),
             ("big".into(), AttrValue::Floats(vec![1e20])),
             ("one".into(), AttrValue::Floats(vec![1.0])),
+            ("f32".into(), AttrValue::Floats32(vec![0.1, 1e20])),
         ]);
         let s = a.to_json(&[], &[("_ARRAY_DIMENSIONS", "[\"x\"]".into())]);
         assert_eq!(
             s,
-            r#"{"units": "K \"kelvin\"", "scale": 0.5, "range": [-1, 2], "miss": NaN, "big": 1e20, "one": 1.0, "_ARRAY_DIMENSIONS": ["x"]}"#
+            r#"{"units": "K \"kelvin\"", "scale": 0.5, "range": [-1, 2], "miss": NaN, "big": 1e20, "one": 1.0, "f32": [0.10000000149011612, 1.0000000200408773e20], "_ARRAY_DIMENSIONS": ["x"]}"#
+        );
+    }
+
+    #[test]
+    fn float32_survives_the_index_cache_at_its_width() {
+        let a = AttrValue::Floats32(vec![0.1, f32::NAN, -0.0]);
+        let back: AttrValue = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
+        let AttrValue::Floats32(v) = back else {
+            panic!("width lost: {back:?}")
+        };
+        assert_eq!(
+            v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            [0.1f32.to_bits(), f32::NAN.to_bits(), (-0.0f32).to_bits()]
         );
     }
 }

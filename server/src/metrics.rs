@@ -27,6 +27,10 @@ pub struct Metrics {
     pub compute_cache_bytes: IntGauge,
     /// Entries held by the compute cache.
     pub compute_cache_entries: IntGauge,
+    /// Computations of computed chunks actually run (concurrent misses of one chunk share one).
+    pub chunk_computations: IntCounter,
+    /// Requests that waited for another request's computation of the same chunk.
+    pub chunk_computation_waits: IntCounter,
     /// Computed chunks refused (413) for reading more than `--max-source-bytes`.
     pub source_bytes_refused: IntCounter,
 }
@@ -67,6 +71,14 @@ impl Metrics {
             "cloudify_compute_cache_entries",
             "Entries held by the compute cache",
         )?;
+        let chunk_computations = IntCounter::new(
+            "cloudify_chunk_computations_total",
+            "Computations of computed chunks run (concurrent requests of one chunk share one)",
+        )?;
+        let chunk_computation_waits = IntCounter::new(
+            "cloudify_chunk_computation_waits_total",
+            "Requests answered by another request's computation of the same chunk",
+        )?;
         let source_bytes_refused = IntCounter::new(
             "cloudify_source_bytes_refused_total",
             "Computed chunks refused for reading more than --max-source-bytes",
@@ -76,6 +88,8 @@ impl Metrics {
             &compute_cache_misses,
             &compute_cache_evictions,
             &source_bytes_refused,
+            &chunk_computations,
+            &chunk_computation_waits,
         ] {
             registry.register(Box::new(m.clone()))?;
         }
@@ -106,6 +120,8 @@ impl Metrics {
             compute_cache_bytes,
             compute_cache_entries,
             source_bytes_refused,
+            chunk_computations,
+            chunk_computation_waits,
         })
     }
 

@@ -440,7 +440,7 @@ fn scalar_of(v: &AttrValue) -> Option<Scalar> {
     match v {
         AttrValue::Ints(x) => x.first().map(|v| Scalar::Int(*v)),
         AttrValue::UInts(x) => x.first().map(|v| Scalar::UInt(*v)),
-        AttrValue::Floats(x) => x.first().map(|v| Scalar::Float(*v)),
+        AttrValue::Floats(_) | AttrValue::Floats32(_) => v.first_f64().map(Scalar::Float),
         _ => None,
     }
 }

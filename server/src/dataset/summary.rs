@@ -26,6 +26,7 @@ pub fn attr_json(v: &AttrValue) -> Value {
         AttrValue::Ints(x) => one_or_many(x.iter().map(|x| json!(x)).collect()),
         AttrValue::UInts(x) => one_or_many(x.iter().map(|x| json!(x)).collect()),
         AttrValue::Floats(x) => one_or_many(x.iter().map(|x| f(*x)).collect()),
+        AttrValue::Floats32(x) => one_or_many(x.iter().map(|x| f(f64::from(*x))).collect()),
     }
 }
 

@@ -16,7 +16,7 @@ use crate::dtype::DType;
 use crate::pipeline::{
     check_chunk_sources, describe, estimate_chunk_bytes, is_computed, raw_chunk, read_chunk_strings,
 };
-use crate::state::chunk_cache::CacheKey;
+use crate::state::chunk_cache::{CacheKey, Computed, Failed};
 use crate::state::{AppState, Entry, Served};
 use crate::storage::read::check_unchanged;
 use crate::zarr::key::{ChunkKey, Format, KeyError, parse_chunk_key};
@@ -177,9 +177,9 @@ pub async fn serve_key(
     }
     // Object-store sources are checked for changes only by reading them: their computed
     // chunks are not cached, so a replaced object is never answered from memory.
-    let cache_key = var
+    let flight_key = var
         .as_deref()
-        .filter(|v| state.compute_cache.enabled() && !s.ds.remote && is_computed(v))
+        .filter(|v| !s.ds.remote && is_computed(v))
         .map(|_| CacheKey {
             dataset: s.ds.name.clone(),
             fingerprint: s.ds.fingerprint,
@@ -187,6 +187,7 @@ pub async fn serve_key(
             key: key.clone(),
             format: ck.format,
         });
+    let cache_key = flight_key.clone().filter(|_| state.compute_cache.enabled());
     if let (Some(ck_), Some(v)) = (&cache_key, &var)
         && let Some(bytes) = state.compute_cache.get(ck_)
     {
@@ -208,9 +209,65 @@ pub async fn serve_key(
     if cache_key.is_some() {
         state.metrics.compute_cache_misses.inc();
     }
+    let compute = compute_chunk(state, s.clone(), ck, &id, &key, cache_key);
+    // Concurrent misses of one computed chunk share one computation.
+    let result = match &flight_key {
+        Some(k) => {
+            let (result, led) = state.compute_cache.flights.run(k, compute).await;
+            if !led {
+                state.metrics.chunk_computation_waits.inc();
+            }
+            result
+        }
+        None => compute.await,
+    };
+    let code = match &result {
+        Ok(_) => "200".to_string(),
+        Err(e) => e.status.as_str().to_string(),
+    };
+    state.metrics.requests.with_label_values(&["chunk", &code]).inc();
+    let bytes = result.map_err(|e| {
+        let mut err = ApiError::new(e.status, e.message);
+        err.retry_after = e.retry_after;
+        err
+    })?;
+    state.metrics.chunk_bytes.inc_by(bytes.len() as u64);
+    Ok(respond(
+        Body::from(bytes),
+        &tag,
+        CACHE_CHUNK,
+        "application/octet-stream",
+    ))
+}
+
+/// Computes one chunk on the worker pool and keeps it under `cache_key` (if any). Runs once
+/// for all concurrent requests of the chunk ([`crate::state::chunk_cache::Flights`]), so it
+/// first looks again in the cache: a computation that just finished is not repeated.
+async fn compute_chunk(
+    state: &AppState,
+    s: Arc<Served>,
+    ck: ChunkKey,
+    id: &str,
+    key: &str,
+    cache_key: Option<CacheKey>,
+) -> Computed {
+    if let Some(k) = &cache_key
+        && let Some(bytes) = state.compute_cache.get(k)
+    {
+        return Ok(bytes);
+    }
+    let failed = |e: ApiError| Failed {
+        status: e.status,
+        message: format!("dataset '{id}', key '{key}': {}", e.message),
+        // a busy or unreachable compute service will pass: say when to come back
+        retry_after: e.retry_after,
+    };
     let t0 = Instant::now();
     let s2 = s.clone();
     let limit = state.max_source_bytes;
+    if is_computed_key(&s, &ck) {
+        state.metrics.chunk_computations.inc();
+    }
     // compute workers rebuild configured datasets and views by id; ad-hoc products are
     // computed here (their reductions still send partials out)
     let at = matches!(state.entry(&s.ds.name), Some(Entry::Ready(_)))
@@ -218,30 +275,20 @@ pub async fn serve_key(
     let result = state
         .run_for(&s.ds, move || chunk_bytes(&s2, &ck, limit, at.as_ref()))
         .await
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!(
-                    "dataset '{id}', key '{key}': internal error while reading the chunk (see server log)"
-                ),
-            )
+        .ok_or_else(|| Failed {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: format!(
+                "dataset '{id}', key '{key}': internal error while reading the chunk (see server log)"
+            ),
+            retry_after: None,
         })?;
-    let code = match &result {
-        Ok(_) => "200".to_string(),
-        Err(e) => e.status.as_str().to_string(),
-    };
-    state.metrics.requests.with_label_values(&["chunk", &code]).inc();
     let bytes = result.map_err(|e| {
         if e.status == StatusCode::PAYLOAD_TOO_LARGE {
             state.metrics.source_bytes_refused.inc();
         }
-        let mut named = ApiError::new(e.status, format!("dataset '{id}', key '{key}': {}", e.message));
-        // a busy or unreachable compute service will pass: say when to come back
-        named.retry_after = e.retry_after;
-        named
+        failed(e)
     })?;
     state.metrics.chunk_seconds.observe(t0.elapsed().as_secs_f64());
-    state.metrics.chunk_bytes.inc_by(bytes.len() as u64);
     let bytes = bytes::Bytes::from(bytes);
     if let Some(k) = cache_key {
         let evicted = state.compute_cache.insert(k, bytes.clone());
@@ -255,12 +302,12 @@ pub async fn serve_key(
             .compute_cache_entries
             .set(state.compute_cache.len() as i64);
     }
-    Ok(respond(
-        Body::from(bytes),
-        &tag,
-        CACHE_CHUNK,
-        "application/octet-stream",
-    ))
+    Ok(bytes)
+}
+
+/// Whether the key names a computed variable (counted in `cloudify_chunk_computations_total`).
+fn is_computed_key(s: &Served, ck: &ChunkKey) -> bool {
+    s.ds.variable(&ck.var).is_some_and(|v| is_computed(v))
 }
 
 /// Encoded bytes of one chunk. Runs on the worker pool. A computed chunk estimated to read

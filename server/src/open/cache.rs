@@ -18,7 +18,8 @@ use crate::source::{SourceFile, SourceIndex, rebind};
 
 /// Bump when the index layout changes: older entries are then ignored and rewritten.
 /// 5: source identities carry the local file's inode and ctime.
-const FORMAT: u32 = 5;
+/// 6: float32 attributes keep their width (`AttrValue::Floats32`); older entries widened them.
+const FORMAT: u32 = 6;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Body {

@@ -504,7 +504,9 @@ fn attr_line(
                 None => ("Float64", xs.iter().map(|x| fmt_f64(*x as f64)).collect()),
             }
         }
-        AttrValue::Floats(xs) => {
+        AttrValue::Floats(_) | AttrValue::Floats32(_) => {
+            // the DAS type follows the variable (as before float32 attributes kept their width)
+            let xs = v.floats().unwrap_or_default();
             let f32_ok = var_ty == Some(DapType::Float32)
                 && VALUE_ATTRS.contains(&name)
                 && xs.iter().all(|x| x.is_nan() || f64::from(*x as f32) == *x);

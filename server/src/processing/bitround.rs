@@ -114,7 +114,12 @@ fn fill_patterns(v: &Variable) -> Vec<u64> {
         out.push(as_int(&f.to_le_bytes(v.dtype)));
     }
     let missing: Vec<Scalar> = match v.attrs.get("missing_value") {
-        Some(AttrValue::Floats(x)) => x.iter().map(|f| Scalar::Float(*f)).collect(),
+        Some(a @ (AttrValue::Floats(_) | AttrValue::Floats32(_))) => a
+            .floats()
+            .unwrap_or_default()
+            .into_iter()
+            .map(Scalar::Float)
+            .collect(),
         Some(AttrValue::Ints(x)) => x.iter().map(|i| Scalar::Int(*i)).collect(),
         Some(AttrValue::UInts(x)) => x.iter().map(|i| Scalar::UInt(*i)).collect(),
         _ => Vec::new(),

@@ -5,12 +5,13 @@
 //! - inputs are decoded as `xr.open_dataset` does by default (`mask_and_scale`):
 //!   `_FillValue` and `missing_value` become NaN, then `scale_factor`/`add_offset` are
 //!   applied. Float inputs keep their type; a masked integer becomes float32 when it has at
-//!   most 16 bits, else float64 (`dtypes.maybe_promote`); a packed variable becomes float64
-//!   (xarray's `_choose_float_dtype` picks float32 only for float32 `scale_factor`/
-//!   `add_offset` attributes; the index keeps attribute values as float64, so float64 is
-//!   what we can promise — a documented difference for float32-packed data). Integer inputs
-//!   without mask or packing are computed as float64 (NumPy would keep integer arithmetic;
-//!   results agree for values below 2^53 except `//`, `%` and overflow).
+//!   most 16 bits, else float64 (`dtypes.maybe_promote`); a packed variable gets xarray's
+//!   `_choose_float_dtype`: float32 when `scale_factor` and `add_offset` are both float32 (and
+//!   the stored type is not a 32-bit integer) or only a float32 `scale_factor` is given, else
+//!   float64. Like xarray, values are cast to that type first, then masked, then scaled and
+//!   offset in that type. Integer inputs without mask or packing are computed as float64
+//!   (NumPy would keep integer arithmetic; results agree for values below 2^53 except `//`,
+//!   `%` and overflow).
 //! - types follow NEP 50: literals are weak (`float32 - 273.15` is float32), comparisons
 //!   are booleans, served as `bool` (`|b1`).
 //! - every input has the same dimensions (names and lengths) as the others, or none (a
@@ -58,22 +59,30 @@ impl Input {
                 Scalar::Float(v) => v,
             });
         }
-        if let Some(AttrValue::Floats(v)) = var.attrs.get("missing_value") {
-            missing.extend(v);
-        } else if let Some(AttrValue::Ints(v)) = var.attrs.get("missing_value") {
-            missing.extend(v.iter().map(|x| *x as f64));
-        } else if let Some(AttrValue::UInts(v)) = var.attrs.get("missing_value") {
-            missing.extend(v.iter().map(|x| *x as f64));
+        match var.attrs.get("missing_value") {
+            Some(AttrValue::Ints(v)) => missing.extend(v.iter().map(|x| *x as f64)),
+            Some(AttrValue::UInts(v)) => missing.extend(v.iter().map(|x| *x as f64)),
+            Some(a) => missing.extend(a.floats().unwrap_or_default()),
+            None => {}
         }
         let (scale, offset) = (num("scale_factor"), num("add_offset"));
-        let ty = match var.dtype {
-            _ if scale.is_some() || offset.is_some() => Ty::F64,
-            DType::F32 => Ty::F32,
-            DType::F64 => Ty::F64,
-            DType::I8 | DType::U8 | DType::I16 | DType::U16 if !missing.is_empty() => Ty::F32,
-            d if d.is_int() => Ty::F64,
-            d => return Err(format!("variable '{}' has type {d:?}, not a number", var.name)),
+        let ty = if scale.is_some() || offset.is_some() {
+            packed_type(&var)
+        } else {
+            match var.dtype {
+                DType::F32 => Ty::F32,
+                DType::F64 => Ty::F64,
+                DType::I8 | DType::U8 | DType::I16 | DType::U16 if !missing.is_empty() => Ty::F32,
+                d if d.is_int() => Ty::F64,
+                d => return Err(format!("variable '{}' has type {d:?}, not a number", var.name)),
+            }
         };
+        if !(var.dtype.is_int() || matches!(var.dtype, DType::F32 | DType::F64)) {
+            return Err(format!(
+                "variable '{}' has type {:?}, not a number",
+                var.name, var.dtype
+            ));
+        }
         Ok(Input {
             var,
             missing,
@@ -117,22 +126,46 @@ impl Input {
         )
     }
 
-    /// The region's values, decoded.
+    /// The region's values, decoded as xarray does: cast to the decoded type, values equal to
+    /// a fill value (compared in that type) become NaN, then `*= scale_factor` and
+    /// `+= add_offset` in that type (float32 arithmetic for float32 packing, bit for bit).
     pub(crate) fn read(&self, start: &[u64], count: &[u64]) -> Result<Col, ReadError> {
         let b = pipeline::read_region(&self.var, start, count)?;
-        let raw: Vec<f64> = match self.var.dtype {
-            DType::F32 => {
-                let v = values::<f32>(&b)?;
-                if self.ty == Ty::F32 {
-                    let miss: Vec<f32> = self.missing.iter().map(|m| *m as f32).collect();
-                    return Ok(Col::F32(
-                        v.into_iter()
-                            .map(|x| if miss.contains(&x) { f32::NAN } else { x })
-                            .collect(),
-                    ));
-                }
-                v.into_iter().map(f64::from).collect()
+        if self.ty == Ty::F32 {
+            #[allow(clippy::cast_possible_truncation)]
+            let mut v: Vec<f32> = match self.var.dtype {
+                DType::F32 => values::<f32>(&b)?,
+                DType::F64 => values::<f64>(&b)?.into_iter().map(|x| x as f32).collect(),
+                DType::I8 => values::<i8>(&b)?.into_iter().map(f32::from).collect(),
+                DType::U8 => values::<u8>(&b)?.into_iter().map(f32::from).collect(),
+                DType::I16 => values::<i16>(&b)?.into_iter().map(f32::from).collect(),
+                DType::U16 => values::<u16>(&b)?.into_iter().map(f32::from).collect(),
+                DType::I32 => values::<i32>(&b)?.into_iter().map(|x| x as f32).collect(),
+                DType::U32 => values::<u32>(&b)?.into_iter().map(|x| x as f32).collect(),
+                DType::I64 => values::<i64>(&b)?.into_iter().map(|x| x as f32).collect(),
+                DType::U64 => values::<u64>(&b)?.into_iter().map(|x| x as f32).collect(),
+                d => return Err(ReadError::Block(format!("{d:?} is not a number"))),
+            };
+            #[allow(clippy::cast_possible_truncation)]
+            let miss: Vec<f32> = self.missing.iter().map(|m| *m as f32).collect();
+            if !miss.is_empty() {
+                v.iter_mut()
+                    .filter(|x| miss.contains(x))
+                    .for_each(|x| *x = f32::NAN);
             }
+            // float32 decoding only happens for float32 attributes, so these casts are exact
+            #[allow(clippy::cast_possible_truncation)]
+            if let Some(s) = self.scale.map(|s| s as f32) {
+                v.iter_mut().for_each(|x| *x *= s);
+            }
+            #[allow(clippy::cast_possible_truncation)]
+            if let Some(o) = self.offset.map(|o| o as f32) {
+                v.iter_mut().for_each(|x| *x += o);
+            }
+            return Ok(Col::F32(v));
+        }
+        let mut out: Vec<f64> = match self.var.dtype {
+            DType::F32 => values::<f32>(&b)?.into_iter().map(f64::from).collect(),
             DType::F64 => values::<f64>(&b)?,
             DType::I8 => values::<i8>(&b)?.into_iter().map(f64::from).collect(),
             DType::U8 => values::<u8>(&b)?.into_iter().map(f64::from).collect(),
@@ -144,22 +177,43 @@ impl Input {
             DType::U64 => values::<u64>(&b)?.into_iter().map(|x| x as f64).collect(),
             d => return Err(ReadError::Block(format!("{d:?} is not a number"))),
         };
-        let mut out: Vec<f64> = raw
-            .into_iter()
-            .map(|x| if self.missing.contains(&x) { f64::NAN } else { x })
-            .collect();
+        if !self.missing.is_empty() {
+            out.iter_mut()
+                .filter(|x| self.missing.contains(x))
+                .for_each(|x| *x = f64::NAN);
+        }
         if let Some(s) = self.scale {
             out.iter_mut().for_each(|x| *x *= s);
         }
         if let Some(o) = self.offset {
             out.iter_mut().for_each(|x| *x += o);
         }
-        Ok(if self.ty == Ty::F32 {
-            #[allow(clippy::cast_possible_truncation)]
-            Col::F32(out.into_iter().map(|x| x as f32).collect())
-        } else {
-            Col::F64(out)
-        })
+        Ok(Col::F64(out))
+    }
+}
+
+/// xarray's `_choose_float_dtype` for a packed variable (one with `scale_factor` or
+/// `add_offset`): the attributes' float type when both are the same float type (float64 for
+/// 32-bit integers, "due to precision issues"), or when only a float `scale_factor` is given;
+/// float64 whenever there is an `add_offset` otherwise. An integer `scale_factor` alone (where
+/// xarray would keep an integer type) is decoded as float64.
+fn packed_type(var: &Variable) -> Ty {
+    let width = |k: &str| match var.attrs.get(k) {
+        None => None,
+        Some(a) if a.is_f32() => Some(Some(Ty::F32)),
+        Some(AttrValue::Floats(_)) => Some(Some(Ty::F64)),
+        Some(_) => Some(None),
+    };
+    match (width("scale_factor"), width("add_offset")) {
+        (Some(Some(s)), Some(Some(o))) if s == o => {
+            if matches!(var.dtype, DType::I32 | DType::U32) {
+                Ty::F64
+            } else {
+                s
+            }
+        }
+        (Some(Some(s)), None) => s,
+        _ => Ty::F64,
     }
 }
 

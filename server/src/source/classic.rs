@@ -15,7 +15,7 @@ fn attr(v: &Nc3AttrValue) -> AttrValue {
         Nc3AttrValue::Chars(s) => AttrValue::Str(s.clone()),
         Nc3AttrValue::Shorts(x) => AttrValue::Ints(x.iter().map(|v| *v as i64).collect()),
         Nc3AttrValue::Ints(x) => AttrValue::Ints(x.iter().map(|v| *v as i64).collect()),
-        Nc3AttrValue::Floats(x) => AttrValue::Floats(x.iter().map(|v| *v as f64).collect()),
+        Nc3AttrValue::Floats(x) => AttrValue::Floats32(x.clone()),
         Nc3AttrValue::Doubles(x) => AttrValue::Floats(x.clone()),
         Nc3AttrValue::UBytes(x) => AttrValue::UInts(x.iter().map(|v| *v as u64).collect()),
         Nc3AttrValue::UShorts(x) => AttrValue::UInts(x.iter().map(|v| *v as u64).collect()),

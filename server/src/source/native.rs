@@ -527,7 +527,7 @@ fn attrs(list: &[NcAttribute]) -> Result<Attrs, Unsupported> {
             NcAttrValue::UShorts(x) => AttrValue::UInts(x.iter().map(|&v| u64::from(v)).collect()),
             NcAttrValue::UInts(x) => AttrValue::UInts(x.iter().map(|&v| u64::from(v)).collect()),
             NcAttrValue::UInt64s(x) => AttrValue::UInts(x.clone()),
-            NcAttrValue::Floats(x) => AttrValue::Floats(x.iter().map(|&v| f64::from(v)).collect()),
+            NcAttrValue::Floats(x) => AttrValue::Floats32(x.clone()),
             NcAttrValue::Doubles(x) => AttrValue::Floats(x.clone()),
             // libnetcdf hands NC_CHAR text back up to its first NUL.
             NcAttrValue::Chars(s) => AttrValue::Str(s.split('\0').next().unwrap_or_default().to_string()),

@@ -8,9 +8,14 @@
 //! that change under a running server keep the fingerprint they were indexed with, so a hit
 //! is served only after the chunk's sources are checked unchanged (`http::zarr`), as a
 //! `304 Not Modified` is: a changed file is never answered from here.
+//!
+//! Concurrent misses of one key are computed once ([`Flights`]): a client opening a product
+//! with many threads, or several clients opening the same view, ask for the same chunk at
+//! the same time, and each computation may read hundreds of stored chunks.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
@@ -54,11 +59,29 @@ struct Inner {
     tick: u64,
 }
 
-/// An LRU map of encoded chunks bounded by `budget` bytes (0: disabled).
+/// A computation that failed, as every request that waited for it answers it.
+#[derive(Clone, Debug)]
+pub struct Failed {
+    /// The HTTP status answered.
+    pub status: axum::http::StatusCode,
+    /// The message answered (names the dataset, key and problem).
+    pub message: String,
+    /// `Retry-After` seconds, when the failure will pass (a busy or unreachable compute
+    /// service).
+    pub retry_after: Option<u64>,
+}
+
+/// What one computation of a chunk gives every request that waited for it.
+pub type Computed = Result<Bytes, Failed>;
+
+/// An LRU map of encoded chunks bounded by `budget` bytes (0: disabled), and the
+/// computations of chunks in flight.
 #[derive(Debug, Default)]
 pub struct ChunkCache {
     budget: u64,
     inner: Mutex<Inner>,
+    /// Computations running now, shared by concurrent requests of the same chunk.
+    pub flights: Flights<Computed>,
 }
 
 impl ChunkCache {
@@ -67,6 +90,7 @@ impl ChunkCache {
         Self {
             budget,
             inner: Mutex::default(),
+            flights: Flights::default(),
         }
     }
 
@@ -153,6 +177,66 @@ impl ChunkCache {
     }
 }
 
+/// Computations in flight, one per key: the first caller of [`Flights::run`] for a key runs
+/// its computation, callers arriving while it runs wait for it and get a clone of its result.
+///
+/// A waiter whose leader is cancelled (its client went away) runs its own computation in
+/// its place (`tokio::sync::OnceCell` semantics), so nobody waits for a computation that
+/// will never finish. Entries live only while their computation runs; results are kept by
+/// the [`ChunkCache`], not here.
+#[derive(Debug)]
+pub struct Flights<T> {
+    map: Mutex<HashMap<CacheKey, Arc<tokio::sync::OnceCell<T>>>>,
+}
+
+impl<T> Default for Flights<T> {
+    fn default() -> Self {
+        Self {
+            map: Mutex::default(),
+        }
+    }
+}
+
+impl<T: Clone> Flights<T> {
+    /// The result of `compute` for `key`, computed once for all concurrent callers; the
+    /// `bool` is true for the caller whose `compute` ran.
+    pub async fn run<F: Future<Output = T>>(&self, key: &CacheKey, compute: F) -> (T, bool) {
+        let cell = self
+            .lock()
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(tokio::sync::OnceCell::new()))
+            .clone();
+        let mut led = false;
+        let out = cell
+            .get_or_init(|| {
+                led = true;
+                compute
+            })
+            .await
+            .clone();
+        // the first to finish forgets the flight; later callers find the result cached
+        let mut map = self.lock();
+        if map.get(key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            map.remove(key);
+        }
+        (out, led)
+    }
+
+    /// Computations in flight now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether nothing is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Arc<tokio::sync::OnceCell<T>>>> {
+        self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,5 +313,58 @@ mod tests {
         assert!(!cache.enabled());
         cache.insert(key("d", 1, "x/0"), val(1, 1));
         assert!(cache.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_runs_of_one_key_compute_once() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let flights: Arc<Flights<u32>> = Arc::default();
+        let runs = Arc::new(AtomicU32::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (f, r) = (flights.clone(), runs.clone());
+            tasks.push(tokio::spawn(async move {
+                f.run(&key("d", 1, "tas/0.0"), async {
+                    let n = r.fetch_add(1, Ordering::SeqCst) + 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    n * 10
+                })
+                .await
+            }));
+        }
+        let mut leaders = 0;
+        for t in tasks {
+            let (v, led) = t.await.expect("task");
+            assert_eq!(v, 10, "every caller gets the one computation's result");
+            leaders += u32::from(led);
+        }
+        assert_eq!((runs.load(Ordering::SeqCst), leaders), (1, 1));
+        assert!(flights.is_empty(), "finished flights are forgotten");
+        // another key, and the same key later, compute again
+        let (v, led) = flights.run(&key("d", 1, "tas/0.0"), async { 7 }).await;
+        assert_eq!((v, led), (7, true));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_leader_is_replaced_by_a_waiter() {
+        let flights: Arc<Flights<u32>> = Arc::default();
+        let f = flights.clone();
+        let leader = tokio::spawn(async move {
+            f.run(&key("d", 1, "k"), async {
+                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                1
+            })
+            .await
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let f = flights.clone();
+        let waiter = tokio::spawn(async move { f.run(&key("d", 1, "k"), async { 2 }).await });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        leader.abort();
+        let (v, led) = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiter does not wait for a cancelled leader")
+            .expect("task");
+        assert_eq!((v, led), (2, true));
     }
 }
