@@ -9,6 +9,7 @@ pub mod openapi;
 pub mod opendap;
 pub mod parquet;
 pub mod range;
+pub mod tape;
 pub mod zarr;
 
 use std::sync::Arc;
@@ -65,4 +66,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/healthz", get(meta::healthz))
         .route("/readyz", get(meta::readyz))
         .route("/metrics", get(meta::metrics))
+        // Tape-archived datasets: recall ahead of reading, and where the files are.
+        .route("/datasets/{id}/stage", axum::routing::post(tape::stage))
+        .route("/datasets/{id}/locality", get(tape::locality))
 }

@@ -159,7 +159,7 @@ pub async fn serve_key(
                 .requests
                 .with_label_values(&["chunk", e.status.as_str()])
                 .inc();
-            ApiError::new(e.status, format!("dataset '{id}': {}", e.message))
+            e.context(format_args!("dataset '{id}'"))
         })?;
     // Computed chunks are tagged by their pipeline too: the same files served through
     // another pipeline (other keepbits, expression, grid) are other bytes.
@@ -171,7 +171,7 @@ pub async fn serve_key(
         if let Some(var) = s.ds.variable(&ck.var) {
             check_chunk_sources(var, &ck.index).map_err(|e| {
                 let e = ApiError::from(e);
-                ApiError::new(e.status, format!("dataset '{id}', key '{key}': {}", e.message))
+                e.context(format_args!("dataset '{id}', key '{key}'"))
             })?;
         }
         return Ok(not_modified_response(&tag, CACHE_CHUNK));
@@ -232,7 +232,7 @@ pub async fn serve_key(
         if e.status == StatusCode::PAYLOAD_TOO_LARGE {
             state.metrics.source_bytes_refused.inc();
         }
-        ApiError::new(e.status, format!("dataset '{id}', key '{key}': {}", e.message))
+        e.context(format_args!("dataset '{id}', key '{key}'"))
     })?;
     state.metrics.chunk_seconds.observe(t0.elapsed().as_secs_f64());
     state.metrics.chunk_bytes.inc_by(bytes.len() as u64);
