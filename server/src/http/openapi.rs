@@ -218,7 +218,7 @@ pub const ROUTES: &[(&str, &str, &str, &[&str], Kind)] = &[
     ),
     (
         "/datasets/{id}/locality",
-        "Tape-archived dataset: each file online (staged) or on tape (queued, recalling, failed, nearline) with its recall job, the recall queue and the staging cache; `?variables=a,b` for the files of some variables; 400 for a dataset not on tape. POST /datasets/{id}/stage starts recalls (202)",
+        "Tape-archived dataset: each file online (staged) or on tape (queued, recalling, failed, nearline) with its recall job, the recall queue and the staging cache; `?variables=a,b` for the files of some variables; a dataset not on tape answers `onTape: false` and no files. POST /datasets/{id}/stage starts recalls (202)",
         "dataset",
         &["application/json"],
         Kind::Dataset,
@@ -230,7 +230,7 @@ pub const ROUTES: &[(&str, &str, &str, &[&str], Kind)] = &[
 fn stage_operation() -> Value {
     let mut op = operation(
         "/datasets/{id}/stage",
-        "Tape-archived dataset: start recalling its files (or those of `?variables=a,b`) without waiting; 202 with the status URL (Location: /datasets/{id}/locality)",
+        "Tape-archived dataset: start recalling its files (or those of `?variables=a,b`) without waiting (a dataset not on tape: nothing to do); 202 with the status URL (Location: /datasets/{id}/locality)",
         "dataset",
         &["application/json"],
         Kind::Dataset,
@@ -246,7 +246,7 @@ fn stage_operation() -> Value {
         }
         r.insert(
             "400".into(),
-            error_response("Invalid dataset id, unknown variable, or a dataset not on tape"),
+            error_response("Invalid dataset id, or an unknown variable in `variables`"),
         );
     }
     if let Some(p) = op["parameters"].as_array_mut() {

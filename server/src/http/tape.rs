@@ -72,10 +72,6 @@ fn selection(ds: &Dataset, sel: &Selection) -> Result<Option<BTreeSet<String>>, 
     Ok(Some(names))
 }
 
-fn not_on_tape(id: &str) -> ApiError {
-    ApiError::bad_request(format!("dataset '{id}' is not on tape (no storage.tape)"))
-}
-
 /// `GET /datasets/{id}/locality`: each file online (staged) or not, its recall job, and the
 /// queue.
 pub async fn locality(
@@ -84,8 +80,14 @@ pub async fn locality(
     Query(sel): Query<Selection>,
 ) -> Result<Response, ApiError> {
     let s = served(&state, &id)?;
+    // A dataset not on tape is all online: nothing to list, nothing queued.
+    if tape_files(&s.ds, None).is_none() {
+        return Ok(Json(json!({"dataset": id, "onTape": false, "files": [], "online": 0})).into_response());
+    }
     let only = selection(&s.ds, &sel)?;
-    let (stager, files) = tape_files(&s.ds, only.as_ref()).ok_or_else(|| not_on_tape(&id))?;
+    let Some((stager, files)) = tape_files(&s.ds, only.as_ref()) else {
+        return Ok(Json(json!({"dataset": id, "onTape": true, "files": [], "online": 0})).into_response());
+    };
     // archiveinfo may ask the archive over the network
     let (files, queued, jobs) = tokio::task::spawn_blocking(move || {
         let (l, q, j) = stager.locality(&files);
@@ -98,6 +100,7 @@ pub async fn locality(
     let online = files.iter().filter(|f| f.state == "online").count();
     Ok(Json(json!({
         "dataset": id,
+        "onTape": true,
         "files": files,
         "online": online,
         "queue": {"queued": queued, "jobsRunning": jobs},
@@ -114,11 +117,16 @@ pub async fn stage(
     Query(sel): Query<Selection>,
 ) -> Result<Response, ApiError> {
     let s = served(&state, &id)?;
-    let only = selection(&s.ds, &sel)?;
-    let (stager, files) = tape_files(&s.ds, only.as_ref()).ok_or_else(|| not_on_tape(&id))?;
-    let n = files.len();
-    let queued = stager.stage(&files);
     let status = format!("/datasets/{id}/locality");
+    // Nothing to recall for a dataset not on tape (or variables held inline): accepted, no-op.
+    let (n, queued) = if tape_files(&s.ds, None).is_none() {
+        (0, 0)
+    } else {
+        match tape_files(&s.ds, selection(&s.ds, &sel)?.as_ref()) {
+            Some((stager, files)) => (files.len(), stager.stage(&files)),
+            None => (0, 0),
+        }
+    };
     Ok((
         StatusCode::ACCEPTED,
         [(header::LOCATION, status.clone())],
