@@ -54,7 +54,7 @@ pub struct ApiError {
     /// `WWW-Authenticate` challenge of a 401, telling the client which credentials to send.
     pub challenge: Option<&'static str>,
     /// Further members of the body beside the message (a tape file's state and recall job).
-    pub detail: Option<Value>,
+    pub detail: Option<Box<Value>>,
 }
 
 impl ApiError {
@@ -89,7 +89,7 @@ impl ApiError {
                 StatusCode::BAD_GATEWAY
             };
             self.retry_after = Some(t.retry_after());
-            self.detail = Some(t.detail());
+            self.detail = Some(Box::new(t.detail()));
             // counted and logged where it arose, not once per waiting request
             self.quiet = true;
         }
@@ -135,7 +135,7 @@ impl IntoResponse for ApiError {
             tracing::error!(status = %self.status, "{}", self.message);
         }
         let mut body = self.shape.body(self.status, &self.message);
-        if let (Some(Value::Object(extra)), Value::Object(b)) = (self.detail, &mut body) {
+        if let (Some(Value::Object(extra)), Value::Object(b)) = (self.detail.map(|d| *d), &mut body) {
             for (k, v) in extra {
                 b.entry(k).or_insert(v);
             }

@@ -477,10 +477,10 @@ pub fn document() -> Value {
         }
         paths.insert((*path).to_string(), Value::Object(item));
     }
-    if let Some(Value::Object(item)) = paths.get_mut("/datasets/{id}/locality") {
-        if let Some(p) = item.get_mut("get").and_then(|g| g["parameters"].as_array_mut()) {
-            p.push(variables_param());
-        }
+    if let Some(Value::Object(item)) = paths.get_mut("/datasets/{id}/locality")
+        && let Some(p) = item.get_mut("get").and_then(|g| g["parameters"].as_array_mut())
+    {
+        p.push(variables_param());
     }
     paths.insert("/datasets/{id}/stage".into(), json!({"post": stage_operation()}));
     json!({

@@ -157,7 +157,7 @@ fn files_on_one_tape_share_a_job_and_jobs_span_at_most_two_tapes() {
     let (_d, s) = stager(&fake, 1 << 20, 5000);
     let files: Vec<String> = ["/T1/a", "/T1/b", "/T2/c", "/T3/d", "/T1/e"]
         .iter()
-        .map(|x| x.to_string())
+        .map(ToString::to_string)
         .collect();
     assert_eq!(s.stage(&files), 5);
     assert_eq!(s.stage(&files), 0, "already queued");
