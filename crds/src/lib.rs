@@ -419,6 +419,121 @@ pub struct StorageSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub retry_timeout_seconds: Option<u64>,
+    /// The sources' data files are in a tape archive: reference targets that are plain
+    /// paths are archive paths, recalled by `tape.driver` into `tape.stagingDir` and read
+    /// from there. Metadata comes from the reference files (no recall to open a dataset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tape: Option<TapeSpec>,
+}
+
+/// A tape archive (StrongLink `slk`, dCache/CTA through the WLCG Tape REST API) the data
+/// files are recalled from. Defaults follow DKRZ's limits for `slk recall`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TapeSpec {
+    /// How files are recalled.
+    pub driver: TapeDriver,
+    /// Directory recalled files are kept in, mirroring their archive paths (an emptyDir or
+    /// PVC in Kubernetes). Files are written under a temporary name and renamed when complete.
+    #[schemars(length(min = 1))]
+    pub staging_dir: String,
+    /// Bytes the staging directory may hold; least recently used files that are not being
+    /// read are evicted to make room (default 100 GiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub budget_bytes: Option<u64>,
+    /// How long a request for a nearline file waits for its recall before it is answered
+    /// 503 with `Retry-After` (default 20 s; at most 55, below the ingress' 60 s timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 55))]
+    pub wait_seconds: Option<u64>,
+    /// Requests for files are collected this long and recalled together, per tape
+    /// (default 500 ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_window_ms: Option<u64>,
+    /// Tapes one recall job may span at most (default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_tapes_per_job: Option<u32>,
+    /// Recall jobs running at once at most (default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_parallel_jobs: Option<u32>,
+    /// How often a running job's status is asked for, in milliseconds (default 10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub poll_ms: Option<u64>,
+    /// `Retry-After` when the driver gives no estimate of its own, in seconds (default 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub retry_after_seconds: Option<u64>,
+    /// First wait before a failed recall is tried again, in seconds; doubled per failure up
+    /// to an hour (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_backoff_seconds: Option<u64>,
+}
+
+/// How files are recalled from tape: exactly one of `command` and `wlcg`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TapeDriver {
+    /// Recall by running commands (`slk`, `slk_helpers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<TapeCommandDriver>,
+    /// Recall through the WLCG Tape REST API (dCache, CTA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wlcg: Option<TapeWlcgDriver>,
+}
+
+/// Commands run for a recall, as argument lists (no shell). Placeholders: `{files}` (one
+/// argument per archive path), `{file}`, `{job}`, `{dest}` (the staging path of `{file}`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TapeCommandDriver {
+    /// Starts a recall of `{files}`; its output holds the job id (e.g.
+    /// `[slk, recall, {files}]`).
+    #[schemars(length(min = 1))]
+    pub recall: Vec<String>,
+    /// Regular expression whose first group is the job id in the recall's output
+    /// (default: the first run of digits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id_regex: Option<String>,
+    /// Prints the state of `{job}` (e.g. `[slk_helpers, job_status, {job}]`): output
+    /// containing `SUCCESSFUL`/`COMPLETED` is done, `FAILED`/`ABORTED` failed, anything else
+    /// is still running.
+    #[schemars(length(min = 1))]
+    pub status: Vec<String>,
+    /// Regular expression whose first group is the job's estimated seconds to completion in
+    /// the status output (then used as `Retry-After`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_regex: Option<String>,
+    /// Copies the recalled `{file}` to `{dest}` (e.g. `[slk, retrieve, {file}, {dest}]`).
+    #[schemars(length(min = 1))]
+    pub retrieve: Vec<String>,
+    /// Prints the tape of each of `{files}`, one `path tape` pair per line (e.g.
+    /// `[slk_helpers, group_files_by_tape, {files}]`); without it every file is its own group.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tape_of: Vec<String>,
+    /// Seconds one command may run (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub timeout_seconds: Option<u64>,
+}
+
+/// A WLCG Tape REST API endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TapeWlcgDriver {
+    /// The API's base URL, e.g. `https://dcache.example.org:3880/api/v1/tape`.
+    #[schemars(length(min = 1))]
+    pub endpoint: String,
+    /// Where staged files are read from: this URL followed by the archive path (WebDAV
+    /// door), e.g. `https://dcache.example.org:2880`.
+    #[schemars(length(min = 1))]
+    pub data_url: String,
+    /// File holding the bearer token (re-read for every request: tokens are rotated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
 }
 
 /// A STAC provider: who produced, processed or hosts the data.
@@ -589,6 +704,43 @@ impl DatasetSpec {
             if st.endpoint.as_deref().is_some_and(|e| !e.contains("://")) {
                 return Err(err("endpoint", "must be a URL such as http://host:9000"));
             }
+            if let Some(t) = &st.tape {
+                match (&t.driver.command, &t.driver.wlcg) {
+                    (Some(_), Some(_)) | (None, None) => {
+                        return Err(err("tape.driver", "set exactly one of command and wlcg"));
+                    }
+                    (Some(c), None)
+                        if c.recall.is_empty() || c.status.is_empty() || c.retrieve.is_empty() =>
+                    {
+                        return Err(err(
+                            "tape.driver.command",
+                            "recall, status and retrieve must each name a command",
+                        ));
+                    }
+                    (None, Some(w)) if !w.endpoint.contains("://") || !w.data_url.contains("://") => {
+                        return Err(err("tape.driver.wlcg", "endpoint and dataUrl must be URLs"));
+                    }
+                    _ => {}
+                }
+                if t.staging_dir.is_empty() {
+                    return Err(err("tape.stagingDir", "must name a directory"));
+                }
+                if t.wait_seconds.is_some_and(|w| w > 55) {
+                    return Err(err(
+                        "tape.waitSeconds",
+                        "must be at most 55 (below the ingress' 60 s timeout)",
+                    ));
+                }
+                if t.budget_bytes == Some(0)
+                    || t.max_tapes_per_job == Some(0)
+                    || t.max_parallel_jobs == Some(0)
+                {
+                    return Err(err(
+                        "tape",
+                        "budgetBytes, maxTapesPerJob and maxParallelJobs must be at least 1",
+                    ));
+                }
+            }
         }
         if let Some(p) = &self.processing {
             p.validate().map_err(|(field, reason)| SpecError::Processing {
@@ -736,6 +888,34 @@ mod tests {
         let err = ServeConfig::from_yaml("datasets: [{name: a, sources: [x], concat: time}]")
             .expect_err("unknown field");
         assert!(err.to_string().contains("concat"), "{err}");
+    }
+
+    #[test]
+    fn tape_storage_parses_and_is_validated() {
+        let ok = "datasets: [{name: a, sources: [r.json], storage: {tape: {stagingDir: /tmp/s, budgetBytes: 1000, \
+                  driver: {command: {recall: [slk, recall, '{files}'], status: [slk_helpers, job_status, '{job}'], \
+                  retrieve: [slk, retrieve, '{file}', '{dest}']}}}}}]";
+        let cfg = ServeConfig::from_yaml(ok).expect("valid");
+        let t = cfg.datasets[0]
+            .storage
+            .as_ref()
+            .and_then(|s| s.tape.as_ref())
+            .expect("tape");
+        assert_eq!(t.budget_bytes, Some(1000));
+        let both = ok.replace(
+            "driver: {",
+            "driver: {wlcg: {endpoint: 'http://h/api', dataUrl: 'http://h'}, ",
+        );
+        let e = ServeConfig::from_yaml(&both).unwrap_err().to_string();
+        assert!(
+            e.contains("storage.tape.driver") && e.contains("exactly one"),
+            "{e}"
+        );
+        let long = ok.replace("budgetBytes: 1000", "waitSeconds: 90");
+        let e = ServeConfig::from_yaml(&long).unwrap_err().to_string();
+        assert!(e.contains("tape.waitSeconds"), "{e}");
+        let typo = ok.replace("budgetBytes", "budget");
+        assert!(ServeConfig::from_yaml(&typo).is_err());
     }
 
     #[test]

@@ -108,6 +108,14 @@ impl Metrics {
         registry.register(Box::new(decoded.hits.clone()))?;
         registry.register(Box::new(decoded.misses.clone()))?;
         registry.register(Box::new(decoded.bytes.clone()))?;
+        let tape = crate::storage::tape::metrics();
+        registry.register(Box::new(tape.queued.clone()))?;
+        registry.register(Box::new(tape.jobs.clone()))?;
+        registry.register(Box::new(tape.seconds.clone()))?;
+        registry.register(Box::new(tape.cache_bytes.clone()))?;
+        registry.register(Box::new(tape.evictions.clone()))?;
+        registry.register(Box::new(tape.failures.clone()))?;
+        registry.register(Box::new(tape.unavailable.clone()))?;
         Ok(Self {
             registry,
             requests,

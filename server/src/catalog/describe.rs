@@ -78,6 +78,9 @@ pub fn read_f64(var: &Variable) -> Result<Vec<f64>, CatalogError> {
     if !var.dtype.is_number() {
         return Err(CatalogError::NotNumeric(var.path.clone()));
     }
+    if var.on_tape() {
+        return Err(CatalogError::OnTape(var.path.clone()));
+    }
     numel(&var.shape)
         .filter(|n| *n <= MAX_COORD_ELEMS)
         .ok_or_else(|| CatalogError::TooLarge(var.path.clone()))?;

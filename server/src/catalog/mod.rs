@@ -46,6 +46,9 @@ pub enum CatalogError {
     /// another datetime instead of failing.
     #[error("time axis {0}")]
     Time(String),
+    /// A coordinate whose values are on tape: describing a dataset never recalls files.
+    #[error("{0}: on tape (not read for catalog metadata; inline it in the references)")]
+    OnTape(String),
     /// Reading a coordinate's values failed.
     #[error(transparent)]
     Read(#[from] crate::chunk::read::ReadError),

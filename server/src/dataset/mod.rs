@@ -100,6 +100,18 @@ pub trait Derive: Send + Sync + std::fmt::Debug {
 }
 
 impl Variable {
+    /// True when some of the variable's stored bytes are in a tape archive (read through
+    /// its staging cache): catalogs and reference builders must not read it, or describing
+    /// the dataset would recall files.
+    pub fn on_tape(&self) -> bool {
+        let tape = |f: &crate::source::SourceFile| f.remote.as_ref().is_some_and(|r| r.store.tape.is_some());
+        self.pieces().iter().any(|p| {
+            tape(&p.data.file)
+                || matches!(&p.data.layout, crate::source::Layout::Listed { table, .. }
+                    if table.remote.iter().flatten().any(|f| tape(f)))
+        })
+    }
+
     /// The stored pieces (none for a derived variable).
     pub fn pieces(&self) -> &[Piece] {
         match &self.values {

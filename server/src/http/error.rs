@@ -53,6 +53,8 @@ pub struct ApiError {
     pub shape: ErrorShape,
     /// `WWW-Authenticate` challenge of a 401, telling the client which credentials to send.
     pub challenge: Option<&'static str>,
+    /// Further members of the body beside the message (a tape file's state and recall job).
+    pub detail: Option<Box<Value>>,
 }
 
 impl ApiError {
@@ -65,7 +67,33 @@ impl ApiError {
             retry_after: None,
             shape: ErrorShape::Plain,
             challenge: None,
+            detail: None,
         }
+    }
+    /// The same error with its message prefixed by where it happened (`dataset 'x', key 'y'`),
+    /// keeping status, `Retry-After` and detail.
+    #[must_use]
+    pub fn context(mut self, prefix: impl std::fmt::Display) -> Self {
+        self.message = format!("{prefix}: {}", self.message);
+        self
+    }
+    /// The status, `Retry-After` and detail a tape error answers with, when `e` is one: 503
+    /// while the file is still on tape or the staging cache is full, 502 when its recall
+    /// failed. Never 404 (a zarr client would read fill values), never 2xx without data.
+    fn with_tape(mut self, e: &crate::storage::read::ByteError) -> Self {
+        use crate::storage::{RemoteError, read::ByteError};
+        if let ByteError::Remote(RemoteError::Tape(t)) = e {
+            self.status = if t.is_unavailable() {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
+            self.retry_after = Some(t.retry_after());
+            self.detail = Some(Box::new(t.detail()));
+            // counted and logged where it arose, not once per waiting request
+            self.quiet = true;
+        }
+        self
     }
     /// Not logged when answered: the cause was logged once already.
     #[must_use]
@@ -106,7 +134,13 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() && !self.quiet {
             tracing::error!(status = %self.status, "{}", self.message);
         }
-        let mut r = (self.status, Json(self.shape.body(self.status, &self.message))).into_response();
+        let mut body = self.shape.body(self.status, &self.message);
+        if let (Some(Value::Object(extra)), Value::Object(b)) = (self.detail.map(|d| *d), &mut body) {
+            for (k, v) in extra {
+                b.entry(k).or_insert(v);
+            }
+        }
+        let mut r = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -144,13 +178,17 @@ impl From<crate::chunk::read::ReadError> for ApiError {
             R::Codec { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             R::Bytes(b) => byte_status(b),
         };
-        ApiError::new(status, e.to_string())
+        let api = ApiError::new(status, e.to_string());
+        match &e {
+            R::Bytes(b) => api.with_tape(b),
+            _ => api,
+        }
     }
 }
 
 impl From<crate::storage::read::ByteError> for ApiError {
     fn from(e: crate::storage::read::ByteError) -> Self {
-        ApiError::new(byte_status(&e), e.to_string())
+        ApiError::new(byte_status(&e), e.to_string()).with_tape(&e)
     }
 }
 

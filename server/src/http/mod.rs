@@ -12,6 +12,7 @@ pub mod opendap;
 pub mod parquet;
 pub mod plot;
 pub mod range;
+pub mod tape;
 pub mod zarr;
 
 use std::sync::Arc;
@@ -77,4 +78,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/healthz", get(meta::healthz))
         .route("/readyz", get(meta::readyz))
         .route("/metrics", get(meta::metrics))
+        // Tape-archived datasets: recall ahead of reading, and where the files are.
+        .route("/datasets/{id}/stage", axum::routing::post(tape::stage))
+        .route("/datasets/{id}/locality", get(tape::locality))
 }

@@ -263,7 +263,50 @@ pub const ROUTES: &[(&str, &str, &str, &[&str], Kind)] = &[
         &["text/plain"],
         Kind::Plain,
     ),
+    (
+        "/datasets/{id}/locality",
+        "Tape-archived dataset: each file online (staged) or on tape (queued, recalling, failed, nearline) with its recall job, the recall queue and the staging cache; `?variables=a,b` for the files of some variables; a dataset not on tape answers `onTape: false` and no files. POST /datasets/{id}/stage starts recalls (202)",
+        "dataset",
+        &["application/json"],
+        Kind::Dataset,
+    ),
 ];
+
+/// `POST /datasets/{id}/stage` (the one route that is not a GET): recalls a tape-archived
+/// dataset's files ahead of reading.
+fn stage_operation() -> Value {
+    let mut op = operation(
+        "/datasets/{id}/stage",
+        "Tape-archived dataset: start recalling its files (or those of `?variables=a,b`) without waiting (a dataset not on tape: nothing to do); 202 with the status URL (Location: /datasets/{id}/locality)",
+        "dataset",
+        &["application/json"],
+        Kind::Dataset,
+    );
+    op["operationId"] = json!("post_datasets_id_stage");
+    if let Some(r) = op["responses"].as_object_mut() {
+        let ok = r.remove("200");
+        if let Some(mut ok) = ok {
+            ok["description"] = json!("Recall started; `status` (and Location) is the locality URL");
+            ok["headers"] =
+                json!({"Location": {"description": "The dataset's /locality", "schema": {"type": "string"}}});
+            r.insert("202".into(), ok);
+        }
+        r.insert(
+            "400".into(),
+            error_response("Invalid dataset id, or an unknown variable in `variables`"),
+        );
+    }
+    if let Some(p) = op["parameters"].as_array_mut() {
+        p.push(variables_param());
+    }
+    op
+}
+
+/// `?variables=a,b` of the tape routes.
+fn variables_param() -> Value {
+    json!({"name": "variables", "in": "query", "required": false, "schema": {"type": "string"},
+           "description": "Comma-separated variable paths: only the files they read"})
+}
 
 fn error_response(desc: &str) -> Value {
     json!({"description": desc, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
@@ -504,7 +547,11 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
             );
             responses.insert(
                 "503".into(),
-                error_response("The dataset failed to open; the message says why"),
+                error_response(if kind == Kind::Ranged {
+                    "The dataset failed to open, or a tape-archived file is still being recalled (Retry-After: the archive's estimate; the body's `state` and `job` say where the recall is) or the staging cache is full of files being read; the message says which"
+                } else {
+                    "The dataset failed to open; the message says why"
+                }),
             );
             responses.insert(
                 "500".into(),
@@ -545,7 +592,7 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
         );
         responses.insert(
             "502".into(),
-            error_response("The object store holding the source failed or the object changed"),
+            error_response("The object store holding the source failed or the object changed, or the recall of a tape-archived file failed (the message names the file and the archive's reason; retried after Retry-After)"),
         );
         responses.insert(
             "504".into(),
@@ -591,6 +638,12 @@ pub fn document() -> Value {
         }
         paths.insert((*path).to_string(), Value::Object(item));
     }
+    if let Some(Value::Object(item)) = paths.get_mut("/datasets/{id}/locality")
+        && let Some(p) = item.get_mut("get").and_then(|g| g["parameters"].as_array_mut())
+    {
+        p.push(variables_param());
+    }
+    paths.insert("/datasets/{id}/stage".into(), json!({"post": stage_operation()}));
     json!({
         "openapi": "3.1.0",
         "info": {"title": "cloudify", "version": env!("CARGO_PKG_VERSION"),

@@ -158,7 +158,7 @@ pub async fn serve_key(
                 .requests
                 .with_label_values(&["chunk", e.status.as_str()])
                 .inc();
-            ApiError::new(e.status, format!("dataset '{id}': {}", e.message))
+            e.context(format_args!("dataset '{id}'"))
         })?;
     // Computed chunks are tagged by their pipeline too: the same files served through
     // another pipeline (other keepbits, expression, grid) are other bytes.
@@ -170,7 +170,7 @@ pub async fn serve_key(
         if let Some(var) = s.ds.variable(&ck.var) {
             check_chunk_sources(var, &ck.index).map_err(|e| {
                 let e = ApiError::from(e);
-                ApiError::new(e.status, format!("dataset '{id}', key '{key}': {}", e.message))
+                e.context(format_args!("dataset '{id}', key '{key}'"))
             })?;
         }
         return Ok(not_modified_response(&tag, CACHE_CHUNK));
@@ -229,6 +229,7 @@ pub async fn serve_key(
     let bytes = result.map_err(|e| {
         let mut err = ApiError::new(e.status, e.message);
         err.retry_after = e.retry_after;
+        err.detail = e.detail;
         err
     })?;
     state.metrics.chunk_bytes.inc_by(bytes.len() as u64);
@@ -259,8 +260,10 @@ async fn compute_chunk(
     let failed = |e: ApiError| Failed {
         status: e.status,
         message: format!("dataset '{id}', key '{key}': {}", e.message),
-        // a busy or unreachable compute service will pass: say when to come back
+        // a busy or unreachable compute service, or a file still on tape, will pass: say
+        // when to come back, and what the archive said
         retry_after: e.retry_after,
+        detail: e.detail,
     };
     let t0 = Instant::now();
     let s2 = s.clone();
@@ -281,6 +284,7 @@ async fn compute_chunk(
                 "dataset '{id}', key '{key}': internal error while reading the chunk (see server log)"
             ),
             retry_after: None,
+            detail: None,
         })?;
     let bytes = result.map_err(|e| {
         if e.status == StatusCode::PAYLOAD_TOO_LARGE {

@@ -446,6 +446,11 @@ fn inline(v: &Variable, ctx: &mut Ctx, limit: u64) -> Result<bool, String> {
     if value_bytes(v) > limit {
         return Ok(false);
     }
+    // Inlining reads the values: for a file on tape that would be a recall at start-up (and
+    // a wait of every catalog request): left out instead, naming why.
+    if v.on_tape() {
+        return Err("its stored layout cannot be referenced and its files are on tape (inlining would recall them); read it through /zarr".into());
+    }
     let chunks: Vec<u64> = v.shape.iter().map(|s| (*s).max(1)).collect();
     let zero = vec![0u64; v.shape.len()];
     let data = if v.dtype == DType::Str {

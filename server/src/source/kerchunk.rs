@@ -538,7 +538,7 @@ pub fn open_refs_source(
         },
         FillRule::ZarrV2,
     )?;
-    if !roots.allowed_urls.is_empty() {
+    if !roots.allowed_urls.is_empty() || storage.is_some_and(|s| s.tape.is_some()) {
         attach_remote(&mut idx, storage)?;
     }
     Ok(idx)

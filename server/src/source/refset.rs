@@ -252,11 +252,38 @@ pub fn attach_remote(
     impl Handles<'_> {
         fn get(&mut self, p: &Path) -> Result<Option<Arc<SourceFile>>, String> {
             let url = p.to_string_lossy();
-            if !url.contains("://") {
-                return Ok(None);
-            }
             if let Some(h) = self.files.get(p) {
                 return Ok(Some(h.clone()));
+            }
+            if !url.contains("://") {
+                // With a tape archive configured, plain paths are archive paths: read
+                // through its staging cache, never from the (absent) path itself.
+                let Some(tape) = self.storage.and_then(|s| s.tape.as_ref()) else {
+                    return Ok(None);
+                };
+                let store = match self.stores.get("tape:") {
+                    Some(s) => s.clone(),
+                    None => {
+                        let s = Arc::new(crate::storage::Store::tape(crate::storage::tape::stager_for(
+                            tape,
+                        )?));
+                        self.stores.insert("tape:".into(), s.clone());
+                        s
+                    }
+                };
+                let h = Arc::new(SourceFile {
+                    path: p.to_path_buf(),
+                    size: 0,
+                    mtime_ns: 0,
+                    etag: None,
+                    inode: None,
+                    remote: Some(Arc::new(crate::storage::RemoteObject {
+                        store,
+                        location: object_store::path::Path::from(url.as_ref()),
+                    })),
+                });
+                self.files.insert(p.to_path_buf(), h.clone());
+                return Ok(Some(h));
             }
             let parsed = crate::storage::parse_object_url(&url)?
                 .ok_or_else(|| format!("'{url}' is not an object URL"))?;

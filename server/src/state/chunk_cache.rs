@@ -69,6 +69,8 @@ pub struct Failed {
     /// `Retry-After` seconds, when the failure will pass (a busy or unreachable compute
     /// service).
     pub retry_after: Option<u64>,
+    /// Further members of the error body (a tape file's state and recall job).
+    pub detail: Option<Box<serde_json::Value>>,
 }
 
 /// What one computation of a chunk gives every request that waited for it.

@@ -252,5 +252,6 @@ pub fn build_store(url: &ObjectUrl, spec: Option<&StorageSpec>) -> Result<Arc<St
         base: url.base.clone(),
         inner,
         op_timeout: retry_timeout + timeout,
+        tape: None,
     }))
 }

@@ -17,6 +17,7 @@ pub mod config;
 pub mod file;
 pub mod metrics;
 pub mod read;
+pub mod tape;
 pub mod url;
 
 use std::future::Future;
@@ -67,6 +68,10 @@ pub enum RemoteError {
         /// The time limit, in seconds.
         secs: u64,
     },
+    /// A tape-archived file that cannot be read now (still on tape, recall failed, staging
+    /// cache full): the message names the file.
+    #[error("{0}")]
+    Tape(#[from] tape::TapeError),
     /// Any other store failure (server error, bad glob, connection refused).
     #[error("{url}: {reason}")]
     Other {
@@ -85,6 +90,7 @@ impl RemoteError {
             Self::Changed { .. } => "changed",
             Self::Denied { .. } => "denied",
             Self::Timeout { .. } => "timeout",
+            Self::Tape(_) => "tape",
             Self::Other { .. } => "error",
         }
     }
@@ -139,6 +145,9 @@ pub struct Store {
     inner: Arc<dyn ObjectStore>,
     /// Upper bound for one logical operation, retries included: nothing waits forever.
     op_timeout: Duration,
+    /// For a tape archive: the stager every read goes through (`inner` is then never used:
+    /// bytes are read from the staged copy).
+    pub tape: Option<Arc<tape::Stager>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -195,6 +204,18 @@ impl Store {
             base: base.into(),
             inner,
             op_timeout,
+            tape: None,
+        }
+    }
+
+    /// The store of a tape archive: archive paths are keys, read from the staging cache of
+    /// `stager` (see [`tape`]).
+    pub fn tape(stager: Arc<tape::Stager>) -> Self {
+        Self {
+            base: "tape:".into(),
+            inner: Arc::new(object_store::memory::InMemory::new()),
+            op_timeout: Duration::from_secs(60),
+            tape: Some(stager),
         }
     }
 
@@ -447,6 +468,9 @@ pub fn source_file(url: String, meta: &ObjectMeta, store: &Arc<Store>) -> Source
 
 /// A whole object (a `[url]` reference: a chunk file in a bucket), synchronously.
 pub fn read_whole(file: &SourceFile, obj: &RemoteObject) -> Result<Bytes, RemoteError> {
+    if let Some(stager) = &obj.store.tape {
+        return read_tape(stager, &file.path, None).map(|mut v| v.pop().unwrap_or_default());
+    }
     let url = file.path.display().to_string();
     let store = obj.store.clone();
     let location = obj.location.clone();
@@ -488,12 +512,43 @@ pub fn object_handle(url: &str, store: &Arc<Store>) -> Result<SourceFile, String
     })
 }
 
+/// Ranges (or, for `None`, all) of a tape-archived file, read from its staged copy while it
+/// is pinned (recalled first, waiting a bounded time: see [`tape::Stager::acquire`]).
+fn read_tape(
+    stager: &Arc<tape::Stager>,
+    archive: &FsPath,
+    ranges: Option<&[(u64, u64)]>,
+) -> Result<Vec<Bytes>, RemoteError> {
+    let archive = archive.to_string_lossy();
+    let pin = stager.acquire(&archive)?;
+    let other = |reason: String| RemoteError::Other {
+        url: format!("tape:{archive}"),
+        reason,
+    };
+    let Some(ranges) = ranges else {
+        return std::fs::read(&pin.path)
+            .map(|b| vec![Bytes::from(b)])
+            .map_err(|e| other(format!("staged copy {}: {e}", pin.path.display())));
+    };
+    ranges
+        .iter()
+        .map(|(o, n)| {
+            read::pread(&pin.path, *o, *n)
+                .map(Bytes::from)
+                .map_err(|e| other(format!("staged copy: {e}")))
+        })
+        .collect()
+}
+
 /// Byte ranges `(offset, len)` of a remote source file, synchronously (see module docs).
 pub fn read_ranges(
     file: &SourceFile,
     obj: &RemoteObject,
     ranges: &[(u64, u64)],
 ) -> Result<Vec<Bytes>, RemoteError> {
+    if let Some(stager) = &obj.store.tape {
+        return read_tape(stager, &file.path, Some(ranges));
+    }
     let url = file.path.display().to_string();
     let store = obj.store.clone();
     let location = obj.location.clone();
@@ -511,6 +566,9 @@ pub fn read_ranges_coalesced(
     ranges: &[(u64, u64)],
     coalesce: u64,
 ) -> Result<(Vec<Bytes>, Fetched), RemoteError> {
+    if let Some(stager) = &obj.store.tape {
+        return read_tape(stager, &file.path, Some(ranges)).map(|v| (v, Fetched::default()));
+    }
     let url = file.path.display().to_string();
     let store = obj.store.clone();
     let location = obj.location.clone();

@@ -1,0 +1,426 @@
+"""Tape archives as sources: recall, stage, serve — without ever lying to a client.
+
+Real CMIP6 files (esmvaltool-sample-data) are put in a fake archive below a temporary
+directory and indexed while "on disk" (a server over them answers /kerchunk.json); the
+references, rewritten to archive paths (/arch/...), are then all a second server has: its
+data files are on tape, recalled by a fake ``slk`` (fake_slk.py: delays, tapes, failures, a
+call log) or through a WLCG Tape REST emulator (wlcg_tape_emulator.py), into a staging cache.
+
+What a client must see: metadata, listing, STAC and intake without any recall; a chunk of a
+file on tape is 503 with Retry-After and a JSON body naming state and job (never 404, never
+2xx without data); once recalled, the same bytes xarray reads from the files; one recall per
+file however many requests wait; files of one tape in one job; a failed recall is 502 naming
+the file and the archive's reason; a tiny cache evicts; fsspec raises on 503, a retrying zarr
+client reads the right values, and a 404 would have been silent fill values.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import xarray as xr
+
+from conftest import find_binary, start_server, stop_server, wait_until_settled
+from helpers import cmip6_root
+
+HERE = Path(__file__).resolve().parent
+FAKE_SLK = HERE / "fake_slk.py"
+DELAY = 3.0  # seconds a recall takes
+WAIT = 1  # seconds a request waits for a recall before 503
+
+# (dataset, CMIP6 directory below the sample data, tape)
+SETS = [
+    ("tape_mri", "timeseries/CMIP6/CMIP/MRI/MRI-ESM2-0/historical/r1i1p1f1/Amon/ta/gn/v20190308", "T1"),
+    ("tape_esm4", "timeseries/CMIP6/CMIP/NOAA-GFDL/GFDL-ESM4/historical/r1i1p1f1/Amon/ta/gr1/v20190726", "T2"),
+    ("tape_cm4", "timeseries/CMIP6/CMIP/NOAA-GFDL/GFDL-CM4/historical/r1i1p1f1/Amon/ta/gr1/v20180701", "T3"),
+    ("tape_bad", "timeseries/CMIP6/CMIP/CSIRO/ACCESS-ESM1-5/historical/r1i1p1f1/Amon/ta/gn/v20191115", "T9"),
+    # two datasets on one tape
+    ("tape_cm2", "timeseries/CMIP6/CMIP/CSIRO-ARCCSS/ACCESS-CM2/historical/r1i1p1f1/Amon/ta/gn/v20191108", "T4"),
+    ("tape_iitm", "timeseries/CMIP6/CMIP/CCCR-IITM/IITM-ESM/historical/r1i1p1f1/day/ta/gn/v20191226", "T4"),
+]
+
+
+def _write_cfg(path: Path, datasets: list[dict]) -> Path:
+    path.write_text(json.dumps({"datasets": datasets}))
+    return path
+
+
+def _serve(tmp: Path, tag: str, datasets: list[dict]):
+    cfg = _write_cfg(tmp / f"{tag}.yaml", datasets)
+    url, proc, log = start_server(["serve", "--config", str(cfg)], tmp, tag,
+                                  extra_env={"CLOUDIFY_CACHE_DIR": str(tmp / f"{tag}-cache")})
+    try:
+        st = wait_until_settled(url, [d["name"] for d in datasets], proc)
+    except Exception:
+        stop_server(proc)
+        raise
+    return url, proc, log, st
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    """The fake archive (files below ``root``/arch/proj/<tape>/) and each dataset's
+    references, made while the files were on disk and rewritten to archive paths."""
+    tmp = tmp_path_factory.mktemp("tape")
+    root = tmp / "archive"
+    files = {}
+    for name, rel, tape in SETS:
+        src = sorted((cmip6_root() / rel).glob("*.nc"))
+        assert src, rel
+        dest = root / "arch" / "proj" / tape
+        dest.mkdir(parents=True, exist_ok=True)
+        files[name] = []
+        for f in src:
+            shutil.copyfile(f, dest / f.name)
+            files[name].append(dest / f.name)
+    # index on disk (`cloudify index`, one reference file per data file, as a provider does
+    # before archiving), then the references rewritten to the archive's paths. Coordinates
+    # are inlined (the default: up to 16 KiB), so catalogs need no recall; `ta` is referenced
+    # (but for the second MRI file, small enough to be inlined too).
+    refs = {}
+    for name, _, _ in SETS:
+        refs[name] = []
+        for f in files[name]:
+            p = tmp / f"{f.stem}.refs.json"
+            r = subprocess.run([find_binary(), "index", "--no-cache", str(f),
+                                "-o", str(p)], capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+            assert r.returncode == 0, r.stderr
+            text = p.read_text().replace(str(root), "")
+            assert str(root) not in text
+            p.write_text(text)
+            refs[name].append(str(p))
+        assert any("file:///arch/proj/" in Path(p).read_text() for p in refs[name]), name
+    return {"tmp": tmp, "root": root, "files": files, "refs": refs}
+
+
+def _slk(state: Path, verb: str, *args: str) -> list[str]:
+    return [sys.executable, str(FAKE_SLK), str(state), verb, *args]
+
+
+def _tape_storage(state: Path, staging: Path, **extra) -> dict:
+    driver = {"command": {
+        "recall": _slk(state, "recall", "{files}"),
+        "jobIdRegex": r"job (\d+)",
+        "status": _slk(state, "job_status", "{job}"),
+        "etaRegex": r"eta=(\d+)",
+        "retrieve": _slk(state, "retrieve", "{job}", "{file}", "{dest}"),
+        "tapeOf": _slk(state, "group_files_by_tape", "{files}"),
+        "timeoutSeconds": 30,
+    }}
+    tape = {"driver": driver, "stagingDir": str(staging), "waitSeconds": WAIT, "batchWindowMs": 300,
+            "pollMs": 200, "failureBackoffSeconds": 2, "retryAfterSeconds": 5, **extra}
+    return {"tape": tape}
+
+
+class Slk:
+    """The fake archive's state directory and call log."""
+
+    def __init__(self, state: Path, root: Path, fail: list[str]):
+        state.mkdir(parents=True, exist_ok=True)
+        (state / "config.json").write_text(json.dumps({"archive": str(root), "delay": DELAY, "fail": fail}))
+        self.state = state
+
+    def calls(self, verb: str) -> list[list[str]]:
+        log = self.state / "calls.log"
+        if not log.exists():
+            return []
+        return [c["args"] for c in map(json.loads, log.read_text().splitlines()) if c["verb"] == verb]
+
+    def recalls_of(self, path_part: str) -> list[list[str]]:
+        return [c for c in self.calls("recall") if any(path_part in a for a in c)]
+
+
+@pytest.fixture(scope="module")
+def tape(archive):
+    tmp = archive["tmp"]
+    bad = [f"/arch/proj/T9/{p.name}" for p in archive["files"]["tape_bad"]]
+    slk = Slk(tmp / "slk", archive["root"], bad)
+    storage = _tape_storage(slk.state, tmp / "staging")
+    datasets = [{"name": name, "sources": archive["refs"][name], "referenceRoots": ["/arch"],
+                 "storage": storage} for name, _, _ in SETS]
+    url, proc, log, status = _serve(tmp, "tape", datasets)
+    yield {"url": url, "slk": slk, "status": status, "log": log, "tmp": tmp}
+    alive = proc.poll() is None
+    stop_server(proc)
+    assert alive, log.read_text(errors="replace")[-4000:]
+
+
+def _chunk_keys(url: str, name: str, var: str = "ta") -> tuple[dict, list[str]]:
+    meta = requests.get(f"{url}/datasets/{name}/zarr/{var}/.zarray", timeout=30).json()
+    n = [-(-s // c) for s, c in zip(meta["shape"], meta["chunks"])]
+    first = ".".join("0" for _ in n)
+    last = ".".join([str(n[0] - 1)] + ["0"] * (len(n) - 1))
+    return meta, [first, last]
+
+
+def _until_ok(url: str, timeout: float = 30) -> requests.Response:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = requests.get(url, timeout=60)
+        if r.status_code != 503 or time.monotonic() > deadline:
+            return r
+        time.sleep(min(float(r.headers.get("Retry-After", 1)), 0.5))
+
+
+def _original(files: list[Path]) -> xr.Dataset:
+    return xr.open_mfdataset([str(f) for f in files], combine="by_coords", data_vars="minimal",
+                             coords="minimal", compat="override", mask_and_scale=False,
+                             decode_times=False).load()
+
+
+def test_metadata_listing_stac_intake_without_recalls(tape):
+    url, slk = tape["url"], tape["slk"]
+    states = {d["name"]: d["state"] for d in tape["status"]["datasets"]}
+    assert all(states[n] == "ready" for n, _, _ in SETS), tape["status"]
+    assert set(requests.get(f"{url}/datasets", timeout=30).json()) >= {n for n, _, _ in SETS}
+    for name, _, _ in SETS:
+        for path in ["/zarr/.zmetadata", "/zarr/ta/.zarray", "/stac", "/catalog.yaml", ""]:
+            r = requests.get(f"{url}/datasets/{name}{path}", timeout=30)
+            assert r.status_code == 200, (name, path, r.status_code, r.text[:300])
+    for path in ["/intake.yaml", "/stac-collection-all.json"]:
+        assert requests.get(url + path, timeout=30).status_code == 200
+    ds = xr.open_zarr(f"{url}/datasets/tape_mri/zarr", consolidated=True, decode_times=False)
+    assert ds["ta"].shape[0] > 0
+    assert slk.calls("recall") == [], "metadata recalled files from tape"
+    loc = requests.get(f"{url}/datasets/tape_mri/locality", timeout=30).json()
+    # the second MRI file's `ta` is inlined in its references: one file on tape
+    assert [f["state"] for f in loc["files"]] == ["nearline"], loc
+
+
+def test_first_read_is_503_then_the_files_values(tape, archive):
+    url, slk = tape["url"], tape["slk"]
+    _, (first, _) = _chunk_keys(url, "tape_mri")
+    r = requests.get(f"{url}/datasets/tape_mri/zarr/ta/{first}", timeout=60)
+    assert r.status_code == 503, (r.status_code, r.text[:300])
+    assert int(r.headers["Retry-After"]) >= 1
+    body = r.json()
+    assert body["state"] in ("queued", "recalling") and "/arch/proj/T1/" in body["file"], body
+    assert "on tape" in body["error"] and "tape_mri" in body["error"]
+    # the recall runs: a later 503 names its job and the archive's estimate
+    time.sleep(0.5)
+    r = requests.get(f"{url}/datasets/tape_mri/zarr/ta/{first}", timeout=60)
+    if r.status_code == 503:
+        assert r.json()["job"] and r.json()["state"] == "recalling", r.json()
+        assert 1 <= int(r.headers["Retry-After"]) <= DELAY + 1, r.headers
+        loc = requests.get(f"{url}/datasets/tape_mri/locality", timeout=30).json()
+        assert loc["queue"]["jobsRunning"] == 1 and "recalling" in {f["state"] for f in loc["files"]}, loc
+    r = _until_ok(f"{url}/datasets/tape_mri/zarr/ta/{first}")
+    assert r.status_code == 200, r.text[:300]
+    assert len(slk.recalls_of("/T1/")) == 1, slk.recalls_of("/T1/")
+    # xarray over the served store equals the files
+    ds = xr.open_zarr(f"{url}/datasets/tape_mri/zarr", consolidated=True, mask_and_scale=False,
+                      decode_times=False).load()
+    orig = _original(archive["files"]["tape_mri"])
+    np.testing.assert_array_equal(ds["ta"].values, orig["ta"].values)
+    np.testing.assert_array_equal(ds["time"].values, orig["time"].values)
+    loc = requests.get(f"{url}/datasets/tape_mri/locality", timeout=30).json()
+    online = [f for f in loc["files"] if f["state"] == "online"]
+    assert len(online) == 1 and "195001" in online[0]["path"], loc
+    # staged files mirror their archive paths, and nothing half-written is left
+    staged = sorted(p.relative_to(tape["tmp"] / "staging").as_posix()
+                    for p in (tape["tmp"] / "staging").rglob("*") if p.is_file())
+    assert staged and all(s.startswith("arch/proj/") and ".part-" not in s for s in staged), staged
+
+
+def test_files_on_one_tape_make_one_job(tape, archive):
+    url, slk = tape["url"], tape["slk"]
+    keys = [f"{url}/datasets/{n}/zarr/ta/{_chunk_keys(url, n)[1][0]}" for n in ("tape_cm2", "tape_iitm")]
+    with cf.ThreadPoolExecutor(2) as ex:
+        codes = list(ex.map(lambda k: _until_ok(k).status_code, keys))
+    assert codes == [200, 200]
+    recalls = slk.recalls_of("/T4/")
+    assert len(recalls) == 1 and len(recalls[0]) == 2, recalls
+    for n in ("tape_cm2", "tape_iitm"):
+        ds = xr.open_zarr(f"{url}/datasets/{n}/zarr", consolidated=True, mask_and_scale=False,
+                          decode_times=False).load()
+        np.testing.assert_array_equal(ds["ta"].values, _original(archive["files"][n])["ta"].values)
+
+
+def test_concurrent_requests_of_one_file_make_one_recall(tape, archive):
+    url, slk = tape["url"], tape["slk"]
+    _, (first, _) = _chunk_keys(url, "tape_esm4")
+    key = f"{url}/datasets/tape_esm4/zarr/ta/{first}"
+    with cf.ThreadPoolExecutor(8) as ex:
+        codes = list(ex.map(lambda _: _until_ok(key).status_code, range(8)))
+    assert codes == [200] * 8
+    assert len(slk.recalls_of("/T2/")) == 1, slk.recalls_of("/T2/")
+    assert len([c for c in slk.calls("retrieve") if "/T2/" in c[1]]) == 1
+    metrics = requests.get(f"{url}/metrics", timeout=30).text
+    for m in ["cloudify_tape_queue_files", "cloudify_tape_recalls_in_flight", "cloudify_tape_recall_seconds_count",
+              "cloudify_tape_cache_bytes", "cloudify_tape_cache_evictions", "cloudify_tape_unavailable_total"]:
+        assert m in metrics, m
+    unavailable = [l for l in metrics.splitlines() if l.startswith("cloudify_tape_unavailable_total")]
+    assert float(unavailable[0].split()[-1]) >= 1
+
+
+def test_failed_recall_is_502_naming_file_and_reason_then_retried(tape):
+    url, slk = tape["url"], tape["slk"]
+    _, (first, _) = _chunk_keys(url, "tape_bad")
+    r = _until_ok(f"{url}/datasets/tape_bad/zarr/ta/{first}")
+    assert r.status_code == 502, (r.status_code, r.text[:300])
+    body = r.json()
+    assert "/arch/proj/T9/" in body["error"] and "tape T9 unreadable" in body["error"], body
+    assert body["state"] == "failed" and int(r.headers["Retry-After"]) >= 1
+    n = len(slk.recalls_of("/T9/"))
+    # within the backoff: answered at once, no new recall
+    assert requests.get(f"{url}/datasets/tape_bad/zarr/ta/{first}", timeout=60).status_code == 502
+    assert len(slk.recalls_of("/T9/")) == n
+    time.sleep(2.5)
+    requests.get(f"{url}/datasets/tape_bad/zarr/ta/{first}", timeout=60)
+    assert len(slk.recalls_of("/T9/")) == n + 1, "not retried after the backoff"
+
+
+def test_fsspec_raises_on_503_and_a_retrying_zarr_client_reads_the_values(tape, archive):
+    import fsspec
+    import zarr
+
+    url = tape["url"]
+    _, (first, _) = _chunk_keys(url, "tape_cm4")
+    store = f"{url}/datasets/tape_cm4/zarr"
+    # fsspec: a 503 is an error, never chunk data or a fill value
+    fs = fsspec.filesystem("http")
+    with pytest.raises(Exception) as e:
+        fs.cat(f"{store}/ta/{first}")
+    assert "503" in str(e.value) or "Service Unavailable" in str(e.value), repr(e.value)
+    with pytest.raises(Exception):
+        xr.open_zarr(store, consolidated=True, decode_times=False)["ta"].load()
+
+    # a client that retries 503s (obstore's HTTP store, as zarr-python's ObjectStore uses)
+    from obstore.store import HTTPStore
+    from zarr.storage import ObjectStore
+
+    http = HTTPStore.from_url(store, client_options={"allow_http": True, "timeout": "60s"},
+                              retry_config={"max_retries": 30, "retry_timeout": timedelta(seconds=60),
+                                            "backoff": {"init_backoff": timedelta(seconds=0.5),
+                                                        "max_backoff": timedelta(seconds=2), "base": 2}})
+    z = zarr.open_group(ObjectStore(http, read_only=True), mode="r", zarr_format=2)
+    got = z["ta"][...]
+    orig = _original(archive["files"]["tape_cm4"])
+    np.testing.assert_array_equal(got, orig["ta"].values)
+
+
+def test_a_404_would_have_been_silent_fill_values(tape, tmp_path):
+    """Why the server never answers 404 for a chunk it cannot read now: a zarr client reads a
+    missing chunk as the fill value, without any error. Here a plain HTTP server that has the
+    metadata but answers 404 for the chunks, as a naive tape gateway would."""
+    import http.server
+    import zarr
+
+    url = tape["url"]
+    d = tmp_path / "store"
+    (d / "ta").mkdir(parents=True)
+    (d / ".zmetadata").write_bytes(requests.get(f"{url}/datasets/tape_esm4/zarr/.zmetadata", timeout=30).content)
+    for k in [".zgroup", ".zattrs"]:
+        (d / k).write_bytes(requests.get(f"{url}/datasets/tape_esm4/zarr/{k}", timeout=30).content)
+    for k in [".zarray", ".zattrs"]:
+        (d / "ta" / k).write_bytes(requests.get(f"{url}/datasets/tape_esm4/zarr/ta/{k}", timeout=30).content)
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(d))  # noqa: E731
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.RequestHandlerClass.log_message = lambda *a: None
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        z = zarr.open_array(f"http://127.0.0.1:{httpd.server_address[1]}/ta", mode="r", zarr_format=2)
+        silent = np.asarray(z[0], dtype="f8")  # no error raised: the 404 is taken for "never written"
+        fill = 0.0 if z.fill_value is None else float(z.fill_value)
+        assert np.all((silent == fill) | (np.isnan(silent) & np.isnan(fill))), silent
+        # what the tape server answers for the same chunk instead: data (it was recalled)
+        real = np.asarray(zarr.open_array(f"{url}/datasets/tape_esm4/zarr/ta", mode="r", zarr_format=2)[0])
+        assert not np.array_equal(real, silent)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_stage_route_and_bad_input(tape):
+    url = tape["url"]
+    r = requests.post(f"{url}/datasets/tape_cm4/stage?variables=ta", timeout=30)
+    assert r.status_code == 202 and r.headers["Location"] == "/datasets/tape_cm4/locality", r.text
+    assert r.json()["status"] == "/datasets/tape_cm4/locality"
+    r = requests.post(f"{url}/datasets/tape_cm4/stage?variables=nope", timeout=30)
+    assert r.status_code == 400 and "nope" in r.json()["error"]
+    r = requests.get(f"{url}/datasets/nope/locality", timeout=30)
+    assert r.status_code == 404
+
+
+def test_tiny_budget_evicts_least_recently_used(archive, tmp_path):
+    """A budget of one file: reading a second file evicts the first (not in use any more);
+    both read the right values."""
+    slk = Slk(tmp_path / "slk", archive["root"], [])
+    sizes = {n: sum(f.stat().st_size for f in archive["files"][n]) for n in ("tape_esm4", "tape_cm4")}
+    storage = _tape_storage(slk.state, tmp_path / "staging", budgetBytes=max(sizes.values()) + 1000)
+    datasets = [{"name": n, "sources": archive["refs"][n], "referenceRoots": ["/arch"], "storage": storage}
+                for n in sizes]
+    url, proc, log, _ = _serve(tmp_path, "tiny", datasets)
+    try:
+        for n in sizes:
+            requests.post(f"{url}/datasets/{n}/stage", timeout=30)
+            deadline = time.monotonic() + 30
+            while requests.get(f"{url}/datasets/{n}/locality", timeout=30).json()["online"] < 1:
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.3)
+            ds = xr.open_zarr(f"{url}/datasets/{n}/zarr", consolidated=True, mask_and_scale=False,
+                              decode_times=False).load()
+            np.testing.assert_array_equal(ds["ta"].values, _original(archive["files"][n])["ta"].values)
+        first = requests.get(f"{url}/datasets/tape_esm4/locality", timeout=30).json()
+        second = requests.get(f"{url}/datasets/tape_cm4/locality", timeout=30).json()
+        assert first["files"][0]["state"] == "nearline" and second["files"][0]["state"] == "online", (first, second)
+        assert second["cache"]["evictions"] == 1 and second["cache"]["bytes"] <= second["cache"]["budgetBytes"]
+        assert not any((tmp_path / "staging").rglob(archive["files"]["tape_esm4"][0].name))
+    finally:
+        stop_server(proc)
+
+
+def test_wlcg_tape_rest_driver(archive, tmp_path):
+    from wlcg_tape_emulator import Emulator
+
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    bad = f"/arch/proj/T9/{archive['files']['tape_bad'][0].name}"
+    emu = Emulator(archive["root"], "s3cret-token", delay=DELAY, fail=(bad,))
+    try:
+        storage = {"tape": {"driver": {"wlcg": {"endpoint": f"{emu.url}/api/v1/tape", "dataUrl": f"{emu.url}/data",
+                                                "tokenFile": str(token)}},
+                            "stagingDir": str(tmp_path / "staging"), "waitSeconds": WAIT, "batchWindowMs": 200,
+                            "pollMs": 200, "retryAfterSeconds": 4}}
+        datasets = [{"name": n, "sources": archive["refs"][n], "referenceRoots": ["/arch"], "storage": storage}
+                    for n in ("tape_cm4", "tape_bad")]
+        url, proc, log, _ = _serve(tmp_path, "wlcg", datasets)
+        try:
+            loc = requests.get(f"{url}/datasets/tape_cm4/locality", timeout=30).json()
+            assert loc["files"][0]["archive"] == "NEARLINE", loc
+            assert not [c for c in emu.calls if c[0] == "POST" and c[1].endswith("/stage")]
+            _, (first, _) = _chunk_keys(url, "tape_cm4")
+            r = requests.get(f"{url}/datasets/tape_cm4/zarr/ta/{first}", timeout=60)
+            assert r.status_code == 503 and r.headers["Retry-After"] == "4", (r.status_code, r.text)
+            assert _until_ok(f"{url}/datasets/tape_cm4/zarr/ta/{first}").status_code == 200
+            ds = xr.open_zarr(f"{url}/datasets/tape_cm4/zarr", consolidated=True, mask_and_scale=False,
+                              decode_times=False).load()
+            np.testing.assert_array_equal(ds["ta"].values, _original(archive["files"]["tape_cm4"])["ta"].values)
+            assert len([c for c in emu.calls if c == ("POST", "/api/v1/tape/stage")]) == 1
+            assert any(c[1].startswith("/api/v1/tape/release/") for c in emu.calls)
+            _, (bfirst, _) = _chunk_keys(url, "tape_bad")
+            r = _until_ok(f"{url}/datasets/tape_bad/zarr/ta/{bfirst}")
+            assert r.status_code == 502 and "tape VOL042 is disabled" in r.json()["error"], r.text
+        finally:
+            stop_server(proc)
+        # a wrong token: the archive refuses, the client gets a 502 naming why
+        token.write_text("wrong\n")
+        url, proc, log, _ = _serve(tmp_path, "wlcg-badtoken", [
+            {**datasets[0], "storage": {"tape": {**storage["tape"], "stagingDir": str(tmp_path / "staging2")}}}])
+        try:
+            r = _until_ok(f"{url}/datasets/tape_cm4/zarr/ta/{first}")
+            assert r.status_code == 502 and "401" in r.json()["error"], r.text
+        finally:
+            stop_server(proc)
+    finally:
+        emu.stop()

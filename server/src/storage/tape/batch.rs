@@ -1,0 +1,77 @@
+//! Batching queued files into recall jobs: per tape, at most so many tapes per job.
+//!
+//! Reading a tape is mounting it and winding to each file: files of one tape belong in one
+//! job (one mount), and a job spanning many tapes waits for as many drives. Archives limit
+//! both (DKRZ: recalls should stay within a few tapes), so jobs are cut at whole tapes.
+
+use std::collections::{BTreeMap, HashMap};
+
+/// Jobs for `files` (queue order kept within a tape): files grouped by their tape in
+/// `tapes` (a file without one is a group of its own), groups in order of first appearance,
+/// at most `tapes_per_job` groups per job.
+pub fn plan(files: &[String], tapes: &HashMap<String, String>, tapes_per_job: usize) -> Vec<Vec<String>> {
+    let mut order: Vec<String> = Vec::new();
+    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for f in files {
+        if !seen.insert(f.as_str()) {
+            continue;
+        }
+        let key = match tapes.get(f) {
+            Some(t) => format!("tape:{t}"),
+            None => format!("file:{f}"),
+        };
+        let g = groups.entry(key.clone()).or_default();
+        if g.is_empty() {
+            order.push(key);
+        }
+        g.push(f.clone());
+    }
+    order
+        .chunks(tapes_per_job.max(1))
+        .map(|keys| {
+            keys.iter()
+                .flat_map(|k| groups.remove(k).unwrap_or_default())
+                .collect()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn files_of_one_tape_share_a_job_and_jobs_are_cut_at_whole_tapes() {
+        let files = s(&["/a1", "/b1", "/a2", "/c1", "/x", "/b2", "/a1"]);
+        let tapes: HashMap<String, String> = [
+            ("/a1", "A"),
+            ("/a2", "A"),
+            ("/b1", "B"),
+            ("/b2", "B"),
+            ("/c1", "C"),
+        ]
+        .iter()
+        .map(|(f, t)| (f.to_string(), t.to_string()))
+        .collect();
+        assert_eq!(
+            plan(&files, &tapes, 2),
+            vec![s(&["/a1", "/a2", "/b1", "/b2"]), s(&["/c1", "/x"])]
+        );
+        assert_eq!(plan(&files, &tapes, 1).len(), 4);
+        assert_eq!(
+            plan(&files, &tapes, 10),
+            vec![s(&["/a1", "/a2", "/b1", "/b2", "/c1", "/x"])]
+        );
+        // without tape information every file is its own group
+        assert_eq!(
+            plan(&s(&["/p", "/q", "/r"]), &HashMap::new(), 2),
+            vec![s(&["/p", "/q"]), s(&["/r"])]
+        );
+        assert!(plan(&[], &tapes, 3).is_empty());
+    }
+}

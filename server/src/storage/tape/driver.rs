@@ -1,0 +1,509 @@
+//! Tape drivers: how a recall is started, followed and copied into the staging cache.
+//!
+//! Two kinds: commands (StrongLink's `slk`/`slk_helpers`, or any tool with the same verbs)
+//! and the WLCG Tape REST API (dCache, CTA). Drivers are blocking: the stager calls them
+//! from its own threads, never from a request.
+
+use std::collections::HashMap;
+use std::io::Read as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cloudify_crds::{TapeCommandDriver, TapeWlcgDriver};
+
+/// Where a recall job is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobStatus {
+    /// Queued or running; `eta`: the driver's estimate of seconds to completion.
+    Running {
+        /// Seconds to completion, when the driver says.
+        eta: Option<u64>,
+    },
+    /// Finished; the files that could not be recalled, with the driver's reason.
+    Finished {
+        /// Files that failed, by archive path.
+        failed: HashMap<String, String>,
+    },
+    /// The whole job failed (FAILED, ABORTED, CANCELLED), with the driver's reason.
+    Failed(String),
+}
+
+/// A tape archive's recall interface. Errors are the driver's words (command output,
+/// HTTP status and body), for messages.
+pub trait Driver: Send + Sync + std::fmt::Debug {
+    /// The tape of each file; files left out are grouped on their own.
+    fn tapes(&self, files: &[String]) -> Result<HashMap<String, String>, String>;
+    /// Starts recalling `files`; the job id.
+    fn submit(&self, files: &[String]) -> Result<String, String>;
+    /// The state of job `job`.
+    fn status(&self, job: &str) -> Result<JobStatus, String>;
+    /// Copies recalled `file` to `dest` (a temporary name in the staging cache).
+    fn retrieve(&self, job: &str, file: &str, dest: &Path) -> Result<(), String>;
+    /// The job's files are in the cache: the archive may drop its disk copies.
+    fn release(&self, _job: &str, _files: &[String]) {}
+    /// Locality of `files` as the archive reports it (`ONLINE`, `NEARLINE`, ...), when it can.
+    fn archive_info(&self, _files: &[String]) -> Option<HashMap<String, String>> {
+        None
+    }
+}
+
+/// Runs `slk`-like commands.
+#[derive(Debug)]
+pub struct CommandDriver {
+    spec: TapeCommandDriver,
+    job_re: regex::Regex,
+    eta_re: Option<regex::Regex>,
+    timeout: Duration,
+}
+
+impl CommandDriver {
+    /// Checks the templates and regular expressions.
+    pub fn new(spec: &TapeCommandDriver) -> Result<Self, String> {
+        let job_re = regex::Regex::new(spec.job_id_regex.as_deref().unwrap_or(r"(\d+)"))
+            .map_err(|e| format!("tape.driver.command.jobIdRegex: {e}"))?;
+        if job_re.captures_len() < 2 {
+            return Err("tape.driver.command.jobIdRegex: needs a group for the job id".into());
+        }
+        let eta_re = spec
+            .eta_regex
+            .as_deref()
+            .map(regex::Regex::new)
+            .transpose()
+            .map_err(|e| format!("tape.driver.command.etaRegex: {e}"))?;
+        Ok(Self {
+            spec: spec.clone(),
+            job_re,
+            eta_re,
+            timeout: Duration::from_secs(spec.timeout_seconds.unwrap_or(300)),
+        })
+    }
+
+    /// Runs `template` with placeholders replaced; its stdout, or why it failed.
+    fn run(&self, template: &[String], vars: &Vars<'_>) -> Result<String, String> {
+        let args = expand(template, vars);
+        let Some((prog, rest)) = args.split_first() else {
+            return Err("empty command".into());
+        };
+        run_command(prog, rest, self.timeout)
+    }
+}
+
+/// Values of a command template's placeholders.
+#[derive(Default)]
+struct Vars<'a> {
+    files: &'a [String],
+    file: &'a str,
+    job: &'a str,
+    dest: &'a str,
+}
+
+/// A template's arguments with placeholders replaced: `{files}` alone is one argument per
+/// file; `{file}`, `{job}`, `{dest}` are replaced within arguments. Never a shell.
+fn expand(template: &[String], v: &Vars<'_>) -> Vec<String> {
+    let mut out = Vec::new();
+    for a in template {
+        if a == "{files}" {
+            out.extend(v.files.iter().cloned());
+        } else {
+            out.push(
+                a.replace("{file}", v.file)
+                    .replace("{job}", v.job)
+                    .replace("{dest}", v.dest),
+            );
+        }
+    }
+    out
+}
+
+/// Runs a program with a time limit; stdout on exit status 0, else its output as the reason.
+fn run_command(prog: &str, args: &[String], timeout: Duration) -> Result<String, String> {
+    let out = tempfile::tempfile().map_err(|e| format!("{prog}: temporary file: {e}"))?;
+    let err = tempfile::tempfile().map_err(|e| format!("{prog}: temporary file: {e}"))?;
+    let (mut out_r, mut err_r) = (
+        out.try_clone().map_err(|e| e.to_string())?,
+        err.try_clone().map_err(|e| e.to_string())?,
+    );
+    // Output goes to files, not pipes: a chatty command cannot block on a full pipe.
+    let mut child = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("cannot run {prog}: {e}"))?;
+    let t0 = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if t0.elapsed() > timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{prog}: no answer within {} s", timeout.as_secs()));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("{prog}: {e}")),
+        }
+    };
+    use std::io::Seek as _;
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    let _ = out_r.seek(std::io::SeekFrom::Start(0));
+    let _ = err_r.seek(std::io::SeekFrom::Start(0));
+    let _ = out_r.read_to_string(&mut stdout);
+    let _ = err_r.read_to_string(&mut stderr);
+    if status.success() {
+        Ok(stdout)
+    } else {
+        let said = if stderr.trim().is_empty() { stdout } else { stderr };
+        Err(format!("{prog} exited with {status}: {}", said.trim()))
+    }
+}
+
+impl Driver for CommandDriver {
+    fn tapes(&self, files: &[String]) -> Result<HashMap<String, String>, String> {
+        if self.spec.tape_of.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let out = self.run(
+            &self.spec.tape_of,
+            &Vars {
+                files,
+                ..Vars::default()
+            },
+        )?;
+        Ok(out
+            .lines()
+            .filter_map(|l| {
+                let (p, t) = l.trim().rsplit_once(char::is_whitespace)?;
+                Some((p.trim().to_string(), t.to_string()))
+            })
+            .collect())
+    }
+
+    fn submit(&self, files: &[String]) -> Result<String, String> {
+        let out = self.run(
+            &self.spec.recall,
+            &Vars {
+                files,
+                ..Vars::default()
+            },
+        )?;
+        self.job_re
+            .captures(&out)
+            .and_then(|c| c.get(1))
+            .map(|m| m.as_str().to_string())
+            .ok_or_else(|| format!("no job id in the recall's output: {}", out.trim()))
+    }
+
+    fn status(&self, job: &str) -> Result<JobStatus, String> {
+        let out = self.run(
+            &self.spec.status,
+            &Vars {
+                job,
+                ..Vars::default()
+            },
+        )?;
+        let up = out.to_ascii_uppercase();
+        if ["FAILED", "ABORTED", "CANCELLED", "ERROR"]
+            .iter()
+            .any(|w| up.contains(w))
+        {
+            return Ok(JobStatus::Failed(out.trim().to_string()));
+        }
+        if ["SUCCESSFUL", "COMPLETED", "DONE"].iter().any(|w| up.contains(w)) {
+            return Ok(JobStatus::Finished {
+                failed: HashMap::new(),
+            });
+        }
+        let eta = self
+            .eta_re
+            .as_ref()
+            .and_then(|r| r.captures(&out))
+            .and_then(|c| c.get(1))
+            .and_then(|m| m.as_str().parse().ok());
+        Ok(JobStatus::Running { eta })
+    }
+
+    fn retrieve(&self, job: &str, file: &str, dest: &Path) -> Result<(), String> {
+        let dest = dest.to_string_lossy();
+        self.run(
+            &self.spec.retrieve,
+            &Vars {
+                file,
+                job,
+                dest: &dest,
+                ..Vars::default()
+            },
+        )
+        .map(|_| ())
+    }
+}
+
+/// The WLCG Tape REST API (`/stage`, `/archiveinfo`, `/release`), and plain GETs of staged
+/// files from its data door.
+#[derive(Debug)]
+pub struct WlcgDriver {
+    spec: TapeWlcgDriver,
+    client: reqwest::Client,
+    /// The driver's own I/O runtime: calls come from the stager's threads and from
+    /// request handlers' blocking threads, and wait for the answer on a channel (no
+    /// runtime is nested, whichever thread asks).
+    rt: tokio::runtime::Runtime,
+}
+
+impl WlcgDriver {
+    /// A client for the endpoint (requests time out after 60 s; downloads after an hour).
+    pub fn new(spec: &TapeWlcgDriver) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| format!("tape.driver.wlcg: {e}"))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("cloudify-tape-http")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("tape.driver.wlcg: cannot start its I/O runtime: {e}"))?;
+        Ok(Self {
+            spec: spec.clone(),
+            client,
+            rt,
+        })
+    }
+
+    /// Runs `fut` on the driver's runtime and waits for it, from any thread.
+    fn block_on<T: Send + 'static>(
+        &self,
+        fut: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Result<T, String> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.rt.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv()
+            .map_err(|_| "tape HTTP task failed (see server log)".to_string())
+    }
+
+    /// The bearer token, read anew for every request (tokens are rotated under us).
+    fn token(&self) -> Result<Option<String>, String> {
+        self.spec
+            .token_file
+            .as_ref()
+            .map(|f| {
+                std::fs::read_to_string(f)
+                    .map(|t| t.trim().to_string())
+                    .map_err(|e| format!("token file {f}: {e}"))
+            })
+            .transpose()
+    }
+
+    fn url(&self, tail: &str) -> String {
+        format!("{}/{tail}", self.spec.endpoint.trim_end_matches('/'))
+    }
+
+    /// Sends a request and reads its JSON answer.
+    fn call(
+        &self,
+        method: reqwest::Method,
+        url: String,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, String> {
+        let mut req = self
+            .client
+            .request(method.clone(), &url)
+            .timeout(Duration::from_secs(60));
+        if let Some(t) = self.token()? {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let u = url.clone();
+        self.block_on(async move {
+            let r = req.send().await.map_err(|e| format!("{method} {u}: {e}"))?;
+            let status = r.status();
+            let text = r.text().await.map_err(|e| format!("{method} {u}: {e}"))?;
+            if !status.is_success() {
+                return Err(format!("{method} {u}: {status}: {}", text.trim()));
+            }
+            if text.trim().is_empty() {
+                return Ok(serde_json::Value::Null);
+            }
+            serde_json::from_str(&text).map_err(|e| format!("{method} {u}: invalid JSON answer: {e}"))
+        })?
+    }
+}
+
+impl Driver for WlcgDriver {
+    fn tapes(&self, _files: &[String]) -> Result<HashMap<String, String>, String> {
+        // The API does not tell tapes; the site orders one request's files by tape itself.
+        Ok(HashMap::new())
+    }
+
+    fn submit(&self, files: &[String]) -> Result<String, String> {
+        let body = serde_json::json!({"files": files.iter().map(|p| serde_json::json!({"path": p})).collect::<Vec<_>>()});
+        let r = self.call(reqwest::Method::POST, self.url("stage"), Some(body))?;
+        r.get("requestId")
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| format!("no requestId in the stage answer: {r}"))
+    }
+
+    fn status(&self, job: &str) -> Result<JobStatus, String> {
+        let r = self.call(reqwest::Method::GET, self.url(&format!("stage/{job}")), None)?;
+        let files = r
+            .get("files")
+            .and_then(|f| f.as_array())
+            .ok_or_else(|| format!("no files in the stage request's status: {r}"))?;
+        let mut failed = HashMap::new();
+        let mut running = false;
+        for f in files {
+            let path = f.get("path").and_then(|p| p.as_str()).unwrap_or_default();
+            let state = f.get("state").and_then(|s| s.as_str()).unwrap_or_default();
+            match state {
+                "COMPLETED" => {}
+                "FAILED" | "CANCELLED" => {
+                    let why = f.get("error").and_then(|e| e.as_str()).unwrap_or(state);
+                    failed.insert(path.to_string(), why.to_string());
+                }
+                _ => running = true,
+            }
+        }
+        Ok(if running {
+            JobStatus::Running { eta: None }
+        } else {
+            JobStatus::Finished { failed }
+        })
+    }
+
+    fn retrieve(&self, _job: &str, file: &str, dest: &Path) -> Result<(), String> {
+        let url = format!("{}{}", self.spec.data_url.trim_end_matches('/'), file);
+        let mut req = self.client.get(&url).timeout(Duration::from_secs(3600));
+        if let Some(t) = self.token()? {
+            req = req.bearer_auth(t);
+        }
+        let dest = dest.to_path_buf();
+        self.block_on(async move {
+            use std::io::Write as _;
+            let mut r = req.send().await.map_err(|e| format!("GET {url}: {e}"))?;
+            if !r.status().is_success() {
+                return Err(format!("GET {url}: {}", r.status()));
+            }
+            let mut f = std::io::BufWriter::new(
+                std::fs::File::create(&dest).map_err(|e| format!("{}: {e}", dest.display()))?,
+            );
+            while let Some(part) = r.chunk().await.map_err(|e| format!("GET {url}: {e}"))? {
+                f.write_all(&part)
+                    .map_err(|e| format!("{}: {e}", dest.display()))?;
+            }
+            f.flush().map_err(|e| format!("{}: {e}", dest.display()))
+        })?
+    }
+
+    fn release(&self, job: &str, files: &[String]) {
+        let body = serde_json::json!({"paths": files});
+        if let Err(e) = self.call(
+            reqwest::Method::POST,
+            self.url(&format!("release/{job}")),
+            Some(body),
+        ) {
+            tracing::warn!(job, "tape release failed: {e}");
+        }
+    }
+
+    fn archive_info(&self, files: &[String]) -> Option<HashMap<String, String>> {
+        let body = serde_json::json!({"paths": files});
+        let r = match self.call(reqwest::Method::POST, self.url("archiveinfo"), Some(body)) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("tape archiveinfo failed: {e}");
+                return None;
+            }
+        };
+        Some(
+            r.as_array()?
+                .iter()
+                .filter_map(|f| {
+                    let p = f.get("path")?.as_str()?;
+                    let l = f
+                        .get("locality")
+                        .and_then(|l| l.as_str())
+                        .or_else(|| f.get("error").map(|_| "ERROR"))?;
+                    Some((p.to_string(), l.to_string()))
+                })
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_expand_without_a_shell() {
+        let t: Vec<String> = ["slk", "recall", "{files}", "--job={job}", "{dest}"]
+            .map(String::from)
+            .to_vec();
+        let files = ["/a b.nc".to_string(), "/c;rm -rf.nc".to_string()];
+        let v = Vars {
+            files: &files,
+            job: "7",
+            dest: "/s/x",
+            ..Vars::default()
+        };
+        assert_eq!(
+            expand(&t, &v),
+            ["slk", "recall", "/a b.nc", "/c;rm -rf.nc", "--job=7", "/s/x"]
+        );
+    }
+
+    #[test]
+    fn commands_report_failures_and_time_out() {
+        assert_eq!(
+            run_command("sh", &["-c".into(), "echo job 42".into()], Duration::from_secs(5)).as_deref(),
+            Ok("job 42\n")
+        );
+        let e = run_command(
+            "sh",
+            &["-c".into(), "echo tape broken >&2; exit 3".into()],
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
+        assert!(e.contains("tape broken") && e.contains('3'), "{e}");
+        let e = run_command("sleep", &["5".into()], Duration::from_millis(200)).unwrap_err();
+        assert!(e.contains("no answer"), "{e}");
+        assert!(
+            run_command("/nonexistent/slk", &[], Duration::from_secs(1))
+                .unwrap_err()
+                .contains("cannot run")
+        );
+    }
+
+    #[test]
+    fn job_ids_and_states_are_parsed() {
+        let d = CommandDriver::new(&TapeCommandDriver {
+            recall: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo 'Submitted recall job 1234 for 2 files'".into(),
+            ],
+            status: vec!["sh".into(), "-c".into(), "echo 'PROCESSING eta=17'".into()],
+            eta_regex: Some(r"eta=(\d+)".into()),
+            retrieve: vec!["true".into()],
+            tape_of: vec!["sh".into(), "-c".into(), "printf '/a.nc T1\\n/b.nc T2\\n'".into()],
+            ..TapeCommandDriver::default()
+        })
+        .expect("valid");
+        assert_eq!(d.submit(&["/a.nc".into()]).as_deref(), Ok("1234"));
+        assert_eq!(d.status("1234"), Ok(JobStatus::Running { eta: Some(17) }));
+        let tapes = d.tapes(&[]).expect("tapes");
+        assert_eq!(tapes.get("/b.nc").map(String::as_str), Some("T2"));
+        let bad = TapeCommandDriver {
+            job_id_regex: Some("no group".into()),
+            ..TapeCommandDriver::default()
+        };
+        assert!(CommandDriver::new(&bad).unwrap_err().contains("jobIdRegex"));
+    }
+}

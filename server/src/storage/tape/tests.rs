@@ -1,0 +1,216 @@
+//! The stager with an in-process driver: single flight, batching, waiting, failures.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::driver::{Driver, JobStatus};
+use super::*;
+
+/// Recalls take `delay`; files named `*bad*` fail; tapes are the first path segment.
+#[derive(Debug)]
+struct Fake {
+    delay: Duration,
+    submits: Mutex<Vec<Vec<String>>>,
+    started: Mutex<HashMap<String, Instant>>,
+    retrieves: AtomicUsize,
+}
+
+impl Fake {
+    fn new(delay_ms: u64) -> Arc<Self> {
+        Arc::new(Self {
+            delay: Duration::from_millis(delay_ms),
+            submits: Mutex::default(),
+            started: Mutex::default(),
+            retrieves: AtomicUsize::new(0),
+        })
+    }
+}
+
+impl Driver for Fake {
+    fn tapes(&self, files: &[String]) -> Result<HashMap<String, String>, String> {
+        Ok(files
+            .iter()
+            .filter_map(|f| {
+                Some((
+                    f.clone(),
+                    f.trim_start_matches('/').split('/').next()?.to_string(),
+                ))
+            })
+            .collect())
+    }
+    fn submit(&self, files: &[String]) -> Result<String, String> {
+        let mut s = self.submits.lock().unwrap();
+        s.push(files.to_vec());
+        let job = s.len().to_string();
+        self.started.lock().unwrap().insert(job.clone(), Instant::now());
+        Ok(job)
+    }
+    fn status(&self, job: &str) -> Result<JobStatus, String> {
+        let t0 = self.started.lock().unwrap()[job];
+        if t0.elapsed() < self.delay {
+            return Ok(JobStatus::Running { eta: Some(7) });
+        }
+        let files = self.submits.lock().unwrap()[job.parse::<usize>().unwrap() - 1].clone();
+        if files.iter().all(|f| f.contains("bad")) {
+            return Ok(JobStatus::Failed("tape T9 unavailable".into()));
+        }
+        Ok(JobStatus::Finished {
+            failed: files
+                .iter()
+                .filter(|f| f.contains("bad"))
+                .map(|f| (f.clone(), "tape T9 unavailable".into()))
+                .collect(),
+        })
+    }
+    fn retrieve(&self, _job: &str, file: &str, dest: &Path) -> Result<(), String> {
+        self.retrieves.fetch_add(1, Ordering::SeqCst);
+        std::fs::write(dest, file.as_bytes().repeat(10)).map_err(|e| e.to_string())
+    }
+}
+
+fn limits(wait_ms: u64) -> Limits {
+    Limits {
+        wait: Duration::from_millis(wait_ms),
+        window: Duration::from_millis(50),
+        tapes_per_job: 2,
+        parallel_jobs: 2,
+        poll: Duration::from_millis(10),
+        retry_after: 99,
+        backoff: Duration::from_millis(300),
+    }
+}
+
+fn stager(fake: &Arc<Fake>, budget: u64, wait_ms: u64) -> (tempfile::TempDir, Arc<Stager>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = Arc::new(StagingCache::open(dir.path(), budget).expect("cache"));
+    (dir, Arc::new(Stager::new(fake.clone(), cache, limits(wait_ms))))
+}
+
+#[test]
+fn many_waiters_of_one_file_make_one_recall() {
+    let fake = Fake::new(200);
+    let (_d, s) = stager(&fake, 1 << 20, 5000);
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let pin = s.acquire("/T1/a.nc").expect("staged");
+                std::fs::read(&pin.path).expect("read")
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), b"/T1/a.nc".repeat(10));
+    }
+    assert_eq!(fake.submits.lock().unwrap().len(), 1);
+    assert_eq!(fake.retrieves.load(Ordering::SeqCst), 1);
+    // staged: no further recall
+    s.acquire("/T1/a.nc").expect("online");
+    assert_eq!(fake.submits.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn a_short_wait_is_nearline_with_the_drivers_estimate_then_online() {
+    let fake = Fake::new(300);
+    let (_d, s) = stager(&fake, 1 << 20, 100);
+    // queued while the batch window (50 ms) runs: the configured default
+    let e = s
+        .acquire_within("/T1/a.nc", Duration::from_millis(10))
+        .expect_err("still on tape");
+    assert!(
+        matches!(e, TapeError::Nearline { state: "queued", .. }) && e.is_unavailable(),
+        "{e}"
+    );
+    assert_eq!(e.retry_after(), 99);
+    std::thread::sleep(Duration::from_millis(100));
+    let e = s.acquire("/T1/a.nc").expect_err("still on tape");
+    let TapeError::Nearline {
+        state,
+        job,
+        retry_after,
+        ..
+    } = &e
+    else {
+        panic!("{e}")
+    };
+    assert_eq!(
+        (*state, job.as_deref(), *retry_after),
+        ("recalling", Some("1"), 7)
+    );
+    assert_eq!(e.detail()["job"], "1");
+    s.acquire_within("/T1/a.nc", Duration::from_secs(5))
+        .expect("staged");
+    // (the job's thread may still be finishing: its count is not checked)
+    let (files, queued, _) = s.locality(&["/T1/a.nc".into(), "/T2/b.nc".into()]);
+    assert_eq!(
+        (files[0].state, files[1].state, queued),
+        ("online", "nearline", 0)
+    );
+}
+
+#[test]
+fn files_on_one_tape_share_a_job_and_jobs_span_at_most_two_tapes() {
+    let fake = Fake::new(50);
+    let (_d, s) = stager(&fake, 1 << 20, 5000);
+    let files: Vec<String> = ["/T1/a", "/T1/b", "/T2/c", "/T3/d", "/T1/e"]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(s.stage(&files), 5);
+    assert_eq!(s.stage(&files), 0, "already queued");
+    for f in &files {
+        s.acquire(f).expect("staged");
+    }
+    let mut jobs = fake.submits.lock().unwrap().clone();
+    jobs.sort();
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    assert!(
+        jobs.contains(&vec![
+            "/T1/a".into(),
+            "/T1/b".into(),
+            "/T1/e".into(),
+            "/T2/c".into()
+        ]),
+        "{jobs:?}"
+    );
+}
+
+#[test]
+fn failures_are_reported_then_retried_after_a_backoff() {
+    let fake = Fake::new(10);
+    let (_d, s) = stager(&fake, 1 << 20, 3000);
+    let e = s.acquire("/T9/bad.nc").expect_err("fails");
+    let TapeError::Failed { reason, .. } = &e else {
+        panic!("{e}")
+    };
+    assert!(
+        reason.contains("tape T9 unavailable") && !e.is_unavailable(),
+        "{e}"
+    );
+    // within the backoff: answered at once, no new job
+    let e = s.acquire("/T9/bad.nc").expect_err("fails");
+    assert!(matches!(e, TapeError::Failed { .. }));
+    assert_eq!(fake.submits.lock().unwrap().len(), 1);
+    std::thread::sleep(Duration::from_millis(350));
+    assert!(s.acquire("/T9/bad.nc").is_err());
+    assert_eq!(fake.submits.lock().unwrap().len(), 2, "retried after the backoff");
+}
+
+#[test]
+fn a_full_cache_of_pinned_files_refuses_instead_of_evicting() {
+    let fake = Fake::new(10);
+    // each staged file is 10 copies of its 8-byte path: 80 bytes; room for two
+    let (_d, s) = stager(&fake, 170, 3000);
+    let a = s.acquire("/T1/a.nc").expect("staged");
+    let b = s.acquire("/T1/b.nc").expect("staged");
+    let e = s.acquire("/T1/c.nc").expect_err("no room");
+    assert!(e.is_unavailable(), "{e}");
+    assert!(a.path.is_file() && b.path.is_file());
+    drop(a);
+    std::thread::sleep(Duration::from_millis(350));
+    let c = s.acquire("/T1/c.nc").expect("a evicted");
+    assert!(!s.cache.contains("/T1/a.nc") && b.path.is_file() && c.path.is_file());
+}
