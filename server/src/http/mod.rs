@@ -1,5 +1,6 @@
 //! HTTP surface: thin handlers over the dataset registry.
 
+pub mod auth;
 pub mod error;
 pub mod groupby;
 pub mod histogram;
@@ -65,4 +66,6 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/healthz", get(meta::healthz))
         .route("/readyz", get(meta::readyz))
         .route("/metrics", get(meta::metrics))
+        // access control: nginx auth_request / ingress-nginx auth-url
+        .route("/auth/check", get(auth::check))
 }
