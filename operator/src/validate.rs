@@ -123,6 +123,7 @@ fn validate_spec(spec: &CloudifyDatasetSpec, fail: &mut impl FnMut(&str, String)
             SpecError::Processing { field, reason, .. } => {
                 (format!("spec.dataset.processing.{field}"), reason)
             }
+            SpecError::Access { field, reason, .. } => (format!("spec.dataset.access.{field}"), reason),
             // A single dataset cannot collide with itself; kept for exhaustiveness.
             SpecError::Duplicate { name, .. } => (
                 "spec.dataset.name".to_string(),
