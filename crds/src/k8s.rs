@@ -304,7 +304,10 @@ pub struct AccessSpec {
     /// Anyone who reaches the URL may read (default).
     #[serde(default = "yes")]
     pub public: bool,
-    /// Bearer token readers must present when `public` is false.
+    /// Secret key holding the lowercase hex SHA-256 digests of the bearer tokens readers
+    /// present (one a line), required when `public` is false. The key is mounted as the
+    /// server's `access.tokenFile`, so changed tokens apply without a restart; the Secret
+    /// never holds a usable token. Private datasets are not registered in the catalog.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_secret: Option<SecretKeyRef>,
 }

@@ -86,6 +86,144 @@ pub struct DatasetSpec {
     /// never changed; `/kerchunk` keeps serving them as stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processing: Option<ProcessingSpec>,
+    /// Who may read the dataset (default: anyone). Views of a dataset share its access.
+    #[serde(default, skip_serializing_if = "DatasetAccess::is_public")]
+    pub access: DatasetAccess,
+}
+
+/// Who may read a dataset. `public: false` needs at least one way in: static tokens, OIDC
+/// JWTs or signed URLs (any of them grants reading).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DatasetAccess {
+    /// Anyone who reaches the URL may read (default).
+    #[serde(default = "access_public")]
+    pub public: bool,
+    /// File of accepted bearer tokens, as the lowercase hex SHA-256 of each token, one a line
+    /// (`#` starts a comment). Only hashes are stored, so the file (a mounted Secret) never
+    /// holds a usable token; it is read again when it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
+    /// OpenID Connect: JWTs of this issuer are accepted when a claim grants this dataset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc: Option<OidcAccess>,
+    /// File holding the secret key of signed URLs (`?expires=<unix seconds>&signature=<hex
+    /// HMAC-SHA256>`), for clients that cannot send headers. Trailing whitespace is ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_url_key_file: Option<String>,
+}
+
+fn access_public() -> bool {
+    true
+}
+
+impl Default for DatasetAccess {
+    fn default() -> Self {
+        Self {
+            public: true,
+            token_file: None,
+            oidc: None,
+            signed_url_key_file: None,
+        }
+    }
+}
+
+impl DatasetAccess {
+    /// Whether anyone may read (the default, left out when serialising).
+    pub fn is_public(&self) -> bool {
+        self.public
+    }
+
+    /// Why these settings cannot be used: the field (relative to `access`) and the reason.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let methods = self.token_file.is_some() || self.oidc.is_some() || self.signed_url_key_file.is_some();
+        if self.public && methods {
+            return Err((
+                "public".into(),
+                "is true, but credentials are configured: set public: false to require them".into(),
+            ));
+        }
+        if !self.public && !methods {
+            return Err((
+                "public".into(),
+                "is false, but no way in is configured: set tokenFile, oidc or signedUrlKeyFile".into(),
+            ));
+        }
+        for (field, v) in [
+            ("tokenFile", &self.token_file),
+            ("signedUrlKeyFile", &self.signed_url_key_file),
+        ] {
+            if v.as_deref().is_some_and(|f| f.trim().is_empty()) {
+                return Err((field.into(), "must not be empty".into()));
+            }
+        }
+        if let Some(o) = &self.oidc {
+            if !(o.issuer.starts_with("https://") || o.issuer.starts_with("http://")) {
+                return Err((
+                    "oidc.issuer".into(),
+                    format!("'{}' is not an http(s) URL", o.issuer),
+                ));
+            }
+            if o.audience.trim().is_empty() {
+                return Err(("oidc.audience".into(), "must not be empty".into()));
+            }
+            if o.claim.trim().is_empty() {
+                return Err(("oidc.claim".into(), "must not be empty".into()));
+            }
+            if o.grants.is_empty() {
+                return Err((
+                    "oidc.grants".into(),
+                    "name at least one claim value (group or scope) that may read this dataset".into(),
+                ));
+            }
+            if o.algorithms.is_empty() {
+                return Err(("oidc.algorithms".into(), "name at least one algorithm".into()));
+            }
+            for a in &o.algorithms {
+                if !OIDC_ALGORITHMS.contains(&a.as_str()) {
+                    return Err((
+                        "oidc.algorithms".into(),
+                        format!("'{a}' is not accepted; one of {}", OIDC_ALGORITHMS.join(", ")),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Signature algorithms an OIDC-protected dataset may accept: asymmetric ones only (a
+/// shared-secret HS256 token would need the issuer's secret here; `none` is never accepted).
+pub const OIDC_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+/// JWTs of one OpenID Connect issuer, and which of their claim values grant reading.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OidcAccess {
+    /// The issuer URL: must equal the token's `iss`; its keys are found through
+    /// `{issuer}/.well-known/openid-configuration`.
+    pub issuer: String,
+    /// The token's `aud` must contain this.
+    pub audience: String,
+    /// Claim holding groups or scopes: a list of strings, or one string of space-separated
+    /// values (`scope`). Default `groups`.
+    #[serde(default = "default_claim")]
+    pub claim: String,
+    /// Claim values any one of which grants reading this dataset.
+    pub grants: Vec<String>,
+    /// Accepted signature algorithms (default RS256 and ES256).
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+}
+
+fn default_claim() -> String {
+    "groups".into()
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".into(), "ES256".into()]
 }
 
 /// Processing of a dataset's variables, applied per served chunk.
@@ -593,6 +731,14 @@ pub enum SpecError {
         field: &'static str,
         reason: String,
     },
+    /// An `access` setting is unusable (`field` is relative to `access`).
+    #[error("datasets[{index}].access.{field}: {reason} (dataset '{name}')")]
+    Access {
+        index: usize,
+        name: String,
+        field: String,
+        reason: String,
+    },
     /// A `processing` setting is unusable (`field` is relative to `processing`).
     #[error("datasets[{index}].processing.{field}: {reason} (dataset '{name}')")]
     Processing {
@@ -742,6 +888,14 @@ impl DatasetSpec {
                 }
             }
         }
+        self.access
+            .validate()
+            .map_err(|(field, reason)| SpecError::Access {
+                index,
+                name: self.name.clone(),
+                field,
+                reason,
+            })?;
         if let Some(p) = &self.processing {
             p.validate().map_err(|(field, reason)| SpecError::Processing {
                 index,
@@ -815,6 +969,47 @@ mod tests {
         assert_eq!(cfg.datasets[0].name, "tas");
         assert_eq!(cfg.datasets[0].sources, vec!["/data/tas_*.nc"]);
         assert_eq!(cfg.datasets[0].concat_dim, None);
+    }
+
+    #[test]
+    fn access_defaults_public_and_needs_a_way_in_when_private() {
+        let cfg = ServeConfig::from_yaml("datasets: [{name: a, sources: [x]}]").expect("valid");
+        assert!(cfg.datasets[0].access.public);
+        let ok = ServeConfig::from_yaml(
+            "datasets: [{name: a, sources: [x], access: {public: false, tokenFile: /t, \
+             oidc: {issuer: 'https://id.example', audience: cloudify, grants: [cmip]}}}]",
+        )
+        .expect("valid");
+        let o = ok.datasets[0].access.oidc.as_ref().expect("oidc");
+        assert_eq!(o.claim, "groups");
+        assert_eq!(o.algorithms, vec!["RS256", "ES256"]);
+        for (yaml, needle) in [
+            ("{public: false}", "access.public: is false"),
+            ("{tokenFile: /t}", "access.public: is true"),
+            ("{public: false, tokenFile: ' '}", "access.tokenFile"),
+            (
+                "{public: false, oidc: {issuer: 'https://i', audience: a, grants: [g], algorithms: [none]}}",
+                "'none' is not accepted",
+            ),
+            (
+                "{public: false, oidc: {issuer: 'https://i', audience: a, grants: [g], algorithms: [HS256]}}",
+                "'HS256' is not accepted",
+            ),
+            (
+                "{public: false, oidc: {issuer: 'https://i', audience: a, grants: []}}",
+                "access.oidc.grants",
+            ),
+            (
+                "{public: false, oidc: {issuer: 'ftp://i', audience: a, grants: [g]}}",
+                "access.oidc.issuer",
+            ),
+            ("{public: false, token: x}", "unknown field"),
+        ] {
+            let err =
+                ServeConfig::from_yaml(&format!("datasets: [{{name: a, sources: [x], access: {yaml}}}]"))
+                    .unwrap_err();
+            assert!(err.to_string().contains(needle), "{yaml}: {err}");
+        }
     }
 
     #[test]

@@ -9,5 +9,8 @@
 pub const CONFIG_DIR: &str = "/etc/cloudify";
 /// Key of the config file in the ConfigMap (and its file name under [`CONFIG_DIR`]).
 pub const CONFIG_FILE: &str = "cloudify.yaml";
+/// Where the access Secret (`spec.access.tokenSecret`) is mounted: the server's token file
+/// is `{ACCESS_DIR}/{key}`.
+pub const ACCESS_DIR: &str = "/etc/cloudify-access";
 /// Writable cache for chunk indexes (an `emptyDir`: the root filesystem is read-only).
 pub const CACHE_DIR: &str = "/var/cache/cloudify";

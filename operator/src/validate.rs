@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use cloudify_crds::SpecError;
 use cloudify_crds::k8s::{CloudifyDataset, CloudifyDatasetSpec};
 
-use crate::layout::{CACHE_DIR, CONFIG_DIR};
+use crate::layout::{ACCESS_DIR, CACHE_DIR, CONFIG_DIR};
 
 /// One problem with one field.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -123,6 +123,7 @@ fn validate_spec(spec: &CloudifyDatasetSpec, fail: &mut impl FnMut(&str, String)
             SpecError::Processing { field, reason, .. } => {
                 (format!("spec.dataset.processing.{field}"), reason)
             }
+            SpecError::Access { field, reason, .. } => (format!("spec.dataset.access.{field}"), reason),
             // A single dataset cannot collide with itself; kept for exhaustiveness.
             SpecError::Duplicate { name, .. } => (
                 "spec.dataset.name".to_string(),
@@ -197,9 +198,12 @@ fn validate_spec(spec: &CloudifyDatasetSpec, fail: &mut impl FnMut(&str, String)
                 &format!("{field}.mountPath"),
                 format!("'{}' must be absolute", v.mount_path),
             );
-        } else if [CONFIG_DIR, CACHE_DIR, "/tmp", ""].iter().any(|reserved| {
-            path == *reserved || (!reserved.is_empty() && path.starts_with(&format!("{reserved}/")))
-        }) {
+        } else if [CONFIG_DIR, CACHE_DIR, ACCESS_DIR, "/tmp", ""]
+            .iter()
+            .any(|reserved| {
+                path == *reserved || (!reserved.is_empty() && path.starts_with(&format!("{reserved}/")))
+            })
+        {
             fail(
                 &format!("{field}.mountPath"),
                 format!("'{}' is used by the server itself (or is the root)", v.mount_path),
@@ -266,18 +270,23 @@ fn validate_spec(spec: &CloudifyDatasetSpec, fail: &mut impl FnMut(&str, String)
         fail("spec.catalog.tokenSecret.name", reason);
     }
 
-    if !spec.access.public {
-        if spec.access.token_secret.is_none() {
-            fail(
-                "spec.access.tokenSecret",
-                "required when spec.access.public is false".into(),
-            );
-        }
-        // Refuse rather than serve openly: silently ignoring an access restriction would
-        // publish data its owner meant to keep private.
+    if !spec.access.public && spec.access.token_secret.is_none() {
         fail(
-            "spec.access.public",
-            "false is not supported yet: the server has no token check".into(),
+            "spec.access.tokenSecret",
+            "required when spec.access.public is false".into(),
+        );
+    }
+    if let Some(secret) = &spec.access.token_secret
+        && let Err(reason) = dns_1123_subdomain(&secret.name)
+    {
+        fail("spec.access.tokenSecret.name", reason);
+    }
+    // The dataset's own access block names files of the pod, which only the operator lays
+    // out: access is set through spec.access (the operator mounts the Secret).
+    if spec.dataset.access != cloudify_crds::DatasetAccess::default() {
+        fail(
+            "spec.dataset.access",
+            "set access through spec.access (tokenSecret), which the operator mounts into the server".into(),
         );
     }
 }

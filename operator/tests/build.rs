@@ -77,9 +77,65 @@ fn fixtures_match() {
         "tls-annotations",
         "pvc-public-url",
         "default-name",
+        "private",
     ] {
         check_fixture(case);
     }
+}
+
+#[test]
+fn private_dataset_mounts_its_token_secret_as_the_token_file() {
+    let (_, d) = desired("private");
+    let config: cloudify_crds::ServeConfig =
+        serde_yaml::from_str(&d.config_map.data.as_ref().expect("data")["cloudify.yaml"]).expect("config");
+    let access = &config.datasets[0].access;
+    assert!(!access.public);
+    assert_eq!(access.token_file.as_deref(), Some("/etc/cloudify-access/sha256"));
+    config.validate().expect("the server accepts the config");
+    let pod = d
+        .deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    let vol = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "access")
+        .expect("volume");
+    let secret = vol.secret.as_ref().expect("secret volume");
+    assert_eq!(secret.secret_name.as_deref(), Some("embargoed-readers"));
+    assert_eq!(secret.items.as_ref().unwrap()[0].key, "sha256");
+    let mount = pod.containers[0]
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.name == "access")
+        .expect("mount");
+    assert_eq!(mount.mount_path, "/etc/cloudify-access");
+    assert!(
+        mount.sub_path.is_none(),
+        "a subPath mount would never see Secret updates"
+    );
+    assert_eq!(mount.read_only, Some(true));
+    // a public dataset has neither
+    let (_, d) = desired("minimal");
+    let pod = d
+        .deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    assert!(pod.volumes.as_ref().unwrap().iter().all(|v| v.name != "access"));
 }
 
 #[test]

@@ -91,18 +91,33 @@ fn tls_needs_a_host() {
 }
 
 #[test]
-fn private_access_is_refused_until_the_server_checks_tokens() {
-    let cr = cr("  access: {public: false}\n", "tas");
-    let err = invalid(&cr);
+fn private_access_needs_a_token_secret() {
+    let cr1 = cr("  access: {public: false}\n", "tas");
+    let err = invalid(&cr1);
+    assert!(err.names("spec.access.tokenSecret"), "{err}");
     assert!(
-        err.names("spec.access.tokenSecret") && err.names("spec.access.public"),
-        "{err}"
-    );
-    assert!(
-        cel_error(&cr)
+        cel_error(&cr1)
             .expect("CEL rejects")
             .contains("access.tokenSecret is required")
     );
+    let ok = cr("  access: {public: false, tokenSecret: {name: readers}}\n", "tas");
+    assert_eq!(validate(&ok), Ok(()));
+    assert_eq!(cel_error(&ok), None);
+    let bad = cr(
+        "  access: {public: false, tokenSecret: {name: Readers_}}\n",
+        "tas",
+    );
+    assert!(invalid(&bad).names("spec.access.tokenSecret.name"));
+}
+
+#[test]
+fn dataset_access_is_set_through_spec_access() {
+    let text = VALID.replace(
+        "sources: [/data/tas.nc]}",
+        "sources: [/data/tas.nc], access: {public: false, tokenFile: /etc/passwd}}",
+    );
+    let cr: CloudifyDataset = serde_yaml::from_str(&text).unwrap();
+    assert!(invalid(&cr).names("spec.dataset.access"));
 }
 
 #[test]

@@ -77,6 +77,7 @@ pub fn load_all(specs: &[DatasetSpec], threads: usize, cache: Option<&IndexCache
         .map(|(n, _, _)| n.clone())
         .collect();
     let entries: Vec<(String, Entry)> = opened.into_iter().map(|(n, e, _)| (n, e)).collect();
+    let access = crate::access::Access::from_specs(specs)?;
     let metrics = Metrics::new()?;
     let ready = entries
         .iter()
@@ -98,6 +99,7 @@ pub fn load_all(specs: &[DatasetSpec], threads: usize, cache: Option<&IndexCache
             compute_cache: crate::state::chunk_cache::ChunkCache::new(
                 crate::state::chunk_cache::DEFAULT_COMPUTE_CACHE_BYTES,
             ),
+            access,
         },
         sources_not_found,
     })

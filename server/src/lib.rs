@@ -19,7 +19,8 @@
 //!    encodings and pass-through decided here, reference sets);
 //! 9. `open` — the one opening path: sources expanded once, every file opened through the
 //!    index cache, then aggregated;
-//! 10. `state`, `metrics` — what the running server holds;
+//! 10. `access` (who may read which dataset: tokens, OIDC JWTs, signed URLs), then
+//!     `state`, `metrics` — what the running server holds;
 //! 11. `http`, then `stac_api`, then `catalog` — thin handlers: the data routes, the
 //!     `cloudify catalog` STAC API service (its own process, its own store), the data
 //!     server's catalogs; `router` merges every feature's routes;
@@ -31,6 +32,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod app;
 pub mod attrs;
 pub mod background;

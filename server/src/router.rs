@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::http::{HeaderName, Method, header};
-use tower_http::cors::{Any, CorsLayer};
+use tower_http::cors::{AllowHeaders, Any, CorsLayer};
 
 use crate::http::{meta, middleware};
 use crate::state::AppState;
@@ -17,8 +17,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([Method::GET, Method::HEAD, Method::OPTIONS])
-        .allow_headers(Any)
+        // mirrored rather than `*`: a wildcard does not cover `Authorization` (Fetch spec)
+        .allow_headers(AllowHeaders::mirror_request())
         .expose_headers([
+            header::WWW_AUTHENTICATE,
             header::ETAG,
             header::CONTENT_LENGTH,
             HeaderName::from_static("content-encoding"),
@@ -29,6 +31,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::http::routes())
         .merge(crate::catalog::routes::routes())
         .fallback(meta::not_found)
+        // private datasets: every route below /datasets/{id}, and the listings
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::http::auth::enforce,
+        ))
         .layer(axum::middleware::from_fn(middleware::json_errors))
         .layer(axum::middleware::from_fn(middleware::limits))
         .layer(cors)

@@ -33,6 +33,8 @@ const LAYERS: &[&[&str]] = &[
     &["zarr", "kerchunk", "opendap"],
     // opening: sources → indexes (cache) → dataset
     &["open"],
+    // who may read which dataset (tokens, OIDC, signed URLs)
+    &["access"],
     // what the running server holds
     &["metrics", "state"],
     // HTTP handlers of the data routes

@@ -1,6 +1,8 @@
 //! The ConfigMap holding the server's `--config` file.
 
-use cloudify_crds::ServeConfig;
+use cloudify_crds::{DatasetAccess, ServeConfig};
+
+use crate::layout::ACCESS_DIR;
 use k8s_openapi::api::core::v1::ConfigMap;
 use std::collections::BTreeMap;
 
@@ -10,8 +12,20 @@ use super::{BuildError, CONFIG_FILE};
 /// `cloudify.yaml` with the CR's one dataset: the same file format as on-prem, so the server
 /// needs no Kubernetes-specific code path.
 pub(crate) fn config_map(target: &Target) -> Result<ConfigMap, BuildError> {
+    let mut dataset = target.cr.spec.dataset.clone();
+    let access = &target.cr.spec.access;
+    if !access.public
+        && let Some(secret) = &access.token_secret
+    {
+        // the Secret's key, mounted by the Deployment (`deployment::pod_spec`)
+        dataset.access = DatasetAccess {
+            public: false,
+            token_file: Some(format!("{ACCESS_DIR}/{}", secret.key)),
+            ..DatasetAccess::default()
+        };
+    }
     let config = ServeConfig {
-        datasets: vec![target.cr.spec.dataset.clone()],
+        datasets: vec![dataset],
     };
     let text = serde_yaml::to_string(&config).map_err(|source| BuildError::Config {
         name: target.name.to_string(),

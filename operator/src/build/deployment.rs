@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    HTTPGetAction, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SeccompProfile, SecurityContext, Volume, VolumeMount,
+    HTTPGetAction, KeyToPath, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::Settings;
 use super::meta::{Target, labels};
-use crate::layout::{CACHE_DIR, CONFIG_DIR, CONFIG_FILE};
+use crate::layout::{ACCESS_DIR, CACHE_DIR, CONFIG_DIR, CONFIG_FILE};
 
 /// Port the server listens on in the pod (and the Service's port).
 pub const PORT: i32 = 9000;
@@ -83,6 +83,26 @@ fn pod_spec(target: &Target, settings: &Settings, public_base: Option<&str>) -> 
         mount("cache", CACHE_DIR, false),
         mount("tmp", "/tmp", false),
     ];
+    if !spec.access.public
+        && let Some(secret) = &spec.access.token_secret
+    {
+        // The whole Secret directory, not a subPath: kubelet then updates the file when the
+        // Secret changes, and the server reads it again (a subPath mount never updates).
+        volumes.push(Volume {
+            name: "access".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.name.clone()),
+                items: Some(vec![KeyToPath {
+                    key: secret.key.clone(),
+                    path: secret.key.clone(),
+                    ..KeyToPath::default()
+                }]),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(mount("access", ACCESS_DIR, true));
+    }
     for (i, data) in spec.data_volumes.iter().enumerate() {
         let name = format!("data-{i}");
         volumes.push(Volume {

@@ -69,7 +69,10 @@ pub(super) async fn reconcile(
         })
     };
 
-    if !cr.spec.catalog.register {
+    // A STAC API answers anyone, and an item names the dataset, its variables and extent:
+    // private datasets stay out of it.
+    let private = !cr.spec.access.public;
+    if !cr.spec.catalog.register || private {
         // Remove what an earlier spec registered, then the finalizer that guarded it.
         if let Some(item) = &old_item {
             if let Err(e) = deregister(Some(cr), &cr.namespace().unwrap_or_default(), ctx, item).await {
@@ -90,12 +93,21 @@ pub(super) async fn reconcile(
         remove_finalizer(crs, &cr.name_any(), cr.finalizers()).await?;
         ctx.registration_succeeded(&key, None);
         return Ok(Outcome {
-            cond: Cond::new(
-                ConditionType::Registered,
-                false,
-                "Disabled",
-                "spec.catalog.register is false",
-            ),
+            cond: if private {
+                Cond::new(
+                    ConditionType::Registered,
+                    false,
+                    "PrivateDataset",
+                    "private datasets (spec.access.public: false) are not registered in the catalog",
+                )
+            } else {
+                Cond::new(
+                    ConditionType::Registered,
+                    false,
+                    "Disabled",
+                    "spec.catalog.register is false",
+                )
+            },
             stac_item: None,
             retry: None,
         });

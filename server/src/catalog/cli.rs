@@ -37,13 +37,20 @@ pub struct ServeCatalogArgs {
     /// Remove the registered items from the catalog on clean shutdown.
     #[arg(long, requires = "register")]
     pub deregister_on_exit: bool,
+    /// Register private datasets (`access.public: false`) too. Without it they are left out
+    /// of the catalog: a STAC API answers anyone, and an item names the dataset, its
+    /// variables and extent.
+    #[arg(long, requires = "register")]
+    pub register_private: bool,
 }
 
-/// Describes every ready dataset (blocking: reads coordinates).
-pub fn describe_all(state: &AppState, ctx: &CatalogCtx) -> Vec<Arc<Description>> {
+/// Describes every ready dataset (blocking: reads coordinates); private ones only with
+/// `private`.
+pub fn describe_all(state: &AppState, ctx: &CatalogCtx, private: bool) -> Vec<Arc<Description>> {
     state
         .datasets
         .iter()
+        .filter(|(id, _)| private || !state.access.is_private(id))
         .filter_map(|(_, e)| match e {
             Entry::Ready(s) => Some(ctx.description(&s.ds.name, || describe(&s.ds))),
             Entry::Failed(_) => None,
@@ -74,13 +81,14 @@ pub async fn serve_with_catalog(
     let (st, c2, cl, reg) = (state.clone(), ctx.clone(), client.clone(), registered.clone());
     let coll_id = a.stac_collection.clone();
     let explicit_base = a.public_url.clone();
+    let register_private = a.register_private;
     run_app(opts, move |url| {
         if let Some(client) = cl {
             let base = explicit_base.unwrap_or_else(|| url.to_string()).trim_end_matches('/').to_string();
             let (st, c2) = (st.clone(), c2.clone());
             tokio::spawn(async move {
                 // Describing reads coordinates: off the async workers.
-                let ds = match tokio::task::spawn_blocking(move || describe_all(&st, &c2)).await {
+                let ds = match tokio::task::spawn_blocking(move || describe_all(&st, &c2, register_private)).await {
                     Ok(d) => d,
                     Err(e) => {
                         tracing::error!("describing datasets for registration failed: {e}");

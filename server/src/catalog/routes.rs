@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::describe::{Description, describe};
 use super::{CatalogCtx, intake, item};
+use crate::http::auth::{Readable, listed};
 use crate::http::error::ApiError;
 use crate::http::zarr::served;
 use crate::state::{AppState, Entry, Served};
@@ -53,9 +54,13 @@ pub fn routes() -> axum::Router<Arc<AppState>> {
 pub async fn all_descriptions(
     state: &AppState,
     ctx: &Arc<CatalogCtx>,
+    readable: Option<&Readable>,
 ) -> Result<Vec<Arc<Description>>, ApiError> {
     let mut out = Vec::new();
-    for (_, e) in &state.datasets {
+    for (id, e) in &state.datasets {
+        if !listed(state, readable, id) {
+            continue;
+        }
         if let Entry::Ready(s) = e {
             out.push(description(state, ctx, s.clone()).await?);
         }
@@ -93,9 +98,10 @@ pub async fn stac_collection(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     c: Ctx,
+    readable: Option<Extension<Readable>>,
 ) -> Result<Response, ApiError> {
     let c = ctx(c);
-    let all = all_descriptions(&state, &c).await?;
+    let all = all_descriptions(&state, &c, readable.as_deref()).await?;
     let refs: Vec<&Description> = all.iter().map(std::convert::AsRef::as_ref).collect();
     let base = c.public_url.base(&headers);
     let coll = item::collection(
@@ -113,9 +119,10 @@ pub async fn intake_all(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     c: Ctx,
+    readable: Option<Extension<Readable>>,
 ) -> Result<Response, ApiError> {
     let c = ctx(c);
-    let all = all_descriptions(&state, &c).await?;
+    let all = all_descriptions(&state, &c, readable.as_deref()).await?;
     let refs: Vec<&Description> = all.iter().map(std::convert::AsRef::as_ref).collect();
     Ok(yaml_response(intake::catalog_yaml(
         "cloudify datasets",

@@ -2,12 +2,13 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
+use axum::{Extension, Json};
 use serde_json::{Value, json};
 
+use super::auth::{Readable, listed};
 use super::error::ApiError;
 use super::zarr::served;
 use crate::dataset::summary;
@@ -15,11 +16,11 @@ use crate::state::{AppState, Entry};
 
 /// `/`: service name, version, the ids of the datasets being served and links to the other
 /// endpoints.
-pub async fn root(State(state): State<Arc<AppState>>) -> Json<Value> {
+pub async fn root(State(state): State<Arc<AppState>>, readable: Option<Extension<Readable>>) -> Json<Value> {
     let ready: Vec<&String> = state
         .datasets
         .iter()
-        .filter(|(_, e)| matches!(e, Entry::Ready(_)))
+        .filter(|(n, e)| matches!(e, Entry::Ready(_)) && listed(&state, readable.as_deref(), n))
         .map(|(n, _)| n)
         .collect();
     Json(json!({
@@ -30,13 +31,17 @@ pub async fn root(State(state): State<Arc<AppState>>) -> Json<Value> {
     }))
 }
 
-/// `/datasets`: ids of the datasets that are being served (xpublish's answer).
-pub async fn list(State(state): State<Arc<AppState>>) -> Json<Vec<String>> {
+/// `/datasets`: ids of the datasets that are being served (xpublish's answer); private
+/// datasets only for callers who may read them.
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    readable: Option<Extension<Readable>>,
+) -> Json<Vec<String>> {
     Json(
         state
             .datasets
             .iter()
-            .filter(|(_, e)| matches!(e, Entry::Ready(_)))
+            .filter(|(n, e)| matches!(e, Entry::Ready(_)) && listed(&state, readable.as_deref(), n))
             .map(|(n, _)| n.clone())
             .collect(),
     )

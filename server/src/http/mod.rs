@@ -1,5 +1,6 @@
 //! HTTP surface: thin handlers over the dataset registry.
 
+pub mod auth;
 pub mod cdf;
 pub mod edr;
 pub mod error;
@@ -81,4 +82,6 @@ pub fn routes() -> Router<Arc<AppState>> {
         // Tape-archived datasets: recall ahead of reading, and where the files are.
         .route("/datasets/{id}/stage", axum::routing::post(tape::stage))
         .route("/datasets/{id}/locality", get(tape::locality))
+        // access control: nginx auth_request / ingress-nginx auth-url
+        .route("/auth/check", get(auth::check))
 }

@@ -24,6 +24,9 @@ pub enum Kind {
     /// OPeNDAP: errors are DAP2 `Error { ... }` documents (text/plain), which DAP clients
     /// parse, not the JSON error of the other routes.
     Dap,
+    /// `/auth/check`: 204 allowed, 401/403/503 as the data route would answer, 400 without
+    /// `X-Original-URI`.
+    AuthCheck,
 }
 
 /// (path, summary, tag, content types of the 200 answer, kind). Every route of the router
@@ -38,7 +41,7 @@ pub const ROUTES: &[(&str, &str, &str, &[&str], Kind)] = &[
     ),
     (
         "/datasets",
-        "Ids of the datasets being served",
+        "Ids of the datasets being served (private datasets only for callers whose credentials may read them)",
         "meta",
         &["application/json"],
         Kind::Plain,
@@ -215,14 +218,14 @@ pub const ROUTES: &[(&str, &str, &str, &[&str], Kind)] = &[
     ),
     (
         "/stac-collection-all.json",
-        "STAC Collection of every served dataset",
+        "STAC Collection of every served dataset (private ones only for callers who may read them)",
         "catalog",
         &["application/json"],
         Kind::Plain,
     ),
     (
         "/intake.yaml",
-        "intake catalog of every served dataset",
+        "intake catalog of every served dataset (private ones only for callers who may read them)",
         "catalog",
         &["application/yaml"],
         Kind::Plain,
@@ -269,6 +272,14 @@ pub const ROUTES: &[(&str, &str, &str, &[&str], Kind)] = &[
         "dataset",
         &["application/json"],
         Kind::Dataset,
+    ),
+    // access control
+    (
+        "/auth/check",
+        "For nginx auth_request / ingress-nginx auth-url: may the request in X-Original-URI (with this request's Authorization header, or the URI's signed-URL parameters) read? 204 if so (also for public datasets and non-dataset paths); else the 401/403/503 the data route would answer",
+        "access",
+        &[],
+        Kind::AuthCheck,
     ),
 ];
 
@@ -491,9 +502,38 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
             json!({"description": "Not modified (If-None-Match)", "headers": {"ETag": header_ref("ETag")}}),
         );
     }
-    responses.insert("200".into(), ok);
+    if kind == Kind::AuthCheck {
+        params.push(json!({"name": "X-Original-URI", "in": "header", "required": true,
+            "schema": {"type": "string", "example": "/datasets/tas/zarr/.zmetadata"},
+            "description": "The original request target (nginx: proxy_set_header X-Original-URI $request_uri)"}));
+        responses.insert("204".into(), json!({"description": "The request may read"}));
+        responses.insert(
+            "400".into(),
+            error_response("X-Original-URI is missing or not a request target"),
+        );
+    } else {
+        responses.insert("200".into(), ok);
+    }
+    if matches!(kind, Kind::Dataset | Kind::Ranged | Kind::AuthCheck | Kind::Dap) {
+        responses.insert(
+            "401".into(),
+            json!({"description": "The dataset is private and the request carries no credentials, or invalid ones (malformed, expired, wrong issuer or audience, unknown key, alg none, bad signature, tampered or expired signed URL); the message and the challenge's error_description say which, never repeating the token",
+                   "headers": {"WWW-Authenticate": header_ref("WWW-Authenticate")},
+                   "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}),
+        );
+        responses.insert(
+            "403".into(),
+            json!({"description": "Valid credentials that do not grant this dataset (a token of another dataset, a JWT without a granting group or scope)",
+                   "headers": {"WWW-Authenticate": header_ref("WWW-Authenticate")},
+                   "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}),
+        );
+        responses.insert(
+            "503".into(),
+            error_response("The dataset failed to open, or (private datasets) the identity provider's keys cannot be fetched to check a JWT; the message says which"),
+        );
+    }
     match kind {
-        Kind::Plain => {}
+        Kind::Plain | Kind::AuthCheck => {}
         Kind::Dap => {
             for (code, what) in [
                 ("400", "Malformed constraint, index out of range or stride 0"),
@@ -520,6 +560,10 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
                 "DAP2 error document (text/plain): unknown dataset, variable or DAP2 response; a file that is not 'opendap[.ext]' is the JSON 404 of an unknown route"
             );
             responses["404"]["content"]["application/json"] =
+                json!({"schema": {"$ref": "#/components/schemas/Error"}});
+            // the access layer's 503 (a private dataset's identity provider unreachable) is
+            // JSON, as its 401/403 are
+            responses["503"]["content"]["application/json"] =
                 json!({"schema": {"$ref": "#/components/schemas/Error"}});
         }
         Kind::Ready => {
@@ -550,7 +594,7 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
                 error_response(if kind == Kind::Ranged {
                     "The dataset failed to open, or a tape-archived file is still being recalled (Retry-After: the archive's estimate; the body's `state` and `job` say where the recall is) or the staging cache is full of files being read; the message says which"
                 } else {
-                    "The dataset failed to open; the message says why"
+                    "The dataset failed to open, or (private datasets) the identity provider's keys cannot be fetched to check a JWT; the message says which"
                 }),
             );
             responses.insert(
@@ -613,7 +657,12 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
     if path.ends_with('/') {
         op_id.push_str(if path.len() == 1 { "_root" } else { "_index" });
     }
-    json!({"summary": summary, "tags": [tag], "operationId": op_id, "parameters": params, "responses": responses})
+    let mut op = json!({"summary": summary, "tags": [tag], "operationId": op_id, "parameters": params, "responses": responses});
+    if matches!(kind, Kind::Dataset | Kind::Ranged) {
+        // public datasets need nothing; private ones one of these
+        op["security"] = json!([{}, {"bearer": []}, {"signedUrl": [], "signedUrlExpiry": []}]);
+    }
+    op
 }
 
 /// The OpenAPI 3.1 document.
@@ -658,7 +707,13 @@ pub fn document() -> Value {
                 "ETag": {"description": "Derived from the dataset's sources and the key", "schema": {"type": "string"}},
                 "Accept-Ranges": {"description": "Always 'bytes'", "schema": {"type": "string", "enum": ["bytes"]}},
                 "Content-Range": {"description": "'bytes first-last/length' (206) or 'bytes */length' (416)", "schema": {"type": "string", "pattern": "^bytes ([0-9]+-[0-9]+|\\*)/[0-9]+$"}},
-                "Cache-Control": {"description": "How long the answer may be cached", "schema": {"type": "string"}},
+                "Cache-Control": {"description": "How long the answer may be cached ('private' on every answer of a private dataset)", "schema": {"type": "string"}},
+                "WWW-Authenticate": {"description": "RFC 6750 challenge: 'Bearer realm=\"cloudify\"', with error=\"invalid_token\" or \"insufficient_scope\" and an error_description when credentials were sent", "schema": {"type": "string"}},
+            },
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "A static token of the dataset (its SHA-256 listed in access.tokenFile) or a JWT of the dataset's OIDC issuer (access.oidc) whose groups/scope claim grants the dataset"},
+                "signedUrl": {"type": "apiKey", "in": "query", "name": "signature", "description": "Signed URL: hex HMAC-SHA256(key of access.signedUrlKeyFile, \"{dataset}\\n{expires}\"), with the expiry in `expires`"},
+                "signedUrlExpiry": {"type": "apiKey", "in": "query", "name": "expires", "description": "Unix time (seconds) until which the signed URL grants the dataset"},
             },
             "responses": {
                 "UriTooLong": {"description": "The request target is longer than the server accepts", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
@@ -713,7 +768,8 @@ mod tests {
                     .collect();
                 assert_eq!(declared, wanted, "{method} {path}");
                 let responses = op["responses"].as_object().unwrap();
-                for code in ["200", "414", "431"] {
+                let ok = if *path == "/auth/check" { "204" } else { "200" };
+                for code in [ok, "414", "431"] {
                     assert!(responses.contains_key(code), "{method} {path}: no {code}");
                 }
                 if path.contains("{file}") {
@@ -723,8 +779,11 @@ mod tests {
                             "{method} {path} {code}: DAP errors are text documents"
                         );
                     }
+                    for code in ["401", "403"] {
+                        assert!(responses.contains_key(code), "{method} {path}: no {code}");
+                    }
                 } else if path.contains("{id}") {
-                    for code in ["400", "404", "503"] {
+                    for code in ["400", "401", "403", "404", "503"] {
                         assert_eq!(
                             responses[code]["content"]["application/json"]["schema"]["$ref"],
                             "#/components/schemas/Error",

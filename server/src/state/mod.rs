@@ -85,6 +85,8 @@ pub struct AppState {
     pub max_source_bytes: u64,
     /// Encoded computed chunks kept for the next request (`--compute-cache-bytes`).
     pub compute_cache: chunk_cache::ChunkCache,
+    /// Who may read which dataset (`DatasetSpec::access`); `http::auth` enforces it.
+    pub access: crate::access::Access,
 }
 
 /// Default of `--max-source-bytes`: 2 GiB of stored (compressed) source data per computed
