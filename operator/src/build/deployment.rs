@@ -162,6 +162,7 @@ fn container(
         // answer, which would shed capacity exactly under load.
         liveness_probe: Some(probe("/healthz", 10, 5)),
         readiness_probe: Some(probe("/readyz", 5, 2)),
+        // set by `pod_spec`, which owns the volumes they refer to
         volume_mounts: None,
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
