@@ -69,6 +69,12 @@ pub const DEFAULT_SECRET_KEY: &str = "token";
         description = "Available server replicas",
         json_path = ".status.replicas"
     ),
+    printcolumn(
+        name = "Compute",
+        type_ = "integer",
+        description = "Available compute (worker) replicas",
+        json_path = ".status.computeReplicas"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     // Object names derive from the CR name and a Service name must be a DNS-1035 label, so the
     // CR name is held to that (the API server itself only requires a DNS-1123 subdomain).
@@ -123,6 +129,59 @@ pub struct CloudifyDatasetSpec {
     /// Who may read the data.
     #[serde(default)]
     pub access: AccessSpec,
+    /// A pool of `cloudify worker` pods that the server sends processing work to (derived and
+    /// rechunked chunks, partial reductions). Absent or `enabled: false`: processing runs in
+    /// the server pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute: Option<ComputeSpec>,
+}
+
+impl CloudifyDatasetSpec {
+    /// The compute settings when a worker pool is wanted (`spec.compute` given and enabled).
+    pub fn compute_enabled(&self) -> Option<&ComputeSpec> {
+        self.compute.as_ref().filter(|c| c.enabled)
+    }
+}
+
+/// The autoscaled worker pool of a dataset (`spec.compute`).
+///
+/// Workers are stateless: each task names the dataset and the chunks it needs, so Kubernetes
+/// can add, remove and restart them freely; the range is the HPA's `cluster.adapt(min, max)`.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[x_kube(validation = Rule::new(
+    "!self.enabled || self.replicas.min == self.replicas.max || (has(self.resources) && has(self.resources.requests) && 'cpu' in self.resources.requests)"
+).message("compute.resources.requests.cpu is required when compute.replicas.max > compute.replicas.min: the autoscaler's CPU utilisation is relative to the request")
+    .field_path(".resources"))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ComputeSpec {
+    /// Whether to run the worker pool. Default true when `compute` is given, so turning it off
+    /// keeps the settings for later.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Worker replica range. `min == max` runs a fixed pool; `max > min` adds an autoscaler.
+    #[serde(default)]
+    pub replicas: Replicas,
+    /// Average CPU utilisation, in percent of the CPU request, the autoscaler keeps the
+    /// workers at. Default 70. At most 100: workers are pure CPU work, a target above the
+    /// request would let a busy pool never grow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization: Option<i32>,
+    /// CPU/memory requests and limits of each worker pod. A CPU request is required when the
+    /// replica range lets the autoscaler act.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl Default for ComputeSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            replicas: Replicas::default(),
+            target_cpu_utilization: None,
+            resources: None,
+        }
+    }
 }
 
 /// Drops `name` from the required fields of `spec.dataset`: a CloudifyDataset already has a
@@ -358,6 +417,9 @@ pub struct CloudifyDatasetStatus {
     /// Available server replicas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i32>,
+    /// Available compute (worker) replicas; absent when `spec.compute` is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_replicas: Option<i32>,
 }
 
 /// The condition types in `status.conditions`.
@@ -419,6 +481,37 @@ mod tests {
         assert_eq!(spec.ingress.class_name, "nginx");
         assert!(spec.catalog.register);
         assert!(spec.access.public);
+        assert_eq!(spec.compute, None);
+        assert!(spec.compute_enabled().is_none());
+    }
+
+    #[test]
+    fn compute_block_defaults_to_enabled_and_off_is_kept() {
+        let spec: CloudifyDatasetSpec =
+            serde_yaml::from_str("dataset: {name: tas, sources: [x]}\ncompute: {replicas: {min: 1, max: 3}}")
+                .expect("valid");
+        let compute = spec.compute_enabled().expect("given means enabled");
+        assert_eq!(compute.replicas, Replicas { min: 1, max: 3 });
+        let spec: CloudifyDatasetSpec =
+            serde_yaml::from_str("dataset: {name: tas, sources: [x]}\ncompute: {enabled: false}")
+                .expect("valid");
+        assert!(spec.compute.is_some());
+        assert!(spec.compute_enabled().is_none());
+        let err = serde_yaml::from_str::<CloudifyDatasetSpec>(
+            "dataset: {name: tas, sources: [x]}\ncompute: {workers: 3}",
+        )
+        .expect_err("unknown field");
+        assert!(err.to_string().contains("workers"), "{err}");
+        // the schema holds the utilisation to a percentage and has the column
+        let crd = serde_json::to_value(CloudifyDataset::crd()).expect("CRD");
+        let version = &crd["spec"]["versions"][0];
+        let compute = &version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["compute"];
+        assert_eq!(compute["properties"]["targetCpuUtilization"]["maximum"], 100.0);
+        let columns = version["additionalPrinterColumns"].as_array().expect("columns");
+        assert!(
+            columns.iter().any(|c| c["jsonPath"] == ".status.computeReplicas"),
+            "{columns:?}"
+        );
     }
 
     #[test]

@@ -651,6 +651,16 @@ def test_monitoring_objects():
     assert 'name: Some(PORT_NAME.into())' in (ROOT / "operator/src/build/service.rs").read_text()
     assert 'PORT_NAME: &str = "http"' in (ROOT / "operator/src/build/deployment.rs").read_text()
     assert srv_sm["spec"]["namespaceSelector"] == {"any": True}
+    # compute workers (spec.compute): the labels the operator puts on every <name>-compute
+    # Service, same port name; workers are never scraped as servers and vice versa
+    cmp_sm = one(objs, "ServiceMonitor", "cloudify-compute")
+    assert cmp_sm["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "cloudify", "app.kubernetes.io/component": "compute",
+        "app.kubernetes.io/managed-by": "cloudify-operator"}
+    assert cmp_sm["spec"]["endpoints"][0]["port"] == "http"
+    assert cmp_sm["spec"]["namespaceSelector"] == {"any": True}
+    assert 'component_selector_labels(name, "compute")' in (ROOT / "operator/src/build/meta.rs").read_text()
+    assert "compute_service" in (ROOT / "operator/src/build/service.rs").read_text()
     scoped = one(objects({**MONITORING_ON, "watchNamespace": "team-a"}), "ServiceMonitor", "cloudify-servers")
     assert scoped["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
 
@@ -746,13 +756,16 @@ def _used_metrics() -> set[str]:
 
 
 def test_server_metrics_used_exist():
-    # object-store metrics are defined with the storage layer they count
-    src = SERVER_METRICS_SRC.read_text() + (ROOT / "server" / "src" / "storage" / "metrics.rs").read_text()
-    # tape recall metrics with the tape stager
-    src += (ROOT / "server" / "src" / "storage" / "tape" / "mod.rs").read_text()
+    # object-store metrics are defined with the storage layer they count, compute ones with
+    # the fan-out client (server side) and the worker, tape recall ones with the tape stager
+    src = SERVER_METRICS_SRC.read_text() + "".join(
+        (ROOT / "server" / "src" / f).read_text()
+        for f in ("storage/metrics.rs", "compute/client.rs", "compute/worker.rs", "storage/tape/mod.rs"))
     server = {m for m in _used_metrics() if not m.startswith("cloudify_operator_")}
     assert server >= {"cloudify_requests_total", "cloudify_chunk_seconds", "cloudify_chunk_bytes_total",
-                      "cloudify_datasets"}
+                      "cloudify_datasets", "cloudify_worker_tasks_total", "cloudify_worker_task_seconds",
+                      "cloudify_worker_in_flight", "cloudify_compute_retries_total",
+                      "cloudify_compute_rejected_total"}
     for m in sorted(server):
         assert f'"{m}"' in src, f"{m} is used by the rules/dashboard but not exported by the server"
     assert '&["kind", "code"]' in src, "rules and dashboard use the labels kind and code"

@@ -14,3 +14,7 @@ pub const CONFIG_FILE: &str = "cloudify.yaml";
 pub const ACCESS_DIR: &str = "/etc/cloudify-access";
 /// Writable cache for chunk indexes (an `emptyDir`: the root filesystem is read-only).
 pub const CACHE_DIR: &str = "/var/cache/cloudify";
+/// Suffix of the compute objects' names: `<name>-compute` (Deployment, Service, HPA, PDB of
+/// the worker pool). Here because validation must check that the suffixed name is still a
+/// Service name.
+pub const COMPUTE_SUFFIX: &str = "-compute";

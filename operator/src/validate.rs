@@ -9,9 +9,9 @@
 use std::collections::HashSet;
 
 use cloudify_crds::SpecError;
-use cloudify_crds::k8s::{CloudifyDataset, CloudifyDatasetSpec};
+use cloudify_crds::k8s::{CloudifyDataset, CloudifyDatasetSpec, ComputeSpec};
 
-use crate::layout::{ACCESS_DIR, CACHE_DIR, CONFIG_DIR};
+use crate::layout::{ACCESS_DIR, CACHE_DIR, COMPUTE_SUFFIX, CONFIG_DIR};
 
 /// One problem with one field.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -79,6 +79,16 @@ pub fn validate(cr: &CloudifyDataset) -> Result<(), InvalidSpec> {
                 fail(
                     "metadata.name",
                     format!("{reason}; it names the Service, which must be a DNS-1035 label"),
+                );
+            } else if cr.spec.compute_enabled().is_some()
+                && let Err(reason) = dns_1035_label(&format!("{name}{COMPUTE_SUFFIX}"))
+            {
+                fail(
+                    "metadata.name",
+                    format!(
+                        "{reason}: with spec.compute enabled it also names the Service \
+                         '<name>{COMPUTE_SUFFIX}', which must be a DNS-1035 label"
+                    ),
                 );
             }
         }
@@ -186,6 +196,10 @@ fn validate_spec(spec: &CloudifyDatasetSpec, fail: &mut impl FnMut(&str, String)
         );
     }
 
+    if let Some(compute) = spec.compute_enabled() {
+        validate_compute(compute, fail);
+    }
+
     let mut mount_paths = HashSet::new();
     for (i, v) in spec.data_volumes.iter().enumerate() {
         let field = format!("spec.dataVolumes[{i}]");
@@ -287,6 +301,58 @@ fn validate_spec(spec: &CloudifyDatasetSpec, fail: &mut impl FnMut(&str, String)
         fail(
             "spec.dataset.access",
             "set access through spec.access (tokenSecret), which the operator mounts into the server".into(),
+        );
+    }
+}
+
+/// `spec.compute` when enabled (a disabled block is kept as written and not checked: nothing is
+/// built from it).
+fn validate_compute(compute: &ComputeSpec, fail: &mut impl FnMut(&str, String)) {
+    let replicas = &compute.replicas;
+    if replicas.min < 1 {
+        fail(
+            "spec.compute.replicas.min",
+            format!(
+                "{} must be at least 1 when compute is enabled (an autoscaler cannot scale to zero; \
+                 set spec.compute.enabled: false instead)",
+                replicas.min
+            ),
+        );
+    }
+    if replicas.max < 1 {
+        fail(
+            "spec.compute.replicas.max",
+            format!("{} must be at least 1", replicas.max),
+        );
+    }
+    if replicas.min > replicas.max {
+        fail(
+            "spec.compute.replicas.min",
+            format!(
+                "{} must not be greater than spec.compute.replicas.max ({})",
+                replicas.min, replicas.max
+            ),
+        );
+    }
+    if let Some(t) = compute.target_cpu_utilization
+        && !(1..=100).contains(&t)
+    {
+        fail(
+            "spec.compute.targetCpuUtilization",
+            format!("{t} must be between 1 and 100 (percent of the CPU request)"),
+        );
+    }
+    let cpu_request = compute
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.as_ref())
+        .is_some_and(|r| r.contains_key("cpu"));
+    if replicas.autoscaled() && !cpu_request {
+        fail(
+            "spec.compute.resources.requests.cpu",
+            "required when spec.compute.replicas.max > spec.compute.replicas.min: the \
+             autoscaler's CPU utilisation is relative to the request"
+                .into(),
         );
     }
 }

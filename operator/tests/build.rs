@@ -78,6 +78,8 @@ fn fixtures_match() {
         "pvc-public-url",
         "default-name",
         "private",
+        "compute-autoscaled",
+        "compute-fixed",
     ] {
         check_fixture(case);
     }
@@ -305,4 +307,256 @@ fn dataset_name_defaults_to_the_cr_name() {
     );
     raw.metadata.namespace.get_or_insert_with(|| "default".into());
     assert_eq!(build::build(&raw, &settings()).expect("builds"), d);
+}
+
+fn compute(d: &Desired) -> &build::Compute {
+    d.compute.as_ref().expect("compute enabled in this fixture")
+}
+
+fn compute_pod(d: &Desired) -> &k8s_openapi::api::core::v1::PodSpec {
+    compute(d)
+        .deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("worker pod spec")
+}
+
+#[test]
+fn compute_objects_are_named_labelled_and_owned() {
+    let (cr, d) = desired("compute-autoscaled");
+    let uid = cr.metadata.uid.clone().expect("fixture has a uid");
+    let c = compute(&d);
+    let metas = [
+        &c.deployment.metadata,
+        &c.service.metadata,
+        &c.hpa.as_ref().expect("compute hpa").metadata,
+    ];
+    for meta in metas {
+        assert_eq!(meta.name.as_deref(), Some("tas-mon-compute"));
+        assert_eq!(meta.namespace.as_deref(), Some("climate"));
+        let labels = meta.labels.as_ref().expect("labels");
+        assert_eq!(labels["app.kubernetes.io/component"], "compute");
+        assert_eq!(labels["app.kubernetes.io/instance"], "tas-mon");
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "cloudify-operator");
+        let owners = meta.owner_references.as_ref().expect("owner");
+        assert_eq!(owners.len(), 1);
+        assert_eq!(owners[0].uid, uid);
+        assert_eq!(owners[0].controller, Some(true));
+    }
+    // the selectors keep servers and workers apart
+    let worker_selector = c
+        .service
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.clone())
+        .expect("selector");
+    assert_eq!(worker_selector, build::compute_selector_labels("tas-mon"));
+    let server_selector = d
+        .service
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.clone())
+        .expect("selector");
+    assert_eq!(server_selector["app.kubernetes.io/component"], "server");
+    let template = &c.deployment.spec.as_ref().expect("spec").template;
+    let pod_labels = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .expect("pod labels");
+    assert_eq!(pod_labels, build::compute_labels("tas-mon"));
+    assert_eq!(
+        c.deployment.spec.as_ref().expect("spec").selector.match_labels,
+        Some(build::compute_selector_labels("tas-mon"))
+    );
+    let port = &c
+        .service
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .expect("ports")[0];
+    assert_eq!(port.port, build::PORT);
+}
+
+#[test]
+fn worker_runs_cloudify_worker_with_the_servers_config_and_volumes() {
+    let (_, d) = desired("compute-autoscaled");
+    let pod = compute_pod(&d);
+    let worker = &pod.containers[0];
+    assert_eq!(worker.name, "worker");
+    assert_eq!(worker.command, Some(vec!["cloudify".to_string()]));
+    let args = worker.args.clone().expect("args");
+    assert_eq!(
+        args,
+        [
+            "worker",
+            "--config",
+            "/etc/cloudify/cloudify.yaml",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "9000"
+        ]
+    );
+    assert_eq!(
+        worker.image.as_deref(),
+        Some("registry.example.org/cloudify:test")
+    );
+    // compute resources, not the server's
+    let requests = worker
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.clone())
+        .expect("requests");
+    assert_eq!(requests["cpu"].0, "1");
+    // same volumes, mounts and hardening as the server pod
+    let server = d
+        .deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("server pod");
+    assert_eq!(pod.volumes, server.volumes);
+    assert_eq!(worker.volume_mounts, server.containers[0].volume_mounts);
+    assert!(
+        worker
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.mount_path == "/data/cmip6" && m.read_only == Some(true)),
+        "{:?}",
+        worker.volume_mounts
+    );
+    assert_eq!(worker.security_context, server.containers[0].security_context);
+    assert_eq!(pod.security_context, server.security_context);
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    assert_eq!(worker.readiness_probe, server.containers[0].readiness_probe);
+    // a config change rolls the workers too
+    let hash = |dep: &k8s_openapi::api::apps::v1::Deployment| {
+        dep.spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.clone())
+            .expect("annotations")[build::CONFIG_HASH_ANNOTATION]
+            .clone()
+    };
+    assert_eq!(hash(&compute(&d).deployment), hash(&d.deployment));
+}
+
+#[test]
+fn server_gets_compute_url_only_when_enabled() {
+    let (_, d) = desired("compute-autoscaled");
+    assert!(
+        args(&d)
+            .windows(2)
+            .any(|w| w == ["--compute", "http://tas-mon-compute.climate.svc:9000"]),
+        "{:?}",
+        args(&d)
+    );
+    let (mut cr, d) = desired("compute-fixed");
+    assert!(
+        args(&d)
+            .windows(2)
+            .any(|w| w == ["--compute", "http://pr-day-compute.climate.svc:9000"])
+    );
+    // turned off: no compute objects and no --compute
+    cr.spec.compute.as_mut().expect("compute").enabled = false;
+    let d = build::build(&cr, &settings()).expect("builds");
+    assert!(d.compute.is_none());
+    assert!(!args(&d).contains(&"--compute".to_string()));
+    let (_, d) = desired("minimal");
+    assert!(d.compute.is_none());
+    assert!(!args(&d).contains(&"--compute".to_string()));
+}
+
+#[test]
+fn compute_hpa_and_pdb_follow_the_compute_range() {
+    let (_, d) = desired("compute-autoscaled");
+    let c = compute(&d);
+    assert_eq!(
+        c.deployment.spec.as_ref().expect("spec").replicas,
+        None,
+        "the HPA owns the count"
+    );
+    let hpa = c.hpa.as_ref().and_then(|h| h.spec.as_ref()).expect("compute hpa");
+    assert_eq!((hpa.min_replicas, hpa.max_replicas), (Some(1), 6));
+    assert_eq!(hpa.scale_target_ref.name, "tas-mon-compute");
+    assert_eq!(hpa.scale_target_ref.kind, "Deployment");
+    let target = hpa.metrics.as_ref().expect("metrics")[0]
+        .resource
+        .as_ref()
+        .expect("cpu");
+    assert_eq!(target.target.average_utilization, Some(80));
+    assert!(c.pdb.is_none(), "min 1: no compute PDB");
+    // the server is fixed at one replica here: its own HPA/PDB are independent of compute
+    assert!(d.hpa.is_none() && d.pdb.is_none());
+
+    let (_, d) = desired("compute-fixed");
+    let c = compute(&d);
+    assert_eq!(c.deployment.spec.as_ref().expect("spec").replicas, Some(3));
+    assert!(c.hpa.is_none());
+    let pdb = c.pdb.as_ref().expect("min 3: a compute PDB");
+    assert_eq!(pdb.metadata.name.as_deref(), Some("pr-day-compute"));
+    let spec = pdb.spec.as_ref().expect("pdb spec");
+    assert_eq!(
+        spec.selector.as_ref().and_then(|s| s.match_labels.clone()),
+        Some(build::compute_selector_labels("pr-day"))
+    );
+    assert!(d.hpa.is_some() && d.pdb.is_some(), "server autoscaled 2..4");
+    let server_hpa = d.hpa.as_ref().and_then(|h| h.spec.as_ref()).expect("hpa");
+    assert_eq!(server_hpa.scale_target_ref.name, "pr-day");
+    // default utilisation
+    let (mut cr, _) = desired("compute-fixed");
+    let compute_spec = cr.spec.compute.as_mut().expect("compute");
+    compute_spec.replicas.max = 5;
+    compute_spec.resources = serde_yaml::from_str("requests: {cpu: 250m}").expect("resources");
+    let d = build::build(&cr, &settings()).expect("builds");
+    let hpa = compute(&d)
+        .hpa
+        .as_ref()
+        .and_then(|h| h.spec.as_ref())
+        .expect("hpa");
+    let target = hpa.metrics.as_ref().expect("metrics")[0]
+        .resource
+        .as_ref()
+        .expect("cpu");
+    assert_eq!(target.target.average_utilization, Some(70));
+}
+
+#[test]
+fn render_prints_compute_objects_after_their_server_counterparts() {
+    let text = render::render(
+        &read(&fixture_dir("compute-fixed").join("cr.yaml")),
+        None,
+        &settings(),
+    )
+    .expect("renders");
+    let names: Vec<(&str, &str)> = text
+        .split("---\n")
+        // the first piece is the `# CloudifyDataset ...` header comment
+        .filter(|doc| doc.lines().any(|l| l.starts_with("kind: ")))
+        .map(|doc| {
+            let kind = doc.lines().find_map(|l| l.strip_prefix("kind: ")).expect("kind");
+            let name = doc
+                .lines()
+                .find_map(|l| l.strip_prefix("  name: "))
+                .expect("name");
+            (kind, name)
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("ConfigMap", "pr-day"),
+            ("Service", "pr-day"),
+            ("Service", "pr-day-compute"),
+            ("Deployment", "pr-day"),
+            ("Deployment", "pr-day-compute"),
+            ("HorizontalPodAutoscaler", "pr-day"),
+            ("PodDisruptionBudget", "pr-day"),
+            ("PodDisruptionBudget", "pr-day-compute"),
+            ("Ingress", "pr-day"),
+        ]
+    );
 }

@@ -33,7 +33,7 @@ fn crd_has_the_agreed_shape() {
         .iter()
         .filter_map(|c| c["name"].as_str())
         .collect();
-    assert_eq!(columns, ["Ready", "URL", "Replicas", "Age"]);
+    assert_eq!(columns, ["Ready", "URL", "Replicas", "Compute", "Age"]);
     let text = crd_yaml().expect("CRD");
     assert!(text.contains("rule: self.min <= self.max"), "replicas CEL rule");
     // Kubernetes rejects `additionalProperties: false` in CRD schemas.

@@ -60,6 +60,36 @@ fn pvc_example_renders() {
 }
 
 #[test]
+fn compute_example_renders_the_worker_pool() {
+    let text = render("compute-pool.yaml", &[]);
+    for (kind, name) in [
+        ("Service", "tas-amon-compute"),
+        ("Deployment", "tas-amon-compute"),
+        ("HorizontalPodAutoscaler", "tas-amon-compute"),
+        ("PodDisruptionBudget", "tas-amon"),
+    ] {
+        assert!(
+            text.split("---\n")
+                .any(|doc| doc.contains(&format!("\nkind: {kind}\n"))
+                    && doc.contains(&format!("\n  name: {name}\n"))),
+            "{kind} {name} missing:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("- http://tas-amon-compute.climate.svc:9000\n"),
+        "{text}"
+    );
+    assert!(text.contains("- worker\n"), "{text}");
+    // one worker at the minimum: no PodDisruptionBudget for the pool
+    assert!(
+        !text
+            .split("---\n")
+            .any(|doc| doc.contains("\nkind: PodDisruptionBudget\n") && doc.contains("tas-amon-compute")),
+        "{text}"
+    );
+}
+
+#[test]
 fn crd_command_prints_the_crd() {
     let out = Command::new(env!("CARGO_BIN_EXE_cloudify-operator"))
         .arg("crd")

@@ -520,3 +520,136 @@ async fn catalog_down_on_delete_keeps_the_finalizer_and_retries() {
     let events = calls.find(|c| c.method == "POST");
     assert_eq!(events[0].body["reason"], "DeregistrationFailed");
 }
+
+fn compute_labels(name: &str) -> Value {
+    json!({"app.kubernetes.io/name": "cloudify", "app.kubernetes.io/instance": name,
+           "app.kubernetes.io/component": "compute", "app.kubernetes.io/managed-by": "cloudify-operator"})
+}
+
+#[tokio::test]
+async fn compute_pool_is_applied_and_its_replicas_reported() {
+    let obj = cr(
+        "tas",
+        json!({"catalog": {"register": false}, "ingress": {"enabled": false},
+               "compute": {"replicas": {"min": 2, "max": 2}}}),
+        2,
+    );
+    let obj_json = serde_json::to_value(&obj).expect("json");
+    // The apply echo reports 2 available for every Deployment, the worker one included.
+    let (client, calls) = mock_client(cluster(&obj_json, 2, |_| None));
+    let ctx = context(client, "http://127.0.0.1:1", "http://127.0.0.1:1", None);
+    reconcile(Arc::new(obj.clone()), ctx).await.expect("reconcile");
+
+    let desired = build::build(&typed(&obj), &Settings::default()).expect("build");
+    let compute = desired.compute.as_ref().expect("compute");
+    let applies = calls.find(Call::is_apply);
+    let applied: Vec<(&str, &str)> = applies
+        .iter()
+        .filter_map(|c| Some((c.body["kind"].as_str()?, c.body["metadata"]["name"].as_str()?)))
+        .collect();
+    assert_eq!(
+        applied,
+        [
+            ("ConfigMap", "tas"),
+            ("Service", "tas"),
+            ("Service", "tas-compute"),
+            ("Deployment", "tas"),
+            ("Deployment", "tas-compute"),
+            ("PodDisruptionBudget", "tas-compute"),
+        ]
+    );
+    let worker = applies
+        .iter()
+        .find(|c| c.path == "/apis/apps/v1/namespaces/climate/deployments/tas-compute")
+        .expect("worker Deployment applied by name");
+    assert_eq!(
+        worker.body,
+        serde_json::to_value(&compute.deployment).expect("json")
+    );
+    assert!(
+        worker.query.contains("fieldManager=cloudify-operator"),
+        "{}",
+        worker.query
+    );
+    let server = &applies[3].body["spec"]["template"]["spec"]["containers"][0]["args"];
+    let args: Vec<&str> = server
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--compute", "http://tas-compute.climate.svc:9000"]),
+        "{args:?}"
+    );
+    // nothing of ours was left over: no deletes
+    assert!(calls.find(|c| c.method == "DELETE").is_empty());
+
+    let patches = calls.find(|c| c.method == "PATCH" && c.path.ends_with("/status"));
+    let status = &patches[0].body["status"];
+    assert_eq!(status["replicas"], 2);
+    assert_eq!(status["computeReplicas"], 2);
+}
+
+#[tokio::test]
+async fn turning_compute_off_deletes_the_compute_objects() {
+    let obj = cr(
+        "tas",
+        json!({"catalog": {"register": false}, "ingress": {"enabled": false},
+               "compute": {"enabled": false, "replicas": {"min": 2, "max": 2}}}),
+        3,
+    );
+    let obj_json = serde_json::to_value(&obj).expect("json");
+    let leftover = |uid: &str| {
+        meta_list(vec![
+            json!({"name": "tas-compute", "namespace": "climate", "uid": uid,
+                              "labels": compute_labels("tas"), "ownerReferences": owner(UID)}),
+        ])
+    };
+    let (client, calls) = mock_client(cluster(&obj_json, 1, move |call| {
+        if call.method != "GET" {
+            return None;
+        }
+        match call.path.as_str() {
+            "/apis/apps/v1/namespaces/climate/deployments" => Some(leftover("dep-uid")),
+            "/api/v1/namespaces/climate/services" => Some(leftover("svc-uid")),
+            "/apis/policy/v1/namespaces/climate/poddisruptionbudgets" => Some(leftover("pdb-uid")),
+            _ => None,
+        }
+    }));
+    let ctx = context(client, "http://127.0.0.1:1", "http://127.0.0.1:1", None);
+    reconcile(Arc::new(obj.clone()), ctx).await.expect("reconcile");
+
+    let applied: Vec<String> = calls
+        .find(Call::is_apply)
+        .iter()
+        .filter_map(|c| c.body["metadata"]["name"].as_str().map(String::from))
+        .collect();
+    assert!(applied.iter().all(|n| n == "tas"), "{applied:?}");
+    let mut deleted: Vec<(String, Value)> = calls
+        .find(|c| c.method == "DELETE")
+        .into_iter()
+        .map(|c| (c.path, c.body["preconditions"]["uid"].clone()))
+        .collect();
+    deleted.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        deleted,
+        [
+            (
+                "/api/v1/namespaces/climate/services/tas-compute".to_string(),
+                json!("svc-uid")
+            ),
+            (
+                "/apis/apps/v1/namespaces/climate/deployments/tas-compute".to_string(),
+                json!("dep-uid")
+            ),
+            (
+                "/apis/policy/v1/namespaces/climate/poddisruptionbudgets/tas-compute".to_string(),
+                json!("pdb-uid")
+            ),
+        ]
+    );
+    let patches = calls.find(|c| c.method == "PATCH" && c.path.ends_with("/status"));
+    assert!(patches[0].body["status"]["computeReplicas"].is_null());
+}

@@ -199,3 +199,102 @@ fn dataset_name_may_be_left_out() {
         "{err}"
     );
 }
+
+#[test]
+fn valid_compute_passes_both() {
+    for spec in [
+        "  compute: {}\n",
+        "  compute: {replicas: {min: 2, max: 2}}\n",
+        "  compute: {replicas: {min: 1, max: 4}, targetCpuUtilization: 100, resources: {requests: {cpu: 500m}}}\n",
+        // off: nothing is built from it, so it is not held to the rules
+        "  compute: {enabled: false, replicas: {min: 1, max: 4}}\n",
+    ] {
+        let cr = cr(spec, "tas");
+        assert_eq!(validate(&cr), Ok(()), "{spec}");
+        assert_eq!(cel_error(&cr), None, "{spec}");
+    }
+}
+
+#[test]
+fn compute_min_greater_than_max() {
+    let cr = cr(
+        "  compute: {replicas: {min: 4, max: 2}, resources: {requests: {cpu: 1}}}\n",
+        "tas",
+    );
+    let err = invalid(&cr);
+    assert!(
+        err.to_string()
+            .contains("spec.compute.replicas.min: 4 must not be greater than spec.compute.replicas.max (2)"),
+        "{err}"
+    );
+    assert!(
+        !err.names("spec.replicas.min"),
+        "the server's range is fine: {err}"
+    );
+    let cel = cel_error(&cr).expect("CEL rejects min > max");
+    assert!(
+        cel.contains("replicas.min must not be greater than replicas.max"),
+        "{cel}"
+    );
+}
+
+#[test]
+fn compute_needs_at_least_one_replica_when_enabled() {
+    let err = invalid(&cr(
+        "  compute: {replicas: {min: 0, max: 2}, resources: {requests: {cpu: 1}}}\n",
+        "tas",
+    ));
+    assert!(err.names("spec.compute.replicas.min"), "{err}");
+    assert!(err.to_string().contains("enabled: false"), "{err}");
+    let err = invalid(&cr("  compute: {replicas: {min: 0, max: 0}}\n", "tas"));
+    assert!(
+        err.names("spec.compute.replicas.min") && err.names("spec.compute.replicas.max"),
+        "{err}"
+    );
+}
+
+#[test]
+fn compute_utilization_is_a_percentage() {
+    for t in [0, 101, -5, 1000] {
+        let err = invalid(&cr(&format!("  compute: {{targetCpuUtilization: {t}}}\n"), "tas"));
+        assert!(err.names("spec.compute.targetCpuUtilization"), "{t}: {err}");
+        assert!(err.to_string().contains("between 1 and 100"), "{err}");
+    }
+}
+
+#[test]
+fn compute_autoscaling_needs_a_cpu_request() {
+    let cr = cr("  compute: {replicas: {min: 1, max: 3}}\n", "tas");
+    let err = invalid(&cr);
+    assert!(err.names("spec.compute.resources.requests.cpu"), "{err}");
+    // the server's own rule is not the one that fired
+    assert!(!err.names("spec.resources.requests.cpu"), "{err}");
+    let cel = cel_error(&cr).expect("CEL rejects");
+    assert!(
+        cel.contains("compute.resources.requests.cpu is required"),
+        "{cel}"
+    );
+}
+
+#[test]
+fn compute_name_must_still_be_a_service_name() {
+    // 55 characters + "-compute" = 63: fits; 56 does not
+    let ok = "a".repeat(55);
+    assert_eq!(validate(&cr("  compute: {}\n", &ok)), Ok(()));
+    let long = "a".repeat(56);
+    assert_eq!(
+        validate(&cr("", &long)),
+        Ok(()),
+        "without compute the name is fine"
+    );
+    let err = invalid(&cr("  compute: {}\n", &long));
+    assert!(err.names("metadata.name"), "{err}");
+    assert!(err.to_string().contains("-compute"), "{err}");
+}
+
+#[test]
+fn invalid_compute_is_a_build_error_naming_the_field() {
+    let text = format!("{VALID}  compute: {{replicas: {{min: 3, max: 1}}}}\n");
+    let err = render::render(&text, None, &Settings::default()).expect_err("invalid");
+    assert!(err.to_string().contains("spec.compute.replicas.min"), "{err}");
+}

@@ -1,19 +1,21 @@
-//! The server Deployment.
+//! The server Deployment and the compute (worker) Deployment.
 
 use std::collections::BTreeMap;
 
+use cloudify_crds::k8s::ComputeSpec;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
     HTTPGetAction, KeyToPath, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha2::{Digest, Sha256};
 
 use super::Settings;
-use super::meta::{Target, labels};
+use super::meta::{Target, compute_labels, labels};
 use crate::layout::{ACCESS_DIR, CACHE_DIR, CONFIG_DIR, CONFIG_FILE};
 
 /// Port the server listens on in the pod (and the Service's port).
@@ -40,23 +42,26 @@ pub(crate) fn deployment(
     config_map: &ConfigMap,
 ) -> Deployment {
     let spec = &target.cr.spec;
-    let replicas = (!spec.replicas.autoscaled()).then_some(spec.replicas.min);
-    let pod_meta = ObjectMeta {
-        labels: Some(labels(target.name)),
-        annotations: Some(BTreeMap::from([(
-            CONFIG_HASH_ANNOTATION.to_string(),
-            config_hash(config_map),
-        )])),
-        ..ObjectMeta::default()
-    };
+    let mut args = vec!["serve".to_string()];
+    args.extend(listen_args(&format!("{CONFIG_DIR}/{CONFIG_FILE}")));
+    if let Some(base) = public_base {
+        args.extend(["--public-url".to_string(), base.to_string()]);
+    }
+    if let Some(collection) = &spec.catalog.collection {
+        args.extend(["--stac-collection".to_string(), collection.clone()]);
+    }
+    if spec.compute_enabled().is_some() {
+        args.extend(["--compute".to_string(), compute_url(target)]);
+    }
+    let container = container(target, settings, "server", args, spec.resources.clone());
     Deployment {
         metadata: target.meta(),
         spec: Some(DeploymentSpec {
-            replicas,
+            replicas: (!spec.replicas.autoscaled()).then_some(spec.replicas.min),
             selector: target.selector(),
             template: PodTemplateSpec {
-                metadata: Some(pod_meta),
-                spec: Some(pod_spec(target, settings, public_base)),
+                metadata: Some(pod_meta(labels(target.name), config_map)),
+                spec: Some(pod_spec(target, container)),
             },
             ..DeploymentSpec::default()
         }),
@@ -64,7 +69,117 @@ pub(crate) fn deployment(
     }
 }
 
-fn pod_spec(target: &Target, settings: &Settings, public_base: Option<&str>) -> PodSpec {
+/// In-cluster URL of the compute Service, what the server's `--compute` names. The namespace
+/// is spelled out so the URL also says which pool it is in logs and 503 messages.
+pub(crate) fn compute_url(target: &Target) -> String {
+    format!("http://{}.{}.svc:{PORT}", target.compute_name(), target.namespace)
+}
+
+/// The worker Deployment `<name>-compute`: `cloudify worker` with the same mounted config,
+/// data volumes, cache and hardening as the server, so it rebuilds exactly the server's
+/// datasets (a worker must, see `cloudify worker --help`). The config hash rolls the workers
+/// with the servers when the config changes.
+///
+/// `replicas` is left out while an HPA owns the count, as for the server.
+pub(crate) fn compute_deployment(
+    target: &Target,
+    settings: &Settings,
+    config_map: &ConfigMap,
+    compute: &ComputeSpec,
+) -> Deployment {
+    let mut args = vec!["worker".to_string()];
+    args.extend(listen_args(&format!("{CONFIG_DIR}/{CONFIG_FILE}")));
+    let container = container(target, settings, "worker", args, compute.resources.clone());
+    Deployment {
+        metadata: target.compute_meta(),
+        spec: Some(DeploymentSpec {
+            replicas: (!compute.replicas.autoscaled()).then_some(compute.replicas.min),
+            selector: target.compute_selector(),
+            template: PodTemplateSpec {
+                metadata: Some(pod_meta(compute_labels(target.name), config_map)),
+                spec: Some(pod_spec(target, container)),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+/// `--config FILE --host 0.0.0.0 --port PORT`: what `serve` and `worker` both take.
+fn listen_args(config: &str) -> Vec<String> {
+    [
+        "--config",
+        config,
+        "--host",
+        "0.0.0.0",
+        "--port",
+        &PORT.to_string(),
+    ]
+    .map(String::from)
+    .into()
+}
+
+fn pod_meta(labels: BTreeMap<String, String>, config_map: &ConfigMap) -> ObjectMeta {
+    ObjectMeta {
+        labels: Some(labels),
+        annotations: Some(BTreeMap::from([(
+            CONFIG_HASH_ANNOTATION.to_string(),
+            config_hash(config_map),
+        )])),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The one container of a server or worker pod: `cloudify <args>` on [`PORT`], probed on
+/// `/healthz` and `/readyz` (both processes answer them), hardened.
+fn container(
+    target: &Target,
+    settings: &Settings,
+    name: &str,
+    args: Vec<String>,
+    resources: Option<ResourceRequirements>,
+) -> Container {
+    let spec = &target.cr.spec;
+    Container {
+        name: name.into(),
+        image: Some(spec.image.clone().unwrap_or_else(|| settings.image.clone())),
+        command: Some(vec!["cloudify".into()]),
+        args: Some(args),
+        ports: Some(vec![ContainerPort {
+            name: Some(PORT_NAME.into()),
+            container_port: PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        env: Some(vec![EnvVar {
+            name: "CLOUDIFY_CACHE_DIR".into(),
+            value: Some(CACHE_DIR.into()),
+            ..EnvVar::default()
+        }]),
+        resources,
+        // Liveness only asks "is the process answering"; readiness is `/readyz`, which is 200
+        // once a dataset serves, so pods still opening files get no traffic but are not killed.
+        // Liveness gets a generous timeout: a pod busy decoding must not be killed for a slow
+        // answer, which would shed capacity exactly under load.
+        liveness_probe: Some(probe("/healthz", 10, 5)),
+        readiness_probe: Some(probe("/readyz", 5, 2)),
+        // set by `pod_spec`, which owns the volumes they refer to
+        volume_mounts: None,
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    }
+}
+
+/// Pod spec around `container`, with the config, cache, tmp and data volumes mounted into it.
+fn pod_spec(target: &Target, container: Container) -> PodSpec {
     let spec = &target.cr.spec;
     let mut volumes = vec![
         Volume {
@@ -119,58 +234,9 @@ fn pod_spec(target: &Target, settings: &Settings, public_base: Option<&str>) -> 
         });
     }
 
-    let mut args: Vec<String> = [
-        "serve",
-        "--config",
-        &format!("{CONFIG_DIR}/{CONFIG_FILE}"),
-        "--host",
-        "0.0.0.0",
-        "--port",
-        &PORT.to_string(),
-    ]
-    .map(String::from)
-    .into();
-    if let Some(base) = public_base {
-        args.extend(["--public-url".to_string(), base.to_string()]);
-    }
-    if let Some(collection) = &spec.catalog.collection {
-        args.extend(["--stac-collection".to_string(), collection.clone()]);
-    }
-
     let container = Container {
-        name: "server".into(),
-        image: Some(spec.image.clone().unwrap_or_else(|| settings.image.clone())),
-        command: Some(vec!["cloudify".into()]),
-        args: Some(args),
-        ports: Some(vec![ContainerPort {
-            name: Some(PORT_NAME.into()),
-            container_port: PORT,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
-        env: Some(vec![EnvVar {
-            name: "CLOUDIFY_CACHE_DIR".into(),
-            value: Some(CACHE_DIR.into()),
-            ..EnvVar::default()
-        }]),
-        resources: spec.resources.clone(),
-        // Liveness only asks "is the process answering"; readiness is `/readyz`, which is 200
-        // once a dataset serves, so pods still opening files get no traffic but are not killed.
-        // Liveness gets a generous timeout: a pod busy decoding must not be killed for a slow
-        // answer, which would shed capacity exactly under load.
-        liveness_probe: Some(probe("/healthz", 10, 5)),
-        readiness_probe: Some(probe("/readyz", 5, 2)),
         volume_mounts: Some(mounts),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Capabilities::default()
-            }),
-            ..SecurityContext::default()
-        }),
-        ..Container::default()
+        ..container
     };
 
     PodSpec {

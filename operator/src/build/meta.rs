@@ -7,6 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use kube::Resource;
 
 use crate::MANAGER;
+use crate::layout::COMPUTE_SUFFIX;
 use crate::validate::{FieldError, InvalidSpec};
 
 /// The CR being built, with the metadata every object needs resolved once.
@@ -63,16 +64,58 @@ impl<'a> Target<'a> {
             ..LabelSelector::default()
         }
     }
+
+    /// Name of every compute object: `<name>-compute`.
+    pub fn compute_name(&self) -> String {
+        format!("{}{COMPUTE_SUFFIX}", self.name)
+    }
+
+    /// Metadata of a compute object: like [`meta`](Self::meta), named `<name>-compute` and
+    /// labelled `component: compute`.
+    pub fn compute_meta(&self) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(self.compute_name()),
+            labels: Some(compute_labels(self.name)),
+            ..self.meta()
+        }
+    }
+
+    /// Selector of the compute (worker) pods.
+    pub fn compute_selector(&self) -> LabelSelector {
+        LabelSelector {
+            match_labels: Some(compute_selector_labels(self.name)),
+            ..LabelSelector::default()
+        }
+    }
 }
 
 /// Labels that identify the server pods of one CR. A Deployment's selector is immutable, so
 /// this set must never change; `managed-by` is left out for that reason.
 pub fn selector_labels(name: &str) -> BTreeMap<String, String> {
+    component_selector_labels(name, "server")
+}
+
+/// Labels that identify the compute (worker) pods of one CR. They differ from the server's
+/// only in `component`, so the server Service never routes readers to a worker and the
+/// worker Service never sends tasks to a server.
+pub fn compute_selector_labels(name: &str) -> BTreeMap<String, String> {
+    component_selector_labels(name, "compute")
+}
+
+fn component_selector_labels(name: &str, component: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), "cloudify".to_string()),
         ("app.kubernetes.io/instance".to_string(), name.to_string()),
-        ("app.kubernetes.io/component".to_string(), "server".to_string()),
+        ("app.kubernetes.io/component".to_string(), component.to_string()),
     ])
+}
+
+/// Labels on every compute object: the compute selector labels plus `managed-by` (which the
+/// prune selects on, so compute objects are pruned like the server's).
+pub fn compute_labels(name: &str) -> BTreeMap<String, String> {
+    let mut labels = compute_selector_labels(name);
+    labels.insert("app.kubernetes.io/managed-by".to_string(), MANAGER.to_string());
+    labels
 }
 
 /// Labels on every owned object: the selector labels plus `managed-by`, by which the operator

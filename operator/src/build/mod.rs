@@ -24,7 +24,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use deployment::PORT_NAME;
 pub use deployment::{CONFIG_HASH_ANNOTATION, PORT};
 pub use ingress::default_path;
-pub use meta::{labels, selector_labels};
+pub use meta::{compute_labels, compute_selector_labels, labels, selector_labels};
 pub use owned::{OWNED, Object, OwnedKind};
 
 pub use crate::layout::{CACHE_DIR, CONFIG_DIR, CONFIG_FILE};
@@ -70,8 +70,24 @@ pub struct Desired {
     pub pdb: Option<PodDisruptionBudget>,
     /// Only when `ingress.enabled`.
     pub ingress: Option<Ingress>,
+    /// The worker pool, only when `spec.compute` is enabled.
+    pub compute: Option<Compute>,
     /// The Zarr URL for `status.url`.
     pub url: String,
+}
+
+/// The objects of a dataset's worker pool (`spec.compute`), all named `<name>-compute` and
+/// labelled `app.kubernetes.io/component: compute`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Compute {
+    /// `cloudify worker` pods with the server's config.
+    pub deployment: Deployment,
+    /// The Service the server's `--compute` names.
+    pub service: Service,
+    /// Only when `compute.replicas.max > compute.replicas.min`.
+    pub hpa: Option<HorizontalPodAutoscaler>,
+    /// Only when `compute.replicas.min >= 2`.
+    pub pdb: Option<PodDisruptionBudget>,
 }
 
 /// Why the desired objects cannot be built.
@@ -104,7 +120,14 @@ pub fn build(cr: &CloudifyDataset, settings: &Settings) -> Result<Desired, Build
     let target = meta::Target::new(cr)?;
     let config_map = config_map::config_map(&target)?;
     let base = public_base(cr, settings);
+    let compute = cr.spec.compute_enabled().map(|c| Compute {
+        deployment: deployment::compute_deployment(&target, settings, &config_map, c),
+        service: service::compute_service(&target),
+        hpa: scaling::compute_hpa(&target, c),
+        pdb: scaling::compute_pdb(&target, c),
+    });
     Ok(Desired {
+        compute,
         deployment: deployment::deployment(&target, settings, base.as_deref(), &config_map),
         service: service::service(&target),
         hpa: scaling::hpa(&target),
@@ -122,7 +145,7 @@ impl Desired {
     pub fn to_yaml(&self) -> Result<String, BuildError> {
         let mut out = String::new();
         for kind in &OWNED {
-            if let Some(object) = kind.object(self) {
+            for object in kind.objects(self) {
                 push_doc(&mut out, kind.kind, object)?;
             }
         }

@@ -38,8 +38,9 @@ pub struct OwnedKind {
     pub plural: &'static str,
     /// What the operator creates it for (the reason of its RBAC rule).
     pub purpose: &'static str,
-    /// The object of this kind in a desired set; `None` when the spec turns it off.
-    object: for<'a> fn(&'a Desired) -> Option<&'a dyn Object>,
+    /// The objects of this kind in a desired set (server first, then compute); empty when
+    /// the spec turns them off.
+    objects: for<'a> fn(&'a Desired) -> Vec<&'a dyn Object>,
 }
 
 impl std::fmt::Debug for OwnedKind {
@@ -56,7 +57,7 @@ impl OwnedKind {
     /// The entry of the k8s-openapi type `K`, with the object of that kind in [`Desired`].
     const fn of<K: k8s_openapi::Resource>(
         purpose: &'static str,
-        object: for<'a> fn(&'a Desired) -> Option<&'a dyn Object>,
+        objects: for<'a> fn(&'a Desired) -> Vec<&'a dyn Object>,
     ) -> Self {
         Self {
             group: K::GROUP,
@@ -65,14 +66,14 @@ impl OwnedKind {
             kind: K::KIND,
             plural: K::URL_PATH_SEGMENT,
             purpose,
-            object,
+            objects,
         }
     }
 
-    /// The desired object of this kind, or `None` when the spec does not want one (then any
-    /// such object the operator made earlier is pruned).
-    pub fn object<'a>(&self, desired: &'a Desired) -> Option<&'a dyn Object> {
-        (self.object)(desired)
+    /// The desired objects of this kind; any other object of this kind the operator made
+    /// earlier for the CR is pruned.
+    pub fn objects<'a>(&self, desired: &'a Desired) -> Vec<&'a dyn Object> {
+        (self.objects)(desired)
     }
 
     /// The kind for untyped (dynamic) API access and watches.
@@ -89,21 +90,49 @@ impl OwnedKind {
 
 /// Every kind of object the operator owns, in apply order.
 pub const OWNED: [OwnedKind; 6] = [
-    OwnedKind::of::<ConfigMap>("the server config of each dataset", |d| Some(&d.config_map)),
-    OwnedKind::of::<Service>("the Service in front of each dataset's pods", |d| {
-        Some(&d.service)
+    OwnedKind::of::<ConfigMap>("the server config of each dataset", |d| vec![&d.config_map]),
+    OwnedKind::of::<Service>(
+        "the Services in front of each dataset's server and compute pods",
+        |d| {
+            let mut v: Vec<&dyn Object> = vec![&d.service];
+            v.extend(d.compute.as_ref().map(|c| &c.service as &dyn Object));
+            v
+        },
+    ),
+    OwnedKind::of::<Deployment>("the server and compute Deployments of each dataset", |d| {
+        let mut v: Vec<&dyn Object> = vec![&d.deployment];
+        v.extend(d.compute.as_ref().map(|c| &c.deployment as &dyn Object));
+        v
     }),
-    OwnedKind::of::<Deployment>("the server Deployment of each dataset", |d| Some(&d.deployment)),
-    OwnedKind::of::<HorizontalPodAutoscaler>("the HorizontalPodAutoscaler of autoscaled datasets", |d| {
-        d.hpa.as_ref().map(|o| o as &dyn Object)
-    }),
+    OwnedKind::of::<HorizontalPodAutoscaler>(
+        "the HorizontalPodAutoscalers of autoscaled server and compute pods",
+        |d| {
+            let mut v: Vec<&dyn Object> = d.hpa.iter().map(|o| o as &dyn Object).collect();
+            v.extend(
+                d.compute
+                    .as_ref()
+                    .and_then(|c| c.hpa.as_ref())
+                    .map(|o| o as &dyn Object),
+            );
+            v
+        },
+    ),
     OwnedKind::of::<PodDisruptionBudget>(
-        "the PodDisruptionBudget of datasets with more than one replica",
-        |d| d.pdb.as_ref().map(|o| o as &dyn Object),
+        "the PodDisruptionBudgets of server and compute pods with more than one replica",
+        |d| {
+            let mut v: Vec<&dyn Object> = d.pdb.iter().map(|o| o as &dyn Object).collect();
+            v.extend(
+                d.compute
+                    .as_ref()
+                    .and_then(|c| c.pdb.as_ref())
+                    .map(|o| o as &dyn Object),
+            );
+            v
+        },
     ),
     OwnedKind::of::<Ingress>(
         "the Ingress routing /datasets/<name> to the dataset's Service",
-        |d| d.ingress.as_ref().map(|o| o as &dyn Object),
+        |d| d.ingress.iter().map(|o| o as &dyn Object).collect(),
     ),
 ];
 
@@ -152,8 +181,12 @@ mod tests {
 
     #[test]
     fn each_entry_reaches_the_object_of_its_kind() {
-        // Every optional object on: an HPA (max > min), a PDB (min >= 2), an Ingress.
-        let d = desired("  replicas: {min: 2, max: 4}\n  resources: {requests: {cpu: 500m}}\n");
+        // Every optional object on: an HPA (max > min), a PDB (min >= 2), an Ingress, and the
+        // same for the compute pool.
+        let d = desired(
+            "  replicas: {min: 2, max: 4}\n  resources: {requests: {cpu: 500m}}\n\
+             \x20 compute: {replicas: {min: 2, max: 5}, resources: {requests: {cpu: '1'}}}\n",
+        );
         // Exhaustive on purpose: a new object field of `Desired` does not compile here until it
         // is listed, and then this test fails until `OWNED` has its entry.
         let Desired {
@@ -163,25 +196,41 @@ mod tests {
             hpa,
             pdb,
             ingress,
+            compute,
             url: _,
         } = &d;
+        let crate::build::Compute {
+            deployment: compute_deployment,
+            service: compute_service,
+            hpa: compute_hpa,
+            pdb: compute_pdb,
+        } = compute.as_ref().expect("compute");
         let fields = vec![
             json(config_map),
             json(service),
+            json(compute_service),
             json(deployment),
+            json(compute_deployment),
             json(hpa.as_ref().expect("hpa")),
+            json(compute_hpa.as_ref().expect("compute hpa")),
             json(pdb.as_ref().expect("pdb")),
+            json(compute_pdb.as_ref().expect("compute pdb")),
             json(ingress.as_ref().expect("ingress")),
         ];
         let mut listed = Vec::new();
         for kind in &OWNED {
-            let object = kind
-                .object(&d)
-                .unwrap_or_else(|| panic!("no {} in a desired set with everything on", kind.kind));
-            let value = json(object);
-            assert_eq!(value["kind"], kind.kind);
-            assert_eq!(value["apiVersion"], kind.api_version);
-            listed.push(value);
+            let objects = kind.objects(&d);
+            assert!(
+                !objects.is_empty(),
+                "no {} in a desired set with everything on",
+                kind.kind
+            );
+            for object in objects {
+                let value = json(object);
+                assert_eq!(value["kind"], kind.kind);
+                assert_eq!(value["apiVersion"], kind.api_version);
+                listed.push(value);
+            }
         }
         assert_eq!(listed, fields);
     }
@@ -191,12 +240,22 @@ mod tests {
         let d = desired("  ingress: {enabled: false}\n");
         let present: Vec<&str> = OWNED
             .iter()
-            .filter(|kind| kind.object(&d).is_some())
+            .filter(|kind| !kind.objects(&d).is_empty())
             .map(|kind| kind.kind)
             .collect();
         // The controller reads the rollout from the applied Deployment, so it must always be
         // in the list and in every desired set.
         assert_eq!(present, ["ConfigMap", "Service", "Deployment"]);
+        // compute off (or given but disabled): one object per kind, none named -compute
+        let d =
+            desired("  ingress: {enabled: false}\n  compute: {enabled: false, replicas: {min: 3, max: 3}}\n");
+        for kind in &OWNED {
+            for object in kind.objects(&d) {
+                let name = object.meta().name.clone().unwrap_or_default();
+                assert!(!name.ends_with("-compute"), "{} {name}", kind.kind);
+            }
+        }
+        assert_eq!(OWNED[2].objects(&d).len(), 1);
     }
 
     #[test]

@@ -33,20 +33,39 @@ pub fn owned_selector(name: &str) -> String {
 /// Applies every desired object in dependency order (the order of [`OWNED`]) and returns the
 /// Deployment as the API server answered it (with its status, which tells whether the dataset
 /// is served).
-pub(super) async fn apply(client: &Client, desired: &Desired) -> Result<Deployment, ApplyError> {
+pub(super) async fn apply(client: &Client, desired: &Desired) -> Result<Applied, ApplyError> {
     let mut deployment = None;
+    let mut compute = None;
+    let compute_name = desired
+        .compute
+        .as_ref()
+        .and_then(|c| c.deployment.metadata.name.clone());
     for kind in &OWNED {
-        let Some(object) = kind.object(desired) else {
-            continue;
-        };
-        let answer = ssa(client, kind, object).await?;
-        if kind.kind == <Deployment as k8s_openapi::Resource>::KIND {
-            deployment = Some(typed_answer(kind, object, answer)?);
+        for object in kind.objects(desired) {
+            let answer = ssa(client, kind, object).await?;
+            if kind.kind == <Deployment as k8s_openapi::Resource>::KIND {
+                if object.meta().name == compute_name {
+                    compute = Some(typed_answer(kind, object, answer)?);
+                } else {
+                    deployment = Some(typed_answer(kind, object, answer)?);
+                }
+            }
         }
     }
     // `OWNED` lists the Deployment, which every desired set has (a unit test of `build` says
     // so); without an answer the status is computed from the object as sent (not ready).
-    Ok(deployment.unwrap_or_else(|| desired.deployment.clone()))
+    Ok(Applied {
+        deployment: deployment.unwrap_or_else(|| desired.deployment.clone()),
+        compute: compute.or_else(|| desired.compute.as_ref().map(|c| c.deployment.clone())),
+    })
+}
+
+/// The Deployments as the API server answered the apply (with their status).
+pub(super) struct Applied {
+    /// The server Deployment.
+    pub deployment: Deployment,
+    /// The compute Deployment, when `spec.compute` is enabled.
+    pub compute: Option<Deployment>,
 }
 
 /// `Kind namespace/name` pieces of an object for messages.
@@ -118,8 +137,12 @@ pub(super) async fn prune(
         owner_uid,
     };
     for kind in &OWNED {
-        let keep = kind.object(desired).and_then(|o| o.meta().name.clone());
-        deleted.extend(ctx.prune(kind, keep).await?);
+        let keep: Vec<String> = kind
+            .objects(desired)
+            .iter()
+            .filter_map(|o| o.meta().name.clone())
+            .collect();
+        deleted.extend(ctx.prune(kind, &keep).await?);
     }
     Ok(deleted)
 }
@@ -132,7 +155,7 @@ struct PruneCtx<'a> {
 }
 
 impl PruneCtx<'_> {
-    async fn prune(&self, owned: &OwnedKind, keep: Option<String>) -> Result<Vec<String>, Error> {
+    async fn prune(&self, owned: &OwnedKind, keep: &[String]) -> Result<Vec<String>, Error> {
         let kind = owned.kind;
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), self.namespace, &owned.api_resource());
@@ -150,7 +173,7 @@ impl PruneCtx<'_> {
                 .owner_references()
                 .iter()
                 .any(|o| o.uid == self.owner_uid && o.controller == Some(true));
-            if !ours || keep.as_deref() == Some(name.as_str()) || obj.metadata.deletion_timestamp.is_some() {
+            if !ours || keep.contains(&name) || obj.metadata.deletion_timestamp.is_some() {
                 continue;
             }
             // Precondition on the uid: never delete a same-named object created in between.

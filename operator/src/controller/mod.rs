@@ -302,7 +302,7 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
         Ok(d) => d,
         Err(e) => return invalid(&cr, &crs, ctx, "InvalidSpec", e.to_string()).await,
     };
-    let deployment = match apply::apply(&ctx.client, &desired).await {
+    let applied = match apply::apply(&ctx.client, &desired).await {
         Ok(d) => d,
         Err(apply::ApplyError::Rejected(message)) => {
             return invalid(&cr, &crs, ctx, "ApplyRejected", message).await;
@@ -312,7 +312,8 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     let uid = cr.uid().unwrap_or_default();
     apply::prune(&ctx.client, &namespace, &cr.name_any(), &uid, &desired).await?;
 
-    let rollout = Rollout::of(&deployment);
+    let rollout = Rollout::of(&applied.deployment);
+    let compute_replicas = applied.compute.as_ref().map(|d| Rollout::of(d).available);
     let mut conds: Vec<Cond> = rollout.conditions().into();
     let reg = registration::reconcile(&cr, &crs, ctx, rollout.ready()).await?;
     conds.push(reg.cond);
@@ -328,6 +329,7 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
         url: Some(desired.url.clone()),
         stac_item: reg.stac_item,
         replicas: Some(rollout.available),
+        compute_replicas,
     };
     write_status(&cr, &crs, ctx, &new).await?;
     Ok(Action::requeue(reg.retry.unwrap_or(RESYNC)))

@@ -236,6 +236,8 @@ pub fn patch(status: &CloudifyDatasetStatus) -> Value {
             "url": status.url,
             "stacItem": status.stac_item,
             "replicas": status.replicas,
+            // null when compute is off: a merge patch must clear what an earlier pool left
+            "computeReplicas": status.compute_replicas,
         }
     })
 }
@@ -396,7 +398,7 @@ mod tests {
         assert!(
             p["status"]
                 .as_object()
-                .is_some_and(|o| o.contains_key("stacItem"))
+                .is_some_and(|o| o.contains_key("stacItem") && o.contains_key("computeReplicas"))
         );
     }
 }
