@@ -98,6 +98,7 @@ pub fn load_all(specs: &[DatasetSpec], threads: usize, cache: Option<&IndexCache
             compute_cache: crate::state::chunk_cache::ChunkCache::new(
                 crate::state::chunk_cache::DEFAULT_COMPUTE_CACHE_BYTES,
             ),
+            map_js_url: crate::state::DEFAULT_MAP_JS_URL.to_string(),
         },
         sources_not_found,
     })

@@ -85,7 +85,14 @@ pub struct AppState {
     pub max_source_bytes: u64,
     /// Encoded computed chunks kept for the next request (`--compute-cache-bytes`).
     pub compute_cache: chunk_cache::ChunkCache,
+    /// Where the map page (`/datasets/{id}/map`) loads its JS map library (Leaflet) from
+    /// (`--map-js-url`); its CSS is the same URL with `.css` for `.js`.
+    pub map_js_url: String,
 }
+
+/// Default of `--map-js-url`: Leaflet from a public CDN (nothing third-party is served by
+/// cloudify itself).
+pub const DEFAULT_MAP_JS_URL: &str = "https://unpkg.com/leaflet@1.9.4/dist/leaflet.js";
 
 /// Default of `--max-source-bytes`: 2 GiB of stored (compressed) source data per computed
 /// chunk, a few seconds of decoding on a few cores.
