@@ -420,8 +420,8 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
         );
         for side in ["width", "height"] {
             params.push(json!({"name": side, "in": "query", "required": false,
-                "schema": {"type": "integer", "minimum": 1, "maximum": crate::processing::tiles::MAX_SIDE},
-                "description": format!("Tile {side} in pixels (default 256)")}));
+                "schema": {"type": "integer", "minimum": 1},
+                "description": format!("Tile {side} in pixels (default 256); more than {} is 413", crate::processing::tiles::MAX_SIDE)}));
         }
         params.push(json!({"name": "time", "in": "query", "required": false,
             "schema": {"type": "string"}, "example": "0",
@@ -578,7 +578,7 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
             error_response("The image would hold more than 4000000 cells or 500 frames, or read more source data than --max-source-bytes"),
         );
     }
-    if path.contains("/tiles/") {
+    if path.contains("/tiles/") || path.ends_with("/map") {
         responses.insert(
             "400".into(),
             error_response("Invalid dataset id, or a malformed or unknown parameter, colormap, selection method or value (the message names the allowed ones)"),
@@ -588,12 +588,6 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
             error_response(
                 "width/height above 2048, or the tile would read more source data than --max-source-bytes",
             ),
-        );
-    }
-    if path.ends_with("/map") {
-        responses.insert(
-            "400".into(),
-            error_response("Invalid dataset id, or a malformed tile parameter"),
         );
     }
     if path.contains("/edr/") {
