@@ -51,13 +51,33 @@ def write_regional(path) -> None:
         v[:] = data
 
 
+def write_seam(path, lon0: float) -> None:
+    """A global grid whose first cell sits ON the seam (lon0 = 0 or -180): the nearest cell of
+    a pixel just west of it is the first cell, across the seam, not the last one."""
+    rng = np.random.default_rng(int(lon0) + 500)
+    with netCDF4.Dataset(path, "w") as ds:
+        ds.createDimension("lat", 72)
+        ds.createDimension("lon", 144)
+        lat = ds.createVariable("lat", "f8", ("lat",))
+        lat[:] = np.arange(-88.75, 90.0, 2.5)
+        lat.units = "degrees_north"
+        lon = ds.createVariable("lon", "f8", ("lon",))
+        lon[:] = lon0 + np.arange(144) * 2.5
+        lon.units = "degrees_east"
+        v = ds.createVariable("ts", "f4", ("lat", "lon"))
+        v[:] = (280 + 15 * rng.standard_normal((72, 144))).astype("f4")
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     assert len(CANESM) == 1, "sample data missing"
     root = tmp_path_factory.mktemp("tiles")
     write_global(root / "global.nc")
     write_regional(root / "regional.nc")
-    sources = {"amon": CANESM, "global": [str(root / "global.nc")], "regional": [str(root / "regional.nc")]}
+    write_seam(root / "seam360.nc", 0.0)
+    write_seam(root / "seam180.nc", -180.0)
+    sources = {"amon": CANESM, "global": [str(root / "global.nc")], "regional": [str(root / "regional.nc")],
+               "seam360": [str(root / "seam360.nc")], "seam180": [str(root / "seam180.nc")]}
     lines = ["datasets:"]
     for name, files in sources.items():
         lines += [f"  - name: {name}", f"    sources: {files!r}".replace("'", '"')]
@@ -145,6 +165,16 @@ def test_regional_descending_lat_tiles(served, z, x, y):
     assert (img[..., 3] == 255).any()
     if z == 0:
         assert (img[..., 3] == 0).mean() > 0.9
+
+
+@pytest.mark.parametrize("name,z,x,y", [("seam360", 0, 0, 0), ("seam360", 2, 1, 1), ("seam360", 3, 3, 3),
+                                        ("seam180", 0, 0, 0), ("seam180", 2, 0, 2), ("seam180", 3, 7, 4)])
+def test_global_axis_wraps_at_its_seam(served, name, z, x, y):
+    url, src = served
+    ds = _open(src[name])
+    img, _ = get_tile(url, name, z, x, y, "variables=ts&style=raster/turbo&colorscalerange=260,300")
+    check(img, expected_tile(ds.ts.values, ds.lat.values, ds.lon.values, z, x, y, "turbo", 260, 300))
+    assert (img[..., 3] == 255).all()  # global: no gap at the seam
 
 
 def test_real_cmip6_time_by_date_and_plev_method(served):
