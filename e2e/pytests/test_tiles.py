@@ -223,6 +223,7 @@ def test_selectors_equivalent_and_valid_range(served):
     ("0/0/0.png", 400, "variables"),
     ("0/0/0.png?variables=nosuch", 404, "tas"),
     ("0/0/0.png?variables=tas,p", 400, "one variable"),
+    ("0/0/0.png?variables=time", 400, "lat/lon grid"),
     ("0/0/0.png?variables=tas&style=raster/nosuchmap", 400, "viridis"),
     ("0/0/0.png?variables=tas&style=contour/viridis", 400, "raster/"),
     ("0/0/0.png?variables=tas&depth=3", 400, "time"),
