@@ -67,6 +67,11 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", 400, 404, 416
 [[operations]]
 include-path-regex = '/edr/'
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", 400, 404, 413]
+# A tile request can be well-formed and still not fit: x/y beyond 2^z (404, as tile servers
+# answer), a selection value the time axis lacks (400), a variable the dataset lacks (404).
+[[operations]]
+include-path-regex = '/tiles/|/map$'
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", 400, 404, 413]
 """
     )
 

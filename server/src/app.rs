@@ -100,6 +100,7 @@ pub fn load_all(specs: &[DatasetSpec], threads: usize, cache: Option<&IndexCache
                 crate::state::chunk_cache::DEFAULT_COMPUTE_CACHE_BYTES,
             ),
             access,
+            map_js_url: crate::state::DEFAULT_MAP_JS_URL.to_string(),
         },
         sources_not_found,
     })

@@ -136,6 +136,11 @@ struct ServeArgs {
     /// --max-source-bytes; 0 turns the cache off.
     #[arg(long, value_name = "BYTES", default_value = "256MiB", value_parser = serve::parse_bytes)]
     compute_cache_bytes: u64,
+    /// URL of the JS map library (Leaflet 1.x) the map page `/datasets/{id}/map` loads; its
+    /// stylesheet is the same URL with `.css` for `.js`. Point it at a local copy for
+    /// offline use; cloudify serves no third-party code itself.
+    #[arg(long, value_name = "URL", default_value = cloudify_server::state::DEFAULT_MAP_JS_URL)]
+    map_js_url: String,
     #[command(flatten)]
     compute: ComputeArgs,
     #[command(flatten)]
@@ -495,6 +500,7 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         cloudify_server::processing::exec::set_remote(Some(Arc::new(remote)));
     }
     state.max_source_bytes = a.max_source_bytes;
+    state.map_js_url = a.map_js_url.clone();
     state.compute_cache = cloudify_server::state::chunk_cache::ChunkCache::new(a.compute_cache_bytes);
     let ready = state
         .datasets

@@ -168,7 +168,19 @@ fn plot_links(ds: &Dataset) -> String {
     if links.is_empty() {
         return String::new();
     }
-    format!("<p>Maps (PNG): {}</p>", links.join(" · "))
+    // the interactive map (tiles, `crate::http::tiles`) of the same variables
+    let maps: Vec<String> = ds
+        .root
+        .vars
+        .iter()
+        .filter(|v| v.dims.len() >= 2 && !v.dims.contains(&v.name))
+        .map(|v| format!("<a href=\"map?variables={}\">{}</a>", enc(&v.name), esc(&v.name)))
+        .collect();
+    format!(
+        "<p>Maps (PNG): {}</p><p>Map viewer (Web-Mercator tiles, time slider): {}</p>",
+        links.join(" · "),
+        maps.join(" · ")
+    )
 }
 /// A form for the EDR position query (`/datasets/{id}/edr/position`, see `crate::http::edr`):
 /// a point series is what many visitors of a dataset want, in a format they choose. The

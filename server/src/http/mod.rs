@@ -14,6 +14,7 @@ pub mod parquet;
 pub mod plot;
 pub mod range;
 pub mod tape;
+pub mod tiles;
 pub mod zarr;
 
 use std::sync::Arc;
@@ -67,6 +68,16 @@ pub fn routes() -> Router<Arc<AppState>> {
         // OGC API EDR-style extraction (position time series, area)
         .route("/datasets/{id}/edr/position", get(edr::position))
         .route("/datasets/{id}/edr/area", get(edr::area))
+        // map tiles (Web Mercator), their TileJSON and a map page (issue 16 part 2)
+        .route(
+            "/datasets/{id}/tiles/WebMercatorQuad/tilejson.json",
+            get(tiles::tilejson),
+        )
+        .route(
+            "/datasets/{id}/tiles/WebMercatorQuad/{z}/{y}/{x}",
+            get(tiles::tile),
+        )
+        .route("/datasets/{id}/map", get(tiles::map_page))
         .route("/datasets/{id}/zarr", get(zarr::zarr_root))
         // OPeNDAP DAP2: `opendap.dds`, `.das`, `.dods`, ... (axum cannot capture a suffix
         // inside a segment; static siblings such as `keys` still win).

@@ -173,6 +173,28 @@ pub const ROUTES: &[(&str, &str, &str, &[&str], Kind)] = &[
         &["image/png"],
         Kind::Dataset,
     ),
+    // map tiles (issue 16 part 2): Web-Mercator tiles, TileJSON, a map page
+    (
+        "/datasets/{id}/tiles/WebMercatorQuad/{z}/{y}/{x}.png",
+        "A Web-Mercator (EPSG:3857, OGC WebMercatorQuad / XYZ numbering, row 0 north) PNG tile of one variable on a rectilinear lat/lon grid (xpublish-tiles' parameters): each pixel centre is projected to lon/lat and shows the nearest grid cell (a global longitude axis wraps round its seam; 0..360 and -180..180 axes, either latitude order), coloured with matplotlib's colour tables as the plot route does; pixels outside the data's extent (half a cell beyond its ends), NaN and masked cells are transparent. Only the grid cells the tile touches are read, one step of every other dimension. Dimensions other than lat/lon are selected by query parameters named after them, '[method::]value' with method nearest (default), exact, pad/ffill or backfill/bfill: a CF time axis takes an ISO date YYYY-MM[-DD[Thh[:mm[:ss]]]] or an index (negatives count from the end), other coordinates a value, dimensions without a coordinate an index; unselected dimensions show their first step. Colour range: colorscalerange, else valid_min/valid_max, else the 2nd/98th percentiles of the whole field at that step (the TileJSON template carries an explicit range). Header X-Colorscale-Range. 404: zoom outside 0..=24, x/y outside 0..2^z, an unknown variable; 400: a malformed or unknown parameter, colormap, selection method or value (the message names the allowed ones); 413: width/height above 2048 or more source bytes than --max-source-bytes",
+        "tiles",
+        &["image/png"],
+        Kind::Dataset,
+    ),
+    (
+        "/datasets/{id}/tiles/WebMercatorQuad/tilejson.json",
+        "TileJSON 3.0.0 of the tiles for the same query: `tiles` (URL template with the query and an explicit colorscalerange), `bounds` (the data's extent, latitudes clipped to Web Mercator's ±85.0511), `minzoom` 0, `maxzoom` 24, `center`, and `colorscalerange`",
+        "tiles",
+        &["application/json"],
+        Kind::Dataset,
+    ),
+    (
+        "/datasets/{id}/map",
+        "An HTML map page of one variable's tiles (variables=..., default the first variable on a lat/lon grid; the tile query parameters apply) with a slider over its first other dimension (time). The JS map library (Leaflet) is loaded from --map-js-url; cloudify serves no third-party code",
+        "tiles",
+        &["text/html"],
+        Kind::Dataset,
+    ),
     (
         "/datasets/{id}/{file}",
         "OPeNDAP DAP2 over the dataset (views included): `opendap` (HTML form), `opendap.dds`, `opendap.das`, `opendap.dods` (XDR data, streamed with Content-Length), `opendap.ascii` and `opendap.html`. The query string is a DAP2 constraint expression: variables, `Grid.member`, hyperslabs `[i]`, `[start:stop]`, `[start:stride:stop]` (inclusive stop), comma-separated, e.g. `tas[0:1:9][0][0],lat`. Errors are DAP2 `Error { code; message; }` documents with Content-Description: dods-error and the HTTP status: 400 a malformed constraint or index out of range, 404 an unknown dataset, variable or response, 413 a request above the size cap (16 GiB for .dods, 512 MiB for .ascii), 422 an int64 value outside DAP2's Int32 range, 500 a source that cannot be read, 503 a dataset that failed to open",
@@ -421,6 +443,44 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
             "description": "'vmin,vmax' of the colour bar (vmin <= vmax)"}),
         );
     }
+    if path.contains("/tiles/") || path.ends_with("/map") {
+        // the tile routes' own parameters (issue 16 part 2)
+        for (name, what) in [
+            ("z", "Zoom level 0..=24"),
+            ("y", "Tile row 0..2^z (0 at the north)"),
+            ("x", "Tile column 0..2^z (0 at 180°W)"),
+        ] {
+            if path.contains(&format!("{{{name}}}")) {
+                let mut p = path_param(name, what);
+                p["schema"] = json!({"type": "integer", "minimum": 0});
+                p["example"] = json!(0);
+                params.push(p);
+            }
+        }
+        params.push(
+            json!({"name": "variables", "in": "query", "required": !path.ends_with("/map"),
+            "schema": {"type": "string"}, "example": "tas",
+            "description": "The variable to draw (one)"}),
+        );
+        params.push(json!({"name": "style", "in": "query", "required": false,
+            "schema": {"type": "string", "enum": crate::render::names().iter().map(|n| format!("raster/{n}")).collect::<Vec<_>>()},
+            "example": "raster/viridis",
+            "description": "raster/{matplotlib colormap name} ('_r' reversed); default raster/viridis"}));
+        params.push(
+            json!({"name": "colorscalerange", "in": "query", "required": false,
+            "schema": {"type": "string", "pattern": "^[-+0-9.eE]+,[-+0-9.eE]+$"},
+            "example": "250,300",
+            "description": "'vmin,vmax' of the colour scale (vmin <= vmax)"}),
+        );
+        for side in ["width", "height"] {
+            params.push(json!({"name": side, "in": "query", "required": false,
+                "schema": {"type": "integer", "minimum": 1},
+                "description": format!("Tile {side} in pixels (default 256); more than {} is 413", crate::processing::tiles::MAX_SIDE)}));
+        }
+        params.push(json!({"name": "time", "in": "query", "required": false,
+            "schema": {"type": "string"}, "example": "0",
+            "description": "A dimension selector (any dimension other than lat/lon, by its name): '[method::]value', method nearest (default), exact, pad, ffill, backfill or bfill; an ISO date or an index on a CF time axis"}));
+    }
     if path.contains("/edr/") {
         let (geom, example) = if path.ends_with("/position") {
             (
@@ -607,6 +667,18 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
         responses.insert(
             "413".into(),
             error_response("The image would hold more than 4000000 cells or 500 frames, or read more source data than --max-source-bytes"),
+        );
+    }
+    if path.contains("/tiles/") || path.ends_with("/map") {
+        responses.insert(
+            "400".into(),
+            error_response("Invalid dataset id, or a malformed or unknown parameter, colormap, selection method or value (the message names the allowed ones)"),
+        );
+        responses.insert(
+            "413".into(),
+            error_response(
+                "width/height above 2048, or the tile would read more source data than --max-source-bytes",
+            ),
         );
     }
     if path.contains("/edr/") {

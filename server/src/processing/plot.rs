@@ -136,7 +136,7 @@ pub struct Plot {
 }
 
 /// True when `v` is a CF time coordinate (units "... since ...").
-fn is_time(ds: &Dataset, dim: &str) -> bool {
+pub(crate) fn is_time(ds: &Dataset, dim: &str) -> bool {
     ds.variable(dim).is_some_and(|c| {
         c.attrs
             .get_str("units")
@@ -145,7 +145,7 @@ fn is_time(ds: &Dataset, dim: &str) -> bool {
 }
 
 /// True when `dim` is a longitude axis (CF units or a usual name).
-fn is_lon(ds: &Dataset, dim: &str) -> bool {
+pub(crate) fn is_lon(ds: &Dataset, dim: &str) -> bool {
     let units = ds
         .variable(dim)
         .and_then(|c| c.attrs.get_str("units").map(str::to_ascii_lowercase));
@@ -175,7 +175,7 @@ fn index_range(dim: &str, s: &str, n: u64) -> Result<(u64, u64), PlotError> {
 }
 
 /// A coordinate's values over `[start, start+count)`, decoded, as f64.
-fn coord_values(c: &Arc<Variable>, start: u64, count: u64) -> Result<Vec<f64>, PlotError> {
+pub(crate) fn coord_values(c: &Arc<Variable>, start: u64, count: u64) -> Result<Vec<f64>, PlotError> {
     let input = Input::new(c.clone()).map_err(PlotError::Bad)?;
     Ok(match input.read(&[start], &[count])? {
         Col::F32(v) => v.into_iter().map(f64::from).collect(),
@@ -344,7 +344,7 @@ fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
 
 /// The colour range: the request's, else `valid_min`/`valid_max` (or `valid_range`), else
 /// the 2nd and 98th percentiles of the values (robust to outliers).
-fn colour_range(v: &Variable, values: &[f64], req: Option<(f64, f64)>) -> (f64, f64) {
+pub(crate) fn colour_range(v: &Variable, values: &[f64], req: Option<(f64, f64)>) -> (f64, f64) {
     if let Some(r) = req {
         return r;
     }

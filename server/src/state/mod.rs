@@ -87,7 +87,14 @@ pub struct AppState {
     pub compute_cache: chunk_cache::ChunkCache,
     /// Who may read which dataset (`DatasetSpec::access`); `http::auth` enforces it.
     pub access: crate::access::Access,
+    /// Where the map page (`/datasets/{id}/map`) loads its JS map library (Leaflet) from
+    /// (`--map-js-url`); its CSS is the same URL with `.css` for `.js`.
+    pub map_js_url: String,
 }
+
+/// Default of `--map-js-url`: Leaflet from a public CDN (nothing third-party is served by
+/// cloudify itself).
+pub const DEFAULT_MAP_JS_URL: &str = "https://unpkg.com/leaflet@1.9.4/dist/leaflet.js";
 
 /// Default of `--max-source-bytes`: 2 GiB of stored (compressed) source data per computed
 /// chunk, a few seconds of decoding on a few cores.
