@@ -93,7 +93,7 @@ def test_cache_reused_and_invalidated(corpus, tmp_path):
     assert len(entries) == 3, entries
     # each entry is itself a kerchunk reference set for its file
     doc = json.loads((cache / "index" / entries[0]).read_text())
-    assert doc["version"] == 1 and ".zmetadata" in doc["refs"] and doc["cloudify"]["format"] == 5
+    assert doc["version"] == 1 and ".zmetadata" in doc["refs"] and doc["cloudify"]["format"] == 6  # open::cache::FORMAT (6: float32 attributes keep their width)
     # restart: cache hit (files untouched) gives identical answers
     url, proc, _ = start_server(args, tmp_path, "warm", extra_env=env)
     try:
