@@ -9,7 +9,8 @@
 use std::collections::HashSet;
 
 use cloudify_crds::SpecError;
-use cloudify_crds::k8s::{CloudifyDataset, CloudifyDatasetSpec, ComputeSpec};
+use cloudify_crds::k8s::{CloudifyDataset, CloudifyDatasetSpec, ComputeSpec, Replicas};
+use k8s_openapi::api::core::v1::ResourceRequirements;
 
 use crate::layout::{ACCESS_DIR, CACHE_DIR, COMPUTE_SUFFIX, CONFIG_DIR};
 
@@ -149,52 +150,17 @@ fn validate_spec(spec: &CloudifyDatasetSpec, fail: &mut impl FnMut(&str, String)
         fail("spec.image", format!("'{image}' is not an image reference"));
     }
 
-    let replicas = &spec.replicas;
-    if replicas.min < 1 {
-        fail(
-            "spec.replicas.min",
-            format!(
-                "{} must be at least 1 (an autoscaler cannot scale to zero)",
-                replicas.min
-            ),
-        );
-    }
-    if replicas.max < 1 {
-        fail(
-            "spec.replicas.max",
-            format!("{} must be at least 1", replicas.max),
-        );
-    }
-    if replicas.min > replicas.max {
-        fail(
-            "spec.replicas.min",
-            format!(
-                "{} must not be greater than spec.replicas.max ({})",
-                replicas.min, replicas.max
-            ),
-        );
-    }
-    if let Some(t) = spec.target_cpu_utilization
-        && !(1..=1000).contains(&t)
-    {
-        fail(
-            "spec.targetCpuUtilization",
-            format!("{t} must be between 1 and 1000 (percent)"),
-        );
-    }
-    let cpu_request = spec
-        .resources
-        .as_ref()
-        .and_then(|r| r.requests.as_ref())
-        .is_some_and(|r| r.contains_key("cpu"));
-    if replicas.autoscaled() && !cpu_request {
-        fail(
-            "spec.resources.requests.cpu",
-            "required when spec.replicas.max > spec.replicas.min: the autoscaler's CPU \
-             utilisation is relative to the request"
-                .into(),
-        );
-    }
+    validate_pool(
+        &Pool {
+            at: "spec",
+            replicas: &spec.replicas,
+            target_cpu_utilization: spec.target_cpu_utilization,
+            max_utilization: 1000,
+            resources: spec.resources.as_ref(),
+            zero_hint: "",
+        },
+        fail,
+    );
 
     if let Some(compute) = spec.compute_enabled() {
         validate_compute(compute, fail);
@@ -308,51 +274,87 @@ fn validate_spec(spec: &CloudifyDatasetSpec, fail: &mut impl FnMut(&str, String)
 /// `spec.compute` when enabled (a disabled block is kept as written and not checked: nothing is
 /// built from it).
 fn validate_compute(compute: &ComputeSpec, fail: &mut impl FnMut(&str, String)) {
-    let replicas = &compute.replicas;
+    validate_pool(
+        &Pool {
+            at: "spec.compute",
+            replicas: &compute.replicas,
+            target_cpu_utilization: compute.target_cpu_utilization,
+            max_utilization: 100,
+            resources: compute.resources.as_ref(),
+            zero_hint: " when compute is enabled",
+        },
+        fail,
+    );
+}
+
+/// An autoscaled pool of pods (the servers, or the compute workers) as its spec describes it.
+struct Pool<'a> {
+    /// Where its fields are (`spec`, `spec.compute`), for the messages.
+    at: &'a str,
+    replicas: &'a Replicas,
+    target_cpu_utilization: Option<i32>,
+    /// Largest utilisation target accepted (percent of the CPU request).
+    max_utilization: i32,
+    resources: Option<&'a ResourceRequirements>,
+    /// Said after "must be at least 1" for `replicas.min`.
+    zero_hint: &'a str,
+}
+
+/// The rules both pools follow: at least one replica, min <= max, a utilisation target in
+/// range, and a CPU request whenever an autoscaler (whose target is relative to it) is made.
+fn validate_pool(p: &Pool, fail: &mut impl FnMut(&str, String)) {
+    let (at, replicas) = (p.at, p.replicas);
     if replicas.min < 1 {
+        let off = if at == "spec" {
+            String::new()
+        } else {
+            format!("; set {at}.enabled: false instead")
+        };
         fail(
-            "spec.compute.replicas.min",
+            &format!("{at}.replicas.min"),
             format!(
-                "{} must be at least 1 when compute is enabled (an autoscaler cannot scale to zero; \
-                 set spec.compute.enabled: false instead)",
-                replicas.min
+                "{} must be at least 1{} (an autoscaler cannot scale to zero{off})",
+                replicas.min, p.zero_hint
             ),
         );
     }
     if replicas.max < 1 {
         fail(
-            "spec.compute.replicas.max",
+            &format!("{at}.replicas.max"),
             format!("{} must be at least 1", replicas.max),
         );
     }
     if replicas.min > replicas.max {
         fail(
-            "spec.compute.replicas.min",
+            &format!("{at}.replicas.min"),
             format!(
-                "{} must not be greater than spec.compute.replicas.max ({})",
+                "{} must not be greater than {at}.replicas.max ({})",
                 replicas.min, replicas.max
             ),
         );
     }
-    if let Some(t) = compute.target_cpu_utilization
-        && !(1..=100).contains(&t)
+    if let Some(t) = p.target_cpu_utilization
+        && !(1..=p.max_utilization).contains(&t)
     {
         fail(
-            "spec.compute.targetCpuUtilization",
-            format!("{t} must be between 1 and 100 (percent of the CPU request)"),
+            &format!("{at}.targetCpuUtilization"),
+            format!(
+                "{t} must be between 1 and {} (percent of the CPU request)",
+                p.max_utilization
+            ),
         );
     }
-    let cpu_request = compute
+    let cpu_request = p
         .resources
-        .as_ref()
         .and_then(|r| r.requests.as_ref())
         .is_some_and(|r| r.contains_key("cpu"));
     if replicas.autoscaled() && !cpu_request {
         fail(
-            "spec.compute.resources.requests.cpu",
-            "required when spec.compute.replicas.max > spec.compute.replicas.min: the \
-             autoscaler's CPU utilisation is relative to the request"
-                .into(),
+            &format!("{at}.resources.requests.cpu"),
+            format!(
+                "required when {at}.replicas.max > {at}.replicas.min: the autoscaler's CPU \
+                 utilisation is relative to the request"
+            ),
         );
     }
 }

@@ -20,17 +20,21 @@ use crate::state::AppState;
 type Base = (String, String, String, String);
 
 fn plot_error(id: &str, var: &str, e: PlotError) -> ApiError {
+    product_error(format_args!("dataset '{id}', plot of '{var}'"), e)
+}
+
+/// The answer to a failed plot or tile, its message prefixed with where it happened. A read
+/// failure keeps its status, `Retry-After` and detail (a source file still on tape is a 503
+/// to come back to, not a bare error).
+pub(crate) fn product_error(at: impl std::fmt::Display, e: PlotError) -> ApiError {
     let (status, msg) = match e {
+        PlotError::Read(r) => return ApiError::from(r).context(at),
         PlotError::NotFound(m) => (StatusCode::NOT_FOUND, m),
         PlotError::Bad(m) => (StatusCode::BAD_REQUEST, m),
         PlotError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m),
-        PlotError::Read(r) => {
-            let a = ApiError::from(r);
-            (a.status, a.message)
-        }
         PlotError::Encode(m) => (StatusCode::INTERNAL_SERVER_ERROR, m.to_string()),
     };
-    ApiError::new(status, format!("dataset '{id}', plot of '{var}': {msg}"))
+    ApiError::new(status, format!("{at}: {msg}"))
 }
 
 /// `/datasets/{id}/plot/{var}/{kind}/{cmap}`: the whole variable (it must already have the

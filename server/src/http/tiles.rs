@@ -23,17 +23,7 @@ use crate::state::AppState;
 const PARAMS: &[&str] = &["variables", "style", "colorscalerange", "width", "height"];
 
 fn tile_error(id: &str, e: PlotError) -> ApiError {
-    let (status, msg) = match e {
-        PlotError::NotFound(m) => (StatusCode::NOT_FOUND, m),
-        PlotError::Bad(m) => (StatusCode::BAD_REQUEST, m),
-        PlotError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m),
-        PlotError::Read(r) => {
-            let a = ApiError::from(r);
-            (a.status, a.message)
-        }
-        PlotError::Encode(m) => (StatusCode::INTERNAL_SERVER_ERROR, m.to_string()),
-    };
-    ApiError::new(status, format!("dataset '{id}', tiles: {msg}"))
+    super::plot::product_error(format_args!("dataset '{id}', tiles"), e)
 }
 
 /// A parsed tile query.
