@@ -702,7 +702,7 @@ async fn crd_schema_validation_defaulting_cel_and_status() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(cols, vec!["Name", "Ready", "URL", "Replicas", "Age"]);
+    assert_eq!(cols, vec!["Name", "Ready", "URL", "Replicas", "Compute", "Age"]);
     assert_eq!(table["rows"][0]["cells"][1], "True");
     assert_eq!(table["rows"][0]["cells"][2], "http://u");
 
