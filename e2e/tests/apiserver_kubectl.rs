@@ -146,7 +146,7 @@ async fn kubectl_applies_crd_and_examples_gets_waits_and_deletes() {
     assert!(
         header
             .split_whitespace()
-            .eq(["NAME", "READY", "URL", "REPLICAS", "AGE"]),
+            .eq(["NAME", "READY", "URL", "REPLICAS", "COMPUTE", "AGE"]),
         "{out}"
     );
     assert!(out.contains(DATASET), "{out}");
