@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVER = ROOT / "server"
 FUZZ = SERVER / "fuzz"
 TARGETS = ["chunk_key", "codec", "nc3", "kerchunk_json", "kerchunk_parquet", "zarr_store", "icechunk",
-           "hdf5_native", "expr"]
+           "hdf5_native", "expr", "dap_constraint"]
 VENV = Path("/var/tmp/cloudify-venv/bin/python")
 VENV_ICECHUNK2 = Path("/var/tmp/cloudify-venv-icechunk2/bin/python")
 

@@ -111,6 +111,17 @@ def expr_seeds(s: Seeds) -> None:
         s.add("expr", f"expr{i}", e)
 
 
+def dap_constraint_seeds(s: Seeds) -> None:
+    # query strings of opendap.* requests against source/testdata/cdf1.nc (time, x, y, s, grid,
+    # scalar, flags), as clients send them (escaped and not)
+    for i, q in enumerate([
+        "", "s", "s[0:1:3][1]", "s.s[1:2],s.time", "grid[0][0:2]", "time,scalar,flags[0:2:2]",
+        "s%5B0%3A1%3A3%5D%5B1%5D", "s.time[1:3],s.s[0][0]", "flags&flags>1", "s[3:1]", "s[0:0:3]",
+        "grid.y", "nosuch", "s[", "s.s.s", "s[99999999999999999999]", "s[0:1:2:3]", "%zz", "s,,time",
+    ]):
+        s.add("dap_constraint", f"ce{i}", q)
+
+
 def codec_seeds(s: Seeds) -> None:
     data = b"".join(struct.pack("<f", 280.0 + i * 0.25) for i in range(256))
 
@@ -404,6 +415,7 @@ def main() -> int:
         "chunk_key": lambda t: chunk_key_seeds(s),
         "codec": lambda t: codec_seeds(s),
         "expr": lambda t: expr_seeds(s),
+        "dap_constraint": lambda t: dap_constraint_seeds(s),
         "kerchunk_json": lambda t: kerchunk_json_seeds(s),
         "nc3": lambda t: nc3_seeds(s, a.testdata),
         "netcdf": lambda t: netcdf_seeds(s, t),

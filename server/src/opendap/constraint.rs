@@ -245,4 +245,31 @@ mod tests {
         }
         assert!(percent_decode("%zz").is_err());
     }
+
+    /// The parser is iterative (no recursion on brackets, members or items), so nesting as
+    /// deep as a request line allows is a 400 naming the problem, never a stack overflow;
+    /// the HTTP layer caps the request target at 8 KiB anyway, these go far beyond.
+    #[test]
+    fn deep_nesting_is_a_400_not_a_stack_overflow() {
+        let n = 100_000;
+        for (bad, words) in [
+            (format!("tas{}0{}", "[".repeat(n), "]".repeat(n)), "bad index"),
+            (format!("{}tas{}", "(".repeat(n), ")".repeat(n)), "malformed constraint item"),
+            (format!("tas{}", ".a".repeat(n)), "more than Grid.member"),
+            (format!("tas{}", "[".repeat(n)), "unclosed"),
+            (format!("tas{}", "]".repeat(n)), "malformed constraint item"),
+            (format!("{}tas", ",".repeat(n)), "empty name"),
+        ] {
+            let e = parse(&bad).expect_err("refused");
+            assert_eq!(e.status, 400, "{}", e.message);
+            assert!(e.message.contains(words), "{words}: {}", &e.message[..e.message.len().min(200)]);
+        }
+        let escaped = format!("tas{}0{}", "%5B".repeat(n), "%5D".repeat(n));
+        let e = parse(&percent_decode(&escaped).expect("decodes")).expect_err("refused");
+        assert_eq!(e.status, 400);
+        // Many hyperslabs on one name parse (resolving them against the variable's rank is
+        // what refuses them).
+        let many = format!("tas{}", "[0]".repeat(n));
+        assert_eq!(parse(&many).expect("parses")[0].slices.len(), n);
+    }
 }
