@@ -29,6 +29,7 @@ Prints a short table on stderr and one JSON summary line on stdout.
 import argparse
 import asyncio
 import datetime as dt
+import json
 import os
 import platform
 import statistics
@@ -84,6 +85,8 @@ def main(argv=None) -> int:
         sampler = R.RssTimeline([server], a.rss_interval)
         summary["rss_idle_MB"] = sampler.rss_now("load")
         sampler.start()
+        metrics = R.MetricsPoller(server.base, sampler.t0)
+        metrics.start()
         R.log(f"{a.connections} connections x {a.duration:.0f} s over {len(urls)} chunk URLs ({','.join(a.formats)})")
         c0 = os.times()
         s0, m0 = run.cpu_seconds(run.proc_tree(server.proc.pid)), run.machine_busy_seconds()
@@ -115,8 +118,21 @@ def main(argv=None) -> int:
             w = sampler.window("load", t_load + k * D / 10, t_load + (k + 1) * D / 10)
             deciles.append(round(statistics.median(w), 1) if w else None)
         rss["by_tenth_MB"] = deciles
+        med = lambda xs: round(statistics.median(xs), 1) if xs else None  # noqa: E731
+        for field in ("anon", "file", "threads"):
+            rss[f"{field}_early_late"] = [med(sampler.window("load", t_load + 0.1 * D, t_load + 0.2 * D, field)),
+                                          med(sampler.window("load", t_load + 0.9 * D, t_end + 1, field))]
+        rss["caches_early_late_MB"] = [metrics.total_mb(t_load + 0.1 * D, t_load + 0.2 * D),
+                                       metrics.total_mb(t_load + 0.9 * D, t_end + 1)]
+        rss["thp"] = R.thp_state(server.proc.pid)
         summary["rss"] = rss
         sampler.stop_event.set()
+        metrics.stop_event.set()
+        timeline = os.path.join(a.workdir, "load-rss-timeline.json")
+        with open(timeline, "w") as f:
+            json.dump({"t_load": t_load, "t_end": t_end, "rss": sampler.samples["load"],
+                       "anon_file_threads": sampler.detail["load"], "caches": metrics.samples}, f)
+        summary["rss_timeline"] = timeline
         R.log(f"load: {res['ok']} chunks ok, {res['errors']} errors, {res['chunks_per_s']} chunks/s, "
               f"p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms; RSS idle {rss['idle_MB']} early {rss['early_MB']} "
               f"late {rss['late_MB']} peak {rss['peak_MB']} MB")

@@ -18,6 +18,7 @@ import os
 import random
 import statistics
 import sys
+import threading
 import time
 import zlib
 from collections import Counter
@@ -390,24 +391,103 @@ def verify_seen(crc_by_url, lays, truth, limit=0):
 
 
 class RssTimeline(RssSampler):
-    """run.RssSampler that also keeps (seconds since start, RSS MB) of every sample."""
+    """run.RssSampler that also keeps (seconds since start, RSS MB) of every sample, and beside
+    it the split of that RSS (``RssAnon``: heap, stacks, the allocator's pages; ``RssFile``:
+    the binary's and libraries' code and any mapped file) and the number of threads, so that a
+    rise in RSS can be told apart: memory the server holds, or code paged in once."""
 
     def __init__(self, servers, interval):
         super().__init__(servers, interval)
         self.t0 = time.monotonic()
         self.samples = {s.name: [] for s in servers}
+        # (t, RssAnon MB, RssFile MB, threads) per sample
+        self.detail = {s.name: [] for s in servers}
 
     def sample_once(self):
         super().sample_once()
         now = time.monotonic() - self.t0
-        with self.lock:
-            for s in self.servers:
-                if s.proc is not None and s.proc.poll() is None:
-                    self.samples[s.name].append((now, self.stats[s.name]["rss_now_kb"] * PAGE_MB))
+        for s in self.servers:
+            if s.proc is None or s.proc.poll() is not None:
+                continue
+            pids = self.trees.get(s.name, ([s.proc.pid], 0.0))[0]
+            anon = file_ = threads = 0
+            for p in pids:
+                st = status_kb(p, ("RssAnon", "RssFile", "RssShmem", "Threads"))
+                anon += st.get("RssAnon", 0)
+                file_ += st.get("RssFile", 0) + st.get("RssShmem", 0)
+                threads += st.get("Threads", 0)
+            with self.lock:
+                self.samples[s.name].append((now, self.stats[s.name]["rss_now_kb"] * PAGE_MB))
+                self.detail[s.name].append((now, anon * PAGE_MB, file_ * PAGE_MB, threads))
 
-    def window(self, name, t_from, t_to):
+    def window(self, name, t_from, t_to, field=None):
+        """RSS samples (MB) taken in [t_from, t_to); with field "anon", "file" or "threads",
+        that column of the detail instead."""
         with self.lock:
-            return [r for t, r in self.samples[name] if t_from <= t < t_to]
+            if field is None:
+                return [r for t, r in self.samples[name] if t_from <= t < t_to]
+            col = {"anon": 1, "file": 2, "threads": 3}[field]
+            return [d[col] for d in self.detail[name] if t_from <= d[0] < t_to]
 
     def rss_now(self, name):
         return round(self.snapshot(name)["rss_now_kb"] * PAGE_MB, 1)
+
+
+def thp_state(pid):
+    """Whether transparent huge pages are enabled for the process (``THP_enabled`` of
+    /proc/PID/status; cloudify turns them off at start) and the MB of its anonymous memory in
+    huge pages (``AnonHugePages`` of smaps_rollup). With them on, khugepaged folds the
+    allocator's pages into 2 MiB pages that stay resident while any 4 KiB of them is in use:
+    RSS then rises in steps during a soak without any growth in what the server holds."""
+    out = {}
+    st = status_kb(pid, ("THP_enabled",))
+    if "THP_enabled" in st:
+        out["enabled"] = bool(st["THP_enabled"])
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("AnonHugePages:"):
+                    out["anon_huge_MB"] = round(int(line.split()[1]) * PAGE_MB, 1)
+    except OSError:
+        pass
+    return out
+
+
+class MetricsPoller(threading.Thread):
+    """Reads the server's /metrics every `interval` s and keeps (seconds since t0, value) of
+    every gauge whose name ends in ``_cache_bytes`` (the decoded-chunk and compute caches): the
+    memory the server *means* to hold, reported beside its RSS."""
+
+    def __init__(self, base, t0, interval=2.0):
+        super().__init__(daemon=True)
+        self.url, self.t0, self.interval = f"{base}/metrics", t0, interval
+        self.stop_event = threading.Event()
+        self.samples = []  # (t, {gauge: bytes})
+
+    def poll_once(self):
+        import urllib.request
+        try:
+            with urllib.request.urlopen(self.url, timeout=10) as r:
+                text = r.read().decode()
+        except OSError:
+            return
+        vals = {}
+        for line in text.splitlines():
+            if line.startswith("#"):
+                continue
+            name, _, v = line.rpartition(" ")
+            if name.split("{")[0].endswith("_cache_bytes"):
+                try:
+                    vals[name] = vals.get(name, 0) + float(v)
+                except ValueError:
+                    pass
+        self.samples.append((time.monotonic() - self.t0, vals))
+
+    def run(self):
+        while not self.stop_event.wait(self.interval):
+            self.poll_once()
+
+    def total_mb(self, t_from, t_to):
+        """Median over [t_from, t_to) of the summed cache gauges, MB (None without samples)."""
+        w = [sum(v.values()) / 1e6 for t, v in self.samples if t_from <= t < t_to]
+        return round(statistics.median(w), 2) if w else None
