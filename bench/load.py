@@ -15,7 +15,9 @@ One run:
     percentiles are computed from every request; a 200 body that differs from an earlier 200 of the
     same URL counts as an error;
  4. samples the server's RSS (VmRSS of its process tree, /proc) every --rss-interval seconds:
-    "early" is the median over the second tenth of the run, "late" over the last tenth;
+    "early" is the median over the second tenth of the run, "late" over the last tenth; beside
+    them: RssAnon/RssFile, threads, the caches' bytes (``*_cache_bytes`` of /metrics, polled),
+    the growth net of the caches, the THP state; the timeline goes to WORKDIR/load-rss-timeline.json;
  5. afterwards fetches every chunk the load was served once more, decodes it (numcodecs, from the
     codecs the server declared) and compares it with the netCDF files (netCDF4), and checks that its
     CRC is the one the load received (--verify N: N random chunks; none: skip);
@@ -124,6 +126,11 @@ def main(argv=None) -> int:
                                           med(sampler.window("load", t_load + 0.9 * D, t_end + 1, field))]
         rss["caches_early_late_MB"] = [metrics.total_mb(t_load + 0.1 * D, t_load + 0.2 * D),
                                        metrics.total_mb(t_load + 0.9 * D, t_end + 1)]
+        ce, cl = rss["caches_early_late_MB"]
+        # the rule applies to RSS as measured; this says how much of a rise the caches' budgets
+        # (filled on purpose, bounded) explain
+        rss["growth_beyond_caches"] = (round((rss["late_MB"] - cl) / (rss["early_MB"] - ce) - 1, 3)
+                                       if early and late and ce is not None and cl is not None else None)
         rss["thp"] = R.thp_state(server.proc.pid)
         summary["rss"] = rss
         sampler.stop_event.set()
