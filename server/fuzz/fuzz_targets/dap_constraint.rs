@@ -82,6 +82,10 @@ fuzz_target!(|data: &[u8]| {
     let plan = opendap::dods_plan("fuzz", &items).expect("a response under the limit has a plan");
     let body = opendap::dods("fuzz", &items).expect("the test file reads");
     if let Some(n) = plan.length {
-        assert_eq!(body.len() as u64, n, "Content-Length of the .dods body for {ce:?}");
+        assert_eq!(
+            body.len() as u64,
+            n,
+            "Content-Length of the .dods body for {ce:?}"
+        );
     }
 });

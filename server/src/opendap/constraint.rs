@@ -254,7 +254,10 @@ mod tests {
         let n = 100_000;
         for (bad, words) in [
             (format!("tas{}0{}", "[".repeat(n), "]".repeat(n)), "bad index"),
-            (format!("{}tas{}", "(".repeat(n), ")".repeat(n)), "malformed constraint item"),
+            (
+                format!("{}tas{}", "(".repeat(n), ")".repeat(n)),
+                "malformed constraint item",
+            ),
             (format!("tas{}", ".a".repeat(n)), "more than Grid.member"),
             (format!("tas{}", "[".repeat(n)), "unclosed"),
             (format!("tas{}", "]".repeat(n)), "malformed constraint item"),
@@ -262,7 +265,11 @@ mod tests {
         ] {
             let e = parse(&bad).expect_err("refused");
             assert_eq!(e.status, 400, "{}", e.message);
-            assert!(e.message.contains(words), "{words}: {}", &e.message[..e.message.len().min(200)]);
+            assert!(
+                e.message.contains(words),
+                "{words}: {}",
+                &e.message[..e.message.len().min(200)]
+            );
         }
         let escaped = format!("tas{}0{}", "%5B".repeat(n), "%5D".repeat(n));
         let e = parse(&percent_decode(&escaped).expect("decodes")).expect_err("refused");
