@@ -64,9 +64,10 @@ def write_cf(path) -> None:
             add_offset=np.float32(-20.25))[:] = raw8p
         var("u16n", "i2", _Unsigned="true")[:] = rng.integers(-32768, 32768, shape).astype("i2")
         rawu = rng.integers(0, 256, shape).astype("u1")
-        rawu[::4, 2, 3] = 255
+        rawu[::4, 2, 3] = 127
         rawu[::3, 0, 1] = 200
-        var("s8f", "u1", np.uint8(255), _Unsigned="false", missing_value=np.uint8(200))[:] = rawu
+        # a fill of 128..255 would be xarray's OverflowError (np.int8(255)), so 127
+        var("s8f", "u1", np.uint8(127), _Unsigned="false", missing_value=np.uint8(200))[:] = rawu
         rawp = rng.integers(-30000, 30000, shape).astype("i2")
         rawp[::6, 1, 2] = -32768
         rawp[::7, 2, 0] = -32767

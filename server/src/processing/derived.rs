@@ -185,10 +185,13 @@ impl Input {
                 DType::U64 => values::<u64>(&b)?.into_iter().map(|x| x as f32).collect(),
                 d => return Err(ReadError::Block(format!("{d:?} is not a number"))),
             };
-            if !self.missing.is_empty() {
-                v.iter_mut()
-                    .filter(|x| self.missing.contains(&f64::from(**x)))
-                    .for_each(|x| *x = f32::NAN);
+            // f64::from(x) == m exactly when m is a float32 and x == m as f32: missing values
+            // float32 cannot hold never match, the others compare in float32 (a tight loop
+            // per value, the hot path of every reduction of float32 data)
+            #[allow(clippy::cast_possible_truncation)]
+            for m in self.missing.iter().filter(|m| f64::from(**m as f32) == **m) {
+                let m = *m as f32;
+                v.iter_mut().for_each(|x| *x = if *x == m { f32::NAN } else { *x });
             }
             // float32 decoding only happens for float32 attributes, so these casts are exact
             #[allow(clippy::cast_possible_truncation)]
@@ -214,10 +217,8 @@ impl Input {
             DType::U64 => values::<u64>(&b)?.into_iter().map(|x| x as f64).collect(),
             d => return Err(ReadError::Block(format!("{d:?} is not a number"))),
         };
-        if !self.missing.is_empty() {
-            out.iter_mut()
-                .filter(|x| self.missing.contains(x))
-                .for_each(|x| *x = f64::NAN);
+        for m in &self.missing {
+            out.iter_mut().for_each(|x| *x = if x == m { f64::NAN } else { *x });
         }
         if let Some(s) = self.scale {
             out.iter_mut().for_each(|x| *x *= s);
@@ -537,7 +538,7 @@ fn float_of(t: Np) -> Np {
 
 /// NEP 50 promotion of two numeric operands.
 fn np_promote(a: Np, b: Np) -> Np {
-    use Np::{F16, F32, F64, Int, WeakFloat, WeakInt};
+    use self::Np::{F16, F32, F64, Int, WeakFloat, WeakInt};
     match (a, b) {
         (Int(x), Int(y)) => int_promote(x, y),
         (Int(x), WeakInt) | (WeakInt, Int(x)) => Int(x),
@@ -617,7 +618,9 @@ fn numpy_ints(e: &expr::Expr, src: &str, ints: &BTreeMap<String, DType>, floats:
         let sub = |x: &Expr| go(x, chars, ints, floats, check);
         Ok(match e {
             Expr::Num { pos, .. } => {
-                let lit: String = chars[*pos..]
+                let lit: String = chars
+                    .get(*pos..)
+                    .unwrap_or_default()
                     .iter()
                     .take_while(|c| c.is_ascii_alphanumeric() || **c == '.')
                     .collect();

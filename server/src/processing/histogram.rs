@@ -22,7 +22,6 @@
 //! [`crate::pipeline::read_region`] and folded on the current rayon pool with int64
 //! accumulators; memory is the output block's counts per worker plus one source chunk.
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -33,7 +32,7 @@ use crate::attrs::{AttrValue, Attrs};
 use crate::block::Block;
 use crate::chunk::read::ReadError;
 use crate::dataset::cftime::{CfDate, TimeAxis, month_len};
-use crate::dataset::{Dataset, Derive, Group, Values, Variable};
+use crate::dataset::{Dataset, Derive, Values, Variable};
 use crate::dtype::{DType, Scalar};
 use crate::pipeline;
 

@@ -50,7 +50,7 @@ use crate::attrs::{AttrValue, Attrs};
 use crate::block::{Block, BlockData};
 use crate::chunk::read::ReadError;
 use crate::dataset::cftime::TimeAxis;
-use crate::dataset::{Dataset, Derive, Group, Values, Variable};
+use crate::dataset::{Dataset, Derive, Values, Variable};
 use crate::dtype::{DType, Scalar};
 use crate::pipeline;
 use accum::Acc;
@@ -462,8 +462,8 @@ impl Reduced {
                     }
                 }
             }
-            Slab::Floats(Col::F32(v)) => fold(acc, v, runs(), dims),
-            Slab::Floats(Col::F64(v)) => fold(acc, v, runs(), dims),
+            Slab::Floats(Col::F32(v)) => fold(acc, &v[..], runs(), dims),
+            Slab::Floats(Col::F64(v)) => fold(acc, &v[..], runs(), dims),
             Slab::Floats(Col::Bool(v)) => {
                 let v: Vec<f64> = v.iter().map(|b| f64::from(u8::from(*b))).collect();
                 fold(acc, &v, runs(), dims);
@@ -491,7 +491,9 @@ impl Reduced {
                 || {
                     window
                         .par_iter()
-                        .map(|slab| Ok((*slab, self.read_slab(src_start, src_count, *slab)?)))
+                        .map(|slab| -> Result<((u64, u64), Slab), ReadError> {
+                            Ok((*slab, self.read_slab(src_start, src_count, *slab)?))
+                        })
                         .collect::<Result<Vec<_>, ReadError>>()
                 },
                 || {
