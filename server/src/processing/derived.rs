@@ -191,7 +191,8 @@ impl Input {
             #[allow(clippy::cast_possible_truncation)]
             for m in self.missing.iter().filter(|m| f64::from(**m as f32) == **m) {
                 let m = *m as f32;
-                v.iter_mut().for_each(|x| *x = if *x == m { f32::NAN } else { *x });
+                v.iter_mut()
+                    .for_each(|x| *x = if *x == m { f32::NAN } else { *x });
             }
             // float32 decoding only happens for float32 attributes, so these casts are exact
             #[allow(clippy::cast_possible_truncation)]
@@ -218,7 +219,8 @@ impl Input {
             d => return Err(ReadError::Block(format!("{d:?} is not a number"))),
         };
         for m in &self.missing {
-            out.iter_mut().for_each(|x| *x = if x == m { f64::NAN } else { *x });
+            out.iter_mut()
+                .for_each(|x| *x = if x == m { f64::NAN } else { *x });
         }
         if let Some(s) = self.scale {
             out.iter_mut().for_each(|x| *x *= s);
@@ -250,7 +252,11 @@ fn unsigned_view(var: &Variable) -> Option<DType> {
 
 /// The integer whose low bits are `bits`, read as `d` (xarray converts the `_FillValue` of an
 /// `_Unsigned` variable by a view: int8 -1 is uint8 255).
-#[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_precision_loss)]
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_precision_loss
+)]
 fn view_int(bits: u64, d: DType) -> f64 {
     match d {
         DType::U8 => f64::from(bits as u8),
@@ -586,7 +592,12 @@ impl Np {
 /// floating point only; it reads such integers as float64, which gives NumPy's values
 /// exactly where NumPy itself converts them to float64 first. `src` is the expression as
 /// written (an integer literal `2` and a float `2.0` differ here).
-fn numpy_ints(e: &expr::Expr, src: &str, ints: &BTreeMap<String, DType>, floats: &BTreeMap<String, Ty>) -> Result<Np, String> {
+fn numpy_ints(
+    e: &expr::Expr,
+    src: &str,
+    ints: &BTreeMap<String, DType>,
+    floats: &BTreeMap<String, Ty>,
+) -> Result<Np, String> {
     use expr::{BinOp, Expr, Func, UnOp};
     let chars: Vec<char> = src.chars().collect();
     let refuse = |pos: usize, t: Np, what: &str| -> String {
@@ -624,7 +635,11 @@ fn numpy_ints(e: &expr::Expr, src: &str, ints: &BTreeMap<String, DType>, floats:
                     .iter()
                     .take_while(|c| c.is_ascii_alphanumeric() || **c == '.')
                     .collect();
-                if lit.chars().all(|c| c.is_ascii_digit()) { Np::WeakInt } else { Np::WeakFloat }
+                if lit.chars().all(|c| c.is_ascii_digit()) {
+                    Np::WeakInt
+                } else {
+                    Np::WeakFloat
+                }
             }
             Expr::Var { name, .. } => match (ints.get(name), floats.get(name)) {
                 (Some(d), _) => Np::Int(*d),

@@ -272,7 +272,9 @@ impl Acc {
                 v.iter_mut().zip(v2.iter_mut()).for_each(|(a, b)| a.append(b));
             }
             (Acc::IntSum(s), Acc::IntSum(s2)) => {
-                s.iter_mut().zip(s2.iter()).for_each(|(a, b)| *a = a.wrapping_add(*b));
+                s.iter_mut()
+                    .zip(s2.iter())
+                    .for_each(|(a, b)| *a = a.wrapping_add(*b));
             }
             (Acc::IntPick(r, v), Acc::IntPick(_, v2)) => {
                 for (a, b) in v.iter_mut().zip(v2.iter().copied()) {
@@ -385,7 +387,13 @@ mod tests {
 
     #[test]
     fn reset_gives_the_empty_accumulator_back() {
-        for r in [Reduce::Mean, Reduce::Count, Reduce::Std, Reduce::Max, Reduce::Median] {
+        for r in [
+            Reduce::Mean,
+            Reduce::Count,
+            Reduce::Std,
+            Reduce::Max,
+            Reduce::Median,
+        ] {
             let mut a = Acc::new(r, 3);
             a.add(0, &[1.0f64, 2.0, f64::NAN]);
             a.reset();

@@ -407,7 +407,12 @@ impl Reduced {
     /// The decoded values of one slab of source rows `[r0, r1)` (the rest of the region as
     /// `src`): the I/O and decoding of a slab, done in parallel for several slabs before
     /// they are folded in order ([`Reduced::fold_slab`]).
-    fn read_slab(&self, src_start: &[u64], src_count: &[u64], (r0, r1): (u64, u64)) -> Result<Slab, ReadError> {
+    fn read_slab(
+        &self,
+        src_start: &[u64],
+        src_count: &[u64],
+        (r0, r1): (u64, u64),
+    ) -> Result<Slab, ReadError> {
         let mut s = src_start.to_vec();
         let mut c = src_count.to_vec();
         s[self.axis] = r0;
@@ -575,7 +580,13 @@ impl Reduced {
 
     /// Folds the source rows of `slabs` (checked by the caller) into `acc`, empty
     /// accumulators of the output region `[start, start+count)`.
-    fn fold_run(&self, acc: &mut Acc, start: &[u64], count: &[u64], slabs: &[(u64, u64)]) -> Result<(), ReadError> {
+    fn fold_run(
+        &self,
+        acc: &mut Acc,
+        start: &[u64],
+        count: &[u64],
+        slabs: &[(u64, u64)],
+    ) -> Result<(), ReadError> {
         let ax = self.axis;
         let outer: usize = count[..ax].iter().map(|c| *c as usize).product();
         let inner: usize = count[ax + 1..].iter().map(|c| *c as usize).product();
