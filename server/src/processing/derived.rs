@@ -511,6 +511,9 @@ fn var_positions(e: &expr::Expr) -> Vec<(String, usize)> {
     out
 }
 
+/// How [`numpy_ints`] judges one node: position, NumPy's type, what it is, its operands.
+type CheckFn<'a> = dyn Fn(usize, Np, &str, &[Np]) -> Result<Np, String> + 'a;
+
 /// NumPy 2's type of a node where some inputs stay integers, for [`numpy_ints`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Np {
@@ -624,7 +627,7 @@ fn numpy_ints(
         chars: &[char],
         ints: &BTreeMap<String, DType>,
         floats: &BTreeMap<String, Ty>,
-        check: &dyn Fn(usize, Np, &str, &[Np]) -> Result<Np, String>,
+        check: &CheckFn,
     ) -> Result<Np, String> {
         let sub = |x: &Expr| go(x, chars, ints, floats, check);
         Ok(match e {
