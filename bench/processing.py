@@ -12,7 +12,10 @@ for rechunking) serve the bench dataset (make_data.py) processed the same way. T
    ``BitRound.encode`` of the netCDF values (bitround) or the netCDF values (rechunk), bit for bit;
 2. one warm-up pass, then REPEATS passes of fetch.py over the chunks of ``tas`` (all chunks for
    bitround, the first --max-chunks for rechunk: each time-series chunk of the 2-year dataset
-   decodes 365 stored one-day chunks), alternating the order; the median chunks/s is kept;
+   decodes 365 stored one-day chunks), alternating the order; the median chunks/s is kept.
+   cloudify runs with ``--compute-cache-bytes 0``: without it every pass after the first would be
+   served from its computed-chunk cache, measuring the cache instead of the computation (the
+   peer caches no computed chunks either);
 3. RSS (VmRSS/VmHWM of each process tree) is sampled throughout.
 
 The groupby mode compares fetching ``tas.groupby("time.month").mean()`` computed by cloudify (the
@@ -188,7 +191,8 @@ def run_mode(a, mode, pattern, files, failures):
     servers = []
     sampler = None
     try:
-        cl, _ = start_cloudify(a.cloudify_bin, ["--config", config], workdir,
+        # no computed-chunk cache: each pass computes every chunk it fetches (see the docstring)
+        cl, _ = start_cloudify(a.cloudify_bin, ["--config", config, "--compute-cache-bytes", "0"], workdir,
                                cache_dir=os.path.join(workdir, "cache"), timeout=a.start_timeout)
         servers.append(cl)
         cl.zarr = f"{cl.base}/datasets/bench/zarr"

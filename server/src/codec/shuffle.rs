@@ -6,9 +6,31 @@ pub fn shuffle(src: &[u8], elem: usize) -> Vec<u8> {
     shuffle_any(src, elem)
 }
 
-/// Inverse of [`shuffle`].
+/// Inverse of [`shuffle`]. Every HDF5 read of a shuffled chunk comes here, so the common
+/// widths (float32/int32 and float64/int64) have a loop writing whole elements in order
+/// (the compiler vectorises it) instead of one strided byte at a time.
 pub fn unshuffle(src: &[u8], elem: usize) -> Vec<u8> {
-    unshuffle_any(src, elem)
+    match elem {
+        4 => unshuffle_n::<4>(src),
+        8 => unshuffle_n::<8>(src),
+        _ => unshuffle_any(src, elem),
+    }
+}
+
+fn unshuffle_n<const E: usize>(src: &[u8]) -> Vec<u8> {
+    let n = src.len() / E;
+    if n <= 1 {
+        return src.to_vec();
+    }
+    let planes: [&[u8]; E] = std::array::from_fn(|j| &src[j * n..(j + 1) * n]);
+    let mut out = vec![0u8; src.len()];
+    for (i, o) in out[..n * E].chunks_exact_mut(E).enumerate() {
+        for (j, b) in o.iter_mut().enumerate() {
+            *b = planes[j][i];
+        }
+    }
+    out[n * E..].copy_from_slice(&src[n * E..]);
+    out
 }
 
 fn shuffle_any(src: &[u8], elem: usize) -> Vec<u8> {
@@ -58,4 +80,21 @@ pub fn elementsize_of(config: &serde_json::Value) -> usize {
         .and_then(serde_json::Value::as_u64)
         .unwrap_or(4)
         .max(1) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unshuffle_inverts_shuffle_for_every_width_and_tail() {
+        for elem in [1usize, 2, 3, 4, 8, 16] {
+            for len in [0usize, 1, 3, 4, 7, 8, 9, 64, 1001] {
+                let src: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+                let sh = shuffle(&src, elem);
+                assert_eq!(unshuffle(&sh, elem), src, "elem {elem} len {len}");
+                assert_eq!(unshuffle_any(&sh, elem), src, "elem {elem} len {len}");
+            }
+        }
+    }
 }

@@ -161,7 +161,7 @@ pub enum BinOp {
 }
 
 impl BinOp {
-    fn symbol(self) -> &'static str {
+    pub(crate) fn symbol(self) -> &'static str {
         match self {
             BinOp::Add => "+",
             BinOp::Sub => "-",
@@ -180,7 +180,7 @@ impl BinOp {
             BinOp::Or => "or",
         }
     }
-    fn is_cmp(self) -> bool {
+    pub(crate) fn is_cmp(self) -> bool {
         matches!(
             self,
             BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge | BinOp::Eq | BinOp::Ne
@@ -244,7 +244,7 @@ const FUNCS: [(&str, Func, usize); 13] = [
 ];
 
 impl Func {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         FUNCS
             .iter()
             .find(|(_, f, _)| *f == self)

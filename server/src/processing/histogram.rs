@@ -22,7 +22,6 @@
 //! [`crate::pipeline::read_region`] and folded on the current rayon pool with int64
 //! accumulators; memory is the output block's counts per worker plus one source chunk.
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -33,7 +32,7 @@ use crate::attrs::{AttrValue, Attrs};
 use crate::block::Block;
 use crate::chunk::read::ReadError;
 use crate::dataset::cftime::{CfDate, TimeAxis, month_len};
-use crate::dataset::{Dataset, Derive, Group, Values, Variable};
+use crate::dataset::{Dataset, Derive, Values, Variable};
 use crate::dtype::{DType, Scalar};
 use crate::pipeline;
 
@@ -593,6 +592,7 @@ fn decoded_attrs(v: &Variable) -> Attrs {
         "missing_value",
         "scale_factor",
         "add_offset",
+        "_Unsigned",
         "coordinates",
         "_FillValue",
     ] {
@@ -1017,47 +1017,9 @@ pub fn build(parent: &Dataset, id: &str, var: &str, p: &Params) -> Result<Produc
     }
     vars.push(Arc::new(bin));
     vars.push(Arc::new(hist));
-    let mut gdims: Vec<(String, u64)> = Vec::new();
-    for x in &vars {
-        for (d, n) in x.dims.iter().zip(&x.shape) {
-            if !gdims.iter().any(|(y, _)| y == d) {
-                gdims.push((d.clone(), *n));
-            }
-        }
-    }
-    let mut attrs = parent.root.attrs.clone();
-    attrs.insert(PROVENANCE_ATTR, AttrValue::Str(what.clone()));
-    let mut spec = parent.spec.clone();
-    spec.name = id.to_string();
-    spec.processing = None;
-    spec.title = Some(format!(
-        "{} — {what}",
-        parent.spec.title.as_deref().unwrap_or(&parent.name)
-    ));
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    parent.fingerprint.hash(&mut h);
-    what.hash(&mut h);
-    for (d, s, c) in &selected {
-        (d, s, c).hash(&mut h);
-    }
-    let by_path = vars.iter().map(|x| (x.path.clone(), x.clone())).collect();
+    let ds = super::product_dataset(parent, id, PROVENANCE_ATTR, &what, vars, &selected);
     Ok(Product {
-        ds: Dataset {
-            name: id.to_string(),
-            spec,
-            root: Group {
-                path: String::new(),
-                attrs,
-                dims: gdims,
-                vars,
-                groups: Vec::new(),
-            },
-            files: parent.files.clone(),
-            fingerprint: h.finish(),
-            skipped: Vec::new(),
-            by_path,
-            remote: parent.remote,
-        },
+        ds,
         edges,
         kept: kept_out,
         selected,

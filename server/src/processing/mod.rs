@@ -86,6 +86,61 @@ pub fn views(ds: &Dataset, spec: &ProcessingSpec) -> Result<Vec<Dataset>, Proces
     Ok(out)
 }
 
+/// The dataset `id` of a product computed from `parent` (a view, a groupby or histogram
+/// product) whose root holds `vars`: dimensions in order of first use, the parent's global
+/// attributes plus `provenance_attr = what`, the parent's spec renamed, without processing
+/// and titled after `what`. Its fingerprint (the cache and ETag key of every chunk) is the
+/// parent's with `what` and `key` (what else tells two products of the same computation
+/// apart: selected ranges, variable paths).
+pub(crate) fn product_dataset(
+    parent: &Dataset,
+    id: &str,
+    provenance_attr: &str,
+    what: &str,
+    vars: Vec<std::sync::Arc<crate::dataset::Variable>>,
+    key: impl std::hash::Hash,
+) -> Dataset {
+    use std::hash::{Hash, Hasher};
+    let mut dims: Vec<(String, u64)> = Vec::new();
+    for v in &vars {
+        for (d, n) in v.dims.iter().zip(&v.shape) {
+            if !dims.iter().any(|(x, _)| x == d) {
+                dims.push((d.clone(), *n));
+            }
+        }
+    }
+    let mut attrs = parent.root.attrs.clone();
+    attrs.insert(provenance_attr, crate::attrs::AttrValue::Str(what.to_string()));
+    let mut spec = parent.spec.clone();
+    spec.name = id.to_string();
+    spec.processing = None;
+    spec.title = Some(format!(
+        "{} — {what}",
+        parent.spec.title.as_deref().unwrap_or(&parent.name)
+    ));
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    parent.fingerprint.hash(&mut h);
+    what.hash(&mut h);
+    key.hash(&mut h);
+    let by_path = vars.iter().map(|v| (v.path.clone(), v.clone())).collect();
+    Dataset {
+        name: id.to_string(),
+        spec,
+        root: crate::dataset::Group {
+            path: String::new(),
+            attrs,
+            dims,
+            vars,
+            groups: Vec::new(),
+        },
+        files: parent.files.clone(),
+        fingerprint: h.finish(),
+        skipped: Vec::new(),
+        by_path,
+        remote: parent.remote,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;

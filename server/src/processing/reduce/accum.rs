@@ -130,20 +130,23 @@ impl Acc {
     }
 
     /// Adds `xs` to the slots from `slot` on (one value each), later in axis order than
-    /// everything added to those slots before.
-    pub fn add(&mut self, slot: usize, xs: &[f64]) {
+    /// everything added to those slots before. Generic over the decoded type so float32
+    /// blocks are widened value by value in the loop, not copied into a float64 buffer.
+    pub fn add<T: Copy + Into<f64>>(&mut self, slot: usize, xs: &[T]) {
         let range = slot..slot + xs.len();
         match self {
             Acc::Sum { n, sum } => {
+                // branch-free (the hot loop of a groupby mean): a NaN adds 0 and counts 0
                 for ((n, s), x) in n[range.clone()].iter_mut().zip(&mut sum[range]).zip(xs) {
-                    if !x.is_nan() {
-                        *n += 1;
-                        *s += x;
-                    }
+                    let x: f64 = (*x).into();
+                    let ok = !x.is_nan();
+                    *n += u64::from(ok);
+                    *s += if ok { x } else { 0.0 };
                 }
             }
             Acc::Count(n) => {
                 for (n, x) in n[range].iter_mut().zip(xs) {
+                    let x: f64 = (*x).into();
                     *n += u64::from(!x.is_nan());
                 }
             }
@@ -153,6 +156,7 @@ impl Acc {
                     .zip(&mut mean[range.clone()])
                     .zip(&mut m2[range]);
                 for (((n, mean), m2), x) in it.zip(xs) {
+                    let x: f64 = (*x).into();
                     if !x.is_nan() {
                         *n += 1;
                         let d = x - *mean;
@@ -163,24 +167,26 @@ impl Acc {
             }
             Acc::Pick(r, v) => {
                 for (v, x) in v[range].iter_mut().zip(xs) {
+                    let x: f64 = (*x).into();
                     if x.is_nan() {
                         continue;
                     }
                     let take = match r {
-                        Reduce::Min => v.is_nan() || *x < *v,
-                        Reduce::Max => v.is_nan() || *x > *v,
+                        Reduce::Min => v.is_nan() || x < *v,
+                        Reduce::Max => v.is_nan() || x > *v,
                         Reduce::First => v.is_nan(),
                         _ => true,
                     };
                     if take {
-                        *v = *x;
+                        *v = x;
                     }
                 }
             }
             Acc::Values(v) => {
                 for (v, x) in v[range].iter_mut().zip(xs) {
+                    let x: f64 = (*x).into();
                     if !x.is_nan() {
-                        v.push(*x);
+                        v.push(x);
                     }
                 }
             }
@@ -208,13 +214,19 @@ impl Acc {
     }
 
     /// Combines with the accumulators of the stretch of the axis right after this one.
-    pub fn merge(&mut self, later: Acc) {
+    pub fn merge(&mut self, mut later: Acc) {
+        self.merge_from(&mut later);
+    }
+
+    /// [`Acc::merge`] without taking `later` (its state afterwards is unspecified: call
+    /// [`Acc::reset`] before using it again), so one partial's buffers serve every run.
+    pub fn merge_from(&mut self, later: &mut Acc) {
         match (self, later) {
             (Acc::Sum { n, sum }, Acc::Sum { n: n2, sum: s2 }) => {
-                n.iter_mut().zip(n2).for_each(|(a, b)| *a += b);
-                sum.iter_mut().zip(s2).for_each(|(a, b)| *a += b);
+                n.iter_mut().zip(n2.iter()).for_each(|(a, b)| *a += b);
+                sum.iter_mut().zip(s2.iter()).for_each(|(a, b)| *a += b);
             }
-            (Acc::Count(n), Acc::Count(n2)) => n.iter_mut().zip(n2).for_each(|(a, b)| *a += b),
+            (Acc::Count(n), Acc::Count(n2)) => n.iter_mut().zip(n2.iter()).for_each(|(a, b)| *a += b),
             (
                 Acc::Moments { n, mean, m2 },
                 Acc::Moments {
@@ -224,7 +236,7 @@ impl Acc {
                 },
             ) => {
                 // Chan et al.'s pairwise update
-                for i in 0..n.len() {
+                for i in 0..n.len().min(nb.len()) {
                     let (na, nb) = (n[i], nb[i]);
                     if nb == 0 {
                         continue;
@@ -241,7 +253,7 @@ impl Acc {
                 }
             }
             (Acc::Pick(r, v), Acc::Pick(_, v2)) => {
-                for (a, b) in v.iter_mut().zip(v2) {
+                for (a, b) in v.iter_mut().zip(v2.iter().copied()) {
                     if b.is_nan() {
                         continue;
                     }
@@ -257,13 +269,15 @@ impl Acc {
                 }
             }
             (Acc::Values(v), Acc::Values(v2)) => {
-                v.iter_mut().zip(v2).for_each(|(a, mut b)| a.append(&mut b));
+                v.iter_mut().zip(v2.iter_mut()).for_each(|(a, b)| a.append(b));
             }
             (Acc::IntSum(s), Acc::IntSum(s2)) => {
-                s.iter_mut().zip(s2).for_each(|(a, b)| *a = a.wrapping_add(b));
+                s.iter_mut()
+                    .zip(s2.iter())
+                    .for_each(|(a, b)| *a = a.wrapping_add(*b));
             }
             (Acc::IntPick(r, v), Acc::IntPick(_, v2)) => {
-                for (a, b) in v.iter_mut().zip(v2) {
+                for (a, b) in v.iter_mut().zip(v2.iter().copied()) {
                     let Some(b) = b else { continue };
                     let take = match (*r, *a) {
                         (_, None) | (Reduce::Last, _) => true,
@@ -278,6 +292,27 @@ impl Acc {
             }
             // accumulators of one block share their reduction
             _ => {}
+        }
+    }
+
+    /// Back to the empty state of [`Acc::new`] / [`Acc::new_int`], keeping the buffers
+    /// (refilling them is far cheaper than fresh pages from the kernel for a large block).
+    pub fn reset(&mut self) {
+        match self {
+            Acc::Sum { n, sum } => {
+                n.fill(0);
+                sum.fill(0.0);
+            }
+            Acc::Count(n) => n.fill(0),
+            Acc::Moments { n, mean, m2 } => {
+                n.fill(0);
+                mean.fill(0.0);
+                m2.fill(0.0);
+            }
+            Acc::Pick(_, v) => v.fill(f64::NAN),
+            Acc::Values(v) => v.iter_mut().for_each(Vec::clear),
+            Acc::IntSum(v) => v.fill(0),
+            Acc::IntPick(_, v) => v.fill(None),
         }
     }
 
@@ -349,6 +384,27 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reset_gives_the_empty_accumulator_back() {
+        for r in [
+            Reduce::Mean,
+            Reduce::Count,
+            Reduce::Std,
+            Reduce::Max,
+            Reduce::Median,
+        ] {
+            let mut a = Acc::new(r, 3);
+            a.add(0, &[1.0f64, 2.0, f64::NAN]);
+            a.reset();
+            let fresh = Acc::new(r, 3);
+            assert_eq!(format!("{a:?}"), format!("{fresh:?}"), "{r:?}");
+        }
+        let mut a = Acc::new_int(Reduce::Sum, 2);
+        a.add_int(0, &[5, 7]);
+        a.reset();
+        assert_eq!(a, Acc::new_int(Reduce::Sum, 2));
+    }
 
     #[test]
     fn fits_tells_partials_of_another_block_or_reduction() {

@@ -50,7 +50,7 @@ use crate::attrs::{AttrValue, Attrs};
 use crate::block::{Block, BlockData};
 use crate::chunk::read::ReadError;
 use crate::dataset::cftime::TimeAxis;
-use crate::dataset::{Dataset, Derive, Group, Values, Variable};
+use crate::dataset::{Dataset, Derive, Values, Variable};
 use crate::dtype::{DType, Scalar};
 use crate::pipeline;
 use accum::Acc;
@@ -404,22 +404,34 @@ impl Reduced {
         Some((src_start, src_count, slabs))
     }
 
-    /// The accumulators of one slab of source rows `[r0, r1)` (the rest of the region as
-    /// `src`), added into `acc` laid out as the output block.
-    #[allow(clippy::too_many_arguments)]
-    fn fold_slab(
+    /// The decoded values of one slab of source rows `[r0, r1)` (the rest of the region as
+    /// `src`): the I/O and decoding of a slab, done in parallel for several slabs before
+    /// they are folded in order ([`Reduced::fold_slab`]).
+    fn read_slab(
         &self,
-        acc: &mut Acc,
         src_start: &[u64],
         src_count: &[u64],
         (r0, r1): (u64, u64),
-        (g0, k): (usize, usize),
-        (outer, inner): (usize, usize),
-    ) -> Result<(), ReadError> {
+    ) -> Result<Slab, ReadError> {
         let mut s = src_start.to_vec();
         let mut c = src_count.to_vec();
         s[self.axis] = r0;
         c[self.axis] = r1 - r0;
+        if self.int {
+            return Ok(Slab::Ints(self.input.read_ints(&s, &c)?));
+        }
+        Ok(Slab::Floats(self.input.read(&s, &c)?))
+    }
+
+    /// Adds the values of slab `[r0, r1)` to `acc`, laid out as the output block.
+    fn fold_slab(
+        &self,
+        acc: &mut Acc,
+        vals: &Slab,
+        (r0, r1): (u64, u64),
+        (g0, k): (usize, usize),
+        (outer, inner): (usize, usize),
+    ) {
         let rows = (r1 - r0) as usize;
         // each (row, outer) run of `inner` values goes to the slots of its group
         let runs = || {
@@ -431,30 +443,90 @@ impl Reduced {
                 Some((t, g as usize - g0))
             })
         };
-        if self.int {
-            let vals = self.input.read_ints(&s, &c)?;
-            for (t, g) in runs() {
+        // the decoded values go to the accumulators in their own type (no float64 copy)
+        fn fold<T: Copy + Into<f64>>(
+            acc: &mut Acc,
+            vals: &[T],
+            runs: impl Iterator<Item = (usize, usize)>,
+            (rows, k, outer, inner): (usize, usize, usize, usize),
+        ) {
+            for (t, g) in runs {
                 for o in 0..outer {
                     let from = (o * rows + t) * inner;
-                    acc.add_int((o * k + g) * inner, &vals[from..from + inner]);
+                    acc.add((o * k + g) * inner, &vals[from..from + inner]);
                 }
             }
-            return Ok(());
         }
-        let vals: Vec<f64> = match self.input.read(&s, &c)? {
-            Col::F32(v) => v.into_iter().map(f64::from).collect(),
-            Col::F64(v) => v,
-            Col::Bool(v) => v.into_iter().map(|b| f64::from(u8::from(b))).collect(),
-        };
-        for (t, g) in runs() {
-            for o in 0..outer {
-                let from = (o * rows + t) * inner;
-                acc.add((o * k + g) * inner, &vals[from..from + inner]);
+        let dims = (rows, k, outer, inner);
+        match vals {
+            Slab::Ints(v) => {
+                for (t, g) in runs() {
+                    for o in 0..outer {
+                        let from = (o * rows + t) * inner;
+                        acc.add_int((o * k + g) * inner, &v[from..from + inner]);
+                    }
+                }
             }
+            Slab::Floats(Col::F32(v)) => fold(acc, &v[..], runs(), dims),
+            Slab::Floats(Col::F64(v)) => fold(acc, &v[..], runs(), dims),
+            Slab::Floats(Col::Bool(v)) => {
+                let v: Vec<f64> = v.iter().map(|b| f64::from(u8::from(*b))).collect();
+                fold(acc, &v, runs(), dims);
+            }
+        }
+    }
+
+    /// Folds `slabs` in order into `acc`, decoding up to [`DECODE_AHEAD`] slabs at a time in
+    /// parallel (bounded memory: that many decoded slabs) while the previous ones are folded.
+    /// The result is the in-order fold's, whatever the number of threads.
+    #[allow(clippy::too_many_arguments)]
+    fn fold_slabs(
+        &self,
+        acc: &mut Acc,
+        src_start: &[u64],
+        src_count: &[u64],
+        slabs: &[(u64, u64)],
+        gk: (usize, usize),
+        oi: (usize, usize),
+    ) -> Result<(), ReadError> {
+        let mut pending: Vec<((u64, u64), Slab)> = Vec::new();
+        for window in slabs.chunks(DECODE_AHEAD) {
+            let done = std::mem::take(&mut pending);
+            let (read, ()) = rayon::join(
+                || {
+                    window
+                        .par_iter()
+                        .map(|slab| -> Result<((u64, u64), Slab), ReadError> {
+                            Ok((*slab, self.read_slab(src_start, src_count, *slab)?))
+                        })
+                        .collect::<Result<Vec<_>, ReadError>>()
+                },
+                || {
+                    for (slab, vals) in &done {
+                        self.fold_slab(acc, vals, *slab, gk, oi);
+                    }
+                },
+            );
+            pending = read?;
+        }
+        for (slab, vals) in &pending {
+            self.fold_slab(acc, vals, *slab, gk, oi);
         }
         Ok(())
     }
 }
+
+/// Decoded values of one slab of source rows.
+enum Slab {
+    /// Integers reduced exactly ([`Input::is_plain_int`]).
+    Ints(Vec<i128>),
+    /// Decoded (float) values.
+    Floats(Col),
+}
+
+/// Source slabs decoded at once, in parallel, ahead of folding: memory is this many decoded
+/// slabs (a slab is one source chunk along the reduced axis).
+const DECODE_AHEAD: usize = 8;
 
 impl Reduced {
     /// Empty accumulators of the output region of shape `count`.
@@ -501,17 +573,28 @@ impl Reduced {
         if slabs.iter().any(|(r0, r1)| r0 >= r1 || *r1 > rows) {
             return Err(bad(format!("source rows outside [0, {rows})")));
         }
+        let mut acc = self.new_acc(count);
+        self.fold_run(&mut acc, start, count, slabs)?;
+        Ok(acc)
+    }
+
+    /// Folds the source rows of `slabs` (checked by the caller) into `acc`, empty
+    /// accumulators of the output region `[start, start+count)`.
+    fn fold_run(
+        &self,
+        acc: &mut Acc,
+        start: &[u64],
+        count: &[u64],
+        slabs: &[(u64, u64)],
+    ) -> Result<(), ReadError> {
+        let ax = self.axis;
         let outer: usize = count[..ax].iter().map(|c| *c as usize).product();
         let inner: usize = count[ax + 1..].iter().map(|c| *c as usize).product();
         let (g0, k) = (start[ax] as usize, count[ax] as usize);
-        let mut acc = self.new_acc(count);
         let Some((src_start, src_count)) = self.source_region(start, count) else {
-            return Ok(acc);
+            return Ok(());
         };
-        for slab in slabs {
-            self.fold_slab(&mut acc, &src_start, &src_count, *slab, (g0, k), (outer, inner))?;
-        }
-        Ok(acc)
+        self.fold_slabs(acc, &src_start, &src_count, slabs, (g0, k), (outer, inner))
     }
 }
 
@@ -519,7 +602,9 @@ impl Reduced {
 /// consecutive slabs (fewer when there are fewer slabs), each folded in order, and the runs'
 /// partials merged in order. The cut depends on the slabs only — not on threads or workers
 /// — so a block's floating-point result is the same in-process and on any number of compute
-/// workers. Memory: up to this many accumulators of the block at once.
+/// workers. Memory: two accumulators of the block in process (the runs are folded one after
+/// the other, each decoding [`DECODE_AHEAD`] slabs at a time in parallel); on workers one
+/// per run in flight.
 pub const RUNS_PER_BLOCK: usize = 16;
 
 /// `slabs` cut into at most [`RUNS_PER_BLOCK`] runs of consecutive slabs, as even as can be.
@@ -569,10 +654,25 @@ impl Derive for Reduced {
                         })
                         .collect::<Result<_, _>>()?
                 }
-                None => runs
-                    .into_par_iter()
-                    .map(|run| self.partial(start, count, &run))
-                    .collect::<Result<_, _>>()?,
+                None => {
+                    // In process: the runs one after the other, each decoding its slabs in
+                    // parallel, so memory is two accumulators of the block (the partial's
+                    // buffers reused) rather than one per run; merging a run into the empty
+                    // block gives the run itself, so the first is folded into `acc` directly.
+                    // Same partials, same merge order: the same result as on workers.
+                    let mut part: Option<Acc> = None;
+                    for (i, run) in runs.iter().enumerate() {
+                        if i == 0 {
+                            self.fold_run(&mut acc, start, count, run)?;
+                            continue;
+                        }
+                        let p = part.get_or_insert_with(|| self.new_acc(count));
+                        p.reset();
+                        self.fold_run(p, start, count, run)?;
+                        acc.merge_from(p);
+                    }
+                    Vec::new()
+                }
             };
             for p in partials {
                 acc.merge(p);
@@ -581,7 +681,7 @@ impl Derive for Reduced {
         // the group of each slot is empty: NaN (the served type is then a float)
         let empty = |slot: usize| self.empty[g0 + (slot / inner) % k];
         let unsigned = matches!(
-            self.input.var.dtype,
+            self.input.dtype(),
             DType::U8 | DType::U16 | DType::U32 | DType::U64
         );
         let shape = count.to_vec();
@@ -708,11 +808,11 @@ pub(crate) fn result_dtype(reduce: Reduce, input: &Input, any_empty: bool) -> DT
     };
     let base = match reduce {
         Reduce::Count => DType::I64,
-        Reduce::Sum if int => match input.var.dtype {
+        Reduce::Sum if int => match input.dtype() {
             DType::U8 | DType::U16 | DType::U32 | DType::U64 => DType::U64,
             _ => DType::I64,
         },
-        Reduce::Min | Reduce::Max | Reduce::First | Reduce::Last if int => input.var.dtype,
+        Reduce::Min | Reduce::Max | Reduce::First | Reduce::Last if int => input.dtype(),
         _ => decoded,
     };
     match base {
@@ -840,6 +940,7 @@ pub fn build_at(
             "missing_value",
             "scale_factor",
             "add_offset",
+            "_Unsigned",
             "valid_range",
             "valid_min",
             "valid_max",
@@ -914,47 +1015,15 @@ pub fn build_at(
     let mut root_vars: Vec<Arc<Variable>> = vec![Arc::new(g.label)];
     root_vars.extend(extra);
     root_vars.extend(vars.into_iter().map(Arc::new));
-    let mut dims: Vec<(String, u64)> = Vec::new();
-    for v in &root_vars {
-        for (d, n) in v.dims.iter().zip(&v.shape) {
-            if !dims.iter().any(|(x, _)| x == d) {
-                dims.push((d.clone(), *n));
-            }
-        }
-    }
-    let mut attrs = parent.root.attrs.clone();
-    attrs.insert(PROVENANCE_ATTR, AttrValue::Str(what.clone()));
-    let mut spec = parent.spec.clone();
-    spec.name = id.to_string();
-    spec.processing = None;
-    spec.title = Some(format!(
-        "{} — {what}",
-        parent.spec.title.as_deref().unwrap_or(&parent.name)
-    ));
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    parent.fingerprint.hash(&mut h);
-    what.hash(&mut h);
-    label_name.hash(&mut h);
-    for v in &root_vars {
-        v.path.hash(&mut h);
-    }
-    let by_path = root_vars.iter().map(|v| (v.path.clone(), v.clone())).collect();
-    Ok(Dataset {
-        name: id.to_string(),
-        spec,
-        root: Group {
-            path: String::new(),
-            attrs,
-            dims,
-            vars: root_vars,
-            groups: Vec::new(),
-        },
-        files: parent.files.clone(),
-        fingerprint: h.finish(),
-        skipped: Vec::new(),
-        by_path,
-        remote: parent.remote,
-    })
+    let paths: Vec<String> = root_vars.iter().map(|v| v.path.clone()).collect();
+    Ok(super::product_dataset(
+        parent,
+        id,
+        PROVENANCE_ATTR,
+        &what,
+        root_vars,
+        (label_name, paths),
+    ))
 }
 
 /// Output chunk length along the group dimension: every group for `groupby` (each reads
