@@ -211,10 +211,14 @@ fn product_links(d: &Description, base: &str) -> Vec<Value> {
     ];
     for name in on_grid {
         let q = format!("variables={}", enc(name));
-        out.push(json!({"rel": "tilejson", "href": format!("{ds}/tiles/WebMercatorQuad/tilejson.json?{q}"),
-                        "type": "application/json", "title": format!("Map tiles of '{name}' (TileJSON)")}));
-        out.push(json!({"rel": "xyz", "href": format!("{ds}/tiles/WebMercatorQuad/{{z}}/{{y}}/{{x}}.png?{q}"),
-                        "type": "image/png", "title": format!("Map tiles of '{name}' (XYZ, Web Mercator)")}));
+        out.push(
+            json!({"rel": "tilejson", "href": format!("{ds}/tiles/WebMercatorQuad/tilejson.json?{q}"),
+                        "type": "application/json", "title": format!("Map tiles of '{name}' (TileJSON)")}),
+        );
+        out.push(
+            json!({"rel": "xyz", "href": format!("{ds}/tiles/WebMercatorQuad/{{z}}/{{y}}/{{x}}.png?{q}"),
+                        "type": "image/png", "title": format!("Map tiles of '{name}' (XYZ, Web Mercator)")}),
+        );
         out.push(json!({"rel": "preview", "href": format!("{ds}/map?{q}"),
                         "type": "text/html", "title": format!("Map viewer of '{name}' (time slider)")}));
     }
@@ -348,7 +352,10 @@ mod tests {
         };
         assert_eq!(
             href("data"),
-            ["http://h:1/datasets/tas/edr/position", "http://h:1/datasets/tas/edr/area"]
+            [
+                "http://h:1/datasets/tas/edr/position",
+                "http://h:1/datasets/tas/edr/area"
+            ]
         );
         assert_eq!(
             href("tilejson"),
