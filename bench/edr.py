@@ -56,7 +56,7 @@ def check(session, targets, files, points) -> None:
 
     ds = xr.open_mfdataset(files, combine="by_coords", data_vars="minimal", coords="minimal", compat="override")
     for lon, lat in points:
-        want = ds.tas.sel(lon=lon % 360, lat=lat, method="nearest").values.astype("f4")
+        want = ds.tas.sel(lon=lon, lat=lat, method="nearest").values.astype("f4")
         for t, base in targets:
             r = session.get(url(base, lon, lat), timeout=600)
             if r.status_code != 200:
@@ -80,8 +80,9 @@ def main() -> int:
     rnd = random.Random(16)
 
     def pts(n):
-        # lon in -180..180 (the peer's and EDR's convention; the grid is 0..360), lat inside
-        return [(round(rnd.uniform(-179.0, 179.0), 3), round(rnd.uniform(-89.0, 89.0), 3)) for _ in range(n)]
+        # lon in the grid's 0..360: xpublish-edr does not wrap -180..180 longitudes onto it
+        # (it would answer the nearest edge column), cloudify does; lat inside the grid
+        return [(round(rnd.uniform(0.5, 359.5), 3), round(rnd.uniform(-89.0, 89.0), 3)) for _ in range(n)]
 
     try:
         cl, peer, _, files, _ = start_both(a, "edr")

@@ -140,6 +140,17 @@ pub async fn versions() -> Json<Value> {
 }
 
 /// `/healthz`: liveness, always `ok` while the process answers (readiness is [`readyz`]).
+/// `/favicon.ico`: 204 No Content, cached for a day. Browsers ask for it on the first page of
+/// an origin; cloudify has no icon, and a 404 would show as an error in the console of the
+/// HTML pages (summaries, the map page).
+pub async fn favicon() -> Response {
+    (
+        StatusCode::NO_CONTENT,
+        [(header::CACHE_CONTROL, "public, max-age=86400")],
+    )
+        .into_response()
+}
+
 pub async fn healthz() -> &'static str {
     "ok"
 }
