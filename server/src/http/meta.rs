@@ -139,7 +139,6 @@ pub async fn versions() -> Json<Value> {
     }))
 }
 
-/// `/healthz`: liveness, always `ok` while the process answers (readiness is [`readyz`]).
 /// `/favicon.ico`: 204 No Content, cached for a day. Browsers ask for it on the first page of
 /// an origin; cloudify has no icon, and a 404 would show as an error in the console of the
 /// HTML pages (summaries, the map page).
@@ -151,6 +150,7 @@ pub async fn favicon() -> Response {
         .into_response()
 }
 
+/// `/healthz`: liveness, always `ok` while the process answers (readiness is [`readyz`]).
 pub async fn healthz() -> &'static str {
     "ok"
 }
