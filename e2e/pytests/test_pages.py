@@ -149,7 +149,9 @@ TILES_LOADED = """
 const want = arguments[0];
 const imgs = [...document.querySelectorAll('img.leaflet-tile')];
 if (!imgs.length) return false;
-if (!imgs.every(i => i.src.includes(want) && i.complete && i.classList.contains('leaflet-tile-loaded'))) return false;
+// loaded, and Leaflet's fade-in over (it raises each tile's opacity over a few frames)
+if (!imgs.every(i => i.src.includes(want) && i.complete && i.classList.contains('leaflet-tile-loaded')
+    && getComputedStyle(i).opacity === '1' && getComputedStyle(i.parentElement).opacity === '1')) return false;
 return imgs.map(i => { const r = i.getBoundingClientRect();
   return {src: i.src, w: i.naturalWidth, h: i.naturalHeight, x: r.left, y: r.top, rw: r.width, rh: r.height}; });
 """
