@@ -28,6 +28,9 @@ def main() -> int:
     ap.add_argument("glob")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--log-level", default="warning")
+    ap.add_argument("--load-coords", action="store_true",
+                    help="hold the coordinates in memory (xpublish-tiles 0.12 loads them with "
+                         "load_async, which the netCDF4 backend does not support)")
     a = ap.parse_args()
 
     paths = sorted(glob.glob(a.glob))
@@ -35,6 +38,8 @@ def main() -> int:
         print(f"xpublish_peer: no file matches {a.glob!r}", file=sys.stderr)
         return 2
     ds = xr.open_mfdataset(paths, chunks={"time": 1}, data_vars="minimal", coords="minimal", compat="override")
+    if a.load_coords:
+        ds = ds.assign_coords({k: ds[k].compute() for k in ds.coords})
     rest = xpublish.Rest({a.name: ds})
     print(f"xpublish_peer: {len(paths)} files, plugins {sorted(rest.plugins)}; "
           f"serving http://{a.host}:{a.port}/datasets/{a.name}/zarr", flush=True)

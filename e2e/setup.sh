@@ -9,8 +9,10 @@ cd "$(dirname "$0")/.."
 # http:// source tests and the e2e platform's ingress (cloudify-e2e runs its own instance on
 # loopback); openssl for its TLS test certificates; netcdf-bin (ncdump), cdo, libdap-bin
 # (getdap, libdap's reference DAP2 client), nco (ncks) and gdal-bin (GDAL's netCDF driver), the
-# DAP2 clients of e2e/pytests/test_opendap.py.
-pkgs=(libnetcdf-dev libhdf5-dev pkg-config prometheus nginx openssl netcdf-bin cdo libdap-bin nco gdal-bin)
+# DAP2 clients of e2e/pytests/test_opendap.py; chromium and chromium-driver, the headless
+# browser of e2e/pytests/test_pages.py (the map page and the other HTML pages).
+pkgs=(libnetcdf-dev libhdf5-dev pkg-config prometheus nginx openssl netcdf-bin cdo libdap-bin nco gdal-bin
+  chromium chromium-driver)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -76,6 +78,31 @@ if [ "$(cat "$ice2_venv/.cloudify-req" 2>/dev/null)" != "$ice2_hash" ]; then
   fi
 fi
 
+# The map-tiles and EDR peers of bench/tiles.py and bench/edr.py (xpublish-tiles 0.12 needs
+# Python >= 3.12): a third venv, from the same kind of Python as icechunk 2's. The benchmarks
+# say so and stop when there is none.
+peers_venv="${CLOUDIFY_PEERS_VENV:-/var/tmp/cloudify-venv-peers}"
+peers_hash=$(sha256sum bench/requirements-peers.txt | cut -c1-16)
+if [ "$(cat "$peers_venv/.cloudify-req" 2>/dev/null)" != "$peers_hash" ]; then
+  py312=""
+  for c in python3.13 python3.12 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.1[2-9]*/bin/python3; do
+    if command -v "$c" >/dev/null 2>&1 \
+      && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
+      py312=$(command -v "$c")
+      break
+    fi
+  done
+  if [ -n "$py312" ]; then
+    echo "setup: installing the xpublish-tiles/xpublish-edr peers into $peers_venv ($py312)"
+    [ -x "$peers_venv/bin/python" ] || "$py312" -m venv "$peers_venv"
+    "$peers_venv/bin/pip" install -q --upgrade pip
+    "$peers_venv/bin/pip" install -q -r bench/requirements-peers.txt
+    echo "$peers_hash" > "$peers_venv/.cloudify-req"
+  else
+    echo "setup: no Python >= 3.12 found; bench/tiles.py and bench/edr.py cannot run their peers" >&2
+  fi
+fi
+
 # Azurite (Azure Storage emulator) for the az:// source tests, from npm when npm is there
 # (e2e/pytests/test_azure.py skips, saying so, without it).
 azurite_dir=/var/tmp/cloudify-npm
@@ -86,6 +113,18 @@ if command -v npm >/dev/null \
   mkdir -p "$azurite_dir"
   npm install --prefix "$azurite_dir" --no-audit --no-fund --silent "azurite@$azurite_version" >/dev/null
   echo "$azurite_version" > "$azurite_dir/.version"
+fi
+
+# Leaflet, the map library of the map page (`cloudify serve --map-js-url`), from npm: the
+# browser test (e2e/pytests/test_pages.py) serves it locally; no third-party code is committed.
+leaflet_dir=/var/tmp/cloudify-leaflet
+leaflet_version=1.9.4
+if command -v npm >/dev/null \
+  && [ "$(cat "$leaflet_dir/.version" 2>/dev/null)" != "$leaflet_version" ]; then
+  echo "setup: installing leaflet $leaflet_version into $leaflet_dir"
+  mkdir -p "$leaflet_dir"
+  npm install --prefix "$leaflet_dir" --no-audit --no-fund --silent "leaflet@$leaflet_version" >/dev/null
+  echo "$leaflet_version" > "$leaflet_dir/.version"
 fi
 
 # JSON schemas for stac-validator/stac-api-validator, which download them from sites this

@@ -22,6 +22,7 @@ import requests
 from PIL import Image
 
 from conftest import start_server, stop_server, wait_until_settled
+from test_edr import write_curvilinear
 from test_plots import CANESM, _open, expected_rgba, write_global
 
 ORIGIN = np.pi * 6378137.0
@@ -76,8 +77,9 @@ def served(tmp_path_factory):
     write_regional(root / "regional.nc")
     write_seam(root / "seam360.nc", 0.0)
     write_seam(root / "seam180.nc", -180.0)
+    write_curvilinear(root / "curv.nc")
     sources = {"amon": CANESM, "global": [str(root / "global.nc")], "regional": [str(root / "regional.nc")],
-               "seam360": [str(root / "seam360.nc")], "seam180": [str(root / "seam180.nc")]}
+               "seam360": [str(root / "seam360.nc")], "seam180": [str(root / "seam180.nc")], "curv": [str(root / "curv.nc")]}
     lines = ["datasets:"]
     for name, files in sources.items():
         lines += [f"  - name: {name}", f"    sources: {files!r}".replace("'", '"')]
@@ -276,3 +278,15 @@ def test_map_page_and_summary_link(served):
     assert r.status_code == 404 and "tas" in r.json()["error"]
     summary = requests.get(f"{url}/datasets/global/", headers={"Accept": "text/html"}, timeout=60).text
     assert 'href="map?variables=tas"' in summary
+
+
+@pytest.mark.parametrize("path", ["tiles/WebMercatorQuad/0/0/0.png?variables=sst",
+                                  "tiles/WebMercatorQuad/tilejson.json?variables=sst", "map?variables=sst"])
+def test_curvilinear_grid_is_refused_naming_why(served, path):
+    """A variable on 2-D lat/lon coordinates (curvilinear) is not tiled: 400 saying that tiles
+    need 1-D latitude/longitude coordinates, never a wrong picture."""
+    url, _ = served
+    r = requests.get(f"{url}/datasets/curv/{path}", timeout=60)
+    assert r.status_code == 400, (r.status_code, r.text[:300])
+    err = r.json()["error"]
+    assert "rectilinear" in err and "1-D coordinates" in err and "sst" in err, err

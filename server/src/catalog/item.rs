@@ -143,13 +143,15 @@ pub fn item(d: &Description, base: &str, collection: &str) -> Value {
             links.push(json!({"rel": "related", "href": format!("{base}{}", item_path(id)), "type": "application/geo+json", "title": format!("View '{view}'")}));
         }
     }
+    if let Some(links) = item["links"].as_array_mut() {
+        links.extend(product_links(d, base));
+    }
     // a preview: the map (PNG) of the first data variable with two or more dimensions
     if let Some(v) = d
         .vars
         .iter()
         .find(|v| v.json["type"] == "data" && v.json["dimensions"].as_array().is_some_and(|a| a.len() >= 2))
     {
-        let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
         item["assets"]["thumbnail"] = json!({
             "href": format!("{base}/datasets/{}/plot/{}/map/viridis", d.id, enc(&v.name)),
             "type": "image/png",
@@ -161,6 +163,66 @@ pub fn item(d: &Description, base: &str, collection: &str) -> Value {
         item["bbox"] = json!(b);
     }
     item
+}
+
+fn enc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// Links to the products a person or a map client uses without reading the whole store: the
+/// OGC API EDR queries (`crate::http::edr`, point series and polygon extraction) and, for
+/// each data variable on a lat/lon grid, its map tiles (`crate::http::tiles`): a TileJSON
+/// document (`rel: tilejson`), the XYZ URL template (`rel: xyz`, as the STAC web-map-links
+/// extension spells them) and the browser map page (`rel: preview`). Only variables whose
+/// dimensions include the x and y spatial dimensions (1-D lat/lon coordinates, what tiles and
+/// EDR select on) get them: on other grids the links would only lead to a 400.
+fn product_links(d: &Description, base: &str) -> Vec<Value> {
+    let axis_dims = |axis: &str| -> Vec<&str> {
+        d.dims
+            .iter()
+            .filter(|c| c.json["type"] == "spatial" && c.json["axis"] == axis)
+            .map(|c| c.name.as_str())
+            .collect()
+    };
+    let (xs, ys) = (axis_dims("x"), axis_dims("y"));
+    let on_grid: Vec<&str> = d
+        .vars
+        .iter()
+        .filter(|v| {
+            let dims: Vec<&str> = v.json["dimensions"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            v.json["type"] == "data"
+                && dims.iter().any(|n| xs.contains(n))
+                && dims.iter().any(|n| ys.contains(n))
+        })
+        .map(|v| v.name.as_str())
+        .collect();
+    if on_grid.is_empty() {
+        return Vec::new();
+    }
+    let ds = format!("{base}/datasets/{}", d.id);
+    let mut out = vec![
+        json!({"rel": "data", "href": format!("{ds}/edr/position"), "type": "application/prs.coverage+json",
+               "title": "OGC API EDR position query: ?coords=POINT(lon lat)&parameter-name=VAR&datetime=a/b&f=cf_covjson|csv|nc (nearest cell)"}),
+        json!({"rel": "data", "href": format!("{ds}/edr/area"), "type": "application/prs.coverage+json",
+               "title": "OGC API EDR area query: ?coords=POLYGON((lon lat, ...))&parameter-name=VAR&datetime=a/b&f=cf_covjson|csv|nc"}),
+    ];
+    for name in on_grid {
+        let q = format!("variables={}", enc(name));
+        out.push(
+            json!({"rel": "tilejson", "href": format!("{ds}/tiles/WebMercatorQuad/tilejson.json?{q}"),
+                        "type": "application/json", "title": format!("Map tiles of '{name}' (TileJSON)")}),
+        );
+        out.push(
+            json!({"rel": "xyz", "href": format!("{ds}/tiles/WebMercatorQuad/{{z}}/{{y}}/{{x}}.png?{q}"),
+                        "type": "image/png", "title": format!("Map tiles of '{name}' (XYZ, Web Mercator)")}),
+        );
+        out.push(json!({"rel": "preview", "href": format!("{ds}/map?{q}"),
+                        "type": "text/html", "title": format!("Map viewer of '{name}' (time slider)")}));
+    }
+    out
 }
 
 /// Union of bboxes (antimeridian-crossing ones widen to the full circle, which is safe).
@@ -268,6 +330,51 @@ mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    /// The item links the EDR queries and each gridded data variable's tiles, TileJSON and map
+    /// page; a dataset without 1-D lat/lon dimensions gets none of them.
+    #[test]
+    fn product_links_of_item() {
+        let mut d = sample();
+        d.dims.push(CubeDim {
+            name: "lat".into(),
+            json: json!({"type": "spatial", "axis": "y", "extent": [-89.0, 89.0]}),
+        });
+        let it = item(&d, "http://h:1", "c");
+        let links = it["links"].as_array().unwrap();
+        let href = |rel: &str| -> Vec<&str> {
+            links
+                .iter()
+                .filter(|l| l["rel"] == rel)
+                .filter_map(|l| l["href"].as_str())
+                .collect()
+        };
+        assert_eq!(
+            href("data"),
+            [
+                "http://h:1/datasets/tas/edr/position",
+                "http://h:1/datasets/tas/edr/area"
+            ]
+        );
+        assert_eq!(
+            href("tilejson"),
+            ["http://h:1/datasets/tas/tiles/WebMercatorQuad/tilejson.json?variables=tas"]
+        );
+        assert_eq!(
+            href("xyz"),
+            ["http://h:1/datasets/tas/tiles/WebMercatorQuad/{z}/{y}/{x}.png?variables=tas"]
+        );
+        assert_eq!(href("preview"), ["http://h:1/datasets/tas/map?variables=tas"]);
+        // `sample()` has no y dimension: 'tas' is not on a lat/lon grid there (curvilinear)
+        let it = item(&sample(), "http://h:1", "c");
+        assert!(
+            it["links"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|l| !["data", "tilejson", "xyz", "preview"].contains(&l["rel"].as_str().unwrap_or("")))
+        );
     }
 
     #[test]

@@ -62,17 +62,28 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
 }
 
 /// `/datasets/{id}`: a human-readable summary of the dataset, HTML if the `Accept` header asks for
-/// `text/html`, plain text otherwise.
+/// `text/html`, plain text otherwise. The page's links (plots, map, EDR form, Zarr) are
+/// relative to `/datasets/{id}/`, so a browser asking for `/datasets/{id}` is redirected
+/// there (a relative `Location`, so it holds behind a path-prefixing proxy too).
 pub async fn summary(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     headers: HeaderMap,
+    uri: Uri,
 ) -> Result<Response, ApiError> {
     let s = served(&state, &id)?;
     let wants_html = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("text/html"));
+    if wants_html && !uri.path().ends_with('/') {
+        let seg: String = url::form_urlencoded::byte_serialize(id.as_bytes()).collect();
+        // form encoding writes a space as '+', which a path would keep literally
+        let loc = format!("{}/", seg.replace('+', "%20"));
+        if let Ok(v) = header::HeaderValue::from_str(&loc) {
+            return Ok((StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, v)]).into_response());
+        }
+    }
     Ok(if wants_html {
         Html(summary::html(&s.ds)).into_response()
     } else {
@@ -126,6 +137,17 @@ pub async fn versions() -> Json<Value> {
         "netcdf": crate::source::netcdf::library_version(),
         "rustc_target": std::env::consts::ARCH,
     }))
+}
+
+/// `/favicon.ico`: 204 No Content, cached for a day. Browsers ask for it on the first page of
+/// an origin; cloudify has no icon, and a 404 would show as an error in the console of the
+/// HTML pages (summaries, the map page).
+pub async fn favicon() -> Response {
+    (
+        StatusCode::NO_CONTENT,
+        [(header::CACHE_CONTROL, "public, max-age=86400")],
+    )
+        .into_response()
 }
 
 /// `/healthz`: liveness, always `ok` while the process answers (readiness is [`readyz`]).

@@ -88,6 +88,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/openapi.json", get(openapi::spec))
         .route("/docs", get(openapi::docs))
         .route("/healthz", get(meta::healthz))
+        .route("/favicon.ico", get(meta::favicon))
         .route("/readyz", get(meta::readyz))
         .route("/metrics", get(meta::metrics))
         // Tape-archived datasets: recall ahead of reading, and where the files are.
