@@ -1048,6 +1048,8 @@ pub fn build(parent: &Dataset, id: &str, var: &str, p: &Params) -> Result<Produc
             root: Group {
                 path: String::new(),
                 attrs,
+                // the parent's record dimension stays one where the product keeps it
+                unlimited: parent.root.unlimited.iter().filter(|u| gdims.iter().any(|(d, _)| d == *u)).cloned().collect(),
                 dims: gdims,
                 vars,
                 groups: Vec::new(),

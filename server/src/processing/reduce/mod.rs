@@ -945,6 +945,8 @@ pub fn build_at(
         root: Group {
             path: String::new(),
             attrs,
+            // the parent's record dimension stays one where the product keeps it
+            unlimited: parent.root.unlimited.iter().filter(|u| dims.iter().any(|(d, _)| d == *u)).cloned().collect(),
             dims,
             vars: root_vars,
             groups: Vec::new(),
