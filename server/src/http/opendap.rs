@@ -218,11 +218,16 @@ fn dap4_error(e: &DapError) -> Response {
     if e.status >= 500 {
         tracing::warn!(error = %e.message, "opendap dap4 request failed");
     }
-    dap4_response(
+    let mut r = dap4_response(
         e.status,
         Body::from(dap4::error_body(e)),
         "application/vnd.opendap.dap4.error+xml",
-    )
+    );
+    // as for DAP2, this marks the body as the protocol's own error document, which the
+    // JSON error layer passes through
+    r.headers_mut()
+        .insert("content-description", HeaderValue::from_static("dods-error"));
+    r
 }
 
 /// `.dmr` / `.dmr.xml` (the DMR of the constrained dataset) and `.dap` (the chunked data
