@@ -195,7 +195,7 @@ def test_dap4_variable_of_several_pieces_is_whole_exact_and_checksummed(big):
 
 def test_dap4_strided_selection_across_piece_boundaries(big):
     base, data = big
-    r = requests.get(f"{base}/datasets/good/opendap.dap?dap4.ce=/tas[1:3:98][5:7:380][0:100:511]", timeout=120)
+    r = requests.get(f"{base}/datasets/good/opendap.dap?dap4.ce=/tas[1:3:98][5:7:380][0:100:511]&dap4.checksum=false", timeout=120)
     assert r.status_code == 200, r.text[:300]
     _, values = _dap4_data(r.content)
     want = data[1:99:3, 5:381:7, 0:512:100]
@@ -207,7 +207,7 @@ def test_pydap_dap4_reads_the_streamed_answer(big):
 
     base, data = big
     ds = open_url(f"{base}/datasets/good/opendap", protocol="dap4")
-    np.testing.assert_array_equal(np.asarray(ds["tas"][40:60:3, :, 7].data), data[40:60:3, :, 7])
+    np.testing.assert_array_equal(np.asarray(ds["tas"][40:60:3, :, 7:8].data), data[40:60:3, :, 7:8])
 
 
 def test_dap4_unreadable_first_piece_is_a_dap4_error(big):
@@ -237,6 +237,6 @@ def test_dap4_above_the_streamed_cap_is_413_before_reading(big):
     r = requests.get(f"{base}/datasets/huge/opendap.dap?dap4.ce=/big", timeout=60)
     assert r.status_code == 413, r.text
     assert "limit" in r.text and "dap4.ce" in r.text, r.text
-    small = requests.get(f"{base}/datasets/huge/opendap.dap?dap4.ce=/big[0:1:1][0:1:2]", timeout=60)
+    small = requests.get(f"{base}/datasets/huge/opendap.dap?dap4.ce=/big[0:1:1][0:1:2]&dap4.checksum=false", timeout=60)
     assert small.status_code == 200
     assert np.frombuffer(_dap4_data(small.content)[1], "<f8").tolist() == [0.0] * 6
