@@ -204,7 +204,13 @@ pub const ROUTES: &[(&str, &str, &str, &[&str], Kind)] = &[
         "/datasets/{id}/{file}",
         "OPeNDAP DAP2 over the dataset (views included): `opendap` (HTML form), `opendap.dds`, `opendap.das`, `opendap.dods` (XDR data, streamed with Content-Length), `opendap.ascii` and `opendap.html`; and OPeNDAP DAP4: `opendap.dmr` (or `opendap.dmr.xml`, the DMR) and `opendap.dap` (chunked little-endian data with the DMR, streamed), whose query has `dap4.ce` (`;`-separated variables with `[start:stride:stop]` slices, e.g. `/tas[0:1:9][0][0];/lat`) and `dap4.checksum=true` (a CRC32 after each variable); DAP4 errors are `<Error httpcode>` XML documents with the same statuses. The DAP2 query string is a DAP2 constraint expression: variables, `Grid.member`, hyperslabs `[i]`, `[start:stop]`, `[start:stride:stop]` (inclusive stop), comma-separated, e.g. `tas[0:1:9][0][0],lat`. Errors are DAP2 `Error { code; message; }` documents with Content-Description: dods-error and the HTTP status: 400 a malformed constraint or index out of range, 404 an unknown dataset, variable or response, 413 a request above the size cap (16 GiB for .dods, 512 MiB for .ascii), 422 an int64 value outside DAP2's Int32 range, 500 a source that cannot be read, 503 a dataset that failed to open",
         "opendap",
-        &["text/plain", "application/octet-stream", "text/html", DAP4_DMR, DAP4_DATA],
+        &[
+            "text/plain",
+            "application/octet-stream",
+            "text/html",
+            DAP4_DMR,
+            DAP4_DATA,
+        ],
         Kind::Dap,
     ),
     (

@@ -245,16 +245,19 @@ async fn dap4_answer(state: Arc<AppState>, s: Arc<Served>, data: bool, query: St
     };
     let ds = s.clone();
     let plan = state
-        .run_for(&s.ds, move || -> Result<Result<dap4::DapPlan, String>, DapError> {
-            let q = dap4::parse_query(&query)?;
-            let vars = dap4::resolve(&ds.ds, &q.clauses)?;
-            let ce = constraint_text(&q.clauses);
-            if data {
-                dap4::dap_plan(&ds.ds, &vars, ce.as_deref(), q.checksums).map(Ok)
-            } else {
-                Ok(Err(dap4::dmr(&ds.ds, &vars, ce.as_deref())))
-            }
-        })
+        .run_for(
+            &s.ds,
+            move || -> Result<Result<dap4::DapPlan, String>, DapError> {
+                let q = dap4::parse_query(&query)?;
+                let vars = dap4::resolve(&ds.ds, &q.clauses)?;
+                let ce = constraint_text(&q.clauses);
+                if data {
+                    dap4::dap_plan(&ds.ds, &vars, ce.as_deref(), q.checksums).map(Ok)
+                } else {
+                    Ok(Err(dap4::dmr(&ds.ds, &vars, ce.as_deref())))
+                }
+            },
+        )
         .await;
     let plan = match plan {
         Some(Ok(Ok(p))) => p,
@@ -318,28 +321,31 @@ async fn dap4_answer(state: Arc<AppState>, s: Arc<Served>, data: bool, query: St
     let mut crc = crc32fast::Hasher::new();
     let body = stream::iter(first.into_iter().map(Ok::<_, std::io::Error>))
         .chain(rest)
-        .map(move |r: std::io::Result<(dap4::D4Piece, Option<Vec<u8>>)>| -> std::io::Result<Bytes> {
-            let (p, values) = r?;
-            Ok(match (p, values) {
-                (dap4::D4Piece::Literal(b), _) => Bytes::from(b),
-                (dap4::D4Piece::Values { last, .. }, Some(v)) => {
-                    let mut out = Vec::with_capacity(v.len() + 16);
-                    if checksums {
-                        crc.update(&v);
+        .map(
+            move |r: std::io::Result<(dap4::D4Piece, Option<Vec<u8>>)>| -> std::io::Result<Bytes> {
+                let (p, values) = r?;
+                Ok(match (p, values) {
+                    (dap4::D4Piece::Literal(b), _) => Bytes::from(b),
+                    (dap4::D4Piece::Values { last, .. }, Some(v)) => {
+                        let mut out = Vec::with_capacity(v.len() + 16);
+                        if checksums {
+                            crc.update(&v);
+                        }
+                        dap4::frame(&v, &mut out);
+                        if last && checksums {
+                            let sum = std::mem::take(&mut crc).finalize();
+                            dap4::frame(&sum.to_le_bytes(), &mut out);
+                        }
+                        Bytes::from(out)
                     }
-                    dap4::frame(&v, &mut out);
-                    if last && checksums {
-                        let sum = std::mem::take(&mut crc).finalize();
-                        dap4::frame(&sum.to_le_bytes(), &mut out);
-                    }
-                    Bytes::from(out)
-                }
-                (dap4::D4Piece::Values { .. }, None) => Bytes::new(),
-            })
-        });
+                    (dap4::D4Piece::Values { .. }, None) => Bytes::new(),
+                })
+            },
+        );
     let mut r = dap4_response(200, Body::from_stream(body), "application/vnd.opendap.dap4.data");
     if let Some(n) = length {
-        r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
     r
 }

@@ -165,7 +165,9 @@ fn parse_clause(item: &str) -> Result<Clause, DapError> {
     let written = item[..open].trim();
     let written = written.strip_prefix('/').unwrap_or(written);
     if written.is_empty() {
-        return Err(DapError::bad(format!("dap4.ce clause '{item}' names no variable")));
+        return Err(DapError::bad(format!(
+            "dap4.ce clause '{item}' names no variable"
+        )));
     }
     // a fully qualified name escapes '/', '.' and '\\' in names with a backslash
     let mut name = String::with_capacity(written.len());
@@ -206,7 +208,11 @@ fn parse_slice(s: &str, item: &str) -> Result<D4Slice, DapError> {
             .map_err(|_| DapError::bad(format!("dap4.ce clause '{item}': bad index '{t}' in [{s}]")))
     };
     let stop = |t: &str| -> Result<Option<u64>, DapError> {
-        if t.trim().is_empty() { Ok(None) } else { num(t).map(Some) }
+        if t.trim().is_empty() {
+            Ok(None)
+        } else {
+            num(t).map(Some)
+        }
     };
     let parts: Vec<&str> = s.split(':').collect();
     let (start, stride, stop) = match parts.as_slice() {
@@ -221,7 +227,9 @@ fn parse_slice(s: &str, item: &str) -> Result<D4Slice, DapError> {
         }
     };
     if stride == 0 {
-        return Err(DapError::bad(format!("dap4.ce clause '{item}': stride 0 in [{s}]")));
+        return Err(DapError::bad(format!(
+            "dap4.ce clause '{item}': stride 0 in [{s}]"
+        )));
     }
     if let Some(b) = stop
         && b < start
@@ -295,7 +303,10 @@ pub fn resolve(ds: &Dataset, clauses: &[Clause]) -> Result<Vec<D4Var>, DapError>
     let mut out: Vec<D4Var> = Vec::new();
     for c in clauses {
         let v = vars.iter().find(|v| v.name == c.var).ok_or_else(|| {
-            DapError::missing(format!("dap4.ce: no variable '{}' in dataset '{}'", c.var, ds.name))
+            DapError::missing(format!(
+                "dap4.ce: no variable '{}' in dataset '{}'",
+                c.var, ds.name
+            ))
         })?;
         let sl = if c.slices.is_empty() {
             if v.shape.contains(&0) {
@@ -497,7 +508,13 @@ fn dims_of(ds: &Dataset, vars: &[D4Var]) -> Dims {
         }
     }
     // the source's declaration order first (ncdump lists dimensions in it), then the rest
-    let pos = |d: &String| ds.root.dims.iter().position(|(n, _)| n == d).unwrap_or(usize::MAX);
+    let pos = |d: &String| {
+        ds.root
+            .dims
+            .iter()
+            .position(|(n, _)| n == d)
+            .unwrap_or(usize::MAX)
+    };
     order.sort_by_key(|d| pos(d));
     Dims {
         shared,
@@ -524,7 +541,11 @@ pub fn dmr(ds: &Dataset, vars: &[D4Var], ce: Option<&str>) -> String {
         } else {
             ""
         };
-        let _ = writeln!(out, "  <Dimension name=\"{}\" size=\"{n}\"{unlim}/>", xml_escape(d));
+        let _ = writeln!(
+            out,
+            "  <Dimension name=\"{}\" size=\"{n}\"{unlim}/>",
+            xml_escape(d)
+        );
     }
     let present = |name: &str| vars.iter().any(|v| v.var.name == name);
     for (v, anon) in vars.iter().zip(&dims.anonymous) {
@@ -674,7 +695,12 @@ fn pieces_of(v: &D4Var) -> Vec<D4Var> {
 /// The `.dap` body as a plan: the DMR chunk, then each variable's values (framed per piece)
 /// and checksum, then an empty last chunk. Refused above [`MAX_STREAMED_BYTES`] before
 /// anything is read.
-pub fn dap_plan(ds: &Dataset, vars: &[D4Var], ce: Option<&str>, checksums: bool) -> Result<DapPlan, DapError> {
+pub fn dap_plan(
+    ds: &Dataset,
+    vars: &[D4Var],
+    ce: Option<&str>,
+    checksums: bool,
+) -> Result<DapPlan, DapError> {
     let total = vars
         .iter()
         .map(D4Var::value_bytes)
@@ -781,7 +807,8 @@ mod tests {
 
     #[test]
     fn parses_clauses_slices_and_checksum() {
-        let q = parse_query("dap4.ce=/tas%5B0:2:10%5D%5B3%5D%5B%5D;lat&dap4.checksum=true&x=1").expect("valid");
+        let q =
+            parse_query("dap4.ce=/tas%5B0:2:10%5D%5B3%5D%5B%5D;lat&dap4.checksum=true&x=1").expect("valid");
         assert!(q.checksums);
         assert_eq!(q.clauses.len(), 2);
         assert_eq!(q.clauses[0].var, "tas");
@@ -844,7 +871,10 @@ mod tests {
 
     #[test]
     fn chunk_headers_are_big_endian_with_flags_on_top() {
-        assert_eq!(chunk_header(LITTLE_ENDIAN_CHUNK | LAST_CHUNK, 0x010203), [5, 1, 2, 3]);
+        assert_eq!(
+            chunk_header(LITTLE_ENDIAN_CHUNK | LAST_CHUNK, 0x010203),
+            [5, 1, 2, 3]
+        );
         let mut out = Vec::new();
         frame(&vec![7u8; MAX_CHUNK + 2], &mut out);
         assert_eq!(out.len() as u64, framed_len(MAX_CHUNK as u64 + 2));

@@ -1049,7 +1049,13 @@ pub fn build(parent: &Dataset, id: &str, var: &str, p: &Params) -> Result<Produc
                 path: String::new(),
                 attrs,
                 // the parent's record dimension stays one where the product keeps it
-                unlimited: parent.root.unlimited.iter().filter(|u| gdims.iter().any(|(d, _)| d == *u)).cloned().collect(),
+                unlimited: parent
+                    .root
+                    .unlimited
+                    .iter()
+                    .filter(|u| gdims.iter().any(|(d, _)| d == *u))
+                    .cloned()
+                    .collect(),
                 dims: gdims,
                 vars,
                 groups: Vec::new(),

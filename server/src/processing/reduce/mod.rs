@@ -946,7 +946,13 @@ pub fn build_at(
             path: String::new(),
             attrs,
             // the parent's record dimension stays one where the product keeps it
-            unlimited: parent.root.unlimited.iter().filter(|u| dims.iter().any(|(d, _)| d == *u)).cloned().collect(),
+            unlimited: parent
+                .root
+                .unlimited
+                .iter()
+                .filter(|u| dims.iter().any(|(d, _)| d == *u))
+                .cloned()
+                .collect(),
             dims,
             vars: root_vars,
             groups: Vec::new(),
