@@ -22,6 +22,10 @@ of each workload from each server is decoded and compared, bit for bit, with the
 Then REPEATS passes alternate the order; the median wall time per workload is kept. RSS of each
 server process tree is sampled throughout (VmRSS; the peak is reported).
 
+DAP4 (`.dap`) has no line here: no peer installable from PyPI serves DAP4 data.
+xpublish-opendap 0.2 is DAP2 only, and pydap 3.5.9's own server answers `.dmr` but has no
+`.dap` response (its entry points: asc, ascii, das, dds, dmr, dods, html, ver).
+
 Prints a table and one JSON line (also WORKDIR/results/opendap-<time>.json) with the
 cloudify/peer speed-ups and RSS ratio against the issue's bars (≥ 10× throughput, RSS ≤ 1/3).
 Exit 0 ok; 1 a server failed or served different values; 2 set-up failed; 3 --enforce-bar and a

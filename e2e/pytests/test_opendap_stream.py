@@ -155,3 +155,88 @@ def _xdr_floats_f8(body: bytes, n: int) -> np.ndarray:
     _, _, xdr = body.partition(b"\nData:\n")
     assert struct.unpack(">II", xdr[:8]) == (n, n)
     return np.frombuffer(xdr[8:], dtype=">f8")
+
+
+# --- the same over DAP4 (`.dap`): chunked, little-endian, optional CRC32 ----------------------
+
+
+def _dap4_data(body: bytes) -> tuple[bytes, bytes]:
+    """(DMR, data) of a `.dap` body, checking every chunk fits its 24-bit count."""
+    p, out, dmr = 0, [], None
+    while True:
+        flags, n = body[p], int.from_bytes(body[p + 1:p + 4], "big")
+        assert flags & 4 and not flags & 2, flags  # little-endian, no error chunk
+        chunk = body[p + 4:p + 4 + n]
+        assert len(chunk) == n
+        if dmr is None:
+            dmr = chunk
+        else:
+            out.append(chunk)
+        p += 4 + n
+        if flags & 1:
+            assert p == len(body)
+            return dmr, b"".join(out)
+
+
+def test_dap4_variable_of_several_pieces_is_whole_exact_and_checksummed(big):
+    import zlib
+
+    base, data = big
+    r = requests.get(f"{base}/datasets/good/opendap.dap?dap4.ce=/tas&dap4.checksum=true", timeout=120)
+    assert r.status_code == 200, r.text[:300]
+    assert int(r.headers["Content-Length"]) == len(r.content)
+    dmr, values = _dap4_data(r.content)
+    assert b'<Float32 name="tas">' in dmr
+    want = data.astype("<f4").tobytes()
+    assert len(values) == len(want) + 4
+    assert values[:-4] == want
+    assert struct.unpack("<I", values[-4:])[0] == zlib.crc32(want)
+
+
+def test_dap4_strided_selection_across_piece_boundaries(big):
+    base, data = big
+    r = requests.get(f"{base}/datasets/good/opendap.dap?dap4.ce=/tas[1:3:98][5:7:380][0:100:511]&dap4.checksum=false", timeout=120)
+    assert r.status_code == 200, r.text[:300]
+    _, values = _dap4_data(r.content)
+    want = data[1:99:3, 5:381:7, 0:512:100]
+    np.testing.assert_array_equal(np.frombuffer(values, "<f4").reshape(want.shape), want)
+
+
+def test_pydap_dap4_reads_the_streamed_answer(big):
+    from pydap.client import open_url
+
+    base, data = big
+    ds = open_url(f"{base}/datasets/good/opendap", protocol="dap4")
+    np.testing.assert_array_equal(np.asarray(ds["tas"][40:60:3, :, 7:8].data), data[40:60:3, :, 7:8])
+
+
+def test_dap4_unreadable_first_piece_is_a_dap4_error(big):
+    base, _ = big
+    r = requests.get(f"{base}/datasets/bad/opendap.dap?dap4.ce=/tas[99][0:1:383][0:1:511]", timeout=60)
+    assert r.status_code == 500, r.status_code
+    assert r.headers["Content-Type"].startswith("application/vnd.opendap.dap4.error+xml")
+    assert "<Error httpcode=\"500\">" in r.text and "tas" in r.text, r.text
+
+
+def test_dap4_unreadable_later_piece_cuts_the_body_short(big):
+    base, _ = big
+    u = urlsplit(base)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    conn.request("GET", "/datasets/bad/opendap.dap?dap4.ce=/tas")
+    resp = conn.getresponse()
+    assert resp.status == 200
+    declared = int(resp.getheader("Content-Length"))
+    with pytest.raises(http.client.IncompleteRead) as e:
+        resp.read()
+    assert len(e.value.partial) < declared
+    conn.close()
+
+
+def test_dap4_above_the_streamed_cap_is_413_before_reading(big):
+    base, _ = big
+    r = requests.get(f"{base}/datasets/huge/opendap.dap?dap4.ce=/big", timeout=60)
+    assert r.status_code == 413, r.text
+    assert "limit" in r.text and "dap4.ce" in r.text, r.text
+    small = requests.get(f"{base}/datasets/huge/opendap.dap?dap4.ce=/big[0:1:1][0:1:2]&dap4.checksum=false", timeout=60)
+    assert small.status_code == 200
+    assert np.frombuffer(_dap4_data(small.content)[1], "<f8").tolist() == [0.0] * 6

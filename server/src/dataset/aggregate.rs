@@ -431,6 +431,12 @@ fn build_group(files: &[SourceIndex], path: &str, cd: Option<&str>) -> Result<Gr
         path: path.to_string(),
         attrs: g0.attrs.clone(),
         dims,
+        unlimited: g0
+            .dims
+            .iter()
+            .filter(|d| d.unlimited)
+            .map(|d| d.name.clone())
+            .collect(),
         vars,
         groups,
     })

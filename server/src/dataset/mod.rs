@@ -143,6 +143,9 @@ pub struct Group {
     pub attrs: Attrs,
     /// Dimensions defined in this group: name and length.
     pub dims: Vec<(String, u64)>,
+    /// Names of the unlimited (record) dimensions among `dims`, as the source declares them
+    /// (OPeNDAP tells clients, so `ncdump` shows `UNLIMITED` as for the file).
+    pub unlimited: Vec<String>,
     /// The group's variables.
     pub vars: Vec<Arc<Variable>>,
     /// Child groups.

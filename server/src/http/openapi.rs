@@ -9,6 +9,11 @@ use axum::Json;
 use axum::response::Html;
 use serde_json::{Value, json};
 
+/// DAP4 media types (DMR, data, error document).
+const DAP4_DMR: &str = "application/vnd.opendap.dap4.dataset-metadata+xml";
+const DAP4_DATA: &str = "application/vnd.opendap.dap4.data";
+const DAP4_ERROR: &str = "application/vnd.opendap.dap4.error+xml";
+
 /// What a route answers besides 200 and the errors every route may give (414, 431).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -197,9 +202,15 @@ pub const ROUTES: &[(&str, &str, &str, &[&str], Kind)] = &[
     ),
     (
         "/datasets/{id}/{file}",
-        "OPeNDAP DAP2 over the dataset (views included): `opendap` (HTML form), `opendap.dds`, `opendap.das`, `opendap.dods` (XDR data, streamed with Content-Length), `opendap.ascii` and `opendap.html`. The query string is a DAP2 constraint expression: variables, `Grid.member`, hyperslabs `[i]`, `[start:stop]`, `[start:stride:stop]` (inclusive stop), comma-separated, e.g. `tas[0:1:9][0][0],lat`. Errors are DAP2 `Error { code; message; }` documents with Content-Description: dods-error and the HTTP status: 400 a malformed constraint or index out of range, 404 an unknown dataset, variable or response, 413 a request above the size cap (16 GiB for .dods, 512 MiB for .ascii), 422 an int64 value outside DAP2's Int32 range, 500 a source that cannot be read, 503 a dataset that failed to open",
+        "OPeNDAP DAP2 over the dataset (views included): `opendap` (HTML form), `opendap.dds`, `opendap.das`, `opendap.dods` (XDR data, streamed with Content-Length), `opendap.ascii` and `opendap.html`; and OPeNDAP DAP4: `opendap.dmr` (or `opendap.dmr.xml`, the DMR) and `opendap.dap` (chunked little-endian data with the DMR, streamed), whose query has `dap4.ce` (`;`-separated variables with `[start:stride:stop]` slices, e.g. `/tas[0:1:9][0][0];/lat`) and `dap4.checksum=true` (a CRC32 after each variable); DAP4 errors are `<Error httpcode>` XML documents with the same statuses. The DAP2 query string is a DAP2 constraint expression: variables, `Grid.member`, hyperslabs `[i]`, `[start:stop]`, `[start:stride:stop]` (inclusive stop), comma-separated, e.g. `tas[0:1:9][0][0],lat`. Errors are DAP2 `Error { code; message; }` documents with Content-Description: dods-error and the HTTP status: 400 a malformed constraint or index out of range, 404 an unknown dataset, variable or response, 413 a request above the size cap (16 GiB for .dods, 512 MiB for .ascii), 422 an int64 value outside DAP2's Int32 range, 500 a source that cannot be read, 503 a dataset that failed to open",
         "opendap",
-        &["text/plain", "application/octet-stream", "text/html"],
+        &[
+            "text/plain",
+            "application/octet-stream",
+            "text/html",
+            DAP4_DMR,
+            DAP4_DATA,
+        ],
         Kind::Dap,
     ),
     (
@@ -520,11 +531,15 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
     if path.contains("{file}") {
         let mut p = path_param(
             "file",
-            "The DAP2 response: 'opendap' or 'opendap.<dds|das|dods|ascii|asc|html>'",
+            "The DAP2 response: 'opendap' or 'opendap.<dds|das|dods|ascii|asc|html>'; DAP4: 'opendap.<dmr|dmr.xml|dap>'",
         );
-        p["schema"] = json!({"type": "string", "enum": ["opendap", "opendap.dds", "opendap.das", "opendap.dods", "opendap.ascii", "opendap.asc", "opendap.html"]});
+        p["schema"] = json!({"type": "string", "enum": ["opendap", "opendap.dds", "opendap.das", "opendap.dods", "opendap.ascii", "opendap.asc", "opendap.html", "opendap.dmr", "opendap.dmr.xml", "opendap.dap"]});
         p["example"] = json!("opendap.dds");
         params.push(p);
+        params.push(json!({"name": "dap4.ce", "in": "query", "required": false, "schema": {"type": "string"},
+            "description": "DAP4 only (.dmr, .dap): variables with optional [start:stride:stop] slices, ';'-separated, e.g. /tas[0:1:9][0][0];/lat"}));
+        params.push(json!({"name": "dap4.checksum", "in": "query", "required": false, "schema": {"type": "string", "enum": ["true", "false"]},
+            "description": "DAP4 .dap only: true sends each variable's CRC32 after its data"}));
     }
     if path.contains("{path}") {
         params.push(path_param(
@@ -611,9 +626,10 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
             ] {
                 responses.insert(
                     code.into(),
-                    json!({"description": format!("DAP2 error document: {what}"),
+                    json!({"description": format!("DAP2 error document (DAP4: XML error document): {what}"),
                            "content": {"text/plain": {"schema": {"type": "string"}}}}),
                 );
+                responses[code]["content"][DAP4_ERROR] = json!({"schema": {"type": "string"}});
             }
             // a `{file}` that is no DAP2 response at all is the JSON 404 of any unknown route
             responses["404"]["description"] = json!(

@@ -14,7 +14,7 @@ use futures_util::{StreamExt, stream};
 
 use super::error::ApiError;
 use super::zarr::served;
-use crate::opendap::{self, DapError, Piece, constraint};
+use crate::opendap::{self, DapError, Piece, constraint, dap4};
 use crate::state::{AppState, Served};
 
 /// A DAP response: body, `Content-Description` and content type.
@@ -55,24 +55,29 @@ pub async fn opendap(
         "opendap" => "html",
         f => match f.strip_prefix("opendap.") {
             Some(e @ ("dds" | "das" | "dods" | "ascii" | "html" | "asc")) => e,
+            Some(e @ ("dmr" | "dmr.xml" | "dap")) => e,
             Some(e) => {
                 return Ok(dap_error(&DapError::missing(format!(
-                    "unknown DAP2 response '.{e}' (have .dds, .das, .dods, .ascii, .html)"
+                    "unknown OPeNDAP response '.{e}' (have DAP2 .dds, .das, .dods, .ascii, .html and DAP4 .dmr, .dap)"
                 ))));
             }
             None => return Err(ApiError::not_found(format!("no route /datasets/{id}/{file}"))),
         },
     };
+    let dap4 = matches!(ext, "dmr" | "dmr.xml" | "dap");
     let s = match served(&state, &id) {
         Ok(s) => s,
         Err(e) => {
-            let status = e.status.as_u16();
-            return Ok(dap_error(&DapError {
-                status,
+            let e = DapError {
+                status: e.status.as_u16(),
                 message: e.message,
-            }));
+            };
+            return Ok(if dap4 { dap4_error(&e) } else { dap_error(&e) });
         }
     };
+    if dap4 {
+        return Ok(dap4_answer(state, s, ext == "dap", query.unwrap_or_default()).await);
+    }
     let ce = match constraint::percent_decode(query.as_deref().unwrap_or("")) {
         Ok(c) => c,
         Err(e) => return Ok(dap_error(&e)),
@@ -200,6 +205,170 @@ async fn dods(state: Arc<AppState>, s: Arc<Served>, ce: String) -> Response {
     r
 }
 
+/// A DAP4 response: the DAP2 headers with `XDAP: 4.0` and the DAP4 media type.
+fn dap4_response(status: u16, body: Body, ctype: &'static str) -> Response {
+    let mut r = dap(status, Vec::new(), "dap4", ctype);
+    *r.body_mut() = body;
+    r.headers_mut().insert("xdap", HeaderValue::from_static("4.0"));
+    r
+}
+
+/// The DAP4 error document, with the HTTP status (clients show its `<Message>`).
+fn dap4_error(e: &DapError) -> Response {
+    if e.status >= 500 {
+        tracing::warn!(error = %e.message, "opendap dap4 request failed");
+    }
+    let mut r = dap4_response(
+        e.status,
+        Body::from(dap4::error_body(e)),
+        "application/vnd.opendap.dap4.error+xml",
+    );
+    // as for DAP2, this marks the body as the protocol's own error document, which the
+    // JSON error layer passes through
+    r.headers_mut()
+        .insert("content-description", HeaderValue::from_static("dods-error"));
+    r
+}
+
+/// `.dmr` / `.dmr.xml` (the DMR of the constrained dataset) and `.dap` (the chunked data
+/// response, streamed as `.dods` is: the plan first, so a bad constraint or oversized
+/// request gets its DAP4 error and status; then pieces encoded two at a time on the worker
+/// pool, each variable's CRC32 computed in order as its pieces pass when
+/// `dap4.checksum=true`; a read failing after the headers ends the body short of its
+/// `Content-Length`).
+async fn dap4_answer(state: Arc<AppState>, s: Arc<Served>, data: bool, query: String) -> Response {
+    let failed = |id: &str| {
+        dap4_error(&DapError {
+            status: 500,
+            message: format!("dataset '{id}': opendap request failed (bug; see server log)"),
+        })
+    };
+    let ds = s.clone();
+    let plan = state
+        .run_for(
+            &s.ds,
+            move || -> Result<Result<dap4::DapPlan, String>, DapError> {
+                let q = dap4::parse_query(&query)?;
+                let vars = dap4::resolve(&ds.ds, &q.clauses)?;
+                let ce = constraint_text(&q.clauses);
+                if data {
+                    dap4::dap_plan(&ds.ds, &vars, ce.as_deref(), q.checksums).map(Ok)
+                } else {
+                    Ok(Err(dap4::dmr(&ds.ds, &vars, ce.as_deref())))
+                }
+            },
+        )
+        .await;
+    let plan = match plan {
+        Some(Ok(Ok(p))) => p,
+        Some(Ok(Err(dmr))) => {
+            return dap4_response(
+                200,
+                Body::from(dmr),
+                "application/vnd.opendap.dap4.dataset-metadata+xml; charset=utf-8",
+            );
+        }
+        Some(Err(e)) => return dap4_error(&e),
+        None => return failed(&s.ds.name),
+    };
+    let checksums = plan.checksums;
+    let length = plan.length;
+    let encode = |state: Arc<AppState>, s: Arc<Served>, v: dap4::D4Var| async move {
+        state
+            .run_for(&s.ds, move || {
+                let mut out = Vec::new();
+                dap4::encode_values(&v, &mut out).map(|()| out)
+            })
+            .await
+    };
+    let mut pieces = plan.pieces.into_iter();
+    // the pieces up to the first values are made before answering, so a source that cannot
+    // be read now gets its error status
+    let mut first: Vec<(dap4::D4Piece, Option<Vec<u8>>)> = Vec::new();
+    for p in pieces.by_ref() {
+        match p {
+            dap4::D4Piece::Literal(_) => first.push((p, None)),
+            dap4::D4Piece::Values { ref var, .. } => {
+                match encode(state.clone(), s.clone(), var.clone()).await {
+                    Some(Ok(b)) => first.push((p, Some(b))),
+                    Some(Err(e)) => return dap4_error(&e),
+                    None => return failed(&s.ds.name),
+                }
+                break;
+            }
+        }
+    }
+    let name = s.ds.name.clone();
+    let rest = stream::iter(pieces)
+        .map(move |p| {
+            let (state, s, name) = (state.clone(), s.clone(), name.clone());
+            async move {
+                match p {
+                    dap4::D4Piece::Literal(_) => Ok((p, None)),
+                    dap4::D4Piece::Values { ref var, .. } => match encode(state, s, var.clone()).await {
+                        Some(Ok(b)) => Ok((p, Some(b))),
+                        Some(Err(e)) => {
+                            tracing::warn!(dataset = %name, error = %e.message, "opendap .dap cut short");
+                            Err(std::io::Error::other(e.message))
+                        }
+                        None => Err(std::io::Error::other("opendap encoding failed (bug)")),
+                    },
+                }
+            }
+        })
+        .buffered(2);
+    // framing and checksums, in order
+    let mut crc = crc32fast::Hasher::new();
+    let body = stream::iter(first.into_iter().map(Ok::<_, std::io::Error>))
+        .chain(rest)
+        .map(
+            move |r: std::io::Result<(dap4::D4Piece, Option<Vec<u8>>)>| -> std::io::Result<Bytes> {
+                let (p, values) = r?;
+                Ok(match (p, values) {
+                    (dap4::D4Piece::Literal(b), _) => Bytes::from(b),
+                    (dap4::D4Piece::Values { last, .. }, Some(v)) => {
+                        let mut out = Vec::with_capacity(v.len() + 16);
+                        if checksums {
+                            crc.update(&v);
+                        }
+                        dap4::frame(&v, &mut out);
+                        if last && checksums {
+                            let sum = std::mem::take(&mut crc).finalize();
+                            dap4::frame(&sum.to_le_bytes(), &mut out);
+                        }
+                        Bytes::from(out)
+                    }
+                    (dap4::D4Piece::Values { .. }, None) => Bytes::new(),
+                })
+            },
+        );
+    let mut r = dap4_response(200, Body::from_stream(body), "application/vnd.opendap.dap4.data");
+    if let Some(n) = length {
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    r
+}
+
+/// The constraint as a canonical `dap4.ce` text (recorded in the DMR), `None` when empty.
+fn constraint_text(clauses: &[dap4::Clause]) -> Option<String> {
+    if clauses.is_empty() {
+        return None;
+    }
+    let one = |c: &dap4::Clause| {
+        let sl: String = c
+            .slices
+            .iter()
+            .map(|s| match s.stop {
+                Some(b) => format!("[{}:{}:{b}]", s.start, s.stride),
+                None => format!("[{}:{}:]", s.start, s.stride),
+            })
+            .collect();
+        format!("/{}{sl}", c.var)
+    };
+    Some(clauses.iter().map(one).collect::<Vec<_>>().join(";"))
+}
+
 fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -214,7 +383,9 @@ fn form(name: &str, dds: &str, das: &str) -> String {
          <h1>OPeNDAP DAP2: {n}</h1>\n<p>Open this page's URL without <code>.html</code> with a DAP2 client \
          (<code>ncdump -h URL</code>, <code>cdo sinfo URL</code>, <code>xarray.open_dataset(URL)</code>). \
          Responses: <a href=\"opendap.dds\">.dds</a>, <a href=\"opendap.das\">.das</a>, \
-         <code>.dods</code>, <code>.ascii</code>, with a constraint such as <code>?var[0:1:3][0][0]</code>.</p>\n\
+         <code>.dods</code>, <code>.ascii</code>, with a constraint such as <code>?var[0:1:3][0][0]</code>. \
+         DAP4: <a href=\"opendap.dmr\">.dmr</a> and <code>.dap</code> (<code>dap4://</code> URLs in netCDF-C and pydap), \
+         with <code>?dap4.ce=/var[0:1:3][0][0]</code> and <code>dap4.checksum=true</code>.</p>\n\
          <h2>DDS</h2><pre>{}</pre>\n<h2>DAS</h2><pre>{}</pre>\n</body></html>\n",
         html_escape(dds),
         html_escape(das),

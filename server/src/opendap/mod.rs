@@ -7,6 +7,7 @@
 //! never to wrong values (see [`dap_type`]).
 
 pub mod constraint;
+pub mod dap4;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -569,7 +570,17 @@ pub fn das(ds: &Dataset) -> String {
     for (name, value) in &ds.root.attrs.0 {
         attr_line(&mut out, 8, name, value, None, None);
     }
-    out.push_str("    }\n}\n");
+    out.push_str("    }\n");
+    // netCDF-C (and so ncdump, cdo, NCO) marks the dimension UNLIMITED from this, as it
+    // does for THREDDS and Hyrax; DAP2 has one unlimited dimension at most.
+    if let Some(u) = ds.root.unlimited.first() {
+        let _ = write!(
+            out,
+            "    DODS_EXTRA {{\n        String Unlimited_Dimension {};\n    }}\n",
+            quote(u)
+        );
+    }
+    out.push_str("}\n");
     out
 }
 

@@ -129,6 +129,14 @@ pub(crate) fn product_dataset(
         root: crate::dataset::Group {
             path: String::new(),
             attrs,
+            // the parent's record dimension stays one where the product keeps it
+            unlimited: parent
+                .root
+                .unlimited
+                .iter()
+                .filter(|u| dims.iter().any(|(d, _)| d == *u))
+                .cloned()
+                .collect(),
             dims,
             vars,
             groups: Vec::new(),
