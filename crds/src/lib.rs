@@ -609,6 +609,79 @@ pub struct TapeSpec {
     /// to an hour (default 30).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_backoff_seconds: Option<u64>,
+    /// Files one recall job (one WLCG stage request, one `slk recall`) names at most
+    /// (default 1000). Files without tape information (the WLCG API gives none: the site
+    /// orders one request's files by tape itself) are batched into requests of this size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_files_per_job: Option<u32>,
+    /// netCDF sources on tape without an index yet (none in the index cache): how long
+    /// opening the dataset waits for their recall before the dataset is reported failed,
+    /// naming the job (default 3600 s). The recall goes on; the index is built from the staged
+    /// copies and kept in the index cache, so later starts need no recall to open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_wait_seconds: Option<u64>,
+    /// Kubernetes only (the operator; the server ignores it): the volume mounted at
+    /// `stagingDir`. Absent: an `emptyDir` without a size limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<TapeCacheVolume>,
+}
+
+/// The staging cache's volume in Kubernetes. An `emptyDir` with `sizeLimit: size` (each pod
+/// its own cache, lost with the pod), or with `storageClassName` or `persistent: true` a
+/// PersistentVolumeClaim `<name>-tape-cache` of that size, owned by the CloudifyDataset (staged
+/// files survive pod restarts; one pod only, `replicas.max: 1`: processes do not share a
+/// budget). Unless `budgetBytes` is set, the budget is 90% of `size` (room for the file being
+/// written under its temporary name).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TapeCacheVolume {
+    /// Size as a Kubernetes quantity, e.g. `500Gi`.
+    #[schemars(length(min = 1))]
+    pub size: String,
+    /// Storage class of the PersistentVolumeClaim (implies `persistent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// A PersistentVolumeClaim (of the cluster's default storage class unless
+    /// `storageClassName` names one) instead of an `emptyDir`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub persistent: bool,
+}
+
+impl TapeCacheVolume {
+    /// True when the cache is a PersistentVolumeClaim rather than an `emptyDir`.
+    pub fn is_persistent(&self) -> bool {
+        self.persistent || self.storage_class_name.is_some()
+    }
+}
+
+/// Bytes of a Kubernetes quantity (`500Gi`, `1.5T`, `100M`, `2e9`, `1048576`); `None` when it
+/// is not one (or is fractional bytes, negative, or overflows).
+pub fn quantity_bytes(q: &str) -> Option<u64> {
+    const SUFFIXES: [(&str, f64); 12] = [
+        ("Ki", 1024.0),
+        ("Mi", 1048576.0),
+        ("Gi", 1073741824.0),
+        ("Ti", 1099511627776.0),
+        ("Pi", 1125899906842624.0),
+        ("Ei", 1152921504606846976.0),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
+    ];
+    let q = q.trim();
+    let (num, factor) = SUFFIXES
+        .iter()
+        .find_map(|(s, f)| q.strip_suffix(s).map(|n| (n, *f)))
+        .unwrap_or((q, 1.0));
+    if num.is_empty() || !num.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
+        return None;
+    }
+    let bytes = num.parse::<f64>().ok()? * factor;
+    (bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
 /// How files are recalled from tape: exactly one of `command` and `wlcg`.
@@ -672,6 +745,12 @@ pub struct TapeWlcgDriver {
     /// File holding the bearer token (re-read for every request: tokens are rotated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<String>,
+    /// How long the site keeps a staged file on disk for us (the stage request's
+    /// `diskLifetime`), in seconds. Each file is released as soon as its copy is in the
+    /// staging cache, so the pin only matters until then. Absent: the site's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub pin_lifetime_seconds: Option<u64>,
 }
 
 /// A STAC provider: who produced, processed or hosts the data.
@@ -880,11 +959,36 @@ impl DatasetSpec {
                 if t.budget_bytes == Some(0)
                     || t.max_tapes_per_job == Some(0)
                     || t.max_parallel_jobs == Some(0)
+                    || t.max_files_per_job == Some(0)
                 {
                     return Err(err(
                         "tape",
-                        "budgetBytes, maxTapesPerJob and maxParallelJobs must be at least 1",
+                        "budgetBytes, maxTapesPerJob, maxParallelJobs and maxFilesPerJob must be at least 1",
                     ));
+                }
+                if t.driver
+                    .wlcg
+                    .as_ref()
+                    .is_some_and(|w| w.pin_lifetime_seconds == Some(0))
+                {
+                    return Err(err("tape.driver.wlcg.pinLifetimeSeconds", "must be at least 1"));
+                }
+                if let Some(c) = &t.cache {
+                    let Some(size) = quantity_bytes(&c.size) else {
+                        return Err(err(
+                            "tape.cache.size",
+                            "must be a Kubernetes quantity of at least one byte, e.g. 500Gi",
+                        ));
+                    };
+                    if t.budget_bytes.is_some_and(|b| b > size) {
+                        return Err(err(
+                            "tape.budgetBytes",
+                            "is larger than tape.cache.size: the staging volume would fill up before the budget evicts",
+                        ));
+                    }
+                    if c.storage_class_name.as_deref().is_some_and(str::is_empty) {
+                        return Err(err("tape.cache.storageClassName", "must not be empty"));
+                    }
                 }
             }
         }
@@ -960,6 +1064,21 @@ pub enum ConfigError {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn quantities_are_read_as_kubernetes_writes_them() {
+        assert_eq!(quantity_bytes("500Gi"), Some(500 << 30));
+        assert_eq!(quantity_bytes("1.5T"), Some(1_500_000_000_000));
+        assert_eq!(quantity_bytes("100M"), Some(100_000_000));
+        assert_eq!(quantity_bytes("2e9"), Some(2_000_000_000));
+        assert_eq!(quantity_bytes("1048576"), Some(1 << 20));
+        assert_eq!(quantity_bytes("1Ei"), Some(1 << 60));
+        assert_eq!(quantity_bytes("1E"), Some(1_000_000_000_000_000_000));
+        for bad in ["", "Gi", "lots", "-5Gi", "10GB", "0", "0.5", "1e400"] {
+            assert_eq!(quantity_bytes(bad), None, "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -55,10 +55,10 @@ def _write_cfg(path: Path, datasets: list[dict]) -> Path:
     return path
 
 
-def _serve(tmp: Path, tag: str, datasets: list[dict]):
+def _serve(tmp: Path, tag: str, datasets: list[dict], cache: Path | None = None):
     cfg = _write_cfg(tmp / f"{tag}.yaml", datasets)
     url, proc, log = start_server(["serve", "--config", str(cfg)], tmp, tag,
-                                  extra_env={"CLOUDIFY_CACHE_DIR": str(tmp / f"{tag}-cache")})
+                                  extra_env={"CLOUDIFY_CACHE_DIR": str(cache or tmp / f"{tag}-cache")})
     try:
         st = wait_until_settled(url, [d["name"] for d in datasets], proc)
     except Exception:
@@ -420,6 +420,156 @@ def test_wlcg_tape_rest_driver(archive, tmp_path):
         try:
             r = _until_ok(f"{url}/datasets/tape_cm4/zarr/ta/{first}")
             assert r.status_code == 502 and "401" in r.json()["error"], r.text
+        finally:
+            stop_server(proc)
+    finally:
+        emu.stop()
+
+
+def _wlcg_storage(emu, token: Path, staging: Path, **extra) -> dict:
+    return {"tape": {"driver": {"wlcg": {"endpoint": f"{emu.url}/api/v1/tape", "dataUrl": f"{emu.url}/data",
+                                         "tokenFile": str(token), "pinLifetimeSeconds": 3600}},
+                     "stagingDir": str(staging), "waitSeconds": WAIT, "batchWindowMs": 200,
+                     "pollMs": 200, "retryAfterSeconds": 4, **extra}}
+
+
+def _eventually(cond, what: str, timeout: float = 30):
+    """Waits for ``cond()`` (work the server finishes after answering, e.g. a release once the
+    whole job is copied); fails naming ``what`` if it never holds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+def _stage_posts(emu) -> list:
+    return [c for c in emu.calls if c == ("POST", "/api/v1/tape/stage")]
+
+
+def test_wlcg_requests_are_batched_and_pins_released_after_use(archive, tmp_path):
+    """Chunks of five files on four tapes asked for at once: one stage request naming all five
+    (the WLCG API orders a request's files by tape itself, so `maxTapesPerJob`, which cuts
+    jobs of the command driver at whole tapes, does not split it), each file with the
+    configured pin lifetime; once the files are in the staging cache the request releases
+    them, so the site's disk buffer holds none of them although the lifetime (an hour) has
+    not run out, and reads still come from the cache."""
+    from wlcg_tape_emulator import Emulator
+
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    emu = Emulator(archive["root"], "s3cret-token", delay=DELAY)
+    names = ["tape_mri", "tape_esm4", "tape_cm4", "tape_cm2", "tape_iitm"]
+    try:
+        storage = _wlcg_storage(emu, token, tmp_path / "staging", batchWindowMs=2000, maxTapesPerJob=1)
+        datasets = [{"name": n, "sources": archive["refs"][n], "referenceRoots": ["/arch"], "storage": storage}
+                    for n in names]
+        url, proc, log, _ = _serve(tmp_path, "wlcg-batch", datasets)
+        try:
+            keys = [f"{url}/datasets/{n}/zarr/ta/{_chunk_keys(url, n)[1][0]}" for n in names]
+            with cf.ThreadPoolExecutor(len(keys)) as ex:
+                codes = list(ex.map(lambda k: _until_ok(k).status_code, keys))
+            assert codes == [200] * len(keys), log.read_text()[-3000:]
+            assert len(_stage_posts(emu)) == 1, emu.calls
+            body = emu.stage_bodies[0]
+            paths = [f["path"] for f in body["files"]]
+            assert len(paths) == 5 and len(set(paths)) == 5, body
+            assert {p.split("/")[3] for p in paths} == {"T1", "T2", "T3", "T4"}, paths
+            assert all(f["diskLifetime"] == "PT3600S" for f in body["files"]), body
+            # released after use: every staged file, by the request that staged it (after the
+            # job's last file is copied, which may be after the last chunk was answered)
+            _eventually(lambda: sum(len(r[1]) for r in emu.releases) >= 5, f"no release: {emu.calls}")
+            assert emu.releases == [("req-1", emu.releases[0][1])] and sorted(emu.releases[0][1]) == sorted(paths), \
+                emu.releases
+            assert emu.pinned() == [], "files left pinned on the site's disk after they were cached"
+            for n in names:
+                loc = requests.get(f"{url}/datasets/{n}/locality", timeout=30).json()
+                assert [f for f in loc["files"] if f["state"] == "online"], loc
+            # the archive's word after the release: on tape only again; the bytes are ours
+            info = requests.post(f"{emu.url}/api/v1/tape/archiveinfo", json={"paths": paths}, timeout=30,
+                                 headers={"Authorization": "Bearer s3cret-token"}).json()
+            assert {i["locality"] for i in info} == {"NEARLINE"}, info
+            ds = xr.open_zarr(f"{url}/datasets/tape_esm4/zarr", consolidated=True, mask_and_scale=False,
+                              decode_times=False).load()
+            np.testing.assert_array_equal(ds["ta"].values, _original(archive["files"]["tape_esm4"])["ta"].values)
+            # nothing more was asked of the archive to read the rest of those files
+            assert len(_stage_posts(emu)) == 1, emu.calls
+        finally:
+            stop_server(proc)
+    finally:
+        emu.stop()
+
+
+def test_netcdf_on_tape_is_indexed_once_staged_then_opened_from_the_index_cache(archive, tmp_path):
+    """netCDF files on tape as sources (no references): the first start recalls them (one
+    stage request for both files), indexes the staged copies and keeps the index; a second
+    start with the same index cache opens the dataset without any recall, and its chunks are
+    recalled only when read. A recall that fails, one that takes longer than
+    `indexWaitSeconds` and a glob over the archive each fail their dataset with a reason."""
+    from wlcg_tape_emulator import Emulator
+
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    root = archive["root"]
+
+    def arch(name: str) -> list[str]:
+        return ["/" + f.relative_to(root).as_posix() for f in archive["files"][name]]
+
+    bad = arch("tape_bad")
+    emu = Emulator(root, "s3cret-token", delay=DELAY, fail=(bad[0],))
+    cache = tmp_path / "index-cache"
+    try:
+        storage = _wlcg_storage(emu, token, tmp_path / "staging")
+        datasets = [
+            {"name": "nc_mri", "sources": arch("tape_mri"), "storage": storage},
+            {"name": "nc_bad", "sources": bad[:1], "storage": storage},
+            {"name": "nc_glob", "sources": ["/arch/proj/T1/*.nc"], "storage": storage},
+            {"name": "nc_slow", "sources": arch("tape_cm4"),
+             "storage": {"tape": {**storage["tape"], "indexWaitSeconds": 0}}},
+        ]
+        url, proc, log, status = _serve(tmp_path, "nc1", datasets, cache=cache)
+        try:
+            st = {d["name"]: d for d in status["datasets"]}
+            assert st["nc_mri"]["state"] == "ready", st
+            assert st["nc_bad"]["state"] == "failed" and bad[0] in st["nc_bad"]["error"] \
+                and "tape VOL042 is disabled" in st["nc_bad"]["error"], st["nc_bad"]
+            assert st["nc_glob"]["state"] == "failed" and "named in full" in st["nc_glob"]["error"], st["nc_glob"]
+            assert st["nc_slow"]["state"] == "failed" and "not indexed yet" in st["nc_slow"]["error"] \
+                and arch("tape_cm4")[0] in st["nc_slow"]["error"], st["nc_slow"]
+            # the two MRI files were recalled in one request (with the bad file and the slow
+            # dataset's: all datasets open at once and share the staging directory's queue)
+            mri = [b for b in emu.stage_bodies if any("/T1/" in f["path"] for f in b["files"])]
+            assert len(mri) == 1 and sorted(f["path"] for f in mri[0]["files"] if "/T1/" in f["path"]) \
+                == sorted(arch("tape_mri")), emu.stage_bodies
+            ds = xr.open_zarr(f"{url}/datasets/nc_mri/zarr", consolidated=True, mask_and_scale=False,
+                              decode_times=False).load()
+            orig = _original(archive["files"]["tape_mri"])
+            np.testing.assert_array_equal(ds["ta"].values, orig["ta"].values)
+            np.testing.assert_array_equal(ds["time"].values, orig["time"].values)
+        finally:
+            stop_server(proc)
+        assert list((cache / "index").glob("*.json")), "no index kept for the files on tape"
+
+        # second start: same index cache, empty staging directory
+        before = len(emu.calls)
+        storage2 = _wlcg_storage(emu, token, tmp_path / "staging2")
+        url, proc, log, status = _serve(tmp_path, "nc2", [
+            {"name": "nc_mri", "sources": arch("tape_mri"), "storage": storage2}], cache=cache)
+        try:
+            assert status["datasets"][0]["state"] == "ready", status
+            for path in ["/zarr/.zmetadata", "/zarr/ta/.zarray", "/stac", ""]:
+                assert requests.get(f"{url}/datasets/nc_mri{path}", timeout=30).status_code == 200, path
+            assert not [c for c in emu.calls[before:] if c[0] == "POST" and c[1].endswith("/stage")], \
+                emu.calls[before:]
+            loc = requests.get(f"{url}/datasets/nc_mri/locality", timeout=30).json()
+            assert loc["online"] == 0 and {f["state"] for f in loc["files"]} == {"nearline"}, loc
+            _, (first, _) = _chunk_keys(url, "nc_mri")
+            r = requests.get(f"{url}/datasets/nc_mri/zarr/ta/{first}", timeout=60)
+            assert r.status_code == 503 and r.json()["file"] in arch("tape_mri"), (r.status_code, r.text)
+            assert _until_ok(f"{url}/datasets/nc_mri/zarr/ta/{first}").status_code == 200
+            assert len([c for c in emu.calls[before:] if c == ("POST", "/api/v1/tape/stage")]) == 1
+            got = xr.open_zarr(f"{url}/datasets/nc_mri/zarr", consolidated=True, mask_and_scale=False,
+                               decode_times=False)["ta"][:1].load()
+            np.testing.assert_array_equal(got.values, orig["ta"].values[:1])
         finally:
             stop_server(proc)
     finally:

@@ -204,6 +204,10 @@ fn validate_spec(spec: &CloudifyDatasetSpec, fail: &mut impl FnMut(&str, String)
         }
     }
 
+    if let Some(tape) = spec.dataset.storage.as_ref().and_then(|s| s.tape.as_ref()) {
+        validate_tape(spec, tape, &mount_paths, fail);
+    }
+
     let ingress = &spec.ingress;
     if let Some(host) = &ingress.host
         && let Err(reason) = host_name(host)
@@ -267,6 +271,51 @@ fn validate_spec(spec: &CloudifyDatasetSpec, fail: &mut impl FnMut(&str, String)
         fail(
             "spec.dataset.access",
             "set access through spec.access (tokenSecret), which the operator mounts into the server".into(),
+        );
+    }
+}
+
+/// A dataset on tape: its staging directory is where the operator mounts the staging volume
+/// (`build::tape`), so it must be a path of its own; a persistent cache is one pod's.
+fn validate_tape(
+    spec: &CloudifyDatasetSpec,
+    tape: &cloudify_crds::TapeSpec,
+    data_mounts: &HashSet<&str>,
+    fail: &mut impl FnMut(&str, String),
+) {
+    let field = "spec.dataset.storage.tape.stagingDir";
+    let dir = tape.staging_dir.trim_end_matches('/');
+    let under =
+        |a: &str, b: &str| a == b || a.starts_with(&format!("{b}/")) || b.starts_with(&format!("{a}/"));
+    if !tape.staging_dir.starts_with('/') {
+        fail(field, format!("'{}' must be absolute", tape.staging_dir));
+    } else if dir.is_empty()
+        || [CONFIG_DIR, CACHE_DIR, ACCESS_DIR, "/tmp"]
+            .iter()
+            .any(|reserved| under(dir, reserved))
+    {
+        fail(
+            field,
+            format!(
+                "'{}' is used by the server itself (or is the root)",
+                tape.staging_dir
+            ),
+        );
+    } else if data_mounts.iter().any(|m| under(dir, m)) {
+        fail(
+            field,
+            format!("'{}' overlaps a data volume's mountPath", tape.staging_dir),
+        );
+    }
+    if tape.cache.as_ref().is_some_and(|c| c.is_persistent()) && spec.replicas.max > 1 {
+        fail(
+            "spec.dataset.storage.tape.cache",
+            format!(
+                "a persistent staging cache is one pod's (ReadWriteOnce, one budget), but \
+                 spec.replicas.max is {}: set it to 1, or drop storageClassName/persistent for an \
+                 emptyDir per pod",
+                spec.replicas.max
+            ),
         );
     }
 }

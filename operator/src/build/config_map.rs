@@ -13,6 +13,10 @@ use super::{BuildError, CONFIG_FILE};
 /// needs no Kubernetes-specific code path.
 pub(crate) fn config_map(target: &Target) -> Result<ConfigMap, BuildError> {
     let mut dataset = target.cr.spec.dataset.clone();
+    if let Some(tape) = dataset.storage.as_mut().and_then(|s| s.tape.as_mut()) {
+        // the budget that fits the volume mounted at stagingDir (`tape::volume`)
+        tape.budget_bytes = super::tape::budget(tape);
+    }
     let access = &target.cr.spec.access;
     if !access.public
         && let Some(secret) = &access.token_secret

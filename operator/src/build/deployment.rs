@@ -61,7 +61,7 @@ pub(crate) fn deployment(
             selector: target.selector(),
             template: PodTemplateSpec {
                 metadata: Some(pod_meta(labels(target.name), config_map)),
-                spec: Some(pod_spec(target, container)),
+                spec: Some(pod_spec(target, container, false)),
             },
             ..DeploymentSpec::default()
         }),
@@ -97,7 +97,7 @@ pub(crate) fn compute_deployment(
             selector: target.compute_selector(),
             template: PodTemplateSpec {
                 metadata: Some(pod_meta(compute_labels(target.name), config_map)),
-                spec: Some(pod_spec(target, container)),
+                spec: Some(pod_spec(target, container, true)),
             },
             ..DeploymentSpec::default()
         }),
@@ -178,8 +178,9 @@ fn container(
     }
 }
 
-/// Pod spec around `container`, with the config, cache, tmp and data volumes mounted into it.
-fn pod_spec(target: &Target, container: Container) -> PodSpec {
+/// Pod spec around `container`, with the config, cache, tmp and data volumes mounted into it,
+/// and a dataset on tape's staging volume (a worker's is always its own `emptyDir`).
+fn pod_spec(target: &Target, container: Container, worker: bool) -> PodSpec {
     let spec = &target.cr.spec;
     let mut volumes = vec![
         Volume {
@@ -232,6 +233,11 @@ fn pod_spec(target: &Target, container: Container) -> PodSpec {
             sub_path: data.sub_path.clone(),
             ..mount(&name, &data.mount_path, true)
         });
+    }
+
+    if let Some((volume, path)) = super::tape::volume(target, worker) {
+        mounts.push(mount(&volume.name, &path, false));
+        volumes.push(volume);
     }
 
     let container = Container {

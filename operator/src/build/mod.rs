@@ -13,11 +13,12 @@ mod meta;
 mod owned;
 mod scaling;
 mod service;
+mod tape;
 
 use cloudify_crds::k8s::CloudifyDataset;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 
@@ -26,6 +27,7 @@ pub use deployment::{CONFIG_HASH_ANNOTATION, PORT};
 pub use ingress::default_path;
 pub use meta::{compute_labels, compute_selector_labels, labels, selector_labels};
 pub use owned::{OWNED, Object, OwnedKind};
+pub use tape::{BUDGET_PERCENT, TAPE_CACHE_SUFFIX};
 
 pub use crate::layout::{CACHE_DIR, CONFIG_DIR, CONFIG_FILE};
 use crate::validate::{self, InvalidSpec};
@@ -72,6 +74,9 @@ pub struct Desired {
     pub ingress: Option<Ingress>,
     /// The worker pool, only when `spec.compute` is enabled.
     pub compute: Option<Compute>,
+    /// The staging cache's claim `<name>-tape-cache`, only for a dataset on tape whose
+    /// `tape.cache` is persistent (see [`tape`]).
+    pub tape_cache: Option<PersistentVolumeClaim>,
     /// The Zarr URL for `status.url`.
     pub url: String,
 }
@@ -133,6 +138,7 @@ pub fn build(cr: &CloudifyDataset, settings: &Settings) -> Result<Desired, Build
         hpa: scaling::hpa(&target),
         pdb: scaling::pdb(&target),
         ingress: ingress::ingress(&target),
+        tape_cache: tape::claim(&target),
         url: dataset_url(cr, settings),
         config_map,
     })

@@ -13,7 +13,7 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -89,8 +89,12 @@ impl OwnedKind {
 }
 
 /// Every kind of object the operator owns, in apply order.
-pub const OWNED: [OwnedKind; 6] = [
+pub const OWNED: [OwnedKind; 7] = [
     OwnedKind::of::<ConfigMap>("the server config of each dataset", |d| vec![&d.config_map]),
+    OwnedKind::of::<PersistentVolumeClaim>(
+        "the persistent tape staging cache <name>-tape-cache of a dataset on tape",
+        |d| d.tape_cache.iter().map(|o| o as &dyn Object).collect(),
+    ),
     OwnedKind::of::<Service>(
         "the Services in front of each dataset's server and compute pods",
         |d| {
@@ -166,10 +170,14 @@ mod tests {
     use crate::build::{Settings, build};
 
     fn desired(spec: &str) -> Desired {
+        desired_with("{name: tas, sources: [/data/tas_*.nc]}", spec)
+    }
+
+    fn desired_with(dataset: &str, spec: &str) -> Desired {
         let text = format!(
             "apiVersion: cloudify.io/v1alpha1\nkind: CloudifyDataset\n\
              metadata: {{name: tas, namespace: climate, uid: 6a1f1b9e-2c1d-4f43-9a57-3f0f5f0d1c01}}\n\
-             spec:\n  dataset: {{name: tas, sources: [/data/tas_*.nc]}}\n{spec}"
+             spec:\n  dataset: {dataset}\n{spec}"
         );
         let cr: CloudifyDataset = serde_yaml::from_str(&text).expect("CR");
         build(&cr, &Settings::default()).expect("builds")
@@ -181,11 +189,13 @@ mod tests {
 
     #[test]
     fn each_entry_reaches_the_object_of_its_kind() {
-        // Every optional object on: an HPA (max > min), a PDB (min >= 2), an Ingress, and the
-        // same for the compute pool.
-        let d = desired(
-            "  replicas: {min: 2, max: 4}\n  resources: {requests: {cpu: 500m}}\n\
-             \x20 compute: {replicas: {min: 2, max: 5}, resources: {requests: {cpu: '1'}}}\n",
+        // Every optional object on: a persistent tape cache (one server pod: a claim is one
+        // pod's), an Ingress, and an HPA (max > min) and PDB (min >= 2) through the compute pool.
+        let d = desired_with(
+            "{name: tas, sources: [/arch/tas.nc], storage: {tape: {stagingDir: /staging, \
+             driver: {wlcg: {endpoint: 'https://t.example/api/v1/tape', dataUrl: 'https://t.example'}}, \
+             cache: {size: 10Gi, storageClassName: fast}}}}",
+            "  compute: {replicas: {min: 2, max: 5}, resources: {requests: {cpu: '1'}}}\n",
         );
         // Exhaustive on purpose: a new object field of `Desired` does not compile here until it
         // is listed, and then this test fails until `OWNED` has its entry.
@@ -197,8 +207,10 @@ mod tests {
             pdb,
             ingress,
             compute,
+            tape_cache,
             url: _,
         } = &d;
+        assert!(hpa.is_none() && pdb.is_none(), "one fixed server pod");
         let crate::build::Compute {
             deployment: compute_deployment,
             service: compute_service,
@@ -207,13 +219,12 @@ mod tests {
         } = compute.as_ref().expect("compute");
         let fields = vec![
             json(config_map),
+            json(tape_cache.as_ref().expect("tape cache claim")),
             json(service),
             json(compute_service),
             json(deployment),
             json(compute_deployment),
-            json(hpa.as_ref().expect("hpa")),
             json(compute_hpa.as_ref().expect("compute hpa")),
-            json(pdb.as_ref().expect("pdb")),
             json(compute_pdb.as_ref().expect("compute pdb")),
             json(ingress.as_ref().expect("ingress")),
         ];
@@ -255,7 +266,7 @@ mod tests {
                 assert!(!name.ends_with("-compute"), "{} {name}", kind.kind);
             }
         }
-        assert_eq!(OWNED[2].objects(&d).len(), 1);
+        assert_eq!(OWNED[3].objects(&d).len(), 1);
     }
 
     #[test]
@@ -263,6 +274,7 @@ mod tests {
         let listed: Vec<ApiResource> = OWNED.iter().map(OwnedKind::api_resource).collect();
         let expected = [
             ApiResource::erase::<ConfigMap>(&()),
+            ApiResource::erase::<PersistentVolumeClaim>(&()),
             ApiResource::erase::<Service>(&()),
             ApiResource::erase::<Deployment>(&()),
             ApiResource::erase::<HorizontalPodAutoscaler>(&()),
@@ -270,6 +282,7 @@ mod tests {
             ApiResource::erase::<Ingress>(&()),
         ];
         assert_eq!(listed, expected);
-        assert_eq!(listed[3].plural, "horizontalpodautoscalers");
+        assert_eq!(listed[4].plural, "horizontalpodautoscalers");
+        assert_eq!(listed[1].plural, "persistentvolumeclaims");
     }
 }

@@ -36,10 +36,14 @@ fn tape_files(ds: &Dataset, only: Option<&BTreeSet<String>>) -> Option<(Arc<Stag
             continue;
         };
         for p in pieces {
-            let Layout::Listed { table, .. } = &p.data.layout else {
-                continue;
+            let listed: Vec<&crate::source::SourceFile> = match &p.data.layout {
+                Layout::Listed { table, .. } => table.remote.iter().flatten().map(|f| &**f).collect(),
+                // values held in the index (inlined at open): nothing to recall
+                Layout::Memory(_) => Vec::new(),
+                // a netCDF source file on tape, read at the index's offsets
+                _ => vec![&*p.data.file],
             };
-            for f in table.remote.iter().flatten() {
+            for f in listed {
                 if let Some(obj) = &f.remote
                     && let Some(s) = &obj.store.tape
                 {

@@ -161,6 +161,21 @@ impl IndexCache {
         Some(doc.cloudify.index)
     }
 
+    /// The cached index of the file at archive path `path` of a tape archive, whatever its
+    /// size and time: archived files are not changed in place (a new version is a new path),
+    /// and the point is to learn the layout without recalling the file to compare.
+    pub fn load_archived(&self, path: &Path) -> Option<SourceIndex> {
+        let text = std::fs::read(self.entry(path)).ok()?;
+        let doc: Doc = match serde_json::from_slice(&text) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "ignoring unreadable index cache entry: {e}");
+                return None;
+            }
+        };
+        (doc.cloudify.format == FORMAT && doc.cloudify.index.file.path == path).then_some(doc.cloudify.index)
+    }
+
     /// Stores the index of one file. Failures (read-only cache, full disk) only cost the
     /// next start some time, so they are logged, not fatal.
     pub fn store(&self, index: &SourceIndex) {

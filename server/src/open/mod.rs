@@ -8,6 +8,7 @@ pub mod cache;
 pub mod expand;
 pub mod file;
 pub mod formats;
+pub mod tape;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,6 +45,10 @@ pub enum OpenError {
     /// The spec's processing cannot be applied (names the field).
     #[error("{0}")]
     Processing(#[from] crate::processing::ProcessingError),
+    /// netCDF files on tape cannot be indexed (still being recalled, recall failed,
+    /// misconfigured driver): names the file and the archive's reason or job.
+    #[error("{0}")]
+    Tape(String),
 }
 
 /// Expands the spec's sources (paths, `file://` URLs, globs) into a sorted, de-duplicated
@@ -182,6 +187,11 @@ fn open_sources(spec: &cloudify_crds::DatasetSpec, cache: Option<&IndexCache>) -
     if kind != crate::open::formats::Kind::Netcdf {
         // Reference sets and Zarr stores: no index cache (opening them reads no library).
         let indexes = crate::open::formats::open_other(spec, kind)?;
+        return Ok(build(spec, indexes)?);
+    }
+    if let Some(tape) = spec.storage.as_ref().and_then(|s| s.tape.as_ref()) {
+        // netCDF files in a tape archive: from the index cache, else indexed once staged.
+        let indexes = tape::open_indexes(&spec.sources, tape, cache)?;
         return Ok(build(spec, indexes)?);
     }
     let t0 = std::time::Instant::now();

@@ -46,6 +46,11 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     fn archive_info(&self, _files: &[String]) -> Option<HashMap<String, String>> {
         None
     }
+    /// True when the archive orders one job's files by tape itself, so files it gives no
+    /// tape for are best sent in as few jobs as possible (see [`super::batch::plan`]).
+    fn orders_by_tape(&self) -> bool {
+        false
+    }
 }
 
 /// Runs `slk`-like commands.
@@ -341,8 +346,12 @@ impl Driver for WlcgDriver {
         Ok(HashMap::new())
     }
 
+    fn orders_by_tape(&self) -> bool {
+        true
+    }
+
     fn submit(&self, files: &[String]) -> Result<String, String> {
-        let body = serde_json::json!({"files": files.iter().map(|p| serde_json::json!({"path": p})).collect::<Vec<_>>()});
+        let body = stage_body(files, self.spec.pin_lifetime_seconds);
         let r = self.call(reqwest::Method::POST, self.url("stage"), Some(body))?;
         r.get("requestId")
             .and_then(|v| v.as_str())
@@ -437,9 +446,36 @@ impl Driver for WlcgDriver {
     }
 }
 
+/// The body of a WLCG `POST /stage`: every file with its `diskLifetime` (ISO 8601
+/// duration), when a pin lifetime is configured.
+fn stage_body(files: &[String], lifetime: Option<u64>) -> serde_json::Value {
+    let files: Vec<serde_json::Value> = files
+        .iter()
+        .map(|p| match lifetime {
+            Some(s) => serde_json::json!({"path": p, "diskLifetime": format!("PT{s}S")}),
+            None => serde_json::json!({"path": p}),
+        })
+        .collect();
+    serde_json::json!({ "files": files })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stage_requests_carry_the_pin_lifetime() {
+        let files = ["/a.nc".to_string(), "/b.nc".to_string()];
+        assert_eq!(
+            stage_body(&files, Some(90)),
+            serde_json::json!({"files": [{"path": "/a.nc", "diskLifetime": "PT90S"},
+                                         {"path": "/b.nc", "diskLifetime": "PT90S"}]})
+        );
+        assert_eq!(
+            stage_body(&files[..1], None),
+            serde_json::json!({"files": [{"path": "/a.nc"}]})
+        );
+    }
 
     #[test]
     fn templates_expand_without_a_shell() {

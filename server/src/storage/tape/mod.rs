@@ -143,6 +143,8 @@ pub struct Limits {
     pub retry_after: u64,
     /// First backoff after a failure.
     pub backoff: Duration,
+    /// Files per job at most.
+    pub files_per_job: usize,
 }
 
 impl Limits {
@@ -156,6 +158,7 @@ impl Limits {
             poll: Duration::from_millis(spec.poll_ms.unwrap_or(10_000).max(1)),
             retry_after: spec.retry_after_seconds.unwrap_or(600).max(1),
             backoff: Duration::from_secs(spec.failure_backoff_seconds.unwrap_or(30)),
+            files_per_job: spec.max_files_per_job.unwrap_or(1000).max(1) as usize,
         }
     }
 }
@@ -396,7 +399,14 @@ impl Stager {
                     HashMap::new()
                 }
             };
-            for job in batch::plan(&files, &tapes, self.limits.tapes_per_job) {
+            let jobs = batch::plan(
+                &files,
+                &tapes,
+                self.limits.tapes_per_job,
+                self.limits.files_per_job,
+                self.driver.orders_by_tape(),
+            );
+            for job in jobs {
                 let mut st = self.lock();
                 while st.jobs_running >= self.limits.parallel_jobs {
                     st = self

@@ -80,6 +80,7 @@ fn limits(wait_ms: u64) -> Limits {
         poll: Duration::from_millis(10),
         retry_after: 99,
         backoff: Duration::from_millis(300),
+        files_per_job: 100,
     }
 }
 

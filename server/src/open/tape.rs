@@ -1,0 +1,141 @@
+//! netCDF sources in a tape archive: indexed from their staged copies, once.
+//!
+//! A dataset whose `sources` are netCDF files in a tape archive (`storage.tape`, sources
+//! named by their archive paths) cannot be indexed without the files' bytes. An index made
+//! earlier — by an earlier start, or by any run that indexed the file at that same path
+//! before it went to tape, with the same cache directory — is in the index cache under the
+//! archive path: then the dataset opens with no recall at
+//! all (archived files do not change in place; a new version is a new path). Files without
+//! an entry are recalled together (one batch: per tape, as the driver allows), indexed from
+//! their staged copies while those are pinned, and their entries written, so the next start
+//! needs no recall. Reads then go through the stager like those of any tape reference.
+//!
+//! Opening waits at most `tape.indexWaitSeconds` for the recalls: a recall that takes longer
+//! fails the dataset, naming the file and the job (the recall goes on), rather than holding
+//! the server's start for hours; a failed recall fails it with the archive's reason.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cloudify_crds::TapeSpec;
+
+use super::OpenError;
+use super::cache::IndexCache;
+use crate::source::{SourceFile, SourceIndex, rebind};
+use crate::storage::tape::{Stager, stager_for};
+use crate::storage::{RemoteObject, Store};
+
+/// The indexes of the archived netCDF files `sources` (archive paths), in source order.
+pub fn open_indexes(
+    sources: &[String],
+    tape: &TapeSpec,
+    cache: Option<&IndexCache>,
+) -> Result<Vec<SourceIndex>, OpenError> {
+    let mut paths = Vec::with_capacity(sources.len());
+    for (index, s) in sources.iter().enumerate() {
+        let p = s.strip_prefix("file://").unwrap_or(s);
+        let why = if !p.starts_with('/') {
+            Some("a source on tape is an archive path (absolute, starting with '/')")
+        } else if p.contains(['*', '?', '[']) {
+            Some(
+                "a source on tape is named in full: archives are not listed, so a glob cannot be expanded without recalls",
+            )
+        } else {
+            None
+        };
+        if let Some(reason) = why {
+            return Err(OpenError::Source {
+                index,
+                pattern: s.clone(),
+                reason: reason.into(),
+            });
+        }
+        if !paths.iter().any(|q: &String| q == p) {
+            paths.push(p.to_string());
+        }
+    }
+    let stager = stager_for(tape).map_err(|e| OpenError::Tape(format!("storage.tape: {e}")))?;
+    let store = Arc::new(Store::tape(stager.clone()));
+    let handle = |path: &str, size: u64, mtime_ns: i64| {
+        Arc::new(SourceFile {
+            path: PathBuf::from(path),
+            size,
+            mtime_ns,
+            etag: None,
+            inode: None,
+            remote: Some(Arc::new(RemoteObject {
+                store: store.clone(),
+                location: object_store::path::Path::from(path),
+            })),
+        })
+    };
+
+    let mut found: Vec<Option<SourceIndex>> = paths
+        .iter()
+        .map(|p| {
+            let mut idx = cache?.load_archived(Path::new(p))?;
+            let file = handle(p, idx.file.size, idx.file.mtime_ns);
+            rebind(&mut idx, &file);
+            Some(idx)
+        })
+        .collect();
+    let missing: Vec<String> = paths
+        .iter()
+        .zip(&found)
+        .filter(|(_, f)| f.is_none())
+        .map(|(p, _)| p.clone())
+        .collect();
+    if !missing.is_empty() {
+        tracing::info!(
+            files = missing.len(),
+            indexed = paths.len() - missing.len(),
+            "netCDF files on tape without an index: recalling them to index them"
+        );
+        // All at once, so the batcher plans them as one batch (per tape, few jobs).
+        stager.stage(&missing);
+        let deadline = Instant::now() + Duration::from_secs(tape.index_wait_seconds.unwrap_or(3600));
+        for (p, slot) in paths.iter().zip(found.iter_mut()) {
+            if slot.is_none() {
+                *slot = Some(index_staged(&stager, p, deadline, cache, &handle)?);
+            }
+        }
+    }
+    Ok(found.into_iter().flatten().collect())
+}
+
+/// Waits (until `deadline`) for archived file `path` to be staged and indexes the staged
+/// copy while it is pinned; the index names the archive path and reads through the stager.
+fn index_staged(
+    stager: &Arc<Stager>,
+    path: &str,
+    deadline: Instant,
+    cache: Option<&IndexCache>,
+    handle: &dyn Fn(&str, u64, i64) -> Arc<SourceFile>,
+) -> Result<SourceIndex, OpenError> {
+    let wait = deadline.saturating_duration_since(Instant::now());
+    let pin = stager.acquire_within(path, wait).map_err(|e| {
+        OpenError::Tape(match e {
+            crate::storage::tape::TapeError::Nearline { .. } => {
+                format!("not indexed yet, its files are on tape: {e}; the index is built when the recall is done (start again then)")
+            }
+            other => other.to_string(),
+        })
+    })?;
+    let local = SourceFile::stat(pin.path.clone())
+        .map_err(|e| OpenError::Tape(format!("{path}: staged copy {}: {e}", pin.path.display())))?;
+    let (size, mtime_ns) = (local.size, local.mtime_ns);
+    let mut idx = crate::open::file::open_file(Arc::new(local))
+        .map_err(|e| OpenError::Tape(format!("{path} (indexed from its staged copy): {e}")))?;
+    drop(pin);
+    rebind(&mut idx, &handle(path, size, mtime_ns));
+    if let Some(c) = cache {
+        c.store(&idx);
+    }
+    tracing::info!(
+        file = path,
+        size,
+        "indexed a netCDF file on tape from its staged copy"
+    );
+    Ok(idx)
+}
