@@ -197,6 +197,8 @@ mod tests {
             pdb,
             ingress,
             compute,
+            // applied by name, not through OWNED (Secrets are never listed or watched)
+            internal_secret: _,
             url: _,
         } = &d;
         let crate::build::Compute {
