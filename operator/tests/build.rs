@@ -589,7 +589,10 @@ fn internal_mount(pod: &k8s_openapi::api::core::v1::PodSpec) -> Option<(String, 
         .as_ref()?
         .iter()
         .find(|m| m.name == "internal")?;
-    assert!(mount.sub_path.is_none(), "a subPath mount never sees Secret updates");
+    assert!(
+        mount.sub_path.is_none(),
+        "a subPath mount never sees Secret updates"
+    );
     Some((
         vol.secret.as_ref()?.secret_name.clone()?,
         mount.mount_path.clone(),
@@ -600,15 +603,24 @@ fn internal_mount(pod: &k8s_openapi::api::core::v1::PodSpec) -> Option<(String, 
 #[test]
 fn compute_gets_an_owned_internal_secret_mounted_into_server_and_workers() {
     let (cr, d) = desired("compute-autoscaled");
-    let secret = d.internal_secret.as_ref().expect("internal secret with compute on");
+    let secret = d
+        .internal_secret
+        .as_ref()
+        .expect("internal secret with compute on");
     assert_eq!(secret.metadata.name.as_deref(), Some("tas-mon-internal"));
     assert_eq!(secret.metadata.namespace.as_deref(), Some("climate"));
     assert_eq!(secret.type_.as_deref(), Some("Opaque"));
     assert_eq!(secret.metadata.labels, Some(build::labels("tas-mon")));
     let owner = &secret.metadata.owner_references.as_ref().expect("owned")[0];
     assert_eq!(Some(&owner.uid), cr.metadata.uid.as_ref());
-    assert_eq!((owner.kind.as_str(), owner.controller), ("CloudifyDataset", Some(true)));
-    assert!(secret.data.is_none(), "build is pure: the data comes from with_keys");
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller),
+        ("CloudifyDataset", Some(true))
+    );
+    assert!(
+        secret.data.is_none(),
+        "build is pure: the data comes from with_keys"
+    );
 
     let expected = Some((
         "tas-mon-internal".to_string(),
@@ -638,7 +650,11 @@ fn compute_gets_an_owned_internal_secret_mounted_into_server_and_workers() {
     // keys: two random 64-hex values; existing ones are kept
     let keys = build::internal::keys(None).expect("keys");
     let d = d.with_keys(keys.clone());
-    let data = d.internal_secret.as_ref().and_then(|s| s.data.clone()).expect("data");
+    let data = d
+        .internal_secret
+        .as_ref()
+        .and_then(|s| s.data.clone())
+        .expect("data");
     assert_eq!(data, keys);
     assert_eq!(data["compute-secret"].0.len(), 64);
     let again = build::internal::keys(d.internal_secret.as_ref()).expect("keys");
@@ -699,7 +715,10 @@ fn private_datasets_get_a_signing_key_only_with_consent_to_register() {
         Some("/etc/cloudify-internal/signing-key")
     );
     assert_eq!(
-        d.internal_secret.as_ref().and_then(|s| s.metadata.name.clone()).as_deref(),
+        d.internal_secret
+            .as_ref()
+            .and_then(|s| s.metadata.name.clone())
+            .as_deref(),
         Some("embargoed-internal")
     );
     assert_eq!(

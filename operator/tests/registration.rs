@@ -439,7 +439,10 @@ fn private_server(env: &Env, key: &str) -> (String, Proc) {
         .expect("cache dir")
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("demo-v")))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("demo-v"))
+        })
         .expect("demo files");
     std::fs::write(dir.join("signing-key"), format!("{key}\n")).expect("key");
     // the digest of a reader's token (sha256 of "reader-token"); the operator never has it
@@ -500,9 +503,7 @@ async fn private_datasets_are_registered_only_with_the_crs_consent() {
     let (private, _srv) = private_server(&env, key);
     // anonymous callers cannot read the item the operator registers
     assert_eq!(get(&format!("{private}/datasets/demo/stac")).await.0, 401);
-    let access = |register: bool| {
-        json!({"public": false, "tokenSecret": {"name": "readers", "key": "sha256"}, "register": register})
-    };
+    let access = |register: bool| json!({"public": false, "tokenSecret": {"name": "readers", "key": "sha256"}, "register": register});
     let spec = |register: bool| {
         json!({"dataset": {"name": "demo", "sources": ["/data/demo.nc"]}, "catalog": {"collection": "cmip"},
                "access": access(register)})
@@ -511,15 +512,25 @@ async fn private_datasets_are_registered_only_with_the_crs_consent() {
 
     // without consent: not registered, and the reason says how to consent
     let obj = cr("demo", spec(false), 1);
-    let (client, calls) = mock_client(cluster_with_internal(serde_json::to_value(&obj).expect("json"), key));
+    let (client, calls) = mock_client(cluster_with_internal(
+        serde_json::to_value(&obj).expect("json"),
+        key,
+    ));
     let ctx = context(client, &env.catalog, &private, Some(TOKEN));
     reconcile(Arc::new(obj), ctx).await.expect("reconcile");
     let registered = condition(&last_status(&calls), "Registered");
     assert_eq!(registered["reason"], "PrivateDataset", "{registered}");
-    assert!(registered["message"].as_str().unwrap_or_default().contains("spec.access.register: true"));
+    assert!(
+        registered["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("spec.access.register: true")
+    );
     assert_eq!(get(&item_url).await.0, 404);
     assert!(
-        calls.find(|c| c.path.ends_with("/secrets/demo-internal")).is_empty(),
+        calls
+            .find(|c| c.path.ends_with("/secrets/demo-internal"))
+            .is_empty(),
         "no internal Secret without compute or consent"
     );
 
@@ -538,14 +549,24 @@ async fn private_datasets_are_registered_only_with_the_crs_consent() {
     assert_eq!(item["id"], "demo");
     let applied = calls.find(|c| c.is_apply() && c.path.ends_with("/secrets/demo-internal"));
     assert_eq!(applied.len(), 1);
-    assert_eq!(applied[0].body["data"]["signing-key"], encode(key), "the existing key is kept");
+    assert_eq!(
+        applied[0].body["data"]["signing-key"],
+        encode(key),
+        "the existing key is kept"
+    );
     // the server's config names the mounted key
     let config_map = calls
         .find(|c| c.is_apply() && c.body["kind"] == "ConfigMap")
         .pop()
         .expect("config map applied");
-    let config = config_map.body["data"]["cloudify.yaml"].as_str().unwrap_or_default().to_string();
-    assert!(config.contains("signedUrlKeyFile: /etc/cloudify-internal/signing-key"), "{config}");
+    let config = config_map.body["data"]["cloudify.yaml"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        config.contains("signedUrlKeyFile: /etc/cloudify-internal/signing-key"),
+        "{config}"
+    );
 
     // consent withdrawn: the item leaves the catalog
     let mut off = serde_json::to_value(cr("demo", spec(false), 3)).expect("json");
@@ -554,19 +575,28 @@ async fn private_datasets_are_registered_only_with_the_crs_consent() {
     let off: DynamicObject = serde_json::from_value(off).expect("cr");
     reconcile(Arc::new(off), ctx).await.expect("deregister");
     assert_eq!(get(&item_url).await.0, 404);
-    assert_eq!(condition(&last_status(&calls), "Registered")["reason"], "PrivateDataset");
+    assert_eq!(
+        condition(&last_status(&calls), "Registered")["reason"],
+        "PrivateDataset"
+    );
 
     // a key the server does not hold: the server's 401, named, without the signature
     let obj = cr("demo", spec(true), 4);
     let wrong = "another-key-0123456789abcdef0123456789abcdef0123";
-    let (client, calls) = mock_client(cluster_with_internal(serde_json::to_value(&obj).expect("json"), wrong));
+    let (client, calls) = mock_client(cluster_with_internal(
+        serde_json::to_value(&obj).expect("json"),
+        wrong,
+    ));
     let ctx = context(client, &env.catalog, &private, Some(TOKEN));
     reconcile(Arc::new(obj), ctx).await.expect("reconcile");
     let registered = condition(&last_status(&calls), "Registered");
     assert_eq!(registered["status"], "False", "{registered}");
     assert_eq!(registered["reason"], "ItemUnavailable", "{registered}");
     let message = registered["message"].as_str().unwrap_or_default();
-    assert!(message.contains("401") && message.contains("<signed>"), "{message}");
+    assert!(
+        message.contains("401") && message.contains("<signed>"),
+        "{message}"
+    );
     assert!(!message.contains("signature="), "{message}");
     assert_eq!(get(&item_url).await.0, 404);
 }

@@ -94,7 +94,10 @@ mod tests {
     #[test]
     fn keys_are_kept_when_usable_and_generated_otherwise() {
         let fresh = keys(None).expect("keys");
-        assert_eq!(fresh.keys().map(String::as_str).collect::<Vec<_>>(), ["compute-secret", "signing-key"]);
+        assert_eq!(
+            fresh.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["compute-secret", "signing-key"]
+        );
         for v in fresh.values() {
             assert_eq!(v.0.len(), 64);
             assert!(v.0.iter().all(u8::is_ascii_hexdigit));

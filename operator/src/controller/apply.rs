@@ -238,7 +238,8 @@ pub(super) async fn internal_secret(
             "Secret {namespace}/{name} exists and is not this CloudifyDataset's; the operator keeps the dataset's compute and signing keys under that name: delete or rename it"
         )));
     }
-    let keys = crate::build::internal::keys(existing.as_ref()).map_err(|e| ApplyError::Rejected(e.to_string()))?;
+    let keys =
+        crate::build::internal::keys(existing.as_ref()).map_err(|e| ApplyError::Rejected(e.to_string()))?;
     let desired = desired.with_keys(keys);
     if let Some(s) = &desired.internal_secret {
         let params = PatchParams::apply(MANAGER).force();

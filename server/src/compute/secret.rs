@@ -218,7 +218,9 @@ mod tests {
         std::fs::write(&p, "0123456789abcdef\n0123456789abcdef").unwrap();
         let e = SharedSecret::open(&p).unwrap_err().to_string();
         assert!(e.contains("control characters"), "{e}");
-        let e = SharedSecret::open(dir.path().join("absent")).unwrap_err().to_string();
+        let e = SharedSecret::open(dir.path().join("absent"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("absent"), "{e}");
     }
 }

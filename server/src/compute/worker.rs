@@ -173,7 +173,10 @@ async fn task(State(w): State<Worker>, headers: HeaderMap, body: Bytes) -> Respo
     if let Some(secret) = &w.secret {
         let presented = headers.get(header::AUTHORIZATION);
         if !secret.accepts(presented.map(HeaderValue::as_bytes)) {
-            w.metrics.tasks.with_label_values(&["unknown", "unauthorized"]).inc();
+            w.metrics
+                .tasks
+                .with_label_values(&["unknown", "unauthorized"])
+                .inc();
             // the header's value is never logged
             tracing::warn!(
                 credentials = if presented.is_some() { "wrong" } else { "none" },

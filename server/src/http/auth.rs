@@ -297,9 +297,17 @@ mod tests {
         // Basic: the password is the token ("x:y", "user:tok en ", "nopassword:", "nocolon")
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic eDp5"));
         assert_eq!(credentials(&h, None).bearer.as_deref(), Some("y"));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("basic dXNlcjp0b2sgZW4g"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("basic dXNlcjp0b2sgZW4g"),
+        );
         assert_eq!(credentials(&h, None).bearer.as_deref(), Some("tok en"));
-        for bad in ["Basic bm9wYXNzd29yZDo=", "Basic bm9jb2xvbg==", "Basic !!!", "Digest x"] {
+        for bad in [
+            "Basic bm9wYXNzd29yZDo=",
+            "Basic bm9jb2xvbg==",
+            "Basic !!!",
+            "Digest x",
+        ] {
             h.insert(header::AUTHORIZATION, HeaderValue::from_static(bad));
             let c = credentials(&h, None);
             assert!(c.other_scheme && c.bearer.is_none(), "{bad}");
