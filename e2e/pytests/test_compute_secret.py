@@ -61,7 +61,7 @@ def pool(tmp_path_factory):
             procs.append(p)
             wait_until_settled(url, ["day"], p)
             servers[tag] = url
-        yield {"worker": worker, "worker_log": worker_log, "secret": secret, "wrong": wrong,
+        yield {"worker": worker, "worker_log": worker_log, "secret": secret, "wrong_secret": wrong,
                "root": root, "cfg": cfg, **servers}
     finally:
         for p in procs:
@@ -78,14 +78,14 @@ def test_worker_refuses_tasks_without_or_with_a_wrong_secret(pool):
     before = _unauthorized(pool)
     w = pool["worker"] + TASK
     base = {VERSION_HEADER: "1", "Content-Type": "application/x-cloudify-compute"}
-    for headers in ({}, {"Authorization": f"Bearer {pool['wrong']}"},
+    for headers in ({}, {"Authorization": f"Bearer {pool['wrong_secret']}"},
                     {"Authorization": f"Basic {pool['secret']}"}, {"Authorization": "Bearer "}):
         r = requests.post(w, data=b"\x01\x00", headers={**base, **headers}, timeout=10)
         assert r.status_code == 401, (headers.keys(), r.status_code, r.text)
         assert r.headers["Content-Type"].startswith("application/json")
         assert r.headers["WWW-Authenticate"].startswith("Bearer")
         assert "compute secret" in r.json()["error"]
-        assert pool["secret"] not in r.text and pool["wrong"] not in r.text
+        assert pool["secret"] not in r.text and pool["wrong_secret"] not in r.text
     assert _unauthorized(pool) == before + 4
     # the right secret gets past the check: the (garbage) body is then what is refused
     r = requests.post(w, data=b"not postcard", headers={**base, "Authorization": f"Bearer {pool['secret']}"},
@@ -118,17 +118,17 @@ def test_server_without_the_secret_fails_clearly_and_stored_chunks_still_serve(p
     assert r.status_code == 502, (r.status_code, r.text[:300])
     err = r.json()["error"]
     assert says in err and pool["worker"] in err, err
-    assert pool["secret"] not in err and pool["wrong"] not in err
+    assert pool["secret"] not in err and pool["wrong_secret"] not in err
     assert requests.get(pool[server] + STORED, timeout=60).status_code == 200
 
 
 def test_secrets_are_never_logged(pool):
-    requests.post(pool["worker"] + TASK, headers={"Authorization": f"Bearer {pool['wrong']}",
+    requests.post(pool["worker"] + TASK, headers={"Authorization": f"Bearer {pool['wrong_secret']}",
                                                   VERSION_HEADER: "1"}, timeout=10)
     logs = [pool["worker_log"], *(pool["root"] / f"{t}.log" for t in ("right", "wrong", "none"))]
     text = "".join(p.read_text(errors="replace") for p in logs)
     assert "task refused" in text  # the refusal is logged ...
-    assert pool["secret"] not in text and pool["wrong"] not in text  # ... the secrets are not
+    assert pool["secret"] not in text and pool["wrong_secret"] not in text  # ... the secrets are not
 
 
 def _run_worker(args, tmp_path):
