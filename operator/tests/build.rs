@@ -408,7 +408,9 @@ fn worker_runs_cloudify_worker_with_the_servers_config_and_volumes() {
             "--host",
             "0.0.0.0",
             "--port",
-            "9000"
+            "9000",
+            "--secret-file",
+            "/etc/cloudify-internal/compute-secret"
         ]
     );
     assert_eq!(
