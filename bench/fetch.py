@@ -176,9 +176,16 @@ def main() -> int:
     ap.add_argument("--max-chunks", type=int, default=0, help="fetch only the first N chunks (0: all)")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds allowed for one request")
     ap.add_argument("--list-urls", metavar="FILE", help="write the chunk URLs to FILE and exit")
+    ap.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
+                    help="send this header with every request (repeatable), e.g. an Authorization")
     a = ap.parse_args()
     if a.connections < 1:
         ap.error("CONNECTIONS must be >= 1")
+    for h in a.header:
+        name, sep, value = h.partition(":")
+        if not sep or not name.strip():
+            ap.error(f"--header {h!r}: expected 'NAME: VALUE'")
+        HEADERS[name.strip()] = value.strip()
     try:
         out, rc = asyncio.run(run(a.zarr_url.rstrip("/"), a.var, a.connections, a.zarr_format,
                                   a.max_chunks, a.timeout, a.list_urls))

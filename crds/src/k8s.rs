@@ -366,9 +366,17 @@ pub struct AccessSpec {
     /// Secret key holding the lowercase hex SHA-256 digests of the bearer tokens readers
     /// present (one a line), required when `public` is false. The key is mounted as the
     /// server's `access.tokenFile`, so changed tokens apply without a restart; the Secret
-    /// never holds a usable token. Private datasets are not registered in the catalog.
+    /// never holds a usable token. Private datasets are registered in the catalog only
+    /// with `register: true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_secret: Option<SecretKeyRef>,
+    /// Consent to register a private dataset's STAC item in the catalog (with
+    /// `catalog.register`): the item, which anyone who can read the catalog sees, names the
+    /// dataset, its variables, extent and URLs; its data stay behind the token. Default
+    /// false: a private dataset is not listed anywhere. The operator reads the item from the
+    /// server with a URL it signs with a key of its own (the Secret `<name>-internal`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub register: bool,
 }
 
 impl Default for AccessSpec {
@@ -376,7 +384,15 @@ impl Default for AccessSpec {
         Self {
             public: true,
             token_secret: None,
+            register: false,
         }
+    }
+}
+
+impl CloudifyDatasetSpec {
+    /// Whether the operator registers a private dataset (the CR's consent).
+    pub fn registers_private(&self) -> bool {
+        !self.access.public && self.access.register && self.catalog.register
     }
 }
 

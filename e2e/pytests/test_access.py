@@ -219,7 +219,11 @@ def test_token_of_another_dataset_is_403_unknown_token_401(served):
     r = requests.get(f"{url}/datasets/secret/zarr/.zmetadata", headers=bearer("wrong-token"), timeout=30)
     assert r.status_code == 401 and 'error="invalid_token"' in r.headers["WWW-Authenticate"]
     assert "wrong-token" not in r.text and "wrong-token" not in r.headers["WWW-Authenticate"]
+    # Basic: the password is taken as the token (for .netrc clients); a wrong one is 401
     r = requests.get(f"{url}/datasets/secret/zarr/.zmetadata", auth=("u", "p"), timeout=30)
+    assert r.status_code == 401 and 'error="invalid_token"' in r.headers["WWW-Authenticate"]
+    r = requests.get(f"{url}/datasets/secret/zarr/.zmetadata", headers={"Authorization": "Digest x"},
+                     timeout=30)
     assert r.status_code == 401 and "Bearer" in r.json()["error"]
 
 
@@ -455,3 +459,111 @@ def test_tokens_are_never_logged(served, oidc):
     for secret in (TOKEN_SECRET, TOKEN_OTHER, "leaky-bad-token", jwt_token, jwt_token.split(".")[2],
                    SIGNING_KEY.decode()):
         assert secret not in text
+
+
+# --- clients that are not Python: GDAL and netCDF-C (command-line tools of e2e/setup.sh) ---
+
+def _tool(name: str) -> str:
+    exe = shutil.which(name)
+    if exe is None:
+        pytest.fail(f"{name} is not installed (e2e/setup.sh installs gdal-bin and netcdf-bin)")
+    return exe
+
+
+def _gdal_slice(url: str, tmp_path, env: dict) -> subprocess.CompletedProcess:
+    """gdal_translate of ta[0, 0, :, :] of the dataset's Zarr over /vsicurl/ into an ASCII grid
+    (full float32 precision)."""
+    out = tmp_path / "slice.asc"
+    for p in tmp_path.glob("slice.*"):
+        p.unlink()
+    return subprocess.run(
+        [_tool("gdal_translate"), "-q", "-of", "AAIGrid", "-co", "FORCE_CELLSIZE=TRUE", f'ZARR:"/vsicurl/{url}":/ta:0:0', str(out)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+             "CPL_VSIL_CURL_USE_HEAD": "NO", "GDAL_HTTP_MAX_RETRY": "0", **env})
+
+
+def test_gdal_reads_a_private_dataset_with_gdal_http_headers(served, tmp_path):
+    url, _, _ = served
+    # GDAL turns the grid north up: the file's latitudes ascend, so its rows come reversed
+    ref = xr.open_dataset(FILE[0]).load()["ta"].values[0, 0][::-1]
+    zarr_url = f"{url}/datasets/secret/zarr"
+    # without credentials GDAL cannot open it (the server answers 401, never an empty array)
+    r = _gdal_slice(zarr_url, tmp_path, {})
+    assert r.returncode != 0, r.stdout
+    assert not (tmp_path / "slice.asc").exists()
+    # a wrong token: the same
+    r = _gdal_slice(zarr_url, tmp_path, {"GDAL_HTTP_HEADERS": "Authorization: Bearer not-a-token"})
+    assert r.returncode != 0
+    # GDAL_HTTP_HEADERS (GDAL >= 3.6) sends the header with every /vsicurl/ request
+    r = _gdal_slice(zarr_url, tmp_path, {"GDAL_HTTP_HEADERS": f"Authorization: Bearer {TOKEN_SECRET}"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = np.loadtxt(tmp_path / "slice.asc", skiprows=5).astype("f4")
+    np.testing.assert_array_equal(got, ref)
+    # GDAL_HTTP_HEADER_FILE (older GDAL): the header in a file, out of the process list
+    hdr = tmp_path / "headers.txt"
+    hdr.write_text(f"Authorization: Bearer {TOKEN_SECRET}\n")
+    r = _gdal_slice(zarr_url, tmp_path, {"GDAL_HTTP_HEADER_FILE": str(hdr)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    np.testing.assert_array_equal(np.loadtxt(tmp_path / "slice.asc", skiprows=5).astype("f4"), ref)
+    assert TOKEN_SECRET not in r.stderr
+
+
+def _ncdump(target: str, home, *args) -> subprocess.CompletedProcess:
+    args = args or ("-v", "lat")
+    """ncdump with HOME (and the working directory) at `home`, where netCDF-C reads its
+    .ncrc/.dodsrc."""
+    return subprocess.run([_tool("ncdump"), *args, target], capture_output=True, text=True, timeout=120,
+                          cwd=home, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home)})
+
+
+def _numbers(cdl: str, var: str) -> np.ndarray:
+    body = cdl.split("data:", 1)[1].split(f"{var} =", 1)[1].split(";", 1)[0]
+    return np.array([float(x) for x in body.replace("\n", " ").split(",")])
+
+
+def test_netcdf_c_opendap_with_netrc_or_rc_credentials(served, tmp_path):
+    """netCDF-C's OPeNDAP client sends no custom headers (its rc file knows no bearer
+    setting), but it sends user and password from `.netrc` (HTTP.NETRC in ~/.ncrc): the
+    server takes the password of HTTP Basic as the token."""
+    url, _, _ = served
+    ref = xr.open_dataset(FILE[0]).load()["lat"].values
+    target = f"{url}/datasets/secret/opendap"
+    host = url.split("://", 1)[1]
+
+    anon = tmp_path / "anon"
+    anon.mkdir()
+    r = _ncdump(target, anon)
+    assert r.returncode != 0 and "data:" not in r.stdout, r.stdout[-500:]
+
+    # ~/.netrc, named by HTTP.NETRC in ~/.ncrc
+    home = tmp_path / "netrc"
+    home.mkdir()
+    netrc = home / ".netrc"
+    netrc.write_text(f"machine {host.split(':')[0]} login reader password {TOKEN_SECRET}\n")
+    netrc.chmod(0o600)
+    (home / ".ncrc").write_text(f"HTTP.NETRC={netrc}\n")
+    r = _ncdump(target, home)
+    assert r.returncode == 0, r.stderr[-2000:]
+    np.testing.assert_allclose(_numbers(r.stdout, "lat"), ref, rtol=1e-14)  # CDL: 15 digits
+    # the header through the same credentials
+    r = _ncdump(f"{url}/datasets/secret/opendap", home, "-h")
+    assert r.returncode == 0 and "float ta(" in r.stdout, r.stderr[-2000:]
+
+    # (HTTP.CREDENTIALS.USERPWD in .ncrc did not authenticate with netCDF-C 4.9.0 here; .netrc does)
+
+    # a wrong password in .netrc is refused like a wrong bearer token; another dataset's is 403
+    home = tmp_path / "wrong"
+    home.mkdir()
+    netrc = home / ".netrc"
+    netrc.write_text(f"machine {host.split(':')[0]} login reader password {TOKEN_OTHER}\n")
+    netrc.chmod(0o600)
+    (home / ".ncrc").write_text(f"HTTP.NETRC={netrc}\n")
+    r = _ncdump(target, home)
+    assert r.returncode != 0 and "data:" not in r.stdout
+    r = requests.get(f"{url}/datasets/secret/opendap.dds", auth=("reader", TOKEN_OTHER), timeout=30)
+    assert r.status_code == 403
+    r = requests.get(f"{url}/datasets/secret/opendap.dds", auth=("reader", "nope"), timeout=30)
+    assert r.status_code == 401 and 'error="invalid_token"' in r.headers["WWW-Authenticate"]
+    assert requests.get(f"{url}/datasets/secret/opendap.dds", auth=("reader", TOKEN_SECRET),
+                        timeout=30).status_code == 200

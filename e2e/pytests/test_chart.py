@@ -69,7 +69,9 @@ OPERATOR_PERMISSIONS = (
     | {("cloudify.io", "cloudifydatasets/status", "patch")}
     | {("cloudify.io", "cloudifydatasets/finalizers", "update")}
     | {(g, r, v) for g, r in OWNED for v in ("get", "list", "watch", "create", "patch", "delete")}
-    | {("", "secrets", "get")}
+    # get: catalog tokens CRs name; create/patch: each dataset's <name>-internal Secret
+    # (deleted with the CR by its owner reference); never list or watch
+    | {("", "secrets", v) for v in ("get", "create", "patch")}
     | {("events.k8s.io", "events", v) for v in ("create", "patch")}
 )
 # Lease permissions: (apiGroup, resource, verb, resourceName or None).

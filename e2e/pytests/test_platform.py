@@ -660,3 +660,93 @@ def test_invalid_manifest_is_rejected_naming_the_field(platform, name, field):
     assert field in out.stderr, out.stderr
     obj = yaml.safe_load(text)
     assert p.cds(obj["metadata"]["name"]) is None, "nothing was stored"
+
+
+# ---------------------------------------------------------------------------
+# a private dataset with a compute pool (issue #18): access.public: false works end to end
+# ---------------------------------------------------------------------------
+PRIVATE = "e2e-private"
+PRIVATE_DATASET = "e2e_private"
+READER_TOKEN = "platform-reader-token-0123456789abcdef"
+READERS = "e2e-private-readers"
+
+
+def test_private_dataset_with_compute_is_served_only_with_a_token(platform):
+    import hashlib
+
+    p = platform
+    if p.local:
+        # Known gap (run at 06:25 UTC: server and worker exit with code 1, CR never Ready): the
+        # local pod runtime rewrites mount paths in args but not inside the mounted config file
+        # (e2e/src/runtime/plan.rs), so the token file the ConfigMap names
+        # (/etc/cloudify-access/...) does not exist for the local processes. Runs as is on a
+        # real cluster (CLOUDIFY_E2E_KUBECONFIG).
+        pytest.xfail("local runtime: paths inside the mounted config are not rewritten")
+    digest = hashlib.sha256(READER_TOKEN.encode()).hexdigest()
+    apply(p, {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+              "metadata": {"name": READERS, "namespace": p.namespace},
+              "stringData": {"sha256": f"# the one reader of {PRIVATE}\n{digest}\n"}})
+    cr = manifest(p)
+    cr["metadata"]["name"] = PRIVATE
+    cr["spec"]["dataset"]["name"] = PRIVATE_DATASET
+    cr["spec"]["replicas"] = {"min": 1, "max": 1}
+    cr["spec"]["access"] = {"public": False, "tokenSecret": {"name": READERS, "key": "sha256"}}
+    cr["spec"]["compute"] = {"replicas": {"min": 1, "max": 1}}
+    apply(p, cr)
+    p.kubectl("wait", "--for=condition=Ready", f"cds/{PRIVATE}", f"--timeout={int(TIMEOUT)}s",
+              timeout=TIMEOUT + 30)
+    got = p.cds(PRIVATE)
+    url = got["status"]["url"]
+    assert url == f"{p.ingress_url}/datasets/{PRIVATE_DATASET}/zarr"
+    # not registered: the CR gives no consent (spec.access.register)
+    reg = wait_for("Registered=False/PrivateDataset",
+                   lambda: (c := condition(p.cds(PRIVATE), "Registered")) and c["reason"] == "PrivateDataset" and c,
+                   platform=p)
+    assert reg["status"] == "False"
+
+    # the operator's Secret: owned by the CR, both keys; mounted into server and worker pods
+    internal = p.get("secret", f"{PRIVATE}-internal")
+    assert internal is not None, "the operator created <name>-internal"
+    owners = internal["metadata"]["ownerReferences"]
+    assert [(o["kind"], o["name"], o.get("controller")) for o in owners] == [("CloudifyDataset", PRIVATE, True)]
+    assert set(internal["data"]) == {"compute-secret", "signing-key"}
+    pods = wait_for("a ready server pod and a ready compute pod",
+                    lambda: (ps := [x for x in server_pods(p, PRIVATE) if pod_ready(x)])
+                    and {x["metadata"]["labels"]["app.kubernetes.io/component"] for x in ps} == {"server", "compute"}
+                    and ps, platform=p)
+    for pod in pods:
+        component = pod["metadata"]["labels"]["app.kubernetes.io/component"]
+        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+        assert volumes["internal"]["secret"]["secretName"] == f"{PRIVATE}-internal", component
+        assert volumes["access"]["secret"]["secretName"] == READERS, component
+        args = pod["spec"]["containers"][0]["args"]
+        flag = "--compute-secret-file" if component == "server" else "--secret-file"
+        assert args[args.index(flag) + 1] == "/etc/cloudify-internal/compute-secret", (component, args)
+
+    # through the nginx ingress: 401 without a token (or with a wrong one), 200 with it
+    r = requests.get(f"{url}/.zmetadata", timeout=30)
+    assert r.status_code == 401, (r.status_code, r.text[:300])
+    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    assert requests.get(f"{url}/tas/0.0.0", timeout=30).status_code == 401  # a chunk: never 404
+    r = requests.get(f"{url}/.zmetadata", headers={"Authorization": "Bearer wrong-token"}, timeout=30)
+    assert r.status_code == 401 and 'error="invalid_token"' in r.headers["WWW-Authenticate"]
+    h = {"Authorization": f"Bearer {READER_TOKEN}"}
+    r = requests.get(f"{url}/.zmetadata", headers=h, timeout=30)
+    assert r.status_code == 200, r.text[:300]
+    ds = xr.open_dataset(url, engine="zarr", zarr_format=2, consolidated=True,
+                         storage_options={"headers": h}).load()
+    assert_same_data(ds, p.reference)
+    # a reduction: computed by the worker pod, which takes tasks only with the internal secret
+    base = url[: -len("/zarr")]
+    month = xr.open_dataset(f"{base}/groupby/tas/time.month/mean/zarr", engine="zarr", zarr_format=2,
+                            consolidated=True, storage_options={"headers": h}).load()
+    want = p.reference["tas"].astype("f8").groupby("time.month").mean()
+    np.testing.assert_allclose(month["tas"].values.astype("f8"), want.values, rtol=1e-6)
+    # products of the dataset are private like the dataset
+    assert requests.get(f"{base}/groupby/tas/time.month/mean/zarr/.zmetadata", timeout=30).status_code == 401
+
+    p.kubectl("delete", "cds", PRIVATE, f"--timeout={int(TIMEOUT)}s", timeout=TIMEOUT + 30)
+    wait_for("the internal Secret garbage-collected with the CR",
+             lambda: p.get("secret", f"{PRIVATE}-internal") is None, platform=p)
+    assert p.get("secret", READERS) is not None, "the readers' Secret is not the operator's"
+    p.kubectl("delete", "secret", READERS)

@@ -18,3 +18,14 @@ pub const CACHE_DIR: &str = "/var/cache/cloudify";
 /// the worker pool). Here because validation must check that the suffixed name is still a
 /// Service name.
 pub const COMPUTE_SUFFIX: &str = "-compute";
+/// Suffix of the Secret the operator creates for a dataset's own credentials:
+/// `<name>-internal` (the compute shared secret, the key the operator signs registration
+/// requests with). Checked by validation like the compute suffix.
+pub const INTERNAL_SUFFIX: &str = "-internal";
+/// Where that Secret is mounted in server and worker pods.
+pub const INTERNAL_DIR: &str = "/etc/cloudify-internal";
+/// Its key holding the secret the server sends its workers with every task.
+pub const COMPUTE_SECRET_KEY: &str = "compute-secret";
+/// Its key holding the signing key of URLs the operator signs to read a private dataset's
+/// STAC item for registration (the dataset's `access.signedUrlKeyFile`).
+pub const SIGNING_KEY_KEY: &str = "signing-key";

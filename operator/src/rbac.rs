@@ -103,9 +103,10 @@ pub fn operator_rules() -> Vec<Rule> {
     rules.push(Rule::new(
         "",
         "secrets",
-        &["get"],
-        "read the catalog token Secrets that CloudifyDatasets name (get only: never list or \
-         watch, so no Secret a dataset does not name can be read)",
+        &["get", "create", "patch"],
+        "read the catalog token Secrets that CloudifyDatasets name, and keep each dataset's \
+         <name>-internal Secret (compute and signing keys); never list or watch, so no \
+         Secret a dataset does not name can be read",
     ));
     rules.push(Rule::new(
         "events.k8s.io",

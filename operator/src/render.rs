@@ -97,7 +97,15 @@ pub fn render(text: &str, namespace: Option<&str>, settings: &Settings) -> Resul
         if cr.metadata.namespace.is_none() {
             cr.metadata.namespace = Some(namespace.unwrap_or(DEFAULT_NAMESPACE).to_string());
         }
-        let desired = build::build(&cr, settings).map_err(|source| RenderError::Build { index, source })?;
+        // fresh keys for the internal Secret: applying a render again rotates them (server
+        // and workers read the mounted files again); the reconciler keeps existing ones
+        let keys = build::internal::keys(None).map_err(|e| RenderError::Build {
+            index,
+            source: e.into(),
+        })?;
+        let desired = build::build(&cr, settings)
+            .map_err(|source| RenderError::Build { index, source })?
+            .with_keys(keys);
         let yaml = desired
             .to_yaml()
             .map_err(|source| RenderError::Build { index, source })?;

@@ -12,7 +12,7 @@ use cloudify_crds::SpecError;
 use cloudify_crds::k8s::{CloudifyDataset, CloudifyDatasetSpec, ComputeSpec, Replicas};
 use k8s_openapi::api::core::v1::ResourceRequirements;
 
-use crate::layout::{ACCESS_DIR, CACHE_DIR, COMPUTE_SUFFIX, CONFIG_DIR};
+use crate::layout::{ACCESS_DIR, CACHE_DIR, COMPUTE_SUFFIX, CONFIG_DIR, INTERNAL_DIR};
 
 /// One problem with one field.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -178,7 +178,7 @@ fn validate_spec(spec: &CloudifyDatasetSpec, fail: &mut impl FnMut(&str, String)
                 &format!("{field}.mountPath"),
                 format!("'{}' must be absolute", v.mount_path),
             );
-        } else if [CONFIG_DIR, CACHE_DIR, ACCESS_DIR, "/tmp", ""]
+        } else if [CONFIG_DIR, CACHE_DIR, ACCESS_DIR, INTERNAL_DIR, "/tmp", ""]
             .iter()
             .any(|reserved| {
                 path == *reserved || (!reserved.is_empty() && path.starts_with(&format!("{reserved}/")))
@@ -264,6 +264,12 @@ fn validate_spec(spec: &CloudifyDatasetSpec, fail: &mut impl FnMut(&str, String)
         && let Err(reason) = dns_1123_subdomain(&secret.name)
     {
         fail("spec.access.tokenSecret.name", reason);
+    }
+    if spec.access.public && spec.access.register {
+        fail(
+            "spec.access.register",
+            "is consent to register a private dataset; a public one is registered as spec.catalog.register says".into(),
+        );
     }
     // The dataset's own access block names files of the pod, which only the operator lays
     // out: access is set through spec.access (the operator mounts the Secret).

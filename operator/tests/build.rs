@@ -34,10 +34,11 @@ fn check_fixture(case: &str) {
         .unwrap_or_else(|e| panic!("{case}: {e}"));
     let expected_path = dir.join("expected.yaml");
     if std::env::var_os("UPDATE_FIXTURES").is_some() {
-        std::fs::write(&expected_path, &rendered).expect("write fixture");
+        std::fs::write(&expected_path, mask_keys(&rendered)).expect("write fixture");
         return;
     }
     let expected = read(&expected_path);
+    let rendered = mask_keys(&rendered);
     assert!(
         rendered == expected,
         "{case}: rendered objects differ from {}.\n\
@@ -45,6 +46,17 @@ fn check_fixture(case: &str) {
          --- rendered ---\n{rendered}",
         expected_path.display()
     );
+}
+
+/// The internal Secret's values are random on every render: fixtures hold `<random>`.
+fn mask_keys(rendered: &str) -> String {
+    rendered
+        .lines()
+        .map(|l| match l.split_once(": ") {
+            Some((k @ ("  compute-secret" | "  signing-key"), _)) => format!("{k}: <random>\n"),
+            _ => format!("{l}\n"),
+        })
+        .collect()
 }
 
 fn desired(case: &str) -> (CloudifyDataset, Desired) {
@@ -396,7 +408,9 @@ fn worker_runs_cloudify_worker_with_the_servers_config_and_volumes() {
             "--host",
             "0.0.0.0",
             "--port",
-            "9000"
+            "9000",
+            "--secret-file",
+            "/etc/cloudify-internal/compute-secret"
         ]
     );
     assert_eq!(
@@ -548,6 +562,7 @@ fn render_prints_compute_objects_after_their_server_counterparts() {
     assert_eq!(
         names,
         [
+            ("Secret", "pr-day-internal"),
             ("ConfigMap", "pr-day"),
             ("Service", "pr-day"),
             ("Service", "pr-day-compute"),
@@ -559,4 +574,168 @@ fn render_prints_compute_objects_after_their_server_counterparts() {
             ("Ingress", "pr-day"),
         ]
     );
+}
+
+fn pod_of(d: &k8s_openapi::api::apps::v1::Deployment) -> &k8s_openapi::api::core::v1::PodSpec {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec")
+}
+
+/// The `internal` volume and mount of a pod: (secret name, mount path, read-only).
+fn internal_mount(pod: &k8s_openapi::api::core::v1::PodSpec) -> Option<(String, String, Option<bool>)> {
+    let vol = pod.volumes.as_ref()?.iter().find(|v| v.name == "internal")?;
+    let mount = pod.containers[0]
+        .volume_mounts
+        .as_ref()?
+        .iter()
+        .find(|m| m.name == "internal")?;
+    assert!(
+        mount.sub_path.is_none(),
+        "a subPath mount never sees Secret updates"
+    );
+    Some((
+        vol.secret.as_ref()?.secret_name.clone()?,
+        mount.mount_path.clone(),
+        mount.read_only,
+    ))
+}
+
+#[test]
+fn compute_gets_an_owned_internal_secret_mounted_into_server_and_workers() {
+    let (cr, d) = desired("compute-autoscaled");
+    let secret = d
+        .internal_secret
+        .as_ref()
+        .expect("internal secret with compute on");
+    assert_eq!(secret.metadata.name.as_deref(), Some("tas-mon-internal"));
+    assert_eq!(secret.metadata.namespace.as_deref(), Some("climate"));
+    assert_eq!(secret.type_.as_deref(), Some("Opaque"));
+    assert_eq!(secret.metadata.labels, Some(build::labels("tas-mon")));
+    let owner = &secret.metadata.owner_references.as_ref().expect("owned")[0];
+    assert_eq!(Some(&owner.uid), cr.metadata.uid.as_ref());
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller),
+        ("CloudifyDataset", Some(true))
+    );
+    assert!(
+        secret.data.is_none(),
+        "build is pure: the data comes from with_keys"
+    );
+
+    let expected = Some((
+        "tas-mon-internal".to_string(),
+        "/etc/cloudify-internal".to_string(),
+        Some(true),
+    ));
+    assert_eq!(internal_mount(pod_of(&d.deployment)), expected);
+    assert_eq!(internal_mount(pod_of(&compute(&d).deployment)), expected);
+    assert!(
+        args(&d)
+            .windows(2)
+            .any(|w| w == ["--compute-secret-file", "/etc/cloudify-internal/compute-secret"]),
+        "{:?}",
+        args(&d)
+    );
+    let worker_args = pod_of(&compute(&d).deployment).containers[0]
+        .args
+        .clone()
+        .expect("args");
+    assert!(
+        worker_args
+            .windows(2)
+            .any(|w| w == ["--secret-file", "/etc/cloudify-internal/compute-secret"]),
+        "{worker_args:?}"
+    );
+
+    // keys: two random 64-hex values; existing ones are kept
+    let keys = build::internal::keys(None).expect("keys");
+    let d = d.with_keys(keys.clone());
+    let data = d
+        .internal_secret
+        .as_ref()
+        .and_then(|s| s.data.clone())
+        .expect("data");
+    assert_eq!(data, keys);
+    assert_eq!(data["compute-secret"].0.len(), 64);
+    let again = build::internal::keys(d.internal_secret.as_ref()).expect("keys");
+    assert_eq!(again, keys, "the controller keeps what the Secret holds");
+
+    // compute off (public dataset): no Secret, no mount, no flags
+    let (mut cr, _) = desired("compute-fixed");
+    cr.spec.compute.as_mut().expect("compute").enabled = false;
+    let d = build::build(&cr, &settings()).expect("builds");
+    assert!(d.internal_secret.is_none());
+    assert!(internal_mount(pod_of(&d.deployment)).is_none());
+    assert!(!args(&d).iter().any(|a| a.contains("secret")));
+    let (_, d) = desired("minimal");
+    assert!(d.internal_secret.is_none() && internal_mount(pod_of(&d.deployment)).is_none());
+}
+
+#[test]
+fn render_fills_the_internal_secret_with_fresh_keys() {
+    let cr = read(&fixture_dir("compute-fixed").join("cr.yaml"));
+    let a = render::render(&cr, None, &settings()).expect("renders");
+    let b = render::render(&cr, None, &settings()).expect("renders");
+    let values = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| {
+                l.strip_prefix("  compute-secret: ")
+                    .or_else(|| l.strip_prefix("  signing-key: "))
+            })
+            .map(str::to_string)
+            .collect()
+    };
+    let (va, vb) = (values(&a), values(&b));
+    assert_eq!(va.len(), 2, "{a}");
+    // base64 of 64 hex digits
+    assert!(va.iter().all(|v| v.len() == 88), "{va:?}");
+    assert!(va.iter().zip(&vb).all(|(x, y)| x != y), "random, not a constant");
+}
+
+#[test]
+fn private_datasets_get_a_signing_key_only_with_consent_to_register() {
+    let (mut cr, d) = desired("private");
+    let config = |d: &Desired| -> cloudify_crds::ServeConfig {
+        serde_yaml::from_str(&d.config_map.data.as_ref().expect("data")["cloudify.yaml"]).expect("config")
+    };
+    // no consent: nothing beyond the token file
+    assert!(d.internal_secret.is_none());
+    assert_eq!(config(&d).datasets[0].access.signed_url_key_file, None);
+    assert!(!cr.spec.registers_private());
+
+    cr.spec.access.register = true;
+    let d = build::build(&cr, &settings()).expect("builds");
+    assert!(cr.spec.registers_private());
+    let cfg = config(&d);
+    cfg.validate().expect("the server accepts the config");
+    let access = &cfg.datasets[0].access;
+    assert_eq!(access.token_file.as_deref(), Some("/etc/cloudify-access/sha256"));
+    assert_eq!(
+        access.signed_url_key_file.as_deref(),
+        Some("/etc/cloudify-internal/signing-key")
+    );
+    assert_eq!(
+        d.internal_secret
+            .as_ref()
+            .and_then(|s| s.metadata.name.clone())
+            .as_deref(),
+        Some("embargoed-internal")
+    );
+    assert_eq!(
+        internal_mount(pod_of(&d.deployment)).map(|m| m.1).as_deref(),
+        Some("/etc/cloudify-internal")
+    );
+    // registration off in the catalog block: consent alone registers nothing
+    cr.spec.catalog.register = false;
+    let d = build::build(&cr, &settings()).expect("builds");
+    assert!(d.internal_secret.is_none());
+    assert_eq!(config(&d).datasets[0].access.signed_url_key_file, None);
+
+    // consent on a public dataset is a mistake, named
+    let (mut cr, _) = desired("minimal");
+    cr.spec.access.register = true;
+    let e = build::build(&cr, &settings()).expect_err("invalid").to_string();
+    assert!(e.contains("spec.access.register"), "{e}");
 }

@@ -429,3 +429,174 @@ async fn moving_the_item_to_another_collection_removes_the_old_one() {
     );
     assert_eq!(get(&first_url).await.0, 404);
 }
+
+/// The private dataset's server: the demo's files (made by `env()`'s demo server) served as
+/// `demo` with `access.public: false`, a token file and the signing key the operator's
+/// `<name>-internal` Secret holds, as the operator's ConfigMap lays it out.
+fn private_server(env: &Env, key: &str) -> (String, Proc) {
+    let dir = env._dir.path();
+    let demo = std::fs::read_dir(dir.join("cache"))
+        .expect("cache dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("demo-v"))
+        })
+        .expect("demo files");
+    std::fs::write(dir.join("signing-key"), format!("{key}\n")).expect("key");
+    // the digest of a reader's token (sha256 of "reader-token"); the operator never has it
+    std::fs::write(
+        dir.join("tokens"),
+        "c8e2a6a6a3f5d0a23a8f07a1a1dd6c5f6b3e6d1f1b1f9a4a2f8d2c9b6f4e1a0b\n",
+    )
+    .expect("tokens");
+    let cfg = dir.join("private.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "datasets:\n  - name: demo\n    sources: [\"{}/tas_Amon_*.nc\"]\n    access: {{public: false, tokenFile: {}, signedUrlKeyFile: {}}}\n",
+            demo.display(),
+            dir.join("tokens").display(),
+            dir.join("signing-key").display()
+        ),
+    )
+    .expect("config");
+    start(
+        dir,
+        "private",
+        &[
+            "serve",
+            "--config",
+            &cfg.to_string_lossy(),
+            "--cache-dir",
+            &dir.join("cache").to_string_lossy(),
+            "--stac-collection",
+            "cmip",
+        ],
+    )
+}
+
+/// Answers for a cluster with the CR `obj`, a ready Deployment and the CR's
+/// `demo-internal` Secret holding `signing_key`.
+fn cluster_with_internal(obj: Value, signing_key: &str) -> impl Fn(&Call) -> (u16, Value) + Send + 'static {
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "demo-internal", "namespace": "climate",
+                     "ownerReferences": [{"apiVersion": "cloudify.io/v1alpha1", "kind": "CloudifyDataset",
+                                          "name": "demo", "uid": common::UID, "controller": true}]},
+        "data": {"signing-key": encode(signing_key),
+                 "compute-secret": encode("0123456789abcdef0123456789abcdef")},
+    });
+    move |call: &Call| {
+        if call.method == "GET" && call.path == "/api/v1/namespaces/climate/secrets/demo-internal" {
+            return (200, secret.clone());
+        }
+        cluster_with_secret(obj.clone(), None)(call)
+    }
+}
+
+#[tokio::test]
+async fn private_datasets_are_registered_only_with_the_crs_consent() {
+    let env = env();
+    let key = "operator-signing-key-0123456789abcdef0123456789abcdef";
+    let (private, _srv) = private_server(&env, key);
+    // anonymous callers cannot read the item the operator registers
+    assert_eq!(get(&format!("{private}/datasets/demo/stac")).await.0, 401);
+    let access = |register: bool| json!({"public": false, "tokenSecret": {"name": "readers", "key": "sha256"}, "register": register});
+    let spec = |register: bool| {
+        json!({"dataset": {"name": "demo", "sources": ["/data/demo.nc"]}, "catalog": {"collection": "cmip"},
+               "access": access(register)})
+    };
+    let item_url = format!("{}/collections/cmip/items/demo", env.catalog);
+
+    // without consent: not registered, and the reason says how to consent
+    let obj = cr("demo", spec(false), 1);
+    let (client, calls) = mock_client(cluster_with_internal(
+        serde_json::to_value(&obj).expect("json"),
+        key,
+    ));
+    let ctx = context(client, &env.catalog, &private, Some(TOKEN));
+    reconcile(Arc::new(obj), ctx).await.expect("reconcile");
+    let registered = condition(&last_status(&calls), "Registered");
+    assert_eq!(registered["reason"], "PrivateDataset", "{registered}");
+    assert!(
+        registered["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("spec.access.register: true")
+    );
+    assert_eq!(get(&item_url).await.0, 404);
+    assert!(
+        calls
+            .find(|c| c.path.ends_with("/secrets/demo-internal"))
+            .is_empty(),
+        "no internal Secret without compute or consent"
+    );
+
+    // with consent: the operator applies the internal Secret (keeping its key), reads the
+    // item with a URL it signs and registers it
+    let obj = cr("demo", spec(true), 2);
+    let raw = serde_json::to_value(&obj).expect("json");
+    let (client, calls) = mock_client(cluster_with_internal(raw.clone(), key));
+    let ctx = context(client, &env.catalog, &private, Some(TOKEN));
+    reconcile(Arc::new(obj), ctx.clone()).await.expect("reconcile");
+    let status = last_status(&calls);
+    let registered = condition(&status, "Registered");
+    assert_eq!(registered["status"], "True", "{registered}");
+    let (code, item) = get(&item_url).await;
+    assert_eq!(code, 200, "{item}");
+    assert_eq!(item["id"], "demo");
+    let applied = calls.find(|c| c.is_apply() && c.path.ends_with("/secrets/demo-internal"));
+    assert_eq!(applied.len(), 1);
+    assert_eq!(
+        applied[0].body["data"]["signing-key"],
+        encode(key),
+        "the existing key is kept"
+    );
+    // the server's config names the mounted key
+    let config_map = calls
+        .find(|c| c.is_apply() && c.body["kind"] == "ConfigMap")
+        .pop()
+        .expect("config map applied");
+    let config = config_map.body["data"]["cloudify.yaml"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        config.contains("signedUrlKeyFile: /etc/cloudify-internal/signing-key"),
+        "{config}"
+    );
+
+    // consent withdrawn: the item leaves the catalog
+    let mut off = serde_json::to_value(cr("demo", spec(false), 3)).expect("json");
+    off["metadata"]["finalizers"] = json!([FINALIZER]);
+    off["status"] = status;
+    let off: DynamicObject = serde_json::from_value(off).expect("cr");
+    reconcile(Arc::new(off), ctx).await.expect("deregister");
+    assert_eq!(get(&item_url).await.0, 404);
+    assert_eq!(
+        condition(&last_status(&calls), "Registered")["reason"],
+        "PrivateDataset"
+    );
+
+    // a key the server does not hold: the server's 401, named, without the signature
+    let obj = cr("demo", spec(true), 4);
+    let wrong = "another-key-0123456789abcdef0123456789abcdef0123";
+    let (client, calls) = mock_client(cluster_with_internal(
+        serde_json::to_value(&obj).expect("json"),
+        wrong,
+    ));
+    let ctx = context(client, &env.catalog, &private, Some(TOKEN));
+    reconcile(Arc::new(obj), ctx).await.expect("reconcile");
+    let registered = condition(&last_status(&calls), "Registered");
+    assert_eq!(registered["status"], "False", "{registered}");
+    assert_eq!(registered["reason"], "ItemUnavailable", "{registered}");
+    let message = registered["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("401") && message.contains("<signed>"),
+        "{message}"
+    );
+    assert!(!message.contains("signature="), "{message}");
+    assert_eq!(get(&item_url).await.0, 404);
+}

@@ -165,6 +165,11 @@ struct ComputeArgs {
     /// Give up on a worker after SECS without an answer to one task and try another.
     #[arg(long, value_name = "SECS", default_value = "60", value_parser = serve::parse_secs, requires = "compute")]
     compute_timeout: Duration,
+    /// Send the shared secret in this file with every task (`Authorization: Bearer`); the
+    /// workers' `--secret-file` must hold the same. On Kubernetes the operator creates and
+    /// mounts it.
+    #[arg(long, value_name = "FILE", env = "CLOUDIFY_COMPUTE_SECRET_FILE")]
+    compute_secret_file: Option<PathBuf>,
 }
 
 /// `cloudify worker`: executes processing work for servers started with `--compute`.
@@ -187,6 +192,11 @@ struct WorkerArgs {
     /// Keep up to BYTES of decoded stored chunks (as for `serve`).
     #[arg(long, value_name = "BYTES", default_value_t = cloudify_server::chunk::cache::DEFAULT_BYTES)]
     decoded_cache_bytes: u64,
+    /// Take tasks only when they carry the shared secret in this file (the server's
+    /// `--compute-secret-file`); others get 401. Required unless the worker listens on a
+    /// loopback address: a worker reads whatever its config can reach for anyone it obeys.
+    #[arg(long, value_name = "FILE", env = "CLOUDIFY_COMPUTE_SECRET_FILE")]
+    secret_file: Option<PathBuf>,
 }
 
 /// Object-store settings for a dataset given on the command line: the `storage:` block of a
@@ -447,6 +457,22 @@ fn load(a: &DataArgs, decoded_cache_bytes: u64) -> anyhow::Result<(Vec<DatasetSp
 /// `cloudify worker`: the same datasets as `serve`, the task routes instead of the data
 /// routes.
 fn run_worker(a: WorkerArgs) -> anyhow::Result<()> {
+    let secret = match &a.secret_file {
+        Some(p) => Some(Arc::new(cloudify_server::compute::secret::SharedSecret::open(p)?)),
+        None => {
+            let loopback = a.host == "localhost"
+                || a.host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if !loopback {
+                anyhow::bail!(
+                    "cloudify worker --host {}: a worker listening beyond this machine needs --secret-file (or CLOUDIFY_COMPUTE_SECRET_FILE) so that only its server can send it tasks",
+                    a.host
+                );
+            }
+            None
+        }
+    };
     let (_, app::Loaded { state, .. }, threads) = load(&a.data, a.decoded_cache_bytes)?;
     for (name, e) in &state.datasets {
         if let cloudify_server::state::Entry::Failed(why) = e {
@@ -474,7 +500,7 @@ fn run_worker(a: WorkerArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(serve::run_app(opts, move |_| {
-        cloudify_server::compute::worker::router(state)
+        cloudify_server::compute::worker::router(state, secret)
     }))
 }
 
@@ -494,6 +520,13 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
                 concurrency: a.compute.compute_concurrency,
                 queue: a.compute.compute_queue,
                 timeout: a.compute.compute_timeout,
+                secret: a
+                    .compute
+                    .compute_secret_file
+                    .as_ref()
+                    .map(cloudify_server::compute::secret::SharedSecret::open)
+                    .transpose()?
+                    .map(Arc::new),
             })?;
         remote.metrics.register(&state.metrics.registry)?;
         tracing::info!(workers = %a.compute.compute.join(","), "processing work goes to the compute workers");

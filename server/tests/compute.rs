@@ -104,6 +104,7 @@ fn remote(workers: &[&str], queue: usize, timeout: Duration) -> Remote {
         concurrency: 4,
         queue,
         timeout,
+        secret: None,
     })
     .expect("remote")
 }

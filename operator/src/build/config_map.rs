@@ -2,7 +2,7 @@
 
 use cloudify_crds::{DatasetAccess, ServeConfig};
 
-use crate::layout::ACCESS_DIR;
+use crate::layout::{ACCESS_DIR, INTERNAL_DIR, SIGNING_KEY_KEY};
 use k8s_openapi::api::core::v1::ConfigMap;
 use std::collections::BTreeMap;
 
@@ -25,6 +25,12 @@ pub(crate) fn config_map(target: &Target) -> Result<ConfigMap, BuildError> {
         dataset.access = DatasetAccess {
             public: false,
             token_file: Some(format!("{ACCESS_DIR}/{}", secret.key)),
+            // with consent to register, the operator reads the item with URLs it signs
+            signed_url_key_file: target
+                .cr
+                .spec
+                .registers_private()
+                .then(|| format!("{INTERNAL_DIR}/{SIGNING_KEY_KEY}")),
             ..DatasetAccess::default()
         };
     }

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::Settings;
 use super::meta::{Target, compute_labels, labels};
-use crate::layout::{ACCESS_DIR, CACHE_DIR, CONFIG_DIR, CONFIG_FILE};
+use crate::layout::{ACCESS_DIR, CACHE_DIR, COMPUTE_SECRET_KEY, CONFIG_DIR, CONFIG_FILE, INTERNAL_DIR};
 
 /// Port the server listens on in the pod (and the Service's port).
 pub const PORT: i32 = 9000;
@@ -51,7 +51,12 @@ pub(crate) fn deployment(
         args.extend(["--stac-collection".to_string(), collection.clone()]);
     }
     if spec.compute_enabled().is_some() {
-        args.extend(["--compute".to_string(), compute_url(target)]);
+        args.extend([
+            "--compute".to_string(),
+            compute_url(target),
+            "--compute-secret-file".to_string(),
+            format!("{INTERNAL_DIR}/{COMPUTE_SECRET_KEY}"),
+        ]);
     }
     let container = container(target, settings, "server", args, spec.resources.clone());
     Deployment {
@@ -89,6 +94,11 @@ pub(crate) fn compute_deployment(
 ) -> Deployment {
     let mut args = vec!["worker".to_string()];
     args.extend(listen_args(&format!("{CONFIG_DIR}/{CONFIG_FILE}")));
+    // tasks only from the server (the worker refuses to listen on 0.0.0.0 without it)
+    args.extend([
+        "--secret-file".to_string(),
+        format!("{INTERNAL_DIR}/{COMPUTE_SECRET_KEY}"),
+    ]);
     let container = container(target, settings, "worker", args, compute.resources.clone());
     Deployment {
         metadata: target.compute_meta(),
@@ -219,6 +229,19 @@ fn pod_spec(target: &Target, container: Container, worker: bool) -> PodSpec {
         });
         mounts.push(mount("access", ACCESS_DIR, true));
     }
+    if let Some(name) = internal_secret_name(target) {
+        // both keys in both pods: a worker loads the same config as the server, and with it
+        // the signing key file a private dataset consenting to registration names
+        volumes.push(Volume {
+            name: "internal".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(name),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(mount("internal", INTERNAL_DIR, true));
+    }
     for (i, data) in spec.data_volumes.iter().enumerate() {
         let name = format!("data-{i}");
         volumes.push(Volume {
@@ -262,6 +285,11 @@ fn pod_spec(target: &Target, container: Container, worker: bool) -> PodSpec {
         }),
         ..PodSpec::default()
     }
+}
+
+/// The internal Secret's name when the spec needs one (see `internal::secret`).
+fn internal_secret_name(target: &Target) -> Option<String> {
+    super::internal::secret(target).and_then(|s| s.metadata.name)
 }
 
 fn empty_dir(name: &str) -> Volume {

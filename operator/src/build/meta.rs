@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use kube::Resource;
 
 use crate::MANAGER;
-use crate::layout::COMPUTE_SUFFIX;
+use crate::layout::{COMPUTE_SUFFIX, INTERNAL_SUFFIX};
 use crate::validate::{FieldError, InvalidSpec};
 
 /// The CR being built, with the metadata every object needs resolved once.
@@ -55,6 +55,11 @@ impl<'a> Target<'a> {
             owner_references: self.owner.clone().map(|o| vec![o]),
             ..ObjectMeta::default()
         }
+    }
+
+    /// Name of the dataset's internal-credentials Secret, `<name>-internal`.
+    pub fn internal_name(&self) -> String {
+        format!("{}{INTERNAL_SUFFIX}", self.name)
     }
 
     /// Selector of the server pods.

@@ -9,6 +9,7 @@
 mod config_map;
 mod deployment;
 mod ingress;
+pub mod internal;
 mod meta;
 mod owned;
 mod scaling;
@@ -18,7 +19,7 @@ mod tape;
 use cloudify_crds::k8s::CloudifyDataset;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 
@@ -77,6 +78,10 @@ pub struct Desired {
     /// The staging cache's claim `<name>-tape-cache`, only for a dataset on tape whose
     /// `tape.cache` is persistent (see [`tape`]).
     pub tape_cache: Option<PersistentVolumeClaim>,
+    /// The Secret `<name>-internal` (see [`internal`]), only with a worker pool or a private
+    /// dataset the CR consents to register; without data until [`Desired::with_keys`]. Not in
+    /// [`OWNED`]: the controller applies and deletes it by name.
+    pub internal_secret: Option<Secret>,
     /// The Zarr URL for `status.url`.
     pub url: String,
 }
@@ -100,6 +105,8 @@ pub struct Compute {
 pub enum BuildError {
     #[error(transparent)]
     Invalid(#[from] InvalidSpec),
+    #[error(transparent)]
+    Random(#[from] internal::RandomError),
     #[error("cannot write the server config of {name}: {source}")]
     Config {
         name: String,
@@ -133,6 +140,7 @@ pub fn build(cr: &CloudifyDataset, settings: &Settings) -> Result<Desired, Build
     });
     Ok(Desired {
         compute,
+        internal_secret: internal::secret(&target),
         deployment: deployment::deployment(&target, settings, base.as_deref(), &config_map),
         service: service::service(&target),
         hpa: scaling::hpa(&target),
@@ -145,11 +153,22 @@ pub fn build(cr: &CloudifyDataset, settings: &Settings) -> Result<Desired, Build
 }
 
 impl Desired {
+    /// Fills the internal Secret's data (see [`internal::keys`]).
+    pub fn with_keys(mut self, data: std::collections::BTreeMap<String, k8s_openapi::ByteString>) -> Self {
+        if let Some(s) = &mut self.internal_secret {
+            s.data = Some(data);
+        }
+        self
+    }
+
     /// The objects in apply order (configuration before the pods that read it, the Service
     /// before the Ingress that routes to it), as multi-document YAML that kubectl reads back
     /// unchanged (see [`crate::yaml`]).
     pub fn to_yaml(&self) -> Result<String, BuildError> {
         let mut out = String::new();
+        if let Some(s) = &self.internal_secret {
+            push_doc(&mut out, "Secret", s)?;
+        }
         for kind in &OWNED {
             for object in kind.objects(self) {
                 push_doc(&mut out, kind.kind, object)?;

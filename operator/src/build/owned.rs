@@ -208,6 +208,8 @@ mod tests {
             ingress,
             compute,
             tape_cache,
+            // applied by name, not through OWNED (Secrets are never listed or watched)
+            internal_secret: _,
             url: _,
         } = &d;
         assert!(hpa.is_none() && pdb.is_none(), "one fixed server pod");

@@ -8,6 +8,7 @@
 //! this very CR (same uid), so nothing the operator did not create is ever touched.
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions};
 use kube::{Api, Client, ResourceExt};
 
@@ -200,4 +201,51 @@ impl PruneCtx<'_> {
         }
         Ok(deleted)
     }
+}
+
+/// Applies the Secret `<name>-internal` when the spec needs it: read by name first (the
+/// operator never lists or watches Secrets) so that existing keys are kept and only missing
+/// ones generated. When the spec stops needing it, it stays until the CR is deleted (owner
+/// reference): turning compute on again reuses the same keys. Returns `desired` with the
+/// Secret's data filled in.
+pub(super) async fn internal_secret(
+    client: &Client,
+    namespace: &str,
+    owner_uid: &str,
+    desired: Desired,
+) -> Result<Desired, ApplyError> {
+    let Some(name) = desired
+        .internal_secret
+        .as_ref()
+        .and_then(|s| s.metadata.name.clone())
+    else {
+        return Ok(desired);
+    };
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let kube_err = |action: String| move |source| ApplyError::Kube(Error::Kube { action, source });
+    let existing = api
+        .get_opt(&name)
+        .await
+        .map_err(kube_err(format!("get Secret {namespace}/{name}")))?;
+    if let Some(s) = &existing
+        && !s
+            .owner_references()
+            .iter()
+            .any(|o| o.uid == owner_uid && o.controller == Some(true))
+    {
+        // someone else's Secret of that name: never read into pods, never overwritten
+        return Err(ApplyError::Rejected(format!(
+            "Secret {namespace}/{name} exists and is not this CloudifyDataset's; the operator keeps the dataset's compute and signing keys under that name: delete or rename it"
+        )));
+    }
+    let keys =
+        crate::build::internal::keys(existing.as_ref()).map_err(|e| ApplyError::Rejected(e.to_string()))?;
+    let desired = desired.with_keys(keys);
+    if let Some(s) = &desired.internal_secret {
+        let params = PatchParams::apply(MANAGER).force();
+        api.patch(&name, &params, &Patch::Apply(s))
+            .await
+            .map_err(kube_err(format!("apply Secret {namespace}/{name}")))?;
+    }
+    Ok(desired)
 }

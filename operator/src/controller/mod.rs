@@ -302,6 +302,15 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
         Ok(d) => d,
         Err(e) => return invalid(&cr, &crs, ctx, "InvalidSpec", e.to_string()).await,
     };
+    let uid = cr.uid().unwrap_or_default();
+    // before the pods that mount it
+    let desired = match apply::internal_secret(&ctx.client, &namespace, &uid, desired).await {
+        Ok(d) => d,
+        Err(apply::ApplyError::Rejected(message)) => {
+            return invalid(&cr, &crs, ctx, "ApplyRejected", message).await;
+        }
+        Err(apply::ApplyError::Kube(e)) => return Err(e),
+    };
     let applied = match apply::apply(&ctx.client, &desired).await {
         Ok(d) => d,
         Err(apply::ApplyError::Rejected(message)) => {
@@ -309,7 +318,6 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
         }
         Err(apply::ApplyError::Kube(e)) => return Err(e),
     };
-    let uid = cr.uid().unwrap_or_default();
     apply::prune(&ctx.client, &namespace, &cr.name_any(), &uid, &desired).await?;
 
     let rollout = Rollout::of(&applied.deployment);

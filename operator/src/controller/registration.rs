@@ -70,8 +70,8 @@ pub(super) async fn reconcile(
     };
 
     // A STAC API answers anyone, and an item names the dataset, its variables and extent:
-    // private datasets stay out of it.
-    let private = !cr.spec.access.public;
+    // private datasets stay out of it unless the CR consents (`spec.access.register`).
+    let private = !cr.spec.access.public && !cr.spec.access.register;
     if !cr.spec.catalog.register || private {
         // Remove what an earlier spec registered, then the finalizer that guarded it.
         if let Some(item) = &old_item {
@@ -98,7 +98,7 @@ pub(super) async fn reconcile(
                     ConditionType::Registered,
                     false,
                     "PrivateDataset",
-                    "private datasets (spec.access.public: false) are not registered in the catalog",
+                    "private datasets (spec.access.public: false) are registered in the catalog only with spec.access.register: true",
                 )
             } else {
                 Cond::new(
@@ -240,9 +240,20 @@ async fn register(
         reason: "ItemUnavailable",
         message,
     };
-    let mut item = fetch(ctx, &format!("{server}/datasets/{}/stac", cr.spec.dataset.name))
-        .await
-        .map_err(item_unavailable)?;
+    let item_url = format!("{server}/datasets/{}/stac", cr.spec.dataset.name);
+    let item_url = if cr.spec.access.public {
+        item_url
+    } else {
+        // a private dataset whose CR consents: read with a URL signed by the operator's key
+        let query = signed_query(cr, &namespace, ctx)
+            .await
+            .map_err(item_unavailable)?;
+        format!("{item_url}?{query}")
+    };
+    let mut item = fetch(ctx, &item_url).await.map_err(|m| {
+        // the query holds a signature: name the URL without it
+        item_unavailable(m.replace(item_url.split_once('?').map_or("", |(_, q)| q), "<signed>"))
+    })?;
     let mut coll = fetch(ctx, &format!("{server}/stac-collection-all.json"))
         .await
         .map_err(item_unavailable)?;
@@ -267,6 +278,37 @@ async fn register(
         .map_err(Failure::catalog)?;
     tracing::info!(item = %id, collection, catalog = %client.base(), "registered in the catalog");
     Ok((client.item_url(collection, &id), id))
+}
+
+/// How long a URL the operator signs to read a private item stays valid.
+const SIGNED_FOR: Duration = Duration::from_secs(300);
+
+/// `expires=..&signature=..` for the CR's dataset, signed with the `signing-key` of its
+/// `<name>-internal` Secret (which the server mounts as `access.signedUrlKeyFile`).
+async fn signed_query(cr: &CloudifyDataset, namespace: &str, ctx: &Context) -> Result<String, String> {
+    let name = format!("{}{}", cr.name_any(), crate::layout::INTERNAL_SUFFIX);
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let secret = api
+        .get_opt(&name)
+        .await
+        .map_err(|e| format!("reading secret {namespace}/{name}: {e}"))?
+        .ok_or_else(|| format!("secret {namespace}/{name} not found"))?;
+    let key = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(crate::layout::SIGNING_KEY_KEY))
+        .ok_or_else(|| {
+            format!(
+                "secret {namespace}/{name} has no key '{}'",
+                crate::layout::SIGNING_KEY_KEY
+            )
+        })?;
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        + SIGNED_FOR.as_secs();
+    let signature = crate::build::internal::sign(&key.0, &cr.spec.dataset.name, expires);
+    Ok(format!("expires={expires}&signature={signature}"))
 }
 
 async fn fetch(ctx: &Context, url: &str) -> Result<Value, String> {

@@ -173,7 +173,9 @@ impl Access {
         }
         let Some(token) = creds.bearer.as_deref() else {
             return if creds.other_scheme {
-                Decision::Invalid("only Bearer authorization is accepted".into())
+                Decision::Invalid(
+                    "only Bearer authorization (or Basic with the token as password) is accepted".into(),
+                )
             } else {
                 Decision::Missing
             };

@@ -12,6 +12,9 @@
 //!   task fails with 503 naming the service. A worker answering garbage or another
 //!   protocol version fails the task with 502 naming that worker: never data from it.
 //! - A worker's own [`protocol::Failure`] (the data cannot be read) is answered as is.
+//! - Credentials: with a [`SharedSecret`] every task carries `Authorization: Bearer
+//!   <secret>`; a worker refusing it (401) fails the task with 502 naming the worker and the
+//!   flag to check, without retrying (every worker of a pool has the same secret).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,6 +23,7 @@ use std::time::Duration;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use super::protocol::{self, Request, Response, VERSION, VERSION_HEADER};
+use super::secret::SharedSecret;
 use crate::chunk::read::ReadError;
 use crate::processing::exec::{Executor, Output, Task};
 
@@ -34,6 +38,8 @@ pub struct Settings {
     pub queue: usize,
     /// Per-try timeout.
     pub timeout: Duration,
+    /// The secret the workers require (`--compute-secret-file`).
+    pub secret: Option<Arc<SharedSecret>>,
 }
 
 /// Metrics of the fan-out (registered into the server's registry).
@@ -150,13 +156,25 @@ impl Remote {
 
     async fn try_once(&self, worker: &str, body: Vec<u8>) -> Result<Response, TryError> {
         let url = format!("{}{}", worker.trim_end_matches('/'), protocol::TASK_PATH);
-        let send = self
+        let mut send = self
             .http
             .post(&url)
             .header(VERSION_HEADER, VERSION.to_string())
-            .header(reqwest::header::CONTENT_TYPE, protocol::CONTENT_TYPE)
-            .body(body)
-            .send();
+            .header(reqwest::header::CONTENT_TYPE, protocol::CONTENT_TYPE);
+        if let Some(s) = &self.settings.secret {
+            match reqwest::header::HeaderValue::from_str(&s.header()) {
+                Ok(mut v) => {
+                    v.set_sensitive(true);
+                    send = send.header(reqwest::header::AUTHORIZATION, v);
+                }
+                Err(_) => {
+                    return Err(TryError::Bad(
+                        "the compute secret is not usable as a header value".into(),
+                    ));
+                }
+            }
+        }
+        let send = send.body(body).send();
         let call = async {
             let resp = send
                 .await
@@ -171,6 +189,14 @@ impl Remote {
                 .bytes()
                 .await
                 .map_err(|e| TryError::Retry(format!("worker {worker}: {e}")))?;
+            if status == reqwest::StatusCode::UNAUTHORIZED {
+                let sent = if self.settings.secret.is_some() {
+                    "refused this server's compute secret (the server's --compute-secret-file and the worker's --secret-file differ)"
+                } else {
+                    "requires a compute secret (start the server with --compute-secret-file, the worker's --secret-file)"
+                };
+                return Err(TryError::Bad(format!("worker {worker} {sent}")));
+            }
             match their {
                 Some(v) if v != VERSION => {
                     return Err(TryError::Bad(format!(

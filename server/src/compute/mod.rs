@@ -7,8 +7,10 @@
 //!   ways;
 //! - [`client`]: the server's side, a [`crate::processing::exec::Executor`] with bounded
 //!   concurrency, per-task timeouts, retries and a queue limit (503 + `Retry-After`);
-//! - [`worker`]: the `cloudify worker` service.
+//! - [`worker`]: the `cloudify worker` service;
+//! - [`secret`]: the shared secret that makes workers take tasks from their server only.
 
 pub mod client;
 pub mod protocol;
+pub mod secret;
 pub mod worker;

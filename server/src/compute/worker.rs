@@ -4,6 +4,11 @@
 //! answers one [`protocol::Request`] per `POST /v1/task` with the output of
 //! [`crate::processing::dispatch::execute`] — the code the server runs in-process.
 //!
+//! Tasks are taken only from the server: with a [`SharedSecret`], a task without the
+//! secret in `Authorization: Bearer` is answered 401 (JSON) before its body is looked at;
+//! without one (`--secret-file` not given) the worker listens on a loopback address only
+//! (`main` refuses anything else).
+//!
 //! Routes: `/v1/task`, `/healthz`, `/readyz` (the server's: ready when a dataset opened,
 //! not while shutting down), `/metrics` (`cloudify_worker_*`: tasks, seconds, bytes read,
 //! in flight).
@@ -20,6 +25,7 @@ use axum::routing::{get, post};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
 
 use super::protocol::{self, Failure, Request, VERSION, VERSION_HEADER};
+use super::secret::SharedSecret;
 use crate::http::error::ApiError;
 use crate::processing::exec::{Locator, Output, Task};
 use crate::state::{AppState, Entry};
@@ -27,7 +33,8 @@ use crate::state::{AppState, Entry};
 /// The worker's own metrics (in the registry `/metrics` renders).
 #[derive(Debug, Clone)]
 pub struct WorkerMetrics {
-    /// Tasks by kind (`chunk`, `partial`) and outcome (`ok`, `failed`, `refused`).
+    /// Tasks by kind (`chunk`, `partial`) and outcome (`ok`, `failed`, `refused`,
+    /// `unauthorized`).
     pub tasks: IntCounterVec,
     /// Seconds per task.
     pub seconds: Histogram,
@@ -78,14 +85,17 @@ impl WorkerMetrics {
 struct Worker {
     state: Arc<AppState>,
     metrics: WorkerMetrics,
+    secret: Option<Arc<SharedSecret>>,
 }
 
-/// The worker's routes over the loaded datasets in `state`.
-pub fn router(state: Arc<AppState>) -> anyhow::Result<Router> {
+/// The worker's routes over the loaded datasets in `state`; tasks must carry `secret` when
+/// one is given.
+pub fn router(state: Arc<AppState>, secret: Option<Arc<SharedSecret>>) -> anyhow::Result<Router> {
     let metrics = WorkerMetrics::new(&state.metrics.registry)?;
     let w = Worker {
         state: state.clone(),
         metrics,
+        secret,
     };
     let m = w.metrics.clone();
     Ok(Router::new()
@@ -160,6 +170,30 @@ fn dataset(state: &AppState, at: &Locator) -> Result<Arc<crate::state::Served>, 
 }
 
 async fn task(State(w): State<Worker>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(secret) = &w.secret {
+        let presented = headers.get(header::AUTHORIZATION);
+        if !secret.accepts(presented.map(HeaderValue::as_bytes)) {
+            w.metrics
+                .tasks
+                .with_label_values(&["unknown", "unauthorized"])
+                .inc();
+            // the header's value is never logged
+            tracing::warn!(
+                credentials = if presented.is_some() { "wrong" } else { "none" },
+                "task refused: not sent with this worker's compute secret"
+            );
+            let mut r = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "this worker takes tasks only from its cloudify server: the request does not carry the compute secret (serve --compute-secret-file, the same file as the worker's --secret-file)",
+            )
+            .into_response();
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Bearer realm="cloudify-compute""#),
+            );
+            return r;
+        }
+    }
     let theirs = headers
         .get(VERSION_HEADER)
         .and_then(|v| v.to_str().ok())

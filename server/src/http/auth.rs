@@ -7,7 +7,9 @@
 //! Answers follow RFC 6750: 401 with `WWW-Authenticate: Bearer realm="cloudify"` without
 //! credentials, with `error="invalid_token"` and a description for bad ones, 403
 //! (`insufficient_scope`) for valid credentials without the right. Never 404 on a chunk path
-//! of a dataset that exists: zarr clients read 404 as "fill value". The listings (`/`,
+//! of a dataset that exists: zarr clients read 404 as "fill value". A 401 also offers
+//! `Basic realm="cloudify"`: clients that only send user and password (`.netrc`, netCDF-C's
+//! OPeNDAP client) present the token as the password, the user name is ignored. The listings (`/`,
 //! `/datasets`, `/stac-collection-all.json`, `/intake.yaml`) get the [`Readable`] set of the
 //! caller and leave out every private dataset not in it. Tokens are never logged.
 
@@ -60,6 +62,13 @@ pub fn credentials(headers: &HeaderMap, query: Option<&str>) -> Credentials {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
                 c.bearer = Some(token.trim().to_string());
             }
+            // HTTP Basic with the token as password (user name ignored): what clients that
+            // only know `.netrc` or user/password settings send — netCDF-C's OPeNDAP client,
+            // NCO, Panoply, curl --netrc
+            Some((scheme, creds)) if scheme.eq_ignore_ascii_case("basic") => match basic_password(creds) {
+                Some(token) => c.bearer = Some(token),
+                None => c.other_scheme = true,
+            },
             _ => c.other_scheme = true,
         }
     }
@@ -78,6 +87,18 @@ pub fn credentials(headers: &HeaderMap, query: Option<&str>) -> Credentials {
         });
     }
     c
+}
+
+/// The password of HTTP Basic credentials (`base64(user:password)`), if it is not empty.
+fn basic_password(creds: &str) -> Option<String> {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(creds.trim())
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (_, password) = text.split_once(':')?;
+    let password = password.trim();
+    (!password.is_empty()).then(|| password.to_string())
 }
 
 /// The dataset id a request path addresses (`/datasets/{id}` or below), percent-decoded as
@@ -151,6 +172,14 @@ pub fn refusal(id: &str, d: Decision) -> Option<Response> {
     let mut r = ApiError::new(status, message).into_response();
     if let Ok(v) = HeaderValue::from_str(&challenge) {
         r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        // clients that authenticate only when challenged (curl's "any" auth, as netCDF-C
+        // sets it) need a scheme they know: Basic, with the token as password
+        r.headers_mut().append(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"Basic realm="cloudify""#),
+        );
     }
     Some(r)
 }
@@ -265,8 +294,24 @@ mod tests {
                 signature: "ff".into()
             })
         );
+        // Basic: the password is the token ("x:y", "user:tok en ", "nopassword:", "nocolon")
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic eDp5"));
-        assert!(credentials(&h, None).other_scheme);
+        assert_eq!(credentials(&h, None).bearer.as_deref(), Some("y"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("basic dXNlcjp0b2sgZW4g"),
+        );
+        assert_eq!(credentials(&h, None).bearer.as_deref(), Some("tok en"));
+        for bad in [
+            "Basic bm9wYXNzd29yZDo=",
+            "Basic bm9jb2xvbg==",
+            "Basic !!!",
+            "Digest x",
+        ] {
+            h.insert(header::AUTHORIZATION, HeaderValue::from_static(bad));
+            let c = credentials(&h, None);
+            assert!(c.other_scheme && c.bearer.is_none(), "{bad}");
+        }
         let u: Uri = "/datasets/a/opendap.dods?tas[0]&expires=5&signature=ff"
             .parse()
             .unwrap();
