@@ -6,11 +6,11 @@
 //! pass over the stores — HPAs, Deployments, pods, Service endpoints — and each pass only
 //! writes what differs, so it converges from any state, including its own restart.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -170,7 +170,6 @@ pub async fn run(
         stores,
         cluster_ips: cluster_ips.clone(),
         pods: HashMap::new(),
-        cpu: HashMap::new(),
         probe_changes: Arc::new(Notify::new()),
     };
     let mut shutdown = std::pin::pin!(shutdown);
@@ -198,42 +197,6 @@ pub async fn run(
     Ok(())
 }
 
-/// CPU time samples of one pod's processes.
-#[derive(Default)]
-struct CpuSamples {
-    pids: Vec<u32>,
-    /// (when, CPU seconds of all `pids` so far), oldest first, covering [`hpa::CPU_WINDOW`].
-    samples: VecDeque<(Instant, f64)>,
-}
-
-/// CPU seconds used so far by process `pid`, all its threads (`/proc/<pid>/stat` utime +
-/// stime).
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // fields after the command (which may hold spaces and parentheses): state is field 3,
-    // utime 14, stime 15
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = f.get(11)?.parse().ok()?;
-    let stime: u64 = f.get(12)?.parse().ok()?;
-    // /proc reports USER_HZ ticks, 100 per second on every architecture this runs on
-    Some((utime + stime) as f64 / 100.0)
-}
-
-/// The pod's CPU request in cores (sum over its containers), `None` if a container has none.
-fn cpu_request(pod: &Pod) -> Option<f64> {
-    let mut total = 0.0;
-    for c in &pod.spec.as_ref()?.containers {
-        let q = c.resources.as_ref()?.requests.as_ref()?.get("cpu")?.0.trim();
-        let cores = match q.strip_suffix('m') {
-            Some(milli) => milli.parse::<f64>().ok()? / 1000.0,
-            None => q.parse::<f64>().ok()?,
-        };
-        total += cores;
-    }
-    (total > 0.0).then_some(total)
-}
-
 struct Runtime {
     client: Client,
     opts: RuntimeOptions,
@@ -241,8 +204,6 @@ struct Runtime {
     /// Service DNS names in pods' args/env → loopback "cluster IPs".
     cluster_ips: ClusterIps,
     pods: HashMap<String, PodHandle>,
-    /// Pod uid → CPU samples (for `e2e.cloudify.io/cpu-load: measured`).
-    cpu: HashMap<String, CpuSamples>,
     probe_changes: Arc<Notify>,
 }
 
@@ -272,7 +233,6 @@ fn time_of(t: SystemTime) -> Time {
 
 impl Runtime {
     async fn pass(&mut self) {
-        self.sample_cpu();
         if let Err(e) = self.hpas().await {
             tracing::warn!("HPA pass: {e}");
         }
@@ -319,12 +279,7 @@ impl Runtime {
                 continue;
             };
             let current = rollout::desired_replicas(&deployment) as i32;
-            let measured = if hpa::wants_measured(&h) {
-                self.measured_load(&deployment)
-            } else {
-                None
-            };
-            let decision = hpa::decide_with(&h, current, measured);
+            let decision = hpa::decide(&h, current);
             if decision.desired != current {
                 tracing::info!(hpa = %h.name_any(), from = current, to = decision.desired, "scaling");
                 let api: Api<Deployment> = Api::namespaced(self.client.clone(), &ns);
@@ -350,66 +305,6 @@ impl Runtime {
             }
         }
         Ok(())
-    }
-
-    /// Records the CPU time of every running pod's processes (for measured HPA loads).
-    fn sample_cpu(&mut self) {
-        let at = Instant::now();
-        for (uid, h) in &self.pods {
-            let pids: Vec<u32> = h
-                .containers
-                .iter()
-                .filter_map(|(_, _, s)| match s.snapshot().state {
-                    State::Running { pid, .. } => Some(pid),
-                    _ => None,
-                })
-                .collect();
-            let Some(seconds) = pids.iter().map(|p| cpu_seconds(*p)).sum::<Option<f64>>() else {
-                continue;
-            };
-            let e = self.cpu.entry(uid.clone()).or_default();
-            if e.pids != pids {
-                // a restarted process counts from zero again
-                *e = CpuSamples {
-                    pids,
-                    samples: VecDeque::new(),
-                };
-            }
-            e.samples.push_back((at, seconds));
-            while e.samples.len() > 2 && e.samples[1].0 + hpa::CPU_WINDOW <= at {
-                e.samples.pop_front();
-            }
-        }
-        let pods = &self.pods;
-        self.cpu.retain(|uid, _| pods.contains_key(uid));
-    }
-
-    /// The measured load of a Deployment's ready pods: each one's CPU use over the window
-    /// in percent of its CPU request, summed. `None` until every ready pod has samples a
-    /// second apart.
-    fn measured_load(&self, d: &Deployment) -> Option<Result<u32, String>> {
-        let mut load = 0.0;
-        let mut any = false;
-        for pod in self.owned_pods(d) {
-            if !is_ready(&pod) || pod.metadata.deletion_timestamp.is_some() {
-                continue;
-            }
-            let Some(request) = cpu_request(&pod) else {
-                return Some(Err(format!(
-                    "missing request for cpu in pod {} (measured load is usage / request)",
-                    pod.name_any()
-                )));
-            };
-            let samples = &self.cpu.get(pod.metadata.uid.as_deref()?)?.samples;
-            let (first, last) = (samples.front()?, samples.back()?);
-            let span = last.0.duration_since(first.0).as_secs_f64();
-            if span < 1.0 {
-                return None;
-            }
-            load += (last.1 - first.1) / span / request * 100.0;
-            any = true;
-        }
-        any.then(|| Ok(load.round().clamp(0.0, f64::from(u32::MAX)) as u32))
     }
 
     async fn deployments(&mut self) -> Result<(), kube::Error> {

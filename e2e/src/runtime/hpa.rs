@@ -9,12 +9,6 @@
 //! around the target, the result clamped to `[minReplicas, maxReplicas]`, and without a
 //! metric (no annotation) no scaling beyond the clamp. Unlike it: no stabilisation windows or
 //! rate limits, so tests see scaling at once.
-//!
-//! The value [`MEASURED`] (`e2e.cloudify.io/cpu-load: measured`) takes the load from the pods'
-//! processes instead, as metrics-server would: the CPU time of each ready pod's processes
-//! (`/proc/<pid>/stat` utime + stime) over the last [`CPU_WINDOW`], divided by the pod's
-//! `resources.requests.cpu`, summed over the pods (the controller measures; [`decide_with`]
-//! takes the result). A pod without a CPU request makes the metric unavailable, as in a cluster.
 
 use k8s_openapi::api::autoscaling::v2::{
     HorizontalPodAutoscaler, HorizontalPodAutoscalerCondition, HorizontalPodAutoscalerStatus, MetricStatus,
@@ -24,11 +18,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// Annotation with the total CPU load (see the module docs).
 pub const LOAD_ANNOTATION: &str = "e2e.cloudify.io/cpu-load";
-/// Annotation value: measure the pods' CPU instead of reading a number.
-pub const MEASURED: &str = "measured";
-/// Window over which measured CPU usage is averaged (metrics-server's default resolution is
-/// 15 s; shorter, so tests do not wait long).
-pub const CPU_WINDOW: std::time::Duration = std::time::Duration::from_secs(6);
 /// The real HPA's default tolerance.
 const TOLERANCE: f64 = 0.1;
 
@@ -59,28 +48,8 @@ pub fn target_utilization(hpa: &HorizontalPodAutoscaler) -> i32 {
         .max(1)
 }
 
-/// Decides the replica count for `current` replicas from the annotation's number.
+/// Decides the replica count for `current` replicas.
 pub fn decide(hpa: &HorizontalPodAutoscaler, current: i32) -> Decision {
-    decide_with(hpa, current, None)
-}
-
-/// Whether the HPA asks for measured CPU ([`MEASURED`]).
-pub fn wants_measured(hpa: &HorizontalPodAutoscaler) -> bool {
-    hpa.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(LOAD_ANNOTATION))
-        .is_some_and(|v| v.trim() == MEASURED)
-}
-
-/// Decides the replica count for `current` replicas; `measured` is the load measured from
-/// the pods (percent of one pod's CPU request, summed), used when the annotation says
-/// [`MEASURED`] (`None` there: no sample yet; `Err`: why it cannot be measured).
-pub fn decide_with(
-    hpa: &HorizontalPodAutoscaler,
-    current: i32,
-    measured: Option<Result<u32, String>>,
-) -> Decision {
     let spec = hpa.spec.as_ref();
     let min = spec.and_then(|s| s.min_replicas).unwrap_or(1).max(1);
     let max = spec.map_or(min, |s| s.max_replicas).max(min);
@@ -92,11 +61,6 @@ pub fn decide_with(
         .and_then(|a| a.get(LOAD_ANNOTATION));
     let (load, error) = match raw.map(|v| v.trim().parse::<u32>()) {
         None => (None, None),
-        Some(_) if wants_measured(hpa) => match measured {
-            Some(Ok(v)) => (Some(v), None),
-            Some(Err(e)) => (None, Some(e)),
-            None => (None, Some("no CPU samples of the pods yet".to_string())),
-        },
         Some(Ok(v)) => (Some(v), None),
         Some(Err(_)) => (
             None,
@@ -278,22 +242,6 @@ spec:
         assert_eq!((d.desired, d.limited), (5, Some("TooManyReplicas")));
         let d = decide(&hpa(Some("0")), 3);
         assert_eq!((d.desired, d.limited), (1, Some("TooFewReplicas")));
-    }
-
-    #[test]
-    fn measured_load_is_used_when_asked_for() {
-        let h = hpa(Some(MEASURED));
-        assert!(wants_measured(&h) && !wants_measured(&hpa(Some("250"))));
-        let d = decide_with(&h, 1, Some(Ok(250)));
-        assert_eq!((d.desired, d.observed), (4, Some(250)));
-        // no sample yet, or not measurable: no scaling, the reason in the status
-        let d = decide_with(&h, 2, None);
-        assert_eq!((d.desired, d.observed), (2, None));
-        assert!(d.error.is_some());
-        let d = decide_with(&h, 2, Some(Err("pod p has no CPU request".into())));
-        assert_eq!(d.error.as_deref(), Some("pod p has no CPU request"));
-        // a number in the annotation ignores measurements
-        assert_eq!(decide_with(&hpa(Some("80")), 1, Some(Ok(1000))).desired, 1);
     }
 
     #[test]
