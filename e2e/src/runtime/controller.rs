@@ -33,6 +33,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
+use super::cluster_ip::ClusterIps;
 use super::plan::{ImageMap, PodPlan, Sources, plan_pod};
 use super::rollout::{self, HASH_LABEL, PodView};
 use super::supervisor::{Snapshot, State, Supervisor, SupervisorOptions, Terminated};
@@ -162,10 +163,12 @@ pub async fn run(
             tracing::warn!("a watch ended before its first list");
         }
     }
+    let cluster_ips = ClusterIps::new(stores.services.clone(), stores.slices.clone());
     let mut rt = Runtime {
         client,
         opts,
         stores,
+        cluster_ips: cluster_ips.clone(),
         pods: HashMap::new(),
         probe_changes: Arc::new(Notify::new()),
     };
@@ -189,6 +192,7 @@ pub async fn run(
         .flat_map(|(_, h)| h.containers)
         .map(|(_, _, s)| s.stop());
     futures::future::join_all(stops).await;
+    cluster_ips.shutdown();
     tasks.iter().for_each(|t| t.abort());
     Ok(())
 }
@@ -197,6 +201,8 @@ struct Runtime {
     client: Client,
     opts: RuntimeOptions,
     stores: Stores,
+    /// Service DNS names in pods' args/env → loopback "cluster IPs".
+    cluster_ips: ClusterIps,
     pods: HashMap<String, PodHandle>,
     probe_changes: Arc<Notify>,
 }
@@ -452,8 +458,17 @@ impl Runtime {
             .join("pods")
             .join(format!("{ns}_{name}_{short_uid}"));
         let env: Vec<(String, String)> = std::env::vars().collect();
-        let plan = plan_pod(pod, &sources, &self.opts.images, &dir, &ports, &env)
+        let mut plan = plan_pod(pod, &sources, &self.opts.images, &dir, &ports, &env)
             .map_err(|e| (e.reason().to_string(), e.to_string()))?;
+        // Service names (`http://<svc>.<ns>.svc:<port>`) → their local stand-in addresses
+        for c in &mut plan.containers {
+            for a in &mut c.args {
+                *a = self.cluster_ips.rewrite(a);
+            }
+            for (_, v) in &mut c.env {
+                *v = self.cluster_ips.rewrite(v);
+            }
+        }
         materialise(&plan, &dir).map_err(|e| ("CreateContainerError".to_string(), e))?;
         tracing::info!(pod = %name, namespace = %ns, ?ports, "starting pod");
         let containers = plan

@@ -15,6 +15,8 @@
 //!   `e2e.cloudify.io/cpu-load` on the HPA; the runtime scales the Deployment through its
 //!   `/scale` subresource with field manager `horizontal-pod-autoscaler`, as the real HPA.
 //! - [`proxy`]: a service proxy for clients outside the platform that need a Service by name.
+//! - [`cluster_ip`]: Service DNS names in pods' args and env become loopback listeners that
+//!   forward each connection to a ready endpoint (cluster DNS + kube-proxy for pods).
 //!
 //! # How a Service port reaches a pod
 //! Every pod runs on 127.0.0.1 (`status.podIP`), and each container port gets its own free
@@ -30,6 +32,7 @@
 //! Deleted pods leave the endpoints at once and get SIGTERM after
 //! [`controller::RuntimeOptions::drain`] (like a `preStop` sleep), then SIGKILL after the
 //! grace period.
+pub mod cluster_ip;
 pub mod controller;
 pub mod hpa;
 pub mod plan;

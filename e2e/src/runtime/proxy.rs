@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
 use kube::api::Api;
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 
 struct ProxyState {
@@ -127,54 +127,11 @@ async fn proxy(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(service) = state.services.get(&ObjectRef::new(svc).within(ns)) else {
-        return error(StatusCode::NOT_FOUND, format!("service {ns}/{svc} not found"));
+    let targets = match super::cluster_ip::ready_endpoint_ports(&state.services, &state.slices, ns, svc, port)
+    {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::NOT_FOUND, e.to_string()),
     };
-    let service_port = service
-        .spec
-        .as_ref()
-        .and_then(|s| s.ports.as_ref())
-        .into_iter()
-        .flatten()
-        .find(|p| p.port.to_string() == port || p.name.as_deref() == Some(port))
-        .cloned();
-    let Some(service_port) = service_port else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("service {ns}/{svc} has no port {port}"),
-        );
-    };
-    let mut targets: Vec<u16> = Vec::new();
-    for slice in state.slices.state() {
-        let ours = slice.metadata.namespace.as_deref() == Some(ns)
-            && slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get("kubernetes.io/service-name"))
-                .map(String::as_str)
-                == Some(svc);
-        if !ours {
-            continue;
-        }
-        let Some(p) = slice
-            .ports
-            .iter()
-            .flatten()
-            .find(|p| p.name.as_deref().unwrap_or("") == service_port.name.as_deref().unwrap_or(""))
-            .and_then(|p| p.port)
-            .and_then(|p| u16::try_from(p).ok())
-        else {
-            continue;
-        };
-        if slice
-            .endpoints
-            .iter()
-            .any(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
-        {
-            targets.push(p);
-        }
-    }
     if targets.is_empty() {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -8,17 +8,21 @@
 //!   service, instead of holding unbounded memory and connections.
 //! - Faults: a worker that cannot be reached, resets the connection, answers 5xx without a
 //!   protocol body or does not answer within `timeout` is skipped and the task (idempotent)
-//!   goes to the next worker, up to one try per worker plus one; when every try failed the
-//!   task fails with 503 naming the service. A worker answering garbage or another
+//!   goes to the next worker, up to one try per worker plus one (at least four: a single
+//!   Service URL stands for many pods), pausing 0.1 s, 0.2 s, ... before a URL is tried
+//!   again; when every try failed the task fails with 503 naming the service.
+//! - Connections are recycled every [`RECYCLE`]: a Kubernetes Service balances
+//!   *connections* (kube-proxy picks a pod per TCP connection), so a client that kept its
+//!   pooled connections forever would never send work to the pods an autoscaler adds. A worker answering garbage or another
 //!   protocol version fails the task with 502 naming that worker: never data from it.
 //! - A worker's own [`protocol::Failure`] (the data cannot be read) is answered as is.
 //! - Credentials: with a [`SharedSecret`] every task carries `Authorization: Bearer
 //!   <secret>`; a worker refusing it (401) fails the task with 502 naming the worker and the
 //!   flag to check, without retrying (every worker of a pool has the same secret).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
@@ -26,6 +30,19 @@ use super::protocol::{self, Request, Response, VERSION, VERSION_HEADER};
 use super::secret::SharedSecret;
 use crate::chunk::read::ReadError;
 use crate::processing::exec::{Executor, Output, Task};
+
+/// How long the client reuses its connections before opening new ones (new pods behind a
+/// Service get work at the latest this long after they became ready). Reconnecting costs a
+/// TCP handshake per connection every few seconds: nothing against task times.
+pub const RECYCLE: Duration = Duration::from_secs(3);
+
+/// Fewest tries per task, whatever the number of URLs (one Service URL stands for many pods).
+const MIN_TRIES: usize = 4;
+
+/// Pause before a try that goes to a URL already tried for this task, doubled each time (up
+/// to 1 s): a Service keeps sending connections to a pod that just died until its endpoints
+/// are updated, which takes a moment.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// Settings of `serve --compute`.
 #[derive(Debug, Clone)]
@@ -95,7 +112,8 @@ pub struct Remote {
     settings: Settings,
     /// How the service is named in messages: the `--compute` value.
     service: String,
-    http: reqwest::Client,
+    /// The HTTP client and when it was built (replaced after [`RECYCLE`]).
+    http: Mutex<(Instant, reqwest::Client)>,
     permits: Arc<tokio::sync::Semaphore>,
     admitted: AtomicUsize,
     next: AtomicUsize,
@@ -130,10 +148,7 @@ impl Remote {
             .thread_name("cloudify-compute")
             .enable_all()
             .build()?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()?;
+        let http = Mutex::new((Instant::now(), Self::http_client(settings.timeout)?));
         Ok(Self {
             service: settings.workers.join(","),
             permits: Arc::new(tokio::sync::Semaphore::new(settings.concurrency.max(1))),
@@ -144,6 +159,30 @@ impl Remote {
             rt,
             settings,
         })
+    }
+
+    fn http_client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
+        reqwest::Client::builder()
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .pool_idle_timeout(RECYCLE)
+            .build()
+    }
+
+    /// The current HTTP client; a new one (new connections) once the current is older than
+    /// [`RECYCLE`]. Requests in flight keep the old one's connections until they end.
+    fn client(&self) -> reqwest::Client {
+        let mut guard = match self.http.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if guard.0.elapsed() >= RECYCLE {
+            match Self::http_client(self.settings.timeout) {
+                Ok(c) => *guard = (Instant::now(), c),
+                // keep the old connections rather than fail a task
+                Err(e) => tracing::warn!("cannot build a new compute HTTP client: {e}"),
+            }
+        }
+        guard.1.clone()
     }
 
     fn unavailable(&self, why: &str) -> ReadError {
@@ -157,7 +196,7 @@ impl Remote {
     async fn try_once(&self, worker: &str, body: Vec<u8>) -> Result<Response, TryError> {
         let url = format!("{}{}", worker.trim_end_matches('/'), protocol::TASK_PATH);
         let mut send = self
-            .http
+            .client()
             .post(&url)
             .header(VERSION_HEADER, VERSION.to_string())
             .header(reqwest::header::CONTENT_TYPE, protocol::CONTENT_TYPE);
@@ -245,10 +284,15 @@ impl Remote {
         .map_err(ReadError::Block)?;
         let n = self.settings.workers.len();
         let first = self.next.fetch_add(1, Ordering::Relaxed);
+        let tries = (n + 1).max(MIN_TRIES);
         let mut last = String::new();
-        for attempt in 0..=n {
+        for attempt in 0..tries {
             if attempt > 0 {
                 self.metrics.retries.inc();
+            }
+            if attempt >= n {
+                let pause = RETRY_PAUSE * 2u32.pow((attempt - n).min(4) as u32);
+                tokio::time::sleep(pause.min(Duration::from_secs(1))).await;
             }
             let worker = &self.settings.workers[(first + attempt) % n];
             let permit = self.permits.clone().acquire_owned().await;
@@ -283,7 +327,7 @@ impl Remote {
             }
         }
         self.metrics.tasks.with_label_values(&["unavailable"]).inc();
-        Err(self.unavailable(&format!("{} tries failed, the last: {last}", n + 1)))
+        Err(self.unavailable(&format!("{tries} tries failed, the last: {last}")))
     }
 }
 
