@@ -72,7 +72,8 @@ fn run_operator(args: RunArgs) -> ExitCode {
         "cloudify-operator",
         tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        cloudify_telemetry::LogTo::Stdout,
+        Some(std::io::IsTerminal::is_terminal(&std::io::stdout())),
     ) {
         Ok(t) => t,
         Err(e) => {

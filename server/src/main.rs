@@ -577,7 +577,7 @@ fn main() -> ExitCode {
             .init();
         None
     } else {
-        match cloudify_telemetry::init(service, log_filter, true) {
+        match cloudify_telemetry::init(service, log_filter, cloudify_telemetry::LogTo::Stderr, None) {
             Ok(t) => Some(t),
             Err(e) => {
                 eprintln!("cloudify: error: {e}");

@@ -170,7 +170,7 @@ impl Config {
         if let Some(e) = var(&get, "OTEL_TRACES_EXPORTER") {
             // A list in the specification; one exporter is what this SDK build has.
             let names: Vec<&str> = e.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
-            if names.iter().any(|n| *n == "none") {
+            if names.contains(&"none") {
                 return Ok(None);
             }
             if let Some(other) = names.iter().find(|n| **n != "otlp") {
@@ -275,24 +275,48 @@ fn export_filter(meta: &tracing::Metadata<'_>) -> bool {
     }
 }
 
-/// Installs the global subscriber: stderr logs filtered by `log_filter` (as every binary had)
-/// and, when [`Config::from_env`] finds an endpoint, the OpenTelemetry layer exporting spans of
-/// `default_service` (unless `OTEL_SERVICE_NAME` names another). `ansi`: colours in the logs.
+/// Where the logs go: the server logs to stderr, the operator to stdout (as each did before
+/// traces existed).
+#[derive(Clone, Copy, Debug)]
+pub enum LogTo {
+    /// Standard error.
+    Stderr,
+    /// Standard output.
+    Stdout,
+}
+
+/// Installs the global subscriber: logs filtered by `log_filter` (as every binary had) and,
+/// when [`Config::from_env`] finds an endpoint, the OpenTelemetry layer exporting spans of
+/// `default_service` (unless `OTEL_SERVICE_NAME` names another). `ansi`: colours in the logs
+/// (`None`: tracing-subscriber's default, which honours `NO_COLOR`). With traces off the
+/// subscriber is exactly the plain log subscriber.
 pub fn init(
     default_service: &str,
     log_filter: tracing_subscriber::EnvFilter,
-    ansi: bool,
+    log_to: LogTo,
+    ansi: Option<bool>,
 ) -> Result<Telemetry, InitError> {
     let config = Config::from_env(default_service)?;
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+    let writer = match log_to {
+        LogTo::Stderr => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
+        LogTo::Stdout => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout),
+    };
     let Some(config) = config else {
-        tracing_subscriber::registry()
-            .with(fmt.with_filter(log_filter))
-            .try_init()
+        let fmt = tracing_subscriber::fmt()
+            .with_env_filter(log_filter)
+            .with_writer(writer);
+        let fmt = match ansi {
+            Some(a) => fmt.with_ansi(a),
+            None => fmt,
+        };
+        fmt.try_init()
             .map_err(|e| InitError::Subscriber(e.to_string()))?;
         return Ok(Telemetry { provider: None });
+    };
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
+    let fmt = match ansi {
+        Some(a) => fmt.with_ansi(a),
+        None => fmt,
     };
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()

@@ -271,7 +271,10 @@ struct TracedConnector;
 
 impl object_store::client::HttpConnector for TracedConnector {
     fn connect(&self, options: &object_store::ClientOptions) -> object_store::Result<object_store::client::HttpClient> {
-        let inner = object_store::client::ReqwestConnector::default().connect(options)?;
+        let inner = object_store::client::HttpConnector::connect(
+            &object_store::client::ReqwestConnector::default(),
+            options,
+        )?;
         Ok(object_store::client::HttpClient::new(TracedClient(inner)))
     }
 }
