@@ -133,10 +133,12 @@ impl CatalogClient {
         if let Some(b) = body {
             rb = rb.json(b);
         }
-        let r = tracing::Instrument::instrument(rb.send(), span).await.map_err(|source| ClientError::Http {
-            url: url.clone(),
-            source,
-        })?;
+        let r = tracing::Instrument::instrument(rb.send(), span)
+            .await
+            .map_err(|source| ClientError::Http {
+                url: url.clone(),
+                source,
+            })?;
         let status = r.status();
         if status.is_success() || status == StatusCode::CONFLICT || status == StatusCode::NOT_FOUND {
             return Ok(status);

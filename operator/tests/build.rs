@@ -582,8 +582,14 @@ fn otel_env_reaches_server_and_worker_pods() {
     assert_eq!(
         otel,
         vec![
-            ("OTEL_EXPORTER_OTLP_ENDPOINT".to_string(), "http://collector.obs:4318".to_string()),
-            ("OTEL_TRACES_SAMPLER".to_string(), "parentbased_traceidratio".to_string()),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
+                "http://collector.obs:4318".to_string()
+            ),
+            (
+                "OTEL_TRACES_SAMPLER".to_string(),
+                "parentbased_traceidratio".to_string()
+            ),
             ("OTEL_TRACES_SAMPLER_ARG".to_string(), "0.1".to_string()),
         ]
     );
@@ -612,7 +618,10 @@ fn otel_env_reaches_server_and_worker_pods() {
         for kv in &otel {
             assert!(env.contains(kv), "{kv:?} missing from {env:?}");
         }
-        assert!(!env.iter().any(|(k, _)| k == "OTEL_EXPORTER_OTLP_HEADERS" || k == "OTEL_SERVICE_NAME"));
+        assert!(
+            !env.iter()
+                .any(|(k, _)| k == "OTEL_EXPORTER_OTLP_HEADERS" || k == "OTEL_SERVICE_NAME")
+        );
     }
     let (_, plain) = desired("compute-autoscaled");
     let plain_server = plain

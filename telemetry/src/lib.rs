@@ -181,7 +181,10 @@ impl Config {
                 ));
             }
         }
-        for name in ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"] {
+        for name in [
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ] {
             if let Some(p) = var(&get, name) {
                 if p != "http/protobuf" {
                     return Err(invalid(
@@ -206,7 +209,9 @@ impl Config {
         };
         let arg = var(&get, "OTEL_TRACES_SAMPLER_ARG");
         let sampler = match var(&get, "OTEL_TRACES_SAMPLER").as_deref() {
-            None | Some("parentbased_always_on") => SamplerConfig::ParentBased(Box::new(SamplerConfig::AlwaysOn)),
+            None | Some("parentbased_always_on") => {
+                SamplerConfig::ParentBased(Box::new(SamplerConfig::AlwaysOn))
+            }
             Some("always_on") => SamplerConfig::AlwaysOn,
             Some("always_off") => SamplerConfig::AlwaysOff,
             Some("traceidratio") => SamplerConfig::TraceIdRatio(parse_ratio(arg.as_deref())?),
@@ -309,8 +314,7 @@ pub fn init(
             Some(a) => fmt.with_ansi(a),
             None => fmt,
         };
-        fmt.try_init()
-            .map_err(|e| InitError::Subscriber(e.to_string()))?;
+        fmt.try_init().map_err(|e| InitError::Subscriber(e.to_string()))?;
         return Ok(Telemetry { provider: None });
     };
     let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
@@ -444,7 +448,10 @@ mod tests {
             .unwrap();
         assert_eq!(c.endpoint, "http://collector:4318/v1/traces");
         assert_eq!(c.service_name, "cloudify-serve");
-        assert_eq!(c.sampler, SamplerConfig::ParentBased(Box::new(SamplerConfig::AlwaysOn)));
+        assert_eq!(
+            c.sampler,
+            SamplerConfig::ParentBased(Box::new(SamplerConfig::AlwaysOn))
+        );
         let c = parse(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c.example/otlp")])
             .unwrap()
             .unwrap();
@@ -482,9 +489,18 @@ mod tests {
             v.push(e);
             parse(&v).unwrap().unwrap().sampler
         };
-        assert_eq!(s(&[("OTEL_TRACES_SAMPLER", "always_on")]), SamplerConfig::AlwaysOn);
-        assert_eq!(s(&[("OTEL_TRACES_SAMPLER", "always_off")]), SamplerConfig::AlwaysOff);
-        assert_eq!(s(&[("OTEL_TRACES_SAMPLER", "traceidratio")]), SamplerConfig::TraceIdRatio(1.0));
+        assert_eq!(
+            s(&[("OTEL_TRACES_SAMPLER", "always_on")]),
+            SamplerConfig::AlwaysOn
+        );
+        assert_eq!(
+            s(&[("OTEL_TRACES_SAMPLER", "always_off")]),
+            SamplerConfig::AlwaysOff
+        );
+        assert_eq!(
+            s(&[("OTEL_TRACES_SAMPLER", "traceidratio")]),
+            SamplerConfig::TraceIdRatio(1.0)
+        );
         assert_eq!(
             s(&[
                 ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
@@ -509,7 +525,10 @@ mod tests {
             ("OTEL_TRACES_SAMPLER", "traceidratio"),
             ("OTEL_TRACES_SAMPLER_ARG", "1.5"),
         ]);
-        assert!(m.contains("OTEL_TRACES_SAMPLER_ARG") && m.contains("between 0 and 1"), "{m}");
+        assert!(
+            m.contains("OTEL_TRACES_SAMPLER_ARG") && m.contains("between 0 and 1"),
+            "{m}"
+        );
         let m = err(&[
             e,
             ("OTEL_TRACES_SAMPLER", "traceidratio"),
@@ -517,7 +536,10 @@ mod tests {
         ]);
         assert!(m.contains("OTEL_TRACES_SAMPLER_ARG"), "{m}");
         let m = err(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")]);
-        assert!(m.contains("OTEL_EXPORTER_OTLP_ENDPOINT") && m.contains("http://"), "{m}");
+        assert!(
+            m.contains("OTEL_EXPORTER_OTLP_ENDPOINT") && m.contains("http://"),
+            "{m}"
+        );
         let m = err(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http:///v1/traces")]);
         assert!(m.contains("names no host"), "{m}");
         let m = err(&[e, ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]);

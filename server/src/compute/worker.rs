@@ -204,7 +204,8 @@ async fn task(State(w): State<Worker>, headers: HeaderMap, body: Bytes) -> Respo
     let result = w
         .state
         .run(move || {
-            let span = tracing::debug_span!("compute.task", task = kind, dataset = tracing::field::Empty).entered();
+            let span =
+                tracing::debug_span!("compute.task", task = kind, dataset = tracing::field::Empty).entered();
             let s = dataset(&st, req.task.locator())?;
             span.record("dataset", s.ds.name.as_str());
             crate::processing::dispatch::execute(&s.ds, &req.task).map_err(|e| {

@@ -138,7 +138,8 @@ pub async fn serve_key(
         compute_cache_hit = tracing::field::Empty,
         bytes = tracing::field::Empty,
     );
-    let answer = tracing::Instrument::instrument(serve_key_in(state, s, id, key, headers), span.clone()).await;
+    let answer =
+        tracing::Instrument::instrument(serve_key_in(state, s, id, key, headers), span.clone()).await;
     if let Ok(r) = &answer
         && let Some(n) = axum::body::HttpBody::size_hint(r.body()).exact()
     {
@@ -400,7 +401,9 @@ fn chunk_bytes_in(
         let nbytes = crate::chunk::grid::numel(&var.chunks)
             .and_then(|n| n.checked_mul(var.dtype.size()))
             .ok_or_else(|| crate::chunk::read::ReadError::TooLarge(var.chunks.clone()))?;
-        if let Some(out) = tracing::debug_span!("encode", stored = true).in_scope(|| encode_stored(stored, nbytes, enc)) {
+        if let Some(out) =
+            tracing::debug_span!("encode", stored = true).in_scope(|| encode_stored(stored, nbytes, enc))
+        {
             span.record("passthrough", true);
             return Ok(out);
         }

@@ -270,7 +270,10 @@ pub fn build_store(url: &ObjectUrl, spec: Option<&StorageSpec>) -> Result<Arc<St
 struct TracedConnector;
 
 impl object_store::client::HttpConnector for TracedConnector {
-    fn connect(&self, options: &object_store::ClientOptions) -> object_store::Result<object_store::client::HttpClient> {
+    fn connect(
+        &self,
+        options: &object_store::ClientOptions,
+    ) -> object_store::Result<object_store::client::HttpClient> {
         let inner = object_store::client::HttpConnector::connect(
             &object_store::client::ReqwestConnector::default(),
             options,

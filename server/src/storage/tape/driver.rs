@@ -345,18 +345,21 @@ impl WlcgDriver {
         }
         let (req, span) = Self::traced(req, &method, &url);
         let u = url.clone();
-        self.block_on(tracing::Instrument::instrument(async move {
-            let r = req.send().await.map_err(|e| format!("{method} {u}: {e}"))?;
-            let status = r.status();
-            let text = r.text().await.map_err(|e| format!("{method} {u}: {e}"))?;
-            if !status.is_success() {
-                return Err(format!("{method} {u}: {status}: {}", text.trim()));
-            }
-            if text.trim().is_empty() {
-                return Ok(serde_json::Value::Null);
-            }
-            serde_json::from_str(&text).map_err(|e| format!("{method} {u}: invalid JSON answer: {e}"))
-        }, span))?
+        self.block_on(tracing::Instrument::instrument(
+            async move {
+                let r = req.send().await.map_err(|e| format!("{method} {u}: {e}"))?;
+                let status = r.status();
+                let text = r.text().await.map_err(|e| format!("{method} {u}: {e}"))?;
+                if !status.is_success() {
+                    return Err(format!("{method} {u}: {status}: {}", text.trim()));
+                }
+                if text.trim().is_empty() {
+                    return Ok(serde_json::Value::Null);
+                }
+                serde_json::from_str(&text).map_err(|e| format!("{method} {u}: invalid JSON answer: {e}"))
+            },
+            span,
+        ))?
     }
 }
 
@@ -410,21 +413,24 @@ impl Driver for WlcgDriver {
         }
         let (req, span) = Self::traced(req, &reqwest::Method::GET, &url);
         let dest = dest.to_path_buf();
-        self.block_on(tracing::Instrument::instrument(async move {
-            use std::io::Write as _;
-            let mut r = req.send().await.map_err(|e| format!("GET {url}: {e}"))?;
-            if !r.status().is_success() {
-                return Err(format!("GET {url}: {}", r.status()));
-            }
-            let mut f = std::io::BufWriter::new(
-                std::fs::File::create(&dest).map_err(|e| format!("{}: {e}", dest.display()))?,
-            );
-            while let Some(part) = r.chunk().await.map_err(|e| format!("GET {url}: {e}"))? {
-                f.write_all(&part)
-                    .map_err(|e| format!("{}: {e}", dest.display()))?;
-            }
-            f.flush().map_err(|e| format!("{}: {e}", dest.display()))
-        }, span))?
+        self.block_on(tracing::Instrument::instrument(
+            async move {
+                use std::io::Write as _;
+                let mut r = req.send().await.map_err(|e| format!("GET {url}: {e}"))?;
+                if !r.status().is_success() {
+                    return Err(format!("GET {url}: {}", r.status()));
+                }
+                let mut f = std::io::BufWriter::new(
+                    std::fs::File::create(&dest).map_err(|e| format!("{}: {e}", dest.display()))?,
+                );
+                while let Some(part) = r.chunk().await.map_err(|e| format!("GET {url}: {e}"))? {
+                    f.write_all(&part)
+                        .map_err(|e| format!("{}: {e}", dest.display()))?;
+                }
+                f.flush().map_err(|e| format!("{}: {e}", dest.display()))
+            },
+            span,
+        ))?
     }
 
     fn release(&self, job: &str, files: &[String]) {
