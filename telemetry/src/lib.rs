@@ -322,6 +322,10 @@ pub fn init(
         Some(a) => fmt.with_ansi(a),
         None => fmt,
     };
+    // The exporter's reqwest client is built with rustls but no bundled crypto provider (the
+    // workspace's object_store client asks for that): without a process default provider its
+    // builder panics. ring, as everywhere in cloudify.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
