@@ -116,17 +116,29 @@ impl CatalogClient {
         body: Option<&Value>,
     ) -> Result<StatusCode, ClientError> {
         let url = format!("{}{path}", self.base);
-        let mut rb = self.http.request(method.clone(), &url);
+        // A client span; the STAC API's request span is its child through `traceparent`.
+        // The token is a header, never a span field. DEBUG: nothing with traces off.
+        let span = tracing::debug_span!(
+            "stac.request",
+            otel.kind = "client",
+            http.request.method = %method,
+            url.full = %url,
+        );
+        let mut trace_headers = reqwest::header::HeaderMap::new();
+        span.in_scope(|| cloudify_telemetry::inject(&mut trace_headers));
+        let mut rb = self.http.request(method.clone(), &url).headers(trace_headers);
         if let Some(t) = &self.token {
             rb = rb.bearer_auth(t);
         }
         if let Some(b) = body {
             rb = rb.json(b);
         }
-        let r = rb.send().await.map_err(|source| ClientError::Http {
-            url: url.clone(),
-            source,
-        })?;
+        let r = tracing::Instrument::instrument(rb.send(), span)
+            .await
+            .map_err(|source| ClientError::Http {
+                url: url.clone(),
+                source,
+            })?;
         let status = r.status();
         if status.is_success() || status == StatusCode::CONFLICT || status == StatusCode::NOT_FOUND {
             return Ok(status);

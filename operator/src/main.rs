@@ -66,13 +66,21 @@ fn main() -> ExitCode {
 }
 
 fn run_operator(args: RunArgs) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    // Logs to stderr as before; spans over OTLP too when the OTEL_* variables name a
+    // collector (the chart's `otel` values).
+    let telemetry = match cloudify_telemetry::init(
+        "cloudify-operator",
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        cloudify_telemetry::LogTo::Stdout,
+        Some(std::io::IsTerminal::is_terminal(&std::io::stdout())),
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -80,10 +88,16 @@ fn run_operator(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cloudify_operator::run::run(args)) {
+    let result = runtime.block_on(cloudify_operator::run::run(args));
+    if let Err(e) = &result {
+        tracing::error!("{e}");
+    }
+    // The runtime ends first (its tasks may still close spans), then the queued spans go out.
+    drop(runtime);
+    telemetry.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
@@ -103,6 +117,10 @@ fn render_file(
     } else {
         std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?
     };
-    let settings = Settings { image, public_url };
+    let settings = Settings {
+        image,
+        public_url,
+        otel_env: cloudify_operator::build::otel_env(|k| std::env::var(k).ok()),
+    };
     Ok(render::render(&text, Some(namespace), &settings)?)
 }

@@ -149,6 +149,7 @@ impl RunArgs {
             settings: Settings {
                 image: self.image.clone(),
                 public_url: self.public_url.clone(),
+                otel_env: crate::build::otel_env(|k| std::env::var(k).ok()),
             },
             catalog_url: self.catalog_url.clone(),
             catalog_token,

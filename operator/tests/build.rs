@@ -14,6 +14,7 @@ fn settings() -> Settings {
     Settings {
         image: "registry.example.org/cloudify:test".into(),
         public_url: None,
+        otel_env: Vec::new(),
     }
 }
 
@@ -738,4 +739,73 @@ fn private_datasets_get_a_signing_key_only_with_consent_to_register() {
     cr.spec.access.register = true;
     let e = build::build(&cr, &settings()).expect_err("invalid").to_string();
     assert!(e.contains("spec.access.register"), "{e}");
+/// The operator's OpenTelemetry settings reach the server and the worker containers, so a
+/// request traced from the ingress continues in both; nothing is added when they are unset.
+#[test]
+fn otel_env_reaches_server_and_worker_pods() {
+    let vars: std::collections::HashMap<&str, &str> = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector.obs:4318"),
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
+        // not passed: each process names itself; headers may hold a credential
+        ("OTEL_SERVICE_NAME", "cloudify-operator"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer secret"),
+        // empty means unset
+        ("OTEL_SDK_DISABLED", ""),
+    ]
+    .into_iter()
+    .collect();
+    let otel = build::otel_env(|k| vars.get(k).map(|v| (*v).to_string()));
+    assert_eq!(
+        otel,
+        vec![
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
+                "http://collector.obs:4318".to_string()
+            ),
+            (
+                "OTEL_TRACES_SAMPLER".to_string(),
+                "parentbased_traceidratio".to_string()
+            ),
+            ("OTEL_TRACES_SAMPLER_ARG".to_string(), "0.1".to_string()),
+        ]
+    );
+    let (cr, _) = desired("compute-autoscaled");
+    let with = Settings {
+        otel_env: otel.clone(),
+        ..settings()
+    };
+    let d = build::build(&cr, &with).expect("builds");
+    let env_of = |pod: &k8s_openapi::api::core::v1::PodSpec| -> Vec<(String, String)> {
+        pod.containers[0]
+            .env
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| (e.name, e.value.unwrap_or_default()))
+            .collect()
+    };
+    let server = d
+        .deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec");
+    for env in [env_of(server), env_of(compute_pod(&d))] {
+        for kv in &otel {
+            assert!(env.contains(kv), "{kv:?} missing from {env:?}");
+        }
+        assert!(
+            !env.iter()
+                .any(|(k, _)| k == "OTEL_EXPORTER_OTLP_HEADERS" || k == "OTEL_SERVICE_NAME")
+        );
+    }
+    let (_, plain) = desired("compute-autoscaled");
+    let plain_server = plain
+        .deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec");
+    assert!(!env_of(plain_server).iter().any(|(k, _)| k.starts_with("OTEL_")));
 }

@@ -592,14 +592,32 @@ fn main() -> ExitCode {
     // kernel without the prctl just keeps THP.
     #[cfg(target_os = "linux")]
     let _ = rustix::thread::disable_transparent_huge_pages(true);
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CLOUDIFY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // Traces (OTEL_* variables) are exported by the long-running services only; the one-shot
+    // tools just log.
+    let service = match &cli.command {
+        Command::Serve(_) => "cloudify-serve",
+        Command::Worker(_) => "cloudify-worker",
+        Command::Catalog(_) => "cloudify-catalog",
+        Command::Index(_) | Command::Stac(_) => "",
+    };
+    let log_filter = tracing_subscriber::EnvFilter::try_from_env("CLOUDIFY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let telemetry = if service.is_empty() {
+        tracing_subscriber::fmt()
+            .with_env_filter(log_filter)
+            .with_writer(std::io::stderr)
+            .init();
+        None
+    } else {
+        match cloudify_telemetry::init(service, log_filter, cloudify_telemetry::LogTo::Stderr, None) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("cloudify: error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
     let result = match cli.command {
         Command::Serve(a) => run_serve(*a),
         Command::Index(a) => run_index(a),
@@ -615,6 +633,11 @@ fn main() -> ExitCode {
     // Cache entries computed at start-up are still being written: finish them, so the next
     // start (or another replica) finds them.
     cloudify_server::background::wait(std::time::Duration::from_secs(60));
+    // The server has drained (SIGTERM/SIGINT) and its runtime is gone: export the spans still
+    // queued before the process exits.
+    if let Some(t) = telemetry {
+        t.shutdown();
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -39,5 +39,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn(middleware::json_errors))
         .layer(axum::middleware::from_fn(middleware::limits))
         .layer(cors)
+        // outermost: the request span covers every layer's work
+        .layer(axum::middleware::from_fn(middleware::trace))
         .with_state(state)
 }

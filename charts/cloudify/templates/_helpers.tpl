@@ -82,3 +82,22 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- define "cloudify.leaseName" -}}
 {{- default (include "cloudify.operatorName" .) .Values.operator.leaderElection.leaseName -}}
 {{- end -}}
+
+{{/*
+OpenTelemetry env (values `otel`) of the operator and the catalog; nothing while
+otel.endpoint is empty. The operator passes these on to the servers and workers it runs.
+*/}}
+{{- define "cloudify.otelEnv" -}}
+{{- with .Values.otel }}
+{{- if .endpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ .endpoint | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ .sampler | quote }}
+{{- with .samplerArg }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}

@@ -161,11 +161,16 @@ fn container(
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
         }]),
-        env: Some(vec![EnvVar {
-            name: "CLOUDIFY_CACHE_DIR".into(),
-            value: Some(CACHE_DIR.into()),
-            ..EnvVar::default()
-        }]),
+        env: Some(
+            std::iter::once(("CLOUDIFY_CACHE_DIR".to_string(), CACHE_DIR.to_string()))
+                .chain(settings.otel_env.iter().cloned())
+                .map(|(name, value)| EnvVar {
+                    name,
+                    value: Some(value),
+                    ..EnvVar::default()
+                })
+                .collect(),
+        ),
         resources,
         // Liveness only asks "is the process answering"; readiness is `/readyz`, which is 200
         // once a dataset serves, so pods still opening files get no traffic but are not killed.

@@ -46,6 +46,9 @@ pub struct Settings {
     /// Public base URL when neither `spec.publicUrl` nor an ingress host gives one, e.g.
     /// `https://data.example.org` for a shared ingress host.
     pub public_url: Option<String>,
+    /// OpenTelemetry variables given to every server and worker container, so their spans go
+    /// to the collector the operator's own go to ([`otel_env`]).
+    pub otel_env: Vec<(String, String)>,
 }
 
 impl Default for Settings {
@@ -53,8 +56,36 @@ impl Default for Settings {
         Self {
             image: DEFAULT_IMAGE.into(),
             public_url: None,
+            otel_env: Vec::new(),
         }
     }
+}
+
+/// The `OTEL_*` variables the operator passes on to the pods it builds, from `get` (its own
+/// environment): where and whether to export, and the sampling. Not `OTEL_SERVICE_NAME` (each
+/// process names itself `cloudify-serve` / `cloudify-worker`), and not
+/// `OTEL_EXPORTER_OTLP_HEADERS`, which may hold a collector credential that must not be
+/// copied into Deployment specs in clear (set it from a Secret with `spec.env`-like means
+/// instead).
+pub fn otel_env(get: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
+    const PASSED: [&str; 8] = [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_TRACES_SAMPLER",
+        "OTEL_TRACES_SAMPLER_ARG",
+        "OTEL_SDK_DISABLED",
+        "OTEL_TRACES_EXPORTER",
+    ];
+    PASSED
+        .iter()
+        .filter_map(|k| {
+            get(k)
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| ((*k).to_string(), v))
+        })
+        .collect()
 }
 
 /// Everything the operator wants to exist for one CR. Optional objects are `None` when the

@@ -117,8 +117,16 @@ impl DecodedCache {
         key: Key,
         decode: impl FnOnce() -> Result<Vec<u8>, E>,
     ) -> Result<Arc<Vec<u8>>, E> {
+        // a trace span per stored chunk (DEBUG: nothing is created with traces off)
+        let span = tracing::debug_span!(
+            "chunk.decode",
+            decoded_bytes = key.cost(),
+            cache_hit = tracing::field::Empty
+        );
+        let _in = span.enter();
         let budget = self.budget.load(Ordering::Relaxed);
         if key.cost() > budget {
+            span.record("cache_hit", false);
             return decode().map(Arc::new);
         }
         let slot = lock(&self.inner).map.entry(key.clone()).or_default().clone();
@@ -126,9 +134,11 @@ impl DecodedCache {
         let m = metrics();
         if let Some(v) = value.as_ref() {
             m.hits.inc();
+            span.record("cache_hit", true);
             return Ok(v.clone());
         }
         m.misses.inc();
+        span.record("cache_hit", false);
         let decoded = match decode() {
             Ok(d) => Arc::new(d),
             Err(e) => {

@@ -195,9 +195,15 @@ impl Remote {
 
     async fn try_once(&self, worker: &str, body: Vec<u8>) -> Result<Response, TryError> {
         let url = format!("{}{}", worker.trim_end_matches('/'), protocol::TASK_PATH);
+        // A client span per try; the worker's spans are its children through `traceparent`.
+        // DEBUG: no span, no header with traces off.
+        let span = tracing::debug_span!("compute.send", otel.kind = "client", worker, url.full = %url);
+        let mut trace_headers = reqwest::header::HeaderMap::new();
+        span.in_scope(|| cloudify_telemetry::inject(&mut trace_headers));
         let mut send = self
             .client()
             .post(&url)
+            .headers(trace_headers)
             .header(VERSION_HEADER, VERSION.to_string())
             .header(reqwest::header::CONTENT_TYPE, protocol::CONTENT_TYPE);
         if let Some(s) = &self.settings.secret {
@@ -267,6 +273,7 @@ impl Remote {
             }
             Ok(r)
         };
+        let call = tracing::Instrument::instrument(call, span);
         match tokio::time::timeout(self.settings.timeout, call).await {
             Ok(r) => r,
             Err(_) => Err(TryError::Retry(format!(
@@ -359,7 +366,8 @@ impl Executor for Remote {
         // Called from the decode pool (not async). Should a caller ever be on an async
         // thread, blocking on the runtime there would panic: wait on a plain thread instead.
         if tokio::runtime::Handle::try_current().is_ok() {
-            return std::thread::scope(|s| s.spawn(run).join())
+            let span = crate::state::traced_span();
+            return std::thread::scope(|s| s.spawn(|| span.in_scope(run)).join())
                 .unwrap_or_else(|_| Err(ReadError::Block("the compute client panicked (bug)".into())));
         }
         run()

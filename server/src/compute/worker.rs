@@ -112,7 +112,9 @@ pub fn router(state: Arc<AppState>, secret: Option<Arc<SharedSecret>>) -> anyhow
                 crate::http::meta::metrics(s)
             })
             .with_state(state),
-        ))
+        )
+        // the server's span (W3C traceparent of the task request) is the parent of ours
+        .layer(axum::middleware::from_fn(crate::http::middleware::trace)))
 }
 
 fn answer(status: StatusCode, body: Vec<u8>) -> Response {
@@ -236,7 +238,10 @@ async fn task(State(w): State<Worker>, headers: HeaderMap, body: Bytes) -> Respo
     let result = w
         .state
         .run(move || {
+            let span =
+                tracing::debug_span!("compute.task", task = kind, dataset = tracing::field::Empty).entered();
             let s = dataset(&st, req.task.locator())?;
+            span.record("dataset", s.ds.name.as_str());
             crate::processing::dispatch::execute(&s.ds, &req.task).map_err(|e| {
                 let e = ApiError::from(e);
                 failure(

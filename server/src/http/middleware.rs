@@ -33,6 +33,41 @@ pub fn head(s: &str, n: usize) -> &str {
     &s[..end]
 }
 
+/// One span per request when OpenTelemetry is on (`OTEL_*`, see `cloudify_telemetry`), child of
+/// the caller's W3C `traceparent` if it sent one; with traces off this is a plain pass-through
+/// (one atomic load), no span is created.
+///
+/// The span names the method, the route template and the path, never the query string (signed
+/// URLs carry their signature there) nor any header (`Authorization`).
+pub async fn trace(req: Request, next: Next) -> Response {
+    if !cloudify_telemetry::enabled() {
+        return next.run(req).await;
+    }
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str().to_string());
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format_args!("{method} {}", route.as_deref().unwrap_or("(unrouted)")),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = route.as_deref(),
+        url.path = %head(req.uri().path(), 1024),
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    cloudify_telemetry::set_remote_parent(&span, req.headers());
+    let resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    let status = resp.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    resp
+}
+
 /// 414 for an over-long request target, 431 for over-large headers, as `{"error": ...}`.
 pub async fn limits(req: Request, next: Next) -> Response {
     match over_limits(&req, MAX_URI_BYTES) {

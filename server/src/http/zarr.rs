@@ -130,6 +130,31 @@ pub async fn serve_key(
     key: &str,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
+    // trace span of the dataset's part of the request (DEBUG: none with traces off)
+    let span = tracing::debug_span!(
+        "dataset",
+        dataset = id,
+        key,
+        compute_cache_hit = tracing::field::Empty,
+        bytes = tracing::field::Empty,
+    );
+    let answer =
+        tracing::Instrument::instrument(serve_key_in(state, s, id, key, headers), span.clone()).await;
+    if let Ok(r) = &answer
+        && let Some(n) = axum::body::HttpBody::size_hint(r.body()).exact()
+    {
+        span.record("bytes", n);
+    }
+    answer
+}
+
+async fn serve_key_in(
+    state: &AppState,
+    s: Arc<Served>,
+    id: &str,
+    key: &str,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let (id, key) = (id.to_string(), key.to_string());
     let headers = headers.clone();
     if let Some(doc) = s.meta.docs.get(&key) {
@@ -194,6 +219,7 @@ pub async fn serve_key(
         // Served only while the chunk's files are the versions it was computed from; else
         // forgotten, and the read below answers what changed.
         if check_chunk_sources(v, &ck.index).is_ok() {
+            tracing::Span::current().record("compute_cache_hit", true);
             state.metrics.compute_cache_hits.inc();
             state.metrics.requests.with_label_values(&["chunk", "200"]).inc();
             state.metrics.chunk_bytes.inc_by(bytes.len() as u64);
@@ -207,6 +233,7 @@ pub async fn serve_key(
         state.compute_cache.remove(ck_);
     }
     if cache_key.is_some() {
+        tracing::Span::current().record("compute_cache_hit", false);
         state.metrics.compute_cache_misses.inc();
     }
     let compute = compute_chunk(state, s.clone(), ck, &id, &key, cache_key);
@@ -322,6 +349,28 @@ fn chunk_bytes(
     limit: u64,
     at: Option<&crate::processing::exec::Locator>,
 ) -> Result<Vec<u8>, ApiError> {
+    let span = tracing::debug_span!(
+        "chunk.read",
+        var = %ck.var,
+        passthrough = tracing::field::Empty,
+        bytes = tracing::field::Empty,
+    );
+    let _in = span.enter();
+    let out = chunk_bytes_in(s, ck, limit, at, &span);
+    if let Ok(b) = &out {
+        span.record("bytes", b.len());
+    }
+    out
+}
+
+/// [`chunk_bytes`] inside its span (`span` gets whether the stored bytes passed through).
+fn chunk_bytes_in(
+    s: &Served,
+    ck: &ChunkKey,
+    limit: u64,
+    at: Option<&crate::processing::exec::Locator>,
+    span: &tracing::Span,
+) -> Result<Vec<u8>, ApiError> {
     let var: &Variable =
         s.ds.variable(&ck.var)
             .ok_or_else(|| ApiError::not_found(format!("no variable '{}'", ck.var)))?;
@@ -352,11 +401,18 @@ fn chunk_bytes(
         let nbytes = crate::chunk::grid::numel(&var.chunks)
             .and_then(|n| n.checked_mul(var.dtype.size()))
             .ok_or_else(|| crate::chunk::read::ReadError::TooLarge(var.chunks.clone()))?;
-        if let Some(out) = encode_stored(stored, nbytes, enc) {
+        if let Some(out) =
+            tracing::debug_span!("encode", stored = true).in_scope(|| encode_stored(stored, nbytes, enc))
+        {
+            span.record("passthrough", true);
             return Ok(out);
         }
     }
-    encode(&crate::processing::dispatch::read_chunk(at, var, &ck.index)?, enc).map_err(|e| encode_error(&e))
+    span.record("passthrough", false);
+    let decoded = crate::processing::dispatch::read_chunk(at, var, &ck.index)?;
+    tracing::debug_span!("encode", stored = false, decoded_bytes = decoded.len())
+        .in_scope(|| encode(&decoded, enc))
+        .map_err(|e| encode_error(&e))
 }
 
 /// 413 for a computation that would read more source data than `--max-source-bytes`.
@@ -435,10 +491,25 @@ pub async fn kerchunk_key(
                 ));
             };
             let bytes = state
-                .run_for(&s.ds, move || match range {
-                    Some((offset, size)) => crate::storage::read::read_at(&src, offset, size),
-                    // Whole-file references (Zarr store chunks, `[url]` references).
-                    None => crate::storage::read::read_source_whole(&src),
+                .run_for(&s.ds, move || {
+                    // the stored bytes as they are (DEBUG span: none with traces off)
+                    let span = tracing::debug_span!(
+                        "chunk.read",
+                        dataset = %id,
+                        key = %key,
+                        passthrough = true,
+                        bytes = tracing::field::Empty
+                    );
+                    let _in = span.enter();
+                    let r = match range {
+                        Some((offset, size)) => crate::storage::read::read_at(&src, offset, size),
+                        // Whole-file references (Zarr store chunks, `[url]` references).
+                        None => crate::storage::read::read_source_whole(&src),
+                    };
+                    if let Ok(b) = &r {
+                        span.record("bytes", b.len());
+                    }
+                    r
                 })
                 .await
                 .ok_or_else(|| {

@@ -760,5 +760,6 @@ pub fn router(
             limits_as,
         ))
         .layer(cors)
+        .layer(axum::middleware::from_fn(crate::http::middleware::trace))
         .with_state(app))
 }

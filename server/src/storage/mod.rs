@@ -190,9 +190,13 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
 pub fn block_on<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static) -> Result<T, String> {
     let rt = runtime()?;
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    rt.spawn(async move {
-        let _ = tx.send(fut.await);
-    });
+    let span = crate::state::traced_span();
+    rt.spawn(tracing::Instrument::instrument(
+        async move {
+            let _ = tx.send(fut.await);
+        },
+        span,
+    ));
     rx.recv()
         .map_err(|_| "object-store I/O task failed (see server log)".to_string())
 }
@@ -233,6 +237,16 @@ impl Store {
     ) -> Result<T, RemoteError> {
         let secs = self.op_timeout.as_secs();
         let t0 = std::time::Instant::now();
+        // the URL names the store and key (as the metrics and errors do), never credentials:
+        // those are options, not part of it
+        let span = tracing::debug_span!(
+            "object_store",
+            otel.kind = "client",
+            op,
+            url,
+            outcome = tracing::field::Empty,
+        );
+        let fut = tracing::Instrument::instrument(fut, span.clone());
         let r = match tokio::time::timeout(self.op_timeout, fut).await {
             Ok(r) => r.map_err(|e| RemoteError::from_store(url, e, secs)),
             Err(_) => Err(RemoteError::Timeout {
@@ -242,6 +256,7 @@ impl Store {
         };
         let m = metrics();
         let outcome = r.as_ref().map_or_else(RemoteError::outcome, |_| "ok");
+        span.record("outcome", outcome);
         m.operations.with_label_values(&[&self.base, op, outcome]).inc();
         m.seconds
             .with_label_values(&[op])

@@ -130,7 +130,13 @@ fn run_command(prog: &str, args: &[String], timeout: Duration) -> Result<String,
         err.try_clone().map_err(|e| e.to_string())?,
     );
     // Output goes to files, not pipes: a chatty command cannot block on a full pipe.
-    let mut child = Command::new(prog)
+    let mut cmd = Command::new(prog);
+    // The trace context for a command that traces (the environment-variable carrier of the
+    // OpenTelemetry specification); not set with traces off.
+    if let Some(tp) = cloudify_telemetry::traceparent() {
+        cmd.env("TRACEPARENT", tp);
+    }
+    let mut child = cmd
         .args(args)
         .stdin(Stdio::null())
         .stdout(out)
@@ -307,6 +313,24 @@ impl WlcgDriver {
         format!("{}/{tail}", self.spec.endpoint.trim_end_matches('/'))
     }
 
+    /// `req` with the `traceparent` of a new client span (returned, to instrument the call):
+    /// the tape endpoint's spans join the trace. DEBUG: nothing with traces off.
+    fn traced(
+        req: reqwest::RequestBuilder,
+        method: &reqwest::Method,
+        url: &str,
+    ) -> (reqwest::RequestBuilder, tracing::Span) {
+        let span = tracing::debug_span!(
+            "tape.request",
+            otel.kind = "client",
+            http.request.method = %method,
+            url.full = url
+        );
+        let mut h = reqwest::header::HeaderMap::new();
+        span.in_scope(|| cloudify_telemetry::inject(&mut h));
+        (req.headers(h), span)
+    }
+
     /// Sends a request and reads its JSON answer.
     fn call(
         &self,
@@ -324,19 +348,23 @@ impl WlcgDriver {
         if let Some(b) = body {
             req = req.json(&b);
         }
+        let (req, span) = Self::traced(req, &method, &url);
         let u = url.clone();
-        self.block_on(async move {
-            let r = req.send().await.map_err(|e| format!("{method} {u}: {e}"))?;
-            let status = r.status();
-            let text = r.text().await.map_err(|e| format!("{method} {u}: {e}"))?;
-            if !status.is_success() {
-                return Err(format!("{method} {u}: {status}: {}", text.trim()));
-            }
-            if text.trim().is_empty() {
-                return Ok(serde_json::Value::Null);
-            }
-            serde_json::from_str(&text).map_err(|e| format!("{method} {u}: invalid JSON answer: {e}"))
-        })?
+        self.block_on(tracing::Instrument::instrument(
+            async move {
+                let r = req.send().await.map_err(|e| format!("{method} {u}: {e}"))?;
+                let status = r.status();
+                let text = r.text().await.map_err(|e| format!("{method} {u}: {e}"))?;
+                if !status.is_success() {
+                    return Err(format!("{method} {u}: {status}: {}", text.trim()));
+                }
+                if text.trim().is_empty() {
+                    return Ok(serde_json::Value::Null);
+                }
+                serde_json::from_str(&text).map_err(|e| format!("{method} {u}: invalid JSON answer: {e}"))
+            },
+            span,
+        ))?
     }
 }
 
@@ -392,22 +420,26 @@ impl Driver for WlcgDriver {
         if let Some(t) = self.token()? {
             req = req.bearer_auth(t);
         }
+        let (req, span) = Self::traced(req, &reqwest::Method::GET, &url);
         let dest = dest.to_path_buf();
-        self.block_on(async move {
-            use std::io::Write as _;
-            let mut r = req.send().await.map_err(|e| format!("GET {url}: {e}"))?;
-            if !r.status().is_success() {
-                return Err(format!("GET {url}: {}", r.status()));
-            }
-            let mut f = std::io::BufWriter::new(
-                std::fs::File::create(&dest).map_err(|e| format!("{}: {e}", dest.display()))?,
-            );
-            while let Some(part) = r.chunk().await.map_err(|e| format!("GET {url}: {e}"))? {
-                f.write_all(&part)
-                    .map_err(|e| format!("{}: {e}", dest.display()))?;
-            }
-            f.flush().map_err(|e| format!("{}: {e}", dest.display()))
-        })?
+        self.block_on(tracing::Instrument::instrument(
+            async move {
+                use std::io::Write as _;
+                let mut r = req.send().await.map_err(|e| format!("GET {url}: {e}"))?;
+                if !r.status().is_success() {
+                    return Err(format!("GET {url}: {}", r.status()));
+                }
+                let mut f = std::io::BufWriter::new(
+                    std::fs::File::create(&dest).map_err(|e| format!("{}: {e}", dest.display()))?,
+                );
+                while let Some(part) = r.chunk().await.map_err(|e| format!("GET {url}: {e}"))? {
+                    f.write_all(&part)
+                        .map_err(|e| format!("{}: {e}", dest.display()))?;
+                }
+                f.flush().map_err(|e| format!("{}: {e}", dest.display()))
+            },
+            span,
+        ))?
     }
 
     fn release(&self, job: &str, files: &[String]) {
