@@ -739,6 +739,8 @@ fn private_datasets_get_a_signing_key_only_with_consent_to_register() {
     cr.spec.access.register = true;
     let e = build::build(&cr, &settings()).expect_err("invalid").to_string();
     assert!(e.contains("spec.access.register"), "{e}");
+}
+
 /// The operator's OpenTelemetry settings reach the server and the worker containers, so a
 /// request traced from the ingress continues in both; nothing is added when they are unset.
 #[test]
