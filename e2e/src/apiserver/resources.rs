@@ -170,6 +170,17 @@ const BUILTINS: &[Builtin] = &[
     Builtin {
         group: "",
         version: "v1",
+        plural: "persistentvolumeclaims",
+        kind: "PersistentVolumeClaim",
+        namespaced: true,
+        short: &["pvc"],
+        categories: &[],
+        status: true,
+        generation: false,
+    },
+    Builtin {
+        group: "",
+        version: "v1",
         plural: "services",
         kind: "Service",
         namespaced: true,

@@ -439,6 +439,7 @@ pub fn builtin_decode(kind: &str, api_version: &str, obj: &Value) -> Result<Vec<
         ("Namespace", _) => rt::<core::Namespace>(obj),
         ("ConfigMap", _) => rt::<core::ConfigMap>(obj),
         ("Secret", _) => rt::<core::Secret>(obj),
+        ("PersistentVolumeClaim", _) => rt::<core::PersistentVolumeClaim>(obj),
         ("Service", _) => rt::<core::Service>(obj),
         ("Endpoints", _) => rt::<core::Endpoints>(obj),
         ("Pod", _) => rt::<core::Pod>(obj),

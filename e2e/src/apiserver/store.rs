@@ -662,6 +662,7 @@ impl Store {
                             | "ReplicaSet"
                             | "HorizontalPodAutoscaler"
                             | "PodDisruptionBudget"
+                            | "PersistentVolumeClaim"
                             | "Ingress"
                             | "CustomResourceDefinition"
                     ) =>

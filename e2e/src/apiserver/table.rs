@@ -157,6 +157,11 @@ fn columns(rt: &ResourceType) -> Vec<Value> {
             col("Port(s)", "string", "", "The ports of the service.", 0),
         ],
         "ConfigMap" => vec![col("Data", "integer", "", "Number of data entries.", 0)],
+        "PersistentVolumeClaim" => vec![
+            col("Status", "string", "", "The phase of the claim.", 0),
+            col("Capacity", "string", "", "The requested storage.", 0),
+            col("StorageClass", "string", "", "The storage class of the claim.", 0),
+        ],
         "Secret" => vec![
             col("Type", "string", "", "The type of the secret.", 0),
             col("Data", "integer", "", "Number of data entries.", 0),
@@ -297,6 +302,15 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
                 }),
             ]
         }
+        "PersistentVolumeClaim" => vec![
+            json!(o["status"]["phase"].as_str().unwrap_or("Pending")),
+            json!(
+                o["spec"]["resources"]["requests"]["storage"]
+                    .as_str()
+                    .unwrap_or_default()
+            ),
+            json!(o["spec"]["storageClassName"].as_str().unwrap_or("<unset>")),
+        ],
         "HorizontalPodAutoscaler" => vec![
             json!(format!(
                 "{}/{}",
