@@ -57,7 +57,10 @@ where
             return echo_apply(call, available);
         }
         match call.method.as_str() {
-            "GET" if call.path.ends_with("/tas") => status_error(404, "NotFound", "not found"),
+            // single objects (the CR's Deployment, the internal Secret) do not exist yet
+            "GET" if call.path.ends_with("/tas") || call.path.ends_with("/tas-internal") => {
+                status_error(404, "NotFound", "not found")
+            }
             "GET" => empty_list("v1", "List"),
             "PATCH" => (200, obj.clone()),
             "POST" => (201, call.body.clone()),
@@ -138,7 +141,7 @@ async fn applies_desired_objects_prunes_leftovers_and_writes_status() {
 
     // Pruning lists every kind by our labels and deletes only the owned leftover.
     let lists = calls.find(|c| c.method == "GET");
-    assert_eq!(lists.len(), 6, "{lists:#?}");
+    assert_eq!(lists.len(), 7, "{lists:#?}");
     for l in &lists {
         assert!(
             l.query.contains("labelSelector=app.kubernetes.io%2Finstance%3Dtas%2Capp.kubernetes.io%2Fmanaged-by%3Dcloudify-operator"),
@@ -550,6 +553,8 @@ async fn compute_pool_is_applied_and_its_replicas_reported() {
     assert_eq!(
         applied,
         [
+            // the worker secret first: the pods mount it
+            ("Secret", "tas-internal"),
             ("ConfigMap", "tas"),
             ("Service", "tas"),
             ("Service", "tas-compute"),
@@ -571,7 +576,11 @@ async fn compute_pool_is_applied_and_its_replicas_reported() {
         "{}",
         worker.query
     );
-    let server = &applies[3].body["spec"]["template"]["spec"]["containers"][0]["args"];
+    let server = &applies
+        .iter()
+        .find(|c| c.path == "/apis/apps/v1/namespaces/climate/deployments/tas")
+        .expect("server Deployment applied by name")
+        .body["spec"]["template"]["spec"]["containers"][0]["args"];
     let args: Vec<&str> = server
         .as_array()
         .expect("args")

@@ -252,7 +252,10 @@ async fn register(
     };
     let mut item = fetch(ctx, &item_url).await.map_err(|m| {
         // the query holds a signature: name the URL without it
-        item_unavailable(m.replace(item_url.split_once('?').map_or("", |(_, q)| q), "<signed>"))
+        match item_url.split_once('?') {
+            Some((_, query)) if !query.is_empty() => item_unavailable(m.replace(query, "<signed>")),
+            _ => item_unavailable(m),
+        }
     })?;
     let mut coll = fetch(ctx, &format!("{server}/stac-collection-all.json"))
         .await
