@@ -36,6 +36,18 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
+/// The current span, to be entered by work handed to another thread so that its spans are
+/// children of the request's; `Span::none()` (nothing to carry) when traces are off. Lives
+/// here, below every server layer, so that storage and state both use it without importing
+/// each other.
+pub fn traced_span() -> tracing::Span {
+    if enabled() {
+        tracing::Span::current()
+    } else {
+        tracing::Span::none()
+    }
+}
+
 /// A wrong `OTEL_*` value: the process refuses to start rather than silently not tracing (or
 /// tracing everything when a ratio was meant).
 #[derive(Debug, thiserror::Error)]

@@ -366,7 +366,7 @@ impl Executor for Remote {
         // Called from the decode pool (not async). Should a caller ever be on an async
         // thread, blocking on the runtime there would panic: wait on a plain thread instead.
         if tokio::runtime::Handle::try_current().is_ok() {
-            let span = crate::state::traced_span();
+            let span = cloudify_telemetry::traced_span();
             return std::thread::scope(|s| s.spawn(|| span.in_scope(run)).join())
                 .unwrap_or_else(|_| Err(ReadError::Block("the compute client panicked (bug)".into())));
         }

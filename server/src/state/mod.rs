@@ -110,7 +110,7 @@ impl AppState {
     /// reported as `None`, so one bad request can never take the server down.
     pub async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let span = traced_span();
+        let span = cloudify_telemetry::traced_span();
         self.pool.spawn(move || {
             let _in = span.entered();
             if let Ok(v) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
@@ -129,21 +129,11 @@ impl AppState {
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Option<T> {
         if ds.remote {
-            let span = traced_span();
+            let span = cloudify_telemetry::traced_span();
             tokio::task::spawn_blocking(move || span.in_scope(f)).await.ok()
         } else {
             self.run(f).await
         }
-    }
-}
-
-/// The current span, to be entered by work handed to another thread so that its spans are
-/// children of the request's; `Span::none()` (nothing to carry) when traces are off.
-pub fn traced_span() -> tracing::Span {
-    if cloudify_telemetry::enabled() {
-        tracing::Span::current()
-    } else {
-        tracing::Span::none()
     }
 }
 

@@ -190,7 +190,7 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
 pub fn block_on<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static) -> Result<T, String> {
     let rt = runtime()?;
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    let span = crate::state::traced_span();
+    let span = cloudify_telemetry::traced_span();
     rt.spawn(tracing::Instrument::instrument(
         async move {
             let _ = tx.send(fut.await);
