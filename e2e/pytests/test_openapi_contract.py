@@ -72,6 +72,17 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", 400, 404, 413
 [[operations]]
 include-path-regex = '/tiles/|/map$'
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", 400, 404, 413]
+# The OPeNDAP responses share one path: a DAP2 constraint or a DAP4 query can be well-formed
+# and still not fit (a variable the dataset lacks, an index out of range, `dap4.*` parameters
+# sent to a DAP2 response, whose whole query is the constraint): 400 naming it; 413 above the cap.
+[[operations]]
+include-path-regex = '^/datasets/\\{{id\\}}/\\{{file\\}}$'
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", 400, 404, 413, 422]
+# An X-Original-URI header can be a well-formed string and still not be a request target
+# (empty, spaces, a bare scheme): 400 naming the header, as nginx never sends such a value.
+[[operations]]
+include-path-regex = '^/auth/check$'
+checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 401, 403, 503]
 """
     )
 

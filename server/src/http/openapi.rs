@@ -579,7 +579,7 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
     }
     if kind == Kind::AuthCheck {
         params.push(json!({"name": "X-Original-URI", "in": "header", "required": true,
-            "schema": {"type": "string", "example": "/datasets/tas/zarr/.zmetadata"},
+            "schema": {"type": "string", "minLength": 1, "example": "/datasets/tas/zarr/.zmetadata"},
             "description": "The original request target (nginx: proxy_set_header X-Original-URI $request_uri)"}));
         responses.insert("204".into(), json!({"description": "The request may read"}));
         responses.insert(
