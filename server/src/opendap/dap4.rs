@@ -19,7 +19,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use super::constraint::{Slice, percent_decode};
-use super::{DapError, MAX_STREAMED_BYTES, PIECE_BYTES, fmt_f32, fmt_f64, gather};
+use super::{DapError, MAX_STREAMED_BYTES, fmt_f32, fmt_f64, gather};
 use crate::attrs::AttrValue;
 use crate::block::BlockData;
 use crate::dataset::{Dataset, Variable};
@@ -654,42 +654,26 @@ pub struct DapPlan {
     pub checksums: bool,
 }
 
-/// Splits a selection along its first dimension into runs of about [`PIECE_BYTES`], ending
+/// Splits a selection along its first dimension into runs of about [`super::PIECE_BYTES`], ending
 /// on served-chunk boundaries where runs span whole chunks.
 fn pieces_of(v: &D4Var) -> Vec<D4Var> {
-    let Some(first) = v.slices.first() else {
-        return vec![v.clone()];
-    };
     let size = if v.var.dtype == DType::Str {
         8
     } else {
         v.var.dtype.size() as u64
     };
-    let row = v.slices[1..].iter().map(Slice::count).product::<u64>() * size.max(1);
-    let mut rows = (PIECE_BYTES / row.max(1)).max(1);
-    let chunk = v.var.chunks.first().copied().unwrap_or(1).max(1);
-    let per_chunk = chunk.div_ceil(first.stride);
-    if rows >= per_chunk {
-        rows -= rows % per_chunk;
+    let chunk = v.var.chunks.first().copied().unwrap_or(1);
+    match super::split_rows(&v.slices, size, chunk) {
+        None => vec![v.clone()],
+        Some(firsts) => firsts
+            .into_iter()
+            .map(|first| {
+                let mut p = v.clone();
+                p.slices[0] = first;
+                p
+            })
+            .collect(),
     }
-    if rows >= first.count() {
-        return vec![v.clone()];
-    }
-    let mut out = Vec::new();
-    let mut k = 0;
-    while k < first.count() {
-        let start = first.start + k * first.stride;
-        let n = rows.min(first.count() - k);
-        let mut p = v.clone();
-        p.slices[0] = Slice {
-            start,
-            stride: first.stride,
-            stop: start + (n - 1) * first.stride,
-        };
-        out.push(p);
-        k += n;
-    }
-    out
 }
 
 /// The `.dap` body as a plan: the DMR chunk, then each variable's values (framed per piece)

@@ -938,37 +938,51 @@ pub struct DodsPlan {
 /// [`PIECE_BYTES`] of XDR values, each ending on a served-chunk boundary where a run spans
 /// whole chunks (so no chunk is read by two pieces). Strings and scalars stay whole.
 fn pieces_of(a: &ArrayOut) -> Vec<ArrayOut> {
-    let Some(first) = a.slices.first() else {
-        return vec![a.clone()];
-    };
     if a.ty == DapType::Str {
         return vec![a.clone()];
     }
-    let row: u64 = a.slices[1..].iter().map(Slice::count).product::<u64>() * a.ty.xdr_size();
+    let chunk = a.var.chunks.first().copied().unwrap_or(1);
+    match split_rows(&a.slices, a.ty.xdr_size(), chunk) {
+        None => vec![a.clone()],
+        Some(firsts) => firsts
+            .into_iter()
+            .map(|first| {
+                let mut p = a.clone();
+                p.slices[0] = first;
+                p
+            })
+            .collect(),
+    }
+}
+
+/// The first-dimension slices that split a selection (`slices`, of `item_bytes` values)
+/// into runs of about [`PIECE_BYTES`], ending on boundaries of the first dimension's chunks
+/// (`chunk0` long) where runs span whole chunks; `None` when one run holds it all. Shared by
+/// the DAP2 and DAP4 bodies, which stream the same way.
+pub(crate) fn split_rows(slices: &[Slice], item_bytes: u64, chunk0: u64) -> Option<Vec<Slice>> {
+    let first = slices.first()?;
+    let row = slices[1..].iter().map(Slice::count).product::<u64>() * item_bytes.max(1);
     let mut rows = (PIECE_BYTES / row.max(1)).max(1);
-    let chunk = a.var.chunks.first().copied().unwrap_or(1).max(1);
-    let per_chunk = chunk.div_ceil(first.stride);
+    let per_chunk = chunk0.max(1).div_ceil(first.stride);
     if rows >= per_chunk {
         rows -= rows % per_chunk;
     }
     if rows >= first.count() {
-        return vec![a.clone()];
+        return None;
     }
     let mut out = Vec::new();
     let mut k = 0;
     while k < first.count() {
         let start = first.start + k * first.stride;
         let n = rows.min(first.count() - k);
-        let mut p = a.clone();
-        p.slices[0] = Slice {
+        out.push(Slice {
             start,
             stride: first.stride,
             stop: start + (n - 1) * first.stride,
-        };
-        out.push(p);
+        });
         k += n;
     }
-    out
+    Some(out)
 }
 
 /// The `.dods` body as a plan of pieces: the DDS and `Data:\n`, then every array's counts,
