@@ -58,6 +58,7 @@ VARIANTS = {
 # resource must be added here on purpose, with its reason in templates/rbac.yaml.
 OWNED = {
     ("", "configmaps"),
+    ("", "persistentvolumeclaims"),  # <name>-tape-cache of datasets on tape
     ("", "services"),
     ("apps", "deployments"),
     ("autoscaling", "horizontalpodautoscalers"),
