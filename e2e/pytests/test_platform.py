@@ -333,6 +333,22 @@ def test_apply_crd_and_dataset_becomes_ready(platform):
         assert [o["metadata"]["name"] for o in objs] == [NAME], f"{kind}: {objs}"
 
 
+def test_the_api_serves_every_kind_the_operator_manages(platform):
+    """The operator lists every kind its role lets it manage on each reconcile (to prune what a
+    spec no longer needs); a kind the API server does not serve fails every reconcile before
+    status is written. So the chart's rules and the served resources must agree (the emulator
+    once lacked PersistentVolumeClaims, which the tape staging cache added)."""
+    import test_chart
+
+    rules = test_chart.one(test_chart.objects(), "ClusterRole")["rules"]
+    granted = {(g, r) for g, r, _ in test_chart.rule_set(rules) if "/" not in r}
+    served = set()
+    for name in platform.kubectl("api-resources", "-o", "name", namespaced=False).stdout.split():
+        resource, _, group = name.partition(".")
+        served.add((group, resource))
+    assert granted - served == set(), sorted(served)
+
+
 def test_xarray_through_the_ingress_equals_the_files(platform):
     p = platform
     url = zarr_url(p)
