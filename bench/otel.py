@@ -2,6 +2,7 @@
 """Cost of OpenTelemetry tracing on the pass-through bench: cloudify with traces off vs on.
 
     otel.py [--years 2] [--connections 8] [--client wrk|python|oha] [--repeats 3]
+            [--sampler always_on|parentbased_traceidratio --sampler-arg 0.01]
             [--workdir /var/tmp/cloudify-bench] [--cloudify-bin PATH]
 
 The question it answers (issue #18, bar: tracing costs <= 3 %): two `cloudify serve` processes
@@ -62,6 +63,9 @@ def main() -> int:
     ap.add_argument("--client", choices=["python", "oha", "wrk"], default="wrk")
     ap.add_argument("--wrk-duration", type=int, default=10)
     ap.add_argument("--wrk-threads", type=int, default=2)
+    ap.add_argument("--sampler", default="always_on",
+                    help="OTEL_TRACES_SAMPLER of the traced server (always_on: every request, the worst case)")
+    ap.add_argument("--sampler-arg", default="1.0", help="OTEL_TRACES_SAMPLER_ARG (the ratio of a *traceidratio sampler)")
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--start-timeout", type=float, default=300)
     ap.add_argument("--request-timeout", type=float, default=120)
@@ -105,7 +109,8 @@ def main() -> int:
         envs = {
             "off": dict(plain, CLOUDIFY_CACHE_DIR=cache),
             "on": dict(plain, CLOUDIFY_CACHE_DIR=cache, OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{http_port}",
-                       OTEL_TRACES_SAMPLER="always_on", OTEL_SERVICE_NAME="cloudify-bench"),
+                       OTEL_TRACES_SAMPLER=a.sampler, OTEL_SERVICE_NAME="cloudify-bench",
+                       **({"OTEL_TRACES_SAMPLER_ARG": a.sampler_arg} if "ratio" in a.sampler else {})),
         }
         targets = []
         for mode, env in envs.items():
