@@ -28,6 +28,7 @@ import signal
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,6 +88,21 @@ def _metric(url: str, name: str, labels: str = "") -> float:
         if m and labels in (m.group(1) or ""):
             total += float(m.group(2))
     return total
+
+
+def _unread_requests(port: int) -> int:
+    """Established loopback connections to `port` holding bytes its process has not read."""
+    n = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            f = row.split()
+            if int(f[1].rsplit(":", 1)[1], 16) == port and f[3] == "01" and int(f[4].split(":")[1], 16) > 0:
+                n += 1
+    return n
 
 
 def _worker_tasks(p) -> dict[str, float]:
@@ -246,17 +262,23 @@ def test_worker_killed_during_reductions_costs_retries_not_answers(ctx):
     victim = _pods(p, "compute")[0]
     pid = int(victim["status"]["containerStatuses"][0]["containerID"].removeprefix("local://"))
     paths = UNASKED
-    # the victim's address is looked up once: a kubectl call per poll is slower than a task
-    victim_url = _endpoints(p, COMPUTE)[victim["metadata"]["name"]]
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        futs = [pool.submit(_open, f"{ctx['served']}/{path}/zarr") for path in paths]
-        busy = False
-        deadline = time.monotonic() + TIMEOUT
-        while not (busy or all(f.done() for f in futs) or time.monotonic() > deadline):
-            busy = _metric(victim_url, "cloudify_worker_in_flight") > 0
-        assert busy, f"no task was in flight on the victim while {len(paths)} reductions ran"
-        os.kill(pid, signal.SIGKILL)
-        got = [f.result() for f in futs]
+    # Frozen first (SIGSTOP), so that a task sent to it stays in flight until the SIGKILL: the
+    # kernel still accepts the connection the Service's round robin hands it, and the request
+    # waits unread in the socket. Killing a running worker instead raced its short tasks.
+    port = int(_endpoints(p, COMPUTE)[victim["metadata"]["name"]].rsplit(":", 1)[1])
+    os.kill(pid, signal.SIGSTOP)
+    killed = False
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            futs = [pool.submit(_open, f"{ctx['served']}/{path}/zarr") for path in paths]
+            wait_for("a task waiting on the frozen victim", lambda: _unread_requests(port) > 0,
+                     platform=p, period=0.05)
+            os.kill(pid, signal.SIGKILL)
+            killed = True
+            got = [f.result() for f in futs]
+    finally:
+        if not killed:  # never left stopped
+            os.kill(pid, signal.SIGKILL)
     for path, g in zip(paths, got):
         _same(g, _open(f"{ctx['local']}/datasets/{path}/zarr"), path)
     assert _metric(server_url, "cloudify_compute_retries_total") > retries
