@@ -53,20 +53,23 @@ if [ "$(cat "$venv/.cloudify-req" 2>/dev/null)" != "$req_hash" ]; then
   echo "$req_hash" > "$venv/.cloudify-req"
 fi
 
+# The first Python >= 3.12 on the machine (PATH, then pyenv's versions), or nothing: the second
+# and third venvs below need one, and so does the contract runner (see there).
+py312=""
+for c in python3.13 python3.12 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.1[2-9]*/bin/python3; do
+  if command -v "$c" >/dev/null 2>&1 \
+    && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
+    py312=$(command -v "$c")
+    break
+  fi
+done
+
 # icechunk 2.x (spec-version-2 repositories, e2e/pytests/test_icechunk2.py) needs Python >= 3.12:
 # a second small venv, from the first such Python found (PATH, then pyenv's versions). The
 # test skips, saying so, when there is none.
 ice2_venv="${CLOUDIFY_ICECHUNK2_VENV:-/var/tmp/cloudify-venv-icechunk2}"
 ice2_hash=$(sha256sum e2e/requirements-icechunk2.txt | cut -c1-16)
 if [ "$(cat "$ice2_venv/.cloudify-req" 2>/dev/null)" != "$ice2_hash" ]; then
-  py312=""
-  for c in python3.13 python3.12 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.1[2-9]*/bin/python3; do
-    if command -v "$c" >/dev/null 2>&1 \
-      && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
-      py312=$(command -v "$c")
-      break
-    fi
-  done
   if [ -n "$py312" ]; then
     echo "setup: installing icechunk 2 into $ice2_venv ($py312)"
     [ -x "$ice2_venv/bin/python" ] || "$py312" -m venv "$ice2_venv"
@@ -84,14 +87,6 @@ fi
 peers_venv="${CLOUDIFY_PEERS_VENV:-/var/tmp/cloudify-venv-peers}"
 peers_hash=$(sha256sum bench/requirements-peers.txt | cut -c1-16)
 if [ "$(cat "$peers_venv/.cloudify-req" 2>/dev/null)" != "$peers_hash" ]; then
-  py312=""
-  for c in python3.13 python3.12 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.1[2-9]*/bin/python3; do
-    if command -v "$c" >/dev/null 2>&1 \
-      && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
-      py312=$(command -v "$c")
-      break
-    fi
-  done
   if [ -n "$py312" ]; then
     echo "setup: installing the xpublish-tiles/xpublish-edr peers into $peers_venv ($py312)"
     [ -x "$peers_venv/bin/python" ] || "$py312" -m venv "$peers_venv"
@@ -101,6 +96,21 @@ if [ "$(cat "$peers_venv/.cloudify-req" 2>/dev/null)" != "$peers_hash" ]; then
   else
     echo "setup: no Python >= 3.12 found; bench/tiles.py and bench/edr.py cannot run their peers" >&2
   fi
+fi
+
+# schemathesis (the OpenAPI contract runs of test_openapi_contract.py and
+# test_catalog_contract.py) in a venv of its own, from a Python >= 3.12 when there is one:
+# CPython 3.11.7's ast.parse can raise "SystemError: AST constructor recursion depth mismatch"
+# (CPython gh-106905, fixed in later releases) when hypothesis describes a strategy, which
+# schemathesis reports as a runtime error of the run. Without a newer Python it uses python3.
+contract_venv="${CLOUDIFY_CONTRACT_VENV:-/var/tmp/cloudify-venv-contract}"
+contract_hash=$(sha256sum e2e/requirements-contract.txt | cut -c1-16)
+if [ "$(cat "$contract_venv/.cloudify-req" 2>/dev/null)" != "$contract_hash" ]; then
+  echo "setup: installing schemathesis into $contract_venv (${py312:-python3})"
+  [ -x "$contract_venv/bin/python" ] || "${py312:-python3}" -m venv "$contract_venv"
+  "$contract_venv/bin/pip" install -q --upgrade pip
+  "$contract_venv/bin/pip" install -q -r e2e/requirements-contract.txt
+  echo "$contract_hash" > "$contract_venv/.cloudify-req"
 fi
 
 # Azurite (Azure Storage emulator) for the az:// source tests, from npm when npm is there

@@ -174,6 +174,15 @@ def _die_with_parent() -> None:  # runs in the child before exec
         pass
 
 
+def schemathesis_exe() -> str:
+    """The schemathesis of the contract venv e2e/setup.sh makes (from a Python >= 3.12 when the
+    machine has one: CPython 3.11's ast can fail inside hypothesis, see e2e/setup.sh)."""
+    venv = Path(os.environ.get("CLOUDIFY_CONTRACT_VENV", "/var/tmp/cloudify-venv-contract"))
+    exe = venv / "bin" / "schemathesis"
+    assert exe.exists(), f"schemathesis is not installed in {venv} (run e2e/setup.sh; e2e/requirements-contract.txt)"
+    return str(exe)
+
+
 def start_server(args: list[str], workdir: Path, tag: str, timeout: float = STARTUP_TIMEOUT,
                  extra_env: dict | None = None):
     """Start ``cloudify <args> --host ... --port-range ... --listen-file ...``.

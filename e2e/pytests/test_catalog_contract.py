@@ -9,21 +9,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import requests
 
-from conftest import start_server, stop_server
+from conftest import schemathesis_exe, start_server, stop_server
 
 TOKEN = "contract-token"
-
-
-def _schemathesis() -> str:
-    exe = Path(sys.executable).with_name("schemathesis")
-    assert exe.exists(), f"schemathesis is not installed next to {sys.executable} (e2e/requirements.txt)"
-    return str(exe)
 
 
 def _config(path: Path) -> None:
@@ -78,7 +71,7 @@ def test_catalog_matches_its_openapi_document(tmp_path):
         config = tmp_path / "schemathesis.toml"
         _config(config)
         report = tmp_path / "junit.xml"
-        cmd = [_schemathesis(), "--config-file", str(config), "run", f"{url}/api",
+        cmd = [schemathesis_exe(), "--config-file", str(config), "run", f"{url}/api",
                "--checks", "all", "--generation-deterministic",
                "--max-examples", "25", "--max-time", "60", "--workers", "2", "--no-color",
                "--phases", "examples,coverage,fuzzing",

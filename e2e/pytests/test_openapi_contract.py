@@ -11,24 +11,17 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import requests
 
-from conftest import start_server, stop_server
+from conftest import schemathesis_exe, start_server, stop_server
 
 # the demo dataset's keys, so that generated requests also reach real data (not only 404s)
 DEMO_KEYS = [".zmetadata", ".zgroup", ".zattrs", "zarr.json", "tas/.zarray", "tas/zarr.json", "tas/0.0.0",
              "tas/c/0/0/0", "time/0", "time/c/0", "lat/.zattrs", "tas/9.9.9", "tas/c/x/0/0"]
 PARQUET_FILES = [".zmetadata", "tas/refs.0.parq", "time/refs.0.parq", "nope/refs.0.parq"]
-
-
-def _schemathesis() -> str:
-    exe = Path(sys.executable).with_name("schemathesis")
-    assert exe.exists(), f"schemathesis is not installed next to {sys.executable} (e2e/requirements.txt)"
-    return str(exe)
 
 
 def _config(path: Path) -> None:
@@ -101,7 +94,7 @@ def test_server_matches_its_openapi_document(tmp_path):
         config = tmp_path / "schemathesis.toml"
         _config(config)
         report = tmp_path / "junit.xml"
-        cmd = [_schemathesis(), "--config-file", str(config), "run", f"{url}/openapi.json",
+        cmd = [schemathesis_exe(), "--config-file", str(config), "run", f"{url}/openapi.json",
                "--checks", "all", "--generation-deterministic",
                "--max-examples", "25", "--max-time", "60", "--workers", "2", "--no-color",
                "--phases", "examples,coverage,fuzzing",
