@@ -412,3 +412,29 @@ pub fn from_crd(crd: &Value) -> Vec<ResourceType> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The operator lists every kind it owns on each reconcile (to prune); a kind the emulator
+    /// does not serve answers 404 there and no CR ever gets a status. That once showed only as
+    /// a platform test timing out after minutes; this says which kind in milliseconds.
+    #[test]
+    fn every_kind_the_operator_owns_is_served() {
+        let served = builtins();
+        for owned in &cloudify_operator::build::OWNED {
+            let found = served.iter().any(|r| {
+                r.group == owned.group
+                    && r.version == owned.version
+                    && r.plural == owned.plural
+                    && r.kind == owned.kind
+            });
+            assert!(
+                found,
+                "the API emulator does not serve {} {} (the operator owns it: {})",
+                owned.api_version, owned.kind, owned.purpose
+            );
+        }
+    }
+}
