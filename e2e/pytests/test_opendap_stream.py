@@ -8,7 +8,10 @@ error before anything is read."""
 from __future__ import annotations
 
 import http.client
+import shutil
 import struct
+import subprocess
+import sys
 from urllib.parse import urlsplit
 
 import h5py
@@ -218,7 +221,10 @@ def test_dap4_unreadable_first_piece_is_a_dap4_error(big):
     assert "<Error httpcode=\"500\">" in r.text and "tas" in r.text, r.text
 
 
-def test_dap4_unreadable_later_piece_cuts_the_body_short(big):
+def test_dap4_unreadable_later_piece_ends_with_an_error_chunk_and_cuts_the_body_short(big):
+    """The headers (200, Content-Length) go out with the first piece; the last step's chunk
+    fails later. The body then carries a DAP4 error chunk naming the file and ends short of
+    its Content-Length."""
     base, _ = big
     u = urlsplit(base)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
@@ -228,8 +234,54 @@ def test_dap4_unreadable_later_piece_cuts_the_body_short(big):
     declared = int(resp.getheader("Content-Length"))
     with pytest.raises(http.client.IncompleteRead) as e:
         resp.read()
-    assert len(e.value.partial) < declared
+    body = e.value.partial
+    assert len(body) < declared
     conn.close()
+    p, last = 0, None
+    while p < len(body):
+        flags, n = body[p], int.from_bytes(body[p + 1:p + 4], "big")
+        last = (flags, body[p + 4:p + 4 + n])
+        p += 4 + n
+    assert p == len(body), "the body ends on a chunk boundary"
+    flags, doc = last
+    assert flags == 4 | 2 | 1, flags  # little-endian, error, last
+    assert b'<Error httpcode="500">' in doc and b"bad.nc" in doc, doc
+
+
+def test_dap4_clients_fail_on_a_failed_answer_instead_of_reading_values(big):
+    """pydap (3.5) ignores the chunk header's error flag and joins every chunk's bytes, so the
+    short body is what stops it; netCDF-C reads the error chunk (a body that merely stopped
+    made Debian's ncdump and the netCDF4 wheel segfault). Both raise, neither returns values."""
+    from pydap.client import open_url
+
+    base, data = big
+    ds = open_url(f"{base}/datasets/bad/opendap", protocol="dap4")
+    np.testing.assert_array_equal(np.asarray(ds["tas"][0:2, 0:3, 0:4].data), data[0:2, 0:3, 0:4])
+    with pytest.raises(Exception) as e:
+        np.asarray(ds["tas"][:].data)
+    assert not isinstance(e.value, AssertionError)
+    # netCDF-C in a child process: a crash there must fail this test, not end pytest
+    script = (
+        "import sys, netCDF4\n"
+        "nc = netCDF4.Dataset(sys.argv[1])\n"
+        "try:\n"
+        "    nc['tas'][0:1, 0:1, 0:1]\n"
+        "except (OSError, RuntimeError) as e:\n"
+        "    print('ERROR', e)\n"
+        "    sys.exit(3)\n"
+        "print('VALUES')\n"
+    )
+    url = f"{base}/datasets/bad/opendap".replace("http://", "dap4://", 1)
+    run = subprocess.run([sys.executable, "-c", script, url], capture_output=True, text=True, timeout=120)
+    if run.returncode == 1 and "DAP" in run.stderr:
+        pytest.skip(f"this netCDF4 wheel cannot open dap4:// ({run.stderr[-300:]})")
+    assert run.returncode == 3, (run.returncode, run.stdout, run.stderr[-2000:])
+    assert "no data" in run.stdout, run.stdout
+    if shutil.which("ncdump"):
+        nd = subprocess.run(["ncdump", "-v", "tas", url], capture_output=True, text=True, timeout=120)
+        assert nd.returncode == 1, (nd.returncode, nd.stderr[-2000:])  # an error, not a crash (139)
+        values = nd.stdout.partition(" tas =")[2]
+        assert not any(c.isdigit() for c in values), values[:300]  # the header, then no values
 
 
 def test_dap4_above_the_streamed_cap_is_413_before_reading(big):

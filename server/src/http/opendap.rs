@@ -230,12 +230,16 @@ fn dap4_error(e: &DapError) -> Response {
     r
 }
 
+/// How long a failed `.dap` body stays open after its error chunk before it is cut (see
+/// [`dap4_answer`]); a client reading at all receives the chunk in that time.
+const ERROR_CHUNK_FLUSH: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// `.dmr` / `.dmr.xml` (the DMR of the constrained dataset) and `.dap` (the chunked data
 /// response, streamed as `.dods` is: the plan first, so a bad constraint or oversized
 /// request gets its DAP4 error and status; then pieces encoded two at a time on the worker
 /// pool, each variable's CRC32 computed in order as its pieces pass when
-/// `dap4.checksum=true`; a read failing after the headers ends the body short of its
-/// `Content-Length`).
+/// `dap4.checksum=true`; a read failing after the headers sends a DAP4 error chunk and ends
+/// the body short of its `Content-Length`, see [`dap4::error_chunk`]).
 async fn dap4_answer(state: Arc<AppState>, s: Arc<Served>, data: bool, query: String) -> Response {
     let failed = |id: &str| {
         dap4_error(&DapError {
@@ -309,9 +313,14 @@ async fn dap4_answer(state: Arc<AppState>, s: Arc<Served>, data: bool, query: St
                         Some(Ok(b)) => Ok((p, Some(b))),
                         Some(Err(e)) => {
                             tracing::warn!(dataset = %name, error = %e.message, "opendap .dap cut short");
-                            Err(std::io::Error::other(e.message))
+                            Err(e)
                         }
-                        None => Err(std::io::Error::other("opendap encoding failed (bug)")),
+                        None => Err(DapError {
+                            status: 500,
+                            message: format!(
+                                "dataset '{name}': opendap encoding failed (bug; see server log)"
+                            ),
+                        }),
                     },
                 }
             }
@@ -319,10 +328,10 @@ async fn dap4_answer(state: Arc<AppState>, s: Arc<Served>, data: bool, query: St
         .buffered(2);
     // framing and checksums, in order
     let mut crc = crc32fast::Hasher::new();
-    let body = stream::iter(first.into_iter().map(Ok::<_, std::io::Error>))
+    let body = stream::iter(first.into_iter().map(Ok::<_, DapError>))
         .chain(rest)
         .map(
-            move |r: std::io::Result<(dap4::D4Piece, Option<Vec<u8>>)>| -> std::io::Result<Bytes> {
+            move |r: Result<(dap4::D4Piece, Option<Vec<u8>>), DapError>| -> Result<Bytes, DapError> {
                 let (p, values) = r?;
                 Ok(match (p, values) {
                     (dap4::D4Piece::Literal(b), _) => Bytes::from(b),
@@ -341,7 +350,20 @@ async fn dap4_answer(state: Arc<AppState>, s: Arc<Served>, data: bool, query: St
                     (dap4::D4Piece::Values { .. }, None) => Bytes::new(),
                 })
             },
-        );
+        )
+        // a failure after the headers: the error chunk (netCDF-C reports it), then the body
+        // ends short, so no client takes what came as the whole answer. hyper drops what it
+        // has buffered when a body fails, so the failure waits a moment: while the body is
+        // pending, hyper flushes the error chunk to the socket.
+        .flat_map(|r| match r {
+            Ok(b) => stream::iter([Ok(b)]).boxed(),
+            Err(e) => stream::iter([Ok(Bytes::from(dap4::error_chunk(&e)))])
+                .chain(stream::once(async move {
+                    tokio::time::sleep(ERROR_CHUNK_FLUSH).await;
+                    Err(std::io::Error::other(e.message))
+                }))
+                .boxed(),
+        });
     let mut r = dap4_response(200, Body::from_stream(body), "application/vnd.opendap.dap4.data");
     if let Some(n) = length {
         r.headers_mut()

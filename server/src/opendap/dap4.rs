@@ -785,9 +785,37 @@ pub fn error_body(e: &DapError) -> String {
     )
 }
 
+/// The error chunk that ends a `.dap` body whose data failed after the headers were sent: the
+/// error document in a chunk flagged error and last. netCDF-C reads it and reports an error
+/// (4.9.0 and the netCDF4 wheel's both crash on a body that just stops); the server then still
+/// ends the body short of its `Content-Length` (or without the last chunked-transfer chunk), so
+/// clients that ignore the error flag (pydap joins every chunk's bytes as values) fail the
+/// transfer instead of decoding the document as data.
+pub fn error_chunk(e: &DapError) -> Vec<u8> {
+    let doc = error_body(e);
+    let doc = &doc.as_bytes()[..doc.len().min(MAX_CHUNK)];
+    let mut out = chunk_header(LITTLE_ENDIAN_CHUNK | ERR_CHUNK | LAST_CHUNK, doc.len()).to_vec();
+    out.extend_from_slice(doc);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_chunk_is_flagged_error_and_last_and_holds_the_document() {
+        let c = error_chunk(&DapError {
+            status: 500,
+            message: "reading 'tas': a.nc: zlib <bad>".into(),
+        });
+        assert_eq!(c[0], LITTLE_ENDIAN_CHUNK | ERR_CHUNK | LAST_CHUNK);
+        let n = usize::from(c[1]) << 16 | usize::from(c[2]) << 8 | usize::from(c[3]);
+        assert_eq!(n, c.len() - 4);
+        let doc = std::str::from_utf8(&c[4..]).expect("utf-8");
+        assert!(doc.contains("<Error httpcode=\"500\">"), "{doc}");
+        assert!(doc.contains("zlib &lt;bad&gt;"), "{doc}");
+    }
 
     #[test]
     fn parses_clauses_slices_and_checksum() {
