@@ -1,9 +1,9 @@
 """OPeNDAP `.dods` answers are streamed (issue #17): a variable larger than one piece (32 MiB
 of XDR) comes back whole and exact, with a `Content-Length` that matches the body; a chunk
-that cannot be read fails the request with a DAP error when it is in the first piece and cuts
-the body short (detected against `Content-Length`) when it is in a later one, never a
-complete-looking answer with wrong values; a request above the streamed cap is a 413 DAP
-error before anything is read."""
+that cannot be read fails the request with a DAP error (answers up to 1 GiB are read through
+before their headers: netCDF-C takes a DAP2 body cut short as data), never a complete-looking
+answer with wrong values; `.dap` (DAP4) ends a failed stream with an error chunk and then short;
+a request above the streamed cap is a 413 DAP error before anything is read."""
 
 from __future__ import annotations
 
@@ -121,26 +121,36 @@ def test_unreadable_first_piece_is_a_dap_error(big):
     assert r.text.startswith("Error {") and "tas" in r.text, r.text
 
 
-def test_unreadable_later_piece_cuts_the_body_short(big):
-    """The headers (200, Content-Length) are sent with the first piece; the last step's chunk
-    fails later. The client must see an incomplete body, not a whole answer."""
-    base, _ = big
-    u = urlsplit(base)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
-    conn.request("GET", "/datasets/bad/opendap.dods?tas")
-    resp = conn.getresponse()
-    assert resp.status == 200
-    declared = int(resp.getheader("Content-Length"))
-    with pytest.raises(http.client.IncompleteRead) as e:
-        resp.read()
-    assert len(e.value.partial) < declared
-    conn.close()
-    # requests (fsspec/pydap's transport) raises too, rather than returning the short body.
-    with pytest.raises(requests.exceptions.RequestException):
-        requests.get(f"{base}/datasets/bad/opendap.dods?tas", timeout=60).content
+def test_unreadable_later_piece_is_a_dap_error_before_any_data(big):
+    """DAP2 cannot say "error" once data went out, and netCDF-C takes a body cut short as data
+    (it printed "DAP DATADDS packet is apparently too short" and returned wrong values). An
+    answer up to 1 GiB is therefore read through before its headers: the last step's chunk,
+    in the third 32 MiB piece, makes the whole request a DAP error with its status."""
+    base, data = big
+    r = requests.get(f"{base}/datasets/bad/opendap.dods?tas", timeout=120)
+    assert r.status_code == 500, r.status_code
+    assert r.headers["Content-Description"] == "dods-error"
+    assert r.text.startswith("Error {") and "bad.nc" in r.text, r.text[:300]
+    # netCDF-C (the netCDF4 wheel's) raises instead of returning values; in a child process,
+    # so that a crash fails this test rather than ending pytest
+    script = (
+        "import sys, netCDF4\n"
+        "nc = netCDF4.Dataset(sys.argv[1])\n"
+        "try:\n"
+        "    nc['tas'][:]\n"
+        "except (OSError, RuntimeError) as e:\n"
+        "    print('ERROR', e)\n"
+        "    sys.exit(3)\n"
+        "print('VALUES')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script, f"{base}/datasets/bad/opendap"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 3, (run.returncode, run.stdout, run.stderr[-2000:])
     # The server is still up and serves the readable part.
     ok = requests.get(f"{base}/datasets/bad/opendap.dods?tas[0:1:1][0][0]", timeout=60)
     assert ok.status_code == 200
+    with netCDF4.Dataset(f"{base}/datasets/bad/opendap") as nc:
+        np.testing.assert_array_equal(nc["tas"][0:99, 0:2, 0:3], data[0:99, 0:2, 0:3])
 
 
 def test_above_the_streamed_cap_is_413_before_reading(big):

@@ -131,9 +131,11 @@ pub async fn opendap(
 /// The `.dods` answer, streamed: the plan (DDS, counts, pieces of values) is made first, so
 /// bad constraints and oversized requests get their DAP error; the pieces up to and including
 /// the first values are encoded before answering, so a source that cannot be read now gets
-/// its error status too. Later pieces are encoded two at a time on the worker pool while
-/// earlier ones are sent; a read failing after the headers ends the body early, which the
-/// client sees against `Content-Length` (never a short answer taken as whole).
+/// its error status too; so is every later piece of an answer up to
+/// [`opendap::MAX_CHECKED_BYTES`] (read once and dropped: see there why). Later pieces are
+/// then encoded two at a time on the worker pool while earlier ones are sent; a read failing
+/// after the headers (a larger answer, or a file changing meanwhile) ends the body early,
+/// which the client sees against `Content-Length`.
 async fn dods(state: Arc<AppState>, s: Arc<Served>, ce: String) -> Response {
     let failed = |id: &str| {
         dap_error(&DapError {
@@ -173,6 +175,27 @@ async fn dods(state: Arc<AppState>, s: Arc<Served>, ce: String) -> Response {
                     None => return failed(&s.ds.name),
                 }
                 break;
+            }
+        }
+    }
+    let pieces: Vec<Piece> = pieces.collect();
+    if plan.length.is_some_and(|n| n <= opendap::MAX_CHECKED_BYTES) {
+        let arrays: Vec<opendap::ArrayOut> = pieces
+            .iter()
+            .filter_map(|p| match p {
+                Piece::Values(a) => Some(a.clone()),
+                Piece::Literal(_) => None,
+            })
+            .collect();
+        let (st, sv) = (state.clone(), s.clone());
+        let mut check = stream::iter(arrays)
+            .map(move |a| encode(st.clone(), sv.clone(), a))
+            .buffered(2);
+        while let Some(r) = check.next().await {
+            match r {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return dap_error(&e),
+                None => return failed(&s.ds.name),
             }
         }
     }

@@ -24,6 +24,15 @@ use constraint::{Projection, Slice};
 /// subsets (or asks for `.dods`, which is streamed).
 pub const MAX_RESPONSE_BYTES: u64 = 512 * 1024 * 1024;
 
+/// Largest `.dods` answer read through once before its headers go out. DAP2 cannot report an
+/// error once data was sent, and netCDF-C (4.9, also the netCDF4 wheel's) takes a body cut
+/// short as data: it prints "DAP DATADDS packet is apparently too short" and returns the
+/// array with wrong values. So answers up to this size are read whole first and a failure is
+/// a DAP error with its status; the read costs one more decode of what is sent (about a
+/// second per 300 MB here), while a larger answer must start streaming before proxies'
+/// read timeouts (60 s at the ingress) and keeps the cut.
+pub const MAX_CHECKED_BYTES: u64 = 1024 * 1024 * 1024;
+
 /// Largest `.dods` answer (bytes of XDR values). `.dods` is streamed in pieces of about
 /// [`PIECE_BYTES`], so memory does not grow with it; the cap only bounds how long one request
 /// may keep a connection and the disks busy (a whole 10 TB run is not a sensible request).
