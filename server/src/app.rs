@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use crate::metrics::Metrics;
 use crate::open::cache::IndexCache;
 use crate::open::{OpenError, open_with_views};
-use crate::state::{AppState, Entry, Served};
+use crate::state::{AppState, Datasets, Entry, Served};
 
 /// The server state, and which failed datasets failed because their sources could not be
 /// resolved at all.
@@ -79,18 +79,10 @@ pub fn load_all(specs: &[DatasetSpec], threads: usize, cache: Option<&IndexCache
     let entries: Vec<(String, Entry)> = opened.into_iter().map(|(n, e, _)| (n, e)).collect();
     let access = crate::access::Access::from_specs(specs)?;
     let metrics = Metrics::new()?;
-    let ready = entries
-        .iter()
-        .filter(|(_, e)| matches!(e, Entry::Ready(_)))
-        .count() as i64;
-    metrics.datasets.with_label_values(&["ready"]).set(ready);
-    metrics
-        .datasets
-        .with_label_values(&["failed"])
-        .set(entries.len() as i64 - ready);
+    let datasets = Datasets::new(entries).with_gauge(metrics.datasets.clone());
     Ok(Loaded {
         state: AppState {
-            datasets: entries,
+            datasets: Arc::new(datasets),
             pool,
             metrics,
             shutdown: Default::default(),

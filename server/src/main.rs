@@ -474,7 +474,7 @@ fn run_worker(a: WorkerArgs) -> anyhow::Result<()> {
         }
     };
     let (_, app::Loaded { state, .. }, threads) = load(&a.data, a.decoded_cache_bytes)?;
-    for (name, e) in &state.datasets {
+    for (name, e) in state.datasets.iter() {
         if let cloudify_server::state::Entry::Failed(why) = e {
             eprintln!("cloudify worker: dataset '{name}' failed: {why}");
         }
@@ -535,12 +535,8 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
     state.max_source_bytes = a.max_source_bytes;
     state.map_js_url = a.map_js_url.clone();
     state.compute_cache = cloudify_server::state::chunk_cache::ChunkCache::new(a.compute_cache_bytes);
-    let ready = state
-        .datasets
-        .iter()
-        .filter(|(_, e)| matches!(e, cloudify_server::state::Entry::Ready(_)))
-        .count();
-    for (name, e) in &state.datasets {
+    let ready = state.datasets.counts().ready;
+    for (name, e) in state.datasets.iter() {
         if let cloudify_server::state::Entry::Failed(why) = e {
             eprintln!("cloudify: dataset '{name}' failed: {why}");
         }

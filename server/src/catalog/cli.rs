@@ -53,7 +53,7 @@ pub fn describe_all(state: &AppState, ctx: &CatalogCtx, private: bool) -> Vec<Ar
         .filter(|(id, _)| private || !state.access.is_private(id))
         .filter_map(|(_, e)| match e {
             Entry::Ready(s) => Some(ctx.description(&s.ds.name, || describe(&s.ds))),
-            Entry::Failed(_) => None,
+            Entry::Failed(_) | Entry::Opening(_) => None,
         })
         .collect()
 }
