@@ -7,6 +7,7 @@
 //! [`Entry::Failed`] by whoever opens it. Handlers take a snapshot of an entry per request
 //! (a cheap clone of an `Arc` under a read lock), so a request sees one state throughout.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -97,6 +98,8 @@ pub struct Counts {
 pub struct Datasets {
     /// In configuration order, views after their dataset; ids are unique (validated config).
     slots: Vec<(String, RwLock<Entry>)>,
+    /// Id → position in `slots`: every request looks its dataset up, among up to thousands.
+    index: HashMap<String, usize>,
     /// Bumped on every state change, so that [`Datasets::wait_until`] can sleep on `changed`
     /// without missing one.
     generation: Mutex<u64>,
@@ -108,8 +111,14 @@ pub struct Datasets {
 impl Datasets {
     /// The datasets `entries`, in that order.
     pub fn new(entries: Vec<(String, Entry)>) -> Self {
+        let mut index = HashMap::with_capacity(entries.len());
+        for (i, (id, _)) in entries.iter().enumerate() {
+            // the first of a repeated id wins, as a search in order would find it
+            index.entry(id.clone()).or_insert(i);
+        }
         Self {
             slots: entries.into_iter().map(|(id, e)| (id, RwLock::new(e))).collect(),
+            index,
             generation: Mutex::new(0),
             changed: Condvar::new(),
             gauge: None,
@@ -126,7 +135,14 @@ impl Datasets {
 
     /// A snapshot of the state of dataset `id`; `None` if no dataset of that id is configured.
     pub fn get(&self, id: &str) -> Option<Entry> {
-        self.slots.iter().find(|(n, _)| n == id).map(|(_, e)| read(e))
+        self.slot(id).map(read)
+    }
+
+    fn slot(&self, id: &str) -> Option<&RwLock<Entry>> {
+        self.index
+            .get(id)
+            .and_then(|&i| self.slots.get(i))
+            .map(|(_, e)| e)
     }
 
     /// Every dataset's id and a snapshot of its state, in configuration order.
@@ -147,8 +163,8 @@ impl Datasets {
     /// How many datasets are in each state now.
     pub fn counts(&self) -> Counts {
         let mut c = Counts::default();
-        for (_, e) in self.iter() {
-            match e {
+        for (_, e) in &self.slots {
+            match *e.read().unwrap_or_else(PoisonError::into_inner) {
                 Entry::Opening(_) => c.opening += 1,
                 Entry::Ready(_) => c.ready += 1,
                 Entry::Failed(_) => c.failed += 1,
@@ -157,11 +173,19 @@ impl Datasets {
         c
     }
 
+    /// True when a dataset whose id satisfies `which` is still opening. Looks at states
+    /// without copying them: start-up asks it after every dataset that opens, of thousands.
+    pub fn any_opening(&self, which: impl Fn(&str) -> bool) -> bool {
+        self.slots
+            .iter()
+            .any(|(n, e)| !e.read().unwrap_or_else(PoisonError::into_inner).is_settled() && which(n))
+    }
+
     /// Ends the opening of dataset `id` with `entry` (ready or failed), waking every
     /// [`Datasets::wait_until`]. Refused for an unknown id, a dataset that is not opening,
     /// and an `entry` that is still opening: each state change happens once.
     pub fn settle(&self, id: &str, entry: Entry) -> Result<(), TransitionError> {
-        let Some((_, slot)) = self.slots.iter().find(|(n, _)| n == id) else {
+        let Some(slot) = self.slot(id) else {
             return Err(TransitionError::Unknown(id.to_string()));
         };
         if !entry.is_settled() {
@@ -277,6 +301,7 @@ mod tests {
             })
         );
         assert!(matches!(t.get("a"), Some(Entry::Failed(w)) if w == "gone"));
+        assert!(t.any_opening(|id| id == "b") && !t.any_opening(|id| id == "a"));
         // an opening dataset does not go back to opening, unknown ids are refused
         assert_eq!(
             t.settle("b", opening()),
