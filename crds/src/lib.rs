@@ -617,8 +617,10 @@ pub struct TapeSpec {
     pub max_files_per_job: Option<u32>,
     /// netCDF sources on tape without an index yet (none in the index cache): how long
     /// opening the dataset waits for their recall before the dataset is reported failed,
-    /// naming the job (default 3600 s). The recall goes on; the index is built from the staged
-    /// copies and kept in the index cache, so later starts need no recall to open.
+    /// naming the job (default 3600 s). The server does not wait for it: it serves at once,
+    /// the dataset is `opening` meanwhile (its requests answer 503 with `Retry-After`). The
+    /// recall goes on; the index is built from the staged copies and kept in the index cache,
+    /// so later starts need no recall to open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index_wait_seconds: Option<u64>,
     /// Kubernetes only (the operator; the server ignores it): the volume mounted at

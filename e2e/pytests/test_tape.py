@@ -574,3 +574,79 @@ def test_netcdf_on_tape_is_indexed_once_staged_then_opened_from_the_index_cache(
             stop_server(proc)
     finally:
         emu.stop()
+
+
+def test_uncached_netcdf_on_tape_opens_in_the_background_while_the_server_serves(archive, tmp_path):
+    """netCDF files on tape without an index must be recalled before their dataset can open,
+    which takes as long as the archive takes. The server does not wait for that: it listens
+    at once, `/healthz` and the other datasets answer, the dataset on tape is listed as
+    `opening`, and every request for it — Zarr keys, `.zmetadata`, kerchunk, OPeNDAP, STAC,
+    intake — is 503 with Retry-After and a body naming the dataset and its state, never 404
+    (a zarr client reads a 404 as fill values) and never a 2xx without data. Catalog listings
+    answer at once without it. Once recalled and indexed it is ready and serves the files'
+    values."""
+    from wlcg_tape_emulator import Emulator
+
+    slow = 10.0  # seconds the recall takes: the server must be serving long before
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    root = archive["root"]
+    emu = Emulator(root, "s3cret-token", delay=slow)
+    arch = ["/" + f.relative_to(root).as_posix() for f in archive["files"]["tape_cm4"]]
+    try:
+        datasets = [
+            {"name": "disk", "sources": [str(f) for f in archive["files"]["tape_esm4"]]},
+            {"name": "nc_cm4", "sources": arch,
+             "storage": _wlcg_storage(emu, token, tmp_path / "staging")},
+        ]
+        cfg = _write_cfg(tmp_path / "bg.yaml", datasets)
+        t0 = time.monotonic()
+        url, proc, log = start_server(["serve", "--config", str(cfg)], tmp_path, "bg",
+                                      extra_env={"CLOUDIFY_CACHE_DIR": str(tmp_path / "bg-cache")})
+        try:
+            assert time.monotonic() - t0 < slow / 2, "the server waited for the recall before listening"
+            assert requests.get(f"{url}/healthz", timeout=5).text == "ok"
+            st = {d["name"]: d for d in requests.get(f"{url}/status", timeout=5).json()["datasets"]}
+            assert st["disk"]["state"] == "ready", st
+            assert st["nc_cm4"]["state"] == "opening" and "tape" in st["nc_cm4"]["waiting_for"], st
+            assert requests.get(f"{url}/datasets", timeout=5).json() == ["disk", "nc_cm4"]
+            r = requests.get(f"{url}/readyz", timeout=5)
+            assert r.status_code == 200 and r.json()["opening"] == 1, r.text
+            assert 'cloudify_datasets{state="opening"} 1' in requests.get(f"{url}/metrics", timeout=5).text
+            # the other dataset serves meanwhile, its values those of its files
+            disk = xr.open_zarr(f"{url}/datasets/disk/zarr", consolidated=True, mask_and_scale=False,
+                                decode_times=False)["ta"][:2].load()
+            np.testing.assert_array_equal(disk.values, _original(archive["files"]["tape_esm4"])["ta"].values[:2])
+            for route in ["/zarr/.zmetadata", "/zarr/zarr.json", "/zarr/ta/.zarray", "/zarr/ta/0.0.0.0",
+                          "/zarr/nothing/.zarray", "/zarr/ta/c/0/0/0/0", "/kerchunk.json", "/stac",
+                          "/catalog.yaml", "/locality"]:
+                r = requests.get(f"{url}/datasets/nc_cm4{route}", timeout=5)
+                assert r.status_code == 503, (route, r.status_code, r.text[:300])
+                assert r.headers["Retry-After"] == "4", (route, r.headers)
+                body = r.json()
+                assert body["dataset"] == "nc_cm4" and body["state"] == "opening", (route, body)
+            for route in ["/opendap.dds", "/opendap.dods", "/opendap.dmr"]:
+                r = requests.get(f"{url}/datasets/nc_cm4{route}", timeout=5)
+                assert r.status_code == 503 and r.headers["Retry-After"] == "4", (route, r.status_code)
+                assert "still opening" in r.text, (route, r.text[:300])
+            # catalogs answer at once, without the dataset they cannot describe yet
+            coll = requests.get(f"{url}/stac-collection-all.json", timeout=5)
+            assert coll.status_code == 200 and "nc_cm4" not in coll.text, coll.text[:500]
+            assert "nc_cm4" not in requests.get(f"{url}/intake.yaml", timeout=5).text
+            assert time.monotonic() - t0 < slow, "the checks above ran after the recall was done"
+
+            st = {d["name"]: d for d in wait_until_settled(url, ["disk", "nc_cm4"], proc)["datasets"]}
+            assert st["nc_cm4"]["state"] == "ready", st
+            assert time.monotonic() - t0 >= slow * 0.9
+            ds = xr.open_zarr(f"{url}/datasets/nc_cm4/zarr", consolidated=True, mask_and_scale=False,
+                              decode_times=False).load()
+            orig = _original(archive["files"]["tape_cm4"])
+            np.testing.assert_array_equal(ds["ta"].values, orig["ta"].values)
+            np.testing.assert_array_equal(ds["time"].values, orig["time"].values)
+            assert "nc_cm4" in requests.get(f"{url}/stac-collection-all.json", timeout=30).text
+            assert 'cloudify_datasets{state="ready"} 2' in requests.get(f"{url}/metrics", timeout=5).text
+        finally:
+            stop_server(proc)
+        assert "opens in the background" in log.read_text()
+    finally:
+        emu.stop()

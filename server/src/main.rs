@@ -68,6 +68,12 @@ struct DataArgs {
     /// Worker threads for reading and decoding chunks (default: number of cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Listen at the latest SECS after start even if datasets are still opening: those go on
+    /// opening in the background, are listed as `opening` and answer 503 + Retry-After until
+    /// they are ready or failed. netCDF files on tape without an index (which must be
+    /// recalled first) never hold the start.
+    #[arg(long, value_name = "SECS", default_value = "15", value_parser = serve::parse_secs)]
+    open_wait: Duration,
     #[command(flatten)]
     storage: StorageArgs,
 }
@@ -436,7 +442,8 @@ fn specs(a: &DataArgs) -> anyhow::Result<Vec<DatasetSpec>> {
     Ok(vec![spec])
 }
 
-/// The datasets of `a` loaded (as `serve` loads them), with the thread count used.
+/// The datasets of `a` loaded (as `serve` loads them; those still opening after
+/// `--open-wait` open in the background), with the thread count used.
 fn load(a: &DataArgs, decoded_cache_bytes: u64) -> anyhow::Result<(Vec<DatasetSpec>, app::Loaded, usize)> {
     let specs = specs(a)?;
     cloudify_server::chunk::cache::cache().set_budget(decoded_cache_bytes);
@@ -450,7 +457,7 @@ fn load(a: &DataArgs, decoded_cache_bytes: u64) -> anyhow::Result<(Vec<DatasetSp
         .max(1);
     let cache =
         (!a.no_cache).then(|| cloudify_server::open::cache::IndexCache::new(&cache_dir(a.cache_dir.clone())));
-    let loaded = app::load_all(&specs, threads, cache.as_ref())?;
+    let loaded = app::start(&specs, threads, cache.as_ref(), Some(a.open_wait))?;
     Ok((specs, loaded, threads))
 }
 
@@ -474,7 +481,7 @@ fn run_worker(a: WorkerArgs) -> anyhow::Result<()> {
         }
     };
     let (_, app::Loaded { state, .. }, threads) = load(&a.data, a.decoded_cache_bytes)?;
-    for (name, e) in &state.datasets {
+    for (name, e) in state.datasets.iter() {
         if let cloudify_server::state::Entry::Failed(why) = e {
             eprintln!("cloudify worker: dataset '{name}' failed: {why}");
         }
@@ -535,12 +542,9 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
     state.max_source_bytes = a.max_source_bytes;
     state.map_js_url = a.map_js_url.clone();
     state.compute_cache = cloudify_server::state::chunk_cache::ChunkCache::new(a.compute_cache_bytes);
-    let ready = state
-        .datasets
-        .iter()
-        .filter(|(_, e)| matches!(e, cloudify_server::state::Entry::Ready(_)))
-        .count();
-    for (name, e) in &state.datasets {
+    let counts = state.datasets.counts();
+    let ready = counts.ready;
+    for (name, e) in state.datasets.iter() {
         if let cloudify_server::state::Entry::Failed(why) = e {
             eprintln!("cloudify: dataset '{name}' failed: {why}");
         }
@@ -553,7 +557,7 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         // them; an exiting process would only crash-loop).
         anyhow::bail!("no dataset could be opened");
     }
-    if ready == 0 {
+    if ready == 0 && counts.opening == 0 {
         tracing::warn!(
             "no dataset could be opened: serving /status and /readyz (not ready) with the reasons"
         );

@@ -572,9 +572,10 @@ fn cached_fixture(cache: &std::path::Path) -> (tempfile::TempDir, Arc<cloudify_s
     (dir, Arc::new(state))
 }
 
-fn parquet_dir(state: &cloudify_server::state::AppState) -> &cloudify_server::state::parquet::ParquetDir {
+/// The served dataset `good`, whose Parquet directory the tests look at.
+fn good(state: &cloudify_server::state::AppState) -> Arc<cloudify_server::state::Served> {
     match state.entry("good") {
-        Some(cloudify_server::state::Entry::Ready(s)) => s.refs_parquet.as_ref().unwrap(),
+        Some(cloudify_server::state::Entry::Ready(s)) => s,
         _ => panic!("dataset not ready"),
     }
 }
@@ -622,7 +623,11 @@ async fn parquet_references_recover_or_say_why() {
     assert!(error_of(s2, &h2, &b2).contains("is not a directory"));
     // the cache is usable again: the next request (after the interval) writes them
     std::fs::remove_file(&refs).unwrap();
-    parquet_dir(&state).set_retry_interval(std::time::Duration::ZERO);
+    good(&state)
+        .refs_parquet
+        .as_ref()
+        .unwrap()
+        .set_retry_interval(std::time::Duration::ZERO);
     let (s, h, b) = settle(&app).await;
     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
     assert!(json(&b)["record_size"].is_u64());
@@ -631,5 +636,155 @@ async fn parquet_references_recover_or_say_why() {
     std::fs::remove_dir_all(cache.path()).unwrap();
     let (s, _, b) = settle(&app).await;
     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
-    assert!(parquet_dir(&state).dir.join(".zmetadata").is_file());
+    assert!(
+        good(&state)
+            .refs_parquet
+            .as_ref()
+            .unwrap()
+            .dir
+            .join(".zmetadata")
+            .is_file()
+    );
+}
+
+/// A dataset still opening in the background (the server already listens): listed with its
+/// state, every data and metadata route answers 503 with `Retry-After` and a JSON body naming
+/// the dataset and its state (never 404, which a Zarr client reads as fill values, never a
+/// 2xx without data), and once it is swapped for its opened dataset it serves like any other.
+#[tokio::test]
+async fn a_dataset_still_opening_answers_503_with_retry_after_until_it_is_ready() {
+    use cloudify_server::state::{Datasets, Entry, Opening};
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.nc");
+    write_file(&a, 0.0, 0.0);
+    let src = vec![a.display().to_string()];
+    let mut state = app::load(&[spec("good", src.clone()), spec("slow", src)], 2, None).unwrap();
+    let ready = |id: &str| match state.entry(id) {
+        Some(Entry::Ready(s)) => s,
+        other => panic!("{id}: {other:?}"),
+    };
+    let (good, slow) = (ready("good"), ready("slow"));
+    let opening = || {
+        Entry::Opening(Opening {
+            since: std::time::Instant::now(),
+            waiting_for: "recalling its files from tape to index them".into(),
+            retry_after: 42,
+        })
+    };
+    let table = Arc::new(Datasets::new(vec![
+        ("good".into(), Entry::Ready(good)),
+        ("slow".into(), opening()),
+    ]));
+    state.datasets = table.clone();
+    let app = router(Arc::new(state));
+
+    let (s, _, b) = get(&app, "/datasets").await;
+    assert_eq!(
+        (s, json(&b)),
+        (StatusCode::OK, serde_json::json!(["good", "slow"]))
+    );
+    let (_, _, b) = get(&app, "/status").await;
+    let st = json(&b);
+    assert_eq!(st["datasets"][1]["name"], "slow");
+    assert_eq!(st["datasets"][1]["state"], "opening");
+    assert!(
+        st["datasets"][1]["waiting_for"]
+            .as_str()
+            .unwrap()
+            .contains("tape"),
+        "{st}"
+    );
+    // one dataset serves: ready, and the count of those opening is told
+    let (s, _, b) = get(&app, "/readyz").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(json(&b)["opening"], 1);
+    let (s, _, _) = get(&app, "/datasets/good/zarr/x/0.0.0").await;
+    assert_eq!(s, StatusCode::OK);
+
+    for route in [
+        "/zarr/.zmetadata",
+        "/zarr/zarr.json",
+        "/zarr/x/.zarray",
+        "/zarr/x/0.0.0",
+        "/zarr/x/c/0/0/0",
+        "/kerchunk.json",
+        "/kerchunk.parq/.zmetadata",
+        "/stac",
+        "/info",
+        "/keys",
+        "",
+    ] {
+        let (s, h, b) = get(&app, &format!("/datasets/slow{route}")).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{route}");
+        assert_eq!(hval(&h, "retry-after"), "42", "{route}");
+        let body = json(&b);
+        assert_eq!(body["dataset"], "slow", "{route}: {body}");
+        assert_eq!(body["state"], "opening", "{route}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("still opening"),
+            "{route}: {body}"
+        );
+    }
+    // OPeNDAP answers its own error documents, with the same status and Retry-After
+    for route in ["/opendap.dds", "/opendap.dods", "/opendap.dmr"] {
+        let (s, h, b) = get(&app, &format!("/datasets/slow{route}")).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{route}");
+        assert_eq!(hval(&h, "retry-after"), "42", "{route}");
+        assert!(String::from_utf8_lossy(&b).contains("still opening"), "{route}");
+    }
+
+    table.settle("slow", Entry::Ready(slow)).unwrap();
+    let (s, _, b) = get(&app, "/datasets/slow/zarr/x/.zarray").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(json(&b)["shape"], serde_json::json!([2, 3, LON]));
+    let (_, _, b) = get(&app, "/readyz").await;
+    assert_eq!(json(&b)["opening"], 0);
+}
+
+/// While every dataset is still opening nothing serves yet: not ready (Kubernetes sends
+/// such a pod no traffic), saying which dataset is opening and for what; and a dataset
+/// that fails in the background is then failed like one that failed at start-up.
+#[tokio::test]
+async fn readiness_waits_for_a_dataset_that_serves() {
+    use cloudify_server::state::{Datasets, Entry, Opening};
+    let mut state = app::load(&[], 1, None).unwrap();
+    let table = Arc::new(Datasets::new(vec![(
+        "slow".into(),
+        Entry::Opening(Opening {
+            since: std::time::Instant::now(),
+            waiting_for: "opening its files".into(),
+            retry_after: 10,
+        }),
+    )]));
+    state.datasets = table.clone();
+    let app = router(Arc::new(state));
+    let (s, _, b) = get(&app, "/readyz").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    let r = json(&b);
+    assert_eq!((r["ready"].as_u64(), r["opening"].as_u64()), (Some(0), Some(1)));
+    let reason = r["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("'slow' is still opening (opening its files"),
+        "{reason}"
+    );
+    let (s, _, _) = get(&app, "/healthz").await;
+    assert_eq!(s, StatusCode::OK);
+
+    table
+        .settle("slow", Entry::Failed("no such file".into()))
+        .unwrap();
+    let (s, _, b) = get(&app, "/readyz").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        json(&b)["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no dataset could be opened: 'slow' failed: no such file")
+    );
+    let (s, h, b) = get(&app, "/datasets/slow/zarr/.zmetadata").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(h.get(header::RETRY_AFTER).is_none());
+    assert_eq!(json(&b)["state"], "failed");
+    let (_, _, b) = get(&app, "/datasets").await;
+    assert_eq!(json(&b), serde_json::json!([]));
 }

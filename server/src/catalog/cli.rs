@@ -53,9 +53,47 @@ pub fn describe_all(state: &AppState, ctx: &CatalogCtx, private: bool) -> Vec<Ar
         .filter(|(id, _)| private || !state.access.is_private(id))
         .filter_map(|(_, e)| match e {
             Entry::Ready(s) => Some(ctx.description(&s.ds.name, || describe(&s.ds))),
-            Entry::Failed(_) => None,
+            Entry::Failed(_) | Entry::Opening(_) => None,
         })
         .collect()
+}
+
+/// How often registration looks for datasets that finished opening in the background.
+const REGISTER_POLL: Duration = Duration::from_secs(5);
+
+/// Registers the items of `described` not registered yet (in `registered`), with the
+/// collection of all of them. The catalog being down must never stop serving: retried for a
+/// day, then given up (logged).
+async fn register_new(
+    client: &CatalogClient,
+    described: &[Arc<Description>],
+    base: &str,
+    coll_id: &str,
+    registered: &std::sync::Mutex<Vec<String>>,
+) {
+    let done = registered.lock().map(|r| r.clone()).unwrap_or_default();
+    let refs: Vec<&Description> = described.iter().map(std::convert::AsRef::as_ref).collect();
+    let new: Vec<&Description> = refs.iter().copied().filter(|d| !done.contains(&d.id)).collect();
+    if new.is_empty() {
+        return;
+    }
+    let coll = item::collection(
+        coll_id,
+        "cloudify datasets",
+        &refs,
+        &format!("{base}{}", item::COLLECTION_PATH),
+        |id| format!("{base}{}", item::item_path(id)),
+    );
+    let items: Vec<_> = new.iter().map(|d| item::item(d, base, coll_id)).collect();
+    match client.register(&coll, &items, Duration::from_secs(86_400)).await {
+        Ok(()) => {
+            tracing::info!(items = items.len(), collection = %coll_id, "registered in the catalog");
+            if let Ok(mut r) = registered.lock() {
+                r.extend(new.iter().map(|d| d.id.clone()));
+            }
+        }
+        Err(e) => tracing::error!("registration in the catalog failed: {e}"),
+    }
 }
 
 /// `cloudify serve` with the catalog routes' settings and optional registration.
@@ -84,35 +122,39 @@ pub async fn serve_with_catalog(
     let register_private = a.register_private;
     run_app(opts, move |url| {
         if let Some(client) = cl {
-            let base = explicit_base.unwrap_or_else(|| url.to_string()).trim_end_matches('/').to_string();
+            let base = explicit_base
+                .unwrap_or_else(|| url.to_string())
+                .trim_end_matches('/')
+                .to_string();
             let (st, c2) = (st.clone(), c2.clone());
             tokio::spawn(async move {
-                // Describing reads coordinates: off the async workers.
-                let ds = match tokio::task::spawn_blocking(move || describe_all(&st, &c2, register_private)).await {
-                    Ok(d) => d,
-                    Err(e) => {
-                        tracing::error!("describing datasets for registration failed: {e}");
-                        return;
+                // The datasets ready now are registered at once; those still opening each
+                // once it is ready (polled: openings take minutes to hours), so an item is
+                // never registered for a dataset that cannot be read yet.
+                let mut seen_ready = None;
+                loop {
+                    let counts = st.datasets.counts();
+                    if seen_ready != Some(counts.ready) {
+                        seen_ready = Some(counts.ready);
+                        let (st, c2) = (st.clone(), c2.clone());
+                        // Describing reads coordinates: off the async workers.
+                        let ds = match tokio::task::spawn_blocking(move || {
+                            describe_all(&st, &c2, register_private)
+                        })
+                        .await
+                        {
+                            Ok(d) => d,
+                            Err(e) => {
+                                tracing::error!("describing datasets for registration failed: {e}");
+                                return;
+                            }
+                        };
+                        register_new(&client, &ds, &base, &coll_id, &reg).await;
                     }
-                };
-                let refs: Vec<&Description> = ds.iter().map(std::convert::AsRef::as_ref).collect();
-                let coll = item::collection(
-                    &coll_id,
-                    "cloudify datasets",
-                    &refs,
-                    &format!("{base}{}", item::COLLECTION_PATH),
-                    |id| format!("{base}{}", item::item_path(id)),
-                );
-                let items: Vec<_> = refs.iter().map(|d| item::item(d, &base, &coll_id)).collect();
-                // The catalog being down must never stop serving: retry for a day, then give up.
-                match client.register(&coll, &items, Duration::from_secs(86_400)).await {
-                    Ok(()) => {
-                        tracing::info!(items = items.len(), collection = %coll_id, "registered in the catalog");
-                        if let Ok(mut r) = reg.lock() {
-                            *r = refs.iter().map(|d| d.id.clone()).collect();
-                        }
+                    if counts.opening == 0 {
+                        break;
                     }
-                    Err(e) => tracing::error!("registration in the catalog failed: {e}"),
+                    tokio::time::sleep(REGISTER_POLL).await;
                 }
             });
         }

@@ -50,19 +50,21 @@ pub fn routes() -> axum::Router<Arc<AppState>> {
         .route("/intake.yaml", get(intake_all))
 }
 
-/// Every dataset that serves, described.
+/// Every dataset that serves, described. Datasets still opening are left out until they are
+/// ready: they cannot be described yet (their extent is not known), and waiting for them
+/// would hold the catalog for as long as their opening takes.
 pub async fn all_descriptions(
     state: &AppState,
     ctx: &Arc<CatalogCtx>,
     readable: Option<&Readable>,
 ) -> Result<Vec<Arc<Description>>, ApiError> {
     let mut out = Vec::new();
-    for (id, e) in &state.datasets {
+    for (id, e) in state.datasets.iter() {
         if !listed(state, readable, id) {
             continue;
         }
         if let Entry::Ready(s) = e {
-            out.push(description(state, ctx, s.clone()).await?);
+            out.push(description(state, ctx, s).await?);
         }
     }
     Ok(out)

@@ -144,10 +144,18 @@ fn failure(status: u16, message: String) -> Failure {
 /// The dataset a task names, as this worker loaded it.
 fn dataset(state: &AppState, at: &Locator) -> Result<Arc<crate::state::Served>, Failure> {
     let entry = |id: &str| match state.entry(id) {
-        Some(Entry::Ready(s)) => Ok(s.clone()),
+        Some(Entry::Ready(s)) => Ok(s),
         Some(Entry::Failed(why)) => Err(failure(
             503,
             format!("dataset '{id}' failed to open on this worker: {why}"),
+        )),
+        Some(Entry::Opening(o)) => Err(failure(
+            503,
+            format!(
+                "dataset '{id}' is still opening on this worker ({}, for {} s so far)",
+                o.waiting_for,
+                o.seconds()
+            ),
         )),
         None => Err(failure(
             502,

@@ -95,6 +95,12 @@ impl ApiError {
         }
         self
     }
+    /// Adds the members of `detail` (a JSON object) to the body, beside the message.
+    #[must_use]
+    pub fn detail(mut self, detail: Value) -> Self {
+        self.detail = Some(Box::new(detail));
+        self
+    }
     /// Not logged when answered: the cause was logged once already.
     #[must_use]
     pub fn quiet(mut self) -> Self {

@@ -14,40 +14,41 @@ use super::zarr::served;
 use crate::dataset::summary;
 use crate::state::{AppState, Entry};
 
+/// The ids of the datasets served or being opened (not those that failed) that the caller
+/// may see. A dataset still opening is listed: it is being served, and its requests answer
+/// 503 + `Retry-After` until it is open; leaving it out would tell clients it does not exist.
+fn served_ids(state: &AppState, readable: Option<&Readable>) -> Vec<String> {
+    state
+        .datasets
+        .iter()
+        .filter(|(n, e)| !matches!(e, Entry::Failed(_)) && listed(state, readable, n))
+        .map(|(n, _)| n.to_string())
+        .collect()
+}
+
 /// `/`: service name, version, the ids of the datasets being served and links to the other
 /// endpoints.
 pub async fn root(State(state): State<Arc<AppState>>, readable: Option<Extension<Readable>>) -> Json<Value> {
-    let ready: Vec<&String> = state
-        .datasets
-        .iter()
-        .filter(|(n, e)| matches!(e, Entry::Ready(_)) && listed(&state, readable.as_deref(), n))
-        .map(|(n, _)| n)
-        .collect();
     Json(json!({
         "service": "cloudify",
         "version": env!("CARGO_PKG_VERSION"),
-        "datasets": ready,
+        "datasets": served_ids(&state, readable.as_deref()),
         "links": {"datasets": "/datasets", "status": "/status", "openapi": "/openapi.json", "docs": "/docs"},
     }))
 }
 
-/// `/datasets`: ids of the datasets that are being served (xpublish's answer); private
-/// datasets only for callers who may read them.
+/// `/datasets`: ids of the datasets that are being served (xpublish's answer), those still
+/// opening included (`/status` tells which); private datasets only for callers who may read
+/// them.
 pub async fn list(
     State(state): State<Arc<AppState>>,
     readable: Option<Extension<Readable>>,
 ) -> Json<Vec<String>> {
-    Json(
-        state
-            .datasets
-            .iter()
-            .filter(|(n, e)| matches!(e, Entry::Ready(_)) && listed(&state, readable.as_deref(), n))
-            .map(|(n, _)| n.clone())
-            .collect(),
-    )
+    Json(served_ids(&state, readable.as_deref()))
 }
 
-/// `/status`: every configured dataset with its state, including failed ones and why.
+/// `/status`: every configured dataset with its state: ready, failed and why, or opening,
+/// for how long and waiting for what.
 pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
     let list: Vec<Value> = state
         .datasets
@@ -56,6 +57,8 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
             Entry::Ready(s) => json!({"name": n, "state": "ready", "files": s.ds.files.len(),
                 "not_served": s.ds.skipped.iter().map(|(v, w)| json!({"variable": v, "reason": w})).collect::<Vec<_>>()}),
             Entry::Failed(why) => json!({"name": n, "state": "failed", "error": why}),
+            Entry::Opening(o) => json!({"name": n, "state": "opening", "since_seconds": o.seconds(),
+                "waiting_for": o.waiting_for}),
         })
         .collect();
     Json(json!({"datasets": list}))
@@ -157,39 +160,46 @@ pub async fn healthz() -> &'static str {
 
 /// Ready when at least one dataset serves: a server whose datasets all failed has nothing
 /// to offer, while one broken dataset among many must not take the others out of service.
-/// Not ready either once SIGTERM/SIGINT started the shutdown, so that load balancers stop
-/// sending requests while open connections drain. A 503 says why in `reason`.
+/// Datasets still opening (in the background, after the server started listening) do not
+/// make it ready: in Kubernetes a pod whose only dataset is being recalled from tape gets no
+/// traffic yet, and during a rollout the old pods keep serving until the new one can — while
+/// `/healthz` answers, so the pod is not killed and its opening not started over. Not ready
+/// either once SIGTERM/SIGINT started the shutdown, so that load balancers stop sending
+/// requests while open connections drain. A 503 says why in `reason`.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    let ready = state
-        .datasets
-        .iter()
-        .filter(|(_, e)| matches!(e, Entry::Ready(_)))
-        .count();
-    let failed = state.datasets.len() - ready;
+    let c = state.datasets.counts();
     let reason = if state.shutdown.is_set() {
         Some("shutting down".to_string())
-    } else if ready == 0 && failed == 0 {
+    } else if state.datasets.is_empty() {
         Some("no dataset is configured".to_string())
-    } else if ready == 0 {
-        let why: Vec<String> = state
-            .datasets
-            .iter()
-            .filter_map(|(n, e)| match e {
-                Entry::Failed(why) => Some(format!("'{n}': {why}")),
-                Entry::Ready(_) => None,
-            })
-            .collect();
-        Some(format!("no dataset could be opened: {}", why.join("; ")))
+    } else if c.ready == 0 {
+        let mut why = Vec::new();
+        for (n, e) in state.datasets.iter() {
+            match e {
+                Entry::Failed(w) => why.push(format!("'{n}' failed: {w}")),
+                Entry::Opening(o) => why.push(format!(
+                    "'{n}' is still opening ({}, for {} s so far)",
+                    o.waiting_for,
+                    o.seconds()
+                )),
+                Entry::Ready(_) => {}
+            }
+        }
+        Some(if c.opening == 0 {
+            format!("no dataset could be opened: {}", why.join("; "))
+        } else {
+            format!("no dataset serves yet: {}", why.join("; "))
+        })
     } else {
         None
     };
+    let mut body = json!({"ready": c.ready, "failed": c.failed, "opening": c.opening});
     match reason {
-        None => (StatusCode::OK, Json(json!({"ready": ready, "failed": failed}))).into_response(),
-        Some(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": ready, "failed": failed, "reason": reason})),
-        )
-            .into_response(),
+        None => (StatusCode::OK, Json(body)).into_response(),
+        Some(reason) => {
+            body["reason"] = Value::String(reason);
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
     }
 }
 

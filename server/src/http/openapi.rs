@@ -21,7 +21,8 @@ pub enum Kind {
     Plain,
     /// `/readyz`: 200 or 503 with the same body.
     Ready,
-    /// A dataset route (`{id}`): 400 invalid id, 404 unknown dataset, 503 dataset failed.
+    /// A dataset route (`{id}`): 400 invalid id, 404 unknown dataset, 503 dataset failed or
+    /// still opening.
     Dataset,
     /// A key or file of a dataset read in parts: HEAD, `Range`/`If-Range`/`If-None-Match`,
     /// 206, 304, 416, and the errors of reading sources.
@@ -46,14 +47,14 @@ pub const ROUTES: &[(&str, &str, &str, &[&str], Kind)] = &[
     ),
     (
         "/datasets",
-        "Ids of the datasets being served (private datasets only for callers whose credentials may read them)",
+        "Ids of the datasets being served, those still opening included (private datasets only for callers whose credentials may read them)",
         "meta",
         &["application/json"],
         Kind::Plain,
     ),
     (
         "/status",
-        "Every configured dataset with its state (ready/failed) and the reason",
+        "Every configured dataset with its state: ready, failed (`error`: why) or opening (`since_seconds`, `waiting_for`: a dataset that opens in the background while the server already serves)",
         "meta",
         &["application/json"],
         Kind::Plain,
@@ -287,7 +288,7 @@ pub const ROUTES: &[(&str, &str, &str, &[&str], Kind)] = &[
     ("/healthz", "Liveness", "ops", &["text/plain"], Kind::Plain),
     (
         "/readyz",
-        "Readiness: 200 when at least one dataset serves; 503 with the reason while none does (none configured, every one failed to open) and while the server shuts down (SIGTERM: connections drain)",
+        "Readiness: 200 when at least one dataset serves; 503 with the reason while none does (none configured, every one failed to open or is still opening) and while the server shuts down (SIGTERM: connections drain)",
         "ops",
         &["application/json"],
         Kind::Ready,
@@ -604,7 +605,7 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
         );
         responses.insert(
             "503".into(),
-            error_response("The dataset failed to open, or (private datasets) the identity provider's keys cannot be fetched to check a JWT; the message says which"),
+            error_response("The dataset failed to open, or is still opening (Retry-After; the body's `dataset` and `state` say which), or (private datasets) the identity provider's keys cannot be fetched to check a JWT; the message says which"),
         );
     }
     match kind {
@@ -622,7 +623,10 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
                     "An int64/uint64 value outside DAP2's 32-bit range (read it through Zarr)",
                 ),
                 ("500", "A source could not be read"),
-                ("503", "The dataset failed to open; the message says why"),
+                (
+                    "503",
+                    "The dataset failed to open, or is still opening (with Retry-After); the message says which",
+                ),
             ] {
                 responses.insert(
                     code.into(),
@@ -668,9 +672,9 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
             responses.insert(
                 "503".into(),
                 error_response(if kind == Kind::Ranged {
-                    "The dataset failed to open, or a tape-archived file is still being recalled (Retry-After: the archive's estimate; the body's `state` and `job` say where the recall is) or the staging cache is full of files being read; the message says which"
+                    "The dataset failed to open or is still opening (Retry-After; the body's `dataset` and `state` say which), or a tape-archived file is still being recalled (Retry-After: the archive's estimate; the body's `state` and `job` say where the recall is) or the staging cache is full of files being read; the message says which"
                 } else {
-                    "The dataset failed to open, or (private datasets) the identity provider's keys cannot be fetched to check a JWT; the message says which"
+                    "The dataset failed to open, or is still opening (Retry-After; the body's `dataset` and `state` say which), or (private datasets) the identity provider's keys cannot be fetched to check a JWT; the message says which"
                 }),
             );
             responses.insert(
@@ -789,7 +793,7 @@ pub fn document() -> Value {
         "components": {
             "schemas": {
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
-                "Readiness": {"type": "object", "required": ["ready", "failed"], "properties": {"ready": {"type": "integer", "minimum": 0}, "failed": {"type": "integer", "minimum": 0}, "reason": {"type": "string", "description": "Why the server is not ready (503 only)"}}},
+                "Readiness": {"type": "object", "required": ["ready", "failed", "opening"], "properties": {"ready": {"type": "integer", "minimum": 0}, "failed": {"type": "integer", "minimum": 0}, "opening": {"type": "integer", "minimum": 0, "description": "Datasets still opening in the background"}, "reason": {"type": "string", "description": "Why the server is not ready (503 only)"}}},
             },
             "headers": {
                 "ETag": {"description": "Derived from the dataset's sources and the key", "schema": {"type": "string"}},

@@ -68,11 +68,19 @@ pub async fn opendap(
     let s = match served(&state, &id) {
         Ok(s) => s,
         Err(e) => {
+            // the protocol's own error document, with the `Retry-After` of a dataset still
+            // opening kept
+            let retry_after = e.retry_after;
             let e = DapError {
                 status: e.status.as_u16(),
                 message: e.message,
             };
-            return Ok(if dap4 { dap4_error(&e) } else { dap_error(&e) });
+            let mut r = if dap4 { dap4_error(&e) } else { dap_error(&e) };
+            if let Some(secs) = retry_after {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            return Ok(r);
         }
     };
     if dap4 {

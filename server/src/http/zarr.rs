@@ -8,6 +8,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde_json::json;
 
 use super::error::ApiError;
 use crate::codec::{Encoding, ZSTD_LEVEL, encode, encode_stored, vlen_utf8};
@@ -25,14 +26,32 @@ use crate::zarr::key::{ChunkKey, Format, KeyError, parse_chunk_key};
 pub(super) const CACHE_META: &str = "public, max-age=60";
 const CACHE_CHUNK: &str = "public, max-age=3600";
 
-/// Resolves a dataset id to a served dataset, or the error to answer.
+/// Resolves a dataset id to a served dataset, or the error to answer: 503 for a dataset
+/// that failed to open, and for one still opening with `Retry-After` (its state and how long
+/// it has been opening in the body). Never 404 for a configured dataset: a Zarr client reads
+/// a 404 as a chunk never written, that is fill values.
 pub fn served(state: &AppState, id: &str) -> Result<Arc<Served>, ApiError> {
     match state.entry(id) {
-        Some(Entry::Ready(s)) => Ok(s.clone()),
+        Some(Entry::Ready(s)) => Ok(s),
         Some(Entry::Failed(reason)) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("dataset '{id}' failed to open: {reason}"),
-        )),
+        )
+        .detail(json!({"dataset": id, "state": "failed"}))),
+        Some(Entry::Opening(o)) => {
+            let secs = o.seconds();
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "dataset '{id}' is still opening ({}, for {secs} s so far); ask again later",
+                    o.waiting_for
+                ),
+            )
+            .retry_after(o.retry_after)
+            .detail(json!({"dataset": id, "state": "opening", "since_seconds": secs}))
+            // a state, not a fault: `/status` tells it, and every waiting client would log it
+            .quiet())
+        }
         // Ids are single URL segments of a conservative alphabet (as configured names are);
         // anything else (`..`, `a/b` from `a%2Fb`, control characters) is a malformed request.
         None => match cloudify_crds::validate_name(id) {

@@ -176,6 +176,13 @@ impl IndexCache {
         (doc.cloudify.format == FORMAT && doc.cloudify.index.file.path == path).then_some(doc.cloudify.index)
     }
 
+    /// Whether an entry for archive path `path` is there, without reading it: enough to tell
+    /// at start-up which datasets on tape will have to recall files to open (an entry that
+    /// turns out unreadable only makes that opening slower than expected).
+    pub fn has_archived(&self, path: &Path) -> bool {
+        self.entry(path).is_file()
+    }
+
     /// Stores the index of one file. Failures (read-only cache, full disk) only cost the
     /// next start some time, so they are logged, not fatal.
     pub fn store(&self, index: &SourceIndex) {

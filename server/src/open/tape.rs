@@ -11,20 +11,67 @@
 //! needs no recall. Reads then go through the stager like those of any tape reference.
 //!
 //! Opening waits at most `tape.indexWaitSeconds` for the recalls: a recall that takes longer
-//! fails the dataset, naming the file and the job (the recall goes on), rather than holding
-//! the server's start for hours; a failed recall fails it with the archive's reason.
+//! fails the dataset, naming the file and the job (the recall goes on); a failed recall fails
+//! it with the archive's reason. The server does not wait for such an opening to listen:
+//! [`needs_recall`] tells `app` before opening which datasets will wait on the archive, and
+//! those open in the background while the others serve.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cloudify_crds::TapeSpec;
+use cloudify_crds::{DatasetSpec, TapeSpec};
 
 use super::OpenError;
 use super::cache::IndexCache;
 use crate::source::{SourceFile, SourceIndex, rebind};
 use crate::storage::tape::{Stager, stager_for};
 use crate::storage::{RemoteObject, Store};
+
+/// The archive path source `s` (number `index`) names, or why it names none.
+fn archive_path(index: usize, s: &str) -> Result<&str, OpenError> {
+    let p = s.strip_prefix("file://").unwrap_or(s);
+    let why = if !p.starts_with('/') {
+        "a source on tape is an archive path (absolute, starting with '/')"
+    } else if p.contains(['*', '?', '[']) {
+        "a source on tape is named in full: archives are not listed, so a glob cannot be expanded without recalls"
+    } else {
+        return Ok(p);
+    };
+    Err(OpenError::Source {
+        index,
+        pattern: s.to_string(),
+        reason: why.into(),
+    })
+}
+
+/// Whether opening `spec` will recall files from tape before it can finish: netCDF sources
+/// on tape, all named correctly (else the opening fails at once), at least one without an
+/// index in `cache`. Such an opening waits on the archive for minutes to hours, so the
+/// server opens the dataset in the background instead of holding its start for it.
+pub fn needs_recall(spec: &DatasetSpec, cache: Option<&IndexCache>) -> bool {
+    if spec.storage.as_ref().and_then(|s| s.tape.as_ref()).is_none()
+        || super::formats::kind_of(spec) != super::formats::Kind::Netcdf
+    {
+        return false;
+    }
+    let mut paths = Vec::with_capacity(spec.sources.len());
+    for (index, s) in spec.sources.iter().enumerate() {
+        match archive_path(index, s) {
+            Ok(p) => paths.push(p),
+            Err(_) => return false,
+        }
+    }
+    paths
+        .iter()
+        .any(|p| cache.is_none_or(|c| !c.has_archived(Path::new(p))))
+}
+
+/// `Retry-After` for requests to a dataset whose opening waits on a recall: the archive's
+/// configured estimate (`tape.retryAfterSeconds`), as for a chunk whose file is nearline.
+pub fn retry_after(tape: &TapeSpec) -> u64 {
+    crate::storage::tape::Limits::of(tape).retry_after
+}
 
 /// The indexes of the archived netCDF files `sources` (archive paths), in source order.
 pub fn open_indexes(
@@ -34,23 +81,7 @@ pub fn open_indexes(
 ) -> Result<Vec<SourceIndex>, OpenError> {
     let mut paths = Vec::with_capacity(sources.len());
     for (index, s) in sources.iter().enumerate() {
-        let p = s.strip_prefix("file://").unwrap_or(s);
-        let why = if !p.starts_with('/') {
-            Some("a source on tape is an archive path (absolute, starting with '/')")
-        } else if p.contains(['*', '?', '[']) {
-            Some(
-                "a source on tape is named in full: archives are not listed, so a glob cannot be expanded without recalls",
-            )
-        } else {
-            None
-        };
-        if let Some(reason) = why {
-            return Err(OpenError::Source {
-                index,
-                pattern: s.clone(),
-                reason: reason.into(),
-            });
-        }
+        let p = archive_path(index, s)?;
         if !paths.iter().any(|q: &String| q == p) {
             paths.push(p.to_string());
         }

@@ -1,12 +1,17 @@
-//! What the server holds while it runs: the datasets ready to serve (with their rendered
-//! metadata and references), the worker pool, metrics and the shutdown flag.
+//! What the server holds while it runs: the configured datasets and their state (opening,
+//! or ready to serve with their rendered metadata and references, or failed), the worker
+//! pool, metrics and the shutdown flag.
 //!
 //! Below every protocol: the Zarr, kerchunk, catalog and operations routes all read it, and
-//! `app` fills it at start-up.
+//! `app` fills it at start-up (and, for datasets still opening when the server listens,
+//! afterwards).
 
 pub mod chunk_cache;
+pub mod datasets;
 pub mod parquet;
 pub mod products;
+
+pub use datasets::{Counts, Datasets, Entry, Opening, TransitionError};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,21 +61,12 @@ impl Served {
     }
 }
 
-/// State of one configured dataset.
-#[derive(Debug, Clone)]
-pub enum Entry {
-    /// Opened and served.
-    Ready(Arc<Served>),
-    /// Could not be opened: the reason, shown by `/status` and `/readyz` and answered to requests
-    /// for it.
-    Failed(String),
-}
-
 /// Everything handlers need.
 #[derive(Debug)]
 pub struct AppState {
-    /// Datasets in configuration order.
-    pub datasets: Vec<(String, Entry)>,
+    /// Datasets in configuration order, each with its state; shared with the threads that
+    /// open datasets in the background.
+    pub datasets: Arc<Datasets>,
     /// Pool for reading and decoding chunks, sized to the cores: decoding is CPU-bound and
     /// must not block the async runtime.
     pub pool: rayon::ThreadPool,
@@ -101,9 +97,9 @@ pub const DEFAULT_MAP_JS_URL: &str = "https://unpkg.com/leaflet@1.9.4/dist/leafl
 pub const DEFAULT_MAX_SOURCE_BYTES: u64 = 2 << 30;
 
 impl AppState {
-    /// The entry of dataset `id`; `None` if no dataset of that id is configured.
-    pub fn entry(&self, id: &str) -> Option<&Entry> {
-        self.datasets.iter().find(|(n, _)| n == id).map(|(_, e)| e)
+    /// A snapshot of the state of dataset `id`; `None` if no dataset of that id is configured.
+    pub fn entry(&self, id: &str) -> Option<Entry> {
+        self.datasets.get(id)
     }
 
     /// Runs CPU/IO work on the pool and awaits it. A panic in `f` (a bug) is caught and
