@@ -211,7 +211,13 @@ fn grouping(ds: &Dataset, kind: &Kind) -> Result<Grouping, ReduceError> {
                 let block = read_coord(v, F)?;
                 let vals = as_f64(&block)
                     .ok_or_else(|| err(F, format!("'{by}' is not numeric; cannot group by it")))?;
-                let (assign, firsts) = Assignment::by_values(&vals);
+                let unique_monotonic =
+                    vals.windows(2).all(|w| w[0] < w[1]) || vals.windows(2).all(|w| w[0] > w[1]);
+                let (assign, firsts) = if v.dims[0] == v.name && unique_monotonic {
+                    Assignment::each(vals.len())
+                } else {
+                    Assignment::by_values(&vals)
+                };
                 let BlockData::Bytes(bytes) = block.data() else {
                     return Err(err(F, format!("'{by}' is not numeric")));
                 };
