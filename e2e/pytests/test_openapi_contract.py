@@ -55,6 +55,13 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", 400, 404, 416
 include-path-regex = '/histogram/'
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", 400, 404, 416]
 
+# A groupby's value-range selection can be well-formed and still not fit the variable (a
+# dimension it lacks, a value its coordinate cannot hold, a range selecting nothing): 400
+# naming it.
+[[operations]]
+include-path-regex = '/groupby/'
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", 400, 404, 416]
+
 # An EDR query can be well-formed and still miss the grid (a point outside it, a polygon with
 # no cell centre, a datetime outside the time axis, a variable off the grid): 400 naming it.
 [[operations]]

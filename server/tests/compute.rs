@@ -234,6 +234,89 @@ fn answers_equal_in_process_and_spread_over_workers() {
 }
 
 /// `/metrics` of a worker (plain HTTP/1.0 GET, no client library needed).
+/// A groupby product of a value-range selection, sent as partials to a worker: the worker
+/// rebuilds the same selection from the locator (its canonical segment) and answers what
+/// this process computes; a selection the worker cannot resolve fails naming it.
+#[test]
+fn selected_products_are_rebuilt_alike_on_workers() {
+    use cloudify_server::processing::reduce::{self, Kind};
+    use cloudify_server::processing::select::Selection;
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = write_config(dir.path());
+    let w = start_worker(&cfg, dir.path(), "sel");
+    // rows 40..=324 (2000-02-10 .. 2000-11-20): months 2..=11, slabs cut at the stored
+    // chunks (the origin 40 is on a boundary; 325 is not)
+    let select = "time=2000-02-10,2000-11-20";
+    let at = Locator::Product {
+        parent: "x".into(),
+        var: "x".into(),
+        coord: "time.month".into(),
+        action: "mean".into(),
+        select: select.into(),
+    };
+    let slabs: Vec<(u64, u64)> = (0..29u64).map(|i| (i * 10, ((i + 1) * 10).min(285))).collect();
+    let tasks: Vec<Task> = slabs
+        .chunks(8)
+        .map(|run| Task::Partial {
+            at: at.clone(),
+            var: "x".into(),
+            start: vec![0, 0],
+            count: vec![10, 3],
+            slabs: run.to_vec(),
+        })
+        .collect();
+    let text = std::fs::read_to_string(&cfg).expect("cfg");
+    let spec = cloudify_crds::ServeConfig::from_yaml(&text)
+        .expect("yaml")
+        .datasets[0]
+        .clone();
+    let (ds, _) = cloudify_server::open::open_with_views(&spec, None).expect("open");
+    let x = ds.variable("x").expect("x").clone();
+    let window = Selection::parse_segment(select)
+        .expect("segment")
+        .resolve(&ds, &x)
+        .expect("resolve");
+    assert_eq!(window.dims, vec![("time".to_string(), 40, 285)]);
+    let kind = Kind::GroupBy {
+        by: "time.month".into(),
+    };
+    let product = reduce::build_at(
+        &ds,
+        "x.groupby.x.time.month.mean",
+        &kind,
+        cloudify_crds::Reduce::Mean,
+        &["x".into()],
+        &at,
+        &window,
+    )
+    .expect("product");
+    let want: Vec<Output> = tasks
+        .iter()
+        .map(|t| cloudify_server::processing::dispatch::execute(&product, t).expect("local"))
+        .collect();
+    let r = remote(&[&w.1], 64, Duration::from_secs(20));
+    assert_eq!(r.run_all(tasks).expect("remote"), want);
+    // a selection the worker cannot resolve is its failure, naming the dimension
+    let bad = Locator::Product {
+        parent: "x".into(),
+        var: "x".into(),
+        coord: "time.month".into(),
+        action: "mean".into(),
+        select: "time=2005,2006".into(),
+    };
+    let e = r
+        .run_all(vec![Task::Partial {
+            at: bad,
+            var: "x".into(),
+            start: vec![0, 0],
+            count: vec![1, 3],
+            slabs: vec![(0, 10)],
+        }])
+        .expect_err("nothing selected");
+    let (_, msg, _) = status(&e);
+    assert!(msg.contains("time: 2005/2006 selects nothing"), "{msg}");
+}
+
 fn reqwest_metrics(url: &str) -> String {
     let addr = url.trim_start_matches("http://");
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
@@ -275,9 +358,15 @@ fn dead_and_hanging_workers_are_retried_elsewhere() {
 
 #[test]
 fn garbage_and_other_versions_fail_naming_the_worker() {
-    let garbage = fake(Some(
-        b"HTTP/1.1 200 OK\r\nx-cloudify-compute-version: 1\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
-    ));
+    // the current version, so that the body is what fails
+    let garbage = fake(Some(Box::leak(
+        format!(
+            "HTTP/1.1 200 OK\r\nx-cloudify-compute-version: {}\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
+            protocol::VERSION
+        )
+        .into_bytes()
+        .into_boxed_slice(),
+    )));
     let e = remote(&[&garbage], 8, Duration::from_secs(5))
         .run_all(tasks())
         .expect_err("garbage");
@@ -293,7 +382,9 @@ fn garbage_and_other_versions_fail_naming_the_worker() {
     let (code, msg, _) = status(&e);
     assert_eq!(code, 502);
     assert!(
-        msg.contains(&newer) && msg.contains("version 1") && msg.contains("version 99"),
+        msg.contains(&newer)
+            && msg.contains(&format!("version {}", protocol::VERSION))
+            && msg.contains("version 99"),
         "{msg}"
     );
     let not_worker = fake(Some(
@@ -337,7 +428,10 @@ fn a_worker_refuses_another_protocol_version() {
         out.starts_with("HTTP/1.0 409") || out.starts_with("HTTP/1.1 409"),
         "{out}"
     );
-    assert!(out.contains("version 99") && out.contains("version 1"), "{out}");
+    assert!(
+        out.contains("version 99") && out.contains(&format!("version {}", protocol::VERSION)),
+        "{out}"
+    );
 }
 
 #[test]

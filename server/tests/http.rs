@@ -221,6 +221,82 @@ async fn errors_name_the_problem() {
     );
 }
 
+/// A groupby of a value-range selection: the summary gives the Zarr URL with the selection
+/// as one path segment (canonical: sorted, `from,to`), that URL serves the selected shape
+/// under ETags of its own (metadata and chunks), another spelling of the same selection is
+/// the same product, and bad selections are 400 naming the parameter.
+#[tokio::test]
+async fn groupby_value_ranges() {
+    let f = fixture();
+    let base = "/datasets/good/groupby/x/time.month/mean";
+    let (s, _, b) = get(&f.app, &format!("{base}?time=2000-01-02/2000-01-03&lat=1/2")).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let j = json(&b);
+    assert_eq!(j["shape"], serde_json::json!([1, 2, LON]));
+    let zarr = j["zarr"].as_str().unwrap().to_string();
+    assert_eq!(zarr, format!("{base}/lat=1,2&time=2000-01-02,2000-01-03/zarr"));
+    assert_eq!(j["selection"]["lat"], serde_json::json!({"from": "1", "to": "2"}));
+    let etag = |h: &axum::http::HeaderMap| h.get(header::ETAG).unwrap().to_str().unwrap().to_string();
+    let (s, h, b) = get(&f.app, &format!("{zarr}/x/.zarray")).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(json(&b)["shape"], serde_json::json!([1, 2, LON]));
+    let (s, h_all, b) = get(&f.app, &format!("{base}/zarr/x/.zarray")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(json(&b)["shape"], serde_json::json!([1, 3, LON]));
+    assert_ne!(etag(&h), etag(&h_all));
+    let (s, hc, _) = get(&f.app, &format!("{zarr}/x/0.0.0")).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, hc_all, _) = get(&f.app, &format!("{base}/zarr/x/0.0.0")).await;
+    assert_ne!(
+        etag(&hc),
+        etag(&hc_all),
+        "chunks of other selections have other ETags"
+    );
+    // another order, a percent-encoded '/': the same product, the same ETag
+    let (s, h2, _) = get(
+        &f.app,
+        &format!("{base}/time=2000-01-02%2F2000-01-03&lat=1,2/zarr/x/.zarray"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(etag(&h2), etag(&h));
+    let (_, h3, _) = get(
+        &f.app,
+        &format!("{base}/time=2000-01-01,2000-01-03&lat=1,2/zarr/x/0.0.0"),
+    )
+    .await;
+    assert_ne!(etag(&h3), etag(&hc), "another time range, another ETag");
+    for (q, needle) in [
+        ("depth=0/1", "depth: not a dimension of 'x'"),
+        ("lat=a/1", "lat: 'a' is not a number"),
+        ("lat=2/1", "lat: 2/1 selects nothing"),
+        ("time=2001/2002", "time: 2001/2002 selects nothing"),
+        ("time=2000-01-01", "time: '2000-01-01' is not a value range"),
+        ("time=2000-02-30/2000-03", "time: '2000-02-30' is not a date"),
+        ("lat=0/1&lat=1/2", "lat: given more than once"),
+    ] {
+        let (s, _, b) = get(&f.app, &format!("{base}?{q}")).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{q}: {}", String::from_utf8_lossy(&b));
+        let msg = json(&b)["error"].as_str().unwrap_or_default().to_string();
+        assert!(msg.contains(needle), "{q}: '{msg}' should say '{needle}'");
+        assert!(msg.contains("groupby/x/time.month/mean"), "{msg}");
+    }
+    for (seg, needle) in [
+        ("lat", "selection: 'lat' is not dim=from,to"),
+        ("lat=2,1", "lat: 2/1 selects nothing"),
+    ] {
+        let (s, _, b) = get(&f.app, &format!("{base}/{seg}/zarr/.zmetadata")).await;
+        assert_eq!(
+            s,
+            StatusCode::BAD_REQUEST,
+            "{seg}: {}",
+            String::from_utf8_lossy(&b)
+        );
+        let msg = json(&b)["error"].as_str().unwrap_or_default().to_string();
+        assert!(msg.contains(needle), "{seg}: '{msg}' should say '{needle}'");
+    }
+}
+
 #[tokio::test]
 async fn etag_cache_and_cors() {
     let f = fixture();
@@ -556,6 +632,7 @@ async fn documented_routes_exist() {
             .replace("{coord}", "time.month")
             .replace("{action}", "mean")
             .replace("{params}", "bins=3&range=0,1")
+            .replace("{selection}", "time=2000-01-01,2000-01-02")
             .replace("{file}", "opendap.dds");
         let (s, _, b) = get(&f.app, &uri).await;
         let body = String::from_utf8_lossy(&b);

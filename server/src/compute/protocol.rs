@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 use crate::processing::exec::{Output, Task};
 
 /// The protocol version; bump it whenever [`Request`], [`Response`], [`Task`] or
-/// [`Output`] (or what a task computes) changes.
-pub const VERSION: u32 = 1;
+/// [`Output`] (or what a task computes) changes. 2: a groupby product's locator carries
+/// its value-range selection.
+pub const VERSION: u32 = 2;
 
 /// Header holding the sender's protocol version, readable without decoding the body.
 pub const VERSION_HEADER: &str = "x-cloudify-compute-version";
@@ -84,6 +85,7 @@ mod tests {
                     var: "tas".into(),
                     coord: "time.month".into(),
                     action: "mean".into(),
+                    select: "lat=-30,30&time=2000-01-01,2000-12-31".into(),
                 },
                 var: "tas".into(),
                 start: vec![0, 0],

@@ -28,6 +28,7 @@ use super::protocol::{self, Failure, Request, VERSION, VERSION_HEADER};
 use super::secret::SharedSecret;
 use crate::http::error::ApiError;
 use crate::processing::exec::{Locator, Output, Task};
+use crate::processing::select::Selection;
 use crate::state::{AppState, Entry};
 
 /// The worker's own metrics (in the registry `/metrics` renders).
@@ -169,11 +170,18 @@ fn dataset(state: &AppState, at: &Locator) -> Result<Arc<crate::state::Served>, 
             var,
             coord,
             action,
+            select,
         } => {
             let p = entry(parent)?;
+            let sel = if select.is_empty() {
+                Selection::default()
+            } else {
+                Selection::parse_segment(select)
+                    .map_err(|e| failure(400, format!("dataset '{parent}': {e}")))?
+            };
             state
                 .products
-                .get(&p, var, coord, action)
+                .get(&p, var, coord, action, &sel)
                 .map_err(|e| failure(400, format!("dataset '{parent}': {e}")))
         }
     }

@@ -14,8 +14,8 @@
 //!   on the boundary may go either way); CoverageJSON and netCDF answer the bounding grid of
 //!   those cells with the others null / NaN, CSV only the cells inside;
 //! - `datetime=a/b` (`..` for an open end) is `.sel(time=slice(a, b))` with partial dates
-//!   resolved in the axis' CF calendar by the parser histograms use
-//!   ([`histogram::select_open`]); a single instant selects the nearest time step;
+//!   resolved in the axis' CF calendar by the parser value-range selections of products use
+//!   ([`select::select_open`]); a single instant selects the nearest time step;
 //!   `z=v` and `<dim>=v` select the nearest value, `z=a/b` a value range;
 //! - values are decoded as xarray decodes them (`_FillValue`/`missing_value` masked,
 //!   `scale_factor`/`add_offset` applied) by the same decoder derived variables use.
@@ -40,7 +40,7 @@ use crate::dataset::{Dataset, Variable};
 use crate::pipeline;
 use crate::processing::derived::Input;
 use crate::processing::expr::Col;
-use crate::processing::histogram;
+use crate::processing::select;
 use crate::state::AppState;
 
 /// The most values (cells × parameters) one answer holds.
@@ -496,7 +496,8 @@ fn select_value(
     if let Some((a, b)) = v.split_once('/') {
         let open = |s: &str| (s.trim() != "..").then(|| s.trim().to_string());
         let (a, b) = (open(a), open(b));
-        return histogram::select_open(ds, dim, a.as_deref(), b.as_deref())
+        return select::select_open(ds, dim, a.as_deref(), b.as_deref())
+            .map(|(s, c, _)| (s, c))
             .map_err(|e| bad(format!("{param}: {}", e.reason)));
     }
     let x: f64 = v.parse().ok().filter(|x: &f64| x.is_finite()).ok_or_else(|| {
@@ -527,14 +528,15 @@ fn select_time(ds: &Dataset, dim: &str, c: &Arc<Variable>, v: &str) -> Result<(u
         if a.is_none() && b.is_none() {
             return Ok((0, c.shape[0]));
         }
-        return histogram::select_open(ds, dim, a.as_deref(), b.as_deref())
+        return select::select_open(ds, dim, a.as_deref(), b.as_deref())
+            .map(|(s, c, _)| (s, c))
             .map_err(|e| bad(format!("datetime: {}", e.reason)));
     }
     let s = strip(v).ok_or_else(|| bad("datetime: '..' alone is not an instant; use ../.. for all"))?;
     let units = c.attrs.get_str("units").unwrap_or("");
     let axis = TimeAxis::new(units, c.attrs.get_str("calendar"))
         .map_err(|e| bad(format!("datetime: '{dim}' is not a CF time coordinate: {e}")))?;
-    let (d0, _) = histogram::date_bounds(&s, &axis).ok_or_else(|| {
+    let (d0, _) = select::date_bounds(&s, &axis).ok_or_else(|| {
         bad(format!(
             "datetime: '{v}' is not a date of the '{dim}' calendar ({:?}); expected YYYY[-MM[-DD[Thh[:mm[:ss]]]]][Z] or an interval a/b with '..' for an open end",
             axis.calendar()

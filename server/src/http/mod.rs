@@ -40,6 +40,12 @@ pub fn routes() -> Router<Arc<AppState>> {
             "/datasets/{id}/groupby/{var}/{coord}/{action}/zarr/{*key}",
             get(groupby::zarr_key),
         )
+        // the same with a value-range selection as one segment (`zarr` itself is never
+        // one: a selection has '=')
+        .route(
+            "/datasets/{id}/groupby/{var}/{coord}/{action}/{selection}/zarr/{*key}",
+            get(groupby::zarr_key_selected),
+        )
         .route(
             "/datasets/{id}/histogram/{var}/{params}/zarr/{*key}",
             get(histogram::zarr_key),

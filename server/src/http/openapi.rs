@@ -138,7 +138,7 @@ pub const ROUTES: &[(&str, &str, &str, &[&str], Kind)] = &[
     ),
     (
         "/datasets/{id}/groupby/{var}/{coord}/{action}",
-        "Ad-hoc reduction (xarray `ds[var].groupby(coord).<action>()`): a JSON summary of the product, its Zarr URL and `estimated_source_bytes` (about how many bytes of source data computing all of it reads); a small HTML page with links when Accept names text/html. `coord` is a 1-D coordinate or `<time>.month|season|year|dayofyear|hour`; `action` one of mean, sum, min, max, count, std, var, median, first, last (else 400); an unknown variable or coordinate is 404",
+        "Ad-hoc reduction (xarray `ds[var].groupby(coord).<action>()`): a JSON summary of the product, its Zarr URL and `estimated_source_bytes` (about how many bytes of source data computing all of it reads); a small HTML page with links when Accept names text/html. `coord` is a 1-D coordinate or `<time>.month|season|year|dayofyear|hour`; `action` one of mean, sum, min, max, count, std, var, median, first, last (else 400); an unknown variable or coordinate is 404. Query parameters select value ranges first, as ds.sel(dim=slice(from, to)).groupby(coord).<action>(): '{dim}=from/to' (inclusive, coordinate units; ISO dates in the dataset's calendar for time; a descending coordinate from the larger value to the smaller); the product then reads only the selected region and its `zarr` URL carries the selection as a path segment. A selection that names no dimension of the variable, cannot be parsed or selects nothing is 400 naming the parameter",
         "processing",
         &["application/json", "text/html"],
         Kind::Dataset,
@@ -146,6 +146,13 @@ pub const ROUTES: &[(&str, &str, &str, &[&str], Kind)] = &[
     (
         "/datasets/{id}/groupby/{var}/{coord}/{action}/zarr/{key}",
         "The ad-hoc reduction as Zarr v2 and v3 (keys as under /datasets/{id}/zarr/), computed from the sources per chunk",
+        "processing",
+        &["application/json", "application/octet-stream"],
+        Kind::Ranged,
+    ),
+    (
+        "/datasets/{id}/groupby/{var}/{coord}/{action}/{selection}/zarr/{key}",
+        "The ad-hoc reduction of a value-range selection as Zarr v2 and v3 (keys as under /datasets/{id}/zarr/): `selection` is the summary's query as one path segment, 'dim=from,to' joined by '&', as the summary's `zarr` URL gives it (Zarr clients append keys to a path and drop a query string). 400 names a selection that is malformed, names no dimension of the variable, cannot be parsed or selects nothing",
         "processing",
         &["application/json", "application/octet-stream"],
         Kind::Ranged,
@@ -410,6 +417,24 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
         );
         p["example"] = json!("bins=10&range=250,300&dim=time");
         params.push(p);
+    }
+    if path.contains("/groupby/") && path.contains("{selection}") {
+        let mut p = path_param(
+            "selection",
+            "Value ranges as one path segment: 'dim=from,to' joined by '&' (inclusive, as ds.sel(dim=slice(from, to))), e.g. 'lat=-30,30&time=2000-01-01,2000-12-31'",
+        );
+        p["example"] = json!("time=2000-01-01,2000-06-30");
+        p["schema"] =
+            json!({"type": "string", "pattern": "^[^=&/]+=[^=&,/]+,[^=&,/]+(&[^=&/]+=[^=&,/]+,[^=&,/]+)*$"});
+        params.push(p);
+    }
+    if path.ends_with("/groupby/{var}/{coord}/{action}") || path.ends_with("/histogram/{var}") {
+        // any other query parameter is a value range of a dimension: an exploded form object
+        params.push(json!({"name": "selection", "in": "query", "required": false,
+            "style": "form", "explode": true,
+            "schema": {"type": "object", "additionalProperties": {"type": "string", "pattern": "^[^/,]+[/,][^/,]+$"}},
+            "example": {"time": "2000-01-01/2000-06-30"},
+            "description": "Value ranges selected before computing, one parameter per dimension: '{dim}=from/to' (or from,to), inclusive, as ds.sel(dim=slice(from, to)); coordinate units, ISO dates YYYY[-MM[-DD[Thh[:mm[:ss]]]]] in the dataset's calendar for time; a descending coordinate is selected from the larger value to the smaller, as xarray does"}));
     }
     if path.ends_with("/histogram/{var}") {
         params.push(json!({"name": "bins", "in": "query", "required": true,

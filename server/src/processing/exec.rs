@@ -27,7 +27,7 @@ pub enum Locator {
     /// A configured dataset or one of its views (`{dataset}.{view}`), by id.
     Dataset(String),
     /// An ad-hoc groupby product of a configured dataset
-    /// (`/datasets/{parent}/groupby/{var}/{coord}/{action}`).
+    /// (`/datasets/{parent}/groupby/{var}/{coord}/{action}[/{select}]`).
     Product {
         /// The configured dataset reduced.
         parent: String,
@@ -37,6 +37,10 @@ pub enum Locator {
         coord: String,
         /// The reduction (`mean`, ...).
         action: String,
+        /// The value-range selection as its canonical path segment
+        /// (`super::select::Selection::segment`; empty: none), resolved again by the worker
+        /// on the same coordinates, so it reduces the same region.
+        select: String,
     },
 }
 
@@ -49,7 +53,15 @@ impl std::fmt::Display for Locator {
                 var,
                 coord,
                 action,
-            } => write!(f, "{parent}/groupby/{var}/{coord}/{action}"),
+                select,
+            } if select.is_empty() => write!(f, "{parent}/groupby/{var}/{coord}/{action}"),
+            Locator::Product {
+                parent,
+                var,
+                coord,
+                action,
+                select,
+            } => write!(f, "{parent}/groupby/{var}/{coord}/{action}/{select}"),
         }
     }
 }

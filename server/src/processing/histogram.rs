@@ -28,10 +28,10 @@ use rayon::prelude::*;
 
 use super::derived::Input;
 use super::expr::{Col, Ty};
+use super::select::{self, Window, split_range};
 use crate::attrs::{AttrValue, Attrs};
 use crate::block::Block;
 use crate::chunk::read::ReadError;
-use crate::dataset::cftime::{CfDate, TimeAxis, month_len};
 use crate::dataset::{Dataset, Derive, Values, Variable};
 use crate::dtype::{DType, Scalar};
 use crate::pipeline;
@@ -57,6 +57,16 @@ pub struct HistError {
     pub reason: String,
     /// True when the named variable does not exist (HTTP 404), else 400.
     pub missing: bool,
+}
+
+impl From<select::SelectError> for HistError {
+    fn from(e: select::SelectError) -> Self {
+        HistError {
+            param: e.param,
+            reason: e.reason,
+            missing: false,
+        }
+    }
 }
 
 fn err(param: &str, reason: impl Into<String>) -> HistError {
@@ -97,19 +107,7 @@ pub struct Params {
 }
 
 fn parse_f64(param: &str, s: &str) -> Result<f64, HistError> {
-    let x: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| err(param, format!("'{s}' is not a number")))?;
-    if !x.is_finite() {
-        return Err(err(param, format!("'{s}' is not a finite number")));
-    }
-    Ok(x)
-}
-
-/// Splits a value range `a/b` (or `a,b`) into its two ends.
-fn split_range(s: &str) -> Option<(&str, &str)> {
-    s.split_once('/').or_else(|| s.split_once(','))
+    select::parse_f64(param, s).map_err(HistError::from)
 }
 
 impl Params {
@@ -359,232 +357,6 @@ pub fn density(counts: &[i64], widths: &[f64]) -> Vec<f64> {
     out
 }
 
-/// A parsed date bound: its first and last instants in the calendar
-/// (`2000-12` → 2000-12-01 00:00 and 2000-12-31 23:59:59.999999), as pandas and
-/// CFTimeIndex resolve partial date strings in `.sel(time=slice(a, b))`. Shared with the
-/// EDR routes' `datetime` so that there is one date parser. `None`: not a date of the
-/// calendar.
-pub fn date_bounds(s: &str, axis: &TimeAxis) -> Option<(CfDate, CfDate)> {
-    let cal = axis.calendar();
-    let (date, time) = match s.find(['T', ' ']) {
-        Some(i) => (&s[..i], Some(&s[i + 1..])),
-        None => (s, None),
-    };
-    let (neg, body) = match date.strip_prefix('-') {
-        Some(r) => (true, r),
-        None => (false, date),
-    };
-    let mut parts = body.split('-');
-    let num = |p: Option<&str>| -> Option<Option<u32>> {
-        match p {
-            None => Some(None),
-            Some(t) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => t.parse().ok().map(Some),
-            Some(_) => None,
-        }
-    };
-    let y = parts.next()?;
-    if y.is_empty() || !y.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let year: i64 = y.parse::<i64>().ok().map(|v| if neg { -v } else { v })?;
-    let month = num(parts.next())?;
-    let day = num(parts.next())?;
-    if parts.next().is_some() || (month.is_none() && day.is_some()) {
-        return None;
-    }
-    let (mut hour, mut minute, mut second) = (None, None, None);
-    if let Some(t) = time {
-        day?;
-        let mut tp = t.split(':');
-        hour = num(tp.next())?;
-        minute = num(tp.next())?;
-        second = num(tp.next())?;
-        if tp.next().is_some() || hour.is_none() {
-            return None;
-        }
-    }
-    if let Some(m) = month
-        && !(1..=12).contains(&m)
-    {
-        return None;
-    }
-    let m0 = month.unwrap_or(1);
-    let m1 = month.unwrap_or(12);
-    if let Some(d) = day
-        && (d == 0 || d > month_len(cal, year, m0))
-    {
-        return None;
-    }
-    if hour.is_some_and(|h| h > 23) || minute.is_some_and(|m| m > 59) || second.is_some_and(|s| s > 59) {
-        return None;
-    }
-    let start = CfDate {
-        year,
-        month: m0,
-        day: day.unwrap_or(1),
-        hour: hour.unwrap_or(0),
-        minute: minute.unwrap_or(0),
-        second: second.unwrap_or(0),
-        micros: 0,
-    };
-    let end = CfDate {
-        year,
-        month: m1,
-        day: day.unwrap_or_else(|| month_len(cal, year, m1)),
-        hour: hour.unwrap_or(23),
-        minute: minute.unwrap_or(59),
-        second: second.unwrap_or(59),
-        micros: 999_999,
-    };
-    Some((start, end))
-}
-
-/// The positions `[start, start + count)` of `values` that `.sel(dim=slice(from, to))`
-/// selects on a monotonic index: `from <= v <= to` ascending, `from >= v >= to`
-/// descending. `None` when the values are not monotonic.
-pub fn slice_positions<T: PartialOrd + Copy>(values: &[T], from: T, to: T) -> Option<(usize, usize)> {
-    let asc = values.windows(2).all(|w| w[0] <= w[1]);
-    let desc = values.windows(2).all(|w| w[0] >= w[1]);
-    let (a, b) = if asc {
-        (
-            values.partition_point(|v| *v < from),
-            values.partition_point(|v| *v <= to),
-        )
-    } else if desc {
-        (
-            values.partition_point(|v| *v > from),
-            values.partition_point(|v| *v >= to),
-        )
-    } else {
-        return None;
-    };
-    Some((a, b.saturating_sub(a)))
-}
-
-/// The selection of `dim` by `(from, to)` on its coordinate in `ds`: `(start, count)`.
-pub(crate) fn select(ds: &Dataset, dim: &str, from: &str, to: &str) -> Result<(u64, u64), HistError> {
-    select_open(ds, dim, Some(from), Some(to))
-}
-
-/// [`select`] with open ends (`None`: unbounded on that side, as `slice(None, b)`), for
-/// the EDR routes' `datetime=../b` and `a/..`.
-pub fn select_open(
-    ds: &Dataset,
-    dim: &str,
-    from: Option<&str>,
-    to: Option<&str>,
-) -> Result<(u64, u64), HistError> {
-    let c = ds
-        .variable(dim)
-        .filter(|v| v.dims.len() == 1 && v.dims[0] == dim)
-        .ok_or_else(|| err(dim, format!("'{dim}' has no coordinate to select values on")))?;
-    let block = pipeline::read_region(c, &[0], &c.shape)
-        .map_err(|e| err(dim, format!("cannot read coordinate '{dim}': {e}")))?;
-    let vals: Vec<f64> = match c.dtype {
-        DType::F32 => block
-            .values::<f32>()
-            .map(|v| v.into_iter().map(f64::from).collect()),
-        DType::F64 => block.values::<f64>(),
-        DType::I8 => block
-            .values::<i8>()
-            .map(|v| v.into_iter().map(f64::from).collect()),
-        DType::I16 => block
-            .values::<i16>()
-            .map(|v| v.into_iter().map(f64::from).collect()),
-        DType::I32 => block
-            .values::<i32>()
-            .map(|v| v.into_iter().map(f64::from).collect()),
-        DType::U8 => block
-            .values::<u8>()
-            .map(|v| v.into_iter().map(f64::from).collect()),
-        DType::U16 => block
-            .values::<u16>()
-            .map(|v| v.into_iter().map(f64::from).collect()),
-        DType::U32 => block
-            .values::<u32>()
-            .map(|v| v.into_iter().map(f64::from).collect()),
-        DType::I64 => block
-            .values::<i64>()
-            .map(|v| v.into_iter().map(|x| x as f64).collect()),
-        DType::U64 => block
-            .values::<u64>()
-            .map(|v| v.into_iter().map(|x| x as f64).collect()),
-        _ => return Err(err(dim, format!("coordinate '{dim}' is not numeric"))),
-    }
-    .map_err(|e| err(dim, e.to_string()))?;
-    let time = c
-        .attrs
-        .get_str("units")
-        .filter(|u| u.to_ascii_lowercase().contains(" since "));
-    let pos = if let Some(units) = time {
-        let axis = TimeAxis::new(units, c.attrs.get_str("calendar"))
-            .map_err(|e| err(dim, format!("'{dim}' is not a CF time coordinate: {e}")))?;
-        let dates = vals
-            .iter()
-            .map(|x| axis.decode(*x))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| err(dim, format!("'{dim}': {e}")))?;
-        let bad = |s: &str| {
-            err(
-                dim,
-                format!("'{s}' is not a date of the '{dim}' calendar (YYYY[-MM[-DD[Thh[:mm[:ss]]]]])"),
-            )
-        };
-        let asc = dates.windows(2).all(|w| w[0] <= w[1]);
-        let first = dates.iter().min().copied();
-        let last = dates.iter().max().copied();
-        let (Some(first), Some(last)) = (first, last) else {
-            return Err(err(dim, format!("'{dim}' is empty")));
-        };
-        // an open end is the axis' own end (which side depends on the order)
-        let (f0, f1) = match from {
-            Some(f) => date_bounds(f, &axis).ok_or_else(|| bad(f))?,
-            None if asc => (first, first),
-            None => (last, last),
-        };
-        let (t0, t1) = match to {
-            Some(t) => date_bounds(t, &axis).ok_or_else(|| bad(t))?,
-            None if asc => (last, last),
-            None => (first, first),
-        };
-        // a partial date's left bound is its start, its right bound its end (swapped on a
-        // descending index), as CFTimeIndex resolves slice bounds
-        let (lo, hi) = if asc { (f0, t1) } else { (f1, t0) };
-        slice_positions(&dates, lo, hi)
-    } else {
-        let asc = vals.windows(2).all(|w| w[0] <= w[1]);
-        let open_lo = if asc { f64::NEG_INFINITY } else { f64::INFINITY };
-        let mut a = from.map_or(Ok(open_lo), |f| parse_f64(dim, f))?;
-        let mut b = to.map_or(Ok(-open_lo), |t| parse_f64(dim, t))?;
-        if c.dtype == DType::F32 {
-            // NumPy's searchsorted casts a Python float bound to the float32 index's type
-            #[allow(clippy::cast_possible_truncation)]
-            {
-                a = f64::from(a as f32);
-                b = f64::from(b as f32);
-            }
-        }
-        slice_positions(&vals, a, b)
-    };
-    let (start, count) = pos.ok_or_else(|| {
-        err(
-            dim,
-            format!("coordinate '{dim}' is not monotonic; cannot select a value range"),
-        )
-    })?;
-    if count == 0 {
-        return Err(err(
-            dim,
-            format!(
-                "{}/{} selects nothing of '{dim}' (a descending coordinate is selected from the larger value to the smaller, as xarray does)",
-                from.unwrap_or(".."),
-                to.unwrap_or("..")
-            ),
-        ));
-    }
-    Ok((start as u64, count as u64))
-}
-
 /// Attributes of the variable as xarray shows them once decoded.
 fn decoded_attrs(v: &Variable) -> Attrs {
     let mut a = v.attrs.clone();
@@ -632,32 +404,6 @@ impl Derive for Fixed {
     fn describe(&self) -> String {
         let bits: Vec<u64> = self.0.iter().map(|x| x.to_bits()).collect();
         format!("bins(f32={}, {bits:?})", self.1)
-    }
-}
-
-/// A stretch `[offset, offset + n)` of a 1-D variable (a kept dimension's coordinate after
-/// a value-range selection).
-#[derive(Debug)]
-struct Slice {
-    var: Arc<Variable>,
-    offset: u64,
-}
-
-impl Derive for Slice {
-    fn read(&self, start: &[u64], count: &[u64]) -> Result<Block, ReadError> {
-        pipeline::read_region(&self.var, &[start[0] + self.offset], count)
-    }
-
-    fn check_sources(&self, start: &[u64], count: &[u64]) -> Result<(), ReadError> {
-        pipeline::check_region_sources(&self.var, &[start[0] + self.offset], count)
-    }
-
-    fn estimate_bytes(&self, start: &[u64], count: &[u64]) -> u64 {
-        pipeline::estimate_region_bytes(&self.var, &[start[0] + self.offset], count)
-    }
-
-    fn describe(&self) -> String {
-        format!("slice({}, {})", self.offset, pipeline::describe(&self.var))
     }
 }
 
@@ -904,7 +650,7 @@ pub fn build(parent: &Dataset, id: &str, var: &str, p: &Params) -> Result<Produc
                 ),
             )
         })?;
-        let (s, c) = select(parent, d, a, b)?;
+        let (s, c) = select::select(parent, d, a, b)?;
         region[i] = (s, c);
         selected.push((d.clone(), s, c));
     }
@@ -996,23 +742,17 @@ pub fn build(parent: &Dataset, id: &str, var: &str, p: &Params) -> Result<Produc
             .variable(d)
             .filter(|cv| cv.dims.len() == 1 && cv.dims[0] == *d)
         {
-            let mut attrs = cv.attrs.clone();
-            attrs.remove("bounds");
-            vars.push(Arc::new(Variable {
-                name: cv.name.clone(),
-                path: cv.path.clone(),
-                dims: cv.dims.clone(),
-                shape: vec![c],
-                dtype: cv.dtype,
-                attrs,
-                fill_attr: cv.fill_attr,
-                fill: cv.fill.clone(),
-                chunks: vec![c.max(1)],
-                values: Values::Derived(Arc::new(Slice {
-                    var: cv.clone(),
-                    offset: s,
-                })),
-            }));
+            let window = Window {
+                dims: vec![(d.clone(), s, c)],
+                text: String::new(),
+            };
+            let sliced = window
+                .slice(cv)
+                .ok_or_else(|| err(d, format!("coordinate '{d}' is shorter than the selection")))?;
+            let mut kept_coord = (*sliced).clone();
+            kept_coord.attrs.remove("bounds");
+            kept_coord.chunks = vec![c.max(1)];
+            vars.push(Arc::new(kept_coord));
         }
     }
     vars.push(Arc::new(bin));
@@ -1213,35 +953,6 @@ mod tests {
         assert!(e.param == "bins" && e.reason.contains("at most 10000"), "{e}");
         for (q, param) in bad {
             assert_eq!(Params::parse(q).expect_err(q).param, param, "{q}");
-        }
-    }
-
-    #[test]
-    fn slices_follow_xarray() {
-        let asc = [1.0, 2.0, 3.0, 4.0];
-        assert_eq!(slice_positions(&asc, 2.0, 3.0), Some((1, 2)));
-        assert_eq!(slice_positions(&asc, 2.5, 10.0), Some((2, 2)));
-        assert_eq!(slice_positions(&asc, 3.0, 2.0), Some((2, 0)));
-        let desc = [4.0, 3.0, 2.0, 1.0];
-        assert_eq!(slice_positions(&desc, 3.0, 2.0), Some((1, 2)));
-        assert_eq!(slice_positions(&desc, 2.0, 3.0), Some((2, 0)));
-        assert_eq!(slice_positions(&[1.0, 3.0, 2.0], 1.0, 2.0), None);
-    }
-
-    #[test]
-    fn partial_dates_span_their_period() {
-        let axis = TimeAxis::new("days since 2000-01-01", Some("360_day")).expect("axis");
-        let (s, e) = date_bounds("2000-02", &axis).expect("month");
-        assert_eq!((s.month, s.day, e.month, e.day, e.hour), (2, 1, 2, 30, 23));
-        let (s, e) = date_bounds("2001", &axis).expect("year");
-        assert_eq!((s.year, s.month, e.month, e.day), (2001, 1, 12, 30));
-        assert!(date_bounds("2000-02-30", &axis).is_some(), "exists in 360_day");
-        let g = TimeAxis::new("days since 2000-01-01", Some("standard")).expect("axis");
-        assert!(date_bounds("2001-02-29", &g).is_none());
-        let (_, e) = date_bounds("2000-01-01T06", &g).expect("hour");
-        assert_eq!((e.hour, e.minute), (6, 59));
-        for bad in ["", "x", "2000-13", "2000-1-1x", "2000--01", "2000-01-01T25"] {
-            assert!(date_bounds(bad, &g).is_none(), "{bad}");
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod histogram;
 pub mod plot;
 pub mod rechunk;
 pub mod reduce;
+pub mod select;
 pub mod tiles;
 
 use crate::dataset::Dataset;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use super::derived::Input;
 use super::expr::Col;
-use super::histogram;
+use super::select;
 use crate::dataset::cftime::TimeAxis;
 use crate::dataset::{Dataset, Variable};
 use crate::pipeline;
@@ -194,7 +194,7 @@ fn lon_pieces(ds: &Dataset, dim: &str, lo: f64, hi: f64) -> Result<Vec<(u64, u64
         (a.min(*x), b.max(*x))
     });
     let sel = |a: f64, b: f64| -> Result<Option<(u64, u64)>, PlotError> {
-        match histogram::select(ds, dim, &format!("{a:?}"), &format!("{b:?}")) {
+        match select::select(ds, dim, &format!("{a:?}"), &format!("{b:?}")) {
             Ok(p) => Ok(Some(p)),
             Err(e) if e.reason.contains("selects nothing") => Ok(None),
             Err(e) => Err(PlotError::Bad(e.to_string())),
@@ -252,7 +252,7 @@ fn select(ds: &Dataset, v: &Variable, sel: &[(String, String)]) -> Result<Vec<Ve
             if is_lon(ds, dim) {
                 lon_pieces(ds, dim, lo, hi)?
             } else {
-                vec![histogram::select(ds, dim, a, b).map_err(|e| PlotError::Bad(e.to_string()))?]
+                vec![select::select(ds, dim, a, b).map_err(|e| PlotError::Bad(e.to_string()))?]
             }
         };
     }

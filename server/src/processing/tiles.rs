@@ -307,7 +307,7 @@ pub fn select_index(ds: &Dataset, sel: &DimSel, n: u64) -> Result<u64, PlotError
         let axis = TimeAxis::new(units, c.attrs.get_str("calendar"))
             .map_err(|e| PlotError::Bad(format!("{dim}: not a CF time coordinate: {e}")))?;
         let s = sel.value.strip_suffix('Z').unwrap_or(&sel.value);
-        let (d0, _) = super::histogram::date_bounds(s, &axis).ok_or_else(|| {
+        let (d0, _) = super::select::date_bounds(s, &axis).ok_or_else(|| {
             PlotError::Bad(format!(
                 "{dim}: '{}' is not a date of the {:?} calendar (YYYY-MM[-DD[Thh[:mm[:ss]]]]) nor an index",
                 sel.value,

@@ -158,6 +158,20 @@ impl Assignment {
         )
     }
 
+    /// Every position its own group, in stored order: how xarray groups by a dimension
+    /// coordinate whose values are unique and monotonic (increasing or decreasing; its
+    /// `UniqueGrouper` then does not sort them, so a latitude stored north to south stays
+    /// so). The assignment and each group's position.
+    pub fn each(n: usize) -> (Self, Vec<usize>) {
+        (
+            Assignment {
+                group: (0..n as u32).collect(),
+                n_groups: n,
+            },
+            (0..n).collect(),
+        )
+    }
+
     /// Groups by distinct non-NaN float values, sorted: the assignment and, for each group,
     /// the first position holding its value.
     pub fn by_values(values: &[f64]) -> (Self, Vec<usize>) {

@@ -46,6 +46,7 @@ use rayon::prelude::*;
 use super::derived::Input;
 use super::exec::{self, Locator, Output, Task};
 use super::expr::Col;
+use super::select::Window;
 use crate::attrs::{AttrValue, Attrs};
 use crate::block::{Block, BlockData};
 use crate::chunk::read::ReadError;
@@ -133,9 +134,22 @@ fn as_f64(b: &Block) -> Option<Vec<f64>> {
     })
 }
 
-/// A 1-D coordinate's values, read whole (coordinates are small).
-fn read_coord(v: &Variable, field: &'static str) -> Result<Block, ReduceError> {
-    pipeline::read_region(v, &[0], &v.shape)
+/// A 1-D coordinate's values, whole or the stretch `window` selects of its dimension
+/// (coordinates are small).
+fn read_coord(v: &Variable, field: &'static str, window: &Window) -> Result<Block, ReduceError> {
+    let (start, count) = window.origin_shape(v);
+    if start
+        .iter()
+        .zip(&count)
+        .zip(&v.shape)
+        .any(|((s, c), n)| s + c > *n)
+    {
+        return Err(err(
+            field,
+            format!("the selection lies outside coordinate '{}'", v.name),
+        ));
+    }
+    pipeline::read_region(v, &start, &count)
         .map_err(|e| err(field, format!("cannot read coordinate '{}': {e}", v.name)))
 }
 
@@ -143,6 +157,7 @@ fn read_coord(v: &Variable, field: &'static str) -> Result<Block, ReduceError> {
 fn time_dates(
     v: &Variable,
     field: &'static str,
+    window: &Window,
 ) -> Result<(TimeAxis, Vec<crate::dataset::cftime::CfDate>), ReduceError> {
     let units = v
         .attrs
@@ -150,8 +165,8 @@ fn time_dates(
         .ok_or_else(|| err(field, format!("'{}' has no CF time units", v.name)))?;
     let axis = TimeAxis::new(units, v.attrs.get_str("calendar"))
         .map_err(|e| err(field, format!("'{}' is not a CF time coordinate: {e}", v.name)))?;
-    let vals =
-        as_f64(&read_coord(v, field)?).ok_or_else(|| err(field, format!("'{}' is not numeric", v.name)))?;
+    let vals = as_f64(&read_coord(v, field, window)?)
+        .ok_or_else(|| err(field, format!("'{}' is not numeric", v.name)))?;
     let dates = vals
         .iter()
         .map(|x| axis.decode(*x))
@@ -201,17 +216,25 @@ fn label_attrs(v: &Variable) -> Attrs {
     a
 }
 
-fn grouping(ds: &Dataset, kind: &Kind) -> Result<Grouping, ReduceError> {
+/// The groups of `kind` over the rows of `ds` that `window` selects (all of them when it
+/// selects nothing along the reduced dimension).
+fn grouping(ds: &Dataset, kind: &Kind, window: &Window) -> Result<Grouping, ReduceError> {
     match kind {
         Kind::GroupBy { by } => {
             const F: &str = "groupby.by";
             // a coordinate of that exact name first (names may hold dots)
             if let Some(v) = ds.variable(by) {
                 let v = coord(ds, &v.path, F)?;
-                let block = read_coord(v, F)?;
+                let block = read_coord(v, F, window)?;
                 let vals = as_f64(&block)
                     .ok_or_else(|| err(F, format!("'{by}' is not numeric; cannot group by it")))?;
-                let (assign, firsts) = Assignment::by_values(&vals);
+                let unique_monotonic =
+                    vals.windows(2).all(|w| w[0] < w[1]) || vals.windows(2).all(|w| w[0] > w[1]);
+                let (assign, firsts) = if v.dims[0] == v.name && unique_monotonic {
+                    Assignment::each(vals.len())
+                } else {
+                    Assignment::by_values(&vals)
+                };
                 let BlockData::Bytes(bytes) = block.data() else {
                     return Err(err(F, format!("'{by}' is not numeric")));
                 };
@@ -242,7 +265,7 @@ fn grouping(ds: &Dataset, kind: &Kind) -> Result<Grouping, ReduceError> {
                     ),
                 )
             })?;
-            let (axis, dates) = time_dates(v, F)?;
+            let (axis, dates) = time_dates(v, F, window)?;
             let keys: Vec<i64> = dates
                 .iter()
                 .map(|d| groups::component(c, axis.calendar(), d))
@@ -274,7 +297,7 @@ fn grouping(ds: &Dataset, kind: &Kind) -> Result<Grouping, ReduceError> {
             if v.dims[0] != *dim {
                 return Err(err(F, format!("'{dim}' is not a dimension coordinate")));
             }
-            let (axis, dates) = time_dates(v, F)?;
+            let (axis, dates) = time_dates(v, F, window)?;
             let cal = axis.calendar();
             let periods: Vec<i64> = dates.iter().map(|d| groups::period(*freq, cal, d)).collect();
             let sorted = periods.windows(2).all(|w| w[0] <= w[1]);
@@ -353,6 +376,12 @@ pub(crate) struct Reduced {
     at: Locator,
     input: Input,
     axis: usize,
+    /// Where the selected source region starts, per dimension of the input (all 0 without
+    /// a value-range selection): output positions, the rows of `assign` and the slabs of
+    /// [`Task::Partial`] are relative to it, reads absolute.
+    origin: Vec<u64>,
+    /// The selected region's length per dimension of the input.
+    extent: Vec<u64>,
     assign: Arc<Assignment>,
     /// Groups holding no row (periods of a `resample` without data): NaN whatever the
     /// reduction, as xarray's reindexing gives them.
@@ -368,7 +397,13 @@ pub(crate) struct Reduced {
 }
 
 impl Reduced {
-    /// The source region of an output region (`None` when its groups hold no rows).
+    /// `start` (relative to the selected region) as a position in the source variable.
+    fn absolute(&self, start: &[u64]) -> Vec<u64> {
+        start.iter().zip(&self.origin).map(|(s, o)| s + o).collect()
+    }
+
+    /// The source region of an output region, relative to the selected region (`None` when
+    /// its groups hold no rows).
     fn source_region(&self, start: &[u64], count: &[u64]) -> Option<(Vec<u64>, Vec<u64>)> {
         let g0 = start[self.axis] as usize;
         let (r0, r1) = self.assign.rows_of(g0, g0 + count[self.axis] as usize)?;
@@ -388,11 +423,13 @@ impl Reduced {
         let (g0, k) = (start[ax] as usize, count[ax] as usize);
         let (src_start, src_count) = self.source_region(start, count)?;
         let step = self.input.var.chunks[ax].max(1);
+        let o = self.origin[ax];
         let (r0, r1) = (src_start[ax], src_start[ax] + src_count[ax]);
         let mut slabs = Vec::new();
         let mut r = r0;
         while r < r1 {
-            let end = ((r / step + 1) * step).min(r1);
+            // cut at the source's chunk boundaries (absolute), so a slab is one stored chunk
+            let end = (((r + o) / step + 1) * step - o).min(r1);
             let wanted = self.assign.group[r as usize..end as usize]
                 .iter()
                 .any(|g| *g != NONE && (g0..g0 + k).contains(&(*g as usize)));
@@ -413,9 +450,9 @@ impl Reduced {
         src_count: &[u64],
         (r0, r1): (u64, u64),
     ) -> Result<Slab, ReadError> {
-        let mut s = src_start.to_vec();
+        let mut s = self.absolute(src_start);
         let mut c = src_count.to_vec();
-        s[self.axis] = r0;
+        s[self.axis] = r0 + self.origin[self.axis];
         c[self.axis] = r1 - r0;
         if self.int {
             return Ok(Slab::Ints(self.input.read_ints(&s, &c)?));
@@ -550,7 +587,7 @@ impl Reduced {
         slabs: &[(u64, u64)],
     ) -> Result<Acc, ReadError> {
         let ax = self.axis;
-        let shape = &self.input.var.shape;
+        let shape = &self.extent;
         let n_groups = self.assign.n_groups as u64;
         let bad =
             |why: String| ReadError::Block(format!("partial reduction of '{}': {why}", self.input.var.path));
@@ -718,7 +755,7 @@ impl Derive for Reduced {
 
     fn check_sources(&self, start: &[u64], count: &[u64]) -> Result<(), ReadError> {
         match self.source_region(start, count) {
-            Some((s, c)) => pipeline::check_region_sources(&self.input.var, &s, &c),
+            Some((s, c)) => pipeline::check_region_sources(&self.input.var, &self.absolute(&s), &c),
             None => Ok(()),
         }
     }
@@ -727,9 +764,10 @@ impl Derive for Reduced {
         let Some((s, c, slabs)) = self.slabs(start, count) else {
             return 0;
         };
-        let (mut s, mut c) = (s, c);
+        let (mut s, mut c) = (self.absolute(&s), c);
+        let o = self.origin[self.axis];
         slabs.iter().fold(0u64, |a, (r0, r1)| {
-            s[self.axis] = *r0;
+            s[self.axis] = *r0 + o;
             c[self.axis] = r1 - r0;
             a.saturating_add(pipeline::estimate_region_bytes(&self.input.var, &s, &c))
         })
@@ -737,9 +775,10 @@ impl Derive for Reduced {
 
     fn describe(&self) -> String {
         format!(
-            "{}(axis={}, groups={:016x}, {})",
+            "{}(axis={}, origin={:?}, groups={:016x}, {})",
             self.reduce.as_str(),
             self.axis,
+            self.origin,
             self.groups_hash,
             self.input.describe()
         )
@@ -848,10 +887,14 @@ pub fn build(
         reduce,
         variables,
         &Locator::Dataset(id.to_string()),
+        &Window::default(),
     )
 }
 
-/// [`build`], for a dataset compute workers find as `at` (an ad-hoc product).
+/// [`build`], for a dataset compute workers find as `at` (an ad-hoc product), over the
+/// region `window` selects: what xarray gives for `ds.sel(...).groupby(by).<reduce>()`.
+/// Only the selected source region is read; the groups are those of the selected rows; the
+/// other dimensions' coordinates (and their bounds) are the selected stretches.
 pub fn build_at(
     parent: &Dataset,
     id: &str,
@@ -859,8 +902,9 @@ pub fn build_at(
     reduce: Reduce,
     variables: &[String],
     at: &Locator,
+    window: &Window,
 ) -> Result<Dataset, ReduceError> {
-    let g = grouping(parent, kind)?;
+    let g = grouping(parent, kind, window)?;
     let dims_of_coords: BTreeSet<&str> = parent.root.dims.iter().map(|(d, _)| d.as_str()).collect();
     let bounds = bounds_names(parent);
     // auxiliary coordinates (named by a `coordinates` attribute) are coordinates to xarray:
@@ -906,7 +950,11 @@ pub fn build_at(
             inputs.push(Input::new(v.clone()).map_err(|m| err("variables", m))?);
         }
     }
-    let what = format!("{}.{}()", g.describe, reduce.as_str());
+    let what = if window.text.is_empty() {
+        format!("{}.{}()", g.describe, reduce.as_str())
+    } else {
+        format!("{}.{}.{}()", window.text, g.describe, reduce.as_str())
+    };
     let k_out = chunk_len(&g, &inputs);
     let mut rows = vec![0u64; g.assign.n_groups];
     for x in &g.assign.group {
@@ -927,6 +975,22 @@ pub fn build_at(
     for i in inputs {
         let v = i.var.clone();
         let axis = v.dims.iter().position(|d| *d == g.dim).unwrap_or(0);
+        let (origin, extent) = window.origin_shape(&v);
+        if origin
+            .iter()
+            .zip(&extent)
+            .zip(&v.shape)
+            .any(|((o, c), n)| o + c > *n)
+            || extent[axis] != g.assign.group.len() as u64
+        {
+            return Err(err(
+                "variables",
+                format!(
+                    "the selection does not fit '{}' (a coordinate longer than its dimension)",
+                    v.name
+                ),
+            ));
+        }
         let dtype = result_dtype(reduce, &i, any_empty);
         let int = i.is_plain_int();
         let (fill, fill_attr) = match dtype {
@@ -963,9 +1027,15 @@ pub fn build_at(
         }
         let mut dims = v.dims.clone();
         dims[axis] = g.label.name.clone();
-        let mut shape = v.shape.clone();
+        let mut shape = extent.clone();
         shape[axis] = g.assign.n_groups as u64;
         let mut chunks = v.chunks.clone();
+        for (d, (k, n)) in v.dims.iter().zip(chunks.iter_mut().zip(&shape)) {
+            // a selected stretch: chunks no longer than it (no padding served)
+            if window.get(d).is_some() {
+                *k = (*k).clamp(1, (*n).max(1));
+            }
+        }
         chunks[axis] = k_out;
         for d in &dims {
             keep.insert(d.clone());
@@ -984,6 +1054,8 @@ pub fn build_at(
                 at: at.clone(),
                 input: i,
                 axis,
+                origin,
+                extent,
                 assign: g.assign.clone(),
                 empty: empty.clone(),
                 reduce,
@@ -1007,7 +1079,15 @@ pub fn build_at(
                 .iter()
                 .any(|c| keep.contains(&c.name) && c.attrs.get_str("bounds") == Some(v.name.as_str()));
             if named || is_bound_of_kept {
-                extra.push(v.clone());
+                extra.push(window.slice(v).ok_or_else(|| {
+                    err(
+                        "variables",
+                        format!(
+                            "the selection does not fit '{}' (a coordinate longer than its dimension)",
+                            v.name
+                        ),
+                    )
+                })?);
             }
         }
     }
@@ -1022,7 +1102,7 @@ pub fn build_at(
         PROVENANCE_ATTR,
         &what,
         root_vars,
-        (label_name, paths),
+        (label_name, paths, &window.dims),
     ))
 }
 
@@ -1063,5 +1143,213 @@ mod tests {
             );
             assert!(hi - lo <= 1, "{n}: even runs");
         }
+    }
+}
+
+#[cfg(test)]
+mod selection_tests {
+    use super::*;
+    use crate::processing::select::Selection;
+
+    /// Longitudes: enough that `x` is not inlined in the index (its chunks are served).
+    const LON: usize = 30;
+
+    /// `x(time, lat, lon)` float32 with a NaN, in chunks `{7, 3, 2}` that a selection cuts
+    /// across; `time` daily (noleap) from 2001-01-25, `lat` descending.
+    fn open(dir: &std::path::Path) -> (Dataset, Vec<f32>) {
+        let path = dir.join("x.nc");
+        let mut f = netcdf::create(&path).expect("create");
+        f.add_dimension("time", 40).expect("dim");
+        f.add_dimension("lat", 4).expect("dim");
+        f.add_dimension("lon", LON).expect("dim");
+        let mut vals: Vec<f32> = (0..40 * 4 * LON)
+            .map(|i| ((i * 37) % 101) as f32 * 0.37 + 250.0)
+            .collect();
+        vals[4 * 4 * LON + LON + 2] = f32::NAN;
+        {
+            let mut v = f.add_variable::<f32>("x", &["time", "lat", "lon"]).expect("var");
+            v.set_chunking(&[7, 3, 2]).expect("chunking");
+            v.put_values(&vals, ..).expect("put");
+        }
+        {
+            let mut t = f.add_variable::<f64>("time", &["time"]).expect("var");
+            t.put_attribute("units", "days since 2001-01-25").expect("attr");
+            t.put_attribute("calendar", "noleap").expect("attr");
+            let days: Vec<f64> = (0..40).map(|d| f64::from(d) + 0.5).collect();
+            t.put_values(&days, ..).expect("put");
+        }
+        let mut lat = f.add_variable::<f64>("lat", &["lat"]).expect("var");
+        lat.put_values(&[30.0, 10.0, -10.0, -30.0], ..).expect("put");
+        drop(f);
+        let file = Arc::new(crate::source::SourceFile::stat(path.clone()).expect("stat"));
+        let idx = crate::open::file::open_file(file).expect("index");
+        let spec = cloudify_crds::DatasetSpec::new("t", vec![path.display().to_string()]);
+        (
+            crate::dataset::aggregate::build(&spec, vec![idx]).expect("dataset"),
+            vals,
+        )
+    }
+
+    fn product(ds: &Dataset, reduce: Reduce, q: &str) -> Dataset {
+        let x = ds.variable("x").expect("x").clone();
+        let w = Selection::parse_query(q).expect(q).resolve(ds, &x).expect(q);
+        let at = Locator::Product {
+            parent: "t".into(),
+            var: "x".into(),
+            coord: "time.month".into(),
+            action: reduce.as_str().into(),
+            select: String::new(),
+        };
+        let kind = Kind::GroupBy {
+            by: "time.month".into(),
+        };
+        build_at(ds, "p", &kind, reduce, &["x".into()], &at, &w).expect("build")
+    }
+
+    #[test]
+    fn a_selection_reduces_only_its_region() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ds, vals) = open(dir.path());
+        // rows 3..=26 (2001-01-28 .. 2001-02-20), lat rows 1..4 (20 down to -30)
+        let q = "time=2001-01-28/2001-02-20&lat=20/-30";
+        let p = product(&ds, Reduce::Mean, q);
+        let v = p.variable("x").expect("x");
+        assert_eq!(v.shape, vec![2, 3, LON as u64]);
+        assert_eq!(
+            v.chunks,
+            vec![2, 3, 2],
+            "chunks clipped to the selected lat stretch"
+        );
+        assert!(v.attrs.get_str(PROVENANCE_ATTR).is_some_and(|w| w
+            == "sel(lat=slice(20.0, -30.0), time=slice('2001-01-28', '2001-02-20')).groupby(time.month).mean()"));
+        let got: Vec<f32> = pipeline::read_region(v, &[0, 0, 0], &[2, 3, LON as u64])
+            .expect("read")
+            .values()
+            .expect("f32");
+        // brute force: January rows 3..7, February rows 7..27
+        let mut want = Vec::new();
+        for rows in [3..7usize, 7..27] {
+            for la in 1..4 {
+                for lo in 0..LON {
+                    let xs: Vec<f64> = rows
+                        .clone()
+                        .map(|t| f64::from(vals[(t * 4 + la) * LON + lo]))
+                        .filter(|x| !x.is_nan())
+                        .collect();
+                    #[allow(clippy::cast_possible_truncation)]
+                    want.push((xs.iter().sum::<f64>() / xs.len() as f64) as f32);
+                }
+            }
+        }
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= w.abs() * 1e-6, "{got:?} vs {want:?}");
+        }
+        // a block of one group and part of lon reads the same values
+        let part: Vec<f32> = pipeline::read_region(v, &[1, 2, 1], &[1, 1, 2])
+            .expect("read")
+            .values()
+            .expect("f32");
+        let at = 3 * LON + 2 * LON + 1;
+        assert_eq!(part, got[at..at + 2].to_vec());
+        // the kept coordinate is the selected stretch
+        let lat: Vec<f64> = pipeline::read_region(p.variable("lat").expect("lat"), &[0], &[3])
+            .expect("read")
+            .values()
+            .expect("f64");
+        assert_eq!(lat, vec![10.0, -10.0, -30.0]);
+        let month: Vec<i64> = pipeline::read_region(p.variable("month").expect("month"), &[0], &[2])
+            .expect("read")
+            .values()
+            .expect("i64");
+        assert_eq!(month, vec![1, 2]);
+        // counts: the NaN at row 4 is not counted
+        let c = product(&ds, Reduce::Count, q);
+        let n: Vec<i64> = pipeline::read_region(c.variable("x").expect("x"), &[0, 0, 0], &[2, 3, LON as u64])
+            .expect("read")
+            .values()
+            .expect("i64");
+        assert_eq!(n[2], 3);
+        assert_eq!(n[..3 * LON].iter().filter(|k| **k == 4).count(), 3 * LON - 1);
+        assert!(n[3 * LON..].iter().all(|k| *k == 20));
+        // another selection is another product: its own fingerprint (ETags, cache keys) and
+        // pipeline, even where shapes agree
+        let other = product(&ds, Reduce::Mean, "time=2001-01-29/2001-02-21&lat=20/-30");
+        assert_ne!(other.fingerprint, p.fingerprint);
+        let ov = other.variable("x").expect("x");
+        assert_eq!(ov.shape, v.shape);
+        assert_ne!(pipeline::describe(ov), pipeline::describe(v));
+        let whole = build(
+            &ds,
+            "p",
+            &Kind::GroupBy {
+                by: "time.month".into(),
+            },
+            Reduce::Mean,
+            &["x".into()],
+        )
+        .expect("whole");
+        assert_ne!(whole.fingerprint, p.fingerprint);
+        assert_eq!(whole.variable("x").expect("x").shape, vec![3, 4, LON as u64]);
+    }
+
+    /// xarray does not sort a unique, monotonic dimension coordinate it groups by: a
+    /// descending latitude stays descending (other keys are sorted).
+    #[test]
+    fn grouping_by_a_descending_dimension_keeps_its_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ds, _) = open(dir.path());
+        let kind = Kind::GroupBy { by: "lat".into() };
+        let x = ds.variable("x").expect("x").clone();
+        let w = Selection::parse_query("lat=10/-30")
+            .expect("q")
+            .resolve(&ds, &x)
+            .expect("w");
+        let at = Locator::Dataset("p".into());
+        let p = build_at(&ds, "p", &kind, Reduce::Max, &["x".into()], &at, &w).expect("build");
+        let lat: Vec<f64> = pipeline::read_region(p.variable("lat").expect("lat"), &[0], &[3])
+            .expect("read")
+            .values()
+            .expect("f64");
+        assert_eq!(lat, vec![10.0, -10.0, -30.0]);
+        let (a, firsts) = groups::Assignment::by_values(&[3.0, 1.0, 2.0, 1.0]);
+        assert_eq!(
+            (a.group, firsts),
+            (vec![2, 0, 1, 0], vec![1, 2, 0]),
+            "not a dimension: sorted"
+        );
+    }
+
+    #[test]
+    fn partials_of_a_selection_merge_to_its_blocks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ds, _) = open(dir.path());
+        let p = product(&ds, Reduce::Sum, "time=2001-01-28/2001-03-01&lat=10/-10");
+        let v = p.variable("x").expect("x");
+        let Values::Derived(d) = &v.values else {
+            panic!("derived")
+        };
+        let r = d
+            .as_any()
+            .and_then(|a| a.downcast_ref::<Reduced>())
+            .expect("reduced");
+        let (start, count) = (vec![0, 0, 0], v.shape.clone());
+        let (_, _, slabs) = r.slabs(&start, &count).expect("slabs");
+        // slabs are relative rows cut at the stored chunk boundaries (7, 14, ... absolute)
+        assert_eq!(slabs.first(), Some(&(0, 4)));
+        assert_eq!(slabs.get(1), Some(&(4, 11)));
+        let mut acc = r.new_acc(&count);
+        for run in runs(slabs.clone()) {
+            acc.merge(r.partial(&start, &count, &run).expect("partial"));
+        }
+        let whole: Vec<f32> = pipeline::read_region(v, &start, &count)
+            .expect("read")
+            .values()
+            .expect("f32");
+        #[allow(clippy::cast_possible_truncation)]
+        let merged: Vec<f32> = acc.finish(Reduce::Sum, true).iter().map(|x| *x as f32).collect();
+        assert_eq!(merged, whole);
+        // a region outside the selection is refused, not read
+        assert!(r.partial(&[0, 0, 0], &[3, 3, LON as u64], &slabs).is_err());
     }
 }
