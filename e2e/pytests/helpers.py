@@ -110,6 +110,20 @@ def predict_aggregation_failure(files: list[str], concat_dim: str = "time") -> l
 # ---------------------------------------------------------------------------
 # references
 # ---------------------------------------------------------------------------
+_LOADED: dict = {}
+
+
+def load_sources(files: list[str]) -> xr.Dataset:
+    """The files opened as one dataset (xarray's own aggregation) and loaded, once per file set:
+    the local reference the processing tests compare served products with."""
+    key = tuple(files)
+    if key not in _LOADED:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _LOADED[key] = xr.open_mfdataset(files, **MFDATASET_KW, use_cftime=None).load()
+    return _LOADED[key]
+
+
 def spec_rebased(spec: dict) -> bool:
     """A series whose files use different time units (see time_units_differ). Its raw view
     decodes times: the reference's raw numbers would mix the files' units."""

@@ -30,7 +30,7 @@ import xarray as xr
 from xhistogram.xarray import histogram as xhistogram
 
 import helpers
-from conftest import start_server, stop_server, wait_until_settled
+from conftest import start_server, stop_server, wait_until_settled, write_config
 
 DAY = sorted(str(p) for p in helpers.cmip6_root().rglob("ta_day_MIROC6_historical_r1i1p1f1_gn_200[0-2]*.nc"))
 
@@ -96,11 +96,8 @@ def served(tmp_path_factory):
         path = root / f"{name}.nc"
         write_grid(path, cal, descending=True)
         sources[name] = [str(path)]
-    lines = ["datasets:"]
-    for name, files in sources.items():
-        lines += [f"  - name: {name}", f"    sources: {files!r}".replace("'", '"')]
     cfg = root / "cloudify.yaml"
-    cfg.write_text("\n".join(lines) + "\n")
+    write_config(cfg, [{"name": name, "sources": files} for name, files in sources.items()])
     url, proc, log = start_server(["serve", "--config", str(cfg)], root, "select",
                                   extra_env={"CLOUDIFY_CACHE_DIR": str(root / "cache")})
     try:
@@ -110,16 +107,8 @@ def served(tmp_path_factory):
         stop_server(proc)
 
 
-_OPENED: dict = {}
-
-
 def _source(files: list[str]) -> xr.Dataset:
-    key = tuple(files)
-    if key not in _OPENED:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            _OPENED[key] = xr.open_mfdataset(files, **helpers.MFDATASET_KW, use_cftime=None).load()
-    return _OPENED[key]
+    return helpers.load_sources(files)
 
 
 def _sel(query: dict) -> dict:
