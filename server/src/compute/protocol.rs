@@ -11,7 +11,11 @@ use crate::processing::exec::{Output, Task};
 
 /// The protocol version; bump it whenever [`Request`], [`Response`], [`Task`] or
 /// [`Output`] (or what a task computes) changes.
-pub const VERSION: u32 = 1;
+///
+/// - 1: a partial holds accumulators for every group of the output block.
+/// - 2: a partial holds the groups its rows belong to only
+///   ([`crate::processing::reduce::accum::Partial`]); runs are cut where groups change.
+pub const VERSION: u32 = 2;
 
 /// Header holding the sender's protocol version, readable without decoding the body.
 pub const VERSION_HEADER: &str = "x-cloudify-compute-version";
@@ -71,7 +75,7 @@ pub fn mismatch(server: u32, worker: u32) -> String {
 mod tests {
     use super::*;
     use crate::processing::exec::Locator;
-    use crate::processing::reduce::accum::Acc;
+    use crate::processing::reduce::accum::{Acc, Partial};
     use cloudify_crds::Reduce;
 
     #[test]
@@ -97,7 +101,7 @@ mod tests {
         acc.add_int(0, &[i128::from(i64::MAX), -1, 7]);
         let resp = Response {
             version: VERSION,
-            result: Ok(Output::Partial(acc)),
+            result: Ok(Output::Partial(Partial { groups: vec![4], acc })),
         };
         let b = encode(&resp).expect("encode");
         assert_eq!(decode::<Response>(&b).expect("decode"), resp);
@@ -105,5 +109,17 @@ mod tests {
         assert!(decode::<Response>(&b[..b.len() / 2]).is_err());
         let m = mismatch(1, 2);
         assert!(m.contains("version 1") && m.contains("version 2"), "{m}");
+    }
+
+    /// Version 1 sent whole-block partials; a server or worker of that release must be
+    /// refused by version, not misread.
+    #[test]
+    fn partials_of_some_groups_are_a_new_version() {
+        const { assert!(VERSION >= 2) };
+        let m = mismatch(VERSION, 1);
+        assert!(
+            m.contains(&format!("server speaks version {VERSION}")) && m.contains("worker version 1"),
+            "{m}"
+        );
     }
 }
