@@ -59,6 +59,26 @@ pub fn encode<T: Serialize>(m: &T) -> Result<Vec<u8>, String> {
     postcard::to_stdvec(m).map_err(|e| format!("cannot encode a compute message: {e}"))
 }
 
+/// Encodes a worker's answer into one allocation of [`Response::size_hint`] bytes: growing
+/// the buffer of a partial of megabytes by doubling would copy it several times over and,
+/// when the allocator hands out fresh pages, fault them in each time. Capacity beyond what
+/// is written is never touched, so an upper bound costs nothing.
+pub fn encode_response(r: &Response) -> Result<Vec<u8>, String> {
+    postcard::to_extend(r, Vec::with_capacity(r.size_hint()))
+        .map_err(|e| format!("cannot encode a compute message: {e}"))
+}
+
+impl Response {
+    /// An upper bound of the encoded size.
+    pub fn size_hint(&self) -> usize {
+        64 + match &self.result {
+            Ok(Output::Bytes(b)) => b.len(),
+            Ok(Output::Partial(p)) => p.size_hint(),
+            Err(f) => f.message.len(),
+        }
+    }
+}
+
 /// Decodes a message.
 pub fn decode<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Result<T, String> {
     postcard::from_bytes(b).map_err(|e| format!("not a compute protocol message ({e})"))
@@ -109,6 +129,48 @@ mod tests {
         assert!(decode::<Response>(&b[..b.len() / 2]).is_err());
         let m = mismatch(1, 2);
         assert!(m.contains("version 1") && m.contains("version 2"), "{m}");
+    }
+
+    /// Every accumulator crosses the wire bit for bit (NaN and -0.0 included, counts of
+    /// every width); a truncated or doctored buffer is an error, not a panic.
+    #[test]
+    fn every_accumulator_round_trips_bit_for_bit() {
+        let mut accs: Vec<Acc> = Vec::new();
+        for r in Reduce::ALL {
+            let mut a = Acc::new(r, 4);
+            a.add(0, &[1.5f64, f64::NAN, -0.0, 3e300]);
+            a.add(0, &[0.1f64, 7.0, -2.0, f64::NAN]);
+            accs.push(a);
+            let mut i = Acc::new_int(r, 3);
+            i.add_int(0, &[i128::from(i64::MIN), 0, i128::from(u64::MAX)]);
+            accs.push(i);
+        }
+        // counts beyond one byte, two and four
+        for n in [300u64, 70_000, 5_000_000_000] {
+            accs.push(Acc::Count(vec![0, n, 1]));
+        }
+        for acc in accs {
+            let resp = Response {
+                version: VERSION,
+                result: Ok(Output::Partial(Partial {
+                    groups: vec![0, 2],
+                    acc,
+                })),
+            };
+            let b = encode(&resp).expect("encode");
+            let back: Response = decode(&b).expect("decode");
+            assert_eq!(format!("{back:?}"), format!("{resp:?}"));
+            for cut in [1, b.len() / 2, b.len() - 1] {
+                assert!(decode::<Response>(&b[..cut]).is_err(), "{cut} of {}", b.len());
+            }
+        }
+        // a median's value lists whose lengths do not add up
+        let mut a = Acc::new(Reduce::Median, 2);
+        a.add(0, &[1.0f64, 2.0]);
+        let mut b = encode(&a).expect("encode");
+        let at = b.len() - 16 - 2; // the lengths [1, 1] precede the two values
+        b[at] = 5;
+        assert!(decode::<Acc>(&b).is_err());
     }
 
     /// Version 1 sent whole-block partials; a server or worker of that release must be

@@ -16,35 +16,41 @@
 use cloudify_crds::Reduce;
 
 /// The state of the slots of one output block (serialisable: the partial result a compute
-/// worker sends back, see [`crate::processing::exec`]).
+/// worker sends back, see [`crate::processing::exec`]; buffers as packed byte strings,
+/// [`super::wire`]).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Acc {
     /// `sum` and `mean`: non-NaN count and sum.
     Sum {
         /// Non-NaN values seen per slot.
+        #[serde(with = "super::wire::counts")]
         n: Vec<u64>,
         /// Their sum.
+        #[serde(with = "super::wire::f64s")]
         sum: Vec<f64>,
     },
     /// `count`.
-    Count(Vec<u64>),
+    Count(#[serde(with = "super::wire::counts")] Vec<u64>),
     /// `std` and `var`: Welford's running mean and sum of squared deviations.
     Moments {
         /// Non-NaN values seen per slot.
+        #[serde(with = "super::wire::counts")]
         n: Vec<u64>,
         /// Their mean.
+        #[serde(with = "super::wire::f64s")]
         mean: Vec<f64>,
         /// Sum of squared deviations from the mean.
+        #[serde(with = "super::wire::f64s")]
         m2: Vec<f64>,
     },
     /// `min`, `max`, `first`, `last`: one value per slot, NaN until one is seen.
-    Pick(Reduce, Vec<f64>),
+    Pick(Reduce, #[serde(with = "super::wire::f64s")] Vec<f64>),
     /// `median`: the values of each slot.
-    Values(Vec<Vec<f64>>),
+    Values(#[serde(with = "super::wire::f64_lists")] Vec<Vec<f64>>),
     /// `sum` of integers: i128 holds any int64 or uint64 value and sums of up to 2^63 of
     /// them; [`Acc::finish_ints`] wraps the sum to 64 bits as NumPy's int64/uint64
     /// accumulator does (a wrapped sum is the exact sum modulo 2^64, in any order).
-    IntSum(Vec<i128>),
+    IntSum(#[serde(with = "super::wire::i128s")] Vec<i128>),
     /// `min`, `max`, `first`, `last` of integers: `None` until a value is seen.
     IntPick(Reduce, Vec<Option<i128>>),
 }
@@ -505,6 +511,21 @@ pub struct Partial {
 }
 
 impl Partial {
+    /// An upper bound of its encoded size in bytes (the packed buffers of
+    /// [`super::wire`] and their headers), to encode it into one allocation.
+    pub fn size_hint(&self) -> usize {
+        let slots = self.acc.slots().unwrap_or(0);
+        let body = match &self.acc {
+            Acc::Count(_) | Acc::Pick(..) => 8 * slots,
+            Acc::Sum { .. } | Acc::IntSum(_) => 16 * slots,
+            // a tag and a varint of up to 19 bytes
+            Acc::IntPick(..) => 20 * slots,
+            Acc::Moments { .. } => 24 * slots,
+            Acc::Values(v) => 8 * slots + 8 * v.iter().map(Vec::len).sum::<usize>(),
+        };
+        64 + 5 * self.groups.len() + body
+    }
+
     /// Merges into `block`, the accumulators of an output block of `outer` × `k` ×
     /// `inner` slots, as the stretch of the axis after everything merged into it before.
     /// Slots of groups the partial does not hold are left as they are (the partial would

@@ -35,6 +35,7 @@
 
 pub mod accum;
 pub mod groups;
+mod wire;
 
 use std::collections::BTreeSet;
 use std::hash::{Hash, Hasher};
