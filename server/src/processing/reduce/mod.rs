@@ -569,33 +569,29 @@ impl Reduced {
     }
 
     /// For each slab boundary `p` (before slab `p`, from 0 to `slabs.len()`), whether the
-    /// groups of the region's rows before it and after it are disjoint: a run cut there
-    /// leaves every group in one run ([`runs`]).
-    fn clean_cuts(&self, (g0, k): (usize, usize), slabs: &[(u64, u64)]) -> Vec<bool> {
-        let mut first = vec![usize::MAX; k];
-        let mut last = vec![0usize; k];
-        for (s, (r0, r1)) in slabs.iter().enumerate() {
-            let rows = self.assign.group.get(*r0 as usize..*r1 as usize).unwrap_or(&[]);
-            for g in rows {
-                if let Some(j) = (*g as usize).checked_sub(g0).filter(|j| *j < k) {
-                    first[j] = first[j].min(s);
-                    last[j] = s;
-                }
-            }
-        }
-        // boundaries inside a group's span of slabs are crossed by it
-        let mut crossing = vec![0i64; slabs.len() + 2];
-        for (f, l) in first.iter().zip(&last) {
-            if *f < *l {
-                crossing[f + 1] += 1;
-                crossing[l + 1] -= 1;
-            }
-        }
-        let mut depth = 0;
+    /// group changes there: the last of the region's rows before it and the first after it
+    /// are in different groups ([`runs`] prefers such cuts: a cut inside a group's stretch
+    /// of rows sends that group's accumulators twice). The ends always count.
+    fn group_changes(&self, (g0, k): (usize, usize), slabs: &[(u64, u64)]) -> Vec<bool> {
+        let in_block = |g: &u32| (*g as usize).checked_sub(g0).filter(|j| *j < k);
+        let ends: Vec<(Option<usize>, Option<usize>)> = slabs
+            .iter()
+            .map(|(r0, r1)| {
+                let rows = self.assign.group.get(*r0 as usize..*r1 as usize).unwrap_or(&[]);
+                (
+                    rows.iter().find_map(in_block),
+                    rows.iter().rev().find_map(in_block),
+                )
+            })
+            .collect();
         (0..=slabs.len())
             .map(|p| {
-                depth += crossing[p];
-                depth == 0
+                p == 0
+                    || p == slabs.len()
+                    || match (ends[p - 1].1, ends[p].0) {
+                        (Some(a), Some(b)) => a != b,
+                        _ => true,
+                    }
             })
             .collect()
     }
@@ -687,27 +683,29 @@ impl Reduced {
 pub const RUNS_PER_BLOCK: usize = 16;
 
 /// `slabs` cut into at most [`RUNS_PER_BLOCK`] runs of consecutive slabs, as even as can be,
-/// cut where groups change when they do: `clean[p]` (for `p` in `0..=slabs.len()`) says
-/// whether no group has rows both before slab `p` and from it on ([`Reduced::clean_cuts`]).
+/// cut where the group changes when it does: `change[p]` (for `p` in `0..=slabs.len()`)
+/// says whether the group changes between slab `p - 1` and slab `p`
+/// ([`Reduced::group_changes`]).
 ///
 /// A run's partial holds the groups its rows touch ([`accum::Partial`]), so a cut inside a
-/// group sends that group's accumulators twice. When the clean cuts make at most
-/// [`RUNS_PER_BLOCK`] segments (the months of one year, a resample block), every one is a
-/// cut and the runs are shared out among the segments by length (each at least one, the
-/// next to the segment whose runs are longest), so no partial holds two groups' worth of
-/// anything but its own. With more segments (days of a year), each even cut moves to the
-/// nearest clean cut within half a run. Without clean cuts (months of many years: every
-/// run touches every month) the runs are the even cut.
-fn runs(slabs: Vec<(u64, u64)>, clean: &[bool]) -> Vec<Vec<(u64, u64)>> {
+/// group's stretch of rows sends that group's accumulators twice. When the changes make at
+/// most [`RUNS_PER_BLOCK`] segments (the months of one year, a resample block), every one is
+/// a cut and the runs are shared out among the segments by length (each at least one, the
+/// next to the segment whose runs are longest), so no run holds more than one group's
+/// stretch. With more segments (the months of two years, days), each even cut moves to the
+/// nearest change within half a run. Without changes the runs are the even cut; and where
+/// every run touches every group anyway (the months of many years) the cut changes nothing
+/// but the bytes' order.
+fn runs(slabs: Vec<(u64, u64)>, change: &[bool]) -> Vec<Vec<(u64, u64)>> {
     let len = slabs.len();
     let n = len.clamp(1, RUNS_PER_BLOCK);
     let (per, extra) = (len / n, len % n);
     let even = |i: usize| i * per + i.min(extra);
     let inner: Vec<usize> = (1..len)
-        .filter(|p| clean.get(*p).copied().unwrap_or(false))
+        .filter(|p| change.get(*p).copied().unwrap_or(false))
         .collect();
     let mut cuts: Vec<usize> = if inner.len() < n {
-        // segments between every clean cut; the runs shared out among them
+        // segments between every change; the runs shared out among them
         let mut bounds = vec![0];
         bounds.extend(&inner);
         bounds.push(len);
@@ -742,10 +740,10 @@ fn runs(slabs: Vec<(u64, u64)>, clean: &[bool]) -> Vec<Vec<(u64, u64)>> {
         (0..n)
             .map(|i| {
                 let c = even(i);
-                if i == 0 || clean.get(c).copied().unwrap_or(false) {
+                if i == 0 || change.get(c).copied().unwrap_or(false) {
                     return c;
                 }
-                // the nearest clean cut (the earlier of two as near) if within reach
+                // the nearest change (the earlier of two as near) if within reach
                 let at = inner.partition_point(|p| *p < c);
                 let below = at.checked_sub(1).map(|j| inner[j]).filter(|p| c - p <= reach);
                 let above = inner.get(at).copied().filter(|p| p - c <= reach);
@@ -787,7 +785,7 @@ impl Reduced {
         let outer: usize = count[..ax].iter().map(|c| *c as usize).product();
         let mut acc = self.new_acc(outer * k * inner);
         if let Some((_, _, slabs)) = self.slabs(start, count) {
-            let runs = runs(slabs.clone(), &self.clean_cuts((g0, k), &slabs));
+            let runs = runs(slabs.clone(), &self.group_changes((g0, k), &slabs));
             let not_fitting = |why: String| ReadError::Compute {
                 status: 502,
                 message: format!(
@@ -1245,8 +1243,8 @@ fn chunk_len(g: &Grouping, inputs: &[Input]) -> u64 {
 mod tests {
     use super::*;
 
-    /// The clean cuts of `bounds` (interior slab boundaries where groups change).
-    fn clean_at(len: usize, bounds: &[usize]) -> Vec<bool> {
+    /// Group changes at `bounds` (interior slab boundaries) and at the ends.
+    fn changes_at(len: usize, bounds: &[usize]) -> Vec<bool> {
         (0..=len)
             .map(|p| p == 0 || p == len || bounds.contains(&p))
             .collect()
@@ -1266,8 +1264,8 @@ mod tests {
     fn runs_without_group_changes_are_the_even_cut_of_the_slabs() {
         for n in [0usize, 1, 2, 15, 16, 17, 40, 1000] {
             let slabs = slabs_of(n);
-            for clean in [Vec::new(), clean_at(n, &[])] {
-                let r = runs(slabs.clone(), &clean);
+            for change in [Vec::new(), changes_at(n, &[])] {
+                let r = runs(slabs.clone(), &change);
                 check_cover(&r, &slabs, &format!("{n}"));
                 assert_eq!(r.len(), n.min(RUNS_PER_BLOCK), "{n}");
                 let (lo, hi) = (
@@ -1277,10 +1275,10 @@ mod tests {
                 assert!(hi - lo <= 1, "{n}: even runs");
             }
         }
-        // a clean cut at every boundary (a day per group) changes nothing either
+        // a change at every boundary (a day per group) moves no even cut
         let slabs = slabs_of(365);
         let every: Vec<usize> = (1..365).collect();
-        assert_eq!(runs(slabs.clone(), &clean_at(365, &every)), runs(slabs, &[]));
+        assert_eq!(runs(slabs.clone(), &changes_at(365, &every)), runs(slabs, &[]));
     }
 
     /// The months of a year, one slab a day: every month boundary is a cut, so no run
@@ -1297,7 +1295,7 @@ mod tests {
             .take(11)
             .collect();
         let slabs = slabs_of(365);
-        let r = runs(slabs.clone(), &clean_at(365, &bounds));
+        let r = runs(slabs.clone(), &changes_at(365, &bounds));
         check_cover(&r, &slabs, "months");
         assert_eq!(r.len(), RUNS_PER_BLOCK);
         let mut at = 0;
@@ -1316,8 +1314,57 @@ mod tests {
             [16, 15, 28, 16, 15, 30, 16, 15, 30, 16, 15, 31, 30, 31, 30, 31]
         );
         // fewer slabs than runs: one slab each
-        let r = runs(slabs_of(5), &clean_at(5, &[2]));
+        let r = runs(slabs_of(5), &changes_at(5, &[2]));
         assert_eq!(r.len(), 5);
+    }
+
+    /// The months of two years: more changes than runs, so each even cut (45 or 46 days)
+    /// moves to the nearest month boundary: every run is whole months, so the partials
+    /// hold each month of each year once (24 groups' worth) instead of splitting most.
+    #[test]
+    fn runs_of_two_years_hold_whole_months() {
+        let days = [31usize, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+        let bounds: Vec<usize> = days
+            .iter()
+            .chain(&days)
+            .scan(0, |a, d| {
+                *a += d;
+                Some(*a)
+            })
+            .take(23)
+            .collect();
+        let slabs = slabs_of(730);
+        let r = runs(slabs.clone(), &changes_at(730, &bounds));
+        check_cover(&r, &slabs, "two years");
+        assert_eq!(r.len(), RUNS_PER_BLOCK);
+        let mut at = 0;
+        for run in &r {
+            at += run.len();
+            assert!(at == 730 || bounds.contains(&at), "cut at {at} inside a month");
+        }
+    }
+
+    #[test]
+    fn group_changes_between_slabs() {
+        // rows 0–9 month 1, 10–13 month 2, 14–39 month 3; slabs of 2 rows
+        let r = reduced(Reduce::Mean, &months(), false);
+        let (_, _, slabs) = r.slabs(&[0, 0, 0], &[2, 3, 3]).expect("slabs");
+        let at: Vec<usize> = (0..=slabs.len())
+            .filter(|p| r.group_changes((0, 3), &slabs)[*p])
+            .collect();
+        assert_eq!(at, [0, 5, 7, 20]);
+        // months 2 and 3 only: the slabs of month 1 are not read, rows of other groups
+        // inside a slab do not count
+        let (_, _, slabs) = r.slabs(&[0, 1, 0], &[2, 2, 3]).expect("slabs");
+        assert_eq!(slabs.first(), Some(&(10, 12)));
+        let at: Vec<usize> = (0..=slabs.len())
+            .filter(|p| r.group_changes((1, 2), &slabs)[*p])
+            .collect();
+        assert_eq!(at, [0, 2, slabs.len()]);
+        // a group per row: a change at every boundary
+        let r = reduced(Reduce::Mean, &(0..40).collect::<Vec<_>>(), false);
+        let (_, _, slabs) = r.slabs(&[0, 0, 0], &[2, 40, 3]).expect("slabs");
+        assert!(r.group_changes((0, 40), &slabs).iter().all(|c| *c));
     }
 
     /// More group changes than runs, irregularly spread: the cuts move to nearby changes
@@ -1327,7 +1374,7 @@ mod tests {
         let slabs = slabs_of(320);
         // changes every 3 slabs in the first half only
         let bounds: Vec<usize> = (1..53).map(|i| i * 3).collect();
-        let r = runs(slabs.clone(), &clean_at(320, &bounds));
+        let r = runs(slabs.clone(), &changes_at(320, &bounds));
         check_cover(&r, &slabs, "clustered");
         assert!(r.len() >= RUNS_PER_BLOCK - 1, "{} runs", r.len());
         let mut at = 0;
@@ -1345,7 +1392,7 @@ mod tests {
                 .collect();
             let slabs = slabs_of(n);
             check_cover(
-                &runs(slabs.clone(), &clean_at(n, &bounds)),
+                &runs(slabs.clone(), &changes_at(n, &bounds)),
                 &slabs,
                 &format!("seed {seed}"),
             );
