@@ -30,9 +30,8 @@ COMPUTED = "/datasets/day/zarr/tac/0.0.0.0"
 STORED = "/datasets/day/zarr/ta/0.0.0.0"
 TASK = "/v1/task"
 VERSION_HEADER = "x-cloudify-compute-version"
-# compute::protocol::VERSION: a body sent with another version is refused (409) before it is
-# decoded, which is not what these tests are about
-PROTOCOL_VERSION = "2"
+# compute::protocol::VERSION: a request of another version is refused (409) before its body
+PROTOCOL_VERSION = "3"
 
 
 @pytest.fixture(scope="module")

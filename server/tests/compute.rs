@@ -358,15 +358,12 @@ fn dead_and_hanging_workers_are_retried_elsewhere() {
 
 #[test]
 fn garbage_and_other_versions_fail_naming_the_worker() {
-    // the current version, so that the body is what fails
-    let garbage = fake(Some(Box::leak(
-        format!(
-            "HTTP/1.1 200 OK\r\nx-cloudify-compute-version: {}\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
-            protocol::VERSION
-        )
-        .into_bytes()
-        .into_boxed_slice(),
-    )));
+    // our version in the header, garbage in the body
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\nx-cloudify-compute-version: {}\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
+        protocol::VERSION
+    );
+    let garbage = fake(Some(Box::leak(answer.into_bytes().into_boxed_slice())));
     let e = remote(&[&garbage], 8, Duration::from_secs(5))
         .run_all(tasks())
         .expect_err("garbage");
@@ -381,10 +378,23 @@ fn garbage_and_other_versions_fail_naming_the_worker() {
         .expect_err("version");
     let (code, msg, _) = status(&e);
     assert_eq!(code, 502);
+    let ours = format!("version {}", protocol::VERSION);
     assert!(
-        msg.contains(&newer)
-            && msg.contains(&format!("version {}", protocol::VERSION))
-            && msg.contains("version 99"),
+        msg.contains(&newer) && msg.contains(&ours) && msg.contains("version 99"),
+        "{msg}"
+    );
+    // a worker of the previous release (version 2) answering with its whole-block partial
+    let older = fake(Some(
+        b"HTTP/1.1 200 OK\r\nx-cloudify-compute-version: 2\r\ncontent-length: 4\r\nconnection: close\r\n\r\n\x01\x00\x01\x00",
+    ));
+    let (code, msg, _) = status(
+        &remote(&[&older], 8, Duration::from_secs(5))
+            .run_all(tasks())
+            .expect_err("old worker"),
+    );
+    assert_eq!(code, 502);
+    assert!(
+        msg.contains(&older) && msg.contains(&ours) && msg.contains("version 2;"),
         "{msg}"
     );
     let not_worker = fake(Some(
@@ -405,15 +415,35 @@ fn a_worker_refuses_another_protocol_version() {
     let cfg = write_config(dir.path());
     let w = start_worker(&cfg, dir.path(), "v");
     let addr = w.1.trim_start_matches("http://").to_string();
-    let body = protocol::encode(&protocol::Request {
-        version: 99,
-        task: tasks().remove(0),
-    })
-    .expect("encode");
-    let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+    let body = |version| {
+        protocol::encode(&protocol::Request {
+            version,
+            task: tasks().remove(0),
+        })
+        .expect("encode")
+    };
+    let out = post_task(&addr, 99, &body(99));
+    assert!(
+        out.starts_with("HTTP/1.0 409") || out.starts_with("HTTP/1.1 409"),
+        "{out}"
+    );
+    let ours = format!("version {}", protocol::VERSION);
+    assert!(out.contains("version 99") && out.contains(&ours), "{out}");
+    // a server of the previous release (version 2: whole-block partials) is refused too,
+    // before its body is looked at
+    let out = post_task(&addr, 2, &body(2));
+    assert!(
+        out.contains(" 409 ") && out.contains("version 2") && out.contains(&ours),
+        "{out}"
+    );
+}
+
+/// A raw `POST /v1/task` with `version` in the header; the whole answer.
+fn post_task(addr: &str, version: u32, body: &[u8]) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
     s.write_all(
         format!(
-            "POST {} HTTP/1.0\r\nHost: {addr}\r\n{}: 99\r\ncontent-length: {}\r\n\r\n",
+            "POST {} HTTP/1.0\r\nHost: {addr}\r\n{}: {version}\r\ncontent-length: {}\r\n\r\n",
             protocol::TASK_PATH,
             protocol::VERSION_HEADER,
             body.len()
@@ -421,17 +451,10 @@ fn a_worker_refuses_another_protocol_version() {
         .as_bytes(),
     )
     .expect("write");
-    s.write_all(&body).expect("body");
+    s.write_all(body).expect("body");
     let mut out = String::new();
     s.read_to_string(&mut out).expect("read");
-    assert!(
-        out.starts_with("HTTP/1.0 409") || out.starts_with("HTTP/1.1 409"),
-        "{out}"
-    );
-    assert!(
-        out.contains("version 99") && out.contains(&format!("version {}", protocol::VERSION)),
-        "{out}"
-    );
+    out
 }
 
 #[test]

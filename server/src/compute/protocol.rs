@@ -10,9 +10,13 @@ use serde::{Deserialize, Serialize};
 use crate::processing::exec::{Output, Task};
 
 /// The protocol version; bump it whenever [`Request`], [`Response`], [`Task`] or
-/// [`Output`] (or what a task computes) changes. 2: a groupby product's locator carries
-/// its value-range selection.
-pub const VERSION: u32 = 2;
+/// [`Output`] (or what a task computes) changes.
+///
+/// - 1: a partial holds accumulators for every group of the output block.
+/// - 2: a groupby product's locator carries its value-range selection.
+/// - 3: a partial holds the groups its rows belong to only
+///   ([`crate::processing::reduce::accum::Partial`]); runs are cut where groups change.
+pub const VERSION: u32 = 3;
 
 /// Header holding the sender's protocol version, readable without decoding the body.
 pub const VERSION_HEADER: &str = "x-cloudify-compute-version";
@@ -56,6 +60,26 @@ pub fn encode<T: Serialize>(m: &T) -> Result<Vec<u8>, String> {
     postcard::to_stdvec(m).map_err(|e| format!("cannot encode a compute message: {e}"))
 }
 
+/// Encodes a worker's answer into one allocation of [`Response::size_hint`] bytes: growing
+/// the buffer of a partial of megabytes by doubling would copy it several times over and,
+/// when the allocator hands out fresh pages, fault them in each time. Capacity beyond what
+/// is written is never touched, so an upper bound costs nothing.
+pub fn encode_response(r: &Response) -> Result<Vec<u8>, String> {
+    postcard::to_extend(r, Vec::with_capacity(r.size_hint()))
+        .map_err(|e| format!("cannot encode a compute message: {e}"))
+}
+
+impl Response {
+    /// An upper bound of the encoded size.
+    pub fn size_hint(&self) -> usize {
+        64 + match &self.result {
+            Ok(Output::Bytes(b)) => b.len(),
+            Ok(Output::Partial(p)) => p.size_hint(),
+            Err(f) => f.message.len(),
+        }
+    }
+}
+
 /// Decodes a message.
 pub fn decode<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Result<T, String> {
     postcard::from_bytes(b).map_err(|e| format!("not a compute protocol message ({e})"))
@@ -72,7 +96,7 @@ pub fn mismatch(server: u32, worker: u32) -> String {
 mod tests {
     use super::*;
     use crate::processing::exec::Locator;
-    use crate::processing::reduce::accum::Acc;
+    use crate::processing::reduce::accum::{Acc, Partial};
     use cloudify_crds::Reduce;
 
     #[test]
@@ -99,7 +123,7 @@ mod tests {
         acc.add_int(0, &[i128::from(i64::MAX), -1, 7]);
         let resp = Response {
             version: VERSION,
-            result: Ok(Output::Partial(acc)),
+            result: Ok(Output::Partial(Partial { groups: vec![4], acc })),
         };
         let b = encode(&resp).expect("encode");
         assert_eq!(decode::<Response>(&b).expect("decode"), resp);
@@ -107,5 +131,59 @@ mod tests {
         assert!(decode::<Response>(&b[..b.len() / 2]).is_err());
         let m = mismatch(1, 2);
         assert!(m.contains("version 1") && m.contains("version 2"), "{m}");
+    }
+
+    /// Every accumulator crosses the wire bit for bit (NaN and -0.0 included, counts of
+    /// every width); a truncated or doctored buffer is an error, not a panic.
+    #[test]
+    fn every_accumulator_round_trips_bit_for_bit() {
+        let mut accs: Vec<Acc> = Vec::new();
+        for r in Reduce::ALL {
+            let mut a = Acc::new(r, 4);
+            a.add(0, &[1.5f64, f64::NAN, -0.0, 3e300]);
+            a.add(0, &[0.1f64, 7.0, -2.0, f64::NAN]);
+            accs.push(a);
+            let mut i = Acc::new_int(r, 3);
+            i.add_int(0, &[i128::from(i64::MIN), 0, i128::from(u64::MAX)]);
+            accs.push(i);
+        }
+        // counts beyond one byte, two and four
+        for n in [300u64, 70_000, 5_000_000_000] {
+            accs.push(Acc::Count(vec![0, n, 1]));
+        }
+        for acc in accs {
+            let resp = Response {
+                version: VERSION,
+                result: Ok(Output::Partial(Partial {
+                    groups: vec![0, 2],
+                    acc,
+                })),
+            };
+            let b = encode(&resp).expect("encode");
+            let back: Response = decode(&b).expect("decode");
+            assert_eq!(format!("{back:?}"), format!("{resp:?}"));
+            for cut in [1, b.len() / 2, b.len() - 1] {
+                assert!(decode::<Response>(&b[..cut]).is_err(), "{cut} of {}", b.len());
+            }
+        }
+        // a median's value lists whose lengths do not add up
+        let mut a = Acc::new(Reduce::Median, 2);
+        a.add(0, &[1.0f64, 2.0]);
+        let mut b = encode(&a).expect("encode");
+        let at = b.len() - 16 - 2; // the lengths [1, 1] precede the two values
+        b[at] = 5;
+        assert!(decode::<Acc>(&b).is_err());
+    }
+
+    /// Version 1 sent whole-block partials; a server or worker of that release must be
+    /// refused by version, not misread.
+    #[test]
+    fn partials_of_some_groups_are_a_new_version() {
+        const { assert!(VERSION >= 2) };
+        let m = mismatch(VERSION, 1);
+        assert!(
+            m.contains(&format!("server speaks version {VERSION}")) && m.contains("worker version 1"),
+            "{m}"
+        );
     }
 }

@@ -129,7 +129,7 @@ fn answer(status: StatusCode, body: Vec<u8>) -> Response {
 }
 
 fn respond(result: Result<Output, Failure>) -> Response {
-    match protocol::encode(&protocol::Response {
+    match protocol::encode_response(&protocol::Response {
         version: VERSION,
         result,
     }) {

@@ -18,7 +18,7 @@ use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
-use super::reduce::accum::Acc;
+use super::reduce::accum::Partial;
 use crate::chunk::read::ReadError;
 
 /// Which dataset a task reads: one any process with the same configuration rebuilds.
@@ -81,7 +81,8 @@ pub enum Task {
     },
     /// The accumulators of the output region `[start, start+count)` of a reduced variable
     /// over the source rows of `slabs` only (each `[r0, r1)` along the reduced axis, in
-    /// order): merged in order with the other runs' partials, they give the region.
+    /// order), for the region's groups those rows belong to (not the others: they would
+    /// be empty): merged in order with the other runs' partials, they give the region.
     Partial {
         /// The dataset (a view or product).
         at: Locator,
@@ -117,8 +118,8 @@ impl Task {
 pub enum Output {
     /// Decoded chunk bytes ([`Task::Chunk`]).
     Bytes(Vec<u8>),
-    /// Partial accumulators ([`Task::Partial`]).
-    Partial(Acc),
+    /// Partial accumulators of the groups the task's rows belong to ([`Task::Partial`]).
+    Partial(Partial),
 }
 
 /// Runs tasks somewhere else (the compute workers). Tasks are idempotent: an implementation

@@ -16,35 +16,41 @@
 use cloudify_crds::Reduce;
 
 /// The state of the slots of one output block (serialisable: the partial result a compute
-/// worker sends back, see [`crate::processing::exec`]).
+/// worker sends back, see [`crate::processing::exec`]; buffers as packed byte strings,
+/// [`super::wire`]).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Acc {
     /// `sum` and `mean`: non-NaN count and sum.
     Sum {
         /// Non-NaN values seen per slot.
+        #[serde(with = "super::wire::counts")]
         n: Vec<u64>,
         /// Their sum.
+        #[serde(with = "super::wire::f64s")]
         sum: Vec<f64>,
     },
     /// `count`.
-    Count(Vec<u64>),
+    Count(#[serde(with = "super::wire::counts")] Vec<u64>),
     /// `std` and `var`: Welford's running mean and sum of squared deviations.
     Moments {
         /// Non-NaN values seen per slot.
+        #[serde(with = "super::wire::counts")]
         n: Vec<u64>,
         /// Their mean.
+        #[serde(with = "super::wire::f64s")]
         mean: Vec<f64>,
         /// Sum of squared deviations from the mean.
+        #[serde(with = "super::wire::f64s")]
         m2: Vec<f64>,
     },
     /// `min`, `max`, `first`, `last`: one value per slot, NaN until one is seen.
-    Pick(Reduce, Vec<f64>),
+    Pick(Reduce, #[serde(with = "super::wire::f64s")] Vec<f64>),
     /// `median`: the values of each slot.
-    Values(Vec<Vec<f64>>),
+    Values(#[serde(with = "super::wire::f64_lists")] Vec<Vec<f64>>),
     /// `sum` of integers: i128 holds any int64 or uint64 value and sums of up to 2^63 of
     /// them; [`Acc::finish_ints`] wraps the sum to 64 bits as NumPy's int64/uint64
     /// accumulator does (a wrapped sum is the exact sum modulo 2^64, in any order).
-    IntSum(Vec<i128>),
+    IntSum(#[serde(with = "super::wire::i128s")] Vec<i128>),
     /// `min`, `max`, `first`, `last` of integers: `None` until a value is seen.
     IntPick(Reduce, Vec<Option<i128>>),
 }
@@ -195,22 +201,27 @@ impl Acc {
         }
     }
 
-    /// Whether `self` has the kind, reduction and slot count of `like` (an empty
-    /// accumulator of the block): a partial from elsewhere is merged only if it fits, never
-    /// silently truncated or mixed with another reduction's state.
-    pub fn fits(&self, like: &Acc) -> bool {
-        let lens = |a: &Acc| -> (u8, Option<Reduce>, Vec<usize>) {
-            match a {
-                Acc::Sum { n, sum } => (0, None, vec![n.len(), sum.len()]),
-                Acc::Count(n) => (1, None, vec![n.len()]),
-                Acc::Moments { n, mean, m2 } => (2, None, vec![n.len(), mean.len(), m2.len()]),
-                Acc::Pick(r, v) => (3, Some(*r), vec![v.len()]),
-                Acc::Values(v) => (4, None, vec![v.len()]),
-                Acc::IntSum(v) => (5, None, vec![v.len()]),
-                Acc::IntPick(r, v) => (6, Some(*r), vec![v.len()]),
-            }
+    /// The kind (variant and, for picks, reduction) and slot count, `None` for the count
+    /// when the buffers disagree (a malformed partial from elsewhere).
+    fn shape(&self) -> (u8, Option<Reduce>, Option<usize>) {
+        let same = |lens: &[usize]| match lens {
+            [first, rest @ ..] if rest.iter().all(|l| l == first) => Some(*first),
+            _ => None,
         };
-        lens(self) == lens(like)
+        match self {
+            Acc::Sum { n, sum } => (0, None, same(&[n.len(), sum.len()])),
+            Acc::Count(n) => (1, None, Some(n.len())),
+            Acc::Moments { n, mean, m2 } => (2, None, same(&[n.len(), mean.len(), m2.len()])),
+            Acc::Pick(r, v) => (3, Some(*r), Some(v.len())),
+            Acc::Values(v) => (4, None, Some(v.len())),
+            Acc::IntSum(v) => (5, None, Some(v.len())),
+            Acc::IntPick(r, v) => (6, Some(*r), Some(v.len())),
+        }
+    }
+
+    /// The number of slots (`None` for ragged buffers).
+    pub fn slots(&self) -> Option<usize> {
+        self.shape().2
     }
 
     /// Combines with the accumulators of the stretch of the axis right after this one.
@@ -220,13 +231,47 @@ impl Acc {
 
     /// [`Acc::merge`] without taking `later` (its state afterwards is unspecified: call
     /// [`Acc::reset`] before using it again), so one partial's buffers serve every run.
+    /// Accumulators of another kind or size are the caller's bug: only the common slots of
+    /// the same kind are merged.
     pub fn merge_from(&mut self, later: &mut Acc) {
+        let len = self.slots().unwrap_or(0).min(later.slots().unwrap_or(0));
+        // cannot fail: same range in both, within both
+        let _ = self.merge_range(0, later, 0, len);
+    }
+
+    /// Merges slots `[from, from+len)` of `later` (the stretch of the axis right after
+    /// this one) into slots `[at, at+len)` of `self`: how a [`Partial`] holding some of a
+    /// block's groups lands in the block's slots. `later`'s slots are left unspecified
+    /// (`median`'s values are moved, not copied). The ranges come from a partial sent by a
+    /// compute worker, so they are checked, never trusted to index.
+    pub fn merge_range(
+        &mut self,
+        at: usize,
+        later: &mut Acc,
+        from: usize,
+        len: usize,
+    ) -> Result<(), MergeError> {
+        fn span<T>(v: &mut [T], at: usize, len: usize) -> Result<&mut [T], MergeError> {
+            let total = v.len();
+            at.checked_add(len)
+                .and_then(|end| v.get_mut(at..end))
+                .ok_or(MergeError::OutOfRange {
+                    at,
+                    len,
+                    slots: total,
+                })
+        }
         match (self, later) {
             (Acc::Sum { n, sum }, Acc::Sum { n: n2, sum: s2 }) => {
+                let (n, sum) = (span(n, at, len)?, span(sum, at, len)?);
+                let (n2, s2) = (span(n2, from, len)?, span(s2, from, len)?);
                 n.iter_mut().zip(n2.iter()).for_each(|(a, b)| *a += b);
                 sum.iter_mut().zip(s2.iter()).for_each(|(a, b)| *a += b);
             }
-            (Acc::Count(n), Acc::Count(n2)) => n.iter_mut().zip(n2.iter()).for_each(|(a, b)| *a += b),
+            (Acc::Count(n), Acc::Count(n2)) => {
+                let (n, n2) = (span(n, at, len)?, span(n2, from, len)?);
+                n.iter_mut().zip(n2.iter()).for_each(|(a, b)| *a += b);
+            }
             (
                 Acc::Moments { n, mean, m2 },
                 Acc::Moments {
@@ -235,8 +280,10 @@ impl Acc {
                     m2: m2b,
                 },
             ) => {
+                let (n, mean, m2) = (span(n, at, len)?, span(mean, at, len)?, span(m2, at, len)?);
+                let (nb, mb, m2b) = (span(nb, from, len)?, span(mb, from, len)?, span(m2b, from, len)?);
                 // Chan et al.'s pairwise update
-                for i in 0..n.len().min(nb.len()) {
+                for i in 0..len {
                     let (na, nb) = (n[i], nb[i]);
                     if nb == 0 {
                         continue;
@@ -252,7 +299,8 @@ impl Acc {
                     n[i] = na + nb;
                 }
             }
-            (Acc::Pick(r, v), Acc::Pick(_, v2)) => {
+            (Acc::Pick(r, v), Acc::Pick(r2, v2)) if r == r2 => {
+                let (v, v2) = (span(v, at, len)?, span(v2, from, len)?);
                 for (a, b) in v.iter_mut().zip(v2.iter().copied()) {
                     if b.is_nan() {
                         continue;
@@ -269,14 +317,17 @@ impl Acc {
                 }
             }
             (Acc::Values(v), Acc::Values(v2)) => {
+                let (v, v2) = (span(v, at, len)?, span(v2, from, len)?);
                 v.iter_mut().zip(v2.iter_mut()).for_each(|(a, b)| a.append(b));
             }
             (Acc::IntSum(s), Acc::IntSum(s2)) => {
+                let (s, s2) = (span(s, at, len)?, span(s2, from, len)?);
                 s.iter_mut()
                     .zip(s2.iter())
                     .for_each(|(a, b)| *a = a.wrapping_add(*b));
             }
-            (Acc::IntPick(r, v), Acc::IntPick(_, v2)) => {
+            (Acc::IntPick(r, v), Acc::IntPick(r2, v2)) if r == r2 => {
+                let (v, v2) = (span(v, at, len)?, span(v2, from, len)?);
                 for (a, b) in v.iter_mut().zip(v2.iter().copied()) {
                     let Some(b) = b else { continue };
                     let take = match (*r, *a) {
@@ -290,9 +341,9 @@ impl Acc {
                     }
                 }
             }
-            // accumulators of one block share their reduction
-            _ => {}
+            _ => return Err(MergeError::Kind),
         }
+        Ok(())
     }
 
     /// Back to the empty state of [`Acc::new`] / [`Acc::new_int`], keeping the buffers
@@ -313,6 +364,48 @@ impl Acc {
             Acc::Values(v) => v.iter_mut().for_each(Vec::clear),
             Acc::IntSum(v) => v.fill(0),
             Acc::IntPick(_, v) => v.fill(None),
+        }
+    }
+
+    /// [`Acc::reset`] to `slots` slots, keeping the buffers' memory: the partials of
+    /// consecutive runs hold different numbers of groups.
+    pub fn reset_to(&mut self, slots: usize) {
+        match self {
+            Acc::Sum { n, sum } => {
+                n.clear();
+                n.resize(slots, 0);
+                sum.clear();
+                sum.resize(slots, 0.0);
+            }
+            Acc::Count(n) => {
+                n.clear();
+                n.resize(slots, 0);
+            }
+            Acc::Moments { n, mean, m2 } => {
+                n.clear();
+                n.resize(slots, 0);
+                mean.clear();
+                mean.resize(slots, 0.0);
+                m2.clear();
+                m2.resize(slots, 0.0);
+            }
+            Acc::Pick(_, v) => {
+                v.clear();
+                v.resize(slots, f64::NAN);
+            }
+            Acc::Values(v) => {
+                v.truncate(slots);
+                v.iter_mut().for_each(Vec::clear);
+                v.resize_with(slots, Vec::new);
+            }
+            Acc::IntSum(v) => {
+                v.clear();
+                v.resize(slots, 0);
+            }
+            Acc::IntPick(_, v) => {
+                v.clear();
+                v.resize(slots, None);
+            }
         }
     }
 
@@ -365,6 +458,121 @@ impl Acc {
     }
 }
 
+/// Why a partial does not fit the block it is merged into (it came from a compute worker
+/// of another configuration, or is corrupt): the request fails instead of serving a mix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MergeError {
+    /// Another accumulator kind or reduction.
+    #[error("accumulators of another reduction")]
+    Kind,
+    /// Slots beyond the buffers.
+    #[error("slots [{at}, {at}+{len}) outside accumulators of {slots} slots")]
+    OutOfRange {
+        /// First slot.
+        at: usize,
+        /// Number of slots.
+        len: usize,
+        /// Slots there are.
+        slots: usize,
+    },
+    /// Groups not ascending, or not groups of the block.
+    #[error("groups {groups:?} are not ascending groups of a block of {k}")]
+    Groups {
+        /// The partial's groups (at most the first few).
+        groups: Vec<u32>,
+        /// Groups of the block.
+        k: usize,
+    },
+    /// As many slots as the groups need, or not.
+    #[error("{slots:?} slots for {groups} groups of {per_group} cells")]
+    Size {
+        /// Slots the partial holds (`None`: ragged buffers).
+        slots: Option<usize>,
+        /// Groups it holds.
+        groups: usize,
+        /// Cells per group (the block's other dimensions).
+        per_group: usize,
+    },
+}
+
+/// The accumulators of one run of source chunks for the groups of the output block that
+/// the run's rows belong to, and only those: a run covers a stretch of the reduced axis,
+/// which for a `groupby(time.month)` of a year touches one or two of the twelve months, so
+/// carrying the block's every group would send back (from a compute worker) mostly empty
+/// slots — more bytes than the source chunks read. Laid out as the block (`outer` ×
+/// groups × `inner`) with only [`Partial::groups`] along the grouped axis.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Partial {
+    /// The groups held, as offsets into the block's groups, strictly ascending.
+    pub groups: Vec<u32>,
+    /// Their accumulators: slot `(o * groups.len() + j) * inner + i` is the block's slot
+    /// `(o * k + groups[j]) * inner + i`.
+    pub acc: Acc,
+}
+
+impl Partial {
+    /// An upper bound of its encoded size in bytes (the packed buffers of
+    /// [`super::wire`] and their headers), to encode it into one allocation.
+    pub fn size_hint(&self) -> usize {
+        let slots = self.acc.slots().unwrap_or(0);
+        let body = match &self.acc {
+            Acc::Count(_) | Acc::Pick(..) => 8 * slots,
+            Acc::Sum { .. } | Acc::IntSum(_) => 16 * slots,
+            // a tag and a varint of up to 19 bytes
+            Acc::IntPick(..) => 20 * slots,
+            Acc::Moments { .. } => 24 * slots,
+            Acc::Values(v) => 8 * slots + 8 * v.iter().map(Vec::len).sum::<usize>(),
+        };
+        64 + 5 * self.groups.len() + body
+    }
+
+    /// Merges into `block`, the accumulators of an output block of `outer` × `k` ×
+    /// `inner` slots, as the stretch of the axis after everything merged into it before.
+    /// Slots of groups the partial does not hold are left as they are (the partial would
+    /// have held empty accumulators there, which merge as no-ops). Everything is checked
+    /// before a slot changes: a partial that does not fit leaves `block` untouched.
+    pub fn merge_into(
+        &mut self,
+        block: &mut Acc,
+        (outer, k, inner): (usize, usize, usize),
+    ) -> Result<(), MergeError> {
+        let m = self.groups.len();
+        let ascending = self.groups.windows(2).all(|w| w[0] < w[1]);
+        if !ascending || self.groups.last().is_some_and(|g| *g as usize >= k) {
+            return Err(MergeError::Groups {
+                groups: self.groups.iter().copied().take(16).collect(),
+                k,
+            });
+        }
+        let (mine, theirs) = (self.acc.shape(), block.shape());
+        if (mine.0, mine.1) != (theirs.0, theirs.1) {
+            return Err(MergeError::Kind);
+        }
+        let size = |groups: usize| outer.checked_mul(groups)?.checked_mul(inner);
+        if mine.2.is_none() || mine.2 != size(m) || theirs.2 != size(k) {
+            return Err(MergeError::Size {
+                slots: mine.2,
+                groups: m,
+                per_group: outer.saturating_mul(inner),
+            });
+        }
+        for o in 0..outer {
+            // consecutive groups are one range of slots (one call per run of them)
+            let mut j = 0;
+            while j < m {
+                let mut e = j + 1;
+                while e < m && self.groups[e] == self.groups[e - 1] + 1 {
+                    e += 1;
+                }
+                let at = (o * k + self.groups[j] as usize) * inner;
+                block.merge_range(at, &mut self.acc, (o * m + j) * inner, (e - j) * inner)?;
+                j = e;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// numpy's median: the middle value, or the mean of the two middle ones; NaN when empty.
 pub fn median(mut v: Vec<f64>) -> f64 {
     let n = v.len();
@@ -404,24 +612,6 @@ mod tests {
         a.add_int(0, &[5, 7]);
         a.reset();
         assert_eq!(a, Acc::new_int(Reduce::Sum, 2));
-    }
-
-    #[test]
-    fn fits_tells_partials_of_another_block_or_reduction() {
-        let like = Acc::new(Reduce::Mean, 4);
-        assert!(
-            Acc::new(Reduce::Sum, 4).fits(&like),
-            "sum and mean share accumulators"
-        );
-        assert!(!Acc::new(Reduce::Mean, 3).fits(&like));
-        assert!(!Acc::new(Reduce::Count, 4).fits(&like));
-        assert!(!Acc::new(Reduce::Min, 4).fits(&Acc::new(Reduce::Max, 4)));
-        assert!(!Acc::new_int(Reduce::Sum, 4).fits(&like));
-        let odd = Acc::Sum {
-            n: vec![0; 4],
-            sum: vec![0.0; 3],
-        };
-        assert!(!odd.fits(&like), "ragged accumulators");
     }
 
     const NAN: f64 = f64::NAN;
@@ -611,5 +801,149 @@ mod tests {
             c.add_int(0, &[x]);
         }
         assert_eq!(c.finish(Reduce::Count, false), vec![3.0]);
+    }
+
+    /// A block of `outer` 2 × `k` 4 groups × `inner` 2 cells; `groups` of it filled with
+    /// `x` + slot, as a partial.
+    fn part(r: Reduce, groups: &[u32], x: f64) -> Partial {
+        let mut acc = Acc::new(r, 2 * groups.len() * 2);
+        let vals: Vec<f64> = (0..2 * groups.len() * 2).map(|i| x + i as f64).collect();
+        acc.add(0, &vals);
+        Partial {
+            groups: groups.to_vec(),
+            acc,
+        }
+    }
+
+    #[test]
+    fn partials_merge_into_the_slots_of_their_groups() {
+        let shape = (2, 4, 2);
+        for r in Reduce::ALL {
+            // a partial of one group, then one across a group boundary (groups 1 and 2)
+            let mut block = Acc::new(r, 16);
+            part(r, &[1], 10.0)
+                .merge_into(&mut block, shape)
+                .expect("one group");
+            part(r, &[1, 2], 100.0)
+                .merge_into(&mut block, shape)
+                .expect("two groups");
+            // the same through whole-block partials holding empty slots elsewhere
+            let mut want = Acc::new(r, 16);
+            let whole = |slots: &[(usize, f64)]| {
+                let mut a = Acc::new(r, 16);
+                for (at, x) in slots {
+                    a.add(*at, &[*x]);
+                }
+                a
+            };
+            // partial [1]: slot (o, j, i) = x + (o*1 + j)*2 + i lands at (o*4 + 1)*2 + i
+            want.merge(whole(&[(2, 10.0), (3, 11.0), (10, 12.0), (11, 13.0)]));
+            want.merge(whole(&[
+                (2, 100.0),
+                (3, 101.0),
+                (4, 102.0),
+                (5, 103.0),
+                (10, 104.0),
+                (11, 105.0),
+                (12, 106.0),
+                (13, 107.0),
+            ]));
+            assert_eq!(format!("{block:?}"), format!("{want:?}"), "{r:?}");
+            // groups 0 and 3 were never touched
+            let got = block.finish(r, false);
+            let empty = Acc::new(r, 1).finish(r, false)[0];
+            for slot in [0, 1, 6, 7, 8, 9, 14, 15] {
+                assert_eq!(got[slot].to_bits(), empty.to_bits(), "{r:?} slot {slot}");
+            }
+        }
+        // integers too
+        let mut block = Acc::new_int(Reduce::Sum, 4);
+        let mut p = Partial {
+            groups: vec![0, 3],
+            acc: Acc::new_int(Reduce::Sum, 2),
+        };
+        p.acc.add_int(0, &[i128::from(i64::MAX), 5]);
+        p.merge_into(&mut block, (1, 4, 1)).expect("ints");
+        assert_eq!(block, Acc::IntSum(vec![i128::from(i64::MAX), 0, 0, 5]));
+    }
+
+    #[test]
+    fn partials_that_do_not_fit_leave_the_block_untouched() {
+        let shape = (2, 4, 2);
+        let mut block = Acc::new(Reduce::Mean, 16);
+        part(Reduce::Mean, &[0], 1.0)
+            .merge_into(&mut block, shape)
+            .expect("fits");
+        let before = block.clone();
+        let bad = [
+            (part(Reduce::Mean, &[2, 1], 1.0), "not ascending"),
+            (part(Reduce::Mean, &[1, 1], 1.0), "twice"),
+            (part(Reduce::Mean, &[4], 1.0), "beyond the block"),
+            (part(Reduce::Count, &[1], 1.0), "another reduction"),
+            (part(Reduce::Mean, &[1], 1.0), "too many slots"),
+            (
+                Partial {
+                    groups: vec![1],
+                    acc: Acc::Sum {
+                        n: vec![0; 4],
+                        sum: vec![0.0; 3],
+                    },
+                },
+                "ragged",
+            ),
+        ];
+        for (i, (mut p, what)) in bad.into_iter().enumerate() {
+            if what == "too many slots" {
+                p.groups = vec![1];
+                p.acc = Acc::new(Reduce::Mean, 5);
+            }
+            let e = p.merge_into(&mut block, shape).expect_err(what);
+            assert_eq!(block, before, "{what}");
+            let want_kind = match i {
+                0..=2 => matches!(e, MergeError::Groups { .. }),
+                3 => e == MergeError::Kind,
+                _ => matches!(e, MergeError::Size { .. }),
+            };
+            assert!(want_kind, "{what}: {e}");
+        }
+        let mut a = Acc::new(Reduce::Min, 2);
+        assert_eq!(
+            a.merge_range(0, &mut Acc::new(Reduce::Max, 2), 0, 2),
+            Err(MergeError::Kind),
+            "picks of another reduction"
+        );
+        assert_eq!(
+            a.merge_range(0, &mut Acc::new(Reduce::Min, 2), 1, 2),
+            Err(MergeError::OutOfRange {
+                at: 1,
+                len: 2,
+                slots: 2
+            })
+        );
+        assert_eq!(
+            a.merge_range(usize::MAX, &mut Acc::new(Reduce::Min, 2), 0, 2),
+            Err(MergeError::OutOfRange {
+                at: usize::MAX,
+                len: 2,
+                slots: 2
+            })
+        );
+    }
+
+    #[test]
+    fn reset_to_resizes_to_an_empty_accumulator() {
+        for r in Reduce::ALL {
+            let mut a = Acc::new(r, 3);
+            a.add(0, &[1.0f64, 2.0, 3.0]);
+            a.reset_to(5);
+            assert_eq!(format!("{a:?}"), format!("{:?}", Acc::new(r, 5)), "{r:?}");
+            a.add(0, &[1.0f64; 5]);
+            a.reset_to(1);
+            assert_eq!(format!("{a:?}"), format!("{:?}", Acc::new(r, 1)), "{r:?}");
+        }
+        let mut a = Acc::new_int(Reduce::Max, 2);
+        a.add_int(0, &[3, 4]);
+        a.reset_to(3);
+        assert_eq!(a, Acc::new_int(Reduce::Max, 3));
     }
 }

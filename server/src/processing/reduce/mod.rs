@@ -35,6 +35,7 @@
 
 pub mod accum;
 pub mod groups;
+mod wire;
 
 use std::collections::BTreeSet;
 use std::hash::{Hash, Hasher};
@@ -54,7 +55,7 @@ use crate::dataset::cftime::TimeAxis;
 use crate::dataset::{Dataset, Derive, Values, Variable};
 use crate::dtype::{DType, Scalar};
 use crate::pipeline;
-use accum::Acc;
+use accum::{Acc, Partial};
 use groups::{Assignment, Component, NONE};
 
 /// The attribute naming the computation a reduced variable holds.
@@ -460,24 +461,23 @@ impl Reduced {
         Ok(Slab::Floats(self.input.read(&s, &c)?))
     }
 
-    /// Adds the values of slab `[r0, r1)` to `acc`, laid out as the output block.
-    fn fold_slab(
-        &self,
-        acc: &mut Acc,
-        vals: &Slab,
-        (r0, r1): (u64, u64),
-        (g0, k): (usize, usize),
-        (outer, inner): (usize, usize),
-    ) {
+    /// Adds the values of slab `[r0, r1)` to `acc`, laid out as the output block with the
+    /// groups of `layout` only along the grouped axis.
+    fn fold_slab(&self, acc: &mut Acc, vals: &Slab, (r0, r1): (u64, u64), layout: &Layout) {
         let rows = (r1 - r0) as usize;
+        let Layout {
+            g0,
+            ref slot_of,
+            m: k,
+            outer,
+            inner,
+        } = *layout;
         // each (row, outer) run of `inner` values goes to the slots of its group
         let runs = || {
             (0..rows).filter_map(move |t| {
                 let g = self.assign.group[r0 as usize + t];
-                if g == NONE || !(g0..g0 + k).contains(&(g as usize)) {
-                    return None;
-                }
-                Some((t, g as usize - g0))
+                let j = slot_of.get((g as usize).checked_sub(g0)?)?;
+                (*j != NONE).then_some((t, *j as usize))
             })
         };
         // the decoded values go to the accumulators in their own type (no float64 copy)
@@ -516,15 +516,13 @@ impl Reduced {
     /// Folds `slabs` in order into `acc`, decoding up to [`DECODE_AHEAD`] slabs at a time in
     /// parallel (bounded memory: that many decoded slabs) while the previous ones are folded.
     /// The result is the in-order fold's, whatever the number of threads.
-    #[allow(clippy::too_many_arguments)]
     fn fold_slabs(
         &self,
         acc: &mut Acc,
         src_start: &[u64],
         src_count: &[u64],
         slabs: &[(u64, u64)],
-        gk: (usize, usize),
-        oi: (usize, usize),
+        layout: &Layout,
     ) -> Result<(), ReadError> {
         let mut pending: Vec<((u64, u64), Slab)> = Vec::new();
         for window in slabs.chunks(DECODE_AHEAD) {
@@ -540,17 +538,33 @@ impl Reduced {
                 },
                 || {
                     for (slab, vals) in &done {
-                        self.fold_slab(acc, vals, *slab, gk, oi);
+                        self.fold_slab(acc, vals, *slab, layout);
                     }
                 },
             );
             pending = read?;
         }
         for (slab, vals) in &pending {
-            self.fold_slab(acc, vals, *slab, gk, oi);
+            self.fold_slab(acc, vals, *slab, layout);
         }
         Ok(())
     }
+}
+
+/// Where a fold puts the values of a group: the layout of [`accum::Partial`] (`outer` ×
+/// `m` groups × `inner` slots).
+struct Layout {
+    /// The block's first group.
+    g0: usize,
+    /// For each group of the block (offset from `g0`), its index among the groups held, or
+    /// [`NONE`].
+    slot_of: Vec<u32>,
+    /// Groups held.
+    m: usize,
+    /// Cells before the grouped axis.
+    outer: usize,
+    /// Cells after it.
+    inner: usize,
 }
 
 /// Decoded values of one slab of source rows.
@@ -566,9 +580,8 @@ enum Slab {
 const DECODE_AHEAD: usize = 8;
 
 impl Reduced {
-    /// Empty accumulators of the output region of shape `count`.
-    fn new_acc(&self, count: &[u64]) -> Acc {
-        let slots: usize = count.iter().map(|c| *c as usize).product();
+    /// Empty accumulators of `slots` slots.
+    fn new_acc(&self, slots: usize) -> Acc {
         if self.int {
             Acc::new_int(self.reduce, slots)
         } else {
@@ -576,16 +589,79 @@ impl Reduced {
         }
     }
 
+    /// The groups of the output region (offsets from `start[axis]`, ascending) that rows of
+    /// `slabs` belong to: those a run's partial holds. Server and worker compute them alike
+    /// from the same assignment, so the server can tell a worker's answer for other groups.
+    fn touched(&self, (g0, k): (usize, usize), slabs: &[(u64, u64)]) -> Vec<u32> {
+        let mut seen = vec![false; k];
+        for (r0, r1) in slabs {
+            let rows = self.assign.group.get(*r0 as usize..*r1 as usize).unwrap_or(&[]);
+            for g in rows {
+                if let Some(s) = (*g as usize).checked_sub(g0).and_then(|j| seen.get_mut(j)) {
+                    *s = true;
+                }
+            }
+        }
+        (0..k as u32).filter(|j| seen[*j as usize]).collect()
+    }
+
+    /// For each slab boundary `p` (before slab `p`, from 0 to `slabs.len()`), whether the
+    /// group changes there: the last of the region's rows before it and the first after it
+    /// are in different groups ([`runs`] prefers such cuts: a cut inside a group's stretch
+    /// of rows sends that group's accumulators twice). The ends always count.
+    fn group_changes(&self, (g0, k): (usize, usize), slabs: &[(u64, u64)]) -> Vec<bool> {
+        let in_block = |g: &u32| (*g as usize).checked_sub(g0).filter(|j| *j < k);
+        let ends: Vec<(Option<usize>, Option<usize>)> = slabs
+            .iter()
+            .map(|(r0, r1)| {
+                let rows = self.assign.group.get(*r0 as usize..*r1 as usize).unwrap_or(&[]);
+                (
+                    rows.iter().find_map(in_block),
+                    rows.iter().rev().find_map(in_block),
+                )
+            })
+            .collect();
+        (0..=slabs.len())
+            .map(|p| {
+                p == 0
+                    || p == slabs.len()
+                    || match (ends[p - 1].1, ends[p].0) {
+                        (Some(a), Some(b)) => a != b,
+                        _ => true,
+                    }
+            })
+            .collect()
+    }
+
+    /// The layout of a fold into the region's accumulators holding `groups` only.
+    fn layout(&self, start: &[u64], count: &[u64], groups: &[u32]) -> Layout {
+        let ax = self.axis;
+        let mut slot_of = vec![NONE; count[ax] as usize];
+        for (j, g) in groups.iter().enumerate() {
+            if let Some(s) = slot_of.get_mut(*g as usize) {
+                *s = j as u32;
+            }
+        }
+        Layout {
+            g0: start[ax] as usize,
+            slot_of,
+            m: groups.len(),
+            outer: count[..ax].iter().map(|c| *c as usize).product(),
+            inner: count[ax + 1..].iter().map(|c| *c as usize).product(),
+        }
+    }
+
     /// The accumulators of the output region `[start, start+count)` over the source rows of
-    /// `slabs` only, folded in order: one unit of work ([`Task::Partial`]), run here or on a
-    /// compute worker. The region and slabs come from elsewhere (a request to a worker):
-    /// they are checked against the variable, never trusted to index.
+    /// `slabs` only, folded in order, for the groups those rows belong to: one unit of work
+    /// ([`Task::Partial`]), run here or on a compute worker. The region and slabs come from
+    /// elsewhere (a request to a worker): they are checked against the variable, never
+    /// trusted to index.
     pub(crate) fn partial(
         &self,
         start: &[u64],
         count: &[u64],
         slabs: &[(u64, u64)],
-    ) -> Result<Acc, ReadError> {
+    ) -> Result<Partial, ReadError> {
         let ax = self.axis;
         let shape = &self.extent;
         let n_groups = self.assign.n_groups as u64;
@@ -610,61 +686,154 @@ impl Reduced {
         if slabs.iter().any(|(r0, r1)| r0 >= r1 || *r1 > rows) {
             return Err(bad(format!("source rows outside [0, {rows})")));
         }
-        let mut acc = self.new_acc(count);
-        self.fold_run(&mut acc, start, count, slabs)?;
-        Ok(acc)
+        let groups = self.touched((start[ax] as usize, count[ax] as usize), slabs);
+        let layout = self.layout(start, count, &groups);
+        let mut acc = self.new_acc(layout.outer * groups.len() * layout.inner);
+        self.fold_run(&mut acc, start, count, slabs, &layout)?;
+        Ok(Partial { groups, acc })
     }
 
     /// Folds the source rows of `slabs` (checked by the caller) into `acc`, empty
-    /// accumulators of the output region `[start, start+count)`.
+    /// accumulators of the output region `[start, start+count)` laid out as `layout`.
     fn fold_run(
         &self,
         acc: &mut Acc,
         start: &[u64],
         count: &[u64],
         slabs: &[(u64, u64)],
+        layout: &Layout,
     ) -> Result<(), ReadError> {
-        let ax = self.axis;
-        let outer: usize = count[..ax].iter().map(|c| *c as usize).product();
-        let inner: usize = count[ax + 1..].iter().map(|c| *c as usize).product();
-        let (g0, k) = (start[ax] as usize, count[ax] as usize);
         let Some((src_start, src_count)) = self.source_region(start, count) else {
             return Ok(());
         };
-        self.fold_slabs(acc, &src_start, &src_count, slabs, (g0, k), (outer, inner))
+        self.fold_slabs(acc, &src_start, &src_count, slabs, layout)
     }
 }
 
 /// At most this many partials per output block: the slabs are cut into this many runs of
 /// consecutive slabs (fewer when there are fewer slabs), each folded in order, and the runs'
-/// partials merged in order. The cut depends on the slabs only — not on threads or workers
-/// — so a block's floating-point result is the same in-process and on any number of compute
-/// workers. Memory: two accumulators of the block in process (the runs are folded one after
-/// the other, each decoding [`DECODE_AHEAD`] slabs at a time in parallel); on workers one
-/// per run in flight.
+/// partials merged in order. The cut depends on the slabs and on which groups their rows
+/// belong to — not on threads or workers — so a block's floating-point result is the same
+/// in-process and on any number of compute workers. Memory: two accumulators of the block
+/// in process (the runs are folded one after the other, each decoding [`DECODE_AHEAD`]
+/// slabs at a time in parallel); on workers one run's groups per run in flight.
 pub const RUNS_PER_BLOCK: usize = 16;
 
-/// `slabs` cut into at most [`RUNS_PER_BLOCK`] runs of consecutive slabs, as even as can be.
-fn runs(slabs: Vec<(u64, u64)>) -> Vec<Vec<(u64, u64)>> {
-    let n = slabs.len().clamp(1, RUNS_PER_BLOCK);
-    let (per, extra) = (slabs.len() / n, slabs.len() % n);
+/// `slabs` cut into at most [`RUNS_PER_BLOCK`] runs of consecutive slabs, as even as can be,
+/// cut where the group changes when it does: `change[p]` (for `p` in `0..=slabs.len()`)
+/// says whether the group changes between slab `p - 1` and slab `p`
+/// ([`Reduced::group_changes`]).
+///
+/// A run's partial holds the groups its rows touch ([`accum::Partial`]), so a cut inside a
+/// group's stretch of rows sends that group's accumulators twice. When the changes make at
+/// most [`RUNS_PER_BLOCK`] segments (the months of one year, a resample block), every one is
+/// a cut and the runs are shared out among the segments by length (each at least one, the
+/// next to the segment whose runs are longest), so no run holds more than one group's
+/// stretch. With more segments (the months of two years, days), each even cut moves to the
+/// nearest change within half a run. Without changes the runs are the even cut; and where
+/// every run touches every group anyway (the months of many years) the cut changes nothing
+/// but the bytes' order.
+fn runs(slabs: Vec<(u64, u64)>, change: &[bool]) -> Vec<Vec<(u64, u64)>> {
+    let len = slabs.len();
+    let n = len.clamp(1, RUNS_PER_BLOCK);
+    let (per, extra) = (len / n, len % n);
+    let even = |i: usize| i * per + i.min(extra);
+    let inner: Vec<usize> = (1..len)
+        .filter(|p| change.get(*p).copied().unwrap_or(false))
+        .collect();
+    let mut cuts: Vec<usize> = if inner.len() < n {
+        // segments between every change; the runs shared out among them
+        let mut bounds = vec![0];
+        bounds.extend(&inner);
+        bounds.push(len);
+        let lens: Vec<usize> = bounds.windows(2).map(|w| w[1] - w[0]).collect();
+        let mut share = vec![1usize; lens.len()];
+        for _ in lens.len()..n {
+            // the segment whose runs are the longest (the first of equals) gets one more;
+            // compared as l/s > L/S without division
+            let next = (0..lens.len()).filter(|i| share[*i] < lens[*i]).reduce(|a, b| {
+                if lens[b] * share[a] > lens[a] * share[b] {
+                    b
+                } else {
+                    a
+                }
+            });
+            match next {
+                Some(i) => share[i] += 1,
+                None => break,
+            }
+        }
+        bounds
+            .windows(2)
+            .zip(&share)
+            .flat_map(|(w, s)| {
+                let (l, s) = (w[1] - w[0], *s);
+                let (per, extra) = (l / s, l % s);
+                (0..s).map(move |i| w[0] + i * per + i.min(extra))
+            })
+            .collect()
+    } else {
+        let reach = per / 2;
+        (0..n)
+            .map(|i| {
+                let c = even(i);
+                if i == 0 || change.get(c).copied().unwrap_or(false) {
+                    return c;
+                }
+                // the nearest change (the earlier of two as near) if within reach
+                let at = inner.partition_point(|p| *p < c);
+                let below = at.checked_sub(1).map(|j| inner[j]).filter(|p| c - p <= reach);
+                let above = inner.get(at).copied().filter(|p| p - c <= reach);
+                match (below, above) {
+                    (Some(b), Some(a)) => {
+                        if a - c < c - b {
+                            a
+                        } else {
+                            b
+                        }
+                    }
+                    (Some(p), None) | (None, Some(p)) => p,
+                    (None, None) => c,
+                }
+            })
+            .collect()
+    };
+    cuts.dedup();
+    cuts.push(len);
     let mut it = slabs.into_iter();
-    (0..n)
-        .map(|i| it.by_ref().take(per + usize::from(i < extra)).collect())
+    cuts.windows(2)
+        .map(|w| it.by_ref().take(w[1] - w[0]).collect())
         .filter(|r: &Vec<_>| !r.is_empty())
         .collect()
 }
 
-impl Derive for Reduced {
-    fn read(&self, start: &[u64], count: &[u64]) -> Result<Block, ReadError> {
+impl Reduced {
+    /// The accumulators of the output block `[start, start+count)`: its runs' partials
+    /// computed by `remote` (the compute workers) or here, merged in run order.
+    fn accumulate(
+        &self,
+        start: &[u64],
+        count: &[u64],
+        remote: Option<&dyn exec::Executor>,
+    ) -> Result<Acc, ReadError> {
         let ax = self.axis;
         let inner: usize = count[ax + 1..].iter().map(|c| *c as usize).product();
         let (g0, k) = (start[ax] as usize, count[ax] as usize);
-        let mut acc = self.new_acc(count);
+        let outer: usize = count[..ax].iter().map(|c| *c as usize).product();
+        let mut acc = self.new_acc(outer * k * inner);
         if let Some((_, _, slabs)) = self.slabs(start, count) {
-            let runs = runs(slabs);
-            let partials: Vec<Acc> = match exec::remote() {
+            let runs = runs(slabs.clone(), &self.group_changes((g0, k), &slabs));
+            let not_fitting = |why: String| ReadError::Compute {
+                status: 502,
+                message: format!(
+                    "a compute worker answered a partial reduction of '{}' that does not fit the block: {why}",
+                    self.input.var.path
+                ),
+                retry_after: None,
+            };
+            match remote {
                 Some(remote) => {
+                    let groups: Vec<Vec<u32>> = runs.iter().map(|r| self.touched((g0, k), r)).collect();
                     let tasks = runs
                         .into_iter()
                         .map(|slabs| Task::Partial {
@@ -675,46 +844,71 @@ impl Derive for Reduced {
                             slabs,
                         })
                         .collect();
-                    remote
-                        .run_all(tasks)?
-                        .into_iter()
-                        .map(|o| match o {
-                            Output::Partial(a) if a.fits(&acc) => Ok(a),
-                            _ => Err(ReadError::Compute {
-                                status: 502,
-                                message: format!(
-                                    "a compute worker answered a partial reduction of '{}' that does not fit the block",
-                                    self.input.var.path
-                                ),
-                                retry_after: None,
-                            }),
-                        })
-                        .collect::<Result<_, _>>()?
+                    let outputs = remote.run_all(tasks)?;
+                    if outputs.len() != groups.len() {
+                        return Err(not_fitting(format!(
+                            "{} answers to {} tasks",
+                            outputs.len(),
+                            groups.len()
+                        )));
+                    }
+                    // merged in run order, whatever order they were computed in
+                    for (o, want) in outputs.into_iter().zip(groups) {
+                        let Output::Partial(mut p) = o else {
+                            return Err(not_fitting("not a partial".into()));
+                        };
+                        // a worker whose time axis differs groups the rows otherwise
+                        if p.groups != want {
+                            return Err(not_fitting(format!(
+                                "{} groups where {} were expected",
+                                p.groups.len(),
+                                want.len()
+                            )));
+                        }
+                        p.merge_into(&mut acc, (outer, k, inner))
+                            .map_err(|e| not_fitting(e.to_string()))?;
+                    }
                 }
                 None => {
                     // In process: the runs one after the other, each decoding its slabs in
-                    // parallel, so memory is two accumulators of the block (the partial's
-                    // buffers reused) rather than one per run; merging a run into the empty
-                    // block gives the run itself, so the first is folded into `acc` directly.
+                    // parallel, so memory is the block's accumulators plus one run's groups
+                    // (the partial's buffers reused); merging a run into the empty block
+                    // gives the run itself, so the first is folded into `acc` directly.
                     // Same partials, same merge order: the same result as on workers.
-                    let mut part: Option<Acc> = None;
+                    let mut part: Option<Partial> = None;
                     for (i, run) in runs.iter().enumerate() {
                         if i == 0 {
-                            self.fold_run(&mut acc, start, count, run)?;
+                            let all: Vec<u32> = (0..k as u32).collect();
+                            let layout = self.layout(start, count, &all);
+                            self.fold_run(&mut acc, start, count, run, &layout)?;
                             continue;
                         }
-                        let p = part.get_or_insert_with(|| self.new_acc(count));
-                        p.reset();
-                        self.fold_run(p, start, count, run)?;
-                        acc.merge_from(p);
+                        let groups = self.touched((g0, k), run);
+                        let layout = self.layout(start, count, &groups);
+                        let slots = outer * groups.len() * inner;
+                        let p = part.get_or_insert_with(|| Partial {
+                            groups: Vec::new(),
+                            acc: self.new_acc(slots),
+                        });
+                        p.acc.reset_to(slots);
+                        p.groups = groups;
+                        self.fold_run(&mut p.acc, start, count, run, &layout)?;
+                        p.merge_into(&mut acc, (outer, k, inner))
+                            .map_err(|e| ReadError::Block(format!("{e} (bug)")))?;
                     }
-                    Vec::new()
                 }
-            };
-            for p in partials {
-                acc.merge(p);
             }
         }
+        Ok(acc)
+    }
+}
+
+impl Derive for Reduced {
+    fn read(&self, start: &[u64], count: &[u64]) -> Result<Block, ReadError> {
+        let ax = self.axis;
+        let inner: usize = count[ax + 1..].iter().map(|c| *c as usize).product();
+        let (g0, k) = (start[ax] as usize, count[ax] as usize);
+        let acc = self.accumulate(start, count, exec::remote().as_deref())?;
         // the group of each slot is empty: NaN (the served type is then a float)
         let empty = |slot: usize| self.empty[g0 + (slot / inner) % k];
         let unsigned = matches!(
@@ -1129,19 +1323,369 @@ fn chunk_len(g: &Grouping, inputs: &[Input]) -> u64 {
 mod tests {
     use super::*;
 
+    /// Group changes at `bounds` (interior slab boundaries) and at the ends.
+    fn changes_at(len: usize, bounds: &[usize]) -> Vec<bool> {
+        (0..=len)
+            .map(|p| p == 0 || p == len || bounds.contains(&p))
+            .collect()
+    }
+
+    fn check_cover(r: &[Vec<(u64, u64)>], slabs: &[(u64, u64)], what: &str) {
+        assert!(r.len() <= RUNS_PER_BLOCK, "{what}: {} runs", r.len());
+        assert!(r.iter().all(|x| !x.is_empty()), "{what}: an empty run");
+        assert_eq!(r.concat(), slabs, "{what}: every slab once, in order");
+    }
+
+    fn slabs_of(n: usize) -> Vec<(u64, u64)> {
+        (0..n as u64).map(|i| (i * 10, i * 10 + 10)).collect()
+    }
+
     #[test]
-    fn runs_cover_the_slabs_in_order_and_depend_on_their_count_only() {
+    fn runs_without_group_changes_are_the_even_cut_of_the_slabs() {
         for n in [0usize, 1, 2, 15, 16, 17, 40, 1000] {
-            let slabs: Vec<(u64, u64)> = (0..n as u64).map(|i| (i * 10, i * 10 + 10)).collect();
-            let r = runs(slabs.clone());
-            assert!(r.len() <= RUNS_PER_BLOCK, "{n}: {} runs", r.len());
-            assert_eq!(r.len(), n.min(RUNS_PER_BLOCK), "{n}");
-            assert_eq!(r.concat(), slabs, "{n}: every slab once, in order");
-            let (lo, hi) = (
-                r.iter().map(Vec::len).min().unwrap_or(0),
-                r.iter().map(Vec::len).max().unwrap_or(0),
+            let slabs = slabs_of(n);
+            for change in [Vec::new(), changes_at(n, &[])] {
+                let r = runs(slabs.clone(), &change);
+                check_cover(&r, &slabs, &format!("{n}"));
+                assert_eq!(r.len(), n.min(RUNS_PER_BLOCK), "{n}");
+                let (lo, hi) = (
+                    r.iter().map(Vec::len).min().unwrap_or(0),
+                    r.iter().map(Vec::len).max().unwrap_or(0),
+                );
+                assert!(hi - lo <= 1, "{n}: even runs");
+            }
+        }
+        // a change at every boundary (a day per group) moves no even cut
+        let slabs = slabs_of(365);
+        let every: Vec<usize> = (1..365).collect();
+        assert_eq!(runs(slabs.clone(), &changes_at(365, &every)), runs(slabs, &[]));
+    }
+
+    /// The months of a year, one slab a day: every month boundary is a cut, so no run
+    /// holds two months, and there are still 16 runs for 16 workers.
+    #[test]
+    fn runs_are_cut_where_the_months_of_a_year_change() {
+        let days = [31usize, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+        let bounds: Vec<usize> = days
+            .iter()
+            .scan(0, |a, d| {
+                *a += d;
+                Some(*a)
+            })
+            .take(11)
+            .collect();
+        let slabs = slabs_of(365);
+        let r = runs(slabs.clone(), &changes_at(365, &bounds));
+        check_cover(&r, &slabs, "months");
+        assert_eq!(r.len(), RUNS_PER_BLOCK);
+        let mut at = 0;
+        for run in &r {
+            let end = at + run.len();
+            assert!(
+                !bounds.iter().any(|b| at < *b && *b < end),
+                "run [{at}, {end}) holds two months"
             );
-            assert!(hi - lo <= 1, "{n}: even runs");
+            at = end;
+        }
+        // the four runs beyond the twelve months halve the first four 31-day months
+        let lens: Vec<usize> = r.iter().map(Vec::len).collect();
+        assert_eq!(
+            lens,
+            [16, 15, 28, 16, 15, 30, 16, 15, 30, 16, 15, 31, 30, 31, 30, 31]
+        );
+        // fewer slabs than runs: one slab each
+        let r = runs(slabs_of(5), &changes_at(5, &[2]));
+        assert_eq!(r.len(), 5);
+    }
+
+    /// The months of two years: more changes than runs, so each even cut (45 or 46 days)
+    /// moves to the nearest month boundary: every run is whole months, so the partials
+    /// hold each month of each year once (24 groups' worth) instead of splitting most.
+    #[test]
+    fn runs_of_two_years_hold_whole_months() {
+        let days = [31usize, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+        let bounds: Vec<usize> = days
+            .iter()
+            .chain(&days)
+            .scan(0, |a, d| {
+                *a += d;
+                Some(*a)
+            })
+            .take(23)
+            .collect();
+        let slabs = slabs_of(730);
+        let r = runs(slabs.clone(), &changes_at(730, &bounds));
+        check_cover(&r, &slabs, "two years");
+        assert_eq!(r.len(), RUNS_PER_BLOCK);
+        let mut at = 0;
+        for run in &r {
+            at += run.len();
+            assert!(at == 730 || bounds.contains(&at), "cut at {at} inside a month");
+        }
+    }
+
+    #[test]
+    fn group_changes_between_slabs() {
+        // rows 0–9 month 1, 10–13 month 2, 14–39 month 3; slabs of 2 rows
+        let r = reduced(Reduce::Mean, &months(), false);
+        let (_, _, slabs) = r.slabs(&[0, 0, 0], &[2, 3, 3]).expect("slabs");
+        let at: Vec<usize> = (0..=slabs.len())
+            .filter(|p| r.group_changes((0, 3), &slabs)[*p])
+            .collect();
+        assert_eq!(at, [0, 5, 7, 20]);
+        // months 2 and 3 only: the slabs of month 1 are not read, rows of other groups
+        // inside a slab do not count
+        let (_, _, slabs) = r.slabs(&[0, 1, 0], &[2, 2, 3]).expect("slabs");
+        assert_eq!(slabs.first(), Some(&(10, 12)));
+        let at: Vec<usize> = (0..=slabs.len())
+            .filter(|p| r.group_changes((1, 2), &slabs)[*p])
+            .collect();
+        assert_eq!(at, [0, 2, slabs.len()]);
+        // a group per row: a change at every boundary
+        let r = reduced(Reduce::Mean, &(0..40).collect::<Vec<_>>(), false);
+        let (_, _, slabs) = r.slabs(&[0, 0, 0], &[2, 40, 3]).expect("slabs");
+        assert!(r.group_changes((0, 40), &slabs).iter().all(|c| *c));
+    }
+
+    /// More group changes than runs, irregularly spread: the cuts move to nearby changes
+    /// where there are some, stay even where there are none, and cover every slab.
+    #[test]
+    fn runs_snap_to_nearby_group_changes() {
+        let slabs = slabs_of(320);
+        // changes every 3 slabs in the first half only
+        let bounds: Vec<usize> = (1..53).map(|i| i * 3).collect();
+        let r = runs(slabs.clone(), &changes_at(320, &bounds));
+        check_cover(&r, &slabs, "clustered");
+        assert!(r.len() >= RUNS_PER_BLOCK - 1, "{} runs", r.len());
+        let mut at = 0;
+        for run in &r[..r.len() / 2 - 1] {
+            at += run.len();
+            assert!(bounds.contains(&at), "cut at {at} is not a group change");
+        }
+        // the second half has no change: even cuts of 20
+        assert!(r[r.len() - 4..].iter().all(|x| x.len() == 20));
+        // arbitrary patterns: always a cover
+        for seed in 0..200u64 {
+            let n = (seed * 7 % 300) as usize + 1;
+            let bounds: Vec<usize> = (1..n)
+                .filter(|p| (*p as u64 * 2_654_435_761 + seed) % 11 < 3)
+                .collect();
+            let slabs = slabs_of(n);
+            check_cover(
+                &runs(slabs.clone(), &changes_at(n, &bounds)),
+                &slabs,
+                &format!("seed {seed}"),
+            );
+        }
+    }
+
+    /// A variable of given values, any region read from memory.
+    #[derive(Debug)]
+    struct Grid {
+        shape: Vec<u64>,
+        vals: Vec<f64>,
+        int: bool,
+    }
+
+    impl Derive for Grid {
+        fn read(&self, start: &[u64], count: &[u64]) -> Result<Block, ReadError> {
+            let mut out = Vec::new();
+            let (ny, nz) = (self.shape[1] as usize, self.shape[2] as usize);
+            for x in start[0]..start[0] + count[0] {
+                for y in start[1]..start[1] + count[1] {
+                    for z in start[2]..start[2] + count[2] {
+                        out.push(self.vals[(x as usize * ny + y as usize) * nz + z as usize]);
+                    }
+                }
+            }
+            #[allow(clippy::cast_possible_truncation)]
+            let b = if self.int {
+                Block::from_values(count.to_vec(), &out.iter().map(|v| *v as i32).collect::<Vec<_>>())
+            } else {
+                Block::from_values(count.to_vec(), &out)
+            };
+            b.map_err(|e| ReadError::Block(e.to_string()))
+        }
+        fn check_sources(&self, _: &[u64], _: &[u64]) -> Result<(), ReadError> {
+            Ok(())
+        }
+        fn estimate_bytes(&self, _: &[u64], _: &[u64]) -> u64 {
+            0
+        }
+        fn describe(&self) -> String {
+            "grid".into()
+        }
+    }
+
+    /// `x(a=2, time=40, b=3)` reduced along `time` (stored chunks of 2 rows) by the groups
+    /// `keys` (one per row).
+    fn reduced(reduce: Reduce, keys: &[i64], int: bool) -> Reduced {
+        let shape = vec![2u64, keys.len() as u64, 3];
+        let vals: Vec<f64> = (0..2 * keys.len() * 3)
+            .map(|i| {
+                if i % 17 == 5 && !int {
+                    f64::NAN
+                } else {
+                    ((i * 37) % 23) as f64 - 7.5
+                }
+            })
+            .map(|v| if int { v.floor() } else { v })
+            .collect();
+        let dtype = if int { DType::I32 } else { DType::F64 };
+        let var = Variable {
+            name: "x".into(),
+            path: "x".into(),
+            dims: vec!["a".into(), "time".into(), "b".into()],
+            shape: shape.clone(),
+            dtype,
+            attrs: Attrs::default(),
+            fill_attr: None,
+            fill: vec![0; dtype.size()],
+            chunks: vec![2, 2, 3],
+            values: Values::Derived(Arc::new(Grid { shape, vals, int })),
+        };
+        let input = Input::new(Arc::new(var)).expect("input");
+        let (assign, _) = Assignment::by_keys(keys);
+        let n = assign.n_groups;
+        Reduced {
+            at: Locator::Dataset("t".into()),
+            int: input.is_plain_int(),
+            dtype: result_dtype(reduce, &input, false),
+            input,
+            axis: 1,
+            assign: Arc::new(assign),
+            empty: Arc::new(vec![false; n]),
+            reduce,
+            groups_hash: 0,
+        }
+    }
+
+    /// Runs partial tasks here, as a worker would, optionally tampering with the answers.
+    #[derive(Debug)]
+    struct Local<'a>(&'a Reduced, fn(&mut Partial));
+
+    impl exec::Executor for Local<'_> {
+        fn run_all(&self, tasks: Vec<Task>) -> Result<Vec<Output>, ReadError> {
+            tasks
+                .into_iter()
+                .map(|t| match t {
+                    Task::Partial {
+                        start, count, slabs, ..
+                    } => {
+                        let mut p = self.0.partial(&start, &count, &slabs)?;
+                        (self.1)(&mut p);
+                        Ok(Output::Partial(p))
+                    }
+                    Task::Chunk { .. } => Err(ReadError::Block("not a partial".into())),
+                })
+                .collect()
+        }
+    }
+
+    /// Months of a year of 40 rows: rows 0–9 month 1, 10–13 month 2, 14–39 month 3.
+    fn months() -> Vec<i64> {
+        (0..40)
+            .map(|r| {
+                if r < 10 {
+                    1
+                } else if r < 14 {
+                    2
+                } else {
+                    3
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_partial_holds_only_the_groups_its_rows_touch() {
+        let r = reduced(Reduce::Mean, &months(), false);
+        let (start, count) = ([0u64, 0, 0], [2u64, 3, 3]);
+        // one group: rows 0–3 are month 1; slots 2 (a) × 1 group × 3 (b)
+        let p = r.partial(&start, &count, &[(0, 2), (2, 4)]).expect("partial");
+        assert_eq!(p.groups, [0]);
+        assert_eq!(p.acc.slots(), Some(6));
+        // across a group boundary: rows 8–11 are months 1 and 2
+        let p = r.partial(&start, &count, &[(8, 10), (10, 12)]).expect("partial");
+        assert_eq!(p.groups, [0, 1]);
+        assert_eq!(p.acc.slots(), Some(12));
+        // a block of groups 1–2 only (months 2 and 3): offsets from its first group
+        let p = r
+            .partial(&[0, 1, 0], &[2, 2, 3], &[(12, 14), (14, 16)])
+            .expect("partial");
+        assert_eq!(p.groups, [0, 1]);
+        let p = r.partial(&[0, 1, 0], &[2, 2, 3], &[(8, 10)]).expect("partial");
+        assert!(p.groups.is_empty(), "rows of a group outside the block");
+        assert_eq!(p.acc.slots(), Some(0));
+        // one group 3 of months spread (groupby over years): every group of the run's rows
+        let r = reduced(Reduce::Sum, &(0..40).map(|r| r % 12).collect::<Vec<_>>(), false);
+        let p = r
+            .partial(&[0, 0, 0], &[2, 12, 3], &[(10, 12), (12, 14)])
+            .expect("partial");
+        assert_eq!(p.groups, [0, 1, 10, 11]);
+    }
+
+    /// Workers' partials merged give exactly the in-process result, for every reduction, for
+    /// floats and integers, for a block of all groups and one of some; and the one-pass
+    /// fold's within rounding.
+    #[test]
+    fn partials_merged_equal_the_in_process_block() {
+        let keys = [
+            months(),
+            (0..40).map(|r| r % 12).collect(),
+            (0..40).map(|r| r / 3).collect(),
+        ];
+        for keys in &keys {
+            for int in [false, true] {
+                for reduce in Reduce::ALL {
+                    let r = reduced(reduce, keys, int);
+                    let k = r.assign.n_groups as u64;
+                    for (start, count) in [([0u64, 0, 0], [2u64, k, 3]), ([1, 1, 0], [1, k - 2, 2])] {
+                        let here = r.accumulate(&start, &count, None).expect("here");
+                        let local = Local(&r, |_| {});
+                        let there = r.accumulate(&start, &count, Some(&local)).expect("there");
+                        let what = format!("{reduce:?} int={int} keys {:?} {start:?}", &keys[..4]);
+                        assert_eq!(format!("{here:?}"), format!("{there:?}"), "{what}");
+                        // all slabs in one fold, one partial of every group: the same values
+                        // up to the merge order's rounding
+                        let (_, _, slabs) = r.slabs(&start, &count).expect("slabs");
+                        let mut one = r.partial(&start, &count, &slabs).expect("one pass");
+                        let mut block = r.new_acc(here.slots().unwrap_or(0));
+                        let shape = (count[0] as usize, count[1] as usize, count[2] as usize);
+                        one.merge_into(&mut block, shape).expect("fits");
+                        let (a, b) = (here.finish(reduce, false), block.finish(reduce, false));
+                        for (x, y) in a.iter().zip(&b) {
+                            let same = (x.is_nan() && y.is_nan()) || (x - y).abs() <= 1e-9 * y.abs().max(1.0);
+                            assert!(same, "{what}: {x} != {y}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn partials_that_do_not_fit_are_refused_naming_the_variable() {
+        let r = reduced(Reduce::Mean, &months(), false);
+        let (start, count) = ([0u64, 0, 0], [2u64, 3, 3]);
+        let tampered: [fn(&mut Partial); 4] = [
+            |p| p.groups = p.groups.iter().map(|g| g + 1).collect(),
+            |p| p.groups.extend(p.groups.clone()),
+            |p| p.acc = Acc::new(Reduce::Max, p.acc.slots().unwrap_or(0)),
+            |p| p.acc = Acc::new(Reduce::Mean, 1),
+        ];
+        for t in tampered {
+            let e = r
+                .accumulate(&start, &count, Some(&Local(&r, t)))
+                .expect_err("tampered");
+            let ReadError::Compute { status, message, .. } = e else {
+                panic!("not a compute error: {e}");
+            };
+            assert_eq!(status, 502);
+            assert!(
+                message.contains("'x'") && message.contains("does not fit"),
+                "{message}"
+            );
         }
     }
 }
