@@ -1549,6 +1549,8 @@ mod tests {
         let n = assign.n_groups;
         Reduced {
             at: Locator::Dataset("t".into()),
+            origin: vec![0; input.var.shape.len()],
+            extent: input.var.shape.clone(),
             int: input.is_plain_int(),
             dtype: result_dtype(reduce, &input, false),
             input,
@@ -1562,7 +1564,7 @@ mod tests {
 
     /// Runs partial tasks here, as a worker would, optionally tampering with the answers.
     #[derive(Debug)]
-    struct Local<'a>(&'a Reduced, fn(&mut Partial));
+    pub(super) struct Local<'a>(pub(super) &'a Reduced, pub(super) fn(&mut Partial));
 
     impl exec::Executor for Local<'_> {
         fn run_all(&self, tasks: Vec<Task>) -> Result<Vec<Output>, ReadError> {
@@ -1882,10 +1884,10 @@ mod selection_tests {
         // slabs are relative rows cut at the stored chunk boundaries (7, 14, ... absolute)
         assert_eq!(slabs.first(), Some(&(0, 4)));
         assert_eq!(slabs.get(1), Some(&(4, 11)));
-        let mut acc = r.new_acc(&count);
-        for run in runs(slabs.clone()) {
-            acc.merge(r.partial(&start, &count, &run).expect("partial"));
-        }
+        // the block's runs as tasks, computed as a worker would and merged in run order
+        let acc = r
+            .accumulate(&start, &count, Some(&tests::Local(r, |_| {})))
+            .expect("partials");
         let whole: Vec<f32> = pipeline::read_region(v, &start, &count)
             .expect("read")
             .values()
