@@ -21,8 +21,16 @@ pub enum NginxError {
     Invalid { path: PathBuf, output: String },
     #[error("nginx exited: {0}")]
     Exited(String),
-    #[error("nginx did not serve configuration generation {0} within {1:?}")]
-    Timeout(u64, Duration),
+    #[error(
+        "nginx did not serve configuration generation {generation} within {waited:?}; \
+         its status listener last answered: {last}; its log ends:\n{log}"
+    )]
+    Timeout {
+        generation: u64,
+        waited: Duration,
+        last: String,
+        log: String,
+    },
 }
 
 /// The running nginx.
@@ -137,17 +145,28 @@ impl Nginx {
     async fn wait_for_generation(&mut self, generation: u64) -> Result<(), NginxError> {
         let url = format!("http://{}/generation", self.status);
         let deadline = Instant::now() + READY_TIMEOUT;
+        let mut last = "nothing yet".to_string();
         while Instant::now() < deadline {
             self.check_running()?;
-            if let Ok(resp) = self.http.get(&url).send().await
-                && let Ok(body) = resp.text().await
-                && body.trim() == generation.to_string()
-            {
-                return Ok(());
+            match self.http.get(&url).send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    match resp.text().await {
+                        Ok(body) if body.trim() == generation.to_string() => return Ok(()),
+                        Ok(body) => last = format!("{status} {:?}", body.trim()),
+                        Err(e) => last = format!("{status}, body unreadable: {e}"),
+                    }
+                }
+                Err(e) => last = format!("{e:?}"),
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(NginxError::Timeout(generation, READY_TIMEOUT))
+        Err(NginxError::Timeout {
+            generation,
+            waited: READY_TIMEOUT,
+            last,
+            log: self.stderr_tail(),
+        })
     }
 
     /// Graceful stop (SIGQUIT), then SIGKILL after a few seconds.
