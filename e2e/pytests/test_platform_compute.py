@@ -90,8 +90,17 @@ def _metric(url: str, name: str, labels: str = "") -> float:
     return total
 
 
+# More unread bytes than a readiness/liveness probe's request ever holds: the runtime's probe
+# is `GET /readyz HTTP/1.1` with accept and host headers (about 60 bytes), while a task is
+# `POST /v1/task` with a 46-byte content-type, the version header and a body (over 200). A
+# frozen victim also leaves its probes unread, so counting any unread bytes mistook a probe for
+# a task under load (the kill then cost no retry and the test failed).
+TASK_BYTES = 128
+
+
 def _unread_requests(port: int) -> int:
-    """Established loopback connections to `port` holding bytes its process has not read."""
+    """Established loopback connections to `port` holding a task's request its process has not
+    read (probes, smaller, are not counted)."""
     n = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -100,7 +109,7 @@ def _unread_requests(port: int) -> int:
             continue
         for row in rows:
             f = row.split()
-            if int(f[1].rsplit(":", 1)[1], 16) == port and f[3] == "01" and int(f[4].split(":")[1], 16) > 0:
+            if int(f[1].rsplit(":", 1)[1], 16) == port and f[3] == "01" and int(f[4].split(":")[1], 16) > TASK_BYTES:
                 n += 1
     return n
 
