@@ -564,3 +564,40 @@ fn a_dataset_still_opening_on_the_worker_is_503_with_retry_after() {
         "not counted as the worker's failure"
     );
 }
+
+/// The worker's `Retry-After` for a dataset opening on a recall is the tape driver's
+/// estimate once the recall runs and has one (`eta=42` in the archive's status output),
+/// not the configured `retryAfterSeconds` (9); the server's client passes it on.
+#[test]
+fn an_opening_worker_retries_after_the_recalls_estimate() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = write_config_with_tape(dir.path(), "PROCESSING eta=42");
+    let w = start_worker(&cfg, dir.path(), "eta");
+    let addr = w.1.trim_start_matches("http://").to_string();
+    let task = Task::Chunk {
+        at: Locator::Dataset("t".into()),
+        var: "x".into(),
+        index: vec![0, 0],
+    };
+    let body = protocol::encode(&protocol::Request {
+        version: protocol::VERSION,
+        task: task.clone(),
+    })
+    .expect("encode");
+    // queued, then submitted and polled (window 50 ms, poll 200 ms): the estimate follows
+    let t0 = Instant::now();
+    loop {
+        let out = post_task(&addr, protocol::VERSION, &body).to_ascii_lowercase();
+        assert!(out.contains(" 503 "), "{out}");
+        if out.contains("\r\nretry-after: 42\r\n") {
+            break;
+        }
+        assert!(out.contains("\r\nretry-after: 9\r\n"), "{out}");
+        assert!(t0.elapsed() < Duration::from_secs(20), "no estimate: {out}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let e = remote(&[&w.1], 8, Duration::from_secs(5))
+        .run_all(vec![task])
+        .expect_err("still opening");
+    assert_eq!(status(&e).2, Some(42), "{e}");
+}

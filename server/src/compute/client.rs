@@ -34,6 +34,7 @@ use super::protocol::{self, Request, Response, VERSION, VERSION_HEADER};
 use super::secret::SharedSecret;
 use crate::chunk::read::ReadError;
 use crate::processing::exec::{Executor, Output, Task};
+use crate::state::MAX_RETRY_AFTER;
 
 /// How long the client reuses its connections before opening new ones (new pods behind a
 /// Service get work at the latest this long after they became ready). Reconnecting costs a
@@ -125,9 +126,6 @@ pub struct Remote {
     /// Its metrics.
     pub metrics: ClientMetrics,
 }
-
-/// Longest `Retry-After` taken from a worker: its header is input from the network.
-const MAX_RETRY_AFTER: u64 = 3600;
 
 /// Why one try failed.
 enum TryError {
@@ -279,7 +277,7 @@ impl Remote {
             if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
                 return Err(match retry_after {
                     Some(secs) => {
-                        // the worker's reason in words, bounded: a body from the network
+                        // the worker's reason and delay, bounded: input from the network
                         let why = String::from_utf8_lossy(&bytes[..bytes.len().min(1000)]).into_owned();
                         TryError::NotYet(format!("worker {worker}: {why}"), secs.clamp(1, MAX_RETRY_AFTER))
                     }

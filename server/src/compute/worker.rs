@@ -154,7 +154,7 @@ fn dataset_id(at: &Locator) -> &str {
 /// ask again" — never as data, never as a final error, and never as 404 (which a Zarr client
 /// reads as a chunk never written, that is fill values). The body is the reason in words.
 fn opening(id: &str, o: &Opening) -> Response {
-    let secs = o.retry_after;
+    let secs = o.retry_after_now();
     let why = format!(
         "dataset '{id}' is still opening on this worker ({}, for {} s so far); retry in {secs} s",
         o.waiting_for,
