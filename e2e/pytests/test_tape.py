@@ -650,3 +650,56 @@ def test_uncached_netcdf_on_tape_opens_in_the_background_while_the_server_serves
         assert "opens in the background" in log.read_text()
     finally:
         emu.stop()
+
+
+def test_register_adds_a_dataset_to_the_catalog_once_it_has_opened(archive, tmp_path):
+    """`serve --register`: a dataset opening in the background (netCDF on tape without an
+    index) is not registered while it opens — a catalog item would send clients to 503s for
+    hours, and it cannot be described without its files — while the datasets that serve are
+    registered at once; once it is ready it is registered too, without a restart."""
+    from wlcg_tape_emulator import Emulator
+
+    slow = 10.0
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    (tmp_path / "cat-token").write_text("catalog-token\n")
+    root = archive["root"]
+    emu = Emulator(root, "s3cret-token", delay=slow)
+    arch = ["/" + f.relative_to(root).as_posix() for f in archive["files"]["tape_cm4"]]
+    cat_url, cat, cat_log = start_server(["catalog", "--data", str(tmp_path / "store"),
+                                          "--token-file", str(tmp_path / "cat-token")], tmp_path, "catalog")
+    proc = None
+    try:
+        cfg = _write_cfg(tmp_path / "reg.yaml", [
+            {"name": "disk", "sources": [str(f) for f in archive["files"]["tape_esm4"]]},
+            {"name": "nc_cm4", "sources": arch, "storage": _wlcg_storage(emu, token, tmp_path / "staging")},
+        ])
+        url, proc, log = start_server(["serve", "--config", str(cfg), "--register", cat_url,
+                                       "--register-token-file", str(tmp_path / "cat-token")], tmp_path, "reg",
+                                      extra_env={"CLOUDIFY_CACHE_DIR": str(tmp_path / "reg-cache")})
+        item = lambda n: requests.get(f"{cat_url}/collections/cloudify/items/{n}", timeout=10)  # noqa: E731
+        _eventually(lambda: item("disk").status_code == 200, "the ready dataset was not registered", timeout=20)
+        st = {d["name"]: d["state"] for d in requests.get(f"{url}/status", timeout=5).json()["datasets"]}
+        assert st["nc_cm4"] == "opening", ("the checks below need it still opening", st)
+        r = item("nc_cm4")
+        assert r.status_code == 404, ("registered while opening", r.status_code, r.text[:300])
+        found = requests.get(f"{cat_url}/search", params={"ids": "nc_cm4"}, timeout=10).json()
+        assert found["features"] == [], found
+
+        st = {d["name"]: d for d in wait_until_settled(url, ["disk", "nc_cm4"], proc)["datasets"]}
+        assert st["nc_cm4"]["state"] == "ready", st
+        # registration looks for newly ready datasets every few seconds
+        _eventually(lambda: item("nc_cm4").status_code == 200,
+                    f"not registered once ready: {log.read_text(errors='replace')[-2000:]}", timeout=30)
+        it = item("nc_cm4").json()
+        assert it["id"] == "nc_cm4" and it["assets"]["zarr-v2"]["href"] == f"{url}/datasets/nc_cm4/zarr", it
+        assert "ta" in it["properties"]["cube:variables"], it["properties"].keys()
+        # the registered asset serves the files' values
+        ds = xr.open_zarr(it["assets"]["zarr-v2"]["href"], consolidated=True, mask_and_scale=False,
+                          decode_times=False)["ta"][:1].load()
+        np.testing.assert_array_equal(ds.values, _original(archive["files"]["tape_cm4"])["ta"].values[:1])
+        assert item("disk").status_code == 200
+    finally:
+        stop_server(proc)
+        stop_server(cat)
+        emu.stop()

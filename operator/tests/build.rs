@@ -811,3 +811,46 @@ fn otel_env_reaches_server_and_worker_pods() {
         .expect("pod spec");
     assert!(!env_of(plain_server).iter().any(|(k, _)| k.starts_with("OTEL_")));
 }
+
+/// A dataset on tape opens only once its files are recalled (up to `indexWaitSeconds`), its
+/// pods unready meanwhile: the progress deadline of its Deployments covers that wait plus
+/// Kubernetes' default, so a running recall is not reported `ProgressDeadlineExceeded` (and
+/// the CR `Degraded`) after ten minutes. Datasets not on tape keep the default.
+#[test]
+fn a_dataset_on_tape_gets_a_progress_deadline_past_its_recall() {
+    let deadlines = |d: &Desired| {
+        (
+            d.deployment
+                .spec
+                .as_ref()
+                .and_then(|s| s.progress_deadline_seconds),
+            d.compute
+                .as_ref()
+                .and_then(|c| c.deployment.spec.as_ref())
+                .and_then(|s| s.progress_deadline_seconds),
+        )
+    };
+    let (mut cr, d) = desired("compute-fixed");
+    assert_eq!(deadlines(&d), (None, None));
+    let tape = |extra: &str| -> cloudify_crds::TapeSpec {
+        serde_yaml::from_str(&format!(
+            "{{stagingDir: /staging, driver: {{wlcg: {{endpoint: 'https://t.example/api/v1/tape', dataUrl: 'https://t.example'}}}}{extra}}}"
+        ))
+        .expect("tape")
+    };
+    cr.spec.dataset.sources = vec!["/arch/tas.nc".into()];
+    cr.spec.dataset.storage = Some(cloudify_crds::StorageSpec {
+        tape: Some(tape("")),
+        ..Default::default()
+    });
+    let d = build::build(&cr, &settings()).expect("builds");
+    assert_eq!(deadlines(&d), (Some(3600 + 600), Some(3600 + 600)));
+    if let Some(s) = cr.spec.dataset.storage.as_mut() {
+        s.tape = Some(tape(", indexWaitSeconds: 86400"));
+    }
+    let d = build::build(&cr, &settings()).expect("builds");
+    assert_eq!(deadlines(&d), (Some(87_000), Some(87_000)));
+    // in the rendered Deployment, where `kubectl rollout status` reads it
+    let yaml = serde_yaml::to_string(&d.deployment).expect("yaml");
+    assert!(yaml.contains("progressDeadlineSeconds: 87000"), "{yaml}");
+}

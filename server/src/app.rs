@@ -93,6 +93,11 @@ pub fn start(
                 Some(t) if tape => crate::open::tape::retry_after(t),
                 _ => OPENING_RETRY_AFTER,
             },
+            estimate: if tape {
+                crate::open::tape::recall_estimate(spec)
+            } else {
+                None
+            },
         };
         for id in ids(spec) {
             entries.push((id, Entry::Opening(opening.clone())));

@@ -480,3 +480,124 @@ fn a_full_queue_is_refused_at_once_with_retry_after() {
     assert!(first.join().expect("thread").is_err());
     assert_eq!(r.metrics.in_flight.get(), 0);
 }
+
+/// `write_config`'s dataset `x` and a dataset `t` whose netCDF file is on tape without an
+/// index: the worker opens it in the background, and its recall never ends (the archive's
+/// status stays "processing", `status` printing `status_line`), so `t` stays opening.
+fn write_config_with_tape(dir: &Path, status_line: &str) -> PathBuf {
+    let cfg = write_config(dir);
+    let mut text = std::fs::read_to_string(&cfg).expect("cfg");
+    text.push_str(&format!(
+        "  - name: t\n    sources: [\"/arch/proj/T1/t.nc\"]\n    storage:\n      tape:\n        stagingDir: \"{}\"\n        retryAfterSeconds: 9\n        batchWindowMs: 50\n        pollMs: 200\n        driver:\n          command:\n            recall: [\"echo\", \"job 7\"]\n            status: [\"echo\", \"{status_line}\"]\n            etaRegex: \"eta=(\\\\d+)\"\n            retrieve: [\"false\"]\n",
+        dir.join("staging").display()
+    ));
+    let path = dir.join("with-tape.yaml");
+    std::fs::write(&path, text).expect("config");
+    path
+}
+
+/// A worker whose dataset is still opening (its file is being recalled from tape) answers a
+/// task on it 503 + `Retry-After` — not 404 (fill values to a Zarr client), not 500, not a
+/// 200 carrying a final failure — whether the task names the dataset or a product of it; its
+/// other datasets compute meanwhile. The server's side takes that 503 as backpressure: the
+/// task goes to the other tries, and when none could run it the answer is 503 with the
+/// worker's `Retry-After`, never data.
+#[test]
+fn a_dataset_still_opening_on_the_worker_is_503_with_retry_after() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = write_config_with_tape(dir.path(), "PROCESSING");
+    let w = start_worker(&cfg, dir.path(), "opening");
+    let addr = w.1.trim_start_matches("http://").to_string();
+    let chunk = |at: Locator| Task::Chunk {
+        at,
+        var: "x".into(),
+        index: vec![0, 0],
+    };
+    let product = Locator::Product {
+        parent: "t".into(),
+        var: "x".into(),
+        coord: "time.month".into(),
+        action: "mean".into(),
+        select: String::new(),
+    };
+    for at in [Locator::Dataset("t".into()), product] {
+        let body = protocol::encode(&protocol::Request {
+            version: protocol::VERSION,
+            task: chunk(at.clone()),
+        })
+        .expect("encode");
+        let out = post_task(&addr, protocol::VERSION, &body);
+        assert!(
+            out.starts_with("HTTP/1.0 503") || out.starts_with("HTTP/1.1 503"),
+            "{at:?}: {out}"
+        );
+        assert!(
+            out.to_ascii_lowercase().contains("\r\nretry-after: 9\r\n"),
+            "{at:?}: {out}"
+        );
+        assert!(
+            out.contains("dataset 't' is still opening on this worker"),
+            "{at:?}: {out}"
+        );
+    }
+    let m = reqwest_metrics(&w.1);
+    assert!(
+        m.contains("cloudify_worker_tasks_total{kind=\"chunk\",outcome=\"opening\"} 2"),
+        "{m}"
+    );
+
+    let r = remote(&[&w.1], 8, Duration::from_secs(5));
+    // the dataset that opened computes as before
+    let got = r.run_all(tasks()).expect("x serves");
+    assert_eq!(got, local(&cfg));
+    let e = r
+        .run_all(vec![chunk(Locator::Dataset("t".into()))])
+        .expect_err("still opening");
+    let (code, msg, retry) = status(&e);
+    assert_eq!(code, 503, "{msg}");
+    assert_eq!(retry, Some(9), "{msg}");
+    assert!(msg.contains("still opening") && msg.contains(&w.1), "{msg}");
+    assert!(r.metrics.retries.get() >= 3, "tried again, as for a busy worker");
+    assert_eq!(
+        r.metrics.tasks.with_label_values(&["unavailable"]).get(),
+        1,
+        "not counted as the worker's failure"
+    );
+}
+
+/// The worker's `Retry-After` for a dataset opening on a recall is the tape driver's
+/// estimate once the recall runs and has one (`eta=42` in the archive's status output),
+/// not the configured `retryAfterSeconds` (9); the server's client passes it on.
+#[test]
+fn an_opening_worker_retries_after_the_recalls_estimate() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = write_config_with_tape(dir.path(), "PROCESSING eta=42");
+    let w = start_worker(&cfg, dir.path(), "eta");
+    let addr = w.1.trim_start_matches("http://").to_string();
+    let task = Task::Chunk {
+        at: Locator::Dataset("t".into()),
+        var: "x".into(),
+        index: vec![0, 0],
+    };
+    let body = protocol::encode(&protocol::Request {
+        version: protocol::VERSION,
+        task: task.clone(),
+    })
+    .expect("encode");
+    // queued, then submitted and polled (window 50 ms, poll 200 ms): the estimate follows
+    let t0 = Instant::now();
+    loop {
+        let out = post_task(&addr, protocol::VERSION, &body).to_ascii_lowercase();
+        assert!(out.contains(" 503 "), "{out}");
+        if out.contains("\r\nretry-after: 42\r\n") {
+            break;
+        }
+        assert!(out.contains("\r\nretry-after: 9\r\n"), "{out}");
+        assert!(t0.elapsed() < Duration::from_secs(20), "no estimate: {out}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let e = remote(&[&w.1], 8, Duration::from_secs(5))
+        .run_all(vec![task])
+        .expect_err("still opening");
+    assert_eq!(status(&e).2, Some(42), "{e}");
+}

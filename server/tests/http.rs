@@ -746,6 +746,7 @@ async fn a_dataset_still_opening_answers_503_with_retry_after_until_it_is_ready(
             since: std::time::Instant::now(),
             waiting_for: "recalling its files from tape to index them".into(),
             retry_after: 42,
+            estimate: None,
         })
     };
     let table = Arc::new(Datasets::new(vec![
@@ -818,6 +819,55 @@ async fn a_dataset_still_opening_answers_503_with_retry_after_until_it_is_ready(
     assert_eq!(json(&b)["opening"], 0);
 }
 
+/// An estimate that says what the test sets.
+#[derive(Debug, Default)]
+struct SetEstimate(std::sync::Mutex<Option<u64>>);
+
+impl cloudify_server::state::Estimate for SetEstimate {
+    fn seconds_left(&self) -> Option<u64> {
+        *self.0.lock().unwrap()
+    }
+}
+
+/// While a dataset waits on a recall whose driver gives an estimate, `Retry-After` is that
+/// estimate as it is now (not the configured guess), bounded to 1..=3600 s; without one
+/// (the recall still queued) it is the configured value.
+#[tokio::test]
+async fn an_opening_retry_after_follows_the_recalls_estimate() {
+    use cloudify_server::state::{Datasets, Entry, MAX_RETRY_AFTER, Opening};
+    let mut state = app::load(&[], 1, None).unwrap();
+    let estimate = Arc::new(SetEstimate::default());
+    state.datasets = Arc::new(Datasets::new(vec![(
+        "slow".into(),
+        Entry::Opening(Opening {
+            since: std::time::Instant::now(),
+            waiting_for: "recalling its files from tape to index them".into(),
+            retry_after: 600,
+            estimate: Some(estimate.clone()),
+        }),
+    )]));
+    let app = router(Arc::new(state));
+    for (eta, want) in [
+        (None, 600),
+        (Some(17), 17),
+        (Some(0), 1),
+        (Some(86_400 * 3), MAX_RETRY_AFTER),
+        (None, 600),
+    ] {
+        *estimate.0.lock().unwrap() = eta;
+        for route in ["/zarr/x/0.0.0", "/zarr/.zmetadata", "/opendap.dds"] {
+            let (s, h, _) = get(&app, &format!("/datasets/slow{route}")).await;
+            assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{route}");
+            assert_eq!(
+                hval(&h, "retry-after"),
+                want.to_string(),
+                "{route}: estimate {eta:?}"
+            );
+        }
+    }
+    assert_eq!(MAX_RETRY_AFTER, 3600);
+}
+
 /// While every dataset is still opening nothing serves yet: not ready (Kubernetes sends
 /// such a pod no traffic), saying which dataset is opening and for what; and a dataset
 /// that fails in the background is then failed like one that failed at start-up.
@@ -831,6 +881,7 @@ async fn readiness_waits_for_a_dataset_that_serves() {
             since: std::time::Instant::now(),
             waiting_for: "opening its files".into(),
             retry_after: 10,
+            estimate: None,
         }),
     )]));
     state.datasets = table.clone();

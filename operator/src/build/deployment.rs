@@ -63,6 +63,7 @@ pub(crate) fn deployment(
         metadata: target.meta(),
         spec: Some(DeploymentSpec {
             replicas: (!spec.replicas.autoscaled()).then_some(spec.replicas.min),
+            progress_deadline_seconds: super::tape::progress_deadline(target),
             selector: target.selector(),
             template: PodTemplateSpec {
                 metadata: Some(pod_meta(labels(target.name), config_map)),
@@ -104,6 +105,8 @@ pub(crate) fn compute_deployment(
         metadata: target.compute_meta(),
         spec: Some(DeploymentSpec {
             replicas: (!compute.replicas.autoscaled()).then_some(compute.replicas.min),
+            // workers open the same datasets, waiting on the same recalls
+            progress_deadline_seconds: super::tape::progress_deadline(target),
             selector: target.compute_selector(),
             template: PodTemplateSpec {
                 metadata: Some(pod_meta(compute_labels(target.name), config_map)),

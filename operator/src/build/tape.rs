@@ -81,6 +81,26 @@ pub(crate) fn volume(target: &Target, worker: bool) -> Option<(Volume, String)> 
     Some((volume, tape.staging_dir.clone()))
 }
 
+/// Kubernetes' default `progressDeadlineSeconds`: what a rollout of a dataset not on tape gets.
+pub const DEFAULT_PROGRESS_DEADLINE: u64 = 600;
+/// The server's default of `tape.indexWaitSeconds`.
+pub const DEFAULT_INDEX_WAIT: u64 = 3600;
+
+/// `progressDeadlineSeconds` of the Deployments of a dataset on tape: `indexWaitSeconds`
+/// (default 3600) plus Kubernetes' default 600 s; `None` (the default) for other datasets.
+///
+/// A pod's only dataset, netCDF on tape without an index in the cache, opens only once its
+/// files are recalled, for up to `indexWaitSeconds`; meanwhile `/readyz` is 503 ("still
+/// opening"), so the rollout does not progress. With the default deadline the Deployment
+/// would report `ProgressDeadlineExceeded` after ten minutes and the operator `Degraded`,
+/// though the recall is merely running. The operator cannot ask the pod (that needs pod
+/// RBAC it does not have), but it knows the bound: past `indexWaitSeconds` the server fails
+/// the dataset, and then a stuck rollout is a real fault, reported as before.
+pub(crate) fn progress_deadline(target: &Target) -> Option<i32> {
+    let wait = spec(target)?.index_wait_seconds.unwrap_or(DEFAULT_INDEX_WAIT);
+    Some(i32::try_from(wait.saturating_add(DEFAULT_PROGRESS_DEADLINE)).unwrap_or(i32::MAX))
+}
+
 /// The staging budget the server is given: `budgetBytes` as written, else
 /// [`BUDGET_PERCENT`] of the volume's size (the server's default of 100 GiB knows nothing of
 /// the volume and could fill it).

@@ -16,6 +16,10 @@
 //!   pooled connections forever would never send work to the pods an autoscaler adds. A worker answering garbage or another
 //!   protocol version fails the task with 502 naming that worker: never data from it.
 //! - A worker's own [`protocol::Failure`] (the data cannot be read) is answered as is.
+//! - A worker answering 503 with `Retry-After` (the task's dataset is still opening there:
+//!   files being recalled from tape) is backpressure: the task goes to the next worker as
+//!   above, and when no worker could run it the client gets 503 with the longest
+//!   `Retry-After` the workers gave (at most an hour).
 //! - Credentials: with a [`SharedSecret`] every task carries `Authorization: Bearer
 //!   <secret>`; a worker refusing it (401) fails the task with 502 naming the worker and the
 //!   flag to check, without retrying (every worker of a pool has the same secret).
@@ -30,6 +34,7 @@ use super::protocol::{self, Request, Response, VERSION, VERSION_HEADER};
 use super::secret::SharedSecret;
 use crate::chunk::read::ReadError;
 use crate::processing::exec::{Executor, Output, Task};
+use crate::state::MAX_RETRY_AFTER;
 
 /// How long the client reuses its connections before opening new ones (new pods behind a
 /// Service get work at the latest this long after they became ready). Reconnecting costs a
@@ -126,6 +131,10 @@ pub struct Remote {
 enum TryError {
     /// The worker is gone or too slow: try another.
     Retry(String),
+    /// The worker is up but cannot run the task yet (503 + `Retry-After`: its dataset is
+    /// still opening there): another worker may; if none can, the client is told to ask
+    /// again after that many seconds. Backpressure, never data and never a final error.
+    NotYet(String, u64),
     /// The worker answered something that is not a valid answer: stop, naming it.
     Bad(String),
 }
@@ -230,6 +239,11 @@ impl Remote {
                 .get(VERSION_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u32>().ok());
+            let retry_after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
             let bytes = resp
                 .bytes()
                 .await
@@ -261,7 +275,14 @@ impl Remote {
                 Some(_) => {}
             }
             if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
-                return Err(TryError::Retry(format!("worker {worker}: busy or shutting down")));
+                return Err(match retry_after {
+                    Some(secs) => {
+                        // the worker's reason and delay, bounded: input from the network
+                        let why = String::from_utf8_lossy(&bytes[..bytes.len().min(1000)]).into_owned();
+                        TryError::NotYet(format!("worker {worker}: {why}"), secs.clamp(1, MAX_RETRY_AFTER))
+                    }
+                    None => TryError::Retry(format!("worker {worker}: busy or shutting down")),
+                });
             }
             let r: Response = protocol::decode(&bytes)
                 .map_err(|e| TryError::Bad(format!("worker {worker} answered garbage: {e}")))?;
@@ -293,6 +314,8 @@ impl Remote {
         let first = self.next.fetch_add(1, Ordering::Relaxed);
         let tries = (n + 1).max(MIN_TRIES);
         let mut last = String::new();
+        // the longest `Retry-After` of the workers that could not run the task yet
+        let mut not_yet: Option<u64> = None;
         for attempt in 0..tries {
             if attempt > 0 {
                 self.metrics.retries.inc();
@@ -331,10 +354,19 @@ impl Remote {
                     tracing::warn!("{m}; trying another worker");
                     last = m;
                 }
+                Err(TryError::NotYet(m, secs)) => {
+                    tracing::debug!("{m}; trying another worker");
+                    not_yet = Some(not_yet.map_or(secs, |s| s.max(secs)));
+                    last = m;
+                }
             }
         }
         self.metrics.tasks.with_label_values(&["unavailable"]).inc();
-        Err(self.unavailable(&format!("{tries} tries failed, the last: {last}")))
+        let mut e = self.unavailable(&format!("{tries} tries failed, the last: {last}"));
+        if let (ReadError::Compute { retry_after, .. }, Some(secs)) = (&mut e, not_yet) {
+            *retry_after = Some(secs);
+        }
+        Err(e)
     }
 }
 

@@ -29,13 +29,13 @@ use super::secret::SharedSecret;
 use crate::http::error::ApiError;
 use crate::processing::exec::{Locator, Output, Task};
 use crate::processing::select::Selection;
-use crate::state::{AppState, Entry};
+use crate::state::{AppState, Entry, Opening};
 
 /// The worker's own metrics (in the registry `/metrics` renders).
 #[derive(Debug, Clone)]
 pub struct WorkerMetrics {
     /// Tasks by kind (`chunk`, `partial`) and outcome (`ok`, `failed`, `refused`,
-    /// `unauthorized`).
+    /// `unauthorized`, `opening`: its dataset is still opening here).
     pub tasks: IntCounterVec,
     /// Seconds per task.
     pub seconds: Histogram,
@@ -138,6 +138,34 @@ fn respond(result: Result<Output, Failure>) -> Response {
     }
 }
 
+/// The id of the configured dataset a task reads: a product's parent (products are built
+/// on request from it), else the dataset or view itself.
+fn dataset_id(at: &Locator) -> &str {
+    match at {
+        Locator::Dataset(id) => id,
+        Locator::Product { parent, .. } => parent,
+    }
+}
+
+/// The answer to a task whose dataset is still opening on this worker: HTTP 503 with
+/// `Retry-After`, not a [`Failure`] in a 200. The task is fine and the data exists; this
+/// worker cannot read it *yet* (its files are being recalled from tape, or many are being
+/// indexed), so the server must take it as "try another worker, or tell the client when to
+/// ask again" — never as data, never as a final error, and never as 404 (which a Zarr client
+/// reads as a chunk never written, that is fill values). The body is the reason in words.
+fn opening(id: &str, o: &Opening) -> Response {
+    let secs = o.retry_after_now();
+    let why = format!(
+        "dataset '{id}' is still opening on this worker ({}, for {} s so far); retry in {secs} s",
+        o.waiting_for,
+        o.seconds()
+    );
+    let mut r = answer(StatusCode::SERVICE_UNAVAILABLE, why.into_bytes());
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    r
+}
+
 fn failure(status: u16, message: String) -> Failure {
     Failure { status, message }
 }
@@ -150,6 +178,8 @@ fn dataset(state: &AppState, at: &Locator) -> Result<Arc<crate::state::Served>, 
             503,
             format!("dataset '{id}' failed to open on this worker: {why}"),
         )),
+        // `task` answers 503 + Retry-After before a task gets here, and an opening dataset
+        // only ever becomes ready or failed: kept for completeness, never a 404
         Some(Entry::Opening(o)) => Err(failure(
             503,
             format!(
@@ -248,6 +278,11 @@ async fn task(State(w): State<Worker>, headers: HeaderMap, body: Bytes) -> Respo
         Task::Chunk { .. } => "chunk",
         Task::Partial { .. } => "partial",
     };
+    let id = dataset_id(req.task.locator());
+    if let Some(Entry::Opening(o)) = w.state.entry(id) {
+        w.metrics.tasks.with_label_values(&[kind, "opening"]).inc();
+        return opening(id, &o);
+    }
     w.metrics.in_flight.inc();
     let t0 = Instant::now();
     let st = w.state.clone();

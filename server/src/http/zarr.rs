@@ -47,7 +47,7 @@ pub fn served(state: &AppState, id: &str) -> Result<Arc<Served>, ApiError> {
                     o.waiting_for
                 ),
             )
-            .retry_after(o.retry_after)
+            .retry_after(o.retry_after_now())
             .detail(json!({"dataset": id, "state": "opening", "since_seconds": secs}))
             // a state, not a fault: `/status` tells it, and every waiting client would log it
             .quiet())

@@ -25,6 +25,7 @@ use cloudify_crds::{DatasetSpec, TapeSpec};
 use super::OpenError;
 use super::cache::IndexCache;
 use crate::source::{SourceFile, SourceIndex, rebind};
+use crate::state::Estimate;
 use crate::storage::tape::{Stager, stager_for};
 use crate::storage::{RemoteObject, Store};
 
@@ -71,6 +72,38 @@ pub fn needs_recall(spec: &DatasetSpec, cache: Option<&IndexCache>) -> bool {
 /// configured estimate (`tape.retryAfterSeconds`), as for a chunk whose file is nearline.
 pub fn retry_after(tape: &TapeSpec) -> u64 {
     crate::storage::tape::Limits::of(tape).retry_after
+}
+
+/// The recall an opening of `spec` waits on, as an [`Estimate`]: the tape driver's estimate
+/// for the dataset's files (the longest, as the opening waits for all of them).
+#[derive(Debug)]
+struct RecallEstimate {
+    stager: Arc<Stager>,
+    paths: Vec<String>,
+}
+
+impl Estimate for RecallEstimate {
+    fn seconds_left(&self) -> Option<u64> {
+        self.stager.eta(&self.paths)
+    }
+}
+
+/// Where an opening of `spec` that waits on a recall ([`needs_recall`]) finds the archive's
+/// current estimate, so that `Retry-After` follows the recall rather than a configured guess;
+/// `None` when the dataset is not on tape or its sources or driver are wrong (the opening
+/// then fails at once, saying so).
+pub fn recall_estimate(spec: &DatasetSpec) -> Option<Arc<dyn Estimate>> {
+    let tape = spec.storage.as_ref()?.tape.as_ref()?;
+    let paths = spec
+        .sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| archive_path(i, s).map(str::to_string))
+        .collect::<Result<Vec<_>, _>>()
+        .ok()?;
+    // the stager of the staging directory, the one the opening recalls through
+    let stager = stager_for(tape).ok()?;
+    Some(Arc::new(RecallEstimate { stager, paths }))
 }
 
 /// The indexes of the archived netCDF files `sources` (archive paths), in source order.

@@ -15,6 +15,19 @@ use prometheus::IntGaugeVec;
 
 use super::Served;
 
+/// Longest `Retry-After` an opening answers. Archives estimate queued recalls in days at
+/// times; a client told to wait that long would not come back when the recall is early, and
+/// asking once an hour costs nothing.
+pub const MAX_RETRY_AFTER: u64 = 3600;
+
+/// A live estimate of how long an opening still waits: the tape driver's estimate of the
+/// recall in progress. Asked each time an answer is made, since it changes as the recall
+/// proceeds (and is unknown while the recall is queued).
+pub trait Estimate: Send + Sync + std::fmt::Debug {
+    /// Seconds until the awaited work should be done, if the one doing it says.
+    fn seconds_left(&self) -> Option<u64>;
+}
+
 /// A dataset still being opened. Requests for it are answered 503 with `Retry-After`, never
 /// 404: a Zarr client reads a 404 as "chunk not written", that is fill values.
 #[derive(Debug, Clone)]
@@ -23,14 +36,27 @@ pub struct Opening {
     pub since: Instant,
     /// What the opening waits for, in words (`/status`, error bodies).
     pub waiting_for: String,
-    /// Seconds a client should wait before asking again (`Retry-After`).
+    /// Seconds a client should wait before asking again (`Retry-After`) when there is no
+    /// estimate: the configured guess.
     pub retry_after: u64,
+    /// Where the current estimate comes from (a recall from tape), if anywhere.
+    pub estimate: Option<Arc<dyn Estimate>>,
 }
 
 impl Opening {
     /// Whole seconds since the opening started.
     pub fn seconds(&self) -> u64 {
         self.since.elapsed().as_secs()
+    }
+
+    /// `Retry-After` now: the estimate's seconds left, if it has any, within
+    /// 1..=[`MAX_RETRY_AFTER`] (an estimate of 0 is "any moment", and asking again at once
+    /// would only spin); else the configured [`Opening::retry_after`].
+    pub fn retry_after_now(&self) -> u64 {
+        self.estimate
+            .as_ref()
+            .and_then(|e| e.seconds_left())
+            .map_or(self.retry_after, |s| s.clamp(1, MAX_RETRY_AFTER))
     }
 }
 
@@ -260,6 +286,7 @@ mod tests {
             since: Instant::now(),
             waiting_for: "a test".into(),
             retry_after: 7,
+            estimate: None,
         })
     }
 

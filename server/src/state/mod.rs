@@ -11,7 +11,7 @@ pub mod datasets;
 pub mod parquet;
 pub mod products;
 
-pub use datasets::{Counts, Datasets, Entry, Opening, TransitionError};
+pub use datasets::{Counts, Datasets, Entry, Estimate, MAX_RETRY_AFTER, Opening, TransitionError};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -371,6 +371,20 @@ impl Stager {
         (files, st.pending.len(), st.jobs_running)
     }
 
+    /// The driver's estimate of the seconds left for the recalls of `paths` now running: the
+    /// longest of them, as of its last status poll. `None` when none of them is being
+    /// recalled with an estimate (staged, queued, failed, or the driver gives none).
+    pub fn eta(&self, paths: &[String]) -> Option<u64> {
+        let st = self.lock();
+        paths
+            .iter()
+            .filter_map(|p| match st.flights.get(p) {
+                Some(Flight::Recalling { eta, .. }) => *eta,
+                _ => None,
+            })
+            .max()
+    }
+
     /// Bytes staged, files staged, evictions, budget.
     pub fn cache_usage(&self) -> (u64, usize, u64, u64) {
         let (b, n, e) = self.cache.usage();
