@@ -1551,6 +1551,8 @@ mod tests {
             at: Locator::Dataset("t".into()),
             int: input.is_plain_int(),
             dtype: result_dtype(reduce, &input, false),
+            origin: vec![0; 3],
+            extent: input.var.shape.clone(),
             input,
             axis: 1,
             assign: Arc::new(assign),
@@ -1882,9 +1884,13 @@ mod selection_tests {
         // slabs are relative rows cut at the stored chunk boundaries (7, 14, ... absolute)
         assert_eq!(slabs.first(), Some(&(0, 4)));
         assert_eq!(slabs.get(1), Some(&(4, 11)));
-        let mut acc = r.new_acc(&count);
-        for run in runs(slabs.clone()) {
-            acc.merge(r.partial(&start, &count, &run).expect("partial"));
+        let k = count[r.axis] as usize;
+        let outer: usize = count[..r.axis].iter().map(|c| *c as usize).product();
+        let inner: usize = count[r.axis + 1..].iter().map(|c| *c as usize).product();
+        let mut acc = r.new_acc(outer * k * inner);
+        for run in runs(slabs.clone(), &r.group_changes((0, k), &slabs)) {
+            let mut p = r.partial(&start, &count, &run).expect("partial");
+            p.merge_into(&mut acc, (outer, k, inner)).expect("merge");
         }
         let whole: Vec<f32> = pipeline::read_region(v, &start, &count)
             .expect("read")
