@@ -297,6 +297,134 @@ async fn groupby_value_ranges() {
     }
 }
 
+/// The `good` dataset (a.nc and b.nc: times 2000-01-01 to 2000-01-04, lat 0, 1, 2) with
+/// its state, whose compute cache the tests look at.
+fn stateful_fixture() -> (
+    tempfile::TempDir,
+    Arc<cloudify_server::state::AppState>,
+    axum::Router,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    write_file(&dir.path().join("a.nc"), 0.0, 0.0);
+    write_file(&dir.path().join("b.nc"), 2.0, 0.0);
+    let specs = vec![spec("good", vec![format!("{}/[ab].nc", dir.path().display())])];
+    let state = Arc::new(app::load(&specs, 2, None).unwrap());
+    let app = router(state.clone());
+    (dir, state, app)
+}
+
+fn etag_of(h: &axum::http::HeaderMap) -> String {
+    h.get(header::ETAG).unwrap().to_str().unwrap().to_string()
+}
+
+/// Regression (issue #14): spellings of one value-range selection (partial or full dates,
+/// `1` or `1.0`, another order, other values between the same cells) are one product: one
+/// ETag per key (metadata and chunks) and one compute-cache entry per chunk, in the query
+/// form and the Zarr path form alike; other selections keep other ETags.
+#[tokio::test]
+async fn equivalent_selections_share_etags_and_cache_entries() {
+    let (_dir, state, app) = stateful_fixture();
+    let base = "/datasets/good/groupby/x/time.month/mean";
+    let segments = [
+        "lat=1,2&time=2000-01-02,2000-01-03",
+        "time=2000-01-02T00:00:00,2000-01-03T00&lat=1.0,2.0",
+        "lat=0.5,2.5&time=2000-01-01T01,2000-01-03T23:59",
+        "time=2000-01-02%2F2000-01-03T00:00&lat=1e0,2e0",
+    ];
+    let mut tags: Vec<(String, String, String)> = Vec::new();
+    for seg in segments {
+        let (s, hm, b) = get(&app, &format!("{base}/{seg}/zarr/.zmetadata")).await;
+        assert_eq!(s, StatusCode::OK, "{seg}: {}", String::from_utf8_lossy(&b));
+        let (s, hc, b) = get(&app, &format!("{base}/{seg}/zarr/x/0.0.0")).await;
+        assert_eq!(s, StatusCode::OK, "{seg}: {}", String::from_utf8_lossy(&b));
+        let (_, h3, _) = get(&app, &format!("{base}/{seg}/zarr/x/c/0/0/0")).await;
+        tags.push((etag_of(&hm), etag_of(&hc), etag_of(&h3)));
+    }
+    assert!(tags.iter().all(|t| *t == tags[0]), "{tags:?}");
+    // the two chunk keys (v2 and v3) computed once each, whatever the spelling
+    assert_eq!(state.compute_cache.len(), 2);
+    // the query form: other spellings, other Zarr URLs, the same product
+    let mut zarrs = Vec::new();
+    for q in [
+        "time=2000-01-02/2000-01-03&lat=1/2",
+        "lat=1.0/2&time=2000-01-02T00/2000-01-03T00:00:00",
+    ] {
+        let (s, _, b) = get(&app, &format!("{base}?{q}")).await;
+        assert_eq!(s, StatusCode::OK, "{q}: {}", String::from_utf8_lossy(&b));
+        let zarr = json(&b)["zarr"].as_str().unwrap().to_string();
+        let (_, hc, _) = get(&app, &format!("{zarr}/x/0.0.0")).await;
+        assert_eq!(etag_of(&hc), tags[0].1, "{q}");
+        zarrs.push(zarr);
+    }
+    assert_ne!(zarrs[0], zarrs[1]);
+    assert_eq!(state.compute_cache.len(), 2);
+    // another selection (one more step, one latitude fewer, none): other ETags
+    for seg in [
+        "lat=1,2&time=2000-01-01,2000-01-03",
+        "lat=1,1&time=2000-01-02,2000-01-03",
+    ] {
+        let (s, hm, _) = get(&app, &format!("{base}/{seg}/zarr/.zmetadata")).await;
+        assert_eq!(s, StatusCode::OK, "{seg}");
+        let (_, hc, _) = get(&app, &format!("{base}/{seg}/zarr/x/0.0.0")).await;
+        assert_ne!(etag_of(&hm), tags[0].0, "{seg}");
+        assert_ne!(etag_of(&hc), tags[0].1, "{seg}");
+    }
+    let (_, hc, _) = get(&app, &format!("{base}/zarr/x/0.0.0")).await;
+    assert_ne!(etag_of(&hc), tags[0].1);
+}
+
+/// Regression (issue #14): the histogram's Zarr path segment is percent-decoded once, as a
+/// path: `1e+2` and `1e%2B2` in it are both the edge 100 (the product of the query form's
+/// `1e%2B2`, with its ETag), while a `+` in the query string is a space, as forms have it.
+/// Spellings of one selection are one histogram there too.
+#[tokio::test]
+async fn histogram_params_in_the_path_keep_their_plus() {
+    let (_dir, _state, app) = stateful_fixture();
+    let base = "/datasets/good/histogram/x";
+    let (s, _, b) = get(&app, &format!("{base}?bins=0,1e%2B2,1e%2B3,1e%2B4")).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let j = json(&b);
+    assert_eq!(j["bin_edges"], serde_json::json!([0.0, 100.0, 1000.0, 10000.0]));
+    let zarr = j["zarr"].as_str().unwrap().to_string();
+    assert_eq!(zarr, format!("{base}/bins=0.0,100.0,1000.0,10000.0/zarr"));
+    let (s, want_h, want) = get(&app, &format!("{zarr}/histogram_x/0")).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&want));
+    for params in ["bins=0,1e+2,1e+3,1e+4", "bins=0,1e%2B2,1e%2B3,1e%2B4"] {
+        let (s, h, b) = get(&app, &format!("{base}/{params}/zarr/histogram_x/0")).await;
+        assert_eq!(s, StatusCode::OK, "{params}: {}", String::from_utf8_lossy(&b));
+        assert_eq!(b, want, "{params}");
+        assert_eq!(etag_of(&h), etag_of(&want_h), "{params}");
+        let (s, _, b) = get(&app, &format!("{base}/{params}/zarr/histogram_x/.zarray")).await;
+        assert_eq!(s, StatusCode::OK, "{params}");
+        assert_eq!(json(&b)["shape"], serde_json::json!([3]), "{params}");
+    }
+    // a query string is a form: '+' is a space there, and "1e 2" is no number
+    let (s, _, b) = get(&app, &format!("{base}?bins=0,1e+2,1e+3")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let msg = json(&b)["error"].as_str().unwrap_or_default().to_string();
+    assert!(msg.contains("bins: '1e 2' is not a number"), "{msg}");
+    // one selection spelled two ways (and the range as '0' or '0.0'): one product
+    let mut tags = Vec::new();
+    for q in [
+        "bins=4&range=0,4000&time=2000-01-02/2000-01-03&lat=1/2",
+        "lat=1.0/2.0&bins=4&range=0.0,4e3&time=2000-01-02T00/2000-01-03T00:00",
+    ] {
+        let (s, _, b) = get(&app, &format!("{base}?{q}")).await;
+        assert_eq!(s, StatusCode::OK, "{q}: {}", String::from_utf8_lossy(&b));
+        let zarr = json(&b)["zarr"].as_str().unwrap().to_string();
+        let (s, h, b) = get(&app, &format!("{zarr}/histogram_x/0")).await;
+        assert_eq!(s, StatusCode::OK, "{q}: {}", String::from_utf8_lossy(&b));
+        tags.push(etag_of(&h));
+    }
+    assert_eq!(tags[0], tags[1]);
+    let (_, h, _) = get(
+        &app,
+        &format!("{base}/bins=4&range=0,4000&time=2000-01-01,2000-01-03&lat=1,2/zarr/histogram_x/0"),
+    )
+    .await;
+    assert_ne!(etag_of(&h), tags[0], "another selection, another ETag");
+}
+
 #[tokio::test]
 async fn etag_cache_and_cors() {
     let f = fixture();

@@ -3,7 +3,9 @@
 //! kept dimensions); the same product is a Zarr dataset (v2 and v3) under
 //! `/datasets/{id}/histogram/{var}/{params}/zarr/`, where `{params}` is the query string as
 //! one path segment: Zarr clients append keys to a path and drop a query string, so the
-//! parameters must live in the path. The JSON answer gives that URL in canonical form.
+//! parameters must live in the path. The JSON answer gives that URL in canonical form. The
+//! segment is percent-decoded once, as a path is: `+` is a plus there (`bins=1e+2,…`), not
+//! the space it is in a query string.
 //!
 //! The product is rebuilt per request (it reads only the selected coordinates; the counts
 //! are computed per served chunk), so nothing is kept between requests.
@@ -42,15 +44,15 @@ fn internal(id: &str, var: &str) -> ApiError {
     )
 }
 
-/// Parses the parameters and builds the product on the worker pool.
+/// Builds the product of the parameters `p` (parsed, or why not) on the worker pool.
 async fn product(
     state: &Arc<AppState>,
     id: &str,
     var: &str,
-    query: &str,
+    p: Result<Params, histogram::HistError>,
 ) -> Result<(Params, Product), ApiError> {
     let parent = served(state, id)?;
-    let p = Params::parse(query).map_err(|e| hist_error(id, var, &e))?;
+    let p = p.map_err(|e| hist_error(id, var, &e))?;
     let pid = format!("{id}.histogram.{var}");
     let (v, p2) = (var.to_string(), p.clone());
     let built = state
@@ -104,7 +106,7 @@ pub async fn summary(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = query.unwrap_or_default();
-    let (p, prod) = product(&state, &id, &var, &query).await?;
+    let (p, prod) = product(&state, &id, &var, Params::parse(&query)).await?;
     let nb = prod.edges.len() as u64 - 1;
     let cells: u64 = prod.kept.iter().map(|(_, n)| *n).product();
     if cells.saturating_mul(nb) > MAX_JSON_VALUES {
@@ -175,7 +177,7 @@ pub async fn summary(
         .iter()
         .map(|(d, s, c)| (d.clone(), json!({"start": s, "count": c})))
         .collect();
-    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let enc = crate::processing::select::encode_segment;
     let mut out = json!({
         "dataset": id,
         "variable": var,
@@ -191,13 +193,15 @@ pub async fn summary(
     Ok(axum::Json(out).into_response())
 }
 
-/// `/datasets/{id}/histogram/{var}/{params}/zarr/{key}`: the product as Zarr.
+/// `/datasets/{id}/histogram/{var}/{params}/zarr/{key}`: the product as Zarr. `params`
+/// comes percent-decoded once by the router and is not decoded again
+/// ([`Params::parse_segment`]): `bins=1e+2,…` and `bins=1e%2B2,…` are both edges `100.0`.
 pub async fn zarr_key(
     State(state): State<Arc<AppState>>,
     Path((id, var, params, key)): Path<(String, String, String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (_, prod) = product(&state, &id, &var, &params).await?;
+    let (_, prod) = product(&state, &id, &var, Params::parse_segment(&params)).await?;
     let ds = prod.ds;
     let meta = crate::zarr::render(&ds);
     let refs = crate::kerchunk::build(&ds);

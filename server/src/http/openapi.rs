@@ -413,7 +413,7 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
     if path.contains("{params}") {
         let mut p = path_param(
             "params",
-            "The histogram's parameters as one path segment: the query string of /datasets/{id}/histogram/{var}, e.g. 'bins=10&range=200,300&dim=time'",
+            "The histogram's parameters as one path segment: the query string of /datasets/{id}/histogram/{var}, e.g. 'bins=10&range=200,300&dim=time'; percent-decoded once, as a path: '+' is a plus here ('bins=0,1e+2,1e+3'), unlike in a query string",
         );
         p["example"] = json!("bins=10&range=250,300&dim=time");
         params.push(p);

@@ -112,14 +112,38 @@ fn parse_f64(param: &str, s: &str) -> Result<f64, HistError> {
 
 impl Params {
     /// Parses a query string (`bins=10&range=200,300&dim=time&time=2000-01-01/2000-12-31`),
-    /// percent-decoded as a form. Keys other than `bins`, `range`, `dim` and `density` are
-    /// dimensions selected by value. A key given twice is refused.
+    /// percent-decoded as a form (`+` is a space there, `%2B` a plus). Keys other than
+    /// `bins`, `range`, `dim` and `density` are dimensions selected by value. A key given
+    /// twice is refused.
     pub fn parse(query: &str) -> Result<Params, HistError> {
+        Params::from_pairs(
+            url::form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())),
+        )
+    }
+
+    /// Parses the Zarr form's `{params}` path segment as the router gives it: already
+    /// percent-decoded once, so it is split on `&` and `=` and not decoded again. A `+` in a
+    /// URL path is a plus, not a space (form decoding is for query strings only): a bin
+    /// edge `1e+2` (or `1e%2B2`) must reach the parser as `1e+2`. A part without `=` is a
+    /// key with an empty value, as in a query.
+    pub fn parse_segment(segment: &str) -> Result<Params, HistError> {
+        Params::from_pairs(
+            segment
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| match p.split_once('=') {
+                    Some((k, v)) => (k.to_string(), v.to_string()),
+                    None => (p.to_string(), String::new()),
+                }),
+        )
+    }
+
+    /// The parameters from decoded `(key, value)` pairs.
+    fn from_pairs(pairs: impl Iterator<Item = (String, String)>) -> Result<Params, HistError> {
         let mut seen: Vec<String> = Vec::new();
         let (mut bins, mut range, mut dim, mut density) = (None, None, None, false);
         let mut select = Vec::new();
-        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
-            let (k, v) = (k.into_owned(), v.into_owned());
+        for (k, v) in pairs {
             if k.is_empty() {
                 return Err(err("query", format!("a parameter without a name ('={v}')")));
             }
@@ -213,6 +237,8 @@ impl Params {
                 Some(ds)
             }
         };
+        // the order of selections does not change the product: keep one
+        select.sort();
         Ok(Params {
             bins,
             dim,
@@ -221,31 +247,37 @@ impl Params {
         })
     }
 
-    /// The parameters as one canonical URL path segment (the Zarr form's `{params}`), which
-    /// [`Params::parse`] reads back. Value ranges are written `from,to` (no `/`).
-    pub fn canonical(&self) -> String {
-        let mut s = url::form_urlencoded::Serializer::new(String::new());
+    /// `key=value` of the bin parameters (`bins`, `range`, `dim`, `density`), numbers in
+    /// Rust's shortest round-trip form (`-30` and `-30.0` write alike).
+    fn bin_pairs(&self) -> Vec<String> {
+        let mut out = Vec::new();
         match &self.bins {
             Bins::Count { n, lo, hi } => {
-                s.append_pair("bins", &n.to_string());
-                s.append_pair("range", &format!("{lo:?},{hi:?}"));
+                out.push(format!("bins={n}"));
+                out.push(format!("range={lo:?},{hi:?}"));
             }
             Bins::Edges(e) => {
                 let t: Vec<String> = e.iter().map(|x| format!("{x:?}")).collect();
-                s.append_pair("bins", &t.join(","));
+                out.push(format!("bins={}", t.join(",")));
             }
         }
         if let Some(d) = &self.dim {
-            s.append_pair("dim", &d.join(","));
+            out.push(format!("dim={}", d.join(",")));
         }
         if self.density {
-            s.append_pair("density", "true");
+            out.push("density=true".into());
         }
-        for (d, a, b) in &self.select {
-            s.append_pair(d, &format!("{a},{b}"));
-        }
-        // a form encodes ',' as %2C: keep it readable (',' is allowed in a path segment)
-        s.finish().replace("%2C", ",")
+        out
+    }
+
+    /// The parameters as one canonical URL path segment (the Zarr form's `{params}`),
+    /// percent-encoded for a path ([`select::encode_segment`]: `+` and `,` stay, a space is
+    /// `%20`), which [`Params::parse_segment`] reads back once the router has decoded it.
+    /// Value ranges are written `from,to` (no `/`), sorted by dimension.
+    pub fn canonical(&self) -> String {
+        let mut parts = self.bin_pairs();
+        parts.extend(self.select.iter().map(|(d, a, b)| format!("{d}={a},{b}")));
+        select::encode_segment(&parts.join("&"))
     }
 }
 
@@ -640,6 +672,7 @@ pub fn build(parent: &Dataset, id: &str, var: &str, p: &Params) -> Result<Produc
     };
     let mut region: Vec<(u64, u64)> = v.shape.iter().map(|n| (0, *n)).collect();
     let mut selected = Vec::new();
+    let mut sel_parts = Vec::new();
     for (d, a, b) in &p.select {
         let i = v.dims.iter().position(|x| x == d).ok_or_else(|| {
             err(
@@ -650,10 +683,14 @@ pub fn build(parent: &Dataset, id: &str, var: &str, p: &Params) -> Result<Produc
                 ),
             )
         })?;
-        let (s, c) = select::select(parent, d, a, b)?;
-        region[i] = (s, c);
-        selected.push((d.clone(), s, c));
+        let st = select::stretch(parent, d, Some(a), Some(b))?;
+        region[i] = (st.start, st.count);
+        selected.push((d.clone(), st.start, st.count));
+        sel_parts.push(st.text);
     }
+    // by dimension: the product does not depend on the order the request gave them in
+    selected.sort();
+    sel_parts.sort();
     let kept: Vec<usize> = (0..nd).filter(|i| !reduce.contains(i)).collect();
     let edges = edges(&p.bins, input.ty);
     let f32e = edges_f32(&p.bins, input.ty);
@@ -685,10 +722,16 @@ pub fn build(parent: &Dataset, id: &str, var: &str, p: &Params) -> Result<Produc
     dims.push(bin_dim.clone());
     let mut shape: Vec<u64> = kept.iter().map(|i| region[*i].1).collect();
     shape.push(nb as u64);
+    // the selection as the stretches it resolved to, never as the request spelled it: one
+    // selection is one provenance, fingerprint and ETag
     let what = format!(
         "xhistogram.histogram({var}, {}){}",
-        p.canonical(),
-        if selected.is_empty() { "" } else { " after sel" }
+        p.bin_pairs().join("&"),
+        if sel_parts.is_empty() {
+            String::new()
+        } else {
+            format!(" after {}", select::sel_text(&sel_parts))
+        }
     );
     let (dtype, fill, fill_attr) = if p.density {
         (
@@ -924,10 +967,10 @@ mod tests {
         );
         let c = p.canonical();
         assert!(!c.contains('/'), "{c}");
-        assert_eq!(Params::parse(&c).expect("canonical"), p);
+        assert_eq!(Params::parse_segment(&c).expect("canonical"), p);
         let e = Params::parse("bins=0,1.5,2").expect("edges");
         assert_eq!(e.bins, Bins::Edges(vec![0.0, 1.5, 2.0]));
-        assert_eq!(Params::parse(&e.canonical()).expect("again"), e);
+        assert_eq!(Params::parse_segment(&e.canonical()).expect("again"), e);
         let bad = [
             ("", "bins"),
             ("bins=x", "bins"),
@@ -953,6 +996,59 @@ mod tests {
         assert!(e.param == "bins" && e.reason.contains("at most 10000"), "{e}");
         for (q, param) in bad {
             assert_eq!(Params::parse(q).expect_err(q).param, param, "{q}");
+            assert_eq!(Params::parse_segment(q).expect_err(q).param, param, "{q}");
         }
+    }
+
+    /// Decodes `%XX` once, as the router decodes a path segment (`+` stays a plus).
+    fn path_decode(s: &str) -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%'
+                && let Some(x) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(x);
+                i += 3;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    /// Regression (issue #14): the Zarr form's segment arrives decoded once and is not
+    /// decoded again, so a `+` stays a plus; a query string is a form, where `+` is a space
+    /// and `%2B` a plus. The canonical segment is encoded for a path and reads back.
+    #[test]
+    fn a_plus_in_the_path_segment_is_a_plus() {
+        let want = Bins::Edges(vec![0.0, 100.0, 1000.0]);
+        // `1e%2B2` in a URL path reaches the handler as `1e+2`
+        let p = Params::parse_segment("bins=0,1e+2,1e+3").expect("segment");
+        assert_eq!(p.bins, want);
+        assert_eq!(Params::parse("bins=0,1e%2B2,1e%2B3").expect("query").bins, want);
+        let e = Params::parse("bins=0,1e+2,1e+3").expect_err("a space in a form");
+        assert_eq!(
+            (e.param.as_str(), e.reason.as_str()),
+            ("bins", "'1e 2' is not a number")
+        );
+        // a segment is not decoded again: '%2B' as it arrives is no number
+        assert_eq!(
+            Params::parse_segment("bins=0,1e%2B2").expect_err("twice").param,
+            "bins"
+        );
+        // a date with a space (and a plus in a bound): encoded for a path, read back
+        let q = Params::parse("bins=2&range=0,1&time=2000-01-01%2012:00/2001&lat=%2B1/2").expect("q");
+        let c = q.canonical();
+        assert_eq!(
+            c, "bins=2&range=0.0,1.0&lat=+1,2&time=2000-01-01%2012:00,2001",
+            "selections sorted, a space %20, '+' and ',' as they are"
+        );
+        assert_eq!(Params::parse_segment(&path_decode(&c)).expect("back"), q);
+        // the order of the selections does not matter
+        let r = Params::parse("lat=%2B1/2&time=2000-01-01%2012:00/2001&range=0,1&bins=2").expect("r");
+        assert_eq!(r, q);
     }
 }

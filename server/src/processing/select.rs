@@ -14,8 +14,12 @@
 //! A product's selection lives in its URL twice: in the query of the route that describes
 //! it (`?time=2000-01-01/2000-12-31`), and as one path segment of its Zarr form
 //! (`time=2000-01-01,2000-12-31`), because Zarr clients append keys to a base URL and drop
-//! a query string. [`Selection::segment`] writes that segment canonically (sorted by
-//! dimension, `from,to`), so that one product has one URL and one cache entry.
+//! a query string. [`Selection::segment`] writes that segment in one order (sorted by
+//! dimension, `from,to`), so that a selection spelled in the query has one Zarr URL.
+//! Other spellings of the same ranges (`2000-12` or `2000-12-01/2000-12-31`, `-30` or
+//! `-30.0`) are other URLs of the same product: what identifies it (the products kept, its
+//! provenance, fingerprint, ETags and compute-cache entries) is the resolved [`Window`],
+//! never the text.
 //! Nothing here is evaluated: names are looked up among the variable's dimensions, values
 //! parsed as numbers or dates.
 
@@ -157,26 +161,27 @@ impl Selection {
                     ),
                 ));
             };
-            let (s, c, time) = select_open(ds, d, Some(a), Some(b))?;
-            if s + c > var.shape[i] {
+            let st = stretch(ds, d, Some(a), Some(b))?;
+            if st.start + st.count > var.shape[i] {
                 return Err(err(
                     d,
                     format!("coordinate '{d}' is longer than the dimension of '{}'", var.name),
                 ));
             }
-            text.push(if time {
-                format!("{d}=slice('{a}', '{b}')")
-            } else {
-                // parsed above: numbers
-                let n = |x: &str| parse_f64(d, x).map_or_else(|_| x.to_string(), |v| format!("{v:?}"));
-                format!("{d}=slice({}, {})", n(a), n(b))
-            });
-            w.dims.push((d.clone(), s, c));
+            text.push(st.text);
+            w.dims.push((d.clone(), st.start, st.count));
         }
-        if !text.is_empty() {
-            w.text = format!("sel({})", text.join(", "));
-        }
+        w.text = sel_text(&text);
         Ok(w)
+    }
+}
+
+/// `sel(a, b)` of the `dim=slice(..)` parts (sorted by the caller), empty for none.
+pub(crate) fn sel_text(parts: &[String]) -> String {
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("sel({})", parts.join(", "))
     }
 }
 
@@ -196,13 +201,17 @@ pub fn encode_segment(s: &str) -> String {
 }
 
 /// A selection resolved to positions: `(dimension, start, count)` per selected dimension
-/// (sorted by name), and how xarray would write it (`sel(lat=slice(-30.0, 30.0))`, empty
-/// when nothing is selected) for the product's provenance.
+/// (sorted by name), and how xarray would write it for the product's provenance
+/// (`sel(lat=slice(30.0, -30.0), time=slice('2000-01-16T12:00:00', '2000-12-16T12:00:00'))`
+/// with the first and last selected coordinate values, see [`Stretch::text`]; empty when
+/// nothing is selected). Both depend only on the stretches selected, never on how the
+/// request spelled the ranges: equal windows are one product.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Window {
     /// Selected dimensions and their stretch.
     pub dims: Vec<(String, u64, u64)>,
-    /// The selection as xarray code would write it (never evaluated).
+    /// The selection as xarray code would write it (never evaluated), by the selected
+    /// coordinate values.
     pub text: String,
 }
 
@@ -418,6 +427,56 @@ pub fn select_open(
     from: Option<&str>,
     to: Option<&str>,
 ) -> Result<(u64, u64, bool), SelectError> {
+    stretch(ds, dim, from, to).map(|s| (s.start, s.count, s.time))
+}
+
+/// What a value range resolves to on a dimension's coordinate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stretch {
+    /// First selected position.
+    pub start: u64,
+    /// Selected positions.
+    pub count: u64,
+    /// Whether the coordinate is CF time.
+    pub time: bool,
+    /// `dim=slice(first, last)` with the first and last *selected coordinate values*
+    /// rather than the bounds as written: the text depends only on the stretch, so every
+    /// spelling of one selection (`2000-12` or `2000-12-01/2000-12-31T23:59`, `-30` or
+    /// `-30.0`) writes the same, and a product's provenance and fingerprint, of which it is
+    /// part, are the same (one ETag, one compute-cache entry). xarray's label slicing by
+    /// those values selects exactly the same stretch (both ends inclusive).
+    pub text: String,
+}
+
+/// A coordinate value as the canonical bound of a `slice`: dates ISO 8601 to the second
+/// (microseconds when there are any), numbers in the coordinate's own precision (a float32
+/// value written as the shortest float32 text, which NumPy casts back to the same value).
+fn bound_text(v: f64, date: Option<&CfDate>, dtype: DType) -> String {
+    match date {
+        Some(d) => {
+            let mut s = format!(
+                "'{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+                d.year, d.month, d.day, d.hour, d.minute, d.second
+            );
+            if d.micros != 0 {
+                s.push_str(&format!(".{:06}", d.micros));
+            }
+            s.push('\'');
+            s
+        }
+        #[allow(clippy::cast_possible_truncation)]
+        None if dtype == DType::F32 => format!("{:?}", v as f32),
+        None => format!("{v:?}"),
+    }
+}
+
+/// [`select_open`], with the canonical text of the stretch ([`Stretch::text`]).
+pub(crate) fn stretch(
+    ds: &Dataset,
+    dim: &str,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Result<Stretch, SelectError> {
     let c = ds
         .variable(dim)
         .filter(|v| v.dims.len() == 1 && v.dims[0] == dim)
@@ -460,11 +519,11 @@ pub fn select_open(
         .attrs
         .get_str("units")
         .filter(|u| u.to_ascii_lowercase().contains(" since "));
-    let is_time = time.is_some();
+    let mut dates = None;
     let pos = if let Some(units) = time {
         let axis = TimeAxis::new(units, c.attrs.get_str("calendar"))
             .map_err(|e| err(dim, format!("'{dim}' is not a CF time coordinate: {e}")))?;
-        let dates = vals
+        let d = vals
             .iter()
             .map(|x| axis.decode(*x))
             .collect::<Result<Vec<_>, _>>()
@@ -475,9 +534,9 @@ pub fn select_open(
                 format!("'{s}' is not a date of the '{dim}' calendar (YYYY[-MM[-DD[Thh[:mm[:ss]]]]])"),
             )
         };
-        let asc = dates.windows(2).all(|w| w[0] <= w[1]);
-        let first = dates.iter().min().copied();
-        let last = dates.iter().max().copied();
+        let asc = d.windows(2).all(|w| w[0] <= w[1]);
+        let first = d.iter().min().copied();
+        let last = d.iter().max().copied();
         let (Some(first), Some(last)) = (first, last) else {
             return Err(err(dim, format!("'{dim}' is empty")));
         };
@@ -495,7 +554,9 @@ pub fn select_open(
         // a partial date's left bound is its start, its right bound its end (swapped on a
         // descending index), as CFTimeIndex resolves slice bounds
         let (lo, hi) = if asc { (f0, t1) } else { (f1, t0) };
-        slice_positions(&dates, lo, hi)
+        let pos = slice_positions(&d, lo, hi);
+        dates = Some(d);
+        pos
     } else {
         let asc = vals.windows(2).all(|w| w[0] <= w[1]);
         let open_lo = if asc { f64::NEG_INFINITY } else { f64::INFINITY };
@@ -527,7 +588,15 @@ pub fn select_open(
             ),
         ));
     }
-    Ok((start as u64, count as u64, is_time))
+    // slice_positions keeps start + count within the values, and count is not 0 here
+    let end = start + count - 1;
+    let bound = |i: usize| bound_text(vals[i], dates.as_ref().map(|d| &d[i]), c.dtype);
+    Ok(Stretch {
+        start: start as u64,
+        count: count as u64,
+        time: dates.is_some(),
+        text: format!("{dim}=slice({}, {})", bound(start), bound(end)),
+    })
 }
 
 #[cfg(test)]
@@ -645,9 +714,15 @@ mod tests {
                 vec![("lat".into(), 1, 3), ("time".into(), 0, dec)],
                 "{cal}"
             );
+            // written by the first and last selected values
+            let last = if cal == "360_day" {
+                "2000-12-30"
+            } else {
+                "2000-12-31"
+            };
             assert_eq!(
                 w.text,
-                "sel(lat=slice(20.0, -30.0), time=slice('2000-12', '2000-12'))"
+                format!("sel(lat=slice(10.0, -30.0), time=slice('2000-12-30T12:00:00', '{last}T12:00:00'))")
             );
             let w = sel("time=2001-01-02/2001").resolve(&ds, &x).expect(cal);
             let first = if cal == "360_day" { 2 } else { 3 };
@@ -683,6 +758,44 @@ mod tests {
                 .param,
             "time"
         );
+    }
+
+    /// Every spelling of one selection resolves to the same window, text included (what
+    /// the product's provenance, fingerprint, ETags and cache key are made of); another
+    /// selection to another.
+    #[test]
+    fn spellings_of_one_selection_resolve_alike() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ds = open(dir.path(), "noleap");
+        let x = ds.variable("x").expect("x").clone();
+        let w = sel("time=2000-12/2001-01-02&lat=10/-30")
+            .resolve(&ds, &x)
+            .expect("w");
+        assert_eq!(
+            w.text,
+            "sel(lat=slice(10.0, -30.0), time=slice('2000-12-30T12:00:00', '2001-01-02T12:00:00'))"
+        );
+        for q in [
+            "lat=10.0/-30.0&time=2000-12/2001-01-02",
+            "time=2000-12-01/2001-01-02T23:59:59&lat=1e1/-3e1",
+            "lat=19.9,-31&time=2000-12-30T12,2001-01-02T12:00",
+            "time=2000/2001-01-02&lat=29/-100",
+        ] {
+            assert_eq!(sel(q).resolve(&ds, &x).expect(q), w, "{q}");
+        }
+        for q in [
+            "time=2000-12/2001-01-03&lat=10/-30",
+            "time=2000-12/2001-01-02&lat=10/-10",
+            "time=2000-12/2001-01-02",
+        ] {
+            assert_ne!(sel(q).resolve(&ds, &x).expect(q), w, "{q}");
+        }
+        // a float32 coordinate's bounds in float32's shortest text, which NumPy reads back
+        let l = sel("lon=0/0.5").resolve(&ds, &x).expect("lon");
+        assert_eq!(l.text, "sel(lon=slice(0.1, 0.1))");
+        let l = sel("lon=1/4").resolve(&ds, &x).expect("lon");
+        assert_eq!(l.text, "sel(lon=slice(1.8, 3.6))");
+        assert_eq!(sel("lon=1.8/3.6").resolve(&ds, &x).expect("lon"), l);
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! ([`cloudify_crds::Reduce`]), `var` a variable and `coord` a coordinate of the dataset
 //! (or `<time coordinate>.<component>`), else the request is refused naming the part. A
 //! value-range selection ([`Selection`]) names dimensions of `var` and values of their
-//! coordinates; it is part of what identifies a product.
+//! coordinates; the stretches it resolves to (not its text) are part of what identifies a
+//! product, so that `time=2000-01/2000-12` and `time=2000-01-01/2000-12-31T00:00` are one
+//! product with one ETag per key and one compute-cache entry per chunk.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -36,13 +38,20 @@ pub enum ProductError {
     Select(#[from] SelectError),
 }
 
-/// What identifies a product: dataset id, variable, coordinate, reduction, and the
-/// selection's canonical segment (empty: none).
+/// How a request names a product: dataset id, variable, coordinate, reduction, and the
+/// selection's segment (empty: none) as [`Selection::segment`] writes it.
 pub type ProductKey = (String, String, String, Reduce, String);
 
-/// The products built so far, oldest first.
+/// What identifies a product: its [`ProductKey`] with the selection's resolved stretches
+/// (`(dimension, start, count)`) in place of the text.
+type ResolvedKey = (String, String, String, Reduce, Vec<(String, u64, u64)>);
+
+/// The products built so far, oldest first, each under the spelling it was asked for by
+/// and what that resolved to. A product asked for by another spelling of the same
+/// selection is kept again under that spelling (the same [`Served`]), so that its chunk
+/// requests find it without resolving the selection (reading coordinates) each time.
 #[derive(Debug, Default)]
-pub struct Products(Mutex<VecDeque<(ProductKey, Arc<Served>)>>);
+pub struct Products(Mutex<VecDeque<(ProductKey, ResolvedKey, Arc<Served>)>>);
 
 impl Products {
     /// The product of `parent` for (`var`, `coord`, `action`) over the region `sel`
@@ -65,7 +74,7 @@ impl Products {
             r,
             segment.clone(),
         );
-        if let Some(s) = self.find(&key) {
+        if let Some(s) = self.find(|(k, _)| *k == key) {
             return Ok(s);
         }
         // an unknown variable is left to the reduction, which names it (404)
@@ -73,6 +82,17 @@ impl Products {
             Some(v) if !sel.is_empty() => sel.resolve(&parent.ds, v)?,
             _ => crate::processing::select::Window::default(),
         };
+        let resolved: ResolvedKey = (
+            key.0.clone(),
+            key.1.clone(),
+            key.2.clone(),
+            r,
+            window.dims.clone(),
+        );
+        if let Some(s) = self.find(|(_, k)| *k == resolved) {
+            self.keep(key, resolved, s.clone());
+            return Ok(s);
+        }
         let id = format!("{}.groupby.{var}.{coord}.{action}", parent.ds.name);
         let at = crate::processing::exec::Locator::Product {
             parent: parent.ds.name.clone(),
@@ -95,21 +115,32 @@ impl Products {
         let meta = crate::zarr::render(&ds);
         let refs = crate::kerchunk::build(&ds);
         let served = Arc::new(Served::new(ds, meta, refs, None));
+        Ok(self.keep(key, resolved, served))
+    }
+
+    /// Keeps `served` under `key`, unless another request built the same product
+    /// meanwhile: then that one is kept and returned, so that there is one.
+    fn keep(&self, key: ProductKey, resolved: ResolvedKey, served: Arc<Served>) -> Arc<Served> {
         let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        // another request may have built it meanwhile: keep one
-        if let Some((_, s)) = map.iter().find(|(k, _)| *k == key) {
-            return Ok(s.clone());
+        if let Some((_, _, s)) = map.iter().find(|(k, _, _)| *k == key) {
+            return s.clone();
         }
+        let served = map
+            .iter()
+            .find(|(_, r, _)| *r == resolved)
+            .map_or(served, |(_, _, s)| s.clone());
         if map.len() >= MAX_PRODUCTS {
             map.pop_front();
         }
-        map.push_back((key, served.clone()));
-        Ok(served)
+        map.push_back((key, resolved, served.clone()));
+        served
     }
 
-    fn find(&self, key: &ProductKey) -> Option<Arc<Served>> {
+    fn find(&self, hit: impl Fn((&ProductKey, &ResolvedKey)) -> bool) -> Option<Arc<Served>> {
         let map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.iter().find(|(k, _)| k == key).map(|(_, s)| s.clone())
+        map.iter()
+            .find(|(k, r, _)| hit((k, r)))
+            .map(|(_, _, s)| s.clone())
     }
 
     /// How many products are kept.
