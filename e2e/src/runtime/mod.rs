@@ -94,9 +94,7 @@ mod tests {
 
     #[test]
     fn picked_ports_are_distinct_bindable_and_outside_the_ephemeral_range() {
-        let ports: Vec<u16> = (0..200)
-            .map(|_| free_loopback_port().expect("port"))
-            .collect();
+        let ports: Vec<u16> = (0..200).map(|_| free_loopback_port().expect("port")).collect();
         let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
         assert_eq!(distinct.len(), ports.len());
         let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
