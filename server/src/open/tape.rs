@@ -25,7 +25,6 @@ use cloudify_crds::{DatasetSpec, TapeSpec};
 use super::OpenError;
 use super::cache::IndexCache;
 use crate::source::{SourceFile, SourceIndex, rebind};
-use crate::state::Estimate;
 use crate::storage::tape::{Stager, stager_for};
 use crate::storage::{RemoteObject, Store};
 
@@ -72,6 +71,15 @@ pub fn needs_recall(spec: &DatasetSpec, cache: Option<&IndexCache>) -> bool {
 /// configured estimate (`tape.retryAfterSeconds`), as for a chunk whose file is nearline.
 pub fn retry_after(tape: &TapeSpec) -> u64 {
     crate::storage::tape::Limits::of(tape).retry_after
+}
+
+/// A live estimate of how long an opening still waits: the tape driver's estimate of the
+/// recall in progress. Asked each time an answer is made, since it changes as the recall
+/// proceeds (and is unknown while the recall is queued). Defined here, below `state` (which
+/// keeps one per opening dataset), because opening is what knows the recall.
+pub trait Estimate: Send + Sync + std::fmt::Debug {
+    /// Seconds until the awaited work should be done, if the one doing it says.
+    fn seconds_left(&self) -> Option<u64>;
 }
 
 /// The recall an opening of `spec` waits on, as an [`Estimate`]: the tape driver's estimate

@@ -20,13 +20,7 @@ use super::Served;
 /// asking once an hour costs nothing.
 pub const MAX_RETRY_AFTER: u64 = 3600;
 
-/// A live estimate of how long an opening still waits: the tape driver's estimate of the
-/// recall in progress. Asked each time an answer is made, since it changes as the recall
-/// proceeds (and is unknown while the recall is queued).
-pub trait Estimate: Send + Sync + std::fmt::Debug {
-    /// Seconds until the awaited work should be done, if the one doing it says.
-    fn seconds_left(&self) -> Option<u64>;
-}
+pub use crate::open::tape::Estimate;
 
 /// A dataset still being opened. Requests for it are answered 503 with `Retry-After`, never
 /// 404: a Zarr client reads a 404 as "chunk not written", that is fill values.
