@@ -3,11 +3,16 @@
 //!
 //! The input is an archive (see the crate docs) of the repository's files. Seeds store the
 //! binary files uncompressed (the header allows it), so mutations reach the flatbuffers.
+//!
+//! The reader catches panics of the icechunk-format crate on purpose (`read_snapshot`: a
+//! panic there fails the open with an error naming the file), so caught panics are allowed
+//! (each distinct one printed); escaped panics, aborts, allocations over the limit and hangs
+//! are findings.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: cloudify_fuzz::allow_caught_panics(), |data: &[u8]| {
     let dir = cloudify_fuzz::unpack(data);
     let root = dir.path().to_string_lossy().into_owned();
     // virtual chunks may point inside the repository directory

@@ -16,6 +16,33 @@ use crate::storage::read::{ByteError, RangeRead, check_unchanged, pread, read_fi
 
 pub use crate::storage::read::Direct;
 
+/// Most bytes one decoded chunk or block may take: the netCDF-4/HDF5 limit on one chunk
+/// (4 GiB), far above any chunk a Zarr client asks for. Sizes come from files and
+/// references, which may be corrupt: a declared chunk of `[0, 2^40]` once made a fuzzed
+/// file allocate terabytes at start-up, and a failed allocation aborts the process.
+pub const MAX_BUFFER_BYTES: u64 = 1 << 32;
+
+/// Bytes of a decoded buffer of `shape` with elements of `elem` bytes, if it may be allocated
+/// (see [`MAX_BUFFER_BYTES`]).
+pub fn buffer_len(shape: &[u64], elem: usize) -> Result<usize, ReadError> {
+    numel(shape)
+        .and_then(|n| n.checked_mul(elem))
+        .filter(|b| *b as u64 <= MAX_BUFFER_BYTES)
+        .ok_or_else(|| ReadError::TooLarge(shape.to_vec()))
+}
+
+/// A buffer for `shape` filled with `fill`, allocated fallibly: an error, not an abort,
+/// when the size is absurd or the memory is not there.
+pub fn filled_buffer(shape: &[u64], elem: usize, fill: &[u8]) -> Result<Vec<u8>, ReadError> {
+    let len = buffer_len(shape, elem)?;
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(len)
+        .map_err(|_| ReadError::TooLarge(shape.to_vec()))?;
+    buf.resize(len, 0);
+    fill_with(&mut buf, fill);
+    Ok(buf)
+}
+
 /// A chunk that cannot be produced. All variants map to HTTP 5xx except `OutOfRange`.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -42,8 +69,10 @@ pub enum ReadError {
         /// What the decoder said.
         source: CodecError,
     },
-    /// The chunk's element count (shape given) overflows this machine's address space.
-    #[error("chunk of {0:?} elements is too large")]
+    /// The chunk or block (shape given) would take more than [`MAX_BUFFER_BYTES`] decoded:
+    /// the size comes from a corrupt file or an absurd chunk grid, and allocating it could
+    /// take the server down with it.
+    #[error("chunk of {0:?} elements is too large (over {MAX_BUFFER_BYTES} bytes decoded)")]
     TooLarge(Vec<u64>),
     /// A chunk reference naming a file the reference table does not hold (corrupt index).
     #[error("{path}: chunk {chunk} refers to file {file}, but the references list {files} files")]
@@ -218,9 +247,7 @@ fn decode_stored(s: Stored, filters: &[Filter], clen: usize) -> Result<Vec<u8>, 
 /// All values of one file's variable as little-endian bytes; never-written parts read as
 /// `fill`.
 pub fn read_whole(io: &dyn RangeRead, fv: &FileVar, dtype: DType, fill: &[u8]) -> Result<Vec<u8>, ReadError> {
-    let n = numel(&fv.shape).ok_or_else(|| ReadError::TooLarge(fv.shape.clone()))?;
-    let mut buf = vec![0u8; n * dtype.size()];
-    fill_with(&mut buf, fill);
+    let mut buf = filled_buffer(&fv.shape, dtype.size(), fill)?;
     let zero = vec![0u64; fv.shape.len()];
     read_into(io, fv, dtype, &zero, &fv.shape, &mut buf, &fv.shape, &zero)?;
     Ok(buf)
@@ -319,7 +346,7 @@ pub fn read_into(
             chunk_shape, filters, ..
         } => {
             let sgrid = grid_shape(&fv.shape, chunk_shape);
-            let clen = numel(chunk_shape).ok_or_else(|| ReadError::TooLarge(chunk_shape.clone()))? * elem;
+            let clen = buffer_len(chunk_shape, elem)?;
             // Range of stored chunks overlapping the block.
             let lo: Vec<u64> = start.iter().zip(chunk_shape).map(|(s, c)| s / c).collect();
             let hi: Vec<u64> = start
@@ -533,7 +560,7 @@ pub fn decoded_stored_chunk(
         return Ok(None);
     };
     let elem = dtype.size();
-    let clen = numel(chunk_shape).ok_or_else(|| ReadError::TooLarge(chunk_shape.clone()))? * elem;
+    let clen = buffer_len(chunk_shape, elem)?;
     let mut data = decode_stored(stored, filters, clen)?;
     if fv.endian == Endian::Big {
         byteswap(&mut data, elem);

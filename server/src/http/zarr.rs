@@ -417,9 +417,7 @@ fn chunk_bytes_in(
     if encoding.passthrough
         && let Some(stored) = raw_chunk(var, &ck.index)?
     {
-        let nbytes = crate::chunk::grid::numel(&var.chunks)
-            .and_then(|n| n.checked_mul(var.dtype.size()))
-            .ok_or_else(|| crate::chunk::read::ReadError::TooLarge(var.chunks.clone()))?;
+        let nbytes = crate::chunk::read::buffer_len(&var.chunks, var.dtype.size())?;
         if let Some(out) =
             tracing::debug_span!("encode", stored = true).in_scope(|| encode_stored(stored, nbytes, enc))
         {

@@ -484,7 +484,14 @@ fn inline(v: &Variable, ctx: &mut Ctx, limit: u64) -> Result<bool, String> {
             format!("{}/.zarray", v.path),
             RefValue::Json(zarray(v, &chunks, &v.dtype.zarr_v2(), Value::Null, Value::Null).to_json()),
         );
-        read_block(v, &zero, &v.shape, &chunks).map_err(|e| e.to_string())?
+        if v.shape.contains(&0) {
+            // No values: no chunk to write (below), so nothing to read. Reading would
+            // allocate the one-element-padded chunk grid, e.g. [1, 2^40] for a declared
+            // shape [0, 2^40] (a fuzzed file did that at start-up).
+            Vec::new()
+        } else {
+            read_block(v, &zero, &v.shape, &chunks).map_err(|e| e.to_string())?
+        }
     };
     if v.shape.iter().all(|s| *s > 0) {
         ctx.refs
@@ -873,6 +880,36 @@ mod tests {
         let some = build_with(&ds, Inline::Threshold(32));
         assert!(matches!(some.entries.get("lat/0"), Some(RefValue::Inline(_))));
         assert!(matches!(some.entries.get("sp/0"), Some(RefValue::Range { .. })));
+    }
+
+    /// A variable with no values but a huge declared extent (a fuzzed file declared
+    /// `[0, 2^40]`) is inlined as metadata only: its one-element-padded chunk grid is never
+    /// allocated (that allocation failed and aborted the process at start-up).
+    #[test]
+    fn an_empty_variable_with_a_huge_extent_inlines_without_reading() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = dir.path().join("a.nc");
+        write(&a, "days since 2000-01-01", 0.0);
+        let ds = open(&[&a]);
+        let mut v = (**ds.variable("tas").expect("tas")).clone();
+        v.shape = vec![0, 1 << 40];
+        let mut refs = Refs::default();
+        let mut ctx = Ctx {
+            refs: &mut refs,
+            file_ids: BTreeMap::new(),
+            inline: Inline::Threshold(0),
+        };
+        assert_eq!(inline(&v, &mut ctx, 0), Ok(true));
+        assert_eq!(
+            zarray(&refs, "tas")["shape"],
+            serde_json::json!([0u64, 1u64 << 40])
+        );
+        assert!(
+            !refs
+                .entries
+                .keys()
+                .any(|k| k.starts_with("tas/") && !k.ends_with(".zarray"))
+        );
     }
 
     #[test]

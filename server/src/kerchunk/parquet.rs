@@ -261,6 +261,68 @@ mod tests {
         assert!(refs.write_parquet(&other, 10).is_err());
     }
 
+    /// A record file whose footer places a column chunk outside the file (a negative
+    /// offset made the Parquet library's row reader assert: found by fuzzing) is an error
+    /// naming the file, row group and column, not a panic.
+    #[test]
+    fn column_chunks_outside_the_file_are_named() {
+        use parquet::file::metadata::{ParquetMetaDataReader, ParquetMetaDataWriter};
+        let dir = tempfile::tempdir().unwrap();
+        let mut refs = Refs::default();
+        refs.files.push(PathBuf::from("/data/a.nc"));
+        refs.entries.insert(
+            "x/.zarray".into(),
+            RefValue::Json("{\"shape\": [2], \"chunks\": [2], \"zarr_format\": 2}".into()),
+        );
+        refs.entries.insert(
+            "x/0".into(),
+            RefValue::Range {
+                file: 0,
+                offset: 10,
+                size: 20,
+            },
+        );
+        let out = dir.path().join("refs.parquet");
+        refs.write_parquet(&out, 10).unwrap();
+        let rec = out.join("x/refs.0.parq");
+        let bytes = std::fs::read(&rec).unwrap();
+        let meta = ParquetMetaDataReader::new()
+            .parse_and_finish(&bytes::Bytes::from(bytes.clone()))
+            .unwrap();
+        let footer_len = u32::from_le_bytes(bytes[bytes.len() - 8..bytes.len() - 4].try_into().unwrap());
+        let body = &bytes[..bytes.len() - 8 - footer_len as usize];
+        for (offset, size) in [(-5i64, None), (4, Some(-1i64)), (4, Some(1i64 << 40))] {
+            let mut b = meta.clone().into_builder();
+            let mut groups = b.take_row_groups();
+            let mut cols = groups[0].clone().into_builder().take_columns();
+            let mut c = cols[1].clone().into_builder().set_data_page_offset(offset);
+            if let Some(size) = size {
+                c = c.set_total_compressed_size(size);
+            }
+            cols[1] = c.set_dictionary_page_offset(None).build().unwrap();
+            groups[0] = groups[0]
+                .clone()
+                .into_builder()
+                .set_column_metadata(cols)
+                .build()
+                .unwrap();
+            for g in groups {
+                b = b.add_row_group(g);
+            }
+            let mut file = body.to_vec();
+            ParquetMetaDataWriter::new(&mut file, &b.build())
+                .finish()
+                .unwrap();
+            std::fs::write(&rec, &file).unwrap();
+            let e = read_parquet(&crate::source::tree::Tree::Local(out.clone())).unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.contains("refs.0.parq") && msg.contains("row group 0, column 'offset'"),
+                "{msg}"
+            );
+        }
+    }
+
     #[test]
     fn malformed_sets_are_named() {
         let dir = tempfile::tempdir().unwrap();

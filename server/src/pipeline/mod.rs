@@ -9,9 +9,10 @@
 
 use crate::block::{Block, BlockData};
 use crate::chunk::grid::copy_block;
-use crate::chunk::grid::{fill_with, grid_shape, intersect, linear, numel};
+use crate::chunk::grid::{grid_shape, intersect, linear, numel};
 use crate::chunk::read::{
-    Direct, ReadError, check_inlined, decoded_stored_chunk, raw_stored_chunk, read_into,
+    Direct, ReadError, buffer_len, check_inlined, decoded_stored_chunk, filled_buffer, raw_stored_chunk,
+    read_into,
 };
 use crate::dataset::{Derive, Piece, Values, Variable};
 use crate::dtype::DType;
@@ -261,9 +262,7 @@ pub fn read_block(
         return Ok(out);
     }
     let elem = var.dtype.size();
-    let n = numel(buf_shape).ok_or_else(|| ReadError::TooLarge(buf_shape.to_vec()))?;
-    let mut out = vec![0u8; n * elem];
-    fill_with(&mut out, &var.fill);
+    let mut out = filled_buffer(buf_shape, elem, &var.fill)?;
     for piece in var.pieces() {
         // Intersection of the block with the piece, in global coordinates.
         let mut pstart = start.to_vec();
@@ -380,9 +379,7 @@ fn derived_block(
         return Ok(bytes);
     }
     let elem = var.dtype.size();
-    let n = numel(buf_shape).ok_or_else(|| ReadError::TooLarge(buf_shape.to_vec()))?;
-    let mut out = vec![0u8; n * elem];
-    fill_with(&mut out, &var.fill);
+    let mut out = filled_buffer(buf_shape, elem, &var.fill)?;
     let zero = vec![0u64; count.len()];
     copy_block(&bytes, count, &zero, &mut out, buf_shape, &zero, count, elem);
     Ok(out)
@@ -402,7 +399,7 @@ fn read_strings(
     count: &[u64],
     buf_shape: &[u64],
 ) -> Result<Vec<String>, ReadError> {
-    let n = numel(buf_shape).ok_or_else(|| ReadError::TooLarge(buf_shape.to_vec()))?;
+    let n = buffer_len(buf_shape, std::mem::size_of::<String>())? / std::mem::size_of::<String>();
     let mut out = vec![String::new(); n];
     if let Values::Derived(d) = &var.values {
         let block = d.read(start, count)?;
@@ -520,6 +517,27 @@ mod tests {
         let idx = open_file(file).expect("index");
         let spec = cloudify_crds::DatasetSpec::new("t", vec![path.display().to_string()]);
         crate::dataset::aggregate::build(&spec, vec![idx]).expect("dataset")
+    }
+
+    /// A served chunk grid too large to allocate (a corrupt file's declared chunking, or
+    /// a typo in a configured grid) is an error naming the shape, not an allocation that
+    /// aborts the process.
+    #[test]
+    fn a_chunk_too_large_to_allocate_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.nc");
+        write_nc4(&path, 1.0);
+        let ds = open(&path);
+        let mut v = (**ds.variable("big").expect("big")).clone();
+        v.chunks = vec![1 << 20, 1 << 20];
+        match read_chunk(&v, &[0, 0]) {
+            Err(e @ ReadError::TooLarge(_)) => assert!(e.to_string().contains("1048576"), "{e}"),
+            other => panic!("{:?}", other.map(|b| b.len())),
+        }
+        // at the bound: one element more than it allows
+        let elems = crate::chunk::read::MAX_BUFFER_BYTES / 4 + 1;
+        assert!(matches!(buffer_len(&[elems], 4), Err(ReadError::TooLarge(_))));
+        assert_eq!(buffer_len(&[32, 128], 4).ok(), Some(32 * 128 * 4));
     }
 
     /// Coarse file timestamps tick every few milliseconds: let the clock move past the

@@ -63,9 +63,7 @@ pub fn read_chunk(at: Option<&Locator>, var: &Variable, index: &[u64]) -> Result
     if !sends_chunks(var) {
         return pipeline::read_chunk(var, index);
     }
-    let expected = crate::chunk::grid::numel(&var.chunks)
-        .and_then(|n| n.checked_mul(var.dtype.size()))
-        .ok_or_else(|| ReadError::TooLarge(var.chunks.clone()))?;
+    let expected = crate::chunk::read::buffer_len(&var.chunks, var.dtype.size())?;
     let task = Task::Chunk {
         at: at.clone(),
         var: var.path.clone(),

@@ -138,6 +138,33 @@ pub struct ParquetRefs {
     pub chunks: BTreeMap<String, ParquetRef>,
 }
 
+/// Checks that every column chunk the footer declares lies inside the file. The Parquet
+/// library trusts these numbers: a negative offset or size trips an assertion in its row
+/// reader (a panic, found by fuzzing), and one past the end is a read error that names no
+/// column; this names the row group and column instead.
+fn check_column_ranges(reader: &SerializedFileReader<bytes::Bytes>, len: u64) -> Result<(), String> {
+    for (g, group) in reader.metadata().row_groups().iter().enumerate() {
+        for col in group.columns() {
+            let start = col
+                .dictionary_page_offset()
+                .unwrap_or_else(|| col.data_page_offset());
+            let size = col.compressed_size();
+            let inside = u64::try_from(start)
+                .ok()
+                .zip(u64::try_from(size).ok())
+                .and_then(|(s, n)| s.checked_add(n))
+                .is_some_and(|end| end <= len);
+            if !inside {
+                return Err(format!(
+                    "row group {g}, column '{}': declared at offset {start} with {size} bytes, outside the file's {len} bytes",
+                    col.column_path().string()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn malformed(path: &Path, message: impl Into<String>) -> ParquetRefsError {
     ParquetRefsError::Malformed {
         path: path.to_path_buf(),
@@ -189,7 +216,9 @@ pub fn read_parquet(dir: &crate::source::tree::Tree) -> Result<ParquetRefs, Parq
             let Some(bytes) = dir.read(&rel).map_err(|m| malformed(&file, m))? else {
                 continue;
             };
+            let len = bytes.len() as u64;
             let reader = SerializedFileReader::new(bytes::Bytes::from(bytes)).map_err(pq(&file))?;
+            check_column_ranges(&reader, len).map_err(|m| malformed(&file, m))?;
             let rows = reader.get_row_iter(None).map_err(pq(&file))?;
             for (i, row) in rows.enumerate() {
                 let row = row.map_err(pq(&file))?;
