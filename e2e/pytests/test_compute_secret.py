@@ -31,7 +31,7 @@ STORED = "/datasets/day/zarr/ta/0.0.0.0"
 TASK = "/v1/task"
 VERSION_HEADER = "x-cloudify-compute-version"
 # compute::protocol::VERSION: a request of another version is refused (409) before its body
-PROTOCOL_VERSION = "3"
+PROTOCOL_VERSION = "4"
 
 
 @pytest.fixture(scope="module")

@@ -703,3 +703,47 @@ def test_register_adds_a_dataset_to_the_catalog_once_it_has_opened(archive, tmp_
         stop_server(proc)
         stop_server(cat)
         emu.stop()
+
+
+def test_a_compute_worker_reading_a_chunk_on_tape_passes_on_the_recalls_retry_after(archive, tmp_path):
+    """A reduction computed on a compute worker (`serve --compute`) over files on tape: the
+    worker's read of a file being recalled reaches the client as 503 with the recall's
+    `Retry-After` (compute protocol version 4 carries it), naming the worker and the file —
+    not a 503 without a hint of when to come back, not 404, not data. Once recalled, the
+    product's values equal xarray's over the files."""
+    from conftest import start_server as start
+
+    slk = Slk(tmp_path / "slk", archive["root"], [])
+    datasets = [{"name": "tape_esm4", "sources": archive["refs"]["tape_esm4"], "referenceRoots": ["/arch"],
+                 "storage": _tape_storage(slk.state, tmp_path / "staging")}]
+    cfg = _write_cfg(tmp_path / "tape-compute.yaml", datasets)
+    env = {"CLOUDIFY_CACHE_DIR": str(tmp_path / "cache")}
+    wurl, wproc, wlog = start(["worker", "--config", str(cfg), "--threads", "1"], tmp_path, "worker", extra_env=env)
+    try:
+        url, proc, log = start(["serve", "--config", str(cfg), "--compute", wurl, "--compute-timeout", "20",
+                                "--compute-cache-bytes", "0"], tmp_path, "front", extra_env=env)
+        try:
+            wait_until_settled(url, ["tape_esm4"], proc)
+            base = f"{url}/datasets/tape_esm4/groupby/ta/time.month/mean/zarr"
+            meta = requests.get(f"{base}/ta/.zarray", timeout=30)
+            assert meta.status_code == 200, meta.text[:300]
+            key = ".".join("0" for _ in meta.json()["shape"])
+            r = requests.get(f"{base}/ta/{key}", timeout=60)
+            assert r.status_code == 503, (r.status_code, r.text[:500])
+            assert 1 <= int(r.headers["Retry-After"]) <= 5, r.headers
+            err = r.json()["error"]
+            assert "compute worker" in err and wurl in err and "/arch/proj/T2/" in err, err
+            assert slk.recalls_of("/T2/"), "the worker did not recall the file"
+            r = _until_ok(f"{base}/ta/{key}", timeout=60)
+            assert r.status_code == 200, r.text[:300]
+            got = xr.open_zarr(base, consolidated=True)["ta"].load()
+            files = [str(f) for f in archive["files"]["tape_esm4"]]
+            with xr.open_mfdataset(files, combine="by_coords", data_vars="minimal", coords="minimal",
+                                   compat="override") as ds:
+                want = ds["ta"].groupby("time.month").mean().load()
+            np.testing.assert_allclose(got.values, want.values, rtol=1e-5, equal_nan=True)
+        finally:
+            stop_server(proc)
+    finally:
+        stop_server(wproc)
+    assert "panicked" not in wlog.read_text(errors="replace")

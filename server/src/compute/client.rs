@@ -338,7 +338,8 @@ impl Remote {
                     return Err(ReadError::Compute {
                         status: f.status,
                         message: format!("compute worker {worker}: {}", f.message),
-                        retry_after: None,
+                        // bounded: input from the network
+                        retry_after: f.retry_after.map(|s| s.clamp(1, MAX_RETRY_AFTER)),
                     });
                 }
                 Err(TryError::Bad(m)) => {

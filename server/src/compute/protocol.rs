@@ -16,7 +16,8 @@ use crate::processing::exec::{Output, Task};
 /// - 2: a groupby product's locator carries its value-range selection.
 /// - 3: a partial holds the groups its rows belong to only
 ///   ([`crate::processing::reduce::accum::Partial`]); runs are cut where groups change.
-pub const VERSION: u32 = 3;
+/// - 4: a [`Failure`] carries a `Retry-After` (a chunk on tape being recalled).
+pub const VERSION: u32 = 4;
 
 /// Header holding the sender's protocol version, readable without decoding the body.
 pub const VERSION_HEADER: &str = "x-cloudify-compute-version";
@@ -53,6 +54,11 @@ pub struct Failure {
     pub status: u16,
     /// What happened.
     pub message: String,
+    /// Seconds after which the same task may succeed, for a failure that passes (a 503
+    /// while a source file is recalled from tape: the tape driver's estimate). The server
+    /// answers its client with it as `Retry-After`; without it a Zarr client would be told
+    /// "unavailable" with no hint of when to come back.
+    pub retry_after: Option<u64>,
 }
 
 /// Encodes a message (infallible for these types; an error is a bug, reported as such).

@@ -167,7 +167,11 @@ fn opening(id: &str, o: &Opening) -> Response {
 }
 
 fn failure(status: u16, message: String) -> Failure {
-    Failure { status, message }
+    Failure {
+        status,
+        message,
+        retry_after: None,
+    }
 }
 
 /// The dataset a task names, as this worker loaded it.
@@ -295,10 +299,12 @@ async fn task(State(w): State<Worker>, headers: HeaderMap, body: Bytes) -> Respo
             span.record("dataset", s.ds.name.as_str());
             crate::processing::dispatch::execute(&s.ds, &req.task).map_err(|e| {
                 let e = ApiError::from(e);
-                failure(
-                    e.status.as_u16(),
-                    format!("dataset '{}': {}", s.ds.name, e.message),
-                )
+                Failure {
+                    status: e.status.as_u16(),
+                    message: format!("dataset '{}': {}", s.ds.name, e.message),
+                    // a chunk on tape: when its recall is expected to be done
+                    retry_after: e.retry_after,
+                }
             })
         })
         .await
