@@ -248,3 +248,76 @@ def test_concurrent_misses_of_one_chunk_compute_it_once(tmp_path):
         assert _metric(url, "cloudify_chunk_computations_total") == runs0 + 1
     finally:
         stop_server(proc)
+
+
+def _memory_limit() -> int:
+    """What the server reads as its memory limit (cgroup v2 memory.max, else MemTotal)."""
+    limits = []
+    try:
+        limits.append(int(open("/sys/fs/cgroup/memory.max").read().strip()))
+    except (OSError, ValueError):
+        pass
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemTotal:"):
+            limits.append(int(line.split()[1]) * 1024)
+    return min(limits)
+
+
+def test_the_decoded_cache_grows_to_hold_a_rechunked_grids_working_set(tmp_path):
+    """Tiles of one time block of a rechunked grid all read the same stored chunks: 400 daily
+    chunks of 360 x 720 float32 (412 MiB decoded, above the default 256 MiB budget) for a
+    `{time: 400, lat: 30, lon: 30}` grid. The budget is raised to hold them (and a quarter
+    more, within a quarter of the memory limit), so the second tile decodes nothing; a budget
+    given explicitly is kept."""
+    src = tmp_path / "big.nc"
+    nt, ny, nx = 400, 360, 720
+    with netCDF4.Dataset(src, "w") as ds:
+        ds.createDimension("time", None)
+        ds.createDimension("lat", ny)
+        ds.createDimension("lon", nx)
+        t = ds.createVariable("time", "f8", ("time",))
+        t.units = "days since 2000-01-01"
+        t[:] = np.arange(nt) + 0.5
+        ds.createVariable("lat", "f8", ("lat",))[:] = np.linspace(-89.75, 89.75, ny)
+        ds.createVariable("lon", "f8", ("lon",))[:] = np.arange(nx) * 0.5
+        v = ds.createVariable("tas", "f4", ("time", "lat", "lon"), zlib=True, complevel=1,
+                              chunksizes=(1, ny, nx))
+        for i in range(nt):  # compressible, but each day and cell its own value
+            v[i] = (np.float32(250 + i % 50) + np.arange(ny * nx, dtype="f4").reshape(ny, nx) % 7)
+    cfg = tmp_path / "big.yaml"
+    cfg.write_text(f'datasets:\n  - name: big\n    sources: ["{src}"]\n'
+                   "    processing:\n      chunks: {time: 400, lat: 30, lon: 30}\n")
+    working_set = nt * ny * nx * 4
+    want = min(working_set + working_set // 4, _memory_limit() // 4)
+    env = {"CLOUDIFY_CACHE_DIR": str(tmp_path / "cache")}
+    url, proc, log = start_server(["serve", "--config", str(cfg), "--compute-cache-bytes", "0"], tmp_path, "auto",
+                                  extra_env=env)
+    try:
+        wait_until_settled(url, ["big"], proc)
+        assert _metric(url, "cloudify_decoded_chunk_cache_budget_bytes") == want
+        if want > 256 << 20:
+            text = log.read_text(errors="replace")
+            assert "decoded-chunk cache budget raised" in text and "'big/tas'" in text, text[-2000:]
+        with netCDF4.Dataset(src) as ds:
+            orig = ds["tas"][:, :30, :60]
+        for key, sl in (("0.0.0", np.s_[:, :, :30]), ("0.0.1", np.s_[:, :, 30:60])):
+            misses0 = _metric(url, "cloudify_decoded_chunk_cache_misses_total")
+            r = requests.get(f"{url}/datasets/big/zarr/tas/{key}", timeout=120)
+            assert r.status_code == 200, r.text[:300]
+            misses = _metric(url, "cloudify_decoded_chunk_cache_misses_total") - misses0
+            if key == "0.0.0":
+                assert misses == nt, misses
+            elif want >= working_set:
+                assert misses == 0, f"the neighbouring tile decoded {misses} stored chunks again"
+        import xarray as xr
+        got = xr.open_zarr(f"{url}/datasets/big/zarr", consolidated=True)["tas"][:, :30, :60].values
+        np.testing.assert_array_equal(got, np.asarray(orig))
+    finally:
+        stop_server(proc)
+    url, proc, _ = start_server(["serve", "--config", str(cfg), "--decoded-cache-bytes", "1000000"], tmp_path,
+                                "explicit", extra_env=env)
+    try:
+        wait_until_settled(url, ["big"], proc)
+        assert _metric(url, "cloudify_decoded_chunk_cache_budget_bytes") == 1000000
+    finally:
+        stop_server(proc)

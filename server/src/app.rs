@@ -268,6 +268,16 @@ fn open_into(
 
 /// A dataset ready to serve: its Zarr metadata and references rendered once.
 pub fn ready(ds: crate::dataset::Dataset, cache: Option<&IndexCache>) -> Entry {
+    // the decoded-chunk cache sized to hold what a served chunk of a rechunked grid reads
+    // (its neighbours read the same stored chunks): the budget is process-wide
+    for g in ds.root.walk() {
+        for v in &g.vars {
+            let ws = crate::pipeline::working_set(v);
+            if ws > 0 {
+                crate::chunk::cache::cache().fit(ws, &format!("'{}/{}'", ds.name, v.path));
+            }
+        }
+    }
     let meta = crate::zarr::render(&ds);
     let refs = crate::kerchunk::build(&ds);
     let refs_parquet = cache.map(|c| c.refs_dir(&ds.name, ds.fingerprint));

@@ -126,9 +126,11 @@ struct ServeArgs {
     shutdown_timeout: Duration,
     /// Keep up to BYTES of decoded stored chunks (local HDF5/netCDF-4 files) for reads that
     /// take parts of them: rechunked grids, reductions and hyperslabs whose neighbours need
-    /// the same stored chunks decode each once. 0 turns the cache off.
-    #[arg(long, value_name = "BYTES", default_value_t = cloudify_server::chunk::cache::DEFAULT_BYTES)]
-    decoded_cache_bytes: u64,
+    /// the same stored chunks decode each once. 0 turns the cache off. Default: 256 MiB,
+    /// raised to hold the stored chunks one served chunk of a rechunked grid reads, up to a
+    /// quarter of the process's memory limit (cgroup, else the machine's memory).
+    #[arg(long, value_name = "BYTES")]
+    decoded_cache_bytes: Option<u64>,
     /// Refuse (413) a computed chunk (views, ad-hoc groupby products, derived, BitRounded or
     /// rechunked variables) whose computation would read more than BYTES of source data,
     /// estimated from the chunk index (stored sizes) before reading. Suffixes KB/MB/GB/TB
@@ -195,9 +197,10 @@ struct WorkerArgs {
     /// Write the URL the worker listens on to this file once it is listening.
     #[arg(long)]
     listen_file: Option<PathBuf>,
-    /// Keep up to BYTES of decoded stored chunks (as for `serve`).
-    #[arg(long, value_name = "BYTES", default_value_t = cloudify_server::chunk::cache::DEFAULT_BYTES)]
-    decoded_cache_bytes: u64,
+    /// Keep up to BYTES of decoded stored chunks (as for `serve`; sized automatically when
+    /// not given).
+    #[arg(long, value_name = "BYTES")]
+    decoded_cache_bytes: Option<u64>,
     /// Take tasks only when they carry the shared secret in this file (the server's
     /// `--compute-secret-file`); others get 401. Required unless the worker listens on a
     /// loopback address: a worker reads whatever its config can reach for anyone it obeys.
@@ -397,6 +400,27 @@ fn index_spec(a: &IndexArgs) -> anyhow::Result<DatasetSpec> {
     Ok(spec)
 }
 
+/// The memory this process may use: its cgroup's limit (`memory.max`, cgroup v2, as in a
+/// Kubernetes pod with a memory limit), else the machine's memory (`MemTotal`); 1 GiB when
+/// neither can be read.
+fn memory_limit() -> u64 {
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok());
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {
+        t.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb.saturating_mul(1024))
+    });
+    match (cgroup, total) {
+        (Some(c), Some(t)) => c.min(t),
+        (Some(c), None) => c,
+        (None, Some(t)) => t,
+        (None, None) => 1 << 30,
+    }
+}
+
 fn cache_dir(arg: Option<PathBuf>) -> PathBuf {
     arg.or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|p| PathBuf::from(p).join("cloudify")))
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/cloudify")))
@@ -444,9 +468,16 @@ fn specs(a: &DataArgs) -> anyhow::Result<Vec<DatasetSpec>> {
 
 /// The datasets of `a` loaded (as `serve` loads them; those still opening after
 /// `--open-wait` open in the background), with the thread count used.
-fn load(a: &DataArgs, decoded_cache_bytes: u64) -> anyhow::Result<(Vec<DatasetSpec>, app::Loaded, usize)> {
+fn load(
+    a: &DataArgs,
+    decoded_cache_bytes: Option<u64>,
+) -> anyhow::Result<(Vec<DatasetSpec>, app::Loaded, usize)> {
     let specs = specs(a)?;
-    cloudify_server::chunk::cache::cache().set_budget(decoded_cache_bytes);
+    let decoded = cloudify_server::chunk::cache::cache();
+    match decoded_cache_bytes {
+        Some(b) => decoded.set_budget(b),
+        None => decoded.set_auto(memory_limit() / 4),
+    }
     let threads = a
         .threads
         .unwrap_or_else(|| {

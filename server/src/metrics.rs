@@ -108,6 +108,7 @@ impl Metrics {
         registry.register(Box::new(decoded.hits.clone()))?;
         registry.register(Box::new(decoded.misses.clone()))?;
         registry.register(Box::new(decoded.bytes.clone()))?;
+        registry.register(Box::new(decoded.budget.clone()))?;
         let tape = crate::storage::tape::metrics();
         registry.register(Box::new(tape.queued.clone()))?;
         registry.register(Box::new(tape.jobs.clone()))?;

@@ -206,6 +206,35 @@ pub fn chunk_region(var: &Variable, idx: &[u64]) -> Result<(Vec<u64>, Vec<u64>),
     Ok((start, count))
 }
 
+/// Decoded bytes of the stored chunks one served chunk of `var` reads, when its served
+/// chunks are not its stored chunks (a rechunked grid) and those go through the
+/// decoded-chunk cache (HDF5-chunked local files): what the cache must hold for the
+/// neighbouring served chunks, which read the same stored chunks, to decode each once
+/// (see [`crate::chunk::cache::DecodedCache::fit`]). 0 otherwise: stored chunks served
+/// whole never go through the cache, computed variables read through their inputs.
+pub fn working_set(var: &Variable) -> u64 {
+    let Values::Stored { pieces, .. } = &var.values else {
+        return 0;
+    };
+    let Some(piece) = pieces.first() else {
+        return 0;
+    };
+    let Layout::Chunked { chunk_shape, .. } = &piece.data.layout else {
+        return 0;
+    };
+    if piece.data.file.remote.is_some() || *chunk_shape == var.chunks || chunk_shape.len() != var.chunks.len()
+    {
+        return 0;
+    }
+    let mut bytes = var.dtype.size() as u64;
+    for ((served, stored), len) in var.chunks.iter().zip(chunk_shape).zip(&piece.data.shape) {
+        let span = (*served).min(*len).max(1);
+        let stored = (*stored).max(1);
+        bytes = bytes.saturating_mul(span.div_ceil(stored).saturating_mul(stored));
+    }
+    bytes
+}
+
 /// Stored bytes of a served chunk, unchanged, when the variable is served pass-through.
 /// Returns `None` when the chunk was never written or skipped a filter: the caller then
 /// decodes and re-encodes it.
@@ -538,6 +567,26 @@ mod tests {
         let elems = crate::chunk::read::MAX_BUFFER_BYTES / 4 + 1;
         assert!(matches!(buffer_len(&[elems], 4), Err(ReadError::TooLarge(_))));
         assert_eq!(buffer_len(&[32, 128], 4).ok(), Some(32 * 128 * 4));
+    }
+
+    /// The working set of a rechunked grid is the decoded stored chunks one served chunk
+    /// reads; a grid of stored chunks has none (read whole, not through the cache).
+    #[test]
+    fn working_set_is_the_stored_chunks_one_served_chunk_reads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.nc");
+        write_nc4(&path, 1.0);
+        let ds = open(&path);
+        let big = (**ds.variable("big").expect("big")).clone();
+        assert_eq!(big.chunks, [32, 128]);
+        assert_eq!(working_set(&big), 0, "stored chunks served as they are");
+        let mut v = big.clone();
+        v.chunks = vec![64, 8]; // two stored chunks of 32 x 128 float32
+        assert_eq!(working_set(&v), 2 * 32 * 128 * 4);
+        v.chunks = vec![40, 200]; // clipped to the shape, rounded up to whole stored chunks
+        assert_eq!(working_set(&v), 2 * 32 * 128 * 4);
+        v.chunks = vec![1, 1];
+        assert_eq!(working_set(&v), 32 * 128 * 4);
     }
 
     /// Coarse file timestamps tick every few milliseconds: let the clock move past the
