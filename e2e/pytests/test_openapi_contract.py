@@ -36,11 +36,21 @@ values = {strings(["demo"])}
 values = {strings(DEMO_KEYS)}
 [dictionaries.files]
 values = {strings(PARQUET_FILES)}
+[dictionaries.vars]
+values = {strings(["tas", "time", "lat"])}
+[dictionaries.coords]
+values = {strings(["time.month", "time.season", "time.year", "lat"])}
+[dictionaries.actions]
+values = {strings(["mean", "max", "count", "std"])}
 
 [parameters]
 "path.id" = {{ dictionary = "ids", probability = 0.5 }}
 "path.key" = {{ dictionary = "keys", probability = 0.5 }}
 "path.path" = {{ dictionary = "files", probability = 0.5 }}
+# so that generated groupby products also name real ones (not only 404s)
+"path.var" = {{ dictionary = "vars", probability = 0.5 }}
+"path.coord" = {{ dictionary = "coords", probability = 0.5 }}
+"path.action" = {{ dictionary = "actions", probability = 0.5 }}
 
 # A key or a Range header can be a well-formed string and still name no chunk (400: malformed
 # key, index out of range, longer than any chunk key) or no byte (416): JSON Schema cannot say
@@ -67,10 +77,11 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", 400, 404, 416
 [[operations]]
 include-path-regex = '/edr/'
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", 400, 404, 413]
-# A tile request can be well-formed and still not fit: x/y beyond 2^z (404, as tile servers
-# answer), a selection value the time axis lacks (400), a variable the dataset lacks (404).
+# A tile or plot request can be well-formed and still not fit: x/y beyond 2^z (404, as tile
+# servers answer), a selection of a dimension the variable lacks or a value the time axis
+# lacks (400), a colour range with lo > hi (400), a variable the dataset lacks (404).
 [[operations]]
-include-path-regex = '/tiles/|/map$'
+include-path-regex = '/tiles/|/map$|/plot/'
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", 400, 404, 413]
 # The OPeNDAP responses share one path: a DAP2 constraint or a DAP4 query can be well-formed
 # and still not fit (a variable the dataset lacks, an index out of range, `dap4.*` parameters

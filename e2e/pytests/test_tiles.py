@@ -236,6 +236,8 @@ def test_selectors_equivalent_and_valid_range(served):
     ("0/0/0.png?variables=tas&colorscalerange=3,1", 400, "colorscalerange"),
     ("0/0/0.png?variables=tas&width=0", 400, "width"),
     ("0/0/0.png?variables=tas&width=5000", 413, "2048"),
+    # a malformed parameter is the mistake to fix first, whatever its place in the query
+    ("0/0/0.png?variables=tas&width=5000&style=viridis", 400, "raster/"),
 ])
 def test_bad_input(served, path, status, needle):
     url, _ = served

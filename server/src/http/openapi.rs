@@ -9,6 +9,18 @@ use axum::Json;
 use axum::response::Html;
 use serde_json::{Value, json};
 
+/// A decimal number as the routes parse it (Rust's `f64` syntax without `inf`/`nan`, which
+/// they refuse): the pattern of every numeric pair and list in query strings, so that a
+/// client (and schemathesis) can tell a malformed value from one that does not fit.
+macro_rules! number {
+    () => {
+        r"[-+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?"
+    };
+}
+/// `lo,hi`: colorscalerange, a histogram's range.
+const NUMBER_PAIR: &str = concat!("^", number!(), ",", number!(), "$");
+/// A histogram's bins: a count, or edges `e0,e1,...`.
+const BINS: &str = concat!("^[0-9]+$|^", number!(), "(,", number!(), ")+$");
 /// DAP4 media types (DMR, data, error document).
 const DAP4_DMR: &str = "application/vnd.opendap.dap4.dataset-metadata+xml";
 const DAP4_DATA: &str = "application/vnd.opendap.dap4.data";
@@ -438,11 +450,11 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
     }
     if path.ends_with("/histogram/{var}") {
         params.push(json!({"name": "bins", "in": "query", "required": true,
-            "schema": {"type": "string", "pattern": "^[0-9]+$|^[-+0-9.eE]+(,[-+0-9.eE]+)+$"},
+            "schema": {"type": "string", "pattern": BINS},
             "example": "10",
             "description": "A bin count (1..10000, with range) or strictly increasing edges 'e0,e1,...' (float64)"}));
         params.push(json!({"name": "range", "in": "query", "required": false,
-            "schema": {"type": "string", "pattern": "^[-+0-9.eE]+,[-+0-9.eE]+$"},
+            "schema": {"type": "string", "pattern": NUMBER_PAIR},
             "example": "250,300",
             "description": "'lo,hi' of a bin count (required with it, refused with edges): numpy.histogram_bin_edges' equal bins (float32 for float32 data)"}));
         params.push(json!({"name": "dim", "in": "query", "required": false,
@@ -475,7 +487,7 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
         }
         params.push(
             json!({"name": "colorscalerange", "in": "query", "required": false,
-            "schema": {"type": "string", "pattern": "^[-+0-9.eE]+,[-+0-9.eE]+$"},
+            "schema": {"type": "string", "pattern": NUMBER_PAIR},
             "example": "250,300",
             "description": "'vmin,vmax' of the colour bar (vmin <= vmax)"}),
         );
@@ -505,7 +517,7 @@ fn operation(path: &str, summary: &str, tag: &str, ctypes: &[&str], kind: Kind) 
             "description": "raster/{matplotlib colormap name} ('_r' reversed); default raster/viridis"}));
         params.push(
             json!({"name": "colorscalerange", "in": "query", "required": false,
-            "schema": {"type": "string", "pattern": "^[-+0-9.eE]+,[-+0-9.eE]+$"},
+            "schema": {"type": "string", "pattern": NUMBER_PAIR},
             "example": "250,300",
             "description": "'vmin,vmax' of the colour scale (vmin <= vmax)"}),
         );

@@ -44,6 +44,7 @@ fn parse_query(id: &str, raw: Option<&str>, var_default: Option<String>) -> Resu
     let mut range = None;
     let mut dims = Vec::new();
     let (mut width, mut height) = (256u32, 256u32);
+    let mut too_large: Option<String> = None;
     for (k, v) in url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
         match k.as_ref() {
             "variables" => {
@@ -72,9 +73,10 @@ fn parse_query(id: &str, raw: Option<&str>, var_default: Option<String>) -> Resu
                     .filter(|n| *n > 0)
                     .ok_or_else(|| bad(format!("{k}='{v}': expected a positive number of pixels")))?;
                 if n > MAX_SIDE {
-                    return Err(ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        format!("dataset '{id}', tiles: {k}={n} is more than {MAX_SIDE} pixels"),
+                    // answered once every parameter is known to be well-formed: a malformed
+                    // one is the client's mistake to fix first (400), whatever the order
+                    too_large.get_or_insert(format!(
+                        "dataset '{id}', tiles: {k}={n} is more than {MAX_SIDE} pixels"
                     ));
                 }
                 if k == "width" {
@@ -85,6 +87,9 @@ fn parse_query(id: &str, raw: Option<&str>, var_default: Option<String>) -> Resu
             }
             d => dims.push(tiles::parse_dim(d, &v).map_err(|e| tile_error(id, e))?),
         }
+    }
+    if let Some(m) = too_large {
+        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, m));
     }
     let var = var
         .or(var_default)
