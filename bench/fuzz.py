@@ -99,7 +99,7 @@ def run_target(t: str, a, env: dict[str, str], seed_dir: Path) -> dict:
     kind = re.findall(r"==\d+== ?ERROR: libFuzzer: ([\w-]+)|ERROR: AddressSanitizer: ([\w-]+)|(deadly signal)", out)
     kinds = sorted({next(x for x in k if x) for k in kind})
     panics = sorted(set(re.findall(r"panicked at ([^\s:]+:\d+)", out)))
-    caught = sorted(set(re.findall(r"cloudify-fuzz: caught panic at (\S+)", out)))
+    caught = sorted(set(re.findall(r"cloudify-fuzz: caught panic at ([^\s:]+:\d+)", out)))
     return {
         "target": t,
         "execs": stat(out, "number_of_executed_units") or 0,
