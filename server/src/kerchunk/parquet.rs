@@ -219,16 +219,16 @@ mod tests {
         );
     }
 
-    #[test]
-    fn write_then_read_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
+    /// References of one array `x` of `len` values in chunks of 2, its first chunk at bytes
+    /// 10..30 of `/data/a.nc`.
+    fn array_x(len: u64) -> Refs {
         let mut refs = Refs::default();
         refs.files.push(PathBuf::from("/data/a.nc"));
-        refs.entries
-            .insert(".zgroup".into(), RefValue::Json("{\"zarr_format\": 2}".into()));
         refs.entries.insert(
             "x/.zarray".into(),
-            RefValue::Json("{\"shape\": [5], \"chunks\": [2], \"zarr_format\": 2}".into()),
+            RefValue::Json(format!(
+                "{{\"shape\": [{len}], \"chunks\": [2], \"zarr_format\": 2}}"
+            )),
         );
         refs.entries.insert(
             "x/0".into(),
@@ -238,6 +238,15 @@ mod tests {
                 size: 20,
             },
         );
+        refs
+    }
+
+    #[test]
+    fn write_then_read_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut refs = array_x(5);
+        refs.entries
+            .insert(".zgroup".into(), RefValue::Json("{\"zarr_format\": 2}".into()));
         refs.entries.insert("x/2".into(), RefValue::Inline(vec![1, 2, 3]));
         let out = dir.path().join("refs.parquet");
         refs.write_parquet(&out, 2).unwrap();
@@ -268,20 +277,7 @@ mod tests {
     fn column_chunks_outside_the_file_are_named() {
         use parquet::file::metadata::{ParquetMetaDataReader, ParquetMetaDataWriter};
         let dir = tempfile::tempdir().unwrap();
-        let mut refs = Refs::default();
-        refs.files.push(PathBuf::from("/data/a.nc"));
-        refs.entries.insert(
-            "x/.zarray".into(),
-            RefValue::Json("{\"shape\": [2], \"chunks\": [2], \"zarr_format\": 2}".into()),
-        );
-        refs.entries.insert(
-            "x/0".into(),
-            RefValue::Range {
-                file: 0,
-                offset: 10,
-                size: 20,
-            },
-        );
+        let refs = array_x(2);
         let out = dir.path().join("refs.parquet");
         refs.write_parquet(&out, 10).unwrap();
         let rec = out.join("x/refs.0.parq");
