@@ -223,7 +223,8 @@ def test_concurrent_misses_of_one_chunk_compute_it_once(tmp_path):
     url, proc, _ = _serve(tmp_path, "flight", "--decoded-cache-bytes", "0")
     try:
         path = f"{url}{PRODUCT}/zarr/tas/0.0.0"
-        assert requests.get(f"{url}{PRODUCT}/zarr/.zmetadata", timeout=60).status_code == 200
+        # the array's own metadata: opening the store (`.zmetadata`) would compute the chunk ahead
+        assert requests.get(f"{url}{PRODUCT}/zarr/tas/.zarray", timeout=60).status_code == 200
         runs0 = _metric(url, "cloudify_chunk_computations_total")
         waits0 = _metric(url, "cloudify_chunk_computation_waits_total")
         n = 8
@@ -248,6 +249,64 @@ def test_concurrent_misses_of_one_chunk_compute_it_once(tmp_path):
         assert _metric(url, "cloudify_chunk_computations_total") == runs0 + 1
     finally:
         stop_server(proc)
+
+
+def test_opening_a_product_computes_its_chunks_ahead(tmp_path):
+    """Reading a product's root metadata (`.zmetadata`, `zarr.json`: what a client reads first
+    when it opens the store) starts computing its chunks in the background, so the chunk a
+    client asks for next is a cache hit or joins the running computation: one computation
+    per chunk either way, and the values are xarray's. Not when the product's chunks would
+    take more than a quarter of the compute cache, nor when the cache keeps nothing."""
+    import xarray as xr
+
+    url, proc, src = _serve(tmp_path, "warm")
+    try:
+        for fmt, doc in ((2, ".zmetadata"), (3, "zarr.json")):
+            product = f"/datasets/eng/groupby/tas/time.month/{'mean' if fmt == 2 else 'max'}"
+            runs0 = _metric(url, "cloudify_chunk_computations_total")
+            warm0 = _metric(url, "cloudify_chunk_prefetches_total")
+            assert requests.get(f"{url}{product}/zarr/{doc}", timeout=60).status_code == 200
+            # the data variable's one chunk, not the month labels (cheap, asked first anyway)
+            wait_for_value(lambda: _metric(url, "cloudify_chunk_prefetches_total"), warm0 + 1)
+            wait_for_value(lambda: _metric(url, "cloudify_compute_cache_entries") >= 1, True)
+            entries = _metric(url, "cloudify_compute_cache_entries")
+            hits0 = _metric(url, "cloudify_compute_cache_hits_total")
+            waits0 = _metric(url, "cloudify_chunk_computation_waits_total")
+            with xr.open_dataset(f"{url}{product}/zarr", engine="zarr", zarr_format=fmt) as ds:
+                got = ds["tas"].load()
+            # the chunk came from the computation ahead (a hit, or a wait if it was still running)
+            served_ahead = (_metric(url, "cloudify_compute_cache_hits_total") - hits0
+                            + _metric(url, "cloudify_chunk_computation_waits_total") - waits0)
+            assert served_ahead >= 1, served_ahead
+            # once per chunk: tas's and the month labels' (computed on request)
+            assert _metric(url, "cloudify_chunk_computations_total") - runs0 == 2
+            assert _metric(url, "cloudify_compute_cache_entries") >= entries
+            with xr.open_dataset(src) as local:
+                grouped = local["tas"].groupby("time.month")
+                want = (grouped.mean() if fmt == 2 else grouped.max()).load()
+            np.testing.assert_allclose(got.values, want.values, rtol=1e-6)
+    finally:
+        stop_server(proc)
+    # 12 x 16 x 32 float32 = 24 KiB of product: more than a quarter of a 64 KiB cache
+    for tag, flag in (("warm-small", "65536"), ("warm-off", "0")):
+        url, proc, _ = _serve(tmp_path, tag, "--compute-cache-bytes", flag)
+        try:
+            runs0 = _metric(url, "cloudify_chunk_computations_total")
+            assert requests.get(f"{url}{PRODUCT}/zarr/.zmetadata", timeout=60).status_code == 200
+            time.sleep(1.0)
+            assert _metric(url, "cloudify_chunk_prefetches_total") == 0
+            assert _metric(url, "cloudify_chunk_computations_total") == runs0
+            assert requests.get(f"{url}{PRODUCT}/zarr/tas/0.0.0", timeout=60).status_code == 200
+            assert _metric(url, "cloudify_chunk_computations_total") == runs0 + 1
+        finally:
+            stop_server(proc)
+
+
+def wait_for_value(get, want, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while (got := get()) != want:
+        assert time.monotonic() < deadline, (got, want)
+        time.sleep(0.05)
 
 
 def _memory_limit() -> int:

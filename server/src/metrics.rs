@@ -31,6 +31,8 @@ pub struct Metrics {
     pub chunk_computations: IntCounter,
     /// Requests that waited for another request's computation of the same chunk.
     pub chunk_computation_waits: IntCounter,
+    /// Chunks of ad-hoc products computed ahead of their requests, when the product was opened.
+    pub chunk_prefetches: IntCounter,
     /// Computed chunks refused (413) for reading more than `--max-source-bytes`.
     pub source_bytes_refused: IntCounter,
 }
@@ -79,6 +81,10 @@ impl Metrics {
             "cloudify_chunk_computation_waits_total",
             "Requests answered by another request's computation of the same chunk",
         )?;
+        let chunk_prefetches = IntCounter::new(
+            "cloudify_chunk_prefetches_total",
+            "Chunks of ad-hoc products computed ahead of their requests when the product was opened",
+        )?;
         let source_bytes_refused = IntCounter::new(
             "cloudify_source_bytes_refused_total",
             "Computed chunks refused for reading more than --max-source-bytes",
@@ -90,6 +96,7 @@ impl Metrics {
             &source_bytes_refused,
             &chunk_computations,
             &chunk_computation_waits,
+            &chunk_prefetches,
         ] {
             registry.register(Box::new(m.clone()))?;
         }
@@ -131,6 +138,7 @@ impl Metrics {
             source_bytes_refused,
             chunk_computations,
             chunk_computation_waits,
+            chunk_prefetches,
         })
     }
 

@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 
 use super::error::ApiError;
-use super::zarr::{serve_key, served};
+use super::zarr::{serve_product_key, served};
 use crate::processing::select::{self, Selection};
 use crate::state::products::ProductError;
 use crate::state::{AppState, Served};
@@ -208,7 +208,7 @@ pub async fn zarr_key(
 ) -> Result<Response, ApiError> {
     let parts = (id, var, coord, action);
     let s = product(&state, &parts, &Selection::default()).await?;
-    serve_key(
+    serve_product_key(
         &state,
         s,
         &format!("{}/{}", parts.0, route(&parts)),
@@ -231,5 +231,5 @@ pub async fn zarr_key_selected(
     let sel = Selection::parse_segment(&selection).map_err(|e| bad_selection(&parts, &e))?;
     let s = product(&state, &parts, &sel).await?;
     let at = format!("{}/{}/{}", parts.0, route(&parts), sel.segment());
-    serve_key(&state, s, &at, &key, &headers).await
+    serve_product_key(&state, s, &at, &key, &headers).await
 }

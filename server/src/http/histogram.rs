@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use super::zarr::{serve_key, served};
+use super::zarr::{serve_product_key, served};
 use crate::dtype::DType;
 use crate::pipeline;
 use crate::processing::histogram::{self, Params, Product};
@@ -206,7 +206,7 @@ pub async fn zarr_key(
     let meta = crate::zarr::render(&ds);
     let refs = crate::kerchunk::build(&ds);
     let s = Arc::new(Served::new(ds, meta, refs, None));
-    serve_key(
+    serve_product_key(
         &state,
         s,
         &format!("{id}/histogram/{var}/{params}"),

@@ -223,14 +223,7 @@ async fn serve_key_in(
     // chunks are not cached, so a replaced object is never answered from memory.
     let flight_key = var
         .as_deref()
-        .filter(|v| !s.ds.remote && is_computed(v))
-        .map(|_| CacheKey {
-            dataset: s.ds.name.clone(),
-            fingerprint: s.ds.fingerprint,
-            pipeline,
-            key: key.clone(),
-            format: ck.format,
-        });
+        .and_then(|v| flight_key(&s, v, pipeline, &key, ck.format));
     let cache_key = flight_key.clone().filter(|_| state.compute_cache.enabled());
     if let (Some(ck_), Some(v)) = (&cache_key, &var)
         && let Some(bytes) = state.compute_cache.get(ck_)
@@ -285,6 +278,142 @@ async fn serve_key_in(
         CACHE_CHUNK,
         "application/octet-stream",
     ))
+}
+
+/// The key under which a computed chunk is computed once and cached; `None` for stored
+/// chunks and for datasets on object stores (their computed chunks are not cached, so a
+/// replaced object is never answered from memory).
+fn flight_key(s: &Served, var: &Variable, pipeline: u64, key: &str, format: Format) -> Option<CacheKey> {
+    (!s.ds.remote && is_computed(var)).then(|| CacheKey {
+        dataset: s.ds.name.clone(),
+        fingerprint: s.ds.fingerprint,
+        pipeline,
+        key: key.to_string(),
+        format,
+    })
+}
+
+/// Most chunks a product may have for opening it to compute them ahead ([`warm`]).
+const WARM_MAX_CHUNKS: u64 = 16;
+
+/// A key of an ad-hoc product (`groupby`, `histogram`): served as any dataset's key, and when
+/// it is the document a client reads first on opening the store (`zarr.json`, `.zmetadata`),
+/// the product's chunks start computing ([`warm`]) while the client goes on opening (reads
+/// its coordinates, decodes times): asking for a product is asking for its result, and the
+/// computation, not the transfer, is what a client of a reduction waits for.
+pub async fn serve_product_key(
+    state: &Arc<AppState>,
+    s: Arc<Served>,
+    id: &str,
+    key: &str,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let answer = serve_key(state, s.clone(), id, key, headers).await;
+    let opens = match key {
+        "zarr.json" => Some(Format::V3),
+        ".zmetadata" => Some(Format::V2),
+        _ => None,
+    };
+    if let (Ok(_), Some(format)) = (&answer, opens) {
+        warm(state, s, id, format);
+    }
+    answer
+}
+
+/// Computes the chunks of a small product ahead of their requests, in the background, into
+/// the compute cache, through the same flights as requests: a request arriving meanwhile
+/// waits for the computation instead of repeating it, one arriving later is a cache hit.
+/// Nothing is computed ahead when the cache keeps nothing, when the product has more than
+/// [`WARM_MAX_CHUNKS`] chunks or more decoded bytes than a quarter of the cache, or when
+/// [`crate::state::chunk_cache::MAX_WARMING`] products are being computed ahead already. A
+/// failure is not answered to anyone: the request for the chunk computes it again and
+/// answers its error.
+fn warm(state: &Arc<AppState>, s: Arc<Served>, id: &str, format: Format) {
+    let keys = warm_keys(&s, format, WARM_MAX_CHUNKS, state.compute_cache.budget() / 4);
+    if keys.is_empty() {
+        return;
+    }
+    let Some(permit) = state.compute_cache.warm_permit() else {
+        return;
+    };
+    let (state, id) = (state.clone(), id.to_string());
+    tokio::spawn(async move {
+        let _permit = permit;
+        for key in keys {
+            let Some(k) = warm_flight(&s, &key) else {
+                continue;
+            };
+            if state.compute_cache.get(&k).is_some() {
+                continue;
+            }
+            let Ok(ck) = parse_chunk_key(&key, s.key_limits, |p| s.ds.variable(p).map(|v| v.shape.len()))
+            else {
+                continue;
+            };
+            state.metrics.chunk_prefetches.inc();
+            let compute = compute_chunk(&state, s.clone(), ck, &id, &key, Some(k.clone()));
+            let (result, _) = state.compute_cache.flights.run(&k, compute).await;
+            if let Err(e) = result {
+                tracing::debug!(dataset = %id, key, status = %e.status, "computing ahead failed: {}", e.message);
+                // the rest would most likely fail alike (a file on tape, a limit)
+                break;
+            }
+        }
+    });
+}
+
+/// The flight and cache key of a computed chunk key of `s`.
+fn warm_flight(s: &Served, key: &str) -> Option<CacheKey> {
+    let ck = parse_chunk_key(key, s.key_limits, |p| s.ds.variable(p).map(|v| v.shape.len())).ok()?;
+    let var = s.ds.variable(&ck.var)?;
+    flight_key(s, var, hash_str(&describe(var)), key, ck.format)
+}
+
+/// The keys of the chunks worth computing ahead when `s` is opened in `format`: every chunk
+/// of its computed variables except dimension coordinates (their labels are cheap and
+/// asked first), in C order; none when they number more than `max_chunks` or hold more
+/// than `max_bytes` decoded (a large product is computed as its chunks are asked for).
+fn warm_keys(s: &Served, format: Format, max_chunks: u64, max_bytes: u64) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut bytes = 0u64;
+    for g in s.ds.root.walk() {
+        for v in &g.vars {
+            if !is_computed(v) || (v.dims.len() == 1 && v.dims[0] == v.name) {
+                continue;
+            }
+            let grid: Vec<u64> = v
+                .shape
+                .iter()
+                .zip(&v.chunks)
+                .map(|(n, c)| n.div_ceil((*c).max(1)))
+                .collect();
+            let n = grid.iter().try_fold(1u64, |a, g| a.checked_mul(*g));
+            let per_chunk = v
+                .chunks
+                .iter()
+                .try_fold(v.dtype.size() as u64, |a, c| a.checked_mul(*c));
+            let (Some(n), Some(per_chunk)) = (n, per_chunk) else {
+                return Vec::new();
+            };
+            bytes = bytes.saturating_add(n.saturating_mul(per_chunk));
+            if keys.len() as u64 + n > max_chunks || bytes > max_bytes {
+                return Vec::new();
+            }
+            let mut index = vec![0u64; grid.len()];
+            for _ in 0..n {
+                keys.push(crate::zarr::key::chunk_key(&v.path, &index, format));
+                // the next index in C order
+                for d in (0..index.len()).rev() {
+                    index[d] += 1;
+                    if index[d] < grid[d] {
+                        break;
+                    }
+                    index[d] = 0;
+                }
+            }
+        }
+    }
+    keys
 }
 
 /// Computes one chunk on the worker pool and keeps it under `cache_key` (if any). Runs once

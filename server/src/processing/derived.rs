@@ -82,6 +82,15 @@ impl Input {
             Some(a) => missing.extend(a.floats().unwrap_or_default()),
             None => {}
         }
+        // a value equal to an earlier one (a `missing_value` equal to the `_FillValue`) or NaN
+        // (never equal to anything) masks nothing more
+        let mut distinct: Vec<f64> = Vec::with_capacity(missing.len());
+        for m in missing {
+            if !m.is_nan() && !distinct.contains(&m) {
+                distinct.push(m);
+            }
+        }
+        let missing = distinct;
         let (scale, offset) = (num("scale_factor"), num("add_offset"));
         let ty = if scale.is_some() || offset.is_some() {
             packed_type(&var)
@@ -170,66 +179,119 @@ impl Input {
     /// `+= add_offset` in that type (float32 arithmetic for float32 packing, bit for bit).
     pub(crate) fn read(&self, start: &[u64], count: &[u64]) -> Result<Col, ReadError> {
         let b = self.read_raw(start, count)?;
+        if b.dtype() != self.dtype() {
+            return Err(ReadError::Block(format!(
+                "variable '{}' read as {:?}, expected {:?}",
+                self.var.name,
+                b.dtype(),
+                self.dtype()
+            )));
+        }
+        let bytes = b
+            .bytes()
+            .ok_or_else(|| ReadError::Block("strings are not numbers".into()))?;
         if self.ty == Ty::F32 {
-            #[allow(clippy::cast_possible_truncation)]
-            let mut v: Vec<f32> = match self.dtype() {
-                DType::F32 => values::<f32>(&b)?,
-                DType::F64 => values::<f64>(&b)?.into_iter().map(|x| x as f32).collect(),
-                DType::I8 => values::<i8>(&b)?.into_iter().map(f32::from).collect(),
-                DType::U8 => values::<u8>(&b)?.into_iter().map(f32::from).collect(),
-                DType::I16 => values::<i16>(&b)?.into_iter().map(f32::from).collect(),
-                DType::U16 => values::<u16>(&b)?.into_iter().map(f32::from).collect(),
-                DType::I32 => values::<i32>(&b)?.into_iter().map(|x| x as f32).collect(),
-                DType::U32 => values::<u32>(&b)?.into_iter().map(|x| x as f32).collect(),
-                DType::I64 => values::<i64>(&b)?.into_iter().map(|x| x as f32).collect(),
-                DType::U64 => values::<u64>(&b)?.into_iter().map(|x| x as f32).collect(),
-                d => return Err(ReadError::Block(format!("{d:?} is not a number"))),
-            };
             // f64::from(x) == m exactly when m is a float32 and x == m as f32: missing values
-            // float32 cannot hold never match, the others compare in float32 (a tight loop
-            // per value, the hot path of every reduction of float32 data)
+            // float32 cannot hold never match, the others compare in float32
             #[allow(clippy::cast_possible_truncation)]
-            for m in self.missing.iter().filter(|m| f64::from(**m as f32) == **m) {
-                let m = *m as f32;
-                v.iter_mut()
-                    .for_each(|x| *x = if *x == m { f32::NAN } else { *x });
-            }
+            let missing: Vec<f32> = self
+                .missing
+                .iter()
+                .filter(|m| f64::from(**m as f32) == **m)
+                .map(|m| *m as f32)
+                .collect();
             // float32 decoding only happens for float32 attributes, so these casts are exact
             #[allow(clippy::cast_possible_truncation)]
-            if let Some(s) = self.scale.map(|s| s as f32) {
-                v.iter_mut().for_each(|x| *x *= s);
-            }
-            #[allow(clippy::cast_possible_truncation)]
-            if let Some(o) = self.offset.map(|o| o as f32) {
-                v.iter_mut().for_each(|x| *x += o);
-            }
+            let (scale, offset) = (self.scale.map(|s| s as f32), self.offset.map(|o| o as f32));
+            let d = Decode {
+                missing: &missing,
+                scale,
+                offset,
+            };
+            #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+            let v: Vec<f32> = match self.dtype() {
+                DType::F32 => d.run(bytes, |x: f32| x),
+                DType::F64 => d.run(bytes, |x: f64| x as f32),
+                DType::I8 => d.run::<i8>(bytes, f32::from),
+                DType::U8 => d.run::<u8>(bytes, f32::from),
+                DType::I16 => d.run::<i16>(bytes, f32::from),
+                DType::U16 => d.run::<u16>(bytes, f32::from),
+                DType::I32 => d.run(bytes, |x: i32| x as f32),
+                DType::U32 => d.run(bytes, |x: u32| x as f32),
+                DType::I64 => d.run(bytes, |x: i64| x as f32),
+                DType::U64 => d.run(bytes, |x: u64| x as f32),
+                dt => return Err(ReadError::Block(format!("{dt:?} is not a number"))),
+            };
             return Ok(Col::F32(v));
         }
-        let mut out: Vec<f64> = match self.dtype() {
-            DType::F32 => values::<f32>(&b)?.into_iter().map(f64::from).collect(),
-            DType::F64 => values::<f64>(&b)?,
-            DType::I8 => values::<i8>(&b)?.into_iter().map(f64::from).collect(),
-            DType::U8 => values::<u8>(&b)?.into_iter().map(f64::from).collect(),
-            DType::I16 => values::<i16>(&b)?.into_iter().map(f64::from).collect(),
-            DType::U16 => values::<u16>(&b)?.into_iter().map(f64::from).collect(),
-            DType::I32 => values::<i32>(&b)?.into_iter().map(f64::from).collect(),
-            DType::U32 => values::<u32>(&b)?.into_iter().map(f64::from).collect(),
-            DType::I64 => values::<i64>(&b)?.into_iter().map(|x| x as f64).collect(),
-            DType::U64 => values::<u64>(&b)?.into_iter().map(|x| x as f64).collect(),
-            d => return Err(ReadError::Block(format!("{d:?} is not a number"))),
+        let d = Decode {
+            missing: &self.missing,
+            scale: self.scale,
+            offset: self.offset,
         };
-        for m in &self.missing {
-            out.iter_mut()
-                .for_each(|x| *x = if x == m { f64::NAN } else { *x });
+        #[allow(clippy::cast_precision_loss)]
+        let v: Vec<f64> = match self.dtype() {
+            DType::F32 => d.run::<f32>(bytes, f64::from),
+            DType::F64 => d.run(bytes, |x: f64| x),
+            DType::I8 => d.run::<i8>(bytes, f64::from),
+            DType::U8 => d.run::<u8>(bytes, f64::from),
+            DType::I16 => d.run::<i16>(bytes, f64::from),
+            DType::U16 => d.run::<u16>(bytes, f64::from),
+            DType::I32 => d.run::<i32>(bytes, f64::from),
+            DType::U32 => d.run::<u32>(bytes, f64::from),
+            DType::I64 => d.run(bytes, |x: i64| x as f64),
+            DType::U64 => d.run(bytes, |x: u64| x as f64),
+            dt => return Err(ReadError::Block(format!("{dt:?} is not a number"))),
+        };
+        Ok(Col::F64(v))
+    }
+}
+
+/// xarray's decoding of one value, in the decoded type `F`: cast, values equal to a
+/// missing value become NaN, then `*= scale_factor`, then `+= add_offset` (the order and
+/// precision of xarray's separate array passes, so the results are bit for bit theirs).
+/// The hot loop of every reduction: a `_FillValue` equal to its `missing_value` (as CMIP
+/// data has) is one masking pass, not two ([`Input::new`] keeps distinct values only).
+struct Decode<'a, F> {
+    missing: &'a [F],
+    scale: Option<F>,
+    offset: Option<F>,
+}
+
+impl<F> Decode<'_, F>
+where
+    F: Copy + PartialEq + std::ops::Mul<Output = F> + std::ops::Add<Output = F> + Nan,
+{
+    fn run<T: crate::block::Element>(&self, bytes: &[u8], cast: impl Fn(T) -> F) -> Vec<F> {
+        // separate passes, each a branch-free loop the compiler vectorises (one loop doing
+        // all steps per value measured 4x slower)
+        let mut v: Vec<F> = bytes
+            .chunks_exact(std::mem::size_of::<T>())
+            .map(|b| cast(T::from_le(b)))
+            .collect();
+        for m in self.missing {
+            let m = *m;
+            v.iter_mut().for_each(|x| *x = if *x == m { F::NAN } else { *x });
         }
         if let Some(s) = self.scale {
-            out.iter_mut().for_each(|x| *x *= s);
+            v.iter_mut().for_each(|x| *x = *x * s);
         }
         if let Some(o) = self.offset {
-            out.iter_mut().for_each(|x| *x += o);
+            v.iter_mut().for_each(|x| *x = *x + o);
         }
-        Ok(Col::F64(out))
+        v
     }
+}
+
+/// The NaN of a decoded float type.
+trait Nan {
+    const NAN: Self;
+}
+impl Nan for f32 {
+    const NAN: Self = f32::NAN;
+}
+impl Nan for f64 {
+    const NAN: Self = f64::NAN;
 }
 
 /// The type xarray reads an integer variable as when it has `_Unsigned` (its CF mask

@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -84,6 +85,24 @@ pub struct ChunkCache {
     inner: Mutex<Inner>,
     /// Computations running now, shared by concurrent requests of the same chunk.
     pub flights: Flights<Computed>,
+    /// Products whose chunks are being computed ahead of their requests now
+    /// ([`ChunkCache::warm_permit`]).
+    warming: Arc<AtomicUsize>,
+}
+
+/// At most this many products are computed ahead of their requests at once: opening a
+/// product costs its client nothing, so a burst of openings (a crawler) must not queue
+/// unbounded work in front of the requests that want data.
+pub const MAX_WARMING: usize = 2;
+
+/// Leave to compute one product ahead of its requests; released on drop.
+#[derive(Debug)]
+pub struct WarmPermit(Arc<AtomicUsize>);
+
+impl Drop for WarmPermit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl ChunkCache {
@@ -93,7 +112,28 @@ impl ChunkCache {
             budget,
             inner: Mutex::default(),
             flights: Flights::default(),
+            warming: Arc::default(),
         }
+    }
+
+    /// Leave to compute a product's chunks ahead of their requests, unless the cache keeps
+    /// nothing (the result would be thrown away) or [`MAX_WARMING`] products are already
+    /// being computed ahead.
+    pub fn warm_permit(&self) -> Option<WarmPermit> {
+        if !self.enabled() {
+            return None;
+        }
+        self.warming
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_WARMING).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| WarmPermit(self.warming.clone()))
+    }
+
+    /// The budget in bytes (0: nothing is kept).
+    pub fn budget(&self) -> u64 {
+        self.budget
     }
 
     /// Whether anything is ever kept.
@@ -255,6 +295,22 @@ mod tests {
 
     fn val(n: usize, b: u8) -> Bytes {
         Bytes::from(vec![b; n])
+    }
+
+    #[test]
+    fn at_most_max_warming_products_are_computed_ahead_at_once() {
+        let off = ChunkCache::new(0);
+        assert!(
+            off.warm_permit().is_none(),
+            "a cache keeping nothing computes nothing ahead"
+        );
+        let c = ChunkCache::new(1 << 20);
+        let held: Vec<WarmPermit> = (0..MAX_WARMING)
+            .map(|_| c.warm_permit().expect("permit"))
+            .collect();
+        assert!(c.warm_permit().is_none());
+        drop(held);
+        assert!(c.warm_permit().is_some(), "permits are given back on drop");
     }
 
     #[test]

@@ -155,6 +155,19 @@ pub fn parse_chunk_key(
     )))
 }
 
+/// The key a Zarr client asks for chunk `index` of the array at `var` in `format`: the
+/// inverse of [`parse_chunk_key`] (the server computes chunks ahead under the keys clients
+/// will request, `http::zarr`).
+pub fn chunk_key(var: &str, index: &[u64], format: Format) -> String {
+    let join = |sep: &str| index.iter().map(u64::to_string).collect::<Vec<_>>().join(sep);
+    match (format, index.is_empty()) {
+        (Format::V3, true) => format!("{var}/c"),
+        (Format::V3, false) => format!("{var}/c/{}", join("/")),
+        (Format::V2, true) => format!("{var}/0"),
+        (Format::V2, false) => format!("{var}/{}", join(".")),
+    }
+}
+
 /// The first `n` bytes of `s` (at a character boundary), for messages about huge keys.
 fn head(s: &str, n: usize) -> &str {
     let mut end = n.min(s.len());
@@ -167,6 +180,25 @@ fn head(s: &str, n: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn built_keys_parse_back_to_their_chunk() {
+        let limits = KeyLimits::of([("tas", 3), ("g1/sub/x", 1), ("s", 0)]);
+        for (var, index) in [("tas", vec![0, 12, 3]), ("g1/sub/x", vec![7]), ("s", vec![])] {
+            for format in [Format::V2, Format::V3] {
+                let key = chunk_key(var, &index, format);
+                let parsed = parse_chunk_key(&key, limits, rank).expect(&key);
+                assert_eq!(
+                    (parsed.var.as_str(), parsed.index, parsed.format),
+                    (var, index.clone(), format)
+                );
+            }
+        }
+        assert_eq!(chunk_key("tas", &[0, 1, 2], Format::V2), "tas/0.1.2");
+        assert_eq!(chunk_key("tas", &[0, 1, 2], Format::V3), "tas/c/0/1/2");
+        assert_eq!(chunk_key("s", &[], Format::V3), "s/c");
+        assert_eq!(chunk_key("s", &[], Format::V2), "s/0");
+    }
 
     fn rank(p: &str) -> Option<usize> {
         match p {
