@@ -193,6 +193,27 @@ def test_selection_is_applied_before_reducing(served):
     assert 0 < sum(part["counts"]) < sum(whole)
 
 
+def test_the_order_of_reduced_dimensions_makes_no_other_product(served):
+    """`dim=lat,time` and `dim=time,lat` reduce the same dimensions (xhistogram's result is the
+    same): one product, one Zarr URL, one ETag, whatever order the request names them in."""
+    url, sources = served
+    q = {"bins": "6", "range": "200,300"}
+    a = _get(url, "day", "ta", {**q, "dim": "lat,time"})
+    b = _get(url, "day", "ta", {**q, "dim": "time , lat"})
+    assert a.status_code == b.status_code == 200, (a.text, b.text)
+    ja, jb = a.json(), b.json()
+    assert ja["zarr"] == jb["zarr"] and ja["counts"] == jb["counts"] and ja["dims"] == jb["dims"]
+    want, _ = _reference(_source(sources["day"]), ("day", "ta", q, 6, (200, 300), ["time", "lat"], False, {}))
+    np.testing.assert_array_equal(np.array(ja["counts"]), want.values)
+    meta = requests.get(f"{url}{ja['zarr']}/zarr.json", timeout=60)
+    assert meta.status_code == 200 and meta.headers["ETag"]
+    other = ja["zarr"].replace("dim=lat,time", "dim=time,lat")
+    assert other != ja["zarr"], ja["zarr"]
+    # the other spelling of the path form reads the same product (the same ETag)
+    again = requests.get(f"{url}{other}/zarr.json", timeout=60)
+    assert again.status_code == 200 and again.headers["ETag"] == meta.headers["ETag"]
+
+
 BAD = [
     ("day", "nope", {"bins": "3", "range": "0,1"}, 404, "unknown variable 'nope'"),
     ("nosuch", "ta", {"bins": "3", "range": "0,1"}, 404, "no dataset 'nosuch'"),

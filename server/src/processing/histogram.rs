@@ -230,10 +230,14 @@ impl Params {
         let dim = match dim {
             None => None,
             Some(d) => {
-                let ds: Vec<String> = d.split(',').map(|s| s.trim().to_string()).collect();
+                let mut ds: Vec<String> = d.split(',').map(|s| s.trim().to_string()).collect();
                 if ds.iter().any(String::is_empty) {
                     return Err(err("dim", format!("'{d}' names an empty dimension")));
                 }
+                // the order the reduced dimensions are named in does not change the product
+                // (xhistogram's neither): `dim=lat,time` and `dim=time,lat` are one product,
+                // one Zarr URL, one ETag
+                ds.sort();
                 Some(ds)
             }
         };
@@ -959,7 +963,8 @@ mod tests {
                 hi: 300.0
             }
         );
-        assert_eq!(p.dim, Some(vec!["time".into(), "lat".into()]));
+        // named in any order, kept sorted: one product
+        assert_eq!(p.dim, Some(vec!["lat".into(), "time".into()]));
         assert!(p.density);
         assert_eq!(
             p.select,
