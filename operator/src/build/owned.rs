@@ -99,6 +99,7 @@ pub const OWNED: [OwnedKind; 7] = [
         "the Services in front of each dataset's server and compute pods",
         |d| {
             let mut v: Vec<&dyn Object> = vec![&d.service];
+            v.extend(d.status_service.as_ref().map(|s| s as &dyn Object));
             v.extend(d.compute.as_ref().map(|c| &c.service as &dyn Object));
             v
         },
@@ -202,6 +203,7 @@ mod tests {
         let Desired {
             config_map,
             service,
+            status_service,
             deployment,
             hpa,
             pdb,
@@ -223,6 +225,7 @@ mod tests {
             json(config_map),
             json(tape_cache.as_ref().expect("tape cache claim")),
             json(service),
+            json(status_service.as_ref().expect("status service")),
             json(compute_service),
             json(deployment),
             json(compute_deployment),
