@@ -252,6 +252,35 @@ mod tests {
     }
 
     #[test]
+    fn the_status_service_lists_unready_pods_and_is_left_out_when_its_name_would_not_fit() {
+        let d = desired("");
+        let status = d.status_service.as_ref().expect("status service");
+        assert_eq!(status.metadata.name.as_deref(), Some("tas-status"));
+        let spec = status.spec.as_ref().expect("spec");
+        assert_eq!(spec.publish_not_ready_addresses, Some(true));
+        // the same pods as the main Service
+        assert_eq!(
+            spec.selector,
+            d.service.spec.as_ref().and_then(|s| s.selector.clone())
+        );
+        assert_eq!(d.service.spec.as_ref().and_then(|s| s.publish_not_ready_addresses), None);
+
+        // a 60-character name is a valid CR (and Service) name, '<name>-status' is not: the CR
+        // still builds, without the status Service (no name valid before is refused)
+        let long = "a".repeat(60);
+        let text = format!(
+            "apiVersion: cloudify.io/v1alpha1\nkind: CloudifyDataset\n\
+             metadata: {{name: {long}, namespace: climate}}\n\
+             spec:\n  dataset: {{name: tas, sources: [/data/tas_*.nc]}}\n"
+        );
+        let cr: CloudifyDataset = serde_yaml::from_str(&text).expect("CR");
+        let d = build(&cr, &Settings::default()).expect("builds");
+        assert!(d.status_service.is_none());
+        let services = OWNED.iter().find(|k| k.kind == "Service").expect("Services");
+        assert_eq!(services.objects(&d).len(), 1, "only the main Service");
+    }
+
+    #[test]
     fn optional_kinds_are_absent_when_off_and_the_deployment_never_is() {
         let d = desired("  ingress: {enabled: false}\n");
         let present: Vec<&str> = OWNED
