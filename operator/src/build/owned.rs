@@ -263,7 +263,13 @@ mod tests {
             spec.selector,
             d.service.spec.as_ref().and_then(|s| s.selector.clone())
         );
-        assert_eq!(d.service.spec.as_ref().and_then(|s| s.publish_not_ready_addresses), None);
+        assert_eq!(
+            d.service
+                .spec
+                .as_ref()
+                .and_then(|s| s.publish_not_ready_addresses),
+            None
+        );
 
         // a 60-character name is a valid CR (and Service) name, '<name>-status' is not: the CR
         // still builds, without the status Service (no name valid before is refused)
