@@ -18,6 +18,10 @@ pub const CACHE_DIR: &str = "/var/cache/cloudify";
 /// the worker pool). Here because validation must check that the suffixed name is still a
 /// Service name.
 pub const COMPUTE_SUFFIX: &str = "-compute";
+/// Suffix of the Service `<name>-status` through which the operator reads the server pods'
+/// `/status` while they are unready (see `build::service::status_service`). Built only when
+/// the suffixed name is still a Service name, so no name that was valid before is refused.
+pub const STATUS_SUFFIX: &str = "-status";
 /// Suffix of the Secret the operator creates for a dataset's own credentials:
 /// `<name>-internal` (the compute shared secret, the key the operator signs registration
 /// requests with). Checked by validation like the compute suffix.

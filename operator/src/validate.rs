@@ -415,7 +415,7 @@ fn validate_pool(p: &Pool, fail: &mut impl FnMut(&str, String)) {
 }
 
 /// A DNS-1035 label: what Service names must be.
-fn dns_1035_label(s: &str) -> Result<(), String> {
+pub(crate) fn dns_1035_label(s: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > 63 {
         return Err(format!("'{s}' must be 1 to 63 characters"));
     }

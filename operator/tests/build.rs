@@ -566,6 +566,7 @@ fn render_prints_compute_objects_after_their_server_counterparts() {
             ("Secret", "pr-day-internal"),
             ("ConfigMap", "pr-day"),
             ("Service", "pr-day"),
+            ("Service", "pr-day-status"),
             ("Service", "pr-day-compute"),
             ("Deployment", "pr-day"),
             ("Deployment", "pr-day-compute"),

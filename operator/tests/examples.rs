@@ -46,7 +46,7 @@ fn cmip6_s3_example_renders() {
         .map(|d| serde::Deserialize::deserialize(d).expect("valid YAML document"))
         .filter(|v: &serde_yaml::Value| !v.is_null())
         .collect();
-    assert_eq!(docs.len(), 6);
+    assert_eq!(docs.len(), 7); // two Services: <name> and <name>-status
 }
 
 #[test]

@@ -118,10 +118,14 @@ async fn applies_desired_objects_prunes_leftovers_and_writes_status() {
     let desired = build::build(&typed(&obj), &Settings::default()).expect("build");
     let applies = calls.find(Call::is_apply);
     let kinds: Vec<&str> = applies.iter().filter_map(|c| c.body["kind"].as_str()).collect();
-    assert_eq!(kinds, ["ConfigMap", "Service", "Deployment", "Ingress"]);
+    // the Service <name>-status after <name>: the operator reads unready pods' /status through it
+    assert_eq!(
+        kinds,
+        ["ConfigMap", "Service", "Service", "Deployment", "Ingress"]
+    );
     assert_eq!(applies[0].path, "/api/v1/namespaces/climate/configmaps/tas");
     assert_eq!(
-        applies[2].path,
+        applies[3].path,
         "/apis/apps/v1/namespaces/climate/deployments/tas"
     );
     assert_eq!(
@@ -129,13 +133,13 @@ async fn applies_desired_objects_prunes_leftovers_and_writes_status() {
         serde_json::to_value(&desired.config_map).expect("json")
     );
     assert_eq!(
-        applies[2].body,
+        applies[3].body,
         serde_json::to_value(&desired.deployment).expect("json")
     );
-    assert_eq!(applies[2].body["metadata"]["ownerReferences"][0]["uid"], UID);
-    assert_eq!(applies[2].body["spec"]["replicas"], 1);
+    assert_eq!(applies[3].body["metadata"]["ownerReferences"][0]["uid"], UID);
+    assert_eq!(applies[3].body["spec"]["replicas"], 1);
     assert_eq!(
-        applies[3].body,
+        applies[4].body,
         serde_json::to_value(desired.ingress.as_ref().expect("ingress")).expect("json")
     );
 
@@ -214,13 +218,17 @@ async fn dataset_name_defaults_to_the_cr_name() {
 
     let applies = calls.find(Call::is_apply);
     let kinds: Vec<&str> = applies.iter().filter_map(|c| c.body["kind"].as_str()).collect();
-    assert_eq!(kinds, ["ConfigMap", "Service", "Deployment", "Ingress"]);
+    // the Service <name>-status after <name>: the operator reads unready pods' /status through it
+    assert_eq!(
+        kinds,
+        ["ConfigMap", "Service", "Service", "Deployment", "Ingress"]
+    );
     // the server's config file holds the resolved name
     let config = applies[0].body["data"]["cloudify.yaml"].as_str().expect("config");
     let config: cloudify_crds::ServeConfig = serde_yaml::from_str(config).expect("config file");
     assert_eq!(config.datasets[0].name, "tas");
     assert_eq!(
-        applies[3].body["spec"]["rules"][0]["http"]["paths"][0]["path"],
+        applies[4].body["spec"]["rules"][0]["http"]["paths"][0]["path"],
         "/datasets/tas"
     );
     let patches = calls.find(|c| c.method == "PATCH" && c.path.ends_with("/status"));
@@ -272,13 +280,14 @@ async fn autoscaled_deployment_is_applied_without_replicas() {
         [
             "ConfigMap",
             "Service",
+            "Service",
             "Deployment",
             "HorizontalPodAutoscaler",
             "PodDisruptionBudget",
             "Ingress"
         ]
     );
-    let deployment = &applies[2].body;
+    let deployment = &applies[3].body;
     assert!(deployment["spec"].get("replicas").is_none(), "{deployment}");
     assert!(calls.find(|c| c.method == "DELETE").is_empty());
 }
@@ -468,7 +477,8 @@ async fn registration_waits_for_readiness() {
     let (client, calls) = mock_client(cluster(&obj_json, 0, |_| None));
     let ctx = context(client, "http://127.0.0.1:1", "http://127.0.0.1:1", None);
     let action = reconcile(Arc::new(obj), ctx).await.expect("reconcile");
-    assert_eq!(action, Action::requeue(RESYNC));
+    // no replica available and the server's /status unanswered: asked again soon
+    assert_eq!(action, Action::requeue(Duration::from_secs(10)));
     assert!(
         calls
             .find(|c| c.content_type == "application/json-patch+json")
@@ -557,6 +567,7 @@ async fn compute_pool_is_applied_and_its_replicas_reported() {
             ("Secret", "tas-internal"),
             ("ConfigMap", "tas"),
             ("Service", "tas"),
+            ("Service", "tas-status"),
             ("Service", "tas-compute"),
             ("Deployment", "tas"),
             ("Deployment", "tas-compute"),
@@ -635,7 +646,10 @@ async fn turning_compute_off_deletes_the_compute_objects() {
         .iter()
         .filter_map(|c| c.body["metadata"]["name"].as_str().map(String::from))
         .collect();
-    assert!(applied.iter().all(|n| n == "tas"), "{applied:?}");
+    assert!(
+        applied.iter().all(|n| n == "tas" || n == "tas-status"),
+        "{applied:?}"
+    );
     let mut deleted: Vec<(String, Value)> = calls
         .find(|c| c.method == "DELETE")
         .into_iter()
@@ -661,4 +675,98 @@ async fn turning_compute_off_deletes_the_compute_objects() {
     );
     let patches = calls.find(|c| c.method == "PATCH" && c.path.ends_with("/status"));
     assert!(patches[0].body["status"]["computeReplicas"].is_null());
+}
+
+/// A dataset server whose every answer is `body` (200, JSON), like `cloudify serve`'s
+/// `/status`; returns its URL (the `--server-url-template`) and the paths it was asked for.
+fn status_server(body: &'static str) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = asked.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut line = String::new();
+            if BufReader::new(&stream).read_line(&mut line).is_err() {
+                continue;
+            }
+            if let (Ok(mut s), Some(path)) = (seen.lock(), line.split_whitespace().nth(1)) {
+                s.push(path.to_string());
+            }
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (url, asked)
+}
+
+#[tokio::test]
+async fn an_unavailable_dataset_shows_what_its_server_says_and_is_followed() {
+    let opening = r#"{"datasets": [{"name": "tas", "state": "opening", "since_seconds": 3,
+        "waiting_for": "recalling its files from tape to index them", "retry_after_seconds": 20}]}"#;
+    let failed = r#"{"datasets": [{"name": "tas", "state": "failed",
+        "error": "storage.tape: recall command 'slk' not found"}]}"#;
+    for (body, ready_reason, degraded, requeue) in [
+        (opening, "Opening", ("False", "Reconciled"), 20),
+        (failed, "OpenFailed", ("True", "OpenFailed"), 60),
+    ] {
+        let obj = cr("tas", json!({}), 1);
+        let obj_json = serde_json::to_value(&obj).expect("json");
+        let (client, calls) = mock_client(cluster(&obj_json, 0, |_| None));
+        let (server, asked) = status_server(body);
+        let ctx = context(client, "http://127.0.0.1:1", &server, None);
+        let action = reconcile(Arc::new(obj), ctx).await.expect("reconcile");
+        assert_eq!(
+            action,
+            Action::requeue(Duration::from_secs(requeue)),
+            "{ready_reason}"
+        );
+        assert_eq!(asked.lock().map(|a| a.clone()).unwrap_or_default(), ["/status"]);
+        let status = &calls.find(|c| c.path.ends_with("/status"))[0].body["status"];
+        let ready = condition(status, "Ready");
+        assert_eq!(
+            (&ready["status"], &ready["reason"]),
+            (&json!("False"), &json!(ready_reason))
+        );
+        assert_eq!(ready["observedGeneration"], 1);
+        let d = condition(status, "Degraded");
+        assert_eq!(
+            (&d["status"], &d["reason"]),
+            (&json!(degraded.0), &json!(degraded.1))
+        );
+        if ready_reason == "OpenFailed" {
+            assert!(
+                d["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("recall command 'slk' not found")),
+                "{d}"
+            );
+            let events = calls.find(|c| c.method == "POST" && c.path.contains("events"));
+            assert!(
+                events.iter().any(|e| e.body.to_string().contains("OpenFailed")),
+                "{events:#?}"
+            );
+        } else {
+            assert!(
+                ready["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("recalling its files")),
+                "{ready}"
+            );
+        }
+    }
+
+    // an available replica: the server's /status is not asked (the item may be, to register)
+    let obj = cr("tas", json!({}), 1);
+    let obj_json = serde_json::to_value(&obj).expect("json");
+    let (client, _) = mock_client(cluster(&obj_json, 1, |_| None));
+    let (server, asked) = status_server(failed);
+    let ctx = context(client, "http://127.0.0.1:1", &server, None);
+    reconcile(Arc::new(obj), ctx).await.expect("reconcile");
+    let asked = asked.lock().map(|a| a.clone()).unwrap_or_default();
+    assert!(!asked.iter().any(|p| p == "/status"), "{asked:?}");
 }

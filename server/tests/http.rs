@@ -900,6 +900,8 @@ async fn a_dataset_still_opening_answers_503_with_retry_after_until_it_is_ready(
             .contains("tape"),
         "{st}"
     );
+    // the Retry-After its requests get (the operator shows it on the CloudifyDataset)
+    assert_eq!(st["datasets"][1]["retry_after_seconds"], 42, "{st}");
     // one dataset serves: ready, and the count of those opening is told
     let (s, _, b) = get(&app, "/readyz").await;
     assert_eq!(s, StatusCode::OK);

@@ -629,6 +629,13 @@ impl Runtime {
                 continue;
             }
             let (ns, name) = key(&svc.metadata);
+            // as the EndpointSlice controller does: such a Service's endpoints are all ready
+            // (the operator reads unready server pods' /status through one)
+            let publish_not_ready = svc
+                .spec
+                .as_ref()
+                .and_then(|s| s.publish_not_ready_addresses)
+                .unwrap_or(false);
             let ports = svc
                 .spec
                 .as_ref()
@@ -665,7 +672,7 @@ impl Runtime {
                 if resolved.is_empty() {
                     continue;
                 }
-                let ready = is_ready(pod);
+                let ready = publish_not_ready || is_ready(pod);
                 let target = ObjectReference {
                     kind: Some("Pod".into()),
                     name: Some(pod.name_any()),

@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use kube::Resource;
 
 use crate::MANAGER;
-use crate::layout::{COMPUTE_SUFFIX, INTERNAL_SUFFIX};
+use crate::layout::{COMPUTE_SUFFIX, INTERNAL_SUFFIX, STATUS_SUFFIX};
 use crate::validate::{FieldError, InvalidSpec};
 
 /// The CR being built, with the metadata every object needs resolved once.
@@ -73,6 +73,12 @@ impl<'a> Target<'a> {
     /// Name of every compute object: `<name>-compute`.
     pub fn compute_name(&self) -> String {
         format!("{}{COMPUTE_SUFFIX}", self.name)
+    }
+
+    /// Name of the Service the operator reads unready server pods' `/status` through,
+    /// `<name>-status`.
+    pub fn status_name(&self) -> String {
+        format!("{}{STATUS_SUFFIX}", self.name)
     }
 
     /// Metadata of a compute object: like [`meta`](Self::meta), named `<name>-compute` and

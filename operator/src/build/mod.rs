@@ -98,6 +98,9 @@ pub struct Desired {
     pub config_map: ConfigMap,
     pub deployment: Deployment,
     pub service: Service,
+    /// `<name>-status` over ready and unready server pods, read by the operator only (see
+    /// [`service::status_service`]); `None` when that name would be too long.
+    pub status_service: Option<Service>,
     /// Only when `replicas.max > replicas.min`.
     pub hpa: Option<HorizontalPodAutoscaler>,
     /// Only when `replicas.min >= 2` (see [`scaling::pdb`] for why).
@@ -174,6 +177,7 @@ pub fn build(cr: &CloudifyDataset, settings: &Settings) -> Result<Desired, Build
         internal_secret: internal::secret(&target),
         deployment: deployment::deployment(&target, settings, base.as_deref(), &config_map),
         service: service::service(&target),
+        status_service: service::status_service(&target),
         hpa: scaling::hpa(&target),
         pdb: scaling::pdb(&target),
         ingress: ingress::ingress(&target),

@@ -99,6 +99,7 @@ pub const OWNED: [OwnedKind; 7] = [
         "the Services in front of each dataset's server and compute pods",
         |d| {
             let mut v: Vec<&dyn Object> = vec![&d.service];
+            v.extend(d.status_service.as_ref().map(|s| s as &dyn Object));
             v.extend(d.compute.as_ref().map(|c| &c.service as &dyn Object));
             v
         },
@@ -202,6 +203,7 @@ mod tests {
         let Desired {
             config_map,
             service,
+            status_service,
             deployment,
             hpa,
             pdb,
@@ -223,6 +225,7 @@ mod tests {
             json(config_map),
             json(tape_cache.as_ref().expect("tape cache claim")),
             json(service),
+            json(status_service.as_ref().expect("status service")),
             json(compute_service),
             json(deployment),
             json(compute_deployment),
@@ -246,6 +249,41 @@ mod tests {
             }
         }
         assert_eq!(listed, fields);
+    }
+
+    #[test]
+    fn the_status_service_lists_unready_pods_and_is_left_out_when_its_name_would_not_fit() {
+        let d = desired("");
+        let status = d.status_service.as_ref().expect("status service");
+        assert_eq!(status.metadata.name.as_deref(), Some("tas-status"));
+        let spec = status.spec.as_ref().expect("spec");
+        assert_eq!(spec.publish_not_ready_addresses, Some(true));
+        // the same pods as the main Service
+        assert_eq!(
+            spec.selector,
+            d.service.spec.as_ref().and_then(|s| s.selector.clone())
+        );
+        assert_eq!(
+            d.service
+                .spec
+                .as_ref()
+                .and_then(|s| s.publish_not_ready_addresses),
+            None
+        );
+
+        // a 60-character name is a valid CR (and Service) name, '<name>-status' is not: the CR
+        // still builds, without the status Service (no name valid before is refused)
+        let long = "a".repeat(60);
+        let text = format!(
+            "apiVersion: cloudify.io/v1alpha1\nkind: CloudifyDataset\n\
+             metadata: {{name: {long}, namespace: climate}}\n\
+             spec:\n  dataset: {{name: tas, sources: [/data/tas_*.nc]}}\n"
+        );
+        let cr: CloudifyDataset = serde_yaml::from_str(&text).expect("CR");
+        let d = build(&cr, &Settings::default()).expect("builds");
+        assert!(d.status_service.is_none());
+        let services = OWNED.iter().find(|k| k.kind == "Service").expect("Services");
+        assert_eq!(services.objects(&d).len(), 1, "only the main Service");
     }
 
     #[test]

@@ -24,6 +24,31 @@ pub(crate) fn compute_service(target: &Target) -> Service {
     }
 }
 
+/// The Service `<name>-status` over the same server pods, ready or not
+/// (`publishNotReadyAddresses`), for the operator alone: it reads the server's `/status`
+/// through it while no pod is ready, to tell an opening dataset (files being recalled from
+/// tape) and one that failed to open from a plain unavailable one. The main Service cannot
+/// serve for that: it lists only ready pods, so it has no endpoint exactly when the question
+/// arises; and it cannot publish unready pods itself, or the ingress would send clients to
+/// pods that answer 503. Reading pods directly would need pod permissions the operator does
+/// not have. `None` when `<name>-status` is longer than a Service name may be (the CR
+/// name is checked against the plain name only): the CR then shows the Deployment's view.
+pub(crate) fn status_service(target: &Target) -> Option<Service> {
+    let name = target.status_name();
+    crate::validate::dns_1035_label(&name).ok()?;
+    let mut service = cluster_ip(selector_labels(target.name));
+    if let Some(spec) = service.spec.as_mut() {
+        spec.publish_not_ready_addresses = Some(true);
+    }
+    Some(Service {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(name),
+            ..target.meta()
+        },
+        ..service
+    })
+}
+
 fn cluster_ip(selector: std::collections::BTreeMap<String, String>) -> Service {
     Service {
         spec: Some(ServiceSpec {

@@ -11,6 +11,7 @@
 //! delete) is an [`Error`] and retried with per-object exponential backoff by [`error_policy`].
 
 pub mod apply;
+mod opening;
 mod registration;
 pub mod status;
 
@@ -31,7 +32,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 pub use registration::server_url;
-use status::{Cond, Rollout};
+use status::{Cond, Rollout, ServerView};
 
 use crate::MANAGER;
 use crate::build::{self, Settings};
@@ -129,7 +130,17 @@ pub struct Context {
     registration_failures: Mutex<HashMap<String, (u32, Instant)>>,
     /// Generation and time of this process's last successful registration per CR.
     registered: Mutex<HashMap<String, (Option<i64>, Instant)>>,
+    /// Consecutive `/status` reads per CR that got no usable answer (see [`STATUS_MISSES`]).
+    status_misses: Mutex<HashMap<String, u32>>,
 }
+
+/// Unanswered `/status` reads in a row after which what the server said last (opening,
+/// failed) is no longer shown: a missed read or two (a timeout, a restarting pod) must not flip
+/// `Degraded` back and forth, but a server gone for good must not be quoted forever.
+pub const STATUS_MISSES: u32 = 3;
+
+/// How often an unavailable dataset's server is asked after [`STATUS_MISSES`] unanswered reads.
+pub const SILENT_POLL: Duration = Duration::from_secs(60);
 
 impl Context {
     pub fn new(
@@ -159,11 +170,24 @@ impl Context {
             failures: Mutex::default(),
             registration_failures: Mutex::default(),
             registered: Mutex::default(),
+            status_misses: Mutex::default(),
         })
     }
 
     fn reconcile_failed(&self, key: &str) -> u32 {
         bump(&self.failures, key)
+    }
+
+    /// Records a `/status` read; true while what the server said last may still be shown
+    /// (fewer than [`STATUS_MISSES`] unanswered reads in a row).
+    fn status_read(&self, key: &str, answered: bool) -> bool {
+        if answered {
+            if let Ok(mut m) = self.status_misses.lock() {
+                m.remove(key);
+            }
+            return true;
+        }
+        bump(&self.status_misses, key) < STATUS_MISSES
     }
 
     fn reconcile_succeeded(&self, key: &str) {
@@ -322,25 +346,44 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
 
     let rollout = Rollout::of(&applied.deployment);
     let compute_replicas = applied.compute.as_ref().map(|d| Rollout::of(d).available);
-    let mut conds: Vec<Cond> = rollout.conditions().into();
+    let old = cr.status.as_ref();
+    let old_conditions = old.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    // Only while no replica is available: then the Deployment says no more than "unavailable",
+    // and the server can say why (opening, failed). Followed at the server's pace until Ready.
+    let status_service = desired
+        .status_service
+        .as_ref()
+        .and_then(|s| s.metadata.name.as_deref());
+    let server = match status_service {
+        Some(service) if rollout.observed && !rollout.ready() => Some(opening::view(ctx, &cr, service).await),
+        _ => None,
+    };
+    let keep_last = ctx.status_read(&key(&cr), server.as_ref() != Some(&ServerView::Unknown));
+    let mut conds: Vec<Cond> = status::with_server(
+        &rollout,
+        server.as_ref().unwrap_or(&ServerView::Unknown),
+        &cr.spec.dataset.name,
+        if keep_last { old_conditions } else { &[] },
+        cr.metadata.generation,
+    )
+    .into();
     let reg = registration::reconcile(&cr, &crs, ctx, rollout.ready()).await?;
     conds.push(reg.cond);
-    let old = cr.status.as_ref();
     let new = CloudifyDatasetStatus {
         observed_generation: cr.metadata.generation,
-        conditions: status::merge(
-            old.map(|s| s.conditions.as_slice()).unwrap_or_default(),
-            &conds,
-            cr.metadata.generation,
-            Timestamp::now(),
-        ),
+        conditions: status::merge(old_conditions, &conds, cr.metadata.generation, Timestamp::now()),
         url: Some(desired.url.clone()),
         stac_item: reg.stac_item,
         replicas: Some(rollout.available),
         compute_replicas,
     };
     write_status(&cr, &crs, ctx, &new).await?;
-    Ok(Action::requeue(reg.retry.unwrap_or(RESYNC)))
+    // a server silent for a while (a pod that cannot start) is asked less often
+    let poll = server
+        .as_ref()
+        .map(|s| if keep_last { s.poll() } else { SILENT_POLL });
+    let next = [reg.retry, poll].into_iter().flatten().min().unwrap_or(RESYNC);
+    Ok(Action::requeue(next))
 }
 
 /// An invalid spec: `Degraded` with the reason, nothing applied or deleted, wait for a change.

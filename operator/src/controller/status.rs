@@ -6,6 +6,8 @@
 //! condition's `lastTransitionTime` only moves when its `status` changes. That keeps status
 //! patches (and the watch events they cause) to real changes.
 
+use std::time::Duration;
+
 use cloudify_crds::k8s::{CloudifyDatasetStatus, ConditionType};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -153,6 +155,154 @@ impl Rollout {
         [ready, progressing, degraded]
     }
 }
+
+/// What the dataset's server says about the dataset in its `/status` (`cloudify serve`:
+/// `{"datasets": [{"name", "state": "ready" | "opening" | "failed", ...}]}`), read by the
+/// operator while the Deployment has no available replica: the Deployment only knows that the
+/// pods are unready, the server knows why (a recall from tape still running, a broken file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerView {
+    /// No answer, an answer that is not the expected JSON, or the dataset not listed: the
+    /// operator knows no more than the Deployment tells it.
+    Unknown,
+    /// Opening in the background.
+    Opening {
+        /// What the opening waits for, in the server's words.
+        waiting_for: String,
+        /// The `Retry-After` its requests get (the recall's estimate when there is one).
+        retry_after: Option<u64>,
+    },
+    /// The opening failed; the server's reason.
+    Failed(String),
+    /// Open and served (the pod's readiness has not caught up yet).
+    Ready,
+}
+
+impl ServerView {
+    /// Reads the `/status` body for `dataset`; anything unexpected is [`ServerView::Unknown`],
+    /// never an error: the server's answer must not break the reconcile.
+    pub fn parse(dataset: &str, body: &[u8]) -> Self {
+        let Ok(doc) = serde_json::from_slice::<Value>(body) else {
+            return Self::Unknown;
+        };
+        let Some(entry) = doc.get("datasets").and_then(Value::as_array).and_then(|l| {
+            l.iter()
+                .find(|d| d.get("name").and_then(Value::as_str) == Some(dataset))
+        }) else {
+            return Self::Unknown;
+        };
+        let text = |k: &str| entry.get(k).and_then(Value::as_str).map(str::to_string);
+        match entry.get("state").and_then(Value::as_str) {
+            Some("opening") => Self::Opening {
+                waiting_for: text("waiting_for").unwrap_or_else(|| "opening its files".into()),
+                retry_after: entry.get("retry_after_seconds").and_then(Value::as_u64),
+            },
+            Some("failed") => Self::Failed(text("error").unwrap_or_else(|| "no reason given".into())),
+            Some("ready") => Self::Ready,
+            _ => Self::Unknown,
+        }
+    }
+
+    /// When to look again: the server's own `Retry-After` while opening (within 5–60 s, so a
+    /// long estimate still shows the opening fail in time, and a short one does not spin),
+    /// a minute once failed (settled until the pod restarts), 10 s while unknown.
+    pub fn poll(&self) -> Duration {
+        Duration::from_secs(match self {
+            Self::Opening { retry_after, .. } => retry_after.unwrap_or(10).clamp(5, 60),
+            Self::Failed(_) => 60,
+            Self::Unknown | Self::Ready => 10,
+        })
+    }
+}
+
+/// `Retry-After` in words, coarse on purpose: the message is part of the status, and a
+/// message that changed every second (an estimate counting down) would patch the status, and
+/// so reconcile again, every second.
+fn expected_in(seconds: u64) -> String {
+    match seconds {
+        0..60 => "under a minute".into(),
+        60..3600 => format!("about {} min", seconds.div_ceil(60)),
+        _ => format!("about {} h", seconds.div_ceil(3600)),
+    }
+}
+
+/// Ready, Progressing and Degraded of a valid, applied spec: the Deployment's view
+/// ([`Rollout::conditions`]) with, while no replica is available, what the server says about
+/// its dataset in place of the generic `Unavailable`:
+///
+/// - opening: `Ready=False, Opening`, naming what it waits for and when to expect it;
+/// - failed: `Ready=False, OpenFailed` and `Degraded=True, OpenFailed` with the server's
+///   reason (a pod that will not become ready by waiting);
+/// - unknown (no answer, malformed): the reasons of the `previous` conditions if they came
+///   from the server for this `generation` (an unanswered poll — a restarting pod, a timeout —
+///   must not flip Degraded back and forth; the caller passes none once the server has been
+///   silent for a while), else the Deployment's view.
+///
+/// An available replica always wins: the Deployment then says all there is.
+pub fn with_server(
+    rollout: &Rollout,
+    server: &ServerView,
+    dataset: &str,
+    previous: &[Condition],
+    generation: Option<i64>,
+) -> [Cond; 3] {
+    let [ready, progressing, degraded] = rollout.conditions();
+    if rollout.ready() || !rollout.observed {
+        return [ready, progressing, degraded];
+    }
+    match server {
+        ServerView::Opening {
+            waiting_for,
+            retry_after,
+        } => {
+            let expected = retry_after.map_or(String::new(), |s| {
+                format!("; expected in {} (the server's Retry-After)", expected_in(s))
+            });
+            let ready = Cond::new(
+                ConditionType::Ready,
+                false,
+                OPENING,
+                format!("dataset '{dataset}' is still opening on the server: {waiting_for}{expected}"),
+            );
+            [ready, progressing, degraded]
+        }
+        ServerView::Failed(why) => {
+            let message = format!("dataset '{dataset}' could not be opened: {why}");
+            [
+                Cond::new(ConditionType::Ready, false, OPEN_FAILED, message.clone()),
+                progressing,
+                Cond::new(ConditionType::Degraded, true, OPEN_FAILED, message),
+            ]
+        }
+        ServerView::Ready => [ready, progressing, degraded],
+        ServerView::Unknown => {
+            let kept = |t: ConditionType, reason: &'static str| {
+                previous
+                    .iter()
+                    .find(|c| {
+                        c.type_ == t.as_str() && c.reason == reason && c.observed_generation == generation
+                    })
+                    .map(|c| Cond::new(t, c.status == "True", reason, c.message.clone()))
+            };
+            match (
+                kept(ConditionType::Ready, OPENING),
+                kept(ConditionType::Ready, OPEN_FAILED),
+            ) {
+                (Some(r), _) => [r, progressing, degraded],
+                (None, Some(r)) => {
+                    let d = kept(ConditionType::Degraded, OPEN_FAILED).unwrap_or(degraded);
+                    [r, progressing, d]
+                }
+                (None, None) => [ready, progressing, degraded],
+            }
+        }
+    }
+}
+
+/// Reason of `Ready=False` while the server still opens the dataset.
+pub const OPENING: &str = "Opening";
+/// Reason of `Ready=False` and `Degraded=True` when the server could not open the dataset.
+pub const OPEN_FAILED: &str = "OpenFailed";
 
 /// Ready and Progressing when nothing could be applied (invalid spec): what the Deployment
 /// left from an earlier, valid spec still serves, so it is reported as it is.
@@ -400,5 +550,175 @@ mod tests {
                 .as_object()
                 .is_some_and(|o| o.contains_key("stacItem") && o.contains_key("computeReplicas"))
         );
+    }
+
+    const TAPE: &[u8] = br#"{"datasets": [
+        {"name": "other", "state": "ready", "files": 1, "not_served": []},
+        {"name": "tas", "state": "opening", "since_seconds": 12,
+         "waiting_for": "recalling its files from tape to index them", "retry_after_seconds": 150}
+    ]}"#;
+
+    fn unavailable() -> Rollout {
+        Rollout::of(&deployment(1, 1, 1, 1, 0))
+    }
+
+    #[test]
+    fn server_status_is_read_for_the_dataset_only() {
+        assert_eq!(
+            ServerView::parse("tas", TAPE),
+            ServerView::Opening {
+                waiting_for: "recalling its files from tape to index them".into(),
+                retry_after: Some(150),
+            }
+        );
+        assert_eq!(ServerView::parse("other", TAPE), ServerView::Ready);
+        assert_eq!(ServerView::parse("absent", TAPE), ServerView::Unknown);
+        let failed =
+            br#"{"datasets": [{"name": "tas", "state": "failed", "error": "slk: command not found"}]}"#;
+        assert_eq!(
+            ServerView::parse("tas", failed),
+            ServerView::Failed("slk: command not found".into())
+        );
+        // an older server without retry_after_seconds
+        let old =
+            br#"{"datasets": [{"name": "tas", "state": "opening", "waiting_for": "opening its files"}]}"#;
+        assert!(matches!(
+            ServerView::parse("tas", old),
+            ServerView::Opening {
+                retry_after: None,
+                ..
+            }
+        ));
+        // malformed: not JSON, the wrong shape, an unknown state
+        for body in [
+            &b"<html>502 Bad Gateway</html>"[..],
+            b"",
+            br#"{"datasets": {"tas": "opening"}}"#,
+            br#"[{"name": "tas", "state": "opening"}]"#,
+            br#"{"datasets": [{"name": "tas", "state": "exploded"}]}"#,
+            br#"{"datasets": [{"name": "tas", "state": "opening", "retry_after_seconds": "soon"}"#,
+        ] {
+            assert_eq!(
+                ServerView::parse("tas", body),
+                ServerView::Unknown,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn an_opening_dataset_is_not_ready_with_reason_opening() {
+        let r = unavailable();
+        let view = ServerView::parse("tas", TAPE);
+        let [ready, progressing, degraded] = with_server(&r, &view, "tas", &[], Some(1));
+        assert_eq!((ready.status, ready.reason), (false, "Opening"));
+        assert_eq!(
+            ready.message,
+            "dataset 'tas' is still opening on the server: recalling its files from tape to index \
+             them; expected in about 3 min (the server's Retry-After)"
+        );
+        assert_eq!(progressing, r.conditions()[1]);
+        assert_eq!((degraded.status, degraded.reason), (false, "Reconciled"));
+        assert_eq!(view.poll(), Duration::from_secs(60));
+        // no estimate: no promise; a short one is polled no faster than every 5 s
+        let plain = ServerView::Opening {
+            waiting_for: "opening its files".into(),
+            retry_after: None,
+        };
+        let [ready, _, _] = with_server(&r, &plain, "tas", &[], Some(1));
+        assert_eq!(
+            ready.message,
+            "dataset 'tas' is still opening on the server: opening its files"
+        );
+        let soon = ServerView::Opening {
+            waiting_for: "x".into(),
+            retry_after: Some(1),
+        };
+        assert!(
+            with_server(&r, &soon, "tas", &[], Some(1))[0]
+                .message
+                .contains("under a minute")
+        );
+        assert_eq!(soon.poll(), Duration::from_secs(5));
+        assert_eq!(expected_in(7200), "about 2 h");
+    }
+
+    #[test]
+    fn a_failed_opening_is_degraded_with_the_servers_reason() {
+        let mut d = deployment(1, 1, 1, 1, 0);
+        // even past the progress deadline the server's reason is the one to show
+        if let Some(s) = d.status.as_mut() {
+            s.conditions = Some(vec![DeploymentCondition {
+                type_: "Progressing".into(),
+                status: "False".into(),
+                reason: Some("ProgressDeadlineExceeded".into()),
+                message: Some("timed out".into()),
+                ..DeploymentCondition::default()
+            }]);
+        }
+        let view =
+            ServerView::Failed("recall of /arch/t.nc not finished within indexWaitSeconds (3600 s)".into());
+        for r in [unavailable(), Rollout::of(&d)] {
+            let [ready, _, degraded] = with_server(&r, &view, "tas", &[], Some(1));
+            assert_eq!((ready.status, ready.reason), (false, "OpenFailed"));
+            assert_eq!((degraded.status, degraded.reason), (true, "OpenFailed"));
+            assert_eq!(
+                degraded.message,
+                "dataset 'tas' could not be opened: recall of /arch/t.nc not finished within \
+                 indexWaitSeconds (3600 s)"
+            );
+        }
+        assert_eq!(view.poll(), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn an_available_replica_or_an_unobserved_spec_leaves_the_deployments_view() {
+        let failed = ServerView::Failed("broken".into());
+        let served = Rollout::of(&deployment(2, 2, 1, 1, 1));
+        assert_eq!(
+            with_server(&served, &failed, "tas", &[], Some(2)),
+            served.conditions()
+        );
+        let pending = Rollout::of(&deployment(3, 2, 1, 1, 0));
+        assert_eq!(
+            with_server(&pending, &failed, "tas", &[], Some(3)),
+            pending.conditions()
+        );
+        // the server says ready before the pod's readiness probe has: the Deployment's view
+        let r = unavailable();
+        assert_eq!(
+            with_server(&r, &ServerView::Ready, "tas", &[], Some(1)),
+            r.conditions()
+        );
+    }
+
+    #[test]
+    fn an_unreachable_server_keeps_what_was_known_for_this_generation() {
+        let r = unavailable();
+        let t0 = Timestamp::from_second(1_700_000_000).expect("time");
+        // nothing known before: the Deployment's view
+        let [ready, _, degraded] = with_server(&r, &ServerView::Unknown, "tas", &[], Some(1));
+        assert_eq!((ready.reason, degraded.status), ("Unavailable", false));
+        assert_eq!(ServerView::Unknown.poll(), Duration::from_secs(10));
+
+        // failed before: still failed (no Degraded flapping on a poll that timed out)
+        let failed = with_server(&r, &ServerView::Failed("broken".into()), "tas", &[], Some(1));
+        let old = merge(&[], &failed, Some(1), t0);
+        let again = with_server(&r, &ServerView::Unknown, "tas", &old, Some(1));
+        assert_eq!(again, failed);
+        assert_eq!(merge(&old, &again, Some(1), t0), old);
+
+        // opening before: still opening, with the message last read
+        let opening = with_server(&r, &ServerView::parse("tas", TAPE), "tas", &[], Some(1));
+        let old = merge(&[], &opening, Some(1), t0);
+        assert_eq!(
+            with_server(&r, &ServerView::Unknown, "tas", &old, Some(1)),
+            opening
+        );
+
+        // but not across a spec change: the new pods may open quite differently
+        let [ready, _, degraded] = with_server(&r, &ServerView::Unknown, "tas", &old, Some(2));
+        assert_eq!((ready.reason, degraded.reason), ("Unavailable", "Reconciled"));
     }
 }

@@ -48,7 +48,7 @@ pub async fn list(
 }
 
 /// `/status`: every configured dataset with its state: ready, failed and why, or opening,
-/// for how long and waiting for what.
+/// for how long, waiting for what and the `Retry-After` its requests get.
 pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
     let list: Vec<Value> = state
         .datasets
@@ -57,8 +57,10 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
             Entry::Ready(s) => json!({"name": n, "state": "ready", "files": s.ds.files.len(),
                 "not_served": s.ds.skipped.iter().map(|(v, w)| json!({"variable": v, "reason": w})).collect::<Vec<_>>()}),
             Entry::Failed(why) => json!({"name": n, "state": "failed", "error": why}),
+            // retry_after_seconds: what a request for it is told now (the recall's estimate
+            // when there is one), so a reader of /status (the operator) can say when to expect it
             Entry::Opening(o) => json!({"name": n, "state": "opening", "since_seconds": o.seconds(),
-                "waiting_for": o.waiting_for}),
+                "waiting_for": o.waiting_for, "retry_after_seconds": o.retry_after_now()}),
         })
         .collect();
     Json(json!({"datasets": list}))
