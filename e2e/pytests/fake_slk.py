@@ -29,6 +29,25 @@ import time
 from pathlib import Path
 
 
+def command_driver(state: Path, tape_of: bool = False) -> dict:
+    """The tape storage's command driver running this fake with its state in `state` (what the
+    server's and the operator's tests configure); `tape_of` adds the group-by-tape command."""
+    def slk(verb: str, *args: str) -> list[str]:
+        return [sys.executable, str(Path(__file__).resolve()), str(state), verb, *args]
+
+    command = {
+        "recall": slk("recall", "{files}"),
+        "jobIdRegex": r"job (\d+)",
+        "status": slk("job_status", "{job}"),
+        "etaRegex": r"eta=(\d+)",
+        "retrieve": slk("retrieve", "{job}", "{file}", "{dest}"),
+        "timeoutSeconds": 30,
+    }
+    if tape_of:
+        command["tapeOf"] = slk("group_files_by_tape", "{files}")
+    return {"command": command}
+
+
 def main() -> int:
     state = Path(sys.argv[1])
     verb, args = sys.argv[2], sys.argv[3:]

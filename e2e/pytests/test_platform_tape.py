@@ -19,7 +19,6 @@ own ``cloudify-e2e up`` for this module); tests run in file order.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import pytest
 import requests
 import xarray as xr
 
+from fake_slk import command_driver
 from test_platform import (  # noqa: F401  (platform is a fixture)
     MANIFESTS,
     REPO,
@@ -40,27 +40,14 @@ from test_platform import (  # noqa: F401  (platform is a fixture)
     write_data,
 )
 
-HERE = Path(__file__).resolve().parent
-FAKE_SLK = HERE / "fake_slk.py"
 NAME = "e2e-tape"
 DATASET = "e2e_tape"
 BAD = "e2e-tape-bad"
 DELAY = 25.0  # seconds the recall takes: long enough to watch the CR say "Opening"
 
 
-def _slk(state: Path, verb: str, *args: str) -> list[str]:
-    return [sys.executable, str(FAKE_SLK), str(state), verb, *args]
-
-
 def _cr(p, name: str, dataset: str, sources: list[str], staging: Path, state: Path, **tape) -> dict:
-    driver = {"command": {
-        "recall": _slk(state, "recall", "{files}"),
-        "jobIdRegex": r"job (\d+)",
-        "status": _slk(state, "job_status", "{job}"),
-        "etaRegex": r"eta=(\d+)",
-        "retrieve": _slk(state, "retrieve", "{job}", "{file}", "{dest}"),
-        "timeoutSeconds": 30,
-    }}
+    driver = command_driver(state)
     return {
         "apiVersion": "cloudify.io/v1alpha1", "kind": "CloudifyDataset",
         "metadata": {"name": name, "namespace": p.namespace},

@@ -19,7 +19,6 @@ import concurrent.futures as cf
 import json
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from datetime import timedelta
@@ -30,11 +29,10 @@ import pytest
 import requests
 import xarray as xr
 
+from fake_slk import command_driver
 from conftest import find_binary, start_server, stop_server, wait_until_settled
 from helpers import cmip6_root
 
-HERE = Path(__file__).resolve().parent
-FAKE_SLK = HERE / "fake_slk.py"
 DELAY = 3.0  # seconds a recall takes
 WAIT = 1  # seconds a request waits for a recall before 503
 
@@ -103,20 +101,8 @@ def archive(tmp_path_factory):
     return {"tmp": tmp, "root": root, "files": files, "refs": refs}
 
 
-def _slk(state: Path, verb: str, *args: str) -> list[str]:
-    return [sys.executable, str(FAKE_SLK), str(state), verb, *args]
-
-
 def _tape_storage(state: Path, staging: Path, **extra) -> dict:
-    driver = {"command": {
-        "recall": _slk(state, "recall", "{files}"),
-        "jobIdRegex": r"job (\d+)",
-        "status": _slk(state, "job_status", "{job}"),
-        "etaRegex": r"eta=(\d+)",
-        "retrieve": _slk(state, "retrieve", "{job}", "{file}", "{dest}"),
-        "tapeOf": _slk(state, "group_files_by_tape", "{files}"),
-        "timeoutSeconds": 30,
-    }}
+    driver = command_driver(state, tape_of=True)
     tape = {"driver": driver, "stagingDir": str(staging), "waitSeconds": WAIT, "batchWindowMs": 300,
             "pollMs": 200, "failureBackoffSeconds": 2, "retryAfterSeconds": 5, **extra}
     return {"tape": tape}

@@ -464,18 +464,24 @@ mod tests {
         assert!(!Rollout::of(&Deployment::default()).ready());
     }
 
-    #[test]
-    fn progress_deadline_is_degraded() {
+    /// A Deployment of one unavailable replica whose rollout ran past its progress deadline.
+    fn past_deadline(message: &str) -> Deployment {
         let mut d = deployment(1, 1, 1, 1, 0);
         if let Some(s) = d.status.as_mut() {
             s.conditions = Some(vec![DeploymentCondition {
                 type_: "Progressing".into(),
                 status: "False".into(),
                 reason: Some("ProgressDeadlineExceeded".into()),
-                message: Some("ReplicaSet \"tas-1\" has timed out progressing.".into()),
+                message: Some(message.into()),
                 ..DeploymentCondition::default()
             }]);
         }
+        d
+    }
+
+    #[test]
+    fn progress_deadline_is_degraded() {
+        let d = past_deadline("ReplicaSet \"tas-1\" has timed out progressing.");
         let [_, progressing, degraded] = Rollout::of(&d).conditions();
         assert_eq!(
             (progressing.status, progressing.reason),
@@ -646,17 +652,8 @@ mod tests {
 
     #[test]
     fn a_failed_opening_is_degraded_with_the_servers_reason() {
-        let mut d = deployment(1, 1, 1, 1, 0);
         // even past the progress deadline the server's reason is the one to show
-        if let Some(s) = d.status.as_mut() {
-            s.conditions = Some(vec![DeploymentCondition {
-                type_: "Progressing".into(),
-                status: "False".into(),
-                reason: Some("ProgressDeadlineExceeded".into()),
-                message: Some("timed out".into()),
-                ..DeploymentCondition::default()
-            }]);
-        }
+        let d = past_deadline("timed out");
         let view =
             ServerView::Failed("recall of /arch/t.nc not finished within indexWaitSeconds (3600 s)".into());
         for r in [unavailable(), Rollout::of(&d)] {
