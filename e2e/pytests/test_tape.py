@@ -327,6 +327,34 @@ def test_a_404_would_have_been_silent_fill_values(tape, tmp_path):
         httpd.server_close()
 
 
+def test_a_recall_command_that_cannot_run_fails_the_dataset_naming_it(archive, tmp_path):
+    """A misconfigured command driver (its `slk` not installed) is reported when the dataset
+    opens — `/status` says `failed` naming the field and the program, its requests answer 503
+    with that reason (never 404: a Zarr client would read fill values) — while the server's
+    other datasets serve; not discovered only by the first chunk read."""
+    slk = Slk(tmp_path / "slk", archive["root"], [])
+    bad = _tape_storage(slk.state, tmp_path / "staging-bad")
+    bad["tape"]["driver"]["command"]["recall"] = ["/nonexistent/bin/slk", "recall", "{files}"]
+    good = _tape_storage(slk.state, tmp_path / "staging-good")
+    datasets = [
+        {"name": "tape_nocmd", "sources": archive["refs"]["tape_esm4"], "referenceRoots": ["/arch"], "storage": bad},
+        {"name": "tape_ok", "sources": archive["refs"]["tape_esm4"], "referenceRoots": ["/arch"], "storage": good},
+    ]
+    url, proc, log, st = _serve(tmp_path, "nocmd", datasets)
+    try:
+        states = {d["name"]: d for d in st["datasets"]}
+        assert states["tape_ok"]["state"] == "ready", st
+        assert states["tape_nocmd"]["state"] == "failed", st
+        why = states["tape_nocmd"]["error"]
+        assert "tape.driver.command.recall" in why and "/nonexistent/bin/slk" in why, why
+        r = requests.get(f"{url}/datasets/tape_nocmd/zarr/.zmetadata", timeout=30)
+        assert r.status_code == 503 and "/nonexistent/bin/slk" in r.json()["error"], (r.status_code, r.text[:300])
+        assert requests.get(f"{url}/datasets/tape_ok/zarr/.zmetadata", timeout=30).status_code == 200
+        assert not slk.calls("recall"), "nothing was recalled"
+    finally:
+        stop_server(proc)
+
+
 def test_stage_route_and_bad_input(tape):
     url = tape["url"]
     r = requests.post(f"{url}/datasets/tape_cm4/stage?variables=ta", timeout=30)

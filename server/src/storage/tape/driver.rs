@@ -63,7 +63,9 @@ pub struct CommandDriver {
 }
 
 impl CommandDriver {
-    /// Checks the templates and regular expressions.
+    /// Checks the templates (each names a program that can be run: a missing `slk` is a
+    /// misconfiguration to report when the dataset opens, in `/status` and on the
+    /// CloudifyDataset, not at the first chunk read) and the regular expressions.
     pub fn new(spec: &TapeCommandDriver) -> Result<Self, String> {
         let job_re = regex::Regex::new(spec.job_id_regex.as_deref().unwrap_or(r"(\d+)"))
             .map_err(|e| format!("tape.driver.command.jobIdRegex: {e}"))?;
@@ -76,6 +78,16 @@ impl CommandDriver {
             .map(regex::Regex::new)
             .transpose()
             .map_err(|e| format!("tape.driver.command.etaRegex: {e}"))?;
+        for (field, template) in [
+            ("recall", &spec.recall),
+            ("status", &spec.status),
+            ("retrieve", &spec.retrieve),
+        ] {
+            check_program(field, template)?;
+        }
+        if !spec.tape_of.is_empty() {
+            check_program("tapeOf", &spec.tape_of)?;
+        }
         Ok(Self {
             spec: spec.clone(),
             job_re,
@@ -91,6 +103,40 @@ impl CommandDriver {
             return Err("empty command".into());
         };
         run_command(prog, rest, self.timeout)
+    }
+}
+
+/// Whether the program of `template` (its first word) can be run: an executable file at that
+/// path, or for a bare name in one of the `PATH` directories, as `Command` looks it up.
+fn check_program(field: &str, template: &[String]) -> Result<(), String> {
+    let field = format!("tape.driver.command.{field}");
+    let Some(prog) = template.first().filter(|p| !p.is_empty()) else {
+        return Err(format!("{field}: empty command"));
+    };
+    if prog.contains('{') {
+        // a placeholder: known only when the command runs
+        return Ok(());
+    }
+    let executable = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if prog.contains('/') {
+        return if executable(Path::new(prog)) {
+            Ok(())
+        } else {
+            Err(format!("{field}: cannot run '{prog}': no executable file there"))
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|d| executable(&d.join(prog))) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field}: cannot run '{prog}': no such program on PATH ({})",
+            path.to_string_lossy()
+        ))
     }
 }
 
@@ -547,6 +593,35 @@ mod tests {
                 .unwrap_err()
                 .contains("cannot run")
         );
+    }
+
+    #[test]
+    fn a_command_that_cannot_run_is_refused_when_the_driver_is_made() {
+        let spec = |recall: &[&str], tape_of: &[&str]| TapeCommandDriver {
+            recall: recall.iter().map(ToString::to_string).collect(),
+            status: vec!["sh".into()],
+            retrieve: vec!["true".into()],
+            tape_of: tape_of.iter().map(ToString::to_string).collect(),
+            ..TapeCommandDriver::default()
+        };
+        assert!(CommandDriver::new(&spec(&["sh", "-c", "echo job 1"], &[])).is_ok());
+        assert!(CommandDriver::new(&spec(&["/bin/sh"], &["{file}"])).is_ok());
+        let e = CommandDriver::new(&spec(&["/nonexistent/slk", "recall"], &[])).unwrap_err();
+        assert!(
+            e.contains("tape.driver.command.recall") && e.contains("/nonexistent/slk"),
+            "{e}"
+        );
+        let e = CommandDriver::new(&spec(&["slk-not-installed-here"], &[])).unwrap_err();
+        assert!(e.contains("no such program on PATH"), "{e}");
+        let e = CommandDriver::new(&spec(&["sh"], &["slk_helpers-not-installed"])).unwrap_err();
+        assert!(e.contains("tape.driver.command.tapeOf"), "{e}");
+        // a file that is there but not executable
+        let f = tempfile::NamedTempFile::new().expect("temp file");
+        let path = f.path().to_string_lossy().into_owned();
+        let e = CommandDriver::new(&spec(&[&path], &[])).unwrap_err();
+        assert!(e.contains("no executable file there"), "{e}");
+        let e = CommandDriver::new(&spec(&[], &[])).unwrap_err();
+        assert!(e.contains("recall: empty command"), "{e}");
     }
 
     #[test]
