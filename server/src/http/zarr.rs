@@ -340,16 +340,19 @@ fn warm(state: &Arc<AppState>, s: Arc<Served>, id: &str, format: Format) {
     tokio::spawn(async move {
         let _permit = permit;
         for key in keys {
-            let Some(k) = warm_flight(&s, &key) else {
+            let Ok(ck) = parse_chunk_key(&key, s.key_limits, |p| s.ds.variable(p).map(|v| v.shape.len()))
+            else {
+                continue;
+            };
+            let Some(k) =
+                s.ds.variable(&ck.var)
+                    .and_then(|v| flight_key(&s, v, hash_str(&describe(v)), &key, ck.format))
+            else {
                 continue;
             };
             if state.compute_cache.get(&k).is_some() {
                 continue;
             }
-            let Ok(ck) = parse_chunk_key(&key, s.key_limits, |p| s.ds.variable(p).map(|v| v.shape.len()))
-            else {
-                continue;
-            };
             state.metrics.chunk_prefetches.inc();
             let compute = compute_chunk(&state, s.clone(), ck, &id, &key, Some(k.clone()));
             let (result, _) = state.compute_cache.flights.run(&k, compute).await;
@@ -360,13 +363,6 @@ fn warm(state: &Arc<AppState>, s: Arc<Served>, id: &str, format: Format) {
             }
         }
     });
-}
-
-/// The flight and cache key of a computed chunk key of `s`.
-fn warm_flight(s: &Served, key: &str) -> Option<CacheKey> {
-    let ck = parse_chunk_key(key, s.key_limits, |p| s.ds.variable(p).map(|v| v.shape.len())).ok()?;
-    let var = s.ds.variable(&ck.var)?;
-    flight_key(s, var, hash_str(&describe(var)), key, ck.format)
 }
 
 /// The keys of the chunks worth computing ahead when `s` is opened in `format`: every chunk
