@@ -609,6 +609,15 @@ pub struct TapeSpec {
     /// to an hour (default 30).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_backoff_seconds: Option<u64>,
+    /// How often the archive is asked whether it answers, in seconds (default 60; the WLCG
+    /// driver asks `archiveinfo` for one of the dataset's files, so the endpoint, the token
+    /// and the path mapping are all checked). An archive that does not answer is reported
+    /// in `/status` (`tape.state: failing`) and on the CloudifyDataset (`Degraded=True,
+    /// TapeUnavailable`) while staged files are still served; a failed recall asks again at
+    /// once. The command driver's programs are checked when the dataset opens instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub health_check_seconds: Option<u64>,
     /// Files one recall job (one WLCG stage request, one `slk recall`) names at most
     /// (default 1000). Files without tape information (the WLCG API gives none: the site
     /// orders one request's files by tape itself) are batched into requests of this size.
