@@ -440,6 +440,71 @@ def test_wlcg_tape_rest_driver(archive, tmp_path):
         emu.stop()
 
 
+def test_an_archive_that_stops_answering_is_reported_while_staged_files_still_serve(archive, tmp_path):
+    """The WLCG endpoint goes away under a served dataset: within a health-check interval
+    `/status` says `tape: failing` naming the endpoint's error (the operator shows it as
+    `Degraded=True, TapeUnavailable`) and `cloudify_tape_archives_failing` is 1; the datasets
+    stay ready, a staged file is still served, a file on tape is 502 naming why (never 404,
+    never 2xx). When the archive answers again on its address, the state is `ok` again and
+    the file on tape is recalled and served."""
+    from wlcg_tape_emulator import Emulator
+
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    emu = Emulator(archive["root"], "s3cret-token", delay=0.5)
+    port = emu.httpd.server_address[1]
+    storage = _wlcg_storage(emu, token, tmp_path / "staging", healthCheckSeconds=1, failureBackoffSeconds=1)
+    names = ("tape_cm4", "tape_mri")
+    datasets = [{"name": n, "sources": archive["refs"][n], "referenceRoots": ["/arch"], "storage": storage}
+                for n in names]
+    url, proc, log, _ = _serve(tmp_path, "wlcg-health", datasets)
+
+    def status(name: str) -> dict:
+        return next(d for d in requests.get(f"{url}/status", timeout=10).json()["datasets"] if d["name"] == name)
+
+    def failing_metric() -> float:
+        text = requests.get(f"{url}/metrics", timeout=10).text
+        return next(float(line.split()[-1]) for line in text.splitlines()
+                    if line.startswith("cloudify_tape_archives_failing "))
+
+    try:
+        _eventually(lambda: status("tape_cm4").get("tape", {}).get("state") == "ok", "the archive checked, ok")
+        assert status("tape_mri")["tape"]["state"] == "ok" and failing_metric() == 0
+        _, (staged, _) = _chunk_keys(url, "tape_cm4")
+        _, (on_tape, _) = _chunk_keys(url, "tape_mri")
+        assert _until_ok(f"{url}/datasets/tape_cm4/zarr/ta/{staged}").status_code == 200
+
+        emu.stop()
+        _eventually(lambda: status("tape_cm4").get("tape", {}).get("state") == "failing",
+                    "the archive reported failing", timeout=20)
+        st = status("tape_cm4")
+        assert st["state"] == "ready", st
+        assert "archiveinfo" in st["tape"]["error"], st
+        assert st["tape"]["checked_seconds_ago"] <= 3, st
+        assert failing_metric() == 1
+        # staged: served from the cache as before
+        r = requests.get(f"{url}/datasets/tape_cm4/zarr/ta/{staged}", timeout=30)
+        assert r.status_code == 200, r.text
+        # on tape: the recall cannot be made; a clear 502, never a 404 (fill values) or a 2xx
+        r = _until_ok(f"{url}/datasets/tape_mri/zarr/ta/{on_tape}")
+        assert r.status_code == 502, (r.status_code, r.text)
+        assert "/stage" in r.json()["error"], r.text
+
+        emu = Emulator(archive["root"], "s3cret-token", delay=0.5, port=port)
+        _eventually(lambda: status("tape_cm4").get("tape", {}).get("state") == "ok",
+                    "the archive reported answering again", timeout=20)
+        assert "error" not in status("tape_cm4")["tape"] and failing_metric() == 0
+
+        def served() -> bool:
+            return requests.get(f"{url}/datasets/tape_mri/zarr/ta/{on_tape}", timeout=60).status_code == 200
+
+        _eventually(served, "the file on tape recalled once the archive answers", timeout=40)
+        assert proc.poll() is None
+    finally:
+        stop_server(proc)
+        emu.stop()
+
+
 def _wlcg_storage(emu, token: Path, staging: Path, **extra) -> dict:
     return {"tape": {"driver": {"wlcg": {"endpoint": f"{emu.url}/api/v1/tape", "dataUrl": f"{emu.url}/data",
                                          "tokenFile": str(token), "pinLifetimeSeconds": 3600}},

@@ -24,7 +24,7 @@ from pathlib import Path
 
 
 class Emulator:
-    def __init__(self, archive: Path, token: str, delay: float = 1.0, fail: tuple[str, ...] = ()):
+    def __init__(self, archive: Path, token: str, delay: float = 1.0, fail: tuple[str, ...] = (), port: int = 0):
         self.archive, self.token, self.delay, self.fail = archive, token, delay, set(fail)
         self.requests: dict[str, dict] = {}
         self.calls: list[tuple[str, str]] = []
@@ -130,7 +130,8 @@ class Emulator:
                     return
                 self._json(404, {"title": "no such endpoint"})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        # port: a restart on the port of a stopped emulator (the archive coming back)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()

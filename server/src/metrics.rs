@@ -124,6 +124,7 @@ impl Metrics {
         registry.register(Box::new(tape.evictions.clone()))?;
         registry.register(Box::new(tape.failures.clone()))?;
         registry.register(Box::new(tape.unavailable.clone()))?;
+        registry.register(Box::new(tape.archives_failing.clone()))?;
         Ok(Self {
             registry,
             requests,

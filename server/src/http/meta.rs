@@ -54,8 +54,16 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
         .datasets
         .iter()
         .map(|(n, e)| match e {
-            Entry::Ready(s) => json!({"name": n, "state": "ready", "files": s.ds.files.len(),
-                "not_served": s.ds.skipped.iter().map(|(v, w)| json!({"variable": v, "reason": w})).collect::<Vec<_>>()}),
+            Entry::Ready(s) => {
+                let mut e = json!({"name": n, "state": "ready", "files": s.ds.files.len(),
+                    "not_served": s.ds.skipped.iter().map(|(v, w)| json!({"variable": v, "reason": w})).collect::<Vec<_>>()});
+                // a tape archive that does not answer: staged files still serve, the others
+                // cannot be recalled (the operator shows it as Degraded)
+                if let Some(h) = tape_health(&s.ds) {
+                    e["tape"] = json!(h);
+                }
+                e
+            }
             Entry::Failed(why) => json!({"name": n, "state": "failed", "error": why}),
             // retry_after_seconds: what a request for it is told now (the recall's estimate
             // when there is one), so a reader of /status (the operator) can say when to expect it
@@ -64,6 +72,12 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
         })
         .collect();
     Json(json!({"datasets": list}))
+}
+
+/// The health of the tape archive `ds` reads from, once checked.
+fn tape_health(ds: &crate::dataset::Dataset) -> Option<crate::storage::tape::ArchiveHealth> {
+    let tape = ds.spec.storage.as_ref()?.tape.as_ref()?;
+    crate::storage::tape::existing(tape)?.health()
 }
 
 /// `/datasets/{id}`: a human-readable summary of the dataset, HTML if the `Accept` header asks for

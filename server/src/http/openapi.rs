@@ -66,7 +66,7 @@ pub const ROUTES: &[(&str, &str, &str, &[&str], Kind)] = &[
     ),
     (
         "/status",
-        "Every configured dataset with its state: ready, failed (`error`: why) or opening (`since_seconds`, `waiting_for`, `retry_after_seconds`: a dataset that opens in the background while the server already serves)",
+        "Every configured dataset with its state: ready, failed (`error`: why) or opening (`since_seconds`, `waiting_for`, `retry_after_seconds`: a dataset that opens in the background while the server already serves); a ready dataset on a health-checked tape archive has `tape` (`state` ok or failing, `error`, `since_seconds`, `checked_seconds_ago`)",
         "meta",
         &["application/json"],
         Kind::Plain,

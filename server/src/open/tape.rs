@@ -128,6 +128,9 @@ pub fn open_indexes(
         }
     }
     let stager = stager_for(tape).map_err(|e| OpenError::Tape(format!("storage.tape: {e}")))?;
+    if let Some(p) = paths.first() {
+        stager.watch(p);
+    }
     let store = Arc::new(Store::tape(stager.clone()));
     let handle = |path: &str, size: u64, mtime_ns: i64| {
         Arc::new(SourceFile {

@@ -264,9 +264,10 @@ pub fn attach_remote(
                 let store = match self.stores.get("tape:") {
                     Some(s) => s.clone(),
                     None => {
-                        let s = Arc::new(crate::storage::Store::tape(crate::storage::tape::stager_for(
-                            tape,
-                        )?));
+                        let stager = crate::storage::tape::stager_for(tape)?;
+                        // the first file named is what the archive's health checks ask about
+                        stager.watch(&url);
+                        let s = Arc::new(crate::storage::Store::tape(stager));
                         self.stores.insert("tape:".into(), s.clone());
                         s
                     }

@@ -51,6 +51,12 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     fn orders_by_tape(&self) -> bool {
         false
     }
+    /// Asks the archive, about file `sample`, whether it answers as configured: `None` when
+    /// the driver has no such question (commands: their programs are checked at opening),
+    /// else the reason it does not (unreachable, refused, an answer of the wrong form).
+    fn probe(&self, _sample: &str) -> Option<Result<(), String>> {
+        None
+    }
 }
 
 /// Runs `slk`-like commands.
@@ -384,10 +390,18 @@ impl WlcgDriver {
         url: String,
         body: Option<serde_json::Value>,
     ) -> Result<serde_json::Value, String> {
-        let mut req = self
-            .client
-            .request(method.clone(), &url)
-            .timeout(Duration::from_secs(60));
+        self.call_within(method, url, body, Duration::from_secs(60))
+    }
+
+    /// [`WlcgDriver::call`] waiting at most `timeout` for the answer.
+    fn call_within(
+        &self,
+        method: reqwest::Method,
+        url: String,
+        body: Option<serde_json::Value>,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, String> {
+        let mut req = self.client.request(method.clone(), &url).timeout(timeout);
         if let Some(t) = self.token()? {
             req = req.bearer_auth(t);
         }
@@ -497,6 +511,32 @@ impl Driver for WlcgDriver {
         ) {
             tracing::warn!(job, "tape release failed: {e}");
         }
+    }
+
+    /// `archiveinfo` of `sample`: reaching the endpoint, the token being accepted and an
+    /// answer of the API's form are what every recall needs (a per-file error in the answer,
+    /// e.g. an unknown path, is the file's, reported by `/locality`). Short timeout: a probe
+    /// that hangs says as much as one that fails.
+    fn probe(&self, sample: &str) -> Option<Result<(), String>> {
+        let body = serde_json::json!({"paths": [sample]});
+        Some(
+            self.call_within(
+                reqwest::Method::POST,
+                self.url("archiveinfo"),
+                Some(body),
+                Duration::from_secs(15),
+            )
+            .and_then(|r| {
+                if r.is_array() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "POST {}: the answer is not a list of files: {r}",
+                        self.url("archiveinfo")
+                    ))
+                }
+            }),
+        )
     }
 
     fn archive_info(&self, files: &[String]) -> Option<HashMap<String, String>> {

@@ -145,6 +145,8 @@ pub struct Limits {
     pub backoff: Duration,
     /// Files per job at most.
     pub files_per_job: usize,
+    /// How often the archive is asked whether it answers ([`Stager::health`]).
+    pub health_every: Duration,
 }
 
 impl Limits {
@@ -159,8 +161,36 @@ impl Limits {
             retry_after: spec.retry_after_seconds.unwrap_or(600).max(1),
             backoff: Duration::from_secs(spec.failure_backoff_seconds.unwrap_or(30)),
             files_per_job: spec.max_files_per_job.unwrap_or(1000).max(1) as usize,
+            health_every: Duration::from_secs(spec.health_check_seconds.unwrap_or(60).max(1)),
         }
     }
+}
+
+/// Whether the archive answers, as its last check found it (see [`Stager::watch`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ArchiveHealth {
+    /// `ok` or `failing`.
+    pub state: &'static str,
+    /// Why it is failing, in the driver's words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Seconds since the state last changed.
+    pub since_seconds: u64,
+    /// Seconds since the last check.
+    pub checked_seconds_ago: u64,
+}
+
+/// The health checks of one archive: the file they ask about, the last answer.
+#[derive(Debug, Default)]
+struct Health {
+    /// An archive path the checks ask about (the first one a dataset named).
+    sample: Option<String>,
+    /// The checking thread runs.
+    checking: bool,
+    /// Check now, not at the next interval (a recall failed).
+    wake: bool,
+    /// The last answer: `Err` why not, since when it has been so, when it was asked.
+    last: Option<(Result<(), String>, Instant, Instant)>,
 }
 
 /// One tape archive's recall queue and staging cache.
@@ -171,6 +201,8 @@ pub struct Stager {
     limits: Limits,
     state: Mutex<State>,
     changed: Condvar,
+    health: Mutex<Health>,
+    check: Condvar,
 }
 
 impl std::fmt::Debug for State {
@@ -179,13 +211,23 @@ impl std::fmt::Debug for State {
     }
 }
 
+/// The process's stagers, by staging directory.
+fn stagers() -> MutexGuard<'static, HashMap<String, Arc<Stager>>> {
+    static ALL: OnceLock<Mutex<HashMap<String, Arc<Stager>>>> = OnceLock::new();
+    ALL.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The stager of `spec`'s staging directory if a dataset has made one (never makes one: a
+/// reader of `/status` must not start an archive's threads).
+pub fn existing(spec: &TapeSpec) -> Option<Arc<Stager>> {
+    stagers().get(&spec.staging_dir).cloned()
+}
+
 /// Stagers by staging directory: datasets sharing a cache share one queue and budget.
 pub fn stager_for(spec: &TapeSpec) -> Result<Arc<Stager>, String> {
-    static ALL: OnceLock<Mutex<HashMap<String, Arc<Stager>>>> = OnceLock::new();
-    let mut all = ALL
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut all = stagers();
     if let Some(s) = all.get(&spec.staging_dir) {
         return Ok(s.clone());
     }
@@ -213,7 +255,104 @@ impl Stager {
             limits,
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
+            health: Mutex::new(Health::default()),
+            check: Condvar::new(),
         }
+    }
+
+    fn health_lock(&self) -> MutexGuard<'_, Health> {
+        self.health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Names archive file `path` as one a dataset reads: the first one named becomes what
+    /// the archive is asked about, every `healthCheckSeconds`, by a thread started here (the
+    /// driver's [`Driver::probe`]; none for drivers without one). A dataset that only lists
+    /// and describes its files never needs the archive, so its failing is not an error of
+    /// the dataset: it is reported ([`Stager::health`]) while staged files are still served.
+    pub fn watch(self: &Arc<Self>, path: &str) {
+        let mut h = self.health_lock();
+        if h.sample.is_none() {
+            h.sample = Some(path.to_string());
+        }
+        if h.checking {
+            return;
+        }
+        h.checking = true;
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("cloudify-tape-check".into())
+            .spawn(move || me.checker());
+        if let Err(e) = spawned {
+            h.checking = false;
+            tracing::error!("cannot start the tape health thread: {e}");
+        }
+    }
+
+    /// Whether the archive answered its last check; `None` before the first answer and for
+    /// drivers that cannot be asked.
+    pub fn health(&self) -> Option<ArchiveHealth> {
+        let h = self.health_lock();
+        let (result, since, at) = h.last.as_ref()?;
+        Some(ArchiveHealth {
+            state: if result.is_ok() { "ok" } else { "failing" },
+            error: result.as_ref().err().cloned(),
+            since_seconds: since.elapsed().as_secs(),
+            checked_seconds_ago: at.elapsed().as_secs(),
+        })
+    }
+
+    /// The checking thread: asks, records, waits for the interval or a failed recall. Ends
+    /// at once for a driver that has no question to ask.
+    fn checker(self: Arc<Self>) {
+        loop {
+            let sample = self.health_lock().sample.clone();
+            if let Some(sample) = sample {
+                let Some(answer) = self.driver.probe(&sample) else {
+                    return;
+                };
+                self.record(answer);
+            }
+            let deadline = Instant::now() + self.limits.health_every;
+            let mut h = self.health_lock();
+            while !h.wake {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                h = self
+                    .check
+                    .wait_timeout(h, deadline - now)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .0;
+            }
+            h.wake = false;
+        }
+    }
+
+    /// Keeps a check's answer; `since` moves only when ok turns failing or back.
+    fn record(&self, answer: Result<(), String>) {
+        let now = Instant::now();
+        let mut h = self.health_lock();
+        let since = match &h.last {
+            Some((before, since, _)) if before.is_ok() == answer.is_ok() => *since,
+            _ => {
+                match &answer {
+                    Ok(()) if h.last.is_some() => tracing::info!("tape archive answers again"),
+                    Ok(()) => {}
+                    Err(e) => tracing::warn!("tape archive check failed: {e}"),
+                }
+                let failing = metrics().archives_failing.clone();
+                match (&h.last, &answer) {
+                    (Some((Ok(()), ..)) | None, Err(_)) => failing.inc(),
+                    (Some((Err(_), ..)), Ok(())) => failing.dec(),
+                    _ => {}
+                }
+                now
+            }
+        };
+        h.last = Some((answer, since, now));
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -471,6 +610,10 @@ impl Stager {
             tracing::warn!(file = %f, attempts, "tape recall failed: {reason}");
         }
         self.changed.notify_all();
+        drop(st);
+        // a failed recall may be the archive gone: check it now, not at the next interval
+        self.health_lock().wake = true;
+        self.check.notify_all();
     }
 
     /// One job: submit, follow, retrieve each file into the cache.
@@ -600,6 +743,8 @@ pub struct TapeMetrics {
     pub failures: prometheus::IntCounter,
     /// Requests answered 503 because a file was on tape (or the cache was full).
     pub unavailable: prometheus::IntCounter,
+    /// Archives whose last health check failed ([`Stager::health`]).
+    pub archives_failing: prometheus::IntGauge,
 }
 
 /// The process's tape metrics.
@@ -642,6 +787,10 @@ pub fn metrics() -> &'static TapeMetrics {
                 "Reads answered 503 because their file was still on tape or the staging cache was full",
             )
             .expect("tape metric definition"),
+            archives_failing: g(
+                "cloudify_tape_archives_failing",
+                "Tape archives whose last health check failed (unreachable, refusing, answering wrongly)",
+            ),
         }
     })
 }

@@ -81,6 +81,7 @@ fn limits(wait_ms: u64) -> Limits {
         retry_after: 99,
         backoff: Duration::from_millis(300),
         files_per_job: 100,
+        health_every: Duration::from_millis(50),
     }
 }
 
@@ -214,4 +215,111 @@ fn a_full_cache_of_pinned_files_refuses_instead_of_evicting() {
     std::thread::sleep(Duration::from_millis(350));
     let c = s.acquire("/T1/c.nc").expect("a evicted");
     assert!(!s.cache.contains("/T1/a.nc") && b.path.is_file() && c.path.is_file());
+}
+
+/// An archive whose health answer is switched by the test; recalls always fail.
+#[derive(Debug, Default)]
+struct Probed {
+    down: std::sync::atomic::AtomicBool,
+    asked: Mutex<Vec<String>>,
+}
+
+impl Driver for Probed {
+    fn tapes(&self, _files: &[String]) -> Result<HashMap<String, String>, String> {
+        Ok(HashMap::new())
+    }
+    fn submit(&self, _files: &[String]) -> Result<String, String> {
+        Err("POST https://tape.example/api/v1/tape/stage: connection refused".into())
+    }
+    fn status(&self, _job: &str) -> Result<JobStatus, String> {
+        Err("no jobs".into())
+    }
+    fn retrieve(&self, _job: &str, _file: &str, _dest: &Path) -> Result<(), String> {
+        Err("no files".into())
+    }
+    fn probe(&self, sample: &str) -> Option<Result<(), String>> {
+        self.asked.lock().unwrap().push(sample.to_string());
+        Some(if self.down.load(Ordering::SeqCst) {
+            Err("POST https://tape.example/api/v1/tape/archiveinfo: connection refused".into())
+        } else {
+            Ok(())
+        })
+    }
+}
+
+fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn the_archive_is_checked_about_the_first_file_named_and_reported_failing_then_ok() {
+    let driver = Arc::new(Probed::default());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = Arc::new(StagingCache::open(dir.path(), 1 << 20).expect("cache"));
+    let s = Arc::new(Stager::new(driver.clone(), cache, limits(100)));
+    // nothing named yet: nothing asked, nothing known
+    assert_eq!(s.health(), None);
+    s.watch("/T1/a.nc");
+    s.watch("/T2/b.nc");
+    let ok = until("a first answer", || s.health());
+    assert_eq!((ok.state, ok.error.as_deref()), ("ok", None));
+    assert!(driver.asked.lock().unwrap().iter().all(|p| p == "/T1/a.nc"));
+
+    driver.down.store(true, Ordering::SeqCst);
+    let failing = until("failing", || s.health().filter(|h| h.state == "failing"));
+    assert!(
+        failing
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("archiveinfo: connection refused"))
+    );
+    // checked again and again, `since` kept from the first failing answer
+    std::thread::sleep(Duration::from_millis(1100));
+    let later = s.health().expect("known");
+    assert_eq!(later.state, "failing");
+    assert!(
+        later.since_seconds >= 1 && later.checked_seconds_ago == 0,
+        "{later:?}"
+    );
+
+    driver.down.store(false, Ordering::SeqCst);
+    let back = until("ok again", || s.health().filter(|h| h.state == "ok"));
+    assert_eq!((back.error, back.since_seconds), (None, 0));
+}
+
+#[test]
+fn a_failed_recall_checks_the_archive_at_once() {
+    let driver = Arc::new(Probed::default());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = Arc::new(StagingCache::open(dir.path(), 1 << 20).expect("cache"));
+    let mut l = limits(2000);
+    l.health_every = Duration::from_secs(3600);
+    let s = Arc::new(Stager::new(driver.clone(), cache, l));
+    s.watch("/T1/a.nc");
+    until("the first check", || s.health());
+    driver.down.store(true, Ordering::SeqCst);
+    // the next check would be in an hour; the failed recall asks now
+    let e = s.acquire("/T1/a.nc").expect_err("the recall fails");
+    assert!(matches!(e, TapeError::Failed { .. }), "{e:?}");
+    let h = until("failing after the failed recall", || {
+        s.health().filter(|h| h.state == "failing")
+    });
+    assert!(h.error.is_some());
+    assert_eq!(driver.asked.lock().unwrap().len(), 2);
+}
+
+#[test]
+fn a_driver_without_a_health_question_reports_nothing() {
+    let fake = Fake::new(10);
+    let (_d, s) = stager(&fake, 1 << 20, 1000);
+    s.watch("/T1/a.nc");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(s.health(), None);
 }
