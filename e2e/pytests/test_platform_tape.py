@@ -151,3 +151,61 @@ def test_an_opening_that_fails_is_degraded_with_the_servers_reason(ctx):
               if (e.get("involvedObject") or {}).get("name") == BAD]
     assert any(e.get("reason") == "Degraded" and "OpenFailed" in (e.get("message") or "") for e in events), events
     p.kubectl("delete", "cds", BAD, NAME, f"--timeout={int(TIMEOUT)}s", timeout=TIMEOUT + 30)
+
+
+def test_a_served_dataset_whose_tape_archive_goes_away_is_degraded_until_it_answers(ctx):
+    """A Ready dataset on a WLCG tape archive (the emulator of test_tape.py): when the endpoint
+    stops answering, the Deployment sees nothing (the pods still serve what is staged); the
+    server's health check does, and the CR says `Degraded=True, TapeUnavailable` naming the
+    endpoint's error while `Ready` stays True; when the archive answers again on its address,
+    Degraded clears."""
+    from wlcg_tape_emulator import Emulator
+
+    p = ctx["p"]
+    name, dataset = "e2e-tape-wlcg", "e2e_tape_wlcg"
+    token = ctx["root"] / "wlcg-token"
+    token.write_text("e2e-token\n")
+    emu = Emulator(ctx["root"] / "archive", "e2e-token", delay=0.5)
+    port = emu.httpd.server_address[1]
+    tape = {"driver": {"wlcg": {"endpoint": f"{emu.url}/api/v1/tape", "dataUrl": f"{emu.url}/data",
+                                "tokenFile": str(token)}},
+            "stagingDir": str(ctx["root"] / "staging-wlcg"), "waitSeconds": 1, "batchWindowMs": 200,
+            "pollMs": 200, "retryAfterSeconds": 5, "healthCheckSeconds": 1}
+    apply(p, {"apiVersion": "cloudify.io/v1alpha1", "kind": "CloudifyDataset",
+              "metadata": {"name": name, "namespace": p.namespace},
+              "spec": {"dataset": {"name": dataset, "sources": ctx["sources"], "storage": {"tape": tape}},
+                       "replicas": {"min": 1, "max": 1}}})
+    try:
+        p.kubectl("wait", "--for=condition=Ready", f"cds/{name}", f"--timeout={int(TIMEOUT)}s", timeout=TIMEOUT + 30)
+        assert condition(p.cds(name), "Degraded")["status"] == "False"
+
+        emu.stop()
+
+        def degraded():
+            cr = p.cds(name)
+            c = condition(cr, "Degraded")
+            return c and c["reason"] == "TapeUnavailable" and (cr, c)
+
+        # the operator reads a served tape dataset's /status every 10 s (healthCheckSeconds 1)
+        cr, d = wait_for("Degraded=True/TapeUnavailable on the CR", degraded, timeout=60, platform=p)
+        assert d["status"] == "True" and d["observedGeneration"] == cr["metadata"]["generation"], d
+        assert f"dataset '{dataset}': its tape archive fails" in d["message"], d
+        assert "archiveinfo" in d["message"], d
+        ready = condition(cr, "Ready")
+        assert (ready["status"], ready["reason"]) == ("True", "Available"), ready
+        events = [e for e in json.loads(p.kubectl("get", "events", "-o", "json").stdout)["items"]
+                  if (e.get("involvedObject") or {}).get("name") == name]
+        assert any(e.get("reason") == "Degraded" and "TapeUnavailable" in (e.get("message") or "")
+                   for e in events), events
+
+        emu = Emulator(ctx["root"] / "archive", "e2e-token", delay=0.5, port=port)
+
+        def answered():
+            c = condition(p.cds(name), "Degraded")
+            return c and c["status"] == "False" and c
+
+        c = wait_for("Degraded cleared once the archive answers", answered, timeout=60, platform=p)
+        assert c["reason"] == "Reconciled", c
+    finally:
+        emu.stop()
+        p.kubectl("delete", "cds", name, f"--timeout={int(TIMEOUT)}s", timeout=TIMEOUT + 30)

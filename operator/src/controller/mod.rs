@@ -348,14 +348,20 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     let compute_replicas = applied.compute.as_ref().map(|d| Rollout::of(d).available);
     let old = cr.status.as_ref();
     let old_conditions = old.map(|s| s.conditions.as_slice()).unwrap_or_default();
-    // Only while no replica is available: then the Deployment says no more than "unavailable",
+    // While no replica is available: then the Deployment says no more than "unavailable",
     // and the server can say why (opening, failed). Followed at the server's pace until Ready.
+    // Once served, a dataset on a tape archive that the server health-checks (WLCG) is still
+    // read, at the check's pace: the archive going away is not visible to the Deployment.
     let status_service = desired
         .status_service
         .as_ref()
         .and_then(|s| s.metadata.name.as_deref());
+    let tape = cr.spec.dataset.storage.as_ref().and_then(|s| s.tape.as_ref());
+    let checked_tape = tape.filter(|t| t.driver.wlcg.is_some());
     let server = match status_service {
-        Some(service) if rollout.observed && !rollout.ready() => Some(opening::view(ctx, &cr, service).await),
+        Some(service) if rollout.observed && (!rollout.ready() || checked_tape.is_some()) => {
+            Some(opening::view(ctx, &cr, service).await)
+        }
         _ => None,
     };
     let keep_last = ctx.status_read(&key(&cr), server.as_ref() != Some(&ServerView::Unknown));
@@ -379,9 +385,15 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     };
     write_status(&cr, &crs, ctx, &new).await?;
     // a server silent for a while (a pod that cannot start) is asked less often
-    let poll = server
-        .as_ref()
-        .map(|s| if keep_last { s.poll() } else { SILENT_POLL });
+    let poll = server.as_ref().map(|s| {
+        if rollout.ready() {
+            status::tape_poll(checked_tape.and_then(|t| t.health_check_seconds))
+        } else if keep_last {
+            s.poll()
+        } else {
+            SILENT_POLL
+        }
+    });
     let next = [reg.retry, poll].into_iter().flatten().min().unwrap_or(RESYNC);
     Ok(Action::requeue(next))
 }

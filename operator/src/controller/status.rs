@@ -176,6 +176,9 @@ pub enum ServerView {
     Failed(String),
     /// Open and served (the pod's readiness has not caught up yet).
     Ready,
+    /// Open and served, but the tape archive it recalls from fails the server's health
+    /// checks (unreachable, refusing its token); the server's reason.
+    TapeFailing(String),
 }
 
 impl ServerView {
@@ -198,7 +201,15 @@ impl ServerView {
                 retry_after: entry.get("retry_after_seconds").and_then(Value::as_u64),
             },
             Some("failed") => Self::Failed(text("error").unwrap_or_else(|| "no reason given".into())),
-            Some("ready") => Self::Ready,
+            Some("ready") => match entry.get("tape") {
+                Some(t) if t.get("state").and_then(Value::as_str) == Some("failing") => Self::TapeFailing(
+                    t.get("error")
+                        .and_then(Value::as_str)
+                        .unwrap_or("no reason given")
+                        .to_string(),
+                ),
+                _ => Self::Ready,
+            },
             _ => Self::Unknown,
         }
     }
@@ -210,9 +221,16 @@ impl ServerView {
         Duration::from_secs(match self {
             Self::Opening { retry_after, .. } => retry_after.unwrap_or(10).clamp(5, 60),
             Self::Failed(_) => 60,
-            Self::Unknown | Self::Ready => 10,
+            Self::Unknown | Self::Ready | Self::TapeFailing(_) => 10,
         })
     }
+}
+
+/// How often the server's view of a served dataset on a tape archive is read: the archive's
+/// health-check interval (`tape.healthCheckSeconds`, default 60) within 10 s–5 min, so the
+/// CR follows an archive going away and coming back without polling every pod constantly.
+pub fn tape_poll(health_check_seconds: Option<u64>) -> Duration {
+    Duration::from_secs(health_check_seconds.unwrap_or(60).clamp(10, 300))
 }
 
 /// `Retry-After` in words, coarse on purpose: the message is part of the status, and a
@@ -238,7 +256,10 @@ fn expected_in(seconds: u64) -> String {
 ///   must not flip Degraded back and forth; the caller passes none once the server has been
 ///   silent for a while), else the Deployment's view.
 ///
-/// An available replica always wins: the Deployment then says all there is.
+/// An available replica always wins for Ready: the Deployment then says all there is. While
+/// served, a tape archive failing the server's health checks is `Degraded=True,
+/// TapeUnavailable` (unless the rollout is degraded itself): staged files are served, others
+/// cannot be recalled. An unanswered read keeps it as for the opening.
 pub fn with_server(
     rollout: &Rollout,
     server: &ServerView,
@@ -247,7 +268,39 @@ pub fn with_server(
     generation: Option<i64>,
 ) -> [Cond; 3] {
     let [ready, progressing, degraded] = rollout.conditions();
-    if rollout.ready() || !rollout.observed {
+    if rollout.ready() {
+        if degraded.status {
+            return [ready, progressing, degraded];
+        }
+        let degraded = match server {
+            ServerView::TapeFailing(why) => Cond::new(
+                ConditionType::Degraded,
+                true,
+                TAPE_UNAVAILABLE,
+                format!(
+                    "dataset '{dataset}': its tape archive fails the server's health checks ({why}); staged files are served, the others cannot be recalled until it answers"
+                ),
+            ),
+            ServerView::Unknown => previous
+                .iter()
+                .find(|c| {
+                    c.type_ == ConditionType::Degraded.as_str()
+                        && c.reason == TAPE_UNAVAILABLE
+                        && c.observed_generation == generation
+                })
+                .map_or(degraded, |c| {
+                    Cond::new(
+                        ConditionType::Degraded,
+                        c.status == "True",
+                        TAPE_UNAVAILABLE,
+                        c.message.clone(),
+                    )
+                }),
+            _ => degraded,
+        };
+        return [ready, progressing, degraded];
+    }
+    if !rollout.observed {
         return [ready, progressing, degraded];
     }
     match server {
@@ -274,7 +327,7 @@ pub fn with_server(
                 Cond::new(ConditionType::Degraded, true, OPEN_FAILED, message),
             ]
         }
-        ServerView::Ready => [ready, progressing, degraded],
+        ServerView::Ready | ServerView::TapeFailing(_) => [ready, progressing, degraded],
         ServerView::Unknown => {
             let kept = |t: ConditionType, reason: &'static str| {
                 previous
@@ -303,6 +356,8 @@ pub fn with_server(
 pub const OPENING: &str = "Opening";
 /// Reason of `Ready=False` and `Degraded=True` when the server could not open the dataset.
 pub const OPEN_FAILED: &str = "OpenFailed";
+/// Reason of `Degraded=True` while a served dataset's tape archive fails its health checks.
+pub const TAPE_UNAVAILABLE: &str = "TapeUnavailable";
 
 /// Ready and Progressing when nothing could be applied (invalid spec): what the Deployment
 /// left from an earlier, valid spec still serves, so it is reported as it is.
@@ -717,5 +772,81 @@ mod tests {
         // but not across a spec change: the new pods may open quite differently
         let [ready, _, degraded] = with_server(&r, &ServerView::Unknown, "tas", &old, Some(2));
         assert_eq!((ready.reason, degraded.reason), ("Unavailable", "Reconciled"));
+    }
+
+    const TAPE_FAILING: &[u8] = br#"{"datasets": [
+        {"name": "tas", "state": "ready", "files": 3, "not_served": [],
+         "tape": {"state": "failing", "error": "POST https://tape.example/api/v1/tape/archiveinfo: connection refused",
+                  "since_seconds": 40, "checked_seconds_ago": 2}},
+        {"name": "fine", "state": "ready", "files": 3, "not_served": [],
+         "tape": {"state": "ok", "since_seconds": 40, "checked_seconds_ago": 2}}
+    ]}"#;
+
+    #[test]
+    fn a_served_dataset_whose_tape_archive_fails_is_degraded_but_ready() {
+        let view = ServerView::parse("tas", TAPE_FAILING);
+        assert_eq!(
+            view,
+            ServerView::TapeFailing(
+                "POST https://tape.example/api/v1/tape/archiveinfo: connection refused".into()
+            )
+        );
+        assert_eq!(ServerView::parse("fine", TAPE_FAILING), ServerView::Ready);
+        let served = Rollout::of(&deployment(2, 2, 1, 1, 1));
+        let [ready, progressing, degraded] = with_server(&served, &view, "tas", &[], Some(2));
+        assert_eq!((ready.status, ready.reason), (true, "Available"));
+        assert_eq!(progressing, served.conditions()[1]);
+        assert_eq!((degraded.status, degraded.reason), (true, TAPE_UNAVAILABLE));
+        assert!(
+            degraded.message.contains("connection refused")
+                && degraded.message.contains("staged files are served"),
+            "{}",
+            degraded.message
+        );
+        // the archive answers again: Degraded clears
+        assert_eq!(
+            with_server(&served, &ServerView::Ready, "tas", &[], Some(2)),
+            served.conditions()
+        );
+        // a rollout past its deadline says more than the archive: its Degraded stays
+        let mut late = Rollout::of(&past_deadline("timed out"));
+        late.available = 1;
+        let [_, _, d] = with_server(&late, &view, "tas", &[], Some(2));
+        assert_eq!(d.reason, "ProgressDeadlineExceeded");
+    }
+
+    #[test]
+    fn an_unanswered_read_keeps_a_failing_archive_for_this_generation() {
+        let served = Rollout::of(&deployment(2, 2, 1, 1, 1));
+        let t0 = Timestamp::from_second(1_700_000_000).expect("time");
+        let failing = with_server(
+            &served,
+            &ServerView::parse("tas", TAPE_FAILING),
+            "tas",
+            &[],
+            Some(2),
+        );
+        let old = merge(&[], &failing, Some(2), t0);
+        assert_eq!(
+            with_server(&served, &ServerView::Unknown, "tas", &old, Some(2)),
+            failing
+        );
+        // not across a spec change, nor once the silence lasted (the caller passes nothing)
+        assert_eq!(
+            with_server(&served, &ServerView::Unknown, "tas", &old, Some(3)),
+            served.conditions()
+        );
+        assert_eq!(
+            with_server(&served, &ServerView::Unknown, "tas", &[], Some(2)),
+            served.conditions()
+        );
+    }
+
+    #[test]
+    fn a_served_tape_dataset_is_read_at_the_archive_checks_pace() {
+        assert_eq!(tape_poll(None), Duration::from_secs(60));
+        assert_eq!(tape_poll(Some(1)), Duration::from_secs(10));
+        assert_eq!(tape_poll(Some(120)), Duration::from_secs(120));
+        assert_eq!(tape_poll(Some(86_400)), Duration::from_secs(300));
     }
 }
