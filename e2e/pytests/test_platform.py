@@ -695,13 +695,6 @@ def test_private_dataset_with_compute_is_served_only_with_a_token(platform):
     import hashlib
 
     p = platform
-    if p.local:
-        # Known gap (run at 06:25 UTC: server and worker exit with code 1, CR never Ready): the
-        # local pod runtime rewrites mount paths in args but not inside the mounted config file
-        # (e2e/src/runtime/plan.rs), so the token file the ConfigMap names
-        # (/etc/cloudify-access/...) does not exist for the local processes. Runs as is on a
-        # real cluster (CLOUDIFY_E2E_KUBECONFIG).
-        pytest.xfail("local runtime: paths inside the mounted config are not rewritten")
     digest = hashlib.sha256(READER_TOKEN.encode()).hexdigest()
     apply(p, {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
               "metadata": {"name": READERS, "namespace": p.namespace},

@@ -8,7 +8,10 @@
 //!   directories, all under the pod's own directory (`<pod dir>/volumes/<volume>`). Because the
 //!   process cannot see them at their `mountPath`, every arg and env value that *is* a mount
 //!   path or starts with `<mountPath>/` (also after a `--flag=` prefix) is rewritten to the
-//!   host directory. File *contents* (e.g. a config file naming other paths) are not rewritten.
+//!   host directory. So are mount paths in the text of mounted ConfigMap files (a config
+//!   file naming a mounted Secret's file, as the operator's server config names its token
+//!   file), where a path starts after a delimiter (start, space, quote, `[`, `,`, `:`, `=`) and
+//!   ends at `/` or a delimiter; Secret files are left byte for byte.
 //!   `hostPath` volumes map the mount path to the host path; `persistentVolumeClaim` volumes
 //!   are the identity (their mount path is used as a host path as is), so a manifest can point
 //!   at data on this machine.
@@ -221,6 +224,31 @@ pub fn plan_pod(
         let host = plan_volume(volume, sources, &dir, &mut plan)?;
         volume_dirs.insert(volume.name.clone(), host);
     }
+    // The mount table of all containers (one path, one directory: the first container's
+    // wins), for the text of ConfigMap files, which any of them may read.
+    let mut all_mounts: Vec<(String, PathBuf)> = Vec::new();
+    for container in &spec.containers {
+        for m in container_mounts(container, &volume_dirs)? {
+            if !all_mounts.iter().any(|(p, _)| *p == m.0) {
+                all_mounts.push(m);
+            }
+        }
+    }
+    all_mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+    let config_dirs: Vec<PathBuf> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter(|v| v.config_map.is_some() && mounted.contains(v.name.as_str()))
+        .map(|v| volumes_dir.join(&v.name))
+        .collect();
+    for f in &mut plan.files {
+        if config_dirs.iter().any(|d| f.path.starts_with(d))
+            && let Ok(text) = std::str::from_utf8(&f.contents)
+        {
+            f.contents = rewrite_text(text, &all_mounts).into_bytes();
+        }
+    }
     for container in &spec.containers {
         plan.containers.push(plan_container(
             pod,
@@ -342,24 +370,12 @@ fn key_files(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn plan_container(
-    pod: &Pod,
+/// The container's mount path → host path table, longest first so nested mounts win
+/// (volumes that are the identity, PVCs, left out).
+fn container_mounts(
     container: &Container,
-    sources: &Sources,
-    images: &ImageMap,
-    pod_dir: &Path,
     volume_dirs: &BTreeMap<String, Option<PathBuf>>,
-    host_ports: &BTreeMap<i32, u16>,
-    inherited_env: &[(String, String)],
-) -> Result<ProcessPlan, PlanError> {
-    let image = container.image.clone().unwrap_or_default();
-    let program = images
-        .resolve(&image)
-        .ok_or_else(|| PlanError::Image(image.clone()))?
-        .to_path_buf();
-
-    // Mount path → host path, longest first so nested mounts win.
+) -> Result<Vec<(String, PathBuf)>, PlanError> {
     let mut mounts: Vec<(String, PathBuf)> = Vec::new();
     for m in container.volume_mounts.iter().flatten() {
         let Some(host) = volume_dirs.get(&m.name) else {
@@ -377,6 +393,60 @@ fn plan_container(
         }
     }
     mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+    Ok(mounts)
+}
+
+/// Mount paths in a config file's text rewritten to their host directories: a path begins
+/// at the start or after a delimiter and the mount path must end at `/` or a delimiter, so
+/// `/data` is rewritten in `"/data/x.nc"` but not in `/database` or `http://h/data`.
+pub fn rewrite_text(text: &str, mounts: &[(String, PathBuf)]) -> String {
+    const DELIMITERS: &[char] = &[
+        ' ', '\t', '\n', '\r', '"', '\'', '[', ']', ',', ':', '=', '{', '}', '(', ')',
+    ];
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        let starts = i == 0 || text[..i].ends_with(DELIMITERS);
+        let hit = starts
+            .then(|| {
+                mounts.iter().find(|(m, _)| {
+                    text[i..].starts_with(m.as_str())
+                        && text[i + m.len()..]
+                            .chars()
+                            .next()
+                            .is_none_or(|c| c == '/' || DELIMITERS.contains(&c))
+                })
+            })
+            .flatten();
+        if let Some((m, host)) = hit {
+            out.push_str(&host.display().to_string());
+            i += m.len();
+        } else if let Some(c) = text[i..].chars().next() {
+            out.push(c);
+            i += c.len_utf8();
+        }
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn plan_container(
+    pod: &Pod,
+    container: &Container,
+    sources: &Sources,
+    images: &ImageMap,
+    pod_dir: &Path,
+    volume_dirs: &BTreeMap<String, Option<PathBuf>>,
+    host_ports: &BTreeMap<i32, u16>,
+    inherited_env: &[(String, String)],
+) -> Result<ProcessPlan, PlanError> {
+    let image = container.image.clone().unwrap_or_default();
+    let program = images
+        .resolve(&image)
+        .ok_or_else(|| PlanError::Image(image.clone()))?
+        .to_path_buf();
+
+    let mounts = container_mounts(container, volume_dirs)?;
 
     let ports: Vec<PortMapping> = container
         .ports
@@ -872,6 +942,64 @@ spec:
         );
         assert!(plan.dirs.contains(&dir.join("volumes/cache")));
         assert!(plan.dirs.contains(&dir.join("volumes/tmp")));
+    }
+
+    #[test]
+    fn mount_paths_in_config_files_are_rewritten_at_path_boundaries_only() {
+        let mounts = vec![
+            (
+                "/etc/cloudify-access".to_string(),
+                PathBuf::from("/p/volumes/access"),
+            ),
+            ("/data".to_string(), PathBuf::from("/p/volumes/data")),
+        ];
+        let text = r#"{"tokenFile": "/etc/cloudify-access/sha256", "sources": ["/data/a.nc", "/data"],
+            "x": "/database/b.nc", "u": "http://h/data/c.nc", "y": /data/d.nc, "z": /etc/cloudify-accessory}"#;
+        assert_eq!(
+            rewrite_text(text, &mounts),
+            r#"{"tokenFile": "/p/volumes/access/sha256", "sources": ["/p/volumes/data/a.nc", "/p/volumes/data"],
+            "x": "/database/b.nc", "u": "http://h/data/c.nc", "y": /p/volumes/data/d.nc, "z": /etc/cloudify-accessory}"#
+        );
+        assert_eq!(rewrite_text("/data", &mounts), "/p/volumes/data");
+        assert_eq!(rewrite_text("é /data/ü", &mounts), "é /p/volumes/data/ü");
+    }
+
+    #[test]
+    fn a_config_file_naming_a_mounted_secret_reads_it_where_the_runtime_put_it() {
+        let p = pod(r#"
+metadata: {name: private-abc, namespace: data}
+spec:
+  volumes:
+    - {name: config, configMap: {name: era5}}
+    - {name: access, secret: {secretName: creds}}
+  containers:
+    - name: server
+      image: cloudify
+      args: [serve, --config, /etc/cloudify/cloudify.yaml]
+      volumeMounts:
+        - {name: config, mountPath: /etc/cloudify}
+        - {name: access, mountPath: /etc/cloudify-access}
+"#);
+        let mut src = sources();
+        let cm: ConfigMap = serde_yaml::from_str(
+            "metadata: {name: era5}\ndata: {cloudify.yaml: 'tokenFile: /etc/cloudify-access/token'}",
+        )
+        .expect("cm");
+        src.config_maps.insert("era5".into(), cm);
+        let dir = Path::new("/state/pods/p");
+        let plan = plan_pod(&p, &src, &images(), dir, &BTreeMap::new(), &[]).expect("plan");
+        let file = |name: &str| {
+            plan.files
+                .iter()
+                .find(|f| f.path == dir.join(name))
+                .map(|f| String::from_utf8_lossy(&f.contents).into_owned())
+        };
+        assert_eq!(
+            file("volumes/config/cloudify.yaml").as_deref(),
+            Some("tokenFile: /state/pods/p/volumes/access/token")
+        );
+        // a Secret's bytes are its own
+        assert_eq!(file("volumes/access/token").as_deref(), Some("s3cr3t"));
     }
 
     #[test]
