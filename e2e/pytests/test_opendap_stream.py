@@ -3,7 +3,8 @@ of XDR) comes back whole and exact, with a `Content-Length` that matches the bod
 that cannot be read fails the request with a DAP error (answers up to 1 GiB are read through
 before their headers: netCDF-C takes a DAP2 body cut short as data), never a complete-looking
 answer with wrong values; `.dap` (DAP4) ends a failed stream with an error chunk and then short;
-a request above the streamed cap is a 413 DAP error before anything is read."""
+a request above the streamed cap is a 413 DAP error before anything is read; string answers
+(no Content-Length) are read through first too."""
 
 from __future__ import annotations
 
@@ -53,6 +54,26 @@ def _corrupt_chunk(path, step):
         f.write(b"\0" * (info.size // 2))
 
 
+def _write_strings(path):
+    """A small Grid `tas` and a zlib-compressed char array `names` (2048 strings of 16: above
+    the 16 KiB read into the index at start-up), whose one chunk is then corrupted."""
+    with netCDF4.Dataset(path, "w") as nc:
+        for n, d in (("time", 2), ("lat", 3), ("lon", 4)):
+            nc.createDimension(n, d)
+            c = nc.createVariable(n, "f8", (n,))
+            c[:] = np.arange(d, dtype="f8")
+        nc.createVariable("tas", "f4", ("time", "lat", "lon"))[:] = np.arange(24, dtype="f4").reshape(2, 3, 4)
+        nc.createDimension("station", 2048)
+        nc.createDimension("strlen", 16)
+        v = nc.createVariable("names", "S1", ("station", "strlen"), zlib=True, chunksizes=(2048, 16))
+        v[:] = netCDF4.stringtochar(np.array([f"st {i:04d} {i * 7919 % 10007:05d}" for i in range(2048)], "S16"))
+    with h5py.File(path, "r") as f:
+        info = f["names"].id.get_chunk_info_by_coord((0, 0))
+    with open(path, "r+b") as f:
+        f.seek(info.byte_offset + info.size // 4)
+        f.write(b"\xff" * (info.size // 2))
+
+
 @pytest.fixture(scope="module")
 def big(tmp_path_factory, workdir):
     root = tmp_path_factory.mktemp("dapstream")
@@ -61,6 +82,8 @@ def big(tmp_path_factory, workdir):
     _write(good, data)
     _write(bad, data)
     _corrupt_chunk(bad, SHAPE[0] - 1)
+    badstr = root / "badstr.nc"
+    _write_strings(badstr)
     # A Zarr store declaring 160 GB of float64 (no chunk written: all fill value).
     huge = root / "huge.zarr"
     g = zarr.open_group(str(huge), mode="w", zarr_format=2)
@@ -68,7 +91,7 @@ def big(tmp_path_factory, workdir):
     z.attrs["_ARRAY_DIMENSIONS"] = ["y", "x"]
     zarr.consolidate_metadata(str(huge))
     specs = [{"name": "good", "sources": [str(good)]}, {"name": "bad", "sources": [str(bad)]},
-             {"name": "huge", "sources": [str(huge)]}]
+             {"name": "huge", "sources": [str(huge)]}, {"name": "badstr", "sources": [str(badstr)]}]
     cfg = workdir / "opendap_stream.yaml"
     write_config(cfg, specs)
     url, proc, log = start_server(["serve", "--config", str(cfg)], workdir, "opendap_stream")
@@ -151,6 +174,21 @@ def test_unreadable_later_piece_is_a_dap_error_before_any_data(big):
     assert ok.status_code == 200
     with netCDF4.Dataset(f"{base}/datasets/bad/opendap") as nc:
         np.testing.assert_array_equal(nc["tas"][0:99, 0:2, 0:3], data[0:99, 0:2, 0:3])
+
+
+def test_unreadable_strings_after_the_first_values_are_a_dap_error(big):
+    """A string answer's length is in its data, so it goes out without Content-Length, and a
+    body that stopped early is all a client would get. It is read through before the headers
+    like any answer up to 1 GiB: the corrupt `names` chunk, after the readable `tas` values,
+    makes the request a DAP error with its status; the readable part is still served."""
+    base, _ = big
+    r = requests.get(f"{base}/datasets/badstr/opendap.dods?tas[0:1:0][0:1:0][0:1:0],names", timeout=60)
+    assert r.status_code == 500, (r.status_code, r.content[:300])
+    assert r.headers["Content-Description"] == "dods-error"
+    assert r.text.startswith("Error {") and "names" in r.text and "badstr.nc" in r.text, r.text
+    ok = requests.get(f"{base}/datasets/badstr/opendap.dods?tas[0:1:0][0:1:0][0:1:1]", timeout=60)
+    assert ok.status_code == 200
+    assert _xdr_floats(ok.content, b"tas", 2).tolist() == [0.0, 1.0]
 
 
 def test_above_the_streamed_cap_is_413_before_reading(big):

@@ -139,11 +139,13 @@ pub async fn opendap(
 /// The `.dods` answer, streamed: the plan (DDS, counts, pieces of values) is made first, so
 /// bad constraints and oversized requests get their DAP error; the pieces up to and including
 /// the first values are encoded before answering, so a source that cannot be read now gets
-/// its error status too; so is every later piece of an answer up to
-/// [`opendap::MAX_CHECKED_BYTES`] (read once and dropped: see there why). Later pieces are
+/// its error status too; every later piece of an answer up to
+/// [`opendap::MAX_CHECKED_BYTES`] (string answers, which have no `Content-Length`, by their
+/// estimated size) is read before answering too, decoded and dropped without being encoded
+/// ([`opendap::check_values`]; see [`opendap::MAX_CHECKED_BYTES`] why). Later pieces are
 /// then encoded two at a time on the worker pool while earlier ones are sent; a read failing
 /// after the headers (a larger answer, or a file changing meanwhile) ends the body early,
-/// which the client sees against `Content-Length`.
+/// which the client sees against `Content-Length` (or the chunked body's missing end).
 async fn dods(state: Arc<AppState>, s: Arc<Served>, ce: String) -> Response {
     let failed = |id: &str| {
         dap_error(&DapError {
@@ -187,7 +189,7 @@ async fn dods(state: Arc<AppState>, s: Arc<Served>, ce: String) -> Response {
         }
     }
     let pieces: Vec<Piece> = pieces.collect();
-    if plan.length.is_some_and(|n| n <= opendap::MAX_CHECKED_BYTES) {
+    if plan.checked {
         let arrays: Vec<opendap::ArrayOut> = pieces
             .iter()
             .filter_map(|p| match p {
@@ -197,11 +199,14 @@ async fn dods(state: Arc<AppState>, s: Arc<Served>, ce: String) -> Response {
             .collect();
         let (st, sv) = (state.clone(), s.clone());
         let mut check = stream::iter(arrays)
-            .map(move |a| encode(st.clone(), sv.clone(), a))
+            .map(move |a| {
+                let (st, sv) = (st.clone(), sv.clone());
+                async move { st.run_for(&sv.ds, move || opendap::check_values(&a)).await }
+            })
             .buffered(2);
         while let Some(r) = check.next().await {
             match r {
-                Some(Ok(_)) => {}
+                Some(Ok(())) => {}
                 Some(Err(e)) => return dap_error(&e),
                 None => return failed(&s.ds.name),
             }

@@ -28,9 +28,11 @@ pub const MAX_RESPONSE_BYTES: u64 = 512 * 1024 * 1024;
 /// error once data was sent, and netCDF-C (4.9, also the netCDF4 wheel's) takes a body cut
 /// short as data: it prints "DAP DATADDS packet is apparently too short" and returns the
 /// array with wrong values. So answers up to this size are read whole first and a failure is
-/// a DAP error with its status; the read costs one more decode of what is sent (about a
-/// second per 300 MB here), while a larger answer must start streaming before proxies'
-/// read timeouts (60 s at the ingress) and keeps the cut.
+/// a DAP error with its status; the read costs one more decode of what is sent, but no
+/// encoding and no memory beyond a chunk per worker ([`check_values`]), while a larger
+/// answer must start streaming before proxies' read timeouts (60 s at the ingress) and keeps
+/// the cut. Streaming once and cutting the body on a failure is not an option below this
+/// size: netCDF-C ignores curl's "partial file" error and returns wrong values.
 pub const MAX_CHECKED_BYTES: u64 = 1024 * 1024 * 1024;
 
 /// Largest `.dods` answer (bytes of XDR values). `.dods` is streamed in pieces of about
@@ -649,25 +651,16 @@ fn strides(shape: &[u64]) -> Vec<u64> {
     st
 }
 
-/// The values selected by `sel` (one slice per dimension of the variable), read per served
-/// chunk: each read covers only the selected indices of one chunk along every dimension. The
-/// chunks are read in parallel on the worker pool (a time series at a point touches one chunk
-/// per step, each decoded whole), then copied into place a row at a time.
-pub fn gather(var: &Variable, sel: &[Slice]) -> Result<BlockData, DapError> {
-    use rayon::prelude::*;
-    let read_err = |e: crate::chunk::read::ReadError| DapError {
-        status: 500,
-        message: format!("reading '{}': {e}", var.name),
-    };
-    let nd = sel.len();
-    // Per dimension: groups of selected indices falling in one chunk: (first output
-    // position, number selected, first index, last index).
-    let groups: Vec<Vec<(u64, u64, u64, u64)>> = sel
-        .iter()
+/// Per dimension of a selection, its selected indices grouped by the served chunk they fall
+/// in: (first output position, number selected, first index, last index).
+type Group = (u64, u64, u64, u64);
+
+fn chunk_groups(var: &Variable, sel: &[Slice]) -> Vec<Vec<Group>> {
+    sel.iter()
         .enumerate()
         .map(|(d, s)| {
             let chunk = var.chunks.get(d).copied().unwrap_or(1).max(1);
-            let mut g: Vec<(u64, u64, u64, u64)> = Vec::new();
+            let mut g: Vec<Group> = Vec::new();
             for k in 0..s.count() {
                 let i = s.start + k * s.stride;
                 match g.last_mut() {
@@ -680,17 +673,76 @@ pub fn gather(var: &Variable, sel: &[Slice]) -> Result<BlockData, DapError> {
             }
             g
         })
-        .collect();
-    let out_shape: Vec<u64> = sel.iter().map(Slice::count).collect();
-    let total: u64 = out_shape.iter().product();
-    let n = usize::try_from(total).map_err(|_| DapError::bad("selection too large"))?;
-    let is_str = var.dtype == DType::Str;
-    let size = var.dtype.size();
+        .collect()
+}
+
+/// Every combination of one group per dimension, in C order: one read each.
+fn group_combos(groups: &[Vec<Group>]) -> Vec<Vec<usize>> {
     let mut combos: Vec<Vec<usize>> = Vec::new();
     let ngroups: Vec<u64> = groups.iter().map(|g| g.len() as u64).collect();
     for_each_index(&ngroups, |gi| {
         combos.push(gi.iter().map(|i| *i as usize).collect());
     });
+    combos
+}
+
+/// The region one combination of groups reads: start and count per dimension.
+fn combo_region(groups: &[Vec<Group>], gi: &[usize]) -> (Vec<u64>, Vec<u64>) {
+    groups
+        .iter()
+        .zip(gi)
+        .map(|(g, i)| (g[*i].2, g[*i].3 - g[*i].2 + 1))
+        .unzip()
+}
+
+fn read_error(var: &Variable, e: crate::chunk::read::ReadError) -> DapError {
+    DapError {
+        status: 500,
+        message: format!("reading '{}': {e}", var.name),
+    }
+}
+
+/// Reads every value `a` selects, as [`encode_values`] does, and keeps none: how a `.dods`
+/// answer is checked before its headers (see [`MAX_CHECKED_BYTES`]). Each chunk's region is
+/// read (fetched, decoded) on the worker pool and dropped at once, so the check holds one
+/// decoded chunk per worker, not the piece, its assembled copy and its XDR (three times
+/// [`PIECE_BYTES`] per piece checked), and spends nothing on copying or byte-swapping.
+/// 64-bit integers are encoded in full: whether they fit DAP2's 32 bits is in their values.
+pub fn check_values(a: &ArrayOut) -> Result<(), DapError> {
+    use rayon::prelude::*;
+    let v = &a.var;
+    if matches!(v.dtype, DType::I64 | DType::U64) {
+        return encode_values(a, &mut Vec::new());
+    }
+    let mut sel = a.slices.clone();
+    if v.dtype == DType::Char
+        && let Some(n) = v.shape.last()
+    {
+        sel.push(Slice::all(*n));
+    }
+    let groups = chunk_groups(v, &sel);
+    group_combos(&groups).par_iter().try_for_each(|gi| {
+        let (start, count) = combo_region(&groups, gi);
+        read_region(v, &start, &count)
+            .map(drop)
+            .map_err(|e| read_error(v, e))
+    })
+}
+
+/// The values selected by `sel` (one slice per dimension of the variable), read per served
+/// chunk: each read covers only the selected indices of one chunk along every dimension. The
+/// chunks are read in parallel on the worker pool (a time series at a point touches one chunk
+/// per step, each decoded whole), then copied into place a row at a time.
+pub fn gather(var: &Variable, sel: &[Slice]) -> Result<BlockData, DapError> {
+    use rayon::prelude::*;
+    let nd = sel.len();
+    let groups = chunk_groups(var, sel);
+    let out_shape: Vec<u64> = sel.iter().map(Slice::count).collect();
+    let total: u64 = out_shape.iter().product();
+    let n = usize::try_from(total).map_err(|_| DapError::bad("selection too large"))?;
+    let is_str = var.dtype == DType::Str;
+    let size = var.dtype.size();
+    let combos = group_combos(&groups);
     // One read per combination of groups; each answers the selected values of its chunk in
     // C order of the selection (a contiguous innermost run is one copy).
     let parts: Vec<Result<BlockData, DapError>> = combos
@@ -700,7 +752,7 @@ pub fn gather(var: &Variable, sel: &[Slice]) -> Result<BlockData, DapError> {
             let start: Vec<u64> = g.iter().map(|x| x.2).collect();
             let count: Vec<u64> = g.iter().map(|x| x.3 - x.2 + 1).collect();
             let sel_n: Vec<u64> = g.iter().map(|x| x.1).collect();
-            let block = read_region(var, &start, &count).map_err(read_err)?;
+            let block = read_region(var, &start, &count).map_err(|e| read_error(var, e))?;
             let bstride = strides(&count);
             let (outer, inner) = match nd {
                 0 => (&sel_n[..], 1),
@@ -823,7 +875,7 @@ pub fn encode_values(a: &ArrayOut, out: &mut Vec<u8>) -> Result<(), DapError> {
         }
         return Ok(());
     }
-    let BlockData::Bytes(b) = data else {
+    let BlockData::Bytes(mut b) = data else {
         return Err(DapError {
             status: 500,
             message: format!("'{}': strings where numbers were expected", v.name),
@@ -838,7 +890,9 @@ pub fn encode_values(a: &ArrayOut, out: &mut Vec<u8>) -> Result<(), DapError> {
         ),
     };
     let size = v.dtype.size();
-    out.reserve(b.len() / size * a.ty.xdr_size() as usize);
+    if !matches!(v.dtype, DType::I32 | DType::U32 | DType::F32 | DType::F64) {
+        out.reserve(b.len() / size * a.ty.xdr_size() as usize);
+    }
     // One loop per type (not a type test per element): a whole variable is 10^8 elements.
     match v.dtype {
         DType::I8 | DType::U8 | DType::Bool => out.extend_from_slice(&b),
@@ -852,14 +906,22 @@ pub fn encode_values(a: &ArrayOut, out: &mut Vec<u8>) -> Result<(), DapError> {
                 out.extend_from_slice(&u32::from(u16::from_le_bytes([e[0], e[1]])).to_be_bytes());
             }
         }
-        DType::I32 | DType::U32 | DType::F32 => {
-            for e in b.chunks_exact(4) {
-                out.extend_from_slice(&[e[3], e[2], e[1], e[0]]);
+        // XDR is the same width big-endian: swapped in place, and the buffer handed over when
+        // it is the whole piece (no second buffer of the piece's size, no per-element append).
+        DType::I32 | DType::U32 | DType::F32 | DType::F64 => {
+            if size == 4 {
+                for e in b.as_chunks_mut::<4>().0 {
+                    *e = u32::from_ne_bytes(*e).swap_bytes().to_ne_bytes();
+                }
+            } else {
+                for e in b.as_chunks_mut::<8>().0 {
+                    *e = u64::from_ne_bytes(*e).swap_bytes().to_ne_bytes();
+                }
             }
-        }
-        DType::F64 => {
-            for e in b.chunks_exact(8) {
-                out.extend_from_slice(&[e[7], e[6], e[5], e[4], e[3], e[2], e[1], e[0]]);
+            if out.is_empty() {
+                *out = b;
+            } else {
+                out.extend_from_slice(&b);
             }
         }
         DType::I64 => {
@@ -941,6 +1003,9 @@ pub struct DodsPlan {
     /// Bytes of the whole body, for `Content-Length` (a client then detects a body cut short
     /// by a read failing after the headers were sent).
     pub length: Option<u64>,
+    /// Whether every value is read before the headers ([`MAX_CHECKED_BYTES`]), strings
+    /// (whose answers have no `Content-Length`) by their estimated size.
+    pub checked: bool,
 }
 
 /// Splits an array's selection along its first dimension into runs of about
@@ -1026,7 +1091,12 @@ pub fn dods_plan(ds_name: &str, items: &[Item]) -> Result<DodsPlan, DapError> {
             })
             .sum::<u64>();
     }
-    Ok(DodsPlan { pieces, length })
+    let checked = response_size(items) <= MAX_CHECKED_BYTES;
+    Ok(DodsPlan {
+        pieces,
+        length,
+        checked,
+    })
 }
 
 /// The `.dods` body in memory (the pieces of [`dods_plan`] concatenated); the server streams
