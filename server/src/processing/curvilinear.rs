@@ -14,15 +14,31 @@
 //!   shows; masked (NaN) values are transparent, so the land mask shows.
 //!
 //! The search is an exact 3-D k-d tree over the cells (median splits on the widest axis,
-//! built once per grid; [`Index::nearest`] is deterministic). Memory is 37 bytes per cell; grids above [`super::plot::MAX_CELLS`] cells are refused (413).
+//! built once per grid; [`Index::nearest`] is deterministic). Memory is 37 bytes per cell; grids above [`MAX_GRID_CELLS`] cells are refused (413).
 
 use std::sync::{Arc, Mutex};
 
 use super::derived::Input;
 use super::expr::Col;
-use super::plot::PlotError;
 use crate::dataset::{Dataset, Variable};
 use crate::pipeline;
+
+/// The most cells of a grid indexed (as many as a plot holds).
+pub const MAX_GRID_CELLS: u64 = 4_000_000;
+
+/// Why a curvilinear grid cannot be drawn; the plot layer maps the kind to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum CurvError {
+    /// Inconsistent or unusable coordinates: 400.
+    #[error("{0}")]
+    Bad(String),
+    /// A grid beyond the caps: 413.
+    #[error("{0}")]
+    TooLarge(String),
+    /// A source read failed.
+    #[error(transparent)]
+    Read(#[from] crate::chunk::read::ReadError),
+}
 
 /// The 2-D coordinates of a curvilinear variable.
 #[derive(Debug, Clone)]
@@ -54,10 +70,29 @@ fn is_lon_var(c: &Variable) -> bool {
 /// The 2-D latitude/longitude that `v`'s `coordinates` attribute names, `Ok(None)` when it
 /// names no multi-dimensional latitude or longitude; 400 naming them when they are there but
 /// inconsistent (one without the other, different dimensions, not two dimensions of `v`).
-pub fn coords(ds: &Dataset, v: &Variable) -> Result<Option<Coords>, PlotError> {
+pub fn coords(ds: &Dataset, v: &Variable) -> Result<Option<Coords>, CurvError> {
     let Some(list) = v.attrs.get_str("coordinates") else {
         return Ok(None);
     };
+    // a grid whose last two dimensions have 1-D latitude/longitude coordinates is
+    // rectilinear, whatever else its coordinates attribute names
+    let nd = v.dims.len();
+    let one_d = |d: &str, lat: bool| {
+        ds.variable(d).is_some_and(|c| {
+            c.dims.len() == 1
+                && if lat {
+                    is_lat_var(c) || matches!(d, "lat" | "latitude")
+                } else {
+                    is_lon_var(c) || matches!(d, "lon" | "longitude")
+                }
+        })
+    };
+    if nd >= 2
+        && ((one_d(&v.dims[nd - 2], true) && one_d(&v.dims[nd - 1], false))
+            || (one_d(&v.dims[nd - 1], true) && one_d(&v.dims[nd - 2], false)))
+    {
+        return Ok(None);
+    }
     let named: Vec<&Arc<Variable>> = list
         .split_whitespace()
         .filter_map(|c| ds.variable(c))
@@ -69,7 +104,7 @@ pub fn coords(ds: &Dataset, v: &Variable) -> Result<Option<Coords>, PlotError> {
         (None, None) => return Ok(None),
         (Some(a), Some(o)) => (a, o),
         (Some(c), None) | (None, Some(c)) => {
-            return Err(PlotError::Bad(format!(
+            return Err(CurvError::Bad(format!(
                 "'{}' names the 2-D coordinate '{}' ({}) but no matching 2-D {} in its coordinates attribute '{list}'",
                 v.name,
                 c.name,
@@ -79,7 +114,7 @@ pub fn coords(ds: &Dataset, v: &Variable) -> Result<Option<Coords>, PlotError> {
         }
     };
     let bad = |why: String| {
-        PlotError::Bad(format!(
+        CurvError::Bad(format!(
             "'{}' has inconsistent curvilinear coordinates: latitude '{}' ({}: {:?}) and longitude '{}' ({}: {:?}): {why}",
             v.name,
             lat.name,
@@ -165,10 +200,10 @@ impl Index {
         lat: Vec<f64>,
         lon: Vec<f64>,
         names: (&str, &str),
-    ) -> Result<Index, PlotError> {
+    ) -> Result<Index, CurvError> {
         let n = ny * nx;
         if lat.len() != n || lon.len() != n {
-            return Err(PlotError::Bad(format!(
+            return Err(CurvError::Bad(format!(
                 "'{}'/'{}': {} and {} values for a {ny}×{nx} grid",
                 names.0,
                 names.1,
@@ -177,7 +212,7 @@ impl Index {
             )));
         }
         if let Some(bad) = lat.iter().find(|p| p.is_finite() && p.abs() > 90.0) {
-            return Err(PlotError::Bad(format!(
+            return Err(CurvError::Bad(format!(
                 "latitude '{}' has the value {bad}, outside -90..90",
                 names.0
             )));
@@ -198,7 +233,7 @@ impl Index {
             .filter_map(|i| u32::try_from(i).ok())
             .collect();
         if ids.is_empty() {
-            return Err(PlotError::Bad(format!(
+            return Err(CurvError::Bad(format!(
                 "the 2-D coordinates '{}'/'{}' have no cell with a finite latitude and longitude",
                 names.0, names.1
             )));
@@ -377,8 +412,8 @@ fn build(pts: &[[f64; 3]], ids: &mut [u32], axis: &mut [u8]) {
 }
 
 /// Reads a 2-D coordinate block (rows `r`, columns `c`), decoded.
-fn read_coord(v: &Arc<Variable>, (r0, nr): (u64, u64), (c0, nc): (u64, u64)) -> Result<Vec<f64>, PlotError> {
-    let input = Input::new(v.clone()).map_err(PlotError::Bad)?;
+fn read_coord(v: &Arc<Variable>, (r0, nr): (u64, u64), (c0, nc): (u64, u64)) -> Result<Vec<f64>, CurvError> {
+    let input = Input::new(v.clone()).map_err(CurvError::Bad)?;
     Ok(match input.read(&[r0, c0], &[nr, nc])? {
         Col::F32(v) => v.into_iter().map(f64::from).collect(),
         Col::F64(v) => v,
@@ -393,20 +428,18 @@ pub fn index_block(
     (r0, nr): (u64, u64),
     (c0, nc): (u64, u64),
     max_source_bytes: u64,
-) -> Result<Index, PlotError> {
+) -> Result<Index, CurvError> {
     let cells = nr.saturating_mul(nc);
-    if cells > super::plot::MAX_CELLS {
-        return Err(PlotError::TooLarge(format!(
+    if cells > MAX_GRID_CELLS {
+        return Err(CurvError::TooLarge(format!(
             "the curvilinear grid '{}'/'{}' has {cells} cells; at most {} are drawn",
-            c.lat.name,
-            c.lon.name,
-            super::plot::MAX_CELLS
+            c.lat.name, c.lon.name, MAX_GRID_CELLS
         )));
     }
     let est = pipeline::estimate_region_bytes(&c.lat, &[r0, c0], &[nr, nc])
         .saturating_add(pipeline::estimate_region_bytes(&c.lon, &[r0, c0], &[nr, nc]));
     if max_source_bytes > 0 && est > max_source_bytes {
-        return Err(PlotError::TooLarge(format!(
+        return Err(CurvError::TooLarge(format!(
             "reading the coordinates '{}'/'{}' would read about {est} bytes of source data; the limit is {max_source_bytes} (--max-source-bytes)",
             c.lat.name, c.lon.name
         )));
@@ -425,7 +458,7 @@ static CACHE: Mutex<Vec<Cached>> = Mutex::new(Vec::new());
 const CACHED: usize = 4;
 
 /// The index of the whole grid of `c`, cached.
-pub fn index_all(c: &Coords, max_source_bytes: u64) -> Result<Arc<Index>, PlotError> {
+pub fn index_all(c: &Coords, max_source_bytes: u64) -> Result<Arc<Index>, CurvError> {
     let hit = |e: &Cached| Arc::ptr_eq(&e.0, &c.lat) && Arc::ptr_eq(&e.1, &c.lon);
     if let Ok(mut cache) = CACHE.lock()
         && let Some(k) = cache.iter().position(hit)

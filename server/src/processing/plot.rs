@@ -49,6 +49,17 @@ pub enum PlotError {
     Encode(#[from] render::EncodeError),
 }
 
+impl From<super::curvilinear::CurvError> for PlotError {
+    fn from(e: super::curvilinear::CurvError) -> Self {
+        use super::curvilinear::CurvError;
+        match e {
+            CurvError::Bad(m) => PlotError::Bad(m),
+            CurvError::TooLarge(m) => PlotError::TooLarge(m),
+            CurvError::Read(r) => PlotError::Read(r),
+        }
+    }
+}
+
 /// What is plotted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -557,9 +568,7 @@ pub fn build(ds: &Dataset, req: &Request, max_source_bytes: u64) -> Result<Plot,
         }
         format!("{sub_base}  {}", sel.join(" "))
     };
-    if super::tiles::grid(ds, v).is_err()
-        && let Some(c) = super::curvilinear::coords(ds, v)?
-    {
+    if let Some(c) = super::curvilinear::coords(ds, v)? {
         if !((c.ya == ya && c.xa == xa) || (c.ya == xa && c.xa == ya)) {
             return Err(PlotError::Bad(format!(
                 "'{}' is on a curvilinear grid over ({}, {}): a map needs those two dimensions longer than 1",
