@@ -2,7 +2,9 @@
 //! APNG animation, of a selection of a variable ([`crate::processing::plot`]). Headers tell
 //! clients how to read the image: `X-Colorscale-Range` (the values at the colour bar's
 //! ends), `X-Map-Layout` (`x,y,scale`: where cell (0, 0) of the field starts, north up,
-//! and pixels per cell) and `X-Frames`.
+//! and pixels per cell), `X-Frames` and, for a curvilinear field drawn on a lon/lat canvas,
+//! `X-Map-Lonlat` (`west,north,step,width,height`: pixel `(i, j)` of the map area shows the
+//! nearest cell to `lon = west + (i + 0.5)·step`, `lat = north − (j + 0.5)·step`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -115,6 +117,15 @@ async fn render(
     }
     if let Some(l) = built.layout {
         put("x-map-layout", format!("{},{},{}", l.x, l.y, l.scale));
+    }
+    if let Some(ll) = built.lonlat {
+        put(
+            "x-map-lonlat",
+            format!(
+                "{:?},{:?},{:?},{},{}",
+                ll.west, ll.north, ll.step, ll.width, ll.height
+            ),
+        );
     }
     put("x-frames", built.frames.to_string());
     Ok(r)

@@ -119,7 +119,7 @@ fn check(ds: &crate::dataset::Dataset, id: &str, q: &TileQuery) -> Result<(), Ap
             )),
         ));
     }
-    let (ya, xa, _, _) = tiles::grid(ds, v).map_err(|e| tile_error(id, e))?;
+    let (ya, xa) = tiles::spatial(ds, v).map_err(|e| tile_error(id, e))?.dims();
     for d in &q.dims {
         let ok = v
             .dims
@@ -260,13 +260,21 @@ pub async fn tilejson(
     let bounds_range = state
         .run_for(&parent.ds, move || -> Result<_, PlotError> {
             let v = plot::variable(&ds.ds, &var)?;
-            let (_, _, ay, ax) = tiles::grid(&ds.ds, v)?;
+            let bounds = match tiles::spatial(&ds.ds, v)? {
+                tiles::Grid::Rect(_, _, ay, ax) => (
+                    extent(&ay.vals, false, ax.global),
+                    extent(&ax.vals, true, ax.global),
+                ),
+                tiles::Grid::Curv(c) => {
+                    let (w, s, e, n) = crate::processing::curvilinear::index_all(&c, limit)?.extent();
+                    // TileJSON bounds stay within -180..180: a grid across the date line
+                    // is bounded by the whole circle
+                    let lon = if e > 180.0 { (-180.0, 180.0) } else { (w, e) };
+                    ((s, n), lon)
+                }
+            };
             let r = tiles::field_range(&ds.ds, &var, &dims, range, limit)?;
-            Ok((
-                extent(&ay.vals, false, ax.global),
-                extent(&ax.vals, true, ax.global),
-                r,
-            ))
+            Ok((bounds.0, bounds.1, r))
         })
         .await
         .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "tilejson failed (bug)"))?
@@ -333,12 +341,12 @@ pub async fn map_page(
         .root
         .vars
         .iter()
-        .find(|v| !v.dims.contains(&v.name) && tiles::grid(ds, v).is_ok())
+        .find(|v| !v.dims.contains(&v.name) && tiles::spatial(ds, v).is_ok())
         .map(|v| v.name.clone());
     let q = parse_query(&id, raw.as_deref(), first)?;
     check(ds, &id, &q)?;
     let v = plot::variable(ds, &q.var).map_err(|e| tile_error(&id, e))?;
-    let (ya, xa, _, _) = tiles::grid(ds, v).map_err(|e| tile_error(&id, e))?;
+    let (ya, xa) = tiles::spatial(ds, v).map_err(|e| tile_error(&id, e))?.dims();
     let slider_dim = v
         .dims
         .iter()

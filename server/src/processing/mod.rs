@@ -9,6 +9,7 @@
 //! evaluated over blocks.
 
 pub mod bitround;
+pub mod curvilinear;
 pub mod derived;
 pub mod dispatch;
 pub mod exec;

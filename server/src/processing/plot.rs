@@ -49,6 +49,17 @@ pub enum PlotError {
     Encode(#[from] render::EncodeError),
 }
 
+impl From<super::curvilinear::CurvError> for PlotError {
+    fn from(e: super::curvilinear::CurvError) -> Self {
+        use super::curvilinear::CurvError;
+        match e {
+            CurvError::Bad(m) => PlotError::Bad(m),
+            CurvError::TooLarge(m) => PlotError::TooLarge(m),
+            CurvError::Read(r) => PlotError::Read(r),
+        }
+    }
+}
+
 /// What is plotted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -133,6 +144,25 @@ pub struct Plot {
     pub layout: Option<MapLayout>,
     /// Number of frames.
     pub frames: usize,
+    /// A curvilinear field drawn on a lon/lat canvas: where its pixels are.
+    pub lonlat: Option<LonLat>,
+}
+
+/// Where the pixels of a map on a lon/lat (plate carrée) canvas are: pixel `(i, j)` of the
+/// map area (`i` from its left, `j` from its top; the area starts at [`MapLayout`]'s `x,y`)
+/// shows the nearest cell to `lon = west + (i + 0.5)·step`, `lat = north − (j + 0.5)·step`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LonLat {
+    /// Longitude of the area's left edge (degrees).
+    pub west: f64,
+    /// Latitude of its top edge.
+    pub north: f64,
+    /// Degrees per pixel, both directions.
+    pub step: f64,
+    /// Width of the area in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
 }
 
 /// True when `v` is a CF time coordinate (units "... since ...").
@@ -510,6 +540,7 @@ pub fn build(ds: &Dataset, req: &Request, max_source_bytes: u64) -> Result<Plot,
             range: None,
             layout: None,
             frames: 1,
+            lonlat: None,
         });
     }
     let (vmin, vmax) = colour_range(v, &values, req.range);
@@ -519,6 +550,60 @@ pub fn build(ds: &Dataset, req: &Request, max_source_bytes: u64) -> Result<Plot,
         f32: is_f32,
     };
     let (ya, xa) = (kept[kept.len() - 2], kept[kept.len() - 1]);
+    let sub_base = format!(
+        "[{units}]  range {} .. {}",
+        render::label(vmin),
+        render::label(vmax)
+    );
+    let frames_n = if req.kind == Kind::Animation {
+        shape[kept[0]] as usize
+    } else {
+        1
+    };
+    let labels = |f: usize| {
+        let mut sel = selection.clone();
+        if req.kind == Kind::Animation {
+            let d = &v.dims[kept[0]];
+            sel.insert(0, step_label(ds, d, pieces[kept[0]][0].0 + f as u64));
+        }
+        format!("{sub_base}  {}", sel.join(" "))
+    };
+    if let Some(c) = super::curvilinear::coords(ds, v)? {
+        if !((c.ya == ya && c.xa == xa) || (c.ya == xa && c.xa == ya)) {
+            return Err(PlotError::Bad(format!(
+                "'{}' is on a curvilinear grid over ({}, {}): a map needs those two dimensions longer than 1",
+                req.var, v.dims[c.ya], v.dims[c.xa]
+            )));
+        }
+        let rows = (pieces[c.ya][0].0, shape[c.ya]);
+        let cols = (pieces[c.xa][0].0, shape[c.xa]);
+        let index = super::curvilinear::index_block(&c, rows, cols, max_source_bytes)?;
+        let per = (rows.1 * cols.1) as usize;
+        let frames_vals: Vec<&[f64]> = (0..frames_n).map(|f| &values[f * per..(f + 1) * per]).collect();
+        // the variable's C order of the block: rows first unless its column dimension comes first
+        let at = |r: usize, col: usize| {
+            if c.ya < c.xa {
+                r * cols.1 as usize + col
+            } else {
+                col * rows.1 as usize + r
+            }
+        };
+        let (canvases, layout, ll) =
+            curvilinear_maps(&index, &frames_vals, &at, &norm, table, &title(v), &labels);
+        let range = format!("{vmin},{vmax}");
+        let png = render::apng(
+            &canvases,
+            500,
+            &[("Title", &title(v)), ("Units", &units), ("Range", &range)],
+        )?;
+        return Ok(Plot {
+            png,
+            range: Some((vmin, vmax)),
+            layout: Some(layout),
+            frames: frames_n,
+            lonlat: Some(ll),
+        });
+    }
     let (ny, nx) = (shape[ya] as usize, shape[xa] as usize);
     // north up: an ascending y coordinate is drawn bottom to top
     let flip = match ds.variable(&v.dims[ya]) {
@@ -530,19 +615,9 @@ pub fn build(ds: &Dataset, req: &Request, max_source_bytes: u64) -> Result<Plot,
         _ => false,
     };
     let scale = (600 / nx.max(ny).max(1)).clamp(1, 8) as u32;
-    let frames_n = if req.kind == Kind::Animation {
-        shape[kept[0]] as usize
-    } else {
-        1
-    };
     let per = ny * nx;
     let mut frames: Vec<Canvas> = Vec::with_capacity(frames_n);
     let mut layout = None;
-    let sub_base = format!(
-        "[{units}]  range {} .. {}",
-        render::label(vmin),
-        render::label(vmax)
-    );
     for f in 0..frames_n {
         let mut field = values[f * per..(f + 1) * per].to_vec();
         if flip {
@@ -552,12 +627,7 @@ pub fn build(ds: &Dataset, req: &Request, max_source_bytes: u64) -> Result<Plot,
             }
             field = out;
         }
-        let mut sel = selection.clone();
-        if req.kind == Kind::Animation {
-            let d = &v.dims[kept[0]];
-            sel.insert(0, step_label(ds, d, pieces[kept[0]][0].0 + f as u64));
-        }
-        let subtitle = format!("{sub_base}  {}", sel.join(" "));
+        let subtitle = labels(f);
         let (c, l) = render::map_image(&field, ny, nx, scale, &norm, table, &title(v), &subtitle);
         layout = Some(l);
         frames.push(c);
@@ -573,7 +643,68 @@ pub fn build(ds: &Dataset, req: &Request, max_source_bytes: u64) -> Result<Plot,
         range: Some((vmin, vmax)),
         layout,
         frames: frames_n,
+        lonlat: None,
     })
+}
+
+/// The longer side of a curvilinear map's lon/lat area in pixels: about four pixels per
+/// cell along the grid's longer side, within 360..=720.
+fn lonlat_side(ny: usize, nx: usize) -> f64 {
+    (4 * ny.max(nx)).clamp(360, 720) as f64
+}
+
+/// The frames of a curvilinear map on a lon/lat canvas over the index' extent: each pixel
+/// centre shows [`super::curvilinear::Index::cell_at`] (searched once for all frames).
+fn curvilinear_maps(
+    index: &super::curvilinear::Index,
+    frames: &[&[f64]],
+    at: &dyn Fn(usize, usize) -> usize,
+    norm: &Norm,
+    table: &[u8; 768],
+    title: &str,
+    subtitle: &dyn Fn(usize) -> String,
+) -> (Vec<Canvas>, MapLayout, LonLat) {
+    let (west, south, east, north) = index.extent();
+    let step = (east - west).max(north - south).max(1e-9) / lonlat_side(index.ny, index.nx);
+    let w = (((east - west) / step).ceil() as u32).max(1);
+    let h = (((north - south) / step).ceil() as u32).max(1);
+    let cell: Vec<Option<usize>> = (0..h)
+        .flat_map(|j| {
+            (0..w).map(move |i| {
+                let lon = west + (f64::from(i) + 0.5) * step;
+                let lat = north - (f64::from(j) + 0.5) * step;
+                index.cell_at(lon, lat)
+            })
+        })
+        .collect();
+    let ll = LonLat {
+        west,
+        north,
+        step,
+        width: w,
+        height: h,
+    };
+    let mut out = Vec::with_capacity(frames.len());
+    let mut layout = MapLayout { x: 0, y: 0, scale: 1 };
+    for (f, vals) in frames.iter().enumerate() {
+        let px: Vec<f64> = cell
+            .iter()
+            .map(|c| c.map_or(f64::NAN, |k| vals[at(k / index.nx, k % index.nx)]))
+            .collect();
+        let (c, l) = render::lonlat_image(
+            &px,
+            h as usize,
+            w as usize,
+            (west, north, step),
+            norm,
+            table,
+            title,
+            &subtitle(f),
+        );
+        layout = l;
+        out.push(c);
+    }
+    (out, layout, ll)
 }
 
 #[cfg(test)]

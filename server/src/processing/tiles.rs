@@ -1,5 +1,5 @@
 //! Map tiles (`/datasets/{id}/tiles/WebMercatorQuad/{z}/{y}/{x}.png`): a rectilinear
-//! lat/lon field reprojected onto one Web-Mercator (EPSG:3857) tile, nearest cell per
+//! lat/lon field (or a curvilinear one: [`super::curvilinear`]'s nearest-cell rule) reprojected onto one Web-Mercator (EPSG:3857) tile, nearest cell per
 //! output pixel, drawn with [`crate::render`]'s matplotlib colour tables.
 //!
 //! Each output pixel's centre is taken to Web-Mercator metres, then to lon/lat (the
@@ -233,7 +233,7 @@ pub fn grid(ds: &Dataset, v: &Variable) -> Result<(usize, usize, Axis, Axis), Pl
     let nd = v.dims.len();
     let not = || {
         PlotError::Bad(format!(
-            "'{}' is not on a rectilinear lat/lon grid (its last two dimensions must be latitude and longitude with 1-D coordinates; dimensions: {})",
+            "'{}' is not on a lat/lon grid (its last two dimensions must be latitude and longitude with 1-D coordinates, or its coordinates attribute must name 2-D latitude/longitude over them; dimensions: {})",
             v.name,
             v.dims.join(", ")
         ))
@@ -266,6 +266,38 @@ pub fn grid(ds: &Dataset, v: &Variable) -> Result<(usize, usize, Axis, Axis), Pl
         Ok(Axis::new(vals, lon))
     };
     Ok((ya, xa, axis(ya, false)?, axis(xa, true)?))
+}
+
+/// The horizontal grid of a variable: rectilinear (1-D latitude and longitude dimensions)
+/// or curvilinear (2-D latitude/longitude named in its `coordinates` attribute).
+#[derive(Debug, Clone)]
+pub enum Grid {
+    /// Rows (latitude) and columns (longitude) dimension positions with their axes.
+    Rect(usize, usize, Axis, Axis),
+    /// The 2-D coordinates (rows: their first dimension).
+    Curv(super::curvilinear::Coords),
+}
+
+impl Grid {
+    /// Positions of the row and column dimensions in the variable's dimensions.
+    pub fn dims(&self) -> (usize, usize) {
+        match self {
+            Grid::Rect(ya, xa, _, _) => (*ya, *xa),
+            Grid::Curv(c) => (c.ya, c.xa),
+        }
+    }
+}
+
+/// The grid of `v`: rectilinear when [`grid`] finds one, else curvilinear, else
+/// [`grid`]'s 400 (an inconsistent 2-D latitude/longitude is a 400 naming it).
+pub fn spatial(ds: &Dataset, v: &Variable) -> Result<Grid, PlotError> {
+    match grid(ds, v) {
+        Ok((ya, xa, ay, ax)) => Ok(Grid::Rect(ya, xa, ay, ax)),
+        Err(e) => match super::curvilinear::coords(ds, v)? {
+            Some(c) => Ok(Grid::Curv(c)),
+            None => Err(e),
+        },
+    }
 }
 
 /// The index `sel` picks on dimension `dim` of length `n`.
@@ -447,7 +479,7 @@ pub fn field_range(
     max_source_bytes: u64,
 ) -> Result<(f64, f64), PlotError> {
     let v = plot::variable(ds, var)?;
-    let (ya, xa, ay, ax) = grid(ds, v)?;
+    let (ya, xa) = spatial(ds, v)?.dims();
     let start = steps(ds, v, ya, xa, dims)?;
     if let Some(r) = req {
         return Ok(r);
@@ -455,15 +487,9 @@ pub fn field_range(
     if has_valid(v) {
         return Ok(plot::colour_range(v, &[], None));
     }
-    check_bytes(
-        v,
-        &start,
-        (ya, xa),
-        (0, ay.vals.len()),
-        (0, ax.vals.len()),
-        max_source_bytes,
-    )?;
-    let (field, _) = read_field(v, &start, (ya, xa), (0, ay.vals.len()), (0, ax.vals.len()))?;
+    let (ny, nx) = (v.shape[ya] as usize, v.shape[xa] as usize);
+    check_bytes(v, &start, (ya, xa), (0, ny), (0, nx), max_source_bytes)?;
+    let (field, _) = read_field(v, &start, (ya, xa), (0, ny), (0, nx))?;
     Ok(plot::colour_range(v, &field, None))
 }
 
@@ -506,7 +532,10 @@ pub fn build(ds: &Dataset, req: &Request, max_source_bytes: u64) -> Result<Tile,
             render::names().join(", ")
         ))
     })?;
-    let (ya, xa, ay, ax) = grid(ds, v)?;
+    let (ya, xa, ay, ax) = match spatial(ds, v)? {
+        Grid::Rect(ya, xa, ay, ax) => (ya, xa, ay, ax),
+        Grid::Curv(c) => return curvilinear_tile(ds, v, &c, req, table, max_source_bytes),
+    };
     let start = steps(ds, v, ya, xa, &req.dims)?;
     let (w, h) = (req.width, req.height);
     // the source cell of every pixel (None: outside the data)
@@ -561,6 +590,72 @@ pub fn build(ds: &Dataset, req: &Request, max_source_bytes: u64) -> Result<Tile,
     let range = format!("{vmin},{vmax}");
     Ok(Tile {
         png: render::png(&c, &[("Range", &range)])?,
+        range: (vmin, vmax),
+        cells_read: ((r1 - r0) * nc) as u64,
+    })
+}
+
+/// A tile of a curvilinear variable: each pixel centre shows
+/// [`super::curvilinear::Index::cell_at`] of the whole grid (its index cached across tiles);
+/// only the bounding index region of the cells drawn is read.
+fn curvilinear_tile(
+    ds: &Dataset,
+    v: &Arc<Variable>,
+    c: &super::curvilinear::Coords,
+    req: &Request,
+    table: &[u8; 768],
+    max_source_bytes: u64,
+) -> Result<Tile, PlotError> {
+    let (ya, xa) = (c.ya, c.xa);
+    let start = steps(ds, v, ya, xa, &req.dims)?;
+    let index = super::curvilinear::index_all(c, max_source_bytes)?;
+    let (w, h) = (req.width, req.height);
+    let mut cells: Vec<Option<usize>> = Vec::with_capacity(w as usize * h as usize);
+    let (mut r0, mut r1, mut c0, mut c1) = (usize::MAX, 0, usize::MAX, 0);
+    for py in 0..h {
+        for px in 0..w {
+            let (lon, lat) = pixel_lonlat(req.z, req.x, req.y, w, h, px, py);
+            let cell = index.cell_at(lon, lat);
+            if let Some(k) = cell {
+                let (r, col) = (k / index.nx, k % index.nx);
+                (r0, r1, c0, c1) = (r0.min(r), r1.max(r), c0.min(col), c1.max(col));
+            }
+            cells.push(cell);
+        }
+    }
+    let (vmin, vmax) = match req.range {
+        Some(r) => r,
+        None => field_range(ds, &req.var, &req.dims, None, max_source_bytes)?,
+    };
+    let mut canvas = Canvas::new(w, h, [0, 0, 0, 0]);
+    let range = format!("{vmin},{vmax}");
+    if r0 == usize::MAX {
+        return Ok(Tile {
+            png: render::png(&canvas, &[("Range", &range)])?,
+            range: (vmin, vmax),
+            cells_read: 0,
+        });
+    }
+    let (r1, c1) = (r1 + 1, c1 + 1);
+    check_bytes(v, &start, (ya, xa), (r0, r1), (c0, c1), max_source_bytes)?;
+    let (field, is_f32) = read_field(v, &start, (ya, xa), (r0, r1), (c0, c1))?;
+    let norm = Norm {
+        vmin,
+        vmax,
+        f32: is_f32,
+    };
+    let nc = c1 - c0;
+    for (p, cell) in cells.iter().enumerate() {
+        let Some(k) = cell else { continue };
+        let (r, col) = (k / index.nx, k % index.nx);
+        if let Some(i) = norm.index(field[(r - r0) * nc + (col - c0)]) {
+            let t = usize::from(i) * 3;
+            let (px, py) = (p % w as usize, p / w as usize);
+            canvas.put(px as i64, py as i64, [table[t], table[t + 1], table[t + 2], 255]);
+        }
+    }
+    Ok(Tile {
+        png: render::png(&canvas, &[("Range", &range)])?,
         range: (vmin, vmax),
         cells_read: ((r1 - r0) * nc) as u64,
     })

@@ -215,14 +215,113 @@ pub fn map_image(
     title: &str,
     subtitle: &str,
 ) -> (Canvas, MapLayout) {
+    map_canvas(values, ny, nx, scale, norm, table, title, subtitle, (10, 10))
+}
+
+/// A field sampled on a lon/lat (plate carrée) raster: `ny × nx` pixels, pixel `(i, j)`
+/// centred on `lon = west + (i + 0.5)·step`, `lat = north − (j + 0.5)·step` (`ll` is
+/// `(west, north, step)`), drawn as [`map_image`] draws a field at one pixel per value,
+/// with degree labels along the left (latitude) and bottom (longitude) edges.
+#[allow(clippy::too_many_arguments)]
+pub fn lonlat_image(
+    values: &[f64],
+    ny: usize,
+    nx: usize,
+    ll: (f64, f64, f64),
+    norm: &Norm,
+    table: &[u8; 768],
+    title: &str,
+    subtitle: &str,
+) -> (Canvas, MapLayout) {
+    let (west, north, step) = ll;
+    let left = 10 + text_width("-90N") + 6;
+    let (mut c, l) = map_canvas(
+        values,
+        ny,
+        nx,
+        1,
+        norm,
+        table,
+        title,
+        subtitle,
+        (left, 10 + LINE_HEIGHT + 6),
+    );
+    let (x0, y0) = (i64::from(l.x), i64::from(l.y));
+    let (w, h) = (nx as f64 * step, ny as f64 * step);
+    let tick = tick_step(w.max(h));
+    let deg = |x: f64, pos: char, neg: char| {
+        let r = x.round();
+        let t = if (x - r).abs() < 1e-9 {
+            format!("{}", r.abs())
+        } else {
+            label(x.abs())
+        };
+        match x.partial_cmp(&0.0) {
+            Some(std::cmp::Ordering::Greater) => format!("{t}{pos}"),
+            Some(std::cmp::Ordering::Less) => format!("{t}{neg}"),
+            _ => t,
+        }
+    };
+    // latitudes: a tick and label at every multiple of `tick` inside the area
+    let mut lat = (north / tick).floor() * tick;
+    while lat >= north - h {
+        let y = y0 + ((north - lat) / step).round() as i64;
+        if y < y0 + ny as i64 {
+            c.line(x0 - 4, y, x0 - 2, y, BLACK);
+            let t = deg(lat, 'N', 'S');
+            c.text(x0 - 5 - text_width(&t), (y - LINE_HEIGHT / 2).max(y0), &t, BLACK);
+        }
+        lat -= tick;
+    }
+    let mut lon = (west / tick).ceil() * tick;
+    let yb = y0 + ny as i64 + 1;
+    let mut next_free = i64::MIN;
+    while lon <= west + w {
+        let x = x0 + ((lon - west) / step).round() as i64;
+        if x < x0 + nx as i64 {
+            c.line(x, yb + 1, x, yb + 3, BLACK);
+            // longitudes beyond the seam (a grid across the date line) are named as usual
+            let t = deg((lon + 180.0).rem_euclid(360.0) - 180.0, 'E', 'W');
+            let tx = x - text_width(&t) / 2;
+            if tx >= next_free {
+                c.text(tx, yb + 4, &t, BLACK);
+                next_free = tx + text_width(&t) + 4;
+            }
+        }
+        lon += tick;
+    }
+    (c, l)
+}
+
+/// A round degree spacing giving a handful of ticks over `span` degrees.
+fn tick_step(span: f64) -> f64 {
+    [0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 45.0, 60.0, 90.0]
+        .into_iter()
+        .find(|t| span / t <= 8.0)
+        .unwrap_or(90.0)
+}
+
+/// [`map_image`] with the field's left margin and the margin below it given.
+#[allow(clippy::too_many_arguments)]
+fn map_canvas(
+    values: &[f64],
+    ny: usize,
+    nx: usize,
+    scale: u32,
+    norm: &Norm,
+    table: &[u8; 768],
+    title: &str,
+    subtitle: &str,
+    (left, bottom): (i64, i64),
+) -> (Canvas, MapLayout) {
     let s = i64::from(scale);
-    let (left, top) = (10i64, 10 + 2 * LINE_HEIGHT);
+    let top = 10 + 2 * LINE_HEIGHT;
     let (fw, fh) = (nx as i64 * s, ny as i64 * s);
     let bar_x = left + fw + 15;
     let labels = [label(norm.vmax), label(norm.vmin)];
     let lw = labels.iter().map(|l| text_width(l)).max().unwrap_or(0);
     let width = (bar_x + 20 + 5 + lw + 10).max(left + text_width(title) + 10);
-    let height = top + fh.max(60) + 10;
+    let height = top + fh.max(60) + bottom;
     let mut c = Canvas::new(width as u32, height as u32, WHITE);
     c.text(left, 5, title, BLACK);
     c.text(left, 5 + LINE_HEIGHT, subtitle, BLACK);
