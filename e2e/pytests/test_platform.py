@@ -610,9 +610,11 @@ def test_operator_restart_mid_reconcile_converges(platform):
         try:
             ours.append(_start_operator(argv, env, log))
             apply(p, second)
-            dep = wait_for("the reconcile to start", mid_reconcile, period=0.05)
-            assert dep["metadata"]["ownerReferences"][0]["name"] == "e2e-restart"
+            # killed as soon as its Deployment is applied (one read, no second one for the CR:
+            # that widened the window in which the operator could finish before the kill)
+            dep = wait_for("the reconcile to start", lambda: p.get("deployment", "e2e-restart"), period=0.02)
             ours[-1].kill()
+            assert dep["metadata"]["ownerReferences"][0]["name"] == "e2e-restart"
             ours[-1].wait(timeout=10)
             assert (condition(p.cds("e2e-restart"), "Ready") or {}).get("status") != "True", \
                 "the first operator finished before it was killed"
