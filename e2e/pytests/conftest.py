@@ -165,6 +165,22 @@ def write_config(path: Path, specs: list[dict]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def serve_sources(root: Path, tag: str, sources: dict, *args: str):
+    """Serves ``sources`` (dataset name -> files) with ``cloudify serve --config`` (a config
+    written in ``root``, the index cache below it, ``args`` added); yields ``(url, sources)``
+    once every dataset has settled and stops the server afterwards. For module fixtures:
+    ``yield from serve_sources(root, "tag", sources)``."""
+    cfg = root / "cloudify.yaml"
+    write_config(cfg, [{"name": name, "sources": files} for name, files in sources.items()])
+    url, proc, _ = start_server(["serve", "--config", str(cfg), *args], root, tag,
+                                extra_env={"CLOUDIFY_CACHE_DIR": str(root / "cache")})
+    try:
+        wait_until_settled(url, list(sources), proc)
+        yield url, sources
+    finally:
+        stop_server(proc)
+
+
 def _die_with_parent() -> None:  # runs in the child before exec
     try:
         import ctypes

@@ -25,7 +25,7 @@ import requests
 from PIL import Image
 from scipy.spatial import cKDTree
 
-from conftest import start_server, stop_server, wait_until_settled
+from conftest import serve_sources
 from test_plots import _open, expected_rgba
 
 ORIGIN = np.pi * 6378137.0
@@ -147,18 +147,7 @@ def served(tmp_path_factory):
     write_rotated(root / "rotated.nc")
     write_bad(root / "bad.nc")
     sources = {"ocean": [str(root / "ocean.nc")], "rotated": [str(root / "rotated.nc")], "bad": [str(root / "bad.nc")]}
-    lines = ["datasets:"]
-    for name, files in sources.items():
-        lines += [f"  - name: {name}", f"    sources: {files!r}".replace("'", '"')]
-    cfg = root / "cloudify.yaml"
-    cfg.write_text("\n".join(lines) + "\n")
-    url, proc, _ = start_server(["serve", "--config", str(cfg)], root, "curv",
-                                extra_env={"CLOUDIFY_CACHE_DIR": str(root / "cache")})
-    try:
-        wait_until_settled(url, list(sources), proc)
-        yield url, sources
-    finally:
-        stop_server(proc)
+    yield from serve_sources(root, "curv", sources)
 
 
 def unit(lon, lat):

@@ -27,7 +27,7 @@ import xarray as xr
 from covjson_pydantic.coverage import Coverage
 
 import helpers
-from conftest import start_server, stop_server, wait_until_settled
+from conftest import serve_sources
 
 ROOT = helpers.cmip6_root()
 MIROC = sorted(str(p) for p in ROOT.rglob("ta_day_MIROC6_historical_r1i1p1f1_gn_200[0-2]*.nc"))
@@ -106,18 +106,7 @@ def served(tmp_path_factory):
     write_global(g180, -180.0)
     write_curvilinear(curv)
     sources = {"miroc": MIROC, "cesm2": CESM2, "g360": [str(g360)], "g180": [str(g180)], "curv": [str(curv)]}
-    lines = ["datasets:"]
-    for name, files in sources.items():
-        lines += [f"  - name: {name}", f"    sources: {files!r}".replace("'", '"')]
-    cfg = root / "cloudify.yaml"
-    cfg.write_text("\n".join(lines) + "\n")
-    url, proc, _ = start_server(["serve", "--config", str(cfg), "--max-source-bytes", str(LIMIT)], root, "edr",
-                                extra_env={"CLOUDIFY_CACHE_DIR": str(root / "cache")})
-    try:
-        wait_until_settled(url, list(sources), proc)
-        yield url, sources
-    finally:
-        stop_server(proc)
+    yield from serve_sources(root, "edr", sources, "--max-source-bytes", str(LIMIT))
 
 
 _OPENED: dict = {}

@@ -25,7 +25,7 @@ from matplotlib.colors import Normalize
 from PIL import Image
 
 import helpers
-from conftest import start_server, stop_server, wait_until_settled
+from conftest import serve_sources
 
 CANESM = sorted(str(p) for p in helpers.cmip6_root().rglob("ta_Amon_CanESM5_historical_r1i1p1f1_gn_185001-201412.nc"))
 
@@ -73,18 +73,7 @@ def served(tmp_path_factory):
     glob_nc = root / "global.nc"
     write_global(glob_nc)
     sources = {"amon": CANESM, "global": [str(glob_nc)]}
-    lines = ["datasets:"]
-    for name, files in sources.items():
-        lines += [f"  - name: {name}", f"    sources: {files!r}".replace("'", '"')]
-    cfg = root / "cloudify.yaml"
-    cfg.write_text("\n".join(lines) + "\n")
-    url, proc, log = start_server(["serve", "--config", str(cfg)], root, "plots",
-                                  extra_env={"CLOUDIFY_CACHE_DIR": str(root / "cache")})
-    try:
-        wait_until_settled(url, list(sources), proc)
-        yield url, sources
-    finally:
-        stop_server(proc)
+    yield from serve_sources(root, "plots", sources)
 
 
 def _open(files) -> xr.Dataset:

@@ -30,7 +30,7 @@ import xarray as xr
 from xhistogram.xarray import histogram as xhistogram
 
 import helpers
-from conftest import start_server, stop_server, wait_until_settled, write_config
+from conftest import serve_sources
 
 DAY = sorted(str(p) for p in helpers.cmip6_root().rglob("ta_day_MIROC6_historical_r1i1p1f1_gn_200[0-2]*.nc"))
 
@@ -96,15 +96,7 @@ def served(tmp_path_factory):
         path = root / f"{name}.nc"
         write_grid(path, cal, descending=True)
         sources[name] = [str(path)]
-    cfg = root / "cloudify.yaml"
-    write_config(cfg, [{"name": name, "sources": files} for name, files in sources.items()])
-    url, proc, log = start_server(["serve", "--config", str(cfg)], root, "select",
-                                  extra_env={"CLOUDIFY_CACHE_DIR": str(root / "cache")})
-    try:
-        wait_until_settled(url, list(sources), proc)
-        yield url, sources
-    finally:
-        stop_server(proc)
+    yield from serve_sources(root, "select", sources)
 
 
 def _source(files: list[str]) -> xr.Dataset:

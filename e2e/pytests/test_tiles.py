@@ -21,7 +21,7 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import start_server, stop_server, wait_until_settled
+from conftest import serve_sources
 from test_edr import write_curvilinear
 from test_plots import CANESM, _open, expected_rgba, write_global
 
@@ -80,18 +80,7 @@ def served(tmp_path_factory):
     write_curvilinear(root / "curv.nc")
     sources = {"amon": CANESM, "global": [str(root / "global.nc")], "regional": [str(root / "regional.nc")],
                "seam360": [str(root / "seam360.nc")], "seam180": [str(root / "seam180.nc")], "curv": [str(root / "curv.nc")]}
-    lines = ["datasets:"]
-    for name, files in sources.items():
-        lines += [f"  - name: {name}", f"    sources: {files!r}".replace("'", '"')]
-    cfg = root / "cloudify.yaml"
-    cfg.write_text("\n".join(lines) + "\n")
-    url, proc, _ = start_server(["serve", "--config", str(cfg), "--map-js-url", JS_URL], root, "tiles",
-                                extra_env={"CLOUDIFY_CACHE_DIR": str(root / "cache")})
-    try:
-        wait_until_settled(url, list(sources), proc)
-        yield url, sources
-    finally:
-        stop_server(proc)
+    yield from serve_sources(root, "tiles", sources, "--map-js-url", JS_URL)
 
 
 def nearest(axis: np.ndarray, x: np.ndarray, lon: bool) -> np.ndarray:
