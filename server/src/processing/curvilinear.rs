@@ -15,6 +15,9 @@
 //!
 //! The search is an exact 3-D k-d tree over the cells (median splits on the widest axis,
 //! built once per grid; [`Index::nearest`] is deterministic). Memory is 37 bytes per cell; grids above [`MAX_GRID_CELLS`] cells are refused (413).
+//! Not `rstar` (already in the dependency tree): its R-tree's nearest-neighbour query made a
+//! 1.15 M-cell grid's map 1.8× and its median tile 2.3× slower than this tree (measured
+//! 2026-12-07, same machine, alternating runs), and could not break ties by index for free.
 
 use std::sync::{Arc, Mutex};
 
