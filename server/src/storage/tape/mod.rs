@@ -335,22 +335,20 @@ impl Stager {
     fn record(&self, answer: Result<(), String>) {
         let now = Instant::now();
         let mut h = self.health_lock();
-        let since = match &h.last {
-            Some((before, since, _)) if before.is_ok() == answer.is_ok() => *since,
-            _ => {
-                match &answer {
-                    Ok(()) if h.last.is_some() => tracing::info!("tape archive answers again"),
-                    Ok(()) => {}
-                    Err(e) => tracing::warn!("tape archive check failed: {e}"),
-                }
-                let failing = metrics().archives_failing.clone();
-                match (&h.last, &answer) {
-                    (Some((Ok(()), ..)) | None, Err(_)) => failing.inc(),
-                    (Some((Err(_), ..)), Ok(())) => failing.dec(),
-                    _ => {}
-                }
+        let since = match (&h.last, &answer) {
+            (Some((before, since, _)), _) if before.is_ok() == answer.is_ok() => *since,
+            (_, Err(e)) => {
+                tracing::warn!("tape archive check failed: {e}");
+                metrics().archives_failing.inc();
                 now
             }
+            // failing before (the first answer being ok changes no count)
+            (Some(_), Ok(())) => {
+                tracing::info!("tape archive answers again");
+                metrics().archives_failing.dec();
+                now
+            }
+            (None, Ok(())) => now,
         };
         h.last = Some((answer, since, now));
     }
