@@ -4,7 +4,7 @@ benchmark dataset twice, `open` (public) and `private` (a static bearer token fi
 fetched chunk by chunk from /kerchunk (raw pass-through, no decoding) in the same run.
 
     access.py [--years 2] [--connections 8] [--repeats 5] [--workdir /var/tmp/cloudify-bench]
-              [--cloudify-bin PATH] [--tokens 100]
+              [--cloudify-bin PATH] [--tokens 100] [--client wrk|python|oha] [--wrk-duration 10]
 
 The peer of the private dataset is the public one on the same server, same files, same pass:
 the only difference is the access layer's work per request (parse Authorization, SHA-256 of
@@ -13,7 +13,15 @@ change check). `--tokens` digests are listed (the reader's last), so the compari
 a realistic file rather than one line.
 
 Measured per pass (alternating order): server CPU ms per chunk (from /proc, insensitive to how
-fast the Python client is) and chunks/s; medians over the passes; the ratios private/public.
+fast the client is) and chunks/s; medians over the passes; the ratios private/public. The
+default client is wrk cycling the chunk list for --wrk-duration seconds a pass: the check costs
+microseconds, so a pass must run long enough for /proc's 10 ms CPU clock and the machine's
+pass-to-pass drift to be small against it (one pass of the Python client over a 2-year dataset
+is ~0.4 s of server CPU, where one clock tick is already 2.5 %). Even so, passes of a shared
+2-core machine drift by ±15 %, more than the bar; so the run also times the check alone
+(`examples/access_timing.rs`, built with the server: the layer's work for one private request,
+100 000 times) and reports its share of the public dataset's server CPU per chunk — the
+resolvable figure, and the one `--enforce-bar` holds to 3 %.
 Bar: the private dataset costs at most 3 % more server CPU per chunk (`--enforce-bar`).
 Prints one JSON line; exit status 0 ok, 1 a fetch failed, 2 set-up failed, 3 bar missed.
 """
@@ -30,7 +38,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import run  # noqa: E402
-from run import DATASET, VAR, Server, SetupError, log  # noqa: E402
+from run import Server, SetupError, log  # noqa: E402
 
 BAR = 1.03
 
@@ -47,6 +55,13 @@ def main() -> int:
     ap.add_argument("--port-range", default="19700-19799")
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--start-timeout", type=float, default=300)
+    ap.add_argument("--client", choices=["python", "oha", "wrk"], default="wrk")
+    ap.add_argument("--wrk-duration", type=int, default=10, help="seconds a wrk pass runs")
+    ap.add_argument("--wrk-threads", type=int, default=2)
+    ap.add_argument("--request-timeout", type=float, default=120)
+    ap.add_argument("--fetch-timeout", type=float, default=1800)
+    ap.add_argument("--timing-bin", default=None,
+                    help="examples/access_timing (default: next to --cloudify-bin, under examples/)")
     ap.add_argument("--enforce-bar", action="store_true")
     a = ap.parse_args()
     a.workdir = os.path.abspath(a.workdir)
@@ -58,6 +73,7 @@ def main() -> int:
         binary = os.path.abspath(a.cloudify_bin)
         if not os.access(binary, os.X_OK):
             raise SetupError(f"cloudify binary not found: {binary}")
+        client = run.Client(a, a.workdir)
         pattern, _ = run.ensure_data(a, a.python)
         token = secrets.token_urlsafe(32)
         tokens = os.path.join(a.workdir, "access-tokens")
@@ -91,22 +107,17 @@ def main() -> int:
             time.sleep(0.2)
         if run.http_status(f"{base}/datasets/private/kerchunk/.zmetadata") != 401:
             raise SetupError("the private dataset answers without a token")
-        targets = {"public": (f"{base}/datasets/open/kerchunk", []),
-                   "private": (f"{base}/datasets/private/kerchunk", ["--header", header])}
+        targets = {"public": {"name": "access-public", "zarr": f"{base}/datasets/open/kerchunk", "fmt": 2},
+                   "private": {"name": "access-private", "zarr": f"{base}/datasets/private/kerchunk", "fmt": 2,
+                               "header": header}}
 
         def fetch(name):
-            url, extra = targets[name]
             pids = run.proc_tree(server.proc.pid)
             c0 = run.cpu_seconds(pids)
-            p = subprocess.run([a.python, os.path.join(HERE, "fetch.py"), url, VAR, str(a.connections),
-                                "--zarr-format", "2", *extra], capture_output=True, text=True, timeout=1800)
+            out = client.fetch(targets[name])
             cpu = run.cpu_seconds(pids) - c0
-            try:
-                out = json.loads(p.stdout.strip().splitlines()[-1])
-            except (IndexError, json.JSONDecodeError):
-                raise SetupError(f"fetch.py {name}: {p.stderr[-600:]}")
-            if p.returncode != 0 or out.get("errors"):
-                raise RuntimeError(f"fetch.py {name}: {out.get('error_kinds')} {p.stderr[-600:]}")
+            if out.get("errors") or not out.get("chunks"):
+                raise RuntimeError(f"{a.client} {name}: {out.get('error_kinds')} {out.get('stderr', '')}")
             out["srv_cpu_ms_per_chunk"] = 1000 * cpu / out["chunks"]
             return out
 
@@ -120,10 +131,11 @@ def main() -> int:
                 res[name].append(out)
                 log(f"{name} pass {r + 1}: {out['chunks_per_s']} chunks/s, "
                     f"{out['srv_cpu_ms_per_chunk']:.4f} server CPU ms/chunk")
-        summary = {"connections": a.connections, "years": a.years, "tokens_in_file": a.tokens, "targets": {}}
+        summary = {"connections": a.connections, "years": a.years, "tokens_in_file": a.tokens,
+                   "client": res["public"][0].get("client", a.client), "repeats": a.repeats, "targets": {}}
         for name, xs in res.items():
             summary["targets"][name] = {
-                "chunks": xs[0]["chunks"],
+                "chunks_per_pass": round(statistics.median(x["chunks"] for x in xs)),
                 "chunks_per_s": round(statistics.median(x["chunks_per_s"] for x in xs), 1),
                 "srv_cpu_ms_per_chunk": round(statistics.median(x["srv_cpu_ms_per_chunk"] for x in xs), 4),
             }
@@ -131,17 +143,32 @@ def main() -> int:
         summary["cpu_ratio_private_vs_public"] = round(priv["srv_cpu_ms_per_chunk"] / pub["srv_cpu_ms_per_chunk"], 3)
         summary["throughput_ratio_private_vs_public"] = round(priv["chunks_per_s"] / pub["chunks_per_s"], 3)
         summary["bar_cpu_ratio_max"] = BAR
+        timing = a.timing_bin or os.path.join(os.path.dirname(binary), "examples", "access_timing")
+        if os.access(timing, os.X_OK):
+            p = subprocess.run([timing, str(a.tokens), "100000"], capture_output=True, text=True, timeout=600)
+            if p.returncode != 0:
+                raise RuntimeError(f"access_timing failed: {p.stderr[-600:]}")
+            us = json.loads(p.stdout.strip().splitlines()[-1])["check_us_per_request"]
+            summary["check_us_per_request"] = us
+            summary["check_share_of_public_cpu"] = round(us / (1000 * pub["srv_cpu_ms_per_chunk"]), 4)
+        else:
+            log(f"no {timing} (cargo build --release --workspace --all-targets): the check is not timed alone")
         print(f"{'target':8} {'chunks/s':>9} {'srv CPU ms/chunk':>17}")
         for name, d in summary["targets"].items():
             print(f"{name:8} {d['chunks_per_s']:9.1f} {d['srv_cpu_ms_per_chunk']:17.4f}")
         print(f"server CPU per chunk, private / public: {summary['cpu_ratio_private_vs_public']} (bar <= {BAR}); "
               f"throughput private / public: {summary['throughput_ratio_private_vs_public']}")
+        if "check_us_per_request" in summary:
+            print(f"the check alone: {summary['check_us_per_request']} us a request = "
+                  f"{100 * summary['check_share_of_public_cpu']:.2f} % of the public chunk's server CPU (bar <= 3 %)")
         print("JSON " + json.dumps(summary))
         out = os.path.join(a.workdir, "results", f"access-{time.strftime('%Y%m%d-%H%M%S')}.json")
         with open(out, "w") as f:
             json.dump(summary, f, indent=1)
-        if a.enforce_bar and summary["cpu_ratio_private_vs_public"] > BAR:
-            return 3
+        if a.enforce_bar:
+            share = summary.get("check_share_of_public_cpu")
+            if (share if share is not None else summary["cpu_ratio_private_vs_public"] - 1) > BAR - 1:
+                return 3
         return 0
     except SetupError as e:
         log(f"set-up failed: {e}")

@@ -315,7 +315,15 @@ def run_cmd_json(cmd, timeout, what):
         return None, p.returncode, p.stderr.strip() + "\n" + p.stdout[-500:]
 
 
+def header_args(t):
+    """fetch.py's arguments for a target's extra request header (`t["header"]`, "Name: value")."""
+    return ["--header", t["header"]] if t.get("header") else []
+
+
 class Client:
+    """Fetches a target's chunks (`t`: name, zarr URL, fmt, optional header) with the client of
+    `args.client`: fetch.py (every chunk once), oha (as many requests, URLs at random) or wrk
+    (the chunk list cycled for `args.wrk_duration` seconds)."""
     def __init__(self, args, workdir):
         self.a, self.workdir = args, workdir
         self.kind = args.client
@@ -337,7 +345,8 @@ class Client:
         if t["name"] not in self.url_files:
             path = os.path.join(self.workdir, f"urls-{t['name']}.txt")
             out, rc, err = run_cmd_json([self.a.python, os.path.join(HERE, "fetch.py"), t["zarr"], VAR,
-                                         "--zarr-format", str(t["fmt"]), "--list-urls", path], 120, "fetch --list-urls")
+                                         "--zarr-format", str(t["fmt"]), "--list-urls", path, *header_args(t)],
+                                        120, "fetch --list-urls")
             if out is None or rc != 0:
                 return None, err
             self.url_files[t["name"]] = (path, out["chunks"])
@@ -346,7 +355,7 @@ class Client:
     def fetch(self, t):
         if self.kind == "python":
             cmd = [self.a.python, os.path.join(HERE, "fetch.py"), t["zarr"], VAR, str(self.a.connections),
-                   "--zarr-format", str(t["fmt"]), "--timeout", str(self.a.request_timeout)]
+                   "--zarr-format", str(t["fmt"]), "--timeout", str(self.a.request_timeout), *header_args(t)]
             out, rc, err = run_cmd_json(cmd, self.a.fetch_timeout, "fetch.py")
             if out is None:
                 return self.layout_error(t, err)
@@ -357,11 +366,12 @@ class Client:
         if path_n is None:
             return self.layout_error(t, err)
         path, n = path_n
-        return self.fetch_oha(path, n) if self.kind == "oha" else self.fetch_wrk(path, n, t)
+        return self.fetch_oha(path, n, t) if self.kind == "oha" else self.fetch_wrk(path, n, t)
 
-    def fetch_oha(self, path, n):
+    def fetch_oha(self, path, n, t):
         base = [self.exe, "--no-tui", "-n", str(n), "-c", str(self.a.connections),
-                "-H", "Accept-Encoding: identity", "--urls-from-file", path]
+                "-H", "Accept-Encoding: identity", *(["-H", t["header"]] if t.get("header") else []),
+                "--urls-from-file", path]
         out = None
         for fmt_flag in (["--output-format", "json"], ["-j"]):  # newer / older oha
             p = subprocess.run(base + fmt_flag, capture_output=True, text=True, timeout=self.a.fetch_timeout)
@@ -399,13 +409,19 @@ function setup(thread)
   thread:set("tid", created)
   created = created + 1
 end
+local headers = {["Accept-Encoding"] = "identity"}
+local extra = os.getenv("BENCH_HEADER")  -- one more "Name: value" header, e.g. a bearer token
+if extra and extra ~= "" then
+  local k, v = extra:match("^([^:]+):%s*(.*)$")
+  if k then headers[k] = v end
+end
 local i = 0
 function init(args)
   i = math.floor(tid * #paths / nthreads)  -- threads start at different places in the list
 end
 function request()
   i = i + 1
-  return wrk.format("GET", paths[(i - 1) % #paths + 1], {["Accept-Encoding"] = "identity"})
+  return wrk.format("GET", paths[(i - 1) % #paths + 1], headers)
 end
 function done(summary, latency, requests)
   local e = summary.errors
@@ -421,7 +437,7 @@ end
         with open(script, "w") as f:
             f.write(self.WRK_LUA)
         threads = max(1, min(self.a.wrk_threads, self.a.connections))
-        env = dict(os.environ, BENCH_URLS_FILE=path, BENCH_WRK_THREADS=str(threads))
+        env = dict(os.environ, BENCH_URLS_FILE=path, BENCH_WRK_THREADS=str(threads), BENCH_HEADER=t.get("header", ""))
         cmd = [self.exe, "-t", str(threads), "-c", str(self.a.connections), "-d", f"{self.a.wrk_duration}s",
                "--timeout", f"{int(self.a.request_timeout)}s", "-s", script, t["zarr"] + "/"]
         p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=self.a.wrk_duration + 120)
