@@ -23,6 +23,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Layer;
+use tracing_subscriber::filter::FilterExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -358,8 +359,13 @@ pub fn init(
         .with_tracer(tracer)
         .with_tracked_inactivity(false)
         .with_filter(tracing_subscriber::filter::filter_fn(export_filter));
+    // The log layer sees events only, not spans: with traces off there are no request spans
+    // for log lines to name, and formatting every request span's fields into the log layer's
+    // span storage (which it does for each span it is enabled for, whether or not anything
+    // is logged inside) measured ~1 % of a pass-through request's CPU.
+    let logs = log_filter.and(tracing_subscriber::filter::filter_fn(|m| !m.is_span()));
     tracing_subscriber::registry()
-        .with(fmt.with_filter(log_filter))
+        .with(fmt.with_filter(logs))
         .with(otel)
         .try_init()
         .map_err(|e| InitError::Subscriber(e.to_string()))?;
