@@ -90,7 +90,7 @@ fn main() -> anyhow::Result<()> {
         let dims = |k: &str| -> Vec<u64> {
             meta[k]
                 .as_array()
-                .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
+                .map(|a| a.iter().filter_map(serde_json::Value::as_u64).collect())
                 .unwrap_or_default()
         };
         let (shape, chunks) = (dims("shape"), dims("chunks"));
