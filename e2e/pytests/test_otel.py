@@ -10,7 +10,9 @@ PyPI wheel, OTLP/HTTP in, every received span printed by its debug log), receive
   default, and every process is stopped before the spans are read);
 * with no endpoint, `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`, nothing is
   exported; a wrong OTEL_* value stops the process with a message naming it;
-* no bearer token or query-string secret appears in anything exported.
+* no bearer token or query-string secret appears in anything exported;
+* sampling is decided once per request: dropped requests leave no span at all, kept ones their
+  whole tree, and a new trace's id is the one its ratio decision was taken on.
 """
 
 from __future__ import annotations
@@ -294,6 +296,71 @@ def test_no_secret_is_exported(run):
     assert "Bearer" not in text
     for log in run["logs"].values():
         assert SECRET_TOKEN not in log.read_text()
+
+
+def test_sampling_is_decided_once_per_request(tmp_path):
+    """The sampler's decision is taken once per request, before any span: a dropped request
+    leaves no span at all (no orphan dataset/chunk spans), a kept one its whole tree, a
+    caller's sampled flag is followed both ways, and a new trace's id is the one the ratio
+    was decided on (the SDK's rule for traceidratio 0.5: the trace id's 17th hex digit < 8)."""
+    if not find_binary():
+        pytest.skip("cloudify binary not built")
+    cfg = tmp_path / "cloudify.yaml"
+    cfg.write_text(CONFIG.format(sources=", ".join(f'"{f}"' for f in DAY)))
+    col = Collector(tmp_path)
+    try:
+        env = _otel_env(col, CLOUDIFY_CACHE_DIR=str(tmp_path / "cache"),
+                        OTEL_TRACES_SAMPLER="parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG="0.5",
+                        OTEL_SERVICE_NAME="cloudify-sampled")
+        url, proc, log = start_server(["serve", "--config", str(cfg)], tmp_path, "sampled", extra_env=env)
+        dropped = [secrets.token_hex(16) for _ in range(5)]
+        kept = [secrets.token_hex(16) for _ in range(5)]
+        try:
+            wait_until_settled(url, ["day"], proc)
+            za = requests.get(f"{url}/datasets/day/zarr/ta/.zarray", timeout=30).json()
+            steps = -(-za["shape"][0] // za["chunks"][0])
+            for i in range(40):
+                var = "ta" if i % 4 else "tac"  # stored and computed chunks
+                r = requests.get(f"{url}/datasets/day/zarr/{var}/{i % steps}.0.0.0", timeout=60)
+                assert r.status_code == 200, r.text
+            for t in dropped:
+                r = requests.get(f"{url}/datasets/day/zarr/ta/0.0.0.0",
+                                 headers={"traceparent": f"00-{t}-{PARENT}-00"}, timeout=60)
+                assert r.status_code == 200
+            for t in kept:
+                r = requests.get(f"{url}/datasets/day/zarr/ta/0.0.0.0",
+                                 headers={"traceparent": _traceparent(t)}, timeout=60)
+                assert r.status_code == 200
+        finally:
+            stop_server(proc)
+        assert proc.returncode == 0
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not all(_in_trace(col.spans(), t) for t in kept):
+            time.sleep(0.2)
+        time.sleep(1)
+        spans = [s for s in col.spans() if s["service"] == "cloudify-sampled"]
+        requests_by_trace = {s["trace"]: s for s in spans if s["name"].startswith("GET ")}
+        ids = {s["id"] for s in spans}
+        # no orphans: every span is in a trace whose request span was kept, under a kept parent
+        for s in spans:
+            assert s["trace"] in requests_by_trace, s
+            if not s["name"].startswith("GET "):
+                assert s["parent"] in ids, s
+        for t in dropped:
+            assert _in_trace(spans, t) == []
+        for t in kept:
+            names = {s["name"] for s in _in_trace(spans, t)}
+            assert {"dataset", "chunk.read"} <= names, names
+            assert requests_by_trace[t]["parent"] == PARENT
+        roots = [t for t in requests_by_trace if t not in kept]
+        assert all(t[16] in "01234567" for t in roots), roots
+        chunk_roots = [t for t in roots
+                       if requests_by_trace[t]["attrs"].get("url.path", "").startswith("/datasets/day/zarr/")]
+        assert 5 <= len(chunk_roots) <= 35, len(chunk_roots)  # binomial(40, 0.5)
+        for t in chunk_roots:
+            assert "dataset" in {s["name"] for s in _in_trace(spans, t)}
+    finally:
+        col.stop()
 
 
 @pytest.mark.parametrize("env", [

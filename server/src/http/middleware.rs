@@ -33,9 +33,11 @@ pub fn head(s: &str, n: usize) -> &str {
     &s[..end]
 }
 
-/// One span per request when OpenTelemetry is on (`OTEL_*`, see `cloudify_telemetry`), child of
-/// the caller's W3C `traceparent` if it sent one; with traces off this is a plain pass-through
-/// (one atomic load), no span is created.
+/// One span per request when OpenTelemetry is on (`OTEL_*`, see `cloudify_telemetry`) and the
+/// sampler records the request, child of the caller's W3C `traceparent` if it sent one; a
+/// request the sampler drops runs with no span at all (nor any below it: the decision is
+/// taken here, once, instead of building spans for the SDK to drop). With traces off this is
+/// a plain pass-through (one atomic load).
 ///
 /// The span names the method, the route template and the path, never the query string (signed
 /// URLs carry their signature there) nor any header (`Authorization`).
@@ -43,22 +45,27 @@ pub async fn trace(req: Request, next: Next) -> Response {
     if !cloudify_telemetry::enabled() {
         return next.run(req).await;
     }
+    let Some(sampled) = cloudify_telemetry::head_sample(req.headers()) else {
+        return cloudify_telemetry::suppressed(next.run(req)).await;
+    };
     let method = req.method().clone();
     let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map(|m| m.as_str().to_string());
-    let span = tracing::info_span!(
-        "request",
-        otel.name = %format_args!("{method} {}", route.as_deref().unwrap_or("(unrouted)")),
-        otel.kind = "server",
-        http.request.method = %method,
-        http.route = route.as_deref(),
-        url.path = %head(req.uri().path(), 1024),
-        http.response.status_code = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
-    );
-    cloudify_telemetry::set_remote_parent(&span, req.headers());
+    let name = format!("{method} {}", route.as_deref().unwrap_or("(unrouted)"));
+    let span = sampled.start(|| {
+        tracing::info_span!(
+            "request",
+            otel.name = name.as_str(),
+            otel.kind = "server",
+            http.request.method = method.as_str(),
+            http.route = route.as_deref(),
+            url.path = head(req.uri().path(), 1024),
+            http.response.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        )
+    });
     let resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
     let status = resp.status();
     span.record("http.response.status_code", status.as_u16());

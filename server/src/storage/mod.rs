@@ -191,12 +191,9 @@ pub fn block_on<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static
     let rt = runtime()?;
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let span = cloudify_telemetry::traced_span();
-    rt.spawn(tracing::Instrument::instrument(
-        async move {
-            let _ = tx.send(fut.await);
-        },
-        span,
-    ));
+    rt.spawn(span.instrument(async move {
+        let _ = tx.send(fut.await);
+    }));
     rx.recv()
         .map_err(|_| "object-store I/O task failed (see server log)".to_string())
 }
