@@ -7,9 +7,9 @@
 //! relaxed atomic load), so a server that does not trace pays nothing for it.
 //!
 //! When on, spans go over OTLP/HTTP (protobuf) from the SDK's batch thread, the W3C
-//! TraceContext propagator is installed globally, [`set_remote_parent`] attaches an incoming
-//! `traceparent` to a request span, and [`inject`] writes the current span's `traceparent`
-//! into outgoing request headers (compute workers, the STAC API, tape drivers).
+//! TraceContext propagator is installed globally, [`head_sample`] makes an incoming
+//! `traceparent` the parent of a request span, and [`inject`] writes the current span's
+//! `traceparent` into outgoing request headers (compute workers, the STAC API, tape drivers).
 //!
 //! What spans carry is up to their callers; the rule in cloudify is that no span records
 //! headers, query strings or tokens (signed URLs carry their signature in the query).
@@ -66,8 +66,8 @@ static SAMPLER: OnceLock<Sampler> = OnceLock::new();
 struct SuppressGuard(bool);
 
 impl SuppressGuard {
-    fn set(to: bool) -> Self {
-        Self(SUPPRESSED.replace(to))
+    fn on() -> Self {
+        Self(SUPPRESSED.replace(true))
     }
 }
 
@@ -102,14 +102,14 @@ impl std::fmt::Debug for SuppressGuard {
 impl Carry {
     /// Runs `f` in the carried span and decision.
     pub fn in_scope<T>(&self, f: impl FnOnce() -> T) -> T {
-        let _s = self.suppressed.then(|| SuppressGuard::set(true));
+        let _s = self.suppressed.then(SuppressGuard::on);
         self.span.in_scope(f)
     }
 
     /// Enters the carried span and decision until the guard is dropped.
     pub fn entered(self) -> Entered {
         Entered {
-            _suppress: self.suppressed.then(|| SuppressGuard::set(true)),
+            _suppress: self.suppressed.then(SuppressGuard::on),
             _span: self.span.entered(),
         }
     }
@@ -121,7 +121,7 @@ impl Carry {
         async move {
             let mut inner = std::pin::pin!(inner);
             std::future::poll_fn(|cx| {
-                let _s = suppressed.then(|| SuppressGuard::set(true));
+                let _s = suppressed.then(SuppressGuard::on);
                 inner.as_mut().poll(cx)
             })
             .await
@@ -151,7 +151,7 @@ pub fn traced_span() -> Carry {
 pub async fn suppressed<F: Future>(fut: F) -> F::Output {
     let mut fut = std::pin::pin!(fut);
     std::future::poll_fn(|cx| {
-        let _s = SuppressGuard::set(true);
+        let _s = SuppressGuard::on();
         fut.as_mut().poll(cx)
     })
     .await
@@ -620,19 +620,6 @@ impl Injector for HeaderInjector<'_> {
     }
 }
 
-/// Makes the caller's trace (W3C `traceparent`/`tracestate` in `headers`) the parent of `span`,
-/// when traces are on and the headers carry a valid one; a malformed `traceparent` is ignored
-/// (the request starts a new trace), as the W3C specification asks.
-pub fn set_remote_parent(span: &tracing::Span, headers: &http::HeaderMap) {
-    if !enabled() {
-        return;
-    }
-    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
-    if cx.span().span_context().is_valid() {
-        let _ = span.set_parent(cx);
-    }
-}
-
 /// Writes the current span's W3C `traceparent` (and `tracestate`) into `headers` of an outgoing
 /// request, so the callee's spans join this trace. Nothing when traces are off.
 pub fn inject(headers: &mut http::HeaderMap) {
@@ -805,7 +792,7 @@ mod tests {
             "traceparent",
             http::HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         );
-        set_remote_parent(&tracing::Span::none(), &h);
+        assert!(head_sample(&h).is_none());
     }
 
     fn caller(flags: &'static str) -> opentelemetry::Context {
@@ -866,7 +853,7 @@ mod tests {
         assert_eq!(fut.as_mut().poll(&mut cx), std::task::Poll::Ready(true));
         assert!(!SUPPRESSED.get(), "restored after the poll");
         // traces off: nothing is carried, even inside a suppressed scope
-        let _g = SuppressGuard::set(true);
+        let _g = SuppressGuard::on();
         assert!(!traced_span().suppressed);
         let carried = Carry {
             span: tracing::Span::none(),
