@@ -143,8 +143,8 @@ def _otel_env(collector: Collector, **more) -> dict:
     return env
 
 
-def _traceparent(trace: str, parent: str = PARENT) -> str:
-    return f"00-{trace}-{parent}-01"
+def _traceparent(trace: str, parent: str = PARENT, flags: str = "01") -> str:
+    return f"00-{trace}-{parent}-{flags}"
 
 
 @pytest.fixture(scope="module")
@@ -325,7 +325,7 @@ def test_sampling_is_decided_once_per_request(tmp_path):
                 assert r.status_code == 200, r.text
             for t in dropped:
                 r = requests.get(f"{url}/datasets/day/zarr/ta/0.0.0.0",
-                                 headers={"traceparent": f"00-{t}-{PARENT}-00"}, timeout=60)
+                                 headers={"traceparent": _traceparent(t, flags="00")}, timeout=60)
                 assert r.status_code == 200
             for t in kept:
                 r = requests.get(f"{url}/datasets/day/zarr/ta/0.0.0.0",
