@@ -118,9 +118,9 @@ pub fn decode_hdf5(
         let Stage { exact, max } = sizes[i];
         buf = match f {
             Filter::Fletcher32 => fletcher32::check(buf)?,
-            Filter::Deflate(_) => inflate(&buf, max)?,
+            Filter::Deflate(_) => inflate_reusing(&buf, max)?,
             Filter::Zstd => zstd::decompress(&buf, max)?,
-            Filter::Shuffle(elem) => unshuffle_reusing(buf, *elem),
+            Filter::Shuffle(elem) => unshuffle_keeping(buf, *elem),
             Filter::Gzip => gunzip(&buf, max)?,
             Filter::Blosc => blosc::unblosc_upto(&buf, exact, max)?,
             Filter::ZarrV3(spec) => zarr_v3::decode(spec, buf, max)?,
@@ -145,27 +145,70 @@ pub fn decode_hdf5(
 }
 
 thread_local! {
-    /// The input buffer of this thread's last unshuffle, kept for the next one's output.
+    /// The input buffer of this thread's last unshuffle (what a chunk was inflated into),
+    /// kept for the next chunk to be inflated into.
     static SPARE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Most bytes a thread keeps in [`SPARE`].
 const SPARE_MAX: usize = 64 << 20;
 
-/// [`unshuffle`] of `src`, written into the buffer the previous unshuffle of this thread
-/// read from (its bytes are all overwritten), and `src` kept for the next one. A decoded
-/// chunk is usually kept (decoded-chunk cache, a reduction's input), so its buffer cannot be
-/// reused, but the inflated buffer before the unshuffle can: without this, every chunk's
-/// output was a zeroed fresh allocation — a tenth of a reduction's CPU in memset and page
-/// faults, profiled.
-fn unshuffle_reusing(src: Vec<u8>, elem: usize) -> Vec<u8> {
-    let mut out = SPARE.with(|s| std::mem::take(&mut *s.borrow_mut()));
+/// [`inflate`] into this thread's [`SPARE`] buffer when it is about the size needed. A
+/// decoded chunk is usually kept (decoded-chunk cache, a reduction's input), so its buffer
+/// cannot be reused, but the inflated buffer before the unshuffle can: libdeflate writes
+/// into initialised memory, and zeroing a fresh megabyte for every chunk (and faulting its
+/// pages in) was a tenth of a point series' CPU, profiled.
+fn inflate_reusing(src: &[u8], max: usize) -> Result<Vec<u8>, CodecError> {
+    let mut buf = SPARE.with(|s| std::mem::take(&mut *s.borrow_mut()));
     // a kept chunk holds its buffer's whole capacity: only one about its size is reused
-    if out.capacity() < src.len() || out.capacity() > src.len() + src.len() / 8 + 4096 {
-        out = Vec::new();
+    if buf.capacity() <= max || buf.capacity() > max + max / 8 + 4096 {
+        buf = Vec::new();
     }
-    out.resize(src.len(), 0);
-    shuffle::unshuffle_into(&src, elem, &mut out);
+    zlib::inflate_into(src, max, buf)
+}
+
+/// The inflated bytes of a chunk stored as `[shuffle, deflate]` (netCDF-4's and h5py's usual
+/// pipeline) with elements of `elem` bytes, the byte planes still shuffled (byte `b` of
+/// element `i` at `b * n + i`, `n` elements): for a read that takes a few values of a chunk
+/// it does not keep (a time series at a point), unshuffling the whole chunk is a quarter of
+/// the work, profiled. `None` for any other pipeline or element size, a skipped filter, or a
+/// stream that does not inflate to exactly `expected` bytes (the full decode then names the
+/// problem). Give the buffer back with [`recycle`].
+pub fn inflate_planes(
+    raw: &[u8],
+    filters: &[Filter],
+    mask: u32,
+    expected: usize,
+    elem: usize,
+) -> Option<Vec<u8>> {
+    match filters {
+        [Filter::Shuffle(e), Filter::Deflate(_)]
+            if *e == elem && mask & 0b11 == 0 && expected.is_multiple_of(elem) =>
+        {
+            match inflate_reusing(raw, expected) {
+                Ok(buf) if buf.len() == expected => Some(buf),
+                Ok(buf) => {
+                    recycle(buf);
+                    None
+                }
+                Err(_) => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Keeps `buf` (from [`inflate_planes`]) for this thread's next chunk to be inflated into.
+pub fn recycle(buf: Vec<u8>) {
+    if buf.capacity() <= SPARE_MAX {
+        SPARE.with(|s| *s.borrow_mut() = buf);
+    }
+}
+
+/// [`unshuffle`] of `src` into fresh memory, written without zeroing it first
+/// ([`shuffle::unshuffle_new`]), and `src` kept in [`SPARE`] for the next chunk.
+fn unshuffle_keeping(src: Vec<u8>, elem: usize) -> Vec<u8> {
+    let out = shuffle::unshuffle_new(&src, elem);
     if src.capacity() <= SPARE_MAX {
         SPARE.with(|s| *s.borrow_mut() = src);
     }

@@ -29,6 +29,47 @@ pub fn unshuffle_into(src: &[u8], elem: usize, out: &mut [u8]) {
     }
 }
 
+/// [`unshuffle`] into a new vector, written in blocks through a small buffer rather than
+/// into a zeroed one: a decoded chunk that is kept (the decoded-chunk cache, a reduction's
+/// input) needs fresh memory, and zeroing it first was a tenth of a point series' CPU
+/// (profiled). Each block is unshuffled in the vectorised loops, then appended.
+pub fn unshuffle_new(src: &[u8], elem: usize) -> Vec<u8> {
+    /// Elements per block: 32 KiB of float64, in the first-level cache.
+    const BLOCK: usize = 4096;
+    if !matches!(elem, 4 | 8) {
+        return unshuffle(src, elem);
+    }
+    let n = src.len() / elem;
+    let mut out = Vec::with_capacity(src.len());
+    let mut tmp = [0u8; BLOCK * 8];
+    let mut i = 0;
+    while i < n {
+        let k = BLOCK.min(n - i);
+        let plane = |j: usize| &src[j * n + i..j * n + i + k];
+        if elem == 4 {
+            interleave4([plane(0), plane(1), plane(2), plane(3)], &mut tmp[..k * 4]);
+        } else {
+            interleave8(
+                [
+                    plane(0),
+                    plane(1),
+                    plane(2),
+                    plane(3),
+                    plane(4),
+                    plane(5),
+                    plane(6),
+                    plane(7),
+                ],
+                &mut tmp[..k * 8],
+            );
+        }
+        out.extend_from_slice(&tmp[..k * elem]);
+        i += k;
+    }
+    out.extend_from_slice(&src[n * elem..]);
+    out
+}
+
 fn unshuffle4(src: &[u8], out: &mut [u8]) {
     let n = src.len() / 4;
     let (p0, r) = src.split_at(n);
@@ -36,10 +77,15 @@ fn unshuffle4(src: &[u8], out: &mut [u8]) {
     let (p2, r) = r.split_at(n);
     let (p3, tail) = r.split_at(n);
     let (body, rest) = out.split_at_mut(n * 4);
-    for ((((o, a), b), c), d) in body.chunks_exact_mut(4).zip(p0).zip(p1).zip(p2).zip(p3) {
+    interleave4([p0, p1, p2, p3], body);
+    rest.copy_from_slice(tail);
+}
+
+/// Element i of `out` (4 bytes each) is byte i of each plane, in order.
+fn interleave4([p0, p1, p2, p3]: [&[u8]; 4], out: &mut [u8]) {
+    for ((((o, a), b), c), d) in out.chunks_exact_mut(4).zip(p0).zip(p1).zip(p2).zip(p3) {
         o.copy_from_slice(&[*a, *b, *c, *d]);
     }
-    rest.copy_from_slice(tail);
 }
 
 fn unshuffle8(src: &[u8], out: &mut [u8]) {
@@ -53,7 +99,13 @@ fn unshuffle8(src: &[u8], out: &mut [u8]) {
     let (p6, r) = r.split_at(n);
     let (p7, tail) = r.split_at(n);
     let (body, rest) = out.split_at_mut(n * 8);
-    for ((((((((o, a), b), c), d), e), f), g), h) in body
+    interleave8([p0, p1, p2, p3, p4, p5, p6, p7], body);
+    rest.copy_from_slice(tail);
+}
+
+/// Element i of `out` (8 bytes each) is byte i of each plane, in order.
+fn interleave8([p0, p1, p2, p3, p4, p5, p6, p7]: [&[u8]; 8], out: &mut [u8]) {
+    for ((((((((o, a), b), c), d), e), f), g), h) in out
         .chunks_exact_mut(8)
         .zip(p0)
         .zip(p1)
@@ -66,7 +118,6 @@ fn unshuffle8(src: &[u8], out: &mut [u8]) {
     {
         o.copy_from_slice(&[*a, *b, *c, *d, *e, *f, *g, *h]);
     }
-    rest.copy_from_slice(tail);
 }
 
 fn shuffle_any(src: &[u8], elem: usize) -> Vec<u8> {
@@ -125,7 +176,8 @@ mod tests {
     #[test]
     fn unshuffle_inverts_shuffle_for_every_width_and_tail() {
         for elem in [1usize, 2, 3, 4, 8, 16] {
-            for len in [0usize, 1, 3, 4, 7, 8, 9, 64, 1001] {
+            // 40_003 and 65_541: more than one block of 4096 elements, with a tail
+            for len in [0usize, 1, 3, 4, 7, 8, 9, 64, 1001, 40_003, 65_541] {
                 let src: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
                 let sh = shuffle(&src, elem);
                 assert_eq!(unshuffle(&sh, elem), src, "elem {elem} len {len}");
@@ -134,6 +186,7 @@ mod tests {
                 let mut dirty = vec![0xa5u8; len];
                 unshuffle_into(&sh, elem, &mut dirty);
                 assert_eq!(dirty, src, "elem {elem} len {len}");
+                assert_eq!(unshuffle_new(&sh, elem), src, "elem {elem} len {len}");
             }
         }
     }
