@@ -13,6 +13,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 from urllib.parse import urlsplit
 
 import h5py
@@ -33,12 +34,13 @@ def _values() -> np.ndarray:
     return (250 + 0.01 * t + 0.1 * y - 0.05 * x + np.sin(x * t / 97.0)).astype("f4")
 
 
-def _write(path, data):
+def _write(path, data, t0=0):
+    """`data` (time steps t0.. of _values()) as a netCDF-4 file, one zlib chunk per step."""
     with netCDF4.Dataset(path, "w") as nc:
-        for n, d in zip(("time", "lat", "lon"), SHAPE):
+        for n, d in zip(("time", "lat", "lon"), data.shape):
             nc.createDimension(n, d)
             c = nc.createVariable(n, "f8", (n,))
-            c[:] = np.arange(d, dtype="f8")
+            c[:] = np.arange(d, dtype="f8") + (t0 if n == "time" else 0)
         v = nc.createVariable("tas", "f4", ("time", "lat", "lon"), zlib=True, complevel=1,
                               chunksizes=(1, SHAPE[1], SHAPE[2]))
         v[:] = data
@@ -84,6 +86,10 @@ def big(tmp_path_factory, workdir):
     _corrupt_chunk(bad, SHAPE[0] - 1)
     badstr = root / "badstr.nc"
     _write_strings(badstr)
+    # Two files of 50 steps each, the second later corrupted in place (test below).
+    halves = [root / "half0.nc", root / "half1.nc"]
+    _write(halves[0], data[:50], 0)
+    _write(halves[1], data[50:], 50)
     # A Zarr store declaring 160 GB of float64 (no chunk written: all fill value).
     huge = root / "huge.zarr"
     g = zarr.open_group(str(huge), mode="w", zarr_format=2)
@@ -91,13 +97,14 @@ def big(tmp_path_factory, workdir):
     z.attrs["_ARRAY_DIMENSIONS"] = ["y", "x"]
     zarr.consolidate_metadata(str(huge))
     specs = [{"name": "good", "sources": [str(good)]}, {"name": "bad", "sources": [str(bad)]},
-             {"name": "huge", "sources": [str(huge)]}, {"name": "badstr", "sources": [str(badstr)]}]
+             {"name": "huge", "sources": [str(huge)]}, {"name": "badstr", "sources": [str(badstr)]},
+             {"name": "halves", "sources": [str(h) for h in halves]}]
     cfg = workdir / "opendap_stream.yaml"
     write_config(cfg, specs)
     url, proc, log = start_server(["serve", "--config", str(cfg)], workdir, "opendap_stream")
     try:
         wait_until_settled(url, [s["name"] for s in specs], proc)
-        yield url, data
+        yield url, data, halves
     finally:
         stop_server(proc)
 
@@ -113,7 +120,7 @@ def _xdr_floats(body: bytes, name: bytes, n: int) -> np.ndarray:
 
 
 def test_a_variable_of_several_pieces_is_whole_and_exact(big):
-    base, data = big
+    base, data, _ = big
     r = requests.get(f"{base}/datasets/good/opendap.dods?tas", timeout=120)
     assert r.status_code == 200, r.text[:300]
     assert int(r.headers["Content-Length"]) == len(r.content)
@@ -122,7 +129,7 @@ def test_a_variable_of_several_pieces_is_whole_and_exact(big):
 
 
 def test_strided_selection_across_piece_boundaries(big):
-    base, data = big
+    base, data, _ = big
     r = requests.get(f"{base}/datasets/good/opendap.dods?tas[1:3:98][5:7:380][0:100:511]", timeout=120)
     assert r.status_code == 200, r.text[:300]
     want = data[1:99:3, 5:381:7, 0:512:100]
@@ -131,13 +138,13 @@ def test_strided_selection_across_piece_boundaries(big):
 
 
 def test_netcdf_c_reads_the_streamed_answer(big):
-    base, data = big
+    base, data, _ = big
     with netCDF4.Dataset(f"{base}/datasets/good/opendap") as nc:
         np.testing.assert_array_equal(nc["tas"][40:60, :, :], data[40:60])
 
 
 def test_unreadable_first_piece_is_a_dap_error(big):
-    base, _ = big
+    base, _, _ = big
     r = requests.get(f"{base}/datasets/bad/opendap.dods?tas[99][0:1:383][0:1:511]", timeout=60)
     assert r.status_code == 500, r.status_code
     assert r.headers["Content-Description"] == "dods-error"
@@ -149,7 +156,7 @@ def test_unreadable_later_piece_is_a_dap_error_before_any_data(big):
     (it printed "DAP DATADDS packet is apparently too short" and returned wrong values). An
     answer up to 1 GiB is therefore read through before its headers: the last step's chunk,
     in the third 32 MiB piece, makes the whole request a DAP error with its status."""
-    base, data = big
+    base, data, _ = big
     r = requests.get(f"{base}/datasets/bad/opendap.dods?tas", timeout=120)
     assert r.status_code == 500, r.status_code
     assert r.headers["Content-Description"] == "dods-error"
@@ -176,12 +183,38 @@ def test_unreadable_later_piece_is_a_dap_error_before_any_data(big):
         np.testing.assert_array_equal(nc["tas"][0:99, 0:2, 0:3], data[0:99, 0:2, 0:3])
 
 
+def test_a_repeated_answer_is_checked_again_after_a_file_changed(big):
+    """A stored chunk that decoded once is not decoded again by the check before the headers
+    (only its bytes are read and its file checked to be the version indexed). A file
+    corrupted in place after a whole answer was read — its chunks all known — still makes
+    the next answer a DAP error before any data: the change is seen by the file check, and
+    the first 32 MiB piece (the first file, unchanged) goes out only after it."""
+    base, data, halves = big
+    url = f"{base}/datasets/halves/opendap.dods?tas"
+    for _ in range(2):
+        r = requests.get(url, timeout=120)
+        assert r.status_code == 200, r.text[:300]
+        assert int(r.headers["Content-Length"]) == len(r.content)
+        np.testing.assert_array_equal(_xdr_floats(r.content, b"tas", data.size).reshape(SHAPE), data)
+    time.sleep(0.05)  # past the index time on coarse file clocks
+    _corrupt_chunk(halves[1], 40)
+    r = requests.get(url, timeout=120)
+    assert r.status_code == 500, (r.status_code, r.content[:300])
+    assert r.headers["Content-Description"] == "dods-error"
+    # "changed since it was indexed" (or, once the server has indexed the new version, the
+    # corrupt chunk itself): either way named, before any data
+    assert r.text.startswith("Error {") and "half1.nc" in r.text, r.text[:300]
+    ok = requests.get(f"{base}/datasets/halves/opendap.dods?tas[0:1:49][0][0]", timeout=60)
+    assert ok.status_code == 200, ok.text[:300]
+    np.testing.assert_array_equal(_xdr_floats(ok.content, b"tas", 50), data[:50, 0, 0])
+
+
 def test_unreadable_strings_after_the_first_values_are_a_dap_error(big):
     """A string answer's length is in its data, so it goes out without Content-Length, and a
     body that stopped early is all a client would get. It is read through before the headers
     like any answer up to 1 GiB: the corrupt `names` chunk, after the readable `tas` values,
     makes the request a DAP error with its status; the readable part is still served."""
-    base, _ = big
+    base, _, _ = big
     r = requests.get(f"{base}/datasets/badstr/opendap.dods?tas[0:1:0][0:1:0][0:1:0],names", timeout=60)
     assert r.status_code == 500, (r.status_code, r.content[:300])
     assert r.headers["Content-Description"] == "dods-error"
@@ -192,7 +225,7 @@ def test_unreadable_strings_after_the_first_values_are_a_dap_error(big):
 
 
 def test_above_the_streamed_cap_is_413_before_reading(big):
-    base, _ = big
+    base, _, _ = big
     r = requests.get(f"{base}/datasets/huge/opendap.dods?big", timeout=60)
     assert r.status_code == 413, r.text
     assert r.headers["Content-Description"] == "dods-error"
@@ -232,7 +265,7 @@ def _dap4_data(body: bytes) -> tuple[bytes, bytes]:
 def test_dap4_variable_of_several_pieces_is_whole_exact_and_checksummed(big):
     import zlib
 
-    base, data = big
+    base, data, _ = big
     r = requests.get(f"{base}/datasets/good/opendap.dap?dap4.ce=/tas&dap4.checksum=true", timeout=120)
     assert r.status_code == 200, r.text[:300]
     assert int(r.headers["Content-Length"]) == len(r.content)
@@ -245,7 +278,7 @@ def test_dap4_variable_of_several_pieces_is_whole_exact_and_checksummed(big):
 
 
 def test_dap4_strided_selection_across_piece_boundaries(big):
-    base, data = big
+    base, data, _ = big
     r = requests.get(f"{base}/datasets/good/opendap.dap?dap4.ce=/tas[1:3:98][5:7:380][0:100:511]&dap4.checksum=false", timeout=120)
     assert r.status_code == 200, r.text[:300]
     _, values = _dap4_data(r.content)
@@ -256,13 +289,13 @@ def test_dap4_strided_selection_across_piece_boundaries(big):
 def test_pydap_dap4_reads_the_streamed_answer(big):
     from pydap.client import open_url
 
-    base, data = big
+    base, data, _ = big
     ds = open_url(f"{base}/datasets/good/opendap", protocol="dap4")
     np.testing.assert_array_equal(np.asarray(ds["tas"][40:60:3, :, 7:8].data), data[40:60:3, :, 7:8])
 
 
 def test_dap4_unreadable_first_piece_is_a_dap4_error(big):
-    base, _ = big
+    base, _, _ = big
     r = requests.get(f"{base}/datasets/bad/opendap.dap?dap4.ce=/tas[99][0:1:383][0:1:511]", timeout=60)
     assert r.status_code == 500, r.status_code
     assert r.headers["Content-Type"].startswith("application/vnd.opendap.dap4.error+xml")
@@ -273,7 +306,7 @@ def test_dap4_unreadable_later_piece_ends_with_an_error_chunk_and_cuts_the_body_
     """The headers (200, Content-Length) go out with the first piece; the last step's chunk
     fails later. The body then carries a DAP4 error chunk naming the file and ends short of
     its Content-Length."""
-    base, _ = big
+    base, _, _ = big
     u = urlsplit(base)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
     conn.request("GET", "/datasets/bad/opendap.dap?dap4.ce=/tas")
@@ -302,7 +335,7 @@ def test_dap4_clients_fail_on_a_failed_answer_instead_of_reading_values(big):
     made Debian's ncdump and the netCDF4 wheel segfault). Both raise, neither returns values."""
     from pydap.client import open_url
 
-    base, data = big
+    base, data, _ = big
     ds = open_url(f"{base}/datasets/bad/opendap", protocol="dap4")
     np.testing.assert_array_equal(np.asarray(ds["tas"][0:2, 0:3, 0:4].data), data[0:2, 0:3, 0:4])
     with pytest.raises(Exception) as e:
@@ -333,7 +366,7 @@ def test_dap4_clients_fail_on_a_failed_answer_instead_of_reading_values(big):
 
 
 def test_dap4_above_the_streamed_cap_is_413_before_reading(big):
-    base, _ = big
+    base, _, _ = big
     r = requests.get(f"{base}/datasets/huge/opendap.dap?dap4.ce=/big", timeout=60)
     assert r.status_code == 413, r.text
     assert "limit" in r.text and "dap4.ce" in r.text, r.text

@@ -3,3 +3,4 @@
 pub mod cache;
 pub mod grid;
 pub mod read;
+pub mod verified;

@@ -8,7 +8,8 @@
 
 use std::path::PathBuf;
 
-use super::grid::{byteswap, copy_block, fill_with, grid_shape, intersect, linear, numel};
+use super::grid::{byteswap, copy_block, copy_block_planes, fill_with, grid_shape, intersect, linear, numel};
+use super::verified::{self, At};
 use crate::codec::{CodecError, decode_hdf5};
 use crate::dtype::{DType, Endian};
 use crate::source::{ChunkLoc, ChunkRef, FileVar, Filter, Layout, MemValues};
@@ -244,6 +245,80 @@ fn decode_stored(s: Stored, filters: &[Filter], clen: usize) -> Result<Vec<u8>, 
     decode_hdf5(bytes, filters, mask, clen).map_err(|source| ReadError::Codec { path, offset, source })
 }
 
+/// [`decode_stored`] of a stored chunk of `fv`, noting a chunk of an HDF5-chunked local file
+/// that decoded ([`super::verified`]: a later check of it need not decode it again).
+fn decode_noted(fv: &FileVar, s: Stored, filters: &[Filter], clen: usize) -> Result<Vec<u8>, ReadError> {
+    let (offset, stored_len) = (s.offset, s.bytes.len() as u64);
+    let data = decode_stored(s, filters, clen)?;
+    if matches!(fv.layout, Layout::Chunked { .. }) {
+        verified::note(At {
+            file: &fv.file,
+            offset,
+            stored_len,
+            decoded_len: clen,
+        });
+    }
+    Ok(data)
+}
+
+/// Whether the block `[start, start+count)` of one file's variable is known to be readable
+/// without decoding it: an HDF5-chunked variable of a local file every stored chunk of which
+/// that the block touches has decoded before ([`super::verified`]). Then their bytes are read
+/// (so the storage answers now) and the file checked to be the version indexed, and `true`
+/// is returned; `false` (nothing read) when any chunk must be decoded to know, or the layout
+/// is another one: the caller then reads the block.
+pub fn known_readable(
+    io: &dyn RangeRead,
+    fv: &FileVar,
+    dtype: DType,
+    start: &[u64],
+    count: &[u64],
+) -> Result<bool, ReadError> {
+    if count.contains(&0) {
+        return Ok(true);
+    }
+    let Layout::Chunked {
+        chunk_shape, locs, ..
+    } = &fv.layout
+    else {
+        return Ok(false);
+    };
+    let sgrid = grid_shape(&fv.shape, chunk_shape);
+    let clen = buffer_len(chunk_shape, dtype.size())?;
+    let lo: Vec<u64> = start.iter().zip(chunk_shape).map(|(s, c)| s / c).collect();
+    let hi: Vec<u64> = start
+        .iter()
+        .zip(count)
+        .zip(chunk_shape)
+        .map(|((s, n), c)| (s + n - 1) / c)
+        .collect();
+    let mut ranges = Vec::new();
+    let mut ci = lo.clone();
+    loop {
+        // never written: reads as fill, nothing to decode
+        if let Some(l) = locs.get(linear(&ci, &sgrid) as usize).filter(|l| l.size > 0) {
+            let at = At {
+                file: &fv.file,
+                offset: l.offset,
+                stored_len: l.size,
+                decoded_len: clen,
+            };
+            if !verified::known(at) {
+                return Ok(false);
+            }
+            ranges.push((l.offset, l.size));
+        }
+        if !next_index(&mut ci, &lo, &hi) {
+            break;
+        }
+    }
+    for (offset, size) in ranges {
+        drop(io.read_at(&fv.file, offset, size)?);
+    }
+    check_unchanged(&fv.file)?;
+    Ok(true)
+}
+
 /// All values of one file's variable as little-endian bytes; never-written parts read as
 /// `fill`.
 pub fn read_whole(io: &dyn RangeRead, fv: &FileVar, dtype: DType, fill: &[u8]) -> Result<Vec<u8>, ReadError> {
@@ -365,8 +440,9 @@ pub fn read_into(
                     break;
                 }
             }
-            // Copies the overlap of decoded stored chunk `ci` with the block into `dst`.
-            let mut place = |ci: &[u64], data: &[u8]| {
+            // The overlap of stored chunk `ci` with the block: start in the chunk, count,
+            // start in `dst`.
+            let overlap = |ci: &[u64]| {
                 let mut src_start = Vec::with_capacity(ci.len());
                 let mut ov_count = Vec::with_capacity(ci.len());
                 let mut d_start = Vec::with_capacity(ci.len());
@@ -377,17 +453,43 @@ pub fn read_into(
                     ov_count.push(n);
                     d_start.push(dst_start[d] + (s - start[d]));
                 }
-                copy_block(
-                    data,
-                    chunk_shape,
-                    &src_start,
-                    dst,
-                    dst_shape,
-                    &d_start,
-                    &ov_count,
-                    elem,
-                );
+                (src_start, ov_count, d_start)
             };
+            // Copies the overlap of decoded stored chunk `ci` with the block into `dst`, or,
+            // with `planes`, from its inflated bytes still shuffled (see below).
+            let mut place = |ci: &[u64], data: &[u8], planes: bool| {
+                let (src_start, ov_count, d_start) = overlap(ci);
+                if planes {
+                    copy_block_planes(
+                        data,
+                        chunk_shape,
+                        &src_start,
+                        dst,
+                        dst_shape,
+                        &d_start,
+                        &ov_count,
+                        elem,
+                        swap,
+                    );
+                } else {
+                    copy_block(
+                        data,
+                        chunk_shape,
+                        &src_start,
+                        dst,
+                        dst_shape,
+                        &d_start,
+                        &ov_count,
+                        elem,
+                    );
+                }
+            };
+            // A read that is part of a scan ([`super::cache::scanning`]) keeps nothing: a
+            // chunk it takes a few values of (at most a sixteenth) is inflated and only those
+            // values unshuffled, where the pipeline is netCDF's usual [shuffle, deflate].
+            let scan = super::cache::is_scanning();
+            let chunk_elems = numel(chunk_shape).unwrap_or(usize::MAX);
+            let few = |ci: &[u64]| numel(&overlap(ci).1).is_some_and(|k| k.saturating_mul(16) <= chunk_elems);
             // Local HDF5 chunks go through the decoded-chunk cache one at a time, in order
             // (readers of neighbouring blocks walk the same chunks in step and share them);
             // the rest are fetched together (one request per group of nearby chunks for
@@ -407,31 +509,66 @@ pub fn read_into(
                     uncached.push((ci, n));
                     continue;
                 };
+                if scan {
+                    hit_or_decoded = true;
+                    if let Some(data) = cache.kept(&key) {
+                        place(&ci, &data, false);
+                        continue;
+                    }
+                    let Some(stored) = fetch_stored(io, fv, n)? else {
+                        return Err(ReadError::Block(format!(
+                            "stored chunk {n} vanished from the index"
+                        )));
+                    };
+                    let (offset, stored_len) = (stored.offset, stored.bytes.len() as u64);
+                    let planes = few(&ci)
+                        .then(|| {
+                            crate::codec::inflate_planes(&stored.bytes, filters, stored.mask, clen, elem)
+                        })
+                        .flatten();
+                    if let Some(planes) = planes {
+                        verified::note(At {
+                            file: &fv.file,
+                            offset,
+                            stored_len,
+                            decoded_len: clen,
+                        });
+                        place(&ci, &planes, true);
+                        crate::codec::recycle(planes);
+                    } else {
+                        let mut data = decode_noted(fv, stored, filters, clen)?;
+                        if swap {
+                            byteswap(&mut data, elem);
+                        }
+                        place(&ci, &data, false);
+                    }
+                    continue;
+                }
                 let data = cache.get_or_decode(key, || -> Result<Vec<u8>, ReadError> {
                     let Some(stored) = fetch_stored(io, fv, n)? else {
                         return Err(ReadError::Block(format!(
                             "stored chunk {n} vanished from the index"
                         )));
                     };
-                    let mut data = decode_stored(stored, filters, clen)?;
+                    let mut data = decode_noted(fv, stored, filters, clen)?;
                     if swap {
                         byteswap(&mut data, elem);
                     }
                     Ok(data)
                 })?;
                 hit_or_decoded = true;
-                place(&ci, &data);
+                place(&ci, &data, false);
             }
             if hit_or_decoded {
                 // What an uncached read finds out: the file is still the version indexed.
                 check_unchanged(&fv.file)?;
             }
             for (ci, stored) in fetch_stored_many(io, fv, uncached)? {
-                let mut data = decode_stored(stored, filters, clen)?;
+                let mut data = decode_noted(fv, stored, filters, clen)?;
                 if swap {
                     byteswap(&mut data, elem);
                 }
-                place(&ci, &data);
+                place(&ci, &data, false);
             }
             Ok(())
         }
@@ -561,7 +698,7 @@ pub fn decoded_stored_chunk(
     };
     let elem = dtype.size();
     let clen = buffer_len(chunk_shape, elem)?;
-    let mut data = decode_stored(stored, filters, clen)?;
+    let mut data = decode_noted(fv, stored, filters, clen)?;
     if fv.endian == Endian::Big {
         byteswap(&mut data, elem);
     }

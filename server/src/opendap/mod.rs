@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use crate::attrs::AttrValue;
-use crate::block::BlockData;
+use crate::block::{Block, BlockData};
 use crate::dataset::{Dataset, Variable};
 use crate::dtype::{DType, Scalar};
 use crate::pipeline::read_region;
@@ -707,6 +707,9 @@ fn read_error(var: &Variable, e: crate::chunk::read::ReadError) -> DapError {
 /// read (fetched, decoded) on the worker pool and dropped at once, so the check holds one
 /// decoded chunk per worker, not the piece, its assembled copy and its XDR (three times
 /// [`PIECE_BYTES`] per piece checked), and spends nothing on copying or byte-swapping.
+/// Stored chunks of local files that decoded before (an earlier answer, a Zarr read) are
+/// only read, not decoded ([`crate::pipeline::verify_region`]): a repeated answer is decoded
+/// once, while it is sent.
 /// 64-bit integers are encoded in full: whether they fit DAP2's 32 bits is in their values.
 pub fn check_values(a: &ArrayOut) -> Result<(), DapError> {
     use rayon::prelude::*;
@@ -723,16 +726,25 @@ pub fn check_values(a: &ArrayOut) -> Result<(), DapError> {
     let groups = chunk_groups(v, &sel);
     group_combos(&groups).par_iter().try_for_each(|gi| {
         let (start, count) = combo_region(&groups, gi);
-        read_region(v, &start, &count)
-            .map(drop)
-            .map_err(|e| read_error(v, e))
+        crate::pipeline::verify_region(v, &start, &count).map_err(|e| read_error(v, e))
     })
 }
 
 /// The values selected by `sel` (one slice per dimension of the variable), read per served
 /// chunk: each read covers only the selected indices of one chunk along every dimension. The
 /// chunks are read in parallel on the worker pool (a time series at a point touches one chunk
-/// per step, each decoded whole), then copied into place a row at a time.
+/// per step, each decoded whole) and their values copied into place a row at a time —
+/// straight into the answer's buffer when each chunk's values are one run of it (the
+/// selection splits into chunks along its first dimension only, as a whole variable or a
+/// series does), so a piece is never held twice.
+///
+/// A selection of a variable served as stored (each served chunk one stored chunk, so this
+/// request reads each stored chunk once) whose chunks together decode to more than the
+/// decoded-chunk cache holds is read as a scan ([`crate::chunk::cache::scanning`]): what it
+/// decodes is not kept, so a time series over a long axis neither flushes the chunks other
+/// requests reuse nor holds the cache's budget for the few hits it would get itself.
+/// Rechunked and derived variables are not: their served chunks share stored chunks, which
+/// the cache is for.
 pub fn gather(var: &Variable, sel: &[Slice]) -> Result<BlockData, DapError> {
     use rayon::prelude::*;
     let nd = sel.len();
@@ -740,98 +752,193 @@ pub fn gather(var: &Variable, sel: &[Slice]) -> Result<BlockData, DapError> {
     let out_shape: Vec<u64> = sel.iter().map(Slice::count).collect();
     let total: u64 = out_shape.iter().product();
     let n = usize::try_from(total).map_err(|_| DapError::bad("selection too large"))?;
-    let is_str = var.dtype == DType::Str;
     let size = var.dtype.size();
     let combos = group_combos(&groups);
+    let chunk_bytes = var.chunks.iter().product::<u64>().saturating_mul(size as u64);
+    let scan = !crate::pipeline::is_computed(var)
+        && (combos.len() as u64).saturating_mul(chunk_bytes) > crate::chunk::cache::cache().budget();
+    let read = |gi: &[usize]| -> Result<Block, DapError> {
+        let (start, count) = combo_region(&groups, gi);
+        let r = if scan {
+            crate::chunk::cache::scanning(|| read_region(var, &start, &count))
+        } else {
+            read_region(var, &start, &count)
+        };
+        r.map_err(|e| read_error(var, e))
+    };
+    if var.dtype == DType::Str {
+        return gather_strings(sel, &groups, &combos, &out_shape, n, read);
+    }
+    let mut bytes = Vec::new();
+    bytes
+        .try_reserve_exact(n.saturating_mul(size))
+        .map_err(|_| DapError::bad("selection too large"))?;
+    bytes.resize(n * size, 0);
+    if groups.iter().skip(1).all(|g| g.len() == 1) {
+        // each combination (a group along the first dimension) is one run of the answer
+        let row = out_shape.iter().skip(1).product::<u64>() as usize * size;
+        let mut runs = Vec::with_capacity(combos.len());
+        let mut rest = &mut bytes[..];
+        for g in groups.first().map(Vec::as_slice).unwrap_or_default() {
+            let (run, tail) = std::mem::take(&mut rest).split_at_mut(g.1 as usize * row);
+            runs.push(run);
+            rest = tail;
+        }
+        if groups.is_empty() {
+            runs.push(rest);
+        }
+        return combos
+            .par_iter()
+            .zip(runs)
+            .try_for_each(|(gi, run)| copy_selected(&read(gi)?, &groups, gi, sel, size, run))
+            .map(|()| BlockData::Bytes(bytes));
+    }
     // One read per combination of groups; each answers the selected values of its chunk in
     // C order of the selection (a contiguous innermost run is one copy).
-    let parts: Vec<Result<BlockData, DapError>> = combos
+    let parts: Vec<Result<Vec<u8>, DapError>> = combos
         .par_iter()
         .map(|gi| {
-            let g: Vec<&(u64, u64, u64, u64)> = (0..nd).map(|d| &groups[d][gi[d]]).collect();
-            let start: Vec<u64> = g.iter().map(|x| x.2).collect();
-            let count: Vec<u64> = g.iter().map(|x| x.3 - x.2 + 1).collect();
-            let sel_n: Vec<u64> = g.iter().map(|x| x.1).collect();
-            let block = read_region(var, &start, &count).map_err(|e| read_error(var, e))?;
-            let bstride = strides(&count);
-            let (outer, inner) = match nd {
-                0 => (&sel_n[..], 1),
-                _ => (&sel_n[..nd - 1], sel_n[nd - 1]),
-            };
-            let inner_step = sel.last().map_or(1, |s| s.stride);
-            let row_src =
-                |j: &[u64]| -> u64 { (0..j.len()).map(|d| j[d] * sel[d].stride * bstride[d]).sum() };
-            Ok(match block.data() {
-                BlockData::Bytes(b) => {
-                    let mut out = Vec::with_capacity(sel_n.iter().product::<u64>() as usize * size);
-                    for_each_index(outer, |j| {
-                        let s0 = row_src(j) as usize * size;
-                        if inner_step == 1 {
-                            out.extend_from_slice(&b[s0..s0 + inner as usize * size]);
-                        } else {
-                            for k in 0..inner as usize {
-                                let s = s0 + k * inner_step as usize * size;
-                                out.extend_from_slice(&b[s..s + size]);
-                            }
-                        }
-                    });
-                    BlockData::Bytes(out)
-                }
-                BlockData::Strings(v) => {
-                    let mut out = Vec::new();
-                    for_each_index(outer, |j| {
-                        let s0 = row_src(j) as usize;
-                        for k in 0..inner as usize {
-                            out.push(v[s0 + k * inner_step as usize].clone());
-                        }
-                    });
-                    BlockData::Strings(out)
-                }
-            })
+            let len = (0..nd).map(|d| groups[d][gi[d]].1).product::<u64>() as usize * size;
+            let mut part = vec![0u8; len];
+            copy_selected(&read(gi)?, &groups, gi, sel, size, &mut part)?;
+            Ok(part)
         })
         .collect();
     let ostride = strides(&out_shape);
-    let mut bytes = if is_str { Vec::new() } else { vec![0u8; n * size] };
-    let mut strings = if is_str {
-        vec![String::new(); n]
-    } else {
-        Vec::new()
-    };
     for (gi, part) in combos.iter().zip(parts) {
-        let g: Vec<&(u64, u64, u64, u64)> = (0..nd).map(|d| &groups[d][gi[d]]).collect();
-        let sel_n: Vec<u64> = g.iter().map(|x| x.1).collect();
-        let (outer, inner) = match nd {
-            0 => (&sel_n[..], 1u64),
-            _ => (&sel_n[..nd - 1], sel_n[nd - 1]),
-        };
+        let part = part?;
+        let (outer, inner) = outer_inner(&groups, gi);
         let inner = inner as usize;
-        let dst_of = |j: &[u64]| -> usize {
-            (0..nd)
-                .map(|d| (g[d].0 + j.get(d).copied().unwrap_or(0)) * ostride[d])
-                .sum::<u64>() as usize
-        };
         let mut row = 0usize;
-        match part? {
-            BlockData::Bytes(b) => for_each_index(outer, |j| {
-                let t = dst_of(j) * size;
-                let s = row * inner * size;
-                bytes[t..t + inner * size].copy_from_slice(&b[s..s + inner * size]);
-                row += 1;
-            }),
-            BlockData::Strings(v) => for_each_index(outer, |j| {
-                let t = dst_of(j);
-                for k in 0..inner {
-                    strings[t + k] = v[row * inner + k].clone();
-                }
-                row += 1;
-            }),
-        }
+        for_each_index(&outer, |j| {
+            let t = dst_of(&groups, gi, &ostride, j) * size;
+            let s = row * inner * size;
+            bytes[t..t + inner * size].copy_from_slice(&part[s..s + inner * size]);
+            row += 1;
+        });
     }
-    Ok(if is_str {
-        BlockData::Strings(strings)
-    } else {
-        BlockData::Bytes(bytes)
-    })
+    Ok(BlockData::Bytes(bytes))
+}
+
+/// The number of selected indices of one combination of groups per dimension but the last
+/// (its rows), and along the last (a row's length).
+fn outer_inner(groups: &[Vec<Group>], gi: &[usize]) -> (Vec<u64>, u64) {
+    let sel_n: Vec<u64> = groups.iter().zip(gi).map(|(g, i)| g[*i].1).collect();
+    match sel_n.split_last() {
+        None => (Vec::new(), 1),
+        Some((last, outer)) => (outer.to_vec(), *last),
+    }
+}
+
+/// Element offset in the answer (C order, strides `ostride`) of row `j` of combination `gi`.
+fn dst_of(groups: &[Vec<Group>], gi: &[usize], ostride: &[u64], j: &[u64]) -> usize {
+    (0..groups.len())
+        .map(|d| (groups[d][gi[d]].0 + j.get(d).copied().unwrap_or(0)) * ostride[d])
+        .sum::<u64>() as usize
+}
+
+/// Copies the selected values of one combination's block (its chunk's region, read whole)
+/// into `dst`, in C order of the selection.
+fn copy_selected(
+    block: &Block,
+    groups: &[Vec<Group>],
+    gi: &[usize],
+    sel: &[Slice],
+    size: usize,
+    dst: &mut [u8],
+) -> Result<(), DapError> {
+    let BlockData::Bytes(b) = block.data() else {
+        return Err(DapError {
+            status: 500,
+            message: "strings where numbers were expected".into(),
+        });
+    };
+    let count: Vec<u64> = groups
+        .iter()
+        .zip(gi)
+        .map(|(g, i)| g[*i].3 - g[*i].2 + 1)
+        .collect();
+    let bstride = strides(&count);
+    let (outer, inner) = outer_inner(groups, gi);
+    let inner = inner as usize;
+    let inner_step = sel.last().map_or(1, |s| s.stride) as usize;
+    let row_src = |j: &[u64]| -> usize {
+        (0..j.len())
+            .map(|d| j[d] * sel[d].stride * bstride[d])
+            .sum::<u64>() as usize
+    };
+    let mut at = 0usize;
+    for_each_index(&outer, |j| {
+        let s0 = row_src(j) * size;
+        if inner_step == 1 {
+            dst[at..at + inner * size].copy_from_slice(&b[s0..s0 + inner * size]);
+        } else {
+            for k in 0..inner {
+                let s = s0 + k * inner_step * size;
+                dst[at + k * size..at + (k + 1) * size].copy_from_slice(&b[s..s + size]);
+            }
+        }
+        at += inner * size;
+    });
+    Ok(())
+}
+
+/// [`gather`] of strings: per combination, the selected strings, then put in place.
+fn gather_strings(
+    sel: &[Slice],
+    groups: &[Vec<Group>],
+    combos: &[Vec<usize>],
+    out_shape: &[u64],
+    n: usize,
+    read: impl Fn(&[usize]) -> Result<Block, DapError> + Sync,
+) -> Result<BlockData, DapError> {
+    use rayon::prelude::*;
+    let parts: Vec<Result<Vec<String>, DapError>> = combos
+        .par_iter()
+        .map(|gi| {
+            let block = read(gi)?;
+            let BlockData::Strings(v) = block.data() else {
+                return Err(DapError {
+                    status: 500,
+                    message: "numbers where strings were expected".into(),
+                });
+            };
+            let count: Vec<u64> = groups
+                .iter()
+                .zip(gi)
+                .map(|(g, i)| g[*i].3 - g[*i].2 + 1)
+                .collect();
+            let bstride = strides(&count);
+            let (outer, inner) = outer_inner(groups, gi);
+            let inner_step = sel.last().map_or(1, |s| s.stride) as usize;
+            let mut out = Vec::new();
+            for_each_index(&outer, |j| {
+                let s0 = (0..j.len())
+                    .map(|d| j[d] * sel[d].stride * bstride[d])
+                    .sum::<u64>() as usize;
+                for k in 0..inner as usize {
+                    out.push(v[s0 + k * inner_step].clone());
+                }
+            });
+            Ok(out)
+        })
+        .collect();
+    let ostride = strides(out_shape);
+    let mut strings = vec![String::new(); n];
+    for (gi, part) in combos.iter().zip(parts) {
+        let part = part?;
+        let (outer, inner) = outer_inner(groups, gi);
+        let inner = inner as usize;
+        let mut row = 0usize;
+        for_each_index(&outer, |j| {
+            let t = dst_of(groups, gi, &ostride, j);
+            for k in 0..inner {
+                strings[t + k] = part[row * inner + k].clone();
+            }
+            row += 1;
+        });
+    }
+    Ok(BlockData::Strings(strings))
 }
 
 fn pad4(out: &mut Vec<u8>) {

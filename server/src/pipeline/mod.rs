@@ -11,8 +11,8 @@ use crate::block::{Block, BlockData};
 use crate::chunk::grid::copy_block;
 use crate::chunk::grid::{grid_shape, intersect, linear, numel};
 use crate::chunk::read::{
-    Direct, ReadError, buffer_len, check_inlined, decoded_stored_chunk, filled_buffer, raw_stored_chunk,
-    read_into,
+    Direct, ReadError, buffer_len, check_inlined, decoded_stored_chunk, filled_buffer, known_readable,
+    raw_stored_chunk, read_into,
 };
 use crate::dataset::{Derive, Piece, Values, Variable};
 use crate::dtype::DType;
@@ -351,10 +351,22 @@ fn whole_stored_chunk(
 
 /// The region `[start, start+count)` of a variable as a typed block of shape `count`:
 /// the one read every protocol and every processing step makes.
+///
+/// A region of a variable served as stored (each served chunk one stored chunk) that
+/// touches more decoded bytes of chunks than the decoded-chunk cache holds — a time series
+/// at a point over a long axis — is read as a scan ([`crate::chunk::cache::scanning`]):
+/// each chunk is read once by it, keeping them would evict what other readers reuse for
+/// few hits of its own, and a chunk it takes a few values of is not unshuffled whole.
 pub fn read_region(var: &Variable, start: &[u64], count: &[u64]) -> Result<Block, ReadError> {
     check_region(var, start, count)?;
     if let Values::Derived(d) = &var.values {
         return d.read(start, count);
+    }
+    if !crate::chunk::cache::is_scanning()
+        && !is_computed(var)
+        && touched_bytes(var, start, count) > crate::chunk::cache::cache().budget()
+    {
+        return crate::chunk::cache::scanning(|| read_region(var, start, count));
     }
     let block = if var.dtype == DType::Str {
         Block::from_strings(count.to_vec(), read_strings(var, start, count, count)?)
@@ -362,6 +374,50 @@ pub fn read_region(var: &Variable, start: &[u64], count: &[u64]) -> Result<Block
         Block::from_bytes(var.dtype, count.to_vec(), read_block(var, start, count, count)?)
     };
     block.map_err(|e| ReadError::Block(e.to_string()))
+}
+
+/// Finds out whether [`read_region`] of `[start, start+count)` would succeed, keeping
+/// nothing: how an answer that must be known readable before its headers is checked (an
+/// OPeNDAP `.dods` answer). A stored variable whose pieces' stored chunks have all decoded
+/// before ([`crate::chunk::verified`]) has their bytes read and its files checked to be the
+/// versions indexed, but is not decoded again; anything else is read.
+pub fn verify_region(var: &Variable, start: &[u64], count: &[u64]) -> Result<(), ReadError> {
+    check_region(var, start, count)?;
+    if matches!(var.values, Values::Stored { .. }) && var.dtype != DType::Str {
+        let mut known = true;
+        for piece in var.pieces() {
+            let mut pstart = start.to_vec();
+            let mut pcount = count.to_vec();
+            if let Some(ax) = var.concat_axis() {
+                let Some((s, c)) = intersect(start[ax], count[ax], piece.start, piece.data.shape[ax]) else {
+                    continue;
+                };
+                pstart[ax] = s - piece.start;
+                pcount[ax] = c;
+            }
+            if !known_readable(&Direct, &piece.data, var.dtype, &pstart, &pcount)? {
+                known = false;
+                break;
+            }
+        }
+        if known {
+            return Ok(());
+        }
+    }
+    read_region(var, start, count).map(drop)
+}
+
+/// Decoded bytes of the served chunks the region `[start, start+count)` touches.
+fn touched_bytes(var: &Variable, start: &[u64], count: &[u64]) -> u64 {
+    var.chunks
+        .iter()
+        .zip(start.iter().zip(count))
+        .map(|(c, (s, n))| {
+            let c = (*c).max(1);
+            if *n == 0 { 0 } else { (s + n - 1) / c - s / c + 1 }
+        })
+        .fold(var.dtype.size() as u64, u64::saturating_mul)
+        .saturating_mul(var.chunks.iter().product::<u64>())
 }
 
 /// A region inside the variable's shape, else [`ReadError::OutOfRange`].
@@ -677,6 +733,54 @@ mod tests {
         write_nc4(&tmp, 2.0);
         std::fs::rename(&tmp, &p).expect("rename");
         assert_refused(&ds, &p, "replaced");
+    }
+
+    /// Checking a region before answering: a chunk that does not decode is an error naming
+    /// it; a chunk that decoded once is then known readable without decoding (only its bytes
+    /// read and the file checked); a file changed since is refused as a read refuses it,
+    /// known chunks or not.
+    #[test]
+    fn verify_region_decodes_what_is_not_known_and_refuses_a_changed_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("a.nc");
+        write_nc4(&p, 1.0);
+        // the second stored chunk (rows 32..64) made undecodable, before indexing
+        let probe = open(&p);
+        let Some(Layout::Chunked { locs, .. }) = probe.variable("big").map(|v| &v.pieces()[0].data.layout)
+        else {
+            panic!("big is chunked");
+        };
+        let at = locs[1].offset as usize + locs[1].size as usize / 3;
+        let mut bytes = std::fs::read(&p).expect("read");
+        for b in &mut bytes[at..at + 64] {
+            *b ^= 0xa5;
+        }
+        std::fs::write(&p, &bytes).expect("corrupt");
+        let ds = open(&p);
+        let big = ds.variable("big").expect("big").clone();
+        let fv = &big.pieces()[0].data;
+        let first = |v: &Variable| known_readable(&Direct, &v.pieces()[0].data, v.dtype, &[0, 0], &[32, 128]);
+        assert!(!first(&big).expect("not known yet"));
+        verify_region(&big, &[0, 0], &[32, 128]).expect("first chunk decodes");
+        assert!(first(&big).expect("known"), "decoded once: known readable");
+        assert!(known_readable(&Direct, fv, big.dtype, &[5, 3], &[2, 2]).expect("inside chunk 0"));
+        let bad = verify_region(&big, &[0, 0], &[64, 128]).expect_err("second chunk is corrupt");
+        assert!(matches!(bad, ReadError::Codec { .. }), "{bad}");
+        assert!(!known_readable(&Direct, fv, big.dtype, &[0, 0], &[64, 128]).expect("not all known"));
+        // a read through the Zarr path (the served chunk is the stored chunk) notes it too
+        let other = dir.path().join("b.nc");
+        write_nc4(&other, 3.0);
+        let ds2 = open(&other);
+        let big2 = ds2.variable("big").expect("big").clone();
+        read_chunk(&big2, &[1, 0]).expect("read");
+        assert!(
+            known_readable(&Direct, &big2.pieces()[0].data, big2.dtype, &[40, 0], &[1, 1]).expect("known")
+        );
+        // changed since: refused as a read is, though its chunks are known
+        later();
+        set_mtime(&other, SystemTime::now());
+        let e = verify_region(&big2, &[32, 0], &[32, 128]).expect_err("changed file");
+        assert!(matches!(e, ReadError::Bytes(ByteError::Changed { .. })), "{e}");
     }
 
     /// A computed variable (here: another variable times a factor) goes through the same
