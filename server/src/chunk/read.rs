@@ -285,13 +285,7 @@ pub fn known_readable(
     };
     let sgrid = grid_shape(&fv.shape, chunk_shape);
     let clen = buffer_len(chunk_shape, dtype.size())?;
-    let lo: Vec<u64> = start.iter().zip(chunk_shape).map(|(s, c)| s / c).collect();
-    let hi: Vec<u64> = start
-        .iter()
-        .zip(count)
-        .zip(chunk_shape)
-        .map(|((s, n), c)| (s + n - 1) / c)
-        .collect();
+    let (lo, hi) = chunk_box(start, count, chunk_shape);
     let mut ranges = Vec::new();
     let mut ci = lo.clone();
     loop {
@@ -423,13 +417,7 @@ pub fn read_into(
             let sgrid = grid_shape(&fv.shape, chunk_shape);
             let clen = buffer_len(chunk_shape, elem)?;
             // Range of stored chunks overlapping the block.
-            let lo: Vec<u64> = start.iter().zip(chunk_shape).map(|(s, c)| s / c).collect();
-            let hi: Vec<u64> = start
-                .iter()
-                .zip(count)
-                .zip(chunk_shape)
-                .map(|((s, n), c)| (s + n - 1) / c)
-                .collect();
+            let (lo, hi) = chunk_box(start, count, chunk_shape);
             // The stored chunks overlapping the block, fetched in one call (one request per
             // group of nearby chunks for objects).
             let mut wanted = Vec::new();
@@ -573,6 +561,19 @@ pub fn read_into(
             Ok(())
         }
     }
+}
+
+/// The first and last stored-chunk index, per dimension, of the chunks a non-empty block
+/// `[start, start+count)` overlaps.
+fn chunk_box(start: &[u64], count: &[u64], chunk_shape: &[u64]) -> (Vec<u64>, Vec<u64>) {
+    let lo = start.iter().zip(chunk_shape).map(|(s, c)| s / c).collect();
+    let hi = start
+        .iter()
+        .zip(count)
+        .zip(chunk_shape)
+        .map(|((s, n), c)| (s + n - 1) / c)
+        .collect();
+    (lo, hi)
 }
 
 /// Advances `ci` to the next index of the box `[lo, hi]` in row-major order; false when done.
