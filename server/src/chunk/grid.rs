@@ -41,24 +41,20 @@ pub fn default_chunks(shape: &[u64], elem: usize, target: u64) -> Vec<u64> {
     out
 }
 
-/// [`copy_block`] from a chunk whose bytes are still shuffled (`planes`: byte `b` of element
-/// `i` at `b * n + i`, `n` the chunk's elements), unshuffling only the elements copied, and
-/// reversing each element's bytes when `swap` (big-endian storage).
-#[allow(clippy::too_many_arguments)]
-pub fn copy_block_planes(
-    planes: &[u8],
+/// Calls `f(src, dst, len)` for each innermost run of a `count`-shaped block of `src` (shape
+/// `src_shape`) at `src_start` and its place in `dst` (shape `dst_shape`) at `dst_start`:
+/// offsets and length in elements, runs in C order. One run of one element for rank 0,
+/// none when the block is empty.
+fn for_each_run(
     src_shape: &[u64],
     src_start: &[u64],
-    dst: &mut [u8],
     dst_shape: &[u64],
     dst_start: &[u64],
     count: &[u64],
-    elem: usize,
-    swap: bool,
+    mut f: impl FnMut(usize, usize, usize),
 ) {
-    let n = planes.len() / elem.max(1);
     let rank = count.len();
-    if count.contains(&0) || n == 0 {
+    if count.contains(&0) {
         return;
     }
     let strides = |shape: &[u64]| {
@@ -80,14 +76,7 @@ pub fn copy_block_planes(
             so += (src_start[d] + i) * ss[d];
             doff += (dst_start[d] + i) * ds[d];
         }
-        for k in 0..run {
-            let e = so as usize + k;
-            let out = &mut dst[(doff as usize + k) * elem..(doff as usize + k + 1) * elem];
-            for (b, o) in out.iter_mut().enumerate() {
-                let from = if swap { elem - 1 - b } else { b };
-                *o = planes[from * n + e];
-            }
-        }
+        f(so as usize, doff as usize, run);
         // odometer over all but the last dimension
         let mut d = rank.saturating_sub(1);
         loop {
@@ -102,6 +91,43 @@ pub fn copy_block_planes(
             idx[d] = 0;
         }
     }
+}
+
+/// [`copy_block`] from a chunk whose bytes are still shuffled (`planes`: byte `b` of element
+/// `i` at `b * n + i`, `n` the chunk's elements), unshuffling only the elements copied, and
+/// reversing each element's bytes when `swap` (big-endian storage).
+#[allow(clippy::too_many_arguments)]
+pub fn copy_block_planes(
+    planes: &[u8],
+    src_shape: &[u64],
+    src_start: &[u64],
+    dst: &mut [u8],
+    dst_shape: &[u64],
+    dst_start: &[u64],
+    count: &[u64],
+    elem: usize,
+    swap: bool,
+) {
+    let n = planes.len() / elem.max(1);
+    if n == 0 {
+        return;
+    }
+    for_each_run(
+        src_shape,
+        src_start,
+        dst_shape,
+        dst_start,
+        count,
+        |so, doff, run| {
+            for k in 0..run {
+                let out = &mut dst[(doff + k) * elem..(doff + k + 1) * elem];
+                for (b, o) in out.iter_mut().enumerate() {
+                    let from = if swap { elem - 1 - b } else { b };
+                    *o = planes[from * n + so + k];
+                }
+            }
+        },
+    );
 }
 
 /// Copies a `count`-shaped block from `src` (C-ordered, shape `src_shape`) at `src_start` to
@@ -119,50 +145,17 @@ pub fn copy_block(
     count: &[u64],
     elem: usize,
 ) {
-    let rank = count.len();
-    if count.contains(&0) {
-        return;
-    }
-    if rank == 0 {
-        dst[..elem].copy_from_slice(&src[..elem]);
-        return;
-    }
-    let strides = |shape: &[u64]| {
-        let mut s = vec![1u64; rank];
-        for d in (0..rank.saturating_sub(1)).rev() {
-            s[d] = s[d + 1] * shape[d + 1];
-        }
-        s
-    };
-    let ss = strides(src_shape);
-    let ds = strides(dst_shape);
-    let run = count[rank - 1] as usize * elem;
-    let mut idx = vec![0u64; rank.saturating_sub(1)];
-    loop {
-        let mut so = 0u64;
-        let mut doff = 0u64;
-        for d in 0..rank {
-            let i = if d + 1 < rank { idx[d] } else { 0 };
-            so += (src_start[d] + i) * ss[d];
-            doff += (dst_start[d] + i) * ds[d];
-        }
-        let so = so as usize * elem;
-        let doff = doff as usize * elem;
-        dst[doff..doff + run].copy_from_slice(&src[so..so + run]);
-        // odometer over all but the last dimension
-        let mut d = rank - 1;
-        loop {
-            if d == 0 {
-                return;
-            }
-            d -= 1;
-            idx[d] += 1;
-            if idx[d] < count[d] {
-                break;
-            }
-            idx[d] = 0;
-        }
-    }
+    for_each_run(
+        src_shape,
+        src_start,
+        dst_shape,
+        dst_start,
+        count,
+        |so, doff, run| {
+            let (so, doff, len) = (so * elem, doff * elem, run * elem);
+            dst[doff..doff + len].copy_from_slice(&src[so..so + len]);
+        },
+    );
 }
 
 /// Swaps the byte order of every element in place.
