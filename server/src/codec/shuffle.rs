@@ -1,5 +1,7 @@
 //! Byte shuffle (HDF5 filter 2, numcodecs `shuffle`, Blosc's byte shuffle).
 
+use crate::chunk::grid::{interleave4, interleave8};
+
 /// HDF5/numcodecs/Blosc byte shuffle: byte j of element i goes to position j*n + i;
 /// trailing bytes that do not fill an element are copied unchanged.
 pub fn shuffle(src: &[u8], elem: usize) -> Vec<u8> {
@@ -81,13 +83,6 @@ fn unshuffle4(src: &[u8], out: &mut [u8]) {
     rest.copy_from_slice(tail);
 }
 
-/// Element i of `out` (4 bytes each) is byte i of each plane, in order.
-fn interleave4([p0, p1, p2, p3]: [&[u8]; 4], out: &mut [u8]) {
-    for ((((o, a), b), c), d) in out.chunks_exact_mut(4).zip(p0).zip(p1).zip(p2).zip(p3) {
-        o.copy_from_slice(&[*a, *b, *c, *d]);
-    }
-}
-
 fn unshuffle8(src: &[u8], out: &mut [u8]) {
     let n = src.len() / 8;
     let (p0, r) = src.split_at(n);
@@ -101,23 +96,6 @@ fn unshuffle8(src: &[u8], out: &mut [u8]) {
     let (body, rest) = out.split_at_mut(n * 8);
     interleave8([p0, p1, p2, p3, p4, p5, p6, p7], body);
     rest.copy_from_slice(tail);
-}
-
-/// Element i of `out` (8 bytes each) is byte i of each plane, in order.
-fn interleave8([p0, p1, p2, p3, p4, p5, p6, p7]: [&[u8]; 8], out: &mut [u8]) {
-    for ((((((((o, a), b), c), d), e), f), g), h) in out
-        .chunks_exact_mut(8)
-        .zip(p0)
-        .zip(p1)
-        .zip(p2)
-        .zip(p3)
-        .zip(p4)
-        .zip(p5)
-        .zip(p6)
-        .zip(p7)
-    {
-        o.copy_from_slice(&[*a, *b, *c, *d, *e, *f, *g, *h]);
-    }
 }
 
 fn shuffle_any(src: &[u8], elem: usize) -> Vec<u8> {
