@@ -8,7 +8,10 @@
 
 use std::path::PathBuf;
 
-use super::grid::{byteswap, copy_block, copy_block_planes, fill_with, grid_shape, intersect, linear, numel};
+use super::grid::{
+    byteswap, copy_block, copy_block_planes, copy_block_swapped, fill_with, grid_shape, intersect, linear,
+    numel,
+};
 use super::verified::{self, At};
 use crate::codec::{CodecError, decode_hdf5};
 use crate::dtype::{DType, Endian};
@@ -264,7 +267,8 @@ fn decode_noted(fv: &FileVar, s: Stored, filters: &[Filter], clen: usize) -> Res
 /// Whether the block `[start, start+count)` of one file's variable is known to be readable
 /// without decoding it: an HDF5-chunked variable of a local file every stored chunk of which
 /// that the block touches has decoded before ([`super::verified`]). Then their bytes are read
-/// (so the storage answers now) and the file checked to be the version indexed, and `true`
+/// without being copied ([`RangeRead::check_readable`]: the storage answers now) and the file
+/// checked to be the version indexed, and `true`
 /// is returned; `false` (nothing read) when any chunk must be decoded to know, or the layout
 /// is another one: the caller then reads the block.
 pub fn known_readable(
@@ -306,9 +310,7 @@ pub fn known_readable(
             break;
         }
     }
-    for (offset, size) in ranges {
-        drop(io.read_at(&fv.file, offset, size)?);
-    }
+    io.check_readable(&fv.file, &ranges)?;
     check_unchanged(&fv.file)?;
     Ok(true)
 }
@@ -318,12 +320,25 @@ pub fn known_readable(
 pub fn read_whole(io: &dyn RangeRead, fv: &FileVar, dtype: DType, fill: &[u8]) -> Result<Vec<u8>, ReadError> {
     let mut buf = filled_buffer(&fv.shape, dtype.size(), fill)?;
     let zero = vec![0u64; fv.shape.len()];
-    read_into(io, fv, dtype, &zero, &fv.shape, &mut buf, &fv.shape, &zero)?;
+    read_into(
+        io,
+        fv,
+        dtype,
+        &zero,
+        &fv.shape,
+        &mut buf,
+        &fv.shape,
+        &zero,
+        Endian::Little,
+    )?;
     Ok(buf)
 }
 
 /// Reads the block `[start, start+count)` of one file's variable into `dst` (shape
-/// `dst_shape`) at `dst_start`, converting to little-endian.
+/// `dst_shape`) at `dst_start`, its elements in byte order `order`: little-endian, as the
+/// server serves, or big-endian for OPeNDAP's XDR, converted while the values are copied
+/// into place rather than in a pass of their own over the answer. Parts never written are
+/// left as they are in `dst` (the caller fills them, see [`fully_written`]).
 #[allow(clippy::too_many_arguments)]
 pub fn read_into(
     io: &dyn RangeRead,
@@ -334,18 +349,26 @@ pub fn read_into(
     dst: &mut [u8],
     dst_shape: &[u64],
     dst_start: &[u64],
+    order: Endian,
 ) -> Result<(), ReadError> {
     if count.contains(&0) {
         return Ok(());
     }
     let elem = dtype.size();
-    let swap = fv.endian == Endian::Big;
+    // whether the file's byte order differs from the one asked for
+    let swap = fv.endian != order && elem > 1;
+    // whether little-endian values (held in memory, kept by the cache) must be swapped
+    let swap_le = order == Endian::Big && elem > 1;
     match &fv.layout {
         Layout::Unallocated => Ok(()),
         Layout::Memory(m) => {
             check_inlined(fv)?;
             if let MemValues::Bytes(b) = m.as_ref() {
-                copy_block(b, &fv.shape, start, dst, dst_shape, dst_start, count, elem);
+                if swap_le {
+                    copy_block_swapped(b, &fv.shape, start, dst, dst_shape, dst_start, count, elem);
+                } else {
+                    copy_block(b, &fv.shape, start, dst, dst_shape, dst_start, count, elem);
+                }
             }
             Ok(())
         }
@@ -443,41 +466,29 @@ pub fn read_into(
                 }
                 (src_start, ov_count, d_start)
             };
-            // Copies the overlap of decoded stored chunk `ci` with the block into `dst`, or,
-            // with `planes`, from its inflated bytes still shuffled (see below).
-            let mut place = |ci: &[u64], data: &[u8], planes: bool| {
+            // Copies the overlap of decoded stored chunk `ci` with the block into `dst`, from
+            // its values in the order asked for, little-endian ones (a kept chunk), or its
+            // inflated bytes still shuffled in the file's order (see below).
+            let mut place = |ci: &[u64], data: &[u8], form: Form| {
                 let (src_start, ov_count, d_start) = overlap(ci);
-                if planes {
-                    copy_block_planes(
-                        data,
-                        chunk_shape,
-                        &src_start,
-                        dst,
-                        dst_shape,
-                        &d_start,
-                        &ov_count,
-                        elem,
-                        swap,
-                    );
-                } else {
-                    copy_block(
-                        data,
-                        chunk_shape,
-                        &src_start,
-                        dst,
-                        dst_shape,
-                        &d_start,
-                        &ov_count,
-                        elem,
-                    );
+                let (s, d) = (&src_start, &d_start);
+                match form {
+                    Form::Planes => {
+                        copy_block_planes(data, chunk_shape, s, dst, dst_shape, d, &ov_count, elem, swap);
+                    }
+                    Form::Little if swap_le => {
+                        copy_block_swapped(data, chunk_shape, s, dst, dst_shape, d, &ov_count, elem);
+                    }
+                    Form::Little | Form::Ordered => {
+                        copy_block(data, chunk_shape, s, dst, dst_shape, d, &ov_count, elem);
+                    }
                 }
             };
-            // A read that is part of a scan ([`super::cache::scanning`]) keeps nothing: a
-            // chunk it takes a few values of (at most a sixteenth) is inflated and only those
-            // values unshuffled, where the pipeline is netCDF's usual [shuffle, deflate].
+            // A read that is part of a scan ([`super::cache::scanning`]) keeps nothing: where
+            // the pipeline is netCDF's usual [shuffle, deflate], each chunk is inflated and
+            // only the values it gives unshuffled, straight into `dst` and its byte order
+            // (a point of a time series, or a whole map with no pass over it of its own).
             let scan = super::cache::is_scanning();
-            let chunk_elems = numel(chunk_shape).unwrap_or(usize::MAX);
-            let few = |ci: &[u64]| numel(&overlap(ci).1).is_some_and(|k| k.saturating_mul(16) <= chunk_elems);
             // Local HDF5 chunks go through the decoded-chunk cache one at a time, in order
             // (readers of neighbouring blocks walk the same chunks in step and share them);
             // the rest are fetched together (one request per group of nearby chunks for
@@ -500,7 +511,7 @@ pub fn read_into(
                 if scan {
                     hit_or_decoded = true;
                     if let Some(data) = cache.kept(&key) {
-                        place(&ci, &data, false);
+                        place(&ci, &data, Form::Little);
                         continue;
                     }
                     let Some(stored) = fetch_stored(io, fv, n)? else {
@@ -509,11 +520,8 @@ pub fn read_into(
                         )));
                     };
                     let (offset, stored_len) = (stored.offset, stored.bytes.len() as u64);
-                    let planes = few(&ci)
-                        .then(|| {
-                            crate::codec::inflate_planes(&stored.bytes, filters, stored.mask, clen, elem)
-                        })
-                        .flatten();
+                    let planes =
+                        crate::codec::inflate_planes(&stored.bytes, filters, stored.mask, clen, elem);
                     if let Some(planes) = planes {
                         verified::note(At {
                             file: &fv.file,
@@ -521,14 +529,14 @@ pub fn read_into(
                             stored_len,
                             decoded_len: clen,
                         });
-                        place(&ci, &planes, true);
+                        place(&ci, &planes, Form::Planes);
                         crate::codec::recycle(planes);
                     } else {
                         let mut data = decode_noted(fv, stored, filters, clen)?;
                         if swap {
                             byteswap(&mut data, elem);
                         }
-                        place(&ci, &data, false);
+                        place(&ci, &data, Form::Ordered);
                     }
                     continue;
                 }
@@ -539,13 +547,13 @@ pub fn read_into(
                         )));
                     };
                     let mut data = decode_noted(fv, stored, filters, clen)?;
-                    if swap {
+                    if fv.endian == Endian::Big {
                         byteswap(&mut data, elem);
                     }
                     Ok(data)
                 })?;
                 hit_or_decoded = true;
-                place(&ci, &data, false);
+                place(&ci, &data, Form::Little);
             }
             if hit_or_decoded {
                 // What an uncached read finds out: the file is still the version indexed.
@@ -556,10 +564,67 @@ pub fn read_into(
                 if swap {
                     byteswap(&mut data, elem);
                 }
-                place(&ci, &data, false);
+                place(&ci, &data, Form::Ordered);
             }
             Ok(())
         }
+    }
+}
+
+/// What a decoded stored chunk handed to `read_into`'s placing holds.
+#[derive(Clone, Copy)]
+enum Form {
+    /// Its values, in the byte order asked for.
+    Ordered,
+    /// Its values, little-endian (a chunk the decoded-chunk cache keeps).
+    Little,
+    /// Its inflated bytes still shuffled, in the file's byte order.
+    Planes,
+}
+
+/// Whether every element of the block `[start, start+count)` of one file's variable was
+/// written: no chunk it touches is missing from the file or the references, so a read of
+/// it into a buffer writes every byte (the caller need not fill the buffer first). `false`
+/// when unsure.
+pub fn fully_written(fv: &FileVar, start: &[u64], count: &[u64]) -> bool {
+    if count.contains(&0) {
+        return true;
+    }
+    match &fv.layout {
+        Layout::Contiguous { .. } | Layout::Records { .. } => true,
+        Layout::Memory(m) => matches!(m.as_ref(), MemValues::Bytes(_)),
+        Layout::Chunked {
+            chunk_shape, locs, ..
+        } => {
+            let sgrid = grid_shape(&fv.shape, chunk_shape);
+            let (lo, hi) = chunk_box(start, count, chunk_shape);
+            let mut ci = lo.clone();
+            loop {
+                if locs.get(linear(&ci, &sgrid) as usize).is_none_or(|l| l.size == 0) {
+                    return false;
+                }
+                if !next_index(&mut ci, &lo, &hi) {
+                    return true;
+                }
+            }
+        }
+        Layout::Listed {
+            chunk_shape, table, ..
+        } => {
+            let sgrid = grid_shape(&fv.shape, chunk_shape);
+            let (lo, hi) = chunk_box(start, count, chunk_shape);
+            let mut ci = lo.clone();
+            loop {
+                let n = linear(&ci, &sgrid) as usize;
+                if matches!(table.chunks.get(n), None | Some(ChunkRef::Missing)) {
+                    return false;
+                }
+                if !next_index(&mut ci, &lo, &hi) {
+                    return true;
+                }
+            }
+        }
+        _ => false,
     }
 }
 

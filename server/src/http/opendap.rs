@@ -169,7 +169,8 @@ async fn dods(state: Arc<AppState>, s: Arc<Served>, ce: String) -> Response {
         state
             .run_for(&s.ds, move || {
                 let mut out = Vec::new();
-                opendap::encode_values(&a, &mut out).map(|()| Bytes::from(out))
+                // sent, the buffer goes back to the pool for a later piece
+                opendap::encode_values(&a, &mut out).map(|()| Bytes::from_owner(opendap::pool::Recycled(out)))
             })
             .await
     };
@@ -367,23 +368,35 @@ async fn dap4_answer(state: Arc<AppState>, s: Arc<Served>, data: bool, query: St
     let body = stream::iter(first.into_iter().map(Ok::<_, DapError>))
         .chain(rest)
         .map(
-            move |r: Result<(dap4::D4Piece, Option<Vec<u8>>), DapError>| -> Result<Bytes, DapError> {
+            move |r: Result<(dap4::D4Piece, Option<Vec<u8>>), DapError>| -> Result<Vec<Bytes>, DapError> {
                 let (p, values) = r?;
                 Ok(match (p, values) {
-                    (dap4::D4Piece::Literal(b), _) => Bytes::from(b),
+                    (dap4::D4Piece::Literal(b), _) => vec![Bytes::from(b)],
                     (dap4::D4Piece::Values { last, .. }, Some(v)) => {
-                        let mut out = Vec::with_capacity(v.len() + 16);
                         if checksums {
                             crc.update(&v);
                         }
-                        dap4::frame(&v, &mut out);
+                        // each chunk's header, then its values as a slice of the piece (not
+                        // copied; the buffer goes back to the pool once all are sent)
+                        let v = Bytes::from_owner(opendap::pool::Recycled(v));
+                        let mut out = Vec::new();
+                        let mut at = 0;
+                        while at < v.len() {
+                            let n = dap4::MAX_CHUNK.min(v.len() - at);
+                            let header = dap4::chunk_header(dap4::LITTLE_ENDIAN_CHUNK, n);
+                            out.push(Bytes::copy_from_slice(&header));
+                            out.push(v.slice(at..at + n));
+                            at += n;
+                        }
                         if last && checksums {
                             let sum = std::mem::take(&mut crc).finalize();
-                            dap4::frame(&sum.to_le_bytes(), &mut out);
+                            let mut b = Vec::new();
+                            dap4::frame(&sum.to_le_bytes(), &mut b);
+                            out.push(Bytes::from(b));
                         }
-                        Bytes::from(out)
+                        out
                     }
-                    (dap4::D4Piece::Values { .. }, None) => Bytes::new(),
+                    (dap4::D4Piece::Values { .. }, None) => Vec::new(),
                 })
             },
         )
@@ -392,7 +405,7 @@ async fn dap4_answer(state: Arc<AppState>, s: Arc<Served>, data: bool, query: St
         // has buffered when a body fails, so the failure waits a moment: while the body is
         // pending, hyper flushes the error chunk to the socket.
         .flat_map(|r| match r {
-            Ok(b) => stream::iter([Ok(b)]).boxed(),
+            Ok(b) => stream::iter(b.into_iter().map(Ok)).boxed(),
             Err(e) => stream::iter([Ok(Bytes::from(dap4::error_chunk(&e)))])
                 .chain(stream::once(async move {
                     tokio::time::sleep(ERROR_CHUNK_FLUSH).await;

@@ -613,7 +613,13 @@ pub fn encode_values(v: &D4Var, out: &mut Vec<u8>) -> Result<(), DapError> {
                     message: format!("'{}': bytes where strings were expected", v.var.name),
                 });
             }
-            out.extend_from_slice(&b);
+            // the gathered buffer is the piece (no copy of it)
+            if out.is_empty() {
+                *out = b;
+            } else {
+                out.extend_from_slice(&b);
+                super::pool::give_back(b);
+            }
         }
         BlockData::Strings(s) => {
             for x in &s {

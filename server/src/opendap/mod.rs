@@ -8,14 +8,16 @@
 
 pub mod constraint;
 pub mod dap4;
+pub mod pool;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 
 use crate::attrs::AttrValue;
 use crate::block::{Block, BlockData};
+use crate::chunk::grid::byteswap;
 use crate::dataset::{Dataset, Variable};
-use crate::dtype::{DType, Scalar};
+use crate::dtype::{DType, Endian, Scalar};
 use crate::pipeline::read_region;
 use constraint::{Projection, Slice};
 
@@ -731,54 +733,96 @@ pub fn check_values(a: &ArrayOut) -> Result<(), DapError> {
 }
 
 /// The values selected by `sel` (one slice per dimension of the variable), read per served
-/// chunk: each read covers only the selected indices of one chunk along every dimension. The
-/// chunks are read in parallel on the worker pool (a time series at a point touches one chunk
-/// per step, each decoded whole) and their values copied into place a row at a time —
-/// straight into the answer's buffer when each chunk's values are one run of it (the
-/// selection splits into chunks along its first dimension only, as a whole variable or a
-/// series does), so a piece is never held twice.
-///
-/// A selection of a variable served as stored (each served chunk one stored chunk, so this
-/// request reads each stored chunk once) whose chunks together decode to more than the
-/// decoded-chunk cache holds is read as a scan ([`crate::chunk::cache::scanning`]): what it
-/// decodes is not kept, so a time series over a long axis neither flushes the chunks other
-/// requests reuse nor holds the cache's budget for the few hits it would get itself.
-/// Rechunked and derived variables are not: their served chunks share stored chunks, which
-/// the cache is for.
+/// chunk ([`gather_into`]), little-endian; strings as strings.
 pub fn gather(var: &Variable, sel: &[Slice]) -> Result<BlockData, DapError> {
+    if var.dtype == DType::Str {
+        let groups = chunk_groups(var, sel);
+        let combos = group_combos(&groups);
+        let out_shape: Vec<u64> = sel.iter().map(Slice::count).collect();
+        let n = usize::try_from(out_shape.iter().product::<u64>())
+            .map_err(|_| DapError::bad("selection too large"))?;
+        let scan = is_scan(var, combos.len());
+        let read = |gi: &[usize]| read_combo(var, &groups, gi, scan);
+        return gather_strings(sel, &groups, &combos, &out_shape, n, read);
+    }
+    let mut bytes = pool::take(selected_bytes(var, sel)?)?;
+    gather_into(var, sel, &mut bytes, Endian::Little)?;
+    Ok(BlockData::Bytes(bytes))
+}
+
+/// Bytes of the values `sel` selects of `var` (fixed-size elements), if they may be held.
+fn selected_bytes(var: &Variable, sel: &[Slice]) -> Result<usize, DapError> {
+    sel.iter()
+        .map(Slice::count)
+        .try_fold(var.dtype.size() as u64, u64::checked_mul)
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| DapError::bad("selection too large"))
+}
+
+/// Whether a read of `combos` served chunks of `var` is a scan: a variable served as stored
+/// (each served chunk one stored chunk, so the request reads each stored chunk once) whose
+/// chunks together decode to more than the decoded-chunk cache holds
+/// ([`crate::chunk::cache::scanning`]). What a scan decodes is not kept, so a time series
+/// over a long axis neither flushes the chunks other requests reuse nor holds the cache's
+/// budget for the few hits it would get itself. Rechunked and derived variables are not:
+/// their served chunks share stored chunks, which the cache is for.
+fn is_scan(var: &Variable, combos: usize) -> bool {
+    let chunk_bytes = var
+        .chunks
+        .iter()
+        .product::<u64>()
+        .saturating_mul(var.dtype.size() as u64);
+    !crate::pipeline::is_computed(var)
+        && (combos as u64).saturating_mul(chunk_bytes) > crate::chunk::cache::cache().budget()
+}
+
+/// The region one combination of groups covers, read as a block (within a scan when `scan`).
+fn read_combo(var: &Variable, groups: &[Vec<Group>], gi: &[usize], scan: bool) -> Result<Block, DapError> {
+    let (start, count) = combo_region(groups, gi);
+    let r = if scan {
+        crate::chunk::cache::scanning(|| read_region(var, &start, &count))
+    } else {
+        read_region(var, &start, &count)
+    };
+    r.map_err(|e| read_error(var, e))
+}
+
+/// The values selected by `sel` (one slice per dimension of a variable of fixed-size
+/// elements) written into `out` (exactly their bytes; what it holds on entry does not
+/// matter) in C order of the selection, each element in byte order `order`. Read per
+/// served chunk: each read covers only the selected indices of one chunk along every
+/// dimension, in parallel on the worker pool (a time series at a point touches one chunk
+/// per step, each decoded whole).
+///
+/// When each chunk's values are one run of the answer (the selection splits into chunks
+/// along its first dimension only, as a whole variable or a series does) they are read
+/// straight into it: a selection without strides, decoded into place and byte order
+/// ([`crate::pipeline::read_region_into`]), else read and its selected values copied in.
+/// Other selections are read per chunk, then put in place. A read of more chunks than the
+/// decoded-chunk cache holds is a scan ([`is_scan`]).
+pub fn gather_into(var: &Variable, sel: &[Slice], out: &mut [u8], order: Endian) -> Result<(), DapError> {
     use rayon::prelude::*;
+    let size = var.dtype.size();
+    if var.dtype == DType::Str || selected_bytes(var, sel)? != out.len() {
+        return Err(DapError {
+            status: 500,
+            message: format!(
+                "'{}': values gathered into a buffer of another size (bug)",
+                var.name
+            ),
+        });
+    }
     let nd = sel.len();
     let groups = chunk_groups(var, sel);
     let out_shape: Vec<u64> = sel.iter().map(Slice::count).collect();
-    let total: u64 = out_shape.iter().product();
-    let n = usize::try_from(total).map_err(|_| DapError::bad("selection too large"))?;
-    let size = var.dtype.size();
     let combos = group_combos(&groups);
-    let chunk_bytes = var.chunks.iter().product::<u64>().saturating_mul(size as u64);
-    let scan = !crate::pipeline::is_computed(var)
-        && (combos.len() as u64).saturating_mul(chunk_bytes) > crate::chunk::cache::cache().budget();
-    let read = |gi: &[usize]| -> Result<Block, DapError> {
-        let (start, count) = combo_region(&groups, gi);
-        let r = if scan {
-            crate::chunk::cache::scanning(|| read_region(var, &start, &count))
-        } else {
-            read_region(var, &start, &count)
-        };
-        r.map_err(|e| read_error(var, e))
-    };
-    if var.dtype == DType::Str {
-        return gather_strings(sel, &groups, &combos, &out_shape, n, read);
-    }
-    let mut bytes = Vec::new();
-    bytes
-        .try_reserve_exact(n.saturating_mul(size))
-        .map_err(|_| DapError::bad("selection too large"))?;
-    bytes.resize(n * size, 0);
+    let scan = is_scan(var, combos.len());
+    let swap = order == Endian::Big && size > 1;
     if groups.iter().skip(1).all(|g| g.len() == 1) {
         // each combination (a group along the first dimension) is one run of the answer
         let row = out_shape.iter().skip(1).product::<u64>() as usize * size;
         let mut runs = Vec::with_capacity(combos.len());
-        let mut rest = &mut bytes[..];
+        let mut rest = &mut out[..];
         for g in groups.first().map(Vec::as_slice).unwrap_or_default() {
             let (run, tail) = std::mem::take(&mut rest).split_at_mut(g.1 as usize * row);
             runs.push(run);
@@ -787,11 +831,29 @@ pub fn gather(var: &Variable, sel: &[Slice]) -> Result<BlockData, DapError> {
         if groups.is_empty() {
             runs.push(rest);
         }
-        return combos
-            .par_iter()
-            .zip(runs)
-            .try_for_each(|(gi, run)| copy_selected(&read(gi)?, &groups, gi, sel, size, run))
-            .map(|()| BlockData::Bytes(bytes));
+        return combos.par_iter().zip(runs).try_for_each(|(gi, run)| {
+            // no strides within the chunk: the region read is the selection
+            let plain = groups
+                .iter()
+                .zip(gi.iter())
+                .all(|(g, i)| g[*i].1 == g[*i].3 - g[*i].2 + 1);
+            if plain {
+                let (start, count) = combo_region(&groups, gi);
+                let r = if scan {
+                    crate::chunk::cache::scanning(|| {
+                        crate::pipeline::read_region_into(var, &start, &count, run, order)
+                    })
+                } else {
+                    crate::pipeline::read_region_into(var, &start, &count, run, order)
+                };
+                return r.map_err(|e| read_error(var, e));
+            }
+            copy_selected(&read_combo(var, &groups, gi, scan)?, &groups, gi, sel, size, run)?;
+            if swap {
+                byteswap(run, size);
+            }
+            Ok(())
+        });
     }
     // One read per combination of groups; each answers the selected values of its chunk in
     // C order of the selection (a contiguous innermost run is one copy).
@@ -800,7 +862,14 @@ pub fn gather(var: &Variable, sel: &[Slice]) -> Result<BlockData, DapError> {
         .map(|gi| {
             let len = (0..nd).map(|d| groups[d][gi[d]].1).product::<u64>() as usize * size;
             let mut part = vec![0u8; len];
-            copy_selected(&read(gi)?, &groups, gi, sel, size, &mut part)?;
+            copy_selected(
+                &read_combo(var, &groups, gi, scan)?,
+                &groups,
+                gi,
+                sel,
+                size,
+                &mut part,
+            )?;
             Ok(part)
         })
         .collect();
@@ -813,11 +882,14 @@ pub fn gather(var: &Variable, sel: &[Slice]) -> Result<BlockData, DapError> {
         for_each_index(&outer, |j| {
             let t = dst_of(&groups, gi, &ostride, j) * size;
             let s = row * inner * size;
-            bytes[t..t + inner * size].copy_from_slice(&part[s..s + inner * size]);
+            out[t..t + inner * size].copy_from_slice(&part[s..s + inner * size]);
             row += 1;
         });
     }
-    Ok(BlockData::Bytes(bytes))
+    if swap {
+        byteswap(out, size);
+    }
+    Ok(())
 }
 
 /// The number of selected indices of one combination of groups per dimension but the last
@@ -963,6 +1035,19 @@ pub fn encode_values(a: &ArrayOut, out: &mut Vec<u8>) -> Result<(), DapError> {
     {
         sel.push(Slice::all(*n));
     }
+    if matches!(v.dtype, DType::I32 | DType::U32 | DType::F32 | DType::F64) {
+        // XDR is the same width big-endian: read straight into the piece, in XDR's order
+        // (no copy of decoded chunks, no pass to swap them; a reused buffer, see `pool`)
+        let mut buf = pool::take(selected_bytes(v, &sel)?)?;
+        gather_into(v, &sel, &mut buf, Endian::Big)?;
+        if out.is_empty() {
+            *out = buf;
+        } else {
+            out.extend_from_slice(&buf);
+            pool::give_back(buf);
+        }
+        return Ok(());
+    }
     let data = gather(v, &sel)?;
     if a.ty == DapType::Str {
         let strings: Vec<String> = match data {
@@ -982,7 +1067,7 @@ pub fn encode_values(a: &ArrayOut, out: &mut Vec<u8>) -> Result<(), DapError> {
         }
         return Ok(());
     }
-    let BlockData::Bytes(mut b) = data else {
+    let BlockData::Bytes(b) = data else {
         return Err(DapError {
             status: 500,
             message: format!("'{}': strings where numbers were expected", v.name),
@@ -997,9 +1082,7 @@ pub fn encode_values(a: &ArrayOut, out: &mut Vec<u8>) -> Result<(), DapError> {
         ),
     };
     let size = v.dtype.size();
-    if !matches!(v.dtype, DType::I32 | DType::U32 | DType::F32 | DType::F64) {
-        out.reserve(b.len() / size * a.ty.xdr_size() as usize);
-    }
+    out.reserve(b.len() / size * a.ty.xdr_size() as usize);
     // One loop per type (not a type test per element): a whole variable is 10^8 elements.
     match v.dtype {
         DType::I8 | DType::U8 | DType::Bool => out.extend_from_slice(&b),
@@ -1011,24 +1094,6 @@ pub fn encode_values(a: &ArrayOut, out: &mut Vec<u8>) -> Result<(), DapError> {
         DType::U16 => {
             for e in b.chunks_exact(2) {
                 out.extend_from_slice(&u32::from(u16::from_le_bytes([e[0], e[1]])).to_be_bytes());
-            }
-        }
-        // XDR is the same width big-endian: swapped in place, and the buffer handed over when
-        // it is the whole piece (no second buffer of the piece's size, no per-element append).
-        DType::I32 | DType::U32 | DType::F32 | DType::F64 => {
-            if size == 4 {
-                for e in b.as_chunks_mut::<4>().0 {
-                    *e = u32::from_ne_bytes(*e).swap_bytes().to_ne_bytes();
-                }
-            } else {
-                for e in b.as_chunks_mut::<8>().0 {
-                    *e = u64::from_ne_bytes(*e).swap_bytes().to_ne_bytes();
-                }
-            }
-            if out.is_empty() {
-                *out = b;
-            } else {
-                out.extend_from_slice(&b);
             }
         }
         DType::I64 => {
@@ -1052,6 +1117,7 @@ pub fn encode_values(a: &ArrayOut, out: &mut Vec<u8>) -> Result<(), DapError> {
             });
         }
     }
+    pool::give_back(b);
     Ok(())
 }
 
