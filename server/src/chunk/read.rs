@@ -264,55 +264,77 @@ fn decode_noted(fv: &FileVar, s: Stored, filters: &[Filter], clen: usize) -> Res
     Ok(data)
 }
 
-/// Whether the block `[start, start+count)` of one file's variable is known to be readable
-/// without decoding it: an HDF5-chunked variable of a local file every stored chunk of which
-/// that the block touches has decoded before ([`super::verified`]). Then their bytes are read
-/// without being copied ([`RangeRead::check_readable`]: the storage answers now) and the file
-/// checked to be the version indexed, and `true`
-/// is returned; `false` (nothing read) when any chunk must be decoded to know, or the layout
-/// is another one: the caller then reads the block.
-pub fn known_readable(
+/// Finds out whether the block `[start, start+count)` of an HDF5-chunked variable of one
+/// file can be read now, keeping nothing: how an answer that cannot report a failure once
+/// started is checked first. Every stored chunk it touches that decoded before
+/// ([`super::verified`]) has its bytes read without being copied out
+/// ([`RangeRead::check_readable`]: the storage answers now); any other is decoded as far as
+/// it can fail — inflated, with its checksum, but not unshuffled (a byte shuffle cannot
+/// fail), into this thread's reused buffer — and noted; the file is then checked to be the
+/// version indexed. Returns how many chunks had to be decoded (0: all were known), or
+/// `None` (nothing read) for another layout: the caller then reads the block.
+pub fn check_decodes(
     io: &dyn RangeRead,
     fv: &FileVar,
     dtype: DType,
     start: &[u64],
     count: &[u64],
-) -> Result<bool, ReadError> {
-    if count.contains(&0) {
-        return Ok(true);
-    }
+) -> Result<Option<usize>, ReadError> {
     let Layout::Chunked {
-        chunk_shape, locs, ..
+        chunk_shape,
+        locs,
+        filters,
     } = &fv.layout
     else {
-        return Ok(false);
+        return Ok(None);
     };
+    if count.contains(&0) {
+        return Ok(Some(0));
+    }
     let sgrid = grid_shape(&fv.shape, chunk_shape);
-    let clen = buffer_len(chunk_shape, dtype.size())?;
+    let elem = dtype.size();
+    let clen = buffer_len(chunk_shape, elem)?;
     let (lo, hi) = chunk_box(start, count, chunk_shape);
-    let mut ranges = Vec::new();
+    let mut known = Vec::new();
+    let mut decoded = 0;
     let mut ci = lo.clone();
     loop {
+        let n = linear(&ci, &sgrid) as usize;
         // never written: reads as fill, nothing to decode
-        if let Some(l) = locs.get(linear(&ci, &sgrid) as usize).filter(|l| l.size > 0) {
+        if let Some(l) = locs.get(n).filter(|l| l.size > 0) {
             let at = At {
                 file: &fv.file,
                 offset: l.offset,
                 stored_len: l.size,
                 decoded_len: clen,
             };
-            if !verified::known(at) {
-                return Ok(false);
+            if verified::known(at) {
+                known.push((l.offset, l.size));
+            } else {
+                let Some(stored) = fetch_stored(io, fv, n)? else {
+                    return Err(ReadError::Block(format!(
+                        "stored chunk {n} vanished from the index"
+                    )));
+                };
+                match crate::codec::inflate_planes(&stored.bytes, filters, stored.mask, clen, elem) {
+                    Some(planes) => {
+                        crate::codec::recycle(planes);
+                        verified::note(at);
+                    }
+                    // another pipeline, or a stream that does not inflate right: decoded
+                    // whole, which names the problem
+                    None => drop(decode_noted(fv, stored, filters, clen)?),
+                }
+                decoded += 1;
             }
-            ranges.push((l.offset, l.size));
         }
         if !next_index(&mut ci, &lo, &hi) {
             break;
         }
     }
-    io.check_readable(&fv.file, &ranges)?;
+    io.check_readable(&fv.file, &known)?;
     check_unchanged(&fv.file)?;
-    Ok(true)
+    Ok(Some(decoded))
 }
 
 /// All values of one file's variable as little-endian bytes; never-written parts read as

@@ -10,8 +10,8 @@
 use crate::block::{Block, BlockData};
 use crate::chunk::grid::{copy_block, fill_with, grid_shape, intersect, linear, numel, swap_copy};
 use crate::chunk::read::{
-    Direct, ReadError, buffer_len, check_inlined, decoded_stored_chunk, filled_buffer, fully_written,
-    known_readable, raw_stored_chunk, read_into,
+    Direct, ReadError, buffer_len, check_decodes, check_inlined, decoded_stored_chunk, filled_buffer,
+    fully_written, raw_stored_chunk, read_into,
 };
 use crate::dataset::{Derive, Piece, Values, Variable};
 use crate::dtype::{DType, Endian};
@@ -473,13 +473,14 @@ pub fn read_region_into(
 
 /// Finds out whether [`read_region`] of `[start, start+count)` would succeed, keeping
 /// nothing: how an answer that must be known readable before its headers is checked (an
-/// OPeNDAP `.dods` answer). A stored variable whose pieces' stored chunks have all decoded
-/// before ([`crate::chunk::verified`]) has their bytes read and its files checked to be the
-/// versions indexed, but is not decoded again; anything else is read.
+/// OPeNDAP `.dods` answer). A stored variable of HDF5-chunked pieces is checked chunk by
+/// chunk ([`check_decodes`]): chunks that decoded before ([`crate::chunk::verified`]) have
+/// their bytes read and are not decoded again, the others are inflated but not unshuffled,
+/// and its files are checked to be the versions indexed; anything else is read.
 pub fn verify_region(var: &Variable, start: &[u64], count: &[u64]) -> Result<(), ReadError> {
     check_region(var, start, count)?;
     if matches!(var.values, Values::Stored { .. }) && var.dtype != DType::Str {
-        let mut known = true;
+        let mut checked = true;
         for piece in var.pieces() {
             let mut pstart = start.to_vec();
             let mut pcount = count.to_vec();
@@ -490,12 +491,12 @@ pub fn verify_region(var: &Variable, start: &[u64], count: &[u64]) -> Result<(),
                 pstart[ax] = s - piece.start;
                 pcount[ax] = c;
             }
-            if !known_readable(&Direct, &piece.data, var.dtype, &pstart, &pcount)? {
-                known = false;
+            if check_decodes(&Direct, &piece.data, var.dtype, &pstart, &pcount)?.is_none() {
+                checked = false;
                 break;
             }
         }
-        if known {
+        if checked {
             return Ok(());
         }
     }
@@ -864,22 +865,36 @@ mod tests {
         let ds = open(&p);
         let big = ds.variable("big").expect("big").clone();
         let fv = &big.pieces()[0].data;
-        let first = |v: &Variable| known_readable(&Direct, &v.pieces()[0].data, v.dtype, &[0, 0], &[32, 128]);
-        assert!(!first(&big).expect("not known yet"));
+        // how many chunks of a block a check decodes
+        let decodes = |v: &Variable, start: &[u64], count: &[u64]| {
+            check_decodes(&Direct, &v.pieces()[0].data, v.dtype, start, count).map(|n| n.expect("chunked"))
+        };
         verify_region(&big, &[0, 0], &[32, 128]).expect("first chunk decodes");
-        assert!(first(&big).expect("known"), "decoded once: known readable");
-        assert!(known_readable(&Direct, fv, big.dtype, &[5, 3], &[2, 2]).expect("inside chunk 0"));
+        assert_eq!(
+            decodes(&big, &[0, 0], &[32, 128]).expect("known"),
+            0,
+            "decoded once: known"
+        );
+        assert_eq!(decodes(&big, &[5, 3], &[2, 2]).expect("inside chunk 0"), 0);
         let bad = verify_region(&big, &[0, 0], &[64, 128]).expect_err("second chunk is corrupt");
         assert!(matches!(bad, ReadError::Codec { .. }), "{bad}");
-        assert!(!known_readable(&Direct, fv, big.dtype, &[0, 0], &[64, 128]).expect("not all known"));
+        let bad = check_decodes(&Direct, fv, big.dtype, &[0, 0], &[64, 128]).expect_err("still corrupt");
+        assert!(matches!(bad, ReadError::Codec { .. }), "{bad}");
         // a read through the Zarr path (the served chunk is the stored chunk) notes it too
         let other = dir.path().join("b.nc");
         write_nc4(&other, 3.0);
         let ds2 = open(&other);
         let big2 = ds2.variable("big").expect("big").clone();
         read_chunk(&big2, &[1, 0]).expect("read");
-        assert!(
-            known_readable(&Direct, &big2.pieces()[0].data, big2.dtype, &[40, 0], &[1, 1]).expect("known")
+        assert_eq!(decodes(&big2, &[40, 0], &[1, 1]).expect("known"), 0);
+        // a chunk never read before is decoded by the check, then known
+        assert_eq!(decodes(&big2, &[0, 0], &[64, 128]).expect("decodes"), 1);
+        assert_eq!(decodes(&big2, &[0, 0], &[64, 128]).expect("known"), 0);
+        // a coordinate held in memory is not for this check: the caller reads it
+        let x = ds2.variable("x").expect("x");
+        assert_eq!(
+            check_decodes(&Direct, &x.pieces()[0].data, x.dtype, &[0], &[8]).expect("x"),
+            None
         );
         // changed since: refused as a read is, though its chunks are known
         later();
