@@ -160,8 +160,7 @@ impl Block {
         if self.dtype != T::DTYPE {
             return Err(type_error());
         }
-        // the element size as a constant: the loop compiles to plain loads
-        Ok(b.chunks_exact(std::mem::size_of::<T>()).map(T::from_le).collect())
+        Ok(T::map_le(b, |x| x))
     }
 }
 
@@ -173,6 +172,11 @@ pub trait Element: Copy {
     const NAME: &'static str;
     /// Decodes one element from exactly `DTYPE.size()` little-endian bytes.
     fn from_le(b: &[u8]) -> Self;
+    /// `f` of every element of `bytes` (little-endian, whole elements; a trailing partial
+    /// one is ignored), collected. Walks the bytes as fixed-size arrays, which the compiler
+    /// turns into plain (vectorised) loads: decoding a block element by element from
+    /// slices was a seventh of a monthly mean's CPU, profiled.
+    fn map_le<F>(bytes: &[u8], f: impl FnMut(Self) -> F) -> Vec<F>;
     /// Appends its little-endian bytes.
     fn write_le(&self, out: &mut Vec<u8>);
 }
@@ -186,6 +190,14 @@ macro_rules! element {
                 let mut a = [0u8; std::mem::size_of::<$t>()];
                 a.copy_from_slice(b);
                 <$t>::from_le_bytes(a)
+            }
+            fn map_le<F>(bytes: &[u8], mut f: impl FnMut(Self) -> F) -> Vec<F> {
+                bytes
+                    .as_chunks::<{ std::mem::size_of::<$t>() }>()
+                    .0
+                    .iter()
+                    .map(|a| f(<$t>::from_le_bytes(*a)))
+                    .collect()
             }
             fn write_le(&self, out: &mut Vec<u8>) {
                 out.extend_from_slice(&self.to_le_bytes());

@@ -43,7 +43,10 @@ pub fn filled_buffer(shape: &[u64], elem: usize, fill: &[u8]) -> Result<Vec<u8>,
     buf.try_reserve_exact(len)
         .map_err(|_| ReadError::TooLarge(shape.to_vec()))?;
     buf.resize(len, 0);
-    fill_with(&mut buf, fill);
+    // zeros are there already: a second pass over the buffer only for a non-zero fill
+    if fill.iter().any(|b| *b != 0) {
+        fill_with(&mut buf, fill);
+    }
     Ok(buf)
 }
 
