@@ -27,6 +27,42 @@ pub fn check_chunk_sources(var: &Variable, idx: &[u64]) -> Result<(), ReadError>
     check_region_sources(var, &start, &count)
 }
 
+/// The part of a region one piece of a stored variable holds: where in the piece (its own
+/// coordinates) and where in a buffer of the region's shape.
+struct PiecePart<'a> {
+    piece: &'a Piece,
+    start: Vec<u64>,
+    count: Vec<u64>,
+    dst_start: Vec<u64>,
+}
+
+/// The pieces the region `[start, start+count)` overlaps, each with its part (every piece,
+/// whole region, for a variable without a concat axis).
+fn piece_parts<'a>(var: &'a Variable, start: &[u64], count: &[u64]) -> Vec<PiecePart<'a>> {
+    let mut parts = Vec::new();
+    for piece in var.pieces() {
+        let mut part = PiecePart {
+            piece,
+            start: start.to_vec(),
+            count: count.to_vec(),
+            dst_start: vec![0; start.len()],
+        };
+        if let Some(ax) = var.concat_axis() {
+            let (Some(s), Some(c)) = (start.get(ax), count.get(ax)) else {
+                continue;
+            };
+            let Some((s0, n)) = intersect(*s, *c, piece.start, piece.data.shape[ax]) else {
+                continue;
+            };
+            part.start[ax] = s0 - piece.start;
+            part.count[ax] = n;
+            part.dst_start[ax] = s0 - s;
+        }
+        parts.push(part);
+    }
+    parts
+}
+
 /// [`check_chunk_sources`] for any region `[start, start+count)` (a derived variable checks
 /// the regions of its inputs it reads).
 pub fn check_region_sources(var: &Variable, start: &[u64], count: &[u64]) -> Result<(), ReadError> {
@@ -83,23 +119,9 @@ pub fn estimate_region_bytes(var: &Variable, start: &[u64], count: &[u64]) -> u6
     if let Values::Derived(d) = &var.values {
         return d.estimate_bytes(start, count);
     }
-    let mut total = 0u64;
-    for piece in var.pieces() {
-        let mut pstart = start.to_vec();
-        let mut pcount = count.to_vec();
-        if let Some(ax) = var.concat_axis() {
-            let (Some(s), Some(c)) = (start.get(ax), count.get(ax)) else {
-                continue;
-            };
-            let Some((s, c)) = intersect(*s, *c, piece.start, piece.data.shape[ax]) else {
-                continue;
-            };
-            pstart[ax] = s - piece.start;
-            pcount[ax] = c;
-        }
-        total = total.saturating_add(piece_bytes(piece, var.dtype, &pstart, &pcount));
-    }
-    total
+    piece_parts(var, start, count).iter().fold(0u64, |total, p| {
+        total.saturating_add(piece_bytes(p.piece, var.dtype, &p.start, &p.count))
+    })
 }
 
 /// [`estimate_region_bytes`] of the served chunk `idx`.
@@ -291,28 +313,16 @@ pub fn read_block(
     }
     let elem = var.dtype.size();
     let mut out = filled_buffer(buf_shape, elem, &var.fill)?;
-    for piece in var.pieces() {
-        // Intersection of the block with the piece, in global coordinates.
-        let mut pstart = start.to_vec();
-        let mut pcount = count.to_vec();
-        let mut dst_start = vec![0u64; start.len()];
-        if let Some(ax) = var.concat_axis() {
-            let Some((s, c)) = intersect(start[ax], count[ax], piece.start, piece.data.shape[ax]) else {
-                continue;
-            };
-            pstart[ax] = s - piece.start;
-            pcount[ax] = c;
-            dst_start[ax] = s - start[ax];
-        }
+    for p in piece_parts(var, start, count) {
         read_into(
             &Direct,
-            &piece.data,
+            &p.piece.data,
             var.dtype,
-            &pstart,
-            &pcount,
+            &p.start,
+            &p.count,
             &mut out,
             buf_shape,
-            &dst_start,
+            &p.dst_start,
             Endian::Little,
         )?;
     }
@@ -424,47 +434,34 @@ pub fn read_region_into(
     {
         return crate::chunk::cache::scanning(|| read_region_into(var, start, count, dst, order));
     }
-    // the pieces of the region, in the variable's and in their own coordinates
-    let mut parts = Vec::new();
-    let mut covered = 0u64;
-    for piece in var.pieces() {
-        let mut pstart = start.to_vec();
-        let mut pcount = count.to_vec();
-        let mut dst_start = vec![0u64; start.len()];
-        if let Some(ax) = var.concat_axis() {
-            let Some((s, c)) = intersect(start[ax], count[ax], piece.start, piece.data.shape[ax]) else {
-                continue;
-            };
-            pstart[ax] = s - piece.start;
-            pcount[ax] = c;
-            dst_start[ax] = s - start[ax];
-            covered += c;
-        }
-        parts.push((piece, pstart, pcount, dst_start));
-    }
+    let parts = piece_parts(var, start, count);
     let whole = match var.concat_axis() {
-        Some(ax) => covered == count[ax],
+        Some(ax) => parts.iter().map(|p| p.count[ax]).sum::<u64>() == count[ax],
         None => parts.len() == 1,
     };
     // Fill only when some value is not written by a read (a chunk never written, a gap
     // between pieces): a pass over the whole answer otherwise.
-    if !whole || !parts.iter().all(|(p, s, c, _)| fully_written(&p.data, s, c)) {
+    if !whole
+        || !parts
+            .iter()
+            .all(|p| fully_written(&p.piece.data, &p.start, &p.count))
+    {
         let mut fill = var.fill.clone();
         if order == Endian::Big {
             fill.reverse();
         }
         fill_with(dst, &fill);
     }
-    for (piece, pstart, pcount, dst_start) in parts {
+    for p in parts {
         read_into(
             &Direct,
-            &piece.data,
+            &p.piece.data,
             var.dtype,
-            &pstart,
-            &pcount,
+            &p.start,
+            &p.count,
             dst,
             count,
-            &dst_start,
+            &p.dst_start,
             order,
         )?;
     }
@@ -481,17 +478,8 @@ pub fn verify_region(var: &Variable, start: &[u64], count: &[u64]) -> Result<(),
     check_region(var, start, count)?;
     if matches!(var.values, Values::Stored { .. }) && var.dtype != DType::Str {
         let mut checked = true;
-        for piece in var.pieces() {
-            let mut pstart = start.to_vec();
-            let mut pcount = count.to_vec();
-            if let Some(ax) = var.concat_axis() {
-                let Some((s, c)) = intersect(start[ax], count[ax], piece.start, piece.data.shape[ax]) else {
-                    continue;
-                };
-                pstart[ax] = s - piece.start;
-                pcount[ax] = c;
-            }
-            if check_decodes(&Direct, &piece.data, var.dtype, &pstart, &pcount)?.is_none() {
+        for p in piece_parts(var, start, count) {
+            if check_decodes(&Direct, &p.piece.data, var.dtype, &p.start, &p.count)?.is_none() {
                 checked = false;
                 break;
             }
@@ -609,32 +597,21 @@ fn read_strings(
         copy_strings(&values, count, &zero, &mut out, buf_shape, &zero, count);
         return Ok(out);
     }
-    for piece in var.pieces() {
-        let Layout::Memory(m) = &piece.data.layout else {
+    for p in piece_parts(var, start, count) {
+        let Layout::Memory(m) = &p.piece.data.layout else {
             continue;
         };
         let MemValues::Strings(values) = m.as_ref() else {
             continue;
         };
-        let mut pstart = start.to_vec();
-        let mut pcount = count.to_vec();
-        let mut dst0 = vec![0u64; start.len()];
-        if let Some(ax) = var.concat_axis() {
-            let Some((s, c)) = intersect(start[ax], count[ax], piece.start, piece.data.shape[ax]) else {
-                continue;
-            };
-            pstart[ax] = s - piece.start;
-            pcount[ax] = c;
-            dst0[ax] = s - start[ax];
-        }
         copy_strings(
             values,
-            &piece.data.shape,
-            &pstart,
+            &p.piece.data.shape,
+            &p.start,
             &mut out,
             buf_shape,
-            &dst0,
-            &pcount,
+            &p.dst_start,
+            &p.count,
         );
     }
     Ok(out)
