@@ -125,6 +125,30 @@ pub fn interleave8([p0, p1, p2, p3, p4, p5, p6, p7]: [&[u8]; 8], out: &mut [u8])
     }
 }
 
+/// Interleaves the byte planes `plane(0..elem)` into `out` (element `i` is byte `i` of
+/// each plane, in order) with [`interleave4`] or [`interleave8`]; `false` (nothing
+/// written) for other element sizes, which the caller handles.
+pub fn interleave_planes<'a>(elem: usize, plane: impl Fn(usize) -> &'a [u8], out: &mut [u8]) -> bool {
+    match elem {
+        4 => interleave4([plane(0), plane(1), plane(2), plane(3)], out),
+        8 => interleave8(
+            [
+                plane(0),
+                plane(1),
+                plane(2),
+                plane(3),
+                plane(4),
+                plane(5),
+                plane(6),
+                plane(7),
+            ],
+            out,
+        ),
+        _ => return false,
+    }
+    true
+}
+
 /// [`copy_block`] from a chunk whose bytes are still shuffled (`planes`: byte `b` of element
 /// `i` at `b * n + i`, `n` the chunk's elements), unshuffling only the elements copied, and
 /// reversing each element's bytes when `swap` (big-endian storage).
@@ -159,26 +183,10 @@ pub fn copy_block_planes(
             };
             // Interleaved straight into `dst`: through a small buffer in the first-level
             // cache and a `memcpy` out was slower (a whole-variable answer, profiled).
-            match elem {
-                4 => interleave4([plane(0), plane(1), plane(2), plane(3)], out),
-                8 => interleave8(
-                    [
-                        plane(0),
-                        plane(1),
-                        plane(2),
-                        plane(3),
-                        plane(4),
-                        plane(5),
-                        plane(6),
-                        plane(7),
-                    ],
-                    out,
-                ),
-                _ => {
-                    for k in 0..run {
-                        for (b, o) in out[k * elem..(k + 1) * elem].iter_mut().enumerate() {
-                            *o = plane(b)[k];
-                        }
+            if !interleave_planes(elem, plane, out) {
+                for k in 0..run {
+                    for (b, o) in out[k * elem..(k + 1) * elem].iter_mut().enumerate() {
+                        *o = plane(b)[k];
                     }
                 }
             }

@@ -615,41 +615,28 @@ pub fn fully_written(fv: &FileVar, start: &[u64], count: &[u64]) -> bool {
     if count.contains(&0) {
         return true;
     }
-    match &fv.layout {
-        Layout::Contiguous { .. } | Layout::Records { .. } => true,
-        Layout::Memory(m) => matches!(m.as_ref(), MemValues::Bytes(_)),
-        Layout::Chunked {
-            chunk_shape, locs, ..
-        } => {
-            let sgrid = grid_shape(&fv.shape, chunk_shape);
-            let (lo, hi) = chunk_box(start, count, chunk_shape);
-            let mut ci = lo.clone();
-            loop {
-                if locs.get(linear(&ci, &sgrid) as usize).is_none_or(|l| l.size == 0) {
-                    return false;
-                }
-                if !next_index(&mut ci, &lo, &hi) {
-                    return true;
-                }
-            }
-        }
-        Layout::Listed {
-            chunk_shape, table, ..
-        } => {
-            let sgrid = grid_shape(&fv.shape, chunk_shape);
-            let (lo, hi) = chunk_box(start, count, chunk_shape);
-            let mut ci = lo.clone();
-            loop {
-                let n = linear(&ci, &sgrid) as usize;
-                if matches!(table.chunks.get(n), None | Some(ChunkRef::Missing)) {
-                    return false;
-                }
-                if !next_index(&mut ci, &lo, &hi) {
-                    return true;
-                }
-            }
-        }
+    let chunk_shape = match &fv.layout {
+        Layout::Contiguous { .. } | Layout::Records { .. } => return true,
+        Layout::Memory(m) => return matches!(m.as_ref(), MemValues::Bytes(_)),
+        Layout::Chunked { chunk_shape, .. } | Layout::Listed { chunk_shape, .. } => chunk_shape,
+        Layout::Unallocated => return false,
+    };
+    // whether stored chunk `n` was written
+    let present = |n: usize| match &fv.layout {
+        Layout::Chunked { locs, .. } => locs.get(n).is_some_and(|l| l.size > 0),
+        Layout::Listed { table, .. } => !matches!(table.chunks.get(n), None | Some(ChunkRef::Missing)),
         _ => false,
+    };
+    let sgrid = grid_shape(&fv.shape, chunk_shape);
+    let (lo, hi) = chunk_box(start, count, chunk_shape);
+    let mut ci = lo.clone();
+    loop {
+        if !present(linear(&ci, &sgrid) as usize) {
+            return false;
+        }
+        if !next_index(&mut ci, &lo, &hi) {
+            return true;
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! Byte shuffle (HDF5 filter 2, numcodecs `shuffle`, Blosc's byte shuffle).
 
-use crate::chunk::grid::{interleave4, interleave8};
+use crate::chunk::grid::{interleave_planes, interleave4, interleave8};
 
 /// HDF5/numcodecs/Blosc byte shuffle: byte j of element i goes to position j*n + i;
 /// trailing bytes that do not fill an element are copied unchanged.
@@ -48,23 +48,7 @@ pub fn unshuffle_new(src: &[u8], elem: usize) -> Vec<u8> {
     while i < n {
         let k = BLOCK.min(n - i);
         let plane = |j: usize| &src[j * n + i..j * n + i + k];
-        if elem == 4 {
-            interleave4([plane(0), plane(1), plane(2), plane(3)], &mut tmp[..k * 4]);
-        } else {
-            interleave8(
-                [
-                    plane(0),
-                    plane(1),
-                    plane(2),
-                    plane(3),
-                    plane(4),
-                    plane(5),
-                    plane(6),
-                    plane(7),
-                ],
-                &mut tmp[..k * 8],
-            );
-        }
+        interleave_planes(elem, plane, &mut tmp[..k * elem]);
         out.extend_from_slice(&tmp[..k * elem]);
         i += k;
     }
